@@ -1,0 +1,13 @@
+// The part of sodium-native's API that agentvpn uses (the package ships no types).
+declare module 'sodium-native' {
+  type Bytes = Uint8Array;
+  const sodium: {
+    crypto_aead_chacha20poly1305_ietf_encrypt(c: Bytes, m: Bytes, ad: Bytes | null, nsec: null, npub: Bytes, k: Bytes): number;
+    crypto_aead_chacha20poly1305_ietf_decrypt(m: Bytes, nsec: null, c: Bytes, ad: Bytes | null, npub: Bytes, k: Bytes): number;
+    crypto_aead_xchacha20poly1305_ietf_encrypt(c: Bytes, m: Bytes, ad: Bytes | null, nsec: null, npub: Bytes, k: Bytes): number;
+    crypto_aead_xchacha20poly1305_ietf_decrypt(m: Bytes, nsec: null, c: Bytes, ad: Bytes | null, npub: Bytes, k: Bytes): number;
+    randombytes_buf(buf: Bytes): void;
+    sodium_memcmp(a: Bytes, b: Bytes): boolean;
+  };
+  export default sodium;
+}

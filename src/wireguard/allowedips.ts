@@ -1,0 +1,96 @@
+import { type Prefix, networkOf, formatPrefix } from '../ip/prefix.js';
+
+/**
+ * Cryptokey routing table: longest-prefix match from an IP address to a peer.
+ * One hash map per prefix length in use, probed from the longest length down: a lookup costs
+ * one map probe per distinct length (usually one or two), independent of the number of peers.
+ * IPv4 keys are the masked address as a number; IPv6 keys are the masked address as an
+ * 8-character string of 16-bit groups.
+ */
+
+interface Family<T> {
+  byLength: Map<number, Map<number | string, { prefix: Prefix; value: T }>>;
+  lengths: number[]; // descending
+}
+
+function v4Key(addr: number, bits: number): number {
+  return bits === 0 ? 0 : (addr & (~0 << (32 - bits))) >>> 0;
+}
+
+function v6Key(bytes: Uint8Array, offset: number, bits: number): string {
+  let key = '';
+  for (let g = 0; g < 8; g++) {
+    const keep = Math.max(0, Math.min(16, bits - g * 16));
+    const word = (bytes[offset + g * 2] << 8) | bytes[offset + g * 2 + 1];
+    key += String.fromCharCode(keep === 0 ? 0 : word & (0xffff << (16 - keep)) & 0xffff);
+  }
+  return key;
+}
+
+function prefixKey(p: Prefix): number | string {
+  if (p.family === 4) {
+    const a = p.addr;
+    return v4Key(((a[0] << 24) | (a[1] << 16) | (a[2] << 8) | a[3]) >>> 0, p.bits);
+  }
+  return v6Key(p.addr, 0, p.bits);
+}
+
+export class AllowedIps<T> {
+  private readonly v4: Family<T> = { byLength: new Map(), lengths: [] };
+  private readonly v6: Family<T> = { byLength: new Map(), lengths: [] };
+
+  /** Maps the prefix to `value`, taking it from any other value that had it (as `wg set` does). */
+  insert(prefix: Prefix, value: T): void {
+    const fam = prefix.family === 4 ? this.v4 : this.v6;
+    let table = fam.byLength.get(prefix.bits);
+    if (!table) {
+      table = new Map();
+      fam.byLength.set(prefix.bits, table);
+      fam.lengths = [...fam.byLength.keys()].sort((a, b) => b - a);
+    }
+    table.set(prefixKey(prefix), { prefix: networkOf(prefix), value });
+  }
+
+  removeValue(value: T): void {
+    for (const fam of [this.v4, this.v6]) {
+      for (const [bits, table] of fam.byLength) {
+        for (const [k, e] of table) if (e.value === value) table.delete(k);
+        if (table.size === 0) fam.byLength.delete(bits);
+      }
+      fam.lengths = [...fam.byLength.keys()].sort((a, b) => b - a);
+    }
+  }
+
+  /** The prefixes currently owned by `value`. */
+  prefixesOf(value: T): Prefix[] {
+    const out: Prefix[] = [];
+    for (const fam of [this.v4, this.v6]) {
+      for (const table of fam.byLength.values()) for (const e of table.values()) if (e.value === value) out.push(e.prefix);
+    }
+    return out.sort((a, b) => formatPrefix(a).localeCompare(formatPrefix(b)));
+  }
+
+  /** Longest match for the IPv4 address stored big-endian at `bytes[offset..offset+4]`. */
+  lookupV4(bytes: Uint8Array, offset: number): T | undefined {
+    const addr = ((bytes[offset] << 24) | (bytes[offset + 1] << 16) | (bytes[offset + 2] << 8) | bytes[offset + 3]) >>> 0;
+    for (const bits of this.v4.lengths) {
+      const hit = this.v4.byLength.get(bits)!.get(v4Key(addr, bits));
+      if (hit) return hit.value;
+    }
+    return undefined;
+  }
+
+  /** Longest match for the IPv6 address at `bytes[offset..offset+16]`. */
+  lookupV6(bytes: Uint8Array, offset: number): T | undefined {
+    for (const bits of this.v6.lengths) {
+      const hit = this.v6.byLength.get(bits)!.get(v6Key(bytes, offset, bits));
+      if (hit) return hit.value;
+    }
+    return undefined;
+  }
+
+  /** Longest match for an address given as its bytes (4 or 16). */
+  lookup(addr: Uint8Array): T | undefined {
+    return addr.length === 4 ? this.lookupV4(addr, 0) : this.lookupV6(addr, 0);
+  }
+}

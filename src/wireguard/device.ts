@@ -1,0 +1,535 @@
+import { AllowedIps } from './allowedips.js';
+import { CookieChecker } from './cookie.js';
+import { DEVICE_DROP_REASONS, zeroCounters, type DeviceDropReason } from './counters.js';
+import { ENDPOINT_SIZE, formatEndpoint, sameEndpoint } from './endpoint.js';
+import type { PacketIO } from './io.js';
+import { Keypair } from './keypair.js';
+import { HandshakeLoad } from './load.js';
+import {
+  LocalIdentity, consumeInitiation, consumeResponse, createInitiation, createResponse, deriveSessionKeys, type SessionKeys,
+} from './noise.js';
+import { Peer, type PeerOptions } from './peer.js';
+import { runPeerTimers, type TimerActions } from './timers.js';
+import {
+  COOKIE_REPLY_SIZE, INITIATION_SIZE, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_TRANSPORT,
+  REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES, RESPONSE_SIZE, TRANSPORT_HEADER_SIZE, TRANSPORT_MIN_SIZE, timers,
+} from './constants.js';
+import { open, seal, writeNonce, randomFill } from '../crypto/aead.js';
+import type { Prefix } from '../ip/prefix.js';
+
+export interface Logger {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  debug(obj: object, msg: string): void;
+}
+
+const silent: Logger = { info() {}, warn() {}, debug() {} };
+
+export interface DeviceOptions {
+  privateKey: Uint8Array;
+  mtu: number;
+  io: PacketIO;
+  /** Most packets handled per batch in either direction. */
+  batchSize: number;
+  log?: Logger;
+  /** Test-only: demand cookies on every handshake, to exercise the under-load path. */
+  alwaysUnderLoad?: boolean;
+}
+
+/** A session index maps to a peer's pending handshake (keypair null) or to one of its keypairs. */
+interface IndexEntry {
+  peer: Peer;
+  keypair: Keypair | null;
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** Bytes of padding so the encrypted length is a multiple of 16, but never beyond the MTU. */
+function paddedLength(len: number, mtu: number): number {
+  const rounded = (len + 15) & ~15;
+  return Math.min(rounded, Math.max(mtu, len));
+}
+
+function keyHex(key: Uint8Array): string {
+  return Buffer.from(key).toString('hex');
+}
+
+/**
+ * The WireGuard device: cryptokey routing between a TUN batch and UDP batches, the handshake
+ * state machine and timers. It owns no sockets; all I/O goes through `PacketIO` in batches.
+ */
+export class Device {
+  readonly local: LocalIdentity;
+  readonly allowedIps = new AllowedIps<Peer>();
+  readonly dropped: Record<DeviceDropReason, number> = zeroCounters(DEVICE_DROP_REASONS);
+  private readonly peers = new Map<string, Peer>();
+  private readonly indices = new Map<number, IndexEntry>();
+  private readonly checker: CookieChecker;
+  private readonly load: HandshakeLoad;
+  private readonly io: PacketIO;
+  private readonly log: Logger;
+  readonly mtu: number;
+
+  // Outbound batch (TUN -> UDP): sealed packets, one slot each.
+  private readonly sealSlot: number;
+  private readonly sealSlab: Buffer;
+  private readonly sealOffsets: Int32Array;
+  private readonly sealLens: Int32Array;
+  private readonly sealAddrs: Buffer;
+  // Inbound batch (UDP -> TUN): opened packets, one slot each.
+  private readonly openSlot: number;
+  private readonly openSlab: Buffer;
+  private readonly openOffsets: Int32Array;
+  private readonly openLens: Int32Array;
+  // Single sends (handshakes, keepalives, flushed queues).
+  private readonly oneOffsets = Int32Array.of(0);
+  private readonly oneLens = new Int32Array(1);
+
+  private readonly nonce = Buffer.alloc(12);
+  private readonly pendingFlush = new Map<Peer, boolean>();
+  private tickTimer: NodeJS.Timeout | null = null;
+
+  constructor(opts: DeviceOptions) {
+    this.local = new LocalIdentity(opts.privateKey);
+    this.checker = new CookieChecker(this.local.publicKey);
+    this.load = new HandshakeLoad(opts.alwaysUnderLoad);
+    this.io = opts.io;
+    this.log = opts.log ?? silent;
+    this.mtu = opts.mtu;
+    const n = opts.batchSize;
+    this.sealSlot = (opts.mtu + TRANSPORT_MIN_SIZE + 16 + 63) & ~63;
+    this.sealSlab = Buffer.alloc(n * this.sealSlot);
+    this.sealOffsets = new Int32Array(n);
+    this.sealLens = new Int32Array(n);
+    this.sealAddrs = Buffer.alloc(n * ENDPOINT_SIZE);
+    this.openSlot = this.sealSlot;
+    this.openSlab = Buffer.alloc(n * this.openSlot);
+    this.openOffsets = new Int32Array(n);
+    this.openLens = new Int32Array(n);
+    for (let i = 0; i < n; i++) {
+      this.sealOffsets[i] = i * this.sealSlot;
+      this.openOffsets[i] = i * this.openSlot;
+    }
+  }
+
+  /** Bytes a TUN read slot needs: the packet plus room to pad it in place. */
+  get tunSlotSize(): number {
+    return this.sealSlot;
+  }
+
+  start(): void {
+    const interval = Math.max(10, Math.min(100, timers.rekeyTimeout / 20));
+    this.tickTimer = setInterval(() => this.tick(Date.now()), interval);
+  }
+
+  stop(): void {
+    if (this.tickTimer) clearInterval(this.tickTimer);
+    this.tickTimer = null;
+    for (const peer of this.peers.values()) this.expireSessions(peer);
+  }
+
+  // ---- peers -------------------------------------------------------------------------------
+
+  addPeer(opts: PeerOptions & { allowedIps: Prefix[] }): Peer {
+    const id = keyHex(opts.publicKey);
+    if (this.peers.has(id)) throw new Error(`peer ${Buffer.from(opts.publicKey).toString('base64')} already exists`);
+    const peer = new Peer(this.local, opts);
+    this.peers.set(id, peer);
+    for (const p of opts.allowedIps) this.allowedIps.insert(p, peer);
+    return peer;
+  }
+
+  removePeer(publicKey: Uint8Array): void {
+    const peer = this.peers.get(keyHex(publicKey));
+    if (!peer) return;
+    this.expireSessions(peer);
+    this.allowedIps.removeValue(peer);
+    this.peers.delete(keyHex(publicKey));
+  }
+
+  getPeer(publicKey: Uint8Array): Peer | undefined {
+    return this.peers.get(keyHex(publicKey));
+  }
+
+  allPeers(): Peer[] {
+    return [...this.peers.values()];
+  }
+
+  // ---- outbound: TUN -> UDP ------------------------------------------------------------------
+
+  /** Packets read from the TUN: slot i at i * slotSize, `lens[i]` bytes; slots need padding room. */
+  handleTunBatch(slab: Buffer, slotSize: number, lens: Int32Array, count: number): void {
+    const now = Date.now();
+    let n = 0;
+    for (let i = 0; i < count; i++) {
+      const off = i * slotSize;
+      const len = lens[i];
+      const peer = this.routeOutbound(slab, off, len);
+      if (!peer) continue;
+      if (!peer.endpoint) {
+        peer.dropped.noEndpoint++;
+        continue;
+      }
+      const kp = peer.keypairs.current;
+      if (!kp || !this.usableForSending(kp, now)) {
+        peer.stage(slab, off, len);
+        this.initiateHandshake(peer, now, false);
+        continue;
+      }
+      const size = this.sealPacket(kp, slab, off, len, this.sealSlab, this.sealOffsets[n]);
+      this.sealLens[n] = size;
+      peer.endpoint.copy(this.sealAddrs, n * ENDPOINT_SIZE);
+      n++;
+      peer.txBytes += size;
+      peer.lastSentAt = now;
+      if (peer.unansweredSince === null) peer.unansweredSince = now;
+      if (kp.isInitiator && (now - kp.createdAt >= timers.rekeyAfterTime || kp.sendCounter >= REKEY_AFTER_MESSAGES)) {
+        this.initiateHandshake(peer, now, false);
+      }
+    }
+    if (n > 0) {
+      const sent = this.io.sendUdp(this.sealSlab, this.sealOffsets, this.sealLens, this.sealAddrs, n);
+      if (sent < n) this.dropped.sendFailed += n - sent;
+    }
+  }
+
+  /** The peer whose allowed IPs hold the packet's destination, or null (counted). */
+  private routeOutbound(slab: Buffer, off: number, len: number): Peer | null {
+    const version = len > 0 ? slab[off] >> 4 : 0;
+    let peer: Peer | undefined;
+    if (version === 4 && len >= 20) peer = this.allowedIps.lookupV4(slab, off + 16);
+    else if (version === 6 && len >= 40) peer = this.allowedIps.lookupV6(slab, off + 24);
+    else {
+      this.dropped.tunMalformed++;
+      return null;
+    }
+    if (!peer) this.dropped.noRoute++;
+    return peer ?? null;
+  }
+
+  private usableForSending(kp: Keypair, now: number): boolean {
+    return now - kp.createdAt < timers.rejectAfterTime && kp.sendCounter < REJECT_AFTER_MESSAGES;
+  }
+
+  /** Writes a transport message for `len` plaintext bytes at src[off] into out[outOff]; returns its size. */
+  private sealPacket(kp: Keypair, src: Buffer, off: number, len: number, out: Buffer, outOff: number): number {
+    const padded = paddedLength(len, this.mtu);
+    if (padded > len) src.fill(0, off + len, off + padded);
+    const counter = kp.sendCounter++;
+    out.writeUInt32LE(MESSAGE_TRANSPORT, outOff);
+    out.writeUInt32LE(kp.remoteIndex, outOff + 4);
+    out.writeUInt32LE(counter >>> 0, outOff + 8);
+    out.writeUInt32LE(Math.floor(counter / 0x1_0000_0000), outOff + 12);
+    writeNonce(this.nonce, counter);
+    const start = outOff + TRANSPORT_HEADER_SIZE;
+    seal(out.subarray(start, start + padded + 16), src.subarray(off, off + padded), null, this.nonce, kp.sendKey);
+    return TRANSPORT_HEADER_SIZE + padded + 16;
+  }
+
+  // ---- inbound: UDP -> TUN -------------------------------------------------------------------
+
+  /** Datagrams from the UDP socket: slot i at i * slotSize, source endpoint at addrs[i * 20]. */
+  handleUdpBatch(slab: Buffer, slotSize: number, lens: Int32Array, addrs: Buffer, count: number): void {
+    const now = Date.now();
+    let n = 0;
+    for (let i = 0; i < count; i++) {
+      const off = i * slotSize;
+      const len = lens[i];
+      const aOff = i * ENDPOINT_SIZE;
+      // The type is a little-endian u32 whose upper three bytes (reserved) must be zero.
+      const type = len >= 4 ? slab.readUInt32LE(off) : 0;
+      if (type === MESSAGE_TRANSPORT && len >= TRANSPORT_MIN_SIZE) {
+        if (this.receiveTransport(slab, off, len, addrs, aOff, now, n)) n++;
+      } else if (type === MESSAGE_INITIATION && len === INITIATION_SIZE) {
+        this.receiveInitiation(slab.subarray(off, off + len), addrs, aOff, now);
+      } else if (type === MESSAGE_RESPONSE && len === RESPONSE_SIZE) {
+        this.receiveResponse(slab.subarray(off, off + len), addrs, aOff, now);
+      } else if (type === MESSAGE_COOKIE_REPLY && len === COOKIE_REPLY_SIZE) {
+        this.receiveCookieReply(slab.subarray(off, off + len));
+      } else {
+        this.dropped.malformed++;
+      }
+    }
+    if (n > 0) {
+      const written = this.io.writeTun(this.openSlab, this.openOffsets, this.openLens, n);
+      if (written < n) this.dropped.tunWriteFailed += n - written;
+    }
+    this.flushPending(now);
+  }
+
+  /** Authenticates and opens a transport message into open slot n; true when it holds an IP packet. */
+  private receiveTransport(slab: Buffer, off: number, len: number, addrs: Buffer, aOff: number, now: number, n: number): boolean {
+    const entry = this.indices.get(slab.readUInt32LE(off + 4));
+    if (!entry || !entry.keypair) {
+      this.dropped.unknownIndex++;
+      return false;
+    }
+    const { peer, keypair: kp } = entry;
+    const counter = slab.readUInt32LE(off + 12) * 0x1_0000_0000 + slab.readUInt32LE(off + 8);
+    if (now - kp.createdAt >= timers.rejectAfterTime || counter >= REJECT_AFTER_MESSAGES) {
+      peer.dropped.keypairExpired++;
+      return false;
+    }
+    if (!kp.replay.mayAccept(counter)) {
+      peer.dropped.replay++;
+      return false;
+    }
+    const plainLen = len - TRANSPORT_MIN_SIZE;
+    const outOff = this.openOffsets[n];
+    writeNonce(this.nonce, counter);
+    const sealed = slab.subarray(off + TRANSPORT_HEADER_SIZE, off + len);
+    if (!open(this.openSlab.subarray(outOff, outOff + plainLen), sealed, null, this.nonce, kp.receiveKey)) {
+      peer.dropped.decryptFailed++;
+      return false;
+    }
+    if (!kp.replay.accept(counter)) {
+      peer.dropped.replay++;
+      return false;
+    }
+
+    peer.rxBytes += len;
+    peer.lastReceivedAt = now;
+    peer.unansweredSince = null;
+    if (!peer.endpoint || !sameEndpoint(peer.endpoint, 0, addrs, aOff)) this.roam(peer, addrs, aOff);
+    if (kp === peer.keypairs.next) {
+      this.retire(peer.keypairs.confirmNext());
+      this.pendingFlush.set(peer, false);
+    }
+    if (kp.isInitiator && now - kp.createdAt >= timers.rejectAfterTime - timers.keepaliveTimeout - timers.rekeyTimeout) {
+      this.initiateHandshake(peer, now, false);
+    }
+    if (plainLen === 0) return false; // keepalive
+    peer.lastDataReceivedAt = now;
+    const ipLen = this.innerPacketLength(peer, outOff, plainLen);
+    if (ipLen < 0) return false;
+    this.openLens[n] = ipLen;
+    return true;
+  }
+
+  /** Validates a decrypted IP packet: well-formed and from the peer's allowed IPs. Returns its length or -1. */
+  private innerPacketLength(peer: Peer, off: number, plainLen: number): number {
+    const buf = this.openSlab;
+    const version = buf[off] >> 4;
+    let total: number;
+    let source: Peer | undefined;
+    if (version === 4 && plainLen >= 20) {
+      total = buf.readUInt16BE(off + 2);
+      source = this.allowedIps.lookupV4(buf, off + 12);
+    } else if (version === 6 && plainLen >= 40) {
+      total = 40 + buf.readUInt16BE(off + 4);
+      source = this.allowedIps.lookupV6(buf, off + 8);
+    } else {
+      peer.dropped.innerMalformed++;
+      return -1;
+    }
+    if (total > plainLen || total < (version === 4 ? 20 : 40)) {
+      peer.dropped.innerMalformed++;
+      return -1;
+    }
+    if (source !== peer) {
+      peer.dropped.sourceNotAllowed++;
+      return -1;
+    }
+    return total;
+  }
+
+  private roam(peer: Peer, addrs: Buffer, aOff: number): void {
+    const from = peer.endpoint ? formatEndpoint(peer.endpoint) : null;
+    peer.updateEndpoint(addrs, aOff);
+    this.log.info({ peer: this.peerName(peer), from, to: formatEndpoint(addrs, aOff) }, 'peer endpoint changed');
+  }
+
+  // ---- handshakes ----------------------------------------------------------------------------
+
+  /**
+   * Common gate for handshake messages: mac1 must be valid; under load, mac2 must carry a
+   * cookie for the sender's address (else we answer with a cookie) and per-IP rates apply.
+   */
+  private admitHandshake(msg: Buffer, addrs: Buffer, aOff: number, now: number): boolean {
+    if (!this.checker.checkMac1(msg)) {
+      this.dropped.badMac1++;
+      return false;
+    }
+    if (!this.load.record(now)) return true;
+    const source = addrs.subarray(aOff, aOff + 18);
+    if (!this.checker.checkMac2(msg, source, now)) {
+      this.sendOne(this.checker.createReply(msg, source, now), addrs.subarray(aOff, aOff + ENDPOINT_SIZE));
+      this.dropped.cookieSent++;
+      return false;
+    }
+    if (!this.load.allow(addrs.toString('latin1', aOff, aOff + 16), now)) {
+      this.dropped.rateLimited++;
+      return false;
+    }
+    return true;
+  }
+
+  private receiveInitiation(msg: Buffer, addrs: Buffer, aOff: number, now: number): void {
+    if (!this.admitHandshake(msg, addrs, aOff, now)) return;
+    const consumed = consumeInitiation(this.local, msg, now);
+    if (!consumed) {
+      this.dropped.handshakeInvalid++;
+      return;
+    }
+    const peer = this.peers.get(keyHex(consumed.remoteStatic));
+    if (!peer) {
+      this.dropped.unknownPeer++;
+      return;
+    }
+    if (!consumed.apply(peer.handshake)) {
+      this.dropped.handshakeInvalid++;
+      return;
+    }
+    peer.lastReceivedAt = now;
+    if (!peer.endpoint || !sameEndpoint(peer.endpoint, 0, addrs, aOff)) this.roam(peer, addrs, aOff);
+    const response = createResponse(peer.handshake, this.newHandshakeIndex(peer))!;
+    peer.cookies.addMacs(response, now);
+    this.installSession(peer, deriveSessionKeys(peer.handshake)!, now);
+    this.sendOne(response, peer.endpoint!);
+    peer.lastSentAt = now;
+  }
+
+  private receiveResponse(msg: Buffer, addrs: Buffer, aOff: number, now: number): void {
+    if (!this.admitHandshake(msg, addrs, aOff, now)) return;
+    const entry = this.indices.get(msg.readUInt32LE(8));
+    if (!entry || entry.keypair) {
+      this.dropped.unknownIndex++;
+      return;
+    }
+    const { peer } = entry;
+    if (!consumeResponse(this.local, peer.handshake, msg)) {
+      this.dropped.handshakeInvalid++;
+      return;
+    }
+    peer.lastReceivedAt = now;
+    if (!peer.endpoint || !sameEndpoint(peer.endpoint, 0, addrs, aOff)) this.roam(peer, addrs, aOff);
+    this.installSession(peer, deriveSessionKeys(peer.handshake)!, now);
+    // The initiator confirms the session to the responder with data, or a keepalive if it has none.
+    this.pendingFlush.set(peer, true);
+  }
+
+  private receiveCookieReply(msg: Buffer): void {
+    const entry = this.indices.get(msg.readUInt32LE(4));
+    if (!entry) {
+      this.dropped.unknownIndex++;
+      return;
+    }
+    if (!entry.peer.cookies.consumeReply(msg)) this.dropped.handshakeInvalid++;
+  }
+
+  /** Sends an initiation now (retry) or if none is in flight and the last is old enough. */
+  private initiateHandshake(peer: Peer, now: number, retry: boolean): void {
+    if (!peer.endpoint) {
+      peer.dropped.noEndpoint++;
+      return;
+    }
+    if (!retry) {
+      if (peer.handshakeAttemptStartedAt !== null || now - peer.lastInitiationSentAt < timers.rekeyTimeout) return;
+      peer.handshakeAttemptStartedAt = now;
+    }
+    const msg = createInitiation(this.local, peer.handshake, this.newHandshakeIndex(peer), now);
+    peer.cookies.addMacs(msg, now);
+    this.sendOne(msg, peer.endpoint);
+    peer.lastSentAt = now;
+    peer.lastInitiationSentAt = now;
+    peer.nextRetransmitAt = now + timers.rekeyTimeout + Math.random() * timers.rekeyTimeoutJitterMax;
+    this.log.debug({ peer: this.peerName(peer), retry }, 'handshake initiation sent');
+  }
+
+  /** A fresh random session index for the peer's handshake, replacing the previous one. */
+  private newHandshakeIndex(peer: Peer): number {
+    const old = this.indices.get(peer.handshake.localIndex);
+    if (old && old.peer === peer && old.keypair === null) this.indices.delete(peer.handshake.localIndex);
+    const rnd = new Uint32Array(1);
+    do randomFill(new Uint8Array(rnd.buffer));
+    while (rnd[0] === 0 || this.indices.has(rnd[0]));
+    this.indices.set(rnd[0], { peer, keypair: null });
+    return rnd[0];
+  }
+
+  private installSession(peer: Peer, keys: SessionKeys, now: number): void {
+    const kp = new Keypair(keys, now);
+    this.indices.set(kp.localIndex, { peer, keypair: kp });
+    this.retire(peer.keypairs.install(kp));
+    peer.latestHandshakeAt = now;
+    peer.handshakeAttemptStartedAt = null;
+    peer.nextRetransmitAt = Infinity;
+    this.log.info({ peer: this.peerName(peer), initiator: kp.isInitiator }, 'handshake complete');
+  }
+
+  private retire(keypairs: Keypair[]): void {
+    for (const kp of keypairs) {
+      this.indices.delete(kp.localIndex);
+      kp.wipe();
+    }
+  }
+
+  // ---- sending outside the batch path ---------------------------------------------------------
+
+  private sendOne(msg: Buffer, endpoint: Buffer): void {
+    this.oneLens[0] = msg.length;
+    if (this.io.sendUdp(msg, this.oneOffsets, this.oneLens, endpoint, 1) < 1) this.dropped.sendFailed++;
+  }
+
+  /** After a session is confirmed: send what waited for it (or a keepalive when asked to). */
+  private flushPending(now: number): void {
+    for (const [peer, keepaliveIfEmpty] of this.pendingFlush) {
+      const kp = peer.keypairs.current;
+      if (!kp || !peer.endpoint) continue;
+      const queue = peer.staged;
+      peer.staged = [];
+      if (queue.length === 0 && keepaliveIfEmpty) this.sendKeepalive(peer, now);
+      for (const { buf, len } of queue) {
+        const out = Buffer.allocUnsafe(len + TRANSPORT_MIN_SIZE + 16);
+        const size = this.sealPacket(kp, buf, 0, len, out, 0);
+        this.sendOne(out.subarray(0, size), peer.endpoint);
+        peer.txBytes += size;
+        peer.lastSentAt = now;
+      }
+    }
+    this.pendingFlush.clear();
+  }
+
+  private sendKeepalive(peer: Peer, now: number): void {
+    const kp = peer.keypairs.current;
+    if (!kp || !peer.endpoint || !this.usableForSending(kp, now)) {
+      this.initiateHandshake(peer, now, false);
+      return;
+    }
+    const out = Buffer.allocUnsafe(TRANSPORT_MIN_SIZE);
+    this.sealPacket(kp, EMPTY, 0, 0, out, 0);
+    this.sendOne(out, peer.endpoint);
+    peer.txBytes += out.length;
+    peer.lastSentAt = now;
+  }
+
+  // ---- timers --------------------------------------------------------------------------------
+
+  private readonly timerActions: TimerActions = {
+    initiate: (peer, now, retry) => this.initiateHandshake(peer, now, retry),
+    keepalive: (peer, now) => this.sendKeepalive(peer, now),
+    giveUp: (peer) => {
+      peer.dropped.handshakeTimeout += peer.staged.length;
+      peer.staged = [];
+      peer.handshakeAttemptStartedAt = null;
+      peer.nextRetransmitAt = Infinity;
+      this.log.warn({ peer: this.peerName(peer) }, 'handshake did not complete; giving up until there is traffic');
+    },
+    expire: (peer) => this.expireSessions(peer),
+  };
+
+  tick(now: number): void {
+    for (const peer of this.peers.values()) runPeerTimers(peer, now, this.timerActions);
+  }
+
+  private expireSessions(peer: Peer): void {
+    this.retire(peer.keypairs.clear());
+    const idx = this.indices.get(peer.handshake.localIndex);
+    if (idx && idx.keypair === null) this.indices.delete(peer.handshake.localIndex);
+    peer.handshake.clear();
+  }
+
+  private peerName(peer: Peer): string {
+    return Buffer.from(peer.publicKey).toString('base64');
+  }
+}

@@ -1,0 +1,83 @@
+import { describe, it, expect, beforeEach } from 'vitest';
+import { generatePrivateKey, publicKeyOf } from '../../src/crypto/x25519.js';
+import { parsePrefix } from '../../src/ip/prefix.js';
+import { makeSide, deliver, sendFromTun, ipv4Packet, type Side } from './memory-link.js';
+
+function pump(a: Side, b: Side): void {
+  for (let i = 0; i < 20 && deliver(a, b) + deliver(b, a) > 0; i++);
+}
+
+describe('Device over an in-memory link', () => {
+  let a: Side;
+  let b: Side;
+  const aKey = generatePrivateKey();
+  const bKey = generatePrivateKey();
+  const psk = generatePrivateKey();
+
+  beforeEach(() => {
+    const sides: Side[] = [];
+    a = makeSide(aKey, [192, 0, 2, 1], 51820, () => [sides[1].inbox]);
+    b = makeSide(bKey, [192, 0, 2, 2], 51821, () => [sides[0].inbox]);
+    sides.push(a, b);
+    a.device.addPeer({ publicKey: publicKeyOf(bKey), presharedKey: psk, endpoint: b.endpoint, allowedIps: [parsePrefix('100.64.0.2/32')!] });
+    b.device.addPeer({ publicKey: publicKeyOf(aKey), presharedKey: psk, allowedIps: [parsePrefix('100.64.0.1/32')!] });
+  });
+
+  it('handshakes on the first packet, delivers it, and carries traffic both ways', () => {
+    sendFromTun(a, [ipv4Packet([100, 64, 0, 1], [100, 64, 0, 2], Buffer.from('hello'))]);
+    pump(a, b);
+    expect(b.tunOut.length).toBe(1);
+    expect(b.tunOut[0].subarray(28).toString()).toBe('hello');
+    // B learned A's endpoint from the handshake and can answer.
+    sendFromTun(b, [ipv4Packet([100, 64, 0, 2], [100, 64, 0, 1], Buffer.from('world'))]);
+    pump(a, b);
+    expect(a.tunOut.map((p) => p.subarray(28).toString())).toEqual(['world']);
+  });
+
+  it('drops replayed, garbage and spoofed-source packets and counts them', () => {
+    sendFromTun(a, [ipv4Packet([100, 64, 0, 1], [100, 64, 0, 2], Buffer.from('one'))]);
+    pump(a, b);
+    sendFromTun(a, [ipv4Packet([100, 64, 0, 1], [100, 64, 0, 2], Buffer.from('two'))]);
+    const captured = b.inbox.map((m) => Buffer.from(m));
+    pump(a, b);
+    b.inbox.push(...captured); // replay
+    b.inbox.push(Buffer.from('garbage that is not wireguard'));
+    const flipped = Buffer.from(captured[0]);
+    flipped.writeUInt32LE(1000, 8); // a fresh counter, so it reaches authentication and fails there
+    b.inbox.push(flipped);
+    deliver(b, a);
+    const peerOnB = b.device.allPeers()[0];
+    expect(peerOnB.dropped.replay).toBe(1);
+    expect(b.device.dropped.malformed).toBe(1);
+    expect(peerOnB.dropped.decryptFailed).toBe(1);
+    // A packet whose inner source is outside A's allowed IPs is dropped after decryption.
+    sendFromTun(a, [ipv4Packet([100, 64, 0, 9], [100, 64, 0, 2], Buffer.from('spoof'))]);
+    pump(a, b);
+    expect(peerOnB.dropped.sourceNotAllowed).toBe(1);
+    expect(b.tunOut.map((p) => p.subarray(28).toString())).toEqual(['one', 'two']);
+  });
+
+  it('completes a handshake through the cookie path when the responder is under load', async () => {
+    const sides: Side[] = [];
+    const c = makeSide(aKey, [192, 0, 2, 1], 51820, () => [sides[1].inbox]);
+    const { Device } = await import('../../src/wireguard/device.js');
+    const d = makeSide(bKey, [192, 0, 2, 2], 51821, () => [sides[0].inbox]);
+    // Rebuild d's device so that it always demands cookies.
+    (d as { device: InstanceType<typeof Device> }).device = new Device({
+      privateKey: bKey, mtu: 1420, batchSize: 64, alwaysUnderLoad: true,
+      io: { sendUdp: (s, o, l, _a, n) => { for (let i = 0; i < n; i++) c.inbox.push(Buffer.from(s.subarray(o[i], o[i] + l[i]))); return n; },
+            writeTun: (s, o, l, n) => { for (let i = 0; i < n; i++) d.tunOut.push(Buffer.from(s.subarray(o[i], o[i] + l[i]))); return n; } },
+    });
+    sides.push(c, d);
+    const peerOnC = c.device.addPeer({ publicKey: publicKeyOf(bKey), endpoint: d.endpoint, allowedIps: [parsePrefix('100.64.0.2/32')!] });
+    d.device.addPeer({ publicKey: publicKeyOf(aKey), allowedIps: [parsePrefix('100.64.0.1/32')!] });
+    sendFromTun(c, [ipv4Packet([100, 64, 0, 1], [100, 64, 0, 2], Buffer.from('x'))]);
+    pump(c, d);
+    expect(d.device.dropped.cookieSent).toBe(1);
+    expect(d.tunOut.length).toBe(0);
+    // The retransmission carries mac2 from the cookie and succeeds.
+    c.device.tick(peerOnC.nextRetransmitAt + 1);
+    pump(c, d);
+    expect(d.tunOut.length).toBe(1);
+  });
+});

@@ -1,0 +1,77 @@
+import { Device } from '../../src/wireguard/device.js';
+import { makeEndpoint, ENDPOINT_SIZE } from '../../src/wireguard/endpoint.js';
+import type { PacketIO } from '../../src/wireguard/io.js';
+
+/** Two devices joined by an in-memory "network": each side's UDP sends are queued for the other. */
+export interface Side {
+  device: Device;
+  endpoint: Buffer;
+  /** Datagrams in flight to this side. */
+  inbox: Buffer[];
+  /** Packets this side wrote to its "TUN". */
+  tunOut: Buffer[];
+}
+
+export function makeSide(privateKey: Uint8Array, addr: number[], port: number, peerInbox: () => Buffer[][]): Side {
+  const side = {} as Side;
+  side.endpoint = makeEndpoint(Uint8Array.from(addr), port);
+  side.inbox = [];
+  side.tunOut = [];
+  const io: PacketIO = {
+    sendUdp(slab, offsets, lens, _addrs, count) {
+      for (let i = 0; i < count; i++) peerInbox()[0].push(Buffer.from(slab.subarray(offsets[i], offsets[i] + lens[i])));
+      return count;
+    },
+    writeTun(slab, offsets, lens, count) {
+      for (let i = 0; i < count; i++) side.tunOut.push(Buffer.from(slab.subarray(offsets[i], offsets[i] + lens[i])));
+      return count;
+    },
+  };
+  side.device = new Device({ privateKey, mtu: 1420, io, batchSize: 64 });
+  return side;
+}
+
+/** Delivers queued datagrams to `to`, as if from `from`'s endpoint, until none are left. */
+export function deliver(to: Side, from: Side): number {
+  const msgs = to.inbox.splice(0);
+  if (msgs.length === 0) return 0;
+  const slot = 2048;
+  const slab = Buffer.alloc(slot * msgs.length);
+  const lens = new Int32Array(msgs.length);
+  const addrs = Buffer.alloc(ENDPOINT_SIZE * msgs.length);
+  msgs.forEach((m, i) => {
+    m.copy(slab, i * slot);
+    lens[i] = m.length;
+    from.endpoint.copy(addrs, i * ENDPOINT_SIZE);
+  });
+  to.device.handleUdpBatch(slab, slot, lens, addrs, msgs.length);
+  return msgs.length;
+}
+
+/** Feeds IP packets into a side's device as if read from its TUN. */
+export function sendFromTun(side: Side, packets: Buffer[]): void {
+  const slot = side.device.tunSlotSize;
+  const slab = Buffer.alloc(slot * packets.length);
+  const lens = new Int32Array(packets.length);
+  packets.forEach((p, i) => {
+    p.copy(slab, i * slot);
+    lens[i] = p.length;
+  });
+  side.device.handleTunBatch(slab, slot, lens, packets.length);
+}
+
+/** A minimal IPv4/UDP packet from src to dst carrying `payload`. */
+export function ipv4Packet(src: number[], dst: number[], payload: Buffer): Buffer {
+  const p = Buffer.alloc(28 + payload.length);
+  p[0] = 0x45;
+  p.writeUInt16BE(p.length, 2);
+  p[8] = 64;
+  p[9] = 17;
+  p.set(src, 12);
+  p.set(dst, 16);
+  p.writeUInt16BE(1000, 20);
+  p.writeUInt16BE(2000, 22);
+  p.writeUInt16BE(8 + payload.length, 24);
+  payload.copy(p, 28);
+  return p;
+}
