@@ -1,0 +1,52 @@
+import type { CommandModule } from 'yargs';
+import { callDaemon } from '../../daemon/control-client.js';
+import type { DeviceStatus, PeerStatus } from '../../daemon/status-types.js';
+import { bold, columns, formatAgo, formatBytes, formatDuration, interfaceOption, printResult, runCommand, type GlobalArgs } from '../output.js';
+
+interface StatusArgs extends GlobalArgs {
+  interface: string;
+}
+
+export const statusCommand: CommandModule<GlobalArgs, StatusArgs> = {
+  command: 'status',
+  describe: 'Show the interface and its peers (like `wg show`)',
+  builder: (y) => y.option('interface', interfaceOption),
+  handler: runCommand(async (args) => {
+    const status = (await callDaemon(args.interface, 'status')) as DeviceStatus;
+    printResult(args.json, { ...status }, () => formatStatus(status));
+  }),
+};
+
+/** "no-route 3, replay 1"; empty when nothing was dropped. */
+function formatDropped(dropped: Record<string, number> | undefined): string {
+  return Object.entries(dropped ?? {}).filter(([, n]) => n > 0).map(([why, n]) => `${why} ${n}`).join(', ');
+}
+
+/** `label: value` lines with the values aligned, skipping empty values. */
+function block(title: string, rows: Array<[string, string]>): string {
+  return `${title}\n${columns(rows.filter(([, v]) => v !== '').map(([k, v]) => [`${k}:`, v]), '  ')}`;
+}
+
+function formatPeer(p: PeerStatus, now: number): string {
+  return block(`${bold('peer:')} ${p.publicKey}`, [
+    ['endpoint', p.endpoint ?? '(none)'],
+    ['allowed ips', p.allowedIps.length ? p.allowedIps.join(', ') : '(none)'],
+    ['latest handshake', p.latestHandshake === null ? 'never' : formatAgo(p.latestHandshake, now)],
+    ['transfer', `${formatBytes(p.rxBytes)} received, ${formatBytes(p.txBytes)} sent`],
+    ['persistent keepalive', p.persistentKeepalive ? `every ${formatDuration(p.persistentKeepalive * 1000)}` : ''],
+    ['dropped', formatDropped(p.dropped)],
+  ]);
+}
+
+/** Human status, laid out like `wg show`: the interface block, then one block per peer. */
+export function formatStatus(s: DeviceStatus, now = Date.now()): string {
+  const device = block(`${bold('interface:')} ${s.interface}`, [
+    ['public key', s.publicKey],
+    ['listen port', String(s.listenPort)],
+    ['addresses', s.addresses.join(', ') || '(none)'],
+    ['mtu', String(s.mtu)],
+    ['daemon', `pid ${s.pid}, up ${formatDuration(now - s.startedAt)}`],
+    ['dropped', formatDropped(s.dropped)],
+  ]);
+  return [device, ...s.peers.map((p) => formatPeer(p, now))].join('\n\n');
+}

@@ -1,0 +1,185 @@
+import { chmod, lstat, mkdir, rm } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
+import { AgentVpnError } from '../errors.js';
+import { isDaemonAnswering } from './control-client.js';
+import { controlSocketPath, runDir } from './paths.js';
+
+/** Wire format: one JSON object per line in each direction. */
+export interface ControlRequest {
+  id: number | string;
+  method: string;
+  params?: unknown;
+}
+
+export type ControlResponse =
+  | { id: number | string | null; ok: true; result: unknown }
+  | { id: number | string | null; ok: false; code: string; message: string; hint: string };
+
+export type ControlHandler = (params: unknown) => unknown | Promise<unknown>;
+
+export interface ControlServerOptions {
+  /** Called when a handler throws something that is not an AgentVpnError (a bug worth logging). */
+  onInternalError?: (method: string, err: unknown) => void;
+}
+
+/** A request line may not exceed this; a client cannot make the daemon buffer without bound. */
+export const MAX_REQUEST_BYTES = 64 * 1024;
+
+/** The daemon's local API: newline-delimited JSON over a root-only unix socket. */
+export class ControlServer {
+  readonly stats = { requests: 0, badRequests: 0 };
+  readonly path: string;
+  private server: Server | null = null;
+  private readonly sockets = new Set<Socket>();
+
+  constructor(
+    readonly iface: string,
+    private readonly handlers: Record<string, ControlHandler>,
+    private readonly options: ControlServerOptions = {},
+  ) {
+    this.path = controlSocketPath(iface);
+  }
+
+  async start(): Promise<void> {
+    if (this.server) return;
+    const created = await mkdir(runDir(), { recursive: true, mode: 0o755 });
+    if (created) await chmod(runDir(), 0o755); // mkdir's mode is narrowed by the umask
+    await this.removeStaleSocket();
+    const server = createServer((s) => this.accept(s));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.path, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    }).catch((e: NodeJS.ErrnoException) => {
+      // Another daemon bound the path between our check and listen.
+      if (e.code === 'EADDRINUSE') throw this.alreadyRunning();
+      throw e;
+    });
+    // Only root may steer the daemon; the listen-to-chmod window is inside a root-owned dir.
+    await chmod(this.path, 0o600);
+    this.server = server;
+  }
+
+  async stop(): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    this.server = null;
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    // end() lets a reply already written (e.g. to "shutdown") reach the client; destroy stragglers later.
+    for (const s of this.sockets) s.end();
+    const timer = setTimeout(() => this.sockets.forEach((s) => s.destroy()), 1000);
+    await closed; // Node unlinks the socket file on close; removing it again could hit a successor's socket
+    clearTimeout(timer);
+  }
+
+  /** A socket file left by a crashed daemon is removed; one a live daemon answers on is not. */
+  private async removeStaleSocket(): Promise<void> {
+    const st = await lstat(this.path).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return null;
+      throw e;
+    });
+    if (!st) return;
+    if (!st.isSocket()) {
+      throw new AgentVpnError('CONTROL_SOCKET_BLOCKED', `${this.path} exists and is not a socket`,
+        'remove that file, or set AGENTVPN_RUN_DIR to another directory');
+    }
+    if (await isDaemonAnswering(this.iface)) throw this.alreadyRunning();
+    await rm(this.path, { force: true });
+  }
+
+  private alreadyRunning(): AgentVpnError {
+    return new AgentVpnError('ALREADY_RUNNING', `an agentvpn daemon is already running for interface ${this.iface}`,
+      `stop it first with \`agentvpn down --interface ${this.iface}\``);
+  }
+
+  private accept(socket: Socket): void {
+    this.sockets.add(socket);
+    socket.on('close', () => this.sockets.delete(socket));
+    socket.on('error', () => {}); // a client vanishing mid-reply must not take the daemon down
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    let discarding = false; // inside an oversize line: drop bytes until its newline
+    const tooLong = (): void => this.badRequest(socket, null, `request line longer than ${MAX_REQUEST_BYTES} bytes`);
+
+    socket.on('data', (chunk: Buffer) => {
+      let start = 0;
+      for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, start)) {
+        const part = chunk.subarray(start, nl);
+        if (!discarding) {
+          if (pendingBytes + part.length > MAX_REQUEST_BYTES) tooLong();
+          else void this.handleLine(socket, Buffer.concat([...pending, part]).toString('utf8'));
+        }
+        pending = [];
+        pendingBytes = 0;
+        discarding = false;
+        start = nl + 1;
+      }
+      if (discarding || start === chunk.length) return;
+      pending.push(chunk.subarray(start));
+      pendingBytes += chunk.length - start;
+      if (pendingBytes > MAX_REQUEST_BYTES) {
+        tooLong();
+        pending = [];
+        pendingBytes = 0;
+        discarding = true;
+      }
+    });
+  }
+
+  private async handleLine(socket: Socket, line: string): Promise<void> {
+    if (!line.trim()) return;
+    let req: unknown;
+    try {
+      req = JSON.parse(line);
+    } catch {
+      return this.badRequest(socket, null, 'request is not valid JSON');
+    }
+    const r = req as Partial<ControlRequest> | null;
+    const id = typeof r?.id === 'number' || typeof r?.id === 'string' ? r.id : null;
+    if (typeof r !== 'object' || r === null || id === null || typeof r.method !== 'string') {
+      return this.badRequest(socket, id, 'request must look like {"id":1,"method":"status","params":{}}');
+    }
+    const method = r.method;
+    if (!Object.hasOwn(this.handlers, method)) {
+      this.stats.badRequests++;
+      return this.reply(socket, {
+        id, ok: false, code: 'UNKNOWN_METHOD', message: `unknown control method "${method}"`,
+        hint: `known methods: ${Object.keys(this.handlers).join(', ')}; make sure the CLI and daemon are the same version`,
+      });
+    }
+    this.stats.requests++;
+    try {
+      const result = await this.handlers[method](r.params ?? {});
+      this.reply(socket, { id, ok: true, result: result ?? null });
+    } catch (e) {
+      this.reply(socket, this.errorResponse(id, method, e));
+    }
+  }
+
+  private errorResponse(id: number | string | null, method: string, e: unknown): ControlResponse {
+    if (e instanceof AgentVpnError) return { id, ok: false, code: e.code, message: e.message, hint: e.hint };
+    this.options.onInternalError?.(method, e);
+    return {
+      id, ok: false, code: 'INTERNAL', message: `internal error in "${method}": ${e instanceof Error ? e.message : String(e)}`,
+      hint: 'this is a bug in agentvpn; the daemon log has details',
+    };
+  }
+
+  private badRequest(socket: Socket, id: number | string | null, message: string): void {
+    this.stats.badRequests++;
+    this.reply(socket, { id, ok: false, code: 'BAD_REQUEST', message, hint: 'send one JSON request per line: {"id":1,"method":"status","params":{}}' });
+  }
+
+  private reply(socket: Socket, res: ControlResponse): void {
+    if (!socket.writable) return;
+    let line: string;
+    try {
+      line = JSON.stringify(res);
+    } catch (e) {
+      line = JSON.stringify(this.errorResponse(res.id, 'reply', e)); // e.g. a BigInt in a result
+    }
+    socket.write(line + '\n');
+  }
+}

@@ -1,0 +1,27 @@
+/** What the daemon's `status` control method returns; JSON-safe (keys base64, times unix ms). */
+
+export interface PeerStatus {
+  publicKey: string;
+  endpoint: string | null;
+  allowedIps: string[];
+  /** Unix ms of the last completed handshake; null when there has been none. */
+  latestHandshake: number | null;
+  rxBytes: number;
+  txBytes: number;
+  persistentKeepalive: number;
+  /** Packets dropped for this peer, by reason. */
+  dropped: Record<string, number>;
+}
+
+export interface DeviceStatus {
+  interface: string;
+  publicKey: string;
+  listenPort: number;
+  addresses: string[];
+  mtu: number;
+  pid: number;
+  startedAt: number;
+  /** Device-level drops by reason (e.g. no route to a peer). */
+  dropped: Record<string, number>;
+  peers: PeerStatus[];
+}
