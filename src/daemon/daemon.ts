@@ -1,0 +1,169 @@
+import { lookup } from 'node:dns/promises';
+import type { Logger as PinoLogger } from 'pino';
+import type { DeviceConfig } from '../config/types.js';
+import { encodeKey } from '../crypto/keys.js';
+import { AgentVpnError } from '../errors.js';
+import { formatPrefix, parseAddress, type Prefix } from '../ip/prefix.js';
+import { native, type ReaderHandle } from '../tun/native.js';
+import { addRoutes, configureInterface, deleteInterface } from '../tun/interface.js';
+import { Device } from '../wireguard/device.js';
+import { formatEndpoint, makeEndpoint } from '../wireguard/endpoint.js';
+import { ControlServer } from './control-server.js';
+import type { DeviceStatus } from './status-types.js';
+
+/** Packets per batch in each direction: enough to amortize a syscall, small enough for latency. */
+const BATCH = 64;
+/** UDP socket buffers: large, so bursts between batches are not dropped by the kernel. */
+const SOCKET_BUFFER_BYTES = 8 * 1024 * 1024;
+
+export interface DaemonOptions {
+  iface: string;
+  config: DeviceConfig;
+  log: PinoLogger;
+}
+
+/** Resolves a config endpoint (IP literal or host name) to the native 20-byte form. */
+async function resolveEndpoint(host: string, port: number): Promise<Buffer> {
+  const literal = parseAddress(host);
+  if (literal) return makeEndpoint(literal, port);
+  try {
+    const { address } = await lookup(host);
+    return makeEndpoint(parseAddress(address)!, port);
+  } catch (e) {
+    throw new AgentVpnError('ENDPOINT_UNRESOLVED', `cannot resolve peer endpoint host "${host}"`, 'check the Endpoint line and DNS, or use an IP address', { cause: e });
+  }
+}
+
+/** A route to 0.0.0.0/0 or ::/0 would capture all host traffic; agentvpn carries overlay routes only. */
+function isDefaultRoute(p: Prefix): boolean {
+  return p.bits === 0;
+}
+
+/**
+ * The agent process: owns the TUN device and UDP socket, runs the WireGuard device between them,
+ * and answers the local control socket. start() returns once the interface is up.
+ */
+export class Daemon {
+  private device: Device | null = null;
+  private tunFd = -1;
+  private udpFd = -1;
+  private listenPort = 0;
+  private readers: ReaderHandle[] = [];
+  private control: ControlServer | null = null;
+  private interfaceCreated = false;
+  private readonly startedAt = Date.now();
+  private stopping: Promise<void> | null = null;
+
+  constructor(private readonly opts: DaemonOptions) {}
+
+  async start(): Promise<void> {
+    const { iface, config, log } = this.opts;
+    try {
+      // The control socket first: it refuses to start when a daemon already owns this interface.
+      this.control = new ControlServer(iface, {
+        status: () => this.status(),
+        shutdown: () => {
+          setImmediate(() => void this.stop().then(() => process.exit(0)));
+          return { stopping: true };
+        },
+      }, { onInternalError: (method, err) => log.error({ method, err }, 'control handler failed') });
+      await this.control.start();
+
+      const endpoints = await Promise.all(config.peers.map((p) => (p.endpoint ? resolveEndpoint(p.endpoint.host, p.endpoint.port) : null)));
+      const tun = native.tunOpen(iface);
+      this.tunFd = tun.fd;
+      this.interfaceCreated = true;
+      const udp = native.udpOpen(config.listenPort, SOCKET_BUFFER_BYTES);
+      this.udpFd = udp.fd;
+      this.listenPort = udp.port;
+
+      const tunFd = this.tunFd;
+      const udpFd = this.udpFd;
+      const device = new Device({
+        privateKey: config.privateKey,
+        mtu: config.mtu,
+        batchSize: BATCH,
+        log,
+        alwaysUnderLoad: process.env.AGENTVPN_TEST_UNDER_LOAD === '1',
+        io: {
+          sendUdp: (slab, offsets, lens, addrs, count) => native.udpSend(udpFd, slab, offsets, lens, addrs, count),
+          writeTun: (slab, offsets, lens, count) => native.tunWrite(tunFd, slab, offsets, lens, count),
+        },
+      });
+      this.device = device;
+      config.peers.forEach((p, i) => device.addPeer({ ...p, endpoint: endpoints[i] }));
+
+      await configureInterface(iface, { addresses: config.addresses, mtu: config.mtu });
+      const routes = config.peers.flatMap((p) => p.allowedIps).filter((p) => !isDefaultRoute(p));
+      if (routes.length) await addRoutes(iface, routes);
+      if (config.peers.some((p) => p.allowedIps.some(isDefaultRoute))) {
+        log.warn({}, 'AllowedIPs 0.0.0.0/0 or ::/0 accepted for routing inside the tunnel, but no default route was installed');
+      }
+
+      this.startReaders(device);
+      device.start();
+      log.info({ iface, listenPort: this.listenPort, peers: config.peers.length }, 'agentvpn is up');
+    } catch (e) {
+      await this.stop();
+      throw e;
+    }
+  }
+
+  private startReaders(device: Device): void {
+    const tunSlot = device.tunSlotSize;
+    const tunSlab = Buffer.alloc(tunSlot * BATCH);
+    const tunLens = new Int32Array(BATCH);
+    const udpSlot = tunSlot;
+    const udpSlab = Buffer.alloc(udpSlot * BATCH);
+    const udpLens = new Int32Array(BATCH);
+    const udpAddrs = Buffer.alloc(20 * BATCH);
+    const onError = (err: Error) => this.opts.log.error({ err }, 'packet handler failed');
+    this.readers.push(
+      native.startReader(this.tunFd, 'tun', tunSlab, tunSlot, BATCH, tunLens, null, (n) => device.handleTunBatch(tunSlab, tunSlot, tunLens, n), onError),
+      native.startReader(this.udpFd, 'udp', udpSlab, udpSlot, BATCH, udpLens, udpAddrs, (n) => device.handleUdpBatch(udpSlab, udpSlot, udpLens, udpAddrs, n), onError),
+    );
+  }
+
+  /** Idempotent: closes everything that start() opened, also after a partial start. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      for (const r of this.readers) native.stopReader(r);
+      this.readers = [];
+      this.device?.stop();
+      if (this.udpFd >= 0) native.closeFd(this.udpFd);
+      if (this.tunFd >= 0) native.closeFd(this.tunFd);
+      this.udpFd = this.tunFd = -1;
+      // Closing the last fd of a non-persistent TUN removes it with its addresses and routes;
+      // deleting it explicitly covers a device left behind by a crash under the same name.
+      if (this.interfaceCreated) await deleteInterface(this.opts.iface).catch(() => {});
+      await this.control?.stop();
+      this.opts.log.info({ iface: this.opts.iface }, 'agentvpn is down');
+    })();
+    return this.stopping;
+  }
+
+  status(): DeviceStatus {
+    const device = this.device;
+    const peers = device?.allPeers() ?? [];
+    return {
+      interface: this.opts.iface,
+      publicKey: device ? encodeKey(device.local.publicKey) : '',
+      listenPort: this.listenPort,
+      addresses: this.opts.config.addresses.map(formatPrefix),
+      mtu: this.opts.config.mtu,
+      pid: process.pid,
+      startedAt: this.startedAt,
+      dropped: { ...(device?.dropped ?? {}) },
+      peers: peers.map((p) => ({
+        publicKey: encodeKey(p.publicKey),
+        endpoint: p.endpoint ? formatEndpoint(p.endpoint) : null,
+        allowedIps: device!.allowedIps.prefixesOf(p).map(formatPrefix),
+        latestHandshake: p.latestHandshakeAt,
+        rxBytes: p.rxBytes,
+        txBytes: p.txBytes,
+        persistentKeepalive: p.persistentKeepalive,
+        dropped: { ...p.dropped },
+      })),
+    };
+  }
+}
