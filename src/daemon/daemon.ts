@@ -159,6 +159,7 @@ export class Daemon {
         endpoint: p.endpoint ? formatEndpoint(p.endpoint) : null,
         allowedIps: device!.allowedIps.prefixesOf(p).map(formatPrefix),
         latestHandshake: p.latestHandshakeAt,
+        handshakes: p.handshakes,
         rxBytes: p.rxBytes,
         txBytes: p.txBytes,
         persistentKeepalive: p.persistentKeepalive,

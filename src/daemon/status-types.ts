@@ -6,6 +6,8 @@ export interface PeerStatus {
   allowedIps: string[];
   /** Unix ms of the last completed handshake; null when there has been none. */
   latestHandshake: number | null;
+  /** Handshakes completed since the daemon started (rekeys included). */
+  handshakes: number;
   rxBytes: number;
   txBytes: number;
   persistentKeepalive: number;

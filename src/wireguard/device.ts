@@ -452,6 +452,7 @@ export class Device {
     this.indices.set(kp.localIndex, { peer, keypair: kp });
     this.retire(peer.keypairs.install(kp));
     peer.latestHandshakeAt = now;
+    peer.handshakes++;
     peer.handshakeAttemptStartedAt = null;
     peer.nextRetransmitAt = Infinity;
     this.log.info({ peer: this.peerName(peer), initiator: kp.isInitiator }, 'handshake complete');

@@ -35,6 +35,7 @@ export class Peer {
   lastInitiationSentAt = -Infinity;
   nextRetransmitAt = Infinity;
   latestHandshakeAt: number | null = null;
+  handshakes = 0;
 
   rxBytes = 0;
   txBytes = 0;
