@@ -1,0 +1,121 @@
+import { Identity, verifySignature } from '../identity/identity.js';
+import { publicKeyOfAgentId } from '../identity/agent-id.js';
+import { overlayIPv6 } from '../identity/addresses.js';
+import { formatAddress, parseAddress } from '../ip/prefix.js';
+import { formatCapability, parseCapability, MAX_CAPABILITIES } from './capabilities.js';
+
+/**
+ * An agent record: what the fleet knows about an agent. It is signed by the agent's own
+ * Ed25519 key, and its ID encodes that key, so a registry (or anyone in between) can store
+ * and relay records but cannot forge or alter one.
+ */
+export interface AgentRecord {
+  v: 1;
+  network: string;
+  id: string;
+  name: string;
+  /** WireGuard (X25519) public key, base64; must be the one derived from the ID's key. */
+  wgPublicKey: string;
+  ipv4: string;
+  ipv6: string;
+  /** Underlay UDP endpoints where the agent may be reached, "ip:port" / "[ip6]:port". */
+  endpoints: string[];
+  capabilities: string[];
+  /** Grows with every new record from the same agent; older ones are refused. */
+  seq: number;
+  issuedAt: number;
+  expiresAt: number;
+}
+
+export interface SignedRecord {
+  record: AgentRecord;
+  /** base64 Ed25519 signature over canonicalRecordBytes(record). */
+  signature: string;
+}
+
+export const NAME_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+export const NETWORK_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+const MAX_ENDPOINTS = 16;
+/** Records older than this (by expiry) are refused; agents re-sign well before. */
+export const RECORD_LIFETIME_MS = 24 * 3600_000;
+const ENDPOINT = /^(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:.]+\]):(\d{1,5})$/;
+
+const FIELDS: (keyof AgentRecord)[] = ['v', 'network', 'id', 'name', 'wgPublicKey', 'ipv4', 'ipv6', 'endpoints', 'capabilities', 'seq', 'issuedAt', 'expiresAt'];
+
+/** The exact bytes that are signed: a domain label, then the fields in a fixed order as JSON. */
+export function canonicalRecordBytes(r: AgentRecord): Buffer {
+  return Buffer.from('agentvpn record v1\n' + JSON.stringify(FIELDS.map((f) => r[f])));
+}
+
+export function signRecord(identity: Identity, record: AgentRecord): SignedRecord {
+  return { record, signature: Buffer.from(identity.sign(canonicalRecordBytes(record))).toString('base64') };
+}
+
+export type RecordProblem =
+  | 'MALFORMED_RECORD' | 'BAD_SIGNATURE' | 'KEY_MISMATCH' | 'EXPIRED_RECORD' | 'WRONG_NETWORK';
+
+export interface RecordCheck {
+  ok: boolean;
+  problem?: RecordProblem;
+  detail?: string;
+}
+
+function fail(problem: RecordProblem, detail: string): RecordCheck {
+  return { ok: false, problem, detail };
+}
+
+function isEndpoint(s: unknown): boolean {
+  if (typeof s !== 'string') return false;
+  const m = ENDPOINT.exec(s);
+  if (!m) return false;
+  const host = m[1].startsWith('[') ? m[1].slice(1, -1) : m[1];
+  return parseAddress(host) !== null && Number(m[2]) > 0 && Number(m[2]) < 65536;
+}
+
+/** Checks a record's shape only (types, sizes, formats). */
+function shapeProblem(r: AgentRecord): string | null {
+  if (!r || typeof r !== 'object') return 'not an object';
+  if (r.v !== 1) return 'unsupported version';
+  if (typeof r.network !== 'string' || !NETWORK_PATTERN.test(r.network)) return 'bad network name';
+  if (typeof r.name !== 'string' || !NAME_PATTERN.test(r.name)) return 'bad name (lowercase letters, digits and -, up to 63)';
+  if (typeof r.wgPublicKey !== 'string' || Buffer.from(r.wgPublicKey, 'base64').length !== 32) return 'bad wgPublicKey';
+  const v4 = typeof r.ipv4 === 'string' ? parseAddress(r.ipv4) : null;
+  if (!v4 || v4.length !== 4) return 'bad ipv4';
+  if (typeof r.ipv6 !== 'string' || parseAddress(r.ipv6)?.length !== 16) return 'bad ipv6';
+  if (!Array.isArray(r.endpoints) || r.endpoints.length > MAX_ENDPOINTS || !r.endpoints.every(isEndpoint)) return 'bad endpoints';
+  if (!Array.isArray(r.capabilities) || r.capabilities.length > MAX_CAPABILITIES) return 'bad capabilities';
+  for (const c of r.capabilities) {
+    try {
+      if (formatCapability(parseCapability(c)) !== c) return `capability "${c}" is not in canonical form`;
+    } catch {
+      return `bad capability "${String(c).slice(0, 40)}"`;
+    }
+  }
+  for (const n of [r.seq, r.issuedAt, r.expiresAt]) if (!Number.isSafeInteger(n) || n < 0) return 'bad seq or times';
+  return null;
+}
+
+/**
+ * Everything a peer (or the registry) checks before believing a record: shape, that the ID
+ * encodes the signing key, the signature, the derived WireGuard key and IPv6 address, expiry.
+ */
+export function verifyRecord(signed: SignedRecord, opts: { network?: string; now?: number } = {}): RecordCheck {
+  if (!signed || typeof signed !== 'object' || typeof signed.signature !== 'string') return fail('MALFORMED_RECORD', 'missing record or signature');
+  const r = signed.record;
+  const shape = shapeProblem(r);
+  if (shape) return fail('MALFORMED_RECORD', shape);
+  const key = publicKeyOfAgentId(r.id);
+  if (!key) return fail('MALFORMED_RECORD', 'id is not a valid agent ID');
+  if (!verifySignature(key, canonicalRecordBytes(r), Buffer.from(signed.signature, 'base64'))) {
+    return fail('BAD_SIGNATURE', 'signature does not verify with the key in the agent ID');
+  }
+  if (Buffer.from(Identity.wgPublicKeyOf(key)).toString('base64') !== r.wgPublicKey) {
+    return fail('KEY_MISMATCH', 'wgPublicKey is not derived from the agent ID key');
+  }
+  if (formatAddress(overlayIPv6(r.network, key)) !== formatAddress(parseAddress(r.ipv6)!)) {
+    return fail('KEY_MISMATCH', 'ipv6 is not the address derived from the agent key');
+  }
+  if (opts.network !== undefined && r.network !== opts.network) return fail('WRONG_NETWORK', `record is for network ${r.network}`);
+  if (r.expiresAt <= (opts.now ?? Date.now())) return fail('EXPIRED_RECORD', 'record has expired');
+  return { ok: true };
+}
