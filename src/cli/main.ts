@@ -8,6 +8,9 @@ import { genkeyCommand } from './commands/genkey.js';
 import { pubkeyCommand } from './commands/pubkey.js';
 import { statusCommand } from './commands/status.js';
 import { upCommand } from './commands/up.js';
+import { idCommand } from './commands/id.js';
+import { peersCommand } from './commands/peers.js';
+import { resolveCommand } from './commands/resolve.js';
 
 // package.json sits two levels up from both src/cli/ and dist/cli/.
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -22,6 +25,9 @@ await yargs(args)
   .command(upCommand)
   .command(downCommand)
   .command(statusCommand)
+  .command(idCommand)
+  .command(peersCommand)
+  .command(resolveCommand)
   .command(genkeyCommand)
   .command(pubkeyCommand)
   .demandCommand(1, 'no command given')

@@ -3,12 +3,12 @@ import type { Logger as PinoLogger } from 'pino';
 import type { DeviceConfig } from '../config/types.js';
 import { encodeKey } from '../crypto/keys.js';
 import { AgentVpnError } from '../errors.js';
-import { formatPrefix, parseAddress, type Prefix } from '../ip/prefix.js';
+import { formatPrefix, networkOf, parseAddress, type Prefix } from '../ip/prefix.js';
 import { native, type ReaderHandle } from '../tun/native.js';
 import { addRoutes, configureInterface, deleteInterface } from '../tun/interface.js';
 import { Device } from '../wireguard/device.js';
 import { formatEndpoint, makeEndpoint } from '../wireguard/endpoint.js';
-import { ControlServer } from './control-server.js';
+import { ControlServer, type ControlHandler } from './control-server.js';
 import type { DeviceStatus } from './status-types.js';
 
 /** Packets per batch in each direction: enough to amortize a syscall, small enough for latency. */
@@ -20,6 +20,16 @@ export interface DaemonOptions {
   iface: string;
   config: DeviceConfig;
   log: PinoLogger;
+  /** More control-socket methods (registry mode adds id, peers, resolve). */
+  handlers?: Record<string, ControlHandler>;
+}
+
+/** A peer as the daemon manages it at run time (registry mode adds and updates these). */
+export interface DynamicPeer {
+  publicKey: Uint8Array;
+  allowedIps: Prefix[];
+  endpoint: Buffer | null;
+  persistentKeepalive?: number;
 }
 
 /** Resolves a config endpoint (IP literal or host name) to the native 20-byte form. */
@@ -61,9 +71,11 @@ export class Daemon {
     try {
       // The control socket first: it refuses to start when a daemon already owns this interface.
       this.control = new ControlServer(iface, {
+        ...this.opts.handlers,
         status: () => this.status(),
+        // The same path as SIGTERM, so whoever owns the process (up, fleet mode) cleans up everything.
         shutdown: () => {
-          setImmediate(() => void this.stop().then(() => process.exit(0)));
+          setImmediate(() => process.kill(process.pid, 'SIGTERM'));
           return { stopping: true };
         },
       }, { onInternalError: (method, err) => log.error({ method, err }, 'control handler failed') });
@@ -94,8 +106,7 @@ export class Daemon {
       config.peers.forEach((p, i) => device.addPeer({ ...p, endpoint: endpoints[i] }));
 
       await configureInterface(iface, { addresses: config.addresses, mtu: config.mtu });
-      const routes = config.peers.flatMap((p) => p.allowedIps).filter((p) => !isDefaultRoute(p));
-      if (routes.length) await addRoutes(iface, routes);
+      await this.routeTo(config.peers.flatMap((p) => p.allowedIps));
       if (config.peers.some((p) => p.allowedIps.some(isDefaultRoute))) {
         log.warn({}, 'AllowedIPs 0.0.0.0/0 or ::/0 accepted for routing inside the tunnel, but no default route was installed');
       }
@@ -107,6 +118,35 @@ export class Daemon {
       await this.stop();
       throw e;
     }
+  }
+
+  /** Routes allowed IPs into the TUN, except default routes and what the interface's own subnets already cover. */
+  private async routeTo(prefixes: Prefix[]): Promise<void> {
+    const covered = (p: Prefix) => this.opts.config.addresses.some((a) => {
+      if (a.family !== p.family || a.bits > p.bits) return false;
+      return formatPrefix(networkOf({ ...p, bits: a.bits })) === formatPrefix(networkOf(a));
+    });
+    const routes = prefixes.filter((p) => !isDefaultRoute(p) && !covered(p));
+    if (routes.length) await addRoutes(this.opts.iface, routes);
+  }
+
+  /** Adds a peer, or updates its endpoint and allowed IPs when it exists. */
+  async upsertPeer(p: DynamicPeer): Promise<void> {
+    const device = this.device;
+    if (!device) return;
+    const existing = device.getPeer(p.publicKey);
+    if (existing) {
+      if (p.endpoint) existing.endpoint = p.endpoint;
+      device.allowedIps.removeValue(existing);
+      for (const prefix of p.allowedIps) device.allowedIps.insert(prefix, existing);
+    } else {
+      device.addPeer({ publicKey: p.publicKey, allowedIps: p.allowedIps, endpoint: p.endpoint, persistentKeepalive: p.persistentKeepalive });
+    }
+    await this.routeTo(p.allowedIps);
+  }
+
+  removePeer(publicKey: Uint8Array): void {
+    this.device?.removePeer(publicKey);
   }
 
   private startReaders(device: Device): void {

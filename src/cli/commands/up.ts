@@ -5,6 +5,9 @@ import type { CommandModule } from 'yargs';
 import pino from 'pino';
 import { loadConfig } from '../../config/wgquick.js';
 import { Daemon } from '../../daemon/daemon.js';
+import { FleetAgent } from '../../daemon/fleet.js';
+import { DEFAULT_STATE_DIR, stateDir } from '../../identity/identity.js';
+import { NAME_PATTERN } from '../../registry/record.js';
 import { logFilePath, pidFilePath, runDir, validateInterfaceName } from '../../daemon/paths.js';
 import type { DeviceStatus } from '../../daemon/status-types.js';
 import { AgentVpnError } from '../../errors.js';
@@ -14,11 +17,52 @@ import { interfaceOption, printResult, runCommand, toAgentVpnError, type GlobalA
 const START_TIMEOUT_MS = 30_000;
 
 interface UpArgs extends GlobalArgs {
-  config: string;
+  config?: string;
+  registry?: string;
+  token?: string;
+  name?: string;
+  cap: string[];
+  network: string;
+  'state-dir'?: string;
+  'registry-ca'?: string;
+  dns: boolean;
+  mtu: number;
   interface: string;
   foreground: boolean;
   'listen-port'?: number;
   'log-level': string;
+}
+
+/** The daemon's two modes: a static wg-quick config, or a fleet found through a registry. */
+function checkMode(args: UpArgs): void {
+  if (!args.config === !args.registry) {
+    throw new AgentVpnError('USAGE', 'give either --config FILE (static peers) or --registry URL (fleet mode)',
+      'e.g. `sudo agentvpn up --config wg0.conf` or `sudo agentvpn up --registry https://reg:7443 --token T --name planner`');
+  }
+  if (args.registry && !args.name) {
+    throw new AgentVpnError('USAGE', '--registry needs --name', 'name this agent, e.g. --name planner (lowercase letters, digits, -)');
+  }
+  if (args.name && !NAME_PATTERN.test(args.name)) {
+    throw new AgentVpnError('BAD_NAME', `invalid agent name "${args.name}"`, 'use lowercase letters, digits and -, at most 63 characters');
+  }
+}
+
+/** Starts the daemon in either mode; returns a stop function. */
+async function startDaemon(args: UpArgs, iface: string, log: pino.Logger): Promise<{ stop(): Promise<void>; status(): DeviceStatus }> {
+  if (args.registry) {
+    const fleet = new FleetAgent({
+      iface, registryUrl: args.registry, token: args.token ?? process.env.AGENTVPN_TOKEN, name: args.name!, capabilities: args.cap,
+      network: args.network, stateDir: stateDir(args['state-dir']), listenPort: args['listen-port'] ?? 0, mtu: args.mtu,
+      caFile: args['registry-ca'], dns: args.dns, log,
+    });
+    const daemon = await fleet.start();
+    return { stop: () => fleet.stop(), status: () => daemon.status() };
+  }
+  const config = await loadConfig(args.config!);
+  if (args['listen-port'] !== undefined) config.listenPort = args['listen-port'];
+  const daemon = new Daemon({ iface, config, log });
+  await daemon.start();
+  return daemon;
 }
 
 type ChildReport = { type: 'ready'; status: DeviceStatus } | { type: 'error'; error: ReturnType<AgentVpnError['toJSON']> };
@@ -30,13 +74,12 @@ function describeUp(s: DeviceStatus): string {
 /** Runs the daemon in this process until SIGTERM/SIGINT or `agentvpn down`. */
 async function runForeground(args: UpArgs): Promise<void> {
   const iface = validateInterfaceName(args.interface);
-  const config = await loadConfig(args.config);
-  if (args['listen-port'] !== undefined) config.listenPort = args['listen-port'];
+  checkMode(args);
   const log = pino({ level: args['log-level'], base: { iface } }, pino.destination(2));
-  const daemon = new Daemon({ iface, config, log });
   const report = (msg: ChildReport) => process.send?.(msg);
+  let daemon: Awaited<ReturnType<typeof startDaemon>>;
   try {
-    await daemon.start();
+    daemon = await startDaemon(args, iface, log);
   } catch (e) {
     report({ type: 'error', error: toAgentVpnError(e).toJSON() });
     throw e;
@@ -64,13 +107,15 @@ async function runForeground(args: UpArgs): Promise<void> {
 /** Starts the daemon as a detached child and returns once it reports the interface up (or fails). */
 async function runBackground(args: UpArgs): Promise<void> {
   const iface = validateInterfaceName(args.interface);
-  await loadConfig(args.config); // report config errors here, before anything starts
+  checkMode(args);
+  if (args.config) await loadConfig(args.config); // report config errors here, before anything starts
   mkdirSync(runDir(), { recursive: true, mode: 0o755 });
   const logFd = openSync(logFilePath(iface), 'a', 0o600);
   const bin = fileURLToPath(new URL('../../../bin/agentvpn.js', import.meta.url));
-  const childArgs = [bin, 'up', '--foreground', '--config', args.config, '--interface', iface, '--log-level', args['log-level']];
-  if (args['listen-port'] !== undefined) childArgs.push('--listen-port', String(args['listen-port']));
-  const child = spawn(process.execPath, childArgs, { detached: true, stdio: ['ignore', logFd, logFd, 'ipc'] });
+  // The child gets the same arguments; the token travels in the environment, not on a command line others can read.
+  const childArgs = [bin, ...process.argv.slice(2).filter((a, i, all) => a !== '--token' && all[i - 1] !== '--token' && !a.startsWith('--token=')), '--foreground'];
+  const env = { ...process.env, ...(args.token ? { AGENTVPN_TOKEN: args.token } : {}) };
+  const child = spawn(process.execPath, childArgs, { detached: true, env, stdio: ['ignore', logFd, logFd, 'ipc'] });
 
   const report = await new Promise<ChildReport>((resolve, reject) => {
     const timer = setTimeout(() => reject(new AgentVpnError('START_TIMEOUT', `the daemon did not come up within ${START_TIMEOUT_MS / 1000} s`, `see its log: ${logFilePath(iface)}`)), START_TIMEOUT_MS);
@@ -89,10 +134,19 @@ async function runBackground(args: UpArgs): Promise<void> {
 
 export const upCommand: CommandModule<GlobalArgs, UpArgs> = {
   command: 'up',
-  describe: 'Start the daemon: create the interface and connect to the peers of a wg-quick style config',
+  describe: 'Start the daemon: create the interface and connect to static peers (--config) or to a fleet (--registry)',
   builder: (y) =>
     y
-      .option('config', { alias: 'c', type: 'string', demandOption: true, describe: 'wg-quick style config file ([Interface] and [Peer] sections)' })
+      .option('config', { alias: 'c', type: 'string', describe: 'wg-quick style config file ([Interface] and [Peer] sections)' })
+      .option('registry', { type: 'string', describe: 'registry URL (fleet mode), e.g. https://reg.example:7443' })
+      .option('token', { type: 'string', describe: 'network join token (first join only; or AGENTVPN_TOKEN)' })
+      .option('name', { type: 'string', describe: 'this agent\'s name in the network (fleet mode)' })
+      .option('cap', { type: 'string', array: true, default: [] as string[], describe: 'capability, repeatable: name[@version][;key=value]' })
+      .option('network', { type: 'string', default: 'default', describe: 'network to join (fleet mode)' })
+      .option('state-dir', { type: 'string', describe: `identity and state (default ${DEFAULT_STATE_DIR} or AGENTVPN_STATE_DIR)` })
+      .option('registry-ca', { type: 'string', describe: 'CA certificate (PEM) to trust for the registry\'s TLS' })
+      .option('dns', { type: 'boolean', default: true, describe: 'answer NAME.<network> on the overlay addresses (port 53)' })
+      .option('mtu', { type: 'number', default: 1420, describe: 'tunnel MTU (fleet mode; static mode reads MTU from the config)' })
       .option('interface', interfaceOption)
       .option('foreground', { alias: 'f', type: 'boolean', default: false, describe: 'Stay in the foreground (systemd, containers, tests)' })
       .option('listen-port', { type: 'number', describe: 'UDP port to listen on (overrides ListenPort)' })

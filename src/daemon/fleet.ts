@@ -1,0 +1,257 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { networkInterfaces } from 'node:os';
+import { join } from 'node:path';
+import type { Logger as PinoLogger } from 'pino';
+import { AgentVpnError } from '../errors.js';
+import { Identity } from '../identity/identity.js';
+import { formatAddress, parseAddress, parsePrefix, type Prefix } from '../ip/prefix.js';
+import { RegistryClient, type AgentView, type JoinResult } from '../registry/client.js';
+import { anyCapabilityMatches, formatCapability, parseCapability } from '../registry/capabilities.js';
+import { RECORD_LIFETIME_MS, signRecord, verifyRecord, type AgentRecord } from '../registry/record.js';
+import { writeFileAtomic } from '../util/atomic-file.js';
+import { makeEndpoint } from '../wireguard/endpoint.js';
+import { DnsServer } from '../dns/server.js';
+import { Daemon } from './daemon.js';
+
+export interface FleetOptions {
+  iface: string;
+  registryUrl: string;
+  token?: string;
+  name: string;
+  capabilities: string[];
+  network: string;
+  stateDir: string;
+  listenPort: number;
+  mtu: number;
+  caFile?: string;
+  /** Serve agent names over DNS on the overlay addresses (port 53). */
+  dns: boolean;
+  log: PinoLogger;
+}
+
+/** What `agentvpn peers` and `discover()` return for each agent. */
+export interface PeerInfo {
+  id: string;
+  name: string;
+  ipv4: string;
+  ipv6: string;
+  online: boolean;
+  lastSeen: number;
+  capabilities: string[];
+  endpoints: string[];
+}
+
+/** A re-signed record is published this long before the old one expires. */
+const REPUBLISH_MARGIN_MS = RECORD_LIFETIME_MS / 4;
+const RETRY_MIN_MS = 500;
+const RETRY_MAX_MS = 30_000;
+
+/** Underlay addresses worth publishing: not loopback, not link-local, not our own overlay. */
+function localEndpoints(port: number, exclude: string): string[] {
+  const out: string[] = [];
+  for (const [name, addrs] of Object.entries(networkInterfaces())) {
+    if (name === exclude) continue;
+    for (const a of addrs ?? []) {
+      if (a.internal || (a.family === 'IPv6' && a.address.toLowerCase().startsWith('fe80'))) continue;
+      out.push(a.family === 'IPv4' ? `${a.address}:${port}` : `[${a.address}]:${port}`);
+    }
+  }
+  return out.slice(0, 16);
+}
+
+function endpointBuffer(text: string): Buffer | null {
+  const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(text);
+  const addr = m ? parseAddress(m[1]) : null;
+  return addr ? makeEndpoint(addr, Number(m![2])) : null;
+}
+
+/**
+ * Registry mode: the agent's identity, join, its signed record, heartbeats, and the fleet view
+ * that becomes WireGuard peers, DNS names and discovery answers. When the registry is
+ * unreachable, everything already configured keeps working and the agent keeps retrying.
+ */
+export class FleetAgent {
+  readonly identity: Identity;
+  private readonly client: RegistryClient;
+  private join: JoinResult | null = null;
+  private daemon: Daemon | null = null;
+  private dns: DnsServer | null = null;
+  private readonly agents = new Map<string, AgentView>();
+  private watcher: { close(): void } | null = null;
+  private timers: NodeJS.Timeout[] = [];
+  private seq = 0;
+  private publishedAt = 0;
+  private registryUp = false;
+
+  constructor(private readonly opts: FleetOptions) {
+    this.identity = Identity.loadOrCreate(opts.stateDir);
+    this.client = new RegistryClient({ url: opts.registryUrl, identity: this.identity, network: opts.network, caFile: opts.caFile });
+    for (const c of opts.capabilities) parseCapability(c); // fail early on a bad --cap
+  }
+
+  private get cacheFile(): string {
+    return join(this.opts.stateDir, `join-${this.opts.network}.json`);
+  }
+
+  /** Joins the network (or, with the registry down, reuses the last join: addresses are permanent). */
+  private async joinNetwork(): Promise<JoinResult> {
+    try {
+      const result = await this.client.join(this.opts.name, this.opts.token);
+      writeFileAtomic(this.cacheFile, JSON.stringify(result));
+      return result;
+    } catch (e) {
+      if (e instanceof AgentVpnError && e.code === 'REGISTRY_UNREACHABLE' && existsSync(this.cacheFile)) {
+        this.opts.log.warn({ err: e.message }, 'registry unreachable; starting with the addresses of the last join');
+        return JSON.parse(readFileSync(this.cacheFile, 'utf8')) as JoinResult;
+      }
+      throw e;
+    }
+  }
+
+  async start(): Promise<Daemon> {
+    const { opts } = this;
+    const join = await this.joinNetwork();
+    this.join = join;
+    const pool = parsePrefix(join.pool)!;
+    const ula = parsePrefix(join.ulaPrefix)!;
+    const addresses: Prefix[] = [
+      { ...parsePrefix(join.ipv4)!, bits: pool.bits },
+      { ...parsePrefix(join.ipv6)!, bits: ula.bits },
+    ];
+    const daemon = new Daemon({
+      iface: opts.iface,
+      log: opts.log,
+      config: { privateKey: this.identity.wgPrivateKey, addresses, listenPort: opts.listenPort, mtu: opts.mtu, peers: [] },
+      handlers: {
+        id: () => this.describeSelf(),
+        peers: (params) => this.peers((params as { cap?: string } | undefined)?.cap),
+        resolve: (params) => this.resolve(String((params as { name?: unknown } | undefined)?.name ?? '')),
+      },
+    });
+    this.daemon = daemon;
+    await daemon.start();
+    if (opts.dns) {
+      this.dns = new DnsServer({ bind: [join.ipv4, join.ipv6], zone: join.network, lookup: (name) => this.lookupName(name) });
+      await this.dns.start();
+    }
+    this.watcher = this.client.watch({
+      snapshot: (agents) => { for (const a of agents) void this.apply(a); },
+      change: (_kind, agent) => void this.apply(agent),
+      connected: () => {
+        if (!this.registryUp) opts.log.info({}, 'registry connected');
+        this.registryUp = true;
+        void this.publish(); // the registry may have restarted: make sure it has our record
+      },
+      disconnected: (err) => {
+        if (this.registryUp) opts.log.warn({ err: err.message }, 'registry unreachable; tunnels keep working, retrying');
+        this.registryUp = false;
+      },
+    });
+    this.timers.push(setInterval(() => void this.heartbeat(), join.heartbeatIntervalMs));
+    return daemon;
+  }
+
+  async stop(): Promise<void> {
+    for (const t of this.timers) clearInterval(t);
+    this.watcher?.close();
+    await this.client.leave().catch(() => {});
+    await this.dns?.stop();
+    await this.daemon?.stop();
+  }
+
+  private buildRecord(): AgentRecord {
+    const join = this.join!;
+    const now = Date.now();
+    this.seq = Math.max(now, this.seq + 1); // grows across restarts too
+    return {
+      v: 1, network: join.network, id: this.identity.id, name: this.opts.name,
+      wgPublicKey: Buffer.from(this.identity.wgPublicKey).toString('base64'),
+      ipv4: join.ipv4, ipv6: join.ipv6,
+      endpoints: localEndpoints(this.daemon!.status().listenPort, this.opts.iface),
+      capabilities: this.opts.capabilities.map((c) => formatCapability(parseCapability(c))),
+      seq: this.seq, issuedAt: now, expiresAt: now + RECORD_LIFETIME_MS,
+    };
+  }
+
+  /** Publishes a fresh signed record, retrying with backoff until the registry takes it. */
+  private async publish(delay = RETRY_MIN_MS): Promise<void> {
+    try {
+      await this.client.publish(signRecord(this.identity, this.buildRecord()));
+      this.publishedAt = Date.now();
+    } catch (e) {
+      this.opts.log.warn({ err: (e as Error).message }, 'publishing our record failed; will retry');
+      const t = setTimeout(() => void this.publish(Math.min(delay * 2, RETRY_MAX_MS)), delay);
+      this.timers.push(t);
+    }
+  }
+
+  private async heartbeat(): Promise<void> {
+    try {
+      if (Date.now() - this.publishedAt > RECORD_LIFETIME_MS - REPUBLISH_MARGIN_MS) await this.publish();
+      else await this.client.heartbeat();
+    } catch (e) {
+      const code = e instanceof AgentVpnError ? e.code : '';
+      // A registry that lost our record (restored from an older backup, say) gets it again.
+      if (code === 'NOT_FOUND' || code === 'NOT_JOINED') {
+        await this.client.join(this.opts.name, this.opts.token).catch(() => {});
+        await this.publish();
+      }
+    }
+  }
+
+  /** Believes an agent only if its record verifies; then makes it a WireGuard peer. */
+  private async apply(view: AgentView): Promise<void> {
+    const r = view.record;
+    if (!r || r.id === this.identity.id) return;
+    const check = verifyRecord(view, { network: this.join!.network });
+    if (!check.ok) {
+      this.opts.log.warn({ id: r.id, problem: check.problem, detail: check.detail }, 'ignoring agent record that does not verify');
+      return;
+    }
+    const known = this.agents.get(r.id);
+    if (known && known.record.seq > r.seq) return;
+    this.agents.set(r.id, view);
+    const endpoint = r.endpoints.map(endpointBuffer).find((e) => e !== null) ?? null;
+    await this.daemon?.upsertPeer({
+      publicKey: Buffer.from(r.wgPublicKey, 'base64'),
+      allowedIps: [parsePrefix(r.ipv4)!, parsePrefix(r.ipv6)!],
+      endpoint,
+    }).catch((e) => this.opts.log.error({ err: e, id: r.id }, 'configuring peer failed'));
+  }
+
+  private describeSelf() {
+    const join = this.join!;
+    return {
+      id: this.identity.id, name: this.opts.name, network: join.network, ipv4: join.ipv4, ipv6: join.ipv6,
+      wgPublicKey: Buffer.from(this.identity.wgPublicKey).toString('base64'),
+      capabilities: this.opts.capabilities, registry: this.opts.registryUrl, registryConnected: this.registryUp,
+    };
+  }
+
+  peers(cap?: string): PeerInfo[] {
+    const query = cap ? parseCapability(cap) : null;
+    return [...this.agents.values()]
+      .filter((a) => !query || anyCapabilityMatches(query, a.record.capabilities))
+      .map((a) => ({
+        id: a.record.id, name: a.record.name, ipv4: a.record.ipv4, ipv6: a.record.ipv6, online: a.online,
+        lastSeen: a.lastSeen, capabilities: a.record.capabilities, endpoints: a.record.endpoints,
+      }))
+      .sort((x, y) => x.name.localeCompare(y.name));
+  }
+
+  /** `name` or `name.<network>`; our own name resolves too. */
+  private lookupName(name: string): { ipv4: string; ipv6: string } | null {
+    const bare = name.toLowerCase().replace(/\.$/, '').replace(new RegExp(`\\.${this.join!.network}$`), '');
+    if (bare === this.opts.name) return { ipv4: this.join!.ipv4, ipv6: this.join!.ipv6 };
+    for (const a of this.agents.values()) if (a.record.name === bare) return { ipv4: a.record.ipv4, ipv6: a.record.ipv6 };
+    return null;
+  }
+
+  resolve(name: string): { name: string; ipv4: string; ipv6: string } {
+    const hit = this.lookupName(name);
+    if (!hit) {
+      throw new AgentVpnError('NAME_NOT_FOUND', `no agent named "${name}" in network ${this.join!.network}`, 'list the agents with `agentvpn peers`');
+    }
+    return { name, ipv4: formatAddress(parseAddress(hit.ipv4)!), ipv6: formatAddress(parseAddress(hit.ipv6)!) };
+  }
+}
