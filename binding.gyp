@@ -1,0 +1,21 @@
+{
+  "targets": [
+    {
+      "target_name": "agentvpn_native",
+      "sources": [
+        "native/addon.c",
+        "native/tun.c",
+        "native/udp.c",
+        "native/reader.c"
+      ],
+      "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"],
+      "cflags_c": ["-std=c11"],
+      "configurations": {
+        "Release": {
+          "cflags!": ["-O3"],
+          "cflags": ["-O2"]
+        }
+      }
+    }
+  ]
+}
