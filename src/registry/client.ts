@@ -1,0 +1,326 @@
+import { readFileSync } from 'node:fs';
+import http, { type ClientRequest, type IncomingMessage } from 'node:http';
+import https from 'node:https';
+import { AgentVpnError } from '../errors.js';
+import type { Identity } from '../identity/identity.js';
+import {
+  HEARTBEAT_LABEL, LEAVE_LABEL, SSE_KEEPALIVE_MS, agentAuthorization, signJoin, signTimestamp,
+  type AgentView, type ChangeKind, type JoinResult,
+} from './protocol.js';
+import type { SignedRecord } from './record.js';
+
+export type { AgentView, JoinResult } from './protocol.js';
+
+const DEFAULT_TIMEOUT_MS = 10_000;
+/** Answers larger than this are not a registry's (10,000 agents list in a few MiB). */
+const MAX_RESPONSE_BYTES = 256 * 1024 * 1024;
+/** Event stream reconnect backoff: quick after a blip, at most every 30 s while the registry is down. */
+const BACKOFF_MIN_MS = 500;
+const BACKOFF_MAX_MS = 30_000;
+/** A stream with no byte (not even a keep-alive) for this long is dead (half-open TCP): reconnect. */
+const STREAM_IDLE_MS = 3 * SSE_KEEPALIVE_MS;
+
+const UNREACHABLE_HINT = 'check the --registry URL and that the registry is running and reachable; established tunnels keep working meanwhile';
+const TLS_ERRORS = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS|ERR_SSL/;
+
+/** Newest timestamp signed per identity: join, heartbeat and leave timestamps must keep growing. */
+const lastTimestamps = new Map<string, number>();
+
+function nextTimestamp(id: string): number {
+  const t = Math.max(Date.now(), (lastTimestamps.get(id) ?? 0) + 1);
+  lastTimestamps.set(id, t);
+  return t;
+}
+
+export interface WatchHandlers {
+  snapshot(agents: AgentView[]): void;
+  change(kind: ChangeKind, agent: AgentView): void;
+  connected?(): void;
+  disconnected?(err: Error): void;
+}
+
+export interface RegistryClientOptions {
+  url: string;
+  identity: Identity;
+  network: string;
+  caFile?: string;
+  timeoutMs?: number;
+}
+
+/** Talks to a registry on behalf of one agent identity in one network. */
+export class RegistryClient {
+  private readonly base: URL;
+  private readonly basePath: string;
+  private readonly transport: typeof http | typeof https;
+  private readonly ca: Buffer | undefined;
+  private readonly agent: http.Agent;
+  private readonly timeoutMs: number;
+
+  constructor(private readonly opts: RegistryClientOptions) {
+    try {
+      this.base = new URL(opts.url);
+    } catch {
+      throw new AgentVpnError('BAD_REGISTRY_URL', `invalid registry URL "${opts.url}"`, 'give the registry as http(s)://HOST:PORT');
+    }
+    if (this.base.protocol !== 'http:' && this.base.protocol !== 'https:') {
+      throw new AgentVpnError('BAD_REGISTRY_URL', `registry URL "${opts.url}" is not http or https`, 'give the registry as http(s)://HOST:PORT');
+    }
+    this.basePath = this.base.pathname.replace(/\/+$/, '');
+    this.transport = this.base.protocol === 'https:' ? https : http;
+    if (opts.caFile) {
+      try {
+        this.ca = readFileSync(opts.caFile);
+      } catch (e) {
+        throw new AgentVpnError('REGISTRY_CA', `cannot read the registry CA certificate ${opts.caFile}: ${(e as Error).message}`, 'check the CA file path and its permissions', { cause: e });
+      }
+    }
+    this.agent = this.base.protocol === 'https:' ? new https.Agent({ keepAlive: true, ca: this.ca }) : new http.Agent({ keepAlive: true });
+    this.timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  }
+
+  private get id(): string {
+    return this.opts.identity.id;
+  }
+
+  private agentPath(suffix = ''): string {
+    return `/v1/agents/${encodeURIComponent(this.id)}${suffix}?network=${encodeURIComponent(this.opts.network)}`;
+  }
+
+  async join(name: string, token?: string): Promise<JoinResult> {
+    const body = signJoin(this.opts.identity, this.opts.network, name, nextTimestamp(this.id), token);
+    const r = (await this.request('POST', '/v1/join', { body })) as unknown as JoinResult;
+    return { network: r.network, ipv4: r.ipv4, ipv6: r.ipv6, ulaPrefix: r.ulaPrefix, pool: r.pool, heartbeatIntervalMs: r.heartbeatIntervalMs, offlineAfterMs: r.offlineAfterMs };
+  }
+
+  async publish(signed: SignedRecord): Promise<void> {
+    await this.request('PUT', this.agentPath(), { body: signed });
+  }
+
+  async heartbeat(): Promise<void> {
+    await this.request('POST', this.agentPath('/heartbeat'), { body: signTimestamp(this.opts.identity, HEARTBEAT_LABEL, nextTimestamp(this.id)) });
+  }
+
+  async leave(): Promise<void> {
+    await this.request('DELETE', this.agentPath(), { body: signTimestamp(this.opts.identity, LEAVE_LABEL, nextTimestamp(this.id)) });
+  }
+
+  async list(filter: { cap?: string; name?: string; online?: boolean } = {}): Promise<AgentView[]> {
+    const q = new URLSearchParams({ network: this.opts.network });
+    if (filter.cap !== undefined) q.set('cap', filter.cap);
+    if (filter.name !== undefined) q.set('name', filter.name);
+    if (filter.online !== undefined) q.set('online', filter.online ? '1' : '0');
+    return ((await this.request('GET', `/v1/agents?${q}`, { signed: true })) as { agents: AgentView[] }).agents;
+  }
+
+  async get(idOrName: string): Promise<AgentView> {
+    const path = `/v1/agents/${encodeURIComponent(idOrName)}?network=${encodeURIComponent(this.opts.network)}`;
+    return ((await this.request('GET', path, { signed: true })) as { agent: AgentView }).agent;
+  }
+
+  /** Closes idle keep-alive connections (a client that is done need not wait for them to time out). */
+  close(): void {
+    this.agent.destroy();
+  }
+
+  private unreachable(e: Error & { code?: string }): AgentVpnError {
+    if (e instanceof AgentVpnError) return e;
+    if (TLS_ERRORS.test(e.code ?? '')) {
+      return new AgentVpnError('REGISTRY_TLS', `the registry at ${this.opts.url} failed TLS verification: ${e.message}`,
+        "pass the registry's CA certificate (--registry-ca) or use a certificate valid for this host name", { cause: e });
+    }
+    return new AgentVpnError('REGISTRY_UNREACHABLE', `cannot reach the registry at ${this.opts.url}: ${e.message}`, UNREACHABLE_HINT, { cause: e });
+  }
+
+  private requestOptions(method: string, path: string, headers: Record<string, string>): https.RequestOptions {
+    return {
+      protocol: this.base.protocol, hostname: this.base.hostname.replace(/^\[|\]$/g, ''), port: this.base.port || undefined,
+      method, path, headers, ca: this.ca,
+    };
+  }
+
+  /** One JSON request; resolves with the `{ok:true,...}` body, rejects with the registry's error or REGISTRY_UNREACHABLE. */
+  private request(method: string, path: string, o: { body?: unknown; signed?: boolean }): Promise<Record<string, unknown>> {
+    const fullPath = this.basePath + path;
+    const headers: Record<string, string> = { accept: 'application/json' };
+    const payload = o.body === undefined ? undefined : Buffer.from(JSON.stringify(o.body));
+    if (payload) {
+      headers['content-type'] = 'application/json';
+      headers['content-length'] = String(payload.length);
+    }
+    if (o.signed) headers.authorization = agentAuthorization(this.opts.identity, method, fullPath, Date.now());
+    return new Promise((resolve, reject) => {
+      const req = this.transport.request({ ...this.requestOptions(method, fullPath, headers), agent: this.agent, timeout: this.timeoutMs }, (res) => {
+        readAll(res).then((text) => {
+          try {
+            resolve(parseAnswer(res, text));
+          } catch (e) {
+            reject(e);
+          }
+        }, (e: Error) => reject(this.unreachable(e)));
+      });
+      req.on('timeout', () => req.destroy(new Error(`no answer within ${this.timeoutMs / 1000} s`)));
+      req.on('error', (e) => reject(this.unreachable(e)));
+      req.end(payload);
+    });
+  }
+
+  /** Server-Sent Events with automatic reconnect (exponential backoff 0.5 s → 30 s, jitter); a snapshot starts every connection. */
+  watch(handlers: WatchHandlers): { close(): void } {
+    let closed = false;
+    let attempt = 0;
+    let req: ClientRequest | undefined;
+    let retry: NodeJS.Timeout | undefined;
+    let idle: NodeJS.Timeout | undefined;
+
+    const call = (fn: () => void) => {
+      try {
+        fn();
+      } catch (e) {
+        process.emitWarning(`registry watch handler threw: ${(e as Error).stack ?? String(e)}`);
+      }
+    };
+
+    const connect = () => {
+      if (closed) return;
+      const path = `${this.basePath}/v1/events?network=${encodeURIComponent(this.opts.network)}`;
+      const headers = { accept: 'text/event-stream', authorization: agentAuthorization(this.opts.identity, 'GET', path, Date.now()) };
+      let failed = false;
+      const fail = (err: Error) => {
+        if (failed || closed) return;
+        failed = true;
+        clearTimeout(idle);
+        current.destroy();
+        call(() => handlers.disconnected?.(err));
+        const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt++);
+        retry = setTimeout(connect, delay * (0.5 + Math.random() * 0.5));
+      };
+      const resetIdle = () => {
+        clearTimeout(idle);
+        idle = setTimeout(() => fail(this.unreachable(new Error(`event stream silent for ${STREAM_IDLE_MS / 1000} s`))), STREAM_IDLE_MS);
+      };
+      const current = this.transport.request({ ...this.requestOptions('GET', path, headers), agent: false, timeout: this.timeoutMs });
+      req = current;
+      current.on('error', (e) => fail(this.unreachable(e)));
+      current.on('timeout', () => fail(this.unreachable(new Error(`no answer within ${this.timeoutMs / 1000} s`))));
+      current.on('response', (res) => {
+        if (res.statusCode !== 200) {
+          readAll(res).then((text) => fail(answerError(res, text)), (e: Error) => fail(this.unreachable(e)));
+          return;
+        }
+        current.setTimeout(0);
+        call(() => handlers.connected?.());
+        resetIdle();
+        const parser = new SseParser((event, data) => {
+          let parsed: { agents?: AgentView[]; agent?: AgentView };
+          try {
+            parsed = JSON.parse(data);
+          } catch {
+            return fail(new AgentVpnError('REGISTRY_BAD_RESPONSE', 'the registry sent an event that is not JSON', 'check that the URL points at an agentvpn registry'));
+          }
+          if (event === 'snapshot' && Array.isArray(parsed.agents)) {
+            attempt = 0;
+            call(() => handlers.snapshot(parsed.agents!));
+          } else if ((event === 'upsert' || event === 'online' || event === 'offline') && parsed.agent) {
+            call(() => handlers.change(event, parsed.agent!));
+          }
+        });
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => {
+          resetIdle();
+          parser.push(chunk);
+        });
+        res.on('end', () => fail(this.unreachable(new Error('the registry closed the event stream'))));
+        res.on('error', (e) => fail(this.unreachable(e)));
+      });
+      current.end();
+    };
+
+    connect();
+    return {
+      close: () => {
+        closed = true;
+        clearTimeout(retry);
+        clearTimeout(idle);
+        req?.destroy();
+      },
+    };
+  }
+}
+
+function readAll(res: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    res.on('data', (c: Buffer) => {
+      total += c.length;
+      if (total > MAX_RESPONSE_BYTES) res.destroy(new Error('answer too large'));
+      else chunks.push(c);
+    });
+    res.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    res.on('error', reject);
+    res.on('aborted', () => reject(new Error('connection closed mid-answer')));
+  });
+}
+
+function answerError(res: IncomingMessage, text: string): AgentVpnError {
+  try {
+    const body = JSON.parse(text) as { ok?: boolean; code?: unknown; message?: unknown; hint?: unknown };
+    if (body.ok === false && typeof body.code === 'string') {
+      return new AgentVpnError(body.code, String(body.message ?? body.code), String(body.hint ?? ''));
+    }
+  } catch {
+    // Not JSON: not a registry (a proxy's error page, say).
+  }
+  return new AgentVpnError('REGISTRY_BAD_RESPONSE', `the registry answered HTTP ${res.statusCode} without an agentvpn answer`, 'check that the URL points at an agentvpn registry (and not at a proxy)');
+}
+
+function parseAnswer(res: IncomingMessage, text: string): Record<string, unknown> {
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    throw answerError(res, text);
+  }
+  if (!body || typeof body !== 'object' || (body as { ok?: unknown }).ok !== true) throw answerError(res, text);
+  return body as Record<string, unknown>;
+}
+
+/** Incremental text/event-stream parser: calls `onEvent(event, data)` per dispatched event; comments are ignored. */
+class SseParser {
+  private partial: string[] = [];
+  private event = '';
+  private data: string[] = [];
+
+  constructor(private readonly onEvent: (event: string, data: string) => void) {}
+
+  push(chunk: string): void {
+    let start = 0;
+    for (;;) {
+      const nl = chunk.indexOf('\n', start);
+      if (nl < 0) {
+        if (start < chunk.length) this.partial.push(chunk.slice(start));
+        return;
+      }
+      let line = this.partial.join('') + chunk.slice(start, nl);
+      this.partial = [];
+      if (line.endsWith('\r')) line = line.slice(0, -1);
+      this.line(line);
+      start = nl + 1;
+    }
+  }
+
+  private line(line: string): void {
+    if (line === '') {
+      if (this.data.length) this.onEvent(this.event || 'message', this.data.join('\n'));
+      this.event = '';
+      this.data = [];
+      return;
+    }
+    if (line.startsWith(':')) return;
+    const colon = line.indexOf(':');
+    const name = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+    if (name === 'event') this.event = value;
+    else if (name === 'data') this.data.push(value);
+  }
+}

@@ -1,0 +1,135 @@
+import { createHash } from 'node:crypto';
+import type { Identity } from '../identity/identity.js';
+import { verifySignature } from '../identity/identity.js';
+import { publicKeyOfAgentId } from '../identity/agent-id.js';
+import type { AgentRecord } from './record.js';
+
+/**
+ * The registry's wire protocol, shared by server and client: the exact bytes each signature
+ * covers, the Authorization header, the JSON shapes, and the protocol's limits and timings.
+ */
+
+/** Requests larger than this are refused (413): a record is ~1 KiB, so 64 KiB is generous. */
+export const MAX_BODY_BYTES = 64 * 1024;
+/** Signed timestamps may be this far from the registry's clock: tolerates unsynced hosts, limits replays. */
+export const MAX_CLOCK_SKEW_MS = 5 * 60_000;
+/** An agent that has not been heard from for this long is offline (a few missed heartbeats). */
+export const DEFAULT_OFFLINE_AFTER_MS = 30_000;
+/** Agents heartbeat three times per offline period, so one lost heartbeat never flaps them offline. */
+export const HEARTBEATS_PER_OFFLINE_PERIOD = 3;
+/** SSE comment keep-alive: keeps proxies and NATs from closing an idle stream, lets clients spot dead ones. */
+export const SSE_KEEPALIVE_MS = 15_000;
+/** How often the registry looks for agents that went silent (so offline is seen within ~1 s of the timeout). */
+export const SWEEP_INTERVAL_MS = 1_000;
+export const DEFAULT_POOL = '100.64.0.0/10';
+export const DEFAULT_NETWORK = 'default';
+
+const JOIN_LABEL = 'agentvpn join v1';
+export const HEARTBEAT_LABEL = 'agentvpn heartbeat v1';
+export const LEAVE_LABEL = 'agentvpn leave v1';
+const REQUEST_LABEL = 'agentvpn request v1';
+
+/** What a registry tells anyone about an agent: its signed record and whether it is online. */
+export interface AgentView {
+  record: AgentRecord;
+  signature: string;
+  online: boolean;
+  lastSeen: number;
+}
+
+export interface JoinRequest {
+  network: string;
+  token?: string;
+  id: string;
+  name: string;
+  timestamp: number;
+  signature: string;
+}
+
+export interface JoinResult {
+  network: string;
+  ipv4: string;
+  ipv6: string;
+  ulaPrefix: string;
+  pool: string;
+  heartbeatIntervalMs: number;
+  offlineAfterMs: number;
+}
+
+/** Body of heartbeat and leave requests: a timestamp signed under the request's label. */
+export interface SignedTimestamp {
+  timestamp: number;
+  signature: string;
+}
+
+export interface RegistryStats {
+  agents: number;
+  online: number;
+  refused: Record<string, number>;
+  requests: number;
+}
+
+export interface ErrorBody {
+  ok: false;
+  code: string;
+  message: string;
+  hint: string;
+}
+
+export type ChangeKind = 'upsert' | 'online' | 'offline';
+
+function b64(sig: Uint8Array): string {
+  return Buffer.from(sig).toString('base64');
+}
+
+export function joinMessage(network: string, id: string, name: string, timestamp: number): Buffer {
+  return Buffer.from(`${JOIN_LABEL}\n${JSON.stringify([network, id, name, timestamp])}`);
+}
+
+export function timestampMessage(label: string, id: string, timestamp: number): Buffer {
+  return Buffer.from(`${label}\n${id}\n${timestamp}`);
+}
+
+export function requestMessage(method: string, pathWithQuery: string, timestamp: number): Buffer {
+  return Buffer.from(`${REQUEST_LABEL}\n${method} ${pathWithQuery}\n${timestamp}`);
+}
+
+export function signJoin(identity: Identity, network: string, name: string, timestamp: number, token?: string): JoinRequest {
+  const signature = b64(identity.sign(joinMessage(network, identity.id, name, timestamp)));
+  return { network, ...(token !== undefined ? { token } : {}), id: identity.id, name, timestamp, signature };
+}
+
+export function signTimestamp(identity: Identity, label: string, timestamp: number): SignedTimestamp {
+  return { timestamp, signature: b64(identity.sign(timestampMessage(label, identity.id, timestamp))) };
+}
+
+/** `Authorization: AgentVPN <id> <timestamp> <signature>` for a read request. */
+export function agentAuthorization(identity: Identity, method: string, pathWithQuery: string, timestamp: number): string {
+  return `AgentVPN ${identity.id} ${timestamp} ${b64(identity.sign(requestMessage(method, pathWithQuery, timestamp)))}`;
+}
+
+/** Whether `signature` (base64) is the agent's signature over `message`; false for a malformed ID or signature. */
+export function verifyAgentSignature(id: string, message: Uint8Array, signature: unknown): boolean {
+  const key = publicKeyOfAgentId(id);
+  if (!key || typeof signature !== 'string' || signature.length > 200) return false;
+  return verifySignature(key, message, Buffer.from(signature, 'base64'));
+}
+
+export type ParsedAuthorization =
+  | { kind: 'agent'; id: string; timestamp: number; signature: string }
+  | { kind: 'bearer'; token: string };
+
+export function parseAuthorization(header: string | undefined): ParsedAuthorization | null {
+  if (!header || header.length > 512) return null;
+  const parts = header.trim().split(/\s+/);
+  if (parts[0] === 'Bearer' && parts.length === 2) return { kind: 'bearer', token: parts[1] };
+  if (parts[0] === 'AgentVPN' && parts.length === 4 && /^\d{1,16}$/.test(parts[2])) {
+    return { kind: 'agent', id: parts[1], timestamp: Number(parts[2]), signature: parts[3] };
+  }
+  return null;
+}
+
+/** Join tokens are stored only as this hash, so a copy of the database cannot be used to join. */
+export function hashToken(token: string): string {
+  return createHash('sha256').update(`agentvpn token ${token}`).digest('hex');
+}

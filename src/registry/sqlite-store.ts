@@ -1,0 +1,237 @@
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3';
+import { AgentVpnError } from '../errors.js';
+import { formatPrefix } from '../ip/prefix.js';
+import type { SignedRecord } from './record.js';
+import {
+  allocateFromPool, type AdmitRequest, type AdmitResult, type Member, type PutRecordResult,
+  type RegistryStore, type StoredRecord, type StoredToken,
+} from './store.js';
+
+const SCHEMA_VERSION = 1;
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (
+  key   TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+  hash       TEXT PRIMARY KEY,
+  network    TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER,
+  uses_left  INTEGER
+);
+CREATE TABLE IF NOT EXISTS members (
+  id        TEXT NOT NULL,
+  network   TEXT NOT NULL,
+  name      TEXT NOT NULL,
+  ipv4      TEXT NOT NULL,
+  joined_at INTEGER NOT NULL,
+  PRIMARY KEY (network, id),
+  UNIQUE (network, name),
+  UNIQUE (network, ipv4)
+);
+CREATE TABLE IF NOT EXISTS pools (
+  network    TEXT NOT NULL,
+  pool       TEXT NOT NULL,
+  next_index INTEGER NOT NULL,
+  PRIMARY KEY (network, pool)
+);
+CREATE TABLE IF NOT EXISTS records (
+  id        TEXT NOT NULL,
+  network   TEXT NOT NULL,
+  json      TEXT NOT NULL,
+  signature TEXT NOT NULL,
+  seq       INTEGER NOT NULL,
+  last_seen INTEGER NOT NULL,
+  online    INTEGER NOT NULL DEFAULT 1,
+  PRIMARY KEY (network, id),
+  FOREIGN KEY (network, id) REFERENCES members (network, id)
+);
+`;
+
+interface MemberRow { id: string; network: string; name: string; ipv4: string; joined_at: number }
+interface RecordRow { id: string; network: string; json: string; signature: string; last_seen: number; online: number }
+
+function toMember(r: MemberRow): Member {
+  return { id: r.id, network: r.network, name: r.name, ipv4: r.ipv4, joinedAt: r.joined_at };
+}
+
+/** Creates the database file with mode 0600 before SQLite opens it (its -wal and -shm files copy that mode). */
+function createPrivateFile(path: string): void {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  if (!existsSync(path)) closeSync(openSync(path, 'a', 0o600));
+  try {
+    chmodSync(path, 0o600);
+  } catch {
+    // Not our file (another user runs the registry): leave its mode alone.
+  }
+}
+
+/** The embedded registry store: one SQLite file in WAL mode, safe against crashes. */
+export class SqliteStore implements RegistryStore {
+  private readonly db: Database.Database;
+  private readonly statements = new Map<string, Database.Statement>();
+
+  constructor(readonly path: string) {
+    try {
+      createPrivateFile(path);
+      this.db = new Database(path);
+      this.db.pragma('journal_mode = WAL');
+      // NORMAL in WAL mode: a power cut may lose the last commits, never corrupt the database.
+      this.db.pragma('synchronous = NORMAL');
+      this.db.pragma('foreign_keys = ON');
+      this.db.pragma('busy_timeout = 5000');
+      this.migrate();
+    } catch (e) {
+      if (e instanceof AgentVpnError) throw e;
+      throw new AgentVpnError('REGISTRY_DB', `cannot open registry database ${path}: ${(e as Error).message}`,
+        'check that the --db path is writable by this user and is an agentvpn registry database', { cause: e });
+    }
+  }
+
+  /** Prepared statements, compiled once each. */
+  private sql(text: string): Database.Statement {
+    let stmt = this.statements.get(text);
+    if (!stmt) {
+      stmt = this.db.prepare(text);
+      this.statements.set(text, stmt);
+    }
+    return stmt;
+  }
+
+  private migrate(): void {
+    this.db.exec(SCHEMA);
+    const row = this.db.prepare('SELECT value FROM meta WHERE key = ?').get('schema_version') as { value: string } | undefined;
+    if (!row) {
+      this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run('schema_version', String(SCHEMA_VERSION));
+    } else if (Number(row.value) > SCHEMA_VERSION) {
+      throw new AgentVpnError('REGISTRY_DB_TOO_NEW', `registry database ${this.path} has schema version ${row.value}, newer than this agentvpn understands (${SCHEMA_VERSION})`,
+        'run the newer agentvpn version that wrote it, or restore a backup');
+    }
+  }
+
+  async addToken(t: StoredToken): Promise<void> {
+    this.sql('INSERT INTO tokens (hash, network, created_at, expires_at, uses_left) VALUES (?, ?, ?, ?, ?)')
+      .run(t.hash, t.network, t.createdAt, t.expiresAt, t.usesLeft);
+  }
+
+  async tokenValid(network: string, hash: string, now: number): Promise<boolean> {
+    return this.sql('SELECT 1 FROM tokens WHERE hash = ? AND network = ? AND (expires_at IS NULL OR expires_at > ?)')
+      .get(hash, network, now) !== undefined;
+  }
+
+  private member(network: string, id: string): Member | undefined {
+    const row = this.sql('SELECT * FROM members WHERE network = ? AND id = ?').get(network, id) as MemberRow | undefined;
+    return row && toMember(row);
+  }
+
+  private nameHolder(network: string, name: string): string | undefined {
+    return (this.sql('SELECT id FROM members WHERE network = ? AND name = ?').get(network, name) as { id: string } | undefined)?.id;
+  }
+
+  /** Takes one use of a token; false when it is unknown, for another network, expired or used up. */
+  private useToken(network: string, hash: string, now: number): boolean {
+    const r = this.sql(`UPDATE tokens SET uses_left = uses_left - 1
+      WHERE hash = ? AND network = ? AND (expires_at IS NULL OR expires_at > ?) AND (uses_left IS NULL OR uses_left > 0)`)
+      .run(hash, network, now);
+    return r.changes === 1;
+  }
+
+  private allocate(req: AdmitRequest): string | null {
+    const pool = formatPrefix(req.pool);
+    const row = this.sql('SELECT next_index FROM pools WHERE network = ? AND pool = ?').get(req.network, pool) as { next_index: number } | undefined;
+    const got = allocateFromPool(req.pool, row?.next_index ?? 1);
+    if (!got) return null;
+    this.sql(`INSERT INTO pools (network, pool, next_index) VALUES (?, ?, ?)
+      ON CONFLICT (network, pool) DO UPDATE SET next_index = excluded.next_index`).run(req.network, pool, got.next);
+    return got.ipv4;
+  }
+
+  async admit(req: AdmitRequest): Promise<AdmitResult> {
+    try {
+      return this.admitTransaction(req);
+    } catch (e) {
+      if (!(e instanceof PoolExhausted)) throw e;
+      return { ok: false, code: 'POOL_EXHAUSTED', message: `the address pool ${formatPrefix(req.pool)} of network ${req.network} has no free IPv4 address left` };
+    }
+  }
+
+  private admitTransaction(req: AdmitRequest): AdmitResult {
+    return this.db.transaction((): AdmitResult => {
+      const holder = this.nameHolder(req.network, req.name);
+      if (holder !== undefined && holder !== req.id) {
+        return { ok: false, code: 'NAME_TAKEN', message: `name "${req.name}" is taken by another agent in network ${req.network}` };
+      }
+      const known = this.member(req.network, req.id);
+      if (known) {
+        if (known.name !== req.name) this.sql('UPDATE members SET name = ? WHERE network = ? AND id = ?').run(req.name, req.network, req.id);
+        return { ok: true, member: { ...known, name: req.name }, created: false };
+      }
+      if (req.tokenHash === null || !this.useToken(req.network, req.tokenHash, req.now)) {
+        return { ok: false, code: 'BAD_TOKEN', message: req.tokenHash === null
+          ? `a join token is needed to join network ${req.network}`
+          : `the join token is not valid for network ${req.network} (unknown, expired or used up)` };
+      }
+      const ipv4 = this.allocate(req);
+      // Throwing rolls the transaction back, so the token's use is given back.
+      if (ipv4 === null) throw new PoolExhausted();
+      const member: Member = { id: req.id, network: req.network, name: req.name, ipv4, joinedAt: req.now };
+      this.sql('INSERT INTO members (id, network, name, ipv4, joined_at) VALUES (?, ?, ?, ?, ?)')
+        .run(member.id, member.network, member.name, member.ipv4, member.joinedAt);
+      return { ok: true, member, created: true };
+    }).immediate();
+  }
+
+  async putRecord(network: string, signed: SignedRecord, now: number): Promise<PutRecordResult> {
+    const r = signed.record;
+    return this.db.transaction((): PutRecordResult => {
+      const member = this.member(network, r.id);
+      if (!member) return { ok: false, code: 'NOT_JOINED', message: `agent ${r.id} has not joined network ${network}` };
+      if (member.ipv4 !== r.ipv4) {
+        return { ok: false, code: 'ADDRESS_MISMATCH', message: `record ipv4 ${r.ipv4} is not the address allocated to this agent (${member.ipv4})` };
+      }
+      if (member.name !== r.name) {
+        const holder = this.nameHolder(network, r.name);
+        if (holder !== undefined) return { ok: false, code: 'NAME_TAKEN', message: `name "${r.name}" is taken by another agent in network ${network}` };
+        this.sql('UPDATE members SET name = ? WHERE network = ? AND id = ?').run(r.name, network, r.id);
+      }
+      const stored = this.sql('SELECT seq FROM records WHERE network = ? AND id = ?').get(network, r.id) as { seq: number } | undefined;
+      if (stored && r.seq <= stored.seq) {
+        return { ok: false, code: 'STALE_RECORD', message: `record seq ${r.seq} is not newer than the stored seq ${stored.seq}` };
+      }
+      this.sql(`INSERT INTO records (id, network, json, signature, seq, last_seen, online) VALUES (?, ?, ?, ?, ?, ?, 1)
+        ON CONFLICT (network, id) DO UPDATE SET json = excluded.json, signature = excluded.signature, seq = excluded.seq,
+          last_seen = excluded.last_seen, online = 1`)
+        .run(r.id, network, JSON.stringify(r), signed.signature, r.seq, now);
+      return { ok: true, member: { ...member, name: r.name } };
+    }).immediate();
+  }
+
+  async setLiveness(updates: Array<{ network: string; id: string; lastSeen: number; online: boolean }>): Promise<void> {
+    const stmt = this.sql('UPDATE records SET last_seen = ?, online = ? WHERE network = ? AND id = ?');
+    this.db.transaction(() => {
+      for (const u of updates) stmt.run(u.lastSeen, u.online ? 1 : 0, u.network, u.id);
+    })();
+  }
+
+  async members(): Promise<Member[]> {
+    return (this.sql('SELECT * FROM members').all() as MemberRow[]).map(toMember);
+  }
+
+  async records(): Promise<StoredRecord[]> {
+    return (this.sql('SELECT id, network, json, signature, last_seen, online FROM records').all() as RecordRow[]).map((r) => ({
+      network: r.network, id: r.id, signed: { record: JSON.parse(r.json), signature: r.signature },
+      lastSeen: r.last_seen, online: r.online === 1,
+    }));
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+}
+
+/** Thrown inside the admit transaction so it rolls back (the token's use is given back). */
+class PoolExhausted extends Error {}

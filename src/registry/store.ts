@@ -1,0 +1,101 @@
+import type { Prefix } from '../ip/prefix.js';
+import type { SignedRecord } from './record.js';
+
+/**
+ * What the registry keeps. Each method is one atomic step, so a shared database behind this
+ * interface can later back several registry instances; the embedded default is SQLite
+ * (sqlite-store.ts). Methods are async for such backends even where SQLite is synchronous.
+ */
+
+export interface StoredToken {
+  /** hashToken(token): the token itself is never stored. */
+  hash: string;
+  network: string;
+  createdAt: number;
+  /** null: never expires. */
+  expiresAt: number | null;
+  /** null: unlimited. */
+  usesLeft: number | null;
+}
+
+/** An agent that proved its key and was admitted to a network; never deleted, so its IPv4 is never reused. */
+export interface Member {
+  id: string;
+  network: string;
+  name: string;
+  ipv4: string;
+  joinedAt: number;
+}
+
+export interface StoredRecord {
+  network: string;
+  id: string;
+  signed: SignedRecord;
+  lastSeen: number;
+  /** False once the agent left or went silent; true again when it is heard from. */
+  online: boolean;
+}
+
+export interface AdmitRequest {
+  network: string;
+  id: string;
+  name: string;
+  /** hashToken of the token presented; needed only when the ID is not yet a member. */
+  tokenHash: string | null;
+  pool: Prefix;
+  now: number;
+}
+
+export type AdmitResult =
+  | { ok: true; member: Member; created: boolean }
+  | { ok: false; code: 'BAD_TOKEN' | 'NAME_TAKEN' | 'POOL_EXHAUSTED'; message: string };
+
+export type PutRecordResult =
+  | { ok: true; member: Member }
+  | { ok: false; code: 'NOT_JOINED' | 'ADDRESS_MISMATCH' | 'NAME_TAKEN' | 'STALE_RECORD'; message: string };
+
+export interface RegistryStore {
+  addToken(token: StoredToken): Promise<void>;
+  /** Whether the token (by hash) belongs to the network and has not expired (uses are not checked: reads don't use one up). */
+  tokenValid(network: string, hash: string, now: number): Promise<boolean>;
+  /**
+   * Admits an agent: a known ID re-joins without a token (and may take a free name); a new one
+   * needs a usable token (one use is consumed) and gets the next IPv4 of the pool.
+   */
+  admit(req: AdmitRequest): Promise<AdmitResult>;
+  /**
+   * Stores a verified record if its ID joined the network, its IPv4 is the allocated one, its
+   * name is the member's or free (the member's name then moves), and its seq is newer.
+   */
+  putRecord(network: string, signed: SignedRecord, now: number): Promise<PutRecordResult>;
+  /** Persists liveness for many agents at once (the server batches heartbeats). */
+  setLiveness(updates: Array<{ network: string; id: string; lastSeen: number; online: boolean }>): Promise<void>;
+  members(): Promise<Member[]>;
+  records(): Promise<StoredRecord[]>;
+  close(): Promise<void>;
+}
+
+/** The pool's base address as a 32-bit number, and how many addresses it holds. */
+function poolRange(pool: Prefix): { base: number; size: number } {
+  const a = pool.addr;
+  const base = ((a[0] << 24) | (a[1] << 16) | (a[2] << 8) | a[3]) >>> 0;
+  const size = 2 ** (32 - pool.bits);
+  return { base: base - (base % size), size };
+}
+
+/**
+ * The rule every store allocates IPv4 addresses by: the pool's `index`-th address, counting
+ * from .1; its network and broadcast addresses and every x.x.x.0 and x.x.x.255 are skipped
+ * (tools that assume /24 networks mistreat them). Returns the address and the next index to
+ * try, or null when the pool is exhausted.
+ */
+export function allocateFromPool(pool: Prefix, index: number): { ipv4: string; next: number } | null {
+  const { base, size } = poolRange(pool);
+  for (let i = Math.max(1, index); i < size - 1; i++) {
+    const n = base + i;
+    const last = n & 0xff;
+    if (last === 0 || last === 255) continue;
+    return { ipv4: [n >>> 24, (n >>> 16) & 0xff, (n >>> 8) & 0xff, last].join('.'), next: i + 1 };
+  }
+  return null;
+}
