@@ -11,6 +11,7 @@ import { upCommand } from './commands/up.js';
 import { idCommand } from './commands/id.js';
 import { peersCommand } from './commands/peers.js';
 import { resolveCommand } from './commands/resolve.js';
+import { registryCommand } from './commands/registry.js';
 
 // package.json sits two levels up from both src/cli/ and dist/cli/.
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -28,6 +29,7 @@ await yargs(args)
   .command(idCommand)
   .command(peersCommand)
   .command(resolveCommand)
+  .command(registryCommand)
   .command(genkeyCommand)
   .command(pubkeyCommand)
   .demandCommand(1, 'no command given')
