@@ -1,5 +1,5 @@
 import type { ServerResponse } from 'node:http';
-import { SSE_KEEPALIVE_MS, type AgentView, type ChangeKind } from './protocol.js';
+import { SSE_KEEPALIVE_MS, type ChangeKind } from './protocol.js';
 
 /**
  * A subscriber that falls this far behind (bytes queued, not yet taken by the network) is
@@ -29,15 +29,15 @@ export class EventHub {
     return n;
   }
 
-  /** Turns `res` into an event stream for `network`, starting with the snapshot. */
-  subscribe(network: string, res: ServerResponse, snapshot: AgentView[]): void {
+  /** Turns `res` into an event stream for `network`, starting with the snapshot (each agent view as JSON text). */
+  subscribe(network: string, res: ServerResponse, snapshot: string[]): void {
     res.writeHead(200, {
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-store',
       'x-accel-buffering': 'no',
     });
     res.socket?.setNoDelay(true);
-    res.write(frame('snapshot', { agents: snapshot }));
+    res.write(frame('snapshot', `{"agents":[${snapshot.join(',')}]}`));
     let set = this.subscribers.get(network);
     if (!set) this.subscribers.set(network, (set = new Set()));
     set.add(res);
@@ -47,10 +47,11 @@ export class EventHub {
     });
   }
 
-  publish(network: string, kind: ChangeKind, agent: AgentView): void {
+  /** Sends a change to the network's subscribers; `agent` is the agent view as JSON text. */
+  publish(network: string, kind: ChangeKind, agent: string): void {
     const set = this.subscribers.get(network);
     if (!set) return;
-    const text = frame(kind, { agent });
+    const text = frame(kind, `{"agent":${agent}}`);
     for (const res of set) send(res, text);
   }
 
@@ -59,8 +60,9 @@ export class EventHub {
   }
 }
 
-function frame(event: string, data: unknown): string {
-  return `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
+/** One SSE event; `json` has no newline (JSON.stringify never emits one), so it fits one data line. */
+function frame(event: string, json: string): string {
+  return `event: ${event}\ndata: ${json}\n\n`;
 }
 
 function send(res: ServerResponse, text: string): void {

@@ -41,6 +41,9 @@ const REFUSALS: Record<string, { status: number; hint: string }> = {
   INTERNAL: { status: 500, hint: 'this is a bug in the agentvpn registry; see its log' },
 };
 
+/** How long stop() waits for connections to close (it closes them all itself first). */
+const STOP_GRACE_MS = 2_000;
+
 function refuse(code: string, message: string): never {
   throw new AgentVpnError(code, message, REFUSALS[code]?.hint ?? REFUSALS.INTERNAL.hint);
 }
@@ -99,18 +102,57 @@ function parsePool(pool: string): Prefix {
   return p;
 }
 
-/** One agent as the registry serves it, with its capabilities parsed once for fast filtering. */
-interface Entry {
-  view: AgentView;
-  caps: Capability[];
+/** One agent as the registry serves it: capabilities parsed once for filtering, JSON encoded once per change. */
+class Entry {
+  readonly caps: Capability[];
   /** Liveness changed since it was last written to the store. */
-  dirty: boolean;
+  dirty = false;
+  private encoded: string | undefined;
+
+  constructor(private current: AgentView) {
+    this.caps = parseCaps(current.record.capabilities);
+  }
+
+  get view(): AgentView {
+    return this.current;
+  }
+
+  setLiveness(online: boolean, lastSeen: number): void {
+    this.current = { ...this.current, online, lastSeen };
+    this.encoded = undefined;
+    this.dirty = true;
+  }
+
+  get json(): string {
+    return (this.encoded ??= JSON.stringify(this.current));
+  }
 }
 
 class NetworkState {
   readonly members = new Map<string, Member>();
   readonly byName = new Map<string, string>();
   readonly agents = new Map<string, Entry>();
+  /** Capability name → IDs of the agents that have it, so a filtered list does not scan every agent. */
+  private readonly byCap = new Map<string, Set<string>>();
+
+  setAgent(id: string, entry: Entry): void {
+    for (const c of this.agents.get(id)?.caps ?? []) this.byCap.get(c.name)?.delete(id);
+    this.agents.set(id, entry);
+    for (const c of entry.caps) {
+      let ids = this.byCap.get(c.name);
+      if (!ids) this.byCap.set(c.name, (ids = new Set()));
+      ids.add(id);
+    }
+  }
+
+  /** The agents a capability query can match (all of them without a query). */
+  *candidates(cap: Capability | null): Iterable<Entry> {
+    if (!cap) {
+      yield* this.agents.values();
+      return;
+    }
+    for (const id of this.byCap.get(cap.name) ?? []) yield this.agents.get(id)!;
+  }
 
   setMember(m: Member): void {
     const old = this.members.get(m.id);
@@ -134,20 +176,35 @@ function parseCaps(caps: readonly string[]): Capability[] {
 
 type Body = Record<string, unknown>;
 
-/** Reads a JSON object body of at most MAX_BODY_BYTES. */
-async function readJson(req: IncomingMessage): Promise<Body> {
+/**
+ * Reads a body of at most MAX_BODY_BYTES. Past the limit it refuses at once and discards the
+ * rest (not destroying the request, so the 413 answer still reaches the client).
+ */
+function readBody(req: IncomingMessage): Promise<Buffer> {
   const declared = Number(req.headers['content-length']);
   if (declared > MAX_BODY_BYTES) refuse('PAYLOAD_TOO_LARGE', `request body of ${declared} bytes is over the ${MAX_BODY_BYTES}-byte limit`);
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const chunk of req) {
-    total += (chunk as Buffer).length;
-    if (total > MAX_BODY_BYTES) refuse('PAYLOAD_TOO_LARGE', `request body is over the ${MAX_BODY_BYTES}-byte limit`);
-    chunks.push(chunk as Buffer);
-  }
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    req.on('data', (chunk: Buffer) => {
+      if (total > MAX_BODY_BYTES) return;
+      total += chunk.length;
+      if (total > MAX_BODY_BYTES) reject(new AgentVpnError('PAYLOAD_TOO_LARGE', `request body is over the ${MAX_BODY_BYTES}-byte limit`, REFUSALS.PAYLOAD_TOO_LARGE.hint));
+      else chunks.push(chunk);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    const cutOff = () => reject(new AgentVpnError('BAD_REQUEST', 'the request body was cut off', REFUSALS.BAD_REQUEST.hint));
+    req.on('error', cutOff);
+    req.on('close', () => !req.complete && cutOff());
+  });
+}
+
+/** Reads a JSON object body. */
+async function readJson(req: IncomingMessage): Promise<Body> {
+  const raw = await readBody(req);
   let body: unknown;
   try {
-    body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    body = JSON.parse(raw.toString('utf8'));
   } catch {
     refuse('BAD_REQUEST', 'request body is not valid JSON');
   }
@@ -164,7 +221,11 @@ const isTimestamp = (v: unknown): v is number => Number.isSafeInteger(v) && (v a
 const isAgentId = (v: unknown): v is string => typeof v === 'string' && publicKeyOfAgentId(v) !== null;
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
+  sendText(res, status, JSON.stringify(body));
+}
+
+/** Sends JSON text as is (lists are assembled from each agent's cached JSON). */
+function sendText(res: ServerResponse, status: number, text: string): void {
   res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
   res.end(text);
 }
@@ -192,10 +253,9 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
   for (const m of await store.members()) net(m.network).setMember(m);
   for (const r of await store.records()) {
     const online = r.online && started - r.lastSeen <= offlineAfterMs;
-    net(r.network).agents.set(r.id, {
-      view: { record: r.signed.record, signature: r.signed.signature, online, lastSeen: r.lastSeen },
-      caps: parseCaps(r.signed.record.capabilities), dirty: online !== r.online,
-    });
+    const entry = new Entry({ record: r.signed.record, signature: r.signed.signature, online, lastSeen: r.lastSeen });
+    entry.dirty = online !== r.online;
+    net(r.network).setAgent(r.id, entry);
   }
 
   const hub = new EventHub();
@@ -205,7 +265,7 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
 
   const emit = (network: string, kind: ChangeKind, entry: Entry, id: string) => {
     log.info({ network, id, name: entry.view.record.name, event: kind }, `agent ${kind}`);
-    hub.publish(network, kind, entry.view);
+    hub.publish(network, kind, entry.json);
   };
 
   const checkFresh = (id: string, timestamp: number, now: number, monotonic: boolean) => {
@@ -271,8 +331,8 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     const old = state.agents.get(id);
     // Concurrent publishes may finish out of order: the store took the newest, keep that one.
     if (!old || old.view.record.seq < signed.record.seq) {
-      const entry: Entry = { view: { record: signed.record, signature: signed.signature, online: true, lastSeen: now }, caps: parseCaps(signed.record.capabilities), dirty: false };
-      state.agents.set(id, entry);
+      const entry = new Entry({ record: signed.record, signature: signed.signature, online: true, lastSeen: now });
+      state.setAgent(id, entry);
       emit(network, 'upsert', entry, id);
     }
     sendJson(res, 200, { ok: true });
@@ -296,13 +356,12 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     if (online && entry.view.record.expiresAt <= now) refuse('EXPIRED_RECORD', `the record of agent ${id} has expired: publish a fresh one`);
     lastSigned.set(id, timestamp);
     const changed = entry.view.online !== online;
-    entry.view = { ...entry.view, online, lastSeen: online ? now : entry.view.lastSeen };
-    entry.dirty = true;
+    entry.setLiveness(online, online ? now : entry.view.lastSeen);
     if (changed) emit(network, online ? 'online' : 'offline', entry, id);
     sendJson(res, 200, { ok: true });
   };
 
-  const listAgents = (url: URL, network: string): AgentView[] => {
+  const listAgents = (url: URL, network: string): Entry[] => {
     const capText = url.searchParams.get('cap');
     let cap: Capability | null = null;
     if (capText !== null) {
@@ -316,22 +375,22 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     const onlineText = url.searchParams.get('online');
     if (onlineText !== null && !['1', '0', 'true', 'false'].includes(onlineText)) refuse('BAD_REQUEST', 'online must be 1 or 0');
     const online = onlineText === null ? null : onlineText === '1' || onlineText === 'true';
-    const out: AgentView[] = [];
-    for (const e of networks.get(network)?.agents.values() ?? []) {
+    const out: Entry[] = [];
+    for (const e of networks.get(network)?.candidates(cap) ?? []) {
       if (online !== null && e.view.online !== online) continue;
       if (name !== null && e.view.record.name !== name) continue;
       if (cap && !e.caps.some((c) => capabilityMatches(cap, c))) continue;
-      out.push(e.view);
+      out.push(e);
     }
     return out;
   };
 
-  const getAgent = (network: string, idOrName: string): AgentView => {
+  const getAgent = (network: string, idOrName: string): Entry => {
     const state = networks.get(network);
     const id = state?.agents.has(idOrName) ? idOrName : state?.byName.get(idOrName);
     const entry = id === undefined ? undefined : state?.agents.get(id);
     if (!entry) refuse('NOT_FOUND', `no agent "${idOrName.slice(0, 80)}" in network ${network}`);
-    return entry.view;
+    return entry;
   };
 
   const stats = (): RegistryStats => {
@@ -377,13 +436,13 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
       allow('GET');
       const network = networkParam(url);
       await authorize(req, network, now);
-      return sendJson(res, 200, { ok: true, agents: listAgents(url, network) });
+      return sendText(res, 200, `{"ok":true,"agents":[${listAgents(url, network).map((e) => e.json).join(',')}]}`);
     }
     if (path === 'v1/events') {
       allow('GET');
       const network = networkParam(url);
       await authorize(req, network, now);
-      return hub.subscribe(network, res, listAgents(new URL('http://registry/'), network));
+      return hub.subscribe(network, res, listAgents(new URL('http://registry/'), network).map((e) => e.json));
     }
     if (path === 'v1/stats') {
       allow('GET');
@@ -396,7 +455,7 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
       if (method === 'DELETE') return liveness(req, res, url, parts[2], now, false);
       const network = networkParam(url);
       await authorize(req, network, now);
-      return sendJson(res, 200, { ok: true, agent: getAgent(network, parts[2]) });
+      return sendText(res, 200, `{"ok":true,"agent":${getAgent(network, parts[2]).json}}`);
     }
     if (parts.length === 4 && parts[0] === 'v1' && parts[1] === 'agents' && parts[3] === 'heartbeat') {
       allow('POST');
@@ -407,16 +466,24 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
 
   const onRequest = (req: IncomingMessage, res: ServerResponse) => {
     counters.requests++;
-    route(req, res).catch((e: unknown) => {
+    route(req, res).catch((e: unknown) => refused(req, res, e));
+  };
+
+  /** Answers a refusal (or an internal error) and counts it; never throws. */
+  const refused = (req: IncomingMessage, res: ServerResponse, e: unknown) => {
+    try {
       const err = e instanceof AgentVpnError && REFUSALS[e.code] ? e : new AgentVpnError('INTERNAL', 'internal error', REFUSALS.INTERNAL.hint);
       counters.refused[err.code] = (counters.refused[err.code] ?? 0) + 1;
       if (err.code === 'INTERNAL') log.error({ err: e, method: req.method, url: req.url?.slice(0, 200) }, 'request failed');
-      else log.info({ code: err.code, method: req.method, url: req.url?.slice(0, 200), remote: req.socket.remoteAddress, detail: err.message }, 'request refused');
-      if (res.headersSent) return void res.destroy();
+      else log.info({ code: err.code, method: req.method, url: req.url?.slice(0, 200), remote: req.socket?.remoteAddress, detail: err.message }, 'request refused');
+      if (res.headersSent || res.destroyed) return void res.destroy();
       // A body we did not read in full is not drained: close the connection after answering.
       if (!req.complete) res.setHeader('connection', 'close');
       sendJson(res, REFUSALS[err.code].status, err.toJSON());
-    });
+    } catch (bug) {
+      log.error({ err: bug }, 'answering a refusal failed');
+      res.destroy();
+    }
   };
 
   const server: Server = tls ? createHttpsServer(tls, onRequest) : createHttpServer(onRequest);
@@ -446,8 +513,7 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     for (const [network, s] of networks) {
       for (const [id, e] of s.agents) {
         if (e.view.online && (now - e.view.lastSeen > offlineAfterMs || e.view.record.expiresAt <= now)) {
-          e.view = { ...e.view, online: false };
-          e.dirty = true;
+          e.setLiveness(false, e.view.lastSeen);
           emit(network, 'offline', e, id);
         }
       }
@@ -480,7 +546,13 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
       hub.stop();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
-      await closed;
+      // Every connection was just closed; never let a stuck one hold the shutdown.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([closed, new Promise<void>((resolve) => (timer = setTimeout(() => {
+        log.warn({ event: 'stop-timeout' }, 'some connections did not close; stopping anyway');
+        resolve();
+      }, STOP_GRACE_MS)))]);
+      clearTimeout(timer);
       await flush().catch((err: unknown) => log.error({ err }, 'saving agent liveness failed'));
       if (!opts.store) await store.close();
       log.info({ event: 'stopped' }, 'registry stopped');

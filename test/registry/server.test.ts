@@ -287,6 +287,17 @@ describe('registry server', () => {
       r.write('{"a":');
       setTimeout(() => r.destroy(), 50);
     });
+    // A chunked body (no content-length) that grows past the limit.
+    const chunked = await new Promise<number>((resolve, reject) => {
+      const r = httpRequest({ host: '127.0.0.1', port: reg.port, method: 'PUT', path: `/v1/agents/${owner.id}`, headers: { 'transfer-encoding': 'chunked' } }, (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      r.on('error', reject);
+      for (let i = 0; i < 20; i++) r.write(Buffer.alloc(8192, 0x20));
+      r.end();
+    });
+    expect(chunked).toBe(413);
     expect(reg.stats().refused.INTERNAL).toBeUndefined();
     const ok = await call(reg, 'GET', '/v1/agents?online=1', { headers: bearer(token) });
     expect((ok.body.agents as AgentView[]).map((a) => a.record.name)).toEqual(['owner']);
