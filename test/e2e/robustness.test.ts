@@ -7,6 +7,18 @@ import { makePair, type Pair } from './pair.js';
 
 const FIXTURES = new URL('./fixtures/', import.meta.url).pathname;
 
+/** Packets the daemon dropped for any reason other than IPv6 chatter with no route (router solicitations). */
+function totalDrops(s: DeviceStatus): number {
+  const sum = (r: Record<string, number>) => Object.entries(r).filter(([k]) => k !== 'noRoute').reduce((x, [, n]) => x + n, 0);
+  return sum(s.dropped) + s.peers.reduce((x, p) => x + sum(p.dropped), 0);
+}
+
+/** The namespace's absolute network counters (nstat -a: no history file involved). */
+async function nstat(lab: Pair['lab'], ns: string): Promise<Record<string, number>> {
+  const out = (await lab.run(ns, ['nstat', '-asz'])).stdout;
+  return Object.fromEntries(out.split('\n').map((l) => l.trim().split(/\s+/)).filter((f) => f.length >= 2 && /^\d+$/.test(f[1])).map((f) => [f[0], Number(f[1])]));
+}
+
 async function status(d: AgentVpnProcess): Promise<DeviceStatus> {
   return JSON.parse((await d.cli(['status', '--json'], { check: true })).stdout) as DeviceStatus;
 }
@@ -63,15 +75,22 @@ describe.runIf(labReady(['ip', 'curl', 'python3']))('bad input, roaming and reke
   it('rekeys repeatedly during a transfer without loss visible to TCP', async () => {
     const { lab, endpoints: e } = pair;
     const before = (await status(a)).peers[0].handshakes;
+    const droppedBefore = totalDrops(await status(b));
+    const tcpBefore = await nstat(lab, e.nsA);
     const server = lab.spawn(e.nsB, ['iperf3', '-s', '-1', '-B', e.v4B, '-p', '5301'], { name: 'iperf3' });
     await sleep(500);
     const r = await lab.run(e.nsA, ['iperf3', '-c', e.v4B, '-p', '5301', '-t', '20', '-b', '40M', '--json'], { timeoutMs: 60_000 });
     await lab.kill(server);
     const result = JSON.parse(r.stdout);
+    const tcpAfter = await nstat(lab, e.nsA);
+    const delta = (k: string) => (tcpAfter[k] ?? 0) - (tcpBefore[k] ?? 0);
     const after = (await status(a)).peers[0].handshakes;
     expect(after - before).toBeGreaterThanOrEqual(2);
-    expect(result.end.sum_sent.retransmits).toBe(0);
-    expect(result.end.sum_received.bytes).toBeGreaterThan(40e6 / 8 * 15);
+    expect(result.end.sum_received.bytes).toBeGreaterThan((40e6 / 8) * 15);
+    // TCP may retransmit early (tail loss probes after a scheduling hiccup on this shared machine),
+    // but every retransmitted segment must come back as a duplicate (D-SACK): none was lost.
+    expect(delta('TcpRetransSegs')).toBe(delta('TcpExtTCPDSACKRecvSegs'));
+    expect(totalDrops(await status(b))).toBe(droppedBefore);
   });
 
   it('follows the peer to a new underlay address in the middle of a transfer', async () => {
@@ -82,9 +101,9 @@ describe.runIf(labReady(['ip', 'curl', 'python3']))('bad input, roaming and reke
     const http = await startHttpServer(lab, e.nsB, dir, e.v4B, 8090);
     const transfer = fetchAndHash(lab, e.nsA, e.v4B, 'big.bin', 8090, ['--limit-rate', '5M']);
     await sleep(1500);
-    // A moves: its old address disappears and a new one takes its place.
-    await lab.run(e.nsA, ['ip', 'addr', 'add', '192.0.2.77/24', 'dev', 'eth0']);
+    // A moves: its old address disappears and a new one takes its place (as after a DHCP change).
     await lab.run(e.nsA, ['ip', 'addr', 'del', `${pair.underlayA}/24`, 'dev', 'eth0']);
+    await lab.run(e.nsA, ['ip', 'addr', 'add', '192.0.2.77/24', 'dev', 'eth0']);
     expect(await transfer).toBe(hash);
     await lab.kill(http);
     const s = await status(b);
