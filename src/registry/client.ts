@@ -4,21 +4,15 @@ import https from 'node:https';
 import { AgentVpnError } from '../errors.js';
 import type { Identity } from '../identity/identity.js';
 import {
-  HEARTBEAT_LABEL, LEAVE_LABEL, SSE_KEEPALIVE_MS, agentAuthorization, signJoin, signTimestamp,
+  BACKOFF_MAX_MS, BACKOFF_MIN_MS, DEFAULT_REQUEST_TIMEOUT_MS, HEARTBEAT_LABEL, LEAVE_LABEL, STREAM_IDLE_MS, agentAuthorization, signJoin, signTimestamp,
   type AgentView, type ChangeKind, type JoinResult,
 } from './protocol.js';
 import type { SignedRecord } from './record.js';
 
 export type { AgentView, JoinResult } from './protocol.js';
 
-const DEFAULT_TIMEOUT_MS = 10_000;
 /** Answers larger than this are not a registry's (10,000 agents list in a few MiB). */
 const MAX_RESPONSE_BYTES = 256 * 1024 * 1024;
-/** Event stream reconnect backoff: quick after a blip, at most every 30 s while the registry is down. */
-const BACKOFF_MIN_MS = 500;
-const BACKOFF_MAX_MS = 30_000;
-/** A stream with no byte (not even a keep-alive) for this long is dead (half-open TCP): reconnect. */
-const STREAM_IDLE_MS = 3 * SSE_KEEPALIVE_MS;
 
 const UNREACHABLE_HINT = 'check the --registry URL and that the registry is running and reachable; established tunnels keep working meanwhile';
 const TLS_ERRORS = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS|ERR_SSL/;
@@ -75,7 +69,7 @@ export class RegistryClient {
       }
     }
     this.agent = this.base.protocol === 'https:' ? new https.Agent({ keepAlive: true, ca: this.ca }) : new http.Agent({ keepAlive: true });
-    this.timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.timeoutMs = opts.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
   }
 
   private get id(): string {

@@ -21,6 +21,18 @@ export const HEARTBEATS_PER_OFFLINE_PERIOD = 3;
 export const SSE_KEEPALIVE_MS = 15_000;
 /** How often the registry looks for agents that went silent (so offline is seen within ~1 s of the timeout). */
 export const SWEEP_INTERVAL_MS = 1_000;
+/** A client request with no answer for this long fails (REGISTRY_UNREACHABLE); the daemon retries. */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
+/** Event stream reconnect backoff: quick after a blip, at most every 30 s while the registry is down. */
+export const BACKOFF_MIN_MS = 500;
+export const BACKOFF_MAX_MS = 30_000;
+/** A stream with no byte (not even a keep-alive) for this long is dead (half-open TCP): reconnect. */
+export const STREAM_IDLE_MS = 3 * SSE_KEEPALIVE_MS;
+/** Slow or silent clients may hold a socket this long for their headers, and for their whole request. */
+export const HEADERS_TIMEOUT_MS = 10_000;
+export const REQUEST_TIMEOUT_MS = 30_000;
+/** How long the registry's stop() waits for connections it has just closed (a stuck one never holds shutdown). */
+export const STOP_GRACE_MS = 2_000;
 export const DEFAULT_POOL = '100.64.0.0/10';
 export const DEFAULT_NETWORK = 'default';
 

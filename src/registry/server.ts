@@ -11,8 +11,8 @@ import { formatAddress, formatPrefix, parsePrefix, type Prefix } from '../ip/pre
 import { capabilityMatches, parseCapability, type Capability } from './capabilities.js';
 import { EventHub } from './events.js';
 import {
-  DEFAULT_NETWORK, DEFAULT_OFFLINE_AFTER_MS, DEFAULT_POOL, HEARTBEATS_PER_OFFLINE_PERIOD, HEARTBEAT_LABEL, LEAVE_LABEL,
-  MAX_BODY_BYTES, MAX_CLOCK_SKEW_MS, SWEEP_INTERVAL_MS, hashToken, joinMessage, parseAuthorization, requestMessage,
+  DEFAULT_NETWORK, DEFAULT_OFFLINE_AFTER_MS, DEFAULT_POOL, HEADERS_TIMEOUT_MS, HEARTBEATS_PER_OFFLINE_PERIOD, HEARTBEAT_LABEL, LEAVE_LABEL,
+  MAX_BODY_BYTES, MAX_CLOCK_SKEW_MS, REQUEST_TIMEOUT_MS, STOP_GRACE_MS, SWEEP_INTERVAL_MS, hashToken, joinMessage, parseAuthorization, requestMessage,
   timestampMessage, verifyAgentSignature, type AgentView, type ChangeKind, type JoinResult, type RegistryStats,
 } from './protocol.js';
 import { NAME_PATTERN, NETWORK_PATTERN, verifyRecord, type SignedRecord } from './record.js';
@@ -40,9 +40,6 @@ const REFUSALS: Record<string, { status: number; hint: string }> = {
   POOL_EXHAUSTED: { status: 503, hint: 'the network has used every address of its IPv4 pool; start the registry with a larger --pool' },
   INTERNAL: { status: 500, hint: 'this is a bug in the agentvpn registry; see its log' },
 };
-
-/** How long stop() waits for connections to close (it closes them all itself first). */
-const STOP_GRACE_MS = 2_000;
 
 function refuse(code: string, message: string): never {
   throw new AgentVpnError(code, message, REFUSALS[code]?.hint ?? REFUSALS.INTERNAL.hint);
@@ -488,8 +485,8 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
 
   const server: Server = tls ? createHttpsServer(tls, onRequest) : createHttpServer(onRequest);
   // Slow or silent clients may not hold sockets open forever (SSE streams are already past this).
-  server.headersTimeout = 10_000;
-  server.requestTimeout = 30_000;
+  server.headersTimeout = HEADERS_TIMEOUT_MS;
+  server.requestTimeout = REQUEST_TIMEOUT_MS;
   server.on('clientError', (_err, socket) => {
     counters.refused.BAD_REQUEST = (counters.refused.BAD_REQUEST ?? 0) + 1;
     if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');

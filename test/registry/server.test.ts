@@ -320,6 +320,10 @@ describe('registry server', () => {
     const a = Identity.generate();
     const client = new RegistryClient({ url: reg.url, identity: a, network: NET, caFile: cert });
     expect((await client.join('secure', token)).ipv4).toBe('100.64.0.1');
+    const snapshot = await new Promise<AgentView[]>((resolve, reject) => {
+      const w = client.watch({ snapshot: (agents) => { w.close(); resolve(agents); }, change: () => {}, disconnected: (e) => { w.close(); reject(e); } });
+    });
+    expect(snapshot).toEqual([]);
     const untrusting = new RegistryClient({ url: reg.url, identity: a, network: NET });
     await expect(untrusting.join('secure')).rejects.toMatchObject({ code: 'REGISTRY_TLS' });
     client.close();
