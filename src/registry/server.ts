@@ -372,10 +372,12 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     const onlineText = url.searchParams.get('online');
     if (onlineText !== null && !['1', '0', 'true', 'false'].includes(onlineText)) refuse('BAD_REQUEST', 'online must be 1 or 0');
     const online = onlineText === null ? null : onlineText === '1' || onlineText === 'true';
+    const state = networks.get(network);
     const out: Entry[] = [];
-    for (const e of networks.get(network)?.candidates(cap) ?? []) {
+    for (const e of state?.candidates(cap) ?? []) {
       if (online !== null && e.view.online !== online) continue;
-      if (name !== null && e.view.record.name !== name) continue;
+      // The name's current holder: a record signed before its agent renamed still carries the old name.
+      if (name !== null && state!.byName.get(name) !== e.view.record.id) continue;
       if (cap && !e.caps.some((c) => capabilityMatches(cap, c))) continue;
       out.push(e);
     }
