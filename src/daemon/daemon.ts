@@ -136,7 +136,7 @@ export class Daemon {
     if (!device) return;
     const existing = device.getPeer(p.publicKey);
     if (existing) {
-      if (p.endpoint) existing.endpoint = p.endpoint;
+      if (p.endpoint) device.setEndpoint(existing, p.endpoint, 0);
       device.allowedIps.removeValue(existing);
       for (const prefix of p.allowedIps) device.allowedIps.insert(prefix, existing);
     } else {

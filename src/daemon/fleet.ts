@@ -82,6 +82,8 @@ export class FleetAgent {
   private seq = 0;
   private publishedAt = 0;
   private registryUp = false;
+  private publishing: Promise<void> | null = null;
+  private stopped = false;
 
   constructor(private readonly opts: FleetOptions) {
     this.identity = Identity.loadOrCreate(opts.stateDir);
@@ -134,6 +136,15 @@ export class FleetAgent {
       this.dns = new DnsServer({ bind: [join.ipv4, join.ipv6], zone: join.network, lookup: (name) => this.lookupName(name) });
       await this.dns.start();
     }
+    this.watch();
+    this.timers.push(setInterval(() => void this.heartbeat(), join.heartbeatIntervalMs));
+    return daemon;
+  }
+
+  /** Follows the fleet over the registry's event stream (the client reconnects with backoff). */
+  private watch(): void {
+    const { opts } = this;
+    this.watcher?.close();
     this.watcher = this.client.watch({
       snapshot: (agents) => { for (const a of agents) void this.apply(a); },
       change: (_kind, agent) => void this.apply(agent),
@@ -147,11 +158,10 @@ export class FleetAgent {
         this.registryUp = false;
       },
     });
-    this.timers.push(setInterval(() => void this.heartbeat(), join.heartbeatIntervalMs));
-    return daemon;
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
     for (const t of this.timers) clearInterval(t);
     this.watcher?.close();
     await this.client.leave().catch(() => {});
@@ -173,22 +183,29 @@ export class FleetAgent {
     };
   }
 
-  /** Publishes a fresh signed record, retrying with backoff until the registry takes it. */
-  private async publish(delay = RETRY_MIN_MS): Promise<void> {
-    try {
-      await this.client.publish(signRecord(this.identity, this.buildRecord()));
-      this.publishedAt = Date.now();
-    } catch (e) {
-      this.opts.log.warn({ err: (e as Error).message }, 'publishing our record failed; will retry');
-      const t = setTimeout(() => void this.publish(Math.min(delay * 2, RETRY_MAX_MS)), delay);
-      this.timers.push(t);
-    }
+  /** Publishes a fresh signed record, retrying with backoff until the registry takes it; one loop at a time. */
+  private publish(): Promise<void> {
+    this.publishing ??= (async () => {
+      for (let delay = RETRY_MIN_MS; !this.stopped; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
+        try {
+          await this.client.publish(signRecord(this.identity, this.buildRecord()));
+          this.publishedAt = Date.now();
+          return;
+        } catch (e) {
+          this.opts.log.warn({ err: (e as Error).message, retryInMs: delay }, 'publishing our record failed; will retry');
+          await new Promise((r) => setTimeout(r, delay).unref());
+        }
+      }
+    })().finally(() => (this.publishing = null));
+    return this.publishing;
   }
 
   private async heartbeat(): Promise<void> {
     try {
       if (Date.now() - this.publishedAt > RECORD_LIFETIME_MS - REPUBLISH_MARGIN_MS) await this.publish();
       else await this.client.heartbeat();
+      // The registry answers again but the event stream is still in its backoff: reconnect now.
+      if (!this.registryUp) this.watch();
     } catch (e) {
       const code = e instanceof AgentVpnError ? e.code : '';
       // A registry that lost our record (restored from an older backup, say) gets it again.

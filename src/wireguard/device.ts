@@ -50,6 +50,10 @@ function paddedLength(len: number, mtu: number): number {
   return Math.min(rounded, Math.max(mtu, len));
 }
 
+function endpointKey(ep: Buffer, off: number): string {
+  return ep.toString('latin1', off, off + 18);
+}
+
 function keyHex(key: Uint8Array): string {
   return Buffer.from(key).toString('hex');
 }
@@ -64,6 +68,8 @@ export class Device {
   readonly dropped: Record<DeviceDropReason, number> = zeroCounters(DEVICE_DROP_REASONS);
   private readonly peers = new Map<string, Peer>();
   private readonly indices = new Map<number, IndexEntry>();
+  /** Peers by endpoint (18 address+port bytes as latin1), to recognise a restarted peer. */
+  private readonly byEndpoint = new Map<string, Peer>();
   private readonly checker: CookieChecker;
   private readonly load: HandshakeLoad;
   private readonly io: PacketIO;
@@ -133,8 +139,9 @@ export class Device {
   addPeer(opts: PeerOptions & { allowedIps: Prefix[] }): Peer {
     const id = keyHex(opts.publicKey);
     if (this.peers.has(id)) throw new Error(`peer ${Buffer.from(opts.publicKey).toString('base64')} already exists`);
-    const peer = new Peer(this.local, opts);
+    const peer = new Peer(this.local, { ...opts, endpoint: null });
     this.peers.set(id, peer);
+    if (opts.endpoint) this.setEndpoint(peer, opts.endpoint, 0);
     for (const p of opts.allowedIps) this.allowedIps.insert(p, peer);
     return peer;
   }
@@ -144,7 +151,18 @@ export class Device {
     if (!peer) return;
     this.expireSessions(peer);
     this.allowedIps.removeValue(peer);
+    if (peer.endpoint) this.byEndpoint.delete(endpointKey(peer.endpoint, 0));
     this.peers.delete(keyHex(publicKey));
+  }
+
+  /** Points the peer at a new endpoint (from config, the registry, or roaming). */
+  setEndpoint(peer: Peer, endpoint: Buffer, off: number): void {
+    if (peer.endpoint) {
+      if (sameEndpoint(peer.endpoint, 0, endpoint, off)) return;
+      if (this.byEndpoint.get(endpointKey(peer.endpoint, 0)) === peer) this.byEndpoint.delete(endpointKey(peer.endpoint, 0));
+    }
+    peer.updateEndpoint(endpoint, off);
+    this.byEndpoint.set(endpointKey(endpoint, off), peer);
   }
 
   getPeer(publicKey: Uint8Array): Peer | undefined {
@@ -262,6 +280,10 @@ export class Device {
     const entry = this.indices.get(slab.readUInt32LE(off + 4));
     if (!entry || !entry.keypair) {
       this.dropped.unknownIndex++;
+      // A peer that restarted keeps sending under a session we no longer have; rather than wait
+      // for its 15 s timeout, offer a fresh handshake (rate-limited like any initiation).
+      const sender = this.byEndpoint.get(endpointKey(addrs, aOff));
+      if (sender) this.initiateHandshake(sender, now, false);
       return false;
     }
     const { peer, keypair: kp } = entry;
@@ -335,7 +357,7 @@ export class Device {
 
   private roam(peer: Peer, addrs: Buffer, aOff: number): void {
     const from = peer.endpoint ? formatEndpoint(peer.endpoint) : null;
-    peer.updateEndpoint(addrs, aOff);
+    this.setEndpoint(peer, addrs, aOff);
     this.log.info({ peer: this.peerName(peer), from, to: formatEndpoint(addrs, aOff) }, 'peer endpoint changed');
   }
 

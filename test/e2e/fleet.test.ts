@@ -143,8 +143,9 @@ describe.runIf(labReady(['ip', 'curl', 'python3']))('fleet: registry, permanent 
     const a = agents[2];
     const before = await idOf(a);
     await lab.kill(a.proc!);
-    await lab.run(a.ns, ['ip', 'addr', 'add', '192.0.2.40/28', 'dev', 'eth0']);
     await lab.run(a.ns, ['ip', 'addr', 'del', `${a.underlay}/28`, 'dev', 'eth0']);
+    await lab.run(a.ns, ['ip', 'addr', 'add', '192.0.2.40/28', 'dev', 'eth0']);
+    await lab.run(a.ns, ['ip', 'route', 'replace', 'default', 'via', '192.0.2.33']); // went with the old address
     a.underlay = '192.0.2.40';
     await startAgent(a);
     const after = await idOf(a);
