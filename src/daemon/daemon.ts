@@ -9,6 +9,7 @@ import { addRoutes, configureInterface, deleteInterface } from '../tun/interface
 import { Device } from '../wireguard/device.js';
 import { formatEndpoint, makeEndpoint } from '../wireguard/endpoint.js';
 import { ControlServer, type ControlHandler } from './control-server.js';
+import { MagicSock } from '../paths/magicsock.js';
 import type { DeviceStatus } from './status-types.js';
 
 /** Packets per batch in each direction: enough to amortize a syscall, small enough for latency. */
@@ -30,6 +31,8 @@ export interface DynamicPeer {
   allowedIps: Prefix[];
   endpoint: Buffer | null;
   persistentKeepalive?: number;
+  /** False when the path layer chooses the endpoint (fleet peers). */
+  roaming?: boolean;
 }
 
 /** Resolves a config endpoint (IP literal or host name) to the native 20-byte form. */
@@ -55,6 +58,7 @@ function isDefaultRoute(p: Prefix): boolean {
  */
 export class Daemon {
   private device: Device | null = null;
+  private magicsock: MagicSock | null = null;
   private tunFd = -1;
   private udpFd = -1;
   private listenPort = 0;
@@ -91,6 +95,8 @@ export class Daemon {
 
       const tunFd = this.tunFd;
       const udpFd = this.udpFd;
+      const sock = new MagicSock({ send: (slab, offsets, lens, addrs, count) => native.udpSend(udpFd, slab, offsets, lens, addrs, count) }, log);
+      this.magicsock = sock;
       const device = new Device({
         privateKey: config.privateKey,
         mtu: config.mtu,
@@ -98,10 +104,12 @@ export class Daemon {
         log,
         alwaysUnderLoad: process.env.AGENTVPN_TEST_UNDER_LOAD === '1',
         io: {
-          sendUdp: (slab, offsets, lens, addrs, count) => native.udpSend(udpFd, slab, offsets, lens, addrs, count),
+          sendUdp: (slab, offsets, lens, addrs, count) => sock.sendUdp(slab, offsets, lens, addrs, count),
           writeTun: (slab, offsets, lens, count) => native.tunWrite(tunFd, slab, offsets, lens, count),
         },
+        control: (buf, off, len, addrs, aOff) => sock.handleControl(buf, off, len, addrs, aOff),
       });
+      sock.attach(device);
       this.device = device;
       config.peers.forEach((p, i) => device.addPeer({ ...p, endpoint: endpoints[i] }));
 
@@ -140,9 +148,19 @@ export class Daemon {
       device.allowedIps.removeValue(existing);
       for (const prefix of p.allowedIps) device.allowedIps.insert(prefix, existing);
     } else {
-      device.addPeer({ publicKey: p.publicKey, allowedIps: p.allowedIps, endpoint: p.endpoint, persistentKeepalive: p.persistentKeepalive });
+      device.addPeer({ publicKey: p.publicKey, allowedIps: p.allowedIps, endpoint: p.endpoint, persistentKeepalive: p.persistentKeepalive, roaming: p.roaming });
     }
     await this.routeTo(p.allowedIps);
+  }
+
+  /** The socket layer (path choice, relay, disco) once started. */
+  get sock(): MagicSock | null {
+    return this.magicsock;
+  }
+
+  /** Sends raw datagrams on the agent's UDP socket (STUN from the same port WireGuard uses). */
+  sendRaw(msg: Buffer, endpoint: Buffer): void {
+    if (this.udpFd >= 0) native.udpSend(this.udpFd, msg, Int32Array.of(0), Int32Array.of(msg.length), endpoint, 1);
   }
 
   removePeer(publicKey: Uint8Array): void {
@@ -169,6 +187,7 @@ export class Daemon {
     this.stopping ??= (async () => {
       for (const r of this.readers) native.stopReader(r);
       this.readers = [];
+      this.magicsock?.stop();
       this.device?.stop();
       if (this.udpFd >= 0) native.closeFd(this.udpFd);
       if (this.tunFd >= 0) native.closeFd(this.tunFd);
@@ -203,6 +222,7 @@ export class Daemon {
         rxBytes: p.rxBytes,
         txBytes: p.txBytes,
         persistentKeepalive: p.persistentKeepalive,
+        path: this.magicsock?.pathOf(p.publicKey) ?? undefined,
         dropped: { ...p.dropped },
       })),
     };

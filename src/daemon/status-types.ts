@@ -11,6 +11,8 @@ export interface PeerStatus {
   rxBytes: number;
   txBytes: number;
   persistentKeepalive: number;
+  /** Fleet peers: the path in use (a direct endpoint or the relay) and its last measured RTT. */
+  path?: { kind: 'direct' | 'relay'; endpoint: string; rttMs: number | null };
   /** Packets dropped for this peer, by reason. */
   dropped: Record<string, number>;
 }

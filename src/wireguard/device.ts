@@ -34,6 +34,8 @@ export interface DeviceOptions {
   log?: Logger;
   /** Test-only: demand cookies on every handshake, to exercise the under-load path. */
   alwaysUnderLoad?: boolean;
+  /** Datagrams that are not WireGuard (disco, relay, STUN) go here; false means not understood. */
+  control?: (buf: Buffer, off: number, len: number, addrs: Buffer, aOff: number) => boolean;
 }
 
 /** A session index maps to a peer's pending handshake (keypair null) or to one of its keypairs. */
@@ -73,6 +75,7 @@ export class Device {
   private readonly checker: CookieChecker;
   private readonly load: HandshakeLoad;
   private readonly io: PacketIO;
+  private readonly control: DeviceOptions['control'];
   private readonly log: Logger;
   readonly mtu: number;
 
@@ -100,6 +103,7 @@ export class Device {
     this.checker = new CookieChecker(this.local.publicKey);
     this.load = new HandshakeLoad(opts.alwaysUnderLoad);
     this.io = opts.io;
+    this.control = opts.control;
     this.log = opts.log ?? silent;
     this.mtu = opts.mtu;
     const n = opts.batchSize;
@@ -264,7 +268,7 @@ export class Device {
         this.receiveResponse(slab.subarray(off, off + len), addrs, aOff, now);
       } else if (type === MESSAGE_COOKIE_REPLY && len === COOKIE_REPLY_SIZE) {
         this.receiveCookieReply(slab.subarray(off, off + len));
-      } else {
+      } else if (!this.control?.(slab, off, len, addrs, aOff)) {
         this.dropped.malformed++;
       }
     }
@@ -312,7 +316,7 @@ export class Device {
     peer.rxBytes += len;
     peer.lastReceivedAt = now;
     peer.unansweredSince = null;
-    if (!peer.endpoint || !sameEndpoint(peer.endpoint, 0, addrs, aOff)) this.roam(peer, addrs, aOff);
+    this.maybeRoam(peer, addrs, aOff);
     if (kp === peer.keypairs.next) {
       this.retire(peer.keypairs.confirmNext());
       this.pendingFlush.set(peer, false);
@@ -353,6 +357,11 @@ export class Device {
       return -1;
     }
     return total;
+  }
+
+  /** WireGuard roaming: the endpoint follows the last authenticated packet (unless the path layer owns it). */
+  private maybeRoam(peer: Peer, addrs: Buffer, aOff: number): void {
+    if (!peer.endpoint || (peer.roaming && !sameEndpoint(peer.endpoint, 0, addrs, aOff))) this.roam(peer, addrs, aOff);
   }
 
   private roam(peer: Peer, addrs: Buffer, aOff: number): void {
@@ -403,7 +412,7 @@ export class Device {
       return;
     }
     peer.lastReceivedAt = now;
-    if (!peer.endpoint || !sameEndpoint(peer.endpoint, 0, addrs, aOff)) this.roam(peer, addrs, aOff);
+    this.maybeRoam(peer, addrs, aOff);
     const response = createResponse(peer.handshake, this.newHandshakeIndex(peer))!;
     peer.cookies.addMacs(response, now);
     this.installSession(peer, deriveSessionKeys(peer.handshake)!, now);
@@ -424,7 +433,7 @@ export class Device {
       return;
     }
     peer.lastReceivedAt = now;
-    if (!peer.endpoint || !sameEndpoint(peer.endpoint, 0, addrs, aOff)) this.roam(peer, addrs, aOff);
+    this.maybeRoam(peer, addrs, aOff);
     this.installSession(peer, deriveSessionKeys(peer.handshake)!, now);
     // The initiator confirms the session to the responder with data, or a keepalive if it has none.
     this.pendingFlush.set(peer, true);

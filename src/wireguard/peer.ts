@@ -10,6 +10,8 @@ export interface PeerOptions {
   endpoint?: Buffer | null;
   /** Seconds; 0 = off. */
   persistentKeepalive?: number;
+  /** Follow the source of authenticated packets (WireGuard roaming); off when the path layer chooses. */
+  roaming?: boolean;
 }
 
 /** Everything the device knows about one peer: keys, sessions, endpoint, timer marks, counters. */
@@ -20,6 +22,7 @@ export class Peer {
   readonly keypairs = new KeypairSlots();
   endpoint: Buffer | null;
   persistentKeepalive: number;
+  readonly roaming: boolean;
 
   /** Packets waiting for a session, oldest first; each has 16 spare bytes for padding. */
   staged: { buf: Buffer; len: number }[] = [];
@@ -47,6 +50,7 @@ export class Peer {
     this.cookies = new CookieGenerator(opts.publicKey);
     this.endpoint = opts.endpoint ?? null;
     this.persistentKeepalive = opts.persistentKeepalive ?? 0;
+    this.roaming = opts.roaming ?? true;
   }
 
   /** Queues a copy of a packet until a session exists; the oldest is dropped when full. */

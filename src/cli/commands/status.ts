@@ -29,7 +29,8 @@ function block(title: string, rows: Array<[string, string]>): string {
 
 function formatPeer(p: PeerStatus, now: number): string {
   return block(`${bold('peer:')} ${p.publicKey}`, [
-    ['endpoint', p.endpoint ?? '(none)'],
+    ['endpoint', p.path ? '' : p.endpoint ?? '(none)'],
+    ['path', p.path ? `${p.path.kind === 'direct' ? 'direct' : 'relayed via'} ${p.path.endpoint}${p.path.rttMs === null ? '' : `, rtt ${p.path.rttMs} ms`}` : ''],
     ['allowed ips', p.allowedIps.length ? p.allowedIps.join(', ') : '(none)'],
     ['latest handshake', p.latestHandshake === null ? 'never' : formatAgo(p.latestHandshake, now)],
     ['transfer', `${formatBytes(p.rxBytes)} received, ${formatBytes(p.txBytes)} sent`],

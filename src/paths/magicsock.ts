@@ -1,0 +1,323 @@
+import type { Device, Logger } from '../wireguard/device.js';
+import { ENDPOINT_SIZE, formatEndpoint, sameEndpoint } from '../wireguard/endpoint.js';
+import type { PacketIO } from '../wireguard/io.js';
+import { DiscoCodec, isDisco, newTxid, type DiscoMessage } from './disco.js';
+import { PeerPath, isRelayEndpoint, relayEndpointFor, relaySlotOf } from './peer-path.js';
+import { paths as T } from './constants.js';
+
+/** The native calls the socket layer needs (src/tun/native.ts in the daemon, fakes in tests). */
+export interface UdpPort {
+  send(slab: Buffer, offsets: Int32Array, lens: Int32Array, addrs: Buffer, count: number): number;
+}
+
+/** The relay client as the socket layer uses it (src/paths/relay-client.ts). */
+export interface RelayLink {
+  readonly endpoint: Buffer;
+  readonly name: string;
+  readonly state: string;
+  handleDatagram(buf: Buffer, off: number, len: number): boolean;
+  send(dstWgKey: Uint8Array, packet: Uint8Array): boolean;
+}
+
+export type StunHandler = (buf: Buffer, off: number, len: number, src: Buffer, srcOff: number) => boolean;
+
+export interface PingReply {
+  seq: number;
+  path: 'direct' | 'relay';
+  endpoint: string;
+  rttMs: number;
+}
+
+interface PendingPing {
+  path: PeerPath;
+  /** Direct endpoint pinged, or null when the ping went through the relay. */
+  endpoint: Buffer | null;
+  sentAt: number;
+  resolve?: (reply: { endpoint: Buffer | null; rttMs: number }) => void;
+}
+
+/**
+ * The agent's UDP socket as WireGuard sees it (like Tailscale's magicsock): one socket carries
+ * WireGuard, disco, relay frames and STUN. For fleet peers it owns the choice of path: the
+ * first packets go through the relay at once, disco pings probe every candidate endpoint from
+ * both sides (which also punches holes in NATs), and the peer moves to the best direct path
+ * when one answers, back to the relay when it stops answering.
+ */
+export class MagicSock implements PacketIO {
+  private device: Device | null = null;
+  private relay: RelayLink | null = null;
+  private codec: DiscoCodec | null = null;
+  private readonly byKey = new Map<string, PeerPath>();
+  private readonly bySlot = new Map<number, PeerPath>();
+  private readonly pending = new Map<string, PendingPing>();
+  private relayedInbound: { path: PeerPath; packet: Buffer }[] = [];
+  private nextSlot = 1;
+  private timer: NodeJS.Timeout | null = null;
+  private localCandidates: Buffer[] = [];
+  stunHandler: StunHandler | null = null;
+  readonly stats = { discoIn: 0, discoOut: 0, discoRejected: 0, relayedIn: 0, relayedOut: 0, relayDropped: 0 };
+  private readonly oneOffsets = Int32Array.of(0);
+  private readonly oneLens = new Int32Array(1);
+
+  constructor(private readonly udp: UdpPort, private readonly log: Logger) {}
+
+  attach(device: Device): void {
+    this.device = device;
+  }
+
+  /** Fleet mode: disco sealed with our WireGuard key, and a relay to fall back on. */
+  enablePaths(codec: DiscoCodec, relay: RelayLink | null): void {
+    this.codec = codec;
+    this.relay = relay;
+    this.timer ??= setInterval(() => this.tick(Date.now()), T.tickMs);
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  setLocalCandidates(list: Buffer[]): void {
+    this.localCandidates = list;
+  }
+
+  // ---- PacketIO -----------------------------------------------------------------------------
+
+  sendUdp(slab: Buffer, offsets: Int32Array, lens: Int32Array, addrs: Buffer, count: number): number {
+    for (let i = 0; i < count; i++) if (isRelayEndpoint(addrs, i * ENDPOINT_SIZE)) return this.sendMixed(slab, offsets, lens, addrs, count);
+    return this.udp.send(slab, offsets, lens, addrs, count);
+  }
+
+  writeTun(): number {
+    throw new Error('MagicSock carries UDP only');
+  }
+
+  /** A batch with relayed packets in it: those go to the relay, the rest out of the socket. */
+  private sendMixed(slab: Buffer, offsets: Int32Array, lens: Int32Array, addrs: Buffer, count: number): number {
+    const now = Date.now();
+    const dOffsets = new Int32Array(count);
+    const dLens = new Int32Array(count);
+    const dAddrs = Buffer.alloc(count * ENDPOINT_SIZE);
+    let direct = 0;
+    let sent = 0;
+    for (let i = 0; i < count; i++) {
+      const a = i * ENDPOINT_SIZE;
+      if (!isRelayEndpoint(addrs, a)) {
+        dOffsets[direct] = offsets[i];
+        dLens[direct] = lens[i];
+        addrs.copy(dAddrs, direct * ENDPOINT_SIZE, a, a + ENDPOINT_SIZE);
+        direct++;
+        continue;
+      }
+      const path = this.bySlot.get(relaySlotOf(addrs, a));
+      if (path && this.relay?.send(path.wgKey, slab.subarray(offsets[i], offsets[i] + lens[i]))) {
+        sent++;
+        this.stats.relayedOut++;
+        path.lastRelayedSendAt = now;
+        // Traffic on the relay is the cue to look for a direct path (rate-limited).
+        if (now - path.lastProbeAt >= T.probeOnTrafficMs) process.nextTick(() => this.probe(path, Date.now()));
+      } else {
+        this.stats.relayDropped++;
+      }
+    }
+    return sent + (direct > 0 ? this.udp.send(slab, dOffsets, dLens, dAddrs, direct) : 0);
+  }
+
+  // ---- inbound control messages (called by the device for anything that is not WireGuard) ----
+
+  handleControl(buf: Buffer, off: number, len: number, addrs: Buffer, aOff: number): boolean {
+    if (isDisco(buf, off, len)) {
+      this.receiveDisco(buf.subarray(off, off + len), addrs.subarray(aOff, aOff + ENDPOINT_SIZE), null);
+      return true;
+    }
+    const relay = this.relay;
+    if (relay && sameEndpoint(relay.endpoint, 0, addrs, aOff) && relay.handleDatagram(buf, off, len)) return true;
+    return this.stunHandler?.(buf, off, len, addrs, aOff) ?? false;
+  }
+
+  /** A packet another agent sent us through the relay. Queued: we may be inside a UDP batch. */
+  onRelayedPacket(srcWgKey: Buffer, packet: Buffer): void {
+    if (isDisco(packet, 0, packet.length)) {
+      this.receiveDisco(packet, null, srcWgKey);
+      return;
+    }
+    const path = this.byKey.get(srcWgKey.toString('latin1'));
+    if (!path) {
+      this.stats.relayDropped++;
+      return;
+    }
+    this.stats.relayedIn++;
+    if (this.relayedInbound.push({ path, packet }) === 1) process.nextTick(() => this.drainRelayed());
+  }
+
+  private drainRelayed(): void {
+    const queue = this.relayedInbound;
+    this.relayedInbound = [];
+    for (const { path, packet } of queue) {
+      this.oneLens[0] = packet.length;
+      this.device?.handleUdpBatch(packet, packet.length, this.oneLens, path.relayEndpoint, 1);
+    }
+  }
+
+  // ---- fleet peers ----------------------------------------------------------------------------
+
+  /** Registers or updates a peer's candidates; returns the endpoint WireGuard should use now. */
+  upsertPeer(wgKey: Buffer, candidates: Buffer[]): Buffer {
+    const id = wgKey.toString('latin1');
+    let path = this.byKey.get(id);
+    if (!path) {
+      const slot = this.nextSlot++;
+      path = new PeerPath(Buffer.from(wgKey), slot, relayEndpointFor(slot));
+      this.byKey.set(id, path);
+      this.bySlot.set(slot, path);
+    }
+    if (path.setCandidates(candidates) || path.lastProbeAt === -Infinity) {
+      const p = path;
+      process.nextTick(() => this.probe(p, Date.now()));
+    }
+    return this.relay || !path.candidates.length ? path.current() : path.candidates[0];
+  }
+
+  removePeer(wgKey: Buffer): void {
+    const path = this.byKey.get(wgKey.toString('latin1'));
+    if (!path) return;
+    this.byKey.delete(wgKey.toString('latin1'));
+    this.bySlot.delete(path.slot);
+    this.codec?.forget(wgKey);
+  }
+
+  pathOf(wgKey: Uint8Array): ReturnType<PeerPath['describe']> | null {
+    return this.byKey.get(Buffer.from(wgKey).toString('latin1'))?.describe(this.relay?.name ?? null) ?? null;
+  }
+
+  /** Disco pings over the peer's current path, like `tailscale ping`. */
+  async ping(wgKey: Uint8Array, count: number, timeoutMs = 2000): Promise<(PingReply | { seq: number; timeout: true })[]> {
+    const path = this.byKey.get(Buffer.from(wgKey).toString('latin1'));
+    if (!path) return [];
+    const out: (PingReply | { seq: number; timeout: true })[] = [];
+    for (let seq = 1; seq <= count; seq++) {
+      const reply = await new Promise<{ endpoint: Buffer | null; rttMs: number } | null>((resolve) => {
+        const timer = setTimeout(() => resolve(null), timeoutMs);
+        this.sendPing(path, path.direct, Date.now(), (r) => {
+          clearTimeout(timer);
+          resolve(r);
+        });
+      });
+      out.push(reply
+        ? { seq, path: reply.endpoint ? 'direct' : 'relay', endpoint: reply.endpoint ? formatEndpoint(reply.endpoint) : this.relay?.name ?? 'relay', rttMs: Math.round(reply.rttMs * 100) / 100 }
+        : { seq, timeout: true });
+      if (seq < count) await new Promise((r) => setTimeout(r, T.pingCommandIntervalMs));
+    }
+    return out;
+  }
+
+  // ---- disco ------------------------------------------------------------------------------------
+
+  private sendDisco(path: PeerPath, to: Buffer | null, m: DiscoMessage): void {
+    const msg = this.codec?.seal(path.wgKey, m);
+    if (!msg) return;
+    this.stats.discoOut++;
+    if (to === null) {
+      this.relay?.send(path.wgKey, msg);
+      return;
+    }
+    this.oneLens[0] = msg.length;
+    this.udp.send(msg, this.oneOffsets, this.oneLens, to, 1);
+  }
+
+  private sendPing(path: PeerPath, to: Buffer | null, now: number, resolve?: PendingPing['resolve']): void {
+    const txid = newTxid();
+    this.pending.set(txid.toString('hex'), { path, endpoint: to && Buffer.from(to), sentAt: performance.now(), resolve });
+    if (to) path.lastDirectPingAt = now;
+    this.sendDisco(path, to, { type: 'ping', txid });
+  }
+
+  /** Pings every candidate directly and asks the peer (through the relay) to ping ours. */
+  private probe(path: PeerPath, now: number): void {
+    if (!this.codec || !this.byKey.has(path.wgKey.toString('latin1'))) return;
+    path.lastProbeAt = now;
+    for (const c of path.candidates) this.sendPing(path, c, now);
+    if (this.relay) {
+      this.sendDisco(path, null, { type: 'call-me-maybe', candidates: this.localCandidates });
+      this.sendPing(path, null, now);
+    }
+  }
+
+  private receiveDisco(msg: Buffer, from: Buffer | null, relayedFrom: Buffer | null): void {
+    const opened = this.codec?.open(msg, 0, msg.length);
+    const path = opened ? this.byKey.get(opened.from.toString('latin1')) : undefined;
+    // Through the relay, the sender the relay authenticated must be the key that sealed it.
+    if (!opened || !path || (relayedFrom && !relayedFrom.equals(opened.from))) {
+      this.stats.discoRejected++;
+      return;
+    }
+    this.stats.discoIn++;
+    const now = Date.now();
+    const m = opened.message;
+    if (m.type === 'ping') {
+      this.sendDisco(path, from, { type: 'pong', txid: m.txid, observed: from ?? Buffer.alloc(ENDPOINT_SIZE) });
+      if (from) {
+        path.addCandidate(from);
+        // They reached us directly: ping back along the same way to confirm the path for us.
+        if (!path.direct) this.sendPing(path, from, now);
+      }
+    } else if (m.type === 'pong') {
+      this.receivePong(path, m.txid, from, now);
+    } else {
+      for (const c of m.candidates) path.addCandidate(c);
+      for (const c of path.candidates) this.sendPing(path, c, now);
+    }
+  }
+
+  private receivePong(path: PeerPath, txid: Buffer, from: Buffer | null, now: number): void {
+    const key = txid.toString('hex');
+    const ping = this.pending.get(key);
+    if (!ping || ping.path !== path) return;
+    this.pending.delete(key);
+    const rtt = performance.now() - ping.sentAt;
+    ping.resolve?.({ endpoint: ping.endpoint, rttMs: rtt });
+    if (!ping.endpoint) {
+      path.relayRttMs = rtt;
+      return;
+    }
+    if (!from || !sameEndpoint(from, 0, ping.endpoint, 0)) return; // answered from elsewhere: not this path
+    const better = !path.direct || sameEndpoint(path.direct, 0, from, 0) || rtt < path.directRttMs * T.betterRttFactor;
+    if (!better) return;
+    const upgraded = !path.direct || !sameEndpoint(path.direct, 0, from, 0);
+    path.direct = Buffer.from(from);
+    path.directRttMs = rtt;
+    path.lastDirectPongAt = now;
+    if (upgraded) {
+      this.applyEndpoint(path);
+      this.log.info({ peer: path.wgKey.toString('base64'), endpoint: formatEndpoint(from), rttMs: Math.round(rtt * 100) / 100 }, 'direct path');
+    }
+  }
+
+  private applyEndpoint(path: PeerPath): void {
+    const peer = this.device?.getPeer(path.wgKey);
+    if (peer) this.device!.setEndpoint(peer, path.current(), 0);
+  }
+
+  // ---- timers -----------------------------------------------------------------------------------
+
+  private tick(now: number): void {
+    const t = performance.now();
+    for (const [k, p] of this.pending) if (t - p.sentAt > T.pingTimeoutMs) this.pending.delete(k);
+    for (const path of this.byKey.values()) {
+      const peer = this.device?.getPeer(path.wgKey);
+      const active = !!peer && now - Math.max(peer.lastSentAt, peer.lastReceivedAt, path.lastRelayedSendAt) < T.activeWindowMs;
+      if (path.direct && now - path.lastDirectPongAt > T.directDeadAfterMs) {
+        this.log.warn({ peer: path.wgKey.toString('base64'), endpoint: formatEndpoint(path.direct) }, 'direct path stopped answering; using the relay');
+        path.direct = null;
+        path.directRttMs = Infinity;
+        this.applyEndpoint(path);
+        if (active) this.probe(path, now);
+        continue;
+      }
+      if (!active) continue;
+      if (path.direct && now - path.lastDirectPingAt >= T.directPingIntervalMs) this.sendPing(path, path.direct, now);
+      const interval = path.direct ? T.reprobeWhenDirectMs : T.reprobeWhenRelayedMs;
+      if (now - path.lastProbeAt >= interval) this.probe(path, now);
+    }
+  }
+}
