@@ -11,6 +11,7 @@ import { upCommand } from './commands/up.js';
 import { idCommand } from './commands/id.js';
 import { peersCommand } from './commands/peers.js';
 import { resolveCommand } from './commands/resolve.js';
+import { pingCommand } from './commands/ping.js';
 import { registryCommand } from './commands/registry.js';
 
 // package.json sits two levels up from both src/cli/ and dist/cli/.
@@ -29,6 +30,7 @@ await yargs(args)
   .command(idCommand)
   .command(peersCommand)
   .command(resolveCommand)
+  .command(pingCommand)
   .command(registryCommand)
   .command(genkeyCommand)
   .command(pubkeyCommand)
