@@ -21,3 +21,5 @@ export * from './wireguard-go.js';
 export * from './agentvpn.js';
 export * from './nebula.js';
 export * from './measure.js';
+export * from './nat.js';
+export * from './miniupnpd.js';
