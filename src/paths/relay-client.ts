@@ -1,0 +1,418 @@
+import { lookup } from 'node:dns/promises';
+import { readFileSync } from 'node:fs';
+import { request as httpRequest, type ClientRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { isIP, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { AgentVpnError } from '../errors.js';
+import type { Identity } from '../identity/identity.js';
+import { parseAddress } from '../ip/prefix.js';
+import { monotonicMs } from '../relay/limits.js';
+import {
+  BACKOFF_MAX_MS, BACKOFF_MIN_MS, DEFAULT_UDP_TIMEOUT_MS, FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_RECV, HELLO_FLAG_PROBE, HELLO_RETRY_MS,
+  KEEPALIVE_ACK_TIMEOUT_MS, KEEPALIVE_FRAME, KEEPALIVE_INTERVAL_MS, KEY_SIZE, MAX_PACKET_SIZE, NOTICE_NOT_REGISTERED, NOTICE_PEER_NOT_HERE,
+  NOTICE_SIZE, PACKET_HEADER_SIZE, SILENT_LOG, TCP_HELLO_TIMEOUT_MS, UDP_RETRY_MS, encodeHello, encodeSend, isRelayFrame, parseHelloAck,
+  parseHostPort, type RelayInfo, type RelayLog,
+} from '../relay/protocol.js';
+import { FrameReader, LENGTH_SIZE, MAX_TCP_BACKLOG_BYTES, UPGRADE_PROTOCOL, encodeTcpFrame } from '../relay/tcp.js';
+import { ENDPOINT_SIZE, makeEndpoint } from '../wireguard/endpoint.js';
+
+export type { RelayInfo } from '../relay/protocol.js';
+
+export type RelayState = 'connecting' | 'udp' | 'tcp' | 'down';
+
+export interface RelayClientOptions {
+  relay: RelayInfo;
+  identity: Identity;
+  /** Send a datagram on the agent's shared UDP socket. */
+  sendUdp(buf: Buffer, endpoint20: Buffer): void;
+  /** A packet another agent sent us through the relay (both buffers are the callee's to keep). */
+  onPacket(srcWgKey: Buffer, packet: Buffer): void;
+  /** The relay says no agent with this key is connected to it (rate-limited by the relay). */
+  onPeerNotHere?(dstWgKey: Buffer): void;
+  /** CA certificate (PEM) for an https:// TCP fallback with a private CA. */
+  caFile?: string;
+  log?: RelayLog;
+  /** Switch to TCP when no UDP hello is acked for this long (default 3000). */
+  udpTimeoutMs?: number;
+}
+
+/** A hello exchange over UDP that has not been acked yet. */
+interface UdpAttempt {
+  /** Timestamp of its first hello: acks of any of its retransmissions count. */
+  since: number;
+  deadline: number;
+  timer: NodeJS.Timeout | null;
+}
+
+interface TcpLink {
+  req: ClientRequest;
+  socket: Duplex | null;
+  reader: FrameReader;
+  helloSince: number;
+  acked: boolean;
+  timer: NodeJS.Timeout | null;
+}
+
+const timer = (ms: number, fn: () => void): NodeJS.Timeout => setTimeout(fn, ms).unref();
+
+/**
+ * An agent's connection to one relay. UDP first, over the agent's own socket (hello → ack, then
+ * keepalives); when UDP gets no ack it falls back to TCP (HTTP upgrade), probes UDP again every
+ * 30 s while on TCP, and reconnects with backoff when both fail.
+ */
+export class RelayClient {
+  readonly name: string;
+  private currentState: RelayState = 'down';
+  private ep: Buffer = Buffer.alloc(ENDPOINT_SIZE);
+  private readonly udpHost: string;
+  private readonly udpPort: number;
+  private readonly tcpUrl: URL | null;
+  private readonly ca: Buffer | undefined;
+  private readonly log: RelayLog;
+  private readonly udpTimeoutMs: number;
+  private stopped = true;
+  private lastTimestamp = 0;
+  private lastHeard = 0;
+  private backoff = BACKOFF_MIN_MS;
+  private attempt: UdpAttempt | null = null;
+  private tcp: TcpLink | null = null;
+  private probeSince = Infinity;
+  private keepaliveTimer: NodeJS.Timeout | null = null;
+  private ackTimer: NodeJS.Timeout | null = null;
+  private udpRetryTimer: NodeJS.Timeout | null = null;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly opts: RelayClientOptions) {
+    this.name = opts.relay.udp;
+    ({ host: this.udpHost, port: this.udpPort } = parseHostPort(opts.relay.udp, 'relay address'));
+    const literal = parseAddress(this.udpHost);
+    if (literal) this.ep = makeEndpoint(literal, this.udpPort);
+    this.tcpUrl = null;
+    if (opts.relay.tcp) {
+      try {
+        this.tcpUrl = new URL(opts.relay.tcp);
+      } catch {
+        // checked below
+      }
+      if (!this.tcpUrl || !['http:', 'https:'].includes(this.tcpUrl.protocol)) {
+        throw new AgentVpnError('BAD_RELAY', `invalid relay TCP URL "${opts.relay.tcp}"`, 'give http(s)://host:port/v1/relay');
+      }
+    }
+    if (opts.caFile) {
+      try {
+        this.ca = readFileSync(opts.caFile);
+      } catch (e) {
+        throw new AgentVpnError('CA_UNREADABLE', `cannot read CA file ${opts.caFile}: ${(e as Error).message}`, 'check the --ca path and its permissions', { cause: e });
+      }
+    }
+    this.log = opts.log ?? SILENT_LOG;
+    this.udpTimeoutMs = opts.udpTimeoutMs ?? DEFAULT_UDP_TIMEOUT_MS;
+  }
+
+  get state(): RelayState {
+    return this.currentState;
+  }
+
+  /** The relay's UDP endpoint (20 bytes; all zero until its name is resolved). */
+  get endpoint(): Buffer {
+    return this.ep;
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    void this.connect();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.resetLinks();
+    this.setState('down');
+  }
+
+  /** Feed a datagram that came from `endpoint`; returns true if it was a relay frame. */
+  handleDatagram(buf: Buffer, off: number, len: number): boolean {
+    if (!isRelayFrame(buf, off, len)) return false;
+    // A copy: the caller's buffer is reused after this call, and packets may be queued.
+    this.onFrame(Buffer.from(buf.subarray(off, off + len)), 'udp');
+    return true;
+  }
+
+  /** Send an opaque packet to the agent with this WireGuard key; false if the relay is not connected. */
+  send(dstWgKey: Uint8Array, packet: Uint8Array): boolean {
+    if (dstWgKey.length !== KEY_SIZE || packet.length > MAX_PACKET_SIZE) return false;
+    try {
+      if (this.currentState === 'udp') {
+        this.opts.sendUdp(encodeSend(dstWgKey, packet), this.ep);
+        return true;
+      }
+      const socket = this.tcp?.socket;
+      if (this.currentState === 'tcp' && socket && socket.writable && socket.writableLength < MAX_TCP_BACKLOG_BYTES) {
+        const buf = Buffer.allocUnsafe(LENGTH_SIZE + PACKET_HEADER_SIZE + packet.length);
+        buf.writeUInt16BE(PACKET_HEADER_SIZE + packet.length, 0);
+        socket.write(encodeSend(dstWgKey, packet, buf, LENGTH_SIZE));
+        return true;
+      }
+    } catch (err) {
+      this.log.debug({ err, relay: this.name }, 'relay send failed');
+    }
+    return false;
+  }
+
+  // ---- connecting ------------------------------------------------------------------------------
+
+  private setState(s: RelayState): void {
+    if (s === this.currentState) return;
+    this.log.info({ relay: this.name, event: 'relay-state', from: this.currentState, to: s }, `relay ${this.name}: ${s}`);
+    this.currentState = s;
+  }
+
+  private nextTimestamp(): number {
+    return (this.lastTimestamp = Math.max(Date.now(), this.lastTimestamp + 1));
+  }
+
+  /** A fresh start: resolve the relay's name, then UDP (which falls back to TCP). */
+  private async connect(): Promise<void> {
+    this.resetLinks();
+    this.setState('connecting');
+    if (isIP(this.udpHost) === 0) {
+      try {
+        const { address } = await lookup(this.udpHost);
+        if (this.stopped) return;
+        this.ep = makeEndpoint(parseAddress(address)!, this.udpPort);
+      } catch (err) {
+        this.log.warn({ err, relay: this.name }, 'cannot resolve the relay name');
+      }
+    }
+    if (!this.stopped) this.tryUdp();
+  }
+
+  /** Hello over UDP until acked or the UDP timeout; the current transport keeps working meanwhile. */
+  private tryUdp(): void {
+    if (this.attempt || this.stopped) return;
+    if (this.ep.every((b) => b === 0)) return this.udpFailed();
+    const attempt: UdpAttempt = { since: this.nextTimestamp(), deadline: monotonicMs() + this.udpTimeoutMs, timer: null };
+    this.attempt = attempt;
+    const send = (ts?: number) => {
+      if (this.attempt !== attempt) return;
+      const left = attempt.deadline - monotonicMs();
+      if (left <= 0) return this.udpFailed();
+      this.sendUdpHello(0, ts);
+      attempt.timer = timer(Math.min(HELLO_RETRY_MS, left), () => send());
+    };
+    send(attempt.since);
+  }
+
+  private sendUdpHello(flags: number, ts = this.nextTimestamp()): void {
+    try {
+      this.opts.sendUdp(encodeHello(this.opts.identity, ts, flags), this.ep);
+    } catch (err) {
+      this.log.debug({ err, relay: this.name }, 'relay hello not sent');
+    }
+  }
+
+  private udpFailed(): void {
+    this.clearAttempt();
+    if (this.stopped) return;
+    if (this.tcp?.acked) {
+      // Still on TCP: the relay may have moved us to UDP on a hello whose ack was lost; claim TCP again.
+      this.sendTcpHello(this.tcp);
+      return;
+    }
+    this.setState('connecting');
+    if (this.tcp) return; // TCP is being set up
+    if (this.tcpUrl) {
+      this.log.info({ relay: this.name, event: 'relay-udp-blocked' }, `relay ${this.name}: no answer over UDP, trying TCP`);
+      this.openTcp();
+    } else {
+      this.reconnectLater();
+    }
+  }
+
+  private openTcp(): void {
+    const url = this.tcpUrl!;
+    const https = url.protocol === 'https:';
+    const req = (https ? httpsRequest : httpRequest)({
+      host: url.hostname.replace(/^\[|\]$/g, ''),
+      port: url.port || (https ? 443 : 80),
+      path: url.pathname + url.search,
+      method: 'GET',
+      headers: { connection: 'Upgrade', upgrade: UPGRADE_PROTOCOL },
+      agent: false,
+      ca: this.ca,
+      timeout: TCP_HELLO_TIMEOUT_MS,
+    });
+    const link: TcpLink = {
+      req, socket: null, helloSince: 0, acked: false, timer: null,
+      reader: new FrameReader((frame) => this.onFrame(frame, 'tcp'), () => this.tcpFailed(link, 'bad framing from the relay')),
+    };
+    this.tcp = link;
+    req.on('upgrade', (_res, socket: Duplex, head: Buffer) => {
+      if (this.tcp !== link) return void socket.destroy();
+      link.socket = socket;
+      (socket as Socket).setNoDelay?.(true);
+      (socket as Socket).setTimeout?.(0); // the connect timeout; keepalives watch the live connection
+      socket.on('data', (chunk: Buffer) => link.reader.push(chunk));
+      socket.on('error', (err) => this.tcpFailed(link, err.message));
+      socket.on('close', () => this.tcpFailed(link, 'connection closed'));
+      if (head.length) link.reader.push(head);
+      this.sendTcpHello(link);
+      link.timer = timer(TCP_HELLO_TIMEOUT_MS, () => link.acked || this.tcpFailed(link, 'no hello ack'));
+    });
+    req.on('response', (res) => {
+      res.resume();
+      this.tcpFailed(link, `HTTP ${res.statusCode} instead of an upgrade`);
+    });
+    req.on('timeout', () => link.socket || req.destroy(new Error('timed out')));
+    req.on('error', (err) => this.tcpFailed(link, err.message));
+    req.end();
+  }
+
+  private sendTcpHello(link: TcpLink): void {
+    const ts = this.nextTimestamp();
+    if (!link.acked) link.helloSince = ts;
+    link.socket?.write(encodeTcpFrame(encodeHello(this.opts.identity, ts, 0)));
+  }
+
+  private tcpFailed(link: TcpLink, why: string): void {
+    if (this.tcp !== link) return;
+    this.log.info({ relay: this.name, event: 'relay-tcp-down', why }, `relay ${this.name}: TCP ${why}`);
+    this.closeTcp();
+    if (this.stopped || this.currentState === 'udp') return;
+    this.setState('connecting');
+    if (!this.attempt) this.reconnectLater(); // else the running UDP attempt decides
+  }
+
+  private closeTcp(): void {
+    const link = this.tcp;
+    if (!link) return;
+    this.tcp = null;
+    if (link.timer) clearTimeout(link.timer);
+    link.reader.close();
+    link.socket?.destroy();
+    link.req.destroy();
+  }
+
+  private reconnectLater(): void {
+    if (this.stopped) return;
+    this.resetLinks();
+    this.setState('down');
+    const delay = this.backoff;
+    this.backoff = Math.min(this.backoff * 2, BACKOFF_MAX_MS);
+    this.log.info({ relay: this.name, event: 'relay-retry', inMs: delay }, `relay ${this.name}: unreachable, retrying in ${delay} ms`);
+    this.reconnectTimer = timer(delay, () => void this.connect());
+  }
+
+  private clearAttempt(): void {
+    if (this.attempt?.timer) clearTimeout(this.attempt.timer);
+    this.attempt = null;
+  }
+
+  private resetLinks(): void {
+    this.clearAttempt();
+    this.closeTcp();
+    for (const t of [this.keepaliveTimer, this.ackTimer, this.udpRetryTimer, this.reconnectTimer]) if (t) clearTimeout(t);
+    this.keepaliveTimer = this.ackTimer = this.udpRetryTimer = this.reconnectTimer = null;
+    this.probeSince = Infinity;
+  }
+
+  private established(via: 'udp' | 'tcp'): void {
+    this.backoff = BACKOFF_MIN_MS;
+    if (via === 'udp') {
+      this.closeTcp();
+      if (this.udpRetryTimer) clearInterval(this.udpRetryTimer);
+      this.udpRetryTimer = null;
+    } else if (!this.udpRetryTimer) {
+      this.udpRetryTimer = setInterval(() => this.probeUdp(), UDP_RETRY_MS).unref();
+    }
+    this.setState(via);
+    if (!this.keepaliveTimer) this.keepaliveTimer = setInterval(() => this.keepalive(), KEEPALIVE_INTERVAL_MS).unref();
+  }
+
+  /** While on TCP: a probe hello over UDP; its ack starts a real UDP hello exchange. */
+  private probeUdp(): void {
+    if (this.currentState !== 'tcp' || this.attempt || this.ep.every((b) => b === 0)) return;
+    const ts = this.nextTimestamp();
+    if (this.probeSince === Infinity) this.probeSince = ts;
+    this.sendUdpHello(HELLO_FLAG_PROBE, ts);
+  }
+
+  private keepalive(): void {
+    const via = this.currentState;
+    if (via !== 'udp' && via !== 'tcp') return;
+    const sentAt = monotonicMs();
+    try {
+      if (via === 'udp') this.opts.sendUdp(KEEPALIVE_FRAME, this.ep);
+      else this.tcp?.socket?.write(encodeTcpFrame(KEEPALIVE_FRAME));
+    } catch (err) {
+      this.log.debug({ err, relay: this.name }, 'relay keepalive not sent');
+    }
+    if (this.ackTimer) clearTimeout(this.ackTimer);
+    this.ackTimer = timer(KEEPALIVE_ACK_TIMEOUT_MS, () => {
+      this.ackTimer = null;
+      if (this.lastHeard >= sentAt || this.currentState !== via) return;
+      this.log.info({ relay: this.name, event: 'relay-silent', via }, `relay ${this.name}: keepalive unanswered over ${via}`);
+      if (via === 'udp') this.tryUdp();
+      else void this.connect();
+    });
+  }
+
+  // ---- receiving ---------------------------------------------------------------------------
+
+  private onFrame(frame: Buffer, via: 'udp' | 'tcp'): void {
+    if (this.stopped) return;
+    this.lastHeard = monotonicMs();
+    try {
+      switch (frame[0]) {
+        case FRAME_RECV:
+          if (frame.length >= PACKET_HEADER_SIZE) this.opts.onPacket(frame.subarray(1, PACKET_HEADER_SIZE), frame.subarray(PACKET_HEADER_SIZE));
+          return;
+        case FRAME_HELLO_ACK:
+          return this.onAck(frame, via);
+        case FRAME_NOTICE:
+          if (frame.length === NOTICE_SIZE) this.onNotice(frame[1], frame.subarray(2), via);
+          return;
+        default:
+          return; // keepalive acks only refresh lastHeard; anything else is ignored
+      }
+    } catch (err) {
+      this.log.error({ err, relay: this.name }, 'handling a relay frame failed');
+    }
+  }
+
+  private onAck(frame: Buffer, via: 'udp' | 'tcp'): void {
+    const ack = parseHelloAck(frame);
+    if (!ack || !ack.wgKey.equals(this.opts.identity.wgPublicKey)) return;
+    if (ack.flags & HELLO_FLAG_PROBE) {
+      if (via === 'udp' && ack.timestamp >= this.probeSince) {
+        this.probeSince = Infinity;
+        this.log.info({ relay: this.name, event: 'relay-udp-back' }, `relay ${this.name}: UDP answers again, moving off TCP`);
+        this.tryUdp();
+      }
+      return;
+    }
+    if (via === 'udp') {
+      if (!this.attempt || ack.timestamp < this.attempt.since) return;
+      this.clearAttempt();
+      this.established('udp');
+    } else if (this.tcp && this.tcp.socket && ack.timestamp >= this.tcp.helloSince) {
+      this.tcp.acked = true;
+      if (this.currentState !== 'udp') this.established('tcp');
+    }
+  }
+
+  private onNotice(code: number, key: Buffer, via: 'udp' | 'tcp'): void {
+    if (code === NOTICE_PEER_NOT_HERE) {
+      this.opts.onPeerNotHere?.(Buffer.from(key));
+    } else if (code === NOTICE_NOT_REGISTERED) {
+      // The relay forgot us (restart, long silence) or our NAT mapping changed: hello again.
+      if (via === 'udp' && this.currentState === 'udp') this.tryUdp();
+      else if (via === 'tcp' && this.tcp?.acked) this.sendTcpHello(this.tcp);
+    } else {
+      this.log.warn({ relay: this.name, event: 'relay-refused', code, via },
+        `relay ${this.name} refused our hello (${['', '', '', 'bad signature', 'stale timestamp: check the clock (NTP)', 'not allowed on this relay'][code] ?? `code ${code}`})`);
+      if (this.currentState === 'connecting') this.reconnectLater();
+    }
+  }
+}

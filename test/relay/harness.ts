@@ -1,0 +1,73 @@
+// Loopback harness for relay tests: agents with their own UDP socket (standing in for the
+// daemon's shared socket) and a RelayClient on it, plus raw sockets for hand-made frames.
+import dgram, { type Socket } from 'node:dgram';
+import { Identity } from '../../src/identity/identity.js';
+import { formatAddress, parseAddress } from '../../src/ip/prefix.js';
+import { waitFor } from '../../src/lab/index.js';
+import { RelayClient, type RelayInfo, type RelayState } from '../../src/paths/relay-client.js';
+import { endpointAddress, endpointPort, makeEndpoint, sameEndpoint } from '../../src/wireguard/endpoint.js';
+
+export interface Received {
+  from: Buffer;
+  packet: Buffer;
+}
+
+export interface TestAgent {
+  identity: Identity;
+  wgKey: Buffer;
+  client: RelayClient;
+  socket: Socket;
+  received: Received[];
+  notHere: Buffer[];
+  close(): void;
+}
+
+function sendFromSocket(socket: Socket, buf: Buffer, ep: Uint8Array): void {
+  socket.send(buf, endpointPort(ep), formatAddress(endpointAddress(ep)), () => {});
+}
+
+/** An agent on 127.0.0.1 with a relay client; datagrams from the relay's endpoint go to the client. */
+export async function startAgent(relay: RelayInfo, opts: { udpTimeoutMs?: number; identity?: Identity } = {}): Promise<TestAgent> {
+  const identity = opts.identity ?? Identity.generate();
+  const socket = dgram.createSocket('udp4');
+  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', () => resolve()));
+  const received: Received[] = [];
+  const notHere: Buffer[] = [];
+  const client = new RelayClient({
+    relay, identity, udpTimeoutMs: opts.udpTimeoutMs,
+    sendUdp: (buf, ep) => sendFromSocket(socket, buf, ep),
+    onPacket: (from, packet) => received.push({ from, packet }),
+    onPeerNotHere: (key) => notHere.push(key),
+  });
+  socket.on('message', (msg, rinfo) => {
+    const src = makeEndpoint(parseAddress(rinfo.address)!, rinfo.port);
+    if (sameEndpoint(src, 0, client.endpoint, 0)) client.handleDatagram(msg, 0, msg.length);
+  });
+  client.start();
+  return {
+    identity, wgKey: Buffer.from(identity.wgPublicKey), client, socket, received, notHere,
+    close: () => {
+      client.stop();
+      socket.close();
+    },
+  };
+}
+
+export async function waitState(agent: TestAgent, state: RelayState, timeoutMs = 15_000): Promise<void> {
+  await waitFor(() => agent.client.state === state, { timeoutMs, intervalMs: 20, what: `relay client state ${state} (is ${agent.client.state})` });
+}
+
+/** A raw UDP socket on loopback that keeps every datagram it gets. */
+export async function rawSocket(): Promise<{ socket: Socket; port: number; inbox: Buffer[]; send(buf: Buffer, port: number): void; close(): void }> {
+  const socket = dgram.createSocket('udp4');
+  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', () => resolve()));
+  const inbox: Buffer[] = [];
+  socket.on('message', (m) => inbox.push(m));
+  return {
+    socket, port: socket.address().port, inbox,
+    send: (buf, port) => socket.send(buf, port, '127.0.0.1'),
+    close: () => socket.close(),
+  };
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

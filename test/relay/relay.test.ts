@@ -1,0 +1,278 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { createServer, type Server } from 'node:http';
+import { connect } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { Identity } from '../../src/identity/identity.js';
+import { waitFor } from '../../src/lab/index.js';
+import { buildBindingRequest, newTransactionId, parseBindingResponse } from '../../src/paths/stun.js';
+import {
+  FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_RECV, FRAME_SEND, HELLO_SIZE, MAX_FRAME_SIZE, NOTICE_BAD_SIGNATURE, NOTICE_NOT_REGISTERED,
+  NOTICE_STALE_TIMESTAMP, encodeHello, encodeSend,
+} from '../../src/relay/protocol.js';
+import { startRelay, type RelayOptions, type RunningRelay } from '../../src/relay/server.js';
+import { UPGRADE_PROTOCOL, encodeTcpFrame } from '../../src/relay/tcp.js';
+import { rawSocket, sleep, startAgent, waitState, type TestAgent } from './harness.js';
+
+describe('relay', () => {
+  let relay: RunningRelay | null = null;
+  let http: Server | null = null;
+  const agents: TestAgent[] = [];
+  const closers: Array<() => void> = [];
+
+  async function start(over: Partial<RelayOptions> = {}): Promise<{ udp: string; tcp: string }> {
+    http = createServer((_req, res) => res.writeHead(404).end());
+    await new Promise<void>((resolve) => http!.listen(0, '127.0.0.1', () => resolve()));
+    relay = await startRelay({ udp: { host: '127.0.0.1', port: 0 }, stunSecondPort: true, tcpServer: http, ...over });
+    return { udp: `127.0.0.1:${relay.udpPort}`, tcp: `http://127.0.0.1:${(http.address() as AddressInfo).port}/v1/relay` };
+  }
+
+  async function agent(...args: Parameters<typeof startAgent>): Promise<TestAgent> {
+    const a = await startAgent(...args);
+    agents.push(a);
+    return a;
+  }
+
+  /** A UDP port nothing listens on (bound, then closed). */
+  async function deadUdpPort(): Promise<number> {
+    const r = await rawSocket();
+    r.close();
+    return r.port;
+  }
+
+  afterEach(async () => {
+    for (const a of agents.splice(0)) a.close();
+    for (const c of closers.splice(0)) c();
+    await relay?.stop();
+    relay = null;
+    await new Promise<void>((resolve) => (http ? http.close(() => resolve()) : resolve()));
+    http = null;
+  });
+
+  it('forwards packets between two agents over UDP, both ways, and tells a sender when the peer is not there', async () => {
+    const info = await start();
+    const a = await agent(info);
+    const b = await agent(info);
+    await waitState(a, 'udp');
+    await waitState(b, 'udp');
+    expect(relay!.stats()).toMatchObject({ clients: 2, udpClients: 2, tcpClients: 0 });
+
+    expect(a.client.send(b.wgKey, Buffer.from('hello b'))).toBe(true);
+    await waitFor(() => b.received.length === 1, { intervalMs: 10 });
+    expect(b.received[0].from.equals(a.wgKey)).toBe(true);
+    expect(b.received[0].packet.toString()).toBe('hello b');
+
+    for (let i = 0; i < 200; i++) b.client.send(a.wgKey, Buffer.from(`reply ${i}`));
+    await waitFor(() => a.received.length >= 190, { intervalMs: 10, what: `replies at a (${a.received.length})` });
+    expect(a.received.every((r) => r.from.equals(b.wgKey))).toBe(true);
+    expect(relay!.stats().forwardedPackets).toBeGreaterThanOrEqual(191);
+    expect(a.received.length + b.received.length).toBe(relay!.stats().forwardedPackets);
+
+    const nobody = Identity.generate().wgPublicKey;
+    a.client.send(nobody, Buffer.from('anyone?'));
+    await waitFor(() => a.notHere.length === 1, { intervalMs: 10 });
+    expect(a.notHere[0].equals(Buffer.from(nobody))).toBe(true);
+    expect(relay!.stats().dropped['peer-not-here']).toBe(1);
+    // Packets too big for the relay are refused by the client, not sent.
+    expect(a.client.send(b.wgKey, Buffer.alloc(MAX_FRAME_SIZE))).toBe(false);
+  });
+
+  it('falls back to TCP when UDP to the relay gets no answer, and a TCP agent talks to a UDP agent', async () => {
+    const info = await start();
+    const blocked = await agent({ udp: `127.0.0.1:${await deadUdpPort()}`, tcp: info.tcp }, { udpTimeoutMs: 300 });
+    const open = await agent(info);
+    await waitState(blocked, 'tcp');
+    await waitState(open, 'udp');
+    expect(relay!.stats()).toMatchObject({ clients: 2, udpClients: 1, tcpClients: 1 });
+
+    for (let i = 0; i < 50; i++) expect(blocked.client.send(open.wgKey, Buffer.from(`up ${i}`))).toBe(true);
+    await waitFor(() => open.received.length === 50, { intervalMs: 10, what: 'TCP → UDP packets' });
+    expect(open.received.map((r) => r.packet.toString())).toEqual(Array.from({ length: 50 }, (_, i) => `up ${i}`));
+    expect(open.received[0].from.equals(blocked.wgKey)).toBe(true);
+
+    const big = Buffer.alloc(1452, 7);
+    for (let i = 0; i < 20; i++) open.client.send(blocked.wgKey, big);
+    await waitFor(() => blocked.received.length >= 18, { intervalMs: 10, what: 'UDP → TCP packets' });
+    expect(blocked.received.every((r) => r.packet.equals(big) && r.from.equals(open.wgKey))).toBe(true);
+  });
+
+  it('moves a client from UDP to TCP and back without losing its key', async () => {
+    const info = await start();
+    const a = await agent(info);
+    const b = await agent({ udp: `127.0.0.1:${await deadUdpPort()}`, tcp: info.tcp }, { udpTimeoutMs: 200 });
+    await waitState(a, 'udp');
+    await waitState(b, 'tcp');
+    // The same identity over TCP replaces the UDP session, which a new UDP hello takes back.
+    const a2 = await agent({ udp: `127.0.0.1:${await deadUdpPort()}`, tcp: info.tcp }, { udpTimeoutMs: 200, identity: a.identity });
+    await waitState(a2, 'tcp');
+    b.client.send(a.wgKey, Buffer.from('to tcp'));
+    await waitFor(() => a2.received.length === 1, { intervalMs: 10 });
+    expect(relay!.stats()).toMatchObject({ clients: 2, udpClients: 0, tcpClients: 2 });
+    const a3 = await agent(info, { identity: a.identity });
+    await waitState(a3, 'udp');
+    b.client.send(a.wgKey, Buffer.from('to udp'));
+    await waitFor(() => a3.received.length === 1, { intervalMs: 10 });
+    expect(relay!.stats()).toMatchObject({ clients: 2, udpClients: 1, tcpClients: 1 });
+    expect(a2.received.length).toBe(1);
+  });
+
+  it('refuses hellos signed by another key, stale or replayed, and sends from unknown sources', async () => {
+    await start();
+    const raw = await rawSocket();
+    closers.push(raw.close);
+    const port = relay!.udpPort;
+    const me = Identity.generate();
+    const victim = Identity.generate();
+
+    // Signed by me, claiming the victim's key.
+    const forged = encodeHello(me, Date.now(), 0);
+    forged.set(victim.publicKey, 3);
+    raw.send(forged, port);
+    await waitFor(() => raw.inbox.length === 1, { intervalMs: 10 });
+    expect([raw.inbox[0][0], raw.inbox[0][1]]).toEqual([FRAME_NOTICE, NOTICE_BAD_SIGNATURE]);
+
+    raw.send(encodeHello(me, Date.now() - 10 * 60_000, 0), port);
+    await waitFor(() => raw.inbox.length === 2, { intervalMs: 10 });
+    expect([raw.inbox[1][0], raw.inbox[1][1]]).toEqual([FRAME_NOTICE, NOTICE_STALE_TIMESTAMP]);
+
+    const good = encodeHello(me, Date.now(), 0);
+    raw.send(good, port);
+    await waitFor(() => raw.inbox.length === 3, { intervalMs: 10 });
+    expect(raw.inbox[2][0]).toBe(FRAME_HELLO_ACK);
+    expect(raw.inbox[2].subarray(3, 35).equals(Buffer.from(me.wgPublicKey))).toBe(true);
+    raw.send(good, port); // replayed: the timestamp is not newer
+    await waitFor(() => raw.inbox.length === 4, { intervalMs: 10 });
+    expect([raw.inbox[3][0], raw.inbox[3][1]]).toEqual([FRAME_NOTICE, NOTICE_STALE_TIMESTAMP]);
+
+    const stranger = await rawSocket();
+    closers.push(stranger.close);
+    stranger.send(encodeSend(me.wgPublicKey, Buffer.from('x')), port);
+    await waitFor(() => stranger.inbox.length === 1, { intervalMs: 10 });
+    expect([stranger.inbox[0][0], stranger.inbox[0][1]]).toEqual([FRAME_NOTICE, NOTICE_NOT_REGISTERED]);
+
+    expect(relay!.stats().dropped).toMatchObject({ 'bad-signature': 1, 'stale-timestamp': 2, 'not-registered': 1 });
+    expect(relay!.stats().clients).toBe(1);
+  });
+
+  it("never delivers one agent's traffic to another", async () => {
+    const info = await start();
+    const a = await agent(info);
+    const b = await agent(info);
+    await waitState(a, 'udp');
+    await waitState(b, 'udp');
+    const eve = await rawSocket();
+    closers.push(eve.close);
+    const eveId = Identity.generate();
+    eve.send(encodeHello(eveId, Date.now(), 0), relay!.udpPort);
+    await waitFor(() => eve.inbox.length === 1, { intervalMs: 10 });
+    // Eve tries to take b's key with her own signature: refused.
+    const grab = encodeHello(eveId, Date.now() + 1, 0);
+    grab.set(b.identity.publicKey, 3);
+    eve.send(grab, relay!.udpPort);
+    await waitFor(() => eve.inbox.length === 2, { intervalMs: 10 });
+
+    for (let i = 0; i < 20; i++) a.client.send(b.wgKey, Buffer.from(`secret ${i}`));
+    await waitFor(() => b.received.length === 20, { intervalMs: 10 });
+    await sleep(100);
+    expect(eve.inbox.slice(2).filter((f) => f[0] === FRAME_RECV)).toEqual([]);
+    expect(eve.inbox[1][0]).toBe(FRAME_NOTICE);
+    expect(a.received).toEqual([]);
+  });
+
+  it('drops and counts what goes over the per-agent packet and byte limits', async () => {
+    const info = await start({ limits: { packetsPerSecond: 10, bytesPerSecond: 1e9, burst: { packets: 10, bytes: 1e9 } } });
+    const a = await agent(info);
+    const b = await agent(info);
+    await waitState(a, 'udp');
+    await waitState(b, 'udp');
+    for (let i = 0; i < 100; i++) a.client.send(b.wgKey, Buffer.from(`p${i}`));
+    await waitFor(() => (relay!.stats().dropped['rate-limit'] ?? 0) + relay!.stats().forwardedPackets >= 100, { intervalMs: 10 });
+    expect(relay!.stats().dropped['rate-limit']).toBeGreaterThan(50);
+    await relay!.stop();
+
+    const info2 = await start({ limits: { packetsPerSecond: 1e6, bytesPerSecond: 1000, burst: { packets: 1e6, bytes: 2000 } } });
+    const c = await agent(info2);
+    const d = await agent(info2);
+    await waitState(c, 'udp');
+    await waitState(d, 'udp');
+    for (let i = 0; i < 40; i++) c.client.send(d.wgKey, Buffer.alloc(500));
+    await waitFor(() => (relay!.stats().dropped['byte-limit'] ?? 0) + relay!.stats().forwardedPackets >= 40, { intervalMs: 10 });
+    expect(relay!.stats().dropped['byte-limit']).toBeGreaterThan(20);
+    expect(relay!.stats().forwardedBytes).toBeLessThan(40 * 500);
+  });
+
+  it('counts and drops garbage and oversized frames over UDP and TCP, and keeps serving', async () => {
+    const info = await start();
+    const raw = await rawSocket();
+    closers.push(raw.close);
+    const port = relay!.udpPort;
+    const junk = [
+      Buffer.alloc(0), Buffer.from([0xb7]), Buffer.from([0xbf, 1, 2, 3]), Buffer.from([FRAME_SEND, 1, 2]), Buffer.alloc(HELLO_SIZE - 1, 0xb0),
+      Buffer.from([1, 0, 0, 0, 9, 9]), Buffer.from([0x00, 0x01, 0x00, 0x00]), Buffer.from([0xb2, 0]), Buffer.from([FRAME_HELLO_ACK, 1]),
+    ];
+    for (let i = 0; i < 200; i++) junk.push(Buffer.from(Array.from({ length: 1 + (i % 60) }, (_, j) => (i * 131 + j * 17) & 0xff)));
+    for (const j of junk) raw.send(j, port);
+    const oversized = Buffer.alloc(MAX_FRAME_SIZE + 1, 0);
+    oversized[0] = FRAME_SEND;
+    raw.send(oversized, port);
+
+    // TCP: a length over the limit closes the connection; a bad frame inside a good length is dropped.
+    const tcpPort = Number(new URL(info.tcp).port);
+    const closed = new Promise<void>((resolve) => {
+      const s = connect(tcpPort, '127.0.0.1', () => {
+        s.write(`GET /v1/relay HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: ${UPGRADE_PROTOCOL}\r\n\r\n`);
+        s.write(encodeTcpFrame(Buffer.from([0xbe, 1, 2])));
+        s.write(Buffer.from([0xff, 0xff, 0xb4]));
+      });
+      s.resume();
+      s.on('error', () => {});
+      s.on('close', () => resolve());
+    });
+    await closed;
+
+    await waitFor(() => (relay!.stats().dropped.oversized ?? 0) >= 2, { intervalMs: 10, what: 'oversized counted' });
+    const a = await agent(info);
+    const b = await agent(info);
+    await waitState(a, 'udp');
+    await waitState(b, 'udp');
+    a.client.send(b.wgKey, Buffer.from('still here'));
+    await waitFor(() => b.received.length === 1, { intervalMs: 10 });
+    const { dropped } = relay!.stats();
+    expect(dropped.garbage).toBeGreaterThanOrEqual(150);
+    expect(dropped.oversized).toBe(2);
+  });
+
+  it('answers STUN Binding requests on its port and on the next one', async () => {
+    await start();
+    const raw = await rawSocket();
+    closers.push(raw.close);
+    expect(relay!.stunSecondPort).toBe(relay!.udpPort + 1);
+    for (const port of [relay!.udpPort, relay!.stunSecondPort]) {
+      const txid = newTransactionId();
+      raw.send(buildBindingRequest(txid), port);
+      await waitFor(() => raw.inbox.length > 0, { intervalMs: 10, what: `STUN answer from port ${port}` });
+      const answer = raw.inbox.shift()!;
+      const r = parseBindingResponse(answer, 0, answer.length);
+      expect(r?.txid.equals(txid)).toBe(true);
+      expect([...r!.address]).toEqual([127, 0, 0, 1]);
+      expect(r!.port).toBe(raw.port);
+    }
+    // The second port answers STUN only.
+    raw.send(encodeHello(Identity.generate(), Date.now(), 0), relay!.stunSecondPort);
+    await sleep(50);
+    expect(raw.inbox).toEqual([]);
+    expect(relay!.stats().stunAnswered).toBe(2);
+  });
+
+  it('refuses keys the allow hook refuses, over UDP and TCP', async () => {
+    const allowed = Identity.generate();
+    const info = await start({ allow: (k) => Buffer.from(k).equals(Buffer.from(allowed.publicKey)) });
+    const ok = await agent(info, { identity: allowed });
+    const no = await agent(info);
+    const noTcp = await agent({ udp: `127.0.0.1:${await deadUdpPort()}`, tcp: info.tcp }, { udpTimeoutMs: 200 });
+    await waitState(ok, 'udp');
+    await waitFor(() => (relay!.stats().dropped['not-allowed'] ?? 0) >= 2, { intervalMs: 10 });
+    expect(no.client.state).not.toBe('udp');
+    expect(noTcp.client.state).not.toBe('tcp');
+    expect(relay!.stats().clients).toBe(1);
+  });
+});
