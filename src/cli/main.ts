@@ -13,7 +13,7 @@ import { peersCommand } from './commands/peers.js';
 import { resolveCommand } from './commands/resolve.js';
 import { pingCommand } from './commands/ping.js';
 import { registryCommand } from './commands/registry.js';
-import { netcheckCommand } from './commands/netcheck.js';
+import { relayCommand } from './commands/relay.js';
 
 // package.json sits two levels up from both src/cli/ and dist/cli/.
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -33,7 +33,7 @@ await yargs(args)
   .command(resolveCommand)
   .command(pingCommand)
   .command(registryCommand)
-  .command(netcheckCommand)
+  .command(relayCommand)
   .command(genkeyCommand)
   .command(pubkeyCommand)
   .demandCommand(1, 'no command given')

@@ -83,7 +83,13 @@ export class RegistryClient {
   async join(name: string, token?: string): Promise<JoinResult> {
     const body = signJoin(this.opts.identity, this.opts.network, name, nextTimestamp(this.id), token);
     const r = (await this.request('POST', '/v1/join', { body })) as unknown as JoinResult;
-    return { network: r.network, ipv4: r.ipv4, ipv6: r.ipv6, ulaPrefix: r.ulaPrefix, pool: r.pool, heartbeatIntervalMs: r.heartbeatIntervalMs, offlineAfterMs: r.offlineAfterMs };
+    // Relay and STUN lists are absent from registries older than the built-in relay.
+    const relays = Array.isArray(r.relays) ? r.relays.filter((x) => typeof x?.udp === 'string' && (x.tcp === undefined || typeof x.tcp === 'string')) : [];
+    const stun = Array.isArray(r.stun) ? r.stun.filter((x) => typeof x === 'string') : [];
+    return {
+      network: r.network, ipv4: r.ipv4, ipv6: r.ipv6, ulaPrefix: r.ulaPrefix, pool: r.pool, heartbeatIntervalMs: r.heartbeatIntervalMs, offlineAfterMs: r.offlineAfterMs,
+      relays: relays.map((x) => ({ udp: x.udp, ...(x.tcp ? { tcp: x.tcp } : {}) })), stun,
+    };
   }
 
   async publish(signed: SignedRecord): Promise<void> {

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Identity } from '../identity/identity.js';
 import { verifySignature } from '../identity/identity.js';
 import { publicKeyOfAgentId } from '../identity/agent-id.js';
+import type { RelayInfo } from '../relay/protocol.js';
 import type { AgentRecord } from './record.js';
 
 /**
@@ -66,6 +67,13 @@ export interface JoinResult {
   pool: string;
   heartbeatIntervalMs: number;
   offlineAfterMs: number;
+  /** Relays the agent may use (the registry's built-in one, unless it runs with --no-relay). */
+  relays: RelayInfo[];
+  /**
+   * STUN servers ("host:port"). The built-in relay lists its port and the next one: the same
+   * host on two ports lets an agent see whether its NAT mapping varies by destination.
+   */
+  stun: string[];
 }
 
 /** Body of heartbeat and leave requests: a timestamp signed under the request's label. */

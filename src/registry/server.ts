@@ -5,9 +5,12 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import pino, { type Logger } from 'pino';
 import { AgentVpnError } from '../errors.js';
-import { publicKeyOfAgentId } from '../identity/agent-id.js';
+import { agentIdOf, publicKeyOfAgentId } from '../identity/agent-id.js';
 import { networkUlaPrefix, overlayIPv6 } from '../identity/addresses.js';
 import { formatAddress, formatPrefix, parsePrefix, type Prefix } from '../ip/prefix.js';
+import { formatHostPort, type RelayInfo } from '../relay/protocol.js';
+import { startRelay, type RelayLimits, type RunningRelay } from '../relay/server.js';
+import { UPGRADE_PATH } from '../relay/tcp.js';
 import { capabilityMatches, parseCapability, type Capability } from './capabilities.js';
 import { EventHub } from './events.js';
 import {
@@ -57,12 +60,20 @@ export interface RegistryOptions {
   tlsCert?: string;
   tlsKey?: string;
   offlineAfterMs?: number;
+  /**
+   * Run the built-in relay and STUN (default true): UDP on the HTTP port number (STUN also on
+   * the next port), the relay's TCP fallback on the HTTP server. Only members may use the relay.
+   */
+  relay?: boolean;
+  relayLimits?: RelayLimits;
   log?: Logger;
 }
 
 export interface RunningRegistry {
   url: string;
   port: number;
+  /** The built-in relay, or null with `relay: false`. */
+  relay: RunningRelay | null;
   stop(): Promise<void>;
   stats(): RegistryStats;
   createToken(opts?: { network?: string; expiresInMs?: number | null; uses?: number | null }): Promise<string>;
@@ -89,6 +100,19 @@ function parseListen(listen: string): { host: string; port: number } {
     throw new AgentVpnError('BAD_LISTEN', `invalid listen address "${listen}"`, 'give HOST:PORT, e.g. 0.0.0.0:7443 or [::]:7443');
   }
   return { host: m[1] ?? m[2], port };
+}
+
+const WILDCARDS = new Set(['0.0.0.0', '::', '']);
+
+/**
+ * The host an agent reached us at, for the relay and STUN addresses it is given: the Host
+ * header, else the listen address when it is not a wildcard, else the socket's local address.
+ */
+function advertisedHost(req: IncomingMessage, listenHost: string): string {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+))(?::\d{1,5})?$/.exec(req.headers.host ?? '');
+  if (m) return m[1] ?? m[2];
+  if (!WILDCARDS.has(listenHost)) return listenHost;
+  return (req.socket.localAddress ?? '127.0.0.1').replace(/^::ffff:(?=\d+\.)/, '');
 }
 
 function parsePool(pool: string): Prefix {
@@ -310,7 +334,7 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     const key = publicKeyOfAgentId(id)!;
     const answer: JoinResult = {
       network, ipv4: result.member.ipv4, ipv6: formatAddress(overlayIPv6(network, key)), ulaPrefix: formatPrefix(networkUlaPrefix(network)),
-      pool: formatPrefix(pool), heartbeatIntervalMs, offlineAfterMs,
+      pool: formatPrefix(pool), heartbeatIntervalMs, offlineAfterMs, ...relayInfo(req),
     };
     sendJson(res, 200, { ok: true, ...answer });
   };
@@ -486,6 +510,36 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
   };
 
   const server: Server = tls ? createHttpsServer(tls, onRequest) : createHttpServer(onRequest);
+
+  /** Only members of a network may use the built-in relay. */
+  const isMember = (edPub: Uint8Array): boolean => {
+    const id = agentIdOf(edPub);
+    for (const s of networks.values()) if (s.members.has(id)) return true;
+    return false;
+  };
+
+  /** UDP on the HTTP port number (any free port when that one is taken and the port was not chosen). */
+  const startBuiltInRelay = async (httpPort: number): Promise<RunningRelay> => {
+    const relayOpts = { stunSecondPort: true, tcpServer: server, allow: isMember, limits: opts.relayLimits, log: log.child({ component: 'relay' }) };
+    try {
+      return await startRelay({ ...relayOpts, udp: { host, port: httpPort } });
+    } catch (e) {
+      if (port !== 0) throw e;
+      return startRelay({ ...relayOpts, udp: { host, port: 0 } });
+    }
+  };
+
+  let relayRef: RunningRelay | null = null;
+  /** The relay and STUN servers a joining agent is told about, at the host it reached us at. */
+  const relayInfo = (req: IncomingMessage): { relays: RelayInfo[]; stun: string[] } => {
+    if (!relayRef) return { relays: [], stun: [] };
+    const h = advertisedHost(req, host);
+    const tcp = `${tls ? 'https' : 'http'}://${formatHostPort(h, (server.address() as AddressInfo).port)}${UPGRADE_PATH}`;
+    return {
+      relays: [{ udp: formatHostPort(h, relayRef.udpPort), tcp }],
+      stun: [formatHostPort(h, relayRef.udpPort), formatHostPort(h, relayRef.stunSecondPort)],
+    };
+  };
   // Slow or silent clients may not hold sockets open forever (SSE streams are already past this).
   server.headersTimeout = HEADERS_TIMEOUT_MS;
   server.requestTimeout = REQUEST_TIMEOUT_MS;
@@ -529,6 +583,16 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     throw e;
   });
   const bound = (server.address() as AddressInfo).port;
+  let relay: RunningRelay | null = null;
+  if (opts.relay ?? true) {
+    try {
+      relay = relayRef = await startBuiltInRelay(bound);
+    } catch (e) {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      if (!opts.store) await store.close();
+      throw e;
+    }
+  }
   hub.start();
   const sweeper = setInterval(sweep, SWEEP_INTERVAL_MS);
   const url = `${tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${bound}`;
@@ -540,9 +604,11 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     port: bound,
     stats,
     createToken: (o = {}) => createJoinToken(store, { network: o.network ?? defaultNetwork, expiresInMs: o.expiresInMs, uses: o.uses }),
+    relay,
     stop: () => (stopping ??= (async () => {
       clearInterval(sweeper);
       hub.stop();
+      await relay?.stop();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
       // Every connection was just closed; never let a stuck one hold the shutdown.

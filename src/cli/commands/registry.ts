@@ -14,6 +14,7 @@ interface ServeArgs extends GlobalArgs {
   'tls-cert'?: string;
   'tls-key'?: string;
   'offline-after': number;
+  relay: boolean;
   'log-level': string;
 }
 
@@ -44,10 +45,12 @@ async function serve(args: ServeArgs): Promise<void> {
   const log = pino({ level: args['log-level'], base: { component: 'registry' } }, pino.destination(2));
   const registry = await startRegistry({
     listen: args.listen, db: args.db, network: args.network, pool: args.pool, tlsCert: args['tls-cert'], tlsKey: args['tls-key'],
-    offlineAfterMs: Math.round(args['offline-after'] * 1000), log,
+    offlineAfterMs: Math.round(args['offline-after'] * 1000), relay: args.relay, log,
   });
-  printResult(args.json, { url: registry.url, port: registry.port, network: args.network, db: args.db },
-    () => `registry listening on ${registry.url} (network ${args.network}, database ${args.db})`);
+  const relay = registry.relay && { udpPort: registry.relay.udpPort, stunPorts: [registry.relay.udpPort, registry.relay.stunSecondPort] };
+  printResult(args.json, { url: registry.url, port: registry.port, network: args.network, db: args.db, relay },
+    () => `registry listening on ${registry.url} (network ${args.network}, database ${args.db})\n` +
+      (relay ? `relay and STUN on UDP ${relay.udpPort} (STUN also on ${relay.stunPorts[1]}), relay over TCP at ${registry.url}/v1/relay` : 'relay and STUN off (--no-relay)'));
   const signal = await new Promise<string>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'));
     process.once('SIGINT', () => resolve('SIGINT'));
@@ -108,6 +111,7 @@ export const registryCommand: CommandModule<GlobalArgs, ServeArgs> = {
       .option('tls-cert', { type: 'string', describe: 'TLS certificate (PEM); serve HTTPS' })
       .option('tls-key', { type: 'string', describe: 'TLS private key (PEM)' })
       .option('offline-after', { type: 'number', default: DEFAULT_OFFLINE_AFTER_MS / 1000, describe: 'seconds without heartbeat before an agent is offline' })
+      .option('relay', { type: 'boolean', default: true, describe: 'run the built-in relay and STUN (UDP on the same port number, STUN also on the next; --no-relay turns them off)' })
       .option('log-level', { type: 'string', default: process.env.AGENTVPN_LOG_LEVEL ?? 'info', choices: ['debug', 'info', 'warn', 'error'] }) as unknown as Argv<ServeArgs>,
   handler: runCommand(serve),
 };

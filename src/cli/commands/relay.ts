@@ -1,0 +1,115 @@
+import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import pino from 'pino';
+import type { Argv, CommandModule } from 'yargs';
+import { AgentVpnError } from '../../errors.js';
+import { publicKeyOfAgentId } from '../../identity/agent-id.js';
+import { DEFAULT_LIMITS } from '../../relay/limits.js';
+import { formatHostPort, parseHostPort, wgKeyOf } from '../../relay/protocol.js';
+import { startRelay, type RunningRelay } from '../../relay/server.js';
+import { UPGRADE_PATH } from '../../relay/tcp.js';
+import { printResult, runCommand, type GlobalArgs } from '../output.js';
+
+interface RelayArgs extends GlobalArgs {
+  listen?: string;
+  'allow-key'?: string[];
+  'tls-cert'?: string;
+  'tls-key'?: string;
+  'stun-second-port': boolean;
+  pps: number;
+  bps: number;
+  'log-level': string;
+}
+
+/** Agent IDs, Ed25519 or WireGuard public keys (base64) → a set of base64 keys to match either against. */
+export function parseAllowKeys(keys: string[]): Set<string> {
+  const out = new Set<string>();
+  for (const k of keys) {
+    const fromId = publicKeyOfAgentId(k);
+    const raw = fromId ?? (/^[A-Za-z0-9+/]{43}=$/.test(k) ? Buffer.from(k, 'base64') : null);
+    if (!raw || raw.length !== 32) {
+      throw new AgentVpnError('BAD_KEY', `invalid --allow-key "${k}"`, 'give an agent ID (agentvpn id) or a base64 Ed25519 or WireGuard public key');
+    }
+    out.add(Buffer.from(raw).toString('base64'));
+  }
+  return out;
+}
+
+function answerPlainRequest(req: IncomingMessage, res: ServerResponse): void {
+  const ok = req.url === '/healthz';
+  const body = JSON.stringify(ok ? { ok: true } : { ok: false, code: 'NOT_FOUND', message: 'this is an agentvpn relay', hint: `agents connect over UDP, or upgrade ${UPGRADE_PATH}` });
+  res.writeHead(ok ? 200 : 404, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+}
+
+function tlsOptions(cert?: string, key?: string): { cert: Buffer; key: Buffer } | null {
+  if (!cert && !key) return null;
+  if (!cert || !key) throw new AgentVpnError('USAGE', 'TLS needs both a certificate and a key', 'pass both --tls-cert and --tls-key');
+  try {
+    return { cert: readFileSync(cert), key: readFileSync(key) };
+  } catch (e) {
+    throw new AgentVpnError('TLS_FILES', `cannot read TLS certificate or key: ${(e as Error).message}`, 'check the --tls-cert and --tls-key paths and their permissions', { cause: e });
+  }
+}
+
+async function serve(args: RelayArgs): Promise<void> {
+  if (!args.listen) throw new AgentVpnError('USAGE', 'the relay needs --listen HOST:PORT', 'e.g. agentvpn relay --listen 0.0.0.0:7443');
+  const { host, port } = parseHostPort(args.listen, '--listen address');
+  if (!(args.pps > 0 && args.bps > 0)) throw new AgentVpnError('USAGE', '--pps and --bps must be positive', 'e.g. --pps 20000 --bps 25000000');
+  const allowed = args['allow-key']?.length ? parseAllowKeys(args['allow-key']) : null;
+  const tls = tlsOptions(args['tls-cert'], args['tls-key']);
+  const log = pino({ level: args['log-level'], base: { component: 'relay' } }, pino.destination(2));
+
+  const server: Server = tls ? createHttpsServer(tls, answerPlainRequest) : createHttpServer(answerPlainRequest);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (e: NodeJS.ErrnoException) => reject(new AgentVpnError('LISTEN_FAILED', `cannot listen on TCP ${args.listen}: ${e.message}`,
+      e.code === 'EADDRINUSE' ? 'another process uses that port: pick another --listen port' : 'check the --listen address')));
+    server.listen(port, host, () => resolve());
+  });
+  const tcpPort = (server.address() as AddressInfo).port;
+  let relay: RunningRelay;
+  const relayOpts = {
+    stunSecondPort: args['stun-second-port'], tcpServer: server, log,
+    limits: { packetsPerSecond: args.pps, bytesPerSecond: args.bps, burst: { packets: Math.ceil(args.pps / 2), bytes: Math.ceil(args.bps / 2) } },
+    allow: allowed ? (edPub: Uint8Array) => allowed.has(Buffer.from(edPub).toString('base64')) || allowed.has(wgKeyOf(edPub).toString('base64')) : undefined,
+  };
+  try {
+    // UDP on the TCP port number; with port 0, any free one when that number is taken for UDP.
+    relay = await startRelay({ ...relayOpts, udp: { host, port: tcpPort } }).catch((e) => (port === 0 ? startRelay({ ...relayOpts, udp: { host, port: 0 } }) : Promise.reject(e)));
+  } catch (e) {
+    server.close();
+    throw e;
+  }
+  const udp = formatHostPort(host, relay.udpPort);
+  const tcp = `${tls ? 'https' : 'http'}://${formatHostPort(host, tcpPort)}${UPGRADE_PATH}`;
+  const stun = relay.stunSecondPort ? [udp, formatHostPort(host, relay.stunSecondPort)] : [udp];
+  printResult(args.json, { udp, tcp, stun, allowKeys: allowed ? allowed.size : null },
+    () => `relay listening: UDP ${udp}, TCP ${tcp}; STUN on ${stun.join(' and ')}; ${allowed ? `${allowed.size} allowed key(s)` : 'open to any agent key'}`);
+
+  const signal = await new Promise<string>((resolve) => {
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+    process.once('SIGINT', () => resolve('SIGINT'));
+  });
+  log.info({ signal, event: 'stopping', ...relay.stats() }, 'stopping');
+  await relay.stop();
+  server.closeAllConnections();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+}
+
+export const relayCommand: CommandModule<GlobalArgs, RelayArgs> = {
+  command: 'relay',
+  describe: 'Run a standalone relay (UDP, TCP fallback on the same port, STUN) in the foreground',
+  builder: (y) =>
+    y
+      .option('listen', { type: 'string', describe: 'HOST:PORT for UDP and TCP, e.g. 0.0.0.0:7443' })
+      .option('allow-key', { type: 'string', array: true, describe: 'only these agents may use the relay: agent ID or base64 public key (repeat the option)' })
+      .option('tls-cert', { type: 'string', describe: 'TLS certificate (PEM): serve the TCP fallback over HTTPS' })
+      .option('tls-key', { type: 'string', describe: 'TLS private key (PEM)' })
+      .option('stun-second-port', { type: 'boolean', default: true, describe: 'also answer STUN on the next UDP port (lets agents spot NATs whose mapping varies by destination)' })
+      .option('pps', { type: 'number', default: DEFAULT_LIMITS.packetsPerSecond, describe: 'packets per second each agent may relay' })
+      .option('bps', { type: 'number', default: DEFAULT_LIMITS.bytesPerSecond, describe: 'bytes per second each agent may relay' })
+      .option('log-level', { type: 'string', default: process.env.AGENTVPN_LOG_LEVEL ?? 'info', choices: ['debug', 'info', 'warn', 'error'] }) as unknown as Argv<RelayArgs>,
+  handler: runCommand(serve),
+};
