@@ -14,6 +14,7 @@ import { resolveCommand } from './commands/resolve.js';
 import { pingCommand } from './commands/ping.js';
 import { registryCommand } from './commands/registry.js';
 import { relayCommand } from './commands/relay.js';
+import { netcheckCommand } from './commands/netcheck.js';
 
 // package.json sits two levels up from both src/cli/ and dist/cli/.
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -34,6 +35,7 @@ await yargs(args)
   .command(pingCommand)
   .command(registryCommand)
   .command(relayCommand)
+  .command(netcheckCommand)
   .command(genkeyCommand)
   .command(pubkeyCommand)
   .demandCommand(1, 'no command given')
