@@ -351,8 +351,25 @@ describe('interop: stun-client against our server on loopback', () => {
   afterAll(() => server?.close());
 
   it.skipIf(!available)('the client learns its mapped address from us', async () => {
-    // The client binds srcPort and srcPort+1; pick a free pair above the ephemeral range's start.
-    const srcPort = 40000 + Math.floor(Math.random() * 10000) * 2;
+    // The client binds srcPort and srcPort+1: find a pair that is free right now.
+    let srcPort = 0;
+    for (let tries = 0; tries < 50 && srcPort === 0; tries++) {
+      const candidate = 40000 + Math.floor(Math.random() * 10000) * 2;
+      const probes = [createSocket('udp4'), createSocket('udp4')];
+      const ok = await Promise.all(probes.map((p, i) => new Promise<boolean>((resolve) => {
+        p.once('error', () => resolve(false));
+        p.bind(candidate + i, () => resolve(true));
+      })));
+      for (const p of probes) {
+        try {
+          p.close();
+        } catch {
+          // a failed bind leaves nothing to close
+        }
+      }
+      if (ok.every(Boolean)) srcPort = candidate;
+    }
+    expect(srcPort).not.toBe(0);
     const out = await new Promise<string>((resolve, reject) => {
       execFile('stun', [`127.0.0.1:${port}`, '-v', '-p', String(srcPort)], { timeout: 30_000 }, (err, stdout, stderr) => {
         // Its exit status encodes the NAT type, not success: judge by the output.
