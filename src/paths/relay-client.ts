@@ -10,8 +10,8 @@ import { parseAddress } from '../ip/prefix.js';
 import { monotonicMs } from '../relay/limits.js';
 import {
   BACKOFF_MAX_MS, BACKOFF_MIN_MS, DEFAULT_UDP_TIMEOUT_MS, FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_RECV, HELLO_FLAG_PROBE, HELLO_RETRY_MS,
-  KEEPALIVE_ACK_TIMEOUT_MS, KEEPALIVE_FRAME, KEEPALIVE_INTERVAL_MS, KEY_SIZE, MAX_PACKET_SIZE, NOTICE_NOT_REGISTERED, NOTICE_PEER_NOT_HERE,
-  NOTICE_SIZE, PACKET_HEADER_SIZE, SILENT_LOG, TCP_HELLO_TIMEOUT_MS, UDP_RETRY_MS, encodeHello, encodeSend, isRelayFrame, parseHelloAck,
+  KEEPALIVE_ACK_TIMEOUT_MS, KEEPALIVE_FRAME, KEEPALIVE_INTERVAL_MS, KEY_SIZE, MAX_PACKET_SIZE, NOTICE_BAD_SIGNATURE, NOTICE_NOT_ALLOWED, NOTICE_NOT_REGISTERED,
+  NOTICE_PEER_NOT_HERE, NOTICE_SIZE, NOTICE_STALE_TIMESTAMP, PACKET_HEADER_SIZE, SILENT_LOG, TCP_HELLO_TIMEOUT_MS, UDP_RETRY_MS, encodeHello, encodeSend, isRelayFrame, parseHelloAck,
   parseHostPort, type RelayInfo, type RelayLog,
 } from '../relay/protocol.js';
 import { FrameReader, LENGTH_SIZE, MAX_TCP_BACKLOG_BYTES, UPGRADE_PROTOCOL, encodeTcpFrame } from '../relay/tcp.js';
@@ -35,6 +35,8 @@ export interface RelayClientOptions {
   log?: RelayLog;
   /** Switch to TCP when no UDP hello is acked for this long (default 3000). */
   udpTimeoutMs?: number;
+  /** While on TCP, probe UDP this often (default 30 s). */
+  udpRetryMs?: number;
 }
 
 /** A hello exchange over UDP that has not been acked yet. */
@@ -71,6 +73,7 @@ export class RelayClient {
   private readonly ca: Buffer | undefined;
   private readonly log: RelayLog;
   private readonly udpTimeoutMs: number;
+  private readonly udpRetryMs: number;
   private stopped = true;
   private lastTimestamp = 0;
   private lastHeard = 0;
@@ -108,6 +111,7 @@ export class RelayClient {
     }
     this.log = opts.log ?? SILENT_LOG;
     this.udpTimeoutMs = opts.udpTimeoutMs ?? DEFAULT_UDP_TIMEOUT_MS;
+    this.udpRetryMs = opts.udpRetryMs ?? UDP_RETRY_MS;
   }
 
   get state(): RelayState {
@@ -324,7 +328,7 @@ export class RelayClient {
       if (this.udpRetryTimer) clearInterval(this.udpRetryTimer);
       this.udpRetryTimer = null;
     } else if (!this.udpRetryTimer) {
-      this.udpRetryTimer = setInterval(() => this.probeUdp(), UDP_RETRY_MS).unref();
+      this.udpRetryTimer = setInterval(() => this.probeUdp(), this.udpRetryMs).unref();
     }
     this.setState(via);
     if (!this.keepaliveTimer) this.keepaliveTimer = setInterval(() => this.keepalive(), KEEPALIVE_INTERVAL_MS).unref();
@@ -409,9 +413,12 @@ export class RelayClient {
       // The relay forgot us (restart, long silence) or our NAT mapping changed: hello again.
       if (via === 'udp' && this.currentState === 'udp') this.tryUdp();
       else if (via === 'tcp' && this.tcp?.acked) this.sendTcpHello(this.tcp);
+    } else if (code === NOTICE_STALE_TIMESTAMP) {
+      // Also the answer to a retransmitted hello overtaken by a newer one: the attempt's timeout decides.
+      this.log.debug({ relay: this.name, event: 'relay-stale-hello', via }, `relay ${this.name}: hello timestamp refused (host clock off, or an old hello)`);
     } else {
-      this.log.warn({ relay: this.name, event: 'relay-refused', code, via },
-        `relay ${this.name} refused our hello (${['', '', '', 'bad signature', 'stale timestamp: check the clock (NTP)', 'not allowed on this relay'][code] ?? `code ${code}`})`);
+      const why = code === NOTICE_NOT_ALLOWED ? 'this agent is not allowed on it' : code === NOTICE_BAD_SIGNATURE ? 'bad signature' : `code ${code}`;
+      this.log.warn({ relay: this.name, event: 'relay-refused', code, via }, `relay ${this.name} refused our hello: ${why}`);
       if (this.currentState === 'connecting') this.reconnectLater();
     }
   }

@@ -7,7 +7,7 @@ import { parseAddress } from '../ip/prefix.js';
 import { answerBindingRequest } from '../paths/stun.js';
 import { makeEndpoint } from '../wireguard/endpoint.js';
 import {
-  DEFAULT_LIMITS, HELLO_VERIFY_RATE, NOTICE_RATE_PER_CLIENT, NOTICE_RATE_UNKNOWN, TokenBucket, monotonicMs, validateLimits, type RelayLimits,
+  DEFAULT_LIMITS, HELLO_VERIFY_BURST, HELLO_VERIFY_RATE, NOTICE_RATE_PER_CLIENT, NOTICE_RATE_UNKNOWN, TokenBucket, monotonicMs, validateLimits, type RelayLimits,
 } from './limits.js';
 import {
   CLIENT_IDLE_TIMEOUT_MS, FRAME_HELLO, FRAME_KEEPALIVE, FRAME_RECV, FRAME_SEND, HELLO_FLAG_PROBE, KEEPALIVE_ACK_FRAME, KEY_SIZE,
@@ -128,7 +128,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   const udpClients = new Map<string, Client>(); // by "addr|port"
   const lastTimestamp = new Map<string, { ts: number; at: number }>(); // by Ed25519 key (latin1)
   const tcpConns = new Set<TcpConn>();
-  const helloBudget = new TokenBucket(HELLO_VERIFY_RATE, HELLO_VERIFY_RATE);
+  const helloBudget = new TokenBucket(HELLO_VERIFY_RATE, HELLO_VERIFY_BURST);
   const unknownNotices = new TokenBucket(NOTICE_RATE_UNKNOWN, NOTICE_RATE_UNKNOWN);
   const counters = { forwardedPackets: 0, forwardedBytes: 0, stunAnswered: 0, dropped: {} as Partial<Record<DropReason, number>> };
   const drop = (reason: DropReason) => void (counters.dropped[reason] = (counters.dropped[reason] ?? 0) + 1);

@@ -19,6 +19,8 @@ export interface TestAgent {
   socket: Socket;
   received: Received[];
   notHere: Buffer[];
+  /** Drop our datagrams to the relay (UDP blocked), and let them through again. */
+  blockUdp: boolean;
   close(): void;
 }
 
@@ -27,15 +29,15 @@ function sendFromSocket(socket: Socket, buf: Buffer, ep: Uint8Array): void {
 }
 
 /** An agent on 127.0.0.1 with a relay client; datagrams from the relay's endpoint go to the client. */
-export async function startAgent(relay: RelayInfo, opts: { udpTimeoutMs?: number; identity?: Identity } = {}): Promise<TestAgent> {
+export async function startAgent(relay: RelayInfo, opts: { udpTimeoutMs?: number; udpRetryMs?: number; identity?: Identity; blockUdp?: boolean } = {}): Promise<TestAgent> {
   const identity = opts.identity ?? Identity.generate();
   const socket = dgram.createSocket('udp4');
   await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', () => resolve()));
   const received: Received[] = [];
   const notHere: Buffer[] = [];
   const client = new RelayClient({
-    relay, identity, udpTimeoutMs: opts.udpTimeoutMs,
-    sendUdp: (buf, ep) => sendFromSocket(socket, buf, ep),
+    relay, identity, udpTimeoutMs: opts.udpTimeoutMs, udpRetryMs: opts.udpRetryMs,
+    sendUdp: (buf, ep) => agent.blockUdp || sendFromSocket(socket, buf, ep),
     onPacket: (from, packet) => received.push({ from, packet }),
     onPeerNotHere: (key) => notHere.push(key),
   });
@@ -43,14 +45,15 @@ export async function startAgent(relay: RelayInfo, opts: { udpTimeoutMs?: number
     const src = makeEndpoint(parseAddress(rinfo.address)!, rinfo.port);
     if (sameEndpoint(src, 0, client.endpoint, 0)) client.handleDatagram(msg, 0, msg.length);
   });
-  client.start();
-  return {
-    identity, wgKey: Buffer.from(identity.wgPublicKey), client, socket, received, notHere,
+  const agent: TestAgent = {
+    identity, wgKey: Buffer.from(identity.wgPublicKey), client, socket, received, notHere, blockUdp: opts.blockUdp ?? false,
     close: () => {
       client.stop();
       socket.close();
     },
   };
+  client.start();
+  return agent;
 }
 
 export async function waitState(agent: TestAgent, state: RelayState, timeoutMs = 15_000): Promise<void> {

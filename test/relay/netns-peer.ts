@@ -2,7 +2,8 @@
 // this-file). Configured by environment: AVR_SEED (hex identity seed), AVR_UDP and AVR_TCP (the
 // relay), AVR_ROLE: "echo" answers every packet with "pong <it>"; "ping" sends "ping N" to
 // AVR_PEER (base64 WireGuard key) until AVR_COUNT distinct pongs came back, prints one JSON line
-// {state, pongs} and exits.
+// {state, pongs} and exits. Pings are padded to AVR_SIZE bytes (default 1452, a full-size
+// WireGuard datagram), so relayed frames need IP fragmentation on a 1500-byte link.
 import dgram from 'node:dgram';
 import { Identity } from '../../src/identity/identity.js';
 import { formatAddress, parseAddress } from '../../src/ip/prefix.js';
@@ -23,7 +24,7 @@ const client: RelayClient = new RelayClient({
   onPacket: (from, packet) => {
     const text = packet.toString();
     if (text.startsWith('ping ')) client.send(from, Buffer.from(`pong ${text.slice(5)}`));
-    else if (text.startsWith('pong ')) pongs.add(text);
+    else if (text.startsWith('pong ')) pongs.add(text.split(' ')[1]);
   },
 });
 socket.on('message', (msg, rinfo) => {
@@ -39,10 +40,12 @@ if (env('AVR_ROLE') === 'echo') {
 } else {
   const peer = Buffer.from(env('AVR_PEER'), 'base64');
   const count = Number(env('AVR_COUNT') || 20);
+  const size = Number(env('AVR_SIZE') || 1452);
   const deadline = Date.now() + 60_000;
   let n = 0;
   while (pongs.size < count && Date.now() < deadline) {
-    client.send(peer, Buffer.from(`ping ${n++ % count}`));
+    const text = `ping ${n++ % count} `;
+    client.send(peer, Buffer.from(text.padEnd(size, '.')));
     await new Promise((r) => setTimeout(r, 50));
   }
   console.log(JSON.stringify({ state: client.state, pongs: pongs.size }));

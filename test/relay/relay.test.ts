@@ -115,6 +115,30 @@ describe('relay', () => {
     expect(a2.received.length).toBe(1);
   });
 
+  it('goes back to UDP when UDP works again, and says hello again after the relay restarts', async () => {
+    const info = await start();
+    const a = await agent(info, { udpTimeoutMs: 200, udpRetryMs: 200, blockUdp: true });
+    const b = await agent(info);
+    await waitState(a, 'tcp');
+    a.blockUdp = false;
+    await waitState(a, 'udp');
+    await waitFor(() => relay!.stats().tcpClients === 0 && relay!.stats().udpClients === 2, { intervalMs: 10 });
+    a.client.send(b.wgKey, Buffer.from('direct to the relay again'));
+    await waitFor(() => b.received.length === 1, { intervalMs: 10 });
+
+    // A restarted relay has forgotten everyone: the first send is refused with a notice, and the hello follows.
+    const port = relay!.udpPort;
+    await relay!.stop();
+    relay = await startRelay({ udp: { host: '127.0.0.1', port }, tcpServer: http! });
+    a.client.send(b.wgKey, Buffer.from('lost'));
+    b.client.send(a.wgKey, Buffer.from('lost'));
+    await waitFor(() => relay!.stats().clients === 2, { intervalMs: 10, what: 'both clients registered again' });
+    a.client.send(b.wgKey, Buffer.from('after restart'));
+    await waitFor(() => b.received.length === 2, { intervalMs: 10 });
+    expect(b.received[1].packet.toString()).toBe('after restart');
+    expect(relay!.stats().dropped['not-registered']).toBe(2);
+  });
+
   it('refuses hellos signed by another key, stale or replayed, and sends from unknown sources', async () => {
     await start();
     const raw = await rawSocket();
