@@ -19,6 +19,9 @@ wanted=(
   g++:g++
   procps:sysctl
   util-linux:nsenter
+  nftables:nft
+  miniupnpd-nftables:miniupnpd
+  stun-client:stun
 )
 
 have_cmd() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }

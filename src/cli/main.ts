@@ -12,6 +12,7 @@ import { idCommand } from './commands/id.js';
 import { peersCommand } from './commands/peers.js';
 import { resolveCommand } from './commands/resolve.js';
 import { pingCommand } from './commands/ping.js';
+import { demoCommand } from './commands/demo.js';
 import { registryCommand } from './commands/registry.js';
 import { relayCommand } from './commands/relay.js';
 import { netcheckCommand } from './commands/netcheck.js';
@@ -33,6 +34,7 @@ await yargs(args)
   .command(peersCommand)
   .command(resolveCommand)
   .command(pingCommand)
+  .command(demoCommand)
   .command(registryCommand)
   .command(relayCommand)
   .command(netcheckCommand)

@@ -11,6 +11,10 @@ import { RECORD_LIFETIME_MS, signRecord, verifyRecord, type AgentRecord } from '
 import { writeFileAtomic } from '../util/atomic-file.js';
 import { makeEndpoint } from '../wireguard/endpoint.js';
 import { DnsServer } from '../dns/server.js';
+import { DiscoCodec } from '../paths/disco.js';
+import { defaultGateway } from '../paths/gateway.js';
+import { Netcheck, type NetcheckReport } from '../paths/netcheck.js';
+import { RelayClient } from '../paths/relay-client.js';
 import { Daemon } from './daemon.js';
 
 export interface FleetOptions {
@@ -41,6 +45,8 @@ export interface PeerInfo {
   endpoints: string[];
 }
 
+/** Endpoint discovery (STUN, port mapping) is repeated this often: NAT mappings and addresses change. */
+const NETCHECK_INTERVAL_MS = 60_000;
 /** A re-signed record is published this long before the old one expires. */
 const REPUBLISH_MARGIN_MS = RECORD_LIFETIME_MS / 4;
 const RETRY_MIN_MS = 500;
@@ -76,6 +82,10 @@ export class FleetAgent {
   private join: JoinResult | null = null;
   private daemon: Daemon | null = null;
   private dns: DnsServer | null = null;
+  private relay: RelayClient | null = null;
+  private netcheck: Netcheck | null = null;
+  private lastReport: NetcheckReport | null = null;
+  private endpoints: string[] = [];
   private readonly agents = new Map<string, AgentView>();
   private watcher: { close(): void } | null = null;
   private timers: NodeJS.Timeout[] = [];
@@ -128,17 +138,72 @@ export class FleetAgent {
         id: () => this.describeSelf(),
         peers: (params) => this.peers((params as { cap?: string } | undefined)?.cap),
         resolve: (params) => this.resolve(String((params as { name?: unknown } | undefined)?.name ?? '')),
+        ping: (params) => this.ping(params as { name?: unknown; count?: unknown } | undefined),
+        netcheck: () => this.runNetcheck(),
       },
     });
     this.daemon = daemon;
     await daemon.start();
+    this.startPaths(daemon, join);
+    await this.refreshEndpoints();
     if (opts.dns) {
       this.dns = new DnsServer({ bind: [join.ipv4, join.ipv6], zone: join.network, lookup: (name) => this.lookupName(name) });
       await this.dns.start();
     }
     this.watch();
     this.timers.push(setInterval(() => void this.heartbeat(), join.heartbeatIntervalMs));
+    this.timers.push(setInterval(() => void this.refreshEndpoints(), NETCHECK_INTERVAL_MS));
     return daemon;
+  }
+
+  /** Disco sealed with our key, the relay (if the registry offers one) and STUN on the WireGuard socket. */
+  private startPaths(daemon: Daemon, join: JoinResult): void {
+    const sock = daemon.sock!;
+    const relayInfo = join.relays?.[0];
+    if (relayInfo) {
+      this.relay = new RelayClient({
+        relay: relayInfo, identity: this.identity, caFile: this.opts.caFile, log: this.opts.log,
+        sendUdp: (buf, endpoint) => daemon.sendRaw(buf, endpoint),
+        onPacket: (src, packet) => sock.onRelayedPacket(src, packet),
+      });
+    }
+    sock.enablePaths(new DiscoCodec(this.identity.wgPrivateKey, this.identity.wgPublicKey), this.relay);
+    this.relay?.start();
+    const servers = (join.stun ?? []).map(endpointBuffer).filter((e): e is Buffer => e !== null);
+    if (servers.length) {
+      this.netcheck = new Netcheck({
+        send: (buf, endpoint) => daemon.sendRaw(buf, endpoint), servers, gateway: defaultGateway(), localPort: daemon.status().listenPort,
+      });
+      const nc = this.netcheck;
+      sock.stunHandler = (buf, off, len, src, srcOff) => nc.onResponse(buf, off, len, src, srcOff);
+    }
+  }
+
+  private async runNetcheck(): Promise<NetcheckReport> {
+    if (!this.netcheck) {
+      throw new AgentVpnError('NO_STUN', 'the registry offers no STUN server', 'use a registry that runs its built-in relay and STUN (the default), or `agentvpn netcheck --stun HOST:PORT`');
+    }
+    this.lastReport = await this.netcheck.run();
+    return this.lastReport;
+  }
+
+  /**
+   * Our candidate endpoints: the port mapped on the NAT, the address STUN saw, and local
+   * addresses (for agents behind the same NAT). Republished when they change.
+   */
+  private async refreshEndpoints(): Promise<void> {
+    if (this.netcheck) await this.runNetcheck().catch((e) => this.opts.log.warn({ err: (e as Error).message }, 'netcheck failed'));
+    const port = this.daemon!.status().listenPort;
+    const r = this.lastReport;
+    const list = [...new Set([
+      ...(r?.portMapping ? [r.portMapping.external] : []),
+      ...(r?.reflexive ? [r.reflexive] : []),
+      ...localEndpoints(port, this.opts.iface),
+    ])].slice(0, 16);
+    this.daemon!.sock!.setLocalCandidates(list.map(endpointBuffer).filter((e): e is Buffer => e !== null));
+    const changed = list.join(' ') !== this.endpoints.join(' ');
+    this.endpoints = list;
+    if (changed && this.publishedAt > 0) await this.publish();
   }
 
   /** Follows the fleet over the registry's event stream (the client reconnects with backoff). */
@@ -164,6 +229,7 @@ export class FleetAgent {
     this.stopped = true;
     for (const t of this.timers) clearInterval(t);
     this.watcher?.close();
+    this.relay?.stop();
     await this.client.leave().catch(() => {});
     await this.dns?.stop();
     await this.daemon?.stop();
@@ -177,7 +243,7 @@ export class FleetAgent {
       v: 1, network: join.network, id: this.identity.id, name: this.opts.name,
       wgPublicKey: Buffer.from(this.identity.wgPublicKey).toString('base64'),
       ipv4: join.ipv4, ipv6: join.ipv6,
-      endpoints: localEndpoints(this.daemon!.status().listenPort, this.opts.iface),
+      endpoints: this.endpoints.length ? this.endpoints : localEndpoints(this.daemon!.status().listenPort, this.opts.iface),
       capabilities: this.opts.capabilities.map((c) => formatCapability(parseCapability(c))),
       seq: this.seq, issuedAt: now, expiresAt: now + RECORD_LIFETIME_MS,
     };
@@ -228,11 +294,14 @@ export class FleetAgent {
     const known = this.agents.get(r.id);
     if (known && known.record.seq > r.seq) return;
     this.agents.set(r.id, view);
-    const endpoint = r.endpoints.map(endpointBuffer).find((e) => e !== null) ?? null;
+    const wgKey = Buffer.from(r.wgPublicKey, 'base64');
+    const candidates = r.endpoints.map(endpointBuffer).filter((e): e is Buffer => e !== null);
+    const endpoint = this.daemon?.sock?.upsertPeer(wgKey, candidates) ?? null;
     await this.daemon?.upsertPeer({
-      publicKey: Buffer.from(r.wgPublicKey, 'base64'),
+      publicKey: wgKey,
       allowedIps: [parsePrefix(r.ipv4)!, parsePrefix(r.ipv6)!],
       endpoint,
+      roaming: false,
     }).catch((e) => this.opts.log.error({ err: e, id: r.id }, 'configuring peer failed'));
   }
 
@@ -256,9 +325,31 @@ export class FleetAgent {
       .sort((x, y) => x.name.localeCompare(y.name));
   }
 
+  /** Disco pings to an agent over its current path, each reply with the path it took. */
+  private async ping(params: { name?: unknown; count?: unknown } | undefined) {
+    const name = String(params?.name ?? '');
+    const count = Math.min(Math.max(Number(params?.count ?? 4) || 4, 1), 100);
+    const target = this.findAgent(name);
+    const replies = await this.daemon!.sock!.ping(Buffer.from(target.record.wgPublicKey, 'base64'), count);
+    return { name: target.record.name, ipv4: target.record.ipv4, replies };
+  }
+
+  /** "worker", "worker.prod" and "worker.prod." all name the agent worker. */
+  private bareName(name: string): string {
+    const lower = name.toLowerCase().replace(/\.$/, '');
+    const suffix = `.${this.join!.network}`;
+    return lower.endsWith(suffix) ? lower.slice(0, -suffix.length) : lower;
+  }
+
+  private findAgent(name: string): AgentView {
+    const bare = this.bareName(name);
+    for (const a of this.agents.values()) if (a.record.name === bare || a.record.ipv4 === bare || a.record.id === bare) return a;
+    throw new AgentVpnError('NAME_NOT_FOUND', `no agent named "${name}" in network ${this.join!.network}`, 'list the agents with `agentvpn peers`');
+  }
+
   /** `name` or `name.<network>`; our own name resolves too. */
   private lookupName(name: string): { ipv4: string; ipv6: string } | null {
-    const bare = name.toLowerCase().replace(/\.$/, '').replace(new RegExp(`\\.${this.join!.network}$`), '');
+    const bare = this.bareName(name);
     if (bare === this.opts.name) return { ipv4: this.join!.ipv4, ipv6: this.join!.ipv6 };
     for (const a of this.agents.values()) if (a.record.name === bare) return { ipv4: a.record.ipv4, ipv6: a.record.ipv6 };
     return null;

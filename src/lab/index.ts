@@ -23,3 +23,4 @@ export * from './nebula.js';
 export * from './measure.js';
 export * from './nat.js';
 export * from './miniupnpd.js';
+export * from './fleet.js';

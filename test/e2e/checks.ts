@@ -1,6 +1,7 @@
 /** Traffic checks shared by the end-to-end tests: real ping, curl, TCP transfers, UDP datagrams. */
 import { createHash } from 'node:crypto';
-import { createReadStream, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { createReadStream, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import { Lab, labUnavailableReasons, waitFor, type LabProcess } from '../../src/lab/index.js';
@@ -132,4 +133,39 @@ export async function expectFullConnectivity(lab: Lab, e: Endpoints, opts: { tra
   }
   expect(await udpEchoCount(lab, e.nsB, e.nsA, e.v4B, 50)).toBe(50);
   expect(await udpEchoCount(lab, e.nsA, e.nsB, e.v6A, 20, 9998)).toBe(20);
+}
+
+/** A throwaway sshd bound to `bindAddr:port` inside ns, accepting one generated client key. */
+export interface SshFixture {
+  clientKey: string;
+  start(ns: string, bindAddr: string, port?: number): Promise<LabProcess>;
+  /** Runs `echo` over ssh from ns; returns what came back. */
+  run(ns: string, host: string, command: string, port?: number): Promise<string>;
+}
+
+export function sshFixture(lab: Lab): SshFixture {
+  const dir = join(lab.dir, 'ssh');
+  mkdirSync(dir, { recursive: true });
+  const clientKey = join(dir, 'client');
+  const hostKey = join(dir, 'host');
+  execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', clientKey]);
+  execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', hostKey]);
+  const authorized = join(dir, 'authorized_keys');
+  writeFileSync(authorized, readFileSync(`${clientKey}.pub`));
+  mkdirSync('/run/sshd', { recursive: true, mode: 0o755 }); // sshd's privilege-separation directory
+  return {
+    clientKey,
+    async start(ns, bindAddr, port = 2222) {
+      const proc = lab.spawn(ns, ['/usr/sbin/sshd', '-D', '-e', '-h', hostKey, '-p', String(port),
+        '-o', `ListenAddress=${bindAddr}`, '-o', `AuthorizedKeysFile=${authorized}`, '-o', 'StrictModes=no',
+        '-o', 'UsePAM=no', '-o', 'PermitRootLogin=prohibit-password', '-o', 'PidFile=none', '-o', 'PasswordAuthentication=no'], { name: 'sshd' });
+      await waitFor(async () => (await lab.exec(ns, ['ss', '-Hltn', `sport = :${port}`])).stdout.trim().length > 0, { timeoutMs: 10_000, what: `sshd on ${bindAddr}` });
+      return proc;
+    },
+    async run(ns, host, command, port = 2222) {
+      const r = await lab.run(ns, ['ssh', '-i', clientKey, '-p', String(port), '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null',
+        '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', '-o', 'LogLevel=ERROR', `root@${host}`, command], { timeoutMs: 30_000 });
+      return r.stdout;
+    },
+  };
 }

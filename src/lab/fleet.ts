@@ -1,0 +1,81 @@
+/**
+ * A registry and fleet-mode agents as lab processes: used by the NAT tests, the NAT benchmark
+ * and `agentvpn demo`.
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { AGENTVPN_BIN, REPO_ROOT } from './agentvpn.js';
+import type { Lab, LabProcess } from './netns.js';
+import { waitFor, type CommandResult } from './proc.js';
+
+export interface LabRegistry {
+  ns: string;
+  url: string;
+  token: string;
+  network: string;
+  proc: LabProcess;
+}
+
+/** Runs `agentvpn registry` (with its built-in relay and STUN) in ns and creates a join token. */
+export async function startLabRegistry(lab: Lab, ns: string, ip: string, opts: { port?: number; network?: string; offlineAfterSec?: number } = {}): Promise<LabRegistry> {
+  const port = opts.port ?? 7443;
+  const network = opts.network ?? 'lab';
+  const db = join(lab.dir, `registry-${network}.db`);
+  const url = `http://${ip}:${port}`;
+  const proc = lab.spawn(ns, [process.execPath, AGENTVPN_BIN, 'registry', '--listen', `${ip}:${port}`, '--db', db, '--network', network,
+    '--offline-after', String(opts.offlineAfterSec ?? 15)], { name: 'registry', cwd: REPO_ROOT });
+  await waitFor(async () => (await lab.exec(ns, ['curl', '-sf', `${url}/healthz`])).code === 0, { timeoutMs: 20_000, what: `registry at ${url}` });
+  const t = await lab.run(ns, [process.execPath, AGENTVPN_BIN, 'registry', 'token', 'create', '--db', db, '--network', network, '--json']);
+  return { ns, url, network, token: JSON.parse(t.stdout).token as string, proc };
+}
+
+export class LabAgent {
+  proc: LabProcess | null = null;
+  constructor(
+    private readonly lab: Lab,
+    readonly name: string,
+    readonly ns: string,
+    readonly stateDir: string,
+    readonly runDir: string,
+  ) {}
+
+  /** `agentvpn <args>` against this agent's daemon. */
+  cli(args: string[], opts: { check?: boolean; timeoutMs?: number } = {}): Promise<CommandResult> {
+    return this.lab.exec(this.ns, [process.execPath, AGENTVPN_BIN, ...args], {
+      env: { ...process.env, AGENTVPN_RUN_DIR: this.runDir }, timeoutMs: opts.timeoutMs ?? 30_000, check: opts.check ?? true,
+    });
+  }
+
+  async json<T = Record<string, unknown>>(args: string[]): Promise<T> {
+    return JSON.parse((await this.cli([...args, '--json'])).stdout) as T;
+  }
+}
+
+/** Starts `agentvpn up --registry ...` in ns and waits until its interface is up. */
+export async function startLabAgent(
+  lab: Lab, ns: string, name: string, registry: LabRegistry,
+  opts: { caps?: string[]; port?: number; env?: NodeJS.ProcessEnv; agent?: LabAgent } = {},
+): Promise<LabAgent> {
+  const agent = opts.agent ?? new LabAgent(lab, name, ns, join(lab.dir, `state-${name}`), join(lab.dir, `run-${name}`));
+  mkdirSync(agent.runDir, { recursive: true });
+  const caps = (opts.caps ?? []).flatMap((c) => ['--cap', c]);
+  agent.proc = lab.spawn(ns, [process.execPath, AGENTVPN_BIN, 'up', '--foreground', '--registry', registry.url, '--token', registry.token,
+    '--name', name, '--network', registry.network, '--state-dir', agent.stateDir, '--listen-port', String(opts.port ?? 51820), ...caps],
+  { name: `agent-${name}`, env: { ...process.env, ...opts.env, AGENTVPN_RUN_DIR: agent.runDir }, cwd: REPO_ROOT });
+  const proc = agent.proc;
+  await waitFor(async () => {
+    if (proc.exitCode !== null) throw new Error(`agent ${name} exited:\n${lab.logTail(proc)}`);
+    return lab.interfaceUp(ns, 'agentvpn0');
+  }, { timeoutMs: 30_000, what: `agent ${name} up` });
+  return agent;
+}
+
+/** Waits until every agent lists all the others as online. */
+export async function waitForFleet(agents: LabAgent[], timeoutMs = 30_000): Promise<void> {
+  for (const a of agents) {
+    await waitFor(async () => {
+      const { peers } = await a.json<{ peers: { online: boolean }[] }>(['peers']);
+      return peers.filter((p) => p.online).length >= agents.length - 1;
+    }, { timeoutMs, what: `${a.name} sees the whole fleet` });
+  }
+}
