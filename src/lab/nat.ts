@@ -390,6 +390,11 @@ async function natRules(lab: Lab, ns: string, lanCidr: string, randomFully: bool
   ]);
   await lab.iptables(ns, ['-A', 'FORWARD', '-i', 'wan', '-o', 'lan', '-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED,DNAT', '-j', 'ACCEPT']);
   await lab.iptables(ns, ['-A', 'FORWARD', '-i', 'wan', '-o', 'lan', '-j', 'DROP']);
+  // Unsolicited UDP to the router itself is dropped in the filter, as home routers do. Without
+  // this, a peer's probe that arrives before our own outbound packet reaches the router's local
+  // stack, conntrack confirms an entry for it, and that entry makes MASQUERADE remap our later
+  // outbound flow to the same peer to another port, so hole punching could never succeed.
+  await lab.iptables(ns, ['-A', 'INPUT', '-i', 'wan', '-p', 'udp', '-m', 'conntrack', '--ctstate', 'NEW,INVALID', '-j', 'DROP']);
 }
 
 /**

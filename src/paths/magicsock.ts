@@ -228,7 +228,10 @@ export class MagicSock implements PacketIO {
   private sendPing(path: PeerPath, to: Buffer | null, now: number, resolve?: PendingPing['resolve']): void {
     const txid = newTxid();
     this.pending.set(txid.toString('hex'), { path, endpoint: to && Buffer.from(to), sentAt: performance.now(), resolve });
-    if (to) path.lastDirectPingAt = now;
+    if (to) {
+      path.lastDirectPingAt = now;
+      if (path.direct && sameEndpoint(to, 0, path.direct, 0)) path.directUnansweredSince ??= now;
+    }
     this.sendDisco(path, to, { type: 'ping', txid });
   }
 
@@ -287,6 +290,7 @@ export class MagicSock implements PacketIO {
     path.direct = Buffer.from(from);
     path.directRttMs = rtt;
     path.lastDirectPongAt = now;
+    path.directUnansweredSince = null;
     if (upgraded) {
       this.applyEndpoint(path);
       this.log.info({ peer: path.wgKey.toString('base64'), endpoint: formatEndpoint(from), rttMs: Math.round(rtt * 100) / 100 }, 'direct path');
@@ -306,10 +310,12 @@ export class MagicSock implements PacketIO {
     for (const path of this.byKey.values()) {
       const peer = this.device?.getPeer(path.wgKey);
       const active = !!peer && now - Math.max(peer.lastSentAt, peer.lastReceivedAt, path.lastRelayedSendAt) < T.activeWindowMs;
-      if (path.direct && now - path.lastDirectPongAt > T.directDeadAfterMs) {
+      // Dead = pinged and unanswered for a while. An idle peer is not pinged, so its path is kept.
+      if (path.direct && path.directUnansweredSince !== null && now - path.directUnansweredSince > T.directDeadAfterMs) {
         this.log.warn({ peer: path.wgKey.toString('base64'), endpoint: formatEndpoint(path.direct) }, 'direct path stopped answering; using the relay');
         path.direct = null;
         path.directRttMs = Infinity;
+        path.directUnansweredSince = null;
         this.applyEndpoint(path);
         if (active) this.probe(path, now);
         continue;

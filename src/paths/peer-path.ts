@@ -14,6 +14,8 @@ export class PeerPath {
   relayRttMs: number | null = null;
   lastProbeAt = -Infinity;
   lastDirectPingAt = 0;
+  /** First liveness ping on the direct path still without an answer; null when all were answered. */
+  directUnansweredSince: number | null = null;
   /** Last time the device sent this peer anything through the relay (a reason to probe). */
   lastRelayedSendAt = 0;
 

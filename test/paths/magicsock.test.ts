@@ -97,7 +97,9 @@ describe('MagicSock path choice', () => {
       expect(replies.map((r) => ('path' in r ? r.path : 'timeout'))).toEqual(['direct', 'direct']);
 
       w.state.directBlocked = true;
-      (w.socks[0] as unknown as { tick(now: number): void }).tick(Date.now() + 7_000);
+      const lost = await w.socks[0].ping(peerOf0.publicKey, 1, 100);
+      expect('timeout' in lost[0]).toBe(true);
+      (w.socks[0] as unknown as { tick(now: number): void }).tick(Date.now() + 6_000);
       expect(w.socks[0].pathOf(peerOf0.publicKey)?.kind).toBe('relay');
       expect(isRelayEndpoint(peerOf0.endpoint!, 0)).toBe(true);
       const viaRelay = await w.socks[0].ping(peerOf0.publicKey, 1);

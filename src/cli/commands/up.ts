@@ -146,7 +146,9 @@ export const upCommand: CommandModule<GlobalArgs, UpArgs> = {
       .option('state-dir', { type: 'string', describe: `identity and state (default ${DEFAULT_STATE_DIR} or AGENTVPN_STATE_DIR)` })
       .option('registry-ca', { type: 'string', describe: 'CA certificate (PEM) to trust for the registry\'s TLS' })
       .option('dns', { type: 'boolean', default: true, describe: 'answer NAME.<network> on the overlay addresses (port 53)' })
-      .option('mtu', { type: 'number', default: 1420, describe: 'tunnel MTU (fleet mode; static mode reads MTU from the config)' })
+      // 1380, not WireGuard's 1420: a relayed packet carries 33 more bytes (relay frame), and
+      // 1380 + 32 (WireGuard) + 33 + 8 (UDP) + 40 (IPv6) = 1493 still fits a 1500-byte link unfragmented.
+      .option('mtu', { type: 'number', default: 1380, describe: 'tunnel MTU (fleet mode; static mode reads MTU from the config)' })
       .option('interface', interfaceOption)
       .option('foreground', { alias: 'f', type: 'boolean', default: false, describe: 'Stay in the foreground (systemd, containers, tests)' })
       .option('listen-port', { type: 'number', describe: 'UDP port to listen on (overrides ListenPort)' })
