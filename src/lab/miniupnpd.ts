@@ -149,6 +149,9 @@ export async function startMiniupnpd(lab: Lab, site: NatSite, opts: MiniupnpdOpt
   writeFileSync(confPath, conf, { mode: 0o600 });
 
   await lab.run(ns, ['nft', '-f', '-'], { input: nftSetup() });
+  // The router drops unsolicited UDP to itself (nat.ts); miniupnpd's STUN check needs the answers
+  // its CHANGE-REQUESTs ask for from the server's other address and port, so let STUN replies in.
+  await lab.iptables(ns, ['-I', 'INPUT', '1', '-i', router.wanIf, '-p', 'udp', '--sport', `${opts.stunServer.port}:${opts.stunServer.port + 1}`, '-j', 'ACCEPT']);
   const proc = lab.spawn(ns, ['miniupnpd', '-d', '-f', confPath, '-P', join(lab.dir, `${tag}.pid`)], { name: 'miniupnpd' });
   let exited = false;
   void proc.exited.then(() => (exited = true));

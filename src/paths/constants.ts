@@ -18,6 +18,12 @@ export const paths = {
   reprobeWhenDirectMs: 30_000,
   /** Relayed traffic to a peer triggers a probe at most this often. */
   probeOnTrafficMs: 1_000,
+  /**
+   * An idle peer is not pinged, so its direct path goes unverified; after this long without a
+   * pong (NAT mappings may have expired) it is used only once confirmed again: the next traffic
+   * starts on the relay and probes, and moves direct within a round trip.
+   */
+  idleTrustMs: 15_000,
   /** A peer with no traffic for this long is idle: no pings, no probes (a 10,000-agent fleet stays quiet). */
   activeWindowMs: 60_000,
   /** Unanswered pings are forgotten after this. */

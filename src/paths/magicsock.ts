@@ -194,6 +194,7 @@ export class MagicSock implements PacketIO {
   async ping(wgKey: Uint8Array, count: number, timeoutMs = 2000): Promise<(PingReply | { seq: number; timeout: true })[]> {
     const path = this.byKey.get(Buffer.from(wgKey).toString('latin1'));
     if (!path) return [];
+    if (!path.direct) this.probe(path, Date.now()); // look for a direct path while we ping
     const out: (PingReply | { seq: number; timeout: true })[] = [];
     for (let seq = 1; seq <= count; seq++) {
       const reply = await new Promise<{ endpoint: Buffer | null; rttMs: number } | null>((resolve) => {
@@ -320,7 +321,15 @@ export class MagicSock implements PacketIO {
         if (active) this.probe(path, now);
         continue;
       }
-      if (!active) continue;
+      if (!active) {
+        if (path.direct && now - path.lastDirectPongAt > T.idleTrustMs) {
+          this.log.debug({ peer: path.wgKey.toString('base64') }, 'idle direct path no longer trusted; relay until traffic confirms it');
+          path.direct = null;
+          path.directRttMs = Infinity;
+          this.applyEndpoint(path);
+        }
+        continue;
+      }
       if (path.direct && now - path.lastDirectPingAt >= T.directPingIntervalMs) this.sendPing(path, path.direct, now);
       const interval = path.direct ? T.reprobeWhenDirectMs : T.reprobeWhenRelayedMs;
       if (now - path.lastProbeAt >= interval) this.probe(path, now);

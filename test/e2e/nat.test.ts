@@ -2,7 +2,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  Lab, buildNatWorld, findAgent, sleep, startLabAgent, startLabRegistry, waitFor, waitForFleet,
+  Lab, buildNatWorld, findAgent, sleep, startLabAgent, startLabRegistry, startMiniupnpd, waitFor, waitForFleet,
   type LabAgent, type LabRegistry, type NatKind, type NatWorld,
 } from '../../src/lab/index.js';
 import type { DeviceStatus } from '../../src/daemon/status-types.js';
@@ -112,8 +112,12 @@ describe.runIf(labReady(['ip', 'iptables', 'curl', 'python3', 'sshd', 'ssh']))('
   }
 
   it('agentvpn ping shows the path of each reply', async () => {
-    const r = await agents.get('alice')!.cli(['ping', 'cone', '--count', '2']);
-    expect(r.stdout).toMatch(/pong from cone \(100\.\d+\.\d+\.\d+\) via direct \S+ in [\d.]+ ms/);
+    // Like `tailscale ping`: an idle peer may answer through the relay first, then directly.
+    const r = await agents.get('alice')!.cli(['ping', 'cone', '--count', '4']);
+    const lines = r.stdout.trim().split('\n');
+    expect(lines).toHaveLength(4);
+    for (const l of lines) expect(l).toMatch(/^pong from cone \(100\.\d+\.\d+\.\d+\) via (direct|relay) \S+ in [\d.]+ ms$/);
+    expect(lines[3]).toMatch(/via direct 203\.0\.113\.\d+:51820 /);
     const relayed = await agents.get('alice')!.cli(['ping', 'frank', '--count', '1']);
     expect(relayed.stdout).toMatch(/via relay/);
   });
@@ -145,5 +149,34 @@ describe.runIf(labReady(['ip', 'iptables', 'curl', 'python3', 'sshd', 'ssh']))('
     await lab.iptables(router, ['-D', ...rule]);
     await waitFor(async () => (await alice.json<DeviceStatus>(['status'])).peers.some((p) => p.path?.kind === 'direct' && p.allowedIps.includes(`${target}/32`)),
       { timeoutMs: 20_000, intervalMs: 500, what: 'back to direct' });
+  });
+});
+
+describe.runIf(labReady(['ip', 'iptables', 'curl', 'python3', 'miniupnpd', 'nft']))('port mapping with a real miniupnpd', () => {
+  let lab: Lab;
+
+  afterAll(async () => {
+    await lab?.cleanup();
+  });
+
+  it('makes symmetric <-> symmetric direct through a NAT-PMP/PCP mapping', async () => {
+    lab = new Lab();
+    const world = await buildNatWorld(lab, { sites: [{ name: 'cafe', kind: 'symmetric', agents: ['carol'] }, { name: 'hotel', kind: 'symmetric', agents: ['dave'] }] });
+    const upnp = await startMiniupnpd(lab, world.sites.cafe, { stunServer: world.stun!, upnp: false });
+    expect(upnp.portForwarding).toBe(true);
+    const registry = await startLabRegistry(lab, world.registryNs, world.registryIp);
+    const carol = await startLabAgent(lab, findAgent(world, 'carol').ns, 'carol', registry);
+    const dave = await startLabAgent(lab, findAgent(world, 'dave').ns, 'dave', registry);
+    await waitForFleet([carol, dave]);
+    const nc = await carol.json<{ portMapping: { protocol: string; external: string } | null; mappingVariesByDestination: boolean }>(['netcheck']);
+    expect(nc.mappingVariesByDestination).toBe(true);
+    expect(nc.portMapping?.external.startsWith(`${world.sites.cafe.routerPublicIp}:`)).toBe(true);
+    const daveIp = (await dave.json<{ ipv4: string }>(['id'])).ipv4;
+    const r = await lab.exec(carol.ns, ['ping', '-c', '3', '-i', '0.3', daveIp]);
+    expect(r.code, r.stdout).toBe(0);
+    for (const [x, peerIp] of [[carol, daveIp], [dave, (await carol.json<{ ipv4: string }>(['id'])).ipv4]] as const) {
+      await waitFor(async () => (await x.json<DeviceStatus>(['status'])).peers.some((p) => p.path?.kind === 'direct' && p.allowedIps.includes(`${peerIp}/32`)),
+        { timeoutMs: 20_000, intervalMs: 500, what: `${x.name} direct through the port mapping` });
+    }
   });
 });
