@@ -68,7 +68,7 @@ async function runDemo(args: GlobalArgs): Promise<void> {
       return r.code === 0 ? r.stdout : null;
     }, { timeoutMs: 20_000, what: 'HTTP from planner to worker' });
     say(args.json, http.trimEnd());
-    say(args.json, `planner$ ssh gpu.${NETWORK} uname -n`);
+    say(args.json, `planner$ ssh gpu.${NETWORK} 'echo "$(uname -s) on gpu, over agentvpn"'`);
     const sshOut = await waitFor(async () => {
       const r = await lab.exec(planner.ns, ['ssh', '-i', join(keyDir, 'client'), '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null',
         '-o', 'BatchMode=yes', '-o', 'LogLevel=ERROR', `root@gpu.${NETWORK}`, 'echo "$(uname -s) on gpu, over agentvpn"']);
