@@ -14,6 +14,7 @@ import { DnsServer } from '../dns/server.js';
 import { DiscoCodec } from '../paths/disco.js';
 import { defaultGateway } from '../paths/gateway.js';
 import { Netcheck, type NetcheckReport } from '../paths/netcheck.js';
+import { releaseUdpMapping } from '../paths/natpmp.js';
 import { RelayClient } from '../paths/relay-client.js';
 import { Daemon } from './daemon.js';
 
@@ -230,6 +231,9 @@ export class FleetAgent {
     for (const t of this.timers) clearInterval(t);
     this.watcher?.close();
     this.relay?.stop();
+    // Give the port mapping back to the router rather than leave it open until it expires.
+    const mapping = this.netcheck?.portMapping;
+    if (mapping) await releaseUdpMapping(mapping, this.daemon!.status().listenPort).catch(() => {});
     await this.client.leave().catch(() => {});
     await this.dns?.stop();
     await this.daemon?.stop();

@@ -1,7 +1,7 @@
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AGENTVPN_BIN, Lab, REPO_ROOT, waitFor, type LabProcess } from '../../src/lab/index.js';
+import { Lab, startLabAgent, startLabRegistry, waitFor, waitForFleet, type LabAgent, type LabRegistry } from '../../src/lab/index.js';
 import type { PeerInfo } from '../../src/daemon/fleet.js';
 import { labReady, startHttpServer } from './checks.js';
 
@@ -13,54 +13,25 @@ const NETWORK = 'lab';
 const REGISTRY = '203.0.113.10';
 const REGISTRY_URL = `http://${REGISTRY}:7443`;
 
-interface Agent {
-  name: string;
-  ns: string;
-  stateDir: string;
-  runDir: string;
-  caps: string[];
-  underlay: string;
-  proc?: LabProcess;
-}
+type Agent = LabAgent & { caps: string[]; underlay: string };
 
 describe.runIf(labReady(['ip', 'curl', 'python3']))('fleet: registry, permanent addresses, names and discovery', () => {
   let lab: Lab;
-  let registry: LabProcess;
+  let registry: LabRegistry;
   let regNs: string;
   let token: string;
   const agents: Agent[] = [];
-  const dbFile = () => join(lab.dir, 'registry.db');
 
-  const cli = (a: Agent, args: string[]) =>
-    lab.run(a.ns, [process.execPath, AGENTVPN_BIN, ...args], { env: { ...process.env, AGENTVPN_RUN_DIR: a.runDir }, timeoutMs: 20_000 });
-
-  async function startRegistry(): Promise<void> {
-    registry = lab.spawn(regNs, [process.execPath, AGENTVPN_BIN, 'registry', '--listen', `${REGISTRY}:7443`, '--db', dbFile(), '--network', NETWORK, '--offline-after', '6'], { name: 'registry', cwd: REPO_ROOT });
-    await waitFor(async () => (await lab.exec(regNs, ['curl', '-sf', `${REGISTRY_URL}/healthz`])).code === 0, { timeoutMs: 15_000, what: 'registry healthz' });
-  }
-
-  async function startAgent(a: Agent): Promise<void> {
-    const caps = a.caps.flatMap((c) => ['--cap', c]);
-    a.proc = lab.spawn(a.ns, [process.execPath, AGENTVPN_BIN, 'up', '--foreground', '--registry', REGISTRY_URL, '--token', token,
-      '--name', a.name, '--network', NETWORK, '--state-dir', a.stateDir, '--listen-port', '51820', ...caps],
-    { name: `agent-${a.name}`, env: { ...process.env, AGENTVPN_RUN_DIR: a.runDir }, cwd: REPO_ROOT });
-    await waitFor(async () => lab.interfaceUp(a.ns, 'agentvpn0'), { timeoutMs: 20_000, what: `agent ${a.name} up` });
-  }
+  const startRegistry = async () => {
+    registry = await startLabRegistry(lab, regNs, REGISTRY, { network: NETWORK, offlineAfterSec: 6 });
+  };
+  const startAgent = (a: Agent) => startLabAgent(lab, a.ns, a.name, registry, { caps: a.caps, agent: a });
 
   async function peersOf(a: Agent, cap?: string): Promise<PeerInfo[]> {
-    const r = await cli(a, ['peers', '--json', ...(cap ? ['--cap', cap] : [])]);
-    return JSON.parse(r.stdout).peers as PeerInfo[];
+    return (await a.json<{ peers: PeerInfo[] }>(['peers', ...(cap ? ['--cap', cap] : [])])).peers;
   }
 
-  async function idOf(a: Agent): Promise<{ id: string; ipv4: string; ipv6: string }> {
-    return JSON.parse((await cli(a, ['id', '--json'])).stdout);
-  }
-
-  async function waitForFleet(): Promise<void> {
-    for (const a of agents) {
-      await waitFor(async () => (await peersOf(a)).filter((p) => p.online).length === agents.length - 1, { timeoutMs: 20_000, what: `${a.name} sees the fleet` });
-    }
-  }
+  const idOf = (a: Agent) => a.json<{ id: string; ipv4: string; ipv6: string }>(['id']);
 
   beforeAll(async () => {
     lab = new Lab();
@@ -73,28 +44,24 @@ describe.runIf(labReady(['ip', 'curl', 'python3']))('fleet: registry, permanent 
       { name: 'worker', caps: ['llm.inference@1;model=llama3', 'gpu'] },
       { name: 'worker2', caps: ['llm.inference@2;model=mistral'] },
     ];
+    await startRegistry();
+    token = registry.token;
     for (const [i, s] of specs.entries()) {
       const ns = await lab.addNamespace(s.name);
       const hubAddr = `192.0.2.${16 * i + 1}`;
       const underlay = `192.0.2.${16 * i + 2}`;
       await lab.connect(hub, ns, { a: `${hubAddr}/28`, b: `${underlay}/28`, ifB: 'eth0' });
       await lab.ip(ns, ['route', 'add', 'default', 'via', hubAddr]);
-      const stateDir = join(lab.dir, `state-${s.name}`);
-      const runDir = join(lab.dir, `run-${s.name}`);
-      mkdirSync(runDir, { recursive: true });
-      agents.push({ ...s, ns, stateDir, runDir, underlay });
+      const agent = await startLabAgent(lab, ns, s.name, registry, { caps: s.caps });
+      agents.push(Object.assign(agent, { caps: s.caps, underlay }));
     }
-    await startRegistry();
-    const t = await lab.run(regNs, [process.execPath, AGENTVPN_BIN, 'registry', 'token', 'create', '--db', dbFile(), '--network', NETWORK, '--json']);
-    token = JSON.parse(t.stdout).token;
-    for (const a of agents) await startAgent(a);
     // Each namespace resolves names with its own agent's DNS responder (ip netns exec bind-mounts this file).
     for (const a of agents) {
       const { ipv4 } = await idOf(a);
       mkdirSync(`/etc/netns/${a.ns}`, { recursive: true });
       writeFileSync(`/etc/netns/${a.ns}/resolv.conf`, `nameserver ${ipv4}\n`);
     }
-    await waitForFleet();
+    await waitForFleet(agents, 20_000);
   });
 
   afterAll(async () => {
@@ -121,7 +88,7 @@ describe.runIf(labReady(['ip', 'curl', 'python3']))('fleet: registry, permanent 
         await lab.kill(h4);
         await lab.kill(h6);
       }
-      const resolved = JSON.parse((await cli(agents[0], ['resolve', `${target.name}.${NETWORK}`, '--json'])).stdout);
+      const resolved = await agents[0].json<{ ipv4: string }>(['resolve', `${target.name}.${NETWORK}`]);
       expect(resolved.ipv4).toBe(ipv4);
     }
   });
@@ -156,7 +123,7 @@ describe.runIf(labReady(['ip', 'curl', 'python3']))('fleet: registry, permanent 
 
   it('tunnels keep working while the registry is down, and nothing is lost when it returns', async () => {
     const countBefore = JSON.parse((await lab.run(regNs, ['curl', '-sS', '-H', `Authorization: Bearer ${token}`, `${REGISTRY_URL}/v1/agents?network=${NETWORK}`])).stdout).agents.length;
-    await lab.kill(registry);
+    await lab.kill(registry.proc);
     const target = await idOf(agents[1]);
     for (let i = 0; i < 3; i++) {
       const r = await lab.exec(agents[0].ns, ['ping', '-c', '3', '-i', '0.3', '-W', '2', target.ipv4]);
@@ -165,6 +132,6 @@ describe.runIf(labReady(['ip', 'curl', 'python3']))('fleet: registry, permanent 
     await startRegistry();
     const after = JSON.parse((await lab.run(regNs, ['curl', '-sS', '-H', `Authorization: Bearer ${token}`, `${REGISTRY_URL}/v1/agents?network=${NETWORK}`])).stdout).agents;
     expect(after.length).toBe(countBefore);
-    await waitForFleet();
+    await waitForFleet(agents, 20_000);
   });
 });
