@@ -35,8 +35,8 @@ export interface DynamicPeer {
   roaming?: boolean;
 }
 
-/** Resolves a config endpoint (IP literal or host name) to the native 20-byte form. */
-async function resolveEndpoint(host: string, port: number): Promise<Buffer> {
+/** Resolves an endpoint (IP literal or host name) to the native 20-byte form. */
+export async function resolveEndpoint(host: string, port: number): Promise<Buffer> {
   const literal = parseAddress(host);
   if (literal) return makeEndpoint(literal, port);
   try {

@@ -13,10 +13,10 @@ import { makeEndpoint } from '../wireguard/endpoint.js';
 import { DnsServer } from '../dns/server.js';
 import { DiscoCodec } from '../paths/disco.js';
 import { defaultGateway } from '../paths/gateway.js';
-import { Netcheck, type NetcheckReport } from '../paths/netcheck.js';
+import { Netcheck, parseHostPort, type NetcheckReport } from '../paths/netcheck.js';
 import { releaseUdpMapping } from '../paths/natpmp.js';
 import { RelayClient } from '../paths/relay-client.js';
-import { Daemon } from './daemon.js';
+import { Daemon, resolveEndpoint } from './daemon.js';
 
 export interface FleetOptions {
   iface: string;
@@ -85,6 +85,7 @@ export class FleetAgent {
   private dns: DnsServer | null = null;
   private relay: RelayClient | null = null;
   private netcheck: Netcheck | null = null;
+  private adhocNetcheck: Netcheck | null = null;
   private lastReport: NetcheckReport | null = null;
   private endpoints: string[] = [];
   private readonly agents = new Map<string, AgentView>();
@@ -140,12 +141,12 @@ export class FleetAgent {
         peers: (params) => this.peers((params as { cap?: string } | undefined)?.cap),
         resolve: (params) => this.resolve(String((params as { name?: unknown } | undefined)?.name ?? '')),
         ping: (params) => this.ping(params as { name?: unknown; count?: unknown } | undefined),
-        netcheck: () => this.runNetcheck(),
+        netcheck: (params) => this.runNetcheck(params as { servers?: unknown } | undefined),
       },
     });
     this.daemon = daemon;
     await daemon.start();
-    this.startPaths(daemon, join);
+    await this.startPaths(daemon, join);
     await this.refreshEndpoints();
     if (opts.dns) {
       this.dns = new DnsServer({ bind: [join.ipv4, join.ipv6], zone: join.network, lookup: (name) => this.lookupName(name) });
@@ -158,7 +159,7 @@ export class FleetAgent {
   }
 
   /** Disco sealed with our key, the relay (if the registry offers one) and STUN on the WireGuard socket. */
-  private startPaths(daemon: Daemon, join: JoinResult): void {
+  private async startPaths(daemon: Daemon, join: JoinResult): Promise<void> {
     const sock = daemon.sock!;
     const relayInfo = join.relays?.[0];
     if (relayInfo) {
@@ -170,17 +171,47 @@ export class FleetAgent {
     }
     sock.enablePaths(new DiscoCodec(this.identity.wgPrivateKey, this.identity.wgPublicKey), this.relay);
     this.relay?.start();
-    const servers = (join.stun ?? []).map(endpointBuffer).filter((e): e is Buffer => e !== null);
-    if (servers.length) {
-      this.netcheck = new Netcheck({
-        send: (buf, endpoint) => daemon.sendRaw(buf, endpoint), servers, gateway: defaultGateway(), localPort: daemon.status().listenPort,
-      });
-      const nc = this.netcheck;
-      sock.stunHandler = (buf, off, len, src, srcOff) => nc.onResponse(buf, off, len, src, srcOff);
-    }
+    // STUN answers go to whichever netcheck asked: the periodic one, or a one-off with other servers.
+    sock.stunHandler = (buf, off, len, src, srcOff) =>
+      (this.netcheck?.onResponse(buf, off, len, src, srcOff) ?? false) || (this.adhocNetcheck?.onResponse(buf, off, len, src, srcOff) ?? false);
+    const servers = await this.resolveStunServers(join.stun ?? []);
+    if (servers.length) this.netcheck = this.makeNetcheck(servers);
   }
 
-  private async runNetcheck(): Promise<NetcheckReport> {
+  /** `mapPorts`: also ask the gateway for a port mapping (only the periodic check owns one). */
+  private makeNetcheck(servers: Buffer[], mapPorts = true): Netcheck {
+    const daemon = this.daemon!;
+    const gateway = mapPorts ? defaultGateway() : null;
+    return new Netcheck({ send: (buf, endpoint) => daemon.sendRaw(buf, endpoint), servers, gateway, localPort: daemon.status().listenPort });
+  }
+
+  /** "host:port" entries (names too: a registry is usually reached by name) to endpoints; unresolvable ones are skipped. */
+  private async resolveStunServers(list: string[]): Promise<Buffer[]> {
+    const out: Buffer[] = [];
+    for (const text of list) {
+      const hp = parseHostPort(text);
+      if (!hp) continue;
+      try {
+        out.push(await resolveEndpoint(hp.host, hp.port));
+      } catch (e) {
+        this.opts.log.warn({ server: text, err: (e as Error).message }, 'cannot resolve STUN server');
+      }
+    }
+    return out;
+  }
+
+  /** The periodic netcheck, or with `servers` a one-off check against those STUN servers from the same socket. */
+  private async runNetcheck(params?: { servers?: unknown }): Promise<NetcheckReport> {
+    if (Array.isArray(params?.servers) && params.servers.length) {
+      const servers = await this.resolveStunServers(params.servers.map(String));
+      if (!servers.length) throw new AgentVpnError('BAD_STUN_SERVER', `cannot use STUN servers ${params.servers.join(', ')}`, 'give HOST:PORT entries that resolve, e.g. --stun 203.0.113.2:3478');
+      this.adhocNetcheck = this.makeNetcheck(servers, false);
+      try {
+        return await this.adhocNetcheck.run();
+      } finally {
+        this.adhocNetcheck = null;
+      }
+    }
     if (!this.netcheck) {
       throw new AgentVpnError('NO_STUN', 'the registry offers no STUN server', 'use a registry that runs its built-in relay and STUN (the default), or `agentvpn netcheck --stun HOST:PORT`');
     }

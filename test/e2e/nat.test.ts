@@ -128,6 +128,11 @@ describe.runIf(labReady(['ip', 'iptables', 'curl', 'python3', 'sshd', 'ssh']))('
     const eim = await agents.get('alice')!.json<{ mappingVariesByDestination: boolean; reflexive: string }>(['netcheck']);
     expect(eim.mappingVariesByDestination).toBe(false);
     expect(eim.reflexive.startsWith(`${world.sites.home.routerPublicIp}:`)).toBe(true);
+    // Any standard STUN server, from the daemon's own socket.
+    const stun = world.stun!;
+    const other = await agents.get('carol')!.json<{ mappingVariesByDestination: boolean; via: string }>(
+      ['netcheck', '--stun', `${stun.ip}:${stun.port}`, '--stun', `${stun.altIp}:${stun.altPort}`]);
+    expect(other.mappingVariesByDestination).toBe(true);
   });
 
   it('falls back to the relay within 10 s when the direct path dies mid-transfer, and returns when it heals', async () => {
