@@ -175,7 +175,16 @@ export class Daemon {
     const udpSlab = Buffer.alloc(udpSlot * BATCH);
     const udpLens = new Int32Array(BATCH);
     const udpAddrs = Buffer.alloc(20 * BATCH);
-    const onError = (err: Error) => this.opts.log.error({ err }, 'packet handler failed');
+    const onError = (err: Error) => {
+      // A failed syscall means the reader stopped (the TUN was deleted under us, say): the data
+      // plane is gone, so shut down rather than pretend to be up. Handler bugs are only logged.
+      if ((err as NodeJS.ErrnoException).syscall) {
+        this.opts.log.fatal({ err }, 'packet I/O failed; shutting down');
+        process.kill(process.pid, 'SIGTERM');
+      } else {
+        this.opts.log.error({ err }, 'packet handler failed');
+      }
+    };
     this.readers.push(
       native.startReader(this.tunFd, 'tun', tunSlab, tunSlot, BATCH, tunLens, null, (n) => device.handleTunBatch(tunSlab, tunSlot, tunLens, n), onError),
       native.startReader(this.udpFd, 'udp', udpSlab, udpSlot, BATCH, udpLens, udpAddrs, (n) => device.handleUdpBatch(udpSlab, udpSlot, udpLens, udpAddrs, n), onError),

@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import type { Logger as PinoLogger } from 'pino';
 import { AgentVpnError } from '../errors.js';
 import { Identity } from '../identity/identity.js';
-import { formatAddress, parseAddress, parsePrefix, type Prefix } from '../ip/prefix.js';
+import { formatAddress, formatPrefix, networkOf, parseAddress, parsePrefix, type Prefix } from '../ip/prefix.js';
+import { overlayIPv6 } from '../identity/addresses.js';
 import { RegistryClient, type AgentView, type JoinResult } from '../registry/client.js';
 import { anyCapabilityMatches, formatCapability, parseCapability } from '../registry/capabilities.js';
 import { RECORD_LIFETIME_MS, signRecord, verifyRecord, type AgentRecord } from '../registry/record.js';
@@ -53,6 +54,11 @@ const REPUBLISH_MARGIN_MS = RECORD_LIFETIME_MS / 4;
 const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 30_000;
 
+function inPrefix(address: string, prefix: Prefix): boolean {
+  const a = parseAddress(address);
+  return !!a && a.length === prefix.addr.length && formatPrefix(networkOf({ family: prefix.family, addr: a, bits: prefix.bits })) === formatPrefix(networkOf(prefix));
+}
+
 /** Underlay addresses worth publishing: not loopback, not link-local, not our own overlay. */
 function localEndpoints(port: number, exclude: string): string[] {
   const out: string[] = [];
@@ -94,6 +100,7 @@ export class FleetAgent {
   private seq = 0;
   private publishedAt = 0;
   private registryUp = false;
+  private pool: Prefix | null = null;
   private publishing: Promise<void> | null = null;
   private stopped = false;
 
@@ -122,12 +129,34 @@ export class FleetAgent {
     }
   }
 
+  /** Refuses a join answer that would route more than the overlay into the tunnel. */
+  private checkJoin(join: JoinResult): { pool: Prefix; ula: Prefix } {
+    const pool = parsePrefix(join.pool);
+    const ula = parsePrefix(join.ulaPrefix);
+    const ok = pool && pool.family === 4 && pool.bits >= 8 && pool.bits <= 30 && ula && ula.family === 6 && ula.bits === 48 && ula.addr[0] === 0xfd
+      && inPrefix(join.ipv4, pool) && formatAddress(parseAddress(join.ipv6) ?? new Uint8Array(16)) === formatAddress(overlayIPv6(join.network, this.identity.publicKey));
+    if (!ok) {
+      throw new AgentVpnError('BAD_JOIN', `the registry answered the join with unusable addresses (pool ${join.pool}, ipv4 ${join.ipv4}, ula ${join.ulaPrefix})`,
+        'the registry must use an IPv4 pool between /8 and /30 and a fd00::/8 /48; check its --pool');
+    }
+    return { pool: pool!, ula: ula! };
+  }
+
   async start(): Promise<Daemon> {
+    try {
+      return await this.startUp();
+    } catch (e) {
+      await this.stop().catch(() => {}); // nothing half-started stays behind
+      throw e;
+    }
+  }
+
+  private async startUp(): Promise<Daemon> {
     const { opts } = this;
     const join = await this.joinNetwork();
     this.join = join;
-    const pool = parsePrefix(join.pool)!;
-    const ula = parsePrefix(join.ulaPrefix)!;
+    const { pool, ula } = this.checkJoin(join);
+    this.pool = pool;
     const addresses: Prefix[] = [
       { ...parsePrefix(join.ipv4)!, bits: pool.bits },
       { ...parsePrefix(join.ipv6)!, bits: ula.bits },
@@ -153,7 +182,8 @@ export class FleetAgent {
       await this.dns.start();
     }
     this.watch();
-    this.timers.push(setInterval(() => void this.heartbeat(), join.heartbeatIntervalMs));
+    const heartbeatMs = Math.min(Math.max(join.heartbeatIntervalMs, 1000), 600_000);
+    this.timers.push(setInterval(() => void this.heartbeat(), heartbeatMs));
     this.timers.push(setInterval(() => void this.refreshEndpoints(), NETCHECK_INTERVAL_MS));
     return daemon;
   }
@@ -243,8 +273,8 @@ export class FleetAgent {
     const { opts } = this;
     this.watcher?.close();
     this.watcher = this.client.watch({
-      snapshot: (agents) => { for (const a of agents) void this.apply(a); },
-      change: (_kind, agent) => void this.apply(agent),
+      snapshot: (agents) => { for (const a of agents) this.applySafely(a); },
+      change: (_kind, agent) => this.applySafely(agent),
       connected: () => {
         if (!this.registryUp) opts.log.info({}, 'registry connected');
         this.registryUp = true;
@@ -317,13 +347,25 @@ export class FleetAgent {
     }
   }
 
+  /** Whatever the registry sends, a bad entry is logged and skipped, never fatal. */
+  private applySafely(view: AgentView): void {
+    this.apply(view).catch((e) => this.opts.log.error({ err: (e as Error).message }, 'ignoring agent entry that cannot be applied'));
+  }
+
   /** Believes an agent only if its record verifies; then makes it a WireGuard peer. */
   private async apply(view: AgentView): Promise<void> {
-    const r = view.record;
+    const r = view?.record;
     if (!r || r.id === this.identity.id) return;
     const check = verifyRecord(view, { network: this.join!.network });
     if (!check.ok) {
       this.opts.log.warn({ id: r.id, problem: check.problem, detail: check.detail }, 'ignoring agent record that does not verify');
+      return;
+    }
+    // The IPv4 is not bound to the key like the IPv6: make sure it is inside the overlay pool and
+    // not another agent's, so a misbehaving registry cannot redirect traffic or add host routes.
+    const holder = [...this.agents.values()].find((a) => a.record.ipv4 === r.ipv4 && a.record.id !== r.id);
+    if (!inPrefix(r.ipv4, this.pool!) || r.ipv4 === this.join!.ipv4 || holder) {
+      this.opts.log.warn({ id: r.id, ipv4: r.ipv4 }, 'ignoring agent record whose IPv4 is outside the pool or taken');
       return;
     }
     const known = this.agents.get(r.id);

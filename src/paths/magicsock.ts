@@ -115,12 +115,20 @@ export class MagicSock implements PacketIO {
         this.stats.relayedOut++;
         path.lastRelayedSendAt = now;
         // Traffic on the relay is the cue to look for a direct path (rate-limited).
-        if (now - path.lastProbeAt >= T.probeOnTrafficMs) process.nextTick(() => this.probe(path, Date.now()));
+        this.probeSoon(path, now);
       } else {
         this.stats.relayDropped++;
+        if (path) this.probeSoon(path, now);
       }
     }
     return sent + (direct > 0 ? this.udp.send(slab, dOffsets, dLens, dAddrs, direct) : 0);
+  }
+
+  /** Traffic that is not direct is the cue to look for a direct path (at most once a second). */
+  private probeSoon(path: PeerPath, now: number): void {
+    if (now - path.lastProbeAt < T.probeOnTrafficMs) return;
+    path.lastProbeAt = now;
+    process.nextTick(() => this.probe(path, Date.now()));
   }
 
   // ---- inbound control messages (called by the device for anything that is not WireGuard) ----
@@ -175,7 +183,7 @@ export class MagicSock implements PacketIO {
       const p = path;
       process.nextTick(() => this.probe(p, Date.now()));
     }
-    return this.relay || !path.candidates.length ? path.current() : path.candidates[0];
+    return path.current(this.relay !== null);
   }
 
   removePeer(wgKey: Buffer): void {
@@ -248,10 +256,12 @@ export class MagicSock implements PacketIO {
   }
 
   private receiveDisco(msg: Buffer, from: Buffer | null, relayedFrom: Buffer | null): void {
-    const opened = this.codec?.open(msg, 0, msg.length);
-    const path = opened ? this.byKey.get(opened.from.toString('latin1')) : undefined;
+    // Only peers we know get a Diffie-Hellman: a stranger's key costs nothing and is not cached.
     // Through the relay, the sender the relay authenticated must be the key that sealed it.
-    if (!opened || !path || (relayedFrom && !relayedFrom.equals(opened.from))) {
+    const fromKey = msg.subarray(1, 33);
+    const path = this.byKey.get(fromKey.toString('latin1'));
+    const opened = path && (!relayedFrom || relayedFrom.equals(fromKey)) ? this.codec?.open(msg, 0, msg.length) : null;
+    if (!opened || !path) {
       this.stats.discoRejected++;
       return;
     }
@@ -267,7 +277,9 @@ export class MagicSock implements PacketIO {
       }
     } else if (m.type === 'pong') {
       this.receivePong(path, m.txid, from, now);
-    } else {
+    } else if (now - path.lastCallMeMaybeAt >= T.probeOnTrafficMs) {
+      // At most once a second per peer: a replayed call-me-maybe cannot make us a ping cannon.
+      path.lastCallMeMaybeAt = now;
       for (const c of m.candidates) path.addCandidate(c);
       for (const c of path.candidates) this.sendPing(path, c, now);
     }
@@ -300,7 +312,7 @@ export class MagicSock implements PacketIO {
 
   private applyEndpoint(path: PeerPath): void {
     const peer = this.device?.getPeer(path.wgKey);
-    if (peer) this.device!.setEndpoint(peer, path.current(), 0);
+    if (peer) this.device!.setEndpoint(peer, path.current(this.relay !== null), 0);
   }
 
   // ---- timers -----------------------------------------------------------------------------------

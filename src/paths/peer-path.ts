@@ -16,12 +16,14 @@ export class PeerPath {
   lastDirectPingAt = 0;
   /** First liveness ping on the direct path still without an answer; null when all were answered. */
   directUnansweredSince: number | null = null;
+  lastCallMeMaybeAt = -Infinity;
   /** Last time the device sent this peer anything through the relay (a reason to probe). */
   lastRelayedSendAt = 0;
 
   constructor(readonly wgKey: Buffer, readonly slot: number, readonly relayEndpoint: Buffer) {}
 
-  setCandidates(list: Buffer[]): boolean {
+  setCandidates(all: Buffer[]): boolean {
+    const list = all.filter((c) => isUsableCandidate(c, 0));
     const changed = list.length !== this.candidates.length || list.some((c, i) => !sameEndpoint(c, 0, this.candidates[i], 0));
     this.candidates = list.slice(0, MAX_CANDIDATES);
     return changed;
@@ -29,14 +31,14 @@ export class PeerPath {
 
   /** Adds a peer-reflexive candidate (where its pings came from), as hole punching finds them. */
   addCandidate(ep: Buffer, off = 0): void {
-    if (this.candidates.some((c) => sameEndpoint(c, 0, ep, off))) return;
+    if (!isUsableCandidate(ep, off) || this.candidates.some((c) => sameEndpoint(c, 0, ep, off))) return;
     this.candidates.push(Buffer.from(ep.subarray(off, off + ENDPOINT_SIZE)));
     if (this.candidates.length > MAX_CANDIDATES) this.candidates.shift();
   }
 
-  /** The endpoint WireGuard should use now. */
-  current(): Buffer {
-    return this.direct ?? this.relayEndpoint;
+  /** The endpoint WireGuard should use now; without a relay, the first candidate is the best guess. */
+  current(hasRelay: boolean): Buffer {
+    return this.direct ?? (hasRelay || this.candidates.length === 0 ? this.relayEndpoint : this.candidates[0]);
   }
 
   describe(relayName: string | null): { kind: 'direct' | 'relay'; endpoint: string; rttMs: number | null } {
@@ -56,6 +58,26 @@ export function relayEndpointFor(slot: number): Buffer {
   ep[1] = 0x52;
   ep.writeUInt32BE(slot, 12);
   return ep;
+}
+
+/**
+ * Whether an endpoint may be probed: a unicast address with a port. Loopback, unspecified,
+ * multicast (which includes our virtual relay endpoints), link-local and the IPv4 overlay pool
+ * (100.64.0.0/10) are refused, so a peer cannot point our probes at ourselves or into the tunnel.
+ */
+export function isUsableCandidate(ep: Uint8Array, off: number): boolean {
+  if (ep.length < off + ENDPOINT_SIZE || ((ep[off + 16] << 8) | ep[off + 17]) === 0) return false;
+  let mapped = true;
+  for (let i = 0; i < 12; i++) if (ep[off + i] !== (i < 10 ? 0 : 0xff)) mapped = false;
+  if (mapped) {
+    const [a, b] = [ep[off + 12], ep[off + 13]];
+    return a !== 0 && a !== 127 && a < 224 && !(a === 100 && b >= 64 && b < 128) && !(a === 169 && b === 254);
+  }
+  const first = ep[off];
+  let zeroes = 0;
+  for (let i = 0; i < 15; i++) if (ep[off + i] === 0) zeroes++;
+  if (zeroes === 15) return false; // :: and ::1
+  return first !== 0xff && !(first === 0xfe && (ep[off + 1] & 0xc0) === 0x80); // not multicast, not link-local
 }
 
 export function isRelayEndpoint(addrs: Uint8Array, off: number): boolean {

@@ -36,8 +36,10 @@ export interface SignedRecord {
 export const NAME_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 export const NETWORK_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const MAX_ENDPOINTS = 16;
-/** Records older than this (by expiry) are refused; agents re-sign well before. */
+/** A record may be valid for at most this long; agents re-sign well before it runs out. */
 export const RECORD_LIFETIME_MS = 24 * 3600_000;
+/** Clocks differ: a record dated this far ahead is still believed. */
+const MAX_FUTURE_SKEW_MS = 5 * 60_000;
 const ENDPOINT = /^(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:.]+\]):(\d{1,5})$/;
 
 const FIELDS: (keyof AgentRecord)[] = ['v', 'network', 'id', 'name', 'wgPublicKey', 'ipv4', 'ipv6', 'endpoints', 'capabilities', 'seq', 'issuedAt', 'expiresAt'];
@@ -116,6 +118,11 @@ export function verifyRecord(signed: SignedRecord, opts: { network?: string; now
     return fail('KEY_MISMATCH', 'ipv6 is not the address derived from the agent key');
   }
   if (opts.network !== undefined && r.network !== opts.network) return fail('WRONG_NETWORK', `record is for network ${r.network}`);
-  if (r.expiresAt <= (opts.now ?? Date.now())) return fail('EXPIRED_RECORD', 'record has expired');
+  const now = opts.now ?? Date.now();
+  if (r.expiresAt <= now) return fail('EXPIRED_RECORD', 'record has expired');
+  // A record cannot be made to live forever, nor be dated in the future, so old ones age out.
+  if (r.issuedAt > r.expiresAt || r.expiresAt - r.issuedAt > RECORD_LIFETIME_MS || r.issuedAt > now + MAX_FUTURE_SKEW_MS) {
+    return fail('MALFORMED_RECORD', 'record lifetime is longer than allowed or starts in the future');
+  }
   return { ok: true };
 }

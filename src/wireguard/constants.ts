@@ -19,13 +19,13 @@ export const TRANSPORT_MIN_SIZE = TRANSPORT_HEADER_SIZE + 16;
 /** Data messages are padded to a multiple of 16 bytes to hide exact lengths. */
 export const PADDING_MULTIPLE = 16;
 
-/** After this many messages the initiator starts a new handshake (2^60). */
-export const REKEY_AFTER_MESSAGES = 2 ** 60;
 /**
  * A keypair is never used past 2^64 - 2^13 - 1 messages. Counters are JS numbers on our side,
  * exact only to 2^53, so we cap there: no real session gets near either bound.
  */
 export const REJECT_AFTER_MESSAGES = Number.MAX_SAFE_INTEGER;
+/** The whitepaper rekeys after 2^60 messages; scaled down with the cap above so it can still trigger. */
+export const REKEY_AFTER_MESSAGES = REJECT_AFTER_MESSAGES - 2 ** 16;
 
 const base = {
   /** The initiator rekeys a session this old when it next sends. */

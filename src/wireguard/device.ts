@@ -285,9 +285,10 @@ export class Device {
     if (!entry || !entry.keypair) {
       this.dropped.unknownIndex++;
       // A peer that restarted keeps sending under a session we no longer have; rather than wait
-      // for its 15 s timeout, offer a fresh handshake (rate-limited like any initiation).
+      // for its 15 s timeout, offer a fresh handshake if we have no session at all (so a spoofed
+      // packet cannot force rekeys), rate-limited like any initiation.
       const sender = this.byEndpoint.get(endpointKey(addrs, aOff));
-      if (sender) this.initiateHandshake(sender, now, false);
+      if (sender && !sender.keypairs.current) this.initiateHandshake(sender, now, false);
       return false;
     }
     const { peer, keypair: kp } = entry;
@@ -319,6 +320,8 @@ export class Device {
     this.maybeRoam(peer, addrs, aOff);
     if (kp === peer.keypairs.next) {
       this.retire(peer.keypairs.confirmNext());
+      peer.handshakeAttemptStartedAt = null;
+      peer.nextRetransmitAt = Infinity;
       this.pendingFlush.set(peer, false);
     }
     if (kp.isInitiator && now - kp.createdAt >= timers.rejectAfterTime - timers.keepaliveTimeout - timers.rekeyTimeout) {
@@ -418,6 +421,7 @@ export class Device {
     this.installSession(peer, deriveSessionKeys(peer.handshake)!, now);
     this.sendOne(response, peer.endpoint!);
     peer.lastSentAt = now;
+    peer.lastInitiationSentAt = now; // a response counts as a handshake sent: no redundant initiation right after
   }
 
   private receiveResponse(msg: Buffer, addrs: Buffer, aOff: number, now: number): void {
@@ -484,8 +488,12 @@ export class Device {
     this.retire(peer.keypairs.install(kp));
     peer.latestHandshakeAt = now;
     peer.handshakes++;
-    peer.handshakeAttemptStartedAt = null;
-    peer.nextRetransmitAt = Infinity;
+    // Only a session we can send on ends our own attempt; a responder's `next` waits for
+    // confirmation, and if our crossing initiation was lost the retransmit timer must go on.
+    if (kp.isInitiator) {
+      peer.handshakeAttemptStartedAt = null;
+      peer.nextRetransmitAt = Infinity;
+    }
     this.log.info({ peer: this.peerName(peer), initiator: kp.isInitiator }, 'handshake complete');
   }
 

@@ -21,6 +21,8 @@ export class HandshakeLoad {
       this.windowStart = now;
       this.inWindow = 0;
       if (now >= this.underLoadUntil) this.buckets.clear();
+      // Under sustained load, forget sources that went quiet so the map stays bounded.
+      else for (const [ip, b] of this.buckets) if (now - b.at > 1000) this.buckets.delete(ip);
     }
     if (++this.inWindow > UNDER_LOAD_HANDSHAKES_PER_SECOND) this.underLoadUntil = now + UNDER_LOAD_HOLD_TIME;
     return this.alwaysUnderLoad || now < this.underLoadUntil;

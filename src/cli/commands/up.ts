@@ -11,7 +11,7 @@ import { NAME_PATTERN } from '../../registry/record.js';
 import { logFilePath, pidFilePath, runDir, validateInterfaceName } from '../../daemon/paths.js';
 import type { DeviceStatus } from '../../daemon/status-types.js';
 import { AgentVpnError } from '../../errors.js';
-import { interfaceOption, printResult, runCommand, toAgentVpnError, type GlobalArgs } from '../output.js';
+import { interfaceOption, printError, printResult, runCommand, toAgentVpnError, type GlobalArgs } from '../output.js';
 
 /** How long `up` waits for the background daemon to report that the interface is up. */
 const START_TIMEOUT_MS = 30_000;
@@ -82,8 +82,10 @@ async function runForeground(args: UpArgs): Promise<void> {
     daemon = await startDaemon(args, iface, log);
   } catch (e) {
     report({ type: 'error', error: toAgentVpnError(e).toJSON() });
-    throw e;
+    printError(e, args.json);
+    process.exit(1); // a half-started daemon must not linger with sockets and timers
   }
+  process.on('unhandledRejection', (err) => log.error({ err }, 'unhandled rejection'));
   writeFileSync(pidFilePath(iface), `${process.pid}\n`, { mode: 0o644 });
   const shutdown = (signal: string) => {
     log.info({ signal }, 'stopping');
