@@ -80,4 +80,21 @@ describe('Device over an in-memory link', () => {
     pump(c, d);
     expect(d.tunOut.length).toBe(1);
   });
+
+  it('recovers when both sides initiate at once and the crossing initiations overwrite each other', () => {
+    // Both know each other's endpoint and both have a packet to send.
+    b.device.getPeer(publicKeyOf(aKey))!.endpoint = a.endpoint;
+    sendFromTun(a, [ipv4Packet([100, 64, 0, 1], [100, 64, 0, 2], Buffer.from('from-a'))]);
+    sendFromTun(b, [ipv4Packet([100, 64, 0, 2], [100, 64, 0, 1], Buffer.from('from-b'))]);
+    pump(a, b);
+    // Whatever the crossing did, the retransmit timers must finish the job.
+    for (let t = 1; t <= 4; t++) {
+      const now = Date.now() + t * 6_000;
+      a.device.tick(now);
+      b.device.tick(now);
+      pump(a, b);
+    }
+    expect(b.tunOut.map((p) => p.subarray(28).toString())).toContain('from-a');
+    expect(a.tunOut.map((p) => p.subarray(28).toString())).toContain('from-b');
+  });
 });
