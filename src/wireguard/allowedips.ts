@@ -38,6 +38,8 @@ function prefixKey(p: Prefix): number | string {
 export class AllowedIps<T> {
   private readonly v4: Family<T> = { byLength: new Map(), lengths: [] };
   private readonly v6: Family<T> = { byLength: new Map(), lengths: [] };
+  /** Each value's prefixes, so removing or listing a peer's costs its own size, not the table's. */
+  private readonly owned = new Map<T, Prefix[]>();
 
   /** Maps the prefix to `value`, taking it from any other value that had it (as `wg set` does). */
   insert(prefix: Prefix, value: T): void {
@@ -48,26 +50,36 @@ export class AllowedIps<T> {
       fam.byLength.set(prefix.bits, table);
       fam.lengths = [...fam.byLength.keys()].sort((a, b) => b - a);
     }
-    table.set(prefixKey(prefix), { prefix: networkOf(prefix), value });
+    const key = prefixKey(prefix);
+    const network = networkOf(prefix);
+    const previous = table.get(key);
+    if (previous) this.disown(previous.value, previous.prefix);
+    table.set(key, { prefix: network, value });
+    this.owned.set(value, [...(this.owned.get(value) ?? []), network]);
+  }
+
+  private disown(value: T, prefix: Prefix): void {
+    const list = (this.owned.get(value) ?? []).filter((p) => p.bits !== prefix.bits || prefixKey(p) !== prefixKey(prefix));
+    if (list.length) this.owned.set(value, list);
+    else this.owned.delete(value);
   }
 
   removeValue(value: T): void {
-    for (const fam of [this.v4, this.v6]) {
-      for (const [bits, table] of fam.byLength) {
-        for (const [k, e] of table) if (e.value === value) table.delete(k);
-        if (table.size === 0) fam.byLength.delete(bits);
+    for (const prefix of this.owned.get(value) ?? []) {
+      const fam = prefix.family === 4 ? this.v4 : this.v6;
+      const table = fam.byLength.get(prefix.bits)!;
+      table.delete(prefixKey(prefix));
+      if (table.size === 0) {
+        fam.byLength.delete(prefix.bits);
+        fam.lengths = [...fam.byLength.keys()].sort((a, b) => b - a);
       }
-      fam.lengths = [...fam.byLength.keys()].sort((a, b) => b - a);
     }
+    this.owned.delete(value);
   }
 
   /** The prefixes currently owned by `value`. */
   prefixesOf(value: T): Prefix[] {
-    const out: Prefix[] = [];
-    for (const fam of [this.v4, this.v6]) {
-      for (const table of fam.byLength.values()) for (const e of table.values()) if (e.value === value) out.push(e.prefix);
-    }
-    return out.sort((a, b) => formatPrefix(a).localeCompare(formatPrefix(b)));
+    return [...(this.owned.get(value) ?? [])].sort((a, b) => formatPrefix(a).localeCompare(formatPrefix(b)));
   }
 
   /** Longest match for the IPv4 address stored big-endian at `bytes[offset..offset+4]`. */

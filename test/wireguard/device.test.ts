@@ -1,4 +1,4 @@
-import { describe, it, expect, beforeEach } from 'vitest';
+import { describe, it, expect, beforeEach, vi } from 'vitest';
 import { generatePrivateKey, publicKeyOf } from '../../src/crypto/x25519.js';
 import { parsePrefix } from '../../src/ip/prefix.js';
 import { makeSide, deliver, sendFromTun, ipv4Packet, type Side } from './memory-link.js';
@@ -87,12 +87,19 @@ describe('Device over an in-memory link', () => {
     sendFromTun(a, [ipv4Packet([100, 64, 0, 1], [100, 64, 0, 2], Buffer.from('from-a'))]);
     sendFromTun(b, [ipv4Packet([100, 64, 0, 2], [100, 64, 0, 1], Buffer.from('from-b'))]);
     pump(a, b);
-    // Whatever the crossing did, the retransmit timers must finish the job.
-    for (let t = 1; t <= 4; t++) {
-      const now = Date.now() + t * 6_000;
-      a.device.tick(now);
-      b.device.tick(now);
-      pump(a, b);
+    // Whatever the crossing did, the retransmit timers (with their jitter) must finish the job.
+    // The clock is simulated for the whole device (timers and receive path alike).
+    const start = Date.now();
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      for (let t = 10; t <= 30_000 && !(b.tunOut.length && a.tunOut.length); t += 10) {
+        vi.setSystemTime(start + t);
+        a.device.tick(start + t);
+        b.device.tick(start + t);
+        pump(a, b);
+      }
+    } finally {
+      vi.useRealTimers();
     }
     expect(b.tunOut.map((p) => p.subarray(28).toString())).toContain('from-a');
     expect(a.tunOut.map((p) => p.subarray(28).toString())).toContain('from-b');
