@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { socketIn } from '../fixtures/socket-in-netns.js';
 import { randomInt } from 'node:crypto';
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { writeFileSync } from 'node:fs';
@@ -200,30 +200,6 @@ describe('port mapping client against scripted servers (loopback)', () => {
 
 // ------------------------------------------------------------------ real miniupnpd in a NAT lab
 
-/**
- * A udp4 socket that lives in network namespace `ns`: a short-lived node child made inside the
- * namespace binds it and hands it to us over IPC, so the test drives it like any local socket
- * while its traffic stays in the namespace.
- */
-function socketIn(ns: string, addr = '0.0.0.0', port = 0): Promise<Socket> {
-  const script = `const s = require('node:dgram').createSocket('udp4');
-s.on('error', (e) => { console.error(e.message); process.exit(1); });
-s.bind(Number(process.argv[2]), process.argv[1], () => process.send('socket', s, () => { s.close(); process.disconnect(); }));`;
-  return new Promise((resolve, reject) => {
-    const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', script, addr, String(port)], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
-    let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-    child.once('message', (_m, handle) => {
-      clearTimeout(timer);
-      resolve(handle as unknown as Socket);
-    });
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`no socket from namespace ${ns} (exit ${code}): ${stderr}`));
-    });
-  });
-}
 
 /** A STUN server (our answerBindingRequest) on a socket in the public namespace. */
 function serveStun(sock: Socket): void {

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { socketIn } from '../fixtures/socket-in-netns.js';
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -248,26 +248,6 @@ describe('agentvpn netcheck (command logic and output)', () => {
 
 // ------------------------------------------------------------------ real NATs in namespaces
 
-/** A udp4 socket bound inside namespace `ns` (made there by a short-lived node child, passed over IPC). */
-function socketIn(ns: string, addr = '0.0.0.0', port = 0): Promise<Socket> {
-  const script = `const s = require('node:dgram').createSocket('udp4');
-s.on('error', (e) => { console.error(e.message); process.exit(1); });
-s.bind(Number(process.argv[2]), process.argv[1], () => process.send('socket', s, () => { s.close(); process.disconnect(); }));`;
-  return new Promise((resolve, reject) => {
-    const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', script, addr, String(port)], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
-    let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-    child.once('message', (_m, handle) => {
-      clearTimeout(timer);
-      resolve(handle as unknown as Socket);
-    });
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`no socket from namespace ${ns} (exit ${code}): ${stderr}`));
-    });
-  });
-}
 
 const reasons = labUnavailableReasons(['ip', 'iptables']);
 if (reasons.length > 0 && process.env.CI) {
