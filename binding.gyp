@@ -16,6 +16,18 @@
           "cflags": ["-O2"]
         }
       }
+    },
+    {
+      "target_name": "agentvpn_crypto",
+      "sources": ["native/crypto/blake2s.c"],
+      "defines": ["NAPI_VERSION=8"],
+      "cflags_c": ["-std=c11"],
+      "configurations": {
+        "Release": {
+          "cflags!": ["-O3"],
+          "cflags": ["-O2"]
+        }
+      }
     }
   ]
 }
