@@ -11,6 +11,8 @@
  *   await waitForPing(lab, a, '100.64.0.2');
  *   const { stdout } = await lab.run(b, ['curl', '-s', 'http://100.64.0.1:8080/']);
  *
+ * Floods (flood.ts): `await runFlood(lab, ns, { kind: 'handshake', target, key, rate: 30_000, durationMs: 5_000 })`.
+ *
  * Tests first check `labUnavailableReasons([...tools])`: fail with it in CI, skip outside CI.
  */
 export * from './proc.js';
@@ -24,3 +26,4 @@ export * from './measure.js';
 export * from './nat.js';
 export * from './miniupnpd.js';
 export * from './fleet.js';
+export * from './flood.js';
