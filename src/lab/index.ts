@@ -27,3 +27,4 @@ export * from './nat.js';
 export * from './miniupnpd.js';
 export * from './fleet.js';
 export * from './flood.js';
+export * from './trixie.js';

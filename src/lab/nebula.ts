@@ -87,18 +87,22 @@ function renderConfig(dir: string, node: NebulaNodeSpec, all: NebulaNodeSpec[]):
 }
 
 /** Makes the PKI, writes configs, starts one nebula per node and waits for every tun device. */
-export async function startNebula(lab: Lab, specs: NebulaNodeSpec[], opts: { timeoutMs?: number } = {}): Promise<NebulaNetwork> {
+export async function startNebula(
+  lab: Lab, specs: NebulaNodeSpec[],
+  opts: { timeoutMs?: number; /** default `nebula` from PATH */ binary?: string; /** default `nebula-cert` from PATH */ certBinary?: string } = {},
+): Promise<NebulaNetwork> {
+  const nebulaCert = opts.certBinary ?? 'nebula-cert';
   const dir = join(lab.dir, `nebula-${Date.now().toString(36)}`);
   await runCommand(['mkdir', '-m', '0700', '-p', dir], { check: true });
   await runCommand(
-    ['nebula-cert', 'ca', '-name', 'agentvpn-lab', '-duration', '24h', '-out-crt', join(dir, 'ca.crt'), '-out-key', join(dir, 'ca.key')],
+    [nebulaCert, 'ca', '-name', 'agentvpn-lab', '-duration', '24h', '-out-crt', join(dir, 'ca.crt'), '-out-key', join(dir, 'ca.key')],
     { check: true },
   );
   for (const s of specs) {
     if (!/^[a-z0-9-]+$/i.test(s.name)) throw new Error(`invalid nebula node name ${q(s.name)}`);
     lab.claimInterface(s.ns, s.dev ?? 'nebula1');
     await runCommand(
-      ['nebula-cert', 'sign', '-ca-crt', join(dir, 'ca.crt'), '-ca-key', join(dir, 'ca.key'), '-name', s.name, '-ip', s.overlay,
+      [nebulaCert, 'sign', '-ca-crt', join(dir, 'ca.crt'), '-ca-key', join(dir, 'ca.key'), '-name', s.name, '-ip', s.overlay,
         '-out-crt', join(dir, `${s.name}.crt`), '-out-key', join(dir, `${s.name}.key`)],
       { check: true },
     );
@@ -111,7 +115,7 @@ export async function startNebula(lab: Lab, specs: NebulaNodeSpec[], opts: { tim
     for (const s of specs) {
       const configFile = join(dir, `${s.name}.yml`);
       writeFileSync(configFile, renderConfig(dir, s, specs), { mode: 0o600 });
-      const process = lab.spawn(s.ns, ['nebula', '-config', configFile], { name: `nebula-${s.name}` });
+      const process = lab.spawn(s.ns, [opts.binary ?? 'nebula', '-config', configFile], { name: `nebula-${s.name}` });
       nodes.push({ spec: s, ip: s.overlay.split('/')[0]!, dev: s.dev ?? 'nebula1', process, configFile });
     }
     for (const n of nodes) {

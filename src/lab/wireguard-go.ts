@@ -20,6 +20,8 @@ export interface WireguardGoOptions {
   routes?: boolean;
   /** Time allowed for the interface to appear (default 15 s). */
   timeoutMs?: number;
+  /** The wireguard-go binary (default: `wireguard-go` from PATH), e.g. trixie's from scripts/fetch-trixie.sh. */
+  binary?: string;
 }
 
 export class WireguardGo {
@@ -74,8 +76,9 @@ export async function startWireguardGo(
 ): Promise<WireguardGo> {
   lab.claimInterface(ns, ifname);
   mkdirSync(WG_SOCKET_DIR, { recursive: true, mode: 0o755 }); // mount point for the private tmpfs
-  const script = `mount -t tmpfs -o mode=0700 avlab-wg ${WG_SOCKET_DIR} && exec wireguard-go -f "$1"`;
-  const proc = lab.spawn(ns, ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', script, 'sh', ifname], {
+  const script = `mount -t tmpfs -o mode=0700 avlab-wg ${WG_SOCKET_DIR} && exec "$2" -f "$1"`;
+  const binary = opts.binary ?? 'wireguard-go';
+  const proc = lab.spawn(ns, ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', script, 'sh', ifname, binary], {
     name: `wireguard-go-${ifname}`,
     env: { ...process.env, WG_PROCESS_FOREGROUND: '1', LOG_LEVEL: process.env.LOG_LEVEL ?? 'error' },
   });
