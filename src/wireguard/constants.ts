@@ -69,6 +69,27 @@ export const REPLAY_WINDOW_BITS = 8192;
 export const UNDER_LOAD_HANDSHAKES_PER_SECOND = 500;
 /** Stay under load this long after the rate falls again. */
 export const UNDER_LOAD_HOLD_TIME = 1_000;
-/** Per source IP, handshake messages per second once under load (token bucket). */
+/** Under load as soon as the handshake queue's shared lane is this full (as wireguard-go: 1/8). */
+export const UNDER_LOAD_QUEUE_PRESSURE = 1 / 8;
+/** Per source IP (IPv6: per /64), handshake messages per second once under load (token bucket). */
 export const HANDSHAKES_PER_SECOND_PER_IP = 20;
 export const HANDSHAKE_BURST_PER_IP = 5;
+/**
+ * Cookie replies: a real peer needs one per handshake attempt (every 5 s at most), so two a second
+ * per source is plenty; the total caps what a flood from many sources costs (~2 ms of CPU a second).
+ */
+export const COOKIE_REPLIES_PER_SOURCE = { rate: 2, burst: 4 };
+export const COOKIE_REPLIES_PER_SECOND = { rate: 2_000, burst: 2_000 };
+/** Sources with a live rate-limit bucket; a flood of invented sources is refused beyond this. */
+export const MAX_RATE_LIMITED_SOURCES = 16_384;
+/**
+ * The handshake queue: messages from known peers' endpoints (a lane of their own, so a flood
+ * cannot push them out) and from anyone else (as wireguard-go's QueueHandshakeSize).
+ */
+export const HANDSHAKE_QUEUE_KNOWN = 128;
+export const HANDSHAKE_QUEUE_OTHERS = 1024;
+/**
+ * Handshake work per event-loop turn: at most this long before the loop goes back to reading
+ * packets, so the data path never waits longer than this for handshakes (one DH is ~0.12 ms).
+ */
+export const HANDSHAKE_TURN_BUDGET_MS = 1;

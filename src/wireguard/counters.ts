@@ -5,6 +5,8 @@ export const DEVICE_DROP_REASONS = [
   'badMac1',          // handshake not addressed to our public key
   'cookieSent',       // under load without a valid mac2: answered with a cookie instead
   'rateLimited',      // under load, too many handshakes from one address
+  'cookieShed',       // under load without a valid mac2, and the cookie-reply budget was spent
+  'handshakeShed',    // the handshake queue was full: dropped before any work
   'unknownPeer',      // handshake from a key that is not one of our peers
   'handshakeInvalid', // failed decryption, replayed or too-frequent initiation, stale response
   'noRoute',          // packet from the TUN to an address no peer is allowed for

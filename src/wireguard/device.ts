@@ -1,7 +1,8 @@
 import { AllowedIps } from './allowedips.js';
 import { CookieChecker } from './cookie.js';
 import { DEVICE_DROP_REASONS, zeroCounters, type DeviceDropReason } from './counters.js';
-import { ENDPOINT_SIZE, formatEndpoint, sameEndpoint } from './endpoint.js';
+import { ENDPOINT_SIZE, formatEndpoint, sameEndpoint, sourceKey } from './endpoint.js';
+import { HandshakeQueue } from './handshake-queue.js';
 import type { PacketIO } from './io.js';
 import { Keypair } from './keypair.js';
 import { HandshakeLoad } from './load.js';
@@ -12,7 +13,8 @@ import { Peer, type PeerOptions } from './peer.js';
 import { runPeerTimers, type TimerActions } from './timers.js';
 import {
   COOKIE_REPLY_SIZE, INITIATION_SIZE, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_TRANSPORT,
-  REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES, RESPONSE_SIZE, TRANSPORT_HEADER_SIZE, TRANSPORT_MIN_SIZE, timers,
+  HANDSHAKE_QUEUE_KNOWN, HANDSHAKE_QUEUE_OTHERS, HANDSHAKE_TURN_BUDGET_MS, REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES, RESPONSE_SIZE,
+  TRANSPORT_HEADER_SIZE, TRANSPORT_MIN_SIZE, timers,
 } from './constants.js';
 import { open, seal, writeNonce, randomFill } from '../crypto/aead.js';
 import type { Prefix } from '../ip/prefix.js';
@@ -74,6 +76,8 @@ export class Device {
   private readonly byEndpoint = new Map<string, Peer>();
   private readonly checker: CookieChecker;
   private readonly load: HandshakeLoad;
+  private readonly handshakeQueue = new HandshakeQueue(HANDSHAKE_QUEUE_KNOWN, HANDSHAKE_QUEUE_OTHERS);
+  private handshakeTurn: NodeJS.Immediate | null = null;
   private readonly io: PacketIO;
   private readonly control: DeviceOptions['control'];
   private readonly log: Logger;
@@ -135,6 +139,9 @@ export class Device {
   stop(): void {
     if (this.tickTimer) clearInterval(this.tickTimer);
     this.tickTimer = null;
+    if (this.handshakeTurn) clearImmediate(this.handshakeTurn);
+    this.handshakeTurn = null;
+    this.handshakeQueue.clear();
     for (const peer of this.peers.values()) this.expireSessions(peer);
   }
 
@@ -263,9 +270,12 @@ export class Device {
       if (type === MESSAGE_TRANSPORT && len >= TRANSPORT_MIN_SIZE) {
         if (this.receiveTransport(slab, off, len, addrs, aOff, now, n)) n++;
       } else if (type === MESSAGE_INITIATION && len === INITIATION_SIZE) {
-        this.receiveInitiation(slab.subarray(off, off + len), addrs, aOff, now);
+        this.queueHandshake(this.byEndpoint.has(endpointKey(addrs, aOff)), slab, off, len, addrs, aOff);
       } else if (type === MESSAGE_RESPONSE && len === RESPONSE_SIZE) {
-        this.receiveResponse(slab.subarray(off, off + len), addrs, aOff, now);
+        // A response must answer an initiation of ours: one map lookup before it costs anything more.
+        const entry = this.indices.get(slab.readUInt32LE(off + 8));
+        if (entry && !entry.keypair) this.queueHandshake(true, slab, off, len, addrs, aOff);
+        else this.dropped.unknownIndex++;
       } else if (type === MESSAGE_COOKIE_REPLY && len === COOKIE_REPLY_SIZE) {
         this.receiveCookieReply(slab.subarray(off, off + len));
       } else if (!this.control?.(slab, off, len, addrs, aOff)) {
@@ -376,6 +386,40 @@ export class Device {
   // ---- handshakes ----------------------------------------------------------------------------
 
   /**
+   * Handshake messages wait in a bounded queue and are worked off in turns of the event loop of at
+   * most HANDSHAKE_TURN_BUDGET_MS, so a flood costs the packet loop one copy per message (or a drop
+   * when the queue is full) and never holds up the data path for longer than one turn.
+   */
+  private queueHandshake(known: boolean, slab: Buffer, off: number, len: number, addrs: Buffer, aOff: number): void {
+    if (!this.handshakeQueue.push(known, slab, off, len, addrs, aOff)) {
+      this.dropped.handshakeShed++;
+      return;
+    }
+    this.scheduleHandshakeTurn();
+  }
+
+  private scheduleHandshakeTurn(): void {
+    this.handshakeTurn ??= setImmediate(() => {
+      this.handshakeTurn = null;
+      this.processHandshakes(HANDSHAKE_TURN_BUDGET_MS);
+    });
+  }
+
+  /** Works off queued handshake messages for up to `budgetMs` (Infinity: all of them; tests use that). */
+  processHandshakes(budgetMs = Infinity): void {
+    const start = performance.now();
+    const now = Date.now();
+    while (this.handshakeQueue.length > 0 && performance.now() - start < budgetMs) {
+      this.handshakeQueue.drain(8, (msg, source) => {
+        if (msg.length === INITIATION_SIZE) this.receiveInitiation(msg, source, 0, now);
+        else this.receiveResponse(msg, source, 0, now);
+      });
+    }
+    this.flushPending(now);
+    if (this.handshakeQueue.length > 0) this.scheduleHandshakeTurn();
+  }
+
+  /**
    * Common gate for handshake messages: mac1 must be valid; under load, mac2 must carry a
    * cookie for the sender's address (else we answer with a cookie) and per-IP rates apply.
    */
@@ -384,14 +428,18 @@ export class Device {
       this.dropped.badMac1++;
       return false;
     }
-    if (!this.load.record(now)) return true;
+    if (!this.load.record(now, this.handshakeQueue.pressure)) return true;
     const source = addrs.subarray(aOff, aOff + 18);
     if (!this.checker.checkMac2(msg, source, now)) {
-      this.sendOne(this.checker.createReply(msg, source, now), addrs.subarray(aOff, aOff + ENDPOINT_SIZE));
-      this.dropped.cookieSent++;
+      if (this.load.mayReplyCookie(sourceKey(addrs, aOff))) {
+        this.sendOne(this.checker.createReply(msg, source, now), addrs.subarray(aOff, aOff + ENDPOINT_SIZE));
+        this.dropped.cookieSent++;
+      } else {
+        this.dropped.cookieShed++;
+      }
       return false;
     }
-    if (!this.load.allow(addrs.toString('latin1', aOff, aOff + 16), now)) {
+    if (!this.load.allow(sourceKey(addrs, aOff))) {
       this.dropped.rateLimited++;
       return false;
     }

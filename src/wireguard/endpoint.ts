@@ -45,3 +45,11 @@ export function sameEndpoint(a: Uint8Array, aOff: number, b: Uint8Array, bOff: n
   for (let i = 0; i < 18; i++) if (a[aOff + i] !== b[bOff + i]) return false;
   return true;
 }
+
+/**
+ * The part of an endpoint's address a rate limit is kept for: the whole IPv4 address, but only
+ * the /64 of an IPv6 one (one host commonly holds a whole /64, so per-/128 buckets would be free).
+ */
+export function sourceKey(ep: Buffer, off = 0): string {
+  return ep.toString('latin1', off, off + (isV4Mapped(ep, off) ? 16 : 8));
+}

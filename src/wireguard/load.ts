@@ -1,44 +1,48 @@
+import { SourceBuckets, TokenBucket } from '../util/token-bucket.js';
 import {
-  UNDER_LOAD_HANDSHAKES_PER_SECOND, UNDER_LOAD_HOLD_TIME, HANDSHAKES_PER_SECOND_PER_IP, HANDSHAKE_BURST_PER_IP,
+  COOKIE_REPLIES_PER_SECOND, COOKIE_REPLIES_PER_SOURCE, HANDSHAKES_PER_SECOND_PER_IP, HANDSHAKE_BURST_PER_IP, MAX_RATE_LIMITED_SOURCES,
+  UNDER_LOAD_HANDSHAKES_PER_SECOND, UNDER_LOAD_HOLD_TIME, UNDER_LOAD_QUEUE_PRESSURE,
 } from './constants.js';
 
 /**
- * Decides when the device is "under load" (too many handshake messages to afford a
- * Diffie-Hellman for each), and then rate-limits handshakes per source IP with token buckets.
+ * Decides when the device is "under load" (more handshake messages than it can afford a
+ * Diffie-Hellman for each), and keeps the budgets that then apply: handshakes per source, and
+ * cookie replies per source and in total (each reply is work and a datagram we send: unbounded,
+ * they would turn us into a reflector and cost the packet loop as much as the flood itself).
  */
 export class HandshakeLoad {
   private windowStart = 0;
   private inWindow = 0;
   private underLoadUntil = 0;
-  private readonly buckets = new Map<string, { tokens: number; at: number }>();
+  private readonly handshakes = new SourceBuckets(HANDSHAKES_PER_SECOND_PER_IP, HANDSHAKE_BURST_PER_IP, MAX_RATE_LIMITED_SOURCES);
+  private readonly cookies = new TokenBucket(COOKIE_REPLIES_PER_SECOND.rate, COOKIE_REPLIES_PER_SECOND.burst);
+  private readonly cookiesPerSource = new SourceBuckets(COOKIE_REPLIES_PER_SOURCE.rate, COOKIE_REPLIES_PER_SOURCE.burst, MAX_RATE_LIMITED_SOURCES);
 
   /** `alwaysUnderLoad` is a test-only switch to exercise the cookie path with real peers. */
   constructor(private readonly alwaysUnderLoad = false) {}
 
-  /** Counts one handshake message; true when cookies (mac2) must be demanded. */
-  record(now: number): boolean {
+  /**
+   * Counts one handshake message; true when cookies (mac2) must be demanded. `queuePressure` is how
+   * full the handshake queue's shared lane is: a backlog means load whatever the rate says.
+   */
+  record(now: number, queuePressure: number): boolean {
     if (now - this.windowStart >= 1000) {
       this.windowStart = now;
       this.inWindow = 0;
-      if (now >= this.underLoadUntil) this.buckets.clear();
-      // Under sustained load, forget sources that went quiet so the map stays bounded.
-      else for (const [ip, b] of this.buckets) if (now - b.at > 1000) this.buckets.delete(ip);
     }
-    if (++this.inWindow > UNDER_LOAD_HANDSHAKES_PER_SECOND) this.underLoadUntil = now + UNDER_LOAD_HOLD_TIME;
+    if (++this.inWindow > UNDER_LOAD_HANDSHAKES_PER_SECOND || queuePressure >= UNDER_LOAD_QUEUE_PRESSURE) {
+      this.underLoadUntil = now + UNDER_LOAD_HOLD_TIME;
+    }
     return this.alwaysUnderLoad || now < this.underLoadUntil;
   }
 
-  /** Token bucket per source IP (`ip` is its address bytes as a string key). */
-  allow(ip: string, now: number): boolean {
-    let b = this.buckets.get(ip);
-    if (!b) {
-      b = { tokens: HANDSHAKE_BURST_PER_IP, at: now };
-      this.buckets.set(ip, b);
-    }
-    b.tokens = Math.min(HANDSHAKE_BURST_PER_IP, b.tokens + ((now - b.at) / 1000) * HANDSHAKES_PER_SECOND_PER_IP);
-    b.at = now;
-    if (b.tokens < 1) return false;
-    b.tokens -= 1;
-    return true;
+  /** Under load: may this source (see endpoint.ts sourceKey) have a handshake processed now? */
+  allow(source: string): boolean {
+    return this.handshakes.take(source);
+  }
+
+  /** May we answer this source with a cookie reply now? Per-source first, so one flooder cannot spend the total. */
+  mayReplyCookie(source: string): boolean {
+    return this.cookiesPerSource.take(source) && this.cookies.take();
   }
 }
