@@ -1,6 +1,7 @@
 /* UDP socket: a dual-stack AF_INET6 socket, batched sends with sendmmsg, endpoint encoding. */
 #include "addon.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -29,23 +30,36 @@ static int set_buffer(int fd, int force_opt, int opt, int bytes) {
   return setsockopt(fd, SOL_SOCKET, opt, &bytes, sizeof bytes);
 }
 
-/* udpOpen(port, bufferBytes) -> { fd, port }. bufferBytes 0 keeps the kernel's defaults. */
+/* udpOpen(port, bufferBytes, bindAddr?) -> { fd, port }. bufferBytes 0 keeps the kernel's
+ * defaults. bindAddr: 16 bytes, an IPv6 address or an IPv4 one as ::ffff:a.b.c.d (::ffff:0.0.0.0
+ * is IPv4's any); without it the socket is bound to [::], both families. */
 napi_value udp_open(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 3;
+  napi_value argv[3];
   uint32_t port, bytes;
+  uint8_t *bind_addr = NULL;
+  size_t bind_len = 0;
+  napi_valuetype t3 = napi_undefined;
   CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (arg_uint32(env, argv[0], "port", &port) || arg_uint32(env, argv[1], "bufferBytes", &bytes)) return NULL;
   if (port > 65535 || bytes > INT32_MAX) {
     napi_throw_range_error(env, NULL, "port must be 0..65535 and bufferBytes below 2 GiB");
     return NULL;
   }
+  if (argc >= 3) CHECK(env, napi_typeof(env, argv[2], &t3));
+  if (t3 != napi_undefined) {
+    if (arg_bytes(env, argv[2], "bindAddr", &bind_addr, &bind_len)) return NULL;
+    if (bind_len != 16) {
+      napi_throw_range_error(env, NULL, "bindAddr must be 16 bytes");
+      return NULL;
+    }
+  }
 
   int fd = socket(AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return throw_errno(env, errno, "socket", "AF_INET6");
 
   const char *syscall = "setsockopt";
-  char subject[32] = "";
+  char subject[INET6_ADDRSTRLEN + 16] = "";
   int off = 0;
   if (setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off) < 0) goto fail;
   if (bytes > 0 && (set_buffer(fd, SO_RCVBUFFORCE, SO_RCVBUF, (int)bytes) < 0 ||
@@ -57,8 +71,11 @@ napi_value udp_open(napi_env env, napi_callback_info info) {
   sa.sin6_family = AF_INET6;
   sa.sin6_port = htons((uint16_t)port);
   sa.sin6_addr = in6addr_any;
+  if (bind_addr) memcpy(&sa.sin6_addr, bind_addr, 16);
   syscall = "bind";
-  snprintf(subject, sizeof subject, "[::]:%u", port);
+  char host[INET6_ADDRSTRLEN] = "::";
+  if (bind_addr) inet_ntop(AF_INET6, bind_addr, host, sizeof host);
+  snprintf(subject, sizeof subject, "[%s]:%u", host, port);
   if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) goto fail;
   socklen_t salen = sizeof sa;
   syscall = "getsockname";

@@ -23,8 +23,9 @@ export interface Native {
   /** open /dev/net/tun, IFF_TUN|IFF_NO_PI, TUNSETIFF with name, O_NONBLOCK, FD_CLOEXEC. Returns the kernel's name ('' lets the kernel pick tunN). */
   tunOpen(name: string): { fd: number; name: string };
   /** AF_INET6 UDP socket, IPV6_V6ONLY=0 (dual stack), bound to [::]:port (0 = any), O_NONBLOCK, CLOEXEC,
-   *  SO_RCVBUF/SO_SNDBUF = bufferBytes (SO_*BUFFORCE first; 0 keeps the kernel default). Returns the bound port. */
-  udpOpen(port: number, bufferBytes: number): { fd: number; port: number };
+   *  SO_RCVBUF/SO_SNDBUF = bufferBytes (SO_*BUFFORCE first; 0 keeps the kernel default). Returns the bound port.
+   *  bindAddr (16 bytes, IPv4 as ::ffff:a.b.c.d; ::ffff:0.0.0.0 is any IPv4 address) binds to that address instead. */
+  udpOpen(port: number, bufferBytes: number, bindAddr?: Uint8Array): { fd: number; port: number };
   /** Readiness-driven batched reading on the event loop. When the fd is readable, up to maxPackets packets
    *  go into slab slot i (offset i*slotSize, at most slotSize bytes; longer packets are truncated),
    *  lens[i] = length, and for 'udp' the source address into addrs at i*ADDR_SIZE; then onBatch(count) is
@@ -141,9 +142,9 @@ export const native: Native = {
       throw tunError(e, name);
     }
   },
-  udpOpen(port, bufferBytes) {
+  udpOpen(port, bufferBytes, bindAddr) {
     try {
-      return raw.udpOpen(port, bufferBytes);
+      return raw.udpOpen(port, bufferBytes, bindAddr);
     } catch (e) {
       throw udpError(e, port);
     }
