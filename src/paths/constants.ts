@@ -33,3 +33,19 @@ export const paths = {
   /** Between pings of `agentvpn ping`. */
   pingCommandIntervalMs: 500,
 };
+
+/**
+ * Disco budgets, spent before the message is opened (a failed XChaCha20-Poly1305 open costs ~4 us
+ * here, and a flood of messages claiming a member's key would otherwise buy that per packet).
+ * A peer sends a ping every 2 s and a probe round (≤ 16 pings) every 5 s, so 100/s from where it is
+ * expected (its direct path, its candidates, the relay) never bites; 20/s from elsewhere is room for
+ * the new NAT mappings hole punching discovers. The total (~40 ms of CPU a second at most) serves
+ * ~10,000 active peers.
+ */
+export const discoBudget = {
+  expected: { rate: 100, burst: 200 },
+  elsewhere: { rate: 20, burst: 40 },
+  total: { rate: 10_000, burst: 10_000 },
+  /** Replay window per peer in counter units (1/16 ms): 256 ms of reordering between the direct and relayed paths. */
+  replayWindowBits: 4096,
+};

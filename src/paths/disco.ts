@@ -11,13 +11,22 @@ import { ENDPOINT_SIZE } from '../wireguard/endpoint.js';
  *   0xa0 | sender WireGuard public key (32) | nonce (24) | XChaCha20-Poly1305(payload)
  *
  * The first byte is never a WireGuard type (1..4), a STUN message (top bits 00) or a relay
- * frame (0xb0..0xbf). Payload: type (1) then
+ * frame (0xb0..0xbf). Payload: type (1) | counter (8, big-endian) then
  *   ping:          txid (12)
  *   pong:          txid (12) | the ping's source as we saw it (20-byte endpoint)
  *   call-me-maybe: the sender's candidate endpoints (n x 20)
+ *
+ * The counter makes every message usable once: the receiver keeps a replay window per peer, so a
+ * captured ping replayed a thousand times earns no pong. It is the sender's clock in 1/16 ms,
+ * bumped to stay strictly increasing, so it also grows across the sender's restarts and tells the
+ * receiver how old a message is (messages further than MAX_DISCO_SKEW_MS from its clock are refused).
  */
 export const DISCO_MAGIC = 0xa0;
 const HEADER = 1 + 32 + 24;
+const COUNTER = 8;
+const COUNTS_PER_MS = 16;
+/** A message's counter may be this far from our clock (relay hellos and registry requests allow the same). */
+export const MAX_DISCO_SKEW_MS = 5 * 60_000;
 const TAG = 16;
 const LABEL = new TextEncoder().encode('agentvpn disco v1');
 export const MAX_CANDIDATES = 16;
@@ -30,22 +39,42 @@ export type DiscoMessage =
 const TYPE_CODES = { ping: 1, pong: 2, 'call-me-maybe': 3 } as const;
 
 export function isDisco(buf: Uint8Array, off: number, len: number): boolean {
-  return len >= HEADER + TAG + 1 && buf[off] === DISCO_MAGIC;
+  return len >= HEADER + TAG + 1 + COUNTER && buf[off] === DISCO_MAGIC;
 }
 
-function encodePayload(m: DiscoMessage): Buffer {
+let lastCounter = 0;
+
+/** The next counter of this process: its clock in 1/16 ms, strictly increasing. */
+function nextCounter(): number {
+  lastCounter = Math.max(lastCounter + 1, Date.now() * COUNTS_PER_MS);
+  return lastCounter;
+}
+
+/** Whether a counter was stamped within MAX_DISCO_SKEW_MS of `now`. */
+export function isFreshCounter(counter: number, now = Date.now()): boolean {
+  return Math.abs(counter / COUNTS_PER_MS - now) <= MAX_DISCO_SKEW_MS;
+}
+
+function encodeBody(m: DiscoMessage): Buffer[] {
   switch (m.type) {
     case 'ping':
-      return Buffer.concat([Buffer.of(TYPE_CODES.ping), m.txid]);
+      return [m.txid];
     case 'pong':
-      return Buffer.concat([Buffer.of(TYPE_CODES.pong), m.txid, m.observed.subarray(0, ENDPOINT_SIZE)]);
+      return [m.txid, m.observed.subarray(0, ENDPOINT_SIZE)];
     case 'call-me-maybe':
-      return Buffer.concat([Buffer.of(TYPE_CODES['call-me-maybe']), ...m.candidates.slice(0, MAX_CANDIDATES).map((c) => c.subarray(0, ENDPOINT_SIZE))]);
+      return m.candidates.slice(0, MAX_CANDIDATES).map((c) => c.subarray(0, ENDPOINT_SIZE));
   }
 }
 
+function encodePayload(m: DiscoMessage, counter: number): Buffer {
+  const head = Buffer.alloc(1 + COUNTER);
+  head[0] = TYPE_CODES[m.type];
+  head.writeBigUInt64BE(BigInt(counter), 1);
+  return Buffer.concat([head, ...encodeBody(m)]);
+}
+
 function decodePayload(p: Buffer): DiscoMessage | null {
-  const body = p.subarray(1);
+  const body = p.subarray(1 + COUNTER);
   if (p[0] === TYPE_CODES.ping && body.length === 12) return { type: 'ping', txid: Buffer.from(body) };
   if (p[0] === TYPE_CODES.pong && body.length === 12 + ENDPOINT_SIZE) {
     return { type: 'pong', txid: Buffer.from(body.subarray(0, 12)), observed: Buffer.from(body.subarray(12)) };
@@ -78,10 +107,11 @@ export class DiscoCodec {
     return key;
   }
 
-  seal(to: Uint8Array, m: DiscoMessage): Buffer | null {
+  /** `counter` is for tests that need an old or replayed stamp; messages take the process's next one. */
+  seal(to: Uint8Array, m: DiscoMessage, counter = nextCounter()): Buffer | null {
     const key = this.keyFor(to);
     if (!key) return null;
-    const payload = encodePayload(m);
+    const payload = encodePayload(m, counter);
     const out = Buffer.alloc(HEADER + payload.length + TAG);
     out[0] = DISCO_MAGIC;
     out.set(this.publicKey, 1);
@@ -91,8 +121,11 @@ export class DiscoCodec {
     return out;
   }
 
-  /** The sender's key and message, or null when it does not authenticate. */
-  open(buf: Uint8Array, off: number, len: number): { from: Buffer; message: DiscoMessage } | null {
+  /**
+   * The sender's key, message and counter, or null when it does not authenticate. The caller
+   * checks the counter against the sender's replay window.
+   */
+  open(buf: Uint8Array, off: number, len: number): { from: Buffer; message: DiscoMessage; counter: number } | null {
     if (!isDisco(buf, off, len)) return null;
     const from = Buffer.from(buf.subarray(off + 1, off + 33));
     const key = this.keyFor(from);
@@ -100,7 +133,7 @@ export class DiscoCodec {
     const payload = Buffer.alloc(len - HEADER - TAG);
     if (!xopen(payload, buf.subarray(off + HEADER, off + len), buf.subarray(off, off + 33), buf.subarray(off + 33, off + HEADER), key)) return null;
     const message = decodePayload(payload);
-    return message ? { from, message } : null;
+    return message ? { from, message, counter: Number(payload.readBigUInt64BE(1)) } : null;
   }
 
   forget(peer: Uint8Array): void {

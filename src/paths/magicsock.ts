@@ -1,9 +1,10 @@
 import type { Device, Logger } from '../wireguard/device.js';
 import { ENDPOINT_SIZE, formatEndpoint, sameEndpoint } from '../wireguard/endpoint.js';
 import type { PacketIO } from '../wireguard/io.js';
-import { DiscoCodec, isDisco, newTxid, type DiscoMessage } from './disco.js';
+import { TokenBucket } from '../util/token-bucket.js';
+import { DiscoCodec, isDisco, isFreshCounter, newTxid, type DiscoMessage } from './disco.js';
 import { PeerPath, isRelayEndpoint, relayEndpointFor, relaySlotOf } from './peer-path.js';
-import { paths as T } from './constants.js';
+import { discoBudget, paths as T } from './constants.js';
 
 /** The native calls the socket layer needs (src/tun/native.ts in the daemon, fakes in tests). */
 export interface UdpPort {
@@ -55,7 +56,8 @@ export class MagicSock implements PacketIO {
   private timer: NodeJS.Timeout | null = null;
   private localCandidates: Buffer[] = [];
   stunHandler: StunHandler | null = null;
-  readonly stats = { discoIn: 0, discoOut: 0, discoRejected: 0, relayedIn: 0, relayedOut: 0, relayDropped: 0 };
+  readonly stats = { discoIn: 0, discoOut: 0, discoRejected: 0, discoShed: 0, discoReplayed: 0, relayedIn: 0, relayedOut: 0, relayDropped: 0 };
+  private readonly discoTotal = new TokenBucket(discoBudget.total.rate, discoBudget.total.burst);
   private readonly oneOffsets = Int32Array.of(0);
   private readonly oneLens = new Int32Array(1);
 
@@ -260,13 +262,27 @@ export class MagicSock implements PacketIO {
     // Through the relay, the sender the relay authenticated must be the key that sealed it.
     const fromKey = msg.subarray(1, 33);
     const path = this.byKey.get(fromKey.toString('latin1'));
-    const opened = path && (!relayedFrom || relayedFrom.equals(fromKey)) ? this.codec?.open(msg, 0, msg.length) : null;
-    if (!opened || !path) {
+    if (!path || (relayedFrom && !relayedFrom.equals(fromKey))) {
       this.stats.discoRejected++;
       return;
     }
-    this.stats.discoIn++;
+    // Budgets before the AEAD: a flood claiming this peer's key from elsewhere spends only its own.
+    const lane = path.isExpectedSource(from) ? path.discoExpected : path.discoElsewhere;
+    if (!lane.take() || !this.discoTotal.take()) {
+      this.stats.discoShed++;
+      return;
+    }
+    const opened = this.codec?.open(msg, 0, msg.length);
+    if (!opened) {
+      this.stats.discoRejected++;
+      return;
+    }
     const now = Date.now();
+    if (!isFreshCounter(opened.counter, now) || !path.discoReplay.accept(opened.counter)) {
+      this.stats.discoReplayed++;
+      return;
+    }
+    this.stats.discoIn++;
     const m = opened.message;
     if (m.type === 'ping') {
       this.sendDisco(path, from, { type: 'pong', txid: m.txid, observed: from ?? Buffer.alloc(ENDPOINT_SIZE) });
@@ -323,6 +339,12 @@ export class MagicSock implements PacketIO {
     for (const path of this.byKey.values()) {
       const peer = this.device?.getPeer(path.wgKey);
       const active = !!peer && now - Math.max(peer.lastSentAt, peer.lastReceivedAt, path.lastRelayedSendAt) < T.activeWindowMs;
+      // WireGuard packets that authenticated and came over the direct path prove it works, whatever
+      // became of our pings: losing control messages (say, to a flood's budget) alone never kills a path.
+      if (path.direct && peer && peer.lastReceivedOnEndpointAt > path.lastDirectPongAt && peer.endpoint && sameEndpoint(peer.endpoint, 0, path.direct, 0)) {
+        path.lastDirectPongAt = peer.lastReceivedOnEndpointAt;
+        if (path.directUnansweredSince !== null && peer.lastReceivedOnEndpointAt >= path.directUnansweredSince) path.directUnansweredSince = null;
+      }
       // Dead = pinged and unanswered for a while. An idle peer is not pinged, so its path is kept.
       if (path.direct && path.directUnansweredSince !== null && now - path.directUnansweredSince > T.directDeadAfterMs) {
         this.log.warn({ peer: path.wgKey.toString('base64'), endpoint: formatEndpoint(path.direct) }, 'direct path stopped answering; using the relay');

@@ -1,4 +1,7 @@
+import { TokenBucket } from '../util/token-bucket.js';
 import { ENDPOINT_SIZE, formatEndpoint, sameEndpoint } from '../wireguard/endpoint.js';
+import { ReplayWindow } from '../wireguard/replay.js';
+import { discoBudget } from './constants.js';
 import { MAX_CANDIDATES } from './disco.js';
 
 /**
@@ -19,6 +22,11 @@ export class PeerPath {
   lastCallMeMaybeAt = -Infinity;
   /** Last time the device sent this peer anything through the relay (a reason to probe). */
   lastRelayedSendAt = 0;
+  /** Disco counters seen from this peer: each message is accepted once. */
+  readonly discoReplay = new ReplayWindow(discoBudget.replayWindowBits);
+  /** Disco claiming this peer's key, from where it is expected / from anywhere else. */
+  readonly discoExpected = new TokenBucket(discoBudget.expected.rate, discoBudget.expected.burst);
+  readonly discoElsewhere = new TokenBucket(discoBudget.elsewhere.rate, discoBudget.elsewhere.burst);
 
   constructor(readonly wgKey: Buffer, readonly slot: number, readonly relayEndpoint: Buffer) {}
 
@@ -34,6 +42,13 @@ export class PeerPath {
     if (!isUsableCandidate(ep, off) || this.candidates.some((c) => sameEndpoint(c, 0, ep, off))) return;
     this.candidates.push(Buffer.from(ep.subarray(off, off + ENDPOINT_SIZE)));
     if (this.candidates.length > MAX_CANDIDATES) this.candidates.shift();
+  }
+
+  /** Whether disco from `from` (null: through the relay, which authenticated the sender) comes from where the peer is expected. */
+  isExpectedSource(from: Buffer | null): boolean {
+    if (from === null) return true;
+    if (this.direct && sameEndpoint(this.direct, 0, from, 0)) return true;
+    return this.candidates.some((c) => sameEndpoint(c, 0, from, 0));
   }
 
   /** The endpoint WireGuard should use now; without a relay, the first candidate is the best guess. */

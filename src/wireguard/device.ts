@@ -327,7 +327,7 @@ export class Device {
     peer.rxBytes += len;
     peer.lastReceivedAt = now;
     peer.unansweredSince = null;
-    this.maybeRoam(peer, addrs, aOff);
+    this.maybeRoam(peer, addrs, aOff, now);
     if (kp === peer.keypairs.next) {
       this.retire(peer.keypairs.confirmNext());
       peer.handshakeAttemptStartedAt = null;
@@ -372,9 +372,14 @@ export class Device {
     return total;
   }
 
-  /** WireGuard roaming: the endpoint follows the last authenticated packet (unless the path layer owns it). */
-  private maybeRoam(peer: Peer, addrs: Buffer, aOff: number): void {
-    if (!peer.endpoint || (peer.roaming && !sameEndpoint(peer.endpoint, 0, addrs, aOff))) this.roam(peer, addrs, aOff);
+  /** WireGuard roaming: the endpoint follows the last authenticated packet (unless the path layer owns it); notes packets from it. */
+  private maybeRoam(peer: Peer, addrs: Buffer, aOff: number, now: number): void {
+    if (peer.endpoint && sameEndpoint(peer.endpoint, 0, addrs, aOff)) {
+      peer.lastReceivedOnEndpointAt = now;
+    } else if (!peer.endpoint || peer.roaming) {
+      this.roam(peer, addrs, aOff);
+      peer.lastReceivedOnEndpointAt = now;
+    }
   }
 
   private roam(peer: Peer, addrs: Buffer, aOff: number): void {
@@ -463,7 +468,7 @@ export class Device {
       return;
     }
     peer.lastReceivedAt = now;
-    this.maybeRoam(peer, addrs, aOff);
+    this.maybeRoam(peer, addrs, aOff, now);
     const response = createResponse(peer.handshake, this.newHandshakeIndex(peer))!;
     peer.cookies.addMacs(response, now);
     this.installSession(peer, deriveSessionKeys(peer.handshake)!, now);
@@ -485,7 +490,7 @@ export class Device {
       return;
     }
     peer.lastReceivedAt = now;
-    this.maybeRoam(peer, addrs, aOff);
+    this.maybeRoam(peer, addrs, aOff, now);
     this.installSession(peer, deriveSessionKeys(peer.handshake)!, now);
     // The initiator confirms the session to the responder with data, or a keepalive if it has none.
     this.pendingFlush.set(peer, true);

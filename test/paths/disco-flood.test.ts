@@ -1,0 +1,91 @@
+import { describe, expect, it } from 'vitest';
+import { generatePrivateKey, publicKeyOf } from '../../src/crypto/x25519.js';
+import { DiscoCodec, newTxid } from '../../src/paths/disco.js';
+import { makeEndpoint } from '../../src/wireguard/endpoint.js';
+import { world } from './world.js';
+
+const settle = () => new Promise((r) => setTimeout(r, 50));
+const attacker = makeEndpoint(Uint8Array.of(203, 0, 113, 66), 4444);
+
+describe('disco under attack (issue 7 classes 3 and 9)', () => {
+  it('a captured ping replayed 1,000 times (from the attacker and from the peer\'s own address) earns no pong', async () => {
+    const w = world();
+    try {
+      await settle();
+      const ping = new DiscoCodec(w.keys[1], publicKeyOf(w.keys[1])).seal(publicKeyOf(w.keys[0]), { type: 'ping', txid: newTxid() })!;
+      const stats = w.socks[0].stats;
+      const out0 = stats.discoOut;
+      w.socks[0].handleControl(ping, 0, ping.length, w.eps[1], 0);
+      const answered = stats.discoOut - out0;
+      expect(answered).toBeGreaterThanOrEqual(1); // the original gets its pong
+      for (let i = 0; i < 1000; i++) w.socks[0].handleControl(ping, 0, ping.length, i % 2 ? attacker : w.eps[1], 0);
+      const replayPongs = stats.discoOut - out0 - answered;
+      console.log(`1000 replays: ${replayPongs} pongs, ${stats.discoReplayed} refused as replays, ${stats.discoShed} shed by budget`);
+      expect(replayPongs).toBe(0);
+      expect(stats.discoReplayed + stats.discoShed).toBe(1000);
+    } finally {
+      w.stop();
+    }
+  });
+
+  it('refuses a message stamped more than 5 minutes from our clock', async () => {
+    const w = world();
+    try {
+      const tenMinutesAgo = (Date.now() - 10 * 60_000) * 16;
+      const old = new DiscoCodec(w.keys[1], publicKeyOf(w.keys[1])).seal(publicKeyOf(w.keys[0]), { type: 'ping', txid: newTxid() }, tenMinutesAgo)!;
+      const before = w.socks[0].stats.discoReplayed;
+      w.socks[0].handleControl(old, 0, old.length, w.eps[1], 0);
+      expect(w.socks[0].stats.discoReplayed).toBe(before + 1);
+    } finally {
+      w.stop();
+    }
+  });
+
+  it('100,000 forged messages claiming the peer\'s key cost at most their budget; the real peer\'s pings still get pongs', async () => {
+    const w = world();
+    try {
+      await settle();
+      const peerKey = Buffer.from(publicKeyOf(w.keys[1]));
+      const forged = Buffer.alloc(57 + 9 + 12 + 16);
+      forged[0] = 0xa0;
+      peerKey.copy(forged, 1);
+      const stats = w.socks[0].stats;
+      const start = performance.now();
+      for (let i = 0; i < 100_000; i++) {
+        forged.writeUInt32BE(i, 40); // a fresh "nonce" each time
+        w.socks[0].handleControl(forged, 0, forged.length, attacker, 0);
+      }
+      const ms = performance.now() - start;
+      console.log(`100k forged disco: ${stats.discoShed} shed before any AEAD, ${stats.discoRejected} failed authentication, ${ms.toFixed(0)} ms`);
+      expect(stats.discoRejected).toBeLessThanOrEqual(40 + 5); // the elsewhere lane's burst (plus refill while it ran)
+      expect(stats.discoShed).toBeGreaterThan(99_000);
+      const replies = await w.socks[0].ping(w.devices[0].allPeers()[0].publicKey, 2);
+      expect(replies.map((r) => ('path' in r ? r.path : 'timeout'))).toEqual(['direct', 'direct']);
+    } finally {
+      w.stop();
+    }
+  });
+
+  it('a direct path that carries authenticated WireGuard traffic stays up when its pings go unanswered', async () => {
+    const w = world();
+    try {
+      await settle();
+      const sock = w.socks[0] as unknown as { tick(now: number): void };
+      const peer = w.devices[0].allPeers()[0];
+      expect(w.socks[0].pathOf(peer.publicKey)?.kind).toBe('direct');
+      // Pings are lost (say, shed by a flood's budget), but the peer's packets keep arriving directly.
+      const path = (w.socks[0] as unknown as { byKey: Map<string, { directUnansweredSince: number | null }> }).byKey.get(Buffer.from(peer.publicKey).toString('latin1'))!;
+      const now = Date.now();
+      path.directUnansweredSince = now;
+      peer.lastReceivedOnEndpointAt = now + 5_500;
+      sock.tick(now + 6_000);
+      expect(w.socks[0].pathOf(peer.publicKey)?.kind).toBe('direct');
+      // Without that traffic the same silence is a dead path.
+      path.directUnansweredSince = now + 6_000;
+      sock.tick(now + 12_000);
+      expect(w.socks[0].pathOf(peer.publicKey)?.kind).toBe('relay');
+    } finally {
+      w.stop();
+    }
+  });
+});
