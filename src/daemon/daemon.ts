@@ -222,6 +222,7 @@ export class Daemon {
       pid: process.pid,
       startedAt: this.startedAt,
       dropped: { ...(device?.dropped ?? {}) },
+      pathStats: this.magicsock ? { ...this.magicsock.stats } : undefined,
       peers: peers.map((p) => ({
         publicKey: encodeKey(p.publicKey),
         endpoint: p.endpoint ? formatEndpoint(p.endpoint) : null,

@@ -27,5 +27,7 @@ export interface DeviceStatus {
   startedAt: number;
   /** Device-level drops by reason (e.g. no route to a peer). */
   dropped: Record<string, number>;
+  /** Fleet mode: the path layer's counters (disco in/out, shed by budget, replays refused, relayed packets). */
+  pathStats?: Record<string, number>;
   peers: PeerStatus[];
 }

@@ -48,6 +48,7 @@ export function formatStatus(s: DeviceStatus, now = Date.now()): string {
     ['mtu', String(s.mtu)],
     ['daemon', `pid ${s.pid}, up ${formatDuration(now - s.startedAt)}`],
     ['dropped', formatDropped(s.dropped)],
+    ['disco dropped', formatDropped(s.pathStats && { shed: s.pathStats.discoShed, replayed: s.pathStats.discoReplayed, rejected: s.pathStats.discoRejected })],
   ]);
   return [device, ...s.peers.map((p) => formatPeer(p, now))].join('\n\n');
 }
