@@ -270,12 +270,12 @@ export class Device {
       if (type === MESSAGE_TRANSPORT && len >= TRANSPORT_MIN_SIZE) {
         if (this.receiveTransport(slab, off, len, addrs, aOff, now, n)) n++;
       } else if (type === MESSAGE_INITIATION && len === INITIATION_SIZE) {
-        this.queueHandshake(this.byEndpoint.has(endpointKey(addrs, aOff)), slab, off, len, addrs, aOff);
+        if (this.hasMac1(slab, off, len)) this.queueHandshake(this.byEndpoint.has(endpointKey(addrs, aOff)), slab, off, len, addrs, aOff);
       } else if (type === MESSAGE_RESPONSE && len === RESPONSE_SIZE) {
         // A response must answer an initiation of ours: one map lookup before it costs anything more.
         const entry = this.indices.get(slab.readUInt32LE(off + 8));
-        if (entry && !entry.keypair) this.queueHandshake(true, slab, off, len, addrs, aOff);
-        else this.dropped.unknownIndex++;
+        if (!entry || entry.keypair) this.dropped.unknownIndex++;
+        else if (this.hasMac1(slab, off, len)) this.queueHandshake(true, slab, off, len, addrs, aOff);
       } else if (type === MESSAGE_COOKIE_REPLY && len === COOKIE_REPLY_SIZE) {
         this.receiveCookieReply(slab.subarray(off, off + len));
       } else if (!this.control?.(slab, off, len, addrs, aOff)) {
@@ -391,6 +391,16 @@ export class Device {
   // ---- handshakes ----------------------------------------------------------------------------
 
   /**
+   * mac1 proves the sender knows our public key; checked at once (BLAKE2s in C, well under a
+   * microsecond), so a flood that does not know it cannot even take room in the handshake queue.
+   */
+  private hasMac1(slab: Buffer, off: number, len: number): boolean {
+    if (this.checker.checkMac1(slab.subarray(off, off + len))) return true;
+    this.dropped.badMac1++;
+    return false;
+  }
+
+  /**
    * Handshake messages wait in a bounded queue and are worked off in turns of the event loop of at
    * most HANDSHAKE_TURN_BUDGET_MS, so a flood costs the packet loop one copy per message (or a drop
    * when the queue is full) and never holds up the data path for longer than one turn.
@@ -425,14 +435,11 @@ export class Device {
   }
 
   /**
-   * Common gate for handshake messages: mac1 must be valid; under load, mac2 must carry a
-   * cookie for the sender's address (else we answer with a cookie) and per-IP rates apply.
+   * Common gate for handshake messages (mac1 was checked before they were queued): under load,
+   * mac2 must carry a cookie for the sender's address (else we answer with a cookie) and
+   * per-source rates apply.
    */
   private admitHandshake(msg: Buffer, addrs: Buffer, aOff: number, now: number): boolean {
-    if (!this.checker.checkMac1(msg)) {
-      this.dropped.badMac1++;
-      return false;
-    }
     if (!this.load.record(now, this.handshakeQueue.pressure)) return true;
     const source = addrs.subarray(aOff, aOff + 18);
     if (!this.checker.checkMac2(msg, source, now)) {

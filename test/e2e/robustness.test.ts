@@ -64,7 +64,8 @@ describe.runIf(labReady(['ip', 'curl', 'python3']))('bad input, roaming and reke
     const peer = s.peers[0];
     expect(s.dropped.malformed).toBeGreaterThan(300);
     expect(s.dropped.badMac1).toBeGreaterThanOrEqual(3000);
-    expect(s.dropped.handshakeInvalid + s.dropped.cookieSent + s.dropped.rateLimited).toBeGreaterThan(0);
+    // Replayed initiations: refused by the handshake, or once under load by the cookie path and its budgets.
+    expect(s.dropped.handshakeInvalid + s.dropped.cookieSent + s.dropped.cookieShed + s.dropped.rateLimited + s.dropped.handshakeShed).toBeGreaterThan(0);
     expect(peer.dropped.replay).toBeGreaterThanOrEqual(sent.replayed - 1);
     expect(peer.dropped.decryptFailed).toBeGreaterThan(0);
     // The daemon is still alive and answering, and the tunnel still works.

@@ -37,7 +37,7 @@ function deliverMixed(to: Side, datagrams: [Buffer, Buffer][]): void {
 }
 
 describe('handshake flood (issue 7 class 3)', () => {
-  it('valid-mac1 initiations cost the packet loop a copy each: data flows, cookie replies stay within budget, a real peer still rekeys', () => {
+  it('valid-mac1 initiations cost the packet loop a mac1 check and a copy each: data flows, cookie replies stay within budget, a real peer still rekeys', () => {
     const aKey = generatePrivateKey();
     const bKey = generatePrivateKey();
     const sides: Side[] = [];
@@ -68,10 +68,14 @@ describe('handshake flood (issue 7 class 3)', () => {
         deliverMixed(b, batch);
         if (round % 10 === 0) b.device.processHandshakes(1);
       }
+      b.device.processHandshakes();
       const d = b.device.dropped;
       console.log(`flood of ${flood.length}: data delivered ${b.tunOut.length}/${sent}, shed ${d.handshakeShed}, cookies sent ${d.cookieSent}, cookie replies shed ${d.cookieShed}`);
       expect(b.tunOut.length).toBe(sent); // no data packet lost to the flood
-      expect(d.handshakeShed).toBeGreaterThan(10_000); // most of the flood was dropped at the cost of a copy
+      expect(d.handshakeShed).toBeGreaterThan(1_000); // the queue was full: dropped at the cost of a mac1 check
+      // Every flood message is accounted for, and only the few before "under load" cost a Diffie-Hellman.
+      expect(d.handshakeShed + d.cookieSent + d.cookieShed + d.unknownPeer + d.handshakeInvalid).toBe(flood.length);
+      expect(d.unknownPeer + d.handshakeInvalid).toBeLessThanOrEqual(1024);
       expect(d.cookieSent).toBeLessThanOrEqual(8); // one source: a burst of 4, then 2 a second
       expect(d.cookieShed).toBeGreaterThan(0);
 
