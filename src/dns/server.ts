@@ -2,10 +2,13 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, isIP, type Server as TcpServer, type Socket as TcpSocket } from 'node:net';
 import { AgentVpnError } from '../errors.js';
 import { parseAddress } from '../ip/prefix.js';
+import { QueryBudget } from './budget.js';
+import { resolveDnsLimits, type DnsLimits } from './limits.js';
 import {
   CLASS, OPCODE_QUERY, RCODE, TYPE, buildResponse, endsWithName, labelText, nameFromString, parseQuery,
   type Name, type Query, type ResourceRecord, type Response,
 } from './message.js';
+import { DnsTcpConnection, type DnsTcpShedStats } from './tcp-connection.js';
 
 export interface NameAnswer {
   ipv4?: string;
@@ -25,10 +28,12 @@ export interface DnsServerOptions {
   ttl?: number;
   /** Where socket errors go (a pino logger fits). */
   log?: { warn(obj: object, msg?: string): void };
+  /** Budgets per client and in total (defaults: DEFAULT_DNS_LIMITS). */
+  limits?: Partial<DnsLimits>;
 }
 
 export interface DnsStats {
-  /** Every message received, over UDP or TCP. */
+  /** Every message handled, over UDP or TCP (those shed before it are counted in DnsShedStats). */
   queries: number;
   /** NOERROR with an address record (or the SOA, asked at the apex). */
   answered: number;
@@ -43,13 +48,19 @@ export interface DnsStats {
   servfail: number;
 }
 
+/** Work refused or held back to keep the responder's cost bounded (see DnsLimits). */
+export interface DnsShedStats extends DnsTcpShedStats {
+  /** UDP queries dropped unread: their source, or all sources together, were over budget. */
+  udpOverBudget: number;
+  /** TCP connections closed at once: their source already had its share open. */
+  tcpRefusedPerSource: number;
+  /** TCP connections closed at once: all the slots were taken. */
+  tcpRefusedTotal: number;
+}
+
 /** 5 s: names follow the fleet quickly, and resolvers ask again soon after an agent moves. */
 export const DEFAULT_TTL = 5;
 export const DEFAULT_PORT = 53;
-/** A TCP client idle this long is disconnected (RFC 7766 suggests seconds, not minutes). */
-const TCP_IDLE_MS = 10_000;
-/** Bounds the file descriptors a flood of TCP clients can hold. */
-const TCP_MAX_CONNECTIONS = 64;
 /** Agent names as the registry allows them; any other label cannot name an agent. */
 const AGENT_LABEL = /^[a-z0-9-]{1,63}$/;
 // SOA timers matter only to secondary servers, which we never have; conventional values.
@@ -60,10 +71,16 @@ const SOA_EXPIRE = 86400;
 /**
  * An authoritative DNS responder for one zone of agent names: `<name>.<zone>` A and AAAA,
  * answered from the daemon's view of the fleet, over UDP and TCP on the given addresses.
- * It never recurses: any name outside the zone is REFUSED.
+ * It never recurses: any name outside the zone is REFUSED. What a client may cost it (queries
+ * per second, TCP connections, unread answers) is bounded by DnsLimits, per source and in total.
  */
 export class DnsServer {
   readonly stats: DnsStats = { queries: 0, answered: 0, nodata: 0, nxdomain: 0, refused: 0, malformed: 0, servfail: 0 };
+  readonly shed: DnsShedStats = {
+    udpOverBudget: 0, tcpRefusedPerSource: 0, tcpRefusedTotal: 0, tcpPaused: 0, tcpDelayed: 0, tcpIdleClosed: 0, tcpLifetimeClosed: 0,
+  };
+  readonly limits: DnsLimits;
+  private readonly budget: QueryBudget;
   private readonly zone: Name;
   private readonly ttl: number;
   private readonly soa: ResourceRecord;
@@ -71,6 +88,8 @@ export class DnsServer {
   private udp: UdpSocket[] = [];
   private tcp: TcpServer[] = [];
   private readonly connections = new Set<TcpSocket>();
+  /** Open TCP connections per source address. */
+  private readonly connectionsFrom = new Map<string, number>();
   private running = false;
 
   constructor(private readonly opts: DnsServerOptions) {
@@ -86,6 +105,11 @@ export class DnsServer {
     if (opts.bind.length === 0) throw invalid('no bind address');
     this.boundPort = opts.port ?? DEFAULT_PORT;
     if (!Number.isInteger(this.boundPort) || this.boundPort < 0 || this.boundPort > 65535) throw invalid(`port ${opts.port}`);
+    this.limits = resolveDnsLimits(opts.limits);
+    this.budget = new QueryBudget({
+      perSourceRate: this.limits.queriesPerSecondPerSource, perSourceBurst: this.limits.queryBurstPerSource,
+      totalRate: this.limits.queriesPerSecond, totalBurst: this.limits.queryBurst,
+    });
     this.ttl = opts.ttl ?? DEFAULT_TTL;
     if (!Number.isInteger(this.ttl) || this.ttl < 0 || this.ttl > 0x7fffffff) throw invalid(`ttl ${opts.ttl}`);
     this.soa = {
@@ -129,6 +153,7 @@ export class DnsServer {
     const tcp = this.tcp.splice(0);
     for (const c of this.connections) c.destroy();
     this.connections.clear();
+    this.connectionsFrom.clear();
     await Promise.all([
       ...udp.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))),
       ...tcp.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))),
@@ -228,6 +253,10 @@ export class DnsServer {
     this.boundPort = socket.address().port;
     socket.on('error', (err) => this.opts.log?.warn({ err, address }, 'dns udp socket error'));
     socket.on('message', (msg, from) => {
+      if (!this.budget.take(from.address)) {
+        this.shed.udpOverBudget++;
+        return;
+      }
       const reply = this.handle(msg);
       if (reply) {
         socket.send(reply, from.port, from.address, (err) => {
@@ -240,7 +269,6 @@ export class DnsServer {
 
   private async listenTcp(address: string): Promise<TcpServer> {
     const server = createServer((c) => this.serveTcp(c));
-    server.maxConnections = TCP_MAX_CONNECTIONS;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen({ host: address, port: this.boundPort, ipv6Only: isIP(address) === 6 }, () => {
@@ -255,28 +283,37 @@ export class DnsServer {
     return server;
   }
 
-  /** Messages over TCP carry a 2-byte length prefix (RFC 1035 4.2.2); clients may pipeline. */
+  /** Admits a TCP client within the connection limits; its messages then share its source's query budget. */
   private serveTcp(conn: TcpSocket): void {
+    const source = conn.remoteAddress;
+    if (!source) {
+      conn.destroy(); // already gone
+      return;
+    }
+    const open = this.connectionsFrom.get(source) ?? 0;
+    if (open >= this.limits.tcpConnectionsPerSource) {
+      this.shed.tcpRefusedPerSource++;
+      conn.destroy();
+      return;
+    }
+    if (this.connections.size >= this.limits.tcpConnections) {
+      this.shed.tcpRefusedTotal++;
+      conn.destroy();
+      return;
+    }
     this.connections.add(conn);
-    conn.setTimeout(TCP_IDLE_MS, () => conn.destroy());
-    conn.on('error', () => conn.destroy());
-    conn.on('close', () => this.connections.delete(conn));
-    let pending: Buffer = Buffer.alloc(0);
-    conn.on('data', (chunk: Buffer) => {
-      pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
-      while (pending.length >= 2) {
-        const length = pending.readUInt16BE(0);
-        if (pending.length < 2 + length) break;
-        const reply = this.handle(pending.subarray(2, 2 + length));
-        pending = pending.subarray(2 + length);
-        if (!reply) {
-          conn.destroy(); // nothing sensible to say; a TCP client cannot be left guessing
-          return;
-        }
-        const prefix = Buffer.alloc(2);
-        prefix.writeUInt16BE(reply.length);
-        conn.write(Buffer.concat([prefix, reply]));
-      }
+    this.connectionsFrom.set(source, open + 1);
+    conn.on('close', () => {
+      if (!this.connections.delete(conn)) return; // stop() already forgot it
+      const left = (this.connectionsFrom.get(source) ?? 1) - 1;
+      if (left > 0) this.connectionsFrom.set(source, left);
+      else this.connectionsFrom.delete(source);
+    });
+    new DnsTcpConnection(conn, {
+      answer: (message) => this.handle(message),
+      admit: () => this.budget.take(source),
+      limits: this.limits,
+      shed: this.shed,
     });
   }
 
