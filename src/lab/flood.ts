@@ -35,6 +35,8 @@ import { Handshake, LocalIdentity, createInitiation } from '../wireguard/noise.j
 import { DISCO_MAGIC } from '../paths/disco.js';
 import { REPO_ROOT } from './agentvpn.js';
 import type { Lab } from './netns.js';
+import { sleep } from './proc.js';
+import { pingStats, type PingStats } from './ping-stats.js';
 
 export const FLOOD_KINDS = ['handshake', 'disco', 'relay-hello', 'relay-send', 'garbage'] as const;
 export type FloodKind = (typeof FLOOD_KINDS)[number];
@@ -177,4 +179,31 @@ export async function runFlood(lab: Lab, ns: string, spec: FloodSpec): Promise<F
   } catch {
     throw new Error(`flood ${spec.kind} from ${ns} failed (code ${r.code}): ${(r.stderr.trim() || r.stdout.trim()).slice(-1000)}`);
   }
+}
+
+export interface PingUnderFlood {
+  flood: FloodReport;
+  ping: PingStats;
+}
+
+/** Time the flood runs before the pings start (node start-up and building the datagrams) and after they end. */
+const FLOOD_LEAD_MS = 1_000;
+const FLOOD_TAIL_MS = 500;
+
+/**
+ * Pings `dst` from `pingNs` (every `intervalSec`, `count` times) while `spec` floods from
+ * `floodNs`; the flood starts first and outlasts the pings (spec.durationMs is set to fit).
+ */
+export async function pingUnderFlood(
+  lab: Lab, floodNs: string, spec: Omit<FloodSpec, 'durationMs'>, pingNs: string, dst: string,
+  opts: { count?: number; intervalSec?: number } = {},
+): Promise<PingUnderFlood> {
+  const count = opts.count ?? 300;
+  const intervalSec = opts.intervalSec ?? 0.01;
+  const durationMs = FLOOD_LEAD_MS + Math.ceil(count * intervalSec * 1000) + 1000 + FLOOD_TAIL_MS;
+  const flood = runFlood(lab, floodNs, { ...spec, durationMs });
+  flood.catch(() => {}); // awaited below; a failure must not be unhandled while the pings run
+  await sleep(FLOOD_LEAD_MS);
+  const ping = await pingStats(lab, pingNs, dst, { count, intervalSec, timeoutSec: 1 });
+  return { flood: await flood, ping };
 }

@@ -28,3 +28,4 @@ export * from './miniupnpd.js';
 export * from './fleet.js';
 export * from './flood.js';
 export * from './trixie.js';
+export * from './ping-stats.js';
