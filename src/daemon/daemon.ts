@@ -9,6 +9,7 @@ import { addRoutes, configureInterface, deleteInterface } from '../tun/interface
 import { Device } from '../wireguard/device.js';
 import { formatEndpoint, makeEndpoint } from '../wireguard/endpoint.js';
 import { ControlServer, type ControlHandler } from './control-server.js';
+import { Firewall } from './firewall.js';
 import { MagicSock } from '../paths/magicsock.js';
 import type { DeviceStatus } from './status-types.js';
 
@@ -23,6 +24,8 @@ export interface DaemonOptions {
   log: PinoLogger;
   /** More control-socket methods (registry mode adds id, peers, resolve). */
   handlers?: Record<string, ControlHandler>;
+  /** Install the nftables rules that keep the overlay addresses off other interfaces (default true). */
+  firewall?: boolean;
 }
 
 /** A peer as the daemon manages it at run time (registry mode adds and updates these). */
@@ -64,6 +67,7 @@ export class Daemon {
   private listenPort = 0;
   private readers: ReaderHandle[] = [];
   private control: ControlServer | null = null;
+  private firewall: Firewall | null = null;
   private interfaceCreated = false;
   private readonly startedAt = Date.now();
   private stopping: Promise<void> | null = null;
@@ -76,7 +80,7 @@ export class Daemon {
       // The control socket first: it refuses to start when a daemon already owns this interface.
       this.control = new ControlServer(iface, {
         ...this.opts.handlers,
-        status: () => this.status(),
+        status: async () => ({ ...this.status(), firewall: await this.firewall?.status() }),
         // The same path as SIGTERM, so whoever owns the process (up, fleet mode) cleans up everything.
         shutdown: () => {
           setImmediate(() => process.kill(process.pid, 'SIGTERM'));
@@ -113,6 +117,9 @@ export class Daemon {
       this.device = device;
       config.peers.forEach((p, i) => device.addPeer({ ...p, endpoint: endpoints[i] }));
 
+      // The rules go in before the addresses, so the addresses are never reachable from the LAN.
+      this.firewall = new Firewall({ iface, addresses: config.addresses, enabled: this.opts.firewall ?? true, log });
+      await this.firewall.start();
       await configureInterface(iface, { addresses: config.addresses, mtu: config.mtu });
       await this.routeTo(config.peers.flatMap((p) => p.allowedIps));
       if (config.peers.some((p) => p.allowedIps.some(isDefaultRoute))) {
@@ -204,6 +211,8 @@ export class Daemon {
       // Closing the last fd of a non-persistent TUN removes it with its addresses and routes;
       // deleting it explicitly covers a device left behind by a crash under the same name.
       if (this.interfaceCreated) await deleteInterface(this.opts.iface).catch(() => {});
+      // Only once the addresses are gone: until then they stay guarded.
+      await this.firewall?.stop().catch((err) => this.opts.log.error({ err }, 'cannot remove the firewall table'));
       await this.control?.stop();
       this.opts.log.info({ iface: this.opts.iface }, 'agentvpn is down');
     })();

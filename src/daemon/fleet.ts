@@ -32,6 +32,8 @@ export interface FleetOptions {
   caFile?: string;
   /** Serve agent names over DNS on the overlay addresses (port 53). */
   dns: boolean;
+  /** The daemon's nftables rules (default true; see Daemon). */
+  firewall?: boolean;
   log: PinoLogger;
 }
 
@@ -164,6 +166,7 @@ export class FleetAgent {
     const daemon = new Daemon({
       iface: opts.iface,
       log: opts.log,
+      firewall: opts.firewall,
       config: { privateKey: this.identity.wgPrivateKey, addresses, listenPort: opts.listenPort, mtu: opts.mtu, peers: [] },
       handlers: {
         id: () => this.describeSelf(),

@@ -30,4 +30,18 @@ export interface DeviceStatus {
   /** Fleet mode: the path layer's counters (disco in/out, shed by budget, replays refused, relayed packets). */
   pathStats?: Record<string, number>;
   peers: PeerStatus[];
+  /** The daemon's packet filter (absent while the daemon is still starting). */
+  firewall?: FirewallStatus;
+}
+
+/** The nftables table that keeps the overlay addresses reachable through the tunnel only. */
+export interface FirewallStatus {
+  /** False when the daemon was started with --no-firewall. */
+  enabled: boolean;
+  /** "inet agentvpn_<iface>" while installed. */
+  table: string | null;
+  /** Overlay prefixes guarded: reachable from, and as sources accepted on, the TUN and lo only. */
+  prefixes: string[];
+  /** Packets dropped: sent to an overlay address from another interface, or with an overlay source. Null if unreadable. */
+  dropped: { toOverlay: number; spoofedSource: number } | null;
 }

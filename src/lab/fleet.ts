@@ -54,13 +54,13 @@ export class LabAgent {
 /** Starts `agentvpn up --registry ...` in ns and waits until its interface is up. */
 export async function startLabAgent(
   lab: Lab, ns: string, name: string, registry: LabRegistry,
-  opts: { caps?: string[]; port?: number; env?: NodeJS.ProcessEnv; agent?: LabAgent } = {},
+  opts: { caps?: string[]; port?: number; env?: NodeJS.ProcessEnv; agent?: LabAgent; extraArgs?: string[] } = {},
 ): Promise<LabAgent> {
   const agent = opts.agent ?? new LabAgent(lab, name, ns, join(lab.dir, `state-${name}`), join(lab.dir, `run-${name}`));
   mkdirSync(agent.runDir, { recursive: true });
   const caps = (opts.caps ?? []).flatMap((c) => ['--cap', c]);
   agent.proc = lab.spawn(ns, [process.execPath, AGENTVPN_BIN, 'up', '--foreground', '--registry', registry.url, '--token', registry.token,
-    '--name', name, '--network', registry.network, '--state-dir', agent.stateDir, '--listen-port', String(opts.port ?? 51820), ...caps],
+    '--name', name, '--network', registry.network, '--state-dir', agent.stateDir, '--listen-port', String(opts.port ?? 51820), ...caps, ...(opts.extraArgs ?? [])],
   { name: `agent-${name}`, env: { ...process.env, ...opts.env, AGENTVPN_RUN_DIR: agent.runDir }, cwd: REPO_ROOT });
   const proc = agent.proc;
   await waitFor(async () => {

@@ -1,6 +1,6 @@
 import type { CommandModule } from 'yargs';
 import { callDaemon } from '../../daemon/control-client.js';
-import type { DeviceStatus, PeerStatus } from '../../daemon/status-types.js';
+import type { DeviceStatus, FirewallStatus, PeerStatus } from '../../daemon/status-types.js';
 import { bold, columns, formatAgo, formatBytes, formatDuration, interfaceOption, printResult, runCommand, type GlobalArgs } from '../output.js';
 
 interface StatusArgs extends GlobalArgs {
@@ -20,6 +20,16 @@ export const statusCommand: CommandModule<GlobalArgs, StatusArgs> = {
 /** "no-route 3, replay 1"; empty when nothing was dropped. */
 function formatDropped(dropped: Record<string, number> | undefined): string {
   return Object.entries(dropped ?? {}).filter(([, n]) => n > 0).map(([why, n]) => `${why} ${n}`).join(', ');
+}
+
+/** "nftables table inet agentvpn_agentvpn0, 12 packets dropped (to overlay 10, spoofed source 2)". */
+function formatFirewall(f: FirewallStatus | undefined): string {
+  if (!f) return '';
+  if (!f.enabled) return 'off (--no-firewall): hosts on the LAN can reach the overlay addresses without WireGuard';
+  if (!f.table) return 'not installed';
+  const d = f.dropped;
+  const counts = d ? `${d.toOverlay + d.spoofedSource} packets dropped (to overlay ${d.toOverlay}, spoofed source ${d.spoofedSource})` : 'drop counters unreadable';
+  return `nftables table ${f.table}, ${counts}`;
 }
 
 /** `label: value` lines with the values aligned, skipping empty values. */
@@ -48,6 +58,7 @@ export function formatStatus(s: DeviceStatus, now = Date.now()): string {
     ['mtu', String(s.mtu)],
     ['daemon', `pid ${s.pid}, up ${formatDuration(now - s.startedAt)}`],
     ['dropped', formatDropped(s.dropped)],
+    ['firewall', formatFirewall(s.firewall)],
     ['disco dropped', formatDropped(s.pathStats && { shed: s.pathStats.discoShed, replayed: s.pathStats.discoReplayed, rejected: s.pathStats.discoRejected })],
   ]);
   return [device, ...s.peers.map((p) => formatPeer(p, now))].join('\n\n');

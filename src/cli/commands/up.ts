@@ -26,6 +26,7 @@ interface UpArgs extends GlobalArgs {
   'state-dir'?: string;
   'registry-ca'?: string;
   dns: boolean;
+  firewall: boolean;
   mtu: number;
   interface: string;
   foreground: boolean;
@@ -53,14 +54,14 @@ async function startDaemon(args: UpArgs, iface: string, log: pino.Logger): Promi
     const fleet = new FleetAgent({
       iface, registryUrl: args.registry, token: args.token ?? process.env.AGENTVPN_TOKEN, name: args.name!, capabilities: args.cap,
       network: args.network, stateDir: stateDir(args['state-dir']), listenPort: args['listen-port'] ?? 0, mtu: args.mtu,
-      caFile: args['registry-ca'], dns: args.dns, log,
+      caFile: args['registry-ca'], dns: args.dns, firewall: args.firewall, log,
     });
     const daemon = await fleet.start();
     return { stop: () => fleet.stop(), status: () => daemon.status() };
   }
   const config = await loadConfig(args.config!);
   if (args['listen-port'] !== undefined) config.listenPort = args['listen-port'];
-  const daemon = new Daemon({ iface, config, log });
+  const daemon = new Daemon({ iface, config, log, firewall: args.firewall });
   await daemon.start();
   return daemon;
 }
@@ -96,6 +97,7 @@ async function runForeground(args: UpArgs): Promise<void> {
   };
   process.once('SIGTERM', () => shutdown('SIGTERM'));
   process.once('SIGINT', () => shutdown('SIGINT'));
+  process.once('SIGHUP', () => shutdown('SIGHUP')); // a closed terminal: still take the interface and firewall table down
   process.on('exit', () => rmSync(pidFilePath(iface), { force: true }));
   const status = daemon.status();
   if (process.send) {
@@ -148,6 +150,11 @@ export const upCommand: CommandModule<GlobalArgs, UpArgs> = {
       .option('state-dir', { type: 'string', describe: `identity and state (default ${DEFAULT_STATE_DIR} or AGENTVPN_STATE_DIR)` })
       .option('registry-ca', { type: 'string', describe: 'CA certificate (PEM) to trust for the registry\'s TLS' })
       .option('dns', { type: 'boolean', default: true, describe: 'answer NAME.<network> on the overlay addresses (port 53)' })
+      .option('firewall', {
+        type: 'boolean', default: true,
+        describe: 'nftables rules: the overlay addresses answer through the tunnel only. --no-firewall is unsafe on shared LANs: '
+          + 'any host there can then reach services on the overlay addresses, and send as an overlay address, without WireGuard',
+      })
       // 1380, not WireGuard's 1420: a relayed packet carries 33 more bytes (relay frame), and
       // 1380 + 32 (WireGuard) + 33 + 8 (UDP) + 40 (IPv6) = 1493 still fits a 1500-byte link unfragmented.
       .option('mtu', { type: 'number', default: 1380, describe: 'tunnel MTU (fleet mode; static mode reads MTU from the config)' })
