@@ -3,7 +3,7 @@ import { AgentVpnError } from '../errors.js';
 
 /**
  * Token buckets for the relay: per-agent packet and byte rates, and the budgets that keep the
- * relay itself cheap to run (signature checks, notices).
+ * relay itself cheap to run (signature checks, notices), per source and in total.
  */
 
 export interface RelayLimits {
@@ -26,16 +26,39 @@ export const DEFAULT_LIMITS: RelayLimits = {
 };
 
 /**
- * Hello signatures the relay checks per second, over all clients: an Ed25519 verification costs
- * ~50 µs, so a flood of forged hellos may take at most ~10% of a core. The burst lets a fleet
- * of 10,000 agents say hello again at once after a relay restart (~0.5 s of CPU, once).
+ * Hello signatures the relay checks per second, over all sources. A new session costs ~70 µs
+ * (Ed25519 verify) plus ~80 µs (its WireGuard key from the Ed25519 key), so a flood of forged
+ * hellos may take at most ~30% of a core. The burst lets a fleet of 10,000 agents say hello
+ * again at once after a relay restart (~1.5 s of CPU, once).
  */
 export const HELLO_VERIFY_RATE = 2_000;
 export const HELLO_VERIFY_BURST = 10_000;
+/**
+ * Hello signatures checked per second for one source (an IPv4 address, an IPv6 /64): a twentieth
+ * of the total, so no single source can spend the global budget (it takes 20 of them). The burst
+ * lets ~500 agents behind one NAT reconnect at once.
+ */
+export const HELLO_VERIFY_RATE_PER_SOURCE = 100;
+export const HELLO_VERIFY_BURST_PER_SOURCE = 500;
 /** Notices per second to one agent: enough to learn "peer not here" at once, too few to echo floods. */
 export const NOTICE_RATE_PER_CLIENT = 10;
-/** Notices per second to sources the relay does not know (not registered, refused hellos), over all of them. */
+/** Notices per second to one source the relay has no session for (not registered, refused hellos). */
+export const NOTICE_RATE_PER_SOURCE = 10;
+/** Notices per second to sources the relay has no session for, over all of them. */
 export const NOTICE_RATE_UNKNOWN = 200;
+/**
+ * STUN answers per second to one source: an agent asks a few times a minute, a hundred agents
+ * behind one NAT restarting at once get through in seconds, and a spoofed-source reflection gets
+ * no more than this towards its victim.
+ */
+export const STUN_RATE_PER_SOURCE = 50;
+export const STUN_BURST_PER_SOURCE = 100;
+/**
+ * Sources whose budgets are tracked at once (~100 bytes each). Past this the oldest are forgotten:
+ * a forgotten source starts again with a full but small bucket, and the global budgets still hold,
+ * so spoofing many sources buys no more than the global rate.
+ */
+export const MAX_TRACKED_SOURCES = 65_536;
 
 /** Milliseconds on a monotonic clock (wall-clock steps must not refill or drain buckets). */
 export const monotonicMs = (): number => performance.now();
@@ -60,6 +83,40 @@ export class TokenBucket {
     this.tokens -= n;
     return true;
   }
+}
+
+/** One token bucket per key (a source), at most `max` of them; the oldest key is forgotten first. */
+export class KeyedBuckets {
+  private readonly buckets = new Map<string, TokenBucket>();
+
+  constructor(private readonly rate: number, private readonly capacity: number, private readonly max = MAX_TRACKED_SOURCES) {}
+
+  take(key: string, now = monotonicMs()): boolean {
+    let b = this.buckets.get(key);
+    if (!b) {
+      if (this.buckets.size >= this.max) this.buckets.delete(this.buckets.keys().next().value!);
+      this.buckets.set(key, (b = new TokenBucket(this.rate, this.capacity, now)));
+    }
+    return b.take(1, now);
+  }
+
+  get size(): number {
+    return this.buckets.size;
+  }
+}
+
+/**
+ * The key budgets are kept under for a source address given as 16 bytes (IPv4 as ::ffff:a.b.c.d,
+ * the native layer's form): the IPv4 address, or the IPv6 /64, since one IPv6 host commonly
+ * holds a whole /64. The two forms have different lengths, so they never collide.
+ */
+export function sourceKeyOf(addr16: Buffer, off = 0): string {
+  return isV4Mapped(addr16, off) ? addr16.toString('latin1', off + 12, off + 16) : addr16.toString('latin1', off, off + 8);
+}
+
+function isV4Mapped(a: Buffer, off: number): boolean {
+  for (let i = 0; i < 10; i++) if (a[off + i] !== 0) return false;
+  return a[off + 10] === 0xff && a[off + 11] === 0xff;
 }
 
 export function validateLimits(l: RelayLimits): RelayLimits {

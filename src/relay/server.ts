@@ -5,20 +5,25 @@ import type { Duplex } from 'node:stream';
 import { AgentVpnError } from '../errors.js';
 import { parseAddress } from '../ip/prefix.js';
 import { answerBindingRequest } from '../paths/stun.js';
-import { makeEndpoint } from '../wireguard/endpoint.js';
+import { ADDR_SIZE } from '../tun/native.js';
+import { formatEndpoint, makeEndpoint, sameEndpoint } from '../wireguard/endpoint.js';
+import { RoundShares } from './fair-share.js';
+import { HelloGate, type AllowHook, type Networks, type SessionOfKey } from './hello-gate.js';
 import {
-  DEFAULT_LIMITS, HELLO_VERIFY_BURST, HELLO_VERIFY_RATE, NOTICE_RATE_PER_CLIENT, NOTICE_RATE_UNKNOWN, TokenBucket, monotonicMs, validateLimits, type RelayLimits,
+  DEFAULT_LIMITS, KeyedBuckets, NOTICE_RATE_PER_CLIENT, NOTICE_RATE_PER_SOURCE, NOTICE_RATE_UNKNOWN, STUN_BURST_PER_SOURCE, STUN_RATE_PER_SOURCE, TokenBucket, monotonicMs, sourceKeyOf,
+  validateLimits, type RelayLimits,
 } from './limits.js';
 import {
   CLIENT_IDLE_TIMEOUT_MS, FRAME_HELLO, FRAME_KEEPALIVE, FRAME_RECV, FRAME_SEND, HELLO_FLAG_PROBE, KEEPALIVE_ACK_FRAME, KEY_SIZE,
-  MAX_CLOCK_SKEW_MS, MAX_FRAME_SIZE, NOTICE_BAD_SIGNATURE, NOTICE_NOT_ALLOWED, NOTICE_NOT_REGISTERED, NOTICE_PEER_NOT_HERE,
-  NOTICE_STALE_TIMESTAMP, PACKET_HEADER_SIZE, SILENT_LOG, SWEEP_INTERVAL_MS, TCP_HELLO_TIMEOUT_MS, encodeHelloAck, encodeNotice, parseHello, wgKeyOf,
-  type RelayLog,
+  MAX_FRAME_SIZE, NOTICE_NOT_REGISTERED, NOTICE_PEER_NOT_HERE, PACKET_HEADER_SIZE, SILENT_LOG, SWEEP_INTERVAL_MS, TCP_HELLO_TIMEOUT_MS,
+  encodeHelloAck, encodeNotice, parseHello, wgKeyOf, type RelayLog,
 } from './protocol.js';
 import { FrameReader, MAX_TCP_BACKLOG_BYTES, UPGRADE_PATH, UPGRADE_PROTOCOL, UPGRADE_RESPONSE, encodeTcpFrame } from './tcp.js';
+import { READ_BATCH, RelayUdpSocket } from './udp.js';
 
 export type { RelayLimits } from './limits.js';
 export type { RelayLog } from './protocol.js';
+export type { AllowHook, Networks } from './hello-gate.js';
 
 export interface RelayOptions {
   /** UDP socket for relay frames and STUN; port 0 picks a free one. Without it: TCP only. */
@@ -27,16 +32,19 @@ export interface RelayOptions {
   stunSecondPort?: boolean;
   /** An HTTP(S) server to take the TCP fallback from (upgrade on /v1/relay). */
   tcpServer?: HttpServer;
-  /** Who may use the relay, by Ed25519 public key (default: anyone with a valid hello). */
-  allow?(edPub: Uint8Array): boolean;
+  /**
+   * Who may use the relay and in which networks, by Ed25519 public key; frames pass only between
+   * sessions that share a network. Default: anyone with a valid hello, all in one network.
+   */
+  allow?: AllowHook;
   limits?: RelayLimits;
   log?: RelayLog;
 }
 
 /** Why frames were dropped; counted in stats().dropped. */
 export type DropReason =
-  | 'garbage' | 'oversized' | 'bad-signature' | 'stale-timestamp' | 'not-allowed' | 'hello-rate' | 'not-registered'
-  | 'peer-not-here' | 'rate-limit' | 'byte-limit' | 'tcp-backlog' | 'send-error';
+  | 'garbage' | 'oversized' | 'bad-signature' | 'stale-timestamp' | 'not-allowed' | 'hello-rate' | 'hello-source-rate' | 'not-registered'
+  | 'fair-share' | 'peer-not-here' | 'other-network' | 'rate-limit' | 'byte-limit' | 'destination-busy' | 'tcp-backlog' | 'send-error';
 
 export interface RelayStats {
   clients: number;
@@ -45,6 +53,8 @@ export interface RelayStats {
   forwardedPackets: number;
   forwardedBytes: number;
   stunAnswered: number;
+  /** Hello signatures checked (the costly step the budgets bound). */
+  helloVerifications: number;
   dropped: Partial<Record<DropReason, number>>;
 }
 
@@ -59,19 +69,47 @@ export interface RunningRelay {
 
 /** Tries at finding two free consecutive UDP ports when the port is 0. */
 const PORT_PAIR_ATTEMPTS = 20;
+/**
+ * Frames to one destination per send round (one sendmmsg): a burst of one destination cannot fill
+ * the socket's send buffer and so push out other destinations' frames of the same round.
+ */
+const DESTINATION_FRAMES_PER_ROUND = 256;
 
-/** Where a client is: a UDP address, or its upgraded TCP connection. */
-type Transport = { kind: 'udp'; addr: string; port: number; id: string } | { kind: 'tcp'; socket: Duplex };
+/**
+ * Where a client is: a UDP endpoint (20 bytes, the native layer's form), or its upgraded TCP
+ * connection. `source` keys the per-source budgets (IPv4 address, IPv6 /64).
+ */
+type Transport = { kind: 'udp'; ep: Buffer; id: string; source: string } | { kind: 'tcp'; socket: Duplex; source: string };
 
 class Client {
   lastHeard = monotonicMs();
   readonly packets: TokenBucket;
   readonly bytes: TokenBucket;
   readonly notices = new TokenBucket(NOTICE_RATE_PER_CLIENT, NOTICE_RATE_PER_CLIENT);
+  /** The send round (sendmmsg) the last UDP frame to this client was queued in, and how many in it. */
+  private sendRound = -1;
+  private sendRoundFrames = 0;
 
-  constructor(readonly wgKey: Buffer, readonly id: string, public transport: Transport, limits: RelayLimits) {
+  constructor(
+    readonly wgKey: Buffer,
+    readonly id: string,
+    readonly edId: string,
+    public networks: Networks,
+    public lastHelloTs: number,
+    public transport: Transport,
+    limits: RelayLimits,
+  ) {
     this.packets = new TokenBucket(limits.packetsPerSecond, limits.burst.packets);
     this.bytes = new TokenBucket(limits.bytesPerSecond, limits.burst.bytes);
+  }
+
+  /** Room for one more frame to this client in send round `round` (at most DESTINATION_FRAMES_PER_ROUND). */
+  takeSendSlot(round: number): boolean {
+    if (this.sendRound !== round) {
+      this.sendRound = round;
+      this.sendRoundFrames = 0;
+    }
+    return ++this.sendRoundFrames <= DESTINATION_FRAMES_PER_ROUND;
   }
 }
 
@@ -81,8 +119,18 @@ interface TcpConn {
   client: Client | null;
 }
 
+function sameTransport(a: Transport, b: Transport): boolean {
+  return a.kind === 'udp' ? b.kind === 'udp' && a.id === b.id : b.kind === 'tcp' && a.socket === b.socket;
+}
+
+/** Whether two sessions may exchange frames: they share a network (nearly always exactly one each). */
+function shareNetwork(a: Networks, b: Networks): boolean {
+  if (a.length === 1 && b.length === 1) return a[0] === b[0];
+  return a.some((n) => b.includes(n));
+}
+
 function bindUdp(host: string, port: number): Promise<UdpSocket> {
-  const socket = dgram.createSocket({ type: isIP(host) === 6 ? 'udp6' : 'udp4', recvBufferSize: 4 << 20, sendBufferSize: 4 << 20 });
+  const socket = dgram.createSocket({ type: isIP(host) === 6 ? 'udp6' : 'udp4' });
   return new Promise((resolve, reject) => {
     socket.once('error', (e) => {
       socket.close();
@@ -95,15 +143,17 @@ function bindUdp(host: string, port: number): Promise<UdpSocket> {
   });
 }
 
-/** The relay socket and, when asked, a STUN-only socket on the next port. Port 0: any free pair. */
-async function bindSockets(host: string, port: number, second: boolean): Promise<[UdpSocket, UdpSocket | null]> {
+/**
+ * The relay socket and, when asked, a STUN-only socket on the next port (node:dgram: it answers
+ * only STUN, at a budget per source). Port 0: any free pair.
+ */
+async function bindSockets(host: string, port: number, second: boolean, onUnsent: (n: number) => void): Promise<[RelayUdpSocket, UdpSocket | null]> {
   for (let attempt = 0; ; attempt++) {
-    const main = await bindUdp(host, port);
+    const main = await RelayUdpSocket.open(host, port, onUnsent);
     if (!second) return [main, null];
-    const bound = main.address().port;
     try {
-      if (bound === 65535) throw Object.assign(new Error('no port after 65535'), { code: 'EADDRINUSE' });
-      return [main, await bindUdp(host, bound + 1)];
+      if (main.port === 65535) throw Object.assign(new Error('no port after 65535'), { code: 'EADDRINUSE' });
+      return [main, await bindUdp(host, main.port + 1)];
     } catch (e) {
       main.close();
       if (port !== 0 || attempt >= PORT_PAIR_ATTEMPTS) throw e;
@@ -111,10 +161,10 @@ async function bindSockets(host: string, port: number, second: boolean): Promise
   }
 }
 
-/** A dgram address as the 20-byte endpoint STUN answers are built from. */
-function endpointOf(rinfo: RemoteInfo): Buffer | null {
-  const addr = parseAddress(rinfo.address.replace(/%.*$/, ''));
-  return addr ? makeEndpoint(addr, rinfo.port) : null;
+/** The source key of a textual address (TCP peers, dgram senders). */
+function sourceKeyOfText(address: string | undefined): string {
+  const ip = parseAddress((address ?? '').replace(/%.*$/, ''));
+  return ip ? sourceKeyOf(makeEndpoint(ip, 0)) : '';
 }
 
 /**
@@ -125,29 +175,33 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   const log = opts.log ?? SILENT_LOG;
   const limits = validateLimits(opts.limits ?? DEFAULT_LIMITS);
   const clients = new Map<string, Client>(); // by WireGuard key (latin1)
-  const udpClients = new Map<string, Client>(); // by "addr|port"
-  const lastTimestamp = new Map<string, { ts: number; at: number }>(); // by Ed25519 key (latin1)
+  const byEdKey = new Map<string, Client>(); // by Ed25519 key (latin1)
+  const udpClients = new Map<string, Client>(); // by endpoint address and port (latin1 of 18 bytes)
   const tcpConns = new Set<TcpConn>();
-  const helloBudget = new TokenBucket(HELLO_VERIFY_RATE, HELLO_VERIFY_BURST);
+  const gate = new HelloGate(opts.allow, log);
+  const shares = new RoundShares();
+  const sourceNotices = new KeyedBuckets(NOTICE_RATE_PER_SOURCE, NOTICE_RATE_PER_SOURCE);
   const unknownNotices = new TokenBucket(NOTICE_RATE_UNKNOWN, NOTICE_RATE_UNKNOWN);
+  const stunAnswers = new KeyedBuckets(STUN_RATE_PER_SOURCE, STUN_BURST_PER_SOURCE);
   const counters = { forwardedPackets: 0, forwardedBytes: 0, stunAnswered: 0, dropped: {} as Partial<Record<DropReason, number>> };
-  const drop = (reason: DropReason) => void (counters.dropped[reason] = (counters.dropped[reason] ?? 0) + 1);
+  const drop = (reason: DropReason, n = 1) => void (counters.dropped[reason] = (counters.dropped[reason] ?? 0) + n);
 
-  let udp: UdpSocket | null = null;
+  let udp: RelayUdpSocket | null = null;
   let stun2: UdpSocket | null = null;
   if (opts.udp) {
     try {
-      [udp, stun2] = await bindSockets(opts.udp.host, opts.udp.port, opts.stunSecondPort ?? false);
+      [udp, stun2] = await bindSockets(opts.udp.host, opts.udp.port, opts.stunSecondPort ?? false, (n) => drop('send-error', n));
     } catch (e) {
       const err = e as NodeJS.ErrnoException;
+      const code = err.code ?? (err.cause as NodeJS.ErrnoException | undefined)?.code;
       throw new AgentVpnError('LISTEN_FAILED', `relay cannot bind UDP ${opts.udp.host}:${opts.udp.port}${opts.stunSecondPort ? ' (and the next port for STUN)' : ''}: ${err.message}`,
-        err.code === 'EADDRINUSE' ? 'another process uses that UDP port: pick another port' : 'check the listen address', { cause: e });
+        code === 'EADDRINUSE' || code === 'UDP_PORT_IN_USE' ? 'another process uses that UDP port: pick another port' : 'check the listen address', { cause: e });
     }
   }
 
   const sendTo = (t: Transport, frame: Buffer) => {
     if (t.kind === 'udp') {
-      udp!.send(frame, t.port, t.addr, (err) => err && drop('send-error'));
+      udp!.send(frame, t.ep);
     } else if (t.socket.writableLength > MAX_TCP_BACKLOG_BYTES) {
       drop('tcp-backlog');
     } else {
@@ -155,8 +209,15 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     }
   };
 
+  /** A notice to a source without a session: budgeted per source and in total (floods get few answers). */
+  const noticeStranger = (t: Transport, code: number) => {
+    if (sourceNotices.take(t.source) && unknownNotices.take()) sendTo(t, encodeNotice(code));
+  };
+
   const forget = (c: Client) => {
     if (clients.get(c.id) === c) clients.delete(c.id);
+    if (byEdKey.get(c.edId) === c) byEdKey.delete(c.edId);
+    gate.remember(c.edId, c.lastHelloTs);
     const t = c.transport;
     if (t.kind === 'udp') {
       if (udpClients.get(t.id) === c) udpClients.delete(t.id);
@@ -165,18 +226,23 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     }
   };
 
-  /** Points the client with this key at a transport (new client, new address, or UDP⇄TCP). */
-  const register = (wgKey: Buffer, t: Transport, conn: TcpConn | null): Client => {
-    const id = wgKey.toString('latin1');
+  /** A transport to keep: UDP endpoints of a round are views of the read buffers, so they are copied. */
+  const owned = (t: Transport): Transport => (t.kind === 'udp' ? { ...t, ep: Buffer.from(t.ep) } : t);
+
+  /** Points the session of this key at a transport (new client, new address, or UDP⇄TCP). */
+  const register = (edPub: Buffer, edId: string, networks: Networks, ts: number, via: Transport, conn: TcpConn | null): Client => {
+    const t = owned(via);
     if (t.kind === 'udp') {
       const other = udpClients.get(t.id);
-      if (other && other.id !== id) forget(other); // an old mapping reused by a new agent
+      if (other && other.edId !== edId) forget(other); // an old mapping reused by a new agent
     }
-    let c = clients.get(id);
+    let c = byEdKey.get(edId);
     if (!c) {
-      c = new Client(Buffer.from(wgKey), id, t, limits);
-      clients.set(id, c);
-      log.info({ event: 'client', key: wgKey.toString('base64'), via: t.kind, remote: t.kind === 'udp' ? `${t.addr}:${t.port}` : undefined }, 'relay client registered');
+      const wgKey = wgKeyOf(edPub);
+      c = new Client(wgKey, wgKey.toString('latin1'), edId, networks, ts, t, limits);
+      clients.set(c.id, c);
+      byEdKey.set(edId, c);
+      log.info({ event: 'client', key: wgKey.toString('base64'), via: t.kind, networks, remote: t.kind === 'udp' ? formatEndpoint(t.ep) : undefined }, 'relay client registered');
     } else {
       const old = c.transport;
       if (old.kind === 'udp' && (t.kind !== 'udp' || old.id !== t.id)) udpClients.delete(old.id);
@@ -185,6 +251,8 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
         old.socket.destroy();
       }
       c.transport = t;
+      c.networks = networks;
+      c.lastHelloTs = ts;
       c.lastHeard = monotonicMs();
     }
     if (t.kind === 'udp') udpClients.set(t.id, c);
@@ -192,58 +260,65 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     return c;
   };
 
-  const refuseHello = (t: Transport, reason: DropReason, code: number) => {
-    drop(reason);
-    if (unknownNotices.take()) sendTo(t, encodeNotice(code));
-  };
-
   const onHello = (frame: Buffer, t: Transport, conn: TcpConn | null) => {
     const hello = parseHello(frame);
     if (!hello) return drop('garbage');
-    if (!helloBudget.take()) return drop('hello-rate');
-    const now = Date.now();
     const edId = hello.edPub.toString('latin1');
-    const last = lastTimestamp.get(edId);
-    if (Math.abs(now - hello.timestamp) > MAX_CLOCK_SKEW_MS || (last && hello.timestamp <= last.ts)) {
-      return refuseHello(t, 'stale-timestamp', NOTICE_STALE_TIMESTAMP);
+    const existing = byEdKey.get(edId);
+    const session: SessionOfKey | undefined = existing && { lastHelloTs: existing.lastHelloTs, onThisTransport: sameTransport(existing.transport, t) };
+    const verdict = gate.check(hello, edId, t.source, session);
+    const probe = hello.flags & HELLO_FLAG_PROBE;
+    switch (verdict.kind) {
+      case 'refused':
+        drop(verdict.reason);
+        return noticeStranger(t, verdict.notice);
+      case 'shed':
+        return drop(verdict.reason);
+      case 're-hello':
+        existing!.lastHeard = monotonicMs();
+        return sendTo(t, encodeHelloAck(probe, existing!.wgKey, hello.timestamp));
+      case 'verified': {
+        let wgKey: Buffer;
+        if (!probe) {
+          wgKey = register(hello.edPub, edId, verdict.networks, hello.timestamp, t, conn).wgKey;
+        } else if (existing) {
+          existing.lastHelloTs = hello.timestamp;
+          wgKey = existing.wgKey;
+        } else {
+          gate.remember(edId, hello.timestamp);
+          wgKey = wgKeyOf(hello.edPub);
+        }
+        return sendTo(t, encodeHelloAck(probe, wgKey, hello.timestamp));
+      }
     }
-    if (!hello.verify()) return refuseHello(t, 'bad-signature', NOTICE_BAD_SIGNATURE);
-    lastTimestamp.set(edId, { ts: hello.timestamp, at: now });
-    if (opts.allow && !safeAllow(opts.allow, hello.edPub)) return refuseHello(t, 'not-allowed', NOTICE_NOT_ALLOWED);
-    const wgKey = wgKeyOf(hello.edPub);
-    if (!(hello.flags & HELLO_FLAG_PROBE)) register(wgKey, t, conn);
-    sendTo(t, encodeHelloAck(hello.flags & HELLO_FLAG_PROBE, wgKey, hello.timestamp));
   };
 
-  const safeAllow = (allow: (k: Uint8Array) => boolean, key: Uint8Array): boolean => {
-    try {
-      return allow(key) === true;
-    } catch (err) {
-      log.error({ err }, 'relay allow hook failed');
-      return false;
-    }
-  };
-
-  /** SEND from a registered client: rewrite the frame into RECV in place and pass it on. */
-  const onSend = (frame: Buffer, from: Client) => {
+  /** SEND from a registered client: limits first (before any lookup or copy), then pass it on. */
+  const onSend = (frame: Buffer, from: Client, now: number) => {
     if (frame.length < PACKET_HEADER_SIZE) return drop('garbage');
-    const packetBytes = frame.length - PACKET_HEADER_SIZE;
-    if (!from.packets.take(1, from.lastHeard)) return drop('rate-limit');
-    if (!from.bytes.take(packetBytes, from.lastHeard)) return drop('byte-limit');
+    if (!from.packets.take(1, now)) return drop('rate-limit');
+    if (!from.bytes.take(frame.length - PACKET_HEADER_SIZE, now)) return drop('byte-limit');
+    forward(frame, from);
+  };
+
+  /** A SEND within its sender's limits: rewritten into RECV in place and queued to its destination. */
+  const forward = (frame: Buffer, from: Client) => {
     const dst = clients.get(frame.toString('latin1', 1, 1 + KEY_SIZE));
-    if (!dst) {
-      drop('peer-not-here');
+    if (!dst || !shareNetwork(from.networks, dst.networks)) {
+      // Another network's agent is "not here" either: the sender learns nothing about other networks.
+      drop(dst ? 'other-network' : 'peer-not-here');
       if (from.notices.take()) sendTo(from.transport, encodeNotice(NOTICE_PEER_NOT_HERE, frame.subarray(1, 1 + KEY_SIZE)));
       return;
     }
+    if (dst.transport.kind === 'udp' && !dst.takeSendSlot(udp!.flushes)) return drop('destination-busy');
     frame[0] = FRAME_RECV;
     from.wgKey.copy(frame, 1);
     counters.forwardedPackets++;
-    counters.forwardedBytes += packetBytes;
+    counters.forwardedBytes += frame.length - PACKET_HEADER_SIZE;
     sendTo(dst.transport, frame);
   };
 
-  /** One frame from a UDP address or a TCP connection; `from` is the client registered there, if any. */
+  /** One frame from a UDP endpoint or a TCP connection; `from` is the client registered there, if any. */
   const onFrame = (frame: Buffer, t: Transport, from: Client | null, conn: TcpConn | null) => {
     if (frame.length > MAX_FRAME_SIZE) return drop('oversized');
     const type = frame[0];
@@ -251,47 +326,109 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     if (type !== FRAME_SEND && type !== FRAME_KEEPALIVE) return drop('garbage');
     if (!from) {
       drop('not-registered');
-      if (unknownNotices.take()) sendTo(t, encodeNotice(NOTICE_NOT_REGISTERED));
-      return;
+      return noticeStranger(t, NOTICE_NOT_REGISTERED);
     }
     from.lastHeard = monotonicMs();
-    if (type === FRAME_SEND) return onSend(frame, from);
+    if (type === FRAME_SEND) return onSend(frame, from, from.lastHeard);
     if (frame.length !== 1) return drop('garbage');
     sendTo(from.transport, KEEPALIVE_ACK_FRAME);
   };
 
-  const onDatagram = (msg: Buffer, rinfo: RemoteInfo) => {
-    if (msg.length === 0) return drop('garbage');
-    if ((msg[0] & 0xf0) === 0xb0) {
-      const id = `${rinfo.address}|${rinfo.port}`;
-      const from = udpClients.get(id) ?? null;
-      return onFrame(msg, from?.transport ?? { kind: 'udp', addr: rinfo.address, port: rinfo.port, id }, from, null);
+  // A round is cut into runs of datagrams from one endpoint (a flood comes in long runs), so
+  // lookups and budgets are done once per run and a flooding sender's excess costs a few
+  // arithmetic operations per datagram, with no allocation.
+  const runStart = new Int32Array(READ_BATCH);
+  const runCount = new Int32Array(READ_BATCH);
+  const runSource: string[] = new Array(READ_BATCH);
+
+  /** One read round: runs, fair shares when it came full, then each run in order. */
+  const onUdpRound = (slab: Buffer, slot: number, lens: Int32Array, addrs: Buffer, n: number) => {
+    let runs = 0;
+    for (let i = 0; i < n; ) {
+      let j = i + 1;
+      while (j < n && sameEndpoint(addrs, i * ADDR_SIZE, addrs, j * ADDR_SIZE)) j++;
+      runStart[runs] = i;
+      runCount[runs] = j - i;
+      runSource[runs++] = sourceKeyOf(addrs, i * ADDR_SIZE);
+      i = j;
     }
-    if (!answerStun(udp!, msg, rinfo)) drop('garbage');
+    shares.begin(runSource, runCount, runs, n === READ_BATCH);
+    const now = monotonicMs();
+    for (let r = 0; r < runs; r++) {
+      const granted = shares.take(runSource[r], runCount[r]);
+      if (granted < runCount[r]) drop('fair-share', runCount[r] - granted);
+      if (granted > 0) onUdpRun(slab, slot, lens, addrs, runStart[r], runStart[r] + granted, runSource[r], now);
+    }
   };
 
-  /** STUN Binding requests (RFC 5389, and classic RFC 3489 ones) get the address they came from. */
-  const answerStun = (socket: UdpSocket, msg: Buffer, rinfo: RemoteInfo): boolean => {
-    const src = endpointOf(rinfo);
-    const answer = src && answerBindingRequest(msg, 0, msg.length, src, 0);
+  /** Datagrams i..end-1 of a round, all from one endpoint. */
+  const onUdpRun = (slab: Buffer, slot: number, lens: Int32Array, addrs: Buffer, i: number, end: number, source: string, now: number) => {
+    const epOff = i * ADDR_SIZE;
+    const id = addrs.toString('latin1', epOff, epOff + 18);
+    const from = udpClients.get(id) ?? null;
+    let stranger: Transport | null = null;
+    let rateLimited = 0;
+    for (let k = i; k < end; k++) {
+      const off = k * slot;
+      const len = lens[k];
+      if (len === 0) {
+        drop('garbage');
+        continue;
+      }
+      try {
+        const type = slab[off];
+        if (from && type === FRAME_SEND && len >= PACKET_HEADER_SIZE && len <= MAX_FRAME_SIZE) {
+          // The hot path: a registered sender's packet, limits checked before any lookup or copy.
+          from.lastHeard = now;
+          if (!from.packets.take(1, now)) rateLimited++;
+          else if (!from.bytes.take(len - PACKET_HEADER_SIZE, now)) drop('byte-limit');
+          else forward(slab.subarray(off, off + len), from);
+          continue;
+        }
+        const msg = slab.subarray(off, off + len);
+        if ((type & 0xf0) === 0xb0) {
+          stranger ??= from ? null : { kind: 'udp', ep: addrs.subarray(epOff, epOff + ADDR_SIZE), id, source };
+          onFrame(msg, from?.transport ?? stranger!, from, null);
+        } else if (!answerStunFromRound(msg, addrs, epOff, source)) {
+          drop('garbage');
+        }
+      } catch (err) {
+        drop('garbage');
+        log.error({ err }, 'relay: handling a datagram failed');
+      }
+    }
+    if (rateLimited) drop('rate-limit', rateLimited);
+  };
+
+  /** STUN Binding requests (RFC 5389, and classic RFC 3489 ones) get the address they came from, at a budget per source. */
+  const answerStunFromRound = (msg: Buffer, addrs: Buffer, epOff: number, source: string): boolean => {
+    const answer = answerBindingRequest(msg, 0, msg.length, addrs.subarray(epOff, epOff + ADDR_SIZE), 0);
     if (!answer) return false;
+    if (!stunAnswers.take(source)) return true;
     counters.stunAnswered++;
-    socket.send(answer, rinfo.port, rinfo.address, (err) => err && drop('send-error'));
+    udp!.send(answer, addrs, epOff);
     return true;
   };
 
-  const guarded = <A extends unknown[]>(what: string, fn: (...a: A) => void) => (...a: A) => {
-    try {
-      fn(...a);
-    } catch (err) {
-      drop('garbage');
-      log.error({ err }, `relay: handling ${what} failed`);
-    }
+  const answerStunOnSecondPort = (msg: Buffer, rinfo: RemoteInfo) => {
+    const ip = parseAddress(rinfo.address.replace(/%.*$/, ''));
+    const answer = ip && answerBindingRequest(msg, 0, msg.length, makeEndpoint(ip, rinfo.port), 0);
+    if (!answer) return drop('garbage');
+    if (!stunAnswers.take(sourceKeyOf(makeEndpoint(ip, 0)))) return;
+    counters.stunAnswered++;
+    stun2!.send(answer, rinfo.port, rinfo.address, (err) => err && drop('send-error'));
   };
 
-  udp?.on('message', guarded('a datagram', onDatagram));
-  stun2?.on('message', guarded('a STUN datagram', (msg: Buffer, rinfo: RemoteInfo) => void (answerStun(stun2!, msg, rinfo) || drop('garbage'))));
-  for (const s of [udp, stun2]) s?.on('error', (err) => log.warn({ err }, 'relay UDP socket error'));
+  udp?.start(onUdpRound, (err) => log.error({ err }, 'relay UDP socket failed: no more UDP frames'));
+  stun2?.on('message', (msg, rinfo) => {
+    try {
+      answerStunOnSecondPort(msg, rinfo);
+    } catch (err) {
+      drop('garbage');
+      log.error({ err }, 'relay: handling a STUN datagram failed');
+    }
+  });
+  stun2?.on('error', (err) => log.warn({ err }, 'relay STUN socket error'));
 
   const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     const ours = (req.url ?? '').split('?')[0] === UPGRADE_PATH && String(req.headers.upgrade ?? '').toLowerCase() === UPGRADE_PROTOCOL;
@@ -302,8 +439,15 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     }
     const conn: TcpConn = { socket, client: null };
     tcpConns.add(conn);
-    const t: Transport = { kind: 'tcp', socket };
-    const reader = new FrameReader(guarded('a TCP frame', (frame: Buffer) => onFrame(frame, t, conn.client, conn)), (reason) => {
+    const t: Transport = { kind: 'tcp', socket, source: sourceKeyOfText((socket as Socket).remoteAddress) };
+    const reader = new FrameReader((frame: Buffer) => {
+      try {
+        onFrame(frame, t, conn.client, conn);
+      } catch (err) {
+        drop('garbage');
+        log.error({ err }, 'relay: handling a TCP frame failed');
+      }
+    }, (reason) => {
       drop(reason);
       socket.destroy();
     });
@@ -323,21 +467,24 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   };
   opts.tcpServer?.on('upgrade', onUpgrade);
 
+  /** Forgets silent clients, and asks the allow hook again: a key no longer allowed loses its session. */
   const sweep = () => {
     const now = monotonicMs();
     for (const c of clients.values()) {
-      if (now - c.lastHeard > CLIENT_IDLE_TIMEOUT_MS) {
-        log.info({ event: 'client-gone', key: c.wgKey.toString('base64') }, 'relay client silent: forgotten');
+      const networks = gate.networksOf(Buffer.from(c.edId, 'latin1'));
+      if (now - c.lastHeard > CLIENT_IDLE_TIMEOUT_MS || !networks) {
+        log.info({ event: 'client-gone', key: c.wgKey.toString('base64'), why: networks ? 'silent' : 'no longer allowed' }, 'relay client forgotten');
         forget(c);
+      } else {
+        c.networks = networks;
       }
     }
-    const wall = Date.now();
-    for (const [k, v] of lastTimestamp) if (wall - v.at > 2 * MAX_CLOCK_SKEW_MS) lastTimestamp.delete(k);
+    gate.sweep();
   };
   const sweeper = setInterval(sweep, SWEEP_INTERVAL_MS);
   sweeper.unref();
 
-  const udpPort = udp?.address().port ?? 0;
+  const udpPort = udp?.port ?? 0;
   log.info({ event: 'relay-listening', udpPort, stunSecondPort: stun2?.address().port, tcp: Boolean(opts.tcpServer) }, 'relay listening');
 
   let stopped: Promise<void> | undefined;
@@ -348,15 +495,17 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
       let tcp = 0;
       for (const c of clients.values()) if (c.transport.kind === 'tcp') tcp++;
       return { clients: clients.size, udpClients: clients.size - tcp, tcpClients: tcp, forwardedPackets: counters.forwardedPackets,
-        forwardedBytes: counters.forwardedBytes, stunAnswered: counters.stunAnswered, dropped: { ...counters.dropped } };
+        forwardedBytes: counters.forwardedBytes, stunAnswered: counters.stunAnswered, helloVerifications: gate.verified, dropped: { ...counters.dropped } };
     },
     stop: () => (stopped ??= (async () => {
       clearInterval(sweeper);
       opts.tcpServer?.off('upgrade', onUpgrade);
       for (const conn of tcpConns) conn.socket.destroy();
       clients.clear();
+      byEdKey.clear();
       udpClients.clear();
-      await Promise.all([udp, stun2].map((s) => s && new Promise<void>((resolve) => s.close(() => resolve()))));
+      udp?.close();
+      if (stun2) await new Promise<void>((resolve) => stun2!.close(() => resolve()));
     })()),
   };
 }

@@ -289,7 +289,7 @@ describe('relay', () => {
 
   it('refuses keys the allow hook refuses, over UDP and TCP', async () => {
     const allowed = Identity.generate();
-    const info = await start({ allow: (k) => Buffer.from(k).equals(Buffer.from(allowed.publicKey)) });
+    const info = await start({ allow: (k) => (Buffer.from(k).equals(Buffer.from(allowed.publicKey)) ? ['n'] : null) });
     const ok = await agent(info, { identity: allowed });
     const no = await agent(info);
     const noTcp = await agent({ udp: `127.0.0.1:${await deadUdpPort()}`, tcp: info.tcp }, { udpTimeoutMs: 200 });

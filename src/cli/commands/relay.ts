@@ -5,9 +5,9 @@ import type { AddressInfo } from 'node:net';
 import pino from 'pino';
 import type { Argv, CommandModule } from 'yargs';
 import { AgentVpnError } from '../../errors.js';
-import { publicKeyOfAgentId } from '../../identity/agent-id.js';
 import { DEFAULT_LIMITS } from '../../relay/limits.js';
-import { formatHostPort, parseHostPort, wgKeyOf } from '../../relay/protocol.js';
+import { parseAllowKeys } from '../../relay/allow-list.js';
+import { formatHostPort, parseHostPort } from '../../relay/protocol.js';
 import { startRelay, type RunningRelay } from '../../relay/server.js';
 import { UPGRADE_PATH } from '../../relay/tcp.js';
 import { printResult, runCommand, type GlobalArgs } from '../output.js';
@@ -21,20 +21,6 @@ interface RelayArgs extends GlobalArgs {
   pps: number;
   bps: number;
   'log-level': string;
-}
-
-/** Agent IDs, Ed25519 or WireGuard public keys (base64) → a set of base64 keys to match either against. */
-export function parseAllowKeys(keys: string[]): Set<string> {
-  const out = new Set<string>();
-  for (const k of keys) {
-    const fromId = publicKeyOfAgentId(k);
-    const raw = fromId ?? (/^[A-Za-z0-9+/]{43}=$/.test(k) ? Buffer.from(k, 'base64') : null);
-    if (!raw || raw.length !== 32) {
-      throw new AgentVpnError('BAD_KEY', `invalid --allow-key "${k}"`, 'give an agent ID (agentvpn id) or a base64 Ed25519 or WireGuard public key');
-    }
-    out.add(Buffer.from(raw).toString('base64'));
-  }
-  return out;
 }
 
 function answerPlainRequest(req: IncomingMessage, res: ServerResponse): void {
@@ -73,7 +59,7 @@ async function serve(args: RelayArgs): Promise<void> {
   const relayOpts = {
     stunSecondPort: args['stun-second-port'], tcpServer: server, log,
     limits: { packetsPerSecond: args.pps, bytesPerSecond: args.bps, burst: { packets: Math.ceil(args.pps / 2), bytes: Math.ceil(args.bps / 2) } },
-    allow: allowed ? (edPub: Uint8Array) => allowed.has(Buffer.from(edPub).toString('base64')) || allowed.has(wgKeyOf(edPub).toString('base64')) : undefined,
+    allow: allowed?.hook,
   };
   try {
     // UDP on the TCP port number; with port 0, any free one when that number is taken for UDP.
@@ -85,8 +71,9 @@ async function serve(args: RelayArgs): Promise<void> {
   const udp = formatHostPort(host, relay.udpPort);
   const tcp = `${tls ? 'https' : 'http'}://${formatHostPort(host, tcpPort)}${UPGRADE_PATH}`;
   const stun = relay.stunSecondPort ? [udp, formatHostPort(host, relay.stunSecondPort)] : [udp];
-  printResult(args.json, { udp, tcp, stun, allowKeys: allowed ? allowed.size : null },
-    () => `relay listening: UDP ${udp}, TCP ${tcp}; STUN on ${stun.join(' and ')}; ${allowed ? `${allowed.size} allowed key(s)` : 'open to any agent key'}`);
+  printResult(args.json, { udp, tcp, stun, allowKeys: allowed ? allowed.keys : null, networks: allowed ? allowed.networks : null },
+    () => `relay listening: UDP ${udp}, TCP ${tcp}; STUN on ${stun.join(' and ')}; ` +
+      (allowed ? `${allowed.keys} allowed key(s) in network(s) ${allowed.networks.join(', ')}` : 'open to any agent key (one network: any agent can reach any other)'));
 
   const signal = await new Promise<string>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'));
@@ -104,7 +91,7 @@ export const relayCommand: CommandModule<GlobalArgs, RelayArgs> = {
   builder: (y) =>
     y
       .option('listen', { type: 'string', describe: 'HOST:PORT for UDP and TCP, e.g. 0.0.0.0:7443' })
-      .option('allow-key', { type: 'string', array: true, describe: 'only these agents may use the relay: agent ID or base64 public key (repeat the option)' })
+      .option('allow-key', { type: 'string', array: true, describe: 'only these agents may use the relay, as [NETWORK:]KEY (agent ID or base64 public key; repeat the option); frames pass only within a network (default "default")' })
       .option('tls-cert', { type: 'string', describe: 'TLS certificate (PEM): serve the TCP fallback over HTTPS' })
       .option('tls-key', { type: 'string', describe: 'TLS private key (PEM)' })
       .option('stun-second-port', { type: 'boolean', default: true, describe: 'also answer STUN on the next UDP port (lets agents spot NATs whose mapping varies by destination)' })

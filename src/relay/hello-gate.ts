@@ -1,0 +1,100 @@
+import {
+  HELLO_VERIFY_BURST, HELLO_VERIFY_BURST_PER_SOURCE, HELLO_VERIFY_RATE, HELLO_VERIFY_RATE_PER_SOURCE, KeyedBuckets, TokenBucket,
+} from './limits.js';
+import { MAX_CLOCK_SKEW_MS, NOTICE_BAD_SIGNATURE, NOTICE_NOT_ALLOWED, NOTICE_STALE_TIMESTAMP, type Hello, type RelayLog } from './protocol.js';
+
+/**
+ * Admission of relay hellos, cheapest check first, so a flood of forged hellos costs little:
+ *
+ *   1. timestamp within MAX_CLOCK_SKEW_MS of our clock          (arithmetic)
+ *   2. timestamp newer than the key's last verified one          (one map lookup; stops replays)
+ *   3. the key is allowed: the allow hook gives its networks     (an in-memory lookup; strangers
+ *                                                                 cost no signature check)
+ *   4. re-hello: the key's session is already on this transport  (acked as is, changes nothing)
+ *   5. the source's verify budget (IPv4 address, IPv6 /64)       (so no source spends the total)
+ *   6. the global verify budget
+ *   7. the Ed25519 signature                                     (~70 µs)
+ *
+ * Size and version were checked by parseHello before. A hello shed by a budget gets no notice:
+ * the client's retransmission (every second) tries again.
+ */
+
+/** The networks an agent belongs to; the relay forwards only between sessions sharing one. */
+export type Networks = readonly string[];
+
+/**
+ * Who may use the relay: the networks of an Ed25519 key, or null to refuse it. Called for every
+ * hello before its signature is checked, and again at every sweep: it must be an in-memory lookup.
+ */
+export type AllowHook = (edPub: Uint8Array) => Networks | null;
+
+/** Without an allow hook, every agent is in this one network (an open relay). */
+export const OPEN_NETWORKS: Networks = Object.freeze(['']);
+
+/** What the gate needs to know about the session the hello's key already has, if any. */
+export interface SessionOfKey {
+  /** Timestamp of its last verified hello. */
+  lastHelloTs: number;
+  /** The hello came over the session's own transport (same UDP address and port, or same TCP connection). */
+  onThisTransport: boolean;
+}
+
+export type HelloVerdict =
+  | { kind: 'refused'; reason: 'stale-timestamp' | 'not-allowed' | 'bad-signature'; notice: number }
+  | { kind: 'shed'; reason: 'hello-source-rate' | 'hello-rate' }
+  | { kind: 're-hello' }
+  | { kind: 'verified'; networks: Networks };
+
+/** Last verified hello timestamps of keys without a session, kept this many at most (FIFO). */
+const MAX_REMEMBERED_TIMESTAMPS = 100_000;
+
+export class HelloGate {
+  private readonly perSource = new KeyedBuckets(HELLO_VERIFY_RATE_PER_SOURCE, HELLO_VERIFY_BURST_PER_SOURCE);
+  private readonly total = new TokenBucket(HELLO_VERIFY_RATE, HELLO_VERIFY_BURST);
+  /** By Ed25519 key (latin1): for keys whose session is gone or that only probed. Sessions keep their own. */
+  private readonly remembered = new Map<string, { ts: number; at: number }>();
+  verified = 0;
+
+  constructor(private readonly allow: AllowHook | undefined, private readonly log: RelayLog) {}
+
+  check(hello: Hello, edId: string, source: string, session: SessionOfKey | undefined, now = Date.now()): HelloVerdict {
+    if (Math.abs(now - hello.timestamp) > MAX_CLOCK_SKEW_MS) return { kind: 'refused', reason: 'stale-timestamp', notice: NOTICE_STALE_TIMESTAMP };
+    const last = session?.lastHelloTs ?? this.remembered.get(edId)?.ts;
+    if (last !== undefined && hello.timestamp <= last) return { kind: 'refused', reason: 'stale-timestamp', notice: NOTICE_STALE_TIMESTAMP };
+    const networks = this.networksOf(hello.edPub);
+    if (!networks) return { kind: 'refused', reason: 'not-allowed', notice: NOTICE_NOT_ALLOWED };
+    if (session?.onThisTransport) return { kind: 're-hello' };
+    if (!this.perSource.take(source)) return { kind: 'shed', reason: 'hello-source-rate' };
+    if (!this.total.take()) return { kind: 'shed', reason: 'hello-rate' };
+    this.verified++;
+    if (!hello.verify()) return { kind: 'refused', reason: 'bad-signature', notice: NOTICE_BAD_SIGNATURE };
+    return { kind: 'verified', networks };
+  }
+
+  /** The key's networks now (null: refused); the sweep asks again, so membership changes take effect. */
+  networksOf(edPub: Uint8Array): Networks | null {
+    if (!this.allow) return OPEN_NETWORKS;
+    try {
+      const n = this.allow(edPub);
+      return n && n.length > 0 ? n : null;
+    } catch (err) {
+      this.log.error({ err }, 'relay allow hook failed');
+      return null;
+    }
+  }
+
+  /** Keeps a verified timestamp of a key that has no session (a probe, or a session being forgotten). */
+  remember(edId: string, ts: number, now = Date.now()): void {
+    this.remembered.delete(edId);
+    if (this.remembered.size >= MAX_REMEMBERED_TIMESTAMPS) this.remembered.delete(this.remembered.keys().next().value!);
+    this.remembered.set(edId, { ts, at: now });
+  }
+
+  /** Forgets timestamps too old to pass the skew check anyway. */
+  sweep(now = Date.now()): void {
+    for (const [k, v] of this.remembered) {
+      if (now - v.at <= 2 * MAX_CLOCK_SKEW_MS) break; // insertion order: the rest are newer
+      this.remembered.delete(k);
+    }
+  }
+}

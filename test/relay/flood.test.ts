@@ -1,0 +1,101 @@
+// The relay under attack (issue 7, classes 6 and 7), in network namespaces: a relay, an attacker
+// on a link of its own, and agents on theirs. The attacker floods with the native batch sender
+// (flood-peer.ts); the agents are real relay clients (netns-peer.ts). Each test prints the figure
+// it measures.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { Identity } from '../../src/identity/identity.js';
+import { Lab, waitFor, type LabProcess } from '../../src/lab/index.js';
+import { labReady } from '../e2e/checks.js';
+
+const ROOT = join(import.meta.dirname, '..', '..');
+const VITE_NODE = join(ROOT, 'node_modules', 'vite-node', 'vite-node.mjs');
+const PEER = join(ROOT, 'test', 'relay', 'netns-peer.ts');
+const FLOODER = join(ROOT, 'test', 'relay', 'flood-peer.ts');
+const PORT = 7443;
+/** Long enough for an agent to start (vite-node: 1-3 s), connect and measure during the flood. */
+const FLOOD_SECONDS = 10;
+
+interface FloodResult {
+  sent: number;
+  seconds: number;
+  pps: number;
+}
+
+describe.runIf(labReady(['ip', 'ss']))('relay under floods, in network namespaces', () => {
+  const lab = new Lab();
+  afterAll(() => lab.cleanup());
+  let relayNs: string, attackerNs: string, aNs: string, bNs: string;
+  const relayAt = { attacker: '203.0.113.1', a: '192.0.2.1', b: '198.51.100.1' };
+
+  const tsArgv = (file: string, ...args: string[]) => [process.execPath, VITE_NODE, '--root', ROOT, file, ...(args.length ? ['--', ...args] : [])];
+  const relayEnv = (at: string) => ({ AVR_UDP: `${at}:${PORT}`, AVR_TCP: `http://${at}:${PORT}/v1/relay` });
+
+  /** An agent that answers pings, connected to the relay; resolves with its process once it is on UDP. */
+  async function startEcho(ns: string, at: string, seed: Buffer): Promise<{ proc: LabProcess; out: () => string }> {
+    const proc = lab.spawn(ns, tsArgv(PEER), { name: 'echo', cwd: ROOT, stdio: 'pipe', env: { ...process.env, AVR_ROLE: 'echo', AVR_SEED: seed.toString('hex'), ...relayEnv(at) } });
+    let out = '';
+    proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    return { proc, out: () => out };
+  }
+
+  /** Starts the attacker; `started` resolves once it floods, `done` with its report. */
+  function startFlood(env: Record<string, string>): { started: Promise<unknown>; done: Promise<FloodResult> } {
+    const proc = lab.spawn(attackerNs, tsArgv(FLOODER), { name: 'flood', cwd: ROOT, stdio: 'pipe',
+      env: { ...process.env, AVF_RELAY: `${relayAt.attacker}:${PORT}`, AVF_SECONDS: String(FLOOD_SECONDS), ...env } });
+    let out = '';
+    proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    const started = waitFor(() => out.includes('"flooding"'), { timeoutMs: 30_000, what: `the flood to start (${lab.logTail(proc, 5)})` });
+    const done = proc.exited.then(() => JSON.parse(out.trim().split('\n').pop()!) as FloodResult);
+    return { started, done };
+  }
+
+  beforeAll(async () => {
+    relayNs = await lab.addNamespace('relay');
+    attackerNs = await lab.addNamespace('attacker');
+    aNs = await lab.addNamespace('a');
+    bNs = await lab.addNamespace('b');
+    await lab.connect(relayNs, attackerNs, { a: `${relayAt.attacker}/24`, b: '203.0.113.2/24' });
+    await lab.connect(relayNs, aNs, { a: `${relayAt.a}/24`, b: '192.0.2.2/24' });
+    await lab.connect(relayNs, bNs, { a: `${relayAt.b}/24`, b: '198.51.100.2/24' });
+    const relay = lab.spawn(relayNs, tsArgv(join(ROOT, 'src', 'cli', 'main.ts'), 'relay', '--listen', `0.0.0.0:${PORT}`, '--log-level', 'warn'), { name: 'relay', cwd: ROOT });
+    await waitFor(async () => (await lab.exec(relayNs, ['ss', '-Hlun', `sport = :${PORT}`])).stdout.trim().length > 0,
+      { timeoutMs: 30_000, what: `relay on ${PORT} (${lab.logTail(relay, 5)})` });
+  }, 60_000);
+
+  it('a new agent gets its hello acked while one source floods hellos with random keys and signatures (time to ack, flood rate)', async () => {
+    const flood = startFlood({ AVF_KIND: 'hello' });
+    await flood.started;
+    const agent = await startEcho(aNs, relayAt.a, randomBytes(32));
+    const acked = await waitFor(() => /"state":"udp","ms":(\d+)/.exec(agent.out())?.[1], { timeoutMs: 20_000, intervalMs: 50 }).catch(() => null);
+    const result = await flood.done;
+    await lab.kill(agent.proc);
+    console.log(`hello flood: ${result.pps} hellos/s from one source for ${result.seconds} s; new agent acked over UDP after ${acked ?? 'never (>20 s)'} ms`);
+    expect(result.pps).toBeGreaterThan(50_000);
+    expect(acked).not.toBeNull();
+  }, 90_000);
+
+  it('an uninvolved relayed pair keeps its packets while one member floods SEND frames (loss %, flood rate)', async () => {
+    const seedA = randomBytes(32);
+    const seedB = randomBytes(32);
+    const echo = await startEcho(bNs, relayAt.b, seedB);
+    await waitFor(() => echo.out().includes('"state":"udp"'), { timeoutMs: 30_000, what: `echo agent on UDP (${echo.out()})` });
+    const attackerSeed = randomBytes(32);
+    // The member floods its own key: the relay forwards what its limits let through back to the attacker.
+    const flood = startFlood({ AVF_KIND: 'member', AVF_SEED: attackerSeed.toString('hex'), AVF_DST: Buffer.from(new Identity(attackerSeed).wgPublicKey).toString('base64'), AVF_SIZE: '128' });
+    await flood.started;
+    const probe = await lab.run(aNs, tsArgv(PEER), {
+      timeoutMs: 60_000,
+      env: { ...process.env, AVR_ROLE: 'probe', AVR_SEED: seedA.toString('hex'), AVR_PEER: Buffer.from(new Identity(seedB).wgPublicKey).toString('base64'),
+        AVR_COUNT: '300', AVR_INTERVAL: '10', ...relayEnv(relayAt.a) },
+    });
+    const result = await flood.done;
+    await lab.kill(echo.proc);
+    const pair = JSON.parse(probe.stdout.trim().split('\n').pop()!) as { state: string; sent: number; pongs: number; lossPct: number; rttP50Ms: number | null; rttMaxMs: number | null };
+    console.log(`member flood: ${result.pps} frames/s for ${result.seconds} s; uninvolved pair: ${pair.lossPct} % loss (${pair.pongs}/${pair.sent}), rtt p50 ${pair.rttP50Ms} ms, max ${pair.rttMaxMs} ms`);
+    expect(result.pps).toBeGreaterThan(50_000);
+    expect(pair.state).toBe('udp');
+    expect(pair.lossPct).toBeLessThan(5);
+  }, 90_000);
+});
