@@ -28,11 +28,11 @@ function sendFromSocket(socket: Socket, buf: Buffer, ep: Uint8Array): void {
   socket.send(buf, endpointPort(ep), formatAddress(endpointAddress(ep)), () => {});
 }
 
-/** An agent on 127.0.0.1 with a relay client; datagrams from the relay's endpoint go to the client. */
-export async function startAgent(relay: RelayInfo, opts: { udpTimeoutMs?: number; udpRetryMs?: number; identity?: Identity; blockUdp?: boolean } = {}): Promise<TestAgent> {
+/** An agent on 127.0.0.1 (or `host`) with a relay client; datagrams from the relay's endpoint go to the client. */
+export async function startAgent(relay: RelayInfo, opts: { udpTimeoutMs?: number; udpRetryMs?: number; identity?: Identity; blockUdp?: boolean; host?: string } = {}): Promise<TestAgent> {
   const identity = opts.identity ?? Identity.generate();
   const socket = dgram.createSocket('udp4');
-  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', () => resolve()));
+  await new Promise<void>((resolve) => socket.bind(0, opts.host ?? '127.0.0.1', () => resolve()));
   const received: Received[] = [];
   const notHere: Buffer[] = [];
   const client = new RelayClient({
@@ -60,10 +60,10 @@ export async function waitState(agent: TestAgent, state: RelayState, timeoutMs =
   await waitFor(() => agent.client.state === state, { timeoutMs, intervalMs: 20, what: `relay client state ${state} (is ${agent.client.state})` });
 }
 
-/** A raw UDP socket on loopback that keeps every datagram it gets. */
-export async function rawSocket(): Promise<{ socket: Socket; port: number; inbox: Buffer[]; send(buf: Buffer, port: number): void; close(): void }> {
+/** A raw UDP socket on loopback (127.0.0.1, or another 127/8 `host`: another source) that keeps every datagram it gets. */
+export async function rawSocket(host = '127.0.0.1'): Promise<{ socket: Socket; port: number; inbox: Buffer[]; send(buf: Buffer, port: number): void; close(): void }> {
   const socket = dgram.createSocket('udp4');
-  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', () => resolve()));
+  await new Promise<void>((resolve) => socket.bind(0, host, () => resolve()));
   const inbox: Buffer[] = [];
   socket.on('message', (m) => inbox.push(m));
   return {

@@ -1,4 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,7 +8,8 @@ import { waitFor } from '../../src/lab/index.js';
 import { RegistryClient } from '../../src/registry/client.js';
 import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
 import { buildBindingRequest, newTransactionId, parseBindingResponse } from '../../src/paths/stun.js';
-import { rawSocket, startAgent, waitState, type TestAgent } from './harness.js';
+import { encodeHello } from '../../src/relay/protocol.js';
+import { rawSocket, sleep, startAgent, waitState, type TestAgent } from './harness.js';
 
 describe('relay built into the registry', () => {
   let dir: string;
@@ -27,11 +29,10 @@ describe('relay built into the registry', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  async function member(): Promise<{ identity: Identity; join: Awaited<ReturnType<RegistryClient['join']>> }> {
-    const identity = Identity.generate();
-    const client = new RegistryClient({ url: reg.url, identity, network: 'default', timeoutMs: 5000 });
+  async function member(network = 'default', identity = Identity.generate()): Promise<{ identity: Identity; join: Awaited<ReturnType<RegistryClient['join']>> }> {
+    const client = new RegistryClient({ url: reg.url, identity, network, timeoutMs: 5000 });
     clients.push(client);
-    return { identity, join: await client.join(`agent-${clients.length}`, await reg.createToken()) };
+    return { identity, join: await client.join(`agent-${clients.length}`, await reg.createToken({ network })) };
   }
 
   it('runs on the HTTP port number, tells joining agents where it is, and serves members over UDP and TCP', async () => {
@@ -80,6 +81,59 @@ describe('relay built into the registry', () => {
     const ok = await startAgent(info, { identity: m.identity });
     agents.push(ok);
     await waitState(ok, 'udp');
+  });
+
+  it('forwards only within a network: a member of one network cannot reach a member of another (counted, told "not here")', async () => {
+    const a1 = await member('default');
+    const a2 = await member('default');
+    const b1 = await member('blue');
+    const info = a1.join.relays[0];
+    const [x, y, z] = [await startAgent(info, { identity: a1.identity }), await startAgent(info, { identity: a2.identity }), await startAgent(info, { identity: b1.identity })];
+    agents.push(x, y, z);
+    for (const agent of [x, y, z]) await waitState(agent, 'udp');
+
+    // Across networks: dropped, and the sender hears the same "not here" as for an absent key.
+    for (let i = 0; i < 20; i++) x.client.send(z.wgKey, Buffer.from(`to the other network ${i}`));
+    z.client.send(x.wgKey, Buffer.from('back across'));
+    // Within a network: delivered.
+    x.client.send(y.wgKey, Buffer.from('same network'));
+    await waitFor(() => y.received.length === 1 && (x.notHere.length > 0 || z.received.length > 0) && (z.notHere.length > 0 || x.received.length > 0),
+      { intervalMs: 10, what: 'the frames handled' });
+    await sleep(100);
+    const crossed = z.received.length + x.received.length;
+    console.log(`network separation: ${crossed} of 21 cross-network frames delivered, ${reg.relay!.stats().dropped['other-network'] ?? 0} dropped as other-network`);
+    expect(crossed).toBe(0);
+    expect(x.notHere[0].equals(z.wgKey)).toBe(true);
+    expect(reg.relay!.stats()).toMatchObject({ forwardedPackets: 1, dropped: { 'other-network': 21 } });
+
+    // An agent that joined both networks reaches members of each.
+    const both = await member('default');
+    await member('blue', both.identity);
+    const w = await startAgent(info, { identity: both.identity });
+    agents.push(w);
+    await waitState(w, 'udp');
+    w.client.send(x.wgKey, Buffer.from('to default'));
+    w.client.send(z.wgKey, Buffer.from('to blue'));
+    await waitFor(() => x.received.length === 1 && z.received.length === 1, { intervalMs: 10, what: 'frames from the agent in both networks' });
+  });
+
+  it('refuses hellos with keys of no member without checking their signatures', async () => {
+    const m = await member();
+    const raw = await rawSocket();
+    try {
+      const hello = encodeHello(Identity.generate(), Date.now(), 0);
+      for (let i = 0; i < 2000; i++) raw.send(Buffer.concat([hello.subarray(0, 3), randomBytes(32), hello.subarray(35)]), reg.port);
+      const handled = () => Object.values(reg.relay!.stats().dropped).reduce((a, b) => a + (b ?? 0), 0);
+      await waitFor(() => handled() >= 1900, { intervalMs: 20, what: `refused hellos (${handled()})` });
+      console.log(`hellos with 2000 random keys: ${reg.relay!.stats().helloVerifications} signatures checked`);
+      expect(reg.relay!.stats().helloVerifications).toBe(0);
+      const ok = await startAgent(m.join.relays[0], { identity: m.identity });
+      agents.push(ok);
+      await waitState(ok, 'udp');
+      expect(reg.relay!.stats().helloVerifications).toBe(1);
+    } finally {
+      raw.close();
+    }
   });
 
   it('can be turned off', async () => {

@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { connect } from 'node:net';
 import type { AddressInfo } from 'node:net';
@@ -9,6 +10,7 @@ import {
   FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_RECV, FRAME_SEND, HELLO_SIZE, MAX_FRAME_SIZE, NOTICE_BAD_SIGNATURE, NOTICE_NOT_REGISTERED,
   NOTICE_STALE_TIMESTAMP, encodeHello, encodeSend,
 } from '../../src/relay/protocol.js';
+import { HELLO_VERIFY_BURST_PER_SOURCE, STUN_BURST_PER_SOURCE } from '../../src/relay/limits.js';
 import { startRelay, type RelayOptions, type RunningRelay } from '../../src/relay/server.js';
 import { UPGRADE_PROTOCOL, encodeTcpFrame } from '../../src/relay/tcp.js';
 import { rawSocket, sleep, startAgent, waitState, type TestAgent } from './harness.js';
@@ -24,6 +26,11 @@ describe('relay', () => {
     await new Promise<void>((resolve) => http!.listen(0, '127.0.0.1', () => resolve()));
     relay = await startRelay({ udp: { host: '127.0.0.1', port: 0 }, stunSecondPort: true, tcpServer: http, ...over });
     return { udp: `127.0.0.1:${relay.udpPort}`, tcp: `http://127.0.0.1:${(http.address() as AddressInfo).port}/v1/relay` };
+  }
+
+  /** An agent from another loopback source address. */
+  async function agentFrom(host: string): Promise<TestAgent> {
+    return agent({ udp: `127.0.0.1:${relay!.udpPort}` }, { host });
   }
 
   async function agent(...args: Parameters<typeof startAgent>): Promise<TestAgent> {
@@ -298,5 +305,65 @@ describe('relay', () => {
     expect(no.client.state).not.toBe('udp');
     expect(noTcp.client.state).not.toBe('tcp');
     expect(relay!.stats().clients).toBe(1);
+  });
+
+  it('acks a re-hello of a session on its own address without a signature check, and checks hellos from elsewhere', async () => {
+    await start();
+    const port = relay!.udpPort;
+    const raw = await rawSocket();
+    const other = await rawSocket();
+    closers.push(raw.close, other.close);
+    const me = Identity.generate();
+    raw.send(encodeHello(me, Date.now(), 0), port);
+    await waitFor(() => raw.inbox.length === 1, { intervalMs: 10 });
+    expect(raw.inbox[0][0]).toBe(FRAME_HELLO_ACK);
+    expect(relay!.stats().helloVerifications).toBe(1);
+
+    // Same key, same address, a garbage signature: acked as is (it changes nothing), not verified.
+    const again = encodeHello(me, Date.now() + 1, 0);
+    again.fill(7, 43);
+    raw.send(again, port);
+    await waitFor(() => raw.inbox.length === 2, { intervalMs: 10 });
+    expect(raw.inbox[1][0]).toBe(FRAME_HELLO_ACK);
+    expect(relay!.stats().helloVerifications).toBe(1);
+
+    // The same forged hello from another address would move the session: it is checked and refused.
+    other.send(again, port);
+    await waitFor(() => other.inbox.length === 1, { intervalMs: 10 });
+    expect([other.inbox[0][0], other.inbox[0][1]]).toEqual([FRAME_NOTICE, NOTICE_BAD_SIGNATURE]);
+    expect(relay!.stats()).toMatchObject({ clients: 1, helloVerifications: 2 });
+  });
+
+  it('checks at most a per-source budget of signatures for one source; another source still gets its hello checked and acked', async () => {
+    await start();
+    const port = relay!.udpPort;
+    const flooder = await rawSocket('127.0.0.1');
+    closers.push(flooder.close);
+    const template = encodeHello(Identity.generate(), Date.now(), 0);
+    const FLOOD = 3000;
+    for (let i = 0; i < FLOOD; i++) {
+      const f = Buffer.concat([template.subarray(0, 3), randomBytes(32), template.subarray(35)]);
+      flooder.send(f, port);
+      if (i % 500 === 499) await sleep(5); // stay within the socket buffers: every hello reaches the relay
+    }
+    const handled = () => Object.values(relay!.stats().dropped).reduce((a, b) => a + (b ?? 0), 0);
+    await waitFor(() => handled() >= FLOOD * 0.9, { intervalMs: 20, what: `flood handled (${handled()})` });
+    const { helloVerifications, dropped } = relay!.stats();
+    console.log(`hello flood from one source: ${FLOOD} hellos, ${helloVerifications} signatures checked, ${dropped['hello-source-rate'] ?? 0} shed by the source budget`);
+    expect(helloVerifications).toBeLessThanOrEqual(HELLO_VERIFY_BURST_PER_SOURCE + 50);
+    const agent = await agentFrom('127.0.0.2');
+    await waitState(agent, 'udp', 3000);
+    expect(relay!.stats().helloVerifications).toBe(helloVerifications + 1);
+  });
+
+  it('answers STUN at a budget per source', async () => {
+    await start();
+    const raw = await rawSocket();
+    closers.push(raw.close);
+    for (let i = 0; i < 1000; i++) raw.send(buildBindingRequest(newTransactionId()), relay!.udpPort);
+    await sleep(300);
+    console.log(`STUN flood from one source: 1000 requests, ${raw.inbox.length} answers`);
+    expect(raw.inbox.length).toBeGreaterThan(0);
+    expect(raw.inbox.length).toBeLessThanOrEqual(STUN_BURST_PER_SOURCE + 50);
   });
 });
