@@ -54,6 +54,16 @@ export const NOTICE_RATE_UNKNOWN = 200;
 export const STUN_RATE_PER_SOURCE = 50;
 export const STUN_BURST_PER_SOURCE = 100;
 /**
+ * Sessions at once (~1 KB each, so ~100 MB): a registry's relay has at most one per member key,
+ * an open relay is bounded here. A new key's hello past it is shed; its client retries.
+ */
+export const MAX_SESSIONS = 100_000;
+/**
+ * TCP fallback connections from one source at once: ~500 agents behind one NAT on TCP. More would
+ * only hold file descriptors (each must say hello within TCP_HELLO_TIMEOUT_MS anyway).
+ */
+export const MAX_TCP_CONNECTIONS_PER_SOURCE = 512;
+/**
  * Sources whose budgets are tracked at once (~100 bytes each). Past this the oldest are forgotten:
  * a forgotten source starts again with a full but small bucket, and the global budgets still hold,
  * so spoofing many sources buys no more than the global rate.

@@ -21,6 +21,9 @@ import { Identity, verifySignature } from '../identity/identity.js';
  * The hello signature covers HELLO_LABEL followed by bytes 1..43 of the frame (version, flags,
  * key, timestamp). The relay derives the client's WireGuard key from the signing key, so no one
  * can register under another agent's key; the relay never reads the packets it forwards.
+ * PEER_NOT_HERE also answers a SEND to an agent of another network (the relay forwards only
+ * within a network), so a sender learns nothing about other networks. A hello the relay sheds
+ * (its budgets, hello-gate.ts) gets no answer at all: the client's retransmission tries again.
  */
 
 export const FRAME_HELLO = 0xb0;

@@ -10,7 +10,7 @@ import { formatEndpoint, makeEndpoint, sameEndpoint } from '../wireguard/endpoin
 import { RoundShares } from './fair-share.js';
 import { HelloGate, type AllowHook, type Networks, type SessionOfKey } from './hello-gate.js';
 import {
-  DEFAULT_LIMITS, KeyedBuckets, NOTICE_RATE_PER_CLIENT, NOTICE_RATE_PER_SOURCE, NOTICE_RATE_UNKNOWN, STUN_BURST_PER_SOURCE, STUN_RATE_PER_SOURCE, TokenBucket, monotonicMs, sourceKeyOf,
+  DEFAULT_LIMITS, KeyedBuckets, MAX_SESSIONS, MAX_TCP_CONNECTIONS_PER_SOURCE, NOTICE_RATE_PER_CLIENT, NOTICE_RATE_PER_SOURCE, NOTICE_RATE_UNKNOWN, STUN_BURST_PER_SOURCE, STUN_RATE_PER_SOURCE, TokenBucket, monotonicMs, sourceKeyOf,
   validateLimits, type RelayLimits,
 } from './limits.js';
 import {
@@ -44,7 +44,8 @@ export interface RelayOptions {
 /** Why frames were dropped; counted in stats().dropped. */
 export type DropReason =
   | 'garbage' | 'oversized' | 'bad-signature' | 'stale-timestamp' | 'not-allowed' | 'hello-rate' | 'hello-source-rate' | 'not-registered'
-  | 'fair-share' | 'peer-not-here' | 'other-network' | 'rate-limit' | 'byte-limit' | 'destination-busy' | 'tcp-backlog' | 'send-error';
+  | 'relay-full' | 'fair-share' | 'peer-not-here' | 'other-network' | 'rate-limit' | 'byte-limit' | 'destination-busy' | 'tcp-backlog'
+  | 'tcp-connections' | 'send-error';
 
 export interface RelayStats {
   clients: number;
@@ -178,6 +179,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   const byEdKey = new Map<string, Client>(); // by Ed25519 key (latin1)
   const udpClients = new Map<string, Client>(); // by endpoint address and port (latin1 of 18 bytes)
   const tcpConns = new Set<TcpConn>();
+  const tcpPerSource = new Map<string, number>(); // open TCP fallback connections by source key
   const gate = new HelloGate(opts.allow, log);
   const shares = new RoundShares();
   const sourceNotices = new KeyedBuckets(NOTICE_RATE_PER_SOURCE, NOTICE_RATE_PER_SOURCE);
@@ -266,8 +268,9 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     const edId = hello.edPub.toString('latin1');
     const existing = byEdKey.get(edId);
     const session: SessionOfKey | undefined = existing && { lastHelloTs: existing.lastHelloTs, onThisTransport: sameTransport(existing.transport, t) };
-    const verdict = gate.check(hello, edId, t.source, session);
     const probe = hello.flags & HELLO_FLAG_PROBE;
+    if (!existing && !probe && clients.size >= MAX_SESSIONS) return drop('relay-full');
+    const verdict = gate.check(hello, edId, t.source, session);
     switch (verdict.kind) {
       case 'refused':
         drop(verdict.reason);
@@ -437,9 +440,16 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
       if (opts.tcpServer!.listenerCount('upgrade') === 1) socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
       return;
     }
+    const source = sourceKeyOfText((socket as Socket).remoteAddress);
+    const fromSource = tcpPerSource.get(source) ?? 0;
+    if (fromSource >= MAX_TCP_CONNECTIONS_PER_SOURCE) {
+      drop('tcp-connections');
+      return void socket.destroy();
+    }
+    tcpPerSource.set(source, fromSource + 1);
     const conn: TcpConn = { socket, client: null };
     tcpConns.add(conn);
-    const t: Transport = { kind: 'tcp', socket, source: sourceKeyOfText((socket as Socket).remoteAddress) };
+    const t: Transport = { kind: 'tcp', socket, source };
     const reader = new FrameReader((frame: Buffer) => {
       try {
         onFrame(frame, t, conn.client, conn);
@@ -456,6 +466,9 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     socket.on('close', () => {
       reader.close();
       tcpConns.delete(conn);
+      const left = (tcpPerSource.get(source) ?? 1) - 1;
+      if (left > 0) tcpPerSource.set(source, left);
+      else tcpPerSource.delete(source);
       if (conn.client) forget(conn.client);
     });
     const helloTimer = setTimeout(() => conn.client || socket.destroy(), TCP_HELLO_TIMEOUT_MS);
