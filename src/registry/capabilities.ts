@@ -23,7 +23,9 @@ function bad(text: string, what: string): AgentVpnError {
 }
 
 export function parseCapability(text: string): Capability {
-  if (typeof text !== 'string' || text.length > 512) throw bad(String(text).slice(0, 40), 'too long or not text');
+  // Never String(text): on a deeply nested array that recursion overflows the stack.
+  if (typeof text !== 'string') throw bad(`(${typeof text})`, 'not text');
+  if (text.length > 512) throw bad(text.slice(0, 40), 'too long');
   const [head, ...pairs] = text.trim().split(';');
   const [name, version, extra] = head.split('@');
   if (extra !== undefined) throw bad(text, 'more than one @');

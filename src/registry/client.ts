@@ -17,7 +17,10 @@ const MAX_RESPONSE_BYTES = 256 * 1024 * 1024;
 const UNREACHABLE_HINT = 'check the --registry URL and that the registry is running and reachable; established tunnels keep working meanwhile';
 const TLS_ERRORS = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS|ERR_SSL/;
 
-/** Newest timestamp signed per identity: join, heartbeat and leave timestamps must keep growing. */
+/**
+ * Newest timestamp signed per identity. The registry takes each signed timestamp of an agent
+ * once (join, heartbeat, leave, reads, event streams alike), so no two requests share one.
+ */
 const lastTimestamps = new Map<string, number>();
 
 function nextTimestamp(id: string): number {
@@ -97,11 +100,11 @@ export class RegistryClient {
   }
 
   async heartbeat(): Promise<void> {
-    await this.request('POST', this.agentPath('/heartbeat'), { body: signTimestamp(this.opts.identity, HEARTBEAT_LABEL, nextTimestamp(this.id)) });
+    await this.request('POST', this.agentPath('/heartbeat'), { body: signTimestamp(this.opts.identity, HEARTBEAT_LABEL, this.opts.network, nextTimestamp(this.id)) });
   }
 
   async leave(): Promise<void> {
-    await this.request('DELETE', this.agentPath(), { body: signTimestamp(this.opts.identity, LEAVE_LABEL, nextTimestamp(this.id)) });
+    await this.request('DELETE', this.agentPath(), { body: signTimestamp(this.opts.identity, LEAVE_LABEL, this.opts.network, nextTimestamp(this.id)) });
   }
 
   async list(filter: { cap?: string; name?: string; online?: boolean } = {}): Promise<AgentView[]> {
@@ -147,7 +150,7 @@ export class RegistryClient {
       headers['content-type'] = 'application/json';
       headers['content-length'] = String(payload.length);
     }
-    if (o.signed) headers.authorization = agentAuthorization(this.opts.identity, method, fullPath, Date.now());
+    if (o.signed) headers.authorization = agentAuthorization(this.opts.identity, method, fullPath, nextTimestamp(this.id));
     return new Promise((resolve, reject) => {
       const req = this.transport.request({ ...this.requestOptions(method, fullPath, headers), agent: this.agent, timeout: this.timeoutMs }, (res) => {
         readAll(res).then((text) => {
@@ -183,7 +186,7 @@ export class RegistryClient {
     const connect = () => {
       if (closed) return;
       const path = `${this.basePath}/v1/events?network=${encodeURIComponent(this.opts.network)}`;
-      const headers = { accept: 'text/event-stream', authorization: agentAuthorization(this.opts.identity, 'GET', path, Date.now()) };
+      const headers = { accept: 'text/event-stream', authorization: agentAuthorization(this.opts.identity, 'GET', path, nextTimestamp(this.id)) };
       let failed = false;
       const fail = (err: Error) => {
         if (failed || closed) return;
@@ -210,7 +213,8 @@ export class RegistryClient {
         current.setTimeout(0);
         call(() => handlers.connected?.());
         resetIdle();
-        const parser = new SseParser((event, data) => {
+        const parser = new SseParser(() => fail(new AgentVpnError('REGISTRY_BAD_RESPONSE', `the registry sent an event line over ${MAX_RESPONSE_BYTES} bytes`,
+          'check that the URL points at an agentvpn registry')), (event, data) => {
           let parsed: { agents?: AgentView[]; agent?: AgentView };
           try {
             parsed = JSON.parse(data);
@@ -285,13 +289,18 @@ function parseAnswer(res: IncomingMessage, text: string): Record<string, unknown
   return body as Record<string, unknown>;
 }
 
-/** Incremental text/event-stream parser: calls `onEvent(event, data)` per dispatched event; comments are ignored. */
+/**
+ * Incremental text/event-stream parser: calls `onEvent(event, data)` per dispatched event;
+ * comments are ignored. A line (a snapshot is one) longer than MAX_RESPONSE_BYTES calls
+ * `onOverflow` instead of growing without end.
+ */
 class SseParser {
   private partial: string[] = [];
+  private partialChars = 0;
   private event = '';
   private data: string[] = [];
 
-  constructor(private readonly onEvent: (event: string, data: string) => void) {}
+  constructor(private readonly onOverflow: () => void, private readonly onEvent: (event: string, data: string) => void) {}
 
   push(chunk: string): void {
     let start = 0;
@@ -299,10 +308,17 @@ class SseParser {
       const nl = chunk.indexOf('\n', start);
       if (nl < 0) {
         if (start < chunk.length) this.partial.push(chunk.slice(start));
+        this.partialChars += chunk.length - start;
+        if (this.partialChars > MAX_RESPONSE_BYTES) {
+          this.partial = [];
+          this.partialChars = 0;
+          this.onOverflow();
+        }
         return;
       }
       let line = this.partial.join('') + chunk.slice(start, nl);
       this.partial = [];
+      this.partialChars = 0;
       if (line.endsWith('\r')) line = line.slice(0, -1);
       this.line(line);
       start = nl + 1;

@@ -8,10 +8,45 @@ import type { AgentRecord } from './record.js';
 /**
  * The registry's wire protocol, shared by server and client: the exact bytes each signature
  * covers, the Authorization header, the JSON shapes, and the protocol's limits and timings.
+ *
+ * HTTP/1.1, JSON bodies of at most MAX_BODY_BYTES (nested at most MAX_JSON_DEPTH deep);
+ * `?network=NAME` names the network (the registry's default without it).
+ *
+ * | request                              | authorization                   | body / answer                                  |
+ * | ------------------------------------ | ------------------------------- | ---------------------------------------------- |
+ * | POST /v1/join                        | body signature (join message)   | JoinRequest → JoinResult                       |
+ * | PUT /v1/agents/ID                    | the record's own signature      | SignedRecord (exactly record + signature)      |
+ * | POST /v1/agents/ID/heartbeat         | body signature (heartbeat msg)  | SignedTimestamp                                |
+ * | DELETE /v1/agents/ID                 | body signature (leave message)  | SignedTimestamp                                |
+ * | GET /v1/agents[?cap=&name=&online=]  | Authorization header            | {ok, agents: AgentView[]}                      |
+ * | GET /v1/agents/ID-or-NAME            | Authorization header            | {ok, agent: AgentView}                         |
+ * | GET /v1/events                       | Authorization header            | text/event-stream (events.ts)                  |
+ * | GET /v1/stats                        | Authorization header            | {ok, ...RegistryStats}                         |
+ * | GET /healthz                         | none                            | {ok: true}                                     |
+ *
+ * Authorization header: `AgentVPN <agent ID> <timestamp ms> <base64 signature>` by a member
+ * of the network, or `Bearer <join token>` (an operator: valid only while the token could
+ * still admit an agent, i.e. neither expired nor used up).
+ *
+ * | signed message   | bytes (UTF-8, fields separated by "\n")                               |
+ * | ---------------- | --------------------------------------------------------------------- |
+ * | join             | "agentvpn join v1" \n JSON [network, id, name, timestamp]             |
+ * | heartbeat        | "agentvpn heartbeat v2" \n network \n id \n timestamp                  |
+ * | leave            | "agentvpn leave v2" \n network \n id \n timestamp                      |
+ * | request (header) | "agentvpn request v1" \n METHOD " " path-with-query \n timestamp       |
+ * | record           | record.ts canonicalRecordBytes                                        |
+ *
+ * Every timestamp is within MAX_CLOCK_SKEW_MS of the registry's clock and is taken once per
+ * agent (replay-window.ts): the client never signs the same timestamp twice.
  */
 
-/** Requests larger than this are refused (413): a record is ~1 KiB, so 64 KiB is generous. */
+/** Requests larger than this are refused (413): a record is at most ~4 KiB, so 64 KiB is generous. */
 export const MAX_BODY_BYTES = 64 * 1024;
+/**
+ * JSON nested deeper than this is refused before it is parsed: the deepest body is a record
+ * (object → record → endpoint list, 3 levels); recursion over deeper input could overflow the stack.
+ */
+export const MAX_JSON_DEPTH = 8;
 /** Signed timestamps may be this far from the registry's clock: tolerates unsynced hosts, limits replays. */
 export const MAX_CLOCK_SKEW_MS = 5 * 60_000;
 /** An agent that has not been heard from for this long is offline (a few missed heartbeats). */
@@ -29,17 +64,13 @@ export const BACKOFF_MIN_MS = 500;
 export const BACKOFF_MAX_MS = 30_000;
 /** A stream with no byte (not even a keep-alive) for this long is dead (half-open TCP): reconnect. */
 export const STREAM_IDLE_MS = 3 * SSE_KEEPALIVE_MS;
-/** Slow or silent clients may hold a socket this long for their headers, and for their whole request. */
-export const HEADERS_TIMEOUT_MS = 10_000;
-export const REQUEST_TIMEOUT_MS = 30_000;
-/** How long the registry's stop() waits for connections it has just closed (a stuck one never holds shutdown). */
-export const STOP_GRACE_MS = 2_000;
 export const DEFAULT_POOL = '100.64.0.0/10';
 export const DEFAULT_NETWORK = 'default';
 
 const JOIN_LABEL = 'agentvpn join v1';
-export const HEARTBEAT_LABEL = 'agentvpn heartbeat v1';
-export const LEAVE_LABEL = 'agentvpn leave v1';
+/** v2: the network is signed too, so a heartbeat or leave for one network counts for no other. */
+export const HEARTBEAT_LABEL = 'agentvpn heartbeat v2';
+export const LEAVE_LABEL = 'agentvpn leave v2';
 const REQUEST_LABEL = 'agentvpn request v1';
 
 /** What a registry tells anyone about an agent: its signed record and whether it is online. */
@@ -87,6 +118,10 @@ export interface RegistryStats {
   online: number;
   refused: Record<string, number>;
   requests: number;
+  /** TCP connections: open now; closed at once past a cap (per address, in total); idle ones closed to make room. */
+  connections: { open: number; refusedPerAddress: number; refusedTotal: number; evicted: number };
+  /** Event streams: open now; refused past a cap; dropped for not taking what they were sent. */
+  streams: { open: number; refused: number; dropped: number };
 }
 
 export interface ErrorBody {
@@ -106,8 +141,8 @@ export function joinMessage(network: string, id: string, name: string, timestamp
   return Buffer.from(`${JOIN_LABEL}\n${JSON.stringify([network, id, name, timestamp])}`);
 }
 
-export function timestampMessage(label: string, id: string, timestamp: number): Buffer {
-  return Buffer.from(`${label}\n${id}\n${timestamp}`);
+export function timestampMessage(label: string, network: string, id: string, timestamp: number): Buffer {
+  return Buffer.from(`${label}\n${network}\n${id}\n${timestamp}`);
 }
 
 export function requestMessage(method: string, pathWithQuery: string, timestamp: number): Buffer {
@@ -119,11 +154,11 @@ export function signJoin(identity: Identity, network: string, name: string, time
   return { network, ...(token !== undefined ? { token } : {}), id: identity.id, name, timestamp, signature };
 }
 
-export function signTimestamp(identity: Identity, label: string, timestamp: number): SignedTimestamp {
-  return { timestamp, signature: b64(identity.sign(timestampMessage(label, identity.id, timestamp))) };
+export function signTimestamp(identity: Identity, label: string, network: string, timestamp: number): SignedTimestamp {
+  return { timestamp, signature: b64(identity.sign(timestampMessage(label, network, identity.id, timestamp))) };
 }
 
-/** `Authorization: AgentVPN <id> <timestamp> <signature>` for a read request. */
+/** `Authorization: AgentVPN <id> <timestamp> <signature>` for a read request; the timestamp is usable once. */
 export function agentAuthorization(identity: Identity, method: string, pathWithQuery: string, timestamp: number): string {
   return `AgentVPN ${identity.id} ${timestamp} ${b64(identity.sign(requestMessage(method, pathWithQuery, timestamp)))}`;
 }

@@ -35,7 +35,22 @@ export interface SignedRecord {
 
 export const NAME_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 export const NETWORK_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+/** An agent listens on a few addresses (LAN, reflexive, mapped, v4 and v6); 16 is plenty. */
 const MAX_ENDPOINTS = 16;
+/** "[" + the longest IPv6 text (45) + "]:" + port: longer strings cannot be endpoints, so they are not parsed. */
+const MAX_ENDPOINT_CHARS = 53;
+/**
+ * All capability strings of a record together: every agent keeps its record in every peer and
+ * in every snapshot the registry streams, so a record must stay small (with the other caps a
+ * record is under 4 KiB).
+ */
+export const MAX_CAPABILITY_CHARS = 2048;
+/** Base64 of a 32-byte key, and of a 64-byte Ed25519 signature: nothing else is parsed. */
+const KEY_BASE64 = /^[A-Za-z0-9+/]{43}=$/;
+const SIGNATURE_BASE64 = /^[A-Za-z0-9+/]{86}==$/;
+/** The longest address texts ("255.255.255.255", a full IPv6 with an embedded IPv4). */
+const MAX_IPV4_CHARS = 15;
+const MAX_IPV6_CHARS = 45;
 /** A record may be valid for at most this long; agents re-sign well before it runs out. */
 export const RECORD_LIFETIME_MS = 24 * 3600_000;
 /** Clocks differ: a record dated this far ahead is still believed. */
@@ -43,6 +58,7 @@ const MAX_FUTURE_SKEW_MS = 5 * 60_000;
 const ENDPOINT = /^(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:.]+\]):(\d{1,5})$/;
 
 const FIELDS: (keyof AgentRecord)[] = ['v', 'network', 'id', 'name', 'wgPublicKey', 'ipv4', 'ipv6', 'endpoints', 'capabilities', 'seq', 'issuedAt', 'expiresAt'];
+const FIELD_SET = new Set<string>(FIELDS);
 
 /** The exact bytes that are signed: a domain label, then the fields in a fixed order as JSON. */
 export function canonicalRecordBytes(r: AgentRecord): Buffer {
@@ -51,6 +67,17 @@ export function canonicalRecordBytes(r: AgentRecord): Buffer {
 
 export function signRecord(identity: Identity, record: AgentRecord): SignedRecord {
   return { record, signature: Buffer.from(identity.sign(canonicalRecordBytes(record))).toString('base64') };
+}
+
+/**
+ * A copy holding exactly the signed fields. Whoever keeps or passes on a record keeps this
+ * copy, so nothing the signature does not cover (a padded database row, say) travels along.
+ */
+export function canonicalRecord(r: AgentRecord): AgentRecord {
+  return {
+    v: r.v, network: r.network, id: r.id, name: r.name, wgPublicKey: r.wgPublicKey, ipv4: r.ipv4, ipv6: r.ipv6,
+    endpoints: [...r.endpoints], capabilities: [...r.capabilities], seq: r.seq, issuedAt: r.issuedAt, expiresAt: r.expiresAt,
+  };
 }
 
 export type RecordProblem =
@@ -67,30 +94,40 @@ function fail(problem: RecordProblem, detail: string): RecordCheck {
 }
 
 function isEndpoint(s: unknown): boolean {
-  if (typeof s !== 'string') return false;
+  if (typeof s !== 'string' || s.length > MAX_ENDPOINT_CHARS) return false;
   const m = ENDPOINT.exec(s);
   if (!m) return false;
   const host = m[1].startsWith('[') ? m[1].slice(1, -1) : m[1];
   return parseAddress(host) !== null && Number(m[2]) > 0 && Number(m[2]) < 65536;
 }
 
-/** Checks a record's shape only (types, sizes, formats). */
+/**
+ * Checks a record's shape only (exactly the signed fields, their types, sizes and formats).
+ * Fields the signature does not cover are refused rather than dropped: a sender that adds
+ * them is not speaking this version of the protocol.
+ */
 function shapeProblem(r: AgentRecord): string | null {
-  if (!r || typeof r !== 'object') return 'not an object';
+  if (!r || typeof r !== 'object' || Array.isArray(r)) return 'not an object';
+  const unknown = Object.keys(r).find((k) => !FIELD_SET.has(k));
+  if (unknown !== undefined) return `unknown field "${unknown.slice(0, 40)}" (a record holds only the signed fields)`;
   if (r.v !== 1) return 'unsupported version';
   if (typeof r.network !== 'string' || !NETWORK_PATTERN.test(r.network)) return 'bad network name';
   if (typeof r.name !== 'string' || !NAME_PATTERN.test(r.name)) return 'bad name (lowercase letters, digits and -, up to 63)';
-  if (typeof r.wgPublicKey !== 'string' || Buffer.from(r.wgPublicKey, 'base64').length !== 32) return 'bad wgPublicKey';
-  const v4 = typeof r.ipv4 === 'string' ? parseAddress(r.ipv4) : null;
+  if (typeof r.wgPublicKey !== 'string' || !KEY_BASE64.test(r.wgPublicKey)) return 'bad wgPublicKey';
+  const v4 = typeof r.ipv4 === 'string' && r.ipv4.length <= MAX_IPV4_CHARS ? parseAddress(r.ipv4) : null;
   if (!v4 || v4.length !== 4) return 'bad ipv4';
-  if (typeof r.ipv6 !== 'string' || parseAddress(r.ipv6)?.length !== 16) return 'bad ipv6';
-  if (!Array.isArray(r.endpoints) || r.endpoints.length > MAX_ENDPOINTS || !r.endpoints.every(isEndpoint)) return 'bad endpoints';
-  if (!Array.isArray(r.capabilities) || r.capabilities.length > MAX_CAPABILITIES) return 'bad capabilities';
+  if (typeof r.ipv6 !== 'string' || r.ipv6.length > MAX_IPV6_CHARS || parseAddress(r.ipv6)?.length !== 16) return 'bad ipv6';
+  if (!Array.isArray(r.endpoints) || r.endpoints.length > MAX_ENDPOINTS || !r.endpoints.every(isEndpoint)) return `bad endpoints (at most ${MAX_ENDPOINTS} "ip:port")`;
+  if (!Array.isArray(r.capabilities) || r.capabilities.length > MAX_CAPABILITIES) return `bad capabilities (at most ${MAX_CAPABILITIES})`;
+  let chars = 0;
   for (const c of r.capabilities) {
+    if (typeof c !== 'string') return 'bad capability (not text)';
+    chars += c.length;
+    if (chars > MAX_CAPABILITY_CHARS) return `capabilities are longer than ${MAX_CAPABILITY_CHARS} characters together`;
     try {
-      if (formatCapability(parseCapability(c)) !== c) return `capability "${c}" is not in canonical form`;
+      if (formatCapability(parseCapability(c)) !== c) return `capability "${c.slice(0, 80)}" is not in canonical form`;
     } catch {
-      return `bad capability "${String(c).slice(0, 40)}"`;
+      return `bad capability "${c.slice(0, 40)}"`;
     }
   }
   for (const n of [r.seq, r.issuedAt, r.expiresAt]) if (!Number.isSafeInteger(n) || n < 0) return 'bad seq or times';
@@ -103,6 +140,7 @@ function shapeProblem(r: AgentRecord): string | null {
  */
 export function verifyRecord(signed: SignedRecord, opts: { network?: string; now?: number } = {}): RecordCheck {
   if (!signed || typeof signed !== 'object' || typeof signed.signature !== 'string') return fail('MALFORMED_RECORD', 'missing record or signature');
+  if (!SIGNATURE_BASE64.test(signed.signature)) return fail('MALFORMED_RECORD', 'signature is not a base64 Ed25519 signature');
   const r = signed.record;
   const shape = shapeProblem(r);
   if (shape) return fail('MALFORMED_RECORD', shape);

@@ -215,9 +215,12 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     }
   };
 
-  server.on('clientError', (_err, socket) => {
-    counters.refused.BAD_REQUEST = (counters.refused.BAD_REQUEST ?? 0) + 1;
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+  // Requests that never became one: too slow (headersTimeout, requestTimeout), headers too large, not HTTP.
+  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+    const [code, status] = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? ['REQUEST_TIMEOUT', '408 Request Timeout']
+      : err.code === 'HPE_HEADER_OVERFLOW' ? ['HEADERS_TOO_LARGE', '431 Request Header Fields Too Large'] : ['BAD_REQUEST', '400 Bad Request'];
+    counters.refused[code] = (counters.refused[code] ?? 0) + 1;
+    if (socket.writable) socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`);
     else socket.destroy();
   });
 

@@ -4,12 +4,14 @@ import Database from 'better-sqlite3';
 import { AgentVpnError } from '../errors.js';
 import { formatPrefix } from '../ip/prefix.js';
 import type { SignedRecord } from './record.js';
+import { EMPTY_WINDOW, isReplayed, takeTimestamp, type ReplayWindow } from './replay-window.js';
 import {
-  allocateFromPool, type AdmitRequest, type AdmitResult, type Member, type PutRecordResult,
-  type RegistryStore, type StoredRecord, type StoredToken,
+  allocateFromPool, type AdmitRequest, type AdmitResult, type LivenessRequest, type LivenessResult, type Member, type PutRecordResult,
+  type RegistryStore, type StoredRecord, type StoredToken, type TimestampResult, type TokenCheck,
 } from './store.js';
 
-const SCHEMA_VERSION = 1;
+/** 2: replay_windows (signed timestamps taken, per agent). A version-1 registry must not open it: it would accept replays. */
+const SCHEMA_VERSION = 2;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (
@@ -49,6 +51,11 @@ CREATE TABLE IF NOT EXISTS records (
   online    INTEGER NOT NULL DEFAULT 1,
   PRIMARY KEY (network, id),
   FOREIGN KEY (network, id) REFERENCES members (network, id)
+);
+CREATE TABLE IF NOT EXISTS replay_windows (
+  id    TEXT PRIMARY KEY,
+  floor INTEGER NOT NULL,
+  used  TEXT NOT NULL
 );
 `;
 
@@ -107,6 +114,9 @@ export class SqliteStore implements RegistryStore {
     const row = this.db.prepare('SELECT value FROM meta WHERE key = ?').get('schema_version') as { value: string } | undefined;
     if (!row) {
       this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run('schema_version', String(SCHEMA_VERSION));
+    } else if (Number(row.value) < SCHEMA_VERSION) {
+      // Older versions only lack tables, which SCHEMA has just created.
+      this.db.prepare('UPDATE meta SET value = ? WHERE key = ?').run(String(SCHEMA_VERSION), 'schema_version');
     } else if (Number(row.value) > SCHEMA_VERSION) {
       throw new AgentVpnError('REGISTRY_DB_TOO_NEW', `registry database ${this.path} has schema version ${row.value}, newer than this agentvpn understands (${SCHEMA_VERSION})`,
         'run the newer agentvpn version that wrote it, or restore a backup');
@@ -118,9 +128,37 @@ export class SqliteStore implements RegistryStore {
       .run(t.hash, t.network, t.createdAt, t.expiresAt, t.usesLeft);
   }
 
-  async tokenValid(network: string, hash: string, now: number): Promise<boolean> {
-    return this.sql('SELECT 1 FROM tokens WHERE hash = ? AND network = ? AND (expires_at IS NULL OR expires_at > ?)')
-      .get(hash, network, now) !== undefined;
+  async checkToken(network: string, hash: string, now: number): Promise<TokenCheck> {
+    const row = this.sql(`SELECT expires_at FROM tokens WHERE hash = ? AND network = ? AND (expires_at IS NULL OR expires_at > ?)
+      AND (uses_left IS NULL OR uses_left > 0)`).get(hash, network, now) as { expires_at: number | null } | undefined;
+    return row ? { ok: true, expiresAt: row.expires_at } : { ok: false };
+  }
+
+  /** Takes a signed timestamp of agent `id`; false when it was taken before (inside the caller's transaction). */
+  private take(id: string, timestamp: number, now: number): boolean {
+    const row = this.sql('SELECT floor, used FROM replay_windows WHERE id = ?').get(id) as { floor: number; used: string } | undefined;
+    const window: ReplayWindow = row ? { floor: row.floor, used: JSON.parse(row.used) as number[] } : EMPTY_WINDOW;
+    if (isReplayed(window, timestamp)) return false;
+    const next = takeTimestamp(window, timestamp, now);
+    this.sql(`INSERT INTO replay_windows (id, floor, used) VALUES (?, ?, ?)
+      ON CONFLICT (id) DO UPDATE SET floor = excluded.floor, used = excluded.used`).run(id, next.floor, JSON.stringify(next.used));
+    return true;
+  }
+
+  async useTimestamp(id: string, timestamp: number, now: number): Promise<TimestampResult> {
+    const taken = this.db.transaction(() => this.take(id, timestamp, now)).immediate();
+    return taken ? { ok: true } : replayed(id, timestamp);
+  }
+
+  async setOnline(req: LivenessRequest): Promise<LivenessResult> {
+    return this.db.transaction((): LivenessResult => {
+      if (!this.sql('SELECT 1 FROM records WHERE network = ? AND id = ?').get(req.network, req.id)) {
+        return { ok: false, code: 'NOT_FOUND', message: `agent ${req.id} has not published a record in network ${req.network}` };
+      }
+      if (!this.take(req.id, req.timestamp, req.now)) return replayed(req.id, req.timestamp);
+      this.sql('UPDATE records SET last_seen = ?, online = ? WHERE network = ? AND id = ?').run(req.lastSeen, req.online ? 1 : 0, req.network, req.id);
+      return { ok: true };
+    }).immediate();
   }
 
   private member(network: string, id: string): Member | undefined {
@@ -132,12 +170,14 @@ export class SqliteStore implements RegistryStore {
     return (this.sql('SELECT id FROM members WHERE network = ? AND name = ?').get(network, name) as { id: string } | undefined)?.id;
   }
 
-  /** Takes one use of a token; false when it is unknown, for another network, expired or used up. */
-  private useToken(network: string, hash: string, now: number): boolean {
+  /** Takes one use of a token: 'used-up' when that was its last; null when it is unknown, for another network, expired or used up. */
+  private useToken(network: string, hash: string, now: number): 'ok' | 'used-up' | null {
     const r = this.sql(`UPDATE tokens SET uses_left = uses_left - 1
       WHERE hash = ? AND network = ? AND (expires_at IS NULL OR expires_at > ?) AND (uses_left IS NULL OR uses_left > 0)`)
       .run(hash, network, now);
-    return r.changes === 1;
+    if (r.changes !== 1) return null;
+    const left = this.sql('SELECT uses_left FROM tokens WHERE hash = ?').get(hash) as { uses_left: number | null };
+    return left.uses_left === 0 ? 'used-up' : 'ok';
   }
 
   private allocate(req: AdmitRequest): string | null {
@@ -154,6 +194,7 @@ export class SqliteStore implements RegistryStore {
     try {
       return this.admitTransaction(req);
     } catch (e) {
+      if (e instanceof Replayed) return replayed(req.id, req.timestamp);
       if (!(e instanceof PoolExhausted)) throw e;
       return { ok: false, code: 'POOL_EXHAUSTED', message: `the address pool ${formatPrefix(req.pool)} of network ${req.network} has no free IPv4 address left` };
     }
@@ -161,16 +202,18 @@ export class SqliteStore implements RegistryStore {
 
   private admitTransaction(req: AdmitRequest): AdmitResult {
     return this.db.transaction((): AdmitResult => {
+      const known = this.member(req.network, req.id);
+      if (known && !this.take(req.id, req.timestamp, req.now)) return replayed(req.id, req.timestamp);
       const holder = this.nameHolder(req.network, req.name);
       if (holder !== undefined && holder !== req.id) {
         return { ok: false, code: 'NAME_TAKEN', message: `name "${req.name}" is taken by another agent in network ${req.network}` };
       }
-      const known = this.member(req.network, req.id);
       if (known) {
         if (known.name !== req.name) this.sql('UPDATE members SET name = ? WHERE network = ? AND id = ?').run(req.name, req.network, req.id);
-        return { ok: true, member: { ...known, name: req.name }, created: false };
+        return { ok: true, member: { ...known, name: req.name }, created: false, usedUpToken: null };
       }
-      if (req.tokenHash === null || !this.useToken(req.network, req.tokenHash, req.now)) {
+      const use = req.tokenHash === null ? null : this.useToken(req.network, req.tokenHash, req.now);
+      if (use === null) {
         return { ok: false, code: 'BAD_TOKEN', message: req.tokenHash === null
           ? `a join token is needed to join network ${req.network}`
           : `the join token is not valid for network ${req.network} (unknown, expired or used up)` };
@@ -181,7 +224,9 @@ export class SqliteStore implements RegistryStore {
       const member: Member = { id: req.id, network: req.network, name: req.name, ipv4, joinedAt: req.now };
       this.sql('INSERT INTO members (id, network, name, ipv4, joined_at) VALUES (?, ?, ?, ?, ?)')
         .run(member.id, member.network, member.name, member.ipv4, member.joinedAt);
-      return { ok: true, member, created: true };
+      // An agent that is already a member elsewhere has a window; taking is then a replay check too.
+      if (!this.take(req.id, req.timestamp, req.now)) throw new Replayed();
+      return { ok: true, member, created: true, usedUpToken: use === 'used-up' ? req.tokenHash : null };
     }).immediate();
   }
 
@@ -235,3 +280,8 @@ export class SqliteStore implements RegistryStore {
 
 /** Thrown inside the admit transaction so it rolls back (the token's use is given back). */
 class PoolExhausted extends Error {}
+class Replayed extends Error {}
+
+function replayed(id: string, timestamp: number): { ok: false; code: 'REPLAYED'; message: string } {
+  return { ok: false, code: 'REPLAYED', message: `agent ${id} already used the signed timestamp ${timestamp} (a replayed request?)` };
+}

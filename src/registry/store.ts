@@ -42,13 +42,39 @@ export interface AdmitRequest {
   name: string;
   /** hashToken of the token presented; needed only when the ID is not yet a member. */
   tokenHash: string | null;
+  /** The join's signed timestamp: taken once (replay-window.ts), in the same step as the admission. */
+  timestamp: number;
   pool: Prefix;
   now: number;
 }
 
 export type AdmitResult =
-  | { ok: true; member: Member; created: boolean }
-  | { ok: false; code: 'BAD_TOKEN' | 'NAME_TAKEN' | 'POOL_EXHAUSTED'; message: string };
+  | { ok: true; member: Member; created: boolean; /** hashToken of a token this admission used up, whose holders lose their reads. */ usedUpToken: string | null }
+  | { ok: false; code: 'BAD_TOKEN' | 'NAME_TAKEN' | 'POOL_EXHAUSTED' | 'REPLAYED'; message: string };
+
+/** A join token authorizes reads only while it could still admit an agent. */
+export type TokenCheck =
+  | { ok: true; expiresAt: number | null }
+  | { ok: false };
+
+/** A signed heartbeat (online) or leave (offline). */
+export interface LivenessRequest {
+  network: string;
+  id: string;
+  online: boolean;
+  lastSeen: number;
+  /** The request's signed timestamp: taken once, in the same step as the liveness it sets. */
+  timestamp: number;
+  now: number;
+}
+
+export type LivenessResult =
+  | { ok: true }
+  | { ok: false; code: 'REPLAYED' | 'NOT_FOUND'; message: string };
+
+export type TimestampResult =
+  | { ok: true }
+  | { ok: false; code: 'REPLAYED'; message: string };
 
 export type PutRecordResult =
   | { ok: true; member: Member }
@@ -56,19 +82,24 @@ export type PutRecordResult =
 
 export interface RegistryStore {
   addToken(token: StoredToken): Promise<void>;
-  /** Whether the token (by hash) belongs to the network and has not expired (uses are not checked: reads don't use one up). */
-  tokenValid(network: string, hash: string, now: number): Promise<boolean>;
+  /** Whether the token (by hash) belongs to the network, has not expired and has a use left (reads do not take one). */
+  checkToken(network: string, hash: string, now: number): Promise<TokenCheck>;
   /**
    * Admits an agent: a known ID re-joins without a token (and may take a free name); a new one
-   * needs a usable token (one use is consumed) and gets the next IPv4 of the pool.
+   * needs a usable token (one use is consumed) and gets the next IPv4 of the pool. A known
+   * ID's timestamp is taken whatever the outcome, so no captured join is worth sending again.
    */
   admit(req: AdmitRequest): Promise<AdmitResult>;
+  /** Takes the timestamp and sets the agent's liveness, in one step (REPLAYED: neither happens). */
+  setOnline(req: LivenessRequest): Promise<LivenessResult>;
+  /** Takes the timestamp of a signed read (an agent that is a member somewhere). */
+  useTimestamp(id: string, timestamp: number, now: number): Promise<TimestampResult>;
   /**
    * Stores a verified record if its ID joined the network, its IPv4 is the allocated one, its
    * name is the member's or free (the member's name then moves), and its seq is newer.
    */
   putRecord(network: string, signed: SignedRecord, now: number): Promise<PutRecordResult>;
-  /** Persists liveness for many agents at once (the server batches heartbeats). */
+  /** Persists liveness for many agents at once (agents the server found silent, in batches). */
   setLiveness(updates: Array<{ network: string; id: string; lastSeen: number; online: boolean }>): Promise<void>;
   members(): Promise<Member[]>;
   records(): Promise<StoredRecord[]>;

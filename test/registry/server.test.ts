@@ -49,7 +49,7 @@ function recordFor(id: Identity, ipv4: string, over: Partial<AgentRecord> = {}):
 }
 
 const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
-const signedBy = (id: Identity, method: string, path: string, ts = Date.now()) => ({ authorization: agentAuthorization(id, method, path, ts) });
+const signedBy = (id: Identity, method: string, path: string, ts: number) => ({ authorization: agentAuthorization(id, method, path, ts) });
 
 describe('registry server', () => {
   let dir: string;
@@ -107,7 +107,7 @@ describe('registry server', () => {
     expect(await list('cap=llm.plan&online=1')).toEqual(['planner']);
     expect(await list('name=worker')).toEqual(['worker']);
 
-    const byName = await call(reg, 'GET', '/v1/agents/worker?network=default', { headers: signedBy(planner, 'GET', '/v1/agents/worker?network=default') });
+    const byName = await call(reg, 'GET', '/v1/agents/worker?network=default', { headers: signedBy(planner, 'GET', '/v1/agents/worker?network=default', stamp()) });
     expect(byName.status).toBe(200);
     const view = byName.body.agent as AgentView;
     expect(view.record.id).toBe(worker.id);
@@ -158,10 +158,10 @@ describe('registry server', () => {
     expect(await online()).toBe(true);
     for (let i = 0; i < 50 && (await online()); i++) await sleep(100);
     expect(await online()).toBe(false);
-    const hb = await call(reg, 'POST', `/v1/agents/${a.id}/heartbeat`, { body: signTimestamp(a, HEARTBEAT_LABEL, stamp()) });
+    const hb = await call(reg, 'POST', `/v1/agents/${a.id}/heartbeat`, { body: signTimestamp(a, HEARTBEAT_LABEL, NET, stamp()) });
     expect(hb.status, JSON.stringify(hb.body)).toBe(200);
     expect(await online()).toBe(true);
-    const leave = await call(reg, 'DELETE', `/v1/agents/${a.id}`, { body: signTimestamp(a, LEAVE_LABEL, stamp()) });
+    const leave = await call(reg, 'DELETE', `/v1/agents/${a.id}`, { body: signTimestamp(a, LEAVE_LABEL, NET, stamp()) });
     expect(leave.status).toBe(200);
     expect(await online()).toBe(false);
     expect(reg.stats()).toMatchObject({ agents: 1, online: 0 });
@@ -193,7 +193,7 @@ describe('registry server', () => {
     await expectRefused(call(reg, 'POST', '/v1/join', { body: signJoin(thief, NET, 'thief', Date.now() - 10 * 60_000, token) }), 400, 'CLOCK_SKEW');
     const replay = signJoin(owner, NET, 'owner', stamp());
     expect((await call(reg, 'POST', '/v1/join', { body: replay })).status).toBe(200);
-    await expectRefused(call(reg, 'POST', '/v1/join', { body: replay }), 400, 'CLOCK_SKEW');
+    await expectRefused(call(reg, 'POST', '/v1/join', { body: replay }), 401, 'REPLAYED');
     await expectRefused(joinAs(thief, 'owner'), 409, 'NAME_TAKEN');
 
     // Records: signatures, keys, names, addresses, seq.
@@ -204,7 +204,9 @@ describe('registry server', () => {
     await expectRefused(put(owner, signRecord(owner, { ...good, ipv6: formatAddress(overlayIPv6(NET, thief.publicKey)) })), 403, 'KEY_MISMATCH');
     await expectRefused(put(owner, signRecord(owner, { ...good, expiresAt: Date.now() - 1 })), 400, 'EXPIRED_RECORD');
     await expectRefused(put(owner, signRecord(owner, { ...good, name: 'Not A Name' })), 400, 'MALFORMED_RECORD');
-    await expectRefused(call(reg, 'PUT', `/v1/agents/${owner.id}?network=other`, { body: signRecord(owner, good) }), 400, 'WRONG_NETWORK');
+    await expectRefused(call(reg, 'PUT', `/v1/agents/${owner.id}?network=other`, { body: signRecord(owner, good) }), 403, 'NOT_JOINED');
+    const elsewhere = { ...good, network: 'other', ipv6: formatAddress(overlayIPv6('other', owner.publicKey)) };
+    await expectRefused(put(owner, signRecord(owner, elsewhere)), 400, 'WRONG_NETWORK');
     await expectRefused(put(owner, signRecord(owner, { ...good, ipv4: '100.64.9.9' })), 409, 'ADDRESS_MISMATCH');
     await expectRefused(put(owner, signRecord(owner, { ...good, seq: 1 })), 409, 'STALE_RECORD');
     // The thief may not publish under a taken name, nor before joining.
@@ -214,15 +216,15 @@ describe('registry server', () => {
     await expectRefused(call(reg, 'PUT', `/v1/agents/${thief.id}`, { body: signRecord(owner, good) }), 400, 'BAD_REQUEST');
 
     // Heartbeats and leaves are the agent's own.
-    await expectRefused(call(reg, 'POST', `/v1/agents/${owner.id}/heartbeat`, { body: signTimestamp(thief, HEARTBEAT_LABEL, stamp()) }), 403, 'BAD_SIGNATURE');
-    await expectRefused(call(reg, 'DELETE', `/v1/agents/${owner.id}`, { body: signTimestamp(owner, HEARTBEAT_LABEL, stamp()) }), 403, 'BAD_SIGNATURE');
-    await expectRefused(call(reg, 'POST', `/v1/agents/${thief.id}/heartbeat`, { body: signTimestamp(thief, HEARTBEAT_LABEL, stamp()) }), 404, 'NOT_FOUND');
+    await expectRefused(call(reg, 'POST', `/v1/agents/${owner.id}/heartbeat`, { body: signTimestamp(thief, HEARTBEAT_LABEL, NET, stamp()) }), 403, 'BAD_SIGNATURE');
+    await expectRefused(call(reg, 'DELETE', `/v1/agents/${owner.id}`, { body: signTimestamp(owner, HEARTBEAT_LABEL, NET, stamp()) }), 403, 'BAD_SIGNATURE');
+    await expectRefused(call(reg, 'POST', `/v1/agents/${thief.id}/heartbeat`, { body: signTimestamp(thief, HEARTBEAT_LABEL, NET, stamp()) }), 404, 'NOT_FOUND');
 
     // Reads need a joined agent's signature or a token of the network.
     await expectRefused(call(reg, 'GET', '/v1/agents'), 401, 'UNAUTHORIZED');
     await expectRefused(call(reg, 'GET', '/v1/agents', { headers: bearer('avt_nope') }), 401, 'UNAUTHORIZED');
-    await expectRefused(call(reg, 'GET', '/v1/agents', { headers: signedBy(owner, 'GET', '/v1/agents?network=x') }), 401, 'UNAUTHORIZED');
-    await expectRefused(call(reg, 'GET', '/v1/agents', { headers: signedBy(Identity.generate(), 'GET', '/v1/agents') }), 403, 'NOT_JOINED');
+    await expectRefused(call(reg, 'GET', '/v1/agents', { headers: signedBy(owner, 'GET', '/v1/agents?network=x', stamp()) }), 401, 'UNAUTHORIZED');
+    await expectRefused(call(reg, 'GET', '/v1/agents', { headers: signedBy(Identity.generate(), 'GET', '/v1/agents', stamp()) }), 403, 'NOT_JOINED');
     await expectRefused(call(reg, 'GET', '/v1/agents', { headers: signedBy(owner, 'GET', '/v1/agents', Date.now() + 3_600_000) }), 400, 'CLOCK_SKEW');
     await expectRefused(call(reg, 'GET', '/v1/agents?cap=BAD', { headers: bearer(token) }), 400, 'BAD_REQUEST');
     await expectRefused(call(reg, 'GET', '/v1/agents/nobody', { headers: bearer(token) }), 404, 'NOT_FOUND');
@@ -240,7 +242,7 @@ describe('registry server', () => {
     const stats = await call(reg, 'GET', '/v1/stats', { headers: bearer(token) });
     expect(stats.status).toBe(200);
     const refused = stats.body.refused as Record<string, number>;
-    for (const code of ['BAD_TOKEN', 'BAD_SIGNATURE', 'CLOCK_SKEW', 'NAME_TAKEN', 'KEY_MISMATCH', 'EXPIRED_RECORD', 'MALFORMED_RECORD', 'WRONG_NETWORK',
+    for (const code of ['BAD_TOKEN', 'BAD_SIGNATURE', 'CLOCK_SKEW', 'REPLAYED', 'NAME_TAKEN', 'KEY_MISMATCH', 'EXPIRED_RECORD', 'MALFORMED_RECORD', 'WRONG_NETWORK',
       'ADDRESS_MISMATCH', 'STALE_RECORD', 'NOT_JOINED', 'UNAUTHORIZED', 'BAD_REQUEST', 'PAYLOAD_TOO_LARGE', 'NOT_FOUND', 'METHOD_NOT_ALLOWED']) {
       expect(refused[code], code).toBeGreaterThan(0);
     }

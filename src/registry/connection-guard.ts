@@ -1,0 +1,114 @@
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { parseAddress } from '../ip/prefix.js';
+
+/**
+ * Keeps the registry's TCP connections under its caps, so no client can take the descriptors
+ * that other agents, the database, the relay and health checks need:
+ *
+ *   - one client address (an IPv4 address, an IPv6 /64: whoever has one /64 has them all)
+ *     holds at most `perAddress` connections; the next one is closed at once;
+ *   - past `total`, the connection idle the longest (no request in progress: never sent one,
+ *     or between keep-alive requests) is closed to make room, so idle floods from many
+ *     addresses cannot keep a health check or an agent out; with none idle, the new one is closed.
+ *
+ * Connections are counted as TCP connections (for HTTPS, before the TLS handshake).
+ * A connection is busy while a request is in progress on it, and for good once upgraded
+ * (the relay's TCP fallback).
+ */
+export class ConnectionGuard {
+  private readonly perAddress = new Map<string, number>();
+  /** Every connection by "address|port" (the same for a TLS socket and the TCP socket under it). */
+  private readonly connections = new Map<string, Tracked>();
+  /** The idle ones, longest idle first (a Map keeps insertion order). */
+  private readonly idle = new Map<string, Tracked>();
+  private readonly counts = { refusedPerAddress: 0, refusedTotal: 0, evicted: 0 };
+
+  constructor(private readonly limits: { perAddress: number; total: number }) {}
+
+  attach(server: Server): void {
+    server.on('connection', (socket: Socket) => this.admit(socket));
+    server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      const t = this.connections.get(keyOf(req.socket));
+      if (!t) return;
+      this.setBusy(t, +1);
+      res.once('close', () => this.setBusy(t, -1));
+    });
+    server.on('upgrade', (req: IncomingMessage, _socket: Duplex) => {
+      const t = this.connections.get(keyOf(req.socket));
+      if (t) this.setBusy(t, +1);
+    });
+  }
+
+  stats(): { open: number; refusedPerAddress: number; refusedTotal: number; evicted: number } {
+    return { open: this.connections.size, ...this.counts };
+  }
+
+  private admit(socket: Socket): void {
+    const address = addressKey(socket.remoteAddress);
+    if (address === null) return void socket.destroy();
+    if ((this.perAddress.get(address) ?? 0) >= this.limits.perAddress) {
+      this.counts.refusedPerAddress++;
+      return void socket.destroy();
+    }
+    if (this.connections.size >= this.limits.total && !this.evictIdlest()) {
+      this.counts.refusedTotal++;
+      return void socket.destroy();
+    }
+    const key = keyOf(socket);
+    this.connections.get(key)?.release(); // a stale entry for a reused port
+    const t: Tracked = { key, address, socket, busy: 0, release: () => this.release(t) };
+    this.connections.set(key, t);
+    this.idle.set(key, t);
+    this.perAddress.set(address, (this.perAddress.get(address) ?? 0) + 1);
+    socket.once('close', t.release);
+  }
+
+  private setBusy(t: Tracked, delta: number): void {
+    if (this.connections.get(t.key) !== t) return;
+    t.busy += delta;
+    this.idle.delete(t.key);
+    if (t.busy === 0) this.idle.set(t.key, t); // to the back: idle since now
+  }
+
+  private evictIdlest(): boolean {
+    const first = this.idle.values().next();
+    if (first.done) return false;
+    this.counts.evicted++;
+    first.value.release();
+    first.value.socket.destroy();
+    return true;
+  }
+
+  /** Forgets a connection (at once when evicted, so the new one can take its place); safe to call twice. */
+  private release(t: Tracked): void {
+    if (this.connections.get(t.key) !== t) return;
+    this.connections.delete(t.key);
+    this.idle.delete(t.key);
+    const n = (this.perAddress.get(t.address) ?? 1) - 1;
+    if (n > 0) this.perAddress.set(t.address, n);
+    else this.perAddress.delete(t.address);
+  }
+}
+
+interface Tracked {
+  key: string;
+  address: string;
+  socket: Socket;
+  /** Requests in progress (an upgraded connection stays busy). */
+  busy: number;
+  release(): void;
+}
+
+function keyOf(socket: { remoteAddress?: string; remotePort?: number }): string {
+  return `${socket.remoteAddress}|${socket.remotePort}`;
+}
+
+/** The client as the caps count it: the IPv4 address, or the IPv6 /64 (hex of its first 8 bytes). */
+export function addressKey(remote: string | undefined): string | null {
+  if (!remote) return null;
+  const bytes = parseAddress(remote.replace(/^::ffff:(?=\d+\.)/, ''));
+  if (!bytes) return null;
+  return bytes.length === 4 ? bytes.join('.') : Buffer.from(bytes.subarray(0, 8)).toString('hex');
+}

@@ -1,0 +1,100 @@
+import { parseCapability, type Capability } from './capabilities.js';
+import type { AgentView } from './protocol.js';
+import { canonicalRecord } from './record.js';
+import type { Member } from './store.js';
+
+/**
+ * The registry's view of each network in memory: members, names, and one entry per agent
+ * that published, kept as the signed canonical record only (nothing unsigned is served).
+ */
+export class Entry {
+  readonly caps: Capability[];
+  /** Liveness changed since it was last written to the store. */
+  dirty = false;
+  private current: AgentView;
+  private encoded: string | undefined;
+
+  constructor(view: AgentView) {
+    this.current = { record: canonicalRecord(view.record), signature: view.signature, online: view.online, lastSeen: view.lastSeen };
+    this.caps = parseCaps(this.current.record.capabilities);
+  }
+
+  get view(): AgentView {
+    return this.current;
+  }
+
+  /** `persisted`: the store already holds this liveness (signed heartbeats and leaves write it at once). */
+  setLiveness(online: boolean, lastSeen: number, persisted = false): void {
+    this.current = { ...this.current, online, lastSeen };
+    this.encoded = undefined;
+    this.dirty = !persisted;
+  }
+
+  /** The view as JSON, encoded once per change and shared by every list and stream that sends it. */
+  get json(): string {
+    return (this.encoded ??= JSON.stringify(this.current));
+  }
+}
+
+export class NetworkState {
+  readonly members = new Map<string, Member>();
+  readonly byName = new Map<string, string>();
+  /** Agents are never removed, so a live iterator over this map (an event-stream snapshot) stays valid. */
+  readonly agents = new Map<string, Entry>();
+  /** Capability name → IDs of the agents that have it, so a filtered list does not scan every agent. */
+  private readonly byCap = new Map<string, Set<string>>();
+
+  setAgent(id: string, entry: Entry): void {
+    for (const c of this.agents.get(id)?.caps ?? []) this.byCap.get(c.name)?.delete(id);
+    this.agents.set(id, entry);
+    for (const c of entry.caps) {
+      let ids = this.byCap.get(c.name);
+      if (!ids) this.byCap.set(c.name, (ids = new Set()));
+      ids.add(id);
+    }
+  }
+
+  /** The agents a capability query can match (all of them without a query). */
+  *candidates(cap: Capability | null): Iterable<Entry> {
+    if (!cap) {
+      yield* this.agents.values();
+      return;
+    }
+    for (const id of this.byCap.get(cap.name) ?? []) yield this.agents.get(id)!;
+  }
+
+  setMember(m: Member): void {
+    const old = this.members.get(m.id);
+    if (old && old.name !== m.name && this.byName.get(old.name) === m.id) this.byName.delete(old.name);
+    this.members.set(m.id, m);
+    this.byName.set(m.name, m.id);
+  }
+}
+
+/** Every network the registry knows, created on first use. */
+export class Fleet {
+  readonly networks = new Map<string, NetworkState>();
+
+  /** The network's state, created if new. */
+  net(name: string): NetworkState {
+    let s = this.networks.get(name);
+    if (!s) this.networks.set(name, (s = new NetworkState()));
+    return s;
+  }
+
+  isMember(network: string, id: string): boolean {
+    return this.networks.get(network)?.members.has(id) ?? false;
+  }
+}
+
+function parseCaps(caps: readonly string[]): Capability[] {
+  const out: Capability[] = [];
+  for (const c of caps) {
+    try {
+      out.push(parseCapability(c));
+    } catch {
+      // verifyRecord admits only canonical capabilities; skip anything else defensively.
+    }
+  }
+  return out;
+}

@@ -1,0 +1,31 @@
+import { AgentVpnError } from '../errors.js';
+import { MAX_BODY_BYTES, MAX_CLOCK_SKEW_MS } from './protocol.js';
+
+/** HTTP status and the hint sent with every refusal code. */
+export const REFUSALS: Record<string, { status: number; hint: string }> = {
+  BAD_REQUEST: { status: 400, hint: 'send a JSON body with the fields the registry API documents' },
+  PAYLOAD_TOO_LARGE: { status: 413, hint: `request bodies are limited to ${MAX_BODY_BYTES / 1024} KiB` },
+  UNAUTHORIZED: { status: 401, hint: 'sign the request as a joined agent (Authorization: AgentVPN ...) or send a join token of the network that is neither expired nor used up (Authorization: Bearer ...)' },
+  REPLAYED: { status: 401, hint: 'every signed request is usable once: sign a fresh one (the agentvpn client does); if this agent runs twice with one identity, stop one' },
+  BAD_TOKEN: { status: 403, hint: 'a new agent needs a valid join token: create one with `agentvpn registry token create` and pass it with --token' },
+  BAD_SIGNATURE: { status: 403, hint: "the request must be signed by the key encoded in the agent ID; check the agent's identity key" },
+  KEY_MISMATCH: { status: 403, hint: "the record's WireGuard key and IPv6 address must be the ones derived from the agent's key" },
+  MALFORMED_RECORD: { status: 400, hint: 'publish a complete agent record in canonical form, with only its signed fields' },
+  EXPIRED_RECORD: { status: 400, hint: 'sign a fresh record with a future expiresAt' },
+  WRONG_NETWORK: { status: 400, hint: 'publish the record to the network it names' },
+  CLOCK_SKEW: { status: 400, hint: `timestamps must be within ${MAX_CLOCK_SKEW_MS / 60_000} minutes of the registry's clock: synchronise the host clock (NTP)` },
+  NOT_JOINED: { status: 403, hint: 'join the network first (POST /v1/join)' },
+  NAME_TAKEN: { status: 409, hint: 'names are unique per network: choose another --name' },
+  STALE_RECORD: { status: 409, hint: 'publish a record with a higher seq than the last one' },
+  ADDRESS_MISMATCH: { status: 409, hint: 'use the IPv4 address the registry allocated at join' },
+  NOT_FOUND: { status: 404, hint: 'check the path, the agent ID or name, and the network' },
+  METHOD_NOT_ALLOWED: { status: 405, hint: 'check the HTTP method for this path' },
+  TOO_MANY_STREAMS: { status: 429, hint: 'an agent needs one event stream: close the others (or wait until half-open ones time out)' },
+  STREAMS_FULL: { status: 503, hint: 'the registry serves as many event streams as it may; retry later (the client backs off), or run it with a higher stream limit' },
+  POOL_EXHAUSTED: { status: 503, hint: 'the network has used every address of its IPv4 pool; start the registry with a larger --pool' },
+  INTERNAL: { status: 500, hint: 'this is a bug in the agentvpn registry; see its log' },
+};
+
+export function refuse(code: string, message: string): never {
+  throw new AgentVpnError(code, message, REFUSALS[code]?.hint ?? REFUSALS.INTERNAL.hint);
+}

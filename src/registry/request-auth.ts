@@ -1,0 +1,48 @@
+import type { IncomingMessage } from 'node:http';
+import { publicKeyOfAgentId } from '../identity/agent-id.js';
+import type { Fleet } from './fleet-state.js';
+import { MAX_CLOCK_SKEW_MS, hashToken, parseAuthorization, requestMessage, verifyAgentSignature } from './protocol.js';
+import { refuse } from './refusals.js';
+import type { RegistryStore } from './store.js';
+
+/**
+ * Who may read: a member of the network, by a signed request usable once, or a holder of a
+ * join token of the network that could still admit an agent. The cheap checks (header shape,
+ * clock, membership) come before the signature, and the signature before the database write
+ * that takes the timestamp, so a stranger's flood costs no signature check.
+ */
+
+/** Who a read was authorized for: event streams are counted per credential and closed when it ends. */
+export interface Credential {
+  /** "agent:ID" or "token:HASH". */
+  key: string;
+  /** When the credential stops being valid (a join token's expiry), or null. */
+  expiresAt: number | null;
+}
+
+export const isAgentId = (v: unknown): v is string => typeof v === 'string' && publicKeyOfAgentId(v) !== null;
+
+/** Refuses a signed timestamp too far from our clock (it could not be told from a replay for long). */
+export function checkClock(timestamp: number, now: number): void {
+  if (Math.abs(now - timestamp) > MAX_CLOCK_SKEW_MS) refuse('CLOCK_SKEW', `timestamp is ${Math.round((timestamp - now) / 1000)} s from the registry's clock`);
+}
+
+export async function authorizeRead(req: IncomingMessage, network: string, now: number, store: RegistryStore, fleet: Fleet): Promise<Credential> {
+  const auth = parseAuthorization(req.headers.authorization);
+  if (!auth) refuse('UNAUTHORIZED', 'missing or malformed Authorization header');
+  if (auth.kind === 'bearer') {
+    const hash = hashToken(auth.token);
+    const token = await store.checkToken(network, hash, now);
+    if (!token.ok) refuse('UNAUTHORIZED', `the bearer token is not a valid join token of network ${network} (unknown, expired or used up)`);
+    return { key: `token:${hash}`, expiresAt: token.expiresAt };
+  }
+  if (!isAgentId(auth.id)) refuse('UNAUTHORIZED', 'Authorization names an invalid agent ID');
+  checkClock(auth.timestamp, now);
+  if (!fleet.isMember(network, auth.id)) refuse('NOT_JOINED', `agent ${auth.id} has not joined network ${network}`);
+  if (!verifyAgentSignature(auth.id, requestMessage(req.method ?? '', req.url ?? '', auth.timestamp), auth.signature)) {
+    refuse('UNAUTHORIZED', 'the request signature does not verify');
+  }
+  const used = await store.useTimestamp(auth.id, auth.timestamp, now);
+  if (!used.ok) refuse(used.code, used.message);
+  return { key: `agent:${auth.id}`, expiresAt: null };
+}

@@ -1,0 +1,229 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from 'pino';
+import { publicKeyOfAgentId } from '../identity/agent-id.js';
+import { networkUlaPrefix, overlayIPv6 } from '../identity/addresses.js';
+import { formatAddress, formatPrefix, type Prefix } from '../ip/prefix.js';
+import type { RelayInfo } from '../relay/protocol.js';
+import { capabilityMatches, parseCapability, type Capability } from './capabilities.js';
+import type { EventHub } from './events.js';
+import { Entry, type Fleet } from './fleet-state.js';
+import { readJson, sendJson, sendText, type Body } from './http-body.js';
+import {
+  HEARTBEAT_LABEL, LEAVE_LABEL, hashToken, joinMessage, timestampMessage, verifyAgentSignature, type ChangeKind, type JoinResult, type RegistryStats,
+} from './protocol.js';
+import { NAME_PATTERN, NETWORK_PATTERN, canonicalRecord, verifyRecord, type SignedRecord } from './record.js';
+import { refuse } from './refusals.js';
+import { authorizeRead, checkClock, isAgentId } from './request-auth.js';
+import type { RegistryStore } from './store.js';
+
+/** What the routes work on; server.ts builds it. */
+export interface RouteContext {
+  store: RegistryStore;
+  fleet: Fleet;
+  hub: EventHub;
+  log: Logger;
+  defaultNetwork: string;
+  pool: Prefix;
+  heartbeatIntervalMs: number;
+  offlineAfterMs: number;
+  /** The relay and STUN servers a joining agent is told about. */
+  relayInfo(req: IncomingMessage): { relays: RelayInfo[]; stun: string[] };
+  /** Logs a change and pushes it to the network's event streams. */
+  emit(network: string, kind: ChangeKind, entry: Entry, id: string): void;
+  stats(): RegistryStats;
+}
+
+function field<T>(ok: boolean, value: unknown, what: string): T {
+  if (!ok) refuse('BAD_REQUEST', `missing or invalid ${what}`);
+  return value as T;
+}
+
+const isTimestamp = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+
+/** The registry's HTTP API (protocol.ts has the table); returns the request handler. Refusals are thrown. */
+export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
+  const { store, fleet, hub, log } = ctx;
+
+  const networkParam = (url: URL): string => {
+    const network = url.searchParams.get('network') ?? ctx.defaultNetwork;
+    if (!NETWORK_PATTERN.test(network)) refuse('BAD_REQUEST', 'invalid network name');
+    return network;
+  };
+
+  const join = async (req: IncomingMessage, res: ServerResponse, now: number) => {
+    const b = await readJson(req);
+    const network = field<string>(typeof b.network === 'string' && NETWORK_PATTERN.test(b.network), b.network, 'network');
+    const id = field<string>(isAgentId(b.id), b.id, 'id (an agent ID)');
+    const name = field<string>(typeof b.name === 'string' && NAME_PATTERN.test(b.name), b.name, 'name (lowercase letters, digits and -, up to 63)');
+    const timestamp = field<number>(isTimestamp(b.timestamp), b.timestamp, 'timestamp');
+    const token = field<string | undefined>(b.token === undefined || (typeof b.token === 'string' && b.token.length <= 256), b.token, 'token');
+    checkClock(timestamp, now);
+    const tokenHash = token === undefined ? null : hashToken(token);
+    // A stranger needs a valid token: looked up before its signature is checked.
+    if (!fleet.isMember(network, id) && (tokenHash === null || !(await store.checkToken(network, tokenHash, now)).ok)) {
+      refuse('BAD_TOKEN', tokenHash === null ? `a join token is needed to join network ${network}` : `the join token is not valid for network ${network} (unknown, expired or used up)`);
+    }
+    if (!verifyAgentSignature(id, joinMessage(network, id, name, timestamp), b.signature)) refuse('BAD_SIGNATURE', 'join signature does not verify with the key in the agent ID');
+    const result = await store.admit({ network, id, name, tokenHash, timestamp, pool: ctx.pool, now });
+    if (!result.ok) refuse(result.code, result.message);
+    if (result.usedUpToken) hub.closeCredential(`token:${result.usedUpToken}`);
+    fleet.net(network).setMember(result.member);
+    log.info({ network, id, name, ipv4: result.member.ipv4, event: 'join', created: result.created }, 'agent joined');
+    const key = publicKeyOfAgentId(id)!;
+    const answer: JoinResult = {
+      network, ipv4: result.member.ipv4, ipv6: formatAddress(overlayIPv6(network, key)), ulaPrefix: formatPrefix(networkUlaPrefix(network)),
+      pool: formatPrefix(ctx.pool), heartbeatIntervalMs: ctx.heartbeatIntervalMs, offlineAfterMs: ctx.offlineAfterMs, ...ctx.relayInfo(req),
+    };
+    sendJson(res, 200, { ok: true, ...answer });
+  };
+
+  /** A member's signed record: only members' bodies are parsed, and only the signed fields are kept. */
+  const publish = async (req: IncomingMessage, res: ServerResponse, url: URL, id: string, now: number) => {
+    const network = networkParam(url);
+    if (!fleet.isMember(network, id)) refuse('NOT_JOINED', `agent ${id.slice(0, 80)} has not joined network ${network}`);
+    const body: Body = await readJson(req);
+    const extra = Object.keys(body).find((k) => k !== 'record' && k !== 'signature');
+    if (extra !== undefined) refuse('MALFORMED_RECORD', `unknown field "${extra.slice(0, 40)}" beside record and signature`);
+    const signed = body as unknown as SignedRecord;
+    const check = verifyRecord(signed, { network, now });
+    if (!check.ok) refuse(check.problem!, check.detail ?? check.problem!);
+    if (signed.record.id !== id) refuse('BAD_REQUEST', 'the record ID differs from the agent ID in the path');
+    const canonical: SignedRecord = { record: canonicalRecord(signed.record), signature: signed.signature };
+    const result = await store.putRecord(network, canonical, now);
+    if (!result.ok) refuse(result.code, result.message);
+    const state = fleet.net(network);
+    state.setMember(result.member);
+    const old = state.agents.get(id);
+    // Concurrent publishes may finish out of order: the store took the newest, keep that one.
+    if (!old || old.view.record.seq < canonical.record.seq) {
+      const entry = new Entry({ record: canonical.record, signature: canonical.signature, online: true, lastSeen: now });
+      state.setAgent(id, entry);
+      ctx.emit(network, 'upsert', entry, id);
+    }
+    sendJson(res, 200, { ok: true });
+  };
+
+  /** Heartbeat (online) and leave (offline): a signed timestamp from the agent itself, usable once. */
+  const liveness = async (req: IncomingMessage, res: ServerResponse, url: URL, id: string, now: number, online: boolean) => {
+    const network = networkParam(url);
+    if (!isAgentId(id)) refuse('BAD_REQUEST', 'invalid agent ID in the path');
+    const state = fleet.networks.get(network);
+    if (!state?.members.has(id)) refuse('NOT_JOINED', `agent ${id} has not joined network ${network}`);
+    const known = state.agents.get(id);
+    if (!known) refuse('NOT_FOUND', `agent ${id} has not published a record yet`);
+    const b = await readJson(req);
+    const timestamp = field<number>(isTimestamp(b.timestamp), b.timestamp, 'timestamp');
+    checkClock(timestamp, now);
+    if (online && known.view.record.expiresAt <= now) refuse('EXPIRED_RECORD', `the record of agent ${id} has expired: publish a fresh one`);
+    if (!verifyAgentSignature(id, timestampMessage(online ? HEARTBEAT_LABEL : LEAVE_LABEL, network, id, timestamp), b.signature)) {
+      refuse('BAD_SIGNATURE', 'signature does not verify with the key in the agent ID');
+    }
+    const lastSeen = online ? now : known.view.lastSeen;
+    const result = await store.setOnline({ network, id, online, lastSeen, timestamp, now });
+    if (!result.ok) refuse(result.code, result.message);
+    const entry = state.agents.get(id)!; // a publish may have replaced it meanwhile
+    const changed = entry.view.online !== online;
+    entry.setLiveness(online, lastSeen, true);
+    if (changed) ctx.emit(network, online ? 'online' : 'offline', entry, id);
+    sendJson(res, 200, { ok: true });
+  };
+
+  const listAgents = (url: URL, network: string): Entry[] => {
+    const capText = url.searchParams.get('cap');
+    let cap: Capability | null = null;
+    if (capText !== null) {
+      try {
+        cap = parseCapability(capText);
+      } catch (e) {
+        refuse('BAD_REQUEST', (e as Error).message);
+      }
+    }
+    const name = url.searchParams.get('name');
+    const onlineText = url.searchParams.get('online');
+    if (onlineText !== null && !['1', '0', 'true', 'false'].includes(onlineText)) refuse('BAD_REQUEST', 'online must be 1 or 0');
+    const online = onlineText === null ? null : onlineText === '1' || onlineText === 'true';
+    const state = fleet.networks.get(network);
+    const out: Entry[] = [];
+    for (const e of state?.candidates(cap) ?? []) {
+      if (online !== null && e.view.online !== online) continue;
+      // The name's current holder: a record signed before its agent renamed still carries the old name.
+      if (name !== null && state!.byName.get(name) !== e.view.record.id) continue;
+      if (cap && !e.caps.some((c) => capabilityMatches(cap, c))) continue;
+      out.push(e);
+    }
+    return out;
+  };
+
+  const getAgent = (network: string, idOrName: string): Entry => {
+    const state = fleet.networks.get(network);
+    const id = state?.agents.has(idOrName) ? idOrName : state?.byName.get(idOrName);
+    const entry = id === undefined ? undefined : state?.agents.get(id);
+    if (!entry) refuse('NOT_FOUND', `no agent "${idOrName.slice(0, 80)}" in network ${network}`);
+    return entry;
+  };
+
+  const events = async (req: IncomingMessage, res: ServerResponse, url: URL, now: number) => {
+    const network = networkParam(url);
+    if (hub.full) refuse('STREAMS_FULL', 'the registry serves as many event streams as it may');
+    const credential = await authorizeRead(req, network, now, store, fleet);
+    const result = hub.subscribe(network, credential.key, res, fleet.net(network).agents.values(), credential.expiresAt);
+    if (!result.ok) refuse(result.code, result.message);
+  };
+
+  return async (req, res) => {
+    const now = Date.now();
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '', 'http://registry');
+    } catch {
+      refuse('BAD_REQUEST', 'invalid request URL');
+    }
+    const method = req.method ?? '';
+    let parts: string[];
+    try {
+      parts = url.pathname.split('/').slice(1).map(decodeURIComponent);
+    } catch {
+      refuse('BAD_REQUEST', 'invalid percent-encoding in the path');
+    }
+    const allow = (...methods: string[]) => {
+      if (!methods.includes(method)) refuse('METHOD_NOT_ALLOWED', `${method} is not allowed on ${url.pathname}`);
+    };
+    const path = parts.join('/');
+    if (path === 'healthz') {
+      allow('GET');
+      return sendJson(res, 200, { ok: true });
+    }
+    if (path === 'v1/join') {
+      allow('POST');
+      return join(req, res, now);
+    }
+    if (path === 'v1/agents') {
+      allow('GET');
+      const network = networkParam(url);
+      await authorizeRead(req, network, now, store, fleet);
+      return sendText(res, 200, `{"ok":true,"agents":[${listAgents(url, network).map((e) => e.json).join(',')}]}`);
+    }
+    if (path === 'v1/events') {
+      allow('GET');
+      return events(req, res, url, now);
+    }
+    if (path === 'v1/stats') {
+      allow('GET');
+      await authorizeRead(req, networkParam(url), now, store, fleet);
+      return sendJson(res, 200, { ok: true, ...ctx.stats() });
+    }
+    if (parts.length === 3 && parts[0] === 'v1' && parts[1] === 'agents' && parts[2] !== '') {
+      allow('GET', 'PUT', 'DELETE');
+      if (method === 'PUT') return publish(req, res, url, parts[2], now);
+      if (method === 'DELETE') return liveness(req, res, url, parts[2], now, false);
+      const network = networkParam(url);
+      await authorizeRead(req, network, now, store, fleet);
+      return sendText(res, 200, `{"ok":true,"agent":${getAgent(network, parts[2]).json}}`);
+    }
+    if (parts.length === 4 && parts[0] === 'v1' && parts[1] === 'agents' && parts[3] === 'heartbeat') {
+      allow('POST');
+      return liveness(req, res, url, parts[2], now, true);
+    }
+    refuse('NOT_FOUND', `no such endpoint: ${url.pathname.slice(0, 100)}`);
+  };
+}

@@ -1,0 +1,80 @@
+// Issue 7, class 8: registry file descriptors and timeouts. Idle connections must not fill the
+// registry's descriptors (health checks keep answering), and header timeouts must hold.
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { httpGet, idleConnections } from './hostile-helpers.js';
+import { startRegistryProcess, type RegistryProcess } from './registry-process.js';
+
+/** The registry runs with this many descriptors, so a flood that would fill 20,000 fits a test. */
+const MAX_FDS = 1024;
+
+describe('registry connections (issue 7, class 8)', () => {
+  let dir: string;
+  let proc: RegistryProcess | undefined;
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'agentvpn-registry-conns-'));
+  });
+
+  afterEach(async () => {
+    await proc?.stop();
+    proc = undefined;
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('caps idle connections per client and in total below the fd limit; health checks keep answering', async () => {
+    proc = await startRegistryProcess(join(dir, 'registry.db'), { maxFds: MAX_FDS });
+    const baseFds = proc.fds();
+
+    // One client opening three times the registry's descriptors.
+    const single = await idleConnections(proc.port, 3 * MAX_FDS);
+    await sleep(1000);
+    const singleFds = proc.fds();
+    const healthSingle = await httpGet(proc.port, '/healthz', { localAddress: '127.0.0.2' }).catch((e: Error) => ({ status: 0, text: e.message }));
+
+    // Then 40 more client addresses with 100 idle connections each: more than the total cap.
+    const many = (await Promise.all(Array.from({ length: 40 }, (_, i) => idleConnections(proc!.port, 100, `127.0.1.${i + 1}`)))).flat();
+    await sleep(1000);
+    const manyFds = proc.fds();
+    const healthMany = await httpGet(proc.port, '/healthz', { localAddress: '127.0.0.3' }).catch((e: Error) => ({ status: 0, text: e.message }));
+    console.log(`registry fd limit ${MAX_FDS}, ${baseFds} fds at start; one client, ${single.length} connections: ` +
+      `registry fds ${singleFds} (${singleFds - baseFds} held), health ${healthSingle.status}; 40 more clients, ${many.length} connections: registry fds ${manyFds}, health ${healthMany.status}`);
+    for (const s of [...single, ...many]) s.destroy();
+
+    // The registry's own count: the client also sees connections the kernel queued but the registry has not accepted yet.
+    expect(singleFds - baseFds).toBeLessThanOrEqual(256 + 10);
+    expect(healthSingle.status).toBe(200);
+    expect(manyFds).toBeLessThan(MAX_FDS - 50);
+    expect(healthMany.status).toBe(200);
+  });
+
+  it('answers slow headers with 408 within ~11 s (headersTimeout holds) and closes idle keep-alive connections', async () => {
+    proc = await startRegistryProcess(join(dir, 'registry.db'));
+    const t0 = Date.now();
+    const slow = await new Promise<{ ms: number; answer: string }>((resolve) => {
+      let answer = '';
+      const s = connect({ host: '127.0.0.1', port: proc!.port }, () => s.write('GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n'));
+      s.setEncoding('latin1').on('data', (d: string) => (answer += d));
+      const done = () => resolve({ ms: Date.now() - t0, answer });
+      s.on('close', done);
+      s.on('error', done);
+      // Bounded: give up well before the old 30-second check would have answered.
+      setTimeout(() => s.destroy(), 20_000);
+    });
+    const t1 = Date.now();
+    const idle = await new Promise<number>((resolve) => {
+      const s = connect({ host: '127.0.0.1', port: proc!.port }, () => s.write('GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n'));
+      s.resume();
+      s.on('close', () => resolve(Date.now() - t1));
+      setTimeout(() => s.destroy(), 20_000);
+    });
+    console.log(`slow headers: closed after ${(slow.ms / 1000).toFixed(1)} s with "${slow.answer.split('\r\n')[0]}"; idle keep-alive connection closed after ${(idle / 1000).toFixed(1)} s`);
+    expect(slow.answer).toMatch(/^HTTP\/1\.1 408/);
+    expect(slow.ms).toBeLessThan(14_000);
+    expect(idle).toBeLessThan(10_000);
+  });
+});
