@@ -94,6 +94,7 @@ class Client {
   constructor(
     readonly wgKey: Buffer,
     readonly id: string,
+    readonly edPub: Buffer,
     readonly edId: string,
     public networks: Networks,
     public lastHelloTs: number,
@@ -241,7 +242,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     let c = byEdKey.get(edId);
     if (!c) {
       const wgKey = wgKeyOf(edPub);
-      c = new Client(wgKey, wgKey.toString('latin1'), edId, networks, ts, t, limits);
+      c = new Client(wgKey, wgKey.toString('latin1'), Buffer.from(edPub), edId, networks, ts, t, limits);
       clients.set(c.id, c);
       byEdKey.set(edId, c);
       log.info({ event: 'client', key: wgKey.toString('base64'), via: t.kind, networks, remote: t.kind === 'udp' ? formatEndpoint(t.ep) : undefined }, 'relay client registered');
@@ -484,7 +485,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   const sweep = () => {
     const now = monotonicMs();
     for (const c of clients.values()) {
-      const networks = gate.networksOf(Buffer.from(c.edId, 'latin1'));
+      const networks = gate.networksOf(c.edPub);
       if (now - c.lastHeard > CLIENT_IDLE_TIMEOUT_MS || !networks) {
         log.info({ event: 'client-gone', key: c.wgKey.toString('base64'), why: networks ? 'silent' : 'no longer allowed' }, 'relay client forgotten');
         forget(c);

@@ -8,7 +8,7 @@ import { waitFor } from '../../src/lab/index.js';
 import { buildBindingRequest, newTransactionId, parseBindingResponse } from '../../src/paths/stun.js';
 import {
   FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_RECV, FRAME_SEND, HELLO_SIZE, MAX_FRAME_SIZE, NOTICE_BAD_SIGNATURE, NOTICE_NOT_REGISTERED,
-  NOTICE_STALE_TIMESTAMP, encodeHello, encodeSend,
+  NOTICE_STALE_TIMESTAMP, SWEEP_INTERVAL_MS, encodeHello, encodeSend,
 } from '../../src/relay/protocol.js';
 import { HELLO_VERIFY_BURST_PER_SOURCE, STUN_BURST_PER_SOURCE } from '../../src/relay/limits.js';
 import { startRelay, type RelayOptions, type RunningRelay } from '../../src/relay/server.js';
@@ -365,5 +365,24 @@ describe('relay', () => {
     console.log(`STUN flood from one source: 1000 requests, ${raw.inbox.length} answers`);
     expect(raw.inbox.length).toBeGreaterThan(0);
     expect(raw.inbox.length).toBeLessThanOrEqual(STUN_BURST_PER_SOURCE + 50);
+  });
+
+  it('asks the allow hook again at each sweep: a key moved to another network, or refused, is cut off', async () => {
+    const networks = new Map<string, string[]>();
+    const info = await start({ allow: (k) => networks.get(Buffer.from(k).toString('hex')) ?? null });
+    const [x, y, z] = [Identity.generate(), Identity.generate(), Identity.generate()];
+    for (const id of [x, y, z]) networks.set(Buffer.from(id.publicKey).toString('hex'), ['red']);
+    const [a, b, c] = [await agent(info, { identity: x }), await agent(info, { identity: y }), await agent(info, { identity: z })];
+    for (const t of [a, b, c]) await waitState(t, 'udp');
+    a.client.send(b.wgKey, Buffer.from('before'));
+    await waitFor(() => b.received.length === 1, { intervalMs: 10 });
+
+    networks.set(Buffer.from(y.publicKey).toString('hex'), ['blue']);
+    networks.delete(Buffer.from(z.publicKey).toString('hex'));
+    await waitFor(() => relay!.stats().clients === 2, { timeoutMs: SWEEP_INTERVAL_MS + 2000, intervalMs: 50, what: 'the refused key forgotten' });
+    a.client.send(b.wgKey, Buffer.from('after'));
+    await waitFor(() => a.notHere.length === 1, { intervalMs: 10 });
+    expect(b.received.length).toBe(1);
+    expect(relay!.stats().dropped['other-network']).toBe(1);
   });
 });
