@@ -89,11 +89,11 @@ async function measure(lab, { system, label, x, spec, pingNs, dst, status }) {
     row.error = e instanceof Error ? e.message.split('\n')[0] : String(e);
   }
   const p = row.ping;
-  progress(`${system} ${label}: ${row.error ?? `flood ${row.achievedPps}/s, ${p.lossPct.toFixed(1)} % loss, median ${p.medianMs ?? '–'} ms${row.moved ? `, moved ${JSON.stringify(row.moved)}` : ''}`}`);
+  progress(`${system} ${label}: ${row.error ?? `${spec ? `flood ${row.achievedPps}/s, ` : ''}${p.lossPct.toFixed(1)} % loss, median ${p.medianMs ?? '–'} ms${row.moved ? `, moved ${JSON.stringify(row.moved)}` : ''}`}`);
   return row;
 }
 
-/** The floods every static system gets; `keys` = { victim, member } base64 WireGuard keys, relaySend: how to send SEND-like datagrams. */
+/** The floods a static system gets; `keys` = { victim, member }: base64 WireGuard keys of B and of its peer A. */
 function staticFloods(target, keys, withRelayFloods) {
   const floods = HANDSHAKE_SWEEP.map((rate) => ({ label: `handshake ${rate / 1000}k`, spec: { kind: 'handshake', target, key: keys.victim, rate } }));
   floods.push({ label: `garbage ${GARBAGE_RATE / 1000}k`, spec: { kind: 'garbage', target, rate: GARBAGE_RATE } });
@@ -260,13 +260,16 @@ function table(head, rows) {
   return [line(head), ...rows.map(line)].join('\n');
 }
 
+/** Counters of traffic carried (discoIn, relayedOut, ...), not of anything refused. */
+const TRAFFIC_COUNTER = /(In|Out)$/;
+
 /** For each system and counter: the lowest offered rate at which it moved, and how fast it moved there. */
 function shedding(results) {
   const out = [];
   for (const system of [...new Set(results.map((r) => r.system))]) {
     const first = new Map();
     for (const r of results.filter((x) => x.system === system && x.kind !== 'none' && x.moved)) {
-      for (const [k, n] of Object.entries(r.moved)) {
+      for (const [k, n] of Object.entries(r.moved).filter(([name]) => !TRAFFIC_COUNTER.test(name))) {
         const prev = first.get(k);
         const rank = (x) => x.offeredPps || Infinity; // "max" is the highest rate
         if (!prev || rank(r) < rank(prev)) first.set(k, { offeredPps: r.offeredPps, flood: r.flood, perSec: n / (r.seconds || 1) });
