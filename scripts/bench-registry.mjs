@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Registry load benchmark: starts `agentvpn registry` in a child process on 127.0.0.1 with a
 // temporary database, registers AGENTS agents (join + publish) from CONCURRENCY workers, then
-// measures lookups (GET by name, list with a capability filter) and the registry's memory.
+// measures lookups (GET by name, list with a capability filter), one heartbeat per agent (each
+// takes its signed timestamp in the database with the liveness it sets), and the registry's memory.
 // Run after `npm run build`:  node scripts/bench-registry.mjs   (AGENTS=1000 for a quick run)
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -142,6 +143,15 @@ try {
   });
   const lookupTotal = performance.now() - t1;
 
+  const heartbeatMs = [];
+  const t2 = performance.now();
+  await pool(AGENTS, CONCURRENCY, async (i) => {
+    const client = new RegistryClient({ url, identity: identities[i], network: NETWORK });
+    heartbeatMs.push(await timed(() => client.heartbeat()));
+    client.close();
+  });
+  const heartbeatTotal = performance.now() - t2;
+
   let snapshotSize = 0;
   const snapshotMs = await timed(() => new Promise((resolve, reject) => {
     const w = readers[0].watch({
@@ -163,6 +173,9 @@ try {
   console.log(summary(`  list cap=svc.sN (~${Math.ceil(AGENTS / 100)} agents)`, listSmallMs));
   console.log(summary(`  list cap=…;model=mN (~${Math.ceil(AGENTS / 10)} agents)`, listLargeMs));
   console.log(`  total ${(lookupTotal / 1000).toFixed(1)} s`);
+  console.log('heartbeats (signed, usable once)');
+  console.log(summary('  POST /v1/agents/ID/heartbeat', heartbeatMs));
+  console.log(`  total ${(heartbeatTotal / 1000).toFixed(1)} s, ${(AGENTS / (heartbeatTotal / 1000)).toFixed(0)} heartbeats/s`);
   console.log(`event stream snapshot of ${snapshotSize} agents: ${snapshotMs.toFixed(0)} ms`);
   console.log(`registry RSS after registration ${afterRegistration.rssMiB.toFixed(1)} MiB, after lookups ${afterLookups.rssMiB.toFixed(1)} MiB (peak ${afterLookups.peakMiB.toFixed(1)} MiB)`);
 } finally {

@@ -84,9 +84,20 @@ export class EventHub {
     return { open: this.count, ...this.counts };
   }
 
-  /** Whether no stream can be added at all (checked before a request's signature is). */
-  get full(): boolean {
-    return this.count >= this.limits.streams;
+  /**
+   * Whether one more stream may be opened, by `credential` (or by anyone: null, checked before
+   * the request's signature is); a refusal is counted.
+   */
+  roomFor(credential: string | null): SubscribeResult {
+    if (this.count >= this.limits.streams) {
+      this.counts.refused++;
+      return { ok: false, code: 'STREAMS_FULL', message: `the registry already serves its maximum of ${this.limits.streams} event streams` };
+    }
+    if (credential !== null && (this.byCredential.get(credential)?.size ?? 0) >= this.limits.streamsPerCredential) {
+      this.counts.refused++;
+      return { ok: false, code: 'TOO_MANY_STREAMS', message: `this credential already holds ${this.limits.streamsPerCredential} event streams` };
+    }
+    return { ok: true };
   }
 
   /**
@@ -95,15 +106,8 @@ export class EventHub {
    * `expiresAt` (the credential's end) when given.
    */
   subscribe(network: string, credential: string, res: ServerResponse, agents: Iterable<Viewable>, expiresAt: number | null): SubscribeResult {
-    if (this.full) {
-      this.counts.refused++;
-      return { ok: false, code: 'STREAMS_FULL', message: `the registry already serves its maximum of ${this.limits.streams} event streams` };
-    }
-    const mine = this.byCredential.get(credential);
-    if ((mine?.size ?? 0) >= this.limits.streamsPerCredential) {
-      this.counts.refused++;
-      return { ok: false, code: 'TOO_MANY_STREAMS', message: `this credential already holds ${this.limits.streamsPerCredential} event streams` };
-    }
+    const room = this.roomFor(credential);
+    if (!room.ok) return room;
     const s = new Subscriber(network, credential, res, agents[Symbol.iterator]());
     this.add(s);
     res.once('close', () => this.remove(s));

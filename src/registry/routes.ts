@@ -164,7 +164,8 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
 
   const events = async (req: IncomingMessage, res: ServerResponse, url: URL, now: number) => {
     const network = networkParam(url);
-    if (hub.full) refuse('STREAMS_FULL', 'the registry serves as many event streams as it may');
+    const room = hub.roomFor(null);
+    if (!room.ok) refuse(room.code, room.message);
     const credential = await authorizeRead(req, network, now, store, fleet);
     const result = hub.subscribe(network, credential.key, res, fleet.net(network).agents.values(), credential.expiresAt);
     if (!result.ok) refuse(result.code, result.message);
