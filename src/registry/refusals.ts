@@ -20,6 +20,7 @@ export const REFUSALS: Record<string, { status: number; hint: string }> = {
   ADDRESS_MISMATCH: { status: 409, hint: 'use the IPv4 address the registry allocated at join' },
   NOT_FOUND: { status: 404, hint: 'check the path, the agent ID or name, and the network' },
   METHOD_NOT_ALLOWED: { status: 405, hint: 'check the HTTP method for this path' },
+  RATE_LIMITED: { status: 429, hint: 'too many requests with signatures that do not verify: check the agent identity key and retry in a second' },
   TOO_MANY_STREAMS: { status: 429, hint: 'an agent needs one event stream: close the others (or wait until half-open ones time out)' },
   STREAMS_FULL: { status: 503, hint: 'the registry serves as many event streams as it may; retry later (the client backs off), or run it with a higher stream limit' },
   POOL_EXHAUSTED: { status: 503, hint: 'the network has used every address of its IPv4 pool; start the registry with a larger --pool' },

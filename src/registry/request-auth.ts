@@ -3,13 +3,14 @@ import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import type { Fleet } from './fleet-state.js';
 import { MAX_CLOCK_SKEW_MS, hashToken, parseAuthorization, requestMessage, verifyAgentSignature } from './protocol.js';
 import { refuse } from './refusals.js';
+import type { SignatureBudget } from './signature-budget.js';
 import type { RegistryStore } from './store.js';
 
 /**
  * Who may read: a member of the network, by a signed request usable once, or a holder of a
  * join token of the network that could still admit an agent. The cheap checks (header shape,
- * clock, membership) come before the signature, and the signature before the database write
- * that takes the timestamp, so a stranger's flood costs no signature check.
+ * clock, membership, the failed-signature budget) come before the signature, and the signature
+ * before the database write that takes the timestamp, so a stranger's flood costs little.
  */
 
 /** Who a read was authorized for: event streams are counted per credential and closed when it ends. */
@@ -27,7 +28,14 @@ export function checkClock(timestamp: number, now: number): void {
   if (Math.abs(now - timestamp) > MAX_CLOCK_SKEW_MS) refuse('CLOCK_SKEW', `timestamp is ${Math.round((timestamp - now) / 1000)} s from the registry's clock`);
 }
 
-export async function authorizeRead(req: IncomingMessage, network: string, now: number, store: RegistryStore, fleet: Fleet): Promise<Credential> {
+/** What authorizing a read needs. */
+export interface ReadAuthority {
+  store: RegistryStore;
+  fleet: Fleet;
+  signatures: SignatureBudget;
+}
+
+export async function authorizeRead(req: IncomingMessage, network: string, now: number, { store, fleet, signatures }: ReadAuthority): Promise<Credential> {
   const auth = parseAuthorization(req.headers.authorization);
   if (!auth) refuse('UNAUTHORIZED', 'missing or malformed Authorization header');
   if (auth.kind === 'bearer') {
@@ -39,7 +47,9 @@ export async function authorizeRead(req: IncomingMessage, network: string, now: 
   if (!isAgentId(auth.id)) refuse('UNAUTHORIZED', 'Authorization names an invalid agent ID');
   checkClock(auth.timestamp, now);
   if (!fleet.isMember(network, auth.id)) refuse('NOT_JOINED', `agent ${auth.id} has not joined network ${network}`);
+  signatures.check(req);
   if (!verifyAgentSignature(auth.id, requestMessage(req.method ?? '', req.url ?? '', auth.timestamp), auth.signature)) {
+    signatures.failed(req);
     refuse('UNAUTHORIZED', 'the request signature does not verify');
   }
   const used = await store.useTimestamp(auth.id, auth.timestamp, now);

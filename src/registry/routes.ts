@@ -14,6 +14,7 @@ import {
 import { NAME_PATTERN, NETWORK_PATTERN, canonicalRecord, verifyRecord, type SignedRecord } from './record.js';
 import { refuse } from './refusals.js';
 import { authorizeRead, checkClock, isAgentId } from './request-auth.js';
+import type { SignatureBudget } from './signature-budget.js';
 import type { RegistryStore } from './store.js';
 
 /** What the routes work on; server.ts builds it. */
@@ -21,6 +22,7 @@ export interface RouteContext {
   store: RegistryStore;
   fleet: Fleet;
   hub: EventHub;
+  signatures: SignatureBudget;
   log: Logger;
   defaultNetwork: string;
   pool: Prefix;
@@ -42,7 +44,14 @@ const isTimestamp = (v: unknown): v is number => Number.isSafeInteger(v) && (v a
 
 /** The registry's HTTP API (protocol.ts has the table); returns the request handler. Refusals are thrown. */
 export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
-  const { store, fleet, hub, log } = ctx;
+  const { store, fleet, hub, log, signatures } = ctx;
+  /** Refuses unless the agent signed `message`; failures are budgeted per address (signature-budget.ts). */
+  const verifySigned = (req: IncomingMessage, id: string, message: Buffer, signature: unknown, what: string) => {
+    signatures.check(req);
+    if (verifyAgentSignature(id, message, signature)) return;
+    signatures.failed(req);
+    refuse('BAD_SIGNATURE', `${what} does not verify with the key in the agent ID`);
+  };
 
   const networkParam = (url: URL): string => {
     const network = url.searchParams.get('network') ?? ctx.defaultNetwork;
@@ -63,7 +72,7 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
     if (!fleet.isMember(network, id) && (tokenHash === null || !(await store.checkToken(network, tokenHash, now)).ok)) {
       refuse('BAD_TOKEN', tokenHash === null ? `a join token is needed to join network ${network}` : `the join token is not valid for network ${network} (unknown, expired or used up)`);
     }
-    if (!verifyAgentSignature(id, joinMessage(network, id, name, timestamp), b.signature)) refuse('BAD_SIGNATURE', 'join signature does not verify with the key in the agent ID');
+    verifySigned(req, id, joinMessage(network, id, name, timestamp), b.signature, 'join signature');
     const result = await store.admit({ network, id, name, tokenHash, timestamp, pool: ctx.pool, now });
     if (!result.ok) refuse(result.code, result.message);
     if (result.usedUpToken) hub.closeCredential(`token:${result.usedUpToken}`);
@@ -85,7 +94,9 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
     const extra = Object.keys(body).find((k) => k !== 'record' && k !== 'signature');
     if (extra !== undefined) refuse('MALFORMED_RECORD', `unknown field "${extra.slice(0, 40)}" beside record and signature`);
     const signed = body as unknown as SignedRecord;
+    signatures.check(req);
     const check = verifyRecord(signed, { network, now });
+    if (check.problem === 'BAD_SIGNATURE') signatures.failed(req);
     if (!check.ok) refuse(check.problem!, check.detail ?? check.problem!);
     if (signed.record.id !== id) refuse('BAD_REQUEST', 'the record ID differs from the agent ID in the path');
     const canonical: SignedRecord = { record: canonicalRecord(signed.record), signature: signed.signature };
@@ -115,9 +126,7 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
     const timestamp = field<number>(isTimestamp(b.timestamp), b.timestamp, 'timestamp');
     checkClock(timestamp, now);
     if (online && known.view.record.expiresAt <= now) refuse('EXPIRED_RECORD', `the record of agent ${id} has expired: publish a fresh one`);
-    if (!verifyAgentSignature(id, timestampMessage(online ? HEARTBEAT_LABEL : LEAVE_LABEL, network, id, timestamp), b.signature)) {
-      refuse('BAD_SIGNATURE', 'signature does not verify with the key in the agent ID');
-    }
+    verifySigned(req, id, timestampMessage(online ? HEARTBEAT_LABEL : LEAVE_LABEL, network, id, timestamp), b.signature, 'signature');
     const lastSeen = online ? now : known.view.lastSeen;
     const result = await store.setOnline({ network, id, online, lastSeen, timestamp, now });
     if (!result.ok) refuse(result.code, result.message);
@@ -166,7 +175,7 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
     const network = networkParam(url);
     const room = hub.roomFor(null);
     if (!room.ok) refuse(room.code, room.message);
-    const credential = await authorizeRead(req, network, now, store, fleet);
+    const credential = await authorizeRead(req, network, now, ctx);
     const result = hub.subscribe(network, credential.key, res, fleet.net(network).agents.values(), credential.expiresAt);
     if (!result.ok) refuse(result.code, result.message);
   };
@@ -201,7 +210,7 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
     if (path === 'v1/agents') {
       allow('GET');
       const network = networkParam(url);
-      await authorizeRead(req, network, now, store, fleet);
+      await authorizeRead(req, network, now, ctx);
       return sendText(res, 200, `{"ok":true,"agents":[${listAgents(url, network).map((e) => e.json).join(',')}]}`);
     }
     if (path === 'v1/events') {
@@ -210,7 +219,7 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
     }
     if (path === 'v1/stats') {
       allow('GET');
-      await authorizeRead(req, networkParam(url), now, store, fleet);
+      await authorizeRead(req, networkParam(url), now, ctx);
       return sendJson(res, 200, { ok: true, ...ctx.stats() });
     }
     if (parts.length === 3 && parts[0] === 'v1' && parts[1] === 'agents' && parts[2] !== '') {
@@ -218,7 +227,7 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
       if (method === 'PUT') return publish(req, res, url, parts[2], now);
       if (method === 'DELETE') return liveness(req, res, url, parts[2], now, false);
       const network = networkParam(url);
-      await authorizeRead(req, network, now, store, fleet);
+      await authorizeRead(req, network, now, ctx);
       return sendText(res, 200, `{"ok":true,"agent":${getAgent(network, parts[2]).json}}`);
     }
     if (parts.length === 4 && parts[0] === 'v1' && parts[1] === 'agents' && parts[3] === 'heartbeat') {

@@ -23,6 +23,7 @@ import {
 import { NETWORK_PATTERN } from './record.js';
 import { REFUSALS } from './refusals.js';
 import { createRoutes } from './routes.js';
+import { SignatureBudget } from './signature-budget.js';
 import { SqliteStore } from './sqlite-store.js';
 import type { RegistryStore } from './store.js';
 
@@ -161,7 +162,8 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     };
   };
 
-  const route = createRoutes({ store, fleet, hub, log, defaultNetwork, pool, heartbeatIntervalMs, offlineAfterMs, relayInfo, emit, stats });
+  const signatures = new SignatureBudget();
+  const route = createRoutes({ store, fleet, hub, signatures, log, defaultNetwork, pool, heartbeatIntervalMs, offlineAfterMs, relayInfo, emit, stats });
 
   const onRequest = (req: IncomingMessage, res: ServerResponse) => {
     counters.requests++;

@@ -1,0 +1,66 @@
+// A stranger who knows a member's agent ID sends requests in its name with made-up signatures:
+// each would cost a signature check. Failures are budgeted per address before the check.
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { HEARTBEAT_LABEL, signTimestamp } from '../../src/registry/protocol.js';
+import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
+import { makeAgent, type TestAgent } from './hostile-helpers.js';
+
+const NET = 'default';
+
+/** POSTs JSON from a chosen source address; resolves with the status and the refusal code. */
+function post(port: number, path: string, body: unknown, localAddress: string): Promise<{ status: number; code?: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path, method: 'POST', localAddress, headers: { 'content-type': 'application/json' } }, (res) => {
+      let text = '';
+      res.setEncoding('utf8').on('data', (d: string) => (text += d)).on('end', () => {
+        let code: string | undefined;
+        try {
+          code = (JSON.parse(text) as { code?: string }).code;
+        } catch {
+          code = undefined;
+        }
+        resolve({ status: res.statusCode ?? 0, code });
+      });
+    });
+    req.on('error', reject);
+    req.end(JSON.stringify(body));
+  });
+}
+
+describe('registry signature budget', () => {
+  let dir: string;
+  let reg: RunningRegistry;
+  let member: TestAgent;
+
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'agentvpn-registry-sigs-'));
+    reg = await startRegistry({ db: join(dir, 'registry.db') });
+    member = await makeAgent(reg.url, NET, 'member', await reg.createToken());
+  });
+
+  afterEach(async () => {
+    member.client.close();
+    await reg.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('checks only a few forged signatures per address and second; the member itself is still heard', async () => {
+    const path = `/v1/agents/${member.identity.id}/heartbeat?network=${NET}`;
+    const forged = (i: number) => ({ timestamp: Date.now() + i, signature: Buffer.alloc(64, i % 251).toString('base64') });
+    const t0 = Date.now();
+    const answers: Array<{ status: number; code?: string }> = [];
+    for (let i = 0; i < 20; i++) answers.push(...(await Promise.all(Array.from({ length: 25 }, (_, j) => post(reg.port, path, forged(i * 25 + j), '127.0.0.1')))));
+    const seconds = Math.max(1, Math.ceil((Date.now() - t0) / 1000));
+    const checked = answers.filter((a) => a.code === 'BAD_SIGNATURE').length;
+    const limited = answers.filter((a) => a.code === 'RATE_LIMITED').length;
+    const honest = await post(reg.port, path, signTimestamp(member.identity, HEARTBEAT_LABEL, NET, Date.now() + 1000), '127.0.0.2');
+    console.log(`${answers.length} forged heartbeats in ~${seconds} s: ${checked} signatures checked, ${limited} refused before the check; the member's own heartbeat: ${honest.status}`);
+    expect(checked + limited).toBe(answers.length);
+    expect(checked).toBeLessThanOrEqual(25 * (seconds + 1));
+    expect(honest.status).toBe(200);
+  });
+});
