@@ -22,6 +22,7 @@ import {
 } from './protocol.js';
 import { NETWORK_PATTERN } from './record.js';
 import { REFUSALS } from './refusals.js';
+import { LogBudget } from './log-budget.js';
 import { createRoutes } from './routes.js';
 import { SignatureBudget } from './signature-budget.js';
 import { SqliteStore } from './sqlite-store.js';
@@ -170,13 +171,17 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     route(req, res).catch((e: unknown) => refused(req, res, e));
   };
 
+  const refusalLog = new LogBudget((skipped) => log.warn({ event: 'refusals-not-logged', skipped }, `${skipped} refused requests were not logged (too many in one second; see /v1/stats)`));
+
   /** Answers a refusal (or an internal error) and counts it; never throws. */
   const refused = (req: IncomingMessage, res: ServerResponse, e: unknown) => {
     try {
       const err = e instanceof AgentVpnError && REFUSALS[e.code] ? e : new AgentVpnError('INTERNAL', 'internal error', REFUSALS.INTERNAL.hint);
       counters.refused[err.code] = (counters.refused[err.code] ?? 0) + 1;
-      if (err.code === 'INTERNAL') log.error({ err: e, method: req.method, url: req.url?.slice(0, 200) }, 'request failed');
-      else log.info({ code: err.code, method: req.method, url: req.url?.slice(0, 200), remote: req.socket?.remoteAddress, detail: err.message }, 'request refused');
+      if (refusalLog.allow()) {
+        if (err.code === 'INTERNAL') log.error({ err: e, method: req.method, url: req.url?.slice(0, 200) }, 'request failed');
+        else log.info({ code: err.code, method: req.method, url: req.url?.slice(0, 200), remote: req.socket?.remoteAddress, detail: err.message }, 'request refused');
+      }
       if (res.headersSent || res.destroyed) return void res.destroy();
       // A body we did not read in full is not drained: close the connection after answering.
       if (!req.complete) res.setHeader('connection', 'close');
