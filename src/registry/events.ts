@@ -151,7 +151,7 @@ export class EventHub {
 
   /** Writes the next snapshot pieces while the socket takes them; then what waited behind. */
   private pump(s: Subscriber): void {
-    while (s.snapshot && !s.res.destroyed) {
+    while (s.snapshot && !gone(s)) {
       const parts: string[] = [];
       let chars = 0;
       let done = false;
@@ -178,6 +178,7 @@ export class EventHub {
   }
 
   private send(s: Subscriber, text: string): void {
+    if (gone(s)) return;
     if (s.snapshot) {
       s.pending.push(text);
       s.pendingChars += text.length;
@@ -194,6 +195,7 @@ export class EventHub {
   }
 
   private drop(s: Subscriber): void {
+    if (gone(s)) return;
     this.counts.dropped++;
     s.res.destroy();
   }
@@ -216,6 +218,11 @@ export class EventHub {
       }
     }
   }
+}
+
+/** Closed, or closing (its 'close' event, which forgets it, may not have run yet). */
+function gone(s: Subscriber): boolean {
+  return s.res.destroyed || s.res.writableEnded;
 }
 
 function setOf(map: Map<string, Set<Subscriber>>, key: string): Set<Subscriber> {
