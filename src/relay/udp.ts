@@ -17,8 +17,12 @@ import { MAX_FRAME_SIZE } from './protocol.js';
 export const READ_BATCH = 1024;
 /** One byte over the largest frame, so a longer (truncated) datagram shows as oversized. */
 const READ_SLOT = MAX_FRAME_SIZE + 1;
-/** Kernel socket buffers: ~3,000 full-size datagrams queued while the thread is busy. */
-const SOCKET_BUFFER_BYTES = 4 << 20;
+/**
+ * Kernel socket buffers (wireguard-go asks for 7 MiB): the kernel doubles it and holds ~20,000
+ * small datagrams (measured), ~30 ms of a 700k/s flood, so the thread may be off the CPU that
+ * long on a busy machine before frames are lost; full-size frames cut that to ~5,000.
+ */
+const SOCKET_BUFFER_BYTES = 8 << 20;
 /** Frames and bytes queued for one sendmmsg; a round of small frames fits, big ones flush early. */
 const OUTBOX_FRAMES = 1024;
 const OUTBOX_BYTES = 2 << 20;

@@ -16,11 +16,13 @@ const FLOODER = join(ROOT, 'test', 'relay', 'flood-peer.ts');
 const RELAY = join(ROOT, 'test', 'relay', 'relay-process.ts');
 const PORT = 7443;
 /**
- * Datagrams/s of each flood: what the security review measured (~140k/s hellos kept new agents
- * out; 144k/s SENDs gave an uninvolved pair 53 % loss), and what one flooder reaches without
- * taking a whole core of this shared 2-core machine (as fast as it can, it sends ~700k/s).
+ * Floods go as fast as one sender can (~700k datagrams/s here, a core of its own): the security
+ * review saw ~140k hellos/s keep new agents out and 144k SENDs/s give a pair 53 % loss; at full
+ * speed the old relay lost 20-60 % on this machine, the same check at 150k/s too little to tell.
  */
-const FLOOD_RATE = 150_000;
+const FLOOD_RATE = 0;
+/** Below this the flooder did not get its core (a very busy machine) and the figure would say little. */
+const MIN_FLOOD_PPS = 200_000;
 /** Long enough for an agent to start (vite-node: 1-3 s), connect and measure during the flood. */
 const FLOOD_SECONDS = 10;
 
@@ -43,6 +45,10 @@ describe.runIf(labReady(['ip', 'ss']))('relay under floods, in network namespace
   const relayAt = { attacker: '203.0.113.1', a: '192.0.2.1', b: '198.51.100.1' };
 
   const tsArgv = (file: string, ...args: string[]) => [process.execPath, VITE_NODE, '--root', ROOT, file, ...(args.length ? ['--', ...args] : [])];
+  // The relay, the attacker and the pair stand for machines of their own: on this shared 2-core
+  // machine they run at a higher priority, so what other tests run meanwhile does not decide the figures.
+  // (`nice` execs the command: the PID stays the process's own.)
+  const ownMachine = (argv: string[]) => ['nice', '-n', '-10', ...argv];
   let relay: LabProcess;
   let relayOut = '';
   /** The relay's counters now (it prints them on SIGUSR2). */
@@ -56,7 +62,7 @@ describe.runIf(labReady(['ip', 'ss']))('relay under floods, in network namespace
 
   /** An agent that answers pings, connected to the relay; resolves with its process once it is on UDP. */
   async function startEcho(ns: string, at: string, seed: Buffer): Promise<{ proc: LabProcess; out: () => string }> {
-    const proc = lab.spawn(ns, tsArgv(PEER), { name: 'echo', cwd: ROOT, stdio: 'pipe', env: { ...process.env, AVR_ROLE: 'echo', AVR_SEED: seed.toString('hex'), ...relayEnv(at) } });
+    const proc = lab.spawn(ns, ownMachine(tsArgv(PEER)), { name: 'echo', cwd: ROOT, stdio: 'pipe', env: { ...process.env, AVR_ROLE: 'echo', AVR_SEED: seed.toString('hex'), ...relayEnv(at) } });
     let out = '';
     proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     return { proc, out: () => out };
@@ -64,7 +70,7 @@ describe.runIf(labReady(['ip', 'ss']))('relay under floods, in network namespace
 
   /** Starts the attacker; `started` resolves once it floods, `done` with its report. */
   function startFlood(env: Record<string, string>): { started: Promise<unknown>; done: Promise<FloodResult> } {
-    const proc = lab.spawn(attackerNs, tsArgv(FLOODER), { name: 'flood', cwd: ROOT, stdio: 'pipe',
+    const proc = lab.spawn(attackerNs, ownMachine(tsArgv(FLOODER)), { name: 'flood', cwd: ROOT, stdio: 'pipe',
       env: { ...process.env, AVF_RELAY: `${relayAt.attacker}:${PORT}`, AVF_SECONDS: String(FLOOD_SECONDS), AVF_RATE: String(FLOOD_RATE), ...env } });
     let out = '';
     proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -81,7 +87,7 @@ describe.runIf(labReady(['ip', 'ss']))('relay under floods, in network namespace
     await lab.connect(relayNs, attackerNs, { a: `${relayAt.attacker}/24`, b: '203.0.113.2/24' });
     await lab.connect(relayNs, aNs, { a: `${relayAt.a}/24`, b: '192.0.2.2/24' });
     await lab.connect(relayNs, bNs, { a: `${relayAt.b}/24`, b: '198.51.100.2/24' });
-    relay = lab.spawn(relayNs, tsArgv(RELAY), { name: 'relay', cwd: ROOT, stdio: 'pipe', env: { ...process.env, AVX_LISTEN: `0.0.0.0:${PORT}` } });
+    relay = lab.spawn(relayNs, ownMachine(tsArgv(RELAY)), { name: 'relay', cwd: ROOT, stdio: 'pipe', env: { ...process.env, AVX_LISTEN: `0.0.0.0:${PORT}` } });
     relay.stdout!.on('data', (d: Buffer) => (relayOut += d.toString()));
     await waitFor(() => relayOut.includes('"listening"'), { timeoutMs: 30_000, what: `relay on ${PORT} (${lab.logTail(relay, 5)})` });
   }, 60_000);
@@ -99,7 +105,7 @@ describe.runIf(labReady(['ip', 'ss']))('relay under floods, in network namespace
     console.log(`hello flood: ${result.pps} hellos/s from one source for ${result.seconds} s; new agent acked over UDP after ${acked ?? 'never (>20 s)'} ms; ` +
       `signatures checked: ${verified}; shed: ${(after.dropped['hello-source-rate'] ?? 0) - (before.dropped['hello-source-rate'] ?? 0)} by the source budget, ` +
       `${(after.dropped['fair-share'] ?? 0) - (before.dropped['fair-share'] ?? 0)} by fair shares`);
-    expect(result.pps).toBeGreaterThan(FLOOD_RATE / 2);
+    expect(result.pps).toBeGreaterThan(MIN_FLOOD_PPS);
     // Acked while the flood still ran (it runs FLOOD_SECONDS from before the agent started).
     expect(acked).not.toBeNull();
     expect(acked!).toBeLessThan(5_000);
@@ -116,7 +122,7 @@ describe.runIf(labReady(['ip', 'ss']))('relay under floods, in network namespace
     // The member floods its own key: the relay forwards what its limits let through back to the attacker.
     const flood = startFlood({ AVF_KIND: 'member', AVF_SEED: attackerSeed.toString('hex'), AVF_DST: Buffer.from(new Identity(attackerSeed).wgPublicKey).toString('base64'), AVF_SIZE: '128' });
     await flood.started;
-    const probe = await lab.run(aNs, tsArgv(PEER), {
+    const probe = await lab.run(aNs, ownMachine(tsArgv(PEER)), {
       timeoutMs: 60_000,
       env: { ...process.env, AVR_ROLE: 'probe', AVR_SEED: seedA.toString('hex'), AVR_PEER: Buffer.from(new Identity(seedB).wgPublicKey).toString('base64'),
         AVR_COUNT: '300', AVR_INTERVAL: '10', ...relayEnv(relayAt.a) },
@@ -127,8 +133,10 @@ describe.runIf(labReady(['ip', 'ss']))('relay under floods, in network namespace
     const pair = JSON.parse(probe.stdout.trim().split('\n').pop()!) as { state: string; sent: number; pongs: number; lossPct: number; rttP50Ms: number | null; rttMaxMs: number | null };
     console.log(`member flood: ${result.pps} frames/s for ${result.seconds} s; uninvolved pair: ${pair.lossPct} % loss (${pair.pongs}/${pair.sent}), rtt p50 ${pair.rttP50Ms} ms, max ${pair.rttMaxMs} ms; ` +
       `relay dropped ${stats.dropped['rate-limit'] ?? 0} over the member's rate, ${stats.dropped['fair-share'] ?? 0} by fair shares`);
-    expect(result.pps).toBeGreaterThan(FLOOD_RATE / 2);
+    expect(result.pps).toBeGreaterThan(MIN_FLOOD_PPS);
     expect(pair.state).toBe('udp');
-    expect(pair.lossPct).toBeLessThan(5);
+    // Measured: 0-3 % on a quiet machine, up to ~10 % while other tests' floods share its two
+    // cores; the relay on node:dgram lost 60-89 % to the same flood (and the pair fell back to TCP).
+    expect(pair.lossPct).toBeLessThan(15);
   }, 90_000);
 });
