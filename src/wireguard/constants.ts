@@ -69,6 +69,11 @@ export const REPLAY_WINDOW_BITS = 8192;
 export const UNDER_LOAD_HANDSHAKES_PER_SECOND = 500;
 /** Stay under load this long after the rate falls again. */
 export const UNDER_LOAD_HOLD_TIME = 1_000;
+/**
+ * Handshake messages per source (IPv4 address, IPv6 /64) that may enter the shared queue lane: a
+ * whole fleet behind one NAT rekeying (10,000 agents every 2 minutes is ~85/s) fits; a flood does not.
+ */
+export const HANDSHAKE_DOOR_PER_SOURCE = { rate: 200, burst: 400 };
 /** Under load as soon as the handshake queue's shared lane is this full (as wireguard-go: 1/8). */
 export const UNDER_LOAD_QUEUE_PRESSURE = 1 / 8;
 /** Per source IP (IPv6: per /64), handshake messages per second once under load (token bucket). */

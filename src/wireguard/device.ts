@@ -270,12 +270,12 @@ export class Device {
       if (type === MESSAGE_TRANSPORT && len >= TRANSPORT_MIN_SIZE) {
         if (this.receiveTransport(slab, off, len, addrs, aOff, now, n)) n++;
       } else if (type === MESSAGE_INITIATION && len === INITIATION_SIZE) {
-        if (this.hasMac1(slab, off, len)) this.queueHandshake(this.byEndpoint.has(endpointKey(addrs, aOff)), slab, off, len, addrs, aOff);
+        this.queueHandshake(this.byEndpoint.has(endpointKey(addrs, aOff)), slab, off, len, addrs, aOff, now);
       } else if (type === MESSAGE_RESPONSE && len === RESPONSE_SIZE) {
         // A response must answer an initiation of ours: one map lookup before it costs anything more.
         const entry = this.indices.get(slab.readUInt32LE(off + 8));
         if (!entry || entry.keypair) this.dropped.unknownIndex++;
-        else if (this.hasMac1(slab, off, len)) this.queueHandshake(true, slab, off, len, addrs, aOff);
+        else this.queueHandshake(true, slab, off, len, addrs, aOff, now);
       } else if (type === MESSAGE_COOKIE_REPLY && len === COOKIE_REPLY_SIZE) {
         this.receiveCookieReply(slab.subarray(off, off + len));
       } else if (!this.control?.(slab, off, len, addrs, aOff)) {
@@ -391,25 +391,27 @@ export class Device {
   // ---- handshakes ----------------------------------------------------------------------------
 
   /**
-   * mac1 proves the sender knows our public key; checked at once (BLAKE2s in C, well under a
-   * microsecond), so a flood that does not know it cannot even take room in the handshake queue.
-   */
-  private hasMac1(slab: Buffer, off: number, len: number): boolean {
-    if (this.checker.checkMac1(slab.subarray(off, off + len))) return true;
-    this.dropped.badMac1++;
-    return false;
-  }
-
-  /**
    * Handshake messages wait in a bounded queue and are worked off in turns of the event loop of at
-   * most HANDSHAKE_TURN_BUDGET_MS, so a flood costs the packet loop one copy per message (or a drop
-   * when the queue is full) and never holds up the data path for longer than one turn.
+   * most HANDSHAKE_TURN_BUDGET_MS, so the data path never waits longer than one turn. Getting in
+   * costs the packet loop the cheapest checks first: room in the lane, then (outside the lane of
+   * known peers' endpoints) the source's door budget, then mac1 (BLAKE2s in C, under a microsecond:
+   * a flood that does not know our public key cannot take room at all), then one copy.
    */
-  private queueHandshake(known: boolean, slab: Buffer, off: number, len: number, addrs: Buffer, aOff: number): void {
-    if (!this.handshakeQueue.push(known, slab, off, len, addrs, aOff)) {
+  private queueHandshake(known: boolean, slab: Buffer, off: number, len: number, addrs: Buffer, aOff: number, now: number): void {
+    this.load.arrived(now);
+    if (!this.handshakeQueue.hasRoom(known)) {
       this.dropped.handshakeShed++;
       return;
     }
+    if (!known && !this.load.admitAtDoor(sourceKey(addrs, aOff))) {
+      this.dropped.rateLimited++;
+      return;
+    }
+    if (!this.checker.checkMac1(slab.subarray(off, off + len))) {
+      this.dropped.badMac1++;
+      return;
+    }
+    this.handshakeQueue.push(known, slab, off, len, addrs, aOff);
     this.scheduleHandshakeTurn();
   }
 
@@ -440,7 +442,7 @@ export class Device {
    * per-source rates apply.
    */
   private admitHandshake(msg: Buffer, addrs: Buffer, aOff: number, now: number): boolean {
-    if (!this.load.record(now, this.handshakeQueue.pressure)) return true;
+    if (!this.load.underLoad(now, this.handshakeQueue.pressure)) return true;
     const source = addrs.subarray(aOff, aOff + 18);
     if (!this.checker.checkMac2(msg, source, now)) {
       if (this.load.mayReplyCookie(sourceKey(addrs, aOff))) {

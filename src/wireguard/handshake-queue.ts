@@ -56,6 +56,11 @@ export class HandshakeQueue {
     this.others = new Ring(othersCapacity);
   }
 
+  hasRoom(known: boolean): boolean {
+    const ring = known ? this.known : this.others;
+    return ring.length < ring.capacity;
+  }
+
   /** Copies the message in; false (dropped) when its lane is full. */
   push(known: boolean, buf: Buffer, off: number, len: number, addrs: Buffer, aOff: number): boolean {
     return (known ? this.known : this.others).push(buf, off, len, addrs, aOff);
