@@ -14,8 +14,8 @@
  * |               | datagram), ephemeral (32), sealed static (48), sealed TAI64N (28), mac1 (16,   |          | public key (it is published)    |
  * |               | VALID for the target's key), mac2 (16, zero). From a throwaway static key, so  |          |                                 |
  * |               | the target does not know the sender; mac1 stays valid when replayed.           |          |                                 |
- * | `disco`       | a0, a KNOWN peer's WireGuard key (32), random nonce (24), random bytes the     | 86       | anyone who knows a member's key |
- * |               | size of a sealed ping (13 + 16-byte tag): looks like disco from that member,   |          |                                 |
+ * | `disco`       | a0, a KNOWN peer's WireGuard key (32), random nonce (24), random bytes the     | 94       | anyone who knows a member's key |
+ * |               | size of a sealed ping (21 + 16-byte tag): looks like disco from that member,   |          |                                 |
  * |               | fails authentication (paths/disco.ts has the real format).                     |          |                                 |
  * | `relay-hello` | b0, version 1, flags 0, random Ed25519 key (32), the current time in ms (8,    | 108      | anyone                          |
  * |               | BE), random signature (64) (relay/protocol.ts): fresh, never verifies.         |          |                                 |
@@ -75,8 +75,8 @@ export interface FloodReport {
 
 /** Enough distinct datagrams that a receiver cannot cache "seen that one" cheaply; few enough to build in ~0.1 s. */
 export const DEFAULT_DISTINCT = 256;
-/** A sealed disco ping: header (1 + 32 + 24) + type and txid (13) + tag (16). */
-const DISCO_PING_SIZE = 1 + 32 + 24 + 13 + 16;
+/** A sealed disco ping: header (1 + 32 + 24) + type, counter and txid (1 + 8 + 12) + tag (16). */
+const DISCO_PING_SIZE = 1 + 32 + 24 + 1 + 8 + 12 + 16;
 /** Largest payload a flood datagram may carry (a full-size WireGuard packet over a 1500-byte link fits). */
 const MAX_PAYLOAD = 1472;
 /** First byte of garbage: no protocol on the agent's socket uses it. */
