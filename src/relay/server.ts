@@ -369,7 +369,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   const onUdpRun = (slab: Buffer, slot: number, lens: Int32Array, addrs: Buffer, i: number, end: number, source: string, now: number) => {
     const epOff = i * ADDR_SIZE;
     const id = addrs.toString('latin1', epOff, epOff + 18);
-    const from = udpClients.get(id) ?? null;
+    let from = udpClients.get(id) ?? null;
     let stranger: Transport | null = null;
     let rateLimited = 0;
     for (let k = i; k < end; k++) {
@@ -393,6 +393,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
         if ((type & 0xf0) === 0xb0) {
           stranger ??= from ? null : { kind: 'udp', ep: addrs.subarray(epOff, epOff + ADDR_SIZE), id, source };
           onFrame(msg, from?.transport ?? stranger!, from, null);
+          if (type === FRAME_HELLO) from = udpClients.get(id) ?? null; // a hello may have moved sessions
         } else if (!answerStunFromRound(msg, addrs, epOff, source)) {
           drop('garbage');
         }
