@@ -63,7 +63,9 @@ describe.runIf(labReady(['ip', 'curl', 'python3']))('bad input, roaming and reke
     const s = await status(b);
     const peer = s.peers[0];
     expect(s.dropped.malformed).toBeGreaterThan(300);
-    expect(s.dropped.badMac1).toBeGreaterThanOrEqual(3000);
+    // The 3000 initiations with a bad mac1 from one source: most stop at its door budget, the rest at mac1.
+    expect(s.dropped.badMac1).toBeGreaterThan(0);
+    expect(s.dropped.badMac1 + s.dropped.rateLimited + s.dropped.handshakeShed).toBeGreaterThanOrEqual(3000);
     // Replayed initiations: refused by the handshake, or once under load by the cookie path and its budgets.
     expect(s.dropped.handshakeInvalid + s.dropped.cookieSent + s.dropped.cookieShed + s.dropped.rateLimited + s.dropped.handshakeShed).toBeGreaterThan(0);
     expect(peer.dropped.replay).toBeGreaterThanOrEqual(sent.replayed - 1);
