@@ -1,0 +1,126 @@
+import type { Logger as PinoLogger } from 'pino';
+import { AgentVpnError } from '../errors.js';
+import { formatAddress, parseAddress, parsePrefix, type Prefix } from '../ip/prefix.js';
+import { anyCapabilityMatches, parseCapability } from '../registry/capabilities.js';
+import type { AgentView } from '../registry/client.js';
+import { verifyRecord } from '../registry/record.js';
+import type { Daemon } from './daemon.js';
+import { endpointBuffer } from './fleet-paths.js';
+import { inPrefix } from './prefixes.js';
+
+/** What `agentvpn peers` and `discover()` return for each agent. */
+export interface PeerInfo {
+  id: string;
+  name: string;
+  ipv4: string;
+  ipv6: string;
+  online: boolean;
+  lastSeen: number;
+  capabilities: string[];
+  endpoints: string[];
+}
+
+export interface Self {
+  id: string;
+  name: string;
+  network: string;
+  ipv4: string;
+  ipv6: string;
+}
+
+export interface AdmissionOptions {
+  daemon: Daemon;
+  self: Self;
+  pool: Prefix;
+  log: PinoLogger;
+}
+
+/**
+ * Which agents of the fleet become WireGuard peers, routes and DNS names: only records that
+ * verify (signed by the agent, addresses derived from its key, its IPv4 inside the pool and
+ * not another agent's). The agents admitted are the fleet view every lookup answers from.
+ */
+export class Admission {
+  private readonly agents = new Map<string, AgentView>();
+
+  constructor(private readonly opts: AdmissionOptions) {}
+
+  /** Whatever the registry sends, a bad entry is logged and skipped, never fatal. */
+  applySafely(view: AgentView): void {
+    this.apply(view).catch((e) => this.opts.log.error({ err: (e as Error).message }, 'ignoring agent entry that cannot be applied'));
+  }
+
+  private async apply(view: AgentView): Promise<void> {
+    const { self, log, daemon } = this.opts;
+    const r = view?.record;
+    if (!r || r.id === self.id) return;
+    const check = verifyRecord(view, { network: self.network });
+    if (!check.ok) {
+      log.warn({ id: r.id, problem: check.problem, detail: check.detail }, 'ignoring agent record that does not verify');
+      return;
+    }
+    // The IPv4 is not bound to the key like the IPv6: make sure it is inside the overlay pool and
+    // not another agent's, so a misbehaving registry cannot redirect traffic or add host routes.
+    const holder = [...this.agents.values()].find((a) => a.record.ipv4 === r.ipv4 && a.record.id !== r.id);
+    if (!inPrefix(r.ipv4, this.opts.pool) || r.ipv4 === self.ipv4 || holder) {
+      log.warn({ id: r.id, ipv4: r.ipv4 }, 'ignoring agent record whose IPv4 is outside the pool or taken');
+      return;
+    }
+    const known = this.agents.get(r.id);
+    if (known && known.record.seq > r.seq) return;
+    this.agents.set(r.id, view);
+    const wgKey = Buffer.from(r.wgPublicKey, 'base64');
+    const candidates = r.endpoints.map(endpointBuffer).filter((e): e is Buffer => e !== null);
+    const endpoint = daemon.sock?.upsertPeer(wgKey, candidates) ?? null;
+    await daemon.upsertPeer({
+      publicKey: wgKey,
+      allowedIps: [parsePrefix(r.ipv4)!, parsePrefix(r.ipv6)!],
+      endpoint,
+      roaming: false,
+    }).catch((e) => log.error({ err: e, id: r.id }, 'configuring peer failed'));
+  }
+
+  peers(cap?: string): PeerInfo[] {
+    const query = cap ? parseCapability(cap) : null;
+    return [...this.agents.values()]
+      .filter((a) => !query || anyCapabilityMatches(query, a.record.capabilities))
+      .map((a) => ({
+        id: a.record.id, name: a.record.name, ipv4: a.record.ipv4, ipv6: a.record.ipv6, online: a.online,
+        lastSeen: a.lastSeen, capabilities: a.record.capabilities, endpoints: a.record.endpoints,
+      }))
+      .sort((x, y) => x.name.localeCompare(y.name));
+  }
+
+  /** "worker", "worker.prod" and "worker.prod." all name the agent worker. */
+  private bareName(name: string): string {
+    const lower = name.toLowerCase().replace(/\.$/, '');
+    const suffix = `.${this.opts.self.network}`;
+    return lower.endsWith(suffix) ? lower.slice(0, -suffix.length) : lower;
+  }
+
+  private notFound(name: string): AgentVpnError {
+    return new AgentVpnError('NAME_NOT_FOUND', `no agent named "${name}" in network ${this.opts.self.network}`, 'list the agents with `agentvpn peers`');
+  }
+
+  /** An admitted agent by name, IPv4 or ID. */
+  findAgent(name: string): AgentView {
+    const bare = this.bareName(name);
+    for (const a of this.agents.values()) if (a.record.name === bare || a.record.ipv4 === bare || a.record.id === bare) return a;
+    throw this.notFound(name);
+  }
+
+  /** `name` or `name.<network>`; our own name resolves too. */
+  lookupName(name: string): { ipv4: string; ipv6: string } | null {
+    const { self } = this.opts;
+    const bare = this.bareName(name);
+    if (bare === self.name) return { ipv4: self.ipv4, ipv6: self.ipv6 };
+    for (const a of this.agents.values()) if (a.record.name === bare) return { ipv4: a.record.ipv4, ipv6: a.record.ipv6 };
+    return null;
+  }
+
+  resolve(name: string): { name: string; ipv4: string; ipv6: string } {
+    const hit = this.lookupName(name);
+    if (!hit) throw this.notFound(name);
+    return { name, ipv4: formatAddress(parseAddress(hit.ipv4)!), ipv6: formatAddress(parseAddress(hit.ipv6)!) };
+  }
+}

@@ -1,0 +1,170 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join as joinPath } from 'node:path';
+import type { Logger as PinoLogger } from 'pino';
+import { AgentVpnError } from '../errors.js';
+import { overlayIPv6 } from '../identity/addresses.js';
+import type { Identity } from '../identity/identity.js';
+import { formatAddress, parseAddress, parsePrefix, type Prefix } from '../ip/prefix.js';
+import { formatCapability, parseCapability } from '../registry/capabilities.js';
+import type { AgentView, JoinResult, RegistryClient } from '../registry/client.js';
+import { RECORD_LIFETIME_MS, signRecord, type AgentRecord } from '../registry/record.js';
+import { writeFileAtomic } from '../util/atomic-file.js';
+import { inPrefix } from './prefixes.js';
+
+/** A re-signed record is published this long before the old one expires. */
+const REPUBLISH_MARGIN_MS = RECORD_LIFETIME_MS / 4;
+const RETRY_MIN_MS = 500;
+const RETRY_MAX_MS = 30_000;
+
+export interface MembershipOptions {
+  client: RegistryClient;
+  identity: Identity;
+  name: string;
+  token?: string;
+  network: string;
+  capabilities: string[];
+  stateDir: string;
+  log: PinoLogger;
+  /** The candidate endpoints to publish now. */
+  endpoints: () => string[];
+}
+
+/** What the fleet does with the registry's view of the other agents. */
+export interface FleetEvents {
+  agent(view: AgentView): void;
+}
+
+/** A join whose addresses were checked: the pool and the network's ULA /48. */
+export interface CheckedJoin {
+  join: JoinResult;
+  pool: Prefix;
+  ula: Prefix;
+}
+
+/**
+ * Our membership of the network: the join (cached, so a restart with the registry down keeps
+ * the permanent addresses), our signed record, heartbeats, and the event stream that tells us
+ * about the other agents. When the registry is unreachable, all of it retries in the background.
+ */
+export class Membership {
+  private seq = 0;
+  private publishedAt = 0;
+  private publishing: Promise<void> | null = null;
+  private watcher: { close(): void } | null = null;
+  private current: JoinResult | null = null;
+  registryUp = false;
+  private stopped = false;
+
+  constructor(private readonly opts: MembershipOptions) {
+    for (const c of opts.capabilities) parseCapability(c); // fail early on a bad --cap
+  }
+
+  private get cacheFile(): string {
+    return joinPath(this.opts.stateDir, `join-${this.opts.network}.json`);
+  }
+
+  /** Joins the network (or, with the registry down, reuses the last join: addresses are permanent). */
+  async join(): Promise<CheckedJoin> {
+    let result: JoinResult;
+    try {
+      result = await this.opts.client.join(this.opts.name, this.opts.token);
+      writeFileAtomic(this.cacheFile, JSON.stringify(result));
+    } catch (e) {
+      if (!(e instanceof AgentVpnError && e.code === 'REGISTRY_UNREACHABLE' && existsSync(this.cacheFile))) throw e;
+      this.opts.log.warn({ err: e.message }, 'registry unreachable; starting with the addresses of the last join');
+      result = JSON.parse(readFileSync(this.cacheFile, 'utf8')) as JoinResult;
+    }
+    this.current = result;
+    return { join: result, ...this.check(result) };
+  }
+
+  /** Refuses a join answer that would route more than the overlay into the tunnel. */
+  private check(join: JoinResult): { pool: Prefix; ula: Prefix } {
+    const pool = parsePrefix(join.pool);
+    const ula = parsePrefix(join.ulaPrefix);
+    const ok = pool && pool.family === 4 && pool.bits >= 8 && pool.bits <= 30 && ula && ula.family === 6 && ula.bits === 48 && ula.addr[0] === 0xfd
+      && inPrefix(join.ipv4, pool) && formatAddress(parseAddress(join.ipv6) ?? new Uint8Array(16)) === formatAddress(overlayIPv6(join.network, this.opts.identity.publicKey));
+    if (!ok) {
+      throw new AgentVpnError('BAD_JOIN', `the registry answered the join with unusable addresses (pool ${join.pool}, ipv4 ${join.ipv4}, ula ${join.ulaPrefix})`,
+        'the registry must use an IPv4 pool between /8 and /30 and a fd00::/8 /48; check its --pool');
+    }
+    return { pool: pool!, ula: ula! };
+  }
+
+  private buildRecord(join: JoinResult): AgentRecord {
+    const now = Date.now();
+    this.seq = Math.max(now, this.seq + 1); // grows across restarts too
+    return {
+      v: 1, network: join.network, id: this.opts.identity.id, name: this.opts.name,
+      wgPublicKey: Buffer.from(this.opts.identity.wgPublicKey).toString('base64'),
+      ipv4: join.ipv4, ipv6: join.ipv6,
+      endpoints: this.opts.endpoints(),
+      capabilities: this.opts.capabilities.map((c) => formatCapability(parseCapability(c))),
+      seq: this.seq, issuedAt: now, expiresAt: now + RECORD_LIFETIME_MS,
+    };
+  }
+
+  get hasPublished(): boolean {
+    return this.publishedAt > 0;
+  }
+
+  /** Publishes a fresh signed record, retrying with backoff until the registry takes it; one loop at a time. */
+  publish(): Promise<void> {
+    const join = this.current;
+    if (!join) return Promise.resolve();
+    this.publishing ??= (async () => {
+      for (let delay = RETRY_MIN_MS; !this.stopped; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
+        try {
+          await this.opts.client.publish(signRecord(this.opts.identity, this.buildRecord(join)));
+          this.publishedAt = Date.now();
+          return;
+        } catch (e) {
+          this.opts.log.warn({ err: (e as Error).message, retryInMs: delay }, 'publishing our record failed; will retry');
+          await new Promise((r) => setTimeout(r, delay).unref());
+        }
+      }
+    })().finally(() => (this.publishing = null));
+    return this.publishing;
+  }
+
+  async heartbeat(events: FleetEvents): Promise<void> {
+    try {
+      if (Date.now() - this.publishedAt > RECORD_LIFETIME_MS - REPUBLISH_MARGIN_MS) await this.publish();
+      else await this.opts.client.heartbeat();
+      // The registry answers again but the event stream is still in its backoff: reconnect now.
+      if (!this.registryUp) this.watch(events);
+    } catch (e) {
+      const code = e instanceof AgentVpnError ? e.code : '';
+      // A registry that lost our record (restored from an older backup, say) gets it again.
+      if (code === 'NOT_FOUND' || code === 'NOT_JOINED') {
+        await this.opts.client.join(this.opts.name, this.opts.token).catch(() => {});
+        await this.publish();
+      }
+    }
+  }
+
+  /** Follows the fleet over the registry's event stream (the client reconnects with backoff). */
+  watch(events: FleetEvents): void {
+    const { log } = this.opts;
+    this.watcher?.close();
+    this.watcher = this.opts.client.watch({
+      snapshot: (agents) => { for (const a of agents) events.agent(a); },
+      change: (_kind, agent) => events.agent(agent),
+      connected: () => {
+        if (!this.registryUp) log.info({}, 'registry connected');
+        this.registryUp = true;
+        void this.publish(); // the registry may have restarted: make sure it has our record
+      },
+      disconnected: (err) => {
+        if (this.registryUp) log.warn({ err: err.message }, 'registry unreachable; tunnels keep working, retrying');
+        this.registryUp = false;
+      },
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.watcher?.close();
+    await this.opts.client.leave().catch(() => {});
+  }
+}
