@@ -1,8 +1,8 @@
 import { callDaemon } from './daemon/control-client.js';
 import { DEFAULT_INTERFACE } from './daemon/paths.js';
-import type { PeerInfo } from './daemon/fleet.js';
+import type { PeerInfo, WhoisInfo } from './daemon/fleet.js';
 
-export type { PeerInfo } from './daemon/fleet.js';
+export type { PeerInfo, WhoisInfo } from './daemon/fleet.js';
 export type { DeviceStatus, PeerStatus } from './daemon/status-types.js';
 
 export interface QueryOptions {
@@ -22,4 +22,14 @@ export async function discover(opts: QueryOptions & { cap?: string } = {}): Prom
 /** The overlay addresses of an agent by name. */
 export async function resolve(name: string, opts: QueryOptions = {}): Promise<{ name: string; ipv4: string; ipv6: string }> {
   return (await callDaemon(opts.interface ?? DEFAULT_INTERFACE, 'resolve', { name }, { timeoutMs: opts.timeoutMs })) as { name: string; ipv4: string; ipv6: string };
+}
+
+/**
+ * Which agent holds an overlay address ("100.64.0.7", "100.64.0.7:8080", "[fd00::7]:8080"): its
+ * name, ID, tags, capabilities and the app capabilities its grants give it toward us. A server
+ * on the overlay can authorize a request by who sent it, with no passwords: the address was
+ * authenticated by WireGuard.
+ */
+export async function whois(address: string, opts: QueryOptions = {}): Promise<WhoisInfo> {
+  return (await callDaemon(opts.interface ?? DEFAULT_INTERFACE, 'whois', { address }, { timeoutMs: opts.timeoutMs })) as WhoisInfo;
 }

@@ -11,6 +11,7 @@ import { upCommand } from './commands/up.js';
 import { idCommand } from './commands/id.js';
 import { peersCommand } from './commands/peers.js';
 import { resolveCommand } from './commands/resolve.js';
+import { whoisCommand } from './commands/whois.js';
 import { pingCommand } from './commands/ping.js';
 import { demoCommand } from './commands/demo.js';
 import { registryCommand } from './commands/registry.js';
@@ -33,6 +34,7 @@ await yargs(args)
   .command(idCommand)
   .command(peersCommand)
   .command(resolveCommand)
+  .command(whoisCommand)
   .command(pingCommand)
   .command(demoCommand)
   .command(registryCommand)

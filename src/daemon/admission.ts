@@ -20,6 +20,19 @@ export interface PeerInfo {
   endpoints: string[];
 }
 
+/** What `agentvpn whois` answers: who holds an overlay address, for servers that authorize by sender. */
+export interface WhoisInfo {
+  address: string;
+  port: number | null;
+  id: string;
+  name: string;
+  tags: string[];
+  capabilities: string[];
+  /** The app capabilities the policy's grants give this agent toward us (empty without a policy). */
+  app: Record<string, unknown[]>;
+  online: boolean;
+}
+
 export interface Self {
   id: string;
   name: string;
@@ -33,6 +46,16 @@ export interface AdmissionOptions {
   self: Self;
   pool: Prefix;
   log: PinoLogger;
+  /** The app capabilities an agent's grants give it toward us (the policy, once there is one). */
+  appCapabilitiesOf?: (id: string) => Record<string, unknown[]>;
+}
+
+/** "100.64.0.7", "100.64.0.7:8080", "fd00::7", "[fd00::7]:8080" → the address bytes and port. */
+function parseAddressAndPort(text: string): { addr: Uint8Array; port: number | null } | null {
+  const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(text) ?? /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})$/.exec(text);
+  const addr = parseAddress(m ? m[1] : text);
+  const port = m ? Number(m[2]) : null;
+  return addr && (port === null || port <= 65535) ? { addr, port } : null;
 }
 
 /**
@@ -78,6 +101,32 @@ export class Admission {
       endpoint,
       roaming: false,
     }).catch((e) => log.error({ err: e, id: r.id }, 'configuring peer failed'));
+  }
+
+  /** The agent a packet from `address` came from: only admitted agents are named. */
+  whois(address: string): WhoisInfo {
+    const parsed = parseAddressAndPort(address.trim());
+    if (!parsed) throw new AgentVpnError('BAD_ADDRESS', `"${address}" is not an overlay address`, 'give an IPv4 or IPv6 address, optionally with :PORT (IPv6 as [ADDR]:PORT)');
+    const text = formatAddress(parsed.addr);
+    for (const a of this.agents.values()) {
+      const r = a.record;
+      if (formatAddress(parseAddress(r.ipv4)!) !== text && formatAddress(parseAddress(r.ipv6)!) !== text) continue;
+      return {
+        address: text, port: parsed.port, id: r.id, name: r.name, tags: (a as { tags?: string[] }).tags ?? [],
+        capabilities: r.capabilities, app: this.opts.appCapabilitiesOf?.(r.id) ?? {}, online: a.online,
+      };
+    }
+    throw new AgentVpnError('NOT_AN_AGENT', `no agent of network ${this.opts.self.network} holds ${text}`,
+      'whois names agents this daemon has admitted as peers; check the address with `agentvpn peers`');
+  }
+
+  /** Forgets an agent (removed or blocked on the registry): no peer, no route, no name from now on. */
+  remove(id: string): void {
+    const view = this.agents.get(id);
+    if (!view) return;
+    this.agents.delete(id);
+    this.opts.daemon.removePeer(Buffer.from(view.record.wgPublicKey, 'base64'));
+    this.opts.log.info({ id, name: view.record.name }, 'agent removed from the fleet; peer dropped');
   }
 
   peers(cap?: string): PeerInfo[] {

@@ -170,8 +170,10 @@ export class Daemon {
     if (this.udpFd >= 0) native.udpSend(this.udpFd, msg, Int32Array.of(0), Int32Array.of(msg.length), endpoint, 1);
   }
 
+  /** Drops a peer: its sessions, allowed IPs and path state (fleet routes are the pool's own). */
   removePeer(publicKey: Uint8Array): void {
     this.device?.removePeer(publicKey);
+    this.magicsock?.removePeer(Buffer.from(publicKey));
   }
 
   private startReaders(device: Device): void {

@@ -8,7 +8,7 @@ import { Daemon } from './daemon.js';
 import { FleetPaths, localEndpoints } from './fleet-paths.js';
 import { Membership, type CheckedJoin, type FleetEvents } from './membership.js';
 
-export type { PeerInfo } from './admission.js';
+export type { PeerInfo, WhoisInfo } from './admission.js';
 
 export interface FleetOptions {
   iface: string;
@@ -94,6 +94,7 @@ export class FleetAgent {
         resolve: (params) => this.admission().resolve(String((params as { name?: unknown } | undefined)?.name ?? '')),
         ping: (params) => this.ping(params as { name?: unknown; count?: unknown } | undefined),
         netcheck: (params) => this.paths!.runNetcheck(params as { servers?: unknown } | undefined),
+        whois: (params) => this.admission().whois(String((params as { address?: unknown } | undefined)?.address ?? '')),
       },
     });
     this.daemon = daemon;

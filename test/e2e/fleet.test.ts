@@ -5,6 +5,9 @@ import { Lab, startLabAgent, startLabRegistry, waitFor, waitForFleet, type LabAg
 import type { PeerInfo } from '../../src/daemon/fleet.js';
 import { labReady, startHttpServer } from './checks.js';
 
+const FIXTURES = new URL('./fixtures/', import.meta.url).pathname;
+const REPO_ROOT = new URL('../../', import.meta.url).pathname.replace(/\/$/, '');
+
 /**
  * A registry on a "public" network and three agents on their own subnets, all joined by a
  * router: agents find each other through the registry and talk by overlay IPv4, IPv6 and name.
@@ -104,6 +107,26 @@ describe.runIf(labReady(['ip', 'curl', 'python3']))('fleet: registry, permanent 
     const r = await lab.run(regNs, ['curl', '-sS', '--fail', '-H', `Authorization: Bearer ${token}`,
       `${REGISTRY_URL}/v1/agents?network=${NETWORK}&cap=${encodeURIComponent('llm.inference@2')}`]);
     expect(JSON.parse(r.stdout).agents.map((a: { record: { name: string } }) => a.record.name)).toEqual(['worker2']);
+  });
+
+  it('whois: a server on worker names the agent behind each request (planner, with its capabilities)', async () => {
+    const [planner, worker] = agents;
+    const { ipv4 } = await idOf(worker);
+    const server = lab.spawn(worker.ns, [process.execPath, join(FIXTURES, 'whois-server.mjs'), REPO_ROOT, ipv4, '8090'],
+      { name: 'whois-server', env: { ...process.env, AGENTVPN_RUN_DIR: worker.runDir } });
+    try {
+      await waitFor(async () => (await lab.exec(planner.ns, ['curl', '-sS', '--max-time', '2', `http://${ipv4}:8090/`])).code === 0, { timeoutMs: 10_000, what: 'whois server up' });
+      const r = await lab.run(planner.ns, ['curl', '-sS', '--fail', '--max-time', '5', `http://${ipv4}:8090/`]);
+      const who = JSON.parse(r.stdout);
+      expect(who).toMatchObject({ name: 'planner', id: (await idOf(planner)).id, capabilities: ['llm.plan'], online: true });
+      expect(who.port).toBeGreaterThan(0);
+      // An address no admitted agent holds is not named.
+      const bad = await worker.cli(['whois', '100.64.255.254', '--json'], { check: false });
+      expect(bad.code).not.toBe(0);
+      expect(JSON.parse(bad.stdout).code).toBe('NOT_AN_AGENT');
+    } finally {
+      await lab.kill(server);
+    }
   });
 
   it('an agent restarted at a new underlay address keeps its overlay addresses and peers reconnect', async () => {
