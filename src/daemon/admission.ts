@@ -41,11 +41,17 @@ export interface Self {
   ipv6: string;
 }
 
+/** Decides whether a record that verified may become a peer (the trust store: TOFU, approval, blocks). */
+export interface AdmissionGate {
+  admit(view: AgentView): boolean;
+}
+
 export interface AdmissionOptions {
   daemon: Daemon;
   self: Self;
   pool: Prefix;
   log: PinoLogger;
+  gate?: AdmissionGate;
   /** The app capabilities an agent's grants give it toward us (the policy, once there is one). */
   appCapabilitiesOf?: (id: string) => Record<string, unknown[]>;
 }
@@ -65,6 +71,8 @@ function parseAddressAndPort(text: string): { addr: Uint8Array; port: number | n
  */
 export class Admission {
   private readonly agents = new Map<string, AgentView>();
+  /** Records the gate refused, by ID: offered again by recheck() after an operator's decision. */
+  private readonly held = new Map<string, AgentView>();
 
   constructor(private readonly opts: AdmissionOptions) {}
 
@@ -91,6 +99,12 @@ export class Admission {
     }
     const known = this.agents.get(r.id);
     if (known && known.record.seq > r.seq) return;
+    if (this.opts.gate && !this.opts.gate.admit(view)) {
+      if (known) this.remove(r.id);
+      this.held.set(r.id, view);
+      return;
+    }
+    this.held.delete(r.id);
     this.agents.set(r.id, view);
     const wgKey = Buffer.from(r.wgPublicKey, 'base64');
     const candidates = r.endpoints.map(endpointBuffer).filter((e): e is Buffer => e !== null);
@@ -120,8 +134,14 @@ export class Admission {
       'whois names agents this daemon has admitted as peers; check the address with `agentvpn peers`');
   }
 
+  /** Offers the held records to the gate again (after `trust accept`, `approve`, `forget`). */
+  recheck(): void {
+    for (const view of [...this.held.values()]) this.applySafely(view);
+  }
+
   /** Forgets an agent (removed or blocked on the registry): no peer, no route, no name from now on. */
   remove(id: string): void {
+    this.held.delete(id);
     const view = this.agents.get(id);
     if (!view) return;
     this.agents.delete(id);

@@ -26,6 +26,8 @@ export interface DaemonOptions {
   handlers?: Record<string, ControlHandler>;
   /** Install the nftables rules that keep the overlay addresses off other interfaces (default true). */
   firewall?: boolean;
+  /** Conditions an operator must act on (registry mode: trust alerts), shown by `status`. */
+  alerts?: () => string[];
 }
 
 /** A peer as the daemon manages it at run time (registry mode adds and updates these). */
@@ -80,7 +82,7 @@ export class Daemon {
       // The control socket first: it refuses to start when a daemon already owns this interface.
       this.control = new ControlServer(iface, {
         ...this.opts.handlers,
-        status: async () => ({ ...this.status(), firewall: await this.firewall?.status() }),
+        status: async () => ({ ...this.status(), firewall: await this.firewall?.status(), alerts: this.opts.alerts?.() }),
         // The same path as SIGTERM, so whoever owns the process (up, fleet mode) cleans up everything.
         shutdown: () => {
           setImmediate(() => process.kill(process.pid, 'SIGTERM'));

@@ -27,6 +27,8 @@ export interface DeviceStatus {
   startedAt: number;
   /** Device-level drops by reason (e.g. no route to a peer). */
   dropped: Record<string, number>;
+  /** What needs an operator (registry mode: a known name offering another key, peers waiting for approval). */
+  alerts?: string[];
   /** Fleet mode: the path layer's counters (disco in/out, shed by budget, replays refused, relayed packets). */
   pathStats?: Record<string, number>;
   peers: PeerStatus[];

@@ -61,5 +61,6 @@ export function formatStatus(s: DeviceStatus, now = Date.now()): string {
     ['firewall', formatFirewall(s.firewall)],
     ['disco dropped', formatDropped(s.pathStats && { shed: s.pathStats.discoShed, replayed: s.pathStats.discoReplayed, rejected: s.pathStats.discoRejected })],
   ]);
-  return [device, ...s.peers.map((p) => formatPeer(p, now))].join('\n\n');
+  const alerts = (s.alerts ?? []).map((a) => `${bold('alert:')} ${a}`);
+  return [...(alerts.length ? [alerts.join('\n')] : []), device, ...s.peers.map((p) => formatPeer(p, now))].join('\n\n');
 }
