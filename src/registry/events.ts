@@ -1,15 +1,18 @@
 import type { ServerResponse } from 'node:http';
-import { SSE_KEEPALIVE_MS, type ChangeKind } from './protocol.js';
+import { SSE_KEEPALIVE_MS, type AgentChangeKind } from './protocol.js';
 
 /**
  * The registry's push stream (Server-Sent Events, text/event-stream), one per subscriber:
  *
  * | event      | data (one line of JSON)           | when                                      |
  * | ---------- | --------------------------------- | ----------------------------------------- |
- * | snapshot   | {"agents": [AgentView, ...]}      | first, once: every agent of the network   |
+ * | snapshot   | {"agents": [AgentView, ...],      | first, once: every agent of the network,  |
+ * |            |  "policy": PolicyView | null}     | and the network's policy (null: none)     |
  * | upsert     | {"agent": AgentView}              | an agent published a new record           |
  * | online     | {"agent": AgentView}              | an agent was heard from again             |
  * | offline    | {"agent": AgentView}              | an agent left or went silent              |
+ * | removed    | {"id": agent ID}                  | an operator removed or blocked an agent   |
+ * | policy     | PolicyView {"version", "policy"}  | an operator set a new policy              |
  * | (comment)  | ": keep-alive"                    | every SSE_KEEPALIVE_MS                    |
  *
  * Memory per subscriber is bounded whatever it does. The snapshot is written a chunk at a time,
@@ -56,7 +59,8 @@ class Subscriber {
   progressAtLastTick = 0;
   expiry: NodeJS.Timeout | undefined;
 
-  constructor(readonly network: string, readonly credential: string, readonly res: ServerResponse, snapshot: Iterator<Viewable>) {
+  /** `tail`: the snapshot's fields after the agents (read when the last agent has been written). */
+  constructor(readonly network: string, readonly credential: string, readonly res: ServerResponse, snapshot: Iterator<Viewable>, readonly tail: () => string) {
     this.snapshot = snapshot;
   }
 }
@@ -101,14 +105,15 @@ export class EventHub {
   }
 
   /**
-   * Turns `res` into an event stream for `network`, starting with a snapshot of `agents`.
-   * `credential` names who authorized it ("agent:ID", "token:HASH"); the stream is closed at
-   * `expiresAt` (the credential's end) when given.
+   * Turns `res` into an event stream for `network`, starting with a snapshot of `agents` and
+   * the network's policy (`policyJson`: a PolicyView as JSON, or "null"). `credential` names who
+   * authorized it ("agent:ID", "token:HASH"); the stream is closed at `expiresAt` (the
+   * credential's end) when given.
    */
-  subscribe(network: string, credential: string, res: ServerResponse, agents: Iterable<Viewable>, expiresAt: number | null): SubscribeResult {
+  subscribe(network: string, credential: string, res: ServerResponse, agents: Iterable<Viewable>, policyJson: () => string, expiresAt: number | null): SubscribeResult {
     const room = this.roomFor(credential);
     if (!room.ok) return room;
-    const s = new Subscriber(network, credential, res, agents[Symbol.iterator]());
+    const s = new Subscriber(network, credential, res, agents[Symbol.iterator](), () => `],"policy":${policyJson()}}`);
     this.add(s);
     res.once('close', () => this.remove(s));
     if (expiresAt !== null) this.closeAt(s, expiresAt);
@@ -120,14 +125,28 @@ export class EventHub {
   }
 
   /** Sends a change to the network's subscribers; `agent` is the agent view as JSON text. */
-  publish(network: string, kind: ChangeKind, agent: string): void {
+  publish(network: string, kind: AgentChangeKind, agent: string): void {
+    this.publishEvent(network, kind, `{"agent":${agent}}`);
+  }
+
+  /** An agent left the network for good: peers drop it. */
+  publishRemoved(network: string, id: string): void {
+    this.publishEvent(network, 'removed', JSON.stringify({ id }));
+  }
+
+  /** A new policy (`policyJson`: a PolicyView as JSON). */
+  publishPolicy(network: string, policyJson: string): void {
+    this.publishEvent(network, 'policy', policyJson);
+  }
+
+  private publishEvent(network: string, event: string, data: string): void {
     const set = this.byNetwork.get(network);
     if (!set) return;
-    const text = frame(kind, `{"agent":${agent}}`);
+    const text = frame(event, data);
     for (const s of set) this.send(s, text);
   }
 
-  /** Closes every stream a credential opened (a join token that was just used up). */
+  /** Closes every stream a credential opened (a join token that was just used up, a removed agent). */
   closeCredential(credential: string): void {
     for (const s of this.byCredential.get(credential) ?? []) s.res.destroy();
   }
@@ -171,7 +190,7 @@ export class EventHub {
         continue;
       }
       s.snapshot = null;
-      this.write(s, `${text}]}\n\n${s.pending.join('')}`);
+      this.write(s, `${text}${s.tail()}\n\n${s.pending.join('')}`);
       s.pending = [];
       s.pendingChars = 0;
     }

@@ -1,7 +1,7 @@
 import { parseCapability, type Capability } from './capabilities.js';
-import type { AgentView } from './protocol.js';
+import type { AgentView, KeyStatementJson } from './protocol.js';
 import { canonicalRecord } from './record.js';
-import type { Member } from './store.js';
+import type { Member, StoredPolicy } from './store.js';
 
 /**
  * The registry's view of each network in memory: members, names, and one entry per agent
@@ -14,8 +14,12 @@ export class Entry {
   private current: AgentView;
   private encoded: string | undefined;
 
+  /** `tags`: the member's (from its join token); `chain`: its key chain, when it rotated its key. */
   constructor(view: AgentView) {
-    this.current = { record: canonicalRecord(view.record), signature: view.signature, online: view.online, lastSeen: view.lastSeen };
+    this.current = {
+      record: canonicalRecord(view.record), signature: view.signature, online: view.online, lastSeen: view.lastSeen,
+      tags: [...(view.tags ?? [])], ...(view.chain ? { chain: view.chain } : {}),
+    };
     this.caps = parseCaps(this.current.record.capabilities);
   }
 
@@ -39,8 +43,15 @@ export class Entry {
 export class NetworkState {
   readonly members = new Map<string, Member>();
   readonly byName = new Map<string, string>();
-  /** Agents are never removed, so a live iterator over this map (an event-stream snapshot) stays valid. */
+  /**
+   * A live iterator over this map (an event-stream snapshot) stays valid when an agent is
+   * removed: a Map iterator skips entries deleted before it reaches them.
+   */
   readonly agents = new Map<string, Entry>();
+  /** IDs an operator blocked: refused before any signature is checked. */
+  readonly blocked = new Set<string>();
+  /** The network's policy, or null (no policy: everything is allowed). */
+  policy: StoredPolicy | null = null;
   /** Capability name → IDs of the agents that have it, so a filtered list does not scan every agent. */
   private readonly byCap = new Map<string, Set<string>>();
 
@@ -63,6 +74,21 @@ export class NetworkState {
     for (const id of this.byCap.get(cap.name) ?? []) yield this.agents.get(id)!;
   }
 
+  /** Forgets a member and its record (an operator removed it); returns whether it was here. */
+  removeMember(id: string): boolean {
+    const m = this.members.get(id);
+    for (const c of this.agents.get(id)?.caps ?? []) this.byCap.get(c.name)?.delete(id);
+    const had = this.agents.delete(id) || m !== undefined;
+    this.members.delete(id);
+    if (m && this.byName.get(m.name) === id) this.byName.delete(m.name);
+    return had;
+  }
+
+  /** The policy as the JSON of a 'policy' event and of a snapshot's "policy" field. */
+  get policyJson(): string {
+    return this.policy ? JSON.stringify({ version: this.policy.version, policy: this.policy.text }) : 'null';
+  }
+
   setMember(m: Member): void {
     const old = this.members.get(m.id);
     if (old && old.name !== m.name && this.byName.get(old.name) === m.id) this.byName.delete(old.name);
@@ -82,8 +108,23 @@ export class Fleet {
     return s;
   }
 
+  /**
+   * Agents that rotated their key (by ID, in every network): the current Ed25519 key they sign
+   * with, and the chain that proves it. The others sign with the key their ID encodes.
+   */
+  readonly rotated = new Map<string, { key: Uint8Array; chain: KeyStatementJson[] }>();
+
+  /** The key agent `id` signs with now (undefined: the one its ID encodes). */
+  currentKey(id: string): Uint8Array | undefined {
+    return this.rotated.get(id)?.key;
+  }
+
   isMember(network: string, id: string): boolean {
     return this.networks.get(network)?.members.has(id) ?? false;
+  }
+
+  isBlocked(network: string, id: string): boolean {
+    return this.networks.get(network)?.blocked.has(id) ?? false;
   }
 }
 

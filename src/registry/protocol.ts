@@ -15,13 +15,15 @@ import type { AgentRecord } from './record.js';
  * | request                              | authorization                   | body / answer                                  |
  * | ------------------------------------ | ------------------------------- | ---------------------------------------------- |
  * | POST /v1/join                        | body signature (join message)   | JoinRequest → JoinResult                       |
- * | PUT /v1/agents/ID                    | the record's own signature      | SignedRecord (exactly record + signature)      |
+ * | PUT /v1/agents/ID                    | the record's own signature      | SignedRecord (record + signature [+ chain])    |
  * | POST /v1/agents/ID/heartbeat         | body signature (heartbeat msg)  | SignedTimestamp                                |
  * | DELETE /v1/agents/ID                 | body signature (leave message)  | SignedTimestamp                                |
  * | GET /v1/agents[?cap=&name=&online=]  | Authorization header            | {ok, agents: AgentView[]}                      |
  * | GET /v1/agents/ID-or-NAME            | Authorization header            | {ok, agent: AgentView}                         |
  * | GET /v1/events                       | Authorization header            | text/event-stream (events.ts)                  |
  * | GET /v1/stats                        | Authorization header            | {ok, ...RegistryStats}                         |
+ * | GET /v1/policy                       | Authorization header            | {ok, policy: PolicyView | null}                |
+ * | /v1/admin/...                        | Bearer <admin token>            | admin-routes.ts                                |
  * | GET /healthz                         | none                            | {ok: true}                                     |
  *
  * Authorization header: `AgentVPN <agent ID> <timestamp ms> <base64 signature>` by a member
@@ -35,6 +37,9 @@ import type { AgentRecord } from './record.js';
  * | leave            | "agentvpn leave v2" \n network \n id \n timestamp                      |
  * | request (header) | "agentvpn request v1" \n METHOD " " path-with-query \n timestamp       |
  * | record           | record.ts canonicalRecordBytes                                        |
+ *
+ * An agent that rotated its key signs all of these with its current key (the last key of the
+ * chain the registry holds for it); its ID still encodes the first one.
  *
  * Every timestamp is within MAX_CLOCK_SKEW_MS of the registry's clock and is taken once per
  * agent (replay-window.ts): the client never signs the same timestamp twice.
@@ -73,12 +78,29 @@ export const HEARTBEAT_LABEL = 'agentvpn heartbeat v2';
 export const LEAVE_LABEL = 'agentvpn leave v2';
 const REQUEST_LABEL = 'agentvpn request v1';
 
+/**
+ * A key statement as it travels (identity/rotation.ts KeyStatement; parseKeyStatement checks
+ * one strictly before anything believes it).
+ */
+export type KeyStatementJson = Record<string, unknown>;
+
 /** What a registry tells anyone about an agent: its signed record and whether it is online. */
 export interface AgentView {
   record: AgentRecord;
   signature: string;
   online: boolean;
   lastSeen: number;
+  /** The member's tags, from the token it joined with (set by the operator, not signed by the agent). */
+  tags?: string[];
+  /** Its key chain from the ID's key to record.key, when it rotated its key. */
+  chain?: KeyStatementJson[];
+}
+
+/** A network's policy as the registry serves it (GET /v1/policy, 'policy' events, snapshots). */
+export interface PolicyView {
+  version: number;
+  /** The policy text as the operator wrote it (JSON with comments; policy/parse.ts). */
+  policy: string;
 }
 
 export interface JoinRequest {
@@ -131,7 +153,10 @@ export interface ErrorBody {
   hint: string;
 }
 
-export type ChangeKind = 'upsert' | 'online' | 'offline';
+/** Changes to one agent, whose event data is {"agent": AgentView}. */
+export type AgentChangeKind = 'upsert' | 'online' | 'offline';
+/** Every event after the snapshot: 'removed' data is {"id"}, 'policy' data is a PolicyView. */
+export type ChangeKind = AgentChangeKind | 'removed' | 'policy';
 
 function b64(sig: Uint8Array): string {
   return Buffer.from(sig).toString('base64');
@@ -163,9 +188,12 @@ export function agentAuthorization(identity: Identity, method: string, pathWithQ
   return `AgentVPN ${identity.id} ${timestamp} ${b64(identity.sign(requestMessage(method, pathWithQuery, timestamp)))}`;
 }
 
-/** Whether `signature` (base64) is the agent's signature over `message`; false for a malformed ID or signature. */
-export function verifyAgentSignature(id: string, message: Uint8Array, signature: unknown): boolean {
-  const key = publicKeyOfAgentId(id);
+/**
+ * Whether `signature` (base64) is the agent's signature over `message`, by `currentKey` (an
+ * agent that rotated) or else by the key its ID encodes; false for a malformed ID or signature.
+ */
+export function verifyAgentSignature(id: string, message: Uint8Array, signature: unknown, currentKey?: Uint8Array): boolean {
+  const key = currentKey ?? publicKeyOfAgentId(id);
   if (!key || typeof signature !== 'string' || signature.length > 200) return false;
   return verifySignature(key, message, Buffer.from(signature, 'base64'));
 }

@@ -24,6 +24,13 @@ export const REFUSALS: Record<string, { status: number; hint: string }> = {
   TOO_MANY_STREAMS: { status: 429, hint: 'an agent needs one event stream: close the others (or wait until half-open ones time out)' },
   STREAMS_FULL: { status: 503, hint: 'the registry serves as many event streams as it may; retry later (the client backs off), or run it with a higher stream limit' },
   POOL_EXHAUSTED: { status: 503, hint: 'the network has used every address of its IPv4 pool; start the registry with a larger --pool' },
+  BLOCKED: { status: 403, hint: 'an operator blocked this agent ID in the network; it cannot join it again' },
+  AGENT_NOT_FOUND: { status: 404, hint: 'give the name or ID of a member: GET /v1/admin/agents lists them' },
+  BAD_NETWORK: { status: 400, hint: 'network names are lowercase letters, digits and -, up to 63' },
+  BAD_POLICY: { status: 400, hint: 'write the policy as JSON (// and /* */ comments allowed); see docs/policy.md' },
+  BAD_CHAIN: { status: 403, hint: "a record signed by a rotated key needs the agent's key chain from its ID key to that key (agentvpn key rotate makes it)" },
+  CHAIN_FORK: { status: 409, hint: 'the key chain must extend the one the registry holds: publish the newest chain of this identity' },
+  STALE_KEY: { status: 403, hint: "sign with the agent's current key: the registry holds a key chain that rotated past this one" },
   INTERNAL: { status: 500, hint: 'this is a bug in the agentvpn registry; see its log' },
 };
 

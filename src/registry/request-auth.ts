@@ -48,7 +48,7 @@ export async function authorizeRead(req: IncomingMessage, network: string, now: 
   checkClock(auth.timestamp, now);
   if (!fleet.isMember(network, auth.id)) refuse('NOT_JOINED', `agent ${auth.id} has not joined network ${network}`);
   signatures.check(req);
-  if (!verifyAgentSignature(auth.id, requestMessage(req.method ?? '', req.url ?? '', auth.timestamp), auth.signature)) {
+  if (!verifyAgentSignature(auth.id, requestMessage(req.method ?? '', req.url ?? '', auth.timestamp), auth.signature, fleet.currentKey(auth.id))) {
     signatures.failed(req);
     refuse('UNAUTHORIZED', 'the request signature does not verify');
   }

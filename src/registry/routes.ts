@@ -4,12 +4,13 @@ import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import { networkUlaPrefix, overlayIPv6 } from '../identity/addresses.js';
 import { formatAddress, formatPrefix, type Prefix } from '../ip/prefix.js';
 import type { RelayInfo } from '../relay/protocol.js';
+import { adminRoute, type AdminContext } from './admin-routes.js';
 import { capabilityMatches, parseCapability, type Capability } from './capabilities.js';
 import type { EventHub } from './events.js';
 import { Entry, type Fleet } from './fleet-state.js';
 import { readJson, sendJson, sendText, type Body } from './http-body.js';
 import {
-  HEARTBEAT_LABEL, LEAVE_LABEL, hashToken, joinMessage, timestampMessage, verifyAgentSignature, type ChangeKind, type JoinResult, type RegistryStats,
+  HEARTBEAT_LABEL, LEAVE_LABEL, hashToken, joinMessage, timestampMessage, verifyAgentSignature, type AgentChangeKind, type JoinResult, type RegistryStats,
 } from './protocol.js';
 import { NAME_PATTERN, NETWORK_PATTERN, canonicalRecord, verifyRecord, type SignedRecord } from './record.js';
 import { refuse } from './refusals.js';
@@ -31,7 +32,8 @@ export interface RouteContext {
   /** The relay and STUN servers a joining agent is told about. */
   relayInfo(req: IncomingMessage): { relays: RelayInfo[]; stun: string[] };
   /** Logs a change and pushes it to the network's event streams. */
-  emit(network: string, kind: ChangeKind, entry: Entry, id: string): void;
+  emit(network: string, kind: AgentChangeKind, entry: Entry, id: string): void;
+  admin: AdminContext;
   stats(): RegistryStats;
 }
 
@@ -48,9 +50,9 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
   /** Refuses unless the agent signed `message`; failures are budgeted per address (signature-budget.ts). */
   const verifySigned = (req: IncomingMessage, id: string, message: Buffer, signature: unknown, what: string) => {
     signatures.check(req);
-    if (verifyAgentSignature(id, message, signature)) return;
+    if (verifyAgentSignature(id, message, signature, fleet.currentKey(id))) return;
     signatures.failed(req);
-    refuse('BAD_SIGNATURE', `${what} does not verify with the key in the agent ID`);
+    refuse('BAD_SIGNATURE', `${what} does not verify with the agent's current key`);
   };
 
   const networkParam = (url: URL): string => {
@@ -67,6 +69,7 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
     const timestamp = field<number>(isTimestamp(b.timestamp), b.timestamp, 'timestamp');
     const token = field<string | undefined>(b.token === undefined || (typeof b.token === 'string' && b.token.length <= 256), b.token, 'token');
     checkClock(timestamp, now);
+    if (fleet.isBlocked(network, id)) refuse('BLOCKED', `agent ${id} is blocked in network ${network}`);
     const tokenHash = token === undefined ? null : hashToken(token);
     // A stranger needs a valid token: looked up before its signature is checked.
     if (!fleet.isMember(network, id) && (tokenHash === null || !(await store.checkToken(network, tokenHash, now)).ok)) {
@@ -107,7 +110,9 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
     const old = state.agents.get(id);
     // Concurrent publishes may finish out of order: the store took the newest, keep that one.
     if (!old || old.view.record.seq < canonical.record.seq) {
-      const entry = new Entry({ record: canonical.record, signature: canonical.signature, online: true, lastSeen: now });
+      const entry = new Entry({
+        record: canonical.record, signature: canonical.signature, online: true, lastSeen: now, tags: result.member.tags, chain: fleet.rotated.get(id)?.chain,
+      });
       state.setAgent(id, entry);
       ctx.emit(network, 'upsert', entry, id);
     }
@@ -176,7 +181,8 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
     const room = hub.roomFor(null);
     if (!room.ok) refuse(room.code, room.message);
     const credential = await authorizeRead(req, network, now, ctx);
-    const result = hub.subscribe(network, credential.key, res, fleet.net(network).agents.values(), credential.expiresAt);
+    const state = fleet.net(network);
+    const result = hub.subscribe(network, credential.key, res, state.agents.values(), () => state.policyJson, credential.expiresAt);
     if (!result.ok) refuse(result.code, result.message);
   };
 
@@ -217,6 +223,13 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
       allow('GET');
       return events(req, res, url, now);
     }
+    if (path === 'v1/policy') {
+      allow('GET');
+      const network = networkParam(url);
+      await authorizeRead(req, network, now, ctx);
+      return sendText(res, 200, `{"ok":true,"policy":${fleet.net(network).policyJson}}`);
+    }
+    if (parts[0] === 'v1' && parts[1] === 'admin') return adminRoute(ctx.admin, req, res, parts.slice(2), networkParam(url));
     if (path === 'v1/stats') {
       allow('GET');
       await authorizeRead(req, networkParam(url), now, ctx);

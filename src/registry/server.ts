@@ -18,8 +18,12 @@ import {
   CONNECTIONS_CHECK_INTERVAL_MS, HEADERS_TIMEOUT_MS, KEEP_ALIVE_TIMEOUT_MS, REQUEST_TIMEOUT_MS, STOP_GRACE_MS, defaultLimits, type RegistryLimits,
 } from './limits.js';
 import {
-  DEFAULT_NETWORK, DEFAULT_OFFLINE_AFTER_MS, DEFAULT_POOL, HEARTBEATS_PER_OFFLINE_PERIOD, SWEEP_INTERVAL_MS, hashToken, type ChangeKind, type RegistryStats,
+  DEFAULT_NETWORK, DEFAULT_OFFLINE_AFTER_MS, DEFAULT_POOL, HEARTBEATS_PER_OFFLINE_PERIOD, SWEEP_INTERVAL_MS, hashToken, type AgentChangeKind, type KeyStatementJson,
+  type RegistryStats,
 } from './protocol.js';
+import { AdminTokens, createAdminToken } from './admin-auth.js';
+import { OperatorSync } from './operator-sync.js';
+import { validateTags } from './tags.js';
 import { NETWORK_PATTERN } from './record.js';
 import { REFUSALS } from './refusals.js';
 import { LogBudget } from './log-budget.js';
@@ -58,20 +62,26 @@ export interface RunningRegistry {
   relay: RunningRelay | null;
   stop(): Promise<void>;
   stats(): RegistryStats;
-  createToken(opts?: { network?: string; expiresInMs?: number | null; uses?: number | null }): Promise<string>;
+  createToken(opts?: { network?: string; expiresInMs?: number | null; uses?: number | null; tags?: string[] }): Promise<string>;
+  /** Creates an admin token (for /v1/admin/*). */
+  createAdminToken(): Promise<string>;
 }
 
-/** Creates a join token and stores its hash; the token itself is returned once and never kept. */
-export async function createJoinToken(store: RegistryStore, opts: { network: string; expiresInMs?: number | null; uses?: number | null }): Promise<string> {
+/**
+ * Creates a join token and stores its hash; the token itself is returned once and never kept.
+ * Every agent that joins with it gets its `tags`.
+ */
+export async function createJoinToken(store: RegistryStore, opts: { network: string; expiresInMs?: number | null; uses?: number | null; tags?: string[] }): Promise<string> {
   if (!NETWORK_PATTERN.test(opts.network)) {
     throw new AgentVpnError('BAD_NETWORK', `invalid network name "${opts.network}"`, 'network names are lowercase letters, digits and -, up to 63');
   }
   if (opts.uses != null && !(Number.isSafeInteger(opts.uses) && opts.uses > 0)) {
     throw new AgentVpnError('BAD_USES', `invalid number of uses ${opts.uses}`, 'give --uses a positive whole number, or leave it out for unlimited uses');
   }
+  const tags = validateTags(opts.tags ?? []);
   const token = `avt_${randomBytes(32).toString('base64url')}`;
   const now = Date.now();
-  await store.addToken({ hash: hashToken(token), network: opts.network, createdAt: now, expiresAt: opts.expiresInMs == null ? null : now + opts.expiresInMs, usesLeft: opts.uses ?? null });
+  await store.addToken({ hash: hashToken(token), network: opts.network, createdAt: now, expiresAt: opts.expiresInMs == null ? null : now + opts.expiresInMs, usesLeft: opts.uses ?? null, tags });
   return token;
 }
 
@@ -123,18 +133,25 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
   const networks = fleet.networks;
   const started = Date.now();
   for (const m of await store.members()) fleet.net(m.network).setMember(m);
+  for (const c of await store.keyChains()) fleet.rotated.set(c.id, { key: Buffer.from(c.key, 'base64'), chain: c.chain as KeyStatementJson[] });
   for (const r of await store.records()) {
     const online = r.online && started - r.lastSeen <= offlineAfterMs;
-    const entry = new Entry({ record: r.signed.record, signature: r.signed.signature, online, lastSeen: r.lastSeen });
+    const state = fleet.net(r.network);
+    const entry = new Entry({
+      record: r.signed.record, signature: r.signed.signature, online, lastSeen: r.lastSeen, tags: state.members.get(r.id)?.tags, chain: fleet.rotated.get(r.id)?.chain,
+    });
     entry.dirty = online !== r.online;
-    fleet.net(r.network).setAgent(r.id, entry);
+    state.setAgent(r.id, entry);
   }
 
   const hub = new EventHub(limits);
+  const admins = new AdminTokens(store);
+  const sync = new OperatorSync(store, fleet, hub, admins, log);
+  await sync.start();
   const guard = new ConnectionGuard({ perAddress: limits.connectionsPerAddress, total: limits.connections });
   const counters = { requests: 0, refused: {} as Record<string, number> };
 
-  const emit = (network: string, kind: ChangeKind, entry: Entry, id: string) => {
+  const emit = (network: string, kind: AgentChangeKind, entry: Entry, id: string) => {
     log.info({ network, id, name: entry.view.record.name, event: kind }, `agent ${kind}`);
     hub.publish(network, kind, entry.json);
   };
@@ -164,7 +181,9 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
   };
 
   const signatures = new SignatureBudget();
-  const route = createRoutes({ store, fleet, hub, signatures, log, defaultNetwork, pool, heartbeatIntervalMs, offlineAfterMs, relayInfo, emit, stats });
+  const route = createRoutes({
+    store, fleet, hub, signatures, log, defaultNetwork, pool, heartbeatIntervalMs, offlineAfterMs, relayInfo, emit, stats, admin: { store, admins, sync },
+  });
 
   const onRequest = (req: IncomingMessage, res: ServerResponse) => {
     counters.requests++;
@@ -254,6 +273,8 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
       }
     }
     flush().catch((err: unknown) => log.error({ err }, 'saving agent liveness failed'));
+    // Removals, blocks and policies an operator made with the CLI on the database.
+    void sync.poll();
   };
 
   await new Promise<void>((resolve, reject) => {
@@ -285,10 +306,16 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     url,
     port: bound,
     stats,
-    createToken: (o = {}) => createJoinToken(store, { network: o.network ?? defaultNetwork, expiresInMs: o.expiresInMs, uses: o.uses }),
+    createToken: (o = {}) => createJoinToken(store, { network: o.network ?? defaultNetwork, expiresInMs: o.expiresInMs, uses: o.uses, tags: o.tags }),
+    createAdminToken: async () => {
+      const token = await createAdminToken(store);
+      await sync.poll();
+      return token;
+    },
     relay,
     stop: () => (stopping ??= (async () => {
       clearInterval(sweeper);
+      await sync.poll();
       hub.stop();
       await relay?.stop();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));

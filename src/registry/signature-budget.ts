@@ -20,20 +20,32 @@ const FAILURES_TOTAL = 1_000;
 const MAX_ADDRESSES = 10_000;
 const WINDOW_MS = 1_000;
 
+/** What a budget allows per second, and the words its refusals use. */
+export interface FailureLimits {
+  perAddress: number;
+  total: number;
+  /** e.g. "signatures that do not verify", "admin tokens that are not valid". */
+  what: string;
+}
+
+const SIGNATURE_LIMITS: FailureLimits = { perAddress: FAILURES_PER_ADDRESS, total: FAILURES_TOTAL, what: 'signatures that do not verify' };
+
 export class SignatureBudget {
   private window = 0;
   private total = 0;
   private readonly byAddress = new Map<string, number>();
 
+  constructor(private readonly limits: FailureLimits = SIGNATURE_LIMITS) {}
+
   /** Refuses (RATE_LIMITED) a signed request whose source, or everyone, spent this second's failures. */
   check(req: IncomingMessage, now = Date.now()): void {
     this.roll(now);
     const address = addressKey(req.socket.remoteAddress) ?? '';
-    if ((this.byAddress.get(address) ?? 0) >= FAILURES_PER_ADDRESS) refuse('RATE_LIMITED', 'too many requests with signatures that do not verify came from this address');
-    if (this.total >= FAILURES_TOTAL) refuse('RATE_LIMITED', 'the registry is refusing signed requests for a moment: too many signatures failed');
+    if ((this.byAddress.get(address) ?? 0) >= this.limits.perAddress) refuse('RATE_LIMITED', `too many requests with ${this.limits.what} came from this address`);
+    if (this.total >= this.limits.total) refuse('RATE_LIMITED', `the registry is refusing such requests for a moment: too many with ${this.limits.what}`);
   }
 
-  /** Counts a signature that did not verify. */
+  /** Counts a failure (a signature that did not verify, a wrong admin token). */
   failed(req: IncomingMessage, now = Date.now()): void {
     this.roll(now);
     this.total++;

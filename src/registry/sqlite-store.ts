@@ -4,14 +4,22 @@ import Database from 'better-sqlite3';
 import { AgentVpnError } from '../errors.js';
 import { formatPrefix } from '../ip/prefix.js';
 import type { SignedRecord } from './record.js';
+import { extendsChain } from './key-chain.js';
 import { EMPTY_WINDOW, isReplayed, takeTimestamp, type ReplayWindow } from './replay-window.js';
+import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import {
-  allocateFromPool, type AdmitRequest, type AdmitResult, type LivenessRequest, type LivenessResult, type Member, type PutRecordResult,
-  type RegistryStore, type StoredRecord, type StoredToken, type TimestampResult, type TokenCheck,
+  allocateFromPool, type AdmitRequest, type AdmitResult, type BlockedAgent, type LivenessRequest, type LivenessResult, type Member, type OperatorAction,
+  type PutRecordResult, type RegistryStore, type RemoveResult, type StoredKeyChain, type StoredPolicy, type StoredRecord, type StoredToken,
+  type TimestampResult, type TokenCheck,
 } from './store.js';
+import { parseStoredTags } from './tags.js';
 
-/** 2: replay_windows (signed timestamps taken, per agent). A version-1 registry must not open it: it would accept replays. */
-const SCHEMA_VERSION = 2;
+/**
+ * 2: replay_windows (signed timestamps taken, per agent). A version-1 registry must not open it: it would accept replays.
+ * 3: tags on tokens and members, blocked agents, policies, operator actions, admin tokens, key chains. A
+ *    version-2 registry must not open it: it would let blocked agents re-join and ignore rotations.
+ */
+const SCHEMA_VERSION = 3;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (
@@ -23,7 +31,8 @@ CREATE TABLE IF NOT EXISTS tokens (
   network    TEXT NOT NULL,
   created_at INTEGER NOT NULL,
   expires_at INTEGER,
-  uses_left  INTEGER
+  uses_left  INTEGER,
+  tags       TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS members (
   id        TEXT NOT NULL,
@@ -31,6 +40,7 @@ CREATE TABLE IF NOT EXISTS members (
   name      TEXT NOT NULL,
   ipv4      TEXT NOT NULL,
   joined_at INTEGER NOT NULL,
+  tags      TEXT NOT NULL DEFAULT '[]',
   PRIMARY KEY (network, id),
   UNIQUE (network, name),
   UNIQUE (network, ipv4)
@@ -57,13 +67,48 @@ CREATE TABLE IF NOT EXISTS replay_windows (
   floor INTEGER NOT NULL,
   used  TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS blocked (
+  network    TEXT NOT NULL,
+  id         TEXT NOT NULL,
+  name       TEXT NOT NULL,
+  blocked_at INTEGER NOT NULL,
+  PRIMARY KEY (network, id)
+);
+CREATE TABLE IF NOT EXISTS policies (
+  network TEXT PRIMARY KEY,
+  version INTEGER NOT NULL,
+  text    TEXT NOT NULL,
+  set_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS operator_actions (
+  seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+  network TEXT NOT NULL,
+  action  TEXT NOT NULL,
+  id      TEXT,
+  at      INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS admin_tokens (
+  hash       TEXT PRIMARY KEY,
+  created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS key_chains (
+  id    TEXT PRIMARY KEY,
+  chain TEXT NOT NULL,
+  key   TEXT NOT NULL
+);
 `;
 
-interface MemberRow { id: string; network: string; name: string; ipv4: string; joined_at: number }
+/** Columns version 3 added to tables that version 2 already had (CREATE TABLE IF NOT EXISTS leaves those alone). */
+const V3_COLUMNS = [
+  "ALTER TABLE tokens ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'",
+  "ALTER TABLE members ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'",
+];
+
+interface MemberRow { id: string; network: string; name: string; ipv4: string; joined_at: number; tags: string }
 interface RecordRow { id: string; network: string; json: string; signature: string; last_seen: number; online: number }
 
 function toMember(r: MemberRow): Member {
-  return { id: r.id, network: r.network, name: r.name, ipv4: r.ipv4, joinedAt: r.joined_at };
+  return { id: r.id, network: r.network, name: r.name, ipv4: r.ipv4, joinedAt: r.joined_at, tags: parseStoredTags(r.tags) };
 }
 
 /** Creates the database file with mode 0600 before SQLite opens it (its -wal and -shm files copy that mode). */
@@ -110,22 +155,23 @@ export class SqliteStore implements RegistryStore {
   }
 
   private migrate(): void {
-    this.db.exec(SCHEMA);
-    const row = this.db.prepare('SELECT value FROM meta WHERE key = ?').get('schema_version') as { value: string } | undefined;
-    if (!row) {
-      this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run('schema_version', String(SCHEMA_VERSION));
-    } else if (Number(row.value) < SCHEMA_VERSION) {
-      // Older versions only lack tables, which SCHEMA has just created.
-      this.db.prepare('UPDATE meta SET value = ? WHERE key = ?').run(String(SCHEMA_VERSION), 'schema_version');
-    } else if (Number(row.value) > SCHEMA_VERSION) {
-      throw new AgentVpnError('REGISTRY_DB_TOO_NEW', `registry database ${this.path} has schema version ${row.value}, newer than this agentvpn understands (${SCHEMA_VERSION})`,
-        'run the newer agentvpn version that wrote it, or restore a backup');
-    }
+    this.db.transaction(() => {
+      this.db.exec(SCHEMA);
+      const row = this.db.prepare('SELECT value FROM meta WHERE key = ?').get('schema_version') as { value: string } | undefined;
+      const version = row ? Number(row.value) : SCHEMA_VERSION;
+      if (version > SCHEMA_VERSION) {
+        throw new AgentVpnError('REGISTRY_DB_TOO_NEW', `registry database ${this.path} has schema version ${row!.value}, newer than this agentvpn understands (${SCHEMA_VERSION})`,
+          'run the newer agentvpn version that wrote it, or restore a backup');
+      }
+      // Older versions lack tables, which SCHEMA has just created, and the columns added since.
+      if (version < 3) for (const sql of V3_COLUMNS) this.db.exec(sql);
+      this.db.prepare(`INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(String(SCHEMA_VERSION));
+    }).immediate();
   }
 
   async addToken(t: StoredToken): Promise<void> {
-    this.sql('INSERT INTO tokens (hash, network, created_at, expires_at, uses_left) VALUES (?, ?, ?, ?, ?)')
-      .run(t.hash, t.network, t.createdAt, t.expiresAt, t.usesLeft);
+    this.sql('INSERT INTO tokens (hash, network, created_at, expires_at, uses_left, tags) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(t.hash, t.network, t.createdAt, t.expiresAt, t.usesLeft, JSON.stringify(t.tags));
   }
 
   async checkToken(network: string, hash: string, now: number): Promise<TokenCheck> {
@@ -170,14 +216,25 @@ export class SqliteStore implements RegistryStore {
     return (this.sql('SELECT id FROM members WHERE network = ? AND name = ?').get(network, name) as { id: string } | undefined)?.id;
   }
 
-  /** Takes one use of a token: 'used-up' when that was its last; null when it is unknown, for another network, expired or used up. */
-  private useToken(network: string, hash: string, now: number): 'ok' | 'used-up' | null {
+  /**
+   * Takes one use of a token: 'used-up' when that was its last, with the token's tags; null when
+   * it is unknown, for another network, expired or used up.
+   */
+  private useToken(network: string, hash: string, now: number): { usedUp: boolean; tags: string } | null {
     const r = this.sql(`UPDATE tokens SET uses_left = uses_left - 1
       WHERE hash = ? AND network = ? AND (expires_at IS NULL OR expires_at > ?) AND (uses_left IS NULL OR uses_left > 0)`)
       .run(hash, network, now);
     if (r.changes !== 1) return null;
-    const left = this.sql('SELECT uses_left FROM tokens WHERE hash = ?').get(hash) as { uses_left: number | null };
-    return left.uses_left === 0 ? 'used-up' : 'ok';
+    const left = this.sql('SELECT uses_left, tags FROM tokens WHERE hash = ?').get(hash) as { uses_left: number | null; tags: string };
+    return { usedUp: left.uses_left === 0, tags: left.tags };
+  }
+
+  private isBlocked(network: string, id: string): boolean {
+    return this.sql('SELECT 1 FROM blocked WHERE network = ? AND id = ?').get(network, id) !== undefined;
+  }
+
+  private recordAction(network: string, action: OperatorAction['action'], id: string | null, now: number): void {
+    this.sql('INSERT INTO operator_actions (network, action, id, at) VALUES (?, ?, ?, ?)').run(network, action, id, now);
   }
 
   private allocate(req: AdmitRequest): string | null {
@@ -202,6 +259,7 @@ export class SqliteStore implements RegistryStore {
 
   private admitTransaction(req: AdmitRequest): AdmitResult {
     return this.db.transaction((): AdmitResult => {
+      if (this.isBlocked(req.network, req.id)) return { ok: false, code: 'BLOCKED', message: `agent ${req.id} is blocked in network ${req.network}` };
       const known = this.member(req.network, req.id);
       if (known && !this.take(req.id, req.timestamp, req.now)) return replayed(req.id, req.timestamp);
       const holder = this.nameHolder(req.network, req.name);
@@ -221,16 +279,16 @@ export class SqliteStore implements RegistryStore {
       const ipv4 = this.allocate(req);
       // Throwing rolls the transaction back, so the token's use is given back.
       if (ipv4 === null) throw new PoolExhausted();
-      const member: Member = { id: req.id, network: req.network, name: req.name, ipv4, joinedAt: req.now };
-      this.sql('INSERT INTO members (id, network, name, ipv4, joined_at) VALUES (?, ?, ?, ?, ?)')
-        .run(member.id, member.network, member.name, member.ipv4, member.joinedAt);
+      const member: Member = { id: req.id, network: req.network, name: req.name, ipv4, joinedAt: req.now, tags: parseStoredTags(use.tags) };
+      this.sql('INSERT INTO members (id, network, name, ipv4, joined_at, tags) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(member.id, member.network, member.name, member.ipv4, member.joinedAt, JSON.stringify(member.tags));
       // An agent that is already a member elsewhere has a window; taking is then a replay check too.
       if (!this.take(req.id, req.timestamp, req.now)) throw new Replayed();
-      return { ok: true, member, created: true, usedUpToken: use === 'used-up' ? req.tokenHash : null };
+      return { ok: true, member, created: true, usedUpToken: use.usedUp ? req.tokenHash : null };
     }).immediate();
   }
 
-  async putRecord(network: string, signed: SignedRecord, now: number): Promise<PutRecordResult> {
+  async putRecord(network: string, signed: SignedRecord, now: number, chain?: StoredKeyChain): Promise<PutRecordResult> {
     const r = signed.record;
     return this.db.transaction((): PutRecordResult => {
       const member = this.member(network, r.id);
@@ -247,6 +305,14 @@ export class SqliteStore implements RegistryStore {
       if (stored && r.seq <= stored.seq) {
         return { ok: false, code: 'STALE_RECORD', message: `record seq ${r.seq} is not newer than the stored seq ${stored.seq}` };
       }
+      if (chain) {
+        const held = this.sql('SELECT chain FROM key_chains WHERE id = ?').get(r.id) as { chain: string } | undefined;
+        if (held && !extendsChain(JSON.parse(held.chain) as unknown[], chain.chain)) {
+          return { ok: false, code: 'CHAIN_FORK', message: `the key chain of agent ${r.id} does not extend the one the registry holds (it is shorter, forks or replaces it)` };
+        }
+        this.sql(`INSERT INTO key_chains (id, chain, key) VALUES (?, ?, ?)
+          ON CONFLICT (id) DO UPDATE SET chain = excluded.chain, key = excluded.key`).run(r.id, JSON.stringify(chain.chain), chain.key);
+      }
       this.sql(`INSERT INTO records (id, network, json, signature, seq, last_seen, online) VALUES (?, ?, ?, ?, ?, ?, 1)
         ON CONFLICT (network, id) DO UPDATE SET json = excluded.json, signature = excluded.signature, seq = excluded.seq,
           last_seen = excluded.last_seen, online = 1`)
@@ -260,6 +326,71 @@ export class SqliteStore implements RegistryStore {
     this.db.transaction(() => {
       for (const u of updates) stmt.run(u.lastSeen, u.online ? 1 : 0, u.network, u.id);
     })();
+  }
+
+  async keyChains(): Promise<StoredKeyChain[]> {
+    return (this.sql('SELECT id, chain, key FROM key_chains').all() as Array<{ id: string; chain: string; key: string }>)
+      .map((r) => ({ id: r.id, chain: JSON.parse(r.chain) as unknown[], key: r.key }));
+  }
+
+  async removeMember(network: string, idOrName: string, block: boolean, now: number): Promise<RemoveResult> {
+    return this.db.transaction((): RemoveResult => {
+      const row = (this.sql('SELECT * FROM members WHERE network = ? AND (id = ? OR name = ?)').get(network, idOrName, idOrName) as MemberRow | undefined);
+      if (!row && !(block && publicKeyOfAgentId(idOrName) !== null)) {
+        return { ok: false, code: 'NOT_FOUND', message: `no agent "${idOrName.slice(0, 80)}" in network ${network}` };
+      }
+      const id = row?.id ?? idOrName;
+      const name = row?.name ?? '';
+      if (row) {
+        this.sql('DELETE FROM records WHERE network = ? AND id = ?').run(network, id);
+        this.sql('DELETE FROM members WHERE network = ? AND id = ?').run(network, id);
+      }
+      if (block) {
+        this.sql('INSERT INTO blocked (network, id, name, blocked_at) VALUES (?, ?, ?, ?) ON CONFLICT (network, id) DO NOTHING').run(network, id, name, now);
+      }
+      this.recordAction(network, block ? 'block' : 'remove', id, now);
+      return { ok: true, id, name, wasMember: row !== undefined };
+    }).immediate();
+  }
+
+  async blocked(): Promise<BlockedAgent[]> {
+    return (this.sql('SELECT * FROM blocked').all() as Array<{ network: string; id: string; name: string; blocked_at: number }>)
+      .map((r) => ({ network: r.network, id: r.id, name: r.name, blockedAt: r.blocked_at }));
+  }
+
+  async setPolicy(network: string, text: string, now: number): Promise<StoredPolicy> {
+    return this.db.transaction((): StoredPolicy => {
+      const row = this.sql('SELECT version FROM policies WHERE network = ?').get(network) as { version: number } | undefined;
+      const version = (row?.version ?? 0) + 1;
+      this.sql(`INSERT INTO policies (network, version, text, set_at) VALUES (?, ?, ?, ?)
+        ON CONFLICT (network) DO UPDATE SET version = excluded.version, text = excluded.text, set_at = excluded.set_at`).run(network, version, text, now);
+      this.recordAction(network, 'policy', null, now);
+      return { network, version, text, setAt: now };
+    }).immediate();
+  }
+
+  async policies(): Promise<StoredPolicy[]> {
+    return (this.sql('SELECT * FROM policies').all() as Array<{ network: string; version: number; text: string; set_at: number }>)
+      .map((r) => ({ network: r.network, version: r.version, text: r.text, setAt: r.set_at }));
+  }
+
+  async actionsSince(seq: number, limit: number): Promise<OperatorAction[]> {
+    return this.sql('SELECT seq, network, action, id, at FROM operator_actions WHERE seq > ? ORDER BY seq LIMIT ?').all(seq, limit) as OperatorAction[];
+  }
+
+  async lastActionSeq(): Promise<number> {
+    return (this.sql('SELECT MAX(seq) AS seq FROM operator_actions').get() as { seq: number | null }).seq ?? 0;
+  }
+
+  async addAdminToken(hash: string, now: number): Promise<void> {
+    this.db.transaction(() => {
+      this.sql('INSERT INTO admin_tokens (hash, created_at) VALUES (?, ?)').run(hash, now);
+      this.recordAction('', 'admin-token', null, now);
+    }).immediate();
+  }
+
+  async adminTokenHashes(): Promise<string[]> {
+    return (this.sql('SELECT hash FROM admin_tokens').all() as Array<{ hash: string }>).map((r) => r.hash);
   }
 
   async members(): Promise<Member[]> {

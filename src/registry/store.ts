@@ -16,15 +16,65 @@ export interface StoredToken {
   expiresAt: number | null;
   /** null: unlimited. */
   usesLeft: number | null;
+  /** Tags every agent that joins with this token gets (validated by tags.ts). */
+  tags: string[];
 }
 
-/** An agent that proved its key and was admitted to a network; never deleted, so its IPv4 is never reused. */
+/**
+ * An agent that proved its key and was admitted to a network. An operator may remove it (the
+ * row goes); its IPv4 is still never given to another agent, as the pool's index only grows.
+ */
 export interface Member {
   id: string;
   network: string;
   name: string;
   ipv4: string;
   joinedAt: number;
+  /** From the token it joined with. */
+  tags: string[];
+}
+
+/** An agent ID an operator blocked in a network: it cannot join it again, with any token. */
+export interface BlockedAgent {
+  network: string;
+  id: string;
+  /** Its name when it was blocked (for the operator's listing). */
+  name: string;
+  blockedAt: number;
+}
+
+/** A network's policy text (validated before it is stored), versioned from 1. */
+export interface StoredPolicy {
+  network: string;
+  version: number;
+  text: string;
+  setAt: number;
+}
+
+/**
+ * What an operator did to the database, in order. A registry process polls for new actions
+ * each sweep, so a CLI run on the same database reaches the running server within ~1 s.
+ */
+export interface OperatorAction {
+  seq: number;
+  network: string;
+  action: 'remove' | 'block' | 'policy' | 'admin-token';
+  /** The agent acted on ('remove', 'block'). */
+  id: string | null;
+  at: number;
+}
+
+export type RemoveResult =
+  | { ok: true; id: string; name: string; /** false: the ID was blocked without being a member. */ wasMember: boolean }
+  | { ok: false; code: 'NOT_FOUND'; message: string };
+
+/** An agent's key chain as the registry holds it (key-chain.ts checks it before it is stored). */
+export interface StoredKeyChain {
+  id: string;
+  /** The statements, as canonical JSON objects (rotation.ts KeyStatement). */
+  chain: unknown[];
+  /** The current Ed25519 public key (base64): the last statement's key. */
+  key: string;
 }
 
 export interface StoredRecord {
@@ -50,7 +100,7 @@ export interface AdmitRequest {
 
 export type AdmitResult =
   | { ok: true; member: Member; created: boolean; /** hashToken of a token this admission used up, whose holders lose their reads. */ usedUpToken: string | null }
-  | { ok: false; code: 'BAD_TOKEN' | 'NAME_TAKEN' | 'POOL_EXHAUSTED' | 'REPLAYED'; message: string };
+  | { ok: false; code: 'BAD_TOKEN' | 'NAME_TAKEN' | 'POOL_EXHAUSTED' | 'REPLAYED' | 'BLOCKED'; message: string };
 
 /** A join token authorizes reads only while it could still admit an agent. */
 export type TokenCheck =
@@ -78,7 +128,7 @@ export type TimestampResult =
 
 export type PutRecordResult =
   | { ok: true; member: Member }
-  | { ok: false; code: 'NOT_JOINED' | 'ADDRESS_MISMATCH' | 'NAME_TAKEN' | 'STALE_RECORD'; message: string };
+  | { ok: false; code: 'NOT_JOINED' | 'ADDRESS_MISMATCH' | 'NAME_TAKEN' | 'STALE_RECORD' | 'CHAIN_FORK'; message: string };
 
 export interface RegistryStore {
   addToken(token: StoredToken): Promise<void>;
@@ -86,7 +136,8 @@ export interface RegistryStore {
   checkToken(network: string, hash: string, now: number): Promise<TokenCheck>;
   /**
    * Admits an agent: a known ID re-joins without a token (and may take a free name); a new one
-   * needs a usable token (one use is consumed) and gets the next IPv4 of the pool. A known
+   * needs a usable token (one use is consumed), gets the next IPv4 of the pool and the token's
+   * tags; a blocked ID is refused whatever it presents. A known
    * ID's timestamp is taken whatever the outcome, so no captured join is worth sending again.
    */
   admit(req: AdmitRequest): Promise<AdmitResult>;
@@ -96,9 +147,30 @@ export interface RegistryStore {
   useTimestamp(id: string, timestamp: number, now: number): Promise<TimestampResult>;
   /**
    * Stores a verified record if its ID joined the network, its IPv4 is the allocated one, its
-   * name is the member's or free (the member's name then moves), and its seq is newer.
+   * name is the member's or free (the member's name then moves), and its seq is newer. With
+   * `chain` (a verified key chain), it is stored in the same step if it extends the stored one
+   * (CHAIN_FORK otherwise: it shortens, forks or replaces it).
    */
-  putRecord(network: string, signed: SignedRecord, now: number): Promise<PutRecordResult>;
+  putRecord(network: string, signed: SignedRecord, now: number, chain?: StoredKeyChain): Promise<PutRecordResult>;
+  /** Every stored key chain (agents that rotated their key). */
+  keyChains(): Promise<StoredKeyChain[]>;
+  /**
+   * Removes a member (by ID or name): its record and membership go, in one step with an
+   * operator action. `block`: its ID is also blocked in the network (an ID that is not a member
+   * may be blocked too).
+   */
+  removeMember(network: string, idOrName: string, block: boolean, now: number): Promise<RemoveResult>;
+  blocked(): Promise<BlockedAgent[]>;
+  /** Stores a new version of a network's policy (with an operator action); returns it. */
+  setPolicy(network: string, text: string, now: number): Promise<StoredPolicy>;
+  policies(): Promise<StoredPolicy[]>;
+  /** Operator actions after `seq`, oldest first, at most `limit`. */
+  actionsSince(seq: number, limit: number): Promise<OperatorAction[]>;
+  /** The seq of the newest operator action (0: none). */
+  lastActionSeq(): Promise<number>;
+  /** Stores an admin token's hash (hashAdminToken); the token itself is never stored. */
+  addAdminToken(hash: string, now: number): Promise<void>;
+  adminTokenHashes(): Promise<string[]>;
   /** Persists liveness for many agents at once (agents the server found silent, in batches). */
   setLiveness(updates: Array<{ network: string; id: string; lastSeen: number; online: boolean }>): Promise<void>;
   members(): Promise<Member[]>;

@@ -1,10 +1,14 @@
+import { readFileSync } from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
 import pino from 'pino';
 import { AgentVpnError } from '../../errors.js';
 import { DEFAULT_NETWORK, DEFAULT_OFFLINE_AFTER_MS, DEFAULT_POOL } from '../../registry/protocol.js';
 import { createJoinToken, startRegistry } from '../../registry/server.js';
+import { createAdminToken } from '../../registry/admin-auth.js';
+import { getPolicy, listAgents, removeAgent, setPolicy } from '../../registry/operator.js';
 import { SqliteStore } from '../../registry/sqlite-store.js';
-import { printResult, runCommand, type GlobalArgs } from '../output.js';
+import type { RegistryStore } from '../../registry/store.js';
+import { columns, printResult, runCommand, type GlobalArgs } from '../output.js';
 
 interface ServeArgs extends GlobalArgs {
   listen?: string;
@@ -23,6 +27,20 @@ interface TokenArgs extends GlobalArgs {
   network: string;
   expires: string;
   uses?: number;
+  tag?: string[];
+}
+
+interface DbArgs extends GlobalArgs {
+  db: string;
+  network: string;
+}
+
+interface AgentArgs extends DbArgs {
+  target: string;
+}
+
+interface PolicySetArgs extends DbArgs {
+  file: string;
 }
 
 const UNITS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
@@ -59,21 +77,67 @@ async function serve(args: ServeArgs): Promise<void> {
   await registry.stop();
 }
 
-async function createToken(args: TokenArgs): Promise<void> {
-  const expiresInMs = parseExpiry(args.expires);
-  const store = new SqliteStore(args.db);
-  let token: string;
+/** Runs `work` on the registry database (a running registry on it picks changes up within a second). */
+async function withStore<T>(db: string, work: (store: RegistryStore) => Promise<T>): Promise<T> {
+  const store = new SqliteStore(db);
   try {
-    token = await createJoinToken(store, { network: args.network, expiresInMs, uses: args.uses ?? null });
+    return await work(store);
   } finally {
     await store.close();
   }
+}
+
+async function createToken(args: TokenArgs): Promise<void> {
+  const expiresInMs = parseExpiry(args.expires);
+  const tags = args.tag ?? [];
+  const token = await withStore(args.db, (store) => createJoinToken(store, { network: args.network, expiresInMs, uses: args.uses ?? null, tags }));
   const expiresAt = expiresInMs === null ? null : new Date(Date.now() + expiresInMs).toISOString();
-  printResult(args.json, { token, network: args.network, expiresAt, uses: args.uses ?? null }, () => token);
+  printResult(args.json, { token, network: args.network, expiresAt, uses: args.uses ?? null, tags }, () => token);
   if (!args.json) {
     process.stderr.write(`join token for network ${args.network}, ${expiresAt ? `expires ${expiresAt}` : 'never expires'}, ` +
-      `${args.uses ? `${args.uses} use(s)` : 'unlimited uses'}; it is shown only this once (the registry keeps only its hash)\n`);
+      `${args.uses ? `${args.uses} use(s)` : 'unlimited uses'}${tags.length ? `, tags ${tags.join(' ')}` : ''}; it is shown only this once (the registry keeps only its hash)\n`);
   }
+}
+
+async function agentList(args: DbArgs): Promise<void> {
+  const listing = await withStore(args.db, (store) => listAgents(store, args.network));
+  printResult(args.json, { ...listing }, () => {
+    const rows = [['NAME', 'IPV4', 'STATE', 'TAGS', 'ID']];
+    for (const a of listing.agents) rows.push([a.name, a.ipv4, a.published ? (a.online ? 'online' : 'offline') : 'joined', a.tags.join(',') || '-', a.id]);
+    for (const b of listing.blocked) rows.push([b.name || '-', '-', 'blocked', '-', b.id]);
+    return rows.length > 1 ? columns(rows) : `no agents in network ${args.network}`;
+  });
+}
+
+function agentRemover(block: boolean) {
+  return async (args: AgentArgs): Promise<void> => {
+    const r = await withStore(args.db, (store) => removeAgent(store, args.network, args.target, block));
+    printResult(args.json, { network: args.network, id: r.id, name: r.name, blocked: block },
+      () => `${block ? 'blocked' : 'removed'} ${r.name || r.id} in network ${args.network}${block ? ' (it cannot join again)' : ''}; peers drop it within seconds`);
+  };
+}
+
+async function adminTokenCreate(args: { db: string; json: boolean }): Promise<void> {
+  const token = await withStore(args.db, (store) => createAdminToken(store));
+  printResult(args.json, { token }, () => token);
+  if (!args.json) process.stderr.write('admin token for the registry admin API (Authorization: Bearer ...); shown only this once (the registry keeps only its hash)\n');
+}
+
+async function policySet(args: PolicySetArgs): Promise<void> {
+  let text: string;
+  try {
+    text = readFileSync(args.file, 'utf8');
+  } catch (e) {
+    throw new AgentVpnError('POLICY_FILE', `cannot read policy file ${args.file}: ${(e as Error).message}`, 'check the path and its permissions');
+  }
+  const p = await withStore(args.db, (store) => setPolicy(store, args.network, text));
+  printResult(args.json, { network: args.network, version: p.version }, () => `policy version ${p.version} set for network ${args.network}; agents get it within seconds`);
+}
+
+async function policyGet(args: DbArgs): Promise<void> {
+  const p = await withStore(args.db, (store) => getPolicy(store, args.network));
+  printResult(args.json, { network: args.network, policy: p && { version: p.version, policy: p.text, setAt: p.setAt } },
+    () => (p ? `// version ${p.version}, set ${new Date(p.setAt).toISOString()}\n${p.text.replace(/\n$/, '')}` : `no policy in network ${args.network} (everything is allowed)`));
 }
 
 const dbOption = { type: 'string', describe: 'registry SQLite database file (created with mode 0600)' } as const;
@@ -87,7 +151,8 @@ const tokenCreateCommand: CommandModule<GlobalArgs, TokenArgs> = {
       .option('db', { ...dbOption, demandOption: true })
       .option('network', networkOption)
       .option('expires', { type: 'string', default: '24h', describe: 'lifetime: 90s, 30m, 24h, 7d … or never' })
-      .option('uses', { type: 'number', describe: 'how many agents may join with it (default: unlimited)' }) as unknown as Argv<TokenArgs>,
+      .option('uses', { type: 'number', describe: 'how many agents may join with it (default: unlimited)' })
+      .option('tag', { type: 'string', array: true, describe: 'a tag every agent joining with it gets (repeat: --tag gpu --tag prod)' }) as unknown as Argv<TokenArgs>,
   handler: runCommand(createToken),
 };
 
@@ -98,12 +163,63 @@ const tokenCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   handler: () => {},
 };
 
+/** --db and --network, for commands that work on the database. */
+const onDb = <T>(y: Argv<GlobalArgs>) => y.option('db', { ...dbOption, demandOption: true }).option('network', networkOption) as unknown as Argv<T>;
+
+const agentCommand: CommandModule<GlobalArgs, GlobalArgs> = {
+  command: 'agent',
+  describe: 'List, remove or block the agents of a network',
+  builder: (y) =>
+    y
+      .command<DbArgs>({ command: 'list', describe: 'List members (and blocked IDs)', builder: (a) => onDb<DbArgs>(a), handler: runCommand(agentList) })
+      .command<AgentArgs>({
+        command: 'remove <target>', describe: 'Remove an agent (NAME or ID): peers drop it; it may re-join with a token',
+        builder: (a) => onDb<AgentArgs>(a).positional('target', { type: 'string', demandOption: true }) as unknown as Argv<AgentArgs>, handler: runCommand(agentRemover(false)),
+      })
+      .command<AgentArgs>({
+        command: 'block <target>', describe: 'Remove an agent (NAME or ID) and block its ID from joining again',
+        builder: (a) => onDb<AgentArgs>(a).positional('target', { type: 'string', demandOption: true }) as unknown as Argv<AgentArgs>, handler: runCommand(agentRemover(true)),
+      })
+      .demandCommand(1, 'say what to do: list, remove or block'),
+  handler: () => {},
+};
+
+const adminTokenCommand: CommandModule<GlobalArgs, GlobalArgs> = {
+  command: 'admin-token',
+  describe: 'Manage admin tokens (for the admin API)',
+  builder: (y) =>
+    y
+      .command<{ db: string; json: boolean }>({
+        command: 'create', describe: 'Create an admin token (printed once; stored hashed)',
+        builder: (a) => a.option('db', { ...dbOption, demandOption: true }) as unknown as Argv<{ db: string; json: boolean }>, handler: runCommand(adminTokenCreate),
+      })
+      .demandCommand(1, 'say what to do with admin tokens: create'),
+  handler: () => {},
+};
+
+const policyCommand: CommandModule<GlobalArgs, GlobalArgs> = {
+  command: 'policy',
+  describe: "Set or show a network's policy (pushed to its agents)",
+  builder: (y) =>
+    y
+      .command<PolicySetArgs>({
+        command: 'set <file>', describe: 'Check a policy file (JSON with comments) and store it as the next version',
+        builder: (a) => onDb<PolicySetArgs>(a).positional('file', { type: 'string', demandOption: true }) as unknown as Argv<PolicySetArgs>, handler: runCommand(policySet),
+      })
+      .command<DbArgs>({ command: 'get', describe: 'Show the current policy', builder: (a) => onDb<DbArgs>(a), handler: runCommand(policyGet) })
+      .demandCommand(1, 'say what to do with the policy: set or get'),
+  handler: () => {},
+};
+
 export const registryCommand: CommandModule<GlobalArgs, ServeArgs> = {
   command: 'registry',
-  describe: 'Run the registry (rendezvous) server in the foreground, or manage its join tokens',
+  describe: 'Run the registry (rendezvous) server in the foreground, or manage its tokens, agents and policy',
   builder: (y) =>
     y
       .command(tokenCommand)
+      .command(agentCommand)
+      .command(adminTokenCommand)
+      .command(policyCommand)
       .option('listen', { type: 'string', describe: 'HOST:PORT to serve on, e.g. 0.0.0.0:7443' })
       .option('db', dbOption)
       .option('network', { ...networkOption, describe: 'network for requests that name none' })

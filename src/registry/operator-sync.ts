@@ -1,0 +1,71 @@
+import type { Logger } from 'pino';
+import type { AdminTokens } from './admin-auth.js';
+import type { EventHub } from './events.js';
+import type { Fleet } from './fleet-state.js';
+import type { OperatorAction, RegistryStore } from './store.js';
+
+/**
+ * Brings operator actions into the running registry's memory, wherever they were taken (the
+ * CLI on the database, the admin API here): the server polls each sweep (SWEEP_INTERVAL_MS), so
+ * a removal reaches every agent's event stream within about a second. Actions apply once each,
+ * in order, one poll at a time.
+ */
+
+/** Actions read per poll: a burst of operator scripting is taken over a few seconds, memory stays bounded. */
+const ACTIONS_PER_POLL = 1_000;
+
+export class OperatorSync {
+  private seen = 0;
+  private running: Promise<void> = Promise.resolve();
+
+  constructor(private readonly store: RegistryStore, private readonly fleet: Fleet, private readonly hub: EventHub,
+    private readonly admins: AdminTokens, private readonly log: Logger) {}
+
+  /** Loads blocked IDs and policies, and starts after the newest action (their effects are in the tables already). */
+  async start(): Promise<void> {
+    this.seen = await this.store.lastActionSeq();
+    for (const b of await this.store.blocked()) this.fleet.net(b.network).blocked.add(b.id);
+    for (const p of await this.store.policies()) this.fleet.net(p.network).policy = p;
+    await this.admins.load();
+  }
+
+  /** Applies the actions taken since the last poll; resolves once they are applied. */
+  poll(): Promise<void> {
+    this.running = this.running.then(() => this.pollOnce()).catch((err: unknown) => this.log.error({ err }, 'reading operator actions failed'));
+    return this.running;
+  }
+
+  private async pollOnce(): Promise<void> {
+    const actions = await this.store.actionsSince(this.seen, ACTIONS_PER_POLL);
+    let policiesChanged = false;
+    for (const a of actions) {
+      this.seen = a.seq;
+      if (a.action === 'policy') policiesChanged = true;
+      else if (a.action === 'admin-token') await this.admins.load();
+      else this.removeFromMemory(a);
+    }
+    if (policiesChanged) await this.loadPolicies();
+  }
+
+  private removeFromMemory(a: OperatorAction): void {
+    if (a.id === null) return;
+    const state = this.fleet.net(a.network);
+    if (a.action === 'block') state.blocked.add(a.id);
+    const name = state.members.get(a.id)?.name;
+    if (!state.removeMember(a.id)) return;
+    this.log.info({ network: a.network, id: a.id, name, event: a.action === 'block' ? 'blocked' : 'removed' }, `agent ${a.action === 'block' ? 'blocked' : 'removed'} by the operator`);
+    this.hub.publishRemoved(a.network, a.id);
+    // Its streams end: it is no longer a member (if it is one elsewhere, it reconnects there).
+    this.hub.closeCredential(`agent:${a.id}`);
+  }
+
+  private async loadPolicies(): Promise<void> {
+    for (const p of await this.store.policies()) {
+      const state = this.fleet.net(p.network);
+      if (state.policy && state.policy.version >= p.version) continue;
+      state.policy = p;
+      this.log.info({ network: p.network, version: p.version, event: 'policy' }, 'policy set');
+      this.hub.publishPolicy(p.network, state.policyJson);
+    }
+  }
+}
