@@ -1,20 +1,22 @@
 import { Identity, verifySignature } from '../identity/identity.js';
 import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import { overlayIPv6 } from '../identity/addresses.js';
+import { verifyKeyChain } from '../identity/rotation.js';
 import { formatAddress, parseAddress } from '../ip/prefix.js';
 import { formatCapability, parseCapability, MAX_CAPABILITIES } from './capabilities.js';
 
 /**
- * An agent record: what the fleet knows about an agent. It is signed by the agent's own
- * Ed25519 key, and its ID encodes that key, so a registry (or anyone in between) can store
- * and relay records but cannot forge or alter one.
+ * An agent record: what the fleet knows about an agent. It is signed by the agent's current
+ * Ed25519 key: the key its ID encodes, or after a rotation (`key`) a key the agent's key chain
+ * (identity/rotation.ts) proves from the ID. So a registry (or anyone in between) can store and
+ * relay records but cannot forge or alter one.
  */
 export interface AgentRecord {
   v: 1;
   network: string;
   id: string;
   name: string;
-  /** WireGuard (X25519) public key, base64; must be the one derived from the ID's key. */
+  /** WireGuard (X25519) public key, base64; must be the one derived from the signing (current) key. */
   wgPublicKey: string;
   ipv4: string;
   ipv6: string;
@@ -25,6 +27,8 @@ export interface AgentRecord {
   seq: number;
   issuedAt: number;
   expiresAt: number;
+  /** base64 current Ed25519 key after a rotation; absent (never the ID's key itself) until the first one. */
+  key?: string;
 }
 
 export interface SignedRecord {
@@ -60,13 +64,22 @@ const ENDPOINT = /^(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:.]+\]):(\d{1,5})$/;
 const FIELDS: (keyof AgentRecord)[] = ['v', 'network', 'id', 'name', 'wgPublicKey', 'ipv4', 'ipv6', 'endpoints', 'capabilities', 'seq', 'issuedAt', 'expiresAt'];
 const FIELD_SET = new Set<string>(FIELDS);
 
-/** The exact bytes that are signed: a domain label, then the fields in a fixed order as JSON. */
+/** A record's optional field: the current key, signed after the others (records without it keep their bytes). */
+const OPTIONAL_FIELD = 'key';
+FIELD_SET.add(OPTIONAL_FIELD);
+
+/** The exact bytes that are signed: a domain label, then the fields in a fixed order as JSON (`key` last, when present). */
 export function canonicalRecordBytes(r: AgentRecord): Buffer {
-  return Buffer.from('agentvpn record v1\n' + JSON.stringify(FIELDS.map((f) => r[f])));
+  const values: unknown[] = FIELDS.map((f) => r[f]);
+  if (r.key !== undefined) values.push(r.key);
+  return Buffer.from('agentvpn record v1\n' + JSON.stringify(values));
 }
 
+/** Signs `record` with the identity's current key, naming that key in `key` once the identity has rotated. */
 export function signRecord(identity: Identity, record: AgentRecord): SignedRecord {
-  return { record, signature: Buffer.from(identity.sign(canonicalRecordBytes(record))).toString('base64') };
+  const { key: _omitted, ...rest } = record;
+  const signed: AgentRecord = identity.seq > 0 ? { ...rest, key: Buffer.from(identity.publicKey).toString('base64') } : rest;
+  return { record: signed, signature: Buffer.from(identity.sign(canonicalRecordBytes(signed))).toString('base64') };
 }
 
 /**
@@ -77,11 +90,12 @@ export function canonicalRecord(r: AgentRecord): AgentRecord {
   return {
     v: r.v, network: r.network, id: r.id, name: r.name, wgPublicKey: r.wgPublicKey, ipv4: r.ipv4, ipv6: r.ipv6,
     endpoints: [...r.endpoints], capabilities: [...r.capabilities], seq: r.seq, issuedAt: r.issuedAt, expiresAt: r.expiresAt,
+    ...(r.key !== undefined ? { key: r.key } : {}),
   };
 }
 
 export type RecordProblem =
-  | 'MALFORMED_RECORD' | 'BAD_SIGNATURE' | 'KEY_MISMATCH' | 'EXPIRED_RECORD' | 'WRONG_NETWORK';
+  | 'MALFORMED_RECORD' | 'BAD_SIGNATURE' | 'KEY_MISMATCH' | 'EXPIRED_RECORD' | 'WRONG_NETWORK' | 'BAD_CHAIN' | 'STALE_KEY';
 
 export interface RecordCheck {
   ok: boolean;
@@ -131,31 +145,51 @@ function shapeProblem(r: AgentRecord): string | null {
     }
   }
   for (const n of [r.seq, r.issuedAt, r.expiresAt]) if (!Number.isSafeInteger(n) || n < 0) return 'bad seq or times';
+  if (r.key !== undefined && (typeof r.key !== 'string' || !KEY_BASE64.test(r.key))) return 'bad key';
   return null;
 }
 
+/** A record together with what proves its key: the agent's key chain (the registry serves it in AgentView.chain). */
+export type RecordWithChain = SignedRecord & { chain?: readonly unknown[] };
+
 /**
- * Everything a peer (or the registry) checks before believing a record: shape, that the ID
- * encodes the signing key, the signature, the derived WireGuard key and IPv6 address, expiry.
+ * Everything a peer (or the registry) checks before believing a record: shape; the signing key
+ * (the ID's key, or `key` proven by the chain from the ID); when a chain comes along, that the
+ * record is signed by its last key (an older, rotated-out key signs nothing any more); the
+ * signature; the WireGuard key derived from the signing key; the IPv6 derived from the ID key;
+ * expiry. Chain checks come before the record signature; signatures come last among checks
+ * of the record itself, after every cheap one that can refuse it.
  */
-export function verifyRecord(signed: SignedRecord, opts: { network?: string; now?: number } = {}): RecordCheck {
+export function verifyRecord(signed: RecordWithChain, opts: { network?: string; now?: number } = {}): RecordCheck {
   if (!signed || typeof signed !== 'object' || typeof signed.signature !== 'string') return fail('MALFORMED_RECORD', 'missing record or signature');
   if (!SIGNATURE_BASE64.test(signed.signature)) return fail('MALFORMED_RECORD', 'signature is not a base64 Ed25519 signature');
   const r = signed.record;
   const shape = shapeProblem(r);
   if (shape) return fail('MALFORMED_RECORD', shape);
-  const key = publicKeyOfAgentId(r.id);
-  if (!key) return fail('MALFORMED_RECORD', 'id is not a valid agent ID');
-  if (!verifySignature(key, canonicalRecordBytes(r), Buffer.from(signed.signature, 'base64'))) {
-    return fail('BAD_SIGNATURE', 'signature does not verify with the key in the agent ID');
-  }
-  if (Buffer.from(Identity.wgPublicKeyOf(key)).toString('base64') !== r.wgPublicKey) {
-    return fail('KEY_MISMATCH', 'wgPublicKey is not derived from the agent ID key');
-  }
-  if (formatAddress(overlayIPv6(r.network, key)) !== formatAddress(parseAddress(r.ipv6)!)) {
-    return fail('KEY_MISMATCH', 'ipv6 is not the address derived from the agent key');
+  const idKey = publicKeyOfAgentId(r.id);
+  if (!idKey) return fail('MALFORMED_RECORD', 'id is not a valid agent ID');
+  const idKeyText = Buffer.from(idKey).toString('base64');
+  if (r.key === idKeyText) return fail('MALFORMED_RECORD', 'key is the agent ID key: leave it out');
+  if (formatAddress(overlayIPv6(r.network, idKey)) !== formatAddress(parseAddress(r.ipv6)!)) {
+    return fail('KEY_MISMATCH', 'ipv6 is not the address derived from the agent ID key');
   }
   if (opts.network !== undefined && r.network !== opts.network) return fail('WRONG_NETWORK', `record is for network ${r.network}`);
+  const keyText = r.key ?? idKeyText;
+  const key = Buffer.from(keyText, 'base64');
+  if (Buffer.from(Identity.wgPublicKeyOf(key)).toString('base64') !== r.wgPublicKey) {
+    return fail('KEY_MISMATCH', 'wgPublicKey is not derived from the key that signs the record');
+  }
+  if (signed.chain !== undefined || r.key !== undefined) {
+    if (signed.chain === undefined) return fail('BAD_CHAIN', 'the record is signed by a rotated key but comes without a key chain');
+    const chain = verifyKeyChain(r.id, signed.chain);
+    if (!chain.ok) return fail('BAD_CHAIN', chain.problem);
+    if (Buffer.from(chain.currentKey).toString('base64') !== keyText) {
+      return fail('STALE_KEY', 'the record is not signed by the current key of its key chain');
+    }
+  }
+  if (!verifySignature(key, canonicalRecordBytes(r), Buffer.from(signed.signature, 'base64'))) {
+    return fail('BAD_SIGNATURE', r.key === undefined ? 'signature does not verify with the key in the agent ID' : 'signature does not verify with the record key');
+  }
   const now = opts.now ?? Date.now();
   if (r.expiresAt <= now) return fail('EXPIRED_RECORD', 'record has expired');
   // A record cannot be made to live forever, nor be dated in the future, so old ones age out.

@@ -1,8 +1,10 @@
 import { describe, it, expect } from 'vitest';
-import { mkdtempSync, statSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, statSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Identity, verifySignature } from '../../src/identity/identity.js';
+import { Identity, hasIdentity, verifySignature } from '../../src/identity/identity.js';
+import { verifyKeyChain } from '../../src/identity/rotation.js';
+import { AgentVpnError } from '../../src/errors.js';
 import { agentIdOf, publicKeyOfAgentId } from '../../src/identity/agent-id.js';
 import { networkUlaPrefix, overlayIPv6 } from '../../src/identity/addresses.js';
 import { publicKeyOf } from '../../src/crypto/x25519.js';
@@ -52,5 +54,107 @@ describe('identity', () => {
     expect(Buffer.from(addr.subarray(0, 6))).toEqual(Buffer.from(p.addr.subarray(0, 6)));
     expect(formatAddress(overlayIPv6('prod', id.publicKey))).toBe(formatAddress(addr));
     expect(formatAddress(overlayIPv6('staging', id.publicKey))).not.toBe(formatAddress(addr));
+  });
+});
+
+const b64 = (b: Uint8Array): string => Buffer.from(b).toString('base64');
+const dirOf = (): string => mkdtempSync(join(tmpdir(), 'avid-'));
+
+function codeOf(fn: () => unknown): string {
+  try {
+    fn();
+    return 'no error';
+  } catch (e) {
+    return e instanceof AgentVpnError ? e.code : String(e);
+  }
+}
+
+describe('key rotation', () => {
+  it('moves to the committed next key; ID, addresses and the chain proof follow', () => {
+    const a = Identity.generate();
+    expect(a.seq).toBe(0);
+    expect(b64(a.idKey)).toBe(b64(a.publicKey));
+    const b = a.rotate();
+    const c = b.rotate();
+    for (const r of [b, c]) {
+      expect(r.id).toBe(a.id);
+      expect(b64(r.idKey)).toBe(b64(a.idKey));
+      expect(formatAddress(overlayIPv6('prod', r.idKey))).toBe(formatAddress(overlayIPv6('prod', a.idKey)));
+      const check = verifyKeyChain(r.id, [...r.chain]);
+      expect(check.ok && b64(check.currentKey)).toBe(b64(r.publicKey));
+      expect(Buffer.from(publicKeyOf(r.wgPrivateKey))).toEqual(Buffer.from(r.wgPublicKey));
+      expect(verifySignature(r.publicKey, Buffer.from('m'), r.sign(Buffer.from('m')))).toBe(true);
+    }
+    expect(c.seq).toBe(2);
+    expect(new Set([a, b, c].map((i) => b64(i.publicKey))).size).toBe(3);
+    // The old identity object signs with the old key still; only the chain says which key is current.
+    expect(verifySignature(a.publicKey, Buffer.from('m'), a.sign(Buffer.from('m')))).toBe(true);
+  });
+
+  it('is persisted before it is used and survives a reload; the rotated-out key file is removed', () => {
+    const dir = dirOf();
+    const a = Identity.loadOrCreate(dir);
+    expect(statSync(join(dir, 'identity.json')).mode & 0o777).toBe(0o600);
+    const b = a.rotate();
+    expect(existsSync(join(dir, 'identity.key'))).toBe(false);
+    expect(hasIdentity(dir)).toBe(true);
+    const again = Identity.loadOrCreate(dir);
+    expect(again.id).toBe(a.id);
+    expect(again.seq).toBe(1);
+    expect(b64(again.publicKey)).toBe(b64(b.publicKey));
+    expect(again.chain).toEqual(b.chain);
+    const c = again.rotate();
+    expect(Identity.loadOrCreate(dir).seq).toBe(2);
+    expect(b64(Identity.loadOrCreate(dir).publicKey)).toBe(b64(c.publicKey));
+    // A stale object (another process rotated since) cannot rotate again: it would fork the chain.
+    expect(codeOf(() => b.rotate())).toBe('IDENTITY_STALE');
+  });
+
+  it('a crash at any point leaves a usable identity', () => {
+    const dir = dirOf();
+    const a = Identity.loadOrCreate(dir);
+    copyFileSync(join(dir, 'identity.key'), join(dir, 'identity.key.backup'));
+    // Crash while writing the new state: only a temp file exists; the old identity loads.
+    writeFileSync(join(dir, `identity.json.tmp-${process.pid}`), '{"v":1,"key":"trunc');
+    expect(b64(Identity.loadOrCreate(dir).publicKey)).toBe(b64(a.publicKey));
+    // Crash after the new state was renamed in but before identity.key was removed: the new one loads, the old key goes.
+    const b = a.rotate();
+    copyFileSync(join(dir, 'identity.key.backup'), join(dir, 'identity.key'));
+    const loaded = Identity.loadOrCreate(dir);
+    expect(b64(loaded.publicKey)).toBe(b64(b.publicKey));
+    expect(existsSync(join(dir, 'identity.key'))).toBe(false);
+  });
+
+  it('an old state dir (identity.key only) loads unchanged and gets one persisted inception statement', () => {
+    const dir = dirOf();
+    const seed = new Uint8Array(32).fill(7);
+    writeFileSync(join(dir, 'identity.key'), b64(seed) + '\n', { mode: 0o600 });
+    const before = new Identity(seed);
+    const a = Identity.loadOrCreate(dir);
+    expect(a.id).toBe(before.id);
+    expect(b64(a.wgPublicKey)).toBe(b64(before.wgPublicKey));
+    expect(a.chain).toHaveLength(1);
+    // The inception (and its next-key commitment) is made once, not on every load.
+    expect(Identity.loadOrCreate(dir).chain).toEqual(a.chain);
+    expect(readFileSync(join(dir, 'identity.key'), 'utf8').trim()).toBe(b64(seed));
+  });
+
+  it('a corrupt or inconsistent state is a clear error, never a silent new identity', () => {
+    const dir = dirOf();
+    const a = Identity.loadOrCreate(dir);
+    const file = join(dir, 'identity.json');
+    const good = readFileSync(file, 'utf8');
+    const state = JSON.parse(good) as { key: string; next: string; chain: unknown[] };
+    for (const bad of [
+      'not json', '{}', JSON.stringify({ ...state, key: state.next }), JSON.stringify({ ...state, next: state.key }),
+      JSON.stringify({ ...state, chain: [] }), JSON.stringify({ ...state, key: 'short' }), 'x'.repeat(300_000),
+    ]) {
+      writeFileSync(file, bad);
+      expect(codeOf(() => Identity.loadOrCreate(dir))).toBe('IDENTITY_CORRUPT');
+    }
+    writeFileSync(file, good);
+    writeFileSync(join(dir, 'identity.key'), b64(new Uint8Array(32).fill(9)) + '\n');
+    expect(codeOf(() => Identity.loadOrCreate(dir))).toBe('IDENTITY_CORRUPT');
+    expect(a.id).toMatch(/^av/);
   });
 });

@@ -2,7 +2,7 @@ import { describe, it, expect } from 'vitest';
 import { Identity } from '../../src/identity/identity.js';
 import { overlayIPv6 } from '../../src/identity/addresses.js';
 import { formatAddress } from '../../src/ip/prefix.js';
-import { signRecord, verifyRecord, type AgentRecord } from '../../src/registry/record.js';
+import { canonicalRecord, canonicalRecordBytes, signRecord, verifyRecord, type AgentRecord } from '../../src/registry/record.js';
 import { parseCapability, formatCapability, capabilityMatches, anyCapabilityMatches } from '../../src/registry/capabilities.js';
 
 function recordFor(id: Identity, over: Partial<AgentRecord> = {}): AgentRecord {
@@ -37,6 +37,69 @@ describe('signed agent records', () => {
     expect(verifyRecord(signRecord(id, recordFor(id, { capabilities: ['llm;b=1;a=2'] }))).problem).toBe('MALFORMED_RECORD');
     expect(verifyRecord({ record: null, signature: 'x' } as never).problem).toBe('MALFORMED_RECORD');
     expect(verifyRecord(null as never).problem).toBe('MALFORMED_RECORD');
+  });
+});
+
+describe('records signed by a rotated key', () => {
+  const b64 = (b: Uint8Array): string => Buffer.from(b).toString('base64');
+  /** The record of `current` (rotated from `first`): wgPublicKey from the current key, IPv6 from the ID key. */
+  const rotatedRecord = (first: Identity, current: Identity, over: Partial<AgentRecord> = {}): AgentRecord =>
+    recordFor(first, { wgPublicKey: b64(current.wgPublicKey), ...over });
+
+  it('verify with the chain from the ID to record.key; the unrotated form keeps its bytes', () => {
+    const first = Identity.generate();
+    const rotated = first.rotate().rotate();
+    const signed = signRecord(rotated, rotatedRecord(first, rotated));
+    expect(signed.record.key).toBe(b64(rotated.publicKey));
+    expect(verifyRecord({ ...signed, chain: [...rotated.chain] }, { network: 'lab' })).toEqual({ ok: true });
+    expect(verifyRecord({ ...signed, chain: JSON.parse(JSON.stringify(rotated.chain)) as unknown[] })).toEqual({ ok: true });
+    expect(canonicalRecord(signed.record).key).toBe(signed.record.key);
+    // An unrotated record: no key field, the same signed bytes as before rotation existed; a chain of one may come along.
+    const plain = recordFor(first);
+    const fields = ['v', 'network', 'id', 'name', 'wgPublicKey', 'ipv4', 'ipv6', 'endpoints', 'capabilities', 'seq', 'issuedAt', 'expiresAt'] as const;
+    expect(canonicalRecordBytes(plain).toString()).toBe('agentvpn record v1\n' + JSON.stringify(fields.map((f) => plain[f])));
+    expect(verifyRecord({ ...signRecord(first, plain), chain: [...first.chain] })).toEqual({ ok: true });
+    expect('key' in canonicalRecord(plain)).toBe(false);
+  });
+
+  it('refuse a rotated key without its chain, with a chain to another key, or a broken chain', () => {
+    const first = Identity.generate();
+    const rotated = first.rotate();
+    const signed = signRecord(rotated, rotatedRecord(first, rotated));
+    expect(verifyRecord(signed).problem).toBe('BAD_CHAIN');
+    // A stranger's own key, named as the current key, with the agent's real chain.
+    const stranger = Identity.generate();
+    const claim = signRecord(stranger, rotatedRecord(first, stranger, { key: b64(stranger.publicKey) }));
+    const claimed = { ...claim, record: { ...claim.record, key: b64(stranger.publicKey) } };
+    expect(verifyRecord({ ...claimed, chain: [...rotated.chain] }).problem).toBe('STALE_KEY');
+    expect(verifyRecord({ ...signed, chain: [...rotated.chain].reverse() }).problem).toBe('BAD_CHAIN');
+    expect(verifyRecord({ ...signed, chain: [...stranger.rotate().chain] }).problem).toBe('BAD_CHAIN');
+    expect(verifyRecord({ ...signed, chain: 'nope' as never }).problem).toBe('BAD_CHAIN');
+    // "key" naming the ID key itself is a second encoding of the unrotated form: refused.
+    const idKeyNamed = signRecord(first, recordFor(first));
+    const twice = { ...idKeyNamed.record, key: b64(first.idKey) };
+    expect(verifyRecord({ record: twice, signature: b64(first.sign(canonicalRecordBytes(twice))) }).problem).toBe('MALFORMED_RECORD');
+  });
+
+  it('refuse a record signed by a rotated-out key once the chain moved on (a stolen or replayed old key)', () => {
+    // Before this check, a record signed by the ID key verified whatever chain came with it.
+    const first = Identity.generate();
+    const rotated = first.rotate();
+    const old = signRecord(first, recordFor(first, { seq: 99 }));
+    expect(verifyRecord(old).ok).toBe(true); // without a chain nothing shows the key moved: peers' pins and the registry's chain do
+    expect(verifyRecord({ ...old, chain: [...rotated.chain] }).problem).toBe('STALE_KEY');
+    const middle = rotated.rotate();
+    const mid = signRecord(rotated, rotatedRecord(first, rotated));
+    expect(verifyRecord({ ...mid, chain: [...middle.chain] }).problem).toBe('STALE_KEY');
+  });
+
+  it('derive the WireGuard key from the signing key and the IPv6 from the ID key', () => {
+    const first = Identity.generate();
+    const rotated = first.rotate();
+    const chain = [...rotated.chain];
+    expect(verifyRecord({ ...signRecord(rotated, recordFor(first)), chain }).problem).toBe('KEY_MISMATCH');
+    const v6OfCurrent = rotatedRecord(first, rotated, { ipv6: formatAddress(overlayIPv6('lab', rotated.publicKey)) });
+    expect(verifyRecord({ ...signRecord(rotated, v6OfCurrent), chain }).problem).toBe('KEY_MISMATCH');
   });
 });
 

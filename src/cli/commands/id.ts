@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { CommandModule } from 'yargs';
 import { callDaemon } from '../../daemon/control-client.js';
 import { AgentVpnError } from '../../errors.js';
-import { DEFAULT_STATE_DIR, Identity, stateDir } from '../../identity/identity.js';
+import { DEFAULT_STATE_DIR, Identity, hasIdentity, stateDir } from '../../identity/identity.js';
 import { columns, interfaceOption, printResult, runCommand, type GlobalArgs } from '../output.js';
 
 interface IdArgs extends GlobalArgs {
@@ -20,7 +20,7 @@ async function describe(args: IdArgs): Promise<Record<string, unknown>> {
     if (!(e instanceof AgentVpnError) || !['DAEMON_NOT_RUNNING', 'UNKNOWN_METHOD'].includes(e.code)) throw e;
   }
   const dir = stateDir(args['state-dir']);
-  if (!existsSync(join(dir, 'identity.key'))) {
+  if (!hasIdentity(dir)) {
     throw new AgentVpnError('NO_IDENTITY', `no agent identity in ${dir}`, 'it is created by the first `sudo agentvpn up --registry ...` (or pass --state-dir)');
   }
   const identity = Identity.loadOrCreate(dir);
