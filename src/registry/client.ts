@@ -5,11 +5,11 @@ import { AgentVpnError } from '../errors.js';
 import type { Identity } from '../identity/identity.js';
 import {
   BACKOFF_MAX_MS, BACKOFF_MIN_MS, DEFAULT_REQUEST_TIMEOUT_MS, HEARTBEAT_LABEL, LEAVE_LABEL, STREAM_IDLE_MS, agentAuthorization, signJoin, signTimestamp,
-  type AgentView, type ChangeKind, type JoinResult,
+  type AgentChangeKind, type AgentView, type JoinResult, type KeyStatementJson, type PolicyView,
 } from './protocol.js';
 import type { SignedRecord } from './record.js';
 
-export type { AgentView, JoinResult } from './protocol.js';
+export type { AgentView, JoinResult, PolicyView } from './protocol.js';
 
 /** Answers larger than this are not a registry's (10,000 agents list in a few MiB). */
 const MAX_RESPONSE_BYTES = 256 * 1024 * 1024;
@@ -31,7 +31,11 @@ function nextTimestamp(id: string): number {
 
 export interface WatchHandlers {
   snapshot(agents: AgentView[]): void;
-  change(kind: ChangeKind, agent: AgentView): void;
+  change(kind: AgentChangeKind, agent: AgentView): void;
+  /** An operator removed or blocked agent `id`: drop it as a peer. */
+  removed?(id: string): void;
+  /** The network's policy: after every snapshot (null: none, everything is allowed) and on each change. */
+  policy?(policy: PolicyView | null): void;
   connected?(): void;
   disconnected?(err: Error): void;
 }
@@ -95,8 +99,15 @@ export class RegistryClient {
     };
   }
 
-  async publish(signed: SignedRecord): Promise<void> {
-    await this.request('PUT', this.agentPath(), { body: signed });
+  /** Publishes a record; `chain` (the identity's key chain) is needed once the record is signed by a rotated key. */
+  async publish(signed: SignedRecord, chain?: readonly KeyStatementJson[]): Promise<void> {
+    await this.request('PUT', this.agentPath(), { body: chain && chain.length > 0 ? { ...signed, chain } : signed });
+  }
+
+  /** The network's policy (null: none), by a signed read. */
+  async getPolicy(): Promise<PolicyView | null> {
+    const answer = await this.request('GET', `/v1/policy?network=${encodeURIComponent(this.opts.network)}`, { signed: true });
+    return parsePolicyView(answer.policy);
   }
 
   async heartbeat(): Promise<void> {
@@ -215,7 +226,7 @@ export class RegistryClient {
         resetIdle();
         const parser = new SseParser(() => fail(new AgentVpnError('REGISTRY_BAD_RESPONSE', `the registry sent an event line over ${MAX_RESPONSE_BYTES} bytes`,
           'check that the URL points at an agentvpn registry')), (event, data) => {
-          let parsed: { agents?: AgentView[]; agent?: AgentView };
+          let parsed: { agents?: AgentView[]; agent?: AgentView; policy?: unknown; id?: unknown };
           try {
             parsed = JSON.parse(data);
           } catch {
@@ -224,8 +235,14 @@ export class RegistryClient {
           if (event === 'snapshot' && Array.isArray(parsed.agents)) {
             attempt = 0;
             call(() => handlers.snapshot(parsed.agents!));
+            call(() => handlers.policy?.(parsePolicyView(parsed.policy)));
           } else if ((event === 'upsert' || event === 'online' || event === 'offline') && parsed.agent) {
             call(() => handlers.change(event, parsed.agent!));
+          } else if (event === 'removed' && typeof parsed.id === 'string') {
+            call(() => handlers.removed?.(parsed.id as string));
+          } else if (event === 'policy') {
+            const policy = parsePolicyView(parsed);
+            if (policy) call(() => handlers.policy?.(policy));
           }
         });
         res.setEncoding('utf8');
@@ -249,6 +266,13 @@ export class RegistryClient {
       },
     };
   }
+}
+
+/** A PolicyView from the registry's JSON; null for "no policy" and for anything malformed. */
+function parsePolicyView(v: unknown): PolicyView | null {
+  const p = v as { version?: unknown; policy?: unknown } | null;
+  if (!p || typeof p !== 'object' || !Number.isSafeInteger(p.version) || typeof p.policy !== 'string') return null;
+  return { version: p.version as number, policy: p.policy };
 }
 
 function readAll(res: IncomingMessage): Promise<string> {

@@ -3,7 +3,7 @@
  * can measure the registry's memory and file descriptors apart from the attacker's (the test's).
  * The test stops it by PID.
  */
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -62,7 +62,14 @@ export async function startRegistryProcess(db: string, opts: { maxFds?: number; 
 }
 
 /** A join token made with the CLI on the registry's database (the registry may be running). */
-export function createTokenCli(db: string, opts: { network?: string; uses?: number } = {}): string {
-  const args = [BIN, 'registry', 'token', 'create', '--db', db, '--network', opts.network ?? 'default', '--json', ...(opts.uses ? ['--uses', String(opts.uses)] : [])];
+export function createTokenCli(db: string, opts: { network?: string; uses?: number; tags?: string[] } = {}): string {
+  const args = [BIN, 'registry', 'token', 'create', '--db', db, '--network', opts.network ?? 'default', '--json', ...(opts.uses ? ['--uses', String(opts.uses)] : []),
+    ...(opts.tags ?? []).flatMap((t) => ['--tag', t])];
   return JSON.parse(execFileSync(process.execPath, args, { encoding: 'utf8', cwd: ROOT })).token;
+}
+
+/** `agentvpn registry ARGS... --json` (the built CLI, on the database a registry may be running on): exit code and its JSON answer. */
+export function registryCli(args: string[]): { code: number; answer: Record<string, unknown> } {
+  const r = spawnSync(process.execPath, [BIN, 'registry', ...args, '--json'], { encoding: 'utf8', cwd: ROOT });
+  return { code: r.status ?? -1, answer: JSON.parse(r.stdout.split('\n')[0] || '{}') };
 }
