@@ -105,6 +105,8 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
     const canonical: SignedRecord = { record: canonicalRecord(signed.record), signature: signed.signature };
     const result = await store.putRecord(network, canonical, now);
     if (!result.ok) refuse(result.code, result.message);
+    // An operator removed it while the record was being stored: it must not come back in memory.
+    if (!fleet.isMember(network, id)) refuse('NOT_JOINED', `agent ${id} was removed from network ${network}`);
     const state = fleet.net(network);
     state.setMember(result.member);
     const old = state.agents.get(id);

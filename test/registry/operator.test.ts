@@ -34,6 +34,8 @@ interface Watched {
   snapshots: AgentView[][];
   removed: Array<{ id: string; at: number }>;
   policies: Array<PolicyView | null>;
+  /** Why the stream ended, each time it did (error codes). */
+  ended: string[];
   close(): void;
 }
 
@@ -66,12 +68,13 @@ describe('registry operator actions', () => {
   }
 
   function watch(m: Member): Watched {
-    const w: Watched = { snapshots: [], removed: [], policies: [], close: () => {} };
+    const w: Watched = { snapshots: [], removed: [], policies: [], ended: [], close: () => {} };
     const h = m.client.watch({
       snapshot: (agents) => w.snapshots.push(agents),
       change: () => {},
       removed: (id) => w.removed.push({ id, at: Date.now() }),
       policy: (p) => w.policies.push(p),
+      disconnected: (err) => w.ended.push((err as { code?: string }).code ?? err.message),
     });
     w.close = () => h.close();
     closers.push(w.close);
@@ -90,7 +93,8 @@ describe('registry operator actions', () => {
     const alpha = await member('alpha', token);
     const beta = await member('beta', token);
     const w = watch(alpha);
-    await waitFor(() => w.snapshots.length === 1, { what: 'the snapshot' });
+    const wb = watch(beta);
+    await waitFor(() => w.snapshots.length === 1 && wb.snapshots.length === 1, { what: 'the snapshots' });
     // Tags come from the token, in every view of the agent.
     expect(w.snapshots[0].find((a) => a.record.name === 'beta')?.tags).toEqual(['gpu', 'prod']);
     expect((await alpha.client.get('beta')).tags).toEqual(['gpu', 'prod']);
@@ -109,6 +113,8 @@ describe('registry operator actions', () => {
     // Gone: not listed, its signed requests refused, the relay forgets it at its next sweep.
     expect((await alpha.client.list()).map((a) => a.record.name)).toEqual(['alpha']);
     await expect(beta.client.heartbeat()).rejects.toMatchObject({ code: 'NOT_JOINED' });
+    // Its own stream was closed, and it may not open another.
+    await waitFor(() => wb.ended.includes('NOT_JOINED'), { timeoutMs: 10_000, what: "beta's stream to end and be refused" });
     await waitFor(() => reg.relay!.stats().clients === 1, { timeoutMs: 10_000, what: 'the relay to drop beta' });
     ra.client.send(rb.wgKey, Buffer.from('to a removed agent'));
     await waitFor(() => ra.notHere.length > 0, { what: '"not here" for the removed agent' });
