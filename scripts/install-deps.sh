@@ -22,6 +22,7 @@ wanted=(
   nftables:nft
   miniupnpd-nftables:miniupnpd
   stun-client:stun
+  dnsutils:dig
 )
 
 have_cmd() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
