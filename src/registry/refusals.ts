@@ -27,7 +27,7 @@ export const REFUSALS: Record<string, { status: number; hint: string }> = {
   BLOCKED: { status: 403, hint: 'an operator blocked this agent ID in the network; it cannot join it again' },
   AGENT_NOT_FOUND: { status: 404, hint: 'give the name or ID of a member: GET /v1/admin/agents lists them' },
   BAD_NETWORK: { status: 400, hint: 'network names are lowercase letters, digits and -, up to 63' },
-  BAD_POLICY: { status: 400, hint: 'write the policy as JSON (// and /* */ comments allowed); see docs/policy.md' },
+  POLICY_INVALID: { status: 400, hint: 'write the policy as JSON (// and /* */ comments allowed); see docs/policy.md' },
   BAD_CHAIN: { status: 403, hint: "a record signed by a rotated key needs the agent's key chain from its ID key to that key (agentvpn key rotate makes it)" },
   CHAIN_FORK: { status: 409, hint: 'the key chain must extend the one the registry holds: publish the newest chain of this identity' },
   STALE_KEY: { status: 403, hint: "sign with the agent's current key: the registry holds a key chain that rotated past this one" },

@@ -191,9 +191,9 @@ describe('registry operator actions', () => {
 
     // A policy that does not parse is refused and changes nothing.
     writeFileSync(file, '{ "grants": [ ');
-    expect(registryCli(['policy', 'set', file, '--db', db, '--network', NET])).toMatchObject({ code: 1, answer: { ok: false, code: 'BAD_POLICY' } });
+    expect(registryCli(['policy', 'set', file, '--db', db, '--network', NET])).toMatchObject({ code: 1, answer: { ok: false, code: 'POLICY_INVALID' } });
     writeFileSync(file, 'x'.repeat(49 * 1024));
-    expect(registryCli(['policy', 'set', file, '--db', db, '--network', NET])).toMatchObject({ code: 1, answer: { ok: false, code: 'BAD_POLICY' } });
+    expect(registryCli(['policy', 'set', file, '--db', db, '--network', NET])).toMatchObject({ code: 1, answer: { ok: false, code: 'POLICY_INVALID' } });
     expect(registryCli(['policy', 'get', '--db', db, '--network', NET]).answer).toMatchObject({ policy: { version: 1, policy: text } });
 
     // A new stream starts with the current policy.
@@ -251,7 +251,7 @@ describe('registry operator actions', () => {
     await waitFor(() => w.policies.some((p) => p?.version === 1), { timeoutMs: 5000, what: 'the policy event' });
     const bad = await api('PUT', '/v1/admin/policy', admin, '{ "grants": ');
     expect(bad.status).toBe(400);
-    expect(await bad.json()).toMatchObject({ code: 'BAD_POLICY' });
+    expect(await bad.json()).toMatchObject({ code: 'POLICY_INVALID' });
     expect(await (await api('GET', '/v1/admin/policy', admin)).json()).toMatchObject({ policy: { version: 1 } });
   }, 60_000);
 });
