@@ -1,5 +1,6 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { createSocket } from 'node:dgram';
 import { Resolver } from 'node:dns/promises';
 import { connect } from 'node:net';
@@ -284,9 +285,10 @@ describe('DnsServer', () => {
     expect(await resolver().resolve4('planner.prod')).toEqual(['100.64.0.7']);
   });
 
-  it.skipIf(!hasDig())('answers dig', () => {
-    const out = execFileSync('dig', ['@127.0.0.1', '-p', String(port), '+short', 'planner.prod', 'A'], { encoding: 'utf8' });
-    expect(out.trim()).toBe('100.64.0.7');
+  it.skipIf(!hasDig())('answers dig', async () => {
+    // Asynchronously: the server runs on this test's event loop, which execFileSync would block.
+    const { stdout } = await promisify(execFile)('dig', ['@127.0.0.1', '-p', String(port), '+short', 'planner.prod', 'A'], { encoding: 'utf8' });
+    expect(stdout.trim()).toBe('100.64.0.7');
   });
 
   it('reports a port already in use as DNS_BIND, leaving nothing bound', async () => {
