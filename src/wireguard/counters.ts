@@ -24,6 +24,8 @@ export const PEER_DROP_REASONS = [
   'stagedOverflow',   // too many packets queued while waiting for a handshake
   'handshakeTimeout', // queued packets dropped when the handshake gave up
   'noEndpoint',       // nowhere to send: the peer has no known endpoint yet
+  'policyDenied',     // decrypted packet the policy does not let this peer send us (src/policy/filter.ts)
+  'policyRejected',   // packet from the TUN the policy does not let us send this peer (answered with ICMP unreachable)
 ] as const;
 
 export type DeviceDropReason = (typeof DEVICE_DROP_REASONS)[number];

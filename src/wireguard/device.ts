@@ -4,6 +4,7 @@ import { DEVICE_DROP_REASONS, zeroCounters, type DeviceDropReason } from './coun
 import { ENDPOINT_SIZE, formatEndpoint, sameEndpoint, sourceKey } from './endpoint.js';
 import { HandshakeQueue } from './handshake-queue.js';
 import type { PacketIO } from './io.js';
+import type { PacketFilter } from './packet-filter.js';
 import { Keypair } from './keypair.js';
 import { HandshakeLoad } from './load.js';
 import {
@@ -38,6 +39,8 @@ export interface DeviceOptions {
   alwaysUnderLoad?: boolean;
   /** Datagrams that are not WireGuard (disco, relay, STUN) go here; false means not understood. */
   control?: (buf: Buffer, off: number, len: number, addrs: Buffer, aOff: number) => boolean;
+  /** The policy in the data path (src/policy/filter.ts); without one, every packet passes. */
+  filter?: PacketFilter;
 }
 
 /** A session index maps to a peer's pending handshake (keypair null) or to one of its keypairs. */
@@ -80,6 +83,7 @@ export class Device {
   private handshakeTurn: NodeJS.Immediate | null = null;
   private readonly io: PacketIO;
   private readonly control: DeviceOptions['control'];
+  private readonly filter: PacketFilter | null;
   private readonly log: Logger;
   readonly mtu: number;
 
@@ -108,6 +112,7 @@ export class Device {
     this.load = new HandshakeLoad(opts.alwaysUnderLoad);
     this.io = opts.io;
     this.control = opts.control;
+    this.filter = opts.filter ?? null;
     this.log = opts.log ?? silent;
     this.mtu = opts.mtu;
     const n = opts.batchSize;
@@ -195,6 +200,11 @@ export class Device {
       const len = lens[i];
       const peer = this.routeOutbound(slab, off, len);
       if (!peer) continue;
+      if (this.filter !== null && !this.filter.outbound(peer, slab, off, len, now)) {
+        peer.dropped.policyRejected++;
+        this.answerRejected(this.filter, slab, off, len);
+        continue;
+      }
       if (!peer.endpoint) {
         peer.dropped.noEndpoint++;
         continue;
@@ -220,6 +230,14 @@ export class Device {
       const sent = this.io.sendUdp(this.sealSlab, this.sealOffsets, this.sealLens, this.sealAddrs, n);
       if (sent < n) this.dropped.sendFailed += n - sent;
     }
+  }
+
+  /** Writes the filter's ICMP unreachable for a refused packet back to the TUN: the sender fails fast. */
+  private answerRejected(filter: PacketFilter, slab: Buffer, off: number, len: number): void {
+    const n = filter.rejection(slab, off, len);
+    if (n === 0) return;
+    this.oneLens[0] = n;
+    if (this.io.writeTun(filter.rejectBuffer, this.oneOffsets, this.oneLens, 1) < 1) this.dropped.tunWriteFailed++;
   }
 
   /** The peer whose allowed IPs hold the packet's destination, or null (counted). */
@@ -341,6 +359,10 @@ export class Device {
     peer.lastDataReceivedAt = now;
     const ipLen = this.innerPacketLength(peer, outOff, plainLen);
     if (ipLen < 0) return false;
+    if (this.filter !== null && !this.filter.inbound(peer, this.openSlab, outOff, ipLen, now)) {
+      peer.dropped.policyDenied++;
+      return false;
+    }
     this.openLens[n] = ipLen;
     return true;
   }
