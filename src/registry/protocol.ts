@@ -2,7 +2,9 @@ import { createHash } from 'node:crypto';
 import type { Identity } from '../identity/identity.js';
 import { verifySignature } from '../identity/identity.js';
 import { publicKeyOfAgentId } from '../identity/agent-id.js';
+import type { KeyStatement } from '../identity/rotation.js';
 import type { RelayInfo } from '../relay/protocol.js';
+import type { RelayStats } from '../relay/server.js';
 import type { AgentRecord } from './record.js';
 
 /**
@@ -78,12 +80,6 @@ export const HEARTBEAT_LABEL = 'agentvpn heartbeat v2';
 export const LEAVE_LABEL = 'agentvpn leave v2';
 const REQUEST_LABEL = 'agentvpn request v1';
 
-/**
- * A key statement as it travels (identity/rotation.ts KeyStatement; parseKeyStatement checks
- * one strictly before anything believes it).
- */
-export type KeyStatementJson = Record<string, unknown>;
-
 /** What a registry tells anyone about an agent: its signed record and whether it is online. */
 export interface AgentView {
   record: AgentRecord;
@@ -93,7 +89,7 @@ export interface AgentView {
   /** The member's tags, from the token it joined with (set by the operator, not signed by the agent). */
   tags?: string[];
   /** Its key chain from the ID's key to record.key, when it rotated its key. */
-  chain?: KeyStatementJson[];
+  chain?: KeyStatement[];
 }
 
 /** A network's policy as the registry serves it (GET /v1/policy, 'policy' events, snapshots). */
@@ -144,6 +140,8 @@ export interface RegistryStats {
   connections: { open: number; refusedPerAddress: number; refusedTotal: number; evicted: number };
   /** Event streams: open now; refused past a cap; dropped for not taking what they were sent. */
   streams: { open: number; refused: number; dropped: number };
+  /** The built-in relay's counters (sessions, forwarded, hello verifications, drops by reason); null without it. */
+  relay: RelayStats | null;
 }
 
 export interface ErrorBody {

@@ -5,7 +5,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import pino, { type Logger } from 'pino';
 import { AgentVpnError } from '../errors.js';
-import { agentIdOf } from '../identity/agent-id.js';
+import type { KeyStatement } from '../identity/rotation.js';
 import { formatPrefix, parsePrefix, type Prefix } from '../ip/prefix.js';
 import { formatHostPort, type RelayInfo } from '../relay/protocol.js';
 import { startRelay, type RelayLimits, type RunningRelay } from '../relay/server.js';
@@ -18,7 +18,7 @@ import {
   CONNECTIONS_CHECK_INTERVAL_MS, HEADERS_TIMEOUT_MS, KEEP_ALIVE_TIMEOUT_MS, REQUEST_TIMEOUT_MS, STOP_GRACE_MS, defaultLimits, type RegistryLimits,
 } from './limits.js';
 import {
-  DEFAULT_NETWORK, DEFAULT_OFFLINE_AFTER_MS, DEFAULT_POOL, HEARTBEATS_PER_OFFLINE_PERIOD, SWEEP_INTERVAL_MS, hashToken, type AgentChangeKind, type KeyStatementJson,
+  DEFAULT_NETWORK, DEFAULT_OFFLINE_AFTER_MS, DEFAULT_POOL, HEARTBEATS_PER_OFFLINE_PERIOD, SWEEP_INTERVAL_MS, hashToken, type AgentChangeKind,
   type RegistryStats,
 } from './protocol.js';
 import { AdminTokens, createAdminToken } from './admin-auth.js';
@@ -133,7 +133,7 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
   const networks = fleet.networks;
   const started = Date.now();
   for (const m of await store.members()) fleet.net(m.network).setMember(m);
-  for (const c of await store.keyChains()) fleet.rotated.set(c.id, { key: Buffer.from(c.key, 'base64'), chain: c.chain as KeyStatementJson[] });
+  for (const c of await store.keyChains()) fleet.setRotated(c.id, Buffer.from(c.key, 'base64'), c.chain as KeyStatement[]);
   for (const r of await store.records()) {
     const online = r.online && started - r.lastSeen <= offlineAfterMs;
     const state = fleet.net(r.network);
@@ -165,7 +165,7 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
         if (e.view.online) online++;
       }
     }
-    return { agents, online, refused: { ...counters.refused }, requests: counters.requests, connections: guard.stats(), streams: hub.stats() };
+    return { agents, online, refused: { ...counters.refused }, requests: counters.requests, connections: guard.stats(), streams: hub.stats(), relay: relayRef?.stats() ?? null };
   };
 
   let relayRef: RunningRelay | null = null;
@@ -221,10 +221,11 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
 
   /**
    * Only members may use the built-in relay, and it forwards only within a network: the networks
-   * an agent key joined (null: a stranger). In memory, as the relay asks before checking a hello's signature.
+   * an agent key joined (null: a stranger, or a key its agent rotated away from). In memory, as the relay asks before checking a hello's signature.
    */
   const relayNetworksOf = (edPub: Uint8Array): string[] | null => {
-    const id = agentIdOf(edPub);
+    const id = fleet.agentOfKey(edPub);
+    if (id === null) return null;
     const joined: string[] = [];
     for (const [name, s] of networks) if (s.members.has(id)) joined.push(name);
     return joined.length > 0 ? joined : null;
