@@ -17,6 +17,9 @@ import { demoCommand } from './commands/demo.js';
 import { registryCommand } from './commands/registry.js';
 import { relayCommand } from './commands/relay.js';
 import { netcheckCommand } from './commands/netcheck.js';
+import { policyCommand } from './commands/policy.js';
+import { trustCommand } from './commands/trust.js';
+import { keyCommand } from './commands/key.js';
 
 // package.json sits two levels up from both src/cli/ and dist/cli/.
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -40,6 +43,9 @@ await yargs(args)
   .command(registryCommand)
   .command(relayCommand)
   .command(netcheckCommand)
+  .command(policyCommand)
+  .command(trustCommand)
+  .command(keyCommand)
   .command(genkeyCommand)
   .command(pubkeyCommand)
   .demandCommand(1, 'no command given')

@@ -7,6 +7,7 @@ import { formatPrefix, networkOf, parseAddress, type Prefix } from '../ip/prefix
 import { native, type ReaderHandle } from '../tun/native.js';
 import { addRoutes, configureInterface, deleteInterface } from '../tun/interface.js';
 import { Device } from '../wireguard/device.js';
+import type { PacketFilter } from '../wireguard/packet-filter.js';
 import { formatEndpoint, makeEndpoint } from '../wireguard/endpoint.js';
 import { ControlServer, type ControlHandler } from './control-server.js';
 import { Firewall } from './firewall.js';
@@ -28,6 +29,8 @@ export interface DaemonOptions {
   firewall?: boolean;
   /** Conditions an operator must act on (registry mode: trust alerts), shown by `status`. */
   alerts?: () => string[];
+  /** The policy in the data path (src/policy/filter.ts); none = every packet passes. */
+  filter?: PacketFilter;
 }
 
 /** A peer as the daemon manages it at run time (registry mode adds and updates these). */
@@ -114,6 +117,7 @@ export class Daemon {
           writeTun: (slab, offsets, lens, count) => native.tunWrite(tunFd, slab, offsets, lens, count),
         },
         control: (buf, off, len, addrs, aOff) => sock.handleControl(buf, off, len, addrs, aOff),
+        filter: this.opts.filter,
       });
       sock.attach(device);
       this.device = device;

@@ -11,6 +11,7 @@ import { NAME_PATTERN } from '../../registry/record.js';
 import { logFilePath, pidFilePath, runDir, validateInterfaceName } from '../../daemon/paths.js';
 import type { DeviceStatus } from '../../daemon/status-types.js';
 import { AgentVpnError } from '../../errors.js';
+import { compileStaticPolicy, watchStaticPolicy } from '../../policy/static.js';
 import { interfaceOption, printError, printResult, runCommand, toAgentVpnError, type GlobalArgs } from '../output.js';
 
 /** How long `up` waits for the background daemon to report that the interface is up. */
@@ -32,6 +33,7 @@ interface UpArgs extends GlobalArgs {
   foreground: boolean;
   'listen-port'?: number;
   'log-level': string;
+  policy?: string;
 }
 
 /** The daemon's two modes: a static wg-quick config, or a fleet found through a registry. */
@@ -42,6 +44,9 @@ function checkMode(args: UpArgs): void {
   }
   if (args.registry && !args.name) {
     throw new AgentVpnError('USAGE', '--registry needs --name', 'name this agent, e.g. --name planner (lowercase letters, digits, -)');
+  }
+  if (args.policy && args.registry) {
+    throw new AgentVpnError('USAGE', '--policy is for static mode (--config)', 'in fleet mode the policy comes from the registry: `agentvpn registry policy set FILE`');
   }
   if (args.name && !NAME_PATTERN.test(args.name)) {
     throw new AgentVpnError('BAD_NAME', `invalid agent name "${args.name}"`, 'use lowercase letters, digits and -, at most 63 characters');
@@ -61,9 +66,14 @@ async function startDaemon(args: UpArgs, iface: string, log: pino.Logger): Promi
   }
   const config = await loadConfig(args.config!);
   if (args['listen-port'] !== undefined) config.listenPort = args['listen-port'];
-  const daemon = new Daemon({ iface, config, log, firewall: args.firewall });
+  const policy = args.policy ? watchStaticPolicy(args.policy, config, log) : null;
+  const daemon = new Daemon({ iface, config, log, firewall: args.firewall, filter: policy?.filter });
   await daemon.start();
-  return daemon;
+  const stop = () => {
+    policy?.stop();
+    return daemon.stop();
+  };
+  return { stop, status: () => daemon.status() };
 }
 
 type ChildReport = { type: 'ready'; status: DeviceStatus } | { type: 'error'; error: ReturnType<AgentVpnError['toJSON']> };
@@ -112,7 +122,10 @@ async function runForeground(args: UpArgs): Promise<void> {
 async function runBackground(args: UpArgs): Promise<void> {
   const iface = validateInterfaceName(args.interface);
   checkMode(args);
-  if (args.config) await loadConfig(args.config); // report config errors here, before anything starts
+  if (args.config) {
+    const config = await loadConfig(args.config); // report config errors here, before anything starts
+    if (args.policy) compileStaticPolicy(args.policy, config);
+  }
   mkdirSync(runDir(), { recursive: true, mode: 0o755 });
   const logFd = openSync(logFilePath(iface), 'a', 0o600);
   const bin = fileURLToPath(new URL('../../../bin/agentvpn.js', import.meta.url));
@@ -158,6 +171,7 @@ export const upCommand: CommandModule<GlobalArgs, UpArgs> = {
       // 1380, not WireGuard's 1420: a relayed packet carries 33 more bytes (relay frame), and
       // 1380 + 32 (WireGuard) + 33 + 8 (UDP) + 40 (IPv6) = 1493 still fits a 1500-byte link unfragmented.
       .option('mtu', { type: 'number', default: 1380, describe: 'tunnel MTU (fleet mode; static mode reads MTU from the config)' })
+      .option('policy', { type: 'string', describe: 'static mode: policy file (grants, and "agents" naming the config\'s keys); watched, applied live' })
       .option('interface', interfaceOption)
       .option('foreground', { alias: 'f', type: 'boolean', default: false, describe: 'Stay in the foreground (systemd, containers, tests)' })
       .option('listen-port', { type: 'number', describe: 'UDP port to listen on (overrides ListenPort)' })
