@@ -3,9 +3,10 @@ import http, { type ClientRequest, type IncomingMessage } from 'node:http';
 import https from 'node:https';
 import { AgentVpnError } from '../errors.js';
 import type { Identity } from '../identity/identity.js';
+import type { KeyStatement } from '../identity/rotation.js';
 import {
   BACKOFF_MAX_MS, BACKOFF_MIN_MS, DEFAULT_REQUEST_TIMEOUT_MS, HEARTBEAT_LABEL, LEAVE_LABEL, STREAM_IDLE_MS, agentAuthorization, signJoin, signTimestamp,
-  type AgentChangeKind, type AgentView, type JoinResult, type KeyStatementJson, type PolicyView,
+  type AgentChangeKind, type AgentView, type JoinResult, type PolicyView,
 } from './protocol.js';
 import type { SignedRecord } from './record.js';
 
@@ -100,7 +101,7 @@ export class RegistryClient {
   }
 
   /** Publishes a record; `chain` (the identity's key chain) is needed once the record is signed by a rotated key. */
-  async publish(signed: SignedRecord, chain?: readonly KeyStatementJson[]): Promise<void> {
+  async publish(signed: SignedRecord, chain?: readonly KeyStatement[]): Promise<void> {
     await this.request('PUT', this.agentPath(), { body: chain && chain.length > 0 ? { ...signed, chain } : signed });
   }
 

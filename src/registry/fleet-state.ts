@@ -1,5 +1,8 @@
 import { parseCapability, type Capability } from './capabilities.js';
-import type { AgentView, KeyStatementJson } from './protocol.js';
+import { agentIdOf } from '../identity/agent-id.js';
+import type { KeyStatement } from '../identity/rotation.js';
+import type { AgentView } from './protocol.js';
+import type { HeldChain } from './key-chain.js';
 import { canonicalRecord } from './record.js';
 import type { Member, StoredPolicy } from './store.js';
 
@@ -112,11 +115,32 @@ export class Fleet {
    * Agents that rotated their key (by ID, in every network): the current Ed25519 key they sign
    * with, and the chain that proves it. The others sign with the key their ID encodes.
    */
-  readonly rotated = new Map<string, { key: Uint8Array; chain: KeyStatementJson[] }>();
+  readonly rotated = new Map<string, HeldChain>();
+  /** Current key (base64) → agent ID, for agents that rotated. */
+  private readonly ownerOfKey = new Map<string, string>();
 
   /** The key agent `id` signs with now (undefined: the one its ID encodes). */
   currentKey(id: string): Uint8Array | undefined {
     return this.rotated.get(id)?.key;
+  }
+
+  /** Agent `id` rotated to `key`, proven by `chain` (already verified). */
+  setRotated(id: string, key: Uint8Array, chain: KeyStatement[]): void {
+    const old = this.rotated.get(id);
+    if (old) this.ownerOfKey.delete(Buffer.from(old.key).toString('base64'));
+    this.rotated.set(id, { key, chain });
+    this.ownerOfKey.set(Buffer.from(key).toString('base64'), id);
+  }
+
+  /**
+   * The agent whose current key `key` is, or null: the relay's question. A key an agent rotated
+   * away from (its ID's own key included) belongs to no one any more.
+   */
+  agentOfKey(key: Uint8Array): string | null {
+    const owner = this.ownerOfKey.get(Buffer.from(key).toString('base64'));
+    if (owner !== undefined) return owner;
+    const id = agentIdOf(key);
+    return this.rotated.has(id) ? null : id;
   }
 
   isMember(network: string, id: string): boolean {

@@ -3,20 +3,22 @@ import type { Logger } from 'pino';
 import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import { networkUlaPrefix, overlayIPv6 } from '../identity/addresses.js';
 import { formatAddress, formatPrefix, type Prefix } from '../ip/prefix.js';
+import { parseKeyStatement, type KeyStatement } from '../identity/rotation.js';
 import type { RelayInfo } from '../relay/protocol.js';
 import { adminRoute, type AdminContext } from './admin-routes.js';
 import { capabilityMatches, parseCapability, type Capability } from './capabilities.js';
 import type { EventHub } from './events.js';
 import { Entry, type Fleet } from './fleet-state.js';
+import { screenChain } from './key-chain.js';
 import { readJson, sendJson, sendText, type Body } from './http-body.js';
 import {
   HEARTBEAT_LABEL, LEAVE_LABEL, hashToken, joinMessage, timestampMessage, verifyAgentSignature, type AgentChangeKind, type JoinResult, type RegistryStats,
 } from './protocol.js';
-import { NAME_PATTERN, NETWORK_PATTERN, canonicalRecord, verifyRecord, type SignedRecord } from './record.js';
+import { NAME_PATTERN, NETWORK_PATTERN, canonicalRecord, verifyRecord, type AgentRecord, type SignedRecord } from './record.js';
 import { refuse } from './refusals.js';
 import { authorizeRead, checkClock, isAgentId } from './request-auth.js';
 import type { SignatureBudget } from './signature-budget.js';
-import type { RegistryStore } from './store.js';
+import type { RegistryStore, StoredKeyChain } from './store.js';
 
 /** What the routes work on; server.ts builds it. */
 export interface RouteContext {
@@ -43,6 +45,16 @@ function field<T>(ok: boolean, value: unknown, what: string): T {
 }
 
 const isTimestamp = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+
+/**
+ * The chain to store for a verified record: only when it carries statements the registry does
+ * not hold yet and proves a key other than the ID's (an unrotated agent's chain is its inception only).
+ */
+function newRotation(id: string, chain: readonly unknown[] | undefined, fresh: number): StoredKeyChain | null {
+  if (!chain || fresh === 0 || chain.length < 2) return null;
+  const statements = chain.map((s) => parseKeyStatement(s)!); // verifyRecord parsed each of them
+  return { id, chain: statements, key: statements[statements.length - 1].key };
+}
 
 /** The registry's HTTP API (protocol.ts has the table); returns the request handler. Refusals are thrown. */
 export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
@@ -94,17 +106,28 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
     const network = networkParam(url);
     if (!fleet.isMember(network, id)) refuse('NOT_JOINED', `agent ${id.slice(0, 80)} has not joined network ${network}`);
     const body: Body = await readJson(req);
-    const extra = Object.keys(body).find((k) => k !== 'record' && k !== 'signature');
-    if (extra !== undefined) refuse('MALFORMED_RECORD', `unknown field "${extra.slice(0, 40)}" beside record and signature`);
+    const extra = Object.keys(body).find((k) => k !== 'record' && k !== 'signature' && k !== 'chain');
+    if (extra !== undefined) refuse('MALFORMED_RECORD', `unknown field "${extra.slice(0, 40)}" beside record, signature and chain`);
     const signed = body as unknown as SignedRecord;
+    const r = (signed.record && typeof signed.record === 'object' ? signed.record : {}) as Partial<AgentRecord>;
+    if (r.id !== undefined && r.id !== id) refuse('BAD_REQUEST', 'the record ID differs from the agent ID in the path');
+    const recordKey = typeof r.key === 'string' ? r.key : undefined;
+    const screen = screenChain(fleet.rotated.get(id), recordKey, body.chain);
+    if (!screen.ok) refuse(screen.code, screen.message);
     signatures.check(req);
-    const check = verifyRecord(signed, { network, now });
-    if (check.problem === 'BAD_SIGNATURE') signatures.failed(req);
+    const check = verifyRecord({ ...signed, chain: screen.chain }, { network, now });
+    // A bad chain may have cost two signature checks per statement it added.
+    if (check.problem === 'BAD_SIGNATURE' || check.problem === 'BAD_CHAIN') for (let i = 0; i < Math.max(1, screen.fresh); i++) signatures.failed(req);
     if (!check.ok) refuse(check.problem!, check.detail ?? check.problem!);
-    if (signed.record.id !== id) refuse('BAD_REQUEST', 'the record ID differs from the agent ID in the path');
     const canonical: SignedRecord = { record: canonicalRecord(signed.record), signature: signed.signature };
-    const result = await store.putRecord(network, canonical, now);
+    const rotation = newRotation(id, screen.chain, screen.fresh);
+    const result = await store.putRecord(network, canonical, now, rotation ?? undefined);
     if (!result.ok) refuse(result.code, result.message);
+    // Concurrent publishes may finish out of order: keep the longest chain (the store did too).
+    if (rotation && rotation.chain.length > (fleet.rotated.get(id)?.chain.length ?? 0)) {
+      fleet.setRotated(id, Buffer.from(rotation.key, 'base64'), rotation.chain as KeyStatement[]);
+      log.info({ network, id, keySeq: rotation.chain.length - 1, event: 'key-rotated' }, 'agent key rotated');
+    }
     // An operator removed it while the record was being stored: it must not come back in memory.
     if (!fleet.isMember(network, id)) refuse('NOT_JOINED', `agent ${id} was removed from network ${network}`);
     const state = fleet.net(network);
