@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { agentIdOf } from '../../src/identity/agent-id.js';
 import { publicKeyOfSeed, signingKeyOf } from '../../src/identity/ed25519.js';
 import {
-  MAX_CHAIN, chainDescendsFrom, keyCommitment, makeInception, makeRotation, parseKeyStatement, signedBytes, statementHash, verifyKeyChain,
+  MAX_CHAIN, chainCounters, chainDescendsFrom, keyCommitment, makeInception, makeRotation, parseKeyStatement, signedBytes, statementHash, verifyKeyChain,
   type KeyStatement,
 } from '../../src/identity/rotation.js';
 
@@ -89,6 +89,19 @@ describe('key chains', () => {
     const long = [...chain, chain[MAX_CHAIN - 1]];
     expect(verifyKeyChain(ID, long)).toEqual({ ok: false, problem: `chain longer than ${MAX_CHAIN} statements` });
     expect(verifyKeyChain(ID, new Array(1_000_000).fill(chain[0]))).toEqual({ ok: false, problem: `chain longer than ${MAX_CHAIN} statements` });
+  });
+
+  it('the same chain in every record costs hashing only: signatures are checked once per statement', () => {
+    // A registry (or a chatty peer) resending one agent's 64-statement chain 1000 times.
+    const chain = JSON.parse(JSON.stringify(chainOf(MAX_CHAIN))) as KeyStatement[];
+    const mutated = { ...chain[MAX_CHAIN - 1], sigs: { ...chain[MAX_CHAIN - 1].sigs, self: chain[0].sigs.self } };
+    const before = chainCounters.signatureChecks;
+    for (let i = 0; i < 1000; i++) expect(verifyKeyChain(ID, chain).ok).toBe(true);
+    // A chain whose last signature is bad is refused every time, but only its bad statement is checked again.
+    for (let i = 0; i < 100; i++) expect(verifyKeyChain(ID, [...chain.slice(0, -1), mutated]).ok).toBe(false);
+    const checks = chainCounters.signatureChecks - before;
+    console.log(`signature checks for 1000 x a 64-statement chain + 100 x a bad one: ${checks} (without the memo: ${1000 * 127 + 100 * 127})`);
+    expect(checks).toBeLessThanOrEqual(127 + 100 * 2);
   });
 
   it('signed bytes and hashes are as documented', () => {

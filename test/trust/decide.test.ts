@@ -145,6 +145,10 @@ describe('key rotation', () => {
     expect(store.get(id)).toMatchObject({ keySeq: 1, key: s1.key });
     // The honest chain still gets in.
     expect(see('tofu', as([s0, s1])).admit).toBe(true);
+    // An operator who decides the fork is the real agent (say it was restored from that backup) accepts it.
+    expect(store.accept('beta')).toMatchObject({ id, key: fork1.key, keySeq: 1, state: 'pinned' });
+    expect(see('tofu', as([s0, fork1, fork2]))).toMatchObject({ admit: true, state: 'pinned' });
+    expect(see('tofu', as([s0, s1])).admit).toBe(false);
   });
 
   it('refuses a rotation statement to a key other than the committed one', () => {
