@@ -158,3 +158,42 @@ describe('key rotation', () => {
     expect(a.id).toMatch(/^av/);
   });
 });
+
+describe('rotation under SIGKILL', () => {
+  it('a process killed at random points while rotating always leaves a loadable identity that only moves forward', async () => {
+    const { spawn, spawnSync } = await import('node:child_process');
+    const root = join(import.meta.dirname, '..', '..');
+    const built = join(root, 'dist/identity/identity.js');
+    if (!existsSync(built)) spawnSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', root], { stdio: 'ignore' });
+    let dir = dirOf();
+    let first = Identity.loadOrCreate(dir);
+    let seq = 0;
+    let rotations = 0;
+    const rotator = `const { Identity } = await import(${JSON.stringify(built)});
+      let id = Identity.loadOrCreate(process.argv[1]);
+      process.stdout.write('ready\\n');
+      for (;;) id = id.rotate();`;
+    const kills = 12;
+    for (let i = 0; i < kills; i++) {
+      const child = spawn(process.execPath, ['--input-type=module', '-e', rotator, dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+      await new Promise<void>((resolve) => child.stdout!.once('data', () => resolve()));
+      await new Promise((r) => setTimeout(r, 5 + Math.random() * 40));
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGKILL');
+      await exited;
+      const loaded = Identity.loadOrCreate(dir);
+      expect(loaded.id).toBe(first.id);
+      expect(loaded.seq).toBeGreaterThanOrEqual(seq);
+      expect(verifyKeyChain(loaded.id, [...loaded.chain]).ok).toBe(true);
+      rotations += loaded.seq - seq;
+      seq = loaded.seq;
+      if (seq >= 40) {
+        // Stay well below MAX_CHAIN (the child would stop at KEY_CHAIN_FULL): go on with a fresh identity.
+        dir = dirOf();
+        first = Identity.loadOrCreate(dir);
+        seq = 0;
+      }
+    }
+    console.log(`killed a rotating process ${kills} times (${rotations} rotations done); the identity loaded and verified every time`);
+  }, 60_000);
+});
