@@ -26,6 +26,8 @@ import { SSE_KEEPALIVE_MS, type AgentChangeKind } from './protocol.js';
 
 /** A snapshot is written in pieces of about this many characters (Node's stream buffer is 16 KiB). */
 const SNAPSHOT_CHUNK_CHARS = 16 * 1024;
+/** How long a closed stream may take to flush its last events before it is destroyed. */
+const CLOSE_GRACE_MS = 1_000;
 /**
  * A subscriber may have this much not yet taken by the network (in our queue, beyond what the
  * kernel's socket buffers hold): a burst of ~1,000 record changes. Queued frames are strings
@@ -148,7 +150,12 @@ export class EventHub {
 
   /** Closes every stream a credential opened (a join token that was just used up, a removed agent). */
   closeCredential(credential: string): void {
-    for (const s of this.byCredential.get(credential) ?? []) s.res.destroy();
+    // Ended, not destroyed, so what was just sent (a removed agent learns of its own removal)
+    // still goes out; a stream that does not take it is destroyed a moment later.
+    for (const s of this.byCredential.get(credential) ?? []) {
+      s.res.end();
+      setTimeout(() => s.res.destroy(), CLOSE_GRACE_MS).unref();
+    }
   }
 
   private add(s: Subscriber): void {

@@ -113,7 +113,8 @@ describe('registry operator actions', () => {
     // Gone: not listed, its signed requests refused, the relay forgets it at its next sweep.
     expect((await alpha.client.list()).map((a) => a.record.name)).toEqual(['alpha']);
     await expect(beta.client.heartbeat()).rejects.toMatchObject({ code: 'NOT_JOINED' });
-    // Its own stream was closed, and it may not open another.
+    // It heard its own removal, then its stream was closed, and it may not open another.
+    expect(wb.removed.map((x) => x.id)).toEqual([beta.identity.id]);
     await waitFor(() => wb.ended.includes('NOT_JOINED'), { timeoutMs: 10_000, what: "beta's stream to end and be refused" });
     await waitFor(() => reg.relay!.stats().clients === 1, { timeoutMs: 10_000, what: 'the relay to drop beta' });
     ra.client.send(rb.wgKey, Buffer.from('to a removed agent'));
