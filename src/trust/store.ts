@@ -85,6 +85,13 @@ export const MAX_TRUST_ENTRIES = 10_000;
 const MAX_FILE_BYTES = 16 * 1024 * 1024;
 /** lastSeen alone is written at most this often: a chatty registry must not make us fsync per record. */
 export const LAST_SEEN_WRITE_MS = 3600_000;
+/**
+ * What decide() changes is written within this delay, in one write: a snapshot of a thousand
+ * new agents (or a registry flooding new IDs) costs one rewrite of the file, not one each. A
+ * crash inside the delay loses only pins the next records make again. Operator actions are
+ * written before they return.
+ */
+export const WRITE_DELAY_MS = 1000;
 /** Chain positions are below identity/rotation.ts MAX_CHAIN; a little slack for the future. */
 const MAX_KEY_SEQ = 1024;
 const KEY_BASE64 = /^[A-Za-z0-9+/]{43}=$/;
@@ -181,8 +188,12 @@ function trustError(code: string, message: string, hint: string): AgentVpnError 
 export class TrustStore implements TrustLookup {
   private readonly entries = new Map<string, TrustEntry>();
   private lastWrite = 0;
+  private dirty = false;
+  private timer: NodeJS.Timeout | null = null;
+  /** Writes of the file so far (the cost a flood of updates can cause). */
+  writes = 0;
 
-  private constructor(readonly file: string, readonly network: string, entries: TrustEntry[]) {
+  private constructor(readonly file: string, readonly network: string, entries: TrustEntry[], private readonly onWriteError: (e: AgentVpnError) => void) {
     for (const e of entries) this.entries.set(e.id, e);
   }
 
@@ -190,11 +201,14 @@ export class TrustStore implements TrustLookup {
     return join(stateDir, `trust-${network}.json`);
   }
 
-  /** Opens (or starts empty) the store for `network`; a file that does not parse is TRUST_STORE_CORRUPT. */
-  static open(stateDir: string, network: string): TrustStore {
+  /**
+   * Opens (or starts empty) the store for `network`; a file that does not parse is
+   * TRUST_STORE_CORRUPT. `onWriteError` hears of a failed delayed write (the next write retries).
+   */
+  static open(stateDir: string, network: string, onWriteError: (e: AgentVpnError) => void = () => {}): TrustStore {
     if (!NETWORK_PATTERN.test(network)) throw trustError('BAD_NETWORK', `bad network name ${JSON.stringify(network).slice(0, 80)}`, 'network names are lowercase letters, digits and -, up to 63');
     const file = TrustStore.path(stateDir, network);
-    if (!existsSync(file)) return new TrustStore(file, network, []);
+    if (!existsSync(file)) return new TrustStore(file, network, [], onWriteError);
     let text: string;
     try {
       const data = readFileSync(file);
@@ -206,7 +220,7 @@ export class TrustStore implements TrustLookup {
     }
     const parsed = parseTrustFile(text, network);
     if (typeof parsed === 'string') throw trustError('TRUST_STORE_CORRUPT', `trust store ${file} ${parsed}`, corruptHint(file));
-    return new TrustStore(file, network, parsed);
+    return new TrustStore(file, network, parsed, onWriteError);
   }
 
   get size(): number {
@@ -239,10 +253,28 @@ export class TrustStore implements TrustLookup {
   }
 
   /**
-   * Applies an update (from decide() or an operator action). Written to disk at once when it
-   * changes anything but lastSeen; lastSeen alone is written at most every LAST_SEEN_WRITE_MS.
+   * Applies an update from decide(): written within WRITE_DELAY_MS when it changes anything but
+   * lastSeen; lastSeen alone is written at most every LAST_SEEN_WRITE_MS.
    */
   apply(update: TrustUpdate, now = Date.now()): void {
+    if (this.change(update, now)) this.timer ??= setTimeout(() => this.flushQuietly(), WRITE_DELAY_MS).unref();
+  }
+
+  /** Writes pending changes now (call it before the daemon exits). */
+  flush(now = Date.now()): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    if (this.dirty) this.save(now);
+  }
+
+  /** An operator's change: in memory and on disk before it returns. */
+  private applyNow(update: TrustUpdate, now: number): void {
+    this.change(update, now);
+    this.flush(now);
+  }
+
+  /** Changes the entries; true when the file should be written (soon). */
+  private change(update: TrustUpdate, now: number): boolean {
     let significant = false;
     for (const id of update.remove) significant = this.entries.delete(id) || significant;
     for (const e of update.put) {
@@ -250,7 +282,16 @@ export class TrustStore implements TrustLookup {
       if (!old || JSON.stringify({ ...old, lastSeen: 0 }) !== JSON.stringify({ ...e, lastSeen: 0 })) significant = true;
       this.entries.set(e.id, e);
     }
-    if (significant || (update.put.length > 0 && now - this.lastWrite >= LAST_SEEN_WRITE_MS)) this.save(now);
+    if (significant || (update.put.length > 0 && now - this.lastWrite >= LAST_SEEN_WRITE_MS)) this.dirty = true;
+    return this.dirty;
+  }
+
+  private flushQuietly(): void {
+    try {
+      this.flush();
+    } catch (e) {
+      this.onWriteError(e as AgentVpnError);
+    }
   }
 
   private save(now: number): void {
@@ -260,7 +301,9 @@ export class TrustStore implements TrustLookup {
     } catch (e) {
       throw new AgentVpnError('STATE_DIR_UNWRITABLE', `cannot write trust store ${this.file}: ${(e as Error).message}`, 'run as root (sudo), or pass --state-dir to a writable directory', { cause: e });
     }
+    this.dirty = false;
     this.lastWrite = now;
+    this.writes++;
   }
 
   /** `trust accept NAME`: the key offered for NAME (or for the IPv4 NAME holds) becomes pinned; the entries it collided with go. */
@@ -277,7 +320,7 @@ export class TrustStore implements TrustLookup {
       id: o.id, name: o.name, ipv4: o.ipv4, key: o.key, keySeq: o.keySeq, ...(o.statement ? { statement: o.statement } : {}),
       state: 'pinned', firstSeen: now, lastSeen: now,
     };
-    this.apply({ remove: collided.map((e) => e.id), put: [pinned] }, now);
+    this.applyNow({ remove: collided.map((e) => e.id), put: [pinned] }, now);
     return pinned;
   }
 
@@ -287,7 +330,7 @@ export class TrustStore implements TrustLookup {
     if (entry.state === 'blocked') throw trustError('TRUST_BLOCKED', `${name} is blocked`, `\`agentvpn trust forget ${name}\` first if you mean to let it in`);
     if (entry.state === 'changed') throw trustError('TRUST_CHANGED', `${name} shows a changed key`, `check it, then \`agentvpn trust accept ${name}\``);
     const approved: TrustEntry = { ...entry, state: 'approved' };
-    this.apply({ remove: [], put: [approved] }, now);
+    this.applyNow({ remove: [], put: [approved] }, now);
     return approved;
   }
 
@@ -302,14 +345,14 @@ export class TrustStore implements TrustLookup {
       ? { ...known, state: 'blocked' }
       : { id: target, name: null, ipv4: null, key: idKey!, keySeq: 0, state: 'blocked', firstSeen: now, lastSeen: now };
     if (!known && this.size >= MAX_TRUST_ENTRIES) throw trustError('TRUST_STORE_FULL', `the trust store holds ${MAX_TRUST_ENTRIES} entries`, 'forget agents that are gone with `agentvpn trust forget NAME`');
-    this.apply({ remove: [], put: [blocked] }, now);
+    this.applyNow({ remove: [], put: [blocked] }, now);
     return blocked;
   }
 
   /** `trust forget NAME` (or ID): the entry goes; the next agent seen under that name is trusted on first use again. */
   forget(target: string, now = Date.now()): TrustEntry {
     const entry = this.entries.get(target) ?? this.named(target);
-    this.apply({ remove: [entry.id], put: [] }, now);
+    this.applyNow({ remove: [entry.id], put: [] }, now);
     return entry;
   }
 

@@ -60,6 +60,7 @@ function sampleList(dir: string): TrustListEntry[] {
       { id: gamma.id, name: 'gamma', ipv4: '100.64.0.3', key: b64(gamma), keySeq: 0, state: 'pending', firstSeen: at, lastSeen: at },
     ],
   }, at);
+  store.flush();
   return store.list();
 }
 

@@ -45,6 +45,7 @@ describe('trust on first use', () => {
     const beta = Identity.generate();
     expect(see('tofu', view(beta, 'beta', '100.64.0.2'))).toMatchObject({ admit: true, state: 'pinned' });
     expect(see('tofu', view(beta, 'beta', '100.64.0.2'))).toMatchObject({ admit: true, state: 'pinned' });
+    store.flush();
     const reopened = TrustStore.open(dir, 'lab');
     expect(reopened.get(beta.id)).toMatchObject({ name: 'beta', ipv4: '100.64.0.2', key: b64(beta.publicKey), keySeq: 0, state: 'pinned' });
   });
@@ -230,6 +231,7 @@ describe('block, approve, open', () => {
     expect(d).toMatchObject({ admit: false });
     expect(d.alert).toMatch(/trust store full/);
     expect(store.size).toBe(MAX_TRUST_ENTRIES);
+    store.flush();
     expect(TrustStore.open(dir, 'lab').size).toBe(MAX_TRUST_ENTRIES);
   });
 });

@@ -1,11 +1,13 @@
 import { describe, it, expect } from 'vitest';
 import fc from 'fast-check';
-import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { agentIdOf } from '../../src/identity/agent-id.js';
 import { AgentVpnError } from '../../src/errors.js';
-import { LAST_SEEN_WRITE_MS, TrustStore, TRUST_STATES, fingerprint, parseTrustFile, type TrustEntry } from '../../src/trust/store.js';
+import { Identity } from '../../src/identity/identity.js';
+import { decide } from '../../src/trust/decide.js';
+import { LAST_SEEN_WRITE_MS, WRITE_DELAY_MS, TrustStore, TRUST_STATES, fingerprint, parseTrustFile, type TrustEntry } from '../../src/trust/store.js';
 
 const b64 = (b: Uint8Array): string => Buffer.from(b).toString('base64');
 const dirOf = (): string => mkdtempSync(join(tmpdir(), 'avtrust-'));
@@ -29,6 +31,7 @@ describe('trust store file', () => {
     const dir = dirOf();
     const s = TrustStore.open(dir, 'lab');
     s.apply({ put: [entry(1), entry(2, { state: 'approved' })], remove: [] });
+    s.flush();
     const file = join(dir, 'trust-lab.json');
     expect(statSync(file).mode & 0o777).toBe(0o600);
     expect(TrustStore.open(dir, 'lab').all()).toEqual(s.all());
@@ -61,20 +64,45 @@ describe('trust store file', () => {
     expect(TrustStore.open(dir, 'lab').size).toBe(1);
   });
 
-  it('lastSeen alone is not written more than once an hour; anything else is written at once', () => {
+  it('lastSeen alone is not written more than once an hour; other changes are written within WRITE_DELAY_MS', async () => {
     const dir = dirOf();
     const file = join(dir, 'trust-lab.json');
     const s = TrustStore.open(dir, 'lab');
-    const t0 = 1_000_000;
+    const t0 = Date.now();
     s.apply({ put: [entry(1)], remove: [] }, t0);
+    expect(existsSync(file)).toBe(false);
+    await new Promise((r) => setTimeout(r, WRITE_DELAY_MS + 200));
     const written = readFileSync(file, 'utf8');
+    expect(s.writes).toBe(1);
     for (let i = 1; i <= 1000; i++) s.apply({ put: [entry(1, { lastSeen: t0 + i })], remove: [] }, t0 + i);
+    s.flush();
     expect(readFileSync(file, 'utf8')).toBe(written);
-    s.apply({ put: [entry(1, { lastSeen: t0 + LAST_SEEN_WRITE_MS })], remove: [] }, t0 + LAST_SEEN_WRITE_MS);
+    const hour = t0 + LAST_SEEN_WRITE_MS + 5000; // the delayed write happened ~1.2 s after t0
+    s.apply({ put: [entry(1, { lastSeen: hour })], remove: [] }, hour);
+    s.flush();
     expect(readFileSync(file, 'utf8')).not.toBe(written);
     const hourly = readFileSync(file, 'utf8');
-    s.apply({ put: [entry(1, { lastSeen: t0 + LAST_SEEN_WRITE_MS + 1, state: 'blocked' })], remove: [] }, t0 + LAST_SEEN_WRITE_MS + 1);
+    s.apply({ put: [entry(1, { lastSeen: hour + 1, state: 'blocked' })], remove: [] }, hour + 1);
+    s.flush();
     expect(readFileSync(file, 'utf8')).not.toBe(hourly);
+    // Operator actions are on disk when they return.
+    s.forget('agent-1');
+    expect(TrustStore.open(dir, 'lab').size).toBe(0);
+  });
+
+  it('a burst of new agents costs one write of the file, not one each', () => {
+    // Before writes were delayed, each first pin rewrote the whole file: 1000 pins = 1000 writes (~350 MB at 1000 entries).
+    const dir = dirOf();
+    const s = TrustStore.open(dir, 'lab');
+    const agents = Array.from({ length: 1000 }, (_, i) => Identity.generate());
+    for (const [i, a] of agents.entries()) {
+      const d = decide(s, 'tofu', { record: { id: a.id, name: `a${i}`, ipv4: `100.64.${i >> 8}.${i & 255}` }, chain: [...a.chain] });
+      s.apply(d.update);
+    }
+    s.flush();
+    console.log(`file writes for 1000 new agents: ${s.writes}`);
+    expect(s.writes).toBe(1);
+    expect(TrustStore.open(dir, 'lab').size).toBe(1000);
   });
 });
 
