@@ -11,7 +11,7 @@ import { RegistryClient, type AgentView, type JoinResult, type PolicyView } from
 import { RECORD_LIFETIME_MS, signRecord, type AgentRecord } from '../../src/registry/record.js';
 import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
 import { startAgent, waitState, type TestAgent } from '../relay/harness.js';
-import { createTokenCli, registryCli } from './registry-process.js';
+import { createTokenCli, registryCli, registryCliAsync } from './registry-process.js';
 
 const NET = 'default';
 
@@ -254,5 +254,15 @@ describe('registry operator actions', () => {
     expect(bad.status).toBe(400);
     expect(await bad.json()).toMatchObject({ code: 'POLICY_INVALID' });
     expect(await (await api('GET', '/v1/admin/policy', admin)).json()).toMatchObject({ policy: { version: 1 } });
+
+    // The CLI over the admin API (from a host without the database): the token comes from the environment.
+    const remote = ['--registry', reg.url, '--network', NET];
+    expect(await registryCliAsync(['agent', 'list', ...remote])).toMatchObject({ code: 1, answer: { code: 'USAGE' } });
+    expect(await registryCliAsync(['agent', 'list', ...remote], { AGENTVPN_ADMIN_TOKEN: 'avadm_wrong' })).toMatchObject({ code: 1, answer: { code: 'UNAUTHORIZED' } });
+    const env = { AGENTVPN_ADMIN_TOKEN: admin };
+    expect((await registryCliAsync(['agent', 'list', ...remote], env)).answer).toMatchObject({ ok: true, agents: [{ name: 'alpha', tags: ['ops'] }] });
+    expect(await registryCliAsync(['agent', 'block', 'alpha', ...remote], env)).toMatchObject({ code: 0, answer: { ok: true, name: 'alpha', blocked: true } });
+    expect((await registryCliAsync(['policy', 'get', ...remote], env)).answer).toMatchObject({ ok: true, policy: { version: 1 } });
+    expect(await registryCliAsync(['agent', 'list', '--db', db, ...remote])).toMatchObject({ code: 1, answer: { code: 'USAGE' } });
   }, 60_000);
 });

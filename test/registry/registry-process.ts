@@ -73,3 +73,13 @@ export function registryCli(args: string[]): { code: number; answer: Record<stri
   const r = spawnSync(process.execPath, [BIN, 'registry', ...args, '--json'], { encoding: 'utf8', cwd: ROOT });
   return { code: r.status ?? -1, answer: JSON.parse(r.stdout.split('\n')[0] || '{}') };
 }
+
+/** registryCli without blocking this process: for commands that talk to a registry running in the test's own process. */
+export function registryCliAsync(args: string[], env: Record<string, string> = {}): Promise<{ code: number; answer: Record<string, unknown> }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [BIN, 'registry', ...args, '--json'], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'ignore'] });
+    let out = '';
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.once('close', (code) => resolve({ code: code ?? -1, answer: JSON.parse(out.split('\n')[0] || '{}') }));
+  });
+}

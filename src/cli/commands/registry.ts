@@ -5,7 +5,8 @@ import { AgentVpnError } from '../../errors.js';
 import { DEFAULT_NETWORK, DEFAULT_OFFLINE_AFTER_MS, DEFAULT_POOL } from '../../registry/protocol.js';
 import { createJoinToken, startRegistry } from '../../registry/server.js';
 import { createAdminToken } from '../../registry/admin-auth.js';
-import { getPolicy, listAgents, removeAgent, setPolicy } from '../../registry/operator.js';
+import { AdminClient } from '../../registry/admin-client.js';
+import { getPolicy, listAgents, removeAgent, setPolicy, type AgentListing } from '../../registry/operator.js';
 import { SqliteStore } from '../../registry/sqlite-store.js';
 import type { RegistryStore } from '../../registry/store.js';
 import { columns, printResult, runCommand, type GlobalArgs } from '../output.js';
@@ -31,8 +32,11 @@ interface TokenArgs extends GlobalArgs {
 }
 
 interface DbArgs extends GlobalArgs {
-  db: string;
+  db?: string;
   network: string;
+  registry?: string;
+  'admin-token-file'?: string;
+  'registry-ca'?: string;
 }
 
 interface AgentArgs extends DbArgs {
@@ -99,8 +103,49 @@ async function createToken(args: TokenArgs): Promise<void> {
   }
 }
 
+/** What the agent and policy commands act on: the database (--db) or a registry's admin API (--registry). */
+interface Operator {
+  list(): Promise<AgentListing>;
+  remove(target: string, block: boolean): Promise<{ id: string; name: string }>;
+  setPolicy(text: string): Promise<{ version: number }>;
+  getPolicy(): Promise<{ version: number; policy: string; setAt: number } | null>;
+}
+
+/** The admin token: never on the command line (other users see it in ps). */
+function adminToken(args: DbArgs): string {
+  const file = args['admin-token-file'];
+  let token = process.env.AGENTVPN_ADMIN_TOKEN;
+  if (file) {
+    try {
+      token = readFileSync(file, 'utf8').trim();
+    } catch (e) {
+      throw new AgentVpnError('ADMIN_TOKEN_FILE', `cannot read admin token file ${file}: ${(e as Error).message}`, 'check the path and its permissions');
+    }
+  }
+  if (!token) {
+    throw new AgentVpnError('USAGE', '--registry needs an admin token', 'set AGENTVPN_ADMIN_TOKEN or pass --admin-token-file FILE (agentvpn registry admin-token create makes one)');
+  }
+  return token;
+}
+
+async function withOperator<T>(args: DbArgs, work: (op: Operator) => Promise<T>): Promise<T> {
+  if ((args.db === undefined) === (args.registry === undefined)) {
+    throw new AgentVpnError('USAGE', 'say where the registry is: --db FILE (its database) or --registry URL (its admin API)', 'e.g. --db /var/lib/agentvpn/registry.db');
+  }
+  if (args.registry !== undefined) return work(new AdminClient(args.registry, adminToken(args), args.network, args['registry-ca']));
+  return withStore(args.db!, (store) => work({
+    list: () => listAgents(store, args.network),
+    remove: (target, block) => removeAgent(store, args.network, target, block),
+    setPolicy: (text) => setPolicy(store, args.network, text),
+    getPolicy: async () => {
+      const p = await getPolicy(store, args.network);
+      return p && { version: p.version, policy: p.text, setAt: p.setAt };
+    },
+  }));
+}
+
 async function agentList(args: DbArgs): Promise<void> {
-  const listing = await withStore(args.db, (store) => listAgents(store, args.network));
+  const listing = await withOperator(args, (op) => op.list());
   printResult(args.json, { ...listing }, () => {
     const rows = [['NAME', 'IPV4', 'STATE', 'TAGS', 'ID']];
     for (const a of listing.agents) rows.push([a.name, a.ipv4, a.published ? (a.online ? 'online' : 'offline') : 'joined', a.tags.join(',') || '-', a.id]);
@@ -111,7 +156,7 @@ async function agentList(args: DbArgs): Promise<void> {
 
 function agentRemover(block: boolean) {
   return async (args: AgentArgs): Promise<void> => {
-    const r = await withStore(args.db, (store) => removeAgent(store, args.network, args.target, block));
+    const r = await withOperator(args, (op) => op.remove(args.target, block));
     printResult(args.json, { network: args.network, id: r.id, name: r.name, blocked: block },
       () => `${block ? 'blocked' : 'removed'} ${r.name || r.id} in network ${args.network}${block ? ' (it cannot join again)' : ''}; peers drop it within seconds`);
   };
@@ -130,14 +175,14 @@ async function policySet(args: PolicySetArgs): Promise<void> {
   } catch (e) {
     throw new AgentVpnError('POLICY_FILE', `cannot read policy file ${args.file}: ${(e as Error).message}`, 'check the path and its permissions');
   }
-  const p = await withStore(args.db, (store) => setPolicy(store, args.network, text));
+  const p = await withOperator(args, (op) => op.setPolicy(text));
   printResult(args.json, { network: args.network, version: p.version }, () => `policy version ${p.version} set for network ${args.network}; agents get it within seconds`);
 }
 
 async function policyGet(args: DbArgs): Promise<void> {
-  const p = await withStore(args.db, (store) => getPolicy(store, args.network));
-  printResult(args.json, { network: args.network, policy: p && { version: p.version, policy: p.text, setAt: p.setAt } },
-    () => (p ? `// version ${p.version}, set ${new Date(p.setAt).toISOString()}\n${p.text.replace(/\n$/, '')}` : `no policy in network ${args.network} (everything is allowed)`));
+  const p = await withOperator(args, (op) => op.getPolicy());
+  printResult(args.json, { network: args.network, policy: p },
+    () => (p ? `// version ${p.version}, set ${new Date(p.setAt).toISOString()}\n${p.policy.replace(/\n$/, '')}` : `no policy in network ${args.network} (everything is allowed)`));
 }
 
 const dbOption = { type: 'string', describe: 'registry SQLite database file (created with mode 0600)' } as const;
@@ -163,8 +208,14 @@ const tokenCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   handler: () => {},
 };
 
-/** --db and --network, for commands that work on the database. */
-const onDb = <T>(y: Argv<GlobalArgs>) => y.option('db', { ...dbOption, demandOption: true }).option('network', networkOption) as unknown as Argv<T>;
+/** --db (the database) or --registry (its admin API), and --network, for the agent and policy commands. */
+const onDb = <T>(y: Argv<GlobalArgs>) =>
+  y
+    .option('db', dbOption)
+    .option('network', networkOption)
+    .option('registry', { type: 'string', describe: "instead of --db: the registry's URL, to use its admin API (token from AGENTVPN_ADMIN_TOKEN or --admin-token-file)" })
+    .option('admin-token-file', { type: 'string', describe: 'file holding the admin token (with --registry)' })
+    .option('registry-ca', { type: 'string', describe: "the registry's CA certificate (PEM), for https with --registry" }) as unknown as Argv<T>;
 
 const agentCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: 'agent',
