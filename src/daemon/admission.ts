@@ -134,6 +134,13 @@ export class Admission {
       'whois names agents this daemon has admitted as peers; check the address with `agentvpn peers`');
   }
 
+  /** The registry's whole view (a snapshot): applies each record, and drops agents it no longer lists. */
+  sync(views: AgentView[]): void {
+    const listed = new Set(views.map((v) => v?.record?.id));
+    for (const id of [...this.agents.keys(), ...this.held.keys()]) if (!listed.has(id)) this.remove(id);
+    for (const v of views) this.applySafely(v);
+  }
+
   /** Offers the held records to the gate again (after `trust accept`, `approve`, `forget`). */
   recheck(): void {
     for (const view of [...this.held.values()]) this.applySafely(view);

@@ -54,7 +54,11 @@ export class FleetAgent {
   private paths: FleetPaths | null = null;
   private dns: DnsServer | null = null;
   private timers: NodeJS.Timeout[] = [];
-  private readonly events: FleetEvents = { agent: (view) => this.running?.admission.applySafely(view) };
+  private readonly events: FleetEvents = {
+    snapshot: (views) => this.running?.admission.sync(views),
+    agent: (view) => this.running?.admission.applySafely(view),
+    removed: (id) => (id === this.identity.id ? this.membership.markRemoved() : this.running?.admission.remove(id)),
+  };
 
   constructor(private readonly opts: FleetOptions) {
     this.identity = Identity.loadOrCreate(opts.stateDir);
@@ -88,6 +92,7 @@ export class FleetAgent {
       log: opts.log,
       firewall: opts.firewall,
       config: { privateKey: this.identity.wgPrivateKey, addresses, listenPort: opts.listenPort, mtu: opts.mtu, peers: [] },
+      alerts: () => this.alerts(),
       handlers: {
         id: () => this.describeSelf(joined),
         peers: (params) => this.admission().peers((params as { cap?: string } | undefined)?.cap),
@@ -119,7 +124,12 @@ export class FleetAgent {
     return daemon;
   }
 
-  private admission(): Admission {
+  /** What needs an operator, for `status`. */
+  private alerts(): string[] {
+    return this.membership.removedByOperator ? [`an operator removed this agent from network ${this.opts.network}; run \`agentvpn up\` again to re-join`] : [];
+  }
+
+    private admission(): Admission {
     if (!this.running) throw new Error('the fleet agent is not up');
     return this.running.admission;
   }

@@ -31,7 +31,11 @@ export interface MembershipOptions {
 
 /** What the fleet does with the registry's view of the other agents. */
 export interface FleetEvents {
+  /** The whole fleet (on every (re)connect): agents missing from it are gone. */
+  snapshot(views: AgentView[]): void;
   agent(view: AgentView): void;
+  /** An operator removed or blocked the agent. */
+  removed(id: string): void;
 }
 
 /** A join whose addresses were checked: the pool and the network's ULA /48. */
@@ -53,6 +57,8 @@ export class Membership {
   private watcher: { close(): void } | null = null;
   private current: JoinResult | null = null;
   registryUp = false;
+  /** An operator removed us from the network: we stop re-joining until someone runs `up` again. */
+  removedByOperator = false;
   private stopped = false;
 
   constructor(private readonly opts: MembershipOptions) {
@@ -127,7 +133,18 @@ export class Membership {
     return this.publishing;
   }
 
+  /** The registry told us an operator removed (or blocked) us: no heartbeats, no re-join, no event stream. */
+  markRemoved(): void {
+    if (this.removedByOperator) return;
+    this.removedByOperator = true;
+    this.watcher?.close();
+    this.watcher = null;
+    this.registryUp = false;
+    this.opts.log.error({ network: this.opts.network }, 'an operator removed this agent from the network; it will not re-join on its own (run `agentvpn up` again to re-join with a token)');
+  }
+
   async heartbeat(events: FleetEvents): Promise<void> {
+    if (this.removedByOperator) return;
     try {
       if (Date.now() - this.publishedAt > RECORD_LIFETIME_MS - REPUBLISH_MARGIN_MS) await this.publish();
       else await this.opts.client.heartbeat();
@@ -148,8 +165,9 @@ export class Membership {
     const { log } = this.opts;
     this.watcher?.close();
     this.watcher = this.opts.client.watch({
-      snapshot: (agents) => { for (const a of agents) events.agent(a); },
+      snapshot: (agents) => events.snapshot(agents),
       change: (_kind, agent) => events.agent(agent),
+      removed: (id) => events.removed(id),
       connected: () => {
         if (!this.registryUp) log.info({}, 'registry connected');
         this.registryUp = true;

@@ -6,11 +6,13 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { AGENTVPN_BIN, REPO_ROOT } from './agentvpn.js';
 import type { Lab, LabProcess } from './netns.js';
-import { waitFor, type CommandResult } from './proc.js';
+import { WaitAborted, waitFor, type CommandResult } from './proc.js';
 
 export interface LabRegistry {
   ns: string;
   url: string;
+  /** Its SQLite database (for `agentvpn registry agent|token|policy ... --db`). */
+  db: string;
   token: string;
   network: string;
   proc: LabProcess;
@@ -26,7 +28,7 @@ export async function startLabRegistry(lab: Lab, ns: string, ip: string, opts: {
     '--offline-after', String(opts.offlineAfterSec ?? 15)], { name: 'registry', cwd: REPO_ROOT });
   await waitFor(async () => (await lab.exec(ns, ['curl', '-sf', `${url}/healthz`])).code === 0, { timeoutMs: 20_000, what: `registry at ${url}` });
   const t = await lab.run(ns, [process.execPath, AGENTVPN_BIN, 'registry', 'token', 'create', '--db', db, '--network', network, '--json']);
-  return { ns, url, network, token: JSON.parse(t.stdout).token as string, proc };
+  return { ns, url, db, network, token: JSON.parse(t.stdout).token as string, proc };
 }
 
 export class LabAgent {
@@ -64,7 +66,7 @@ export async function startLabAgent(
   { name: `agent-${name}`, env: { ...process.env, ...opts.env, AGENTVPN_RUN_DIR: agent.runDir }, cwd: REPO_ROOT });
   const proc = agent.proc;
   await waitFor(async () => {
-    if (proc.exitCode !== null) throw new Error(`agent ${name} exited:\n${lab.logTail(proc)}`);
+    if (proc.exitCode !== null) throw new WaitAborted(`agent ${name} exited:\n${lab.logTail(proc)}`);
     return lab.interfaceUp(ns, 'agentvpn0');
   }, { timeoutMs: 30_000, what: `agent ${name} up` });
   return agent;

@@ -1,0 +1,71 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AGENTVPN_BIN, Lab, startLabAgent, startLabRegistry, waitFor, waitForFleet, type LabAgent, type LabRegistry } from '../../src/lab/index.js';
+import type { PeerInfo } from '../../src/daemon/fleet.js';
+import { labReady } from './checks.js';
+
+/**
+ * Issue 8 end to end: what operators decide on the registry (remove, block) reaches every agent
+ * within 5 s: no WireGuard peer, no route, no name, no relay.
+ */
+const REGISTRY = '203.0.113.10';
+
+describe.runIf(labReady(['ip', 'ping']))('trust and operator actions', () => {
+  let lab: Lab;
+  let registry: LabRegistry;
+  const agents: Record<string, LabAgent> = {};
+
+  const registryCli = (args: string[]) => lab.run(registry.ns, [process.execPath, AGENTVPN_BIN, 'registry', ...args, '--db', registry.db, '--network', registry.network]);
+  const peersOf = async (a: LabAgent) => (await a.json<{ peers: PeerInfo[] }>(['peers'])).peers;
+  const idOf = (a: LabAgent) => a.json<{ id: string; ipv4: string }>(['id']);
+  const reaches = async (from: LabAgent, ipv4: string) => (await lab.exec(from.ns, ['ping', '-c', '1', '-W', '1', ipv4])).code === 0;
+
+  beforeAll(async () => {
+    lab = new Lab();
+    const hub = await lab.addRouter('hub');
+    const regNs = await lab.addNamespace('reg');
+    await lab.connect(hub, regNs, { a: '203.0.113.1/24', b: `${REGISTRY}/24`, ifB: 'eth0' });
+    await lab.ip(regNs, ['route', 'add', 'default', 'via', '203.0.113.1']);
+    registry = await startLabRegistry(lab, regNs, REGISTRY);
+    for (const [i, name] of ['alpha', 'beta', 'gamma'].entries()) {
+      const ns = await lab.addNamespace(name);
+      await lab.connect(hub, ns, { a: `192.0.2.${16 * i + 1}/28`, b: `192.0.2.${16 * i + 2}/28`, ifB: 'eth0' });
+      await lab.ip(ns, ['route', 'add', 'default', 'via', `192.0.2.${16 * i + 1}`]);
+      agents[name] = await startLabAgent(lab, ns, name, registry);
+    }
+    await waitForFleet(Object.values(agents), 30_000);
+  });
+
+  afterAll(async () => {
+    await lab?.cleanup();
+  });
+
+  it('a removed agent is gone from every peer within 5 s (peer, route, name) and does not re-join on its own', async () => {
+    const { alpha, beta } = agents;
+    const b = await idOf(beta);
+    expect(await reaches(alpha, b.ipv4)).toBe(true);
+    const started = Date.now();
+    await registryCli(['agent', 'remove', 'beta']);
+    await waitFor(async () => !(await peersOf(alpha)).some((p) => p.name === 'beta'), { timeoutMs: 5_000, intervalMs: 100, what: 'alpha drops beta' });
+    const took = Date.now() - started;
+    console.log(`removed beta: gone from alpha's peers after ${took} ms`);
+    expect(await reaches(alpha, b.ipv4)).toBe(false);
+    const status = await alpha.json<{ peers: { allowedIps: string[] }[] }>(['status']);
+    expect(status.peers.some((p) => p.allowedIps.includes(`${b.ipv4}/32`))).toBe(false);
+    expect((await alpha.cli(['resolve', 'beta', '--json'], { check: false })).code).not.toBe(0);
+    // beta learned it was removed: it says so and does not slip back in on its own.
+    await waitFor(async () => ((await beta.json<{ alerts?: string[] }>(['status'])).alerts ?? []).some((a) => /removed/.test(a)), { timeoutMs: 5_000, what: 'beta shows the removal' });
+    await new Promise((r) => setTimeout(r, 6_000));
+    expect(JSON.parse((await registryCli(['agent', 'list', '--json'])).stdout).agents.map((a: { name: string }) => a.name)).not.toContain('beta');
+  });
+
+  it('a blocked agent is dropped the same way and cannot join again', async () => {
+    const { alpha, gamma } = agents;
+    const g = await idOf(gamma);
+    await registryCli(['agent', 'block', 'gamma']);
+    await waitFor(async () => !(await peersOf(alpha)).some((p) => p.name === 'gamma'), { timeoutMs: 5_000, intervalMs: 100, what: 'alpha drops gamma' });
+    expect(await reaches(alpha, g.ipv4)).toBe(false);
+    // gamma restarts with its token: the registry refuses its ID.
+    await lab.kill(gamma.proc!);
+    await expect(startLabAgent(lab, gamma.ns, 'gamma', registry, { agent: gamma })).rejects.toThrow(/BLOCKED|blocked/);
+  });
+});
