@@ -144,24 +144,28 @@ export function compilePolicy(policy: Policy | null, self: AgentFacts, peers: Ag
   const byId = new Map<string, PeerRules>();
   const byWgKey = new Map<string, PeerRules>();
   const me = subjectOf(self);
-  const meAsSrc = policy?.grants.map((g) => g.src.some((s) => selects(s, me))) ?? [];
-  const meAsDst = policy?.grants.map((g) => g.dst.some((s) => selects(s, me))) ?? [];
+  const grants = policy?.grants ?? [];
+  // Only grants naming self matter here: the per-peer work is done for those alone.
+  const toMe = grants.flatMap((g, i) => (g.dst.some((s) => selects(s, me)) ? [i] : []));
+  const fromMe = grants.flatMap((g, i) => (g.src.some((s) => selects(s, me)) ? [i] : []));
   for (const facts of peers) {
     const peer = subjectOf(facts);
+    const rules: PeerRules = { id: facts.id, name: facts.name, inbound: new PortSet(), outbound: new PortSet(), inboundGrants: [], outboundGrants: [], app: Object.create(null) };
     const inEntries: IpEntry[] = [];
     const outEntries: IpEntry[] = [];
-    const rules: PeerRules = { id: facts.id, name: facts.name, inbound: new PortSet(), outbound: new PortSet(), inboundGrants: [], outboundGrants: [], app: Object.create(null) };
-    policy?.grants.forEach((g, i) => {
-      if (meAsDst[i] && g.src.some((s) => selects(s, peer))) {
-        inEntries.push(...g.ip);
-        rules.inboundGrants.push(i);
-        for (const [name, value] of Object.entries(g.app ?? {})) (rules.app[name] ??= []).push(value);
-      }
-      if (meAsSrc[i] && g.dst.some((s) => selects(s, peer))) {
-        outEntries.push(...g.ip);
-        rules.outboundGrants.push(i);
-      }
-    });
+    for (const i of toMe) {
+      const g = grants[i];
+      if (!g.src.some((s) => selects(s, peer))) continue;
+      inEntries.push(...g.ip);
+      rules.inboundGrants.push(i);
+      for (const [name, value] of Object.entries(g.app ?? {})) (rules.app[name] ??= []).push(value);
+    }
+    for (const i of fromMe) {
+      const g = grants[i];
+      if (!g.dst.some((s) => selects(s, peer))) continue;
+      outEntries.push(...g.ip);
+      rules.outboundGrants.push(i);
+    }
     rules.inbound = portSetOf(inEntries);
     rules.outbound = portSetOf(outEntries);
     byId.set(facts.id, rules);

@@ -137,7 +137,7 @@ export class PolicyFilter implements PacketFilter {
       ok = rules.inbound.icmp || rules.inbound.anyProtocol || this.quotedPasses(st, rules, IN, now);
       if (!ok) return this.deny(st, 'icmpError', IN);
     } else {
-      ok = rules.inbound.allows(v.proto, v.dstPort) || this.flowHit(st, rules, v, IN, now, true);
+      ok = rules.inbound.allows(v.grantProto, v.dstPort) || this.flowHit(st, rules, v, IN, now, true);
       if (!ok) return this.deny(st, 'noGrant', IN);
     }
     if (v.fragment === FRAG_FIRST) this.noteFirstFragment(st, v, IN, now);
@@ -160,7 +160,7 @@ export class PolicyFilter implements PacketFilter {
     if (v.isIcmp && v.icmpError) {
       if (!this.quotedPasses(st, rules, OUT, now)) return this.deny(st, 'icmpError', OUT);
     } else if (!this.flowHit(st, rules, v, OUT, now, true) && !this.repliesToGranted(rules, v)) {
-      if (!rules.outbound.allows(v.proto, v.dstPort)) {
+      if (!rules.outbound.allows(v.grantProto, v.dstPort)) {
         this.rejectable = true;
         return this.deny(st, 'noGrant', OUT);
       }
@@ -190,7 +190,7 @@ export class PolicyFilter implements PacketFilter {
   private repliesToGranted(rules: PeerRules, v: PacketView): boolean {
     if (v.proto === PROTO_TCP) return (v.tcpFlags & (TCP_SYN | TCP_ACK)) !== TCP_SYN && rules.inbound.allows(PROTO_TCP, v.srcPort);
     if (v.proto === PROTO_UDP) return rules.inbound.allows(PROTO_UDP, v.srcPort);
-    if (v.isIcmp) return v.echoReply && rules.inbound.icmp;
+    if (v.isIcmp) return v.echoReply && (rules.inbound.icmp || rules.inbound.anyProtocol);
     return rules.inbound.anyProtocol;
   }
 
@@ -206,9 +206,9 @@ export class PolicyFilter implements PacketFilter {
     if (this.lastBuf.compare(this.lastBuf, q.srcOff, q.srcOff + n, outer.dstOff, outer.dstOff + n) !== 0) return false;
     if (dir === IN) {
       // It quotes one of ours: would we have sent it?
-      return this.flowHit(st, rules, q, OUT, now, false) || this.repliesToGranted(rules, q) || rules.outbound.allows(q.proto, q.dstPort);
+      return this.flowHit(st, rules, q, OUT, now, false) || this.repliesToGranted(rules, q) || rules.outbound.allows(q.grantProto, q.dstPort);
     }
-    return rules.inbound.allows(q.proto, q.dstPort) || this.flowHit(st, rules, q, IN, now, false);
+    return rules.inbound.allows(q.grantProto, q.dstPort) || this.flowHit(st, rules, q, IN, now, false);
   }
 
   private deny(st: PeerState, reason: DenyReason, dir: number): false {
@@ -265,9 +265,9 @@ export class PolicyFilter implements PacketFilter {
     const slot = this.table.find(st.slot, now);
     if (slot < 0) return false;
     if (this.table.generationOf(slot) !== this.gen) {
-      const proto = this.table.keyWord(slot, 0) & 0xff;
+      // The flow was opened by a packet of ours that `v` belongs to: same protocol, same remote port.
       const remotePort = this.table.keyWord(slot, 1) & 0xffff;
-      if (!rules.outbound.allows(proto, remotePort)) {
+      if (!rules.outbound.allows(v.grantProto, remotePort)) {
         this.table.remove(slot);
         this.stats.flowsStopped++;
         return false;

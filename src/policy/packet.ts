@@ -31,9 +31,14 @@ export const TCP_ACK = 0x10;
 export const TCP_FIN = 0x01;
 export const TCP_RST = 0x04;
 
+/** What the policy calls a packet's protocol when its ICMP number belongs to the other family: only `*` allows it. */
+const PROTO_MISMATCHED_ICMP = 255;
+
 export class PacketView {
   family = 0;
   proto = 0;
+  /** The protocol as grants name it: ICMP and ICMPv6 are both PROTO_ICMP ("icmp"). */
+  grantProto = 0;
   srcOff = 0;
   dstOff = 0;
   srcPort = 0;
@@ -112,6 +117,8 @@ export class PacketView {
       return false;
     }
     this.proto = proto;
+    const icmp = (proto === PROTO_ICMP && version === 4) || (proto === PROTO_ICMPV6 && version === 6);
+    this.grantProto = icmp ? PROTO_ICMP : proto === PROTO_ICMP || proto === PROTO_ICMPV6 ? PROTO_MISMATCHED_ICMP : proto;
     this.l4Off = l4;
     this.end = end;
     this.srcPort = this.dstPort = this.tcpFlags = this.icmpType = this.icmpCode = 0;
@@ -124,7 +131,7 @@ export class PacketView {
       this.srcPort = (buf[l4] << 8) | buf[l4 + 1];
       this.dstPort = (buf[l4 + 2] << 8) | buf[l4 + 3];
       if (proto === PROTO_TCP && room >= 14) this.tcpFlags = buf[l4 + 13];
-    } else if ((proto === PROTO_ICMP && version === 4) || (proto === PROTO_ICMPV6 && version === 6)) {
+    } else if (icmp) {
       if (room < 8) return false;
       const type = buf[l4];
       this.icmpType = type;
