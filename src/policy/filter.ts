@@ -44,7 +44,7 @@ const TIMEOUTS = {
   /** Fragments of one datagram arrive together; the kernel's reassembly gives up after 30 s anyway. */
   fragmentMs: 5_000,
 };
-/** 32 Ki flows × ~70 bytes ≈ 2.3 MB: thousands of concurrent connections of our own. */
+/** 32 Ki flows × 62 bytes ≈ 2 MB: thousands of concurrent connections of our own. */
 export const DEFAULT_FLOW_CAPACITY = 32 * 1024;
 /** First-fragment entries a peer's traffic may hold: a small share, so flows always have room. */
 const MAX_FRAGMENT_ENTRIES = 1024;
