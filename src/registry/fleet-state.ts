@@ -53,8 +53,8 @@ export class NetworkState {
   readonly agents = new Map<string, Entry>();
   /** IDs an operator blocked: refused before any signature is checked. */
   readonly blocked = new Set<string>();
-  /** The network's policy, or null (no policy: everything is allowed). */
-  policy: StoredPolicy | null = null;
+  private currentPolicy: StoredPolicy | null = null;
+  private policyText = 'null';
   /** Capability name → IDs of the agents that have it, so a filtered list does not scan every agent. */
   private readonly byCap = new Map<string, Set<string>>();
 
@@ -87,9 +87,19 @@ export class NetworkState {
     return had;
   }
 
-  /** The policy as the JSON of a 'policy' event and of a snapshot's "policy" field. */
+  /** The network's policy, or null (no policy: everything is allowed). */
+  get policy(): StoredPolicy | null {
+    return this.currentPolicy;
+  }
+
+  setPolicy(p: StoredPolicy): void {
+    this.currentPolicy = p;
+    this.policyText = JSON.stringify({ version: p.version, policy: p.text });
+  }
+
+  /** The policy as the JSON of a 'policy' event and of a snapshot's "policy" field, encoded once per version. */
   get policyJson(): string {
-    return this.policy ? JSON.stringify({ version: this.policy.version, policy: this.policy.text }) : 'null';
+    return this.policyText;
   }
 
   setMember(m: Member): void {

@@ -25,7 +25,7 @@ export class OperatorSync {
   async start(): Promise<void> {
     this.seen = await this.store.lastActionSeq();
     for (const b of await this.store.blocked()) this.fleet.net(b.network).blocked.add(b.id);
-    for (const p of await this.store.policies()) this.fleet.net(p.network).policy = p;
+    for (const p of await this.store.policies()) this.fleet.net(p.network).setPolicy(p);
     await this.admins.load();
   }
 
@@ -63,7 +63,7 @@ export class OperatorSync {
     for (const p of await this.store.policies()) {
       const state = this.fleet.net(p.network);
       if (state.policy && state.policy.version >= p.version) continue;
-      state.policy = p;
+      state.setPolicy(p);
       this.log.info({ network: p.network, version: p.version, event: 'policy' }, 'policy set');
       this.hub.publishPolicy(p.network, state.policyJson);
     }
