@@ -32,14 +32,16 @@ function factsOf(a: StaticAgent, config: DeviceConfig): AgentFacts {
   return { id: a.wgPublicKey, name: a.name, tags: a.tags, capabilities: a.capabilities, wgPublicKey: a.wgPublicKey, ...addressesOf(config, a.wgPublicKey) };
 }
 
-/** Reads and compiles a static policy file for this device. */
-export function compileStaticPolicy(file: string, config: DeviceConfig): CompiledPolicy {
-  let text: string;
+function readPolicyFile(file: string): string {
   try {
-    text = readFileSync(file, 'utf8');
+    return readFileSync(file, 'utf8');
   } catch (e) {
     throw new AgentVpnError('POLICY_UNREADABLE', `cannot read policy file ${file}: ${(e as Error).message}`, 'give --policy a readable JSON policy file', { cause: e });
   }
+}
+
+/** Reads and compiles a static policy file for this device. */
+export function compileStaticPolicy(file: string, config: DeviceConfig, text = readPolicyFile(file)): CompiledPolicy {
   let parsed: ReturnType<typeof parseStaticPolicy>;
   try {
     parsed = parseStaticPolicy(text);
@@ -57,14 +59,20 @@ export function compileStaticPolicy(file: string, config: DeviceConfig): Compile
   return compilePolicy(parsed.policy, factsOf(self, config), peers);
 }
 
-/** A filter enforcing the file's policy, kept up to date while `stop()` is not called. */
-export function watchStaticPolicy(file: string, config: DeviceConfig, log: Logger): { filter: PolicyFilter; stop(): void } {
+/**
+ * A filter enforcing the file's policy, kept up to date while `stop()` is not called; `text()` is
+ * the policy in force (what `agentvpn policy test` asks the daemon for).
+ */
+export function watchStaticPolicy(file: string, config: DeviceConfig, log: Logger): { filter: PolicyFilter; text(): string; stop(): void } {
   const filter = new PolicyFilter();
-  filter.setPolicy(compileStaticPolicy(file, config));
+  let inForce = readPolicyFile(file);
+  filter.setPolicy(compileStaticPolicy(file, config, inForce));
   const onChange = (cur: { mtimeMs: number }, prev: { mtimeMs: number }) => {
     if (cur.mtimeMs === prev.mtimeMs) return;
     try {
-      filter.setPolicy(compileStaticPolicy(file, config));
+      const text = readPolicyFile(file);
+      filter.setPolicy(compileStaticPolicy(file, config, text));
+      inForce = text;
       log.info({ file }, 'policy reloaded');
     } catch (e) {
       const err = e as AgentVpnError;
@@ -72,5 +80,5 @@ export function watchStaticPolicy(file: string, config: DeviceConfig, log: Logge
     }
   };
   watchFile(file, { interval: WATCH_INTERVAL_MS }, onChange);
-  return { filter, stop: () => unwatchFile(file, onChange) };
+  return { filter, text: () => inForce, stop: () => unwatchFile(file, onChange) };
 }

@@ -96,6 +96,11 @@ describe.runIf(labReady(['ip', 'curl', 'python3', 'ping', 'ssh', 'sshd', 'ssh-ke
     expect(sshDenied.stderr).toMatch(/No route to host|Permission denied|unreachable/i);
     const ping = await pair.lab.exec(pair.endpoints.nsB, ['ping', '-c2', '-i0.2', '-W1', OVERLAY.v4A]);
     expect(ping.stdout).toContain('0 received');
+    // `policy test` against the daemon's policy says the same.
+    for (const [src, dst, flow, code] of [['alpha', 'beta', 'tcp:8081', 2], ['alpha', 'beta', 'tcp:8080', 0], ['beta', 'alpha', 'tcp:8080', 2], ['alpha', 'beta', 'icmp', 0]] as const) {
+      const t = await a.cli(['policy', 'test', '--src', src, '--dst', dst, flow]);
+      expect(t.code, t.stdout + t.stderr).toBe(code);
+    }
     const s = await status(a);
     console.log(`alpha's drops for beta: ${JSON.stringify(s.peers[0].dropped)}`);
     expect(s.peers[0].dropped.policyRejected).toBeGreaterThanOrEqual(2);

@@ -12,6 +12,7 @@ import { logFilePath, pidFilePath, runDir, validateInterfaceName } from '../../d
 import type { DeviceStatus } from '../../daemon/status-types.js';
 import { AgentVpnError } from '../../errors.js';
 import { compileStaticPolicy, watchStaticPolicy } from '../../policy/static.js';
+import { TRUST_MODES, type TrustMode } from '../../trust/store.js';
 import { interfaceOption, printError, printResult, runCommand, toAgentVpnError, type GlobalArgs } from '../output.js';
 
 /** How long `up` waits for the background daemon to report that the interface is up. */
@@ -34,6 +35,7 @@ interface UpArgs extends GlobalArgs {
   'listen-port'?: number;
   'log-level': string;
   policy?: string;
+  trust: TrustMode;
 }
 
 /** The daemon's two modes: a static wg-quick config, or a fleet found through a registry. */
@@ -59,7 +61,7 @@ async function startDaemon(args: UpArgs, iface: string, log: pino.Logger): Promi
     const fleet = new FleetAgent({
       iface, registryUrl: args.registry, token: args.token ?? process.env.AGENTVPN_TOKEN, name: args.name!, capabilities: args.cap,
       network: args.network, stateDir: stateDir(args['state-dir']), listenPort: args['listen-port'] ?? 0, mtu: args.mtu,
-      caFile: args['registry-ca'], dns: args.dns, firewall: args.firewall, log,
+      caFile: args['registry-ca'], dns: args.dns, firewall: args.firewall, trust: args.trust, log,
     });
     const daemon = await fleet.start();
     return { stop: () => fleet.stop(), status: () => daemon.status() };
@@ -67,7 +69,8 @@ async function startDaemon(args: UpArgs, iface: string, log: pino.Logger): Promi
   const config = await loadConfig(args.config!);
   if (args['listen-port'] !== undefined) config.listenPort = args['listen-port'];
   const policy = args.policy ? watchStaticPolicy(args.policy, config, log) : null;
-  const daemon = new Daemon({ iface, config, log, firewall: args.firewall, filter: policy?.filter });
+  const handlers = policy ? { policyGet: () => ({ text: policy.text() }) } : undefined;
+  const daemon = new Daemon({ iface, config, log, firewall: args.firewall, filter: policy?.filter, handlers });
   await daemon.start();
   const stop = () => {
     policy?.stop();
@@ -163,6 +166,10 @@ export const upCommand: CommandModule<GlobalArgs, UpArgs> = {
       .option('state-dir', { type: 'string', describe: `identity and state (default ${DEFAULT_STATE_DIR} or AGENTVPN_STATE_DIR)` })
       .option('registry-ca', { type: 'string', describe: 'CA certificate (PEM) to trust for the registry\'s TLS' })
       .option('dns', { type: 'boolean', default: true, describe: 'answer NAME.<network> on the overlay addresses (port 53)' })
+      .option('trust', {
+        choices: TRUST_MODES, default: 'tofu' as TrustMode,
+        describe: 'fleet mode: tofu pins each agent\'s key at first sight and refuses a changed one; approve gives a new agent no tunnel until `agentvpn trust approve NAME`; open believes the registry',
+      })
       .option('firewall', {
         type: 'boolean', default: true,
         describe: 'nftables rules: the overlay addresses answer through the tunnel only. --no-firewall is unsafe on shared LANs: '
