@@ -141,9 +141,19 @@ export class Admission {
     for (const v of views) this.applySafely(v);
   }
 
-  /** Offers the held records to the gate again (after `trust accept`, `approve`, `forget`). */
+  /** Offers every record to the gate again (after `trust accept`, `approve`, `block`, `forget`). */
   recheck(): void {
-    for (const view of [...this.held.values()]) this.applySafely(view);
+    for (const view of [...this.held.values(), ...this.agents.values()]) this.recheckOne(view);
+  }
+
+  private recheckOne(view: AgentView): void {
+    const admitted = this.agents.get(view.record.id) === view;
+    if (admitted && this.opts.gate && !this.opts.gate.admit(view)) {
+      this.remove(view.record.id);
+      this.held.set(view.record.id, view);
+    } else if (!admitted) {
+      this.applySafely(view);
+    }
   }
 
   /** Forgets an agent (removed or blocked on the registry): no peer, no route, no name from now on. */

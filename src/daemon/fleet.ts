@@ -3,6 +3,8 @@ import { Identity } from '../identity/identity.js';
 import { parsePrefix, type Prefix } from '../ip/prefix.js';
 import { RegistryClient } from '../registry/client.js';
 import { DnsServer } from '../dns/server.js';
+import { TrustGate } from '../trust/gate.js';
+import { TrustStore, type TrustMode } from '../trust/store.js';
 import { Admission } from './admission.js';
 import { Daemon } from './daemon.js';
 import { FleetPaths, localEndpoints } from './fleet-paths.js';
@@ -25,7 +27,15 @@ export interface FleetOptions {
   dns: boolean;
   /** The daemon's nftables rules (default true; see Daemon). */
   firewall?: boolean;
+  /** Which agents get a tunnel: tofu (default), approve, open (docs/trust.md). */
+  trust?: TrustMode;
   log: PinoLogger;
+}
+
+/** A control method's string parameter ('' when absent: the trust store refuses it with a clear error). */
+function stringParam(params: unknown, key: string): string {
+  const v = (params as Record<string, unknown> | undefined)?.[key];
+  return typeof v === 'string' ? v : '';
 }
 
 /** Endpoint discovery (STUN, port mapping) is repeated this often: NAT mappings and addresses change. */
@@ -49,6 +59,7 @@ interface Running {
 export class FleetAgent {
   readonly identity: Identity;
   private readonly membership: Membership;
+  private readonly trust: TrustGate;
   private running: Running | null = null;
   private daemon: Daemon | null = null;
   private paths: FleetPaths | null = null;
@@ -62,6 +73,8 @@ export class FleetAgent {
 
   constructor(private readonly opts: FleetOptions) {
     this.identity = Identity.loadOrCreate(opts.stateDir);
+    const store = TrustStore.open(opts.stateDir, opts.network, (e) => opts.log.error({ err: e.message }, 'writing the trust store failed; will retry'));
+    this.trust = new TrustGate(store, opts.trust ?? 'tofu', opts.log);
     const client = new RegistryClient({ url: opts.registryUrl, identity: this.identity, network: opts.network, caFile: opts.caFile });
     this.membership = new Membership({
       client, identity: this.identity, name: opts.name, token: opts.token, network: opts.network,
@@ -99,6 +112,11 @@ export class FleetAgent {
         resolve: (params) => this.admission().resolve(String((params as { name?: unknown } | undefined)?.name ?? '')),
         ping: (params) => this.ping(params as { name?: unknown; count?: unknown } | undefined),
         netcheck: (params) => this.paths!.runNetcheck(params as { servers?: unknown } | undefined),
+        trustList: () => this.trust.list(),
+        trustAccept: (params) => this.trustAction(() => this.trust.accept(stringParam(params, 'name'))),
+        trustApprove: (params) => this.trustAction(() => this.trust.approve(stringParam(params, 'name'))),
+        trustBlock: (params) => this.trustAction(() => this.trust.block(stringParam(params, 'target'))),
+        trustForget: (params) => this.trustAction(() => this.trust.forget(stringParam(params, 'name'))),
         whois: (params) => this.admission().whois(String((params as { address?: unknown } | undefined)?.address ?? '')),
       },
     });
@@ -109,7 +127,7 @@ export class FleetAgent {
     await paths.start();
     await this.refreshEndpoints();
     const admission = new Admission({
-      daemon, pool, log: opts.log,
+      daemon, pool, log: opts.log, gate: this.trust,
       self: { id: this.identity.id, name: opts.name, network: join.network, ipv4: join.ipv4, ipv6: join.ipv6 },
     });
     if (opts.dns) {
@@ -124,9 +142,17 @@ export class FleetAgent {
     return daemon;
   }
 
+  /** An operator's trust decision, then every record offered to the gate again (admitted ones too: a block drops the peer). */
+  private trustAction<T>(act: () => T): T {
+    const result = act();
+    this.running?.admission.recheck();
+    return result;
+  }
+
   /** What needs an operator, for `status`. */
   private alerts(): string[] {
-    return this.membership.removedByOperator ? [`an operator removed this agent from network ${this.opts.network}; run \`agentvpn up\` again to re-join`] : [];
+    const removed = this.membership.removedByOperator ? [`an operator removed this agent from network ${this.opts.network}; run \`agentvpn up\` again to re-join`] : [];
+    return [...removed, ...this.trust.alertLines()];
   }
 
     private admission(): Admission {
@@ -151,6 +177,7 @@ export class FleetAgent {
     await this.membership.stop();
     await this.dns?.stop();
     await this.daemon?.stop();
+    this.trust.store.flush();
   }
 
   private describeSelf({ join }: CheckedJoin) {

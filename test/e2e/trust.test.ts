@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AGENTVPN_BIN, Lab, startLabAgent, startLabRegistry, waitFor, waitForFleet, type LabAgent, type LabRegistry } from '../../src/lab/index.js';
+import { join } from 'node:path';
+import { AGENTVPN_BIN, Lab, LabAgent, startLabAgent, startLabRegistry, waitFor, waitForFleet, type LabAgent, type LabRegistry } from '../../src/lab/index.js';
 import type { PeerInfo } from '../../src/daemon/fleet.js';
 import { labReady } from './checks.js';
 
@@ -56,6 +57,34 @@ describe.runIf(labReady(['ip', 'ping']))('trust and operator actions', () => {
     await waitFor(async () => ((await beta.json<{ alerts?: string[] }>(['status'])).alerts ?? []).some((a) => /removed/.test(a)), { timeoutMs: 5_000, what: 'beta shows the removal' });
     await new Promise((r) => setTimeout(r, 6_000));
     expect(JSON.parse((await registryCli(['agent', 'list', '--json'])).stdout).agents.map((a: { name: string }) => a.name)).not.toContain('beta');
+  });
+
+  it('TOFU: a new machine joining as beta with another key is refused by alpha until `trust accept beta`', async () => {
+    const { alpha } = agents;
+    const oldBeta = agents.beta;
+    await lab.kill(oldBeta.proc!);
+    // A new machine (a new identity) takes the name beta, which the removal freed.
+    const impostor = new LabAgent(lab, 'beta', oldBeta.ns, join(lab.dir, 'state-beta-new'), join(lab.dir, 'run-beta-new'));
+    await startLabAgent(lab, oldBeta.ns, 'beta', registry, { agent: impostor });
+    const b = await idOf(impostor);
+    type TrustList = { entries: { name: string; state: string; fingerprint: string; offered?: { fingerprint: string; id: string } }[] };
+    await waitFor(async () => (await alpha.json<TrustList>(['trust', 'list'])).entries.some((e) => e.name === 'beta' && e.state === 'changed'), { timeoutMs: 10_000, what: 'alpha flags beta as changed' });
+    const entry = (await alpha.json<TrustList>(['trust', 'list'])).entries.find((e) => e.name === 'beta')!;
+    console.log(`trust list on alpha: beta ${entry.state}, pinned ${entry.fingerprint}, offered ${entry.offered?.fingerprint}`);
+    expect(entry.offered?.id).toBe(b.id);
+    expect(entry.offered?.fingerprint).not.toBe(entry.fingerprint);
+    const status = await alpha.json<{ alerts?: string[] }>(['status']);
+    expect((status.alerts ?? []).some((a) => /beta/.test(a))).toBe(true);
+    expect((await alpha.json<{ peers: PeerInfo[] }>(['peers'])).peers.some((p) => p.name === 'beta')).toBe(false);
+    expect(await reaches(alpha, b.ipv4)).toBe(false);
+    expect((await alpha.cli(['resolve', 'beta', '--json'], { check: false })).code).not.toBe(0);
+
+    await alpha.cli(['trust', 'accept', 'beta']);
+    await waitFor(() => reaches(alpha, b.ipv4), { timeoutMs: 10_000, what: 'alpha reaches the accepted beta' });
+    const accepted = (await alpha.json<TrustList>(['trust', 'list'])).entries.find((e) => e.name === 'beta')!;
+    expect(accepted.state).not.toBe('changed');
+    expect(((await alpha.json<{ alerts?: string[] }>(['status'])).alerts ?? []).some((a) => /beta/.test(a))).toBe(false);
+    agents.beta = impostor;
   });
 
   it('a blocked agent is dropped the same way and cannot join again', async () => {
