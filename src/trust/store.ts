@@ -187,6 +187,9 @@ function trustError(code: string, message: string, hint: string): AgentVpnError 
 /** The trust store of one network, in memory, written through to its file. */
 export class TrustStore implements TrustLookup {
   private readonly entries = new Map<string, TrustEntry>();
+  /** Agent ID by name and by IPv4: every record looks both up, in a store of up to MAX_TRUST_ENTRIES. */
+  private readonly names = new Map<string, string>();
+  private readonly ipv4s = new Map<string, string>();
   private lastWrite = 0;
   private dirty = false;
   private timer: NodeJS.Timeout | null = null;
@@ -194,7 +197,22 @@ export class TrustStore implements TrustLookup {
   writes = 0;
 
   private constructor(readonly file: string, readonly network: string, entries: TrustEntry[], private readonly onWriteError: (e: AgentVpnError) => void) {
-    for (const e of entries) this.entries.set(e.id, e);
+    for (const e of entries) this.set(e);
+  }
+
+  private set(e: TrustEntry): void {
+    this.unset(e.id);
+    this.entries.set(e.id, e);
+    if (e.name !== null) this.names.set(e.name, e.id);
+    if (e.ipv4 !== null) this.ipv4s.set(e.ipv4, e.id);
+  }
+
+  private unset(id: string): boolean {
+    const old = this.entries.get(id);
+    if (!old) return false;
+    if (old.name !== null && this.names.get(old.name) === id) this.names.delete(old.name);
+    if (old.ipv4 !== null && this.ipv4s.get(old.ipv4) === id) this.ipv4s.delete(old.ipv4);
+    return this.entries.delete(id);
   }
 
   static path(stateDir: string, network: string): string {
@@ -232,13 +250,13 @@ export class TrustStore implements TrustLookup {
   }
 
   byName(name: string): TrustEntry | undefined {
-    for (const e of this.entries.values()) if (e.name === name) return e;
-    return undefined;
+    const id = this.names.get(name);
+    return id === undefined ? undefined : this.entries.get(id);
   }
 
   byIpv4(ipv4: string): TrustEntry | undefined {
-    for (const e of this.entries.values()) if (e.ipv4 === ipv4) return e;
-    return undefined;
+    const id = this.ipv4s.get(ipv4);
+    return id === undefined ? undefined : this.entries.get(id);
   }
 
   all(): TrustEntry[] {
@@ -276,11 +294,11 @@ export class TrustStore implements TrustLookup {
   /** Changes the entries; true when the file should be written (soon). */
   private change(update: TrustUpdate, now: number): boolean {
     let significant = false;
-    for (const id of update.remove) significant = this.entries.delete(id) || significant;
+    for (const id of update.remove) significant = this.unset(id) || significant;
     for (const e of update.put) {
       const old = this.entries.get(e.id);
       if (!old || JSON.stringify({ ...old, lastSeen: 0 }) !== JSON.stringify({ ...e, lastSeen: 0 })) significant = true;
-      this.entries.set(e.id, e);
+      this.set(e);
     }
     if (significant || (update.put.length > 0 && now - this.lastWrite >= LAST_SEEN_WRITE_MS)) this.dirty = true;
     return this.dirty;
