@@ -18,8 +18,9 @@ export class OperatorSync {
   private seen = 0;
   private running: Promise<void> = Promise.resolve();
 
+  /** `removed`: called after members were removed (the relay re-checks its sessions at once). */
   constructor(private readonly store: RegistryStore, private readonly fleet: Fleet, private readonly hub: EventHub,
-    private readonly admins: AdminTokens, private readonly log: Logger) {}
+    private readonly admins: AdminTokens, private readonly log: Logger, private readonly removed: () => void) {}
 
   /** Loads blocked IDs and policies, and starts after the newest action (their effects are in the tables already). */
   async start(): Promise<void> {
@@ -38,25 +39,29 @@ export class OperatorSync {
   private async pollOnce(): Promise<void> {
     const actions = await this.store.actionsSince(this.seen, ACTIONS_PER_POLL);
     let policiesChanged = false;
+    let removals = 0;
     for (const a of actions) {
       this.seen = a.seq;
       if (a.action === 'policy') policiesChanged = true;
       else if (a.action === 'admin-token') await this.admins.load();
-      else this.removeFromMemory(a);
+      else if (this.removeFromMemory(a)) removals++;
     }
+    if (removals > 0) this.removed();
     if (policiesChanged) await this.loadPolicies();
   }
 
-  private removeFromMemory(a: OperatorAction): void {
-    if (a.id === null) return;
+  /** Whether a member was removed. */
+  private removeFromMemory(a: OperatorAction): boolean {
+    if (a.id === null) return false;
     const state = this.fleet.net(a.network);
     if (a.action === 'block') state.blocked.add(a.id);
     const name = state.members.get(a.id)?.name;
-    if (!state.removeMember(a.id)) return;
+    if (!state.removeMember(a.id)) return false;
     this.log.info({ network: a.network, id: a.id, name, event: a.action === 'block' ? 'blocked' : 'removed' }, `agent ${a.action === 'block' ? 'blocked' : 'removed'} by the operator`);
     this.hub.publishRemoved(a.network, a.id);
     // Its streams end: it is no longer a member (if it is one elsewhere, it reconnects there).
     this.hub.closeCredential(`agent:${a.id}`);
+    return true;
   }
 
   private async loadPolicies(): Promise<void> {

@@ -146,7 +146,8 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
 
   const hub = new EventHub(limits);
   const admins = new AdminTokens(store);
-  const sync = new OperatorSync(store, fleet, hub, admins, log);
+  let relayRef: RunningRelay | null = null;
+  const sync = new OperatorSync(store, fleet, hub, admins, log, () => relayRef?.recheck());
   await sync.start();
   const guard = new ConnectionGuard({ perAddress: limits.connectionsPerAddress, total: limits.connections });
   const counters = { requests: 0, refused: {} as Record<string, number> };
@@ -168,7 +169,6 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     return { agents, online, refused: { ...counters.refused }, requests: counters.requests, connections: guard.stats(), streams: hub.stats(), relay: relayRef?.stats() ?? null };
   };
 
-  let relayRef: RunningRelay | null = null;
   /** The relay and STUN servers a joining agent is told about, at the host it reached us at. */
   const relayInfo = (req: IncomingMessage): { relays: RelayInfo[]; stun: string[] } => {
     if (!relayRef) return { relays: [], stun: [] };

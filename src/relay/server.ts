@@ -66,6 +66,8 @@ export interface RunningRelay {
   stunSecondPort: number;
   stop(): Promise<void>;
   stats(): RelayStats;
+  /** Asks the allow hook again for every session now, not at the next sweep (a member was just removed). */
+  recheck(): void;
 }
 
 /** Tries at finding two free consecutive UDP ports when the port is 0. */
@@ -512,6 +514,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
       return { clients: clients.size, udpClients: clients.size - tcp, tcpClients: tcp, forwardedPackets: counters.forwardedPackets,
         forwardedBytes: counters.forwardedBytes, stunAnswered: counters.stunAnswered, helloVerifications: gate.verified, dropped: { ...counters.dropped } };
     },
+    recheck: () => sweep(),
     stop: () => (stopped ??= (async () => {
       clearInterval(sweeper);
       opts.tcpServer?.off('upgrade', onUpgrade);
