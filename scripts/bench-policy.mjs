@@ -4,6 +4,11 @@
 // flow hit, beta's inbound grant, beta's reply-to-granted, alpha's inbound flow hit.
 //   node scripts/bench-policy.mjs [--filter on|off] [--packets N]
 // Prints packets/s and ns per packet (seal + open + filter, both directions counted).
+//   node scripts/bench-policy.mjs --iperf SECONDS [--rounds N]
+// The same question end to end: two static daemons in namespaces, iperf3 (one TCP stream) with
+// and without `--policy`, alternating off/on N times; prints each run and the median ratio.
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { Device } from '../dist/wireguard/device.js';
@@ -14,7 +19,14 @@ import { compilePolicy } from '../dist/policy/compile.js';
 import { PolicyFilter } from '../dist/policy/filter.js';
 import { parsePolicy } from '../dist/policy/parse.js';
 
-const { values: args } = parseArgs({ options: { filter: { type: 'string', default: 'on' }, packets: { type: 'string', default: '400000' } } });
+const { values: args } = parseArgs({ options: {
+  filter: { type: 'string', default: 'on' }, packets: { type: 'string', default: '400000' },
+  iperf: { type: 'string' }, rounds: { type: 'string', default: '3' },
+} });
+if (args.iperf) {
+  await iperfPair(Number(args.iperf), Number(args.rounds));
+  process.exit(0);
+}
 const withFilter = args.filter === 'on';
 const total = Number(args.packets);
 const BATCH = 64;
@@ -108,3 +120,45 @@ const packets = rounds * BATCH * 2;
 const delivered = a.tunWritten + b.tunWritten - 1;
 if (delivered !== packets) throw new Error(`bench: ${packets - delivered} packets did not arrive (filter ${args.filter})`);
 console.log(`filter ${args.filter}: ${packets} packets (1400 B data + 40 B ACKs) in ${(ns / 1e6).toFixed(0)} ms: ${(packets / (ns / 1e9) / 1e3).toFixed(0)} kpackets/s, ${(ns / packets).toFixed(0)} ns/packet`);
+
+async function iperfPair(seconds, rounds) {
+  const { Lab, iperf3, startAgentVpn, waitForPing, wgKeyPair } = await import('../dist/lab/index.js');
+  const lab = new Lab();
+  try {
+    const a = await lab.addNamespace('pol-a');
+    const b = await lab.addNamespace('pol-b');
+    await lab.connect(a, b, { a: '192.0.2.1/24', b: '192.0.2.2/24' });
+    const [ka, kb] = await Promise.all([wgKeyPair(), wgKeyPair()]);
+    const cfg = (me, them, mine, theirs, peerUnderlay) => ({
+      privateKey: me.privateKey, listenPort: 51820, addresses: [`${mine}/24`],
+      peers: [{ publicKey: them.publicKey, allowedIps: [`${theirs}/32`], endpoint: `${peerUnderlay}:51820` }],
+    });
+    const policyFile = join(lab.dir, 'policy.json');
+    writeFileSync(policyFile, JSON.stringify({
+      agents: { alpha: { wgPublicKey: ka.publicKey }, beta: { wgPublicKey: kb.publicKey } },
+      grants: [{ src: ['name:alpha'], dst: ['name:beta'], ip: ['tcp:5201', 'icmp'] }],
+    }));
+    const results = { off: [], on: [] };
+    for (let r = 0; r < rounds; r++) {
+      for (const mode of ['off', 'on']) {
+        const extraArgs = mode === 'on' ? ['--policy', policyFile] : [];
+        const pa = await startAgentVpn(lab, a, cfg(ka, kb, '100.64.0.1', '100.64.0.2', '192.0.2.2'), 'agentvpn0', { extraArgs });
+        const pb = await startAgentVpn(lab, b, cfg(kb, ka, '100.64.0.2', '100.64.0.1', '192.0.2.1'), 'agentvpn0', { extraArgs });
+        try {
+          await waitForPing(lab, a, '100.64.0.2', 20_000);
+          const ip = await iperf3(lab, b, a, '100.64.0.2', { durationSec: seconds });
+          results[mode].push(ip.bitsPerSecond / 1e6);
+          console.log(`round ${r + 1} filter ${mode}: ${(ip.bitsPerSecond / 1e6).toFixed(0)} Mbit/s`);
+        } finally {
+          await pa.stop();
+          await pb.stop();
+        }
+      }
+    }
+    const median = (xs) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
+    const ratios = results.on.map((v, i) => v / results.off[i]);
+    console.log(`median: off ${median(results.off).toFixed(0)} Mbit/s, on ${median(results.on).toFixed(0)} Mbit/s, on/off ${median(ratios).toFixed(3)} (pairs ${ratios.map((x) => x.toFixed(2)).join(' ')})`);
+  } finally {
+    await lab.cleanup();
+  }
+}
