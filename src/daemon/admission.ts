@@ -17,6 +17,8 @@ export interface PeerInfo {
   online: boolean;
   lastSeen: number;
   capabilities: string[];
+  /** Given by the registry from the agent's join token (not signed by the agent). */
+  tags: string[];
   endpoints: string[];
 }
 
@@ -54,6 +56,12 @@ export interface AdmissionOptions {
   gate?: AdmissionGate;
   /** The app capabilities an agent's grants give it toward us (the policy, once there is one). */
   appCapabilitiesOf?: (id: string) => Record<string, unknown[]>;
+  /** The admitted agents (or our own view of ourselves) changed. */
+  onChange?: () => void;
+}
+
+export function tagsOf(view: AgentView): string[] {
+  return (view as { tags?: string[] }).tags ?? [];
 }
 
 /** "100.64.0.7", "100.64.0.7:8080", "fd00::7", "[fd00::7]:8080" → the address bytes and port. */
@@ -73,6 +81,8 @@ export class Admission {
   private readonly agents = new Map<string, AgentView>();
   /** Records the gate refused, by ID: offered again by recheck() after an operator's decision. */
   private readonly held = new Map<string, AgentView>();
+  /** The registry's view of ourselves (our tags come from there). */
+  selfView: AgentView | null = null;
 
   constructor(private readonly opts: AdmissionOptions) {}
 
@@ -84,7 +94,12 @@ export class Admission {
   private async apply(view: AgentView): Promise<void> {
     const { self, log, daemon } = this.opts;
     const r = view?.record;
-    if (!r || r.id === self.id) return;
+    if (!r) return;
+    if (r.id === self.id) {
+      this.selfView = view;
+      this.opts.onChange?.();
+      return;
+    }
     const check = verifyRecord(view, { network: self.network });
     if (!check.ok) {
       log.warn({ id: r.id, problem: check.problem, detail: check.detail }, 'ignoring agent record that does not verify');
@@ -106,6 +121,7 @@ export class Admission {
     }
     this.held.delete(r.id);
     this.agents.set(r.id, view);
+    this.opts.onChange?.();
     const wgKey = Buffer.from(r.wgPublicKey, 'base64');
     const candidates = r.endpoints.map(endpointBuffer).filter((e): e is Buffer => e !== null);
     const endpoint = daemon.sock?.upsertPeer(wgKey, candidates) ?? null;
@@ -126,7 +142,7 @@ export class Admission {
       const r = a.record;
       if (formatAddress(parseAddress(r.ipv4)!) !== text && formatAddress(parseAddress(r.ipv6)!) !== text) continue;
       return {
-        address: text, port: parsed.port, id: r.id, name: r.name, tags: (a as { tags?: string[] }).tags ?? [],
+        address: text, port: parsed.port, id: r.id, name: r.name, tags: tagsOf(a),
         capabilities: r.capabilities, app: this.opts.appCapabilitiesOf?.(r.id) ?? {}, online: a.online,
       };
     }
@@ -162,8 +178,14 @@ export class Admission {
     const view = this.agents.get(id);
     if (!view) return;
     this.agents.delete(id);
+    this.opts.onChange?.();
     this.opts.daemon.removePeer(Buffer.from(view.record.wgPublicKey, 'base64'));
     this.opts.log.info({ id, name: view.record.name }, 'agent removed from the fleet; peer dropped');
+  }
+
+  /** Every admitted agent's view. */
+  admitted(): AgentView[] {
+    return [...this.agents.values()];
   }
 
   peers(cap?: string): PeerInfo[] {
@@ -172,7 +194,7 @@ export class Admission {
       .filter((a) => !query || anyCapabilityMatches(query, a.record.capabilities))
       .map((a) => ({
         id: a.record.id, name: a.record.name, ipv4: a.record.ipv4, ipv6: a.record.ipv6, online: a.online,
-        lastSeen: a.lastSeen, capabilities: a.record.capabilities, endpoints: a.record.endpoints,
+        lastSeen: a.lastSeen, capabilities: a.record.capabilities, tags: tagsOf(a), endpoints: a.record.endpoints,
       }))
       .sort((x, y) => x.name.localeCompare(y.name));
   }

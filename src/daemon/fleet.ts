@@ -5,7 +5,8 @@ import { RegistryClient } from '../registry/client.js';
 import { DnsServer } from '../dns/server.js';
 import { TrustGate } from '../trust/gate.js';
 import { TrustStore, type TrustMode } from '../trust/store.js';
-import { Admission } from './admission.js';
+import { Admission, tagsOf } from './admission.js';
+import { FleetPolicy, factsOf } from './fleet-policy.js';
 import { Daemon } from './daemon.js';
 import { FleetPaths, localEndpoints } from './fleet-paths.js';
 import { Membership, type CheckedJoin, type FleetEvents } from './membership.js';
@@ -69,7 +70,9 @@ export class FleetAgent {
     snapshot: (views) => this.running?.admission.sync(views),
     agent: (view) => this.running?.admission.applySafely(view),
     removed: (id) => (id === this.identity.id ? this.membership.markRemoved() : this.running?.admission.remove(id)),
+    policy: (view) => this.policy?.set(view),
   };
+  private policy: FleetPolicy | null = null;
 
   constructor(private readonly opts: FleetOptions) {
     this.identity = Identity.loadOrCreate(opts.stateDir);
@@ -100,10 +103,14 @@ export class FleetAgent {
       { ...parsePrefix(join.ipv4)!, bits: pool.bits },
       { ...parsePrefix(join.ipv6)!, bits: ula.bits },
     ];
+    const self = { id: this.identity.id, name: opts.name, network: join.network, ipv4: join.ipv4, ipv6: join.ipv6 };
+    const policy = new FleetPolicy(() => this.policyFacts(self), opts.log);
+    this.policy = policy;
     const daemon = new Daemon({
       iface: opts.iface,
       log: opts.log,
       firewall: opts.firewall,
+      filter: policy.filter,
       config: { privateKey: this.identity.wgPrivateKey, addresses, listenPort: opts.listenPort, mtu: opts.mtu, peers: [] },
       alerts: () => this.alerts(),
       handlers: {
@@ -117,6 +124,7 @@ export class FleetAgent {
         trustApprove: (params) => this.trustAction(() => this.trust.approve(stringParam(params, 'name'))),
         trustBlock: (params) => this.trustAction(() => this.trust.block(stringParam(params, 'target'))),
         trustForget: (params) => this.trustAction(() => this.trust.forget(stringParam(params, 'name'))),
+        policyGet: () => ({ text: policy.text() }),
         whois: (params) => this.admission().whois(String((params as { address?: unknown } | undefined)?.address ?? '')),
       },
     });
@@ -127,8 +135,9 @@ export class FleetAgent {
     await paths.start();
     await this.refreshEndpoints();
     const admission = new Admission({
-      daemon, pool, log: opts.log, gate: this.trust,
-      self: { id: this.identity.id, name: opts.name, network: join.network, ipv4: join.ipv4, ipv6: join.ipv6 },
+      daemon, pool, log: opts.log, gate: this.trust, self,
+      appCapabilitiesOf: (id) => policy.appOf(id),
+      onChange: () => policy.changed(),
     });
     if (opts.dns) {
       this.dns = new DnsServer({ bind: [join.ipv4, join.ipv6], zone: join.network, lookup: (name) => admission.lookupName(name) });
@@ -155,7 +164,17 @@ export class FleetAgent {
     return [...removed, ...this.trust.alertLines()];
   }
 
-    private admission(): Admission {
+    /** What the policy is compiled against: us (tags from the registry's view of us) and the admitted agents. */
+  private policyFacts(self: { id: string; name: string; ipv4: string; ipv6: string }) {
+    const admission = this.running?.admission;
+    const selfView = admission?.selfView;
+    return {
+      self: { ...self, tags: selfView ? tagsOf(selfView) : [], capabilities: this.opts.capabilities, wgPublicKey: Buffer.from(this.identity.wgPublicKey).toString('base64') },
+      peers: (admission?.admitted() ?? []).map(factsOf),
+    };
+  }
+
+  private admission(): Admission {
     if (!this.running) throw new Error('the fleet agent is not up');
     return this.running.admission;
   }
@@ -173,6 +192,7 @@ export class FleetAgent {
 
   async stop(): Promise<void> {
     for (const t of this.timers) clearInterval(t);
+    this.policy?.stop();
     await this.paths?.stop();
     await this.membership.stop();
     await this.dns?.stop();
@@ -184,7 +204,8 @@ export class FleetAgent {
     return {
       id: this.identity.id, name: this.opts.name, network: join.network, ipv4: join.ipv4, ipv6: join.ipv6,
       wgPublicKey: Buffer.from(this.identity.wgPublicKey).toString('base64'),
-      capabilities: this.opts.capabilities, registry: this.opts.registryUrl, registryConnected: this.membership.registryUp,
+      capabilities: this.opts.capabilities, tags: this.running?.admission.selfView ? tagsOf(this.running.admission.selfView) : [],
+      registry: this.opts.registryUrl, registryConnected: this.membership.registryUp,
     };
   }
 

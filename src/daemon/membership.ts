@@ -6,7 +6,7 @@ import { overlayIPv6 } from '../identity/addresses.js';
 import type { Identity } from '../identity/identity.js';
 import { formatAddress, parseAddress, parsePrefix, type Prefix } from '../ip/prefix.js';
 import { formatCapability, parseCapability } from '../registry/capabilities.js';
-import type { AgentView, JoinResult, RegistryClient } from '../registry/client.js';
+import type { AgentView, JoinResult, PolicyView, RegistryClient } from '../registry/client.js';
 import { RECORD_LIFETIME_MS, signRecord, type AgentRecord } from '../registry/record.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import { inPrefix } from './prefixes.js';
@@ -15,6 +15,8 @@ import { inPrefix } from './prefixes.js';
 const REPUBLISH_MARGIN_MS = RECORD_LIFETIME_MS / 4;
 const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 30_000;
+/** Before re-joining a registry that no longer knows us, wait this long for a 'removed' event saying why. */
+const REJOIN_DELAY_MS = 3_000;
 
 export interface MembershipOptions {
   client: RegistryClient;
@@ -36,6 +38,8 @@ export interface FleetEvents {
   agent(view: AgentView): void;
   /** An operator removed or blocked the agent. */
   removed(id: string): void;
+  /** The network's policy (null: none). */
+  policy(view: PolicyView | null): void;
 }
 
 /** A join whose addresses were checked: the pool and the network's ULA /48. */
@@ -89,7 +93,7 @@ export class Membership {
     const pool = parsePrefix(join.pool);
     const ula = parsePrefix(join.ulaPrefix);
     const ok = pool && pool.family === 4 && pool.bits >= 8 && pool.bits <= 30 && ula && ula.family === 6 && ula.bits === 48 && ula.addr[0] === 0xfd
-      && inPrefix(join.ipv4, pool) && formatAddress(parseAddress(join.ipv6) ?? new Uint8Array(16)) === formatAddress(overlayIPv6(join.network, this.opts.identity.publicKey));
+      && inPrefix(join.ipv4, pool) && formatAddress(parseAddress(join.ipv6) ?? new Uint8Array(16)) === formatAddress(overlayIPv6(join.network, this.opts.identity.idKey));
     if (!ok) {
       throw new AgentVpnError('BAD_JOIN', `the registry answered the join with unusable addresses (pool ${join.pool}, ipv4 ${join.ipv4}, ula ${join.ulaPrefix})`,
         'the registry must use an IPv4 pool between /8 and /30 and a fd00::/8 /48; check its --pool');
@@ -121,7 +125,8 @@ export class Membership {
     this.publishing ??= (async () => {
       for (let delay = RETRY_MIN_MS; !this.stopped; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
         try {
-          await this.opts.client.publish(signRecord(this.opts.identity, this.buildRecord(join)));
+          // Always with our key chain: peers and the registry pin the inception statement too.
+          await this.opts.client.publish(signRecord(this.opts.identity, this.buildRecord(join)), this.opts.identity.chain);
           this.publishedAt = Date.now();
           return;
         } catch (e) {
@@ -152,8 +157,11 @@ export class Membership {
       if (!this.registryUp) this.watch(events);
     } catch (e) {
       const code = e instanceof AgentVpnError ? e.code : '';
-      // A registry that lost our record (restored from an older backup, say) gets it again.
+      // A registry that lost our record (restored from an older backup, say) gets it again; but
+      // not if an operator removed us: that news may still be on its way down the event stream.
       if (code === 'NOT_FOUND' || code === 'NOT_JOINED') {
+        await new Promise((r) => setTimeout(r, REJOIN_DELAY_MS).unref());
+        if (this.removedByOperator || this.stopped) return;
         await this.opts.client.join(this.opts.name, this.opts.token).catch(() => {});
         await this.publish();
       }
@@ -168,6 +176,7 @@ export class Membership {
       snapshot: (agents) => events.snapshot(agents),
       change: (_kind, agent) => events.agent(agent),
       removed: (id) => events.removed(id),
+      policy: (view) => events.policy(view),
       connected: () => {
         if (!this.registryUp) log.info({}, 'registry connected');
         this.registryUp = true;

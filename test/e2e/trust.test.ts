@@ -1,8 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AGENTVPN_BIN, Lab, LabAgent, startLabAgent, startLabRegistry, waitFor, waitForFleet, type LabAgent, type LabRegistry } from '../../src/lab/index.js';
 import type { PeerInfo } from '../../src/daemon/fleet.js';
-import { labReady } from './checks.js';
+import { labReady, startHttpServer } from './checks.js';
 
 /**
  * Issue 8 end to end: what operators decide on the registry (remove, block) reaches every agent
@@ -10,7 +11,7 @@ import { labReady } from './checks.js';
  */
 const REGISTRY = '203.0.113.10';
 
-describe.runIf(labReady(['ip', 'ping']))('trust and operator actions', () => {
+describe.runIf(labReady(['ip', 'ping', 'curl', 'python3']))('trust and operator actions', () => {
   let lab: Lab;
   let registry: LabRegistry;
   const agents: Record<string, LabAgent> = {};
@@ -38,6 +39,46 @@ describe.runIf(labReady(['ip', 'ping']))('trust and operator actions', () => {
 
   afterAll(async () => {
     await lab?.cleanup();
+  });
+
+  it('policy from the registry: allowed flows work, denied ones fail fast, replies pass, an update applies live; whois shows app capabilities', async () => {
+    const { alpha, beta } = agents;
+    const b = await idOf(beta);
+    const aIp = (await idOf(alpha)).ipv4;
+    const dir = join(lab.dir, 'www-policy');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'hello'), 'hello\n');
+    const servers = [await startHttpServer(lab, beta.ns, dir, b.ipv4, 8080), await startHttpServer(lab, beta.ns, dir, b.ipv4, 8081)];
+    const curl = (port: number) => lab.exec(alpha.ns, ['curl', '-sS', '--max-time', '5', '-o', '/dev/null', '-w', '%{http_code}', `http://${b.ipv4}:${port}/hello`]);
+    const setPolicy = async (grants: object[]) => {
+      const file = join(lab.dir, `policy-${Date.now()}.json`);
+      writeFileSync(file, `// test policy\n${JSON.stringify({ grants })}`);
+      await registryCli(['policy', 'set', file]);
+    };
+    try {
+      expect((await curl(8081)).stdout).toBe('200'); // no policy: everything is allowed
+      await setPolicy([{ src: ['name:alpha'], dst: ['name:beta'], ip: ['tcp:8080', 'icmp'], app: { 'example.com/cap/files': { read: ['/srv'] } } }]);
+      await waitFor(async () => (await curl(8081)).code !== 0, { timeoutMs: 5_000, what: 'the policy reaches the agents' });
+      expect((await curl(8080)).stdout).toBe('200'); // allowed, and its replies pass
+      const started = Date.now();
+      const denied = await curl(8081);
+      const ms = Date.now() - started;
+      console.log(`denied flow failed after ${ms} ms (curl exit ${denied.code})`);
+      expect(denied.code).not.toBe(0);
+      expect(ms).toBeLessThan(3_000); // an ICMP unreachable, not a timeout
+      expect(await reaches(alpha, b.ipv4)).toBe(true); // icmp granted
+      expect(await reaches(beta, aIp)).toBe(false); // nothing granted beta -> alpha
+      const who = await beta.json<{ name: string; app: Record<string, unknown[]> }>(['whois', aIp]);
+      expect(who.app).toEqual({ 'example.com/cap/files': [{ read: ['/srv'] }] });
+      // A new version opens 8081 without touching the tunnel.
+      await setPolicy([{ src: ['name:alpha'], dst: ['name:beta'], ip: ['tcp:8080-8081', 'icmp'] }]);
+      await waitFor(async () => (await curl(8081)).stdout === '200', { timeoutMs: 5_000, what: 'the updated policy applies' });
+      // No policy grants beyond this: remove it again for the tests that follow.
+      await setPolicy([{ src: ['*'], dst: ['*'], ip: ['*'] }]);
+      await waitFor(() => reaches(beta, aIp), { timeoutMs: 5_000, what: 'allow-all policy applies' });
+    } finally {
+      for (const h of servers) await lab.kill(h);
+    }
   });
 
   it('a removed agent is gone from every peer within 5 s (peer, route, name) and does not re-join on its own', async () => {
