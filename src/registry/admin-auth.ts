@@ -18,7 +18,7 @@ const FAILURES_TOTAL = 50;
 /** Longer bearer texts are not our tokens ("avadm_" + 43 characters), so they are not hashed. */
 const MAX_TOKEN_CHARS = 128;
 
-export function hashAdminToken(token: string): string {
+function hashAdminToken(token: string): string {
   return createHash('sha256').update(`agentvpn admin token ${token}`).digest('hex');
 }
 

@@ -29,7 +29,7 @@ export interface AgentListing {
   blocked: BlockedAgent[];
 }
 
-export function checkNetwork(network: string): void {
+function checkNetwork(network: string): void {
   if (!NETWORK_PATTERN.test(network)) {
     throw new AgentVpnError('BAD_NETWORK', `invalid network name "${network.slice(0, 80)}"`, 'network names are lowercase letters, digits and -, up to 63');
   }
