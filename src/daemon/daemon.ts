@@ -239,6 +239,7 @@ export class Daemon {
       pid: process.pid,
       startedAt: this.startedAt,
       dropped: { ...(device?.dropped ?? {}) },
+      policy: this.opts.filter?.report(),
       pathStats: this.magicsock ? { ...this.magicsock.stats } : undefined,
       peers: peers.map((p) => ({
         publicKey: encodeKey(p.publicKey),
@@ -251,6 +252,7 @@ export class Daemon {
         persistentKeepalive: p.persistentKeepalive,
         path: this.magicsock?.pathOf(p.publicKey) ?? undefined,
         dropped: { ...p.dropped },
+        policyDenies: this.opts.filter?.deniesOf(p) ?? undefined,
       })),
     };
   }

@@ -15,6 +15,8 @@ export interface PeerStatus {
   path?: { kind: 'direct' | 'relay'; endpoint: string; rttMs: number | null };
   /** Packets dropped for this peer, by reason. */
   dropped: Record<string, number>;
+  /** With a policy filter: the peer's packets it denied both ways (policyDenied + policyRejected), by reason (src/policy/filter.ts DENY_REASONS). */
+  policyDenies?: Record<string, number>;
 }
 
 export interface DeviceStatus {
@@ -29,6 +31,8 @@ export interface DeviceStatus {
   dropped: Record<string, number>;
   /** What needs an operator (registry mode: a known name offering another key, peers waiting for approval). */
   alerts?: string[];
+  /** With a policy filter: whether a policy is in force, tracked flows, ICMP answers sent and shed. */
+  policy?: Record<string, number | boolean>;
   /** Fleet mode: the path layer's counters (disco in/out, shed by budget, replays refused, relayed packets). */
   pathStats?: Record<string, number>;
   peers: PeerStatus[];

@@ -123,6 +123,10 @@ export class PolicyFilter implements PacketFilter {
     return this.peers.get(peer)?.denied ?? null;
   }
 
+  report(): Record<string, number | boolean> {
+    return { enforcing: this.enforcing, flows: this.table.size, flowCapacity: this.table.capacity, flowsEvicted: this.table.evicted, ...this.stats };
+  }
+
   inbound(peer: Peer, buf: Buffer, off: number, len: number, now: number): boolean {
     if (!this.policy.enforcing) return true;
     this.lastBuf = buf;

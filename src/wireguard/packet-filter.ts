@@ -16,4 +16,8 @@ export interface PacketFilter {
    */
   rejection(buf: Buffer, off: number, len: number): number;
   readonly rejectBuffer: Buffer;
+  /** For status: packets denied for this peer, by reason (null when none were decided). */
+  deniesOf(peer: Peer): Record<string, number> | null;
+  /** For status: the filter's own figures (policy in force, flows, answers sent and shed). */
+  report(): Record<string, number | boolean>;
 }

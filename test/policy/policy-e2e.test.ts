@@ -117,6 +117,14 @@ describe.runIf(labReady(['ip', 'curl', 'python3', 'ping', 'ssh', 'sshd', 'ssh-ke
     const after = (await status(b)).peers[0].dropped.policyDenied;
     console.log(`beta's policyDenied for alpha: ${before} -> ${after}`);
     expect(after).toBeGreaterThan(before);
+    const sb = await status(b);
+    // The reasons cover both directions: what beta dropped and what it refused to send.
+    const d = sb.peers[0].dropped;
+    expect(Object.values(sb.peers[0].policyDenies ?? {}).reduce((x, y) => x + y, 0)).toBe(d.policyDenied + d.policyRejected);
+    expect(sb.policy).toMatchObject({ enforcing: true });
+    const human = (await b.cli(['status'], { check: true })).stdout;
+    expect(human).toMatch(/policy denied: +noGrant \d+/);
+    expect(human).toMatch(/policy: +in force/);
     writePolicy(policyA, GRANTS);
   });
 

@@ -32,6 +32,13 @@ function formatFirewall(f: FirewallStatus | undefined): string {
   return `nftables table ${f.table}, ${counts}`;
 }
 
+/** "in force, 12 flows tracked, 3 refusals answered (0 shed)"; empty without a policy filter. */
+function formatPolicy(p: Record<string, number | boolean> | undefined): string {
+  if (!p) return '';
+  if (!p.enforcing) return 'none (every peer may reach every port)';
+  return `in force, ${p.flows} flows tracked, ${p.rejectsSent} refusals answered (${p.rejectsShed} shed)`;
+}
+
 /** `label: value` lines with the values aligned, skipping empty values. */
 function block(title: string, rows: Array<[string, string]>): string {
   return `${title}\n${columns(rows.filter(([, v]) => v !== '').map(([k, v]) => [`${k}:`, v]), '  ')}`;
@@ -46,6 +53,7 @@ function formatPeer(p: PeerStatus, now: number): string {
     ['transfer', `${formatBytes(p.rxBytes)} received, ${formatBytes(p.txBytes)} sent`],
     ['persistent keepalive', p.persistentKeepalive ? `every ${formatDuration(p.persistentKeepalive * 1000)}` : ''],
     ['dropped', formatDropped(p.dropped)],
+    ['policy denied', formatDropped(p.policyDenies)],
   ]);
 }
 
@@ -59,6 +67,7 @@ export function formatStatus(s: DeviceStatus, now = Date.now()): string {
     ['daemon', `pid ${s.pid}, up ${formatDuration(now - s.startedAt)}`],
     ['dropped', formatDropped(s.dropped)],
     ['firewall', formatFirewall(s.firewall)],
+    ['policy', formatPolicy(s.policy)],
     ['disco dropped', formatDropped(s.pathStats && { shed: s.pathStats.discoShed, replayed: s.pathStats.discoReplayed, rejected: s.pathStats.discoRejected })],
   ]);
   const alerts = (s.alerts ?? []).map((a) => `${bold('alert:')} ${a}`);
