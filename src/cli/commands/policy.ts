@@ -84,7 +84,13 @@ export const policyCommand: CommandModule<GlobalArgs, GlobalArgs> = {
       let policy: Policy | null = null;
       let fileAgents: AgentInfo[] = [];
       if (text !== null) {
-        const parsed = parseStaticPolicy(text);
+        let parsed: ReturnType<typeof parseStaticPolicy>;
+        try {
+          parsed = parseStaticPolicy(text);
+        } catch (e) {
+          if (e instanceof AgentVpnError) throw new AgentVpnError(e.code, `${args.policy ? `${source}:` : `the policy of ${source}: `}${e.message}`, e.hint);
+          throw e;
+        }
         policy = parsed.policy;
         fileAgents = parsed.agents.map((a) => ({ ...a, id: a.wgPublicKey }));
       }
