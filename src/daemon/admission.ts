@@ -120,6 +120,8 @@ export class Admission {
       return;
     }
     this.held.delete(r.id);
+    // A rotated key (the gate followed its chain): the WireGuard peer under the old key goes.
+    if (known && known.record.wgPublicKey !== r.wgPublicKey) daemon.removePeer(Buffer.from(known.record.wgPublicKey, 'base64'));
     this.agents.set(r.id, view);
     this.opts.onChange?.();
     const wgKey = Buffer.from(r.wgPublicKey, 'base64');

@@ -176,6 +176,11 @@ export class Daemon {
     if (this.udpFd >= 0) native.udpSend(this.udpFd, msg, Int32Array.of(0), Int32Array.of(msg.length), endpoint, 1);
   }
 
+  /** Our WireGuard key changed (a key rotation): new handshakes use it, sessions in flight go on. */
+  setPrivateKey(privateKey: Uint8Array): void {
+    this.device?.setPrivateKey(privateKey);
+  }
+
   /** Drops a peer: its sessions, allowed IPs and path state (fleet routes are the pool's own). */
   removePeer(publicKey: Uint8Array): void {
     this.device?.removePeer(publicKey);

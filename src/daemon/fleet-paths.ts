@@ -78,6 +78,13 @@ export class FleetPaths {
     if (servers.length) this.netcheck = this.makeNetcheck(servers);
   }
 
+  /** After a key rotation: disco sealed with the new key, and a relay session under it. */
+  setIdentity(identity: Identity): void {
+    this.opts.identity = identity;
+    this.opts.daemon.sock!.enablePaths(new DiscoCodec(identity.wgPrivateKey, identity.wgPublicKey), this.relay);
+    this.relay?.setIdentity(identity);
+  }
+
   async stop(): Promise<void> {
     this.relay?.stop();
     // Give the port mapping back to the router rather than leave it open until it expires.

@@ -58,7 +58,8 @@ interface Running {
  * working and the agent keeps retrying.
  */
 export class FleetAgent {
-  readonly identity: Identity;
+  /** Our identity: the agent ID stays, the current key moves with each rotation. */
+  identity: Identity;
   private readonly membership: Membership;
   private readonly trust: TrustGate;
   private running: Running | null = null;
@@ -119,6 +120,7 @@ export class FleetAgent {
         resolve: (params) => this.admission().resolve(String((params as { name?: unknown } | undefined)?.name ?? '')),
         ping: (params) => this.ping(params as { name?: unknown; count?: unknown } | undefined),
         netcheck: (params) => this.paths!.runNetcheck(params as { servers?: unknown } | undefined),
+        keyRotate: () => this.rotateKey(),
         trustList: () => this.trust.list(),
         trustAccept: (params) => this.trustAction(() => this.trust.accept(stringParam(params, 'name'))),
         trustApprove: (params) => this.trustAction(() => this.trust.approve(stringParam(params, 'name'))),
@@ -149,6 +151,23 @@ export class FleetAgent {
     this.timers.push(setInterval(() => void this.membership.heartbeat(this.events), heartbeatMs));
     this.timers.push(setInterval(() => void this.refreshEndpoints(), NETCHECK_INTERVAL_MS));
     return daemon;
+  }
+
+  /**
+   * Rotates our key (pre-committed next key, statement signed by the old key): persisted first,
+   * then every part that signs or seals with it moves, and the new record with its chain goes out.
+   * Peers follow the chain and replace our WireGuard key; the tunnel re-handshakes in a round trip.
+   */
+  async rotateKey(): Promise<{ id: string; seq: number; key: string }> {
+    const next = this.identity.rotate();
+    this.identity = next;
+    this.membership.setIdentity(next);
+    this.daemon?.setPrivateKey(next.wgPrivateKey);
+    this.paths?.setIdentity(next);
+    this.policy?.changed();
+    this.opts.log.info({ id: next.id, seq: next.seq, event: 'key-rotated' }, `key rotated (statement ${next.seq})`);
+    await this.membership.publish();
+    return { id: next.id, seq: next.seq, key: Buffer.from(next.publicKey).toString('base64') };
   }
 
   /** An operator's trust decision, then every record offered to the gate again (admitted ones too: a block drops the peer). */

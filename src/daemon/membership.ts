@@ -138,6 +138,12 @@ export class Membership {
     return this.publishing;
   }
 
+  /** After a key rotation: records and requests are signed with the new key from now on. */
+  setIdentity(identity: Identity): void {
+    this.opts.identity = identity;
+    this.opts.client.setIdentity(identity);
+  }
+
   /** The registry told us an operator removed (or blocked) us: no heartbeats, no re-join, no event stream. */
   markRemoved(): void {
     if (this.removedByOperator) return;

@@ -129,6 +129,14 @@ export class RelayClient {
     void this.connect();
   }
 
+  /** After a key rotation: the relay knows us by our current key, so say hello again with it. */
+  setIdentity(identity: Identity): void {
+    this.opts.identity = identity;
+    if (this.stopped) return;
+    this.stop();
+    this.start();
+  }
+
   stop(): void {
     this.stopped = true;
     this.resetLinks();

@@ -70,14 +70,14 @@ function keyHex(key: Uint8Array): string {
  * state machine and timers. It owns no sockets; all I/O goes through `PacketIO` in batches.
  */
 export class Device {
-  readonly local: LocalIdentity;
+  local: LocalIdentity;
   readonly allowedIps = new AllowedIps<Peer>();
   readonly dropped: Record<DeviceDropReason, number> = zeroCounters(DEVICE_DROP_REASONS);
   private readonly peers = new Map<string, Peer>();
   private readonly indices = new Map<number, IndexEntry>();
   /** Peers by endpoint (18 address+port bytes as latin1), to recognise a restarted peer. */
   private readonly byEndpoint = new Map<string, Peer>();
-  private readonly checker: CookieChecker;
+  private checker: CookieChecker;
   private readonly load: HandshakeLoad;
   private readonly handshakeQueue = new HandshakeQueue(HANDSHAKE_QUEUE_KNOWN, HANDSHAKE_QUEUE_OTHERS);
   private handshakeTurn: NodeJS.Immediate | null = null;
@@ -179,6 +179,22 @@ export class Device {
     }
     peer.updateEndpoint(endpoint, off);
     this.byEndpoint.set(endpointKey(endpoint, off), peer);
+  }
+
+  /**
+   * Our static key changed (a key rotation). Sessions in flight keep working until they expire or
+   * the peer replaces us; new handshakes use the new key (handshakes half-way are abandoned).
+   */
+  setPrivateKey(privateKey: Uint8Array): void {
+    this.local = new LocalIdentity(privateKey);
+    this.checker = new CookieChecker(this.local.publicKey);
+    for (const peer of this.peers.values()) {
+      const pending = this.indices.get(peer.handshake.localIndex);
+      if (pending && pending.peer === peer && pending.keypair === null) this.indices.delete(peer.handshake.localIndex);
+      peer.handshake = peer.handshake.forLocal(this.local);
+      peer.handshakeAttemptStartedAt = null;
+      peer.nextRetransmitAt = Infinity;
+    }
   }
 
   getPeer(publicKey: Uint8Array): Peer | undefined {

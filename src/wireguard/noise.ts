@@ -57,6 +57,14 @@ export class Handshake {
     this.presharedKey = presharedKey ?? ZERO_KEY;
   }
 
+  /** The same peer's handshake state under a new local static key, keeping what guards against replays. */
+  forLocal(local: LocalIdentity): Handshake {
+    const next = new Handshake(local, this.remoteStatic, this.presharedKey);
+    next.latestTimestamp = this.latestTimestamp;
+    next.lastInitiationReceivedAt = this.lastInitiationReceivedAt;
+    return next;
+  }
+
   clear(): void {
     this.stage = 'zeroed';
     this.hash.fill(0);

@@ -17,7 +17,8 @@ export interface PeerOptions {
 /** Everything the device knows about one peer: keys, sessions, endpoint, timer marks, counters. */
 export class Peer {
   readonly publicKey: Uint8Array;
-  readonly handshake: Handshake;
+  /** Replaced (not mutated) when our own static key changes: it caches DH(our key, theirs). */
+  handshake: Handshake;
   readonly cookies: CookieGenerator;
   readonly keypairs = new KeypairSlots();
   endpoint: Buffer | null;

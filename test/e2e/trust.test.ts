@@ -3,7 +3,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AGENTVPN_BIN, Lab, LabAgent, startLabAgent, startLabRegistry, waitFor, waitForFleet, type LabAgent, type LabRegistry } from '../../src/lab/index.js';
 import type { PeerInfo } from '../../src/daemon/fleet.js';
-import { labReady, startHttpServer } from './checks.js';
+import { fetchAndHash, labReady, makeRandomFile, startHttpServer } from './checks.js';
 
 /**
  * Issue 8 end to end: what operators decide on the registry (remove, block) reaches every agent
@@ -78,6 +78,36 @@ describe.runIf(labReady(['ip', 'ping', 'curl', 'python3']))('trust and operator 
       await waitFor(() => reaches(beta, aIp), { timeoutMs: 5_000, what: 'allow-all policy applies' });
     } finally {
       for (const h of servers) await lab.kill(h);
+    }
+  });
+
+  it('key rotation during a 20 MB transfer: the transfer completes intact, alpha follows the chain silently, addresses stay', async () => {
+    const { alpha, beta } = agents;
+    const before = await beta.json<{ id: string; name: string; ipv4: string; ipv6: string; wgPublicKey: string }>(['id']);
+    type TrustList = { entries: { name: string; state: string; fingerprint: string; keySeq: number }[] };
+    const pinBefore = (await alpha.json<TrustList>(['trust', 'list'])).entries.find((e) => e.name === 'beta')!;
+    const dir = join(lab.dir, 'www-rotate');
+    mkdirSync(dir, { recursive: true });
+    const hash = await makeRandomFile(join(dir, 'big.bin'), 20);
+    const http = await startHttpServer(lab, beta.ns, dir, before.ipv4, 8090);
+    try {
+      const transfer = fetchAndHash(lab, alpha.ns, before.ipv4, 'big.bin', 8090, ['--limit-rate', '5M']);
+      await new Promise((r) => setTimeout(r, 1_500));
+      const rotated = await beta.json<{ id: string; seq: number; key: string }>(['key', 'rotate']);
+      expect(rotated.id).toBe(before.id);
+      expect(await transfer).toBe(hash);
+      const after = await beta.json<{ id: string; name: string; ipv4: string; ipv6: string; wgPublicKey: string }>(['id']);
+      expect(after).toMatchObject({ id: before.id, name: 'beta', ipv4: before.ipv4, ipv6: before.ipv6 });
+      expect(after.wgPublicKey).not.toBe(before.wgPublicKey);
+      await waitFor(async () => (await alpha.json<TrustList>(['trust', 'list'])).entries.find((e) => e.name === 'beta')!.fingerprint !== pinBefore.fingerprint,
+        { timeoutMs: 10_000, what: 'alpha moves its pin to the new key' });
+      const pin = (await alpha.json<TrustList>(['trust', 'list'])).entries.find((e) => e.name === 'beta')!;
+      console.log(`rotation: beta statement ${rotated.seq}; alpha's pin ${pinBefore.fingerprint} -> ${pin.fingerprint} (${pin.state})`);
+      expect(pin.state).not.toBe('changed');
+      expect(((await alpha.json<{ alerts?: string[] }>(['status'])).alerts ?? []).length).toBe(0);
+      await waitFor(() => reaches(alpha, before.ipv4), { timeoutMs: 5_000, what: 'alpha reaches beta under its new key' });
+    } finally {
+      await lab.kill(http);
     }
   });
 
