@@ -24,7 +24,7 @@ import { FRAG_FIRST, FRAG_LATER, PacketView, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN 
  * | in        | other                  | granted (protocol, destination port), or it matches a flow we opened |
  * | out       | later fragment         | its first fragment passed                                           |
  * | out       | ICMP error             | the packet it quotes would pass inbound                             |
- * | out       | other                  | matches a flow we opened; or replies from a port the peer is granted (TCP: not a bare SYN; ICMP: echo replies); or an outbound grant (then recorded as a flow) |
+ * | out       | other                  | replies from a port the peer is granted (TCP: not a bare SYN; ICMP: echo replies); or matches a flow we opened; or an outbound grant (then recorded as a flow) |
  *
  * A new policy (setPolicy) is a swap of one reference plus a generation number: each peer's rules
  * and each flow are re-checked lazily on their next packet, so flows the new policy denies stop
@@ -163,7 +163,10 @@ export class PolicyFilter implements PacketFilter {
     if (v.fragment === FRAG_LATER) return this.laterFragment(st, v, OUT, now) || this.deny(st, 'fragment', OUT);
     if (v.isIcmp && v.icmpError) {
       if (!this.quotedPasses(st, rules, OUT, now)) return this.deny(st, 'icmpError', OUT);
-    } else if (!this.flowHit(st, rules, v, OUT, now, true) && !this.repliesToGranted(rules, v)) {
+    } else if (!this.repliesToGranted(rules, v) && !this.flowHit(st, rules, v, OUT, now, true)) {
+      // (Replies first: a server's packets then cost no table lookup. A flow of ours that also
+      // looks like a reply is never refreshed here, and needs not be: its answers pass inbound
+      // by the grant that made it look like one.)
       if (!rules.outbound.allows(v.grantProto, v.dstPort)) {
         this.rejectable = true;
         return this.deny(st, 'noGrant', OUT);
