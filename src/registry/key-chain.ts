@@ -45,7 +45,8 @@ export function screenChain(held: HeldChain | undefined, recordKey: string | und
   }
   if (!held) return { ok: true, chain, fresh: chain?.length ?? 0 };
   if (chain === undefined) {
-    if (recordKey !== Buffer.from(held.key).toString('base64')) {
+    // No `key` in a record means the ID's own key, which the chain's inception names.
+    if ((recordKey ?? held.chain[0].key) !== Buffer.from(held.key).toString('base64')) {
       return { ok: false, code: 'STALE_KEY', message: 'this agent rotated its key: its records must be signed by its current key' };
     }
     return { ok: true, chain: held.chain, fresh: 0 };

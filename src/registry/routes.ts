@@ -47,11 +47,13 @@ function field<T>(ok: boolean, value: unknown, what: string): T {
 const isTimestamp = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
 
 /**
- * The chain to store for a verified record: only when it carries statements the registry does
- * not hold yet and proves a key other than the ID's (an unrotated agent's chain is its inception only).
+ * The chain to store for a verified record: whenever it carries statements the registry does not
+ * hold yet, the inception alone included. Holding the inception fixes the pre-committed next key
+ * at the first publish, so a thief of the ID's key cannot later publish an inception of his own
+ * (committing to a next key he holds) and rotate the identity away.
  */
 function newRotation(id: string, chain: readonly unknown[] | undefined, fresh: number): StoredKeyChain | null {
-  if (!chain || fresh === 0 || chain.length < 2) return null;
+  if (!chain || fresh === 0) return null;
   const statements = chain.map((s) => parseKeyStatement(s)!); // verifyRecord parsed each of them
   return { id, chain: statements, key: statements[statements.length - 1].key };
 }
@@ -126,7 +128,7 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
     // Concurrent publishes may finish out of order: keep the longest chain (the store did too).
     if (rotation && rotation.chain.length > (fleet.rotated.get(id)?.chain.length ?? 0)) {
       fleet.setRotated(id, Buffer.from(rotation.key, 'base64'), rotation.chain as KeyStatement[]);
-      log.info({ network, id, keySeq: rotation.chain.length - 1, event: 'key-rotated' }, 'agent key rotated');
+      if (rotation.chain.length > 1) log.info({ network, id, keySeq: rotation.chain.length - 1, event: 'key-rotated' }, 'agent key rotated');
     }
     // An operator removed it while the record was being stored: it must not come back in memory.
     if (!fleet.isMember(network, id)) refuse('NOT_JOINED', `agent ${id} was removed from network ${network}`);

@@ -160,6 +160,25 @@ describe('key rotation at the registry', () => {
     expect((await clientOf(twice).get('beta')).chain).toEqual(twice.chain);
   }, 60_000);
 
+  it("holds the inception from the first publish: a thief of the ID's key cannot start a chain of his own and rotate the identity away", async () => {
+    const { seeds, original } = craftedIdentity();
+    const client = clientOf(original);
+    const j = await client.join('beta', token);
+    await client.publish(signRecord(original, recordFor(original, j, 1)), original.chain);
+    expect((await client.get('beta')).chain).toEqual(original.chain);
+    // The thief copied the ID's key (not the pre-committed next one): his own inception commits to a
+    // next key he holds, and a rotation to it verifies on its own, but it forks the held chain.
+    const id = original.id;
+    const thiefNext = randomSeed();
+    const thiefInception = makeInception(id, publicKeyOfSeed(seeds.inception), signingKeyOf(seeds.inception), publicKeyOfSeed(thiefNext));
+    const thiefChain = [thiefInception, makeRotation(thiefInception, signingKeyOf(seeds.inception), publicKeyOfSeed(thiefNext), signingKeyOf(thiefNext), publicKeyOfSeed(randomSeed()))];
+    const thief = new Identity(thiefNext, { chain: thiefChain, nextSeed: randomSeed(), dir: null });
+    await expect(clientOf(thief).publish(signRecord(thief, recordFor(thief, j, 2)), thief.chain)).rejects.toMatchObject({ code: 'CHAIN_FORK' });
+    // The owner's unrotated records still go through, with or without the chain.
+    await client.publish(signRecord(original, recordFor(original, j, 3)));
+    expect((await client.get('beta')).record.seq).toBe(3);
+  });
+
   it('a member sending long chains with a bad last signature spends its failed-signature budget per statement', async () => {
     const { seeds, inception, original } = craftedIdentity();
     const client = clientOf(original);
