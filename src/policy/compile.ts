@@ -30,25 +30,13 @@ export class PortSet {
   tcp = new Uint16Array(0);
   udp = new Uint16Array(0);
 
-  /** Whether a new flow of `proto` to `port` is allowed (ICMP of either family counts as icmp). */
+  /** Whether a new flow of `proto` to `port` is allowed (`proto` as grants name it: ICMPv6 comes as PROTO_ICMP). */
   allows(proto: number, port: number): boolean {
     if (this.anyProtocol) return true;
     if (proto === PROTO_TCP) return inRanges(this.tcp, port);
     if (proto === PROTO_UDP) return inRanges(this.udp, port);
-    if (proto === PROTO_ICMP || proto === PROTO_ICMPV6) return this.icmp;
+    if (proto === PROTO_ICMP) return this.icmp;
     return false;
-  }
-
-  /** Whether anything at all of `proto` may pass (the rule for non-first fragments). */
-  allowsProtocol(proto: number): boolean {
-    if (this.anyProtocol) return true;
-    if (proto === PROTO_TCP) return this.tcp.length > 0;
-    if (proto === PROTO_UDP) return this.udp.length > 0;
-    return (proto === PROTO_ICMP || proto === PROTO_ICMPV6) && this.icmp;
-  }
-
-  get empty(): boolean {
-    return !this.anyProtocol && !this.icmp && this.tcp.length === 0 && this.udp.length === 0;
   }
 }
 

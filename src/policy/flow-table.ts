@@ -164,8 +164,4 @@ export class FlowTable {
   keyWord(slot: number, word: number): number {
     return this.keys[slot * KEY_WORDS + word];
   }
-
-  isFragment(slot: number): boolean {
-    return this.fragmentFlags[slot] === 1;
-  }
 }
