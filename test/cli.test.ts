@@ -149,6 +149,18 @@ describe('agentvpn CLI', () => {
     expect((await cli([])).code).toBe(1);
   });
 
+  it('up refuses a bad --rotate-every and --trust before it starts anything', async () => {
+    const base = ['up', '--registry', 'http://127.0.0.1:9', '--name', 'x', '--foreground', '--json', '--state-dir', join(ROOT, 'no-such-state-dir')];
+    for (const [value, code] of [['5s', 'BAD_DURATION'], ['soon', 'BAD_DURATION']] as const) {
+      const r = await cli([...base, '--rotate-every', value]);
+      expect(r.code).toBe(1);
+      expect(JSON.parse(r.stdout)).toMatchObject({ ok: false, code });
+    }
+    const badTrust = await cli([...base, '--trust', 'maybe']);
+    expect(badTrust.code).toBe(1);
+    expect(JSON.parse(badTrust.stdout)).toMatchObject({ ok: false, code: 'USAGE' });
+  });
+
   it('genkey prints a clamped base64 key', async () => {
     const r = await cli(['genkey']);
     expect(r.code).toBe(0);

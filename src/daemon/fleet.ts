@@ -1,4 +1,5 @@
 import type { Logger as PinoLogger } from 'pino';
+import { AgentVpnError } from '../errors.js';
 import { Identity } from '../identity/identity.js';
 import { parsePrefix, type Prefix } from '../ip/prefix.js';
 import { RegistryClient } from '../registry/client.js';
@@ -30,6 +31,8 @@ export interface FleetOptions {
   firewall?: boolean;
   /** Which agents get a tunnel: tofu (default), approve, open (docs/trust.md). */
   trust?: TrustMode;
+  /** Rotate the identity key this often (`up --rotate-every`); off when undefined. */
+  rotateEveryMs?: number;
   log: PinoLogger;
 }
 
@@ -38,6 +41,9 @@ function stringParam(params: unknown, key: string): string {
   const v = (params as Record<string, unknown> | undefined)?.[key];
   return typeof v === 'string' ? v : '';
 }
+
+/** Scheduled rotations no more often than this: each costs every peer a handshake and a chain statement (64 at most). */
+const MIN_ROTATE_EVERY_MS = 60_000;
 
 /** Endpoint discovery (STUN, port mapping) is repeated this often: NAT mappings and addresses change. */
 const NETCHECK_INTERVAL_MS = 60_000;
@@ -76,6 +82,9 @@ export class FleetAgent {
   private policy: FleetPolicy | null = null;
 
   constructor(private readonly opts: FleetOptions) {
+    if (opts.rotateEveryMs !== undefined && opts.rotateEveryMs < MIN_ROTATE_EVERY_MS) {
+      throw new AgentVpnError('BAD_DURATION', `--rotate-every must be at least ${MIN_ROTATE_EVERY_MS / 1000}s`, 'rotate daily or weekly (24h, 7d): every rotation costs each peer a handshake, and a chain holds 64');
+    }
     this.identity = Identity.loadOrCreate(opts.stateDir);
     const store = TrustStore.open(opts.stateDir, opts.network, (e) => opts.log.error({ err: e.message }, 'writing the trust store failed; will retry'));
     this.trust = new TrustGate(store, opts.trust ?? 'tofu', opts.log);
@@ -150,6 +159,11 @@ export class FleetAgent {
     const heartbeatMs = Math.min(Math.max(join.heartbeatIntervalMs, 1000), 600_000);
     this.timers.push(setInterval(() => void this.membership.heartbeat(this.events), heartbeatMs));
     this.timers.push(setInterval(() => void this.refreshEndpoints(), NETCHECK_INTERVAL_MS));
+    if (opts.rotateEveryMs) {
+      this.timers.push(setInterval(() => {
+        this.rotateKey().catch((e) => opts.log.error({ err: (e as Error).message, hint: (e as { hint?: string }).hint }, 'scheduled key rotation failed'));
+      }, opts.rotateEveryMs));
+    }
     return daemon;
   }
 

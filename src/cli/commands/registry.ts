@@ -10,6 +10,7 @@ import { getPolicy, listAgents, removeAgent, setPolicy, type AgentListing } from
 import { SqliteStore } from '../../registry/sqlite-store.js';
 import type { RegistryStore } from '../../registry/store.js';
 import { columns, printResult, runCommand, type GlobalArgs } from '../output.js';
+import { parseDuration } from '../duration.js';
 
 interface ServeArgs extends GlobalArgs {
   listen?: string;
@@ -47,16 +48,9 @@ interface PolicySetArgs extends DbArgs {
   file: string;
 }
 
-const UNITS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-
 /** "24h", "30m", "7d", "90s" → milliseconds; "never" → null. */
 export function parseExpiry(text: string): number | null {
-  if (text === 'never') return null;
-  const m = /^(\d{1,6})([smhd])$/.exec(text);
-  if (!m || Number(m[1]) === 0) {
-    throw new AgentVpnError('BAD_EXPIRY', `invalid --expires "${text}"`, 'give a duration like 90s, 30m, 24h or 7d, or "never"');
-  }
-  return Number(m[1]) * UNITS[m[2]];
+  return text === 'never' ? null : parseDuration(text, '--expires');
 }
 
 async function serve(args: ServeArgs): Promise<void> {

@@ -13,6 +13,7 @@ import type { DeviceStatus } from '../../daemon/status-types.js';
 import { AgentVpnError } from '../../errors.js';
 import { compileStaticPolicy, watchStaticPolicy } from '../../policy/static.js';
 import { TRUST_MODES, type TrustMode } from '../../trust/store.js';
+import { parseDuration } from '../duration.js';
 import { interfaceOption, printError, printResult, runCommand, toAgentVpnError, type GlobalArgs } from '../output.js';
 
 /** How long `up` waits for the background daemon to report that the interface is up. */
@@ -36,6 +37,7 @@ interface UpArgs extends GlobalArgs {
   'log-level': string;
   policy?: string;
   trust: TrustMode;
+  'rotate-every'?: string;
 }
 
 /** The daemon's two modes: a static wg-quick config, or a fleet found through a registry. */
@@ -62,6 +64,7 @@ async function startDaemon(args: UpArgs, iface: string, log: pino.Logger): Promi
       iface, registryUrl: args.registry, token: args.token ?? process.env.AGENTVPN_TOKEN, name: args.name!, capabilities: args.cap,
       network: args.network, stateDir: stateDir(args['state-dir']), listenPort: args['listen-port'] ?? 0, mtu: args.mtu,
       caFile: args['registry-ca'], dns: args.dns, firewall: args.firewall, trust: args.trust, log,
+      rotateEveryMs: args['rotate-every'] ? parseDuration(args['rotate-every'], '--rotate-every') : undefined,
     });
     const daemon = await fleet.start();
     return { stop: () => fleet.stop(), status: () => daemon.status() };
@@ -166,6 +169,7 @@ export const upCommand: CommandModule<GlobalArgs, UpArgs> = {
       .option('state-dir', { type: 'string', describe: `identity and state (default ${DEFAULT_STATE_DIR} or AGENTVPN_STATE_DIR)` })
       .option('registry-ca', { type: 'string', describe: 'CA certificate (PEM) to trust for the registry\'s TLS' })
       .option('dns', { type: 'boolean', default: true, describe: 'answer NAME.<network> on the overlay addresses (port 53)' })
+      .option('rotate-every', { type: 'string', describe: 'fleet mode: rotate the identity key on a schedule (e.g. 24h, 7d); a chain holds 64 rotations' })
       .option('trust', {
         choices: TRUST_MODES, default: 'tofu' as TrustMode,
         describe: 'fleet mode: tofu pins each agent\'s key at first sight and refuses a changed one; approve gives a new agent no tunnel until `agentvpn trust approve NAME`; open believes the registry',
