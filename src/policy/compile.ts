@@ -126,36 +126,39 @@ export function grantCovers(g: Grant, src: AgentFacts, dst: AgentFacts): boolean
 
 /**
  * What `self` allows in from each peer and out to each peer: grants are a union; no policy (null)
- * allows everything. Work is grants × peers × selectors, done once per change, never per packet.
+ * allows everything. Done once per change, never per packet: selectors are matched only for
+ * grants that name self, and the port sets are built once per distinct set of grants (peers
+ * selected by the same tags, capabilities or `*` share them), so a fleet costs little more than
+ * its distinct roles.
  */
 export function compilePolicy(policy: Policy | null, self: AgentFacts, peers: AgentFacts[]): CompiledPolicy {
   const byId = new Map<string, PeerRules>();
   const byWgKey = new Map<string, PeerRules>();
   const me = subjectOf(self);
   const grants = policy?.grants ?? [];
-  // Only grants naming self matter here: the per-peer work is done for those alone.
   const toMe = grants.flatMap((g, i) => (g.dst.some((s) => selects(s, me)) ? [i] : []));
   const fromMe = grants.flatMap((g, i) => (g.src.some((s) => selects(s, me)) ? [i] : []));
+  const sets = new Map<string, PortSet>();
+  const portSetFor = (indices: number[]): PortSet => {
+    const key = indices.join(',');
+    let set = sets.get(key);
+    if (set === undefined) {
+      set = portSetOf(indices.flatMap((i) => grants[i].ip));
+      sets.set(key, set);
+    }
+    return set;
+  };
   for (const facts of peers) {
     const peer = subjectOf(facts);
-    const rules: PeerRules = { id: facts.id, name: facts.name, inbound: new PortSet(), outbound: new PortSet(), inboundGrants: [], outboundGrants: [], app: Object.create(null) };
-    const inEntries: IpEntry[] = [];
-    const outEntries: IpEntry[] = [];
-    for (const i of toMe) {
-      const g = grants[i];
-      if (!g.src.some((s) => selects(s, peer))) continue;
-      inEntries.push(...g.ip);
-      rules.inboundGrants.push(i);
-      for (const [name, value] of Object.entries(g.app ?? {})) (rules.app[name] ??= []).push(value);
+    const inboundGrants = toMe.filter((i) => grants[i].src.some((s) => selects(s, peer)));
+    const outboundGrants = fromMe.filter((i) => grants[i].dst.some((s) => selects(s, peer)));
+    const app: Record<string, JsonValue[]> = Object.create(null);
+    for (const i of inboundGrants) {
+      for (const [name, value] of Object.entries(grants[i].app ?? {})) (app[name] ??= []).push(value);
     }
-    for (const i of fromMe) {
-      const g = grants[i];
-      if (!g.dst.some((s) => selects(s, peer))) continue;
-      outEntries.push(...g.ip);
-      rules.outboundGrants.push(i);
-    }
-    rules.inbound = portSetOf(inEntries);
-    rules.outbound = portSetOf(outEntries);
+    const rules: PeerRules = {
+      id: facts.id, name: facts.name, inbound: portSetFor(inboundGrants), outbound: portSetFor(outboundGrants), inboundGrants, outboundGrants, app,
+    };
     byId.set(facts.id, rules);
     byWgKey.set(facts.wgPublicKey, rules);
   }
