@@ -14,6 +14,7 @@ const REGISTRY = '203.0.113.10';
 describe.runIf(labReady(['ip', 'ping', 'curl', 'python3']))('trust and operator actions', () => {
   let lab: Lab;
   let registry: LabRegistry;
+  let hub: string;
   const agents: Record<string, LabAgent> = {};
 
   const registryCli = (args: string[]) => lab.run(registry.ns, [process.execPath, AGENTVPN_BIN, 'registry', ...args, '--db', registry.db, '--network', registry.network]);
@@ -23,7 +24,7 @@ describe.runIf(labReady(['ip', 'ping', 'curl', 'python3']))('trust and operator 
 
   beforeAll(async () => {
     lab = new Lab();
-    const hub = await lab.addRouter('hub');
+    hub = await lab.addRouter('hub');
     const regNs = await lab.addNamespace('reg');
     await lab.connect(hub, regNs, { a: '203.0.113.1/24', b: `${REGISTRY}/24`, ifB: 'eth0' });
     await lab.ip(regNs, ['route', 'add', 'default', 'via', '203.0.113.1']);
@@ -78,6 +79,29 @@ describe.runIf(labReady(['ip', 'ping', 'curl', 'python3']))('trust and operator 
       await waitFor(() => reaches(beta, aIp), { timeoutMs: 5_000, what: 'allow-all policy applies' });
     } finally {
       for (const h of servers) await lab.kill(h);
+    }
+  });
+
+  it('approve mode: a new agent gets no tunnel until `trust approve NAME`', async () => {
+    const { alpha } = agents;
+    const ns = await lab.addNamespace('omega');
+    await lab.connect(hub, ns, { a: '192.0.2.49/28', b: '192.0.2.50/28', ifB: 'eth0' });
+    await lab.ip(ns, ['route', 'add', 'default', 'via', '192.0.2.49']);
+    const omega = await startLabAgent(lab, ns, 'omega', registry, { extraArgs: ['--trust', 'approve'] });
+    try {
+      type TrustList = { mode: string; entries: { name: string; state: string }[] };
+      await waitFor(async () => (await omega.json<TrustList>(['trust', 'list'])).entries.filter((e) => e.state === 'pending').length === 3,
+        { timeoutMs: 10_000, what: 'omega holds alpha, beta and gamma as pending' });
+      expect((await omega.json<TrustList>(['trust', 'list'])).mode).toBe('approve');
+      const a = await idOf(alpha);
+      expect((await omega.json<{ peers: PeerInfo[] }>(['peers'])).peers).toEqual([]);
+      expect(await reaches(omega, a.ipv4)).toBe(false);
+      expect(((await omega.json<{ alerts?: string[] }>(['status'])).alerts ?? []).some((l) => /alpha/.test(l))).toBe(true);
+      await omega.cli(['trust', 'approve', 'alpha']);
+      await waitFor(() => reaches(omega, a.ipv4), { timeoutMs: 10_000, what: 'omega reaches the approved alpha' });
+      expect((await omega.json<{ peers: PeerInfo[] }>(['peers'])).peers.map((p) => p.name)).toEqual(['alpha']);
+    } finally {
+      await lab.kill(omega.proc!);
     }
   });
 
