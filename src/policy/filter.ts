@@ -20,10 +20,10 @@ import { FRAG_FIRST, FRAG_LATER, PacketView, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN 
  * | direction | packet                 | passes when                                                        |
  * | --------- | ---------------------- | ------------------------------------------------------------------ |
  * | in        | later fragment         | its first fragment passed (same addresses, protocol, ID; 5 s)       |
- * | in        | ICMP error             | icmp granted, or the packet it quotes would pass outbound           |
+ * | in        | ICMP error             | it quotes a packet from us to this peer's address that would pass outbound |
  * | in        | other                  | granted (protocol, destination port), or it matches a flow we opened |
  * | out       | later fragment         | its first fragment passed                                           |
- * | out       | ICMP error             | the packet it quotes would pass inbound                             |
+ * | out       | ICMP error             | it quotes a packet from this peer's address to us that would pass inbound |
  * | out       | other                  | replies from a port the peer is granted (TCP: not a bare SYN; ICMP: echo replies); or matches a flow we opened; or an outbound grant (then recorded as a flow) |
  *
  * A new policy (setPolicy) is a swap of one reference plus a generation number: each peer's rules
@@ -138,7 +138,9 @@ export class PolicyFilter implements PacketFilter {
     if (v.fragment === FRAG_LATER) return this.laterFragment(st, v, IN, now) || this.deny(st, 'fragment', IN);
     let ok: boolean;
     if (v.isIcmp && v.icmpError) {
-      ok = rules.inbound.icmp || rules.inbound.anyProtocol || this.quotedPasses(st, rules, IN, now);
+      // Even with `icmp` granted: an error must be about a packet between us and this peer, or a
+      // peer could forge "fragmentation needed" or "unreachable" about our flows with others.
+      ok = this.quotedPasses(st, rules, IN, now);
       if (!ok) return this.deny(st, 'icmpError', IN);
     } else {
       ok = rules.inbound.allows(v.grantProto, v.dstPort) || this.flowHit(st, rules, v, IN, now, true);
@@ -208,9 +210,11 @@ export class PolicyFilter implements PacketFilter {
     const start = outer.l4Off + 8;
     if (!q.parse(this.lastBuf, start, outer.end - start, true)) return false;
     if (q.family !== outer.family || q.fragment === FRAG_LATER || (q.isIcmp && q.icmpError)) return false;
-    // The quoted packet went the other way: from the address the error is sent to.
+    // The quoted packet went the other way between the same two addresses.
+    const b = this.lastBuf;
     const n = q.family === 4 ? 4 : 16;
-    if (this.lastBuf.compare(this.lastBuf, q.srcOff, q.srcOff + n, outer.dstOff, outer.dstOff + n) !== 0) return false;
+    if (b.compare(b, q.srcOff, q.srcOff + n, outer.dstOff, outer.dstOff + n) !== 0) return false;
+    if (b.compare(b, q.dstOff, q.dstOff + n, outer.srcOff, outer.srcOff + n) !== 0) return false;
     if (dir === IN) {
       // It quotes one of ours: would we have sent it?
       return this.flowHit(st, rules, q, OUT, now, false) || this.repliesToGranted(rules, q) || rules.outbound.allows(q.grantProto, q.dstPort);

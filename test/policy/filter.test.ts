@@ -162,6 +162,13 @@ describe('stateful filtering', () => {
     const forged = icmpError(v4('beta'), v4('alpha'), packet({ src: v4('gamma'), dst: v4('beta'), proto: 'tcp', sport: 40020, dport: 5432 }));
     expect(alpha.inbound(PEERS.beta, forged, 0, forged.length, T0)).toBe(false); // quotes a packet that was not ours
     expect(alpha.deniesOf(PEERS.beta)!.icmpError).toBe(2);
+    // Even a peer granted icmp may not send errors about our flows with others (before: it could,
+    // e.g. a forged "fragmentation needed" about beta's connection with alpha).
+    const betaF = filterFor('beta', parsePolicy('{"grants": [{"src": ["*"], "dst": ["*"], "ip": ["icmp", "tcp:5432"]}]}'));
+    const toAlpha = packet({ src: v4('beta'), dst: v4('alpha'), proto: 'tcp', sport: 5432, dport: 40020, flags: 0x12 });
+    const crossPeer = icmpError(v4('gamma'), v4('beta'), toAlpha, 3, 4);
+    expect(betaF.inbound(PEERS.gamma, crossPeer, 0, crossPeer.length, T0)).toBe(false);
+    expect(betaF.deniesOf(PEERS.gamma)!.icmpError).toBe(1);
     // beta's kernel refusing alpha's SYN (nothing listens): the error goes out.
     const rst = icmpError(v4('beta'), v4('alpha'), ours, 3, 3);
     expect(beta.outbound(PEERS.alpha, rst, 0, rst.length, T0)).toBe(true);
