@@ -7,7 +7,7 @@ import type { Duplex } from 'node:stream';
 import { AgentVpnError } from '../errors.js';
 import type { Identity } from '../identity/identity.js';
 import { parseAddress } from '../ip/prefix.js';
-import { monotonicMs } from '../relay/limits.js';
+import { monotonicMs } from '../util/token-bucket.js';
 import {
   BACKOFF_MAX_MS, BACKOFF_MIN_MS, DEFAULT_UDP_TIMEOUT_MS, FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_RECV, HELLO_FLAG_PROBE, HELLO_RETRY_MS,
   KEEPALIVE_ACK_TIMEOUT_MS, KEEPALIVE_FRAME, KEEPALIVE_INTERVAL_MS, KEY_SIZE, MAX_PACKET_SIZE, NOTICE_BAD_SIGNATURE, NOTICE_NOT_ALLOWED, NOTICE_NOT_REGISTERED,

@@ -1,6 +1,7 @@
 import {
-  HELLO_VERIFY_BURST, HELLO_VERIFY_BURST_PER_SOURCE, HELLO_VERIFY_RATE, HELLO_VERIFY_RATE_PER_SOURCE, KeyedBuckets, TokenBucket,
+  HELLO_VERIFY_BURST, HELLO_VERIFY_BURST_PER_SOURCE, HELLO_VERIFY_RATE, HELLO_VERIFY_RATE_PER_SOURCE, MAX_TRACKED_SOURCES,
 } from './limits.js';
+import { SourceBuckets, TokenBucket } from '../util/token-bucket.js';
 import { MAX_CLOCK_SKEW_MS, NOTICE_BAD_SIGNATURE, NOTICE_NOT_ALLOWED, NOTICE_STALE_TIMESTAMP, type Hello, type RelayLog } from './protocol.js';
 
 /**
@@ -49,7 +50,7 @@ export type HelloVerdict =
 const MAX_REMEMBERED_TIMESTAMPS = 100_000;
 
 export class HelloGate {
-  private readonly perSource = new KeyedBuckets(HELLO_VERIFY_RATE_PER_SOURCE, HELLO_VERIFY_BURST_PER_SOURCE);
+  private readonly perSource = new SourceBuckets(HELLO_VERIFY_RATE_PER_SOURCE, HELLO_VERIFY_BURST_PER_SOURCE, MAX_TRACKED_SOURCES);
   private readonly total = new TokenBucket(HELLO_VERIFY_RATE, HELLO_VERIFY_BURST);
   /** By Ed25519 key (latin1): for keys whose session is gone or that only probed. Sessions keep their own. */
   private readonly remembered = new Map<string, { ts: number; at: number }>();

@@ -1,4 +1,3 @@
-import { performance } from 'node:perf_hooks';
 import { AgentVpnError } from '../errors.js';
 
 /**
@@ -69,51 +68,6 @@ export const MAX_TCP_CONNECTIONS_PER_SOURCE = 512;
  * so spoofing many sources buys no more than the global rate.
  */
 export const MAX_TRACKED_SOURCES = 65_536;
-
-/** Milliseconds on a monotonic clock (wall-clock steps must not refill or drain buckets). */
-export const monotonicMs = (): number => performance.now();
-
-/** A token bucket: `rate` tokens per second, holding at most `capacity`; starts full. */
-export class TokenBucket {
-  private tokens: number;
-  private last: number;
-
-  constructor(private readonly rate: number, private readonly capacity: number, now = monotonicMs()) {
-    this.tokens = capacity;
-    this.last = now;
-  }
-
-  /** Takes `n` tokens if there are that many; false (taking none) otherwise. */
-  take(n = 1, now = monotonicMs()): boolean {
-    if (now > this.last) {
-      this.tokens = Math.min(this.capacity, this.tokens + ((now - this.last) * this.rate) / 1000);
-      this.last = now;
-    }
-    if (this.tokens < n) return false;
-    this.tokens -= n;
-    return true;
-  }
-}
-
-/** One token bucket per key (a source), at most `max` of them; the oldest key is forgotten first. */
-export class KeyedBuckets {
-  private readonly buckets = new Map<string, TokenBucket>();
-
-  constructor(private readonly rate: number, private readonly capacity: number, private readonly max = MAX_TRACKED_SOURCES) {}
-
-  take(key: string, now = monotonicMs()): boolean {
-    let b = this.buckets.get(key);
-    if (!b) {
-      if (this.buckets.size >= this.max) this.buckets.delete(this.buckets.keys().next().value!);
-      this.buckets.set(key, (b = new TokenBucket(this.rate, this.capacity, now)));
-    }
-    return b.take(1, now);
-  }
-
-  get size(): number {
-    return this.buckets.size;
-  }
-}
 
 /**
  * The key budgets are kept under for a source address given as 16 bytes (IPv4 as ::ffff:a.b.c.d,

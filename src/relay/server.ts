@@ -10,7 +10,7 @@ import { formatEndpoint, makeEndpoint, sameEndpoint } from '../wireguard/endpoin
 import { RoundShares } from './fair-share.js';
 import { HelloGate, type AllowHook, type Networks, type SessionOfKey } from './hello-gate.js';
 import {
-  DEFAULT_LIMITS, KeyedBuckets, MAX_SESSIONS, MAX_TCP_CONNECTIONS_PER_SOURCE, NOTICE_RATE_PER_CLIENT, NOTICE_RATE_PER_SOURCE, NOTICE_RATE_UNKNOWN, STUN_BURST_PER_SOURCE, STUN_RATE_PER_SOURCE, TokenBucket, monotonicMs, sourceKeyOf,
+  DEFAULT_LIMITS, MAX_SESSIONS, MAX_TRACKED_SOURCES, MAX_TCP_CONNECTIONS_PER_SOURCE, NOTICE_RATE_PER_CLIENT, NOTICE_RATE_PER_SOURCE, NOTICE_RATE_UNKNOWN, STUN_BURST_PER_SOURCE, STUN_RATE_PER_SOURCE, sourceKeyOf,
   validateLimits, type RelayLimits,
 } from './limits.js';
 import {
@@ -20,6 +20,7 @@ import {
 } from './protocol.js';
 import { FrameReader, MAX_TCP_BACKLOG_BYTES, UPGRADE_PATH, UPGRADE_PROTOCOL, UPGRADE_RESPONSE, encodeTcpFrame } from './tcp.js';
 import { READ_BATCH, RelayUdpSocket } from './udp.js';
+import { SourceBuckets, TokenBucket, monotonicMs } from '../util/token-bucket.js';
 
 export type { RelayLimits } from './limits.js';
 export type { RelayLog } from './protocol.js';
@@ -185,9 +186,9 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   const tcpPerSource = new Map<string, number>(); // open TCP fallback connections by source key
   const gate = new HelloGate(opts.allow, log);
   const shares = new RoundShares();
-  const sourceNotices = new KeyedBuckets(NOTICE_RATE_PER_SOURCE, NOTICE_RATE_PER_SOURCE);
+  const sourceNotices = new SourceBuckets(NOTICE_RATE_PER_SOURCE, NOTICE_RATE_PER_SOURCE, MAX_TRACKED_SOURCES);
   const unknownNotices = new TokenBucket(NOTICE_RATE_UNKNOWN, NOTICE_RATE_UNKNOWN);
-  const stunAnswers = new KeyedBuckets(STUN_RATE_PER_SOURCE, STUN_BURST_PER_SOURCE);
+  const stunAnswers = new SourceBuckets(STUN_RATE_PER_SOURCE, STUN_BURST_PER_SOURCE, MAX_TRACKED_SOURCES);
   const counters = { forwardedPackets: 0, forwardedBytes: 0, stunAnswered: 0, dropped: {} as Partial<Record<DropReason, number>> };
   const drop = (reason: DropReason, n = 1) => void (counters.dropped[reason] = (counters.dropped[reason] ?? 0) + n);
 

@@ -26,38 +26,26 @@ export class TokenBucket {
 }
 
 /**
- * One token bucket per source (an address as a string key), in a map that stays bounded however
- * many sources a flood invents: when it is full, buckets that have refilled (their source went
- * quiet) are forgotten, and if none has, new sources are refused instead of growing the map. The
- * sweep runs at most every PRUNE_INTERVAL_MS, so a flood of new sources cannot make each packet O(n).
+ * One token bucket per source (an address as a string key), at most `maxSources` of them: past
+ * that, the source seen first is forgotten and starts again with a full bucket. Whoever invents
+ * that many sources still meets the total budget kept beside this one, so the map stays bounded
+ * and a flood of new sources costs O(1) each.
  */
-const PRUNE_INTERVAL_MS = 100;
-
 export class SourceBuckets {
   private readonly buckets = new Map<string, TokenBucket>();
-  private lastPruneAt = -Infinity;
 
   constructor(private readonly rate: number, private readonly burst: number, private readonly maxSources: number) {}
 
   take(source: string, now = monotonicMs()): boolean {
     let b = this.buckets.get(source);
     if (!b) {
-      if (this.buckets.size >= this.maxSources && !this.prune(now)) return false;
-      b = new TokenBucket(this.rate, this.burst, now);
-      this.buckets.set(source, b);
+      if (this.buckets.size >= this.maxSources) this.buckets.delete(this.buckets.keys().next().value!);
+      this.buckets.set(source, (b = new TokenBucket(this.rate, this.burst, now)));
     }
     return b.take(1, now);
   }
 
   get size(): number {
     return this.buckets.size;
-  }
-
-  /** Drops buckets that are full again; true when room was made. */
-  private prune(now: number): boolean {
-    if (now - this.lastPruneAt < PRUNE_INTERVAL_MS) return false;
-    this.lastPruneAt = now;
-    for (const [k, b] of this.buckets) if (b.take(this.burst, now)) this.buckets.delete(k);
-    return this.buckets.size < this.maxSources;
   }
 }

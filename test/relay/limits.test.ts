@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseAddress } from '../../src/ip/prefix.js';
-import { KeyedBuckets, sourceKeyOf } from '../../src/relay/limits.js';
+import { sourceKeyOf } from '../../src/relay/limits.js';
+import { SourceBuckets } from '../../src/util/token-bucket.js';
 import { makeEndpoint } from '../../src/wireguard/endpoint.js';
 
 const key = (addr: string, port = 1) => sourceKeyOf(makeEndpoint(parseAddress(addr)!, port));
@@ -15,7 +16,7 @@ describe('relay budgets per source', () => {
   });
 
   it('gives each source its own bucket, and forgets the oldest past the cap (which then starts full again)', () => {
-    const b = new KeyedBuckets(1, 2, 3);
+    const b = new SourceBuckets(1, 2, 3);
     const t = 1000;
     expect([b.take('a', t), b.take('a', t), b.take('a', t)]).toEqual([true, true, false]);
     expect(b.take('b', t)).toBe(true);
