@@ -1,4 +1,6 @@
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import type { Logger as PinoLogger } from 'pino';
+import { writeFileAtomic } from '../util/atomic-file.js';
 import { AgentVpnError } from '../errors.js';
 import { compilePolicy, type AgentFacts, type CompiledPolicy } from '../policy/compile.js';
 import { PolicyFilter } from '../policy/filter.js';
@@ -18,7 +20,8 @@ export function factsOf(view: AgentView): AgentFacts {
  * The network's policy in the fleet: the registry pushes its text, we parse it and compile it for
  * ourselves against the agents admitted now, and the data path's filter enforces it. Recompiled
  * (coalesced to once per event-loop turn) whenever the policy or the admitted agents change;
- * sessions are never touched. No policy = everything allowed.
+ * sessions are never touched. No policy = everything allowed. The last policy is kept in the
+ * state dir, so after a restart it is enforced before the registry answers (not "allow all").
  */
 export class FleetPolicy {
   readonly filter = new PolicyFilter();
@@ -27,19 +30,39 @@ export class FleetPolicy {
   private compiled: CompiledPolicy | null = null;
   private pending: NodeJS.Immediate | null = null;
 
-  constructor(private readonly facts: () => { self: AgentFacts; peers: AgentFacts[] }, private readonly log: PinoLogger) {}
+  constructor(private readonly facts: () => { self: AgentFacts; peers: AgentFacts[] }, private readonly log: PinoLogger, private readonly file: string) {
+    try {
+      if (existsSync(file)) this.set(JSON.parse(readFileSync(file, 'utf8')) as PolicyView);
+    } catch (e) {
+      log.warn({ file, err: (e as Error).message }, 'cannot read the saved policy; waiting for the registry\'s');
+    }
+  }
 
-  /** A policy from the registry (null: none). One that does not parse keeps the policy in force. */
+  /**
+   * The registry's policy (null: none), as its event stream gives it: in order, and as a whole in
+   * every snapshot, so the newest word counts even when versions restart (a restored registry).
+   * One that does not parse keeps the policy in force.
+   */
   set(view: PolicyView | null): void {
-    if (view && this.view && view.version <= this.view.version) return;
+    if (view && this.view && view.version === this.view.version && view.policy === this.view.policy) return;
     try {
       this.policy = view ? parsePolicy(view.policy) : null;
       this.view = view;
+      this.save(view);
       this.log.info({ version: view?.version ?? null, event: 'policy' }, view ? `policy version ${view.version} in force` : 'no policy: every agent may reach every port');
       this.changed();
     } catch (e) {
       const err = e as AgentVpnError;
       this.log.error({ version: view?.version, err: err.message }, 'the registry sent a policy that does not parse; keeping the policy in force');
+    }
+  }
+
+  private save(view: PolicyView | null): void {
+    try {
+      if (view) writeFileAtomic(this.file, JSON.stringify({ version: view.version, policy: view.policy }));
+      else rmSync(this.file, { force: true });
+    } catch (e) {
+      this.log.warn({ file: this.file, err: (e as Error).message }, 'cannot save the policy in the state dir');
     }
   }
 

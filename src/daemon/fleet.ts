@@ -1,3 +1,4 @@
+import { join as joinPath } from 'node:path';
 import type { Logger as PinoLogger } from 'pino';
 import { AgentVpnError } from '../errors.js';
 import { Identity } from '../identity/identity.js';
@@ -114,7 +115,7 @@ export class FleetAgent {
       { ...parsePrefix(join.ipv6)!, bits: ula.bits },
     ];
     const self = { id: this.identity.id, name: opts.name, network: join.network, ipv4: join.ipv4, ipv6: join.ipv6 };
-    const policy = new FleetPolicy(() => this.policyFacts(self), opts.log);
+    const policy = new FleetPolicy(() => this.policyFacts(self), opts.log, joinPath(opts.stateDir, `policy-${opts.network}.json`));
     this.policy = policy;
     const daemon = new Daemon({
       iface: opts.iface,

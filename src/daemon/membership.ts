@@ -58,6 +58,7 @@ export class Membership {
   private seq = 0;
   private publishedAt = 0;
   private publishing: Promise<void> | null = null;
+  private publishAgain = false;
   private watcher: { close(): void } | null = null;
   private current: JoinResult | null = null;
   registryUp = false;
@@ -118,24 +119,39 @@ export class Membership {
     return this.publishedAt > 0;
   }
 
-  /** Publishes a fresh signed record, retrying with backoff until the registry takes it; one loop at a time. */
+  /**
+   * Publishes a fresh signed record, retrying with backoff until the registry takes it; one loop at
+   * a time. Asked again while a publish is on its way (a key rotation, new endpoints), the loop
+   * publishes once more when it is done, so the newest record always goes out.
+   */
   publish(): Promise<void> {
     const join = this.current;
     if (!join) return Promise.resolve();
-    this.publishing ??= (async () => {
-      for (let delay = RETRY_MIN_MS; !this.stopped; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
-        try {
-          // Always with our key chain: peers and the registry pin the inception statement too.
-          await this.opts.client.publish(signRecord(this.opts.identity, this.buildRecord(join)), this.opts.identity.chain);
-          this.publishedAt = Date.now();
-          return;
-        } catch (e) {
-          this.opts.log.warn({ err: (e as Error).message, retryInMs: delay }, 'publishing our record failed; will retry');
-          await new Promise((r) => setTimeout(r, delay).unref());
-        }
-      }
+    if (this.publishing) {
+      this.publishAgain = true;
+      return this.publishing;
+    }
+    this.publishing = (async () => {
+      do {
+        this.publishAgain = false;
+        await this.publishOnce(join);
+      } while (this.publishAgain && !this.stopped);
     })().finally(() => (this.publishing = null));
     return this.publishing;
+  }
+
+  private async publishOnce(join: JoinResult): Promise<void> {
+    for (let delay = RETRY_MIN_MS; !this.stopped; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
+      try {
+        // Always with our key chain: peers and the registry pin the inception statement too.
+        await this.opts.client.publish(signRecord(this.opts.identity, this.buildRecord(join)), this.opts.identity.chain);
+        this.publishedAt = Date.now();
+        return;
+      } catch (e) {
+        this.opts.log.warn({ err: (e as Error).message, retryInMs: delay }, 'publishing our record failed; will retry');
+        await new Promise((r) => setTimeout(r, delay).unref());
+      }
+    }
   }
 
   /** After a key rotation: records and requests are signed with the new key from now on. */

@@ -113,7 +113,10 @@ export class RegistryClient {
   /** The network's policy (null: none), by a signed read. */
   async getPolicy(): Promise<PolicyView | null> {
     const answer = await this.request('GET', `/v1/policy?network=${encodeURIComponent(this.opts.network)}`, { signed: true });
-    return parsePolicyView(answer.policy);
+    if (answer.policy === null || answer.policy === undefined) return null;
+    const policy = parsePolicyView(answer.policy);
+    if (policy === undefined) throw new AgentVpnError('REGISTRY_BAD_ANSWER', 'the registry answered with a malformed policy', 'check the registry version');
+    return policy;
   }
 
   async heartbeat(): Promise<void> {
@@ -241,14 +244,16 @@ export class RegistryClient {
           if (event === 'snapshot' && Array.isArray(parsed.agents)) {
             attempt = 0;
             call(() => handlers.snapshot(parsed.agents!));
-            call(() => handlers.policy?.(parsePolicyView(parsed.policy)));
+            // No policy (null) is news; a malformed one is not: it must never read as "allow all".
+            const policy = parsed.policy === null || parsed.policy === undefined ? null : parsePolicyView(parsed.policy);
+            if (policy !== undefined) call(() => handlers.policy?.(policy));
           } else if ((event === 'upsert' || event === 'online' || event === 'offline') && parsed.agent) {
             call(() => handlers.change(event, parsed.agent!));
           } else if (event === 'removed' && typeof parsed.id === 'string') {
             call(() => handlers.removed?.(parsed.id as string));
           } else if (event === 'policy') {
             const policy = parsePolicyView(parsed);
-            if (policy) call(() => handlers.policy?.(policy));
+            if (policy !== undefined) call(() => handlers.policy?.(policy));
           }
         });
         res.setEncoding('utf8');
@@ -274,10 +279,10 @@ export class RegistryClient {
   }
 }
 
-/** A PolicyView from the registry's JSON; null for "no policy" and for anything malformed. */
-function parsePolicyView(v: unknown): PolicyView | null {
+/** A PolicyView from the registry's JSON, or undefined when it is malformed. */
+function parsePolicyView(v: unknown): PolicyView | undefined {
   const p = v as { version?: unknown; policy?: unknown } | null;
-  if (!p || typeof p !== 'object' || !Number.isSafeInteger(p.version) || typeof p.policy !== 'string') return null;
+  if (!p || typeof p !== 'object' || !Number.isSafeInteger(p.version) || typeof p.policy !== 'string') return undefined;
   return { version: p.version as number, policy: p.policy };
 }
 

@@ -92,7 +92,8 @@ export function decide(store: TrustLookup, mode: TrustMode, view: TrustView, now
     if (mode === 'open' && !blocked) {
       return { admit: true, state: 'pinned', note: `${r.name} (${r.ipv4}) is now agent ${short(r.id)} (open mode: admitted)`, update: { remove: rivals.map((e) => e.id), put: [{ ...fresh, state: own?.state ?? 'pinned' }] } };
     }
-    const put = rivals.map((e) => withOffer(e, offer, e.state === 'blocked' ? 'blocked' : 'changed'));
+    // A rival awaiting approval stays pending: a collision must never count as an approval.
+    const put = rivals.map((e) => withOffer(e, offer, e.state === 'blocked' || e.state === 'pending' ? e.state : 'changed'));
     const held = rivals.map((e) => `${e.name ?? e.id} (${e.ipv4 ?? '-'}, agent ${short(e.id)})`).join(' and ');
     return {
       admit: false, state: blocked ? 'blocked' : 'changed', update: { remove: [], put },

@@ -26,7 +26,8 @@ export class TrustGate {
     if (d.alert) {
       if (this.alerts.get(id) !== d.alert) this.log.warn({ id, name: view.record.name, state: d.state, event: 'trust-alert' }, d.alert);
       if (this.alerts.has(id) || this.alerts.size < MAX_TRUST_ENTRIES) this.alerts.set(id, d.alert);
-    } else {
+    } else if (d.state !== 'changed') {
+      // A changed entry keeps its alert until an operator decides, even while its pinned key is admitted.
       this.alerts.delete(id);
     }
     return d.admit;

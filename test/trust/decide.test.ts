@@ -198,6 +198,15 @@ describe('block, approve, open', () => {
     expect(see('tofu', view(gamma, 'gamma', '100.64.0.3'))).toMatchObject({ admit: true, state: 'pinned' });
   });
 
+  it('approve mode: a collision on a pending agent\'s name never turns into an approval', () => {
+    const pending = Identity.generate();
+    expect(see('approve', view(pending, 'beta', '100.64.0.2'))).toMatchObject({ admit: false, state: 'pending' });
+    // Another ID shows up with the same name (a registry playing games, or a re-used name).
+    expect(see('approve', view(Identity.generate(), 'beta', '100.64.0.9'))).toMatchObject({ admit: false });
+    expect(store.get(pending.id)!.state).toBe('pending');
+    expect(see('approve', view(pending, 'beta', '100.64.0.2'))).toMatchObject({ admit: false, state: 'pending' });
+  });
+
   it('open mode admits a new key for a known name and records it', () => {
     const beta = Identity.generate();
     see('tofu', view(beta, 'beta', '100.64.0.2'));
