@@ -142,7 +142,15 @@ export function formatIpEntry(e: IpEntry): string {
   return e.low === e.high ? `${e.proto}:${e.low}` : `${e.proto}:${e.low}-${e.high}`;
 }
 
-function readGrant(r: Reader, v: JsonValue, path: string): Grant {
+/**
+ * In fleet mode an agent's capabilities are what it claims in its own record: a `cap:` selector
+ * in `src` would let any member grant itself access by claiming one. Sources are chosen by what
+ * someone else vouches for: `tag:` (its join token), `name:` (unique, pinned by every peer). In
+ * static mode the policy file itself says which agent has which capability, so there it may.
+ */
+const SELF_CLAIMED_SOURCE_HINT = 'in "src", select agents by tag: (from their join token) or name:; a cap: there would let any agent grant itself access by claiming the capability ("dst" may use cap:)';
+
+function readGrant(r: Reader, v: JsonValue, path: string, capSources: boolean): Grant {
   const g = r.object(v, path, 'a grant', HINTS.top);
   r.onlyKeys(g, ['src', 'dst', 'ip', 'app'], path, 'a grant', HINTS.top);
   const selectors = (key: 'src' | 'dst'): Selector[] => {
@@ -152,6 +160,10 @@ function readGrant(r: Reader, v: JsonValue, path: string): Grant {
     return list.map((s, i) => parseSelector(s) ?? r.fail(`${path}/${key}/${i}`, `invalid selector "${s.slice(0, 80)}"`, HINTS.selector));
   };
   const src = selectors('src');
+  if (!capSources) {
+    const i = src.findIndex((s) => s.kind === 'cap');
+    if (i >= 0) r.fail(`${path}/src/${i}`, `"src" selects by capability (${formatSelector(src[i])})`, SELF_CLAIMED_SOURCE_HINT);
+  }
   const dst = selectors('dst');
   const ipList = g.ip === undefined ? [] : r.strings(g.ip, `${path}/ip`, '"ip"', HINTS.ip);
   const ip = ipList.map((s, i) => parseIpEntry(s) ?? r.fail(`${path}/ip/${i}`, `invalid ip entry "${s.slice(0, 80)}"`, HINTS.ip));
@@ -169,11 +181,11 @@ function readGrant(r: Reader, v: JsonValue, path: string): Grant {
   return { src, dst, ip, app, line };
 }
 
-function readGrants(r: Reader, top: { [k: string]: JsonValue }): Grant[] {
+function readGrants(r: Reader, top: { [k: string]: JsonValue }, capSources: boolean): Grant[] {
   if (!Array.isArray(top.grants)) r.fail(top.grants === undefined ? '' : '/grants', 'the policy needs "grants": a list', HINTS.top);
   const list = top.grants as JsonValue[];
   if (list.length > MAX_GRANTS) r.fail('/grants', `${list.length} grants, more than ${MAX_GRANTS}`, 'merge grants with tags, capabilities and port ranges');
-  return list.map((g, i) => readGrant(r, g, `/grants/${i}`));
+  return list.map((g, i) => readGrant(r, g, `/grants/${i}`, capSources));
 }
 
 /** Parses and validates a policy (what the registry stores and pushes); every error says line:col. */
@@ -183,7 +195,7 @@ export function parsePolicy(text: string): Policy {
   const top = r.object(doc.value, '', 'the policy', HINTS.top);
   if ('agents' in top) r.fail('/agents', '"agents" belongs to a static-mode policy only', 'in fleet mode names, tags and capabilities come from the registry; remove "agents"');
   r.onlyKeys(top, ['grants'], '', 'the policy', HINTS.top);
-  return { grants: readGrants(r, top) };
+  return { grants: readGrants(r, top, false) };
 }
 
 /** Static mode: who is who, since a wg-quick config has keys but no names. */
@@ -224,7 +236,7 @@ export function parseStaticPolicy(text: string): { policy: Policy; agents: Stati
     });
     return { name, wgPublicKey: a.wgPublicKey as string, tags, capabilities };
   });
-  return { policy: { grants: readGrants(r, top) }, agents };
+  return { policy: { grants: readGrants(r, top, true) }, agents };
 }
 
 /** Canonical text of a policy (parsePolicy(formatPolicy(p)) equals p, apart from line numbers). */

@@ -39,6 +39,7 @@ describe('parsePolicy', () => {
   it.each([
     ['{"grants": [{"src": ["*"], "dst": ["*"], "ip": ["tcp:0"]}]}', '1:49', 'invalid ip entry "tcp:0"'],
     ['{"grants": [\n  {"src": ["nome:x"], "dst": ["*"], "ip": ["*"]}]}', '2:12', 'invalid selector "nome:x"'],
+    ['{"grants": [{"src": ["cap:db"], "dst": ["*"], "ip": ["*"]}]}', '1:22', '"src" selects by capability'],
     ['{"grants": [{"src": ["*"], "dst": ["*"]}]}', '1:13', 'grant allows nothing'],
     ['{"grants": [], "grants": []}', '1:16', 'appears twice'],
     ['{"grants": [{"src": [], "dst": ["*"], "ip": ["*"]}]}', '1:21', '"src" is empty'],
@@ -83,10 +84,14 @@ describe('parsePolicy', () => {
 // ---- properties -------------------------------------------------------------------------------
 
 const name = fc.stringMatching(/^[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?$/);
-const selector = fc.oneof(
+/** What "src" may select by: not cap:, which agents claim for themselves. */
+const source = fc.oneof(
   fc.constant('*'),
   name.map((n) => `name:${n}`),
   fc.stringMatching(/^[a-z0-9][a-z0-9._-]{0,12}$/).map((t) => `tag:${t}`),
+);
+const selector = fc.oneof(
+  source,
   fc.tuple(fc.stringMatching(/^[a-z0-9][a-z0-9._-]{0,12}$/), fc.option(fc.stringMatching(/^[0-9]{1,3}$/), { nil: undefined }))
     .map(([n, v]) => `cap:${n}${v ? `@${v}` : ''}`),
 );
@@ -98,7 +103,7 @@ const ipEntry = fc.oneof(
   fc.constantFrom('tcp:*', 'udp:*'),
 );
 const grant = fc.record({
-  src: fc.array(selector, { minLength: 1, maxLength: 4 }),
+  src: fc.array(source, { minLength: 1, maxLength: 4 }),
   dst: fc.array(selector, { minLength: 1, maxLength: 4 }),
   ip: fc.array(ipEntry, { minLength: 1, maxLength: 4 }),
   app: fc.option(fc.dictionary(fc.stringMatching(/^[a-z][a-z./]{0,20}$/), fc.jsonValue({ maxDepth: 3 }), { maxKeys: 3 }), { nil: undefined }),
