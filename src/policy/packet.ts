@@ -21,7 +21,8 @@ export const FRAG_FIRST = 1;
 export const FRAG_LATER = 2;
 
 /** ICMP messages that report on another packet (which they quote). */
-const ICMP4_ERRORS = new Set([3, 11, 12]);
+// Redirects (5) and source quench (4) count as errors too: they must quote a packet of an allowed flow.
+const ICMP4_ERRORS = new Set([3, 4, 5, 11, 12]);
 const ICMP6_ERRORS = new Set([1, 2, 3, 4]);
 /** More extension headers than this is not a real packet. */
 const MAX_EXTENSION_HEADERS = 8;
