@@ -20,8 +20,7 @@ export const FRAG_NONE = 0;
 export const FRAG_FIRST = 1;
 export const FRAG_LATER = 2;
 
-/** ICMP messages that report on another packet (which they quote). */
-// Redirects (5) and source quench (4) count as errors too: they must quote a packet of an allowed flow.
+/** ICMP messages that report on another packet, which they quote (v4: unreachable, source quench, redirect, time exceeded, parameter problem). */
 const ICMP4_ERRORS = new Set([3, 4, 5, 11, 12]);
 const ICMP6_ERRORS = new Set([1, 2, 3, 4]);
 /** More extension headers than this is not a real packet. */
