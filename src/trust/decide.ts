@@ -102,11 +102,15 @@ export function decide(store: TrustLookup, mode: TrustMode, view: TrustView, now
   }
 
   if (!own) {
-    if (store.size >= MAX_TRUST_ENTRIES) return { admit: false, state: 'pending', alert: `trust store full (${MAX_TRUST_ENTRIES} entries): agent ${r.name} refused`, update: NO_CHANGE };
+    // A full store gives up the pending entry seen longest ago (nobody decided on it; it comes back
+    // as pending if that agent shows up again); pins, approvals and blocks are never given up.
+    const evict = store.size >= MAX_TRUST_ENTRIES ? store.oldestPending() : undefined;
+    if (store.size >= MAX_TRUST_ENTRIES && !evict) return { admit: false, state: 'pending', alert: `trust store full (${MAX_TRUST_ENTRIES} entries): agent ${r.name} refused`, update: NO_CHANGE };
+    const remove = evict ? [evict.id] : [];
     if (mode === 'approve') {
-      return { admit: false, state: 'pending', alert: `new agent ${r.name} (${short(r.id)}) awaits approval: \`agentvpn trust approve ${r.name}\``, update: { remove: [], put: [{ ...fresh, state: 'pending' }] } };
+      return { admit: false, state: 'pending', alert: `new agent ${r.name} (${short(r.id)}) awaits approval: \`agentvpn trust approve ${r.name}\``, update: { remove, put: [{ ...fresh, state: 'pending' }] } };
     }
-    return { admit: true, state: 'pinned', note: `pinned ${r.name} (${short(r.id)}) on first use`, update: { remove: [], put: [fresh] } };
+    return { admit: true, state: 'pinned', note: `pinned ${r.name} (${short(r.id)}) on first use`, update: { remove, put: [fresh] } };
   }
 
   // A pending entry: in approve mode it waits; a mode without approval pins it.

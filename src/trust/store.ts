@@ -77,6 +77,8 @@ export interface TrustLookup {
   get(id: string): TrustEntry | undefined;
   byName(name: string): TrustEntry | undefined;
   byIpv4(ipv4: string): TrustEntry | undefined;
+  /** The pending entry seen longest ago (what a full store gives up first), if any. */
+  oldestPending(): TrustEntry | undefined;
 }
 
 /** Far more agents than a network holds; caps the file and the memory a flood of new IDs can take. */
@@ -257,6 +259,12 @@ export class TrustStore implements TrustLookup {
   byIpv4(ipv4: string): TrustEntry | undefined {
     const id = this.ipv4s.get(ipv4);
     return id === undefined ? undefined : this.entries.get(id);
+  }
+
+  oldestPending(): TrustEntry | undefined {
+    let oldest: TrustEntry | undefined;
+    for (const e of this.entries.values()) if (e.state === 'pending' && (!oldest || e.lastSeen < oldest.lastSeen)) oldest = e;
+    return oldest;
   }
 
   all(): TrustEntry[] {

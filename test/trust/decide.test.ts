@@ -227,7 +227,7 @@ describe('block, approve, open', () => {
     expect(codeOf(() => store.approve('beta'))).toBe('TRUST_CHANGED');
   });
 
-  it(`a full store (${MAX_TRUST_ENTRIES} entries) refuses new agents instead of growing`, () => {
+  it(`a full store (${MAX_TRUST_ENTRIES} entries) refuses new agents instead of growing, giving up only the oldest pending entry`, () => {
     const now = Date.now();
     const put: TrustEntry[] = [];
     for (let i = 0; i < MAX_TRUST_ENTRIES; i++) {
@@ -242,6 +242,12 @@ describe('block, approve, open', () => {
     expect(store.size).toBe(MAX_TRUST_ENTRIES);
     store.flush();
     expect(TrustStore.open(dir, 'lab').size).toBe(MAX_TRUST_ENTRIES);
+    // With pending entries among them, the one seen longest ago gives way to the newcomer.
+    store.apply({ put: [{ ...put[7], state: 'pending', lastSeen: now - 1000 }, { ...put[8], state: 'pending' }], remove: [] });
+    expect(see('tofu', view(Identity.generate(), 'newcomer', '100.64.0.2'))).toMatchObject({ admit: true, state: 'pinned' });
+    expect(store.size).toBe(MAX_TRUST_ENTRIES);
+    expect(store.get(put[7].id)).toBeUndefined();
+    expect(store.get(put[8].id)?.state).toBe('pending');
   });
 });
 
