@@ -1,7 +1,7 @@
 import type { Logger as PinoLogger } from 'pino';
 import { AgentVpnError } from '../errors.js';
 import { formatAddress, parseAddress, parsePrefix, type Prefix } from '../ip/prefix.js';
-import { anyCapabilityMatches, parseCapability } from '../registry/capabilities.js';
+import { anyCapabilityMatches, parseCapability } from '../net/capabilities.js';
 import type { AgentView } from '../registry/client.js';
 import { verifyRecord } from '../registry/record.js';
 import type { Daemon } from './daemon.js';

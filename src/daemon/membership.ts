@@ -5,7 +5,7 @@ import { AgentVpnError } from '../errors.js';
 import { overlayIPv6 } from '../identity/addresses.js';
 import type { Identity } from '../identity/identity.js';
 import { formatAddress, parseAddress, parsePrefix, type Prefix } from '../ip/prefix.js';
-import { formatCapability, parseCapability } from '../registry/capabilities.js';
+import { formatCapability, parseCapability } from '../net/capabilities.js';
 import type { AgentView, JoinResult, PolicyView, RegistryClient } from '../registry/client.js';
 import { RECORD_LIFETIME_MS, signRecord, type AgentRecord } from '../registry/record.js';
 import { writeFileAtomic } from '../util/atomic-file.js';

@@ -1,4 +1,4 @@
-import { capabilityMatches, parseCapability, type Capability } from '../registry/capabilities.js';
+import { capabilityMatches, parseCapability, type Capability } from '../net/capabilities.js';
 import type { JsonValue } from './jsonc.js';
 import type { Grant, IpEntry, Policy, Selector } from './parse.js';
 

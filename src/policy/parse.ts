@@ -1,6 +1,6 @@
 import { AgentVpnError } from '../errors.js';
-import { NAME_PATTERN } from '../registry/record.js';
-import { formatCapability, parseCapability, type Capability } from '../registry/capabilities.js';
+import { NAME_PATTERN } from '../net/names.js';
+import { formatCapability, parseCapability, type Capability } from '../net/capabilities.js';
 import { jsoncError, lineIndex, parseJsonc, type JsonValue, type JsoncDocument } from './jsonc.js';
 
 /**
@@ -14,7 +14,7 @@ import { jsoncError, lineIndex, parseJsonc, type JsonValue, type JsoncDocument }
  * | grant.ip         | IpEntry[]             | …on these protocols/ports (may be empty when `app` is given)   |
  * | grant.app        | { capName: any JSON } | opaque capabilities the dst reads (whois) about the src        |
  *
- * Selectors: `*`, `name:NAME`, `tag:TAG`, `cap:CAPABILITY` (matched as registry/capabilities.ts).
+ * Selectors: `*`, `name:NAME`, `tag:TAG`, `cap:CAPABILITY` (matched as net/capabilities.ts).
  * IpEntry: `*` (every protocol), `tcp:PORT`, `tcp:LOW-HIGH`, `tcp:*`, the same for `udp:`, `icmp`.
  * No policy at all = allow all; a policy = deny by default (a policy with no grants denies all).
  */

@@ -1,4 +1,4 @@
-import { parseCapability, type Capability } from './capabilities.js';
+import { parseCapability, type Capability } from '../net/capabilities.js';
 import { agentIdOf } from '../identity/agent-id.js';
 import type { KeyStatement } from '../identity/rotation.js';
 import type { AgentView } from './protocol.js';

@@ -1,6 +1,6 @@
 import { AgentVpnError } from '../errors.js';
 import { checkPolicyText } from './policy-text.js';
-import { NETWORK_PATTERN } from './record.js';
+import { NETWORK_PATTERN } from '../net/names.js';
 import type { BlockedAgent, RegistryStore, StoredPolicy } from './store.js';
 
 /**

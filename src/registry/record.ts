@@ -3,7 +3,8 @@ import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import { overlayIPv6 } from '../identity/addresses.js';
 import { verifyKeyChain } from '../identity/rotation.js';
 import { formatAddress, parseAddress } from '../ip/prefix.js';
-import { formatCapability, parseCapability, MAX_CAPABILITIES } from './capabilities.js';
+import { formatCapability, parseCapability, MAX_CAPABILITIES } from '../net/capabilities.js';
+import { NAME_PATTERN, NETWORK_PATTERN } from '../net/names.js';
 
 /**
  * An agent record: what the fleet knows about an agent. It is signed by the agent's current
@@ -37,8 +38,6 @@ export interface SignedRecord {
   signature: string;
 }
 
-export const NAME_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
-export const NETWORK_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 /** An agent listens on a few addresses (LAN, reflexive, mapped, v4 and v6); 16 is plenty. */
 const MAX_ENDPOINTS = 16;
 /** "[" + the longest IPv6 text (45) + "]:" + port: longer strings cannot be endpoints, so they are not parsed. */

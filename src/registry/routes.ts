@@ -6,7 +6,7 @@ import { formatAddress, formatPrefix, type Prefix } from '../ip/prefix.js';
 import { parseKeyStatement, type KeyStatement } from '../identity/rotation.js';
 import type { RelayInfo } from '../relay/protocol.js';
 import { adminRoute, type AdminContext } from './admin-routes.js';
-import { capabilityMatches, parseCapability, type Capability } from './capabilities.js';
+import { capabilityMatches, parseCapability, type Capability } from '../net/capabilities.js';
 import type { EventHub } from './events.js';
 import { Entry, type Fleet } from './fleet-state.js';
 import { screenChain } from './key-chain.js';
@@ -14,7 +14,8 @@ import { readJson, sendJson, sendText, type Body } from './http-body.js';
 import {
   HEARTBEAT_LABEL, LEAVE_LABEL, hashToken, joinMessage, timestampMessage, verifyAgentSignature, type AgentChangeKind, type JoinResult, type RegistryStats,
 } from './protocol.js';
-import { NAME_PATTERN, NETWORK_PATTERN, canonicalRecord, verifyRecord, type AgentRecord, type SignedRecord } from './record.js';
+import { NAME_PATTERN, NETWORK_PATTERN } from '../net/names.js';
+import { canonicalRecord, verifyRecord, type AgentRecord, type SignedRecord } from './record.js';
 import { refuse } from './refusals.js';
 import { authorizeRead, checkClock, isAgentId } from './request-auth.js';
 import type { SignatureBudget } from './signature-budget.js';

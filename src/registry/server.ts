@@ -24,7 +24,7 @@ import {
 import { AdminTokens, createAdminToken } from './admin-auth.js';
 import { OperatorSync } from './operator-sync.js';
 import { validateTags } from './tags.js';
-import { NETWORK_PATTERN } from './record.js';
+import { NETWORK_PATTERN } from '../net/names.js';
 import { REFUSALS } from './refusals.js';
 import { LogBudget } from './log-budget.js';
 import { createRoutes } from './routes.js';

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { AgentVpnError } from '../errors.js';
 import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import { parseAddress } from '../ip/prefix.js';
-import { NAME_PATTERN, NETWORK_PATTERN } from '../registry/record.js';
+import { NAME_PATTERN, NETWORK_PATTERN } from '../net/names.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
 
 /**

@@ -3,7 +3,7 @@ import { Identity } from '../../src/identity/identity.js';
 import { overlayIPv6 } from '../../src/identity/addresses.js';
 import { formatAddress } from '../../src/ip/prefix.js';
 import { canonicalRecord, canonicalRecordBytes, signRecord, verifyRecord, type AgentRecord } from '../../src/registry/record.js';
-import { parseCapability, formatCapability, capabilityMatches, anyCapabilityMatches } from '../../src/registry/capabilities.js';
+import { parseCapability, formatCapability, capabilityMatches, anyCapabilityMatches } from '../../src/net/capabilities.js';
 
 function recordFor(id: Identity, over: Partial<AgentRecord> = {}): AgentRecord {
   const now = Date.now();

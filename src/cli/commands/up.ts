@@ -7,7 +7,7 @@ import { loadConfig } from '../../config/wgquick.js';
 import { Daemon } from '../../daemon/daemon.js';
 import { FleetAgent } from '../../daemon/fleet.js';
 import { DEFAULT_STATE_DIR, stateDir } from '../../identity/identity.js';
-import { NAME_PATTERN } from '../../registry/record.js';
+import { NAME_PATTERN } from '../../net/names.js';
 import { logFilePath, pidFilePath, runDir, validateInterfaceName } from '../../daemon/paths.js';
 import type { DeviceStatus } from '../../daemon/status-types.js';
 import { AgentVpnError } from '../../errors.js';
