@@ -46,6 +46,8 @@ export const discoBudget = {
   expected: { rate: 100, burst: 200 },
   elsewhere: { rate: 20, burst: 40 },
   total: { rate: 10_000, burst: 10_000 },
+  /** Replies to our pings let past the budgets, at most (a probe round pings ≤ 16 candidates and the relay). */
+  maxAwaitedReplies: 32,
   /** Replay window per peer in counter units (1/16 ms): 256 ms of reordering between the direct and relayed paths. */
   replayWindowBits: 4096,
 };

@@ -238,6 +238,7 @@ export class MagicSock implements PacketIO {
 
   private sendPing(path: PeerPath, to: Buffer | null, now: number, resolve?: PendingPing['resolve']): void {
     const txid = newTxid();
+    path.awaitReply();
     this.pending.set(txid.toString('hex'), { path, endpoint: to && Buffer.from(to), sentAt: performance.now(), resolve });
     if (to) {
       path.lastDirectPingAt = now;
@@ -267,8 +268,12 @@ export class MagicSock implements PacketIO {
       return;
     }
     // Budgets before the AEAD: a flood claiming this peer's key from elsewhere spends only its own.
-    const lane = path.isExpectedSource(from) ? path.discoExpected : path.discoElsewhere;
-    if (!lane.take() || !this.discoTotal.take()) {
+    // Answers to our own pings come first: each ping we sent lets one message from where the peer is
+    // expected past the budgets, so a flood (even one that spends the total) cannot make a working
+    // path look dead. Only an attacker who spoofs the peer's own endpoint could spend that allowance.
+    const expected = path.isExpectedSource(from);
+    const awaited = expected && path.takeAwaitedReply();
+    if (!awaited && (!(expected ? path.discoExpected : path.discoElsewhere).take() || !this.discoTotal.take())) {
       this.stats.discoShed++;
       return;
     }
@@ -339,12 +344,6 @@ export class MagicSock implements PacketIO {
     for (const path of this.byKey.values()) {
       const peer = this.device?.getPeer(path.wgKey);
       const active = !!peer && now - Math.max(peer.lastSentAt, peer.lastReceivedAt, path.lastRelayedSendAt) < T.activeWindowMs;
-      // WireGuard packets that authenticated and came over the direct path prove it works, whatever
-      // became of our pings: losing control messages (say, to a flood's budget) alone never kills a path.
-      if (path.direct && peer && peer.lastReceivedOnEndpointAt > path.lastDirectPongAt && peer.endpoint && sameEndpoint(peer.endpoint, 0, path.direct, 0)) {
-        path.lastDirectPongAt = peer.lastReceivedOnEndpointAt;
-        if (path.directUnansweredSince !== null && peer.lastReceivedOnEndpointAt >= path.directUnansweredSince) path.directUnansweredSince = null;
-      }
       // Dead = pinged and unanswered for a while. An idle peer is not pinged, so its path is kept.
       if (path.direct && path.directUnansweredSince !== null && now - path.directUnansweredSince > T.directDeadAfterMs) {
         this.log.warn({ peer: path.wgKey.toString('base64'), endpoint: formatEndpoint(path.direct) }, 'direct path stopped answering; using the relay');

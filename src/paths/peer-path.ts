@@ -27,6 +27,8 @@ export class PeerPath {
   /** Disco claiming this peer's key, from where it is expected / from anywhere else. */
   readonly discoExpected = new TokenBucket(discoBudget.expected.rate, discoBudget.expected.burst);
   readonly discoElsewhere = new TokenBucket(discoBudget.elsewhere.rate, discoBudget.elsewhere.burst);
+  /** Pings we sent and not yet heard back on: each lets one reply past the disco budgets. */
+  private awaitedReplies = 0;
 
   constructor(readonly wgKey: Buffer, readonly slot: number, readonly relayEndpoint: Buffer) {}
 
@@ -42,6 +44,16 @@ export class PeerPath {
     if (!isUsableCandidate(ep, off) || this.candidates.some((c) => sameEndpoint(c, 0, ep, off))) return;
     this.candidates.push(Buffer.from(ep.subarray(off, off + ENDPOINT_SIZE)));
     if (this.candidates.length > MAX_CANDIDATES) this.candidates.shift();
+  }
+
+  awaitReply(): void {
+    this.awaitedReplies = Math.min(this.awaitedReplies + 1, discoBudget.maxAwaitedReplies);
+  }
+
+  takeAwaitedReply(): boolean {
+    if (this.awaitedReplies === 0) return false;
+    this.awaitedReplies--;
+    return true;
   }
 
   /** Whether disco from `from` (null: through the relay, which authenticated the sender) comes from where the peer is expected. */

@@ -361,7 +361,7 @@ export class Device {
     peer.rxBytes += len;
     peer.lastReceivedAt = now;
     peer.unansweredSince = null;
-    this.maybeRoam(peer, addrs, aOff, now);
+    this.maybeRoam(peer, addrs, aOff);
     if (kp === peer.keypairs.next) {
       this.retire(peer.keypairs.confirmNext());
       peer.handshakeAttemptStartedAt = null;
@@ -410,14 +410,9 @@ export class Device {
     return total;
   }
 
-  /** WireGuard roaming: the endpoint follows the last authenticated packet (unless the path layer owns it); notes packets from it. */
-  private maybeRoam(peer: Peer, addrs: Buffer, aOff: number, now: number): void {
-    if (peer.endpoint && sameEndpoint(peer.endpoint, 0, addrs, aOff)) {
-      peer.lastReceivedOnEndpointAt = now;
-    } else if (!peer.endpoint || peer.roaming) {
-      this.roam(peer, addrs, aOff);
-      peer.lastReceivedOnEndpointAt = now;
-    }
+  /** WireGuard roaming: the endpoint follows the last authenticated packet (unless the path layer owns it). */
+  private maybeRoam(peer: Peer, addrs: Buffer, aOff: number): void {
+    if (!peer.endpoint || (peer.roaming && !sameEndpoint(peer.endpoint, 0, addrs, aOff))) this.roam(peer, addrs, aOff);
   }
 
   private roam(peer: Peer, addrs: Buffer, aOff: number): void {
@@ -515,7 +510,7 @@ export class Device {
       return;
     }
     peer.lastReceivedAt = now;
-    this.maybeRoam(peer, addrs, aOff, now);
+    this.maybeRoam(peer, addrs, aOff);
     const response = createResponse(peer.handshake, this.newHandshakeIndex(peer))!;
     peer.cookies.addMacs(response, now);
     this.installSession(peer, deriveSessionKeys(peer.handshake)!, now);
@@ -537,7 +532,7 @@ export class Device {
       return;
     }
     peer.lastReceivedAt = now;
-    this.maybeRoam(peer, addrs, aOff, now);
+    this.maybeRoam(peer, addrs, aOff);
     this.installSession(peer, deriveSessionKeys(peer.handshake)!, now);
     // The initiator confirms the session to the responder with data, or a keepalive if it has none.
     this.pendingFlush.set(peer, true);

@@ -31,8 +31,6 @@ export class Peer {
   // Timer marks (ms since epoch). See timers.ts for what each drives.
   lastSentAt = 0;
   lastReceivedAt = 0;
-  /** Last authenticated message that came from the endpoint we send to (the path layer's proof of a live path). */
-  lastReceivedOnEndpointAt = 0;
   lastDataReceivedAt = 0;
   /** First data packet sent since we last heard from the peer; null when answered. */
   unansweredSince: number | null = null;
