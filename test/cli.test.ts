@@ -1,10 +1,10 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ControlServer } from '../src/daemon/control-server.js';
+import { cliEnvironment } from './fixtures/cli-env.js';
 import type { DeviceStatus } from '../src/daemon/status-types.js';
 import { formatStatus } from '../src/cli/commands/status.js';
 import { columns, formatAgo, formatBytes } from '../src/cli/output.js';
@@ -19,48 +19,11 @@ const hasWg = (() => {
   }
 })();
 
-interface Run { code: number | null; stdout: string; stderr: string }
-
-/** Run the built CLI asynchronously (an in-process test daemon must keep serving meanwhile). */
-function cli(args: string[], { input = '', env = {}, uid }: { input?: string; env?: Record<string, string>; uid?: number } = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [join(ROOT, 'bin/agentvpn.js'), ...args], {
-      env: { ...process.env, AGENTVPN_RUN_DIR: runDirPath, NO_COLOR: '1', ...env },
-      uid,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-    child.stdin.end(input);
-  });
-}
-
 const wg = (args: string[], input: string): string => execFileSync('wg', args, { input, encoding: 'utf8' });
 
-let base: string;
-let runDirPath: string;
-const servers: ControlServer[] = [];
-const savedRunDir = process.env.AGENTVPN_RUN_DIR;
-
-beforeAll(async () => {
-  base = await mkdtemp(join(tmpdir(), 'agentvpn-cli-'));
-  await chmod(base, 0o755); // lets the unprivileged-user test reach the run dir
-  runDirPath = join(base, 'run');
-  process.env.AGENTVPN_RUN_DIR = runDirPath;
-  // The CLI under test is the compiled one, as users run it.
-  execFileSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', ROOT], { stdio: 'inherit' });
-}, 120_000);
-afterEach(async () => {
-  for (const s of servers.splice(0)) await s.stop();
-});
-afterAll(async () => {
-  if (savedRunDir === undefined) delete process.env.AGENTVPN_RUN_DIR;
-  else process.env.AGENTVPN_RUN_DIR = savedRunDir;
-  await rm(base, { recursive: true, force: true });
-});
+/** The built CLI with a private run dir (see the fixture). */
+const { env: cliEnv, cli } = cliEnvironment('agentvpn-cli-');
+const servers = cliEnv.servers;
 
 const NOW = 1_700_000_000_000;
 const STATUS: DeviceStatus = {

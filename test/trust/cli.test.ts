@@ -1,49 +1,15 @@
-import { spawn, spawnSync } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdtemp, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { cliEnvironment } from '../fixtures/cli-env.js';
 import { ControlServer } from '../../src/daemon/control-server.js';
 import { Identity } from '../../src/identity/identity.js';
 import { TrustStore, type TrustListEntry } from '../../src/trust/store.js';
 import { formatTrustList } from '../../src/cli/commands/trust.js';
 
-const ROOT = join(import.meta.dirname, '..', '..');
-
-interface Run { code: number | null; stdout: string; stderr: string }
-
-function cli(args: string[]): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [join(ROOT, 'bin/agentvpn.js'), ...args], { env: { ...process.env, AGENTVPN_RUN_DIR: runDirPath, NO_COLOR: '1' } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-let base: string;
-let runDirPath: string;
-const servers: ControlServer[] = [];
-const savedRunDir = process.env.AGENTVPN_RUN_DIR;
-
-beforeAll(async () => {
-  base = await mkdtemp(join(tmpdir(), 'agentvpn-trust-cli-'));
-  runDirPath = join(base, 'run');
-  process.env.AGENTVPN_RUN_DIR = runDirPath;
-  // The CLI under test is the compiled one. tsc emits even when another part of the tree has type errors.
-  spawnSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', ROOT], { stdio: 'ignore' });
-}, 180_000);
-afterEach(async () => {
-  for (const s of servers.splice(0)) await s.stop();
-});
-afterAll(async () => {
-  if (savedRunDir === undefined) delete process.env.AGENTVPN_RUN_DIR;
-  else process.env.AGENTVPN_RUN_DIR = savedRunDir;
-  await rm(base, { recursive: true, force: true });
-});
+/** The built CLI with a private run dir (see the fixture). */
+const { env: cliEnv, cli } = cliEnvironment('agentvpn-trust-cli-');
+const servers = cliEnv.servers;
 
 /** A trust store with a pinned beta that was offered another key, and a pending gamma. */
 function sampleList(dir: string): TrustListEntry[] {
@@ -79,7 +45,7 @@ describe('agentvpn trust / key CLI', () => {
   });
 
   it('trust list: the JSON shape is the daemon answer; the table is aligned with an alert line', async () => {
-    const entries = sampleList(await mkdtemp(join(base, 'state-')));
+    const entries = sampleList(await mkdtemp(join(cliEnv.base, 'state-')));
     const s = new ControlServer('trust0', { trustList: () => ({ mode: 'tofu', entries }) });
     servers.push(s);
     await s.start();
@@ -132,7 +98,7 @@ describe('agentvpn trust / key CLI', () => {
   });
 
   it('without a daemon: list reads the state dir (a corrupt store says so); actions say no daemon', async () => {
-    const dir = await mkdtemp(join(base, 'state-'));
+    const dir = await mkdtemp(join(cliEnv.base, 'state-'));
     const entries = sampleList(dir);
     const j = await cli(['trust', 'list', '-i', 'nobody0', '--state-dir', dir, '--network', 'lab', '--json']);
     expect(JSON.parse(j.stdout)).toEqual({ ok: true, mode: null, entries });
