@@ -175,7 +175,8 @@ export function parseNote(input: string | Uint8Array): Note {
   const what = 'note';
   let note: string;
   if (typeof input === 'string') {
-    if (Buffer.byteLength(input, 'utf8') > MAX_NOTE_BYTES) throw tooLarge();
+    // length first: a UTF-16 unit is at least one UTF-8 byte, so a huge string is refused without a scan.
+    if (input.length > MAX_NOTE_BYTES || Buffer.byteLength(input, 'utf8') > MAX_NOTE_BYTES) throw tooLarge();
     note = input;
   } else if (input instanceof Uint8Array) {
     if (input.length > MAX_NOTE_BYTES) throw tooLarge();

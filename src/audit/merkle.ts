@@ -21,7 +21,7 @@ import { AgentVpnError } from '../errors.js';
 export const HASH_SIZE = 32;
 /** Tree sizes and indexes are JS numbers: past 2^53 - 1 they stop being exact integers. */
 const MAX_TREE_SIZE = Number.MAX_SAFE_INTEGER;
-/** A proof for a tree of at most 2^53 leaves has at most 53 hashes (+1 slack for the verifier's first-hash prepend). */
+/** Proofs in a tree of at most 2^53 leaves hold about log2(n) <= 53 hashes (a consistency proof one more): a longer one is refused unread. */
 const MAX_PROOF_HASHES = 64;
 
 const LEAF_PREFIX = Buffer.from([0x00]);
