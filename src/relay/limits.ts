@@ -69,20 +69,6 @@ export const MAX_TCP_CONNECTIONS_PER_SOURCE = 512;
  */
 export const MAX_TRACKED_SOURCES = 65_536;
 
-/**
- * The key budgets are kept under for a source address given as 16 bytes (IPv4 as ::ffff:a.b.c.d,
- * the native layer's form): the IPv4 address, or the IPv6 /64, since one IPv6 host commonly
- * holds a whole /64. The two forms have different lengths, so they never collide.
- */
-export function sourceKeyOf(addr16: Buffer, off = 0): string {
-  return isV4Mapped(addr16, off) ? addr16.toString('latin1', off + 12, off + 16) : addr16.toString('latin1', off, off + 8);
-}
-
-function isV4Mapped(a: Buffer, off: number): boolean {
-  for (let i = 0; i < 10; i++) if (a[off + i] !== 0) return false;
-  return a[off + 10] === 0xff && a[off + 11] === 0xff;
-}
-
 export function validateLimits(l: RelayLimits): RelayLimits {
   const ok = (v: number) => Number.isFinite(v) && v > 0;
   if (!ok(l.packetsPerSecond) || !ok(l.bytesPerSecond) || !ok(l.burst?.packets) || !ok(l.burst?.bytes)) {

@@ -6,11 +6,11 @@ import { AgentVpnError } from '../errors.js';
 import { parseAddress } from '../ip/prefix.js';
 import { answerBindingRequest } from '../paths/stun.js';
 import { ADDR_SIZE } from '../tun/native.js';
-import { formatEndpoint, makeEndpoint, sameEndpoint } from '../wireguard/endpoint.js';
+import { formatEndpoint, makeEndpoint, sameEndpoint, sourceKey } from '../wireguard/endpoint.js';
 import { RoundShares } from './fair-share.js';
 import { HelloGate, type AllowHook, type Networks, type SessionOfKey } from './hello-gate.js';
 import {
-  DEFAULT_LIMITS, MAX_SESSIONS, MAX_TRACKED_SOURCES, MAX_TCP_CONNECTIONS_PER_SOURCE, NOTICE_RATE_PER_CLIENT, NOTICE_RATE_PER_SOURCE, NOTICE_RATE_UNKNOWN, STUN_BURST_PER_SOURCE, STUN_RATE_PER_SOURCE, sourceKeyOf,
+  DEFAULT_LIMITS, MAX_SESSIONS, MAX_TRACKED_SOURCES, MAX_TCP_CONNECTIONS_PER_SOURCE, NOTICE_RATE_PER_CLIENT, NOTICE_RATE_PER_SOURCE, NOTICE_RATE_UNKNOWN, STUN_BURST_PER_SOURCE, STUN_RATE_PER_SOURCE,
   validateLimits, type RelayLimits,
 } from './limits.js';
 import {
@@ -169,7 +169,7 @@ async function bindSockets(host: string, port: number, second: boolean, onUnsent
 /** The source key of a textual address (TCP peers, dgram senders). */
 function sourceKeyOfText(address: string | undefined): string {
   const ip = parseAddress((address ?? '').replace(/%.*$/, ''));
-  return ip ? sourceKeyOf(makeEndpoint(ip, 0)) : '';
+  return ip ? sourceKey(makeEndpoint(ip, 0)) : '';
 }
 
 /**
@@ -356,7 +356,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
       while (j < n && sameEndpoint(addrs, i * ADDR_SIZE, addrs, j * ADDR_SIZE)) j++;
       runStart[runs] = i;
       runCount[runs] = j - i;
-      runSource[runs++] = sourceKeyOf(addrs, i * ADDR_SIZE);
+      runSource[runs++] = sourceKey(addrs, i * ADDR_SIZE);
       i = j;
     }
     shares.begin(runSource, runCount, runs, n === READ_BATCH);
@@ -422,7 +422,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     const ip = parseAddress(rinfo.address.replace(/%.*$/, ''));
     const answer = ip && answerBindingRequest(msg, 0, msg.length, makeEndpoint(ip, rinfo.port), 0);
     if (!answer) return drop('garbage');
-    if (!stunAnswers.take(sourceKeyOf(makeEndpoint(ip, 0)))) return;
+    if (!stunAnswers.take(sourceKey(makeEndpoint(ip, 0)))) return;
     counters.stunAnswered++;
     stun2!.send(answer, rinfo.port, rinfo.address, (err) => err && drop('send-error'));
   };

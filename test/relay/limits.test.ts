@@ -1,10 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { parseAddress } from '../../src/ip/prefix.js';
-import { sourceKeyOf } from '../../src/relay/limits.js';
 import { SourceBuckets } from '../../src/util/token-bucket.js';
-import { makeEndpoint } from '../../src/wireguard/endpoint.js';
+import { makeEndpoint, sourceKey } from '../../src/wireguard/endpoint.js';
 
-const key = (addr: string, port = 1) => sourceKeyOf(makeEndpoint(parseAddress(addr)!, port));
+const key = (addr: string, port = 1) => sourceKey(makeEndpoint(parseAddress(addr)!, port));
 
 describe('relay budgets per source', () => {
   it('keys IPv4 by address and IPv6 by /64, whatever the port', () => {
