@@ -17,21 +17,14 @@ import {
 import { EMPTY_ROOT, MerkleTree } from '../../src/audit/merkle.js';
 import { AgentVpnError } from '../../src/errors.js';
 import { publicKeyOfSeed, randomSeed, signingKeyOf } from '../../src/identity/ed25519.js';
+import { errorCodeOf } from '../fixtures/error-code.js';
 
 function keypair(name: string) {
   const seed = randomSeed();
   return { signer: { name, key: signingKeyOf(seed) }, verifier: { name, publicKey: publicKeyOfSeed(seed) } };
 }
 
-function codeOf(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    if (e instanceof AgentVpnError) return e.code;
-    throw e;
-  }
-  return 'OK';
-}
+const codeOf = errorCodeOf;
 
 const agent = keypair('agent.example/a1');
 const registry = keypair('registry.example/witness');

@@ -81,9 +81,14 @@ for i in range(int(sys.argv[3])):
 print(ok)
 `;
 
+/** A UDP echo server on addr:port in ns (every datagram is sent back to where it came from). */
+export function startUdpEcho(lab: Lab, ns: string, addr: string, port: number, name = 'udp-echo'): LabProcess {
+  return lab.spawn(ns, ['python3', '-c', UDP_ECHO, addr, String(port)], { name });
+}
+
 /** Sends `count` datagrams of varied sizes to a UDP echo server in the other namespace; returns how many came back intact. */
 export async function udpEchoCount(lab: Lab, serverNs: string, clientNs: string, serverAddr: string, count = 50, port = 9999): Promise<number> {
-  const server = lab.spawn(serverNs, ['python3', '-c', UDP_ECHO, serverAddr, String(port)], { name: 'udp-echo' });
+  const server = startUdpEcho(lab, serverNs, serverAddr, port);
   try {
     await waitFor(async () => (await lab.exec(serverNs, ['ss', '-Hlun', `sport = :${port}`])).stdout.trim().length > 0, {
       timeoutMs: 10_000, what: `udp echo on ${serverAddr}:${port}`,

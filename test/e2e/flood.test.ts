@@ -42,6 +42,33 @@ const DISCO_RATE = 170_000;
 /** The issue's class 6 figure; before the fix it cost the relayed pair 11–58 % of its pings (varies run to run). */
 const RELAY_HELLO_RATE = 140_000;
 
+/**
+ * A registry (with its relay) and two agents a, b on subnets of their own behind a hub router,
+ * joined into one fleet. `relayOnly`: UDP between the agents' subnets is dropped, so their only
+ * path is the relay.
+ */
+async function fleetPair(lab: Lab, prefix: string, opts: { relayOnly?: boolean } = {}): Promise<{ a: LabAgent; b: LabAgent; reg: string }> {
+  const hub = await lab.addRouter('hub');
+  const reg = await lab.addNamespace('reg');
+  await lab.connect(hub, reg, { a: '203.0.113.1/24', b: '203.0.113.10/24', ifB: 'eth0' });
+  await lab.ip(reg, ['route', 'add', 'default', 'via', '203.0.113.1']);
+  if (opts.relayOnly) {
+    for (const [src, dst] of [['192.0.2.0/28', '192.0.2.16/28'], ['192.0.2.16/28', '192.0.2.0/28']]) {
+      await lab.iptables(hub, ['-A', 'FORWARD', '-s', src, '-d', dst, '-p', 'udp', '-j', 'DROP']);
+    }
+  }
+  const registry = await startLabRegistry(lab, reg, '203.0.113.10');
+  const agents: LabAgent[] = [];
+  for (const [i, name] of ['a', 'b'].entries()) {
+    const ns = await lab.addNamespace(name);
+    await lab.connect(hub, ns, { a: `192.0.2.${16 * i + 1}/28`, b: `192.0.2.${16 * i + 2}/28`, ifB: 'eth0' });
+    await lab.ip(ns, ['route', 'add', 'default', 'via', `192.0.2.${16 * i + 1}`]);
+    agents.push(await startLabAgent(lab, ns, `${prefix}-${name}`, registry));
+  }
+  await waitForFleet(agents, 20_000);
+  return { a: agents[0], b: agents[1], reg };
+}
+
 function report(what: string, r: PingUnderFlood): void {
   console.log(`${what}: flood ${r.flood.kind} offered ${r.flood.offeredPps ?? 'max'}/s, achieved ${r.flood.achievedPps}/s; ping ${formatPingStats(r.ping)}`);
 }
@@ -100,20 +127,7 @@ describe.runIf(labReady(['ip', 'ping', 'curl']))('class 3b: a fleet pair on a di
 
   beforeAll(async () => {
     lab = new Lab();
-    const hub = await lab.addRouter('hub');
-    const reg = await lab.addNamespace('reg');
-    await lab.connect(hub, reg, { a: '203.0.113.1/24', b: '203.0.113.10/24', ifB: 'eth0' });
-    await lab.ip(reg, ['route', 'add', 'default', 'via', '203.0.113.1']);
-    const registry = await startLabRegistry(lab, reg, '203.0.113.10');
-    const agents: LabAgent[] = [];
-    for (const [i, name] of ['a', 'b'].entries()) {
-      const ns = await lab.addNamespace(name);
-      await lab.connect(hub, ns, { a: `192.0.2.${16 * i + 1}/28`, b: `192.0.2.${16 * i + 2}/28`, ifB: 'eth0' });
-      await lab.ip(ns, ['route', 'add', 'default', 'via', `192.0.2.${16 * i + 1}`]);
-      agents.push(await startLabAgent(lab, ns, `flood-${name}`, registry));
-    }
-    [a, b] = agents as [LabAgent, LabAgent];
-    await waitForFleet(agents, 20_000);
+    ({ a, b } = await fleetPair(lab, 'flood'));
     attacker = await attackerOn(lab, b.ns);
     ipB = (await b.json<{ ipv4: string }>(['id'])).ipv4;
     await waitForPing(lab, a.ns, ipB);
@@ -152,24 +166,9 @@ describe.runIf(labReady(['ip', 'ping', 'curl', 'iptables']))('class 6: a relayed
 
   beforeAll(async () => {
     lab = new Lab();
-    const hub = await lab.addRouter('hub');
-    const reg = await lab.addNamespace('reg');
-    await lab.connect(hub, reg, { a: '203.0.113.1/24', b: '203.0.113.10/24', ifB: 'eth0' });
-    await lab.ip(reg, ['route', 'add', 'default', 'via', '203.0.113.1']);
-    // No UDP between the agents' subnets: their only path is the relay.
-    for (const [src, dst] of [['192.0.2.0/28', '192.0.2.16/28'], ['192.0.2.16/28', '192.0.2.0/28']]) {
-      await lab.iptables(hub, ['-A', 'FORWARD', '-s', src!, '-d', dst!, '-p', 'udp', '-j', 'DROP']);
-    }
-    const registry = await startLabRegistry(lab, reg, '203.0.113.10');
-    const agents: LabAgent[] = [];
-    for (const [i, name] of ['a', 'b'].entries()) {
-      const ns = await lab.addNamespace(name);
-      await lab.connect(hub, ns, { a: `192.0.2.${16 * i + 1}/28`, b: `192.0.2.${16 * i + 2}/28`, ifB: 'eth0' });
-      await lab.ip(ns, ['route', 'add', 'default', 'via', `192.0.2.${16 * i + 1}`]);
-      agents.push(await startLabAgent(lab, ns, `relayed-${name}`, registry));
-    }
-    [a, b] = agents as [LabAgent, LabAgent];
-    await waitForFleet(agents, 20_000);
+    const pair = await fleetPair(lab, 'relayed', { relayOnly: true });
+    ({ a, b } = pair);
+    const { reg } = pair;
     attacker = await lab.addNamespace('x');
     await lab.connect(attacker, reg, { a: `${ATTACKER}/24`, b: `${VICTIM_SIDE}/24`, ifA: 'eth0', ifB: 'from-x' });
     await lab.addRoute(attacker, '203.0.113.10/32', VICTIM_SIDE);

@@ -6,7 +6,7 @@ import {
   type AgentVpnProcess, type LabAgent, type LabProcess, type LabRegistry, type WgInterfaceConfig, type WgKeyPair,
 } from '../../src/lab/index.js';
 import type { DeviceStatus } from '../../src/daemon/status-types.js';
-import { labReady, startHttpServer } from './checks.js';
+import { labReady, startHttpServer, startUdpEcho } from './checks.js';
 
 /**
  * Issue 7, class 1: a host on the agent's LAN that is not a member routes the agent's overlay
@@ -37,16 +37,6 @@ s.bind(('::', int(sys.argv[1])))
 while True:
     d, a = s.recvfrom(2048)
     print(a[0], flush=True)
-`;
-
-const UDP_ECHO = `
-import socket, sys
-fam = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET
-s = socket.socket(fam, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], int(sys.argv[2])))
-while True:
-    d, a = s.recvfrom(2048)
-    s.sendto(d, a)
 `;
 
 /** One datagram (hex payload) to dst:port; prints "answered" or "silent" (after 1.5 s). */
@@ -190,8 +180,8 @@ async function startServices(lab: Lab, t: Target, dir: string, echo: boolean): P
     lab.spawn(t.ns, ['python3', '-c', UDP_SINK, String(SINK)], { name: 'udp-sink' }),
   ];
   if (echo) {
-    procs.push(lab.spawn(t.ns, ['python3', '-c', UDP_ECHO, t.v4, String(ECHO)], { name: 'echo4' }));
-    procs.push(lab.spawn(t.ns, ['python3', '-c', UDP_ECHO, t.v6, String(ECHO)], { name: 'echo6' }));
+    procs.push(startUdpEcho(lab, t.ns, t.v4, ECHO, 'echo4'));
+    procs.push(startUdpEcho(lab, t.ns, t.v6, ECHO, 'echo6'));
   }
   await waitFor(async () => (await lab.exec(t.ns, ['ss', '-Hlun', `sport = :${SINK}`])).stdout.trim().length > 0, { what: 'udp sink' });
   if (echo) await waitFor(async () => (await lab.exec(t.ns, ['ss', '-Hlun', `sport = :${ECHO}`])).stdout.trim().split('\n').length >= 2, { what: 'udp echo' });

@@ -4,11 +4,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Identity, hasIdentity, verifySignature } from '../../src/identity/identity.js';
 import { verifyKeyChain } from '../../src/identity/rotation.js';
-import { AgentVpnError } from '../../src/errors.js';
 import { agentIdOf, publicKeyOfAgentId } from '../../src/identity/agent-id.js';
 import { networkUlaPrefix, overlayIPv6 } from '../../src/identity/addresses.js';
 import { publicKeyOf } from '../../src/crypto/x25519.js';
 import { formatAddress, formatPrefix } from '../../src/ip/prefix.js';
+import { errorCodeOf } from '../fixtures/error-code.js';
 
 describe('identity', () => {
   it('is created once (mode 0600) and reloaded unchanged', () => {
@@ -60,14 +60,7 @@ describe('identity', () => {
 const b64 = (b: Uint8Array): string => Buffer.from(b).toString('base64');
 const dirOf = (): string => mkdtempSync(join(tmpdir(), 'avid-'));
 
-function codeOf(fn: () => unknown): string {
-  try {
-    fn();
-    return 'no error';
-  } catch (e) {
-    return e instanceof AgentVpnError ? e.code : String(e);
-  }
-}
+const codeOf = errorCodeOf;
 
 describe('key rotation', () => {
   it('moves to the committed next key; ID, addresses and the chain proof follow', () => {

@@ -8,7 +8,7 @@ import { publicKeyOfSeed, signingKeyOf } from '../../src/identity/ed25519.js';
 import { agentIdOf } from '../../src/identity/agent-id.js';
 import { decide, type TrustDecision, type TrustView } from '../../src/trust/decide.js';
 import { MAX_TRUST_ENTRIES, TrustStore, fingerprint, type TrustEntry, type TrustMode } from '../../src/trust/store.js';
-import { AgentVpnError } from '../../src/errors.js';
+import { errorCodeOf } from '../fixtures/error-code.js';
 
 const b64 = (b: Uint8Array): string => Buffer.from(b).toString('base64');
 
@@ -31,14 +31,7 @@ function see(mode: TrustMode, v: TrustView, now = Date.now()): TrustDecision {
   return d;
 }
 
-function codeOf(fn: () => unknown): string {
-  try {
-    fn();
-    return 'no error';
-  } catch (e) {
-    return e instanceof AgentVpnError ? e.code : String(e);
-  }
-}
+const codeOf = errorCodeOf;
 
 describe('trust on first use', () => {
   it('pins a new agent, keeps admitting it, and survives a restart', () => {
