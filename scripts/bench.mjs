@@ -4,6 +4,7 @@ import { cpus, release } from 'node:os';
 import { parseArgs } from 'node:util';
 import {
   Lab,
+  fetchTrixieBinaries,
   iperf3,
   labUnavailableReasons,
   listNamespaces,
@@ -16,7 +17,9 @@ import {
   wgKeyPair,
 } from '../dist/lab/index.js';
 
-const SYSTEMS = ['veth', 'wireguard-go', 'nebula', 'agentvpn'];
+/** Debian bookworm's wireguard-go and nebula from PATH, and trixie's, unpacked by scripts/fetch-trixie.sh. */
+const SYSTEMS = ['veth', 'wireguard-go', 'wireguard-go-trixie', 'nebula', 'nebula-trixie', 'agentvpn'];
+const REFERENCES = SYSTEMS.filter((s) => s !== 'veth' && s !== 'agentvpn');
 const ALIASES = { raw: 'veth', 'raw-veth': 'veth', wg: 'wireguard-go', wireguard: 'wireguard-go' };
 
 const { values: args } = parseArgs({
@@ -79,23 +82,28 @@ async function main() {
       peers: [{ publicKey: ka.publicKey, allowedIps: ['100.64.0.1/32', 'fd00:b::1/128'], endpoint: `${UNDERLAY_A}:${PORT}` }],
     };
 
+    const trixie = only.some((s) => s.endsWith('-trixie')) ? await fetchTrixieBinaries() : null;
+    const wireguardGo = async (binary) => {
+      const pa = await startWireguardGo(lab, a, cfgA, 'wg0', { binary });
+      try {
+        const pb = await startWireguardGo(lab, b, cfgB, 'wg0', { binary });
+        return { target: '100.64.0.2', stop: async () => { await pa.stop(); await pb.stop(); } };
+      } catch (e) { await pa.stop(); throw e; }
+    };
+    const nebula = async (opts) => {
+      const net = await startNebula(lab, [
+        { ns: a, name: 'bench-a', overlay: '100.64.1.1/10', underlay: UNDERLAY_A, dev: 'nebula1' },
+        { ns: b, name: 'bench-b', overlay: '100.64.1.2/10', underlay: UNDERLAY_B, dev: 'nebula1' },
+      ], opts);
+      return { target: '100.64.1.2', stop: () => net.stop() };
+    };
     // Each entry: start the system, return { target (overlay IP of b), stop }.
     const setups = {
       veth: async () => ({ target: UNDERLAY_B, stop: async () => {} }),
-      'wireguard-go': async () => {
-        const pa = await startWireguardGo(lab, a, cfgA, 'wg0');
-        try {
-          const pb = await startWireguardGo(lab, b, cfgB, 'wg0');
-          return { target: '100.64.0.2', stop: async () => { await pa.stop(); await pb.stop(); } };
-        } catch (e) { await pa.stop(); throw e; }
-      },
-      nebula: async () => {
-        const net = await startNebula(lab, [
-          { ns: a, name: 'bench-a', overlay: '100.64.1.1/10', underlay: UNDERLAY_A, dev: 'nebula1' },
-          { ns: b, name: 'bench-b', overlay: '100.64.1.2/10', underlay: UNDERLAY_B, dev: 'nebula1' },
-        ]);
-        return { target: '100.64.1.2', stop: () => net.stop() };
-      },
+      'wireguard-go': () => wireguardGo(undefined),
+      'wireguard-go-trixie': () => wireguardGo(trixie.wireguardGo),
+      nebula: () => nebula({}),
+      'nebula-trixie': () => nebula({ binary: trixie.nebula, certBinary: trixie.nebulaCert }),
       agentvpn: async () => {
         const pa = await startAgentVpn(lab, a, cfgA, 'agentvpn0');
         try {
@@ -142,7 +150,7 @@ function ratios(results) {
   const by = Object.fromEntries(results.filter((r) => r.ok).map((r) => [r.system, r]));
   const out = {};
   const av = by.agentvpn;
-  for (const other of ['wireguard-go', 'nebula']) {
+  for (const other of REFERENCES) {
     const o = by[other];
     if (!av || !o) continue;
     out[`agentvpn/${other}`] = {
@@ -171,7 +179,7 @@ if (args.json) {
   console.log(JSON.stringify({ ...meta, results, ratios: rat }, null, 2));
 } else {
   console.log(`\niperf3 single TCP stream, ${duration} s; ping -c ${pingCount} -i 0.05; ${meta.cpus} CPUs, kernel ${meta.kernel}, node ${meta.node}`);
-  console.log(`wireguard-go ${wgv}, nebula ${nebv}\n`);
+  console.log(`wireguard-go ${wgv}, nebula ${nebv} (bookworm, PATH); *-trixie: Debian trixie's wireguard-go 0.0.20231211 and nebula 1.9.3 (scripts/fetch-trixie.sh)\n`);
   const rows = results.map((r) => [r.system, r.ok ? fmt(r.mbps, 0) : 'error', r.ok ? fmt(r.pingAvgMs, 3) : '', r.ok ? fmt(r.retransmits, 0) : '', r.ok && r.pingLossPct ? `${fmt(r.pingLossPct, 0)}% loss` : '']);
   const head = ['system', 'Mbit/s', 'ping ms', 'retrans', ''];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
