@@ -60,6 +60,11 @@ export interface AdmissionOptions {
   onChange?: () => void;
 }
 
+/** Whether two views of an agent carry the same record (a record changes only with its seq) and tags. */
+function sameFacts(a: AgentView, b: AgentView): boolean {
+  return a.record.seq === b.record.seq && tagsOf(a).join(',') === tagsOf(b).join(',');
+}
+
 export function tagsOf(view: AgentView): string[] {
   return (view as { tags?: string[] }).tags ?? [];
 }
@@ -96,8 +101,9 @@ export class Admission {
     const r = view?.record;
     if (!r) return;
     if (r.id === self.id) {
+      const changed = !this.selfView || !sameFacts(this.selfView, view);
       this.selfView = view;
-      this.opts.onChange?.();
+      if (changed) this.opts.onChange?.();
       return;
     }
     const check = verifyRecord(view, { network: self.network });
@@ -123,7 +129,8 @@ export class Admission {
     // A rotated key (the gate followed its chain): the WireGuard peer under the old key goes.
     if (known && known.record.wgPublicKey !== r.wgPublicKey) daemon.removePeer(Buffer.from(known.record.wgPublicKey, 'base64'));
     this.agents.set(r.id, view);
-    this.opts.onChange?.();
+    // Online/offline events repeat the record: only a new record or new tags change what others derive from it.
+    if (!known || !sameFacts(known, view)) this.opts.onChange?.();
     const wgKey = Buffer.from(r.wgPublicKey, 'base64');
     const candidates = r.endpoints.map(endpointBuffer).filter((e): e is Buffer => e !== null);
     const endpoint = daemon.sock?.upsertPeer(wgKey, candidates) ?? null;
