@@ -30,6 +30,7 @@ import { LogBudget } from './log-budget.js';
 import { createRoutes } from './routes.js';
 import { SignatureBudget } from './signature-budget.js';
 import { SqliteStore } from './sqlite-store.js';
+import { ephemeralWitnessKey, loadWitnessKey, witnessKeyFileOf } from './witness-key.js';
 import type { RegistryStore } from './store.js';
 
 export interface RegistryOptions {
@@ -50,6 +51,10 @@ export interface RegistryOptions {
    */
   relay?: boolean;
   relayLimits?: RelayLimits;
+  /** The witness key file (created on first start); default: beside `db`. A registry with neither keeps one in memory. */
+  witnessKey?: string;
+  /** The host part of the witness's key name (default "registry"). */
+  witnessHost?: string;
   /** Connection and event-stream caps (limits.ts); the defaults follow the process's descriptor limit. */
   limits?: Partial<RegistryLimits>;
   log?: Logger;
@@ -60,6 +65,8 @@ export interface RunningRegistry {
   port: number;
   /** The built-in relay, or null with `relay: false`. */
   relay: RunningRelay | null;
+  /** The key that cosigns agents' audit checkpoints: what agents pin. */
+  witness: { name: string; publicKey: string };
   stop(): Promise<void>;
   stats(): RegistryStats;
   createToken(opts?: { network?: string; expiresInMs?: number | null; uses?: number | null; tags?: string[] }): Promise<string>;
@@ -126,6 +133,9 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
   const { host, port } = parseListen(opts.listen ?? '127.0.0.1:0');
   if (!opts.store && !opts.db) throw new AgentVpnError('USAGE', 'the registry needs a database', 'pass --db FILE');
   const tls = opts.tlsCert || opts.tlsKey ? loadTls(opts.tlsCert, opts.tlsKey) : null;
+  const witness = opts.witnessKey || opts.db ? loadWitnessKey(opts.witnessKey ?? witnessKeyFileOf(opts.db!), opts.witnessHost) : ephemeralWitnessKey(opts.witnessHost);
+  log.info({ event: 'witness-key', name: witness.name, publicKey: witness.publicKey.toString('base64'), file: witness.file || null, created: witness.created },
+    witness.file ? `witness key ${witness.name} (${witness.created ? 'created' : 'loaded'}: ${witness.file})` : `witness key ${witness.name} (in memory only)`);
   const store = opts.store ?? new SqliteStore(opts.db!);
 
   const limits = { ...defaultLimits(), ...opts.limits };
@@ -314,6 +324,7 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
       return token;
     },
     relay,
+    witness: { name: witness.name, publicKey: witness.publicKey.toString('base64') },
     stop: () => (stopping ??= (async () => {
       clearInterval(sweeper);
       await sync.poll();

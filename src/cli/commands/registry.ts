@@ -22,6 +22,8 @@ interface ServeArgs extends GlobalArgs {
   'offline-after': number;
   relay: boolean;
   'log-level': string;
+  'witness-key'?: string;
+  'witness-host'?: string;
 }
 
 interface TokenArgs extends GlobalArgs {
@@ -61,11 +63,12 @@ async function serve(args: ServeArgs): Promise<void> {
   const log = pino({ level: args['log-level'], base: { component: 'registry' } }, pino.destination(2));
   const registry = await startRegistry({
     listen: args.listen, db: args.db, network: args.network, pool: args.pool, tlsCert: args['tls-cert'], tlsKey: args['tls-key'],
-    offlineAfterMs: Math.round(args['offline-after'] * 1000), relay: args.relay, log,
+    offlineAfterMs: Math.round(args['offline-after'] * 1000), relay: args.relay, log, witnessKey: args['witness-key'], witnessHost: args['witness-host'],
   });
   const relay = registry.relay && { udpPort: registry.relay.udpPort, stunPorts: [registry.relay.udpPort, registry.relay.stunSecondPort] };
-  printResult(args.json, { url: registry.url, port: registry.port, network: args.network, db: args.db, relay },
+  printResult(args.json, { url: registry.url, port: registry.port, network: args.network, db: args.db, relay, witness: registry.witness },
     () => `registry listening on ${registry.url} (network ${args.network}, database ${args.db})\n` +
+      `audit witness ${registry.witness.name} ${registry.witness.publicKey}\n` +
       (relay ? `relay and STUN on UDP ${relay.udpPort} (STUN also on ${relay.stunPorts[1]}), relay over TCP at ${registry.url}/v1/relay` : 'relay and STUN off (--no-relay)'));
   const signal = await new Promise<string>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'));
@@ -273,6 +276,8 @@ export const registryCommand: CommandModule<GlobalArgs, ServeArgs> = {
       .option('tls-key', { type: 'string', describe: 'TLS private key (PEM)' })
       .option('offline-after', { type: 'number', default: DEFAULT_OFFLINE_AFTER_MS / 1000, describe: 'seconds without heartbeat before an agent is offline' })
       .option('relay', { type: 'boolean', default: true, describe: 'run the built-in relay and STUN (UDP on the same port number, STUN also on the next; --no-relay turns them off)' })
+      .option('witness-key', { type: 'string', describe: 'the witness key file that cosigns agents\' audit checkpoints (created with mode 0600 on first start; default: DB.witness-key)' })
+      .option('witness-host', { type: 'string', describe: 'the host part of the witness key name (default: registry)' })
       .option('log-level', { type: 'string', default: process.env.AGENTVPN_LOG_LEVEL ?? 'info', choices: ['debug', 'info', 'warn', 'error'] }) as unknown as Argv<ServeArgs>,
   handler: runCommand(serve),
 };
