@@ -44,7 +44,7 @@ export class OperatorSync {
       this.seen = a.seq;
       if (a.action === 'policy') policiesChanged = true;
       else if (a.action === 'admin-token') await this.admins.load();
-      else if (this.removeFromMemory(a)) removals++;
+      else if ((a.action === 'remove' || a.action === 'block') && this.removeFromMemory(a)) removals++;
     }
     if (removals > 0) this.removed();
     if (policiesChanged) await this.loadPolicies();

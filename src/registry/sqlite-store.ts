@@ -8,7 +8,8 @@ import { extendsChain } from './key-chain.js';
 import { EMPTY_WINDOW, isReplayed, takeTimestamp, type ReplayWindow } from './replay-window.js';
 import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import {
-  allocateFromPool, type AdmitRequest, type AdmitResult, type BlockedAgent, type LivenessRequest, type LivenessResult, type Member, type OperatorAction,
+  allocateFromPool, type AdmitRequest, type AdmitResult, type AuditAppend, type AuditAppendResult, type AuditEntryRow, type AuditHead, type AuditRefusal,
+  type BlockedAgent, type StoredCheckpoint, type LivenessRequest, type LivenessResult, type Member, type OperatorAction,
   type PutRecordResult, type RegistryStore, type RemoveResult, type StoredKeyChain, type StoredPolicy, type StoredRecord, type StoredToken,
   type TimestampResult, type TokenCheck,
 } from './store.js';
@@ -18,8 +19,55 @@ import { parseStoredTags } from './tags.js';
  * 2: replay_windows (signed timestamps taken, per agent). A version-1 registry must not open it: it would accept replays.
  * 3: tags on tokens and members, blocked agents, policies, operator actions, admin tokens, key chains. A
  *    version-2 registry must not open it: it would let blocked agents re-join and ignore rotations.
+ * 4: agents' audit logs (audit_*), operator actions' detail and token actions. A version-3 registry must
+ *    not open it: it would act without writing the registry's audit log.
  */
-const SCHEMA_VERSION = 3;
+const SCHEMA_VERSION = 4;
+
+/**
+ * Agents' audit logs. Only INTEGER and TEXT columns (hashes in base64), so a PostgreSQL store can
+ * copy the schema as is (BIGINT for INTEGER; the triggers become a rule or trigger function).
+ * Entries, checkpoints and refusals are append-only: the triggers refuse any UPDATE or DELETE, so
+ * no code path can rewrite them (someone with the file can still drop the triggers: that is what
+ * \`registry audit verify\` finds).
+ */
+const AUDIT_SCHEMA = `
+CREATE TABLE IF NOT EXISTS audit_logs (
+  agent      TEXT PRIMARY KEY,
+  size       INTEGER NOT NULL,
+  frontier   TEXT NOT NULL,
+  cosigned   TEXT,
+  updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_entries (
+  agent     TEXT NOT NULL,
+  seq       INTEGER NOT NULL,
+  line      TEXT NOT NULL,
+  leaf_hash TEXT NOT NULL,
+  PRIMARY KEY (agent, seq)
+);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+  agent     TEXT NOT NULL,
+  size      INTEGER NOT NULL,
+  note      TEXT NOT NULL,
+  stored_at INTEGER NOT NULL,
+  PRIMARY KEY (agent, size)
+);
+CREATE TABLE IF NOT EXISTS audit_refusals (
+  id         INTEGER PRIMARY KEY,
+  agent      TEXT NOT NULL,
+  network    TEXT NOT NULL,
+  at         INTEGER NOT NULL,
+  code       TEXT NOT NULL,
+  reason     TEXT NOT NULL,
+  held       INTEGER NOT NULL,
+  size       INTEGER,
+  checkpoint TEXT
+);
+${['audit_entries', 'audit_checkpoints', 'audit_refusals'].map((t) => `
+CREATE TRIGGER IF NOT EXISTS ${t}_append_only_update BEFORE UPDATE ON ${t} BEGIN SELECT RAISE(ABORT, '${t} is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ${t}_append_only_delete BEFORE DELETE ON ${t} BEGIN SELECT RAISE(ABORT, '${t} is append-only'); END;`).join('')}
+`;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (
@@ -85,7 +133,8 @@ CREATE TABLE IF NOT EXISTS operator_actions (
   network TEXT NOT NULL,
   action  TEXT NOT NULL,
   id      TEXT,
-  at      INTEGER NOT NULL
+  at      INTEGER NOT NULL,
+  detail  TEXT
 );
 CREATE TABLE IF NOT EXISTS admin_tokens (
   hash       TEXT PRIMARY KEY,
@@ -96,6 +145,7 @@ CREATE TABLE IF NOT EXISTS key_chains (
   chain TEXT NOT NULL,
   key   TEXT NOT NULL
 );
+${AUDIT_SCHEMA}
 `;
 
 /** Columns version 3 added to tables that version 2 already had (CREATE TABLE IF NOT EXISTS leaves those alone). */
@@ -103,6 +153,8 @@ const V3_COLUMNS = [
   "ALTER TABLE tokens ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'",
   "ALTER TABLE members ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'",
 ];
+/** Columns version 4 added to a table version 3 had (a version-2 database gets the table whole, from SCHEMA). */
+const V4_COLUMNS = [{ table: 'operator_actions', column: 'detail', sql: 'ALTER TABLE operator_actions ADD COLUMN detail TEXT' }];
 
 interface MemberRow { id: string; network: string; name: string; ipv4: string; joined_at: number; tags: string }
 interface RecordRow { id: string; network: string; json: string; signature: string; last_seen: number; online: number }
@@ -165,13 +217,20 @@ export class SqliteStore implements RegistryStore {
       }
       // Older versions lack tables, which SCHEMA has just created, and the columns added since.
       if (version < 3) for (const sql of V3_COLUMNS) this.db.exec(sql);
+      for (const c of version < 4 ? V4_COLUMNS : []) {
+        const has = (this.db.prepare(`PRAGMA table_info(${c.table})`).all() as Array<{ name: string }>).some((col) => col.name === c.column);
+        if (!has) this.db.exec(c.sql);
+      }
       this.db.prepare(`INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(String(SCHEMA_VERSION));
     }).immediate();
   }
 
   async addToken(t: StoredToken): Promise<void> {
-    this.sql('INSERT INTO tokens (hash, network, created_at, expires_at, uses_left, tags) VALUES (?, ?, ?, ?, ?, ?)')
-      .run(t.hash, t.network, t.createdAt, t.expiresAt, t.usesLeft, JSON.stringify(t.tags));
+    this.db.transaction(() => {
+      this.sql('INSERT INTO tokens (hash, network, created_at, expires_at, uses_left, tags) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(t.hash, t.network, t.createdAt, t.expiresAt, t.usesLeft, JSON.stringify(t.tags));
+      this.recordAction(t.network, 'token', t.hash, t.createdAt, { expiresAt: t.expiresAt, uses: t.usesLeft, tags: t.tags });
+    }).immediate();
   }
 
   async checkToken(network: string, hash: string, now: number): Promise<TokenCheck> {
@@ -233,8 +292,8 @@ export class SqliteStore implements RegistryStore {
     return this.sql('SELECT 1 FROM blocked WHERE network = ? AND id = ?').get(network, id) !== undefined;
   }
 
-  private recordAction(network: string, action: OperatorAction['action'], id: string | null, now: number): void {
-    this.sql('INSERT INTO operator_actions (network, action, id, at) VALUES (?, ?, ?, ?)').run(network, action, id, now);
+  private recordAction(network: string, action: OperatorAction['action'], id: string | null, now: number, detail: Record<string, unknown> | null = null): void {
+    this.sql('INSERT INTO operator_actions (network, action, id, at, detail) VALUES (?, ?, ?, ?, ?)').run(network, action, id, now, detail && JSON.stringify(detail));
   }
 
   private allocate(req: AdmitRequest): string | null {
@@ -348,7 +407,7 @@ export class SqliteStore implements RegistryStore {
       if (block) {
         this.sql('INSERT INTO blocked (network, id, name, blocked_at) VALUES (?, ?, ?, ?) ON CONFLICT (network, id) DO NOTHING').run(network, id, name, now);
       }
-      this.recordAction(network, block ? 'block' : 'remove', id, now);
+      this.recordAction(network, block ? 'block' : 'remove', id, now, { name, wasMember: row !== undefined });
       return { ok: true, id, name, wasMember: row !== undefined };
     }).immediate();
   }
@@ -364,7 +423,7 @@ export class SqliteStore implements RegistryStore {
       const version = (row?.version ?? 0) + 1;
       this.sql(`INSERT INTO policies (network, version, text, set_at) VALUES (?, ?, ?, ?)
         ON CONFLICT (network) DO UPDATE SET version = excluded.version, text = excluded.text, set_at = excluded.set_at`).run(network, version, text, now);
-      this.recordAction(network, 'policy', null, now);
+      this.recordAction(network, 'policy', null, now, { version });
       return { network, version, text, setAt: now };
     }).immediate();
   }
@@ -375,7 +434,8 @@ export class SqliteStore implements RegistryStore {
   }
 
   async actionsSince(seq: number, limit: number): Promise<OperatorAction[]> {
-    return this.sql('SELECT seq, network, action, id, at FROM operator_actions WHERE seq > ? ORDER BY seq LIMIT ?').all(seq, limit) as OperatorAction[];
+    return (this.sql('SELECT seq, network, action, id, at, detail FROM operator_actions WHERE seq > ? ORDER BY seq LIMIT ?').all(seq, limit) as Array<Omit<OperatorAction, 'detail'> & { detail: string | null }>)
+      .map((a) => ({ ...a, detail: a.detail === null ? null : (JSON.parse(a.detail) as Record<string, unknown>) }));
   }
 
   async lastActionSeq(): Promise<number> {
@@ -385,7 +445,7 @@ export class SqliteStore implements RegistryStore {
   async addAdminToken(hash: string, now: number): Promise<void> {
     this.db.transaction(() => {
       this.sql('INSERT INTO admin_tokens (hash, created_at) VALUES (?, ?)').run(hash, now);
-      this.recordAction('', 'admin-token', null, now);
+      this.recordAction('', 'admin-token', hash, now);
     }).immediate();
   }
 
@@ -404,9 +464,67 @@ export class SqliteStore implements RegistryStore {
     }));
   }
 
+  async auditHead(agent: string): Promise<AuditHead> {
+    const row = this.sql('SELECT size, frontier, cosigned FROM audit_logs WHERE agent = ?').get(agent) as AuditLogRow | undefined;
+    return row ? toAuditHead(agent, row) : { agent, size: 0, frontier: [], cosigned: null };
+  }
+
+  async auditHeads(): Promise<AuditHead[]> {
+    return (this.sql('SELECT agent, size, frontier, cosigned FROM audit_logs ORDER BY agent').all() as Array<AuditLogRow & { agent: string }>).map((r) => toAuditHead(r.agent, r));
+  }
+
+  async appendAudit(a: AuditAppend): Promise<AuditAppendResult> {
+    const insert = this.sql('INSERT INTO audit_entries (agent, seq, line, leaf_hash) VALUES (?, ?, ?, ?)');
+    return this.db.transaction((): AuditAppendResult => {
+      const held = this.sql('SELECT size, cosigned FROM audit_logs WHERE agent = ?').get(a.agent) as { size: number; cosigned: string | null } | undefined;
+      // Another ship of the same agent got in first (checked in this transaction, so no two append at one size).
+      if ((held?.size ?? 0) !== a.from) return { ok: false, code: 'AUDIT_GAP', held: held?.size ?? 0, cosigned: held?.cosigned ?? null };
+      a.entries.forEach((e, i) => insert.run(a.agent, a.from + i, e.line, e.leafHash.toString('base64')));
+      const size = a.from + a.entries.length;
+      this.sql('INSERT INTO audit_checkpoints (agent, size, note, stored_at) VALUES (?, ?, ?, ?)').run(a.agent, size, a.cosigned, a.now);
+      this.sql(`INSERT INTO audit_logs (agent, size, frontier, cosigned, updated_at) VALUES (?, ?, ?, ?, ?)
+        ON CONFLICT (agent) DO UPDATE SET size = excluded.size, frontier = excluded.frontier, cosigned = excluded.cosigned, updated_at = excluded.updated_at`)
+        .run(a.agent, size, JSON.stringify(a.frontier.map((h) => h.toString('base64'))), a.cosigned, a.now);
+      return { ok: true };
+    }).immediate();
+  }
+
+  async auditEntries(agent: string, from: number, limit: number): Promise<AuditEntryRow[]> {
+    return (this.sql('SELECT seq, line, leaf_hash FROM audit_entries WHERE agent = ? AND seq >= ? ORDER BY seq LIMIT ?').all(agent, from, limit) as Array<{ seq: number; line: string; leaf_hash: string }>)
+      .map((r) => ({ seq: r.seq, line: r.line, leafHash: Buffer.from(r.leaf_hash, 'base64') }));
+  }
+
+  async auditCheckpoints(agent: string, afterSize: number, limit: number): Promise<StoredCheckpoint[]> {
+    return (this.sql('SELECT size, note, stored_at FROM audit_checkpoints WHERE agent = ? AND size > ? ORDER BY size LIMIT ?').all(agent, afterSize, limit) as Array<{ size: number; note: string; stored_at: number }>)
+      .map((r) => ({ agent, size: r.size, note: r.note, storedAt: r.stored_at }));
+  }
+
+  async addAuditRefusal(r: Omit<AuditRefusal, 'id'>): Promise<number> {
+    return Number(this.sql('INSERT INTO audit_refusals (agent, network, at, code, reason, held, size, checkpoint) VALUES (?, ?, ?, ?, ?, ?, ?, ?)')
+      .run(r.agent, r.network, r.at, r.code, r.reason, r.held, r.size, r.checkpoint).lastInsertRowid);
+  }
+
+  async auditRefusals(afterId: number, limit: number): Promise<AuditRefusal[]> {
+    return this.sql('SELECT id, agent, network, at, code, reason, held, size, checkpoint FROM audit_refusals WHERE id > ? ORDER BY id LIMIT ?').all(afterId, limit) as AuditRefusal[];
+  }
+
+  async getMeta(key: string): Promise<string | null> {
+    return (this.sql('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value ?? null;
+  }
+
+  async setMeta(key: string, value: string): Promise<void> {
+    this.sql('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(key, value);
+  }
+
   async close(): Promise<void> {
     if (this.db.open) this.db.close();
   }
+}
+
+interface AuditLogRow { size: number; frontier: string; cosigned: string | null }
+
+function toAuditHead(agent: string, r: AuditLogRow): AuditHead {
+  return { agent, size: r.size, frontier: (JSON.parse(r.frontier) as string[]).map((h) => Buffer.from(h, 'base64')), cosigned: r.cosigned };
 }
 
 /** Thrown inside the admit transaction so it rolls back (the token's use is given back). */

@@ -58,10 +58,12 @@ export interface StoredPolicy {
 export interface OperatorAction {
   seq: number;
   network: string;
-  action: 'remove' | 'block' | 'policy' | 'admin-token';
-  /** The agent acted on ('remove', 'block'). */
+  action: 'remove' | 'block' | 'policy' | 'admin-token' | 'token';
+  /** The agent acted on ('remove', 'block'); the token's hash ('token', 'admin-token'). */
   id: string | null;
   at: number;
+  /** Facts for the registry's audit log: {name, wasMember} (remove, block), {version} (policy), {expiresAt, uses, tags} (token). */
+  detail: Record<string, unknown> | null;
 }
 
 export type RemoveResult =
@@ -130,6 +132,65 @@ export type PutRecordResult =
   | { ok: true; member: Member }
   | { ok: false; code: 'NOT_JOINED' | 'ADDRESS_MISMATCH' | 'NAME_TAKEN' | 'STALE_RECORD' | 'CHAIN_FORK'; message: string };
 
+/**
+ * An agent's audit log as the registry holds it (audit-ship.ts checks what is added): how many
+ * entries, the compact range of their leaf hashes (compact-range.ts), the newest cosigned checkpoint.
+ */
+export interface AuditHead {
+  agent: string;
+  size: number;
+  frontier: Buffer[];
+  /** The checkpoint note of `size` with the witness's cosignature; null while nothing is held. */
+  cosigned: string | null;
+}
+
+export interface AuditEntryRow {
+  seq: number;
+  /** The entry's canonical JSON, as shipped (its leaf's bytes). */
+  line: string;
+  leafHash: Buffer;
+}
+
+/** A ship that passed every check, stored in one step if the held size is still `from`. */
+export interface AuditAppend {
+  agent: string;
+  from: number;
+  /** seq from, from + 1, ... */
+  entries: AuditEntryRow[];
+  /** The compact range after these entries. */
+  frontier: Buffer[];
+  /** The agent's checkpoint of size from + entries.length, cosigned. */
+  cosigned: string;
+  now: number;
+}
+
+export type AuditAppendResult =
+  | { ok: true }
+  | { ok: false; code: 'AUDIT_GAP'; held: number; cosigned: string | null };
+
+export interface StoredCheckpoint {
+  agent: string;
+  size: number;
+  /** Cosigned note. */
+  note: string;
+  storedAt: number;
+}
+
+/** A ship the registry refused as inconsistent with what it holds: evidence of a fork, kept. */
+export interface AuditRefusal {
+  id: number;
+  agent: string;
+  network: string;
+  at: number;
+  code: string;
+  reason: string;
+  /** The size the registry held then. */
+  held: number;
+  /** The refused checkpoint's size and note (signed by the agent: with the held one, proof of a fork). */
+  size: number | null;
+  checkpoint: string | null;
+}
+
 export interface RegistryStore {
   addToken(token: StoredToken): Promise<void>;
   /** Whether the token (by hash) belongs to the network, has not expired and has a use left (reads do not take one). */
@@ -175,6 +236,23 @@ export interface RegistryStore {
   setLiveness(updates: Array<{ network: string; id: string; lastSeen: number; online: boolean }>): Promise<void>;
   members(): Promise<Member[]>;
   records(): Promise<StoredRecord[]>;
+  /** The agent's audit log as held (size 0, no cosigned note, when none). */
+  auditHead(agent: string): Promise<AuditHead>;
+  /** Every agent log held, by agent ID. */
+  auditHeads(): Promise<AuditHead[]>;
+  /** Appends entries and their cosigned checkpoint in one step; AUDIT_GAP (nothing stored) when the held size is no longer `from`. Never updates or deletes an entry. */
+  appendAudit(a: AuditAppend): Promise<AuditAppendResult>;
+  /** Entries [from, from + limit) of an agent's log, oldest first. */
+  auditEntries(agent: string, from: number, limit: number): Promise<AuditEntryRow[]>;
+  /** Cosigned checkpoints of sizes > afterSize, smallest first, at most `limit`. */
+  auditCheckpoints(agent: string, afterSize: number, limit: number): Promise<StoredCheckpoint[]>;
+  /** Stores a refusal; returns its id. */
+  addAuditRefusal(r: Omit<AuditRefusal, 'id'>): Promise<number>;
+  /** Refusals with id > afterId, oldest first, at most `limit`. */
+  auditRefusals(afterId: number, limit: number): Promise<AuditRefusal[]>;
+  /** A value the server keeps between starts (e.g. how far the registry's own log has logged operator actions). */
+  getMeta(key: string): Promise<string | null>;
+  setMeta(key: string, value: string): Promise<void>;
   close(): Promise<void>;
 }
 

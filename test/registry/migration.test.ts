@@ -1,5 +1,5 @@
 // A registry database written by the previous version (schema 2) opens in this one: its members and
-// tokens keep working, with no tags, and the tables of version 3 are added.
+// tokens keep working, with no tags, and the tables of versions 3 and 4 are added.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -26,7 +26,7 @@ describe('registry database migration', () => {
   });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('opens a version-2 database: members get no tags, old tokens still admit, and it is marked version 3', async () => {
+  it('opens a version-2 database: members get no tags, old tokens still admit, and it is marked version 4', async () => {
     const path = join(dir, 'registry.db');
     const old = new Database(path);
     old.exec(SCHEMA_V2);
@@ -47,7 +47,7 @@ describe('registry database migration', () => {
       await store.close();
     }
     const check = new Database(path, { readonly: true });
-    expect(check.prepare("SELECT value FROM meta WHERE key = 'schema_version'").get()).toEqual({ value: '3' });
+    expect(check.prepare("SELECT value FROM meta WHERE key = 'schema_version'").get()).toEqual({ value: '4' });
     check.close();
     // Opening it again changes nothing (the columns are not added twice).
     await new SqliteStore(path).close();
