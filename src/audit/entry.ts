@@ -36,6 +36,7 @@ const MAX_SUBJECT_BYTES = 256;
 const TYPE = /^[a-z][a-z0-9-]*(\.[a-z][a-z0-9-]*)+$/;
 const TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
 const FIELDS = ['agent', 'details', 'seq', 'subject', 'time', 'type'];
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 function malformed(detail: string): AgentVpnError {
   return new AgentVpnError('AUDIT_ENTRY_MALFORMED', `audit entry is malformed: ${detail}`, 'the log was edited or damaged: run agentvpn audit verify to find where');
@@ -74,7 +75,15 @@ export function encodeEntry(entry: AuditEntry): Buffer {
 
 /** Parses one entry and insists it is in canonical form (so its bytes are the ones that were hashed). */
 export function parseEntry(input: string | Uint8Array): AuditEntry {
-  const text = typeof input === 'string' ? input : Buffer.from(input).toString('utf8');
+  // Sizes first: a UTF-16 unit is at least one UTF-8 byte, so a huge input is refused unread.
+  if (input.length > MAX_ENTRY_BYTES) throw malformed(`longer than ${MAX_ENTRY_BYTES} bytes`);
+  let text: string;
+  try {
+    // Fatal decoding: a lenient one reads any invalid byte as U+FFFD, so two lines would be one entry.
+    text = typeof input === 'string' ? input : UTF8.decode(input);
+  } catch {
+    throw malformed('not UTF-8');
+  }
   if (Buffer.byteLength(text, 'utf8') > MAX_ENTRY_BYTES) throw malformed(`longer than ${MAX_ENTRY_BYTES} bytes`);
   let value: unknown;
   try {
@@ -97,7 +106,8 @@ export function parseEntry(input: string | Uint8Array): AuditEntry {
 
 function checkFields(e: AuditEntry): void {
   if (!Number.isSafeInteger(e.seq) || e.seq < 0) throw new TypeError('seq is not a non-negative integer');
-  if (typeof e.time !== 'string' || !TIME.test(e.time) || Number.isNaN(Date.parse(e.time))) throw new TypeError('time is not an ISO 8601 UTC time with milliseconds');
+  // The round trip refuses what Date.parse rolls over (2026-02-30 is 2026-03-02): one instant, one text.
+  if (typeof e.time !== 'string' || !TIME.test(e.time) || Number.isNaN(Date.parse(e.time)) || new Date(e.time).toISOString() !== e.time) throw new TypeError('time is not an ISO 8601 UTC time with milliseconds');
   if (typeof e.agent !== 'string' || e.agent.length === 0 || e.agent.length > 128) throw new TypeError('agent is not a log name');
   if (typeof e.type !== 'string' || !TYPE.test(e.type) || e.type.length > 64) throw new TypeError(`type "${String(e.type).slice(0, 64)}" is not dotted lowercase words`);
   if (typeof e.subject !== 'string' || Buffer.byteLength(e.subject, 'utf8') > MAX_SUBJECT_BYTES) throw new TypeError(`subject is not a string of at most ${MAX_SUBJECT_BYTES} bytes`);
