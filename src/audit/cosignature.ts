@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { AgentVpnError } from '../errors.js';
 import { signWith, verifySignature } from '../identity/ed25519.js';
-import { parseCheckpoint, parseNote, rawPublicKey, type Checkpoint, type NoteSigner, type NoteVerifier } from './checkpoint.js';
+import { MAX_SIGNATURES, parseCheckpoint, parseNote, rawPublicKey, type Checkpoint, type NoteSigner, type NoteVerifier } from './checkpoint.js';
 
 /**
  * Ed25519 cosignatures (c2sp.org/tlog-cosignature v1): a witness's statement that, at a time,
@@ -34,10 +34,19 @@ export function cosign(note: string, cosigner: NoteSigner, timeSeconds: number):
   if (!Number.isSafeInteger(timeSeconds) || timeSeconds < 0) throw new AgentVpnError('INTERNAL', `cosignature time ${timeSeconds} is not a POSIX time`, 'this is a bug in agentvpn: report it');
   const parsed = parseNote(note);
   parseCheckpoint(parsed.text);
+  if (parsed.signatures.length >= MAX_SIGNATURES) {
+    throw new AgentVpnError('AUDIT_NOTE_MALFORMED', `the note already holds ${MAX_SIGNATURES} signatures: no room for a cosignature`, 'a checkpoint carries one or two signatures: this one was not written by agentvpn');
+  }
   const stamp = Buffer.alloc(TIMESTAMP_SIZE);
   stamp.writeBigUInt64BE(BigInt(timeSeconds));
   const sig = signWith(cosigner.key, signedMessage(parsed.text, timeSeconds));
   const line = `${SIG_PREFIX}${cosigner.name} ${Buffer.concat([cosignerKeyIdOf(cosigner.name, rawPublicKey(cosigner.key)), stamp, sig]).toString('base64')}\n`;
+  // What we write must read back (a cosigner name with a space or "+" would make the note unreadable).
+  try {
+    parseNote(note + line);
+  } catch (e) {
+    throw new AgentVpnError('INTERNAL', `cannot cosign as ${cosigner.name.slice(0, 140)}: ${(e as Error).message}`, 'this is a bug in agentvpn: report it', { cause: e });
+  }
   return note + line;
 }
 
