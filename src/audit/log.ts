@@ -1,4 +1,5 @@
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { open, type FileHandle } from 'node:fs/promises';
 import { AgentVpnError } from '../errors.js';
 import { signCheckpoint, type NoteSigner } from './checkpoint.js';
@@ -110,6 +111,16 @@ export class AuditLog {
   /** Opens (creating) the log in `dir`: a torn last line is cut, the tree rebuilt from the entries. */
   static async open(opts: AuditLogOptions): Promise<AuditLog> {
     mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
+    takeLock(opts.dir);
+    try {
+      return await AuditLog.recover(opts);
+    } catch (e) {
+      rmSync(lockPath(opts.dir), { force: true });
+      throw e;
+    }
+  }
+
+  private static async recover(opts: AuditLogOptions): Promise<AuditLog> {
     const entriesPath = auditPath(opts.dir, 'entries');
     const checkpointsPath = auditPath(opts.dir, 'checkpoints');
     createDurably(opts.dir, [entriesPath, checkpointsPath]);
@@ -201,6 +212,12 @@ export class AuditLog {
     return this.checkpointing;
   }
 
+  /** A signed checkpoint of the first `size` durable entries, not written to the log (what the shipper sends the witness). */
+  signCheckpointAt(size: number): string {
+    if (!Number.isSafeInteger(size) || size < 0 || size > this.durable) throw new AgentVpnError('AUDIT_RANGE', `no checkpoint of ${size} entries: ${this.durable} are on disk`, `ask for a size up to ${this.durable}`);
+    return signCheckpoint({ origin: this.opts.origin, size, rootHash: this.tree.root(size), extensions: [] }, [this.signer]);
+  }
+
   /** Waits for every entry appended so far to be on disk. */
   async flushed(): Promise<void> {
     while (this.flushing) await this.flushing;
@@ -215,6 +232,7 @@ export class AuditLog {
     await this.checkpoint().catch((e) => this.opts.onWriteError?.(e as Error));
     await this.entriesFile.close();
     await this.checkpointsFile.close();
+    rmSync(lockPath(this.opts.dir), { force: true });
   }
 
   private async checkpointIfNew(): Promise<void> {
@@ -224,7 +242,7 @@ export class AuditLog {
   private async writeCheckpoint(): Promise<string | null> {
     const size = this.durable;
     if (size === this.checkpointed && this.lastNote !== null) return this.lastNote;
-    const note = signCheckpoint({ origin: this.opts.origin, size, rootHash: this.tree.root(size), extensions: [] }, [this.signer]);
+    const note = this.signCheckpointAt(size);
     const leaves: Buffer[] = [];
     for (let i = this.checkpointed; i < size; i++) leaves.push(this.tree.leafHashAt(i));
     const line = Buffer.from(`${JSON.stringify({ note, leaves: Buffer.concat(leaves).toString('base64') })}\n`);
@@ -261,6 +279,41 @@ export class AuditLog {
       }
     }
     this.flushing = null;
+  }
+}
+
+const lockPath = (dir: string) => join(dir, 'lock');
+
+/**
+ * One writer per log: two daemons appending to the same files would interleave their entries.
+ * The lock file holds the writer's PID; a dead writer's lock (kill -9, a crash) is taken over.
+ */
+function takeLock(dir: string): void {
+  const file = lockPath(dir);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      writeFileSync(file, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
+      return;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    const pid = Number(readFileSync(file, 'utf8').trim());
+    if (pid === process.pid || !isAlive(pid)) {
+      rmSync(file, { force: true });
+      continue;
+    }
+    throw new AgentVpnError('AUDIT_LOCKED', `another process (pid ${pid}) writes the audit log in ${dir}`, 'give each daemon its own --state-dir (or stop the other one)');
+  }
+  throw new AgentVpnError('AUDIT_LOCKED', `cannot take the lock of the audit log in ${dir}`, 'another daemon is starting with the same --state-dir: give each its own');
+}
+
+function isAlive(pid: number): boolean {
+  if (!Number.isSafeInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

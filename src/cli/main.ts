@@ -20,6 +20,7 @@ import { netcheckCommand } from './commands/netcheck.js';
 import { policyCommand } from './commands/policy.js';
 import { trustCommand } from './commands/trust.js';
 import { keyCommand } from './commands/key.js';
+import { auditCommand } from './commands/audit.js';
 
 // package.json sits two levels up from both src/cli/ and dist/cli/.
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -46,6 +47,7 @@ await yargs(args)
   .command(policyCommand)
   .command(trustCommand)
   .command(keyCommand)
+  .command(auditCommand)
   .command(genkeyCommand)
   .command(pubkeyCommand)
   .demandCommand(1, 'no command given')

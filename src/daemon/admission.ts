@@ -1,3 +1,4 @@
+import type { AuditSink } from '../audit/sink.js';
 import type { Logger as PinoLogger } from 'pino';
 import { AgentVpnError } from '../errors.js';
 import { formatAddress, parseAddress, parsePrefix, type Prefix } from '../ip/prefix.js';
@@ -58,6 +59,8 @@ export interface AdmissionOptions {
   appCapabilitiesOf?: (id: string) => Record<string, unknown[]>;
   /** The admitted agents (or our own view of ourselves) changed. */
   onChange?: () => void;
+  /** Peers added, re-keyed and removed go into the audit log. */
+  audit?: AuditSink;
 }
 
 /** Whether two views of an agent carry the same record (a record changes only with its seq) and tags. */
@@ -86,6 +89,8 @@ export class Admission {
   private readonly agents = new Map<string, AgentView>();
   /** Records the gate refused, by ID: offered again by recheck() after an operator's decision. */
   private readonly held = new Map<string, AgentView>();
+  /** WireGuard key (base64) → agent ID of the admitted agents. */
+  private readonly idByWgKey = new Map<string, string>();
   /** The registry's view of ourselves (our tags come from there). */
   selfView: AgentView | null = null;
 
@@ -127,7 +132,13 @@ export class Admission {
     }
     this.held.delete(r.id);
     // A rotated key (the gate followed its chain): the WireGuard peer under the old key goes.
-    if (known && known.record.wgPublicKey !== r.wgPublicKey) daemon.removePeer(Buffer.from(known.record.wgPublicKey, 'base64'));
+    if (known && known.record.wgPublicKey !== r.wgPublicKey) {
+      daemon.removePeer(Buffer.from(known.record.wgPublicKey, 'base64'));
+      this.idByWgKey.delete(known.record.wgPublicKey);
+      this.opts.audit?.('peer.rekeyed', r.id, { name: r.name, wgPublicKey: r.wgPublicKey });
+    }
+    this.idByWgKey.set(r.wgPublicKey, r.id);
+    if (!known) this.opts.audit?.('peer.added', r.id, { name: r.name, ipv4: r.ipv4, ipv6: r.ipv6, wgPublicKey: r.wgPublicKey, tags: tagsOf(view) });
     this.agents.set(r.id, view);
     // Online/offline events repeat the record: only a new record or new tags change what others derive from it.
     if (!known || !sameFacts(known, view)) this.opts.onChange?.();
@@ -189,7 +200,18 @@ export class Admission {
     this.agents.delete(id);
     this.opts.onChange?.();
     this.opts.daemon.removePeer(Buffer.from(view.record.wgPublicKey, 'base64'));
+    this.idByWgKey.delete(view.record.wgPublicKey);
+    this.opts.audit?.('peer.removed', id, { name: view.record.name });
     this.opts.log.info({ id, name: view.record.name }, 'agent removed from the fleet; peer dropped');
+  }
+
+  /** The admitted agent with this WireGuard key (base64), for the audit log's subjects. */
+  idOfWgKey(wgKey: string): string | undefined {
+    return this.idByWgKey.get(wgKey);
+  }
+
+  nameOf(id: string): string | undefined {
+    return this.agents.get(id)?.record.name;
   }
 
   /** Every admitted agent's view. */

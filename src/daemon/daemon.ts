@@ -1,5 +1,7 @@
 import { lookup } from 'node:dns/promises';
 import type { Logger as PinoLogger } from 'pino';
+import type { JsonValue } from '../audit/entry.js';
+import type { AuditSink } from '../audit/sink.js';
 import type { DeviceConfig } from '../config/types.js';
 import { encodeKey } from '../crypto/keys.js';
 import { AgentVpnError } from '../errors.js';
@@ -31,6 +33,10 @@ export interface DaemonOptions {
   alerts?: () => string[];
   /** The policy in the data path (src/policy/filter.ts); none = every packet passes. */
   filter?: PacketFilter;
+  /** Where up/down, first handshakes and path changes are recorded (src/audit/). */
+  audit?: AuditSink;
+  /** The audit subject for a peer's WireGuard key (fleet mode: its agent ID); default the key in base64. */
+  auditSubjectOf?: (wgKey: Uint8Array) => string;
 }
 
 /** A peer as the daemon manages it at run time (registry mode adds and updates these). */
@@ -105,6 +111,7 @@ export class Daemon {
       const tunFd = this.tunFd;
       const udpFd = this.udpFd;
       const sock = new MagicSock({ send: (slab, offsets, lens, addrs, count) => native.udpSend(udpFd, slab, offsets, lens, addrs, count) }, log);
+      sock.onPathChange = (wgKey, change) => this.audit('path.changed', this.subjectOf(wgKey), { ...change });
       this.magicsock = sock;
       const device = new Device({
         privateKey: config.privateKey,
@@ -118,6 +125,9 @@ export class Daemon {
         },
         control: (buf, off, len, addrs, aOff) => sock.handleControl(buf, off, len, addrs, aOff),
         filter: this.opts.filter,
+        onFirstHandshake: (peer, initiator) => this.audit('peer.handshake', this.subjectOf(peer.publicKey), {
+          initiator, endpoint: peer.endpoint ? formatEndpoint(peer.endpoint) : null,
+        }),
       });
       sock.attach(device);
       this.device = device;
@@ -135,10 +145,19 @@ export class Daemon {
       this.startReaders(device);
       device.start();
       log.info({ iface, listenPort: this.listenPort, peers: config.peers.length }, 'agentvpn is up');
+      this.audit('daemon.up', iface, { pid: process.pid, listenPort: this.listenPort, addresses: config.addresses.map(formatPrefix), peers: config.peers.length });
     } catch (e) {
       await this.stop();
       throw e;
     }
+  }
+
+  private audit(type: string, subject: string, details: { [key: string]: JsonValue }): void {
+    this.opts.audit?.(type, subject, details);
+  }
+
+  private subjectOf(wgKey: Uint8Array): string {
+    return this.opts.auditSubjectOf?.(wgKey) ?? Buffer.from(wgKey).toString('base64');
   }
 
   /** Routes allowed IPs into the TUN, except default routes and what the interface's own subnets already cover. */
@@ -214,6 +233,7 @@ export class Daemon {
   /** Idempotent: closes everything that start() opened, also after a partial start. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
+      if (this.device) this.audit('daemon.down', this.opts.iface, { pid: process.pid, upForS: Math.round((Date.now() - this.startedAt) / 1000) });
       for (const r of this.readers) native.stopReader(r);
       this.readers = [];
       this.magicsock?.stop();

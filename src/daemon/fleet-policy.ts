@@ -1,3 +1,6 @@
+import { createHash } from 'node:crypto';
+import { clip } from '../audit/entry.js';
+import { noAudit, type AuditSink } from '../audit/sink.js';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import type { Logger as PinoLogger } from 'pino';
 import { writeFileAtomic } from '../util/atomic-file.js';
@@ -30,7 +33,12 @@ export class FleetPolicy {
   private compiled: CompiledPolicy | null = null;
   private pending: NodeJS.Immediate | null = null;
 
-  constructor(private readonly facts: () => { self: AgentFacts; peers: AgentFacts[] }, private readonly log: PinoLogger, private readonly file: string) {
+  constructor(
+    private readonly facts: () => { self: AgentFacts; peers: AgentFacts[] },
+    private readonly log: PinoLogger,
+    private readonly file: string,
+    private readonly audit: AuditSink = noAudit,
+  ) {
     try {
       if (existsSync(file)) this.set(JSON.parse(readFileSync(file, 'utf8')) as PolicyView);
     } catch (e) {
@@ -45,15 +53,18 @@ export class FleetPolicy {
    */
   set(view: PolicyView | null): void {
     if (view && this.view && view.version === this.view.version && view.policy === this.view.policy) return;
+    const news = view !== null || this.view !== null;
     try {
       this.policy = view ? parsePolicy(view.policy) : null;
       this.view = view;
+      if (news) this.audit('policy.changed', 'policy', view ? { version: view.version, sha256: sha256Hex(view.policy) } : { version: null });
       this.save(view);
       this.log.info({ version: view?.version ?? null, event: 'policy' }, view ? `policy version ${view.version} in force` : 'no policy: every agent may reach every port');
       this.changed();
     } catch (e) {
       const err = e as AgentVpnError;
       this.log.error({ version: view?.version, err: err.message }, 'the registry sent a policy that does not parse; keeping the policy in force');
+      this.audit('policy.refused', 'policy', { version: view?.version ?? null, message: clip(err.message) });
     }
   }
 
@@ -90,4 +101,8 @@ export class FleetPolicy {
     if (this.pending) clearImmediate(this.pending);
     this.pending = null;
   }
+}
+
+function sha256Hex(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
 }

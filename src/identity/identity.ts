@@ -149,6 +149,11 @@ export class Identity {
     return signWith(this.signingKey, message);
   }
 
+  /** The current key as a signed-note signer named `name` (audit checkpoints). */
+  noteSigner(name: string): { name: string; key: KeyObject } {
+    return { name, key: this.signingKey };
+  }
+
   /**
    * Moves to the pre-committed next key and commits to a fresh one. The new state is written
    * (atomically) before the new Identity is returned, and the rotated-out key is destroyed, so a

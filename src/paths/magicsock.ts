@@ -61,6 +61,9 @@ export class MagicSock implements PacketIO {
   private readonly oneOffsets = Int32Array.of(0);
   private readonly oneLens = new Int32Array(1);
 
+  /** Told when a peer's path moves to direct or back to the relay (the audit log records it). */
+  onPathChange: ((wgKey: Buffer, change: { kind: 'direct' | 'relay'; endpoint: string; rttUs?: number; reason?: string }) => void) | null = null;
+
   constructor(private readonly udp: UdpPort, private readonly log: Logger) {}
 
   attach(device: Device): void {
@@ -328,6 +331,7 @@ export class MagicSock implements PacketIO {
     if (upgraded) {
       this.applyEndpoint(path);
       this.log.info({ peer: path.wgKey.toString('base64'), endpoint: formatEndpoint(from), rttMs: Math.round(rtt * 100) / 100 }, 'direct path');
+      this.onPathChange?.(path.wgKey, { kind: 'direct', endpoint: formatEndpoint(from), rttUs: Math.round(rtt * 1000) });
     }
   }
 
@@ -347,6 +351,7 @@ export class MagicSock implements PacketIO {
       // Dead = pinged and unanswered for a while. An idle peer is not pinged, so its path is kept.
       if (path.direct && path.directUnansweredSince !== null && now - path.directUnansweredSince > T.directDeadAfterMs) {
         this.log.warn({ peer: path.wgKey.toString('base64'), endpoint: formatEndpoint(path.direct) }, 'direct path stopped answering; using the relay');
+        this.onPathChange?.(path.wgKey, { kind: 'relay', endpoint: formatEndpoint(path.direct), reason: 'the direct path stopped answering' });
         path.direct = null;
         path.directRttMs = Infinity;
         path.directUnansweredSince = null;

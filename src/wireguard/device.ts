@@ -41,6 +41,8 @@ export interface DeviceOptions {
   control?: (buf: Buffer, off: number, len: number, addrs: Buffer, aOff: number) => boolean;
   /** The policy in the data path (src/policy/filter.ts); without one, every packet passes. */
   filter?: PacketFilter;
+  /** A peer's first session since it was added (the audit log records it; called once per peer, off the packet path). */
+  onFirstHandshake?: (peer: Peer, isInitiator: boolean) => void;
 }
 
 /** A session index maps to a peer's pending handshake (keypair null) or to one of its keypairs. */
@@ -85,6 +87,7 @@ export class Device {
   private readonly control: DeviceOptions['control'];
   private readonly filter: PacketFilter | null;
   private readonly log: Logger;
+  private readonly onFirstHandshake: DeviceOptions['onFirstHandshake'];
   readonly mtu: number;
 
   // Outbound batch (TUN -> UDP): sealed packets, one slot each.
@@ -114,6 +117,7 @@ export class Device {
     this.control = opts.control;
     this.filter = opts.filter ?? null;
     this.log = opts.log ?? silent;
+    this.onFirstHandshake = opts.onFirstHandshake;
     this.mtu = opts.mtu;
     const n = opts.batchSize;
     this.sealSlot = (opts.mtu + TRANSPORT_MIN_SIZE + 16 + 63) & ~63;
@@ -590,6 +594,7 @@ export class Device {
       peer.nextRetransmitAt = Infinity;
     }
     this.log.info({ peer: this.peerName(peer), initiator: kp.isInitiator }, 'handshake complete');
+    if (peer.handshakes === 1) this.onFirstHandshake?.(peer, kp.isInitiator);
   }
 
   private retire(keypairs: Keypair[]): void {
