@@ -6,11 +6,21 @@ import type { Identity } from '../identity/identity.js';
 import type { KeyStatement } from '../identity/rotation.js';
 import {
   BACKOFF_MAX_MS, BACKOFF_MIN_MS, DEFAULT_REQUEST_TIMEOUT_MS, HEARTBEAT_LABEL, LEAVE_LABEL, STREAM_IDLE_MS, agentAuthorization, signJoin, signTimestamp,
-  type AgentChangeKind, type AgentView, type JoinResult, type PolicyView,
+  type AgentChangeKind, type AgentView, type AuditHeadView, type AuditShip, type AuditWitnessView, type JoinResult, type PolicyView,
 } from './protocol.js';
 import type { SignedRecord } from './record.js';
 
-export type { AgentView, JoinResult, PolicyView } from './protocol.js';
+export type { AgentView, AuditHeadView, AuditShip, AuditWitnessView, JoinResult, PolicyView } from './protocol.js';
+
+/**
+ * A refusal from the registry, with its whole answer: 409 AUDIT_GAP carries `held` and `cosigned`
+ * (where to ship from), which a caller reads from `answer`.
+ */
+export class RegistryRefusal extends AgentVpnError {
+  constructor(code: string, message: string, hint: string, readonly answer: Record<string, unknown>) {
+    super(code, message, hint);
+  }
+}
 
 /** Answers larger than this are not a registry's (10,000 agents list in a few MiB). */
 const MAX_RESPONSE_BYTES = 256 * 1024 * 1024;
@@ -138,6 +148,41 @@ export class RegistryClient {
   async get(idOrName: string): Promise<AgentView> {
     const path = `/v1/agents/${encodeURIComponent(idOrName)}?network=${encodeURIComponent(this.opts.network)}`;
     return ((await this.request('GET', path, { signed: true })) as { agent: AgentView }).agent;
+  }
+
+  /** The registry's witness key (unauthenticated: pin it at first contact). */
+  async auditWitness(): Promise<AuditWitnessView> {
+    const a = await this.request('GET', '/v1/audit/witness', {});
+    if (typeof a.name !== 'string' || typeof a.publicKey !== 'string' || Buffer.from(a.publicKey, 'base64').length !== 32) throw badAnswer('a malformed witness key');
+    return { name: a.name, publicKey: a.publicKey };
+  }
+
+  /**
+   * Ships entries [from, from + n) of this agent's log with its checkpoint of size from + n: the
+   * registry answers the checkpoint it cosigned. Refusals throw a RegistryRefusal: AUDIT_GAP
+   * (answer.held: ship from there), AUDIT_INCONSISTENT (a fork: kept by the registry), AUDIT_RATE_LIMITED.
+   */
+  async auditShip(ship: AuditShip): Promise<AuditHeadView & { cosigned: string }> {
+    if (ship.agent !== this.id) throw new AgentVpnError('INTERNAL', `cannot ship the audit log of ${ship.agent} as ${this.id}`, 'this is a bug in agentvpn: report it');
+    const path = `/v1/audit/ship?network=${encodeURIComponent(this.opts.network)}&agent=${encodeURIComponent(this.id)}`;
+    const a = await this.request('POST', path, { body: ship });
+    if (!Number.isSafeInteger(a.size) || typeof a.cosigned !== 'string') throw badAnswer('a malformed answer to an audit ship');
+    return { size: a.size as number, cosigned: a.cosigned };
+  }
+
+  /** What the registry holds of this agent's log, by a signed read. */
+  async auditHead(): Promise<AuditHeadView> {
+    const a = await this.request('GET', `/v1/audit/head?network=${encodeURIComponent(this.opts.network)}&agent=${encodeURIComponent(this.id)}`, { signed: true });
+    if (!Number.isSafeInteger(a.size) || !(a.cosigned === null || typeof a.cosigned === 'string')) throw badAnswer('a malformed audit head');
+    return { size: a.size as number, cosigned: a.cosigned as string | null };
+  }
+
+  /** The registry's copy of this agent's entries [from, from + limit) (fewer at the end), by a signed read. */
+  async auditEntries(from: number, limit: number): Promise<string[]> {
+    const q = new URLSearchParams({ network: this.opts.network, agent: this.id, from: String(from), limit: String(limit) });
+    const a = await this.request('GET', `/v1/audit/entries?${q}`, { signed: true });
+    if (!Array.isArray(a.entries) || !a.entries.every((e) => typeof e === 'string')) throw badAnswer('malformed audit entries');
+    return a.entries as string[];
   }
 
   /** Closes idle keep-alive connections (a client that is done need not wait for them to time out). */
@@ -301,11 +346,15 @@ function readAll(res: IncomingMessage): Promise<string> {
   });
 }
 
+function badAnswer(what: string): AgentVpnError {
+  return new AgentVpnError('REGISTRY_BAD_ANSWER', `the registry answered with ${what}`, 'check the registry version');
+}
+
 function answerError(res: IncomingMessage, text: string): AgentVpnError {
   try {
     const body = JSON.parse(text) as { ok?: boolean; code?: unknown; message?: unknown; hint?: unknown };
     if (body.ok === false && typeof body.code === 'string') {
-      return new AgentVpnError(body.code, String(body.message ?? body.code), String(body.hint ?? ''));
+      return new RegistryRefusal(body.code, String(body.message ?? body.code), String(body.hint ?? ''), body as Record<string, unknown>);
     }
   } catch {
     // Not JSON: not a registry (a proxy's error page, say).

@@ -7,19 +7,20 @@ import { REFUSALS, refuse } from './refusals.js';
 export type Body = Record<string, unknown>;
 
 /**
- * Reads a body of at most MAX_BODY_BYTES. Past the limit it refuses at once and discards the
- * rest (not destroying the request, so the 413 answer still reaches the client).
+ * Reads a body of at most `maxBytes` (MAX_BODY_BYTES unless a route takes more). Past the limit
+ * it refuses at once and discards the rest (not destroying the request, so the 413 answer still
+ * reaches the client).
  */
-export function readBody(req: IncomingMessage): Promise<Buffer> {
+export function readBody(req: IncomingMessage, maxBytes = MAX_BODY_BYTES): Promise<Buffer> {
   const declared = Number(req.headers['content-length']);
-  if (declared > MAX_BODY_BYTES) refuse('PAYLOAD_TOO_LARGE', `request body of ${declared} bytes is over the ${MAX_BODY_BYTES}-byte limit`);
+  if (declared > maxBytes) refuse('PAYLOAD_TOO_LARGE', `request body of ${declared} bytes is over the ${maxBytes}-byte limit`);
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let total = 0;
     req.on('data', (chunk: Buffer) => {
-      if (total > MAX_BODY_BYTES) return;
+      if (total > maxBytes) return;
       total += chunk.length;
-      if (total > MAX_BODY_BYTES) reject(new AgentVpnError('PAYLOAD_TOO_LARGE', `request body is over the ${MAX_BODY_BYTES}-byte limit`, REFUSALS.PAYLOAD_TOO_LARGE.hint));
+      if (total > maxBytes) reject(new AgentVpnError('PAYLOAD_TOO_LARGE', `request body is over the ${maxBytes}-byte limit`, REFUSALS.PAYLOAD_TOO_LARGE.hint));
       else chunks.push(chunk);
     });
     req.on('end', () => resolve(Buffer.concat(chunks)));
@@ -30,8 +31,8 @@ export function readBody(req: IncomingMessage): Promise<Buffer> {
 }
 
 /** Reads a JSON object body; nesting is checked on the raw bytes before anything parses or walks it. */
-export async function readJson(req: IncomingMessage): Promise<Body> {
-  const raw = await readBody(req);
+export async function readJson(req: IncomingMessage, maxBytes = MAX_BODY_BYTES): Promise<Body> {
+  const raw = await readBody(req, maxBytes);
   if (jsonDepth(raw, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) refuse('BAD_REQUEST', `request body is JSON nested deeper than ${MAX_JSON_DEPTH} levels`);
   let body: unknown;
   try {

@@ -26,7 +26,18 @@ import type { AgentRecord } from './record.js';
  * | GET /v1/stats                        | Authorization header            | {ok, ...RegistryStats}                         |
  * | GET /v1/policy                       | Authorization header            | {ok, policy: PolicyView | null}                |
  * | /v1/admin/...                        | Bearer <admin token>            | admin-routes.ts                                |
+ * | GET /v1/audit/witness                | none                            | {ok, name, publicKey}: the witness key         |
+ * | POST /v1/audit/ship?agent=ID         | the body's signed checkpoint    | AuditShip → {ok, size, cosigned}               |
+ * | GET /v1/audit/head?agent=ID          | the agent itself, or admin      | {ok, size, cosigned | null}                    |
+ * | GET /v1/audit/entries?agent=ID&from=S&limit=L | the agent itself, or admin | {ok, entries: string[]}                  |
  * | GET /healthz                         | none                            | {ok: true}                                     |
+ *
+ * Audit (audit-routes.ts): an agent ships its log's new entries with its signed checkpoint of the
+ * new size and a consistency proof from the size the registry holds; the registry checks them and
+ * answers its cosignature (c2sp.org/tlog-cosignature). `agent` is in the query too, so membership
+ * and budgets are checked before the body (up to MAX_SHIP_BYTES) is read. 409 AUDIT_GAP carries
+ * {held, cosigned | null} (ship again from `held`); 409 AUDIT_INCONSISTENT: a fork, refused and kept
+ * as evidence. "The agent itself" is a signed read (the header below) by that agent ID.
  *
  * Authorization header: `AgentVPN <agent ID> <timestamp ms> <base64 signature>` by a member
  * of the network, or `Bearer <join token>` (an operator: valid only while the token could
@@ -72,6 +83,12 @@ export const BACKOFF_MAX_MS = 30_000;
 /** A stream with no byte (not even a keep-alive) for this long is dead (half-open TCP): reconnect. */
 export const STREAM_IDLE_MS = 3 * SSE_KEEPALIVE_MS;
 export const DEFAULT_POOL = '100.64.0.0/10';
+/** Entries per ship: a full ship is a few hundred KiB, so a catch-up after an outage takes few requests. */
+export const MAX_SHIP_ENTRIES = 512;
+/** A ship's body: 512 entries of a few hundred bytes each fit many times over; 1 MiB bounds what one request makes us parse and hash. */
+export const MAX_SHIP_BYTES = 1024 * 1024;
+/** Entries per read (GET /v1/audit/entries): at most 4 MiB of answer. */
+export const MAX_READ_ENTRIES = 512;
 export const DEFAULT_NETWORK = 'default';
 
 const JOIN_LABEL = 'agentvpn join v1';
@@ -142,6 +159,48 @@ export interface RegistryStats {
   streams: { open: number; refused: number; dropped: number };
   /** The built-in relay's counters (sessions, forwarded, hello verifications, drops by reason); null without it. */
   relay: RelayStats | null;
+  /** The witness of agents' audit logs. */
+  audit: AuditStats;
+}
+
+export interface AuditStats {
+  /** Ships witnessed (stored and cosigned), and the entries they added. */
+  ships: number;
+  entries: number;
+  /** Ships answered 409 AUDIT_GAP. */
+  gaps: number;
+  /** Ships refused as inconsistent (AUDIT_INCONSISTENT); those past the per-agent or total budget are counted, not kept. */
+  refusals: number;
+  refusalsNotKept: number;
+  /** Ships refused for the agent's budget (AUDIT_RATE_LIMITED). */
+  rateLimited: number;
+}
+
+/** The registry's witness key (GET /v1/audit/witness): what an agent pins. */
+export interface AuditWitnessView {
+  name: string;
+  /** base64, 32 bytes */
+  publicKey: string;
+}
+
+/** POST /v1/audit/ship?network=N&agent=ID body. */
+export interface AuditShip {
+  agent: string;
+  /** The seq of entries[0]: the size the registry holds. */
+  from: number;
+  /** Canonical entry lines for seqs [from, from + entries.length). */
+  entries: string[];
+  /** The agent's signed checkpoint note of size from + entries.length. */
+  checkpoint: string;
+  /** base64 hashes: the consistency proof from `from` to the checkpoint's size (empty when from is 0). */
+  proof: string[];
+}
+
+/** What the registry holds of an agent's log (GET /v1/audit/head; a ship's 200 and 409 AUDIT_GAP answers). */
+export interface AuditHeadView {
+  size: number;
+  /** The newest checkpoint note the registry cosigned, or null. */
+  cosigned: string | null;
 }
 
 export interface ErrorBody {

@@ -1,5 +1,5 @@
 import { AgentVpnError } from '../errors.js';
-import { MAX_BODY_BYTES, MAX_CLOCK_SKEW_MS } from './protocol.js';
+import { MAX_BODY_BYTES, MAX_CLOCK_SKEW_MS, MAX_SHIP_BYTES, MAX_SHIP_ENTRIES } from './protocol.js';
 
 /** HTTP status and the hint sent with every refusal code. */
 export const REFUSALS: Record<string, { status: number; hint: string }> = {
@@ -31,8 +31,24 @@ export const REFUSALS: Record<string, { status: number; hint: string }> = {
   BAD_CHAIN: { status: 403, hint: "a record signed by a rotated key needs the agent's key chain from its ID key to that key (agentvpn key rotate makes it)" },
   CHAIN_FORK: { status: 409, hint: 'the key chain must extend the one the registry holds: publish the newest chain of this identity' },
   STALE_KEY: { status: 403, hint: "sign with the agent's current key: the registry holds a key chain that rotated past this one" },
+  AUDIT_MALFORMED: { status: 400, hint: `ship {agent, from, entries (1 to ${MAX_SHIP_ENTRIES} canonical entry lines), checkpoint, proof} in at most ${MAX_SHIP_BYTES / 1024} KiB, as the agentvpn shipper does` },
+  AUDIT_BAD_SIGNATURE: { status: 403, hint: "the checkpoint must be signed by a key of the agent's key chain the registry holds: after a key rotation, publish the record with the new chain first" },
+  AUDIT_GAP: { status: 409, hint: 'ship again from the size the registry holds (`held`)' },
+  AUDIT_INCONSISTENT: { status: 409, hint: "the agent's log is not an extension of the one the registry witnessed (rewritten or forked history): the refusal is kept as evidence; compare the agent's audit directory with `agentvpn registry audit refusals`" },
+  AUDIT_RATE_LIMITED: { status: 429, hint: 'the registry takes each agent\'s log at a bounded rate: ship again in a few seconds (the entries stay queued in the log)' },
   INTERNAL: { status: 500, hint: 'this is a bug in the agentvpn registry; see its log' },
 };
+
+/** A refusal whose answer carries more fields than {code, message, hint} (409 AUDIT_GAP's `held`). */
+export class Refusal extends AgentVpnError {
+  constructor(code: string, message: string, readonly extra: Record<string, unknown>) {
+    super(code, message, REFUSALS[code]?.hint ?? REFUSALS.INTERNAL.hint);
+  }
+
+  override toJSON(): { ok: false; code: string; message: string; hint: string } {
+    return { ...this.extra, ...super.toJSON() };
+  }
+}
 
 export function refuse(code: string, message: string): never {
   throw new AgentVpnError(code, message, REFUSALS[code]?.hint ?? REFUSALS.INTERNAL.hint);

@@ -37,6 +37,8 @@ export interface RouteContext {
   /** Logs a change and pushes it to the network's event streams. */
   emit(network: string, kind: AgentChangeKind, entry: Entry, id: string): void;
   admin: AdminContext;
+  /** /v1/audit/* (audit-routes.ts): `what` is the path's last part. */
+  audit: { route(req: IncomingMessage, res: ServerResponse, what: string, url: URL, now: number): Promise<void> };
   stats(): RegistryStats;
 }
 
@@ -258,6 +260,7 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
       return sendText(res, 200, `{"ok":true,"policy":${fleet.net(network).policyJson}}`);
     }
     if (parts[0] === 'v1' && parts[1] === 'admin') return adminRoute(ctx.admin, req, res, parts.slice(2), networkParam(url));
+    if (parts.length === 3 && parts[0] === 'v1' && parts[1] === 'audit') return ctx.audit.route(req, res, parts[2], url, now);
     if (path === 'v1/stats') {
       allow('GET');
       await authorizeRead(req, networkParam(url), now, ctx);

@@ -22,6 +22,7 @@ import {
   type RegistryStats,
 } from './protocol.js';
 import { AdminTokens, createAdminToken } from './admin-auth.js';
+import { createAuditRoutes } from './audit-routes.js';
 import { OperatorSync } from './operator-sync.js';
 import { validateTags } from './tags.js';
 import { NETWORK_PATTERN } from '../net/names.js';
@@ -176,7 +177,10 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
         if (e.view.online) online++;
       }
     }
-    return { agents, online, refused: { ...counters.refused }, requests: counters.requests, connections: guard.stats(), streams: hub.stats(), relay: relayRef?.stats() ?? null };
+    return {
+      agents, online, refused: { ...counters.refused }, requests: counters.requests, connections: guard.stats(), streams: hub.stats(), relay: relayRef?.stats() ?? null,
+      audit: audit.stats(),
+    };
   };
 
   /** The relay and STUN servers a joining agent is told about, at the host it reached us at. */
@@ -191,8 +195,11 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
   };
 
   const signatures = new SignatureBudget();
+  const audit = createAuditRoutes({
+    store, fleet, witness, signatures, defaultNetwork, log, authorizeAdmin: async (req) => admins.authorize(req), refusalKept: async () => {},
+  });
   const route = createRoutes({
-    store, fleet, hub, signatures, log, defaultNetwork, pool, heartbeatIntervalMs, offlineAfterMs, relayInfo, emit, stats, admin: { store, admins, sync },
+    store, fleet, hub, signatures, log, defaultNetwork, pool, heartbeatIntervalMs, offlineAfterMs, relayInfo, emit, stats, admin: { store, admins, sync }, audit,
   });
 
   const onRequest = (req: IncomingMessage, res: ServerResponse) => {
