@@ -17,7 +17,8 @@ import { AgentVpnError } from '../errors.js';
  *
  * The leaf hashes in checkpoints.jsonl are not trusted by themselves: a checkpoint's signature
  * authenticates them (they must hash to its root), and then they name the exact entry an editor
- * changed. Appends only ever extend a file; a crash can leave a torn last line, which is cut.
+ * changed. Appends only ever extend a file; a crash can leave a torn last line, or zeros where
+ * blocks of the last write never reached the disk (cutDebris): both are cut.
  */
 export const AUDIT_FILES = {
   entries: 'entries.jsonl',
@@ -57,6 +58,25 @@ export function readLines(path: string): LinesRead {
     start = nl + 1;
   }
   return { lines, tornBytes: data.length - start, goodLength: start };
+}
+
+/**
+ * Counts crash debris as torn: a line holding a NUL byte was never written whole (JSON escapes
+ * U+0000, and a crash can leave blocks of an unfinished write as zeros, also before blocks of it
+ * that did reach the disk). A batch is written only once the one before it is synced, so nothing
+ * acknowledged follows such a line: from it on, everything is debris. Lines below `signed` (a
+ * checkpoint covers them, so they were acknowledged) are never debris: a NUL there is damage.
+ */
+export function cutDebris(read: LinesRead, signed: number): LinesRead {
+  let offset = 0;
+  for (let i = 0; i < read.lines.length; i++) {
+    const line = read.lines[i]!;
+    if (i >= signed && line.includes(0)) {
+      return { lines: read.lines.slice(0, i), tornBytes: read.goodLength - offset + read.tornBytes, goodLength: offset };
+    }
+    offset += line.length + 1;
+  }
+  return read;
 }
 
 /** Cuts a torn tail (bytes after the last newline) off a line file we are about to append to. */

@@ -4,7 +4,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { AgentVpnError } from '../errors.js';
 import { signCheckpoint, type NoteSigner } from './checkpoint.js';
 import { encodeEntry, parseEntry, type AuditEntry, type JsonValue } from './entry.js';
-import { auditPath, cutTornTail, readLines, readRange } from './files.js';
+import { auditPath, cutDebris, cutTornTail, readLines, readRange } from './files.js';
 import { MerkleTree } from './merkle.js';
 
 /**
@@ -124,11 +124,11 @@ export class AuditLog {
     const entriesPath = auditPath(opts.dir, 'entries');
     const checkpointsPath = auditPath(opts.dir, 'checkpoints');
     createDurably(opts.dir, [entriesPath, checkpointsPath]);
-    const entries = readLines(entriesPath);
-    if (entries.tornBytes > 0) cutTornTail(entriesPath, entries.goodLength);
-    const cps = readLines(checkpointsPath);
+    const cps = cutDebris(readLines(checkpointsPath), 0);
     if (cps.tornBytes > 0) cutTornTail(checkpointsPath, cps.goodLength);
     const last = cps.lines.length > 0 ? lastCheckpoint(cps.lines[cps.lines.length - 1]!) : null;
+    const entries = cutDebris(readLines(entriesPath), last?.size ?? 0);
+    if (entries.tornBytes > 0) cutTornTail(entriesPath, entries.goodLength);
     const damage = findDamage(entries.lines, opts.owner) ?? (last && last.size > entries.lines.length
       ? `the last checkpoint covers ${last.size} entries but the log holds ${entries.lines.length}` : null);
     const entriesFile = await open(entriesPath, 'r+');
@@ -246,7 +246,7 @@ export class AuditLog {
     const leaves: Buffer[] = [];
     for (let i = this.checkpointed; i < size; i++) leaves.push(this.tree.leafHashAt(i));
     const line = Buffer.from(`${JSON.stringify({ note, leaves: Buffer.concat(leaves).toString('base64') })}\n`);
-    await this.checkpointsFile.write(line, 0, line.length, this.checkpointsLength);
+    await writeFully(this.checkpointsFile, line, this.checkpointsLength);
     await this.checkpointsFile.datasync();
     this.checkpointsLength += line.length;
     this.checkpointed = size;
@@ -261,7 +261,7 @@ export class AuditLog {
       const batch = this.waiting.slice();
       const buf = Buffer.concat(batch.flatMap((w) => [w.line, NEWLINE]));
       try {
-        await this.entriesFile.write(buf, 0, buf.length, this.offsets[this.durable]!);
+        await writeFully(this.entriesFile, buf, this.offsets[this.durable]!);
         await this.entriesFile.datasync();
       } catch (e) {
         this.writeErrors++;
@@ -314,6 +314,19 @@ function isAlive(pid: number): boolean {
     return true;
   } catch (e) {
     return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Writes all of `buf` at `position`. One write may write less than asked (a disk filling up
+ * writes what fits and fails only on the next call): acknowledging after a short write would
+ * lose entries, and the next batch would land past a hole.
+ */
+async function writeFully(file: FileHandle, buf: Buffer, position: number): Promise<void> {
+  for (let done = 0; done < buf.length; ) {
+    const { bytesWritten } = await file.write(buf, done, buf.length - done, position + done);
+    if (bytesWritten === 0) throw new AgentVpnError('AUDIT_WRITE', 'the audit log could not write (0 bytes written)', 'check the disk under the state directory (space, errors)');
+    done += bytesWritten;
   }
 }
 
