@@ -1,8 +1,8 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { openCheckpoint, type NoteVerifier } from './checkpoint.js';
+import { openCheckpoint, parseCheckpoint, parseNote, type NoteVerifier } from './checkpoint.js';
 import { openCosigned } from './cosignature.js';
 import { parseEntry } from './entry.js';
-import { auditPath, readLines } from './files.js';
+import { auditPath, cutDebris, readLines } from './files.js';
 import { MerkleTree } from './merkle.js';
 
 /**
@@ -61,13 +61,14 @@ export async function verifyLogDir(dir: string, opts: VerifyOptions): Promise<Ve
     if (seq !== null && problems.some((p) => p.kind === kind && p.seq === seq)) return;
     if (problems.length < MAX_PROBLEMS) problems.push({ kind, seq, message });
   };
-  const { lines, tornBytes } = readLines(auditPath(dir, 'entries'));
+  const checkpoints = readCheckpointLines(dir);
+  // Crash debris (zeros of an unfinished write) is torn tail, as the log cuts it when it opens.
+  const { lines, tornBytes } = cutDebris(readLines(auditPath(dir, 'entries')), Math.max(0, ...checkpoints.map((c) => claimedSize(c.note))));
   checkEntries(lines, opts.owner, add);
   const tree = new MerkleTree();
   for (const line of lines) tree.append(line);
 
   const verifiers = opts.keys.map((publicKey) => ({ name: opts.origin, publicKey }));
-  const checkpoints = readCheckpointLines(dir);
   const signedLeaves = new MerkleTree();
   let checkpointedSize = 0;
   let trustedLeaves = true;
@@ -137,6 +138,15 @@ function checkEntries(lines: Buffer[], owner: string, add: Add): void {
 function firstDifference(tree: MerkleTree, signed: MerkleTree, size: number): number | null {
   for (let i = 0; i < size; i++) if (!tree.leafHashAt(i).equals(signed.leafHashAt(i))) return i;
   return null;
+}
+
+/** The size a checkpoint line claims, unverified (0 if unreadable): entries below it are never taken for debris. */
+function claimedSize(note: string): number {
+  try {
+    return parseCheckpoint(parseNote(note).text).size;
+  } catch {
+    return 0;
+  }
 }
 
 function readCheckpointLines(dir: string): { note: string; leaves: Buffer | null }[] {
