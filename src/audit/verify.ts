@@ -63,7 +63,7 @@ export async function verifyLogDir(dir: string, opts: VerifyOptions): Promise<Ve
   };
   const checkpoints = readCheckpointLines(dir);
   // Crash debris (zeros of an unfinished write) is torn tail, as the log cuts it when it opens.
-  const { lines, tornBytes } = cutDebris(readLines(auditPath(dir, 'entries')), Math.max(0, ...checkpoints.map((c) => claimedSize(c.note))));
+  const { lines, tornBytes } = cutDebris(readLines(auditPath(dir, 'entries')), checkpoints.reduce((max, c) => Math.max(max, claimedSize(c.note)), 0));
   checkEntries(lines, opts.owner, add);
   const tree = new MerkleTree();
   for (const line of lines) tree.append(line);
