@@ -11,6 +11,8 @@ import type { ControlHandler } from './control-server.js';
 const MAX_TAIL = 1000;
 /** An operator's note is a sentence or two, not a document. */
 const MAX_NOTE_CHARS = 1000;
+/** The registry answers at most 512 entries per read. */
+const MAX_REGISTRY_PAGE = 500;
 
 function intParam(params: unknown, key: string): number | undefined {
   const v = (params as Record<string, unknown> | undefined)?.[key];
@@ -52,7 +54,7 @@ export function auditHandlers(trail: AuditTrail, shipper: AuditShipper | null, a
     auditRegistryEntries: async (params) => {
       if (!api?.entries) throw new AgentVpnError('NO_REGISTRY', 'this agent has no registry', 'static mode keeps the audit log locally only');
       const from = intParam(params, 'from') ?? 0;
-      return { entries: await api.entries(from, Math.min(intParam(params, 'limit') ?? 500, MAX_TAIL)) };
+      return { entries: await api.entries(from, Math.min(intParam(params, 'limit') ?? MAX_REGISTRY_PAGE, MAX_REGISTRY_PAGE)) };
     },
   };
 }

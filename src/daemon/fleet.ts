@@ -7,7 +7,11 @@ import { RegistryClient } from '../registry/client.js';
 import { DnsServer } from '../dns/server.js';
 import { TrustGate } from '../trust/gate.js';
 import { TrustStore, type TrustMode } from '../trust/store.js';
+import type { AuditSink } from '../audit/sink.js';
+import { AuditShipper, type WitnessApi } from '../audit/shipper.js';
 import { Admission, tagsOf } from './admission.js';
+import { auditHandlers } from './audit-control.js';
+import { AuditTrail } from './audit-trail.js';
 import { FleetPolicy, factsOf } from './fleet-policy.js';
 import { Daemon } from './daemon.js';
 import { FleetPaths, localEndpoints } from './fleet-paths.js';
@@ -46,6 +50,9 @@ function stringParam(params: unknown, key: string): string {
 /** Scheduled rotations no more often than this: each costs every peer a handshake and a chain statement (64 at most). */
 const MIN_ROTATE_EVERY_MS = 60_000;
 
+/** Policy denies are summarized into the audit log this often (one entry per denied agent per interval). */
+const DENY_SUMMARY_EVERY_MS = 10_000;
+
 /** Endpoint discovery (STUN, port mapping) is repeated this often: NAT mappings and addresses change. */
 const NETCHECK_INTERVAL_MS = 60_000;
 
@@ -81,6 +88,11 @@ export class FleetAgent {
     policy: (view) => this.policy?.set(view),
   };
   private policy: FleetPolicy | null = null;
+  private trail: AuditTrail | null = null;
+  private shipper: AuditShipper | null = null;
+  private readonly client: RegistryClient;
+  /** Every part reports here; the trail exists from the first step of start(). */
+  private readonly audit: AuditSink = (type, subject, details) => this.trail?.record(type, subject, details);
 
   constructor(private readonly opts: FleetOptions) {
     if (opts.rotateEveryMs !== undefined && opts.rotateEveryMs < MIN_ROTATE_EVERY_MS) {
@@ -88,12 +100,13 @@ export class FleetAgent {
     }
     this.identity = Identity.loadOrCreate(opts.stateDir);
     const store = TrustStore.open(opts.stateDir, opts.network, (e) => opts.log.error({ err: e.message }, 'writing the trust store failed; will retry'));
-    this.trust = new TrustGate(store, opts.trust ?? 'tofu', opts.log);
+    this.trust = new TrustGate(store, opts.trust ?? 'tofu', opts.log, this.audit);
     const client = new RegistryClient({ url: opts.registryUrl, identity: this.identity, network: opts.network, caFile: opts.caFile });
+    this.client = client;
     this.membership = new Membership({
       client, identity: this.identity, name: opts.name, token: opts.token, network: opts.network,
       capabilities: opts.capabilities, stateDir: opts.stateDir, log: opts.log,
-      endpoints: () => this.publishedEndpoints(),
+      endpoints: () => this.publishedEndpoints(), audit: this.audit,
     });
   }
 
@@ -108,6 +121,13 @@ export class FleetAgent {
 
   private async startUp(): Promise<Daemon> {
     const { opts } = this;
+    // The trail first: the join, and everything after it, is recorded.
+    this.trail = await AuditTrail.open(opts.stateDir, this.identity, opts.log);
+    const api = witnessApi(this.client);
+    this.shipper = new AuditShipper({
+      log: this.trail.log, dir: this.trail.dir, agentId: this.identity.id, api, audit: this.audit,
+      warn: (obj, msg) => opts.log.warn(obj, msg),
+    });
     const joined = await this.membership.join();
     const { join, pool, ula } = joined;
     const addresses: Prefix[] = [
@@ -115,7 +135,7 @@ export class FleetAgent {
       { ...parsePrefix(join.ipv6)!, bits: ula.bits },
     ];
     const self = { id: this.identity.id, name: opts.name, network: join.network, ipv4: join.ipv4, ipv6: join.ipv6 };
-    const policy = new FleetPolicy(() => this.policyFacts(self), opts.log, joinPath(opts.stateDir, `policy-${opts.network}.json`));
+    const policy = new FleetPolicy(() => this.policyFacts(self), opts.log, joinPath(opts.stateDir, `policy-${opts.network}.json`), this.audit);
     this.policy = policy;
     const daemon = new Daemon({
       iface: opts.iface,
@@ -124,7 +144,10 @@ export class FleetAgent {
       filter: policy.filter,
       config: { privateKey: this.identity.wgPrivateKey, addresses, listenPort: opts.listenPort, mtu: opts.mtu, peers: [] },
       alerts: () => this.alerts(),
+      audit: this.audit,
+      auditSubjectOf: (wgKey) => this.running?.admission.idOfWgKey(Buffer.from(wgKey).toString('base64')) ?? Buffer.from(wgKey).toString('base64'),
       handlers: {
+        ...auditHandlers(this.trail, this.shipper, api, () => this.identity),
         id: () => this.describeSelf(joined),
         peers: (params) => this.admission().peers((params as { cap?: string } | undefined)?.cap),
         resolve: (params) => this.admission().resolve(String((params as { name?: unknown } | undefined)?.name ?? '')),
@@ -147,7 +170,7 @@ export class FleetAgent {
     await paths.start();
     await this.refreshEndpoints();
     const admission = new Admission({
-      daemon, pool, log: opts.log, gate: this.trust, self,
+      daemon, pool, log: opts.log, gate: this.trust, self, audit: this.audit,
       appCapabilitiesOf: (id) => policy.appOf(id),
       onChange: () => policy.changed(),
     });
@@ -160,6 +183,8 @@ export class FleetAgent {
     const heartbeatMs = Math.min(Math.max(join.heartbeatIntervalMs, 1000), 600_000);
     this.timers.push(setInterval(() => void this.membership.heartbeat(this.events), heartbeatMs));
     this.timers.push(setInterval(() => void this.refreshEndpoints(), NETCHECK_INTERVAL_MS));
+    this.timers.push(setInterval(() => this.recordDenies(), DENY_SUMMARY_EVERY_MS));
+    this.shipper.start();
     if (opts.rotateEveryMs) {
       this.timers.push(setInterval(() => {
         this.rotateKey().catch((e) => opts.log.error({ err: (e as Error).message, hint: (e as { hint?: string }).hint }, 'scheduled key rotation failed'));
@@ -176,26 +201,44 @@ export class FleetAgent {
   async rotateKey(): Promise<{ id: string; seq: number; key: string }> {
     const next = this.identity.rotate();
     this.identity = next;
+    this.trail?.setIdentity(next);
+    this.audit('key.rotated', next.id, { seq: next.seq, key: Buffer.from(next.publicKey).toString('base64'), wgPublicKey: Buffer.from(next.wgPublicKey).toString('base64') });
     this.membership.setIdentity(next);
     this.daemon?.setPrivateKey(next.wgPrivateKey);
     this.paths?.setIdentity(next);
     this.policy?.changed();
     this.opts.log.info({ id: next.id, seq: next.seq, event: 'key-rotated' }, `key rotated (statement ${next.seq})`);
     await this.membership.publish();
+    await this.trail?.log.flushed();
     return { id: next.id, seq: next.seq, key: Buffer.from(next.publicKey).toString('base64') };
   }
 
-  /** An operator's trust decision, then every record offered to the gate again (admitted ones too: a block drops the peer). */
-  private trustAction<T>(act: () => T): T {
+  /**
+   * An operator's trust decision, then every record offered to the gate again (admitted ones too:
+   * a block drops the peer). Answered once its audit entries are on disk.
+   */
+  private async trustAction<T>(act: () => T): Promise<T> {
     const result = act();
     this.running?.admission.recheck();
+    await this.trail?.log.flushed();
     return result;
+  }
+
+  /** Policy denies since the last call, one audit entry per denied agent (counted in the data path, summarized here). */
+  private recordDenies(): void {
+    const admission = this.running?.admission;
+    if (!admission || !this.trail) return;
+    this.trail.recordDenies(this.running!.daemon.status().peers.flatMap((p) => {
+      const id = admission.idOfWgKey(p.publicKey);
+      return id && p.policyDenies ? [{ id, name: admission.nameOf(id) ?? '', denies: p.policyDenies }] : [];
+    }));
   }
 
   /** What needs an operator, for `status`. */
   private alerts(): string[] {
     const removed = this.membership.removedByOperator ? [`an operator removed this agent from network ${this.opts.network}; run \`agentvpn up\` again to re-join`] : [];
-    return [...removed, ...this.trust.alertLines()];
+    const audit = this.shipper?.alert();
+    return [...removed, ...this.trust.alertLines(), ...(audit ? [audit] : [])];
   }
 
     /** What the policy is compiled against: us (tags from the registry's view of us) and the admitted agents. */
@@ -232,6 +275,11 @@ export class FleetAgent {
     await this.dns?.stop();
     await this.daemon?.stop();
     this.trust.store.flush();
+    // Last: the shutdown's own entries (down, left) go to disk and, when the registry answers, to the witness.
+    await this.shipper?.stop();
+    await this.trail?.log.flushed();
+    await this.shipper?.shipNow().catch(() => {});
+    await this.trail?.close();
   }
 
   private describeSelf({ join }: CheckedJoin) {
@@ -251,4 +299,14 @@ export class FleetAgent {
     const replies = await this.daemon!.sock!.ping(Buffer.from(target.record.wgPublicKey, 'base64'), count);
     return { name: target.record.name, ipv4: target.record.ipv4, replies };
   }
+}
+
+/** The registry client's audit calls, as the shipper and `audit verify` use them. */
+function witnessApi(client: RegistryClient): WitnessApi & { entries(from: number, limit: number): Promise<string[]> } {
+  return {
+    witness: () => client.auditWitness(),
+    ship: (body) => client.auditShip(body),
+    head: () => client.auditHead(),
+    entries: (from, limit) => client.auditEntries(from, limit),
+  };
 }

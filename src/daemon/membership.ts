@@ -1,3 +1,5 @@
+import { clip } from '../audit/entry.js';
+import type { AuditSink } from '../audit/sink.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { join as joinPath } from 'node:path';
 import type { Logger as PinoLogger } from 'pino';
@@ -29,6 +31,8 @@ export interface MembershipOptions {
   log: PinoLogger;
   /** The candidate endpoints to publish now. */
   endpoints: () => string[];
+  /** Joins, leaves, removal and registry outages go into the audit log. */
+  audit: AuditSink;
 }
 
 /** What the fleet does with the registry's view of the other agents. */
@@ -80,9 +84,14 @@ export class Membership {
     try {
       result = await this.opts.client.join(this.opts.name, this.opts.token);
       writeFileAtomic(this.cacheFile, JSON.stringify(result));
+      this.opts.audit('registry.joined', result.network, { name: this.opts.name, ipv4: result.ipv4, ipv6: result.ipv6 });
     } catch (e) {
-      if (!(e instanceof AgentVpnError && e.code === 'REGISTRY_UNREACHABLE' && existsSync(this.cacheFile))) throw e;
+      if (!(e instanceof AgentVpnError && e.code === 'REGISTRY_UNREACHABLE' && existsSync(this.cacheFile))) {
+        this.opts.audit('registry.join-refused', this.opts.network, { code: e instanceof AgentVpnError ? e.code : 'ERROR', message: clip((e as Error).message) });
+        throw e;
+      }
       this.opts.log.warn({ err: e.message }, 'registry unreachable; starting with the addresses of the last join');
+      this.opts.audit('registry.outage', this.opts.network, { during: 'join', message: clip(e.message) });
       result = JSON.parse(readFileSync(this.cacheFile, 'utf8')) as JoinResult;
     }
     this.current = result;
@@ -167,6 +176,7 @@ export class Membership {
     this.watcher?.close();
     this.watcher = null;
     this.registryUp = false;
+    this.opts.audit('registry.removed', this.opts.network, {});
     this.opts.log.error({ network: this.opts.network }, 'an operator removed this agent from the network; it will not re-join on its own (run `agentvpn up` again to re-join with a token)');
   }
 
@@ -200,12 +210,18 @@ export class Membership {
       removed: (id) => events.removed(id),
       policy: (view) => events.policy(view),
       connected: () => {
-        if (!this.registryUp) log.info({}, 'registry connected');
+        if (!this.registryUp) {
+          log.info({}, 'registry connected');
+          this.opts.audit('registry.connected', this.opts.network, {});
+        }
         this.registryUp = true;
         void this.publish(); // the registry may have restarted: make sure it has our record
       },
       disconnected: (err) => {
-        if (this.registryUp) log.warn({ err: err.message }, 'registry unreachable; tunnels keep working, retrying');
+        if (this.registryUp) {
+          log.warn({ err: err.message }, 'registry unreachable; tunnels keep working, retrying');
+          this.opts.audit('registry.outage', this.opts.network, { message: clip(err.message) });
+        }
         this.registryUp = false;
       },
     });
@@ -214,6 +230,9 @@ export class Membership {
   async stop(): Promise<void> {
     this.stopped = true;
     this.watcher?.close();
-    await this.opts.client.leave().catch(() => {});
+    await this.opts.client.leave().then(
+      () => this.opts.audit('registry.left', this.opts.network, {}),
+      (e) => this.opts.audit('registry.leave-failed', this.opts.network, { message: clip((e as Error).message) }),
+    );
   }
 }

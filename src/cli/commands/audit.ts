@@ -16,7 +16,7 @@ interface DirArgs extends GlobalArgs {
   'state-dir'?: string;
 }
 
-const stateDirOption = { type: 'string', describe: `the agent's state directory (default ${DEFAULT_STATE_DIR} or AGENTVPN_STATE_DIR); its audit/ is read directly` } as const;
+const stateDirOption = { type: 'string', describe: `read the log in this state directory's audit/ directly (default: the running daemon's, else ${DEFAULT_STATE_DIR} or AGENTVPN_STATE_DIR)` } as const;
 /** How often `tail -f` asks the daemon for new entries. */
 const FOLLOW_EVERY_MS = 500;
 
@@ -25,9 +25,20 @@ function formatEntry(e: AuditEntry): string {
   return `${e.time}  ${String(e.seq).padStart(6)}  ${e.type.padEnd(20)} ${e.subject || '-'}  ${details === '{}' ? '' : details}`;
 }
 
-/** Entries from the state directory's log file (no daemon needed). */
+/** The audit directory: of --state-dir, else the running daemon's, else the default state directory's. */
+async function auditDir(args: DirArgs): Promise<string> {
+  if (args['state-dir'] !== undefined) return auditDirOf(stateDir(args['state-dir']));
+  try {
+    return ((await callDaemon(args.interface, 'auditStatus')) as { dir: string }).dir;
+  } catch (e) {
+    if (!isNotRunning(e)) throw e;
+    return auditDirOf(stateDir());
+  }
+}
+
+/** Entries from the log file (no daemon needed). */
 function entriesOnDisk(dir: string): AuditEntry[] {
-  return readLines(auditPath(auditDirOf(dir), 'entries')).lines.map((l) => parseEntry(l));
+  return readLines(auditPath(dir, 'entries')).lines.map((l) => parseEntry(l));
 }
 
 function isNotRunning(e: unknown): boolean {
@@ -46,7 +57,7 @@ async function tail(args: TailArgs): Promise<void> {
     page = (await callDaemon(args.interface, 'auditTail', { limit: args.lines })) as typeof page;
   } catch (e) {
     if (!isNotRunning(e) || args.follow) throw e;
-    const all = entriesOnDisk(stateDir(args['state-dir']));
+    const all = entriesOnDisk(await auditDir(args));
     all.slice(-args.lines).forEach(print);
     return;
   }
@@ -73,9 +84,9 @@ function sinceMs(text: string | undefined): number {
   return t;
 }
 
-function exportEntries(args: ExportArgs): void {
+async function exportEntries(args: ExportArgs): Promise<void> {
   const since = sinceMs(args.since);
-  for (const e of entriesOnDisk(stateDir(args['state-dir']))) if (Date.parse(e.time) >= since) process.stdout.write(`${JSON.stringify(e)}\n`);
+  for (const e of entriesOnDisk(await auditDir(args))) if (Date.parse(e.time) >= since) process.stdout.write(`${JSON.stringify(e)}\n`);
 }
 
 /** The registry's view, through the daemon, when it runs and the registry answers; else null (offline verify). */
@@ -107,7 +118,7 @@ function formatReport(r: VerifyReport, registry: string): string {
 }
 
 async function verify(args: DirArgs): Promise<void> {
-  const dir = auditDirOf(stateDir(args['state-dir']));
+  const dir = await auditDir(args);
   const opts = agentVerifyOptions(dir);
   const registry = await registryView(args);
   const report = await verifyLogDir(dir, { ...opts, cosigned: registry.cosigned, registryLines: registry.lines });
