@@ -1,6 +1,6 @@
 import { execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, unlinkSync } from 'node:fs';
+import { appendFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, unlinkSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -402,6 +402,21 @@ describe('audit log: a real process', () => {
     expect(full.pending).toBeGreaterThan(0);
     expect(full.dropped).toBe(0);
     expect(full.size).toBe(acksLater);
+
+    // A crash while the disk is full: the directory as a stopped process leaves it, recovered elsewhere.
+    process.kill(child.proc.pid!, 'SIGSTOP');
+    const crashCopy = newDir();
+    cpSync(inChild(join(mountPoint, 'audit')), crashCopy, { recursive: true });
+    const ackedAtCrash = new Map(child.acks);
+    process.kill(child.proc.pid!, 'SIGCONT');
+    rmSync(join(crashCopy, 'lock'), { force: true });
+    const recovered = await openLog(crashCopy);
+    const lostAtCrash = [...ackedAtCrash].filter(([seq, hash]) => seq >= recovered.size || sha16(recovered.read(seq, seq + 1)[0]!) !== hash);
+    console.log(`log: crash while full: recovered ${recovered.size} entries (${ackedAtCrash.size} acked), cut ${recovered.tornBytesCut} B, ${lostAtCrash.length} acknowledged lost`);
+    expect(lostAtCrash.length).toBe(0);
+    expect(recovered.damage).toBe(null);
+    await recovered.close();
+    expect((await verifyLogDir(crashCopy, verifyOpts)).problems).toEqual([]);
 
     // Space comes back (an operator deletes a file): the waiting entries go out in order.
     unlinkSync(inChild(join(mountPoint, 'filler')));
