@@ -124,7 +124,9 @@ export class AuditLog {
     const entriesPath = auditPath(opts.dir, 'entries');
     const checkpointsPath = auditPath(opts.dir, 'checkpoints');
     createDurably(opts.dir, [entriesPath, checkpointsPath]);
-    const cps = cutDebris(readLines(checkpointsPath), 0);
+    // Each checkpoint line is one write, synced before the next: only the last can be debris.
+    const cpsRead = readLines(checkpointsPath);
+    const cps = cutDebris(cpsRead, Math.max(0, cpsRead.lines.length - 1));
     if (cps.tornBytes > 0) cutTornTail(checkpointsPath, cps.goodLength);
     const last = cps.lines.length > 0 ? lastCheckpoint(cps.lines[cps.lines.length - 1]!) : null;
     const entries = cutDebris(readLines(entriesPath), last?.size ?? 0);

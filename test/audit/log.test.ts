@@ -246,6 +246,30 @@ describe('audit log: reopen and torn tails', () => {
     expect(report.problems[0]).toMatchObject({ kind: 'entry', seq: 12 });
   });
 
+  it('checkpoint lines: NUL debris in the last one is cut, a NUL in an earlier one is damage and kept', async () => {
+    const { dir } = await logOf(20);
+    const cps = auditPath(dir, 'checkpoints');
+    const log = await openLog(dir);
+    await appendMany(log, 5);
+    await log.close(); // a second checkpoint line, at 25
+    const whole = readFileSync(cps);
+    const secondAt = whole.indexOf('\n') + 1;
+    // The second line's first block never reached the disk: cut, the log goes on from the first checkpoint.
+    const debris = Buffer.from(whole);
+    debris.fill(0, secondAt, secondAt + 100);
+    const damaged = Buffer.from(whole);
+    damaged.fill(0, 10, 20); // inside the first line
+    for (const [what, bytes, expectedSize] of [['last line', debris, secondAt], ['first line', damaged, whole.length]] as const) {
+      const fh = await open(cps, 'w');
+      await fh.write(bytes, 0, bytes.length, 0);
+      await fh.close();
+      const again = await openLog(dir);
+      expect(statSync(cps).size, what).toBe(expectedSize);
+      expect(again.size).toBe(25);
+      await again.close();
+    }
+  });
+
   it('cuts a torn last checkpoint line and keeps the log verifiable', async () => {
     const { dir } = await logOf(20);
     const cps = auditPath(dir, 'checkpoints');
