@@ -24,6 +24,8 @@ export interface VerifyOptions {
   witness?: NoteVerifier | null;
   /** Cosigned checkpoints to check besides the directory's own `cosigned` (e.g. fetched from the registry now). */
   cosigned?: readonly string[];
+  /** How many entries the registry says it holds now: less than it once cosigned means it lost or hides some. */
+  registrySize?: number;
   /** The registry's copy of entries [from, to), to name the first entry that differs from it. */
   registryLines?: (from: number, to: number) => Promise<Buffer[]>;
 }
@@ -185,6 +187,9 @@ async function checkWitness(dir: string, opts: VerifyOptions, tree: MerkleTree, 
       continue;
     }
     witnessed = Math.max(witnessed ?? 0, cp.size);
+  }
+  if (witnessed !== null && opts.registrySize !== undefined && opts.registrySize < witnessed) {
+    add('witness', opts.registrySize, `the registry now holds ${opts.registrySize} entries of this log but cosigned ${witnessed}: it lost or hides entries ${opts.registrySize}..${witnessed - 1}`);
   }
   return witnessed;
 }

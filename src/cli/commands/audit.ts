@@ -90,7 +90,7 @@ async function exportEntries(args: ExportArgs): Promise<void> {
 }
 
 /** The registry's view, through the daemon, when it runs and the registry answers; else null (offline verify). */
-async function registryView(args: DirArgs): Promise<{ cosigned: string[]; lines?: (from: number, to: number) => Promise<Buffer[]>; note: string }> {
+async function registryView(args: DirArgs): Promise<{ cosigned: string[]; size?: number; lines?: (from: number, to: number) => Promise<Buffer[]>; note: string }> {
   if (args['state-dir'] !== undefined) return { cosigned: [], note: 'offline: the directory only (no daemon asked)' };
   try {
     const { head } = (await callDaemon(args.interface, 'auditRegistryHead')) as { head: { size: number; cosigned: string | null } };
@@ -98,7 +98,7 @@ async function registryView(args: DirArgs): Promise<{ cosigned: string[]; lines?
       const { entries } = (await callDaemon(args.interface, 'auditRegistryEntries', { from, limit: to - from })) as { entries: string[] };
       return entries.map((l) => Buffer.from(l, 'utf8'));
     };
-    return { cosigned: head.cosigned ? [head.cosigned] : [], lines, note: `the registry holds ${head.size} entries` };
+    return { cosigned: head.cosigned ? [head.cosigned] : [], size: head.size, lines, note: `the registry holds ${head.size} entries` };
   } catch (e) {
     return { cosigned: [], note: `the registry was not asked: ${(e as Error).message}` };
   }
@@ -121,7 +121,7 @@ async function verify(args: DirArgs): Promise<void> {
   const dir = await auditDir(args);
   const opts = agentVerifyOptions(dir);
   const registry = await registryView(args);
-  const report = await verifyLogDir(dir, { ...opts, cosigned: registry.cosigned, registryLines: registry.lines });
+  const report = await verifyLogDir(dir, { ...opts, cosigned: registry.cosigned, registrySize: registry.size, registryLines: registry.lines });
   printResult(args.json, { ...report, registry: registry.note }, () => formatReport(report, registry.note));
   if (!report.ok) process.exitCode = 1;
 }
