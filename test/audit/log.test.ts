@@ -134,7 +134,9 @@ describe('audit log: checkpoints', () => {
       await sleep(10);
     }
     await log.flushed();
-    await sleep(every * 3); // the tick after the last append checkpoints it
+    // The tick after the last append checkpoints it (waited for, not timed: the machine may be busy).
+    const lastSize = () => openCheckpoint(checkpointLines(dir).at(-1)!.note, [{ name: ORIGIN, publicKey: publicKeyOfSeed(SEED) }]).size;
+    for (let waited = 0; lastSize() < log.size && waited < 10_000; waited += every) await sleep(every);
     const busy = checkpointLines(dir);
     await sleep(every * 8);
     const idle = checkpointLines(dir);
