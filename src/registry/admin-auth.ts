@@ -40,15 +40,15 @@ export class AdminTokens {
     this.hashes = (await this.store.adminTokenHashes()).map((h) => Buffer.from(h, 'hex'));
   }
 
-  /** Refuses (RATE_LIMITED, UNAUTHORIZED) a request without a valid admin token. */
-  authorize(req: IncomingMessage): void {
+  /** Refuses (RATE_LIMITED, UNAUTHORIZED) a request without a valid admin token; returns the token's stored hash (hex). */
+  authorize(req: IncomingMessage): string {
     this.budget.check(req);
     const m = /^Bearer (\S{1,128})$/.exec((req.headers.authorization ?? '').slice(0, MAX_TOKEN_CHARS + 8));
     const presented = m ? Buffer.from(hashAdminToken(m[1]), 'hex') : null;
-    let ok = false;
+    let matched: Buffer | null = null;
     // Every stored hash is compared, whichever matches, so the time says nothing about which.
-    for (const h of this.hashes) if (presented && timingSafeEqual(h, presented)) ok = true;
-    if (ok) return;
+    for (const h of this.hashes) if (presented && timingSafeEqual(h, presented)) matched = h;
+    if (matched) return matched.toString('hex');
     this.budget.failed(req);
     refuse('UNAUTHORIZED', 'the admin API needs Authorization: Bearer <admin token> (agentvpn registry admin-token create)');
   }

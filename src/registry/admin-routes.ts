@@ -1,5 +1,4 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { AdminTokens } from './admin-auth.js';
 import { readBody, sendJson } from './http-body.js';
 import { getPolicy, listAgents, removeAgent, setPolicy } from './operator.js';
 import type { OperatorSync } from './operator-sync.js';
@@ -24,13 +23,14 @@ import type { RegistryStore } from './store.js';
 
 export interface AdminContext {
   store: RegistryStore;
-  admins: AdminTokens;
+  /** Refuses a request without a valid admin token (AdminTokens.authorize, with the registry's log told of logins and failures). */
+  authorize(req: IncomingMessage): Promise<void>;
   sync: OperatorSync;
 }
 
 /** Handles /v1/admin/...: `parts` is the path after "v1/admin". */
 export async function adminRoute(ctx: AdminContext, req: IncomingMessage, res: ServerResponse, parts: string[], network: string): Promise<void> {
-  ctx.admins.authorize(req);
+  await ctx.authorize(req);
   const method = req.method ?? '';
   const allow = (m: string) => {
     if (method !== m) refuse('METHOD_NOT_ALLOWED', `${method} is not allowed here`);

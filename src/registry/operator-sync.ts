@@ -2,13 +2,15 @@ import type { Logger } from 'pino';
 import type { AdminTokens } from './admin-auth.js';
 import type { EventHub } from './events.js';
 import type { Fleet } from './fleet-state.js';
+import type { RegistryEvents } from './registry-log.js';
 import type { OperatorAction, RegistryStore } from './store.js';
 
 /**
  * Brings operator actions into the running registry's memory, wherever they were taken (the
  * CLI on the database, the admin API here): the server polls each sweep (SWEEP_INTERVAL_MS), so
  * a removal reaches every agent's event stream within about a second. Actions apply once each,
- * in order, one poll at a time.
+ * in order, one poll at a time. Each poll then has the registry's own audit log catch up with the
+ * actions (registry-log.ts keeps its own cursor: it also logs actions taken while no registry ran).
  */
 
 /** Actions read per poll: a burst of operator scripting is taken over a few seconds, memory stays bounded. */
@@ -20,7 +22,8 @@ export class OperatorSync {
 
   /** `removed`: called after members were removed (the relay re-checks its sessions at once). */
   constructor(private readonly store: RegistryStore, private readonly fleet: Fleet, private readonly hub: EventHub,
-    private readonly admins: AdminTokens, private readonly log: Logger, private readonly removed: () => void) {}
+    private readonly admins: AdminTokens, private readonly log: Logger, private readonly removed: () => void,
+    private readonly registryLog: RegistryEvents) {}
 
   /** Loads blocked IDs and policies, and starts after the newest action (their effects are in the tables already). */
   async start(): Promise<void> {
@@ -48,6 +51,7 @@ export class OperatorSync {
     }
     if (removals > 0) this.removed();
     if (policiesChanged) await this.loadPolicies();
+    await this.registryLog.logActions();
   }
 
   /** Whether a member was removed. */

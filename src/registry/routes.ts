@@ -18,6 +18,7 @@ import { NAME_PATTERN, NETWORK_PATTERN } from '../net/names.js';
 import { canonicalRecord, verifyRecord, type AgentRecord, type SignedRecord } from './record.js';
 import { refuse } from './refusals.js';
 import { authorizeRead, checkClock, isAgentId } from './request-auth.js';
+import type { RegistryEvents } from './registry-log.js';
 import type { SignatureBudget } from './signature-budget.js';
 import type { RegistryStore, StoredKeyChain } from './store.js';
 
@@ -37,6 +38,8 @@ export interface RouteContext {
   /** Logs a change and pushes it to the network's event streams. */
   emit(network: string, kind: AgentChangeKind, entry: Entry, id: string): void;
   admin: AdminContext;
+  /** The registry's own audit log: joins and leaves are on disk before they are answered. */
+  events: RegistryEvents;
   /** /v1/audit/* (audit-routes.ts): `what` is the path's last part. */
   audit: { route(req: IncomingMessage, res: ServerResponse, what: string, url: URL, now: number): Promise<void> };
   stats(): RegistryStats;
@@ -96,7 +99,9 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
     const result = await store.admit({ network, id, name, tokenHash, timestamp, pool: ctx.pool, now });
     if (!result.ok) refuse(result.code, result.message);
     if (result.usedUpToken) hub.closeCredential(`token:${result.usedUpToken}`);
+    const before = fleet.net(network).members.get(id);
     fleet.net(network).setMember(result.member);
+    await ctx.events.joined(network, result.member, result.created, before !== undefined && before.name !== result.member.name);
     log.info({ network, id, name, ipv4: result.member.ipv4, event: 'join', created: result.created }, 'agent joined');
     const key = publicKeyOfAgentId(id)!;
     const answer: JoinResult = {
@@ -169,6 +174,7 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
     const changed = entry.view.online !== online;
     entry.setLiveness(online, lastSeen, true);
     if (changed) ctx.emit(network, online ? 'online' : 'offline', entry, id);
+    if (!online) await ctx.events.left(network, id);
     sendJson(res, 200, { ok: true });
   };
 

@@ -24,6 +24,7 @@ import {
 import { AdminTokens, createAdminToken } from './admin-auth.js';
 import { createAuditRoutes } from './audit-routes.js';
 import { OperatorSync } from './operator-sync.js';
+import { NO_REGISTRY_LOG, RegistryLog, registryLogDirOf, type RegistryEvents } from './registry-log.js';
 import { validateTags } from './tags.js';
 import { NETWORK_PATTERN } from '../net/names.js';
 import { REFUSALS } from './refusals.js';
@@ -31,8 +32,8 @@ import { LogBudget } from './log-budget.js';
 import { createRoutes } from './routes.js';
 import { SignatureBudget } from './signature-budget.js';
 import { SqliteStore } from './sqlite-store.js';
-import { ephemeralWitnessKey, loadWitnessKey, witnessKeyFileOf } from './witness-key.js';
-import type { RegistryStore } from './store.js';
+import { DEFAULT_WITNESS_HOST, ephemeralWitnessKey, loadWitnessKey, witnessKeyFileOf } from './witness-key.js';
+import { WITNESS_HOST_KEY, type RegistryStore } from './store.js';
 
 export interface RegistryOptions {
   /** "HOST:PORT" ("[::1]:PORT" for IPv6); port 0 picks a free one. Default 127.0.0.1:0. */
@@ -56,6 +57,8 @@ export interface RegistryOptions {
   witnessKey?: string;
   /** The host part of the witness's key name (default "registry"). */
   witnessHost?: string;
+  /** The registry's own audit log directory; default: `<db>.audit`. A registry with neither keeps no log of its own. */
+  auditDir?: string;
   /** Connection and event-stream caps (limits.ts); the defaults follow the process's descriptor limit. */
   limits?: Partial<RegistryLimits>;
   log?: Logger;
@@ -138,6 +141,7 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
   log.info({ event: 'witness-key', name: witness.name, publicKey: witness.publicKey.toString('base64'), file: witness.file || null, created: witness.created },
     witness.file ? `witness key ${witness.name} (${witness.created ? 'created' : 'loaded'}: ${witness.file})` : `witness key ${witness.name} (in memory only)`);
   const store = opts.store ?? new SqliteStore(opts.db!);
+  await store.setMeta(WITNESS_HOST_KEY, opts.witnessHost ?? DEFAULT_WITNESS_HOST);
 
   const limits = { ...defaultLimits(), ...opts.limits };
   const fleet = new Fleet();
@@ -157,9 +161,29 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
 
   const hub = new EventHub(limits);
   const admins = new AdminTokens(store);
+  const auditDir = opts.auditDir ?? (opts.db ? registryLogDirOf(opts.db) : null);
+  if (!auditDir) log.warn({ event: 'no-registry-log' }, 'the registry keeps no audit log of its own (no --db or --audit-dir)');
+  let registryLog: RegistryEvents;
+  try {
+    registryLog = auditDir ? await RegistryLog.open({ dir: auditDir, witness, store, log }) : NO_REGISTRY_LOG;
+  } catch (e) {
+    if (!opts.store) await store.close();
+    throw e;
+  }
   let relayRef: RunningRelay | null = null;
-  const sync = new OperatorSync(store, fleet, hub, admins, log, () => relayRef?.recheck());
+  const sync = new OperatorSync(store, fleet, hub, admins, log, () => relayRef?.recheck(), registryLog);
   await sync.start();
+  /** Admin requests: the token checked, its first use and failures written to the registry's log. */
+  const authorizeAdmin = async (req: IncomingMessage): Promise<void> => {
+    let hash: string;
+    try {
+      hash = admins.authorize(req);
+    } catch (e) {
+      await registryLog.adminAuthFailed(req);
+      throw e;
+    }
+    await registryLog.adminLogin(hash, req);
+  };
   const guard = new ConnectionGuard({ perAddress: limits.connectionsPerAddress, total: limits.connections });
   const counters = { requests: 0, refused: {} as Record<string, number> };
 
@@ -196,10 +220,11 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
 
   const signatures = new SignatureBudget();
   const audit = createAuditRoutes({
-    store, fleet, witness, signatures, defaultNetwork, log, authorizeAdmin: async (req) => admins.authorize(req), refusalKept: async () => {},
+    store, fleet, witness, signatures, defaultNetwork, log, authorizeAdmin, refusalKept: (r, skipped) => registryLog.refused(r, skipped),
   });
   const route = createRoutes({
-    store, fleet, hub, signatures, log, defaultNetwork, pool, heartbeatIntervalMs, offlineAfterMs, relayInfo, emit, stats, admin: { store, admins, sync }, audit,
+    store, fleet, hub, signatures, log, defaultNetwork, pool, heartbeatIntervalMs, offlineAfterMs, relayInfo, emit, stats,
+    admin: { store, authorize: authorizeAdmin, sync }, audit, events: registryLog,
   });
 
   const onRequest = (req: IncomingMessage, res: ServerResponse) => {
@@ -300,6 +325,7 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
       e.code === 'EADDRINUSE' ? 'another process uses that port: pick another --listen port' : 'check the --listen address')));
     server.listen(port, host, () => resolve());
   }).catch(async (e) => {
+    await registryLog.close();
     if (!opts.store) await store.close();
     throw e;
   });
@@ -310,6 +336,7 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
       relay = relayRef = await startBuiltInRelay(bound);
     } catch (e) {
       await new Promise<void>((resolve) => server.close(() => resolve()));
+      await registryLog.close();
       if (!opts.store) await store.close();
       throw e;
     }
@@ -324,7 +351,11 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     url,
     port: bound,
     stats,
-    createToken: (o = {}) => createJoinToken(store, { network: o.network ?? defaultNetwork, expiresInMs: o.expiresInMs, uses: o.uses, tags: o.tags }),
+    createToken: async (o = {}) => {
+      const token = await createJoinToken(store, { network: o.network ?? defaultNetwork, expiresInMs: o.expiresInMs, uses: o.uses, tags: o.tags });
+      await sync.poll(); // in the registry's log before it is handed out
+      return token;
+    },
     createAdminToken: async () => {
       const token = await createAdminToken(store);
       await sync.poll();
@@ -347,6 +378,7 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
       }, STOP_GRACE_MS)))]);
       clearTimeout(timer);
       await flush().catch((err: unknown) => log.error({ err }, 'saving agent liveness failed'));
+      await registryLog.close().catch((err: unknown) => log.error({ err }, 'closing the registry audit log failed'));
       if (!opts.store) await store.close();
       log.info({ event: 'stopped' }, 'registry stopped');
     })()),

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
@@ -8,7 +9,7 @@ import { extendsChain } from './key-chain.js';
 import { EMPTY_WINDOW, isReplayed, takeTimestamp, type ReplayWindow } from './replay-window.js';
 import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import {
-  allocateFromPool, type AdmitRequest, type AdmitResult, type AuditAppend, type AuditAppendResult, type AuditEntryRow, type AuditHead, type AuditRefusal,
+  LOGGED_ACTIONS_KEY, allocateFromPool, type AdmitRequest, type AdmitResult, type AuditAppend, type AuditAppendResult, type AuditEntryRow, type AuditHead, type AuditRefusal,
   type BlockedAgent, type StoredCheckpoint, type LivenessRequest, type LivenessResult, type Member, type OperatorAction,
   type PutRecordResult, type RegistryStore, type RemoveResult, type StoredKeyChain, type StoredPolicy, type StoredRecord, type StoredToken,
   type TimestampResult, type TokenCheck,
@@ -222,6 +223,8 @@ export class SqliteStore implements RegistryStore {
         if (!has) this.db.exec(c.sql);
       }
       this.db.prepare(`INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(String(SCHEMA_VERSION));
+      // The registry's own log starts with this version: actions taken before it are not logged afterwards.
+      this.db.prepare(`INSERT INTO meta (key, value) SELECT ?, CAST(COALESCE(MAX(seq), 0) AS TEXT) FROM operator_actions WHERE true ON CONFLICT (key) DO NOTHING`).run(LOGGED_ACTIONS_KEY);
     }).immediate();
   }
 
@@ -423,7 +426,7 @@ export class SqliteStore implements RegistryStore {
       const version = (row?.version ?? 0) + 1;
       this.sql(`INSERT INTO policies (network, version, text, set_at) VALUES (?, ?, ?, ?)
         ON CONFLICT (network) DO UPDATE SET version = excluded.version, text = excluded.text, set_at = excluded.set_at`).run(network, version, text, now);
-      this.recordAction(network, 'policy', null, now, { version });
+      this.recordAction(network, 'policy', null, now, { version, sha256: createHash('sha256').update(text, 'utf8').digest('hex') });
       return { network, version, text, setAt: now };
     }).immediate();
   }

@@ -51,6 +51,11 @@ export interface StoredPolicy {
   setAt: number;
 }
 
+/** meta key: the seq of the last operator action the registry's own audit log holds (registry-log.ts). */
+export const LOGGED_ACTIONS_KEY = 'registry_log_action_seq';
+/** meta key: the host part of the witness key's name the registry last ran with (so a verifier names the key the same way). */
+export const WITNESS_HOST_KEY = 'witness_host';
+
 /**
  * What an operator did to the database, in order. A registry process polls for new actions
  * each sweep, so a CLI run on the same database reaches the running server within ~1 s.
@@ -62,7 +67,7 @@ export interface OperatorAction {
   /** The agent acted on ('remove', 'block'); the token's hash ('token', 'admin-token'). */
   id: string | null;
   at: number;
-  /** Facts for the registry's audit log: {name, wasMember} (remove, block), {version} (policy), {expiresAt, uses, tags} (token). */
+  /** Facts for the registry's audit log: {name, wasMember} (remove, block), {version, sha256 of the text} (policy), {expiresAt, uses, tags} (token). */
   detail: Record<string, unknown> | null;
 }
 

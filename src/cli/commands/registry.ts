@@ -10,6 +10,7 @@ import { getPolicy, listAgents, removeAgent, setPolicy, type AgentListing } from
 import { SqliteStore } from '../../registry/sqlite-store.js';
 import type { RegistryStore } from '../../registry/store.js';
 import { columns, printResult, runCommand, type GlobalArgs } from '../output.js';
+import { registryAuditCommand } from './registry-audit.js';
 import { parseDuration } from '../duration.js';
 
 interface ServeArgs extends GlobalArgs {
@@ -24,6 +25,7 @@ interface ServeArgs extends GlobalArgs {
   'log-level': string;
   'witness-key'?: string;
   'witness-host'?: string;
+  'audit-dir'?: string;
 }
 
 interface TokenArgs extends GlobalArgs {
@@ -64,6 +66,7 @@ async function serve(args: ServeArgs): Promise<void> {
   const registry = await startRegistry({
     listen: args.listen, db: args.db, network: args.network, pool: args.pool, tlsCert: args['tls-cert'], tlsKey: args['tls-key'],
     offlineAfterMs: Math.round(args['offline-after'] * 1000), relay: args.relay, log, witnessKey: args['witness-key'], witnessHost: args['witness-host'],
+    auditDir: args['audit-dir'],
   });
   const relay = registry.relay && { udpPort: registry.relay.udpPort, stunPorts: [registry.relay.udpPort, registry.relay.stunSecondPort] };
   printResult(args.json, { url: registry.url, port: registry.port, network: args.network, db: args.db, relay, witness: registry.witness },
@@ -268,6 +271,7 @@ export const registryCommand: CommandModule<GlobalArgs, ServeArgs> = {
       .command(agentCommand)
       .command(adminTokenCommand)
       .command(policyCommand)
+      .command(registryAuditCommand)
       .option('listen', { type: 'string', describe: 'HOST:PORT to serve on, e.g. 0.0.0.0:7443' })
       .option('db', dbOption)
       .option('network', { ...networkOption, describe: 'network for requests that name none' })
@@ -278,6 +282,7 @@ export const registryCommand: CommandModule<GlobalArgs, ServeArgs> = {
       .option('relay', { type: 'boolean', default: true, describe: 'run the built-in relay and STUN (UDP on the same port number, STUN also on the next; --no-relay turns them off)' })
       .option('witness-key', { type: 'string', describe: 'the witness key file that cosigns agents\' audit checkpoints (created with mode 0600 on first start; default: DB.witness-key)' })
       .option('witness-host', { type: 'string', describe: 'the host part of the witness key name (default: registry)' })
+      .option('audit-dir', { type: 'string', describe: "the registry's own audit log directory (default: DB.audit)" })
       .option('log-level', { type: 'string', default: process.env.AGENTVPN_LOG_LEVEL ?? 'info', choices: ['debug', 'info', 'warn', 'error'] }) as unknown as Argv<ServeArgs>,
   handler: runCommand(serve),
 };
