@@ -11,7 +11,7 @@ import type { AgentRecord } from './record.js';
  * The registry's wire protocol, shared by server and client: the exact bytes each signature
  * covers, the Authorization header, the JSON shapes, and the protocol's limits and timings.
  *
- * HTTP/1.1, JSON bodies of at most MAX_BODY_BYTES (nested at most MAX_JSON_DEPTH deep);
+ * HTTP/1.1, JSON bodies of at most MAX_BODY_BYTES (an audit ship: MAX_SHIP_BYTES), nested at most MAX_JSON_DEPTH deep;
  * `?network=NAME` names the network (the registry's default without it).
  *
  * | request                              | authorization                   | body / answer                                  |
@@ -29,7 +29,7 @@ import type { AgentRecord } from './record.js';
  * | GET /v1/audit/witness                | none                            | {ok, name, publicKey}: the witness key         |
  * | POST /v1/audit/ship?agent=ID         | the body's signed checkpoint    | AuditShip → {ok, size, cosigned}               |
  * | GET /v1/audit/head?agent=ID          | the agent itself, or admin      | {ok, size, cosigned | null}                    |
- * | GET /v1/audit/entries?agent=ID&from=S&limit=L | the agent itself, or admin | {ok, entries: string[]}                  |
+ * | GET /v1/audit/entries?agent=ID&from= | the agent itself, or admin      | {ok, entries: string[]} (&limit=, ≤ 512)       |
  * | GET /healthz                         | none                            | {ok: true}                                     |
  *
  * Audit (audit-routes.ts): an agent ships its log's new entries with its signed checkpoint of the
