@@ -2,6 +2,7 @@ import { extendRange, rangeRoot } from '../audit/compact-range.js';
 import { openCheckpoint, parseNote, keyIdOf, MAX_NOTE_BYTES, type Checkpoint, type NoteVerifier } from '../audit/checkpoint.js';
 import { MAX_ENTRY_BYTES, parseEntry } from '../audit/entry.js';
 import { HASH_SIZE, leafHash, verifyConsistency } from '../audit/merkle.js';
+import { agentLogOrigin } from '../audit/origin.js';
 import { AgentVpnError } from '../errors.js';
 import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import type { KeyStatement } from '../identity/rotation.js';
@@ -22,14 +23,9 @@ const MAX_PROOF_HASHES = 64;
 const HASH_BASE64 = /^[A-Za-z0-9+/]{43}=$/;
 const FIELDS = ['agent', 'checkpoint', 'entries', 'from', 'proof'];
 
-/** An agent log's origin and checkpoint key name (issue9-design.md). */
-export function agentLogName(agent: string): string {
-  return `agentvpn.audit/${agent}`;
-}
-
 /** The keys that may sign the agent's checkpoints: every key of its chain, or the ID's own key. */
 export function agentLogVerifiers(agent: string, chain: readonly KeyStatement[] | undefined): NoteVerifier[] {
-  const name = agentLogName(agent);
+  const name = agentLogOrigin(agent);
   const keys = chain && chain.length > 0 ? chain.map((s) => Buffer.from(s.key, 'base64')) : [publicKeyOfAgentId(agent)!];
   return keys.map((publicKey) => ({ name, publicKey }));
 }
@@ -78,7 +74,7 @@ export function openShipCheckpoint(note: string, agent: string, verifiers: reado
     if (e.code === 'AUDIT_NOTE_UNVERIFIED' || e.code === 'AUDIT_NOTE_BAD_SIGNATURE') refuse('AUDIT_BAD_SIGNATURE', `the checkpoint is not signed by a key of agent ${agent}'s chain: ${e.message}`);
     malformed(`the checkpoint: ${e.message}`);
   }
-  if (checkpoint.origin !== agentLogName(agent)) malformed(`the checkpoint's origin is not ${agentLogName(agent)}`);
+  if (checkpoint.origin !== agentLogOrigin(agent)) malformed(`the checkpoint's origin is not ${agentLogOrigin(agent)}`);
   const parsed = parseNote(note);
   const lines = parsed.signatures
     .filter((s) => verifiers.some((v) => v.name === s.name && keyIdOf(v.name, v.publicKey).equals(s.keyId)))

@@ -3,13 +3,14 @@
  * the agent's key), and the ship bodies it sends, honest or doctored.
  */
 import { signCheckpoint } from '../../src/audit/checkpoint.js';
+import { agentLogOrigin } from '../../src/audit/origin.js';
 import { encodeEntry } from '../../src/audit/entry.js';
 import { MerkleTree } from '../../src/audit/merkle.js';
 import { randomSeed, signingKeyOf } from '../../src/identity/ed25519.js';
 import { Identity } from '../../src/identity/identity.js';
 import type { AuditShip } from '../../src/registry/protocol.js';
 
-export const originOf = (id: string) => `agentvpn.audit/${id}`;
+export const originOf = agentLogOrigin;
 
 export class TestAgentLog {
   readonly seed = randomSeed();
