@@ -58,6 +58,8 @@ const DEFAULT_CHECKPOINT_EVERY_MS = 10_000;
 /** ~100k entries of a few hundred bytes: tens of MB held while a disk is failing, then refused. */
 const DEFAULT_MAX_PENDING = 100_000;
 const RETRY_MIN_MS = 100;
+/** How long close() waits for a failing disk before it gives up on what still waits. */
+const CLOSE_WAIT_MS = 5_000;
 const RETRY_MAX_MS = 5_000;
 const NEWLINE = Buffer.from('\n');
 
@@ -230,7 +232,12 @@ export class AuditLog {
     if (this.closed) return;
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
-    await this.flushed();
+    // A disk that stays full must not hang the shutdown: what still waits then is lost, and said so.
+    const drained = await Promise.race([this.flushed().then(() => true), new Promise<false>((r) => setTimeout(() => r(false), CLOSE_WAIT_MS).unref())]);
+    if (!drained) {
+      this.opts.onWriteError?.(new Error(`closing with ${this.waiting.length} audit entries not written (the disk does not take them)`));
+      return;
+    }
     await this.checkpoint().catch((e) => this.opts.onWriteError?.(e as Error));
     await this.entriesFile.close();
     await this.checkpointsFile.close();
@@ -238,7 +245,7 @@ export class AuditLog {
   }
 
   private async checkpointIfNew(): Promise<void> {
-    if (this.durable > this.checkpointed || this.lastNote === null) await this.checkpoint().catch((e) => this.opts.onWriteError?.(e as Error));
+    if (this.durable > this.checkpointed) await this.checkpoint().catch((e) => this.opts.onWriteError?.(e as Error));
   }
 
   private async writeCheckpoint(): Promise<string | null> {

@@ -152,7 +152,9 @@ function claimedSize(note: string): number {
 }
 
 function readCheckpointLines(dir: string): { note: string; leaves: Buffer | null }[] {
-  return readLines(auditPath(dir, 'checkpoints')).lines.map((line) => {
+  // As the log does at open: only the last line can be crash debris (one synced write per line).
+  const read = readLines(auditPath(dir, 'checkpoints'));
+  return cutDebris(read, Math.max(0, read.lines.length - 1)).lines.map((line) => {
     try {
       const v = JSON.parse(line.toString('utf8')) as { note?: unknown; leaves?: unknown };
       return { note: typeof v.note === 'string' ? v.note : '', leaves: typeof v.leaves === 'string' ? Buffer.from(v.leaves, 'base64') : null };

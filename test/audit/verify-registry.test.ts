@@ -30,3 +30,18 @@ it("a registry that now holds fewer entries than it cosigned (lost or hidden one
   const rolledBack = await verifyLogDir(dir, { ...opts, registrySize: 8 });
   expect(rolledBack.problems[0]).toMatchObject({ kind: 'witness', seq: 8 });
 });
+
+it('crash debris on the last checkpoint line (zeros of an unfinished write) is not a problem for verify, as it is not for the log', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'avdebris-'));
+  dirs.push(dir);
+  const seed = randomSeed();
+  const origin = 'agentvpn.audit/avtest';
+  const log = await AuditLog.open({ dir, owner: 'avtest', origin, signer: { name: origin, key: signingKeyOf(seed) } });
+  for (let i = 0; i < 5; i++) await log.append('test.event', String(i), {});
+  await log.close();
+  const { appendFileSync } = await import('node:fs');
+  appendFileSync(join(dir, 'checkpoints.jsonl'), Buffer.concat([Buffer.alloc(300), Buffer.from('\n')]));
+  const report = await verifyLogDir(dir, { owner: 'avtest', origin, keys: [publicKeyOfSeed(seed)] });
+  expect(report.problems).toEqual([]);
+  expect(report.checkpointedSize).toBe(5);
+});
