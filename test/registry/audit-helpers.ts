@@ -16,7 +16,7 @@ export class TestAgentLog {
   readonly seed = randomSeed();
   readonly identity = new Identity(this.seed);
   readonly lines: string[] = [];
-  readonly tree = new MerkleTree();
+  tree = new MerkleTree();
   /** Who signs checkpoints: the agent's key unless a test swaps it. */
   signerKey = signingKeyOf(this.seed);
 

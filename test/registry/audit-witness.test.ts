@@ -6,6 +6,7 @@
 // are refused before anything is stored. Each test prints what it measured.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openCheckpoint } from '../../src/audit/checkpoint.js';
@@ -15,7 +16,14 @@ import { RegistryClient, RegistryRefusal } from '../../src/registry/client.js';
 import { MAX_SHIP_ENTRIES, type AuditShip } from '../../src/registry/protocol.js';
 import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
 import { SqliteStore } from '../../src/registry/sqlite-store.js';
+import { MerkleTree } from '../../src/audit/merkle.js';
 import { TestAgentLog, originOf } from './audit-helpers.js';
+
+function rebuild(lines: string[]): MerkleTree {
+  const t = new MerkleTree();
+  for (const l of lines) t.append(Buffer.from(l));
+  return t;
+}
 
 const NET = 'default';
 
@@ -60,6 +68,19 @@ describe('audit witness', () => {
     } finally {
       await store.close();
     }
+  }
+
+  /** A ship sent from another loopback address (its own failure budget): a stranger on another host. */
+  function postFrom(localAddress: string, agent: string, body: string): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const url = new URL(`${reg.url}/v1/audit/ship?network=${NET}&agent=${agent}`);
+      const req = request({ host: url.hostname, port: url.port, path: url.pathname + url.search, method: 'POST', localAddress, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+        let text = '';
+        res.setEncoding('utf8').on('data', (d: string) => (text += d)).on('end', () => resolve(String((JSON.parse(text) as { code?: string }).code ?? res.statusCode)));
+      });
+      req.on('error', reject);
+      req.end(body);
+    });
   }
 
   const codeOf = async (p: Promise<unknown>) => p.then(() => 'no error', (e: RegistryRefusal) => e.code);
@@ -202,5 +223,47 @@ describe('audit witness', () => {
     expect(codes.RATE_LIMITED ?? 0).toBeGreaterThanOrEqual(40);
     await new Promise((r) => setTimeout(r, 1100));
     expect((await client.auditShip(log.add(1).ship(0))).size).toBe(1);
+  });
+
+  it("a member's ships are budgeted (a burst of 16, then 2 a second); junk claiming its ID from another address does not spend that budget", async () => {
+    const { log, client } = await member('alpha');
+    const junk = JSON.stringify({ agent: log.id, from: 0, entries: ['{}'], checkpoint: 'junk', proof: [] });
+    const strangers = await Promise.all(Array.from({ length: 30 }, () => postFrom('127.0.0.2', log.id, junk)));
+    const started = Date.now();
+    let accepted = 0;
+    const codes: Record<string, number> = {};
+    for (let i = 0; i < 30; i++) {
+      try {
+        await client.auditShip(log.add(1).ship(accepted));
+        accepted++;
+      } catch (e) {
+        const code = (e as RegistryRefusal).code;
+        codes[code] = (codes[code] ?? 0) + 1;
+        log.lines.pop();
+        log.tree = rebuild(log.lines);
+      }
+    }
+    const seconds = (Date.now() - started) / 1000;
+    console.log(`stranger from 127.0.0.2: ${strangers.filter((c) => c === 'AUDIT_MALFORMED').length} parsed, ${strangers.filter((c) => c === 'RATE_LIMITED').length} refused unread; ` +
+      `member: 30 ships in ${seconds.toFixed(2)} s, ${accepted} accepted, refused ${JSON.stringify(codes)}`);
+    expect(accepted).toBeGreaterThanOrEqual(16);
+    expect(accepted).toBeLessThanOrEqual(16 + Math.ceil(2 * seconds) + 1);
+    expect(codes.AUDIT_RATE_LIMITED).toBe(30 - accepted);
+    expect(reg.stats().audit.rateLimited).toBe(30 - accepted);
+  });
+
+  it('a member forking on purpose gets 10 refusals an hour kept; the rest are counted, not stored', async () => {
+    const { log, client } = await member('alpha');
+    await client.auditShip(log.add(2).ship(0));
+    const codes: string[] = [];
+    for (let i = 0; i < 14; i++) {
+      const fork = log.forkAt(0).add(1, { text: `fork ${i}` });
+      codes.push(await codeOf(client.auditShip(fork.ship(2))));
+    }
+    const kept = (await held(log.id)).refusals.length;
+    console.log(`14 forked ships: ${codes.filter((c) => c === 'AUDIT_INCONSISTENT').length} refused as inconsistent, ${kept} kept, ${reg.stats().audit.refusalsNotKept} counted only`);
+    expect(codes.every((c) => c === 'AUDIT_INCONSISTENT')).toBe(true);
+    expect(kept).toBe(10);
+    expect(reg.stats().audit.refusalsNotKept).toBe(4);
   });
 });
