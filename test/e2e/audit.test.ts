@@ -162,11 +162,11 @@ describe.runIf(labReady(['ip', 'ping', 'curl', 'python3']))('audit trail', () =>
       if (entries.length === 0) break;
       theirs.push(...entries);
     }
-    expect(theirs).toEqual(local);
+    expect(theirs.slice(0, local.length)).toEqual(local); // the registry may already hold entries written since
     expect(theirs.filter((l) => l.includes('during-outage')).map((l) => (JSON.parse(l) as AuditEntry).details.text)).toEqual(notes);
     const v = await verify(alpha);
     expect(v.report.problems).toEqual([]);
-    expect(v.report.witnessedSize).toBe(local.length);
+    expect(v.report.witnessedSize).toBeGreaterThanOrEqual(local.length); // the restart's own entries may have arrived since
     const reg = await lab.exec(regNs, [process.execPath, AGENTVPN_BIN, 'registry', 'audit', 'verify', '--db', registry.db, '--json'], { check: false });
     console.log(`registry audit verify: exit ${reg.code} ${reg.stdout.slice(0, 300)}`);
     expect(reg.code).toBe(0);
@@ -178,15 +178,19 @@ describe.runIf(labReady(['ip', 'ping', 'curl', 'python3']))('audit trail', () =>
     const bundle = (await alpha.cli(['audit', 'prove', '3'])).stdout;
     const file = join(lab.dir, 'proof.json');
     writeFileSync(file, bundle);
-    const witness = JSON.parse(readFileSync(join(alpha.stateDir, 'audit', 'witness.json'), 'utf8')) as { name: string; publicKey: string };
-    const ok = await alpha.cli(['audit', 'check-proof', file, '--witness-key', `${witness.name}+${witness.publicKey}`, '--json']);
+    // The third party takes the witness key from the registry's operator, not from the agent.
+    const w = JSON.parse((await lab.run(regNs, [process.execPath, AGENTVPN_BIN, 'registry', 'audit', 'witness', '--db', registry.db, '--json'])).stdout) as { name: string; witnessKey: string };
+    const pinned = JSON.parse(readFileSync(join(alpha.stateDir, 'audit', 'witness.json'), 'utf8')) as { name: string; publicKey: string };
+    expect(w.witnessKey).toBe(`${pinned.name}+${pinned.publicKey}`);
+    const witnessKey = w.witnessKey;
+    const ok = await alpha.cli(['audit', 'check-proof', file, '--witness-key', witnessKey, '--json']);
     const r = JSON.parse(ok.stdout) as { witnessedBy: string; entry: AuditEntry };
-    expect(r.witnessedBy).toBe(witness.name);
+    expect(r.witnessedBy).toBe(w.name);
     expect(r.entry.seq).toBe(3);
     const altered = JSON.parse(bundle) as { entry: string };
     altered.entry = altered.entry.replace(/"time":"[^"]+"/, '"time":"2020-01-01T00:00:00.000Z"');
     writeFileSync(file, JSON.stringify(altered));
-    const bad = await alpha.cli(['audit', 'check-proof', file, '--witness-key', `${witness.name}+${witness.publicKey}`], { check: false });
+    const bad = await alpha.cli(['audit', 'check-proof', file, '--witness-key', witnessKey], { check: false });
     expect(bad.code).toBe(1);
     expect(bad.stderr).toContain('does not hold');
   });

@@ -138,7 +138,7 @@ interface CheckArgs extends GlobalArgs {
 /** NAME+BASE64 (the form `agentvpn registry audit witness` prints). */
 function parseWitnessKey(text: string | undefined) {
   if (text === undefined) return undefined;
-  const at = text.lastIndexOf('+');
+  const at = text.indexOf('+'); // key names hold no "+"; base64 may
   const publicKey = Buffer.from(text.slice(at + 1), 'base64');
   if (at <= 0 || publicKey.length !== 32) throw new AgentVpnError('USAGE', '--witness-key must be NAME+BASE64 (32-byte Ed25519 key)', 'copy it from `agentvpn registry audit witness` on the registry host');
   return { name: text.slice(0, at), publicKey };

@@ -69,6 +69,16 @@ async function verify(args: AuditArgs): Promise<void> {
   process.exitCode = 1;
 }
 
+/** The witness key as NAME+BASE64: what `agentvpn audit check-proof --witness-key` takes. */
+async function witness(args: AuditArgs): Promise<void> {
+  const w = await openDb(args.db, async (store) => {
+    const host = args['witness-host'] ?? (await store.getMeta(WITNESS_HOST_KEY)) ?? DEFAULT_WITNESS_HOST;
+    return readWitnessPublic(args['witness-key'] ?? witnessKeyFileOf(args.db), host);
+  });
+  const publicKey = Buffer.from(w.publicKey).toString('base64');
+  printResult(args.json, { name: w.name, publicKey, witnessKey: `${w.name}+${publicKey}` }, () => `${w.name}+${publicKey}`);
+}
+
 async function refusals(args: AuditArgs): Promise<void> {
   const list: AuditRefusal[] = await openDb(args.db, (store) => store.auditRefusals(0, MAX_LISTED));
   printResult(args.json, { refusals: list }, () => {
@@ -95,7 +105,8 @@ export const registryAuditCommand: CommandModule<GlobalArgs, GlobalArgs> = {
         command: 'verify', describe: 'Verify every agent log in the database and the registry\'s own log; names the first bad entry, exits non-zero',
         builder: options, handler: runCommand(verify),
       })
+      .command<AuditArgs>({ command: 'witness', describe: "Print the witness key as NAME+KEY, for a third party's `agentvpn audit check-proof --witness-key`", builder: options, handler: runCommand(witness) })
       .command<AuditArgs>({ command: 'refusals', describe: 'List the ships refused as inconsistent (forks), kept as evidence', builder: options, handler: runCommand(refusals) })
-      .demandCommand(1, 'say what to do: verify or refusals'),
+      .demandCommand(1, 'say what to do: verify, witness or refusals'),
   handler: () => {},
 };
