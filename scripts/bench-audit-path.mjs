@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { REPO_ROOT, Lab, iperf3, labUnavailableReasons, startLabAgent, startLabRegistry, waitFor, waitForFleet } from '../dist/lab/index.js';
+import { REPO_ROOT, Lab, iperf3, labUnavailableReasons, startHubFleet, waitFor } from '../dist/lab/index.js';
 
 const { values: args } = parseArgs({ options: { seconds: { type: 'string', default: '10' }, json: { type: 'boolean', default: false } } });
 const SECONDS = Number(args.seconds);
@@ -18,25 +18,13 @@ if (reasons.length) {
   process.exit(1);
 }
 const progress = (msg) => process.stderr.write(`bench-audit-path: ${msg}\n`);
-const REGISTRY = '203.0.113.10';
 const WRITER = join(REPO_ROOT, 'test', 'e2e', 'fixtures', 'audit-writer.mjs');
 
 const lab = new Lab();
 const rows = [];
 try {
-  const hub = await lab.addRouter('hub');
-  const regNs = await lab.addNamespace('reg');
-  await lab.connect(hub, regNs, { a: '203.0.113.1/24', b: `${REGISTRY}/24`, ifB: 'eth0' });
-  await lab.ip(regNs, ['route', 'add', 'default', 'via', '203.0.113.1']);
-  const registry = await startLabRegistry(lab, regNs, REGISTRY);
-  const agents = [];
-  for (const [i, name] of ['alpha', 'beta'].entries()) {
-    const ns = await lab.addNamespace(name);
-    await lab.connect(hub, ns, { a: `192.0.2.${16 * i + 1}/28`, b: `192.0.2.${16 * i + 2}/28`, ifB: 'eth0' });
-    await lab.ip(ns, ['route', 'add', 'default', 'via', `192.0.2.${16 * i + 1}`]);
-    agents.push(await startLabAgent(lab, ns, name, registry));
-  }
-  await waitForFleet(agents, 30_000);
+  const { agents: fleet } = await startHubFleet(lab, ['alpha', 'beta']);
+  const agents = [fleet.alpha, fleet.beta];
   const [alpha, beta] = agents;
   const betaIp = (await beta.json(['id'])).ipv4;
   await waitFor(async () => (await lab.exec(alpha.ns, ['ping', '-c', '1', '-W', '1', betaIp])).code === 0, { timeoutMs: 15_000, what: 'tunnel up' });

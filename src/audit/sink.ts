@@ -2,10 +2,11 @@ import type { JsonValue } from './entry.js';
 
 /**
  * Where a part of the agent reports a security-relevant event (docs/audit.md lists the types).
- * Reporting never blocks the caller: the entry is written off the packet path, in batches, and a
- * caller that must not go on before it is durable awaits AuditLog.append itself.
+ * The entry is written off the packet path, in batches. The promise resolves once it is on disk
+ * (or, with a failing disk, after a bounded wait: the entry stays queued) and never rejects, so
+ * an action that must be logged before it takes effect awaits it, and any other caller ignores it.
  */
-export type AuditSink = (type: string, subject: string, details?: { [key: string]: JsonValue }) => void;
+export type AuditSink = (type: string, subject: string, details?: { [key: string]: JsonValue }) => Promise<void>;
 
-/** For parts built without an audit log (tests, static mode before it has one). */
-export const noAudit: AuditSink = () => {};
+/** For parts built without an audit log (tests). */
+export const noAudit: AuditSink = () => Promise.resolve();

@@ -135,13 +135,15 @@ export class Admission {
     if (known && known.record.wgPublicKey !== r.wgPublicKey) {
       daemon.removePeer(Buffer.from(known.record.wgPublicKey, 'base64'));
       this.idByWgKey.delete(known.record.wgPublicKey);
-      this.opts.audit?.('peer.rekeyed', r.id, { name: r.name, wgPublicKey: r.wgPublicKey });
     }
+    const logged = !known ? this.opts.audit?.('peer.added', r.id, { name: r.name, ipv4: r.ipv4, ipv6: r.ipv6, wgPublicKey: r.wgPublicKey, tags: tagsOf(view) })
+      : known.record.wgPublicKey !== r.wgPublicKey ? this.opts.audit?.('peer.rekeyed', r.id, { name: r.name, wgPublicKey: r.wgPublicKey }) : undefined;
     this.idByWgKey.set(r.wgPublicKey, r.id);
-    if (!known) this.opts.audit?.('peer.added', r.id, { name: r.name, ipv4: r.ipv4, ipv6: r.ipv6, wgPublicKey: r.wgPublicKey, tags: tagsOf(view) });
     this.agents.set(r.id, view);
     // Online/offline events repeat the record: only a new record or new tags change what others derive from it.
     if (!known || !sameFacts(known, view)) this.opts.onChange?.();
+    // Logged before it takes effect: no tunnel to an agent (or a key) that the audit trail does not show.
+    await logged;
     const wgKey = Buffer.from(r.wgPublicKey, 'base64');
     const candidates = r.endpoints.map(endpointBuffer).filter((e): e is Buffer => e !== null);
     const endpoint = daemon.sock?.upsertPeer(wgKey, candidates) ?? null;

@@ -8,6 +8,12 @@ import type { Identity } from '../identity/identity.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import { SourceBuckets } from '../util/token-bucket.js';
 
+/**
+ * How long an action waits for its entry to reach the disk before it goes on anyway: normally an
+ * fdatasync (milliseconds); a failing disk must not stop the VPN admitting peers.
+ */
+const DURABLE_WAIT_MS = 1_000;
+
 /** A failing disk is logged at most this often (each append would otherwise log its failure). */
 const WARN_EVERY_MS = 10_000;
 
@@ -58,7 +64,7 @@ export class AuditTrail {
       if (!this.noisy.take(key)) {
         if (!this.suppressed.has(key) && this.suppressed.size >= NOISY_SUBJECTS) this.suppressed.delete(this.suppressed.keys().next().value!);
         this.suppressed.set(key, (this.suppressed.get(key) ?? 0) + 1);
-        return;
+        return Promise.resolve();
       }
       const held = this.suppressed.get(key);
       if (held) {
@@ -66,7 +72,8 @@ export class AuditTrail {
         details = { ...details, suppressed: held };
       }
     }
-    this.log.append(type, subject, details).catch((e) => this.failed(type, e as Error));
+    const durable = this.log.append(type, subject, details).then(() => {}, (e) => this.failed(type, e as Error));
+    return Promise.race([durable, new Promise<void>((r) => setTimeout(r, DURABLE_WAIT_MS).unref())]);
   };
 
   /** Appends and resolves once the entry is on disk. */

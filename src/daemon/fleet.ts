@@ -50,6 +50,9 @@ function stringParam(params: unknown, key: string): string {
 /** Scheduled rotations no more often than this: each costs every peer a handshake and a chain statement (64 at most). */
 const MIN_ROTATE_EVERY_MS = 60_000;
 
+/** At shutdown the last entries get this long to reach the witness; the rest go at the next start. */
+const SHUTDOWN_SHIP_MS = 2_000;
+
 /** Policy denies are summarized into the audit log this often (one entry per denied agent per interval). */
 const DENY_SUMMARY_EVERY_MS = 10_000;
 
@@ -92,7 +95,7 @@ export class FleetAgent {
   private shipper: AuditShipper | null = null;
   private readonly client: RegistryClient;
   /** Every part reports here; the trail exists from the first step of start(). */
-  private readonly audit: AuditSink = (type, subject, details) => this.trail?.record(type, subject, details);
+  private readonly audit: AuditSink = (type, subject, details) => this.trail?.record(type, subject, details) ?? Promise.resolve();
 
   constructor(private readonly opts: FleetOptions) {
     if (opts.rotateEveryMs !== undefined && opts.rotateEveryMs < MIN_ROTATE_EVERY_MS) {
@@ -202,14 +205,14 @@ export class FleetAgent {
     const next = this.identity.rotate();
     this.identity = next;
     this.trail?.setIdentity(next);
-    this.audit('key.rotated', next.id, { seq: next.seq, key: Buffer.from(next.publicKey).toString('base64'), wgPublicKey: Buffer.from(next.wgPublicKey).toString('base64') });
+    // Logged before the new key is used or announced.
+    await this.audit('key.rotated', next.id, { seq: next.seq, key: Buffer.from(next.publicKey).toString('base64'), wgPublicKey: Buffer.from(next.wgPublicKey).toString('base64') });
     this.membership.setIdentity(next);
     this.daemon?.setPrivateKey(next.wgPrivateKey);
     this.paths?.setIdentity(next);
     this.policy?.changed();
     this.opts.log.info({ id: next.id, seq: next.seq, event: 'key-rotated' }, `key rotated (statement ${next.seq})`);
     await this.membership.publish();
-    await this.trail?.log.flushed();
     return { id: next.id, seq: next.seq, key: Buffer.from(next.publicKey).toString('base64') };
   }
 
@@ -278,7 +281,7 @@ export class FleetAgent {
     // Last: the shutdown's own entries (down, left) go to disk and, when the registry answers, to the witness.
     await this.shipper?.stop();
     await this.trail?.log.flushed();
-    await this.shipper?.shipNow().catch(() => {});
+    if (this.shipper) await Promise.race([this.shipper.shipNow().catch(() => {}), new Promise((r) => setTimeout(r, SHUTDOWN_SHIP_MS).unref())]);
     await this.trail?.close();
   }
 

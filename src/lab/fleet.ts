@@ -81,3 +81,31 @@ export async function waitForFleet(agents: LabAgent[], timeoutMs = 30_000): Prom
     }, { timeoutMs, what: `${a.name} sees the whole fleet` });
   }
 }
+
+/** A fleet behind one router, no NAT: the registry at 203.0.113.10, each agent on its own /28 of 192.0.2.0/24. */
+export interface HubFleet {
+  hub: string;
+  regNs: string;
+  registry: LabRegistry;
+  agents: Record<string, LabAgent>;
+}
+
+export const HUB_REGISTRY_IP = '203.0.113.10';
+
+/** Starts a HubFleet of agents named `names` (at most 16) and waits until each sees the others. */
+export async function startHubFleet(lab: Lab, names: readonly string[]): Promise<HubFleet> {
+  const hub = await lab.addRouter('hub');
+  const regNs = await lab.addNamespace('reg');
+  await lab.connect(hub, regNs, { a: '203.0.113.1/24', b: `${HUB_REGISTRY_IP}/24`, ifB: 'eth0' });
+  await lab.ip(regNs, ['route', 'add', 'default', 'via', '203.0.113.1']);
+  const registry = await startLabRegistry(lab, regNs, HUB_REGISTRY_IP);
+  const agents: Record<string, LabAgent> = {};
+  for (const [i, name] of names.entries()) {
+    const ns = await lab.addNamespace(name);
+    await lab.connect(hub, ns, { a: `192.0.2.${16 * i + 1}/28`, b: `192.0.2.${16 * i + 2}/28`, ifB: 'eth0' });
+    await lab.ip(ns, ['route', 'add', 'default', 'via', `192.0.2.${16 * i + 1}`]);
+    agents[name] = await startLabAgent(lab, ns, name, registry);
+  }
+  await waitForFleet(Object.values(agents), 30_000);
+  return { hub, regNs, registry, agents };
+}

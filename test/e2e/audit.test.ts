@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cpSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { AGENTVPN_BIN, Lab, REPO_ROOT, startLabAgent, startLabRegistry, waitFor, waitForFleet, type LabAgent, type LabRegistry } from '../../src/lab/index.js';
+import { AGENTVPN_BIN, HUB_REGISTRY_IP, Lab, REPO_ROOT, startHubFleet, startLabAgent, startLabRegistry, waitFor, type LabAgent, type LabRegistry } from '../../src/lab/index.js';
 import type { AuditEntry } from '../../src/audit/entry.js';
 import { labReady, startHttpServer } from './checks.js';
 
@@ -12,7 +12,6 @@ import { labReady, startHttpServer } from './checks.js';
  * and `audit verify` / `prove` / `check-proof` catch tampering, including a history rewritten and
  * re-signed with the agent's own key (a fork, seen only through the registry's cosignature).
  */
-const REGISTRY = '203.0.113.10';
 const FIXTURES = join(fileURLToPath(new URL('.', import.meta.url)), 'fixtures');
 
 interface AuditStatus {
@@ -49,18 +48,9 @@ describe.runIf(labReady(['ip', 'ping', 'curl', 'python3']))('audit trail', () =>
 
   beforeAll(async () => {
     lab = new Lab();
-    const hub = await lab.addRouter('hub');
-    regNs = await lab.addNamespace('reg');
-    await lab.connect(hub, regNs, { a: '203.0.113.1/24', b: `${REGISTRY}/24`, ifB: 'eth0' });
-    await lab.ip(regNs, ['route', 'add', 'default', 'via', '203.0.113.1']);
-    registry = await startLabRegistry(lab, regNs, REGISTRY);
-    for (const [i, name] of ['alpha', 'beta'].entries()) {
-      const ns = await lab.addNamespace(name);
-      await lab.connect(hub, ns, { a: `192.0.2.${16 * i + 1}/28`, b: `192.0.2.${16 * i + 2}/28`, ifB: 'eth0' });
-      await lab.ip(ns, ['route', 'add', 'default', 'via', `192.0.2.${16 * i + 1}`]);
-      agents[name] = await startLabAgent(lab, ns, name, registry);
-    }
-    await waitForFleet(Object.values(agents), 30_000);
+    const fleet = await startHubFleet(lab, ['alpha', 'beta']);
+    ({ regNs, registry } = fleet);
+    Object.assign(agents, fleet.agents);
   });
 
   afterAll(async () => {
@@ -153,7 +143,7 @@ describe.runIf(labReady(['ip', 'ping', 'curl', 'python3']))('audit trail', () =>
     await waitFor(async () => (await auditStatus(alpha)).ship?.state === 'registry-down', { timeoutMs: 10_000, what: 'the shipper notices the outage' });
     const during = await auditStatus(alpha);
     expect(during.ship!.shipped).toBeLessThan(during.size);
-    registry = { ...(await startLabRegistry(lab, regNs, REGISTRY)), token: registry.token };
+    registry = { ...(await startLabRegistry(lab, regNs, HUB_REGISTRY_IP)), token: registry.token };
     await waitFor(() => shippedAll(alpha), { timeoutMs: 30_000, what: 'the queued entries reach the registry' });
     const local = readFileSync(join(alpha.stateDir, 'audit', 'entries.jsonl'), 'utf8').split('\n').filter(Boolean);
     const theirs: string[] = [];

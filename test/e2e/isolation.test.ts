@@ -133,6 +133,17 @@ class Attacker {
    * overlay addresses (claimed on its LAN interface only for that: as a source for the first
    * part they would send the answers into the tunnel, away from the attacker).
    */
+  /**
+   * The baseline (no firewall): the first packets to a just-restarted daemon can be lost to
+   * neighbour discovery on a loaded machine, so the attack is repeated (3 times at most) until it
+   * gets `expected`. Only a baseline may retry: a defence must hold on the first try.
+   */
+  async attackUntil(t: Target, sink: LabProcess, member: { v4: string; v6: string }, expected: AttackResult): Promise<AttackResult> {
+    let r = await this.attack(t, sink, member);
+    for (let i = 1; i < 3 && JSON.stringify(r) !== JSON.stringify(expected); i++) r = await this.attack(t, sink, member);
+    return r;
+  }
+
   async attack(t: Target, sink: LabProcess, member: { v4: string; v6: string }): Promise<AttackResult> {
     const curl = async (url: string) => (await this.lab.exec(this.ns, ['curl', '-s', '--fail', '--max-time', '2', url])).code === 0;
     const ask = async (dst: string) => {
@@ -260,7 +271,7 @@ describe.runIf(labReady(['ip', 'curl', 'python3', 'nft']))('isolation: overlay a
 
     it('without the firewall (--no-firewall: the code before the fix), a LAN host reaches the overlay services and passes spoofed overlay sources', async () => {
       await restartA(['--no-firewall']);
-      const r = await x.attack(target, sink, member);
+      const r = await x.attackUntil(target, sink, member, EVERYTHING);
       console.log(`static, --no-firewall: non-member on the LAN got ${describeAttack(r)}`);
       expect(r).toEqual(EVERYTHING);
       const s = await status();
@@ -355,7 +366,7 @@ describe.runIf(labReady(['ip', 'curl', 'python3', 'nft']))('isolation: overlay a
     });
 
     it('without the firewall (--no-firewall), a LAN host reaches the overlay HTTP and DNS and passes spoofed overlay sources', async () => {
-      const r = await x.attack(target, services[2], member);
+      const r = await x.attackUntil(target, services[2], member, EVERYTHING);
       console.log(`fleet, --no-firewall: non-member on the LAN got ${describeAttack(r)}`);
       expect(r).toEqual(EVERYTHING);
     });

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { AGENTVPN_BIN, Lab, LabAgent, startLabAgent, startLabRegistry, waitFor, waitForFleet, type LabAgent, type LabRegistry } from '../../src/lab/index.js';
+import { AGENTVPN_BIN, Lab, LabAgent, startHubFleet, startLabAgent, waitFor, type LabRegistry } from '../../src/lab/index.js';
 import type { PeerInfo } from '../../src/daemon/fleet.js';
 import { fetchAndHash, labReady, makeRandomFile, startHttpServer } from './checks.js';
 
@@ -9,7 +9,6 @@ import { fetchAndHash, labReady, makeRandomFile, startHttpServer } from './check
  * Issue 8 end to end: what operators decide on the registry (remove, block) reaches every agent
  * within 5 s: no WireGuard peer, no route, no name, no relay.
  */
-const REGISTRY = '203.0.113.10';
 
 describe.runIf(labReady(['ip', 'ping', 'curl', 'python3']))('trust and operator actions', () => {
   let lab: Lab;
@@ -24,18 +23,9 @@ describe.runIf(labReady(['ip', 'ping', 'curl', 'python3']))('trust and operator 
 
   beforeAll(async () => {
     lab = new Lab();
-    hub = await lab.addRouter('hub');
-    const regNs = await lab.addNamespace('reg');
-    await lab.connect(hub, regNs, { a: '203.0.113.1/24', b: `${REGISTRY}/24`, ifB: 'eth0' });
-    await lab.ip(regNs, ['route', 'add', 'default', 'via', '203.0.113.1']);
-    registry = await startLabRegistry(lab, regNs, REGISTRY);
-    for (const [i, name] of ['alpha', 'beta', 'gamma'].entries()) {
-      const ns = await lab.addNamespace(name);
-      await lab.connect(hub, ns, { a: `192.0.2.${16 * i + 1}/28`, b: `192.0.2.${16 * i + 2}/28`, ifB: 'eth0' });
-      await lab.ip(ns, ['route', 'add', 'default', 'via', `192.0.2.${16 * i + 1}`]);
-      agents[name] = await startLabAgent(lab, ns, name, registry);
-    }
-    await waitForFleet(Object.values(agents), 30_000);
+    const fleet = await startHubFleet(lab, ['alpha', 'beta', 'gamma']);
+    ({ hub, registry } = fleet);
+    Object.assign(agents, fleet.agents);
   });
 
   afterAll(async () => {
