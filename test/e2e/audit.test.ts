@@ -109,6 +109,29 @@ describe.runIf(labReady(['ip', 'ping', 'curl', 'python3']))('audit trail', () =>
     expect(v.report.witnessedSize).toBe(v.report.entries);
   });
 
+  it('tail -n, tail -f and export --since read the log a SIEM would ship', async () => {
+    const { alpha } = agents;
+    const last3 = (await alpha.cli(['audit', 'tail', '-n', '3', '--json'])).stdout.trim().split('\n').map((l) => JSON.parse(l) as AuditEntry);
+    expect(last3).toHaveLength(3);
+    expect(last3.map((e) => e.seq)).toEqual([last3[0]!.seq, last3[0]!.seq + 1, last3[0]!.seq + 2]);
+    const follower = lab.spawn(alpha.ns, [process.execPath, AGENTVPN_BIN, 'audit', 'tail', '-f', '-n', '0', '--json'], { name: 'audit-tail', env: { ...process.env, AGENTVPN_RUN_DIR: alpha.runDir } });
+    try {
+      await new Promise((r) => setTimeout(r, 1000));
+      await alpha.cli(['audit', 'note', 'followed']);
+      await waitFor(() => readFileSync(follower.logFile, 'utf8').includes('"text":"followed"'), { timeoutMs: 5_000, what: 'tail -f shows the new note' });
+    } finally {
+      await lab.kill(follower);
+    }
+    const all = (await alpha.cli(['audit', 'export'])).stdout.trim().split('\n');
+    expect(all.length).toBe(entriesOf(alpha).length);
+    expect((await alpha.cli(['audit', 'export', '--since', '2999-01-01T00:00:00Z'])).stdout).toBe('');
+    const recent = (await alpha.cli(['audit', 'export', '--since', '1h'])).stdout.trim().split('\n');
+    expect(recent.length).toBe(all.length); // the whole log is younger than an hour
+    const bad = await alpha.cli(['audit', 'export', '--since', 'yesterday'], { check: false });
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain('--since');
+  });
+
   it('kill -9 while logging at full rate, 4 times: every acknowledged entry survives and the log verifies', async () => {
     const { alpha } = agents;
     let total = 0;
