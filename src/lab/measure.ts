@@ -83,3 +83,29 @@ export async function waitForPing(lab: Lab, ns: string, dst: string, timeoutMs =
     what: `ping ${dst} from ${ns}`,
   });
 }
+
+export interface IperfUdpResult {
+  /** Receiver-side goodput. */
+  bitsPerSecond: number;
+  lossPct: number;
+}
+
+/** One iperf3 UDP test at `rateMbps` with `len`-byte datagrams: what arrived and the loss. */
+export async function iperf3Udp(lab: Lab, serverNs: string, clientNs: string, serverIp: string, opts: { rateMbps: number; durationSec?: number; len?: number; port?: number }): Promise<IperfUdpResult> {
+  const port = opts.port ?? 5202;
+  const duration = opts.durationSec ?? 5;
+  const server = lab.spawn(serverNs, ['iperf3', '-s', '-1', '-B', serverIp, '-p', String(port)], { name: 'iperf3-udp-server' });
+  try {
+    await waitFor(async () => (await runCommand(['ip', 'netns', 'exec', serverNs, 'ss', '-Hltn', `sport = :${port}`])).stdout.trim().length > 0,
+      { timeoutMs: 10_000, what: `iperf3 server on ${serverIp}:${port}` });
+    const r = await lab.exec(clientNs, ['iperf3', '-c', serverIp, '-p', String(port), '-u', '-b', `${Math.round(opts.rateMbps)}M`, '-l', String(opts.len ?? 1300),
+      '-t', String(duration), '--json'], { timeoutMs: (duration + 30) * 1000 });
+    const json = JSON.parse(r.stdout) as { error?: string; end?: { sum?: { bits_per_second: number; lost_percent: number } } };
+    if (json.error) throw new Error(`iperf3: ${json.error}`);
+    const sum = json.end?.sum;
+    if (!sum) throw new Error('iperf3: no end.sum in the UDP result');
+    return { bitsPerSecond: sum.bits_per_second * (1 - sum.lost_percent / 100), lossPct: sum.lost_percent };
+  } finally {
+    await lab.kill(server, { graceMs: 1000 });
+  }
+}
