@@ -19,7 +19,7 @@
     },
     {
       "target_name": "agentvpn_crypto",
-      "sources": ["native/crypto/blake2s.c"],
+      "sources": ["native/crypto/blake2s.c", "native/crypto/aead-batch.c"],
       "defines": ["NAPI_VERSION=8"],
       "cflags_c": ["-std=c11"],
       "configurations": {

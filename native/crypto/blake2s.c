@@ -125,12 +125,14 @@ static napi_value blake2s_export(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+napi_value aead_batch_init(napi_env env, napi_value exports); /* native/crypto/aead-batch.c */
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_value fn;
   if (napi_create_function(env, "blake2s", NAPI_AUTO_LENGTH, blake2s_export, NULL, &fn) != napi_ok ||
       napi_set_named_property(env, exports, "blake2s", fn) != napi_ok)
     return NULL;
-  return exports;
+  return aead_batch_init(env, exports);
 }
 
 NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,7 +1,4 @@
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
-import { AgentVpnError } from '../errors.js';
+import { cryptoAddon as addon } from './addon.js';
 
 /**
  * The hash and key-derivation primitives of the WireGuard construction (all BLAKE2s based).
@@ -9,24 +6,6 @@ import { AgentVpnError } from '../errors.js';
  * and there it is ~10x cheaper than in JavaScript.
  */
 
-interface CryptoAddon {
-  /** Writes BLAKE2s(input), keyed with `key` (empty = unkeyed), into all of `out` (1..32 bytes). */
-  blake2s(out: Uint8Array, key: Uint8Array, input: Uint8Array): void;
-}
-
-const ADDON_PATH = fileURLToPath(new URL('../../build/Release/agentvpn_crypto.node', import.meta.url));
-
-function load(): CryptoAddon {
-  const hint = 'run npm ci (needs python3, make, g++)';
-  if (!existsSync(ADDON_PATH)) throw new AgentVpnError('NATIVE_MISSING', `crypto addon not built: ${ADDON_PATH} is missing`, hint);
-  try {
-    return createRequire(import.meta.url)(ADDON_PATH) as CryptoAddon;
-  } catch (e) {
-    throw new AgentVpnError('NATIVE_MISSING', `cannot load crypto addon ${ADDON_PATH}: ${(e as Error).message}`, hint, { cause: e });
-  }
-}
-
-const addon = load();
 const NO_KEY = new Uint8Array(0);
 const BLOCK = 64;
 
