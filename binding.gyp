@@ -6,7 +6,12 @@
         "native/addon.c",
         "native/tun.c",
         "native/udp.c",
-        "native/reader.c"
+        "native/reader.c",
+        "native/offload_checksum.c",
+        "native/offload_split.c",
+        "native/offload_coalesce.c",
+        "native/offload_state.c",
+        "native/offload_napi.c"
       ],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"],
       "cflags_c": ["-std=c11"],

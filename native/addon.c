@@ -1,5 +1,6 @@
 /* Module entry, closeFd, and the helpers every export shares: argument checks and errno errors. */
 #include "addon.h"
+#include "offload.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -129,6 +130,7 @@ static napi_value close_fd(napi_env env, napi_callback_info info) {
   int fd;
   CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (arg_fd(env, argv[0], &fd)) return NULL; /* missing arguments read as undefined */
+  offload_forget(fd);
   /* Linux releases the fd even when close() reports EINTR: never retry. */
   if (close(fd) < 0 && errno != EINTR) return throw_errno(env, errno, "close", NULL);
   return NULL;
@@ -143,6 +145,9 @@ NAPI_MODULE_INIT() {
       {"tunWrite", NULL, tun_write, NULL, NULL, NULL, napi_enumerable, NULL},
       {"udpSend", NULL, udp_send, NULL, NULL, NULL, napi_enumerable, NULL},
       {"closeFd", NULL, close_fd, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"offloadStatus", NULL, offload_status, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"offloadSplit", NULL, offload_split, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"offloadCoalesce", NULL, offload_coalesce, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   CHECK(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   return exports;

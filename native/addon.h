@@ -48,5 +48,8 @@ napi_value udp_open(napi_env env, napi_callback_info info);
 napi_value udp_send(napi_env env, napi_callback_info info);
 napi_value start_reader(napi_env env, napi_callback_info info);
 napi_value stop_reader(napi_env env, napi_callback_info info);
+napi_value offload_status(napi_env env, napi_callback_info info);
+napi_value offload_split(napi_env env, napi_callback_info info);
+napi_value offload_coalesce(napi_env env, napi_callback_info info);
 
 #endif

@@ -6,19 +6,31 @@
  * finalizer. While the poll handle is open the reader holds strong references to that handle,
  * the buffers and the callbacks, so none of them can be collected under us; the uv_close
  * callback drops them. An async cleanup hook closes the poll handle if the environment (e.g.
- * a worker) shuts down first, since its loop may not be closed with our handle still open. */
+ * a worker) shuts down first, since its loop may not be closed with our handle still open.
+ *
+ * Offloads (offload_state of the fd, set when it was opened): a TUN fd with a vnet header may
+ * deliver 64 KB super-packets, and a UDP fd with UDP_GRO coalesced datagrams. Either is cut into
+ * plain packets, one per slot; what does not fit in this round's slots stays pending in the
+ * reader's scratch buffer and goes first into the next round, so JS still sees at most maxPackets
+ * plain packets per onBatch and a 64 KB read is never lost for want of slots. */
 #include "addon.h"
+#include "offload.h"
 
 #include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/udp.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <uv.h>
 
 #define MAX_ROUNDS 8     /* full rounds per wakeup before yielding, so one busy fd cannot starve the loop */
 #define MAX_PACKETS 1024 /* UIO_MAXIOV, the kernel's limit on one recvmmsg */
+/* Coalesced datagrams per recvmmsg with UDP_GRO: each needs a 64 KB buffer, so 16 is 1 MB. */
+#define GRO_MSGS 16
+#define GRO_CTRL 64 /* control bytes per message: one cmsg with an int (the segment size) */
 
 enum { REF_SELF, REF_SLAB, REF_LENS, REF_ADDRS, REF_ON_BATCH, REF_ON_ERROR, REF_COUNT };
 
@@ -39,13 +51,26 @@ typedef struct {
   struct mmsghdr *msgs;
   struct iovec *iov;
   struct sockaddr_in6 *from;
+  /* offloads */
+  offload_state_t *st;    /* NULL: a plain fd */
+  bool vnet, gro;         /* TUN reads carry a virtio_net_hdr; UDP reads may be coalesced */
+  uint8_t *scratch;       /* super-packet or coalesced datagrams being cut into slots */
+  gso_split_t split;      /* TUN: the super-packet in scratch */
+  bool split_pending;
+  uint8_t *ctrl;          /* UDP GRO: control buffers, GRO_CTRL per message */
+  uint32_t gro_size[GRO_MSGS];
+  uint32_t gro_count, gro_msg, gro_off; /* messages received, the one being cut, offset in it */
 } reader_t;
+
+static bool pending(const reader_t *r) { return r->split_pending || r->gro_msg < r->gro_count; }
 
 static void reader_finalize(napi_env env, void *data, void *hint) {
   reader_t *r = data;
   free(r->msgs);
   free(r->iov);
   free(r->from);
+  free(r->scratch);
+  free(r->ctrl);
   free(r);
 }
 
@@ -110,6 +135,45 @@ static uint32_t read_tun(reader_t *r, int *err) {
   return n;
 }
 
+/* TUN with a vnet header: iov[1] is the next slot, so a plain packet lands in place; a super-packet
+ * overflows into scratch + slot_size, and its head is moved to scratch to make it contiguous. */
+static uint32_t read_tun_vnet(reader_t *r, bool may_read, int *err) {
+  uint32_t n = 0;
+  while (n < r->max_packets) {
+    if (r->split_pending) {
+      uint32_t k = gso_emit(&r->split, r->slab + (size_t)n * r->slot_size, r->slot_size, r->max_packets - n, r->lens + n);
+      r->st->segments_split += k;
+      n += k;
+      r->split_pending = r->split.next < r->split.len;
+      continue;
+    }
+    if (!may_read) break;
+    struct virtio_net_hdr h;
+    uint8_t *slot = r->slab + (size_t)n * r->slot_size;
+    struct iovec iov[3] = {{&h, VNET_HDR_LEN}, {slot, r->slot_size}, {r->scratch + r->slot_size, MAX_SUPER_PACKET}};
+    ssize_t got = readv(r->fd, iov, 3);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) *err = errno;
+      break;
+    }
+    uint32_t len = got > (ssize_t)VNET_HDR_LEN ? (uint32_t)got - VNET_HDR_LEN : 0;
+    if (h.gso_type == VIRTIO_NET_HDR_GSO_NONE) {
+      if (len > r->slot_size || gso_prepare(&r->split, &h, slot, len) < 0) r->st->bad_reads++;
+      else if (len > 0) r->lens[n++] = (int32_t)len;
+      continue;
+    }
+    memcpy(r->scratch, slot, len < r->slot_size ? len : r->slot_size);
+    if (gso_prepare(&r->split, &h, r->scratch, len) != 0 || r->split.hdr_len + r->split.gso_size > r->slot_size) {
+      r->st->bad_reads++; /* a segment would not fit a slot, or the header lies */
+      continue;
+    }
+    r->st->super_reads++;
+    r->split_pending = true;
+  }
+  return n;
+}
+
 /* ICMP errors a UDP socket may report on a later receive; they say nothing about this read. */
 static bool transient_udp(int err) {
   return err == EINTR || err == ECONNREFUSED || err == EHOSTUNREACH || err == ENETUNREACH ||
@@ -134,17 +198,75 @@ static uint32_t read_udp(reader_t *r, int *err) {
   }
 }
 
+/* The segment size of a coalesced datagram (UDP_GRO cmsg), or 0 for a datagram of its own. */
+static uint32_t gro_segment_size(struct msghdr *m) {
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(m); c; c = CMSG_NXTHDR(m, c)) {
+    if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO && c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+      int size;
+      memcpy(&size, CMSG_DATA(c), sizeof size);
+      return size > 0 ? (uint32_t)size : 0;
+    }
+  }
+  return 0;
+}
+
+/* UDP with UDP_GRO: recvmmsg of up to GRO_MSGS datagrams of up to 64 KB into scratch, then each is
+ * cut at its segment size into slots (all segments but the last have exactly that size). */
+static uint32_t read_udp_gro(reader_t *r, bool may_read, int *err) {
+  uint32_t n = 0;
+  while (n < r->max_packets) {
+    if (r->gro_msg < r->gro_count) {
+      uint32_t m = r->gro_msg, len = r->msgs[m].msg_len, seg = r->gro_size[m] ? r->gro_size[m] : len;
+      const uint8_t *data = r->scratch + (size_t)m * MAX_SUPER_PACKET;
+      if (seg < len) r->st->gro_reads += r->gro_off == 0;
+      while (n < r->max_packets && r->gro_off < len) {
+        uint32_t piece = len - r->gro_off < seg ? len - r->gro_off : seg;
+        memcpy(r->slab + (size_t)n * r->slot_size, data + r->gro_off, piece < r->slot_size ? piece : r->slot_size);
+        r->lens[n] = (int32_t)(piece < r->slot_size ? piece : r->slot_size); /* truncated as a plain read would be */
+        addr_encode(&r->from[m], r->addrs + (size_t)n * ADDR_SIZE);
+        n++;
+        r->gro_off += piece;
+      }
+      if (r->gro_off >= len) {
+        r->gro_msg++;
+        r->gro_off = 0;
+      }
+      continue;
+    }
+    if (!may_read) break;
+    for (uint32_t k = 0; k < GRO_MSGS; k++) {
+      r->msgs[k].msg_hdr.msg_namelen = sizeof r->from[k];
+      r->msgs[k].msg_hdr.msg_controllen = GRO_CTRL;
+    }
+    int got = recvmmsg(r->fd, r->msgs, GRO_MSGS, 0, NULL);
+    if (got < 0) {
+      if (transient_udp(errno)) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS && errno != ENOMEM) *err = errno;
+      break;
+    }
+    for (int k = 0; k < got; k++) r->gro_size[k] = gro_segment_size(&r->msgs[k].msg_hdr);
+    r->gro_count = (uint32_t)got;
+    r->gro_msg = r->gro_off = 0;
+    if (got < GRO_MSGS) may_read = false; /* drained: what is left of this wakeup is in scratch */
+  }
+  return n;
+}
+
 static void on_readable(uv_poll_t *h, int status, int events) {
   reader_t *r = (reader_t *)h;
   napi_handle_scope scope;
   if (r->closing || napi_open_handle_scope(r->env, &scope) != napi_ok) return;
   int err = status < 0 ? -status : 0;
-  for (int round = 0; round < MAX_ROUNDS && !err && !r->closing; round++) {
-    uint32_t n = r->udp ? read_udp(r, &err) : read_tun(r, &err);
+  /* Past MAX_ROUNDS only what is already pending is delivered (at most 64 KB: bounded). */
+  for (int round = 0; (round < MAX_ROUNDS || pending(r)) && !err && !r->closing; round++) {
+    bool may_read = round < MAX_ROUNDS;
+    uint32_t n = r->gro ? read_udp_gro(r, may_read, &err)
+                 : r->vnet ? read_tun_vnet(r, may_read, &err)
+                 : r->udp ? read_udp(r, &err) : read_tun(r, &err);
     napi_value count;
     if (n > 0 && (napi_create_uint32(r->env, n, &count) != napi_ok || !call_js(r, REF_ON_BATCH, count)))
       report_pending(r);
-    if (n < r->max_packets) break; /* drained (or failed): wait for the next wakeup */
+    if (n < r->max_packets && !pending(r)) break; /* drained (or failed): wait for the next wakeup */
   }
   /* A hard error (not EAGAIN, not a transient ICMP one) would repeat on every wakeup: stop
    * polling and tell JS. The handle stays open until stopReader. */
@@ -204,14 +326,25 @@ napi_value start_reader(napi_env env, napi_callback_info info) {
     return NULL;
   }
 
+  offload_state_t *st = offload_state(fd);
+  bool vnet = !udp && st && (st->flags & OFFLOAD_TUN_VNET);
+  bool gro = udp && st && (st->flags & OFFLOAD_UDP_GRO);
+  uint32_t n_msgs = gro && max_packets < GRO_MSGS ? GRO_MSGS : max_packets;
   reader_t *r = calloc(1, sizeof *r);
-  if (r && udp) {
-    r->msgs = calloc(max_packets, sizeof *r->msgs);
-    r->iov = calloc(max_packets, sizeof *r->iov);
-    r->from = calloc(max_packets, sizeof *r->from);
+  bool ok = r != NULL;
+  if (ok && udp) {
+    r->msgs = calloc(n_msgs, sizeof *r->msgs);
+    r->iov = calloc(n_msgs, sizeof *r->iov);
+    r->from = calloc(n_msgs, sizeof *r->from);
+    ok = r->msgs && r->iov && r->from;
+  }
+  if (ok && (vnet || gro)) {
+    r->scratch = malloc(vnet ? (size_t)slot_size + MAX_SUPER_PACKET : (size_t)GRO_MSGS * MAX_SUPER_PACKET);
+    if (gro) r->ctrl = calloc(GRO_MSGS, GRO_CTRL);
+    ok = r->scratch && (!gro || r->ctrl);
   }
   napi_value handle;
-  if (!r || (udp && (!r->msgs || !r->iov || !r->from)) ||
+  if (!ok ||
       napi_create_external(env, r, reader_finalize, NULL, &handle) != napi_ok) {
     if (r) reader_finalize(env, r, NULL);
     napi_throw_error(env, NULL, "startReader: out of memory");
@@ -226,7 +359,18 @@ napi_value start_reader(napi_env env, napi_callback_info info) {
   r->max_packets = max_packets;
   r->lens = lens;
   r->addrs = addrs;
-  for (uint32_t k = 0; udp && k < max_packets; k++) {
+  r->st = st;
+  r->vnet = vnet;
+  r->gro = gro;
+  for (uint32_t k = 0; gro && k < GRO_MSGS; k++) {
+    r->iov[k].iov_base = r->scratch + (size_t)k * MAX_SUPER_PACKET;
+    r->iov[k].iov_len = MAX_SUPER_PACKET;
+    r->msgs[k].msg_hdr.msg_iov = &r->iov[k];
+    r->msgs[k].msg_hdr.msg_iovlen = 1;
+    r->msgs[k].msg_hdr.msg_name = &r->from[k];
+    r->msgs[k].msg_hdr.msg_control = r->ctrl + (size_t)k * GRO_CTRL;
+  }
+  for (uint32_t k = 0; udp && !gro && k < max_packets; k++) {
     r->iov[k].iov_base = slab + (size_t)k * slot_size;
     r->iov[k].iov_len = slot_size;
     r->msgs[k].msg_hdr.msg_iov = &r->iov[k];

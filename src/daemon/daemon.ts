@@ -6,7 +6,7 @@ import type { DeviceConfig } from '../config/types.js';
 import { encodeKey } from '../crypto/keys.js';
 import { AgentVpnError } from '../errors.js';
 import { formatPrefix, networkOf, parseAddress, type Prefix } from '../ip/prefix.js';
-import { native, type ReaderHandle } from '../tun/native.js';
+import { native, type OffloadStatus, type ReaderHandle } from '../tun/native.js';
 import { addRoutes, configureInterface, deleteInterface } from '../tun/interface.js';
 import { Device } from '../wireguard/device.js';
 import type { PacketFilter } from '../wireguard/packet-filter.js';
@@ -37,6 +37,8 @@ export interface DaemonOptions {
   audit?: AuditSink;
   /** The audit subject for a peer's WireGuard key (fleet mode: its agent ID); default the key in base64. */
   auditSubjectOf?: (wgKey: Uint8Array) => string;
+  /** TUN offloads (TSO/GRO) and UDP offloads (GSO/GRO); default on unless AGENTVPN_NO_TUN_OFFLOAD=1 / AGENTVPN_NO_UDP_OFFLOAD=1. */
+  offload?: { tun?: boolean; udp?: boolean };
 }
 
 /** A peer as the daemon manages it at run time (registry mode adds and updates these). */
@@ -101,10 +103,10 @@ export class Daemon {
       await this.control.start();
 
       const endpoints = await Promise.all(config.peers.map((p) => (p.endpoint ? resolveEndpoint(p.endpoint.host, p.endpoint.port) : null)));
-      const tun = native.tunOpen(iface);
+      const tun = native.tunOpen(iface, { offload: this.opts.offload?.tun });
       this.tunFd = tun.fd;
       this.interfaceCreated = true;
-      const udp = native.udpOpen(config.listenPort, SOCKET_BUFFER_BYTES);
+      const udp = native.udpOpen(config.listenPort, SOCKET_BUFFER_BYTES, undefined, { offload: this.opts.offload?.udp });
       this.udpFd = udp.fd;
       this.listenPort = udp.port;
 
@@ -144,7 +146,8 @@ export class Daemon {
 
       this.startReaders(device);
       device.start();
-      log.info({ iface, listenPort: this.listenPort, peers: config.peers.length }, 'agentvpn is up');
+      const offloads = this.offloads();
+      log.info({ iface, listenPort: this.listenPort, peers: config.peers.length, tunTso: offloads.tun.tunTso, udpGso: offloads.udp.udpGso, udpGro: offloads.udp.udpGro }, 'agentvpn is up');
       this.audit('daemon.up', iface, { pid: process.pid, listenPort: this.listenPort, addresses: config.addresses.map(formatPrefix), peers: config.peers.length });
     } catch (e) {
       await this.stop();
@@ -252,6 +255,11 @@ export class Daemon {
     return this.stopping;
   }
 
+  /** The offloads the kernel granted on our fds, with their counters. */
+  private offloads(): { tun: OffloadStatus; udp: OffloadStatus } {
+    return { tun: native.offloadStatus(this.tunFd), udp: native.offloadStatus(this.udpFd) };
+  }
+
   status(): DeviceStatus {
     const device = this.device;
     const peers = device?.allPeers() ?? [];
@@ -266,6 +274,7 @@ export class Daemon {
       dropped: { ...(device?.dropped ?? {}) },
       policy: this.opts.filter?.report(),
       pathStats: this.magicsock ? { ...this.magicsock.stats } : undefined,
+      offloads: this.tunFd >= 0 && this.udpFd >= 0 ? this.offloads() : undefined,
       peers: peers.map((p) => ({
         publicKey: encodeKey(p.publicKey),
         endpoint: p.endpoint ? formatEndpoint(p.endpoint) : null,

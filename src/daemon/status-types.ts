@@ -36,6 +36,9 @@ export interface DeviceStatus {
   /** Fleet mode: the path layer's counters (disco in/out, shed by budget, replays refused, relayed packets). */
   pathStats?: Record<string, number>;
   peers: PeerStatus[];
+  /** Offloads in force on the TUN (vnet header, TSO, USO) and the UDP socket (GSO, GRO), and their counters
+   *  (src/tun/native.ts OffloadStatus). A kernel that refused one shows it false. */
+  offloads?: { tun: Record<string, number | boolean>; udp: Record<string, number | boolean> };
   /** The daemon's packet filter (absent while the daemon is still starting). */
   firewall?: FirewallStatus;
 }

@@ -15,17 +15,45 @@ import { AgentVpnError } from '../errors.js';
 /** Endpoint encoding: bytes 0..16 IPv6 address (IPv4 as ::ffff:a.b.c.d), 16..18 port big-endian, 18..20 zero. */
 export const ADDR_SIZE = 20;
 
+/** Which offloads an fd runs with (from tunOpen/udpOpen) and what they did. */
+export type OffloadStatus = {
+  /** The TUN carries a virtio_net_hdr: reads may be super-packets, writes are coalesced. */
+  tunVnet: boolean;
+  tunTso: boolean;
+  tunUso: boolean;
+  udpGso: boolean;
+  udpGro: boolean;
+  /** GSO was on and a send failed with EIO (the route has no checksum offload): it is off now. */
+  gsoOffAfterEio: boolean;
+  superReads: number;
+  segmentsSplit: number;
+  /** TUN reads dropped: a vnet header that does not match its packet, or segments larger than a slot. */
+  badReads: number;
+  coalescedWrites: number;
+  segmentsMerged: number;
+  gsoSends: number;
+  groReads: number;
+};
+
+export interface OpenOptions {
+  /** TUN: IFF_VNET_HDR + TSO/USO; UDP: UDP_SEGMENT + UDP_GRO. Default on, unless
+   *  AGENTVPN_NO_TUN_OFFLOAD=1 / AGENTVPN_NO_UDP_OFFLOAD=1. The kernel may still refuse (see offloadStatus). */
+  offload?: boolean;
+}
+
 export interface ReaderHandle {
   readonly __reader: unique symbol;
 }
 
 export interface Native {
-  /** open /dev/net/tun, IFF_TUN|IFF_NO_PI, TUNSETIFF with name, O_NONBLOCK, FD_CLOEXEC. Returns the kernel's name ('' lets the kernel pick tunN). */
-  tunOpen(name: string): { fd: number; name: string };
+  /** open /dev/net/tun, IFF_TUN|IFF_NO_PI, TUNSETIFF with name, O_NONBLOCK, FD_CLOEXEC. Returns the kernel's name ('' lets the kernel pick tunN).
+   *  With offload, also IFF_VNET_HDR and TUNSETOFFLOAD (CSUM, TSO4/6, USO4/6 where the kernel has it), or plain mode if refused;
+   *  reads and writes still carry plain IP packets (the addon splits and coalesces). */
+  tunOpen(name: string, opts?: OpenOptions): { fd: number; name: string };
   /** AF_INET6 UDP socket, IPV6_V6ONLY=0 (dual stack), bound to [::]:port (0 = any), O_NONBLOCK, CLOEXEC,
    *  SO_RCVBUF/SO_SNDBUF = bufferBytes (SO_*BUFFORCE first; 0 keeps the kernel default). Returns the bound port.
    *  bindAddr (16 bytes, IPv4 as ::ffff:a.b.c.d; ::ffff:0.0.0.0 is any IPv4 address) binds to that address instead. */
-  udpOpen(port: number, bufferBytes: number, bindAddr?: Uint8Array): { fd: number; port: number };
+  udpOpen(port: number, bufferBytes: number, bindAddr?: Uint8Array, opts?: OpenOptions): { fd: number; port: number };
   /** Readiness-driven batched reading on the event loop. When the fd is readable, up to maxPackets packets
    *  go into slab slot i (offset i*slotSize, at most slotSize bytes; longer packets are truncated),
    *  lens[i] = length, and for 'udp' the source address into addrs at i*ADDR_SIZE; then onBatch(count) is
@@ -56,6 +84,16 @@ export interface Native {
   udpSend(fd: number, slab: Buffer, offsets: Int32Array, lens: Int32Array, addrs: Buffer, count: number): number;
   /** close(2). Readers still watching this fd are stopped first. */
   closeFd(fd: number): void;
+  /** The offloads fd was opened with (all false for an fd not from tunOpen/udpOpen). */
+  offloadStatus(fd: number): OffloadStatus;
+}
+
+/** Test-only exports: the TUN split and coalescing on buffers, no device. */
+export interface OffloadTesting {
+  /** What a TUN read (virtio_net_hdr + packet) becomes: the plain packets, or null when it is dropped. */
+  offloadSplit(read: Buffer, slotSize: number): Buffer[] | null;
+  /** What tunWrite would write for these packets: each a virtio_net_hdr + (super-)packet. At most 128. */
+  offloadCoalesce(slab: Buffer, offsets: Int32Array, lens: Int32Array, count: number): Buffer[];
 }
 
 /** What the addon throws for a failed syscall, shaped like Node's own system errors. */
@@ -68,18 +106,29 @@ interface SystemError extends Error {
 const ADDON_PATH = fileURLToPath(new URL('../../build/Release/agentvpn_native.node', import.meta.url));
 const REBUILD_HINT = 'run npm ci (needs python3, make, g++)';
 
-function load(): Native {
+/** The addon as C exports it: the open calls take the offload switch already resolved. */
+type RawNative = Omit<Native, 'tunOpen' | 'udpOpen'> & OffloadTesting & {
+  tunOpen(name: string, offload: boolean): { fd: number; name: string };
+  udpOpen(port: number, bufferBytes: number, bindAddr: Uint8Array | undefined, offload: boolean): { fd: number; port: number };
+};
+
+function load(): RawNative {
   if (!existsSync(ADDON_PATH)) {
     throw new AgentVpnError('NATIVE_MISSING', `native addon not built: ${ADDON_PATH} is missing`, REBUILD_HINT);
   }
   try {
-    return createRequire(import.meta.url)(ADDON_PATH) as Native;
+    return createRequire(import.meta.url)(ADDON_PATH) as RawNative;
   } catch (e) {
     throw new AgentVpnError('NATIVE_MISSING', `cannot load native addon ${ADDON_PATH}: ${(e as Error).message}`, REBUILD_HINT, { cause: e });
   }
 }
 
 const raw = load();
+
+/** Offloads are on unless the environment turns them off (kept for bisecting a kernel or NIC problem). */
+function offloadDefault(envName: string): boolean {
+  return process.env[envName] !== '1';
+}
 
 /** Failures the addon reports without an errno (bad arguments) are bugs, not user errors: rethrow them. */
 function isSystemError(e: unknown): e is SystemError {
@@ -135,16 +184,16 @@ function defaultOnError(err: Error): void {
 const running = new Map<ReaderHandle, number>();
 
 export const native: Native = {
-  tunOpen(name) {
+  tunOpen(name, opts = {}) {
     try {
-      return raw.tunOpen(name);
+      return raw.tunOpen(name, opts.offload ?? offloadDefault('AGENTVPN_NO_TUN_OFFLOAD'));
     } catch (e) {
       throw tunError(e, name);
     }
   },
-  udpOpen(port, bufferBytes, bindAddr) {
+  udpOpen(port, bufferBytes, bindAddr, opts = {}) {
     try {
-      return raw.udpOpen(port, bufferBytes, bindAddr);
+      return raw.udpOpen(port, bufferBytes, bindAddr, opts.offload ?? offloadDefault('AGENTVPN_NO_UDP_OFFLOAD'));
     } catch (e) {
       throw udpError(e, port);
     }
@@ -165,4 +214,7 @@ export const native: Native = {
     for (const [h, readerFd] of running) if (readerFd === fd) native.stopReader(h);
     raw.closeFd(fd);
   },
+  offloadStatus: raw.offloadStatus,
 };
+
+export const offloadTesting: OffloadTesting = { offloadSplit: raw.offloadSplit, offloadCoalesce: raw.offloadCoalesce };
