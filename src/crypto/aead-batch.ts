@@ -87,9 +87,14 @@ export class SealBatch {
     try {
       cryptoAddon.sealBatch(src, this.srcOffsets, this.lens, dst, this.dstOffsets, keys, keyIndex, this.receivers, this.counters, this.count);
     } finally {
-      this.slots.wipe();
-      this.count = 0;
+      this.clear();
     }
+  }
+
+  /** Forgets the queued packets unsealed (and wipes their keys). */
+  clear(): void {
+    if (this.count > 0) this.slots.wipe();
+    this.count = 0;
   }
 }
 
@@ -129,8 +134,9 @@ export class OpenBatch {
     }
   }
 
-  /** Empties the batch once its results have been read. */
+  /** Empties the batch once its results have been read (or forgets it unopened). */
   clear(): void {
+    if (this.count > 0) this.slots.wipe();
     this.count = 0;
   }
 }

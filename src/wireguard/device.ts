@@ -17,7 +17,8 @@ import {
   HANDSHAKE_QUEUE_KNOWN, HANDSHAKE_QUEUE_OTHERS, HANDSHAKE_TURN_BUDGET_MS, REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES, RESPONSE_SIZE,
   TRANSPORT_HEADER_SIZE, TRANSPORT_MIN_SIZE, timers,
 } from './constants.js';
-import { open, seal, writeNonce, randomFill } from '../crypto/aead.js';
+import { randomFill } from '../crypto/aead.js';
+import { OpenBatch, SealBatch } from '../crypto/aead-batch.js';
 import type { Prefix } from '../ip/prefix.js';
 
 export interface Logger {
@@ -90,22 +91,27 @@ export class Device {
   private readonly onFirstHandshake: DeviceOptions['onFirstHandshake'];
   readonly mtu: number;
 
-  // Outbound batch (TUN -> UDP): sealed packets, one slot each.
+  // Outbound batch (TUN -> UDP): sealed packets, one slot each, sealed with one call.
   private readonly sealSlot: number;
   private readonly sealSlab: Buffer;
   private readonly sealOffsets: Int32Array;
   private readonly sealLens: Int32Array;
   private readonly sealAddrs: Buffer;
-  // Inbound batch (UDP -> TUN): opened packets, one slot each.
-  private readonly openSlot: number;
-  private readonly openSlab: Buffer;
-  private readonly openOffsets: Int32Array;
-  private readonly openLens: Int32Array;
+  private readonly sealBatch: SealBatch;
+  // Inbound batch (UDP -> TUN): transport messages opened in place with one call, then checked
+  // in arrival order; the TUN write takes the plaintexts where they lie (offset + 16).
+  private readonly openBatch: OpenBatch;
+  private readonly openEntries: (IndexEntry | null)[];
+  private readonly openCounters: Float64Array;
+  private readonly openAddrOffsets: Int32Array;
+  private readonly tunOffsets: Int32Array;
+  private readonly tunLens: Int32Array;
+  // Keepalives and staged packets, sealed one at a time off the batch path.
+  private readonly sealSingle = new SealBatch(1);
   // Single sends (handshakes, keepalives, flushed queues).
   private readonly oneOffsets = Int32Array.of(0);
   private readonly oneLens = new Int32Array(1);
 
-  private readonly nonce = Buffer.alloc(12);
   private readonly pendingFlush = new Map<Peer, boolean>();
   private tickTimer: NodeJS.Timeout | null = null;
 
@@ -125,14 +131,14 @@ export class Device {
     this.sealOffsets = new Int32Array(n);
     this.sealLens = new Int32Array(n);
     this.sealAddrs = Buffer.alloc(n * ENDPOINT_SIZE);
-    this.openSlot = this.sealSlot;
-    this.openSlab = Buffer.alloc(n * this.openSlot);
-    this.openOffsets = new Int32Array(n);
-    this.openLens = new Int32Array(n);
-    for (let i = 0; i < n; i++) {
-      this.sealOffsets[i] = i * this.sealSlot;
-      this.openOffsets[i] = i * this.openSlot;
-    }
+    this.sealBatch = new SealBatch(n);
+    for (let i = 0; i < n; i++) this.sealOffsets[i] = i * this.sealSlot;
+    this.openBatch = new OpenBatch(n);
+    this.openEntries = new Array<IndexEntry | null>(n).fill(null);
+    this.openCounters = new Float64Array(n);
+    this.openAddrOffsets = new Int32Array(n);
+    this.tunOffsets = new Int32Array(n);
+    this.tunLens = new Int32Array(n);
   }
 
   /** Bytes a TUN read slot needs: the packet plus room to pad it in place. */
@@ -214,7 +220,7 @@ export class Device {
   /** Packets read from the TUN: slot i at i * slotSize, `lens[i]` bytes; slots need padding room. */
   handleTunBatch(slab: Buffer, slotSize: number, lens: Int32Array, count: number): void {
     const now = Date.now();
-    let n = 0;
+    this.sealBatch.clear(); // what a batch that threw half-way left behind refers to another slab
     for (let i = 0; i < count; i++) {
       const off = i * slotSize;
       const len = lens[i];
@@ -235,21 +241,28 @@ export class Device {
         this.initiateHandshake(peer, now, false);
         continue;
       }
-      const size = this.sealPacket(kp, slab, off, len, this.sealSlab, this.sealOffsets[n]);
+      const n = this.sealBatch.count;
+      const size = this.queueSeal(this.sealBatch, kp, slab, off, len, this.sealOffsets[n]);
       this.sealLens[n] = size;
       peer.endpoint.copy(this.sealAddrs, n * ENDPOINT_SIZE);
-      n++;
       peer.txBytes += size;
       peer.lastSentAt = now;
       if (peer.unansweredSince === null) peer.unansweredSince = now;
       if (kp.isInitiator && (now - kp.createdAt >= timers.rekeyAfterTime || kp.sendCounter >= REKEY_AFTER_MESSAGES)) {
         this.initiateHandshake(peer, now, false);
       }
+      if (this.sealBatch.count === this.sealBatch.capacity) this.sendSealed(slab);
     }
-    if (n > 0) {
-      const sent = this.io.sendUdp(this.sealSlab, this.sealOffsets, this.sealLens, this.sealAddrs, n);
-      if (sent < n) this.dropped.sendFailed += n - sent;
-    }
+    this.sendSealed(slab);
+  }
+
+  /** Seals the queued packets (read from `src`) with one call and sends them as one batch. */
+  private sendSealed(src: Buffer): void {
+    const n = this.sealBatch.count;
+    if (n === 0) return;
+    this.sealBatch.seal(src, this.sealSlab);
+    const sent = this.io.sendUdp(this.sealSlab, this.sealOffsets, this.sealLens, this.sealAddrs, n);
+    if (sent < n) this.dropped.sendFailed += n - sent;
   }
 
   /** Writes the filter's ICMP unreachable for a refused packet back to the TUN: the sender fails fast. */
@@ -278,19 +291,22 @@ export class Device {
     return now - kp.createdAt < timers.rejectAfterTime && kp.sendCounter < REJECT_AFTER_MESSAGES;
   }
 
-  /** Writes a transport message for `len` plaintext bytes at src[off] into out[outOff]; returns its size. */
-  private sealPacket(kp: Keypair, src: Buffer, off: number, len: number, out: Buffer, outOff: number): number {
+  /**
+   * Pads `len` plaintext bytes at src[off] in place, takes the keypair's next counter and queues
+   * the packet for a transport message at outOff; returns the message's size.
+   */
+  private queueSeal(batch: SealBatch, kp: Keypair, src: Buffer, off: number, len: number, outOff: number): number {
     const padded = paddedLength(len, this.mtu);
     if (padded > len) src.fill(0, off + len, off + padded);
-    const counter = kp.sendCounter++;
-    out.writeUInt32LE(MESSAGE_TRANSPORT, outOff);
-    out.writeUInt32LE(kp.remoteIndex, outOff + 4);
-    out.writeUInt32LE(counter >>> 0, outOff + 8);
-    out.writeUInt32LE(Math.floor(counter / 0x1_0000_0000), outOff + 12);
-    writeNonce(this.nonce, counter);
-    const start = outOff + TRANSPORT_HEADER_SIZE;
-    seal(out.subarray(start, start + padded + 16), src.subarray(off, off + padded), null, this.nonce, kp.sendKey);
-    return TRANSPORT_HEADER_SIZE + padded + 16;
+    batch.add(kp.sendKey, kp.remoteIndex, kp.sendCounter++, off, padded, outOff);
+    return TRANSPORT_MIN_SIZE + padded;
+  }
+
+  /** One transport message for `len` plaintext bytes at src[off], written to out[0]; returns its size. */
+  private sealPacket(kp: Keypair, src: Buffer, off: number, len: number, out: Buffer): number {
+    const size = this.queueSeal(this.sealSingle, kp, src, off, len, 0);
+    this.sealSingle.seal(src, out);
+    return size;
   }
 
   // ---- inbound: UDP -> TUN -------------------------------------------------------------------
@@ -298,7 +314,7 @@ export class Device {
   /** Datagrams from the UDP socket: slot i at i * slotSize, source endpoint at addrs[i * 20]. */
   handleUdpBatch(slab: Buffer, slotSize: number, lens: Int32Array, addrs: Buffer, count: number): void {
     const now = Date.now();
-    let n = 0;
+    this.openBatch.clear(); // as for the seal batch: nothing from a batch that threw
     for (let i = 0; i < count; i++) {
       const off = i * slotSize;
       const len = lens[i];
@@ -306,7 +322,8 @@ export class Device {
       // The type is a little-endian u32 whose upper three bytes (reserved) must be zero.
       const type = len >= 4 ? slab.readUInt32LE(off) : 0;
       if (type === MESSAGE_TRANSPORT && len >= TRANSPORT_MIN_SIZE) {
-        if (this.receiveTransport(slab, off, len, addrs, aOff, now, n)) n++;
+        this.queueTransport(slab, off, len, addrs, aOff, now);
+        if (this.openBatch.count === this.openBatch.capacity) this.openQueued(slab, addrs, now);
       } else if (type === MESSAGE_INITIATION && len === INITIATION_SIZE) {
         this.queueHandshake(this.byEndpoint.has(endpointKey(addrs, aOff)), slab, off, len, addrs, aOff, now);
       } else if (type === MESSAGE_RESPONSE && len === RESPONSE_SIZE) {
@@ -316,19 +333,21 @@ export class Device {
         else this.queueHandshake(true, slab, off, len, addrs, aOff, now);
       } else if (type === MESSAGE_COOKIE_REPLY && len === COOKIE_REPLY_SIZE) {
         this.receiveCookieReply(slab.subarray(off, off + len));
-      } else if (!this.control?.(slab, off, len, addrs, aOff)) {
-        this.dropped.malformed++;
+      } else {
+        // What the control callback does may depend on, or re-enter, the packets before it.
+        this.openQueued(slab, addrs, now);
+        if (!this.control?.(slab, off, len, addrs, aOff)) this.dropped.malformed++;
       }
     }
-    if (n > 0) {
-      const written = this.io.writeTun(this.openSlab, this.openOffsets, this.openLens, n);
-      if (written < n) this.dropped.tunWriteFailed += n - written;
-    }
+    this.openQueued(slab, addrs, now);
     this.flushPending(now);
   }
 
-  /** Authenticates and opens a transport message into open slot n; true when it holds an IP packet. */
-  private receiveTransport(slab: Buffer, off: number, len: number, addrs: Buffer, aOff: number, now: number, n: number): boolean {
+  /**
+   * The checks a transport message passes before it may cost a decryption (a known session, not
+   * expired, a counter the replay window could still accept); then it joins the open batch.
+   */
+  private queueTransport(slab: Buffer, off: number, len: number, addrs: Buffer, aOff: number, now: number): void {
     const entry = this.indices.get(slab.readUInt32LE(off + 4));
     if (!entry || !entry.keypair) {
       this.dropped.unknownIndex++;
@@ -337,29 +356,64 @@ export class Device {
       // packet cannot force rekeys), rate-limited like any initiation.
       const sender = this.byEndpoint.get(endpointKey(addrs, aOff));
       if (sender && !sender.keypairs.current) this.initiateHandshake(sender, now, false);
-      return false;
+      return;
     }
     const { peer, keypair: kp } = entry;
     const counter = slab.readUInt32LE(off + 12) * 0x1_0000_0000 + slab.readUInt32LE(off + 8);
     if (now - kp.createdAt >= timers.rejectAfterTime || counter >= REJECT_AFTER_MESSAGES) {
       peer.dropped.keypairExpired++;
-      return false;
+      return;
     }
     if (!kp.replay.mayAccept(counter)) {
       peer.dropped.replay++;
-      return false;
+      return;
     }
-    const plainLen = len - TRANSPORT_MIN_SIZE;
-    const outOff = this.openOffsets[n];
-    writeNonce(this.nonce, counter);
-    const sealed = slab.subarray(off + TRANSPORT_HEADER_SIZE, off + len);
-    if (!open(this.openSlab.subarray(outOff, outOff + plainLen), sealed, null, this.nonce, kp.receiveKey)) {
-      peer.dropped.decryptFailed++;
-      return false;
+    const i = this.openBatch.add(kp.receiveKey, off, len);
+    this.openEntries[i] = entry;
+    this.openCounters[i] = counter;
+    this.openAddrOffsets[i] = aOff;
+  }
+
+  /** Opens the queued transport messages with one call, checks each in arrival order and writes the IP packets to the TUN. */
+  private openQueued(slab: Buffer, addrs: Buffer, now: number): void {
+    const batch = this.openBatch;
+    const count = batch.count;
+    if (count === 0) return;
+    batch.open(slab);
+    let n = 0;
+    for (let i = 0; i < count; i++) {
+      const entry = this.openEntries[i]!;
+      this.openEntries[i] = null;
+      const off = batch.offsets[i] + TRANSPORT_HEADER_SIZE;
+      const plainLen = batch.lens[i] - TRANSPORT_MIN_SIZE;
+      if (batch.ok[i] === 0) {
+        entry.peer.dropped.decryptFailed++;
+        continue;
+      }
+      const ipLen = this.acceptTransport(entry.peer, entry.keypair!, this.openCounters[i], slab, off, plainLen, batch.lens[i], addrs, this.openAddrOffsets[i], now);
+      if (ipLen > 0) {
+        this.tunOffsets[n] = off;
+        this.tunLens[n] = ipLen;
+        n++;
+      }
     }
+    batch.clear();
+    if (n > 0) {
+      const written = this.io.writeTun(slab, this.tunOffsets, this.tunLens, n);
+      if (written < n) this.dropped.tunWriteFailed += n - written;
+    }
+  }
+
+  /**
+   * An authenticated transport message: the replay window, session confirmation, roaming and the
+   * inner packet's checks. Returns the IP packet's length, or 0 when nothing goes to the TUN.
+   */
+  private acceptTransport(
+    peer: Peer, kp: Keypair, counter: number, slab: Buffer, off: number, plainLen: number, len: number, addrs: Buffer, aOff: number, now: number,
+  ): number {
     if (!kp.replay.accept(counter)) {
       peer.dropped.replay++;
-      return false;
+      return 0;
     }
 
     peer.rxBytes += len;
@@ -375,21 +429,19 @@ export class Device {
     if (kp.isInitiator && now - kp.createdAt >= timers.rejectAfterTime - timers.keepaliveTimeout - timers.rekeyTimeout) {
       this.initiateHandshake(peer, now, false);
     }
-    if (plainLen === 0) return false; // keepalive
+    if (plainLen === 0) return 0; // keepalive
     peer.lastDataReceivedAt = now;
-    const ipLen = this.innerPacketLength(peer, outOff, plainLen);
-    if (ipLen < 0) return false;
-    if (this.filter !== null && !this.filter.inbound(peer, this.openSlab, outOff, ipLen, now)) {
+    const ipLen = this.innerPacketLength(peer, slab, off, plainLen);
+    if (ipLen < 0) return 0;
+    if (this.filter !== null && !this.filter.inbound(peer, slab, off, ipLen, now)) {
       peer.dropped.policyDenied++;
-      return false;
+      return 0;
     }
-    this.openLens[n] = ipLen;
-    return true;
+    return ipLen;
   }
 
   /** Validates a decrypted IP packet: well-formed and from the peer's allowed IPs. Returns its length or -1. */
-  private innerPacketLength(peer: Peer, off: number, plainLen: number): number {
-    const buf = this.openSlab;
+  private innerPacketLength(peer: Peer, buf: Buffer, off: number, plainLen: number): number {
     const version = buf[off] >> 4;
     let total: number;
     let source: Peer | undefined;
@@ -621,7 +673,7 @@ export class Device {
       if (queue.length === 0 && keepaliveIfEmpty) this.sendKeepalive(peer, now);
       for (const { buf, len } of queue) {
         const out = Buffer.allocUnsafe(len + TRANSPORT_MIN_SIZE + 16);
-        const size = this.sealPacket(kp, buf, 0, len, out, 0);
+        const size = this.sealPacket(kp, buf, 0, len, out);
         this.sendOne(out.subarray(0, size), peer.endpoint);
         peer.txBytes += size;
         peer.lastSentAt = now;
@@ -637,7 +689,7 @@ export class Device {
       return;
     }
     const out = Buffer.allocUnsafe(TRANSPORT_MIN_SIZE);
-    this.sealPacket(kp, EMPTY, 0, 0, out, 0);
+    this.sealPacket(kp, EMPTY, 0, 0, out);
     this.sendOne(out, peer.endpoint);
     peer.txBytes += out.length;
     peer.lastSentAt = now;
