@@ -6,6 +6,8 @@ declare module 'sodium-native' {
     crypto_aead_chacha20poly1305_ietf_decrypt(m: Bytes, nsec: null, c: Bytes, ad: Bytes | null, npub: Bytes, k: Bytes): number;
     crypto_aead_xchacha20poly1305_ietf_encrypt(c: Bytes, m: Bytes, ad: Bytes | null, nsec: null, npub: Bytes, k: Bytes): number;
     crypto_aead_xchacha20poly1305_ietf_decrypt(m: Bytes, nsec: null, c: Bytes, ad: Bytes | null, npub: Bytes, k: Bytes): number;
+    crypto_scalarmult(q: Bytes, n: Bytes, p: Bytes): void;
+    crypto_scalarmult_base(q: Bytes, n: Bytes): void;
     randombytes_buf(buf: Bytes): void;
     sodium_memcmp(a: Bytes, b: Bytes): boolean;
   };
