@@ -18,7 +18,7 @@ import { formatAddress, parseAddress } from '../ip/prefix.js';
 import { endpointAddress, endpointPort, formatEndpoint, makeEndpoint } from '../wireguard/endpoint.js';
 import { defaultGatewayV4 } from './gateway.js';
 import { DEFAULT_PORTMAP_TIMEOUT_MS, formatMappingEndpoint, releaseUdpMapping, requestUdpMapping, type PortMapping } from './natpmp.js';
-import { buildBindingRequest, newTransactionId, parseBindingResponse, STUN_DEFAULT_PORT } from './stun.js';
+import { buildBindingRequest, newTransactionId, parseBindingResponse, STUN_DEFAULT_PORT } from '../net/stun.js';
 
 /** Whole-run budget: STUN servers are one RTT away (tens of ms across the internet); 3 s leaves room for loss and retries. */
 export const DEFAULT_NETCHECK_TIMEOUT_MS = 3000;

@@ -4,7 +4,7 @@ import { isIP, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { AgentVpnError } from '../errors.js';
 import { parseAddress } from '../ip/prefix.js';
-import { answerBindingRequest } from '../paths/stun.js';
+import { answerBindingRequest } from '../net/stun.js';
 import { ADDR_SIZE } from '../tun/native.js';
 import { formatEndpoint, makeEndpoint, sameEndpoint, sourceKey } from '../wireguard/endpoint.js';
 import { RoundShares } from './fair-share.js';

@@ -8,7 +8,7 @@ import { formatNetcheck, obtainNetcheck } from '../../src/cli/commands/netcheck.
 import { ControlServer } from '../../src/daemon/control-server.js';
 import { Lab, labUnavailableReasons } from '../../src/lab/index.js';
 import { Netcheck, netcheckStandalone, parseHostPort, type NetcheckReport } from '../../src/paths/netcheck.js';
-import { answerBindingRequest, buildBindingRequest, newTransactionId } from '../../src/paths/stun.js';
+import { answerBindingRequest, buildBindingRequest, newTransactionId } from '../../src/net/stun.js';
 import { makeEndpoint } from '../../src/wireguard/endpoint.js';
 
 const ip4 = (s: string): Uint8Array => Uint8Array.from(s.split('.').map(Number));

@@ -10,7 +10,7 @@ import {
   newTransactionId,
   parseBindingResponse,
   STUN_MAGIC_COOKIE,
-} from '../../src/paths/stun.js';
+} from '../../src/net/stun.js';
 import { makeEndpoint } from '../../src/wireguard/endpoint.js';
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');

@@ -7,7 +7,7 @@ import { Identity } from '../../src/identity/identity.js';
 import { waitFor } from '../../src/lab/index.js';
 import { RegistryClient } from '../../src/registry/client.js';
 import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
-import { buildBindingRequest, newTransactionId, parseBindingResponse } from '../../src/paths/stun.js';
+import { buildBindingRequest, newTransactionId, parseBindingResponse } from '../../src/net/stun.js';
 import { encodeHello } from '../../src/relay/protocol.js';
 import { rawSocket, sleep, startAgent, waitState, type TestAgent } from './harness.js';
 

@@ -5,7 +5,7 @@ import { connect } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { Identity } from '../../src/identity/identity.js';
 import { waitFor } from '../../src/lab/index.js';
-import { buildBindingRequest, newTransactionId, parseBindingResponse } from '../../src/paths/stun.js';
+import { buildBindingRequest, newTransactionId, parseBindingResponse } from '../../src/net/stun.js';
 import {
   FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_RECV, FRAME_SEND, HELLO_SIZE, MAX_FRAME_SIZE, NOTICE_BAD_SIGNATURE, NOTICE_NOT_REGISTERED,
   NOTICE_STALE_TIMESTAMP, SWEEP_INTERVAL_MS, encodeHello, encodeSend,
