@@ -1,7 +1,7 @@
 // Quick A/B of two agentvpn builds on the real packet path: two namespaces over a veth, an agentvpn
 // daemon in each, iperf3 single TCP stream for --seconds, rounds alternating A B A B so a drift of
 // the shared machine hits both. Prints each round and the median ratio A/B of throughput and of
-// host CPU seconds per GB moved. B is another checkout's bin/agentvpn.js (e.g. a copy of an older
+// host CPU seconds per GB moved, and each daemon's CPU (in cores) while iperf3 ran. B is another checkout's bin/agentvpn.js (e.g. a copy of an older
 // dist/ beside bin/, build/ and node_modules/). Run it under the bench lock:
 //
 //   flock /tmp/agentvpn-bench.lock node scripts/bench-crypto-ab.mjs --b /tmp/old/bin/agentvpn.js
@@ -40,6 +40,12 @@ function hostCpuSeconds() {
   return (f.reduce((s, x) => s + x, 0) - f[3] - f[4]) / 100;
 }
 
+/** CPU seconds a process has used so far (utime + stime from /proc/PID/stat). */
+function processCpuSeconds(pid) {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
 const median = (xs) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
 
 const lab = new Lab();
@@ -64,10 +70,16 @@ try {
       try {
         await waitFor(async () => (await lab.exec(a, ['ping', '-c', '1', '-W', '1', '100.64.0.2'])).code === 0, { timeoutMs: 20_000, what: 'tunnel up' });
         const cpuBefore = hostCpuSeconds();
+        const senderBefore = processCpuSeconds(pa.pid);
+        const receiverBefore = processCpuSeconds(pb.pid);
         const ip = await iperf3(lab, b, a, '100.64.0.2', { durationSec: SECONDS });
         const cpuPerGB = (hostCpuSeconds() - cpuBefore) / ((ip.bitsPerSecond * ip.seconds) / 8 / 1e9);
-        results[name].push({ mbps: ip.bitsPerSecond / 1e6, cpuPerGB });
-        console.log(`round ${round + 1} ${name}: ${(ip.bitsPerSecond / 1e6).toFixed(0)} Mbit/s, ${cpuPerGB.toFixed(2)} host CPU s/GB`);
+        // Each daemon's share of one core while iperf3 ran: near 1 means its JS thread is the wall.
+        const senderCore = (processCpuSeconds(pa.pid) - senderBefore) / ip.seconds;
+        const receiverCore = (processCpuSeconds(pb.pid) - receiverBefore) / ip.seconds;
+        results[name].push({ mbps: ip.bitsPerSecond / 1e6, cpuPerGB, senderCore, receiverCore });
+        console.log(`round ${round + 1} ${name}: ${(ip.bitsPerSecond / 1e6).toFixed(0)} Mbit/s, ${cpuPerGB.toFixed(2)} host CPU s/GB, ` +
+          `sender daemon ${senderCore.toFixed(2)} cores, receiver daemon ${receiverCore.toFixed(2)} cores`);
       } finally {
         await pa.stop();
         await pb.stop();

@@ -1,10 +1,12 @@
 import sodium from 'sodium-native';
 
 /**
- * The AEADs behind one small API. ChaCha20-Poly1305 (IETF, 96-bit nonce) comes from libsodium
- * via sodium-native: on this machine it is ~7 Gbit/s per core against ~2 Gbit/s for node:crypto
- * and ~0.4 Gbit/s for @noble/ciphers (measured 2026-11-24, 1420-byte packets).
- * All functions work in place on caller-owned buffers so the packet path allocates nothing.
+ * The AEADs behind one small API, one message per call: the handshake (Noise), cookies and disco.
+ * Transport data goes through aead-batch.ts instead (many packets per call into the addon).
+ * ChaCha20-Poly1305 (IETF, 96-bit nonce) here comes from libsodium via sodium-native: on this
+ * machine it is ~7 Gbit/s per core against ~2 Gbit/s for node:crypto and ~0.4 Gbit/s for
+ * @noble/ciphers (measured 2026-11-24, 1420-byte packets).
+ * All functions work in place on caller-owned buffers so they allocate nothing.
  */
 
 export const TAG_SIZE = 16;
