@@ -78,6 +78,13 @@ static int open_one(EVP_CIPHER_CTX *ctx, uint8_t *data, int len, const uint8_t *
          EVP_DecryptFinal_ex(ctx, data + n, &fin) == 1;
 }
 
+/* The context keeps the last packet's key (and its Poly1305 key) until the next init: overwrite
+ * them once per batch, so no session key outlives its batch here (the JS side wipes its copies). */
+static void forget_key(EVP_CIPHER_CTX *ctx) {
+  static const uint8_t zero[KEY_SIZE];
+  EVP_CipherInit_ex(ctx, NULL, NULL, zero, zero, 1);
+}
+
 /* ---- argument plumbing ----------------------------------------------------------------------- */
 
 typedef struct {
@@ -172,10 +179,12 @@ static napi_value seal_batch(napi_env env, napi_callback_info info) {
     store32(msg + 12, (uint32_t)(c >> 32));
     nonce_of(nonce, msg + 8);
     if (!seal_one(inst->ctx, msg + HEADER_SIZE, in + so[i], ln[i], k + (size_t)ki[i] * KEY_SIZE, nonce)) {
+      forget_key(inst->ctx);
       napi_throw_error(env, "AEAD_FAILED", "sealBatch: OpenSSL refused to seal");
       return NULL;
     }
   }
+  forget_key(inst->ctx);
   napi_value result;
   napi_create_uint32(env, count, &result);
   return result;
@@ -219,6 +228,7 @@ static napi_value open_batch(napi_env env, napi_callback_info info) {
     if (okv[i]) opened++;
     else memset(msg + HEADER_SIZE, 0, (size_t)plain);
   }
+  forget_key(inst->ctx);
   napi_value result;
   napi_create_uint32(env, opened, &result);
   return result;
