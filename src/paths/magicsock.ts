@@ -5,6 +5,7 @@ import { TokenBucket } from '../util/token-bucket.js';
 import { DiscoCodec, isDisco, isFreshCounter, newTxid, type DiscoMessage } from './disco.js';
 import { PeerPath, isRelayEndpoint, relayEndpointFor, relaySlotOf } from './peer-path.js';
 import { discoBudget, paths as T } from './constants.js';
+import { MAX_PACKET_SIZE, PACKET_HEADER_SIZE, encodeSend } from '../relay/protocol.js';
 
 /** The native calls the socket layer needs (src/tun/native.ts in the daemon, fakes in tests). */
 export interface UdpPort {
@@ -19,6 +20,27 @@ export interface RelayLink {
   handleDatagram(buf: Buffer, off: number, len: number): boolean;
   send(dstWgKey: Uint8Array, packet: Uint8Array): boolean;
 }
+
+/** A mixed outbound batch: each packet is in the caller's slab (from 0) or is a relay frame in `frames` (from 1). */
+interface OutBatch {
+  offsets: Int32Array;
+  lens: Int32Array;
+  addrs: Buffer;
+  from: Uint8Array;
+  frames: Buffer;
+}
+
+interface InBatch {
+  slot: number;
+  slab: Buffer;
+  lens: Int32Array;
+  addrs: Buffer;
+}
+
+/** A relay SEND frame slot: the frame header and the largest packet a frame carries. */
+const RELAY_SLOT = PACKET_HEADER_SIZE + MAX_PACKET_SIZE;
+/** Relayed packets handed to the device per call, as the UDP reader's batch. */
+const RELAYED_BATCH = 64;
 
 export type StunHandler = (buf: Buffer, off: number, len: number, src: Buffer, srcOff: number) => boolean;
 
@@ -52,6 +74,8 @@ export class MagicSock implements PacketIO {
   private readonly bySlot = new Map<number, PeerPath>();
   private readonly pending = new Map<string, PendingPing>();
   private relayedInbound: { path: PeerPath; packet: Buffer }[] = [];
+  private out: OutBatch = { offsets: new Int32Array(0), lens: new Int32Array(0), addrs: Buffer.alloc(0), from: new Uint8Array(0), frames: Buffer.alloc(0) };
+  private in: InBatch | null = null;
   private nextSlot = 1;
   private timer: NodeJS.Timeout | null = null;
   private localCandidates: Buffer[] = [];
@@ -97,36 +121,77 @@ export class MagicSock implements PacketIO {
     throw new Error('MagicSock carries UDP only');
   }
 
-  /** A batch with relayed packets in it: those go to the relay, the rest out of the socket. */
+  /**
+   * A batch with relayed packets in it. Over the relay's UDP link each becomes a SEND frame in a
+   * slab we keep, and goes out in the same sendmmsg as the direct ones; over TCP (or with the relay
+   * down) frames go one by one. Nothing is allocated per packet or per batch once the slabs fit.
+   */
   private sendMixed(slab: Buffer, offsets: Int32Array, lens: Int32Array, addrs: Buffer, count: number): number {
     const now = Date.now();
-    const dOffsets = new Int32Array(count);
-    const dLens = new Int32Array(count);
-    const dAddrs = Buffer.alloc(count * ENDPOINT_SIZE);
-    let direct = 0;
-    let sent = 0;
+    const out = this.outBatch(count);
+    const relay = this.relay;
+    const viaUdp = relay?.state === 'udp';
+    let n = 0;
+    let sentAlone = 0;
     for (let i = 0; i < count; i++) {
       const a = i * ENDPOINT_SIZE;
       if (!isRelayEndpoint(addrs, a)) {
-        dOffsets[direct] = offsets[i];
-        dLens[direct] = lens[i];
-        addrs.copy(dAddrs, direct * ENDPOINT_SIZE, a, a + ENDPOINT_SIZE);
-        direct++;
+        out.offsets[n] = offsets[i];
+        out.lens[n] = lens[i];
+        addrs.copy(out.addrs, n * ENDPOINT_SIZE, a, a + ENDPOINT_SIZE);
+        out.from[n++] = 0;
         continue;
       }
       const path = this.bySlot.get(relaySlotOf(addrs, a));
-      if (path && this.relay?.send(path.wgKey, slab.subarray(offsets[i], offsets[i] + lens[i]))) {
-        sent++;
+      const packet = slab.subarray(offsets[i], offsets[i] + lens[i]);
+      let ok = false;
+      if (path && relay && viaUdp && packet.length <= MAX_PACKET_SIZE) {
+        const at = i * RELAY_SLOT;
+        encodeSend(path.wgKey, packet, out.frames, at);
+        out.offsets[n] = at;
+        out.lens[n] = PACKET_HEADER_SIZE + packet.length;
+        relay.endpoint.copy(out.addrs, n * ENDPOINT_SIZE);
+        out.from[n++] = 1;
+        ok = true;
+      } else if (path && relay?.send(path.wgKey, packet)) {
+        sentAlone++;
+        ok = true;
+      }
+      if (ok) {
         this.stats.relayedOut++;
-        path.lastRelayedSendAt = now;
+        path!.lastRelayedSendAt = now;
         // Traffic on the relay is the cue to look for a direct path (rate-limited).
-        this.probeSoon(path, now);
+        this.probeSoon(path!, now);
       } else {
         this.stats.relayDropped++;
         if (path) this.probeSoon(path, now);
       }
     }
-    return sent + (direct > 0 ? this.udp.send(slab, dOffsets, dLens, dAddrs, direct) : 0);
+    return sentAlone + (n > 0 ? this.sendTwoSlabs(slab, out, n) : 0);
+  }
+
+  /** Sends a batch whose packets live in the caller's slab (from 0) or in our frame slab (from 1): one sendmmsg per run. */
+  private sendTwoSlabs(slab: Buffer, out: OutBatch, n: number): number {
+    let sent = 0;
+    for (let start = 0; start < n; ) {
+      let end = start + 1;
+      while (end < n && out.from[end] === out.from[start]) end++;
+      const src = out.from[start] === 1 ? out.frames : slab;
+      sent += this.udp.send(src, out.offsets.subarray(start, end), out.lens.subarray(start, end), out.addrs.subarray(start * ENDPOINT_SIZE, end * ENDPOINT_SIZE), end - start);
+      start = end;
+    }
+    return sent;
+  }
+
+  /** The arrays of an outbound mixed batch, grown to `count` once and kept. */
+  private outBatch(count: number): OutBatch {
+    if (this.out.offsets.length < count) {
+      this.out = {
+        offsets: new Int32Array(count), lens: new Int32Array(count), addrs: Buffer.alloc(count * ENDPOINT_SIZE),
+        from: new Uint8Array(count), frames: Buffer.alloc(count * RELAY_SLOT),
+      };
+    }
+    return this.out;
   }
 
   /** Traffic that is not direct is the cue to look for a direct path (at most once a second). */
@@ -163,13 +228,38 @@ export class MagicSock implements PacketIO {
     if (this.relayedInbound.push({ path, packet }) === 1) process.nextTick(() => this.drainRelayed());
   }
 
+  /** Hands the queued relayed packets to the device in batches, as the UDP reader does with direct ones. */
   private drainRelayed(): void {
     const queue = this.relayedInbound;
     this.relayedInbound = [];
+    const device = this.device;
+    if (!device) return;
+    const slot = device.tunSlotSize;
+    const inb = this.inBatch(slot);
+    let n = 0;
+    const flush = () => {
+      if (n > 0) device.handleUdpBatch(inb.slab, slot, inb.lens, inb.addrs, n);
+      n = 0;
+    };
     for (const { path, packet } of queue) {
-      this.oneLens[0] = packet.length;
-      this.device?.handleUdpBatch(packet, packet.length, this.oneLens, path.relayEndpoint, 1);
+      if (packet.length > slot) {
+        this.stats.relayDropped++;
+        continue;
+      }
+      packet.copy(inb.slab, n * slot);
+      inb.lens[n] = packet.length;
+      path.relayEndpoint.copy(inb.addrs, n * ENDPOINT_SIZE);
+      if (++n === RELAYED_BATCH) flush();
     }
+    flush();
+  }
+
+  /** The slab relayed packets are batched in, sized once for the device's slots. */
+  private inBatch(slot: number): InBatch {
+    if (this.in?.slot !== slot) {
+      this.in = { slot, slab: Buffer.alloc(slot * RELAYED_BATCH), lens: new Int32Array(RELAYED_BATCH), addrs: Buffer.alloc(RELAYED_BATCH * ENDPOINT_SIZE) };
+    }
+    return this.in;
   }
 
   // ---- fleet peers ----------------------------------------------------------------------------
