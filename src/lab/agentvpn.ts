@@ -24,6 +24,8 @@ export interface AgentVpnOptions {
   runDir?: string;
   /** Path of bin/agentvpn.js (default <repo>/bin/agentvpn.js). */
   bin?: string;
+  /** Options for node itself, before the script (e.g. --cpu-prof, which NODE_OPTIONS may not carry). */
+  nodeArgs?: string[];
 }
 
 export class AgentVpnProcess {
@@ -76,7 +78,7 @@ export async function startAgentVpn(
   mkdirSync(runDir, { recursive: true, mode: 0o700 });
   const env = { ...process.env, ...opts.env, AGENTVPN_RUN_DIR: runDir };
   const bin = opts.bin ?? AGENTVPN_BIN;
-  const argv = [process.execPath, bin, 'up', '--foreground', '--config', configFile, '--interface', ifname, ...(opts.extraArgs ?? [])];
+  const argv = [process.execPath, ...(opts.nodeArgs ?? []), bin, 'up', '--foreground', '--config', configFile, '--interface', ifname, ...(opts.extraArgs ?? [])];
   const proc = lab.spawn(ns, argv, { name: `agentvpn-${ifname}`, env, cwd: REPO_ROOT });
   const handle = new AgentVpnProcess(lab, ns, ifname, configFile, runDir, env, bin, proc);
   let exit: string | undefined;
