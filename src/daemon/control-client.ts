@@ -1,6 +1,6 @@
 import { connect } from 'node:net';
 import { AgentVpnError } from '../errors.js';
-import type { ControlResponse } from './control-server.js';
+import type { ControlResponse } from './control-protocol.js';
 import { controlSocketPath, logFilePath } from './paths.js';
 
 // Status of a big device can be large; this only guards against a runaway peer on the socket.

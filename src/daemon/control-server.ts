@@ -2,18 +2,8 @@ import { chmod, lstat, mkdir, rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { AgentVpnError } from '../errors.js';
 import { isDaemonAnswering } from './control-client.js';
+import type { ControlRequest, ControlResponse } from './control-protocol.js';
 import { controlSocketPath, runDir } from './paths.js';
-
-/** Wire format: one JSON object per line in each direction. */
-export interface ControlRequest {
-  id: number | string;
-  method: string;
-  params?: unknown;
-}
-
-export type ControlResponse =
-  | { id: number | string | null; ok: true; result: unknown }
-  | { id: number | string | null; ok: false; code: string; message: string; hint: string };
 
 export type ControlHandler = (params: unknown) => unknown | Promise<unknown>;
 
