@@ -181,9 +181,12 @@ describe('TUN read: a TSO super-packet is split into plain packets', () => {
       vnetHeader({ gsoType: GSO_TCPV4, gsoSize: 4000 }), // segments larger than a slot
       vnetHeader({ gsoType: GSO_UDP_L4, gsoSize: MSS }), // UDP GSO on a TCP packet
       vnetHeader({ gsoType: 77, gsoSize: MSS }), // unknown type
-      vnetHeader({ flags: NEEDS_CSUM, csumStart: 60000, csumOffset: 16 }), // checksum beyond the packet
     ];
     expect(bad.map((h) => offloadTesting.offloadSplit(Buffer.concat([h, pkt]), SLOT))).toEqual(bad.map(() => null));
+    // A checksum beyond the packet, on a packet that fits a slot (so only the bounds check refuses it).
+    const small = tcpPacket({ seq: 1, payload: pattern(300) }, true);
+    expect(offloadTesting.offloadSplit(Buffer.concat([vnetHeader({ flags: NEEDS_CSUM, csumStart: 60000, csumOffset: 16 }), small]), SLOT)).toBeNull();
+    expect(offloadTesting.offloadSplit(Buffer.concat([vnetHeader({ flags: NEEDS_CSUM, csumStart: 20, csumOffset: 16 }), small]), SLOT)).not.toBeNull();
     expect(offloadTesting.offloadSplit(Buffer.concat([vnetHeader({ gsoType: GSO_TCPV4, gsoSize: MSS }), pkt.subarray(0, 30)]), SLOT)).toBeNull();
   });
 });
@@ -275,8 +278,8 @@ describe('TUN write: segments of one flow are coalesced as the kernel GRO would'
     udp.writeUInt16BE(60, 2);
     udp[9] = 17;
     const frag = tcpPacket({ seq: 1000, payload: pattern(MSS) });
-    frag.writeUInt16BE(0x2000, 6); // MF
-    const out = slabOf([udp, udp, frag, segments(1)[0]]);
+    frag.writeUInt16BE(0x6000, 6); // DF (as the others) and MF: only the fragment rule keeps it apart
+    const out = slabOf([udp, udp, frag, segments(1, { first: 1000 + MSS })[0]]);
     expect(out.length).toBe(4);
     expect(out.every((w) => w.subarray(0, VNET).equals(Buffer.alloc(VNET)))).toBe(true);
   });

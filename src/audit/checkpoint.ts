@@ -40,7 +40,7 @@ const ED25519_TYPE = 0x01;
 const KEY_ID_SIZE = 4;
 const ED25519_SIG_SIZE = 64;
 const ED25519_PUB_SIZE = 32;
-const SIG_PREFIX = '\u2014 ';
+export const SIG_PREFIX = '\u2014 ';
 /** Tree sizes beyond 2^53 - 1 are not exact JS numbers: at most 16 digits. */
 const SIZE_LINE = /^(0|[1-9][0-9]{0,15})$/;
 
@@ -97,9 +97,9 @@ function writing<T>(what: string, check: () => T): T {
   }
 }
 
-/** SHA-256(name || 0x0A || 0x01 || public key)[0:4]. */
-export function keyIdOf(name: string, publicKey: Uint8Array): Buffer {
-  return createHash('sha256').update(name, 'utf8').update(Buffer.from([0x0a, ED25519_TYPE])).update(publicKey).digest().subarray(0, KEY_ID_SIZE);
+/** SHA-256(name || 0x0A || type || public key)[0:4]; type 0x01 for a note signature (0x04: a cosignature). */
+export function keyIdOf(name: string, publicKey: Uint8Array, type = ED25519_TYPE): Buffer {
+  return createHash('sha256').update(name, 'utf8').update(Buffer.from([0x0a, type])).update(publicKey).digest().subarray(0, KEY_ID_SIZE);
 }
 
 /** The raw 32-byte public key of an Ed25519 KeyObject (private or public). */

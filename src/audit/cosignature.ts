@@ -1,7 +1,6 @@
-import { createHash } from 'node:crypto';
 import { AgentVpnError } from '../errors.js';
 import { signWith, verifySignature } from '../identity/ed25519.js';
-import { MAX_SIGNATURES, parseCheckpoint, parseNote, rawPublicKey, type Checkpoint, type NoteSigner, type NoteVerifier } from './checkpoint.js';
+import { MAX_SIGNATURES, SIG_PREFIX, keyIdOf, parseCheckpoint, parseNote, rawPublicKey, type Checkpoint, type NoteSigner, type NoteVerifier } from './checkpoint.js';
 
 /**
  * Ed25519 cosignatures (c2sp.org/tlog-cosignature v1): a witness's statement that, at a time,
@@ -19,10 +18,9 @@ const COSIGNATURE_TYPE = 0x04;
 const HEADER = 'cosignature/v1\n';
 const SIG_SIZE = 64;
 const TIMESTAMP_SIZE = 8;
-const SIG_PREFIX = '\u2014 ';
 
 export function cosignerKeyIdOf(name: string, publicKey: Uint8Array): Buffer {
-  return createHash('sha256').update(name, 'utf8').update(Buffer.from([0x0a, COSIGNATURE_TYPE])).update(publicKey).digest().subarray(0, 4);
+  return keyIdOf(name, publicKey, COSIGNATURE_TYPE);
 }
 
 function signedMessage(text: string, time: number): Buffer {

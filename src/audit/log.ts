@@ -79,7 +79,6 @@ export class AuditLog {
   private closed = false;
   private dropped = 0;
   private writeErrors = 0;
-  private readonly listeners = new Set<(e: AuditEntry) => void>();
   private signer: NoteSigner;
   private readonly now: () => number;
   private readonly maxPending: number;
@@ -155,9 +154,6 @@ export class AuditLog {
     return this.lastNote;
   }
 
-  get origin(): string {
-    return this.opts.origin;
-  }
 
   status(): AuditLogStatus {
     return {
@@ -186,12 +182,6 @@ export class AuditLog {
       this.waiting.push({ entry, line, resolve, reject });
       this.flushing ??= this.flush();
     });
-  }
-
-  /** Calls `listener` with each entry once it is durable; returns the unsubscribe. */
-  subscribe(listener: (e: AuditEntry) => void): () => void {
-    this.listeners.add(listener);
-    return () => this.listeners.delete(listener);
   }
 
   /** The durable entries' lines [from, to). */
@@ -282,10 +272,7 @@ export class AuditLog {
       delay = RETRY_MIN_MS;
       this.waiting.splice(0, batch.length);
       this.durable += batch.length;
-      for (const w of batch) {
-        w.resolve(w.entry);
-        for (const l of this.listeners) l(w.entry);
-      }
+      for (const w of batch) w.resolve(w.entry);
     }
     this.flushing = null;
   }

@@ -3,6 +3,7 @@ import { AgentVpnError } from '../errors.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import type { NoteVerifier } from './checkpoint.js';
 import { openCosigned } from './cosignature.js';
+import { pinnedWitness } from './agent-dir.js';
 import { auditPath } from './files.js';
 import type { AuditLog } from './log.js';
 import type { AuditSink } from './sink.js';
@@ -53,11 +54,18 @@ export class AuditShipper {
   private problem: string | null = null;
   lastError: string | null = null;
   private cosigned: string | null;
+  /** Why witness.json could not be read (then nothing is shipped until an operator restores or deletes it). */
+  private damagedPin: string | null = null;
 
   constructor(private readonly opts: ShipperOptions) {
     this.shipped = readJson<{ size: number }>(auditPath(opts.dir, 'shipped'))?.size ?? null;
-    const w = readJson<{ name: string; publicKey: string }>(auditPath(opts.dir, 'witness'));
-    this.witness = w ? { name: w.name, publicKey: Buffer.from(w.publicKey, 'base64') } : null;
+    try {
+      this.witness = pinnedWitness(opts.dir);
+    } catch (e) {
+      // A damaged pin must not be replaced by whatever key the registry offers now.
+      this.witness = null;
+      this.damagedPin = (e as Error).message;
+    }
     const cosigned = auditPath(opts.dir, 'cosigned');
     this.cosigned = existsSync(cosigned) ? readFileSync(cosigned, 'utf8') : null;
   }
@@ -111,6 +119,9 @@ export class AuditShipper {
     try {
       if (this.isStuck()) this.shipped = null; // retrying: an operator may have resolved it
       this.state = 'starting';
+      if (this.damagedPin) {
+        return this.stuck('witness-changed', `${this.damagedPin}: audit entries are not shipped`, 'audit.witness-damaged', { file: auditPath(this.opts.dir, 'witness') });
+      }
       if (!this.witness) await this.pinWitness();
       if (this.shipped === null) await this.reconcile();
       while (this.shipped !== null && this.shipped < log.size && !this.isStuck()) await this.shipBatch(this.shipped, Math.min(this.shipped + BATCH, log.size));

@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { openCheckpoint, parseCheckpoint, parseNote, type NoteVerifier } from './checkpoint.js';
 import { openCosigned } from './cosignature.js';
 import { parseEntry } from './entry.js';
-import { auditPath, cutDebris, readLines } from './files.js';
+import { auditPath, cutDebris, readLines, type LinesRead } from './files.js';
 import { MerkleTree } from './merkle.js';
 
 /**
@@ -56,6 +56,15 @@ export interface VerifyReport {
 /** Keeps a report readable when everything after an edit is wrong too. */
 const MAX_PROBLEMS = 50;
 
+/**
+ * The entry lines of a log directory as the log itself sees them: crash debris (zeros of an
+ * unfinished write) above the largest checkpointed size is a torn tail, as the log cuts it when it
+ * opens. For readers of a directory no daemon has reopened yet (verify, `audit export`).
+ */
+export function readEntryLines(dir: string, checkpoints = readCheckpointLines(dir)): LinesRead {
+  return cutDebris(readLines(auditPath(dir, 'entries')), checkpoints.reduce((max, c) => Math.max(max, claimedSize(c.note)), 0));
+}
+
 export async function verifyLogDir(dir: string, opts: VerifyOptions): Promise<VerifyReport> {
   const problems: VerifyProblem[] = [];
   const add = (kind: ProblemKind, seq: number | null, message: string) => {
@@ -64,8 +73,7 @@ export async function verifyLogDir(dir: string, opts: VerifyOptions): Promise<Ve
     if (problems.length < MAX_PROBLEMS) problems.push({ kind, seq, message });
   };
   const checkpoints = readCheckpointLines(dir);
-  // Crash debris (zeros of an unfinished write) is torn tail, as the log cuts it when it opens.
-  const { lines, tornBytes } = cutDebris(readLines(auditPath(dir, 'entries')), checkpoints.reduce((max, c) => Math.max(max, claimedSize(c.note)), 0));
+  const { lines, tornBytes } = readEntryLines(dir, checkpoints);
   checkEntries(lines, opts.owner, add);
   const tree = new MerkleTree();
   for (const line of lines) tree.append(line);
@@ -105,7 +113,7 @@ export async function verifyLogDir(dir: string, opts: VerifyOptions): Promise<Ve
     else add('changed', checkpointedSize, `entries ${checkpointedSize}..${cp.size - 1} do not match ${label}: one of them was changed after it was logged`);
   }
 
-  const witnessedSize = await checkWitness(dir, opts, tree, lines.length, verifiers, add);
+  const witnessedSize = await checkWitness(dir, opts, tree, lines, verifiers, add);
   problems.sort((a, b) => (a.seq ?? Infinity) - (b.seq ?? Infinity));
   return { ok: problems.length === 0, entries: lines.length, checkpoints: checkpoints.length, checkpointedSize, witnessedSize, tornBytes, problems };
 }
@@ -165,7 +173,8 @@ function readCheckpointLines(dir: string): { note: string; leaves: Buffer | null
 }
 
 /** Checks the registry's cosigned checkpoints against the entries; returns the largest good witnessed size. */
-async function checkWitness(dir: string, opts: VerifyOptions, tree: MerkleTree, size: number, verifiers: NoteVerifier[], add: Add): Promise<number | null> {
+async function checkWitness(dir: string, opts: VerifyOptions, tree: MerkleTree, lines: Buffer[], verifiers: NoteVerifier[], add: Add): Promise<number | null> {
+  const size = lines.length;
   if (!opts.witness) return null;
   const file = auditPath(dir, 'cosigned');
   const notes = [...(existsSync(file) ? [readFileSync(file, 'utf8')] : []), ...(opts.cosigned ?? [])];
@@ -184,7 +193,7 @@ async function checkWitness(dir: string, opts: VerifyOptions, tree: MerkleTree, 
       continue;
     }
     if (!tree.root(cp.size).equals(cp.rootHash)) {
-      const first = opts.registryLines ? await firstDifferentLine(dir, opts.registryLines, cp.size) : null;
+      const first = opts.registryLines ? await firstDifferentLine(lines, opts.registryLines, cp.size) : null;
       add('fork', first, `the log is not the history the registry witnessed at size ${cp.size} (cosigned ${new Date(cp.cosignedAt * 1000).toISOString()}): it was rewritten${first === null ? '' : `; entry ${first} is the first that differs from the registry's copy`}`);
       continue;
     }
@@ -196,8 +205,7 @@ async function checkWitness(dir: string, opts: VerifyOptions, tree: MerkleTree, 
   return witnessed;
 }
 
-async function firstDifferentLine(dir: string, registryLines: NonNullable<VerifyOptions['registryLines']>, size: number): Promise<number | null> {
-  const { lines } = readLines(auditPath(dir, 'entries'));
+async function firstDifferentLine(lines: Buffer[], registryLines: NonNullable<VerifyOptions['registryLines']>, size: number): Promise<number | null> {
   const STEP = 500;
   for (let from = 0; from < size; from += STEP) {
     const theirs = await registryLines(from, Math.min(size, from + STEP));

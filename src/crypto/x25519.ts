@@ -25,18 +25,17 @@ export function publicKeyOf(privateKey: Uint8Array): Uint8Array {
   return out;
 }
 
-/** Diffie-Hellman; throws on an all-zero result (a low-order point), as WireGuard requires. */
+/**
+ * Diffie-Hellman; throws on an all-zero result (a low-order point), as WireGuard requires:
+ * libsodium refuses it with a non-zero status, which sodium-native throws.
+ */
 export function dh(privateKey: Uint8Array, publicKey: Uint8Array): Uint8Array {
+  if (privateKey.length !== KEY_SIZE || publicKey.length !== KEY_SIZE) throw new RangeError(`X25519 keys are ${KEY_SIZE} bytes`);
   const out = new Uint8Array(KEY_SIZE);
   try {
     sodium.crypto_scalarmult(out, privateKey, publicKey);
   } catch (e) {
-    throw lowOrder(e);
+    throw new AgentVpnError('BAD_PUBLIC_KEY', 'X25519 with this public key gives the all-zero secret (a low-order point)', 'the peer\'s public key is not usable: check it', { cause: e });
   }
-  if (out.every((b) => b === 0)) throw lowOrder();
   return out;
-}
-
-function lowOrder(cause?: unknown): AgentVpnError {
-  return new AgentVpnError('BAD_PUBLIC_KEY', 'X25519 with this public key gives the all-zero secret (a low-order point)', 'the peer\'s public key is not usable: check it', { cause });
 }

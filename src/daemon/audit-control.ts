@@ -49,7 +49,7 @@ export function auditHandlers(trail: AuditTrail, shipper: AuditShipper | null, a
     },
     auditRegistryHead: async () => {
       if (!api) throw new AgentVpnError('NO_REGISTRY', 'this agent has no registry', 'static mode keeps the audit log locally only');
-      return { head: await api.head(), witness: shipper?.witnessKey ? { name: shipper.witnessKey.name, publicKey: Buffer.from(shipper.witnessKey.publicKey).toString('base64') } : null };
+      return { head: await api.head() };
     },
     auditRegistryEntries: async (params) => {
       if (!api?.entries) throw new AgentVpnError('NO_REGISTRY', 'this agent has no registry', 'static mode keeps the audit log locally only');
@@ -64,11 +64,12 @@ async function proveWith(trail: AuditTrail, shipper: AuditShipper | null, seq: n
   const log = trail.log;
   const witness = shipper?.witnessKey ?? null;
   const cosigned = shipper?.lastCosigned() ?? null;
+  const cosignedSize = cosigned && witness ? openCosigned(cosigned, witness).size : 0;
   let checkpoint: string;
   let size: number;
-  if (cosigned && witness && openCosigned(cosigned, witness).size > seq) {
+  if (cosigned && cosignedSize > seq) {
     checkpoint = cosigned;
-    size = openCosigned(cosigned, witness).size;
+    size = cosignedSize;
   } else {
     await log.checkpoint();
     size = log.size;

@@ -6,7 +6,7 @@ import { agentLogOrigin } from '../audit/origin.js';
 import type { AuditSink } from '../audit/sink.js';
 import type { Identity } from '../identity/identity.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
-import { SourceBuckets } from '../util/token-bucket.js';
+import { EventLimit } from '../util/event-limit.js';
 
 /**
  * How long an action waits for its entry to reach the disk before it goes on anyway: normally an
@@ -19,14 +19,11 @@ const WARN_EVERY_MS = 10_000;
 
 /**
  * Events a peer or the network can repeat at will (a path made to flap, a registry that comes and
- * goes): each subject may write a burst of 10, then one per 30 s; what is held back is counted in
+ * goes): each subject may write 10 per 5 minutes (1,000 in all); what is held back is counted in
  * the next entry's `suppressed`. Everything else is rare or bounded at its source.
  */
 const NOISY = new Set(['path.changed', 'registry.outage', 'registry.connected']);
-const NOISY_RATE_PER_S = 1 / 30;
-const NOISY_BURST = 10;
-/** Subjects tracked for NOISY events (peers and networks); the oldest is forgotten past it. */
-const NOISY_SUBJECTS = 16_384;
+const NOISY_LIMITS = { perKey: 10, total: 1_000, windowMs: 300_000, maxKeys: 16_384 };
 
 /**
  * The agent's audit trail: its AuditLog in `<state dir>/audit/`, signed with the identity's
@@ -38,8 +35,7 @@ export class AuditTrail {
   lost = 0;
   private lastWarnAt = 0;
   private readonly deniesSeen = new Map<string, number>();
-  private readonly noisy = new SourceBuckets(NOISY_RATE_PER_S, NOISY_BURST, NOISY_SUBJECTS);
-  private readonly suppressed = new Map<string, number>();
+  private readonly noisy = new EventLimit(NOISY_LIMITS);
 
   private constructor(readonly log: AuditLog, readonly dir: string, private readonly logger: PinoLogger) {}
 
@@ -60,20 +56,17 @@ export class AuditTrail {
   /** Reports an event; never throws, never waits. */
   readonly record: AuditSink = (type, subject, details = {}) => {
     if (NOISY.has(type)) {
-      const key = `${type} ${subject}`;
-      if (!this.noisy.take(key)) {
-        if (!this.suppressed.has(key) && this.suppressed.size >= NOISY_SUBJECTS) this.suppressed.delete(this.suppressed.keys().next().value!);
-        this.suppressed.set(key, (this.suppressed.get(key) ?? 0) + 1);
-        return Promise.resolve();
-      }
-      const held = this.suppressed.get(key);
-      if (held) {
-        this.suppressed.delete(key);
-        details = { ...details, suppressed: held };
-      }
+      const taken = this.noisy.take(`${type} ${subject}`);
+      if (!taken) return Promise.resolve();
+      if (taken.skipped) details = { ...details, suppressed: taken.skipped };
     }
-    const durable = this.log.append(type, subject, details).then(() => {}, (e) => this.failed(type, e as Error));
-    return Promise.race([durable, new Promise<void>((r) => setTimeout(r, DURABLE_WAIT_MS).unref())]);
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, DURABLE_WAIT_MS);
+      this.log.append(type, subject, details).catch((e) => this.failed(type, e as Error)).finally(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
   };
 
   /** Appends and resolves once the entry is on disk. */

@@ -4,7 +4,7 @@ import { cosign } from '../audit/cosignature.js';
 import { NETWORK_PATTERN } from '../net/names.js';
 import { AuditShipBudget } from './audit-budget.js';
 import { agentLogVerifiers, checkShip, openShipCheckpoint, parseShipBody } from './audit-ship.js';
-import { EventLimit } from './event-limit.js';
+import { EventLimit } from '../util/event-limit.js';
 import type { Fleet } from './fleet-state.js';
 import { readJson, sendJson } from './http-body.js';
 import { MAX_READ_ENTRIES, MAX_SHIP_BYTES, parseAuthorization, type AuditHeadView, type AuditStats } from './protocol.js';

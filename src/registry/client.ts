@@ -110,12 +110,12 @@ export class RegistryClient {
     };
   }
 
-  /** Publishes a record; `chain` (the identity's key chain) is needed once the record is signed by a rotated key. */
   /** After a key rotation: sign with the new current key (the agent ID, and so the timestamps, stay). */
   setIdentity(identity: Identity): void {
     this.opts.identity = identity;
   }
 
+  /** Publishes a record; `chain` (the identity's key chain) is needed once the record is signed by a rotated key. */
   async publish(signed: SignedRecord, chain?: readonly KeyStatement[]): Promise<void> {
     await this.request('PUT', this.agentPath(), { body: chain && chain.length > 0 ? { ...signed, chain } : signed });
   }

@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { clip, type JsonValue } from '../audit/entry.js';
 import { AuditLog } from '../audit/log.js';
 import { addressKey } from './connection-guard.js';
-import { EventLimit } from './event-limit.js';
+import { EventLimit } from '../util/event-limit.js';
 import { LOGGED_ACTIONS_KEY, type AuditRefusal, type Member, type OperatorAction, type RegistryStore } from './store.js';
 import type { WitnessKey } from './witness-key.js';
 

@@ -179,7 +179,8 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     try {
       hash = admins.authorize(req);
     } catch (e) {
-      await registryLog.adminAuthFailed(req);
+      // A refusal by the budget (RATE_LIMITED) checked no token: only a token that failed is a failed login.
+      if ((e as AgentVpnError).code === 'UNAUTHORIZED') await registryLog.adminAuthFailed(req);
       throw e;
     }
     await registryLog.adminLogin(hash, req);

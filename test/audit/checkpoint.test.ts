@@ -175,10 +175,16 @@ describe('signed notes: strict parsing', () => {
   });
 
   it('every refusal carries a hint', () => {
-    try {
-      parseNote('nonsense');
-    } catch (e) {
-      expect((e as AgentVpnError).hint.length).toBeGreaterThan(10);
+    const refused = ['nonsense', 'text\n\nno dash line\n', `${'x'.repeat(MAX_NOTE_BYTES + 1)}`, 'no final newline'];
+    for (const input of refused) {
+      let err: unknown = null;
+      try {
+        parseNote(input);
+      } catch (e) {
+        err = e;
+      }
+      expect(err, JSON.stringify(input.slice(0, 30))).toBeInstanceOf(AgentVpnError);
+      expect((err as AgentVpnError).hint.length).toBeGreaterThan(10);
     }
   });
 });

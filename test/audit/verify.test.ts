@@ -291,7 +291,7 @@ describe('audit verify: limits', () => {
     expect(first(await verifyLogDir(dir, withWitness({ cosigned: [cosigned[1000]!] })))).toEqual({ ok: false, kind: 'truncated', seq: 0 });
   });
 
-  it('a log of 1000 entries verifies in well under a second here', async () => {
+  it('a log of 1000 entries verifies in bounded time (the figure is printed; the bound is loose for a busy machine)', async () => {
     const started = performance.now();
     await verifyLogDir(clean, withWitness());
     const ms = performance.now() - started;

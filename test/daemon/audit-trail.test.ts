@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { agentVerifyOptions } from '../../src/audit/agent-dir.js';
 import { verifyLogDir } from '../../src/audit/verify.js';
 import { AuditTrail } from '../../src/daemon/audit-trail.js';
@@ -36,6 +36,18 @@ describe('the agent audit trail', () => {
     expect(flaps.length).toBe(10);
     expect(written.filter((e) => e.subject === 'avother')).toHaveLength(1);
     expect(written.some((e) => e.type === 'peer.added')).toBe(true);
+    // In the next window, the first change carries the count of the 40 held back.
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      vi.setSystemTime(Date.now() + 301_000);
+      trail.record('path.changed', 'avpeer', { kind: 'direct', endpoint: '192.0.2.1:1' });
+    } finally {
+      vi.useRealTimers();
+    }
+    await trail.log.flushed();
+    const next = entries(trail).filter((e) => e.type === 'path.changed' && e.subject === 'avpeer');
+    expect(next).toHaveLength(11);
+    expect(next[10]!.details.suppressed).toBe(40);
     await trail.close();
   });
 

@@ -2,9 +2,9 @@ import { readFileSync } from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
 import { agentVerifyOptions } from '../../audit/agent-dir.js';
 import { parseEntry, type AuditEntry } from '../../audit/entry.js';
-import { auditDirOf, auditPath, readLines } from '../../audit/files.js';
+import { auditDirOf } from '../../audit/files.js';
 import { checkProofBundle, type ProofBundle } from '../../audit/proof.js';
-import { verifyLogDir, type VerifyReport } from '../../audit/verify.js';
+import { readEntryLines, verifyLogDir, type VerifyReport } from '../../audit/verify.js';
 import { callDaemon } from '../../daemon/control-client.js';
 import { AgentVpnError } from '../../errors.js';
 import { DEFAULT_STATE_DIR, stateDir } from '../../identity/identity.js';
@@ -36,9 +36,9 @@ async function auditDir(args: DirArgs): Promise<string> {
   }
 }
 
-/** Entries from the log file (no daemon needed). */
+/** Entries from the log file (no daemon needed; crash debris at the end is left out, as the daemon cuts it). */
 function entriesOnDisk(dir: string): AuditEntry[] {
-  return readLines(auditPath(dir, 'entries')).lines.map((l) => parseEntry(l));
+  return readEntryLines(dir).lines.map((l) => parseEntry(l));
 }
 
 function isNotRunning(e: unknown): boolean {

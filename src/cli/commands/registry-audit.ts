@@ -6,7 +6,7 @@ import { registryLogDirOf } from '../../registry/registry-log.js';
 import { SqliteStore } from '../../registry/sqlite-store.js';
 import { WITNESS_HOST_KEY, type AuditRefusal } from '../../registry/store.js';
 import { DEFAULT_WITNESS_HOST, readWitnessPublic, witnessKeyFileOf } from '../../registry/witness-key.js';
-import { columns, printResult, runCommand, type GlobalArgs } from '../output.js';
+import { columns, printError, printResult, runCommand, type GlobalArgs } from '../output.js';
 
 /**
  * `agentvpn registry audit verify|refusals --db FILE`: what the registry holds of agents' audit
@@ -54,27 +54,30 @@ function human(r: RegistryAuditReport): string {
   return lines.join('\n');
 }
 
+/** The witness's public key: from --witness-key (default DB.witness-key), named for the host the registry last ran with. */
+async function witnessOf(args: AuditArgs, store: SqliteStore) {
+  const host = args['witness-host'] ?? (await store.getMeta(WITNESS_HOST_KEY)) ?? DEFAULT_WITNESS_HOST;
+  return readWitnessPublic(args['witness-key'] ?? witnessKeyFileOf(args.db), host);
+}
+
 async function verify(args: AuditArgs): Promise<void> {
-  const report = await openDb(args.db, async (store) => {
-    const host = args['witness-host'] ?? (await store.getMeta(WITNESS_HOST_KEY)) ?? DEFAULT_WITNESS_HOST;
-    const witness = readWitnessPublic(args['witness-key'] ?? witnessKeyFileOf(args.db), host);
-    return verifyRegistryAudit(store, { witness, auditDir: args['audit-dir'] ?? registryLogDirOf(args.db) });
-  });
+  const report = await openDb(args.db, async (store) =>
+    verifyRegistryAudit(store, { witness: await witnessOf(args, store), auditDir: args['audit-dir'] ?? registryLogDirOf(args.db) }));
   const problem = firstProblem(report);
   if (!problem) return printResult(args.json, { ...report }, () => human(report));
   const err = new AgentVpnError('AUDIT_VERIFY_FAILED', problem, 'the database or the log directory was edited: keep a copy as evidence; each agent\'s own log (agentvpn audit verify) holds its entries');
-  if (args.json) process.stdout.write(`${JSON.stringify({ ...report, ...err.toJSON() })}\n`);
-  else process.stdout.write(`${human(report)}\n`);
-  if (!args.json) process.stderr.write(`error: ${err.message}\nhint: ${err.hint}\n`);
+  if (args.json) {
+    process.stdout.write(`${JSON.stringify({ ...report, ...err.toJSON() })}\n`);
+  } else {
+    process.stdout.write(`${human(report)}\n`);
+    printError(err, false);
+  }
   process.exitCode = 1;
 }
 
 /** The witness key as NAME+BASE64: what `agentvpn audit check-proof --witness-key` takes. */
 async function witness(args: AuditArgs): Promise<void> {
-  const w = await openDb(args.db, async (store) => {
-    const host = args['witness-host'] ?? (await store.getMeta(WITNESS_HOST_KEY)) ?? DEFAULT_WITNESS_HOST;
-    return readWitnessPublic(args['witness-key'] ?? witnessKeyFileOf(args.db), host);
-  });
+  const w = await openDb(args.db, (store) => witnessOf(args, store));
   const publicKey = Buffer.from(w.publicKey).toString('base64');
   printResult(args.json, { name: w.name, publicKey, witnessKey: `${w.name}+${publicKey}` }, () => `${w.name}+${publicKey}`);
 }

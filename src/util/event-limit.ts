@@ -3,7 +3,7 @@
  * total, per time window: what a flood may make the registry store (refusals, audit entries) is
  * bounded, and the events left out are counted and handed to the next one written for that key
  * (so the record says how many it stands for). Keys are bounded too: past `maxKeys` within a
- * window, new keys count toward the total only, and what they skip goes to a shared tally.
+ * window, new keys count toward the total only (what they skip is in `skippedTotal`).
  */
 
 export interface EventLimits {
@@ -22,8 +22,6 @@ export class EventLimit {
   private window = -1;
   private total = 0;
   private readonly keys = new Map<string, KeyState>();
-  /** Skipped events of keys that could not be tracked (the key map was full). */
-  private untracked = 0;
   /** Every event left out, ever (for stats). */
   skippedTotal = 0;
 
@@ -40,7 +38,6 @@ export class EventLimit {
     if (this.total >= this.limits.total || (state && state.count >= this.limits.perKey)) {
       this.skippedTotal++;
       if (state) state.skipped++;
-      else this.untracked++;
       return null;
     }
     this.total++;
@@ -49,13 +46,6 @@ export class EventLimit {
     const skipped = state.skipped;
     state.skipped = 0;
     return { skipped };
-  }
-
-  /** Events left out that no written event accounts for yet (a key that never came back). */
-  get unaccounted(): number {
-    let n = this.untracked;
-    for (const s of this.keys.values()) n += s.skipped;
-    return n;
   }
 
   private roll(now: number): void {
