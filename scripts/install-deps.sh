@@ -23,6 +23,10 @@ wanted=(
   miniupnpd-nftables:miniupnpd
   stun-client:stun
   dnsutils:dig
+  prometheus:prometheus
+  chromium:chromium
+  systemd:systemd-analyze
+  ncat:ncat
 )
 
 have_cmd() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
