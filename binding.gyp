@@ -33,6 +33,12 @@
           "cflags": ["-O2"]
         }
       }
+    },
+    {
+      "target_name": "agentvpn_notify",
+      "sources": ["native/sd_notify.c"],
+      "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"],
+      "cflags_c": ["-std=c11"]
     }
   ]
 }
