@@ -236,6 +236,12 @@ export class SqliteStore implements RegistryStore {
     }).immediate();
   }
 
+  async tokens(network: string, limit: number): Promise<StoredToken[]> {
+    return (this.sql('SELECT * FROM tokens WHERE network = ? ORDER BY created_at DESC LIMIT ?').all(network, limit) as Array<{
+      hash: string; network: string; created_at: number; expires_at: number | null; uses_left: number | null; tags: string;
+    }>).map((r) => ({ hash: r.hash, network: r.network, createdAt: r.created_at, expiresAt: r.expires_at, usesLeft: r.uses_left, tags: parseStoredTags(r.tags) }));
+  }
+
   async checkToken(network: string, hash: string, now: number): Promise<TokenCheck> {
     const row = this.sql(`SELECT expires_at FROM tokens WHERE hash = ? AND network = ? AND (expires_at IS NULL OR expires_at > ?)
       AND (uses_left IS NULL OR uses_left > 0)`).get(hash, network, now) as { expires_at: number | null } | undefined;

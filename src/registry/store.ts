@@ -198,6 +198,8 @@ export interface AuditRefusal {
 
 export interface RegistryStore {
   addToken(token: StoredToken): Promise<void>;
+  /** A network's join tokens (by hash), newest first, at most `limit`: what the console lists. */
+  tokens(network: string, limit: number): Promise<StoredToken[]>;
   /** Whether the token (by hash) belongs to the network, has not expired and has a use left (reads do not take one). */
   checkToken(network: string, hash: string, now: number): Promise<TokenCheck>;
   /**
