@@ -36,6 +36,8 @@ export const REFUSALS: Record<string, { status: number; hint: string }> = {
   AUDIT_GAP: { status: 409, hint: 'ship again from the size the registry holds (`held`)' },
   AUDIT_INCONSISTENT: { status: 409, hint: "the agent's log is not an extension of the one the registry witnessed (rewritten or forked history): the refusal is kept as evidence; compare the agent's audit directory with `agentvpn registry audit refusals`" },
   AUDIT_RATE_LIMITED: { status: 429, hint: 'the registry takes each agent\'s log at a bounded rate: ship again in a few seconds (the entries stay queued in the log)' },
+  CONSOLE_LOGIN: { status: 401, hint: 'log in to the console with an admin token (agentvpn registry admin-token create); sessions end after 12 h, at logout and when the registry restarts' },
+  CROSS_SITE: { status: 403, hint: 'the console takes state-changing requests only from its own page (same origin, with the X-AgentVPN-Console header)' },
   INTERNAL: { status: 500, hint: 'this is a bug in the agentvpn registry; see its log' },
 };
 
