@@ -10,6 +10,9 @@ export interface PeerStatus {
   handshakes: number;
   rxBytes: number;
   txBytes: number;
+  /** Transport messages received (authenticated) and sent, where the device counts them (src/metrics reads them). */
+  rxPackets?: number;
+  txPackets?: number;
   persistentKeepalive: number;
   /** Fleet peers: the path in use (a direct endpoint or the relay) and its last measured RTT. */
   path?: { kind: 'direct' | 'relay'; endpoint: string; rttMs: number | null };

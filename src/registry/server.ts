@@ -62,6 +62,8 @@ export interface RegistryOptions {
   /** Connection and event-stream caps (limits.ts); the defaults follow the process's descriptor limit. */
   limits?: Partial<RegistryLimits>;
   log?: Logger;
+  /** Called as each request arrives (metrics: src/metrics/registry.ts counts it when its response closes). */
+  requestObserver?: (req: IncomingMessage, res: ServerResponse) => void;
 }
 
 export interface RunningRegistry {
@@ -230,6 +232,7 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
 
   const onRequest = (req: IncomingMessage, res: ServerResponse) => {
     counters.requests++;
+    opts.requestObserver?.(req, res);
     route(req, res).catch((e: unknown) => refused(req, res, e));
   };
 

@@ -52,6 +52,8 @@ export interface RelayStats {
   clients: number;
   udpClients: number;
   tcpClients: number;
+  /** Sessions opened (a key registered that had none); with `clients`, how many came and went. */
+  sessionsOpened: number;
   forwardedPackets: number;
   forwardedBytes: number;
   stunAnswered: number;
@@ -189,7 +191,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   const sourceNotices = new SourceBuckets(NOTICE_RATE_PER_SOURCE, NOTICE_RATE_PER_SOURCE, MAX_TRACKED_SOURCES);
   const unknownNotices = new TokenBucket(NOTICE_RATE_UNKNOWN, NOTICE_RATE_UNKNOWN);
   const stunAnswers = new SourceBuckets(STUN_RATE_PER_SOURCE, STUN_BURST_PER_SOURCE, MAX_TRACKED_SOURCES);
-  const counters = { forwardedPackets: 0, forwardedBytes: 0, stunAnswered: 0, dropped: {} as Partial<Record<DropReason, number>> };
+  const counters = { sessionsOpened: 0, forwardedPackets: 0, forwardedBytes: 0, stunAnswered: 0, dropped: {} as Partial<Record<DropReason, number>> };
   const drop = (reason: DropReason, n = 1) => void (counters.dropped[reason] = (counters.dropped[reason] ?? 0) + n);
 
   let udp: RelayUdpSocket | null = null;
@@ -248,6 +250,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
       c = new Client(wgKey, wgKey.toString('latin1'), Buffer.from(edPub), edId, networks, ts, t, limits);
       clients.set(c.id, c);
       byEdKey.set(edId, c);
+      counters.sessionsOpened++;
       log.info({ event: 'client', key: wgKey.toString('base64'), via: t.kind, networks, remote: t.kind === 'udp' ? formatEndpoint(t.ep) : undefined }, 'relay client registered');
     } else {
       const old = c.transport;
@@ -512,7 +515,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     stats: () => {
       let tcp = 0;
       for (const c of clients.values()) if (c.transport.kind === 'tcp') tcp++;
-      return { clients: clients.size, udpClients: clients.size - tcp, tcpClients: tcp, forwardedPackets: counters.forwardedPackets,
+      return { clients: clients.size, udpClients: clients.size - tcp, tcpClients: tcp, sessionsOpened: counters.sessionsOpened, forwardedPackets: counters.forwardedPackets,
         forwardedBytes: counters.forwardedBytes, stunAnswered: counters.stunAnswered, helloVerifications: gate.verified, dropped: { ...counters.dropped } };
     },
     recheck: () => sweep(),

@@ -1,0 +1,98 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { RegistryStats } from '../registry/protocol.js';
+import type { RunningRegistry } from '../registry/server.js';
+import { scrapedCounter, scrapedGauge, sharedReading } from './collect.js';
+import { parseMetricsListen } from './listen.js';
+import { registerRelayMetrics } from './relay.js';
+import { methodLabel, routeTemplate, statusLabel } from './registry-routes.js';
+import { MetricsServer, type MetricsLog } from './server.js';
+
+/** Registry answers take from well under a millisecond (a lookup) to tens (a signed write to SQLite). */
+const DURATION_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+/** An event stream lasts as long as its subscriber: its "duration" is no latency, so it stays out of the histogram. */
+const STREAM_ROUTE = '/v1/events';
+
+type RequestLabel = 'route' | 'method' | 'status';
+
+/**
+ * The registry's metrics: requests by route template, method and status with a latency histogram
+ * (counted when each response closes), and at scrape time its agents, online agents, event-stream
+ * subscribers, connections, refusals and the built-in relay's counters. Labels take bounded
+ * values only (registry-routes.ts): no request can add a series.
+ */
+export class RegistryMetrics {
+  readonly registry = new Registry();
+  private readonly requests: Counter<RequestLabel>;
+  private readonly duration: Histogram<'route' | 'method'>;
+  private running: RunningRegistry | null = null;
+
+  constructor() {
+    const registers = [this.registry];
+    this.requests = new Counter({ name: 'agentvpn_registry_http_requests_total', help: 'HTTP requests answered, by route template, method and status', labelNames: ['route', 'method', 'status'], registers });
+    this.duration = new Histogram({
+      name: 'agentvpn_registry_http_request_duration_seconds', help: 'Time from a request\'s arrival until its answer was sent (event streams excluded)',
+      labelNames: ['route', 'method'], buckets: DURATION_BUCKETS, registers,
+    });
+    const read = sharedReading((): RegistryStats | null => this.running?.stats() ?? null);
+    const gauge = (name: string, help: string, value: (s: RegistryStats) => number) => scrapedGauge(this.registry, {
+      name, help, fill: (emit) => {
+        const s = read();
+        if (s) emit({}, value(s));
+      },
+    });
+    const counter = (name: string, help: string, value: (s: RegistryStats) => number) => scrapedCounter(this.registry, {
+      name, help, fill: (emit) => {
+        const s = read();
+        if (s) emit({}, value(s));
+      },
+    });
+    gauge('agentvpn_registry_agents', 'Agents with a published record, in all networks', (s) => s.agents);
+    gauge('agentvpn_registry_agents_online', 'Agents heard from within the offline period', (s) => s.online);
+    gauge('agentvpn_registry_event_subscribers', 'Event streams open now', (s) => s.streams.open);
+    counter('agentvpn_registry_event_streams_refused_total', 'Event streams refused past a cap', (s) => s.streams.refused);
+    counter('agentvpn_registry_event_streams_dropped_total', 'Event streams dropped for not taking what they were sent', (s) => s.streams.dropped);
+    gauge('agentvpn_registry_connections', 'TCP connections open now', (s) => s.connections.open);
+    scrapedCounter(this.registry, {
+      name: 'agentvpn_registry_connections_refused_total', help: 'TCP connections closed at once past a cap, or evicted (idle) to make room', labelNames: ['why'],
+      fill: (emit) => {
+        const s = read();
+        if (!s) return;
+        emit({ why: 'per-address' }, s.connections.refusedPerAddress);
+        emit({ why: 'total' }, s.connections.refusedTotal);
+        emit({ why: 'evicted' }, s.connections.evicted);
+      },
+    });
+    scrapedCounter(this.registry, {
+      name: 'agentvpn_registry_refused_total', help: 'Requests refused, by error code (src/registry/refusals.ts)', labelNames: ['code'],
+      fill: (emit) => Object.entries(read()?.refused ?? {}).forEach(([code, v]) => emit({ code }, v)),
+    });
+    gauge('agentvpn_registry_relay_sessions', 'Agents registered with the built-in relay now', (s) => s.relay?.clients ?? 0);
+    registerRelayMetrics(this.registry, () => read()?.relay ?? null);
+    collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** For startRegistry's `requestObserver`: counts the request and its latency when its response closes. */
+  readonly observe = (req: IncomingMessage, res: ServerResponse): void => {
+    const start = performance.now();
+    res.once('close', () => {
+      const route = routeTemplate(req.url);
+      const method = methodLabel(req.method);
+      // A response destroyed before its head was sent (a refusal that could not be answered) has no status.
+      this.requests.inc({ route, method, status: res.headersSent ? statusLabel(res.statusCode) : 'none' });
+      if (route !== STREAM_ROUTE) this.duration.observe({ route, method }, (performance.now() - start) / 1000);
+    });
+  };
+
+  /** The running registry whose stats the scrape-time metrics read. */
+  watch(running: RunningRegistry): void {
+    this.running = running;
+  }
+
+  /** Serves these metrics on `listen` (`--metrics [HOST:]PORT`). */
+  async serve(listen: string, log: MetricsLog): Promise<MetricsServer> {
+    const server = new MetricsServer(this.registry, parseMetricsListen(listen), log);
+    await server.start();
+    return server;
+  }
+}

@@ -1,0 +1,47 @@
+import type { Registry } from 'prom-client';
+import type { DropReason, RelayStats } from '../relay/server.js';
+import { scrapedCounter, scrapedGauge, sharedReading } from './collect.js';
+
+/** Every drop reason, so each series exists (at 0) from the first scrape; the type makes it complete. */
+const DROP_REASONS: Record<DropReason, true> = {
+  garbage: true, oversized: true, 'bad-signature': true, 'stale-timestamp': true, 'not-allowed': true, 'hello-rate': true, 'hello-source-rate': true,
+  'not-registered': true, 'relay-full': true, 'fair-share': true, 'peer-not-here': true, 'other-network': true, 'rate-limit': true, 'byte-limit': true,
+  'destination-busy': true, 'tcp-backlog': true, 'tcp-connections': true, 'send-error': true,
+};
+
+/**
+ * Registers a relay's metrics (the standalone relay's, or the registry's built-in one): sessions,
+ * forwarded packets and bytes, STUN answers, hello verifications, drops by reason. Read from the
+ * relay's own counters at scrape time; `stats` returns null while there is no relay.
+ */
+export function registerRelayMetrics(registry: Registry, stats: () => RelayStats | null): void {
+  const read = sharedReading(stats);
+  const counter = (name: string, help: string, value: (s: RelayStats) => number) => scrapedCounter(registry, {
+    name, help, fill: (emit) => {
+      const s = read();
+      if (s) emit({}, value(s));
+    },
+  });
+  scrapedGauge(registry, {
+    name: 'agentvpn_relay_sessions', help: 'Agents registered with the relay now, by transport', labelNames: ['transport'],
+    fill: (emit) => {
+      const s = read();
+      if (!s) return;
+      emit({ transport: 'udp' }, s.udpClients);
+      emit({ transport: 'tcp' }, s.tcpClients);
+    },
+  });
+  counter('agentvpn_relay_sessions_opened_total', 'Relay sessions opened (an agent registered that had none)', (s) => s.sessionsOpened);
+  counter('agentvpn_relay_forwarded_packets_total', 'Packets forwarded from one agent to another', (s) => s.forwardedPackets);
+  counter('agentvpn_relay_forwarded_bytes_total', 'Payload bytes forwarded from one agent to another', (s) => s.forwardedBytes);
+  counter('agentvpn_relay_stun_answered_total', 'STUN binding requests answered', (s) => s.stunAnswered);
+  counter('agentvpn_relay_hello_verifications_total', 'Hello signatures checked (the costly step the hello budgets bound)', (s) => s.helloVerifications);
+  scrapedCounter(registry, {
+    name: 'agentvpn_relay_drops_total', help: 'Frames and datagrams the relay dropped, by reason (src/relay/server.ts DropReason)', labelNames: ['reason'],
+    fill: (emit) => {
+      const s = read();
+      if (!s) return;
+      for (const reason of Object.keys(DROP_REASONS) as DropReason[]) emit({ reason }, s.dropped[reason] ?? 0);
+    },
+  });
+}
