@@ -1,6 +1,8 @@
-import type { Registry } from 'prom-client';
-import type { DropReason, RelayStats } from '../relay/server.js';
+import { Registry, collectDefaultMetrics } from 'prom-client';
+import type { DropReason, RelayStats, RunningRelay } from '../relay/server.js';
 import { scrapedCounter, scrapedGauge, sharedReading } from './collect.js';
+import { parseMetricsListen } from './listen.js';
+import { MetricsServer, type MetricsLog } from './server.js';
 
 /** Every drop reason, so each series exists (at 0) from the first scrape; the type makes it complete. */
 const DROP_REASONS: Record<DropReason, true> = {
@@ -44,4 +46,14 @@ export function registerRelayMetrics(registry: Registry, stats: () => RelayStats
       for (const reason of Object.keys(DROP_REASONS) as DropReason[]) emit({ reason }, s.dropped[reason] ?? 0);
     },
   });
+}
+
+/** Serves a standalone relay's metrics (and process metrics) on `listen` (`--metrics [HOST:]PORT`). */
+export async function startRelayMetrics(relay: RunningRelay, listen: string, log: MetricsLog): Promise<MetricsServer> {
+  const registry = new Registry();
+  registerRelayMetrics(registry, () => relay.stats());
+  collectDefaultMetrics({ register: registry });
+  const server = new MetricsServer(registry, parseMetricsListen(listen), log);
+  await server.start();
+  return server;
 }

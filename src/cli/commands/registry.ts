@@ -8,6 +8,8 @@ import { createAdminToken } from '../../registry/admin-auth.js';
 import { AdminClient } from '../../registry/admin-client.js';
 import { getPolicy, listAgents, removeAgent, setPolicy, type AgentListing } from '../../registry/operator.js';
 import { SqliteStore } from '../../registry/sqlite-store.js';
+import { RegistryMetrics } from '../../metrics/registry.js';
+import { parseMetricsListen } from '../../metrics/listen.js';
 import type { RegistryStore } from '../../registry/store.js';
 import { columns, printResult, runCommand, type GlobalArgs } from '../output.js';
 import { registryAuditCommand } from './registry-audit.js';
@@ -26,6 +28,7 @@ interface ServeArgs extends GlobalArgs {
   'witness-key'?: string;
   'witness-host'?: string;
   'audit-dir'?: string;
+  metrics?: string;
 }
 
 interface TokenArgs extends GlobalArgs {
@@ -62,14 +65,21 @@ async function serve(args: ServeArgs): Promise<void> {
     throw new AgentVpnError('USAGE', 'the registry needs --listen HOST:PORT and --db FILE', 'e.g. agentvpn registry --listen 0.0.0.0:7443 --db /var/lib/agentvpn/registry.db');
   }
   if (!(args['offline-after'] > 0)) throw new AgentVpnError('USAGE', '--offline-after must be a positive number of seconds', 'e.g. --offline-after 30');
+  if (args.metrics) parseMetricsListen(args.metrics); // a bad address is refused before anything starts
   const log = pino({ level: args['log-level'], base: { component: 'registry' } }, pino.destination(2));
+  const metrics = args.metrics ? new RegistryMetrics() : null;
   const registry = await startRegistry({
     listen: args.listen, db: args.db, network: args.network, pool: args.pool, tlsCert: args['tls-cert'], tlsKey: args['tls-key'],
     offlineAfterMs: Math.round(args['offline-after'] * 1000), relay: args.relay, log, witnessKey: args['witness-key'], witnessHost: args['witness-host'],
-    auditDir: args['audit-dir'],
+    auditDir: args['audit-dir'], requestObserver: metrics?.observe,
   });
+  metrics?.watch(registry);
+  const metricsServer = metrics && args.metrics ? await metrics.serve(args.metrics, log).catch(async (e) => {
+    await registry.stop();
+    throw e;
+  }) : null;
   const relay = registry.relay && { udpPort: registry.relay.udpPort, stunPorts: [registry.relay.udpPort, registry.relay.stunSecondPort] };
-  printResult(args.json, { url: registry.url, port: registry.port, network: args.network, db: args.db, relay, witness: registry.witness },
+  printResult(args.json, { url: registry.url, port: registry.port, network: args.network, db: args.db, relay, witness: registry.witness, metrics: metricsServer?.url ?? null },
     () => `registry listening on ${registry.url} (network ${args.network}, database ${args.db})\n` +
       `audit witness ${registry.witness.name} ${registry.witness.publicKey}\n` +
       (relay ? `relay and STUN on UDP ${relay.udpPort} (STUN also on ${relay.stunPorts[1]}), relay over TCP at ${registry.url}/v1/relay` : 'relay and STUN off (--no-relay)'));
@@ -78,6 +88,7 @@ async function serve(args: ServeArgs): Promise<void> {
     process.once('SIGINT', () => resolve('SIGINT'));
   });
   log.info({ signal, event: 'stopping' }, 'stopping');
+  await metricsServer?.stop();
   await registry.stop();
 }
 
@@ -283,6 +294,7 @@ export const registryCommand: CommandModule<GlobalArgs, ServeArgs> = {
       .option('witness-key', { type: 'string', describe: 'the witness key file that cosigns agents\' audit checkpoints (created with mode 0600 on first start; default: DB.witness-key)' })
       .option('witness-host', { type: 'string', describe: 'the host part of the witness key name (default: registry)' })
       .option('audit-dir', { type: 'string', describe: "the registry's own audit log directory (default: DB.audit)" })
+      .option('metrics', { type: 'string', describe: 'serve Prometheus metrics at http://HOST:PORT/metrics (a PORT alone: 127.0.0.1; default off; they show agents, requests and relay traffic)' })
       .option('log-level', { type: 'string', default: process.env.AGENTVPN_LOG_LEVEL ?? 'info', choices: ['debug', 'info', 'warn', 'error'] }) as unknown as Argv<ServeArgs>,
   handler: runCommand(serve),
 };

@@ -10,6 +10,8 @@ import { parseAllowKeys } from '../../relay/allow-list.js';
 import { formatHostPort, parseHostPort } from '../../relay/protocol.js';
 import { startRelay, type RunningRelay } from '../../relay/server.js';
 import { UPGRADE_PATH } from '../../relay/tcp.js';
+import { parseMetricsListen } from '../../metrics/listen.js';
+import { startRelayMetrics } from '../../metrics/relay.js';
 import { printResult, runCommand, type GlobalArgs } from '../output.js';
 
 interface RelayArgs extends GlobalArgs {
@@ -20,6 +22,7 @@ interface RelayArgs extends GlobalArgs {
   'stun-second-port': boolean;
   pps: number;
   bps: number;
+  metrics?: string;
   'log-level': string;
 }
 
@@ -46,6 +49,7 @@ async function serve(args: RelayArgs): Promise<void> {
   if (!(args.pps > 0 && args.bps > 0)) throw new AgentVpnError('USAGE', '--pps and --bps must be positive', 'e.g. --pps 20000 --bps 25000000');
   const allowed = args['allow-key']?.length ? parseAllowKeys(args['allow-key']) : null;
   const tls = tlsOptions(args['tls-cert'], args['tls-key']);
+  if (args.metrics) parseMetricsListen(args.metrics); // a bad address is refused before anything starts
   const log = pino({ level: args['log-level'], base: { component: 'relay' } }, pino.destination(2));
 
   const server: Server = tls ? createHttpsServer(tls, answerPlainRequest) : createHttpServer(answerPlainRequest);
@@ -68,10 +72,15 @@ async function serve(args: RelayArgs): Promise<void> {
     server.close();
     throw e;
   }
+  const metrics = args.metrics ? await startRelayMetrics(relay, args.metrics, log).catch(async (e) => {
+    await relay.stop();
+    server.close();
+    throw e;
+  }) : null;
   const udp = formatHostPort(host, relay.udpPort);
   const tcp = `${tls ? 'https' : 'http'}://${formatHostPort(host, tcpPort)}${UPGRADE_PATH}`;
   const stun = relay.stunSecondPort ? [udp, formatHostPort(host, relay.stunSecondPort)] : [udp];
-  printResult(args.json, { udp, tcp, stun, allowKeys: allowed ? allowed.keys : null, networks: allowed ? allowed.networks : null },
+  printResult(args.json, { udp, tcp, stun, allowKeys: allowed ? allowed.keys : null, networks: allowed ? allowed.networks : null, metrics: metrics?.url ?? null },
     () => `relay listening: UDP ${udp}, TCP ${tcp}; STUN on ${stun.join(' and ')}; ` +
       (allowed ? `${allowed.keys} allowed key(s) in network(s) ${allowed.networks.join(', ')}` : 'open to any agent key (one network: any agent can reach any other)'));
 
@@ -80,6 +89,7 @@ async function serve(args: RelayArgs): Promise<void> {
     process.once('SIGINT', () => resolve('SIGINT'));
   });
   log.info({ signal, event: 'stopping', ...relay.stats() }, 'stopping');
+  await metrics?.stop();
   await relay.stop();
   server.closeAllConnections();
   await new Promise<void>((resolve) => server.close(() => resolve()));
@@ -97,6 +107,7 @@ export const relayCommand: CommandModule<GlobalArgs, RelayArgs> = {
       .option('stun-second-port', { type: 'boolean', default: true, describe: 'also answer STUN on the next UDP port (lets agents spot NATs whose mapping varies by destination)' })
       .option('pps', { type: 'number', default: DEFAULT_LIMITS.packetsPerSecond, describe: 'packets per second each agent may relay' })
       .option('bps', { type: 'number', default: DEFAULT_LIMITS.bytesPerSecond, describe: 'bytes per second each agent may relay' })
+      .option('metrics', { type: 'string', describe: 'serve Prometheus metrics at http://HOST:PORT/metrics (a PORT alone: 127.0.0.1; default off; they show sessions and traffic)' })
       .option('log-level', { type: 'string', default: process.env.AGENTVPN_LOG_LEVEL ?? 'info', choices: ['debug', 'info', 'warn', 'error'] }) as unknown as Argv<RelayArgs>,
   handler: runCommand(serve),
 };
