@@ -8,6 +8,7 @@ import { genkeyCommand } from './commands/genkey.js';
 import { pubkeyCommand } from './commands/pubkey.js';
 import { statusCommand } from './commands/status.js';
 import { upCommand } from './commands/up.js';
+import { reloadCommand } from './commands/reload.js';
 import { idCommand } from './commands/id.js';
 import { peersCommand } from './commands/peers.js';
 import { resolveCommand } from './commands/resolve.js';
@@ -34,6 +35,7 @@ await yargs(args)
   .option('json', { type: 'boolean', default: false, global: true, describe: 'Print machine-readable JSON' })
   .command(upCommand)
   .command(downCommand)
+  .command(reloadCommand)
   .command(statusCommand)
   .command(idCommand)
   .command(peersCommand)

@@ -8,6 +8,7 @@ import { DnsServer } from '../dns/server.js';
 import { TrustGate } from '../trust/gate.js';
 import { TrustStore, type TrustMode } from '../trust/store.js';
 import type { AuditSink } from '../audit/sink.js';
+import type { ControlHandler } from './control-server.js';
 import { AuditShipper, type WitnessApi } from '../audit/shipper.js';
 import { Admission, tagsOf } from './admission.js';
 import { auditHandlers } from './audit-control.js';
@@ -39,6 +40,8 @@ export interface FleetOptions {
   /** Rotate the identity key this often (`up --rotate-every`); off when undefined. */
   rotateEveryMs?: number;
   log: PinoLogger;
+  /** More control-socket methods (`up` adds reload). */
+  handlers?: Record<string, ControlHandler>;
 }
 
 /** A control method's string parameter ('' when absent: the trust store refuses it with a clear error). */
@@ -150,6 +153,7 @@ export class FleetAgent {
       audit: this.audit,
       auditSubjectOf: (wgKey) => this.running?.admission.idOfWgKey(Buffer.from(wgKey).toString('base64')) ?? Buffer.from(wgKey).toString('base64'),
       handlers: {
+        ...opts.handlers,
         ...auditHandlers(this.trail, this.shipper, api, () => this.identity),
         id: () => this.describeSelf(joined),
         peers: (params) => this.admission().peers((params as { cap?: string } | undefined)?.cap),
@@ -214,6 +218,26 @@ export class FleetAgent {
     this.opts.log.info({ id: next.id, seq: next.seq, event: 'key-rotated' }, `key rotated (statement ${next.seq})`);
     await this.membership.publish();
     return { id: next.id, seq: next.seq, key: Buffer.from(next.publicKey).toString('base64') };
+  }
+
+  /**
+   * New capabilities (a reload): checked, recorded, and published in a fresh record; the registry
+   * and the other agents see them once it lands (retried in the background while it is down).
+   */
+  async setCapabilities(capabilities: string[]): Promise<void> {
+    this.membership.setCapabilities(capabilities); // throws on a bad one, before anything changed
+    const before = this.opts.capabilities;
+    this.opts.capabilities = capabilities;
+    this.policy?.changed();
+    await this.audit('capabilities.changed', this.identity.id, { from: before, to: capabilities });
+    this.opts.log.info({ event: 'capabilities-changed', capabilities }, 'capabilities changed; publishing the new record');
+    void this.membership.publish();
+  }
+
+  /** One line for systemd's STATUS=: "up, 3 peers, registry connected". */
+  summary(): string {
+    const peers = this.daemon?.status().peers.length ?? 0;
+    return `up, ${peers} peer${peers === 1 ? '' : 's'}, registry ${this.membership.registryUp ? 'connected' : 'unreachable'}`;
   }
 
   /**

@@ -163,6 +163,12 @@ export class Membership {
     }
   }
 
+  /** New capabilities (a reload): checked here, in the next record published. */
+  setCapabilities(capabilities: string[]): void {
+    for (const c of capabilities) parseCapability(c);
+    this.opts.capabilities = capabilities;
+  }
+
   /** After a key rotation: records and requests are signed with the new key from now on. */
   setIdentity(identity: Identity): void {
     this.opts.identity = identity;

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
-import pino from 'pino';
+import { createLogger, type LogLevel } from '../../util/logger.js';
 import { AgentVpnError } from '../../errors.js';
 import { DEFAULT_NETWORK, DEFAULT_OFFLINE_AFTER_MS, DEFAULT_POOL } from '../../registry/protocol.js';
 import { createJoinToken, startRegistry } from '../../registry/server.js';
@@ -66,7 +66,7 @@ async function serve(args: ServeArgs): Promise<void> {
   }
   if (!(args['offline-after'] > 0)) throw new AgentVpnError('USAGE', '--offline-after must be a positive number of seconds', 'e.g. --offline-after 30');
   if (args.metrics) parseMetricsListen(args.metrics); // a bad address is refused before anything starts
-  const log = pino({ level: args['log-level'], base: { component: 'registry' } }, pino.destination(2));
+  const log = createLogger(args['log-level'] as LogLevel, { component: 'registry' });
   const metrics = args.metrics ? new RegistryMetrics() : null;
   const registry = await startRegistry({
     listen: args.listen, db: args.db, network: args.network, pool: args.pool, tlsCert: args['tls-cert'], tlsKey: args['tls-key'],

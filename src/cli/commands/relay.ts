@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import pino from 'pino';
+import { createLogger, type LogLevel } from '../../util/logger.js';
 import type { Argv, CommandModule } from 'yargs';
 import { AgentVpnError } from '../../errors.js';
 import { DEFAULT_LIMITS } from '../../relay/limits.js';
@@ -50,7 +50,7 @@ async function serve(args: RelayArgs): Promise<void> {
   const allowed = args['allow-key']?.length ? parseAllowKeys(args['allow-key']) : null;
   const tls = tlsOptions(args['tls-cert'], args['tls-key']);
   if (args.metrics) parseMetricsListen(args.metrics); // a bad address is refused before anything starts
-  const log = pino({ level: args['log-level'], base: { component: 'relay' } }, pino.destination(2));
+  const log = createLogger(args['log-level'] as LogLevel, { component: 'relay' });
 
   const server: Server = tls ? createHttpsServer(tls, answerPlainRequest) : createHttpServer(answerPlainRequest);
   await new Promise<void>((resolve, reject) => {
