@@ -1,0 +1,110 @@
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { loadUpSettings, readConfigFile, resolveSettings, settingsFromEnv } from '../src/config/config-file.js';
+import { AgentVpnError } from '../src/errors.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'avpn-config-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+let n = 0;
+function file(content: unknown, mode = 0o600): string {
+  const path = join(dir, `c${n++}.json`);
+  writeFileSync(path, typeof content === 'string' ? content : JSON.stringify(content));
+  chmodSync(path, mode);
+  return path;
+}
+
+function refusal(f: () => unknown): AgentVpnError {
+  try {
+    f();
+  } catch (e) {
+    expect(e).toBeInstanceOf(AgentVpnError);
+    return e as AgentVpnError;
+  }
+  throw new Error('expected a refusal');
+}
+
+describe('config file: precedence flags > environment > file > defaults', () => {
+  const path = file({ registry: 'https://file:7443', name: 'from-file', network: 'file-net', 'log-level': 'warn', mtu: 1400, cap: ['a'] });
+
+  it('the file overrides the defaults', () => {
+    const { settings, sources } = loadUpSettings({}, {}, path);
+    expect(settings).toMatchObject({ registry: 'https://file:7443', name: 'from-file', network: 'file-net', 'log-level': 'warn', mtu: 1400, cap: ['a'], dns: true, trust: 'tofu', interface: 'agentvpn0' });
+    expect(sources).toMatchObject({ name: 'file', mtu: 'file', dns: 'default' });
+  });
+
+  it('the environment overrides the file, flags override both', () => {
+    const env = { AGENTVPN_NAME: 'from-env', AGENTVPN_LOG_LEVEL: 'debug', AGENTVPN_NETWORK: 'env-net' };
+    const { settings, sources } = loadUpSettings({ name: 'from-flag', mtu: 1300 }, env, path);
+    expect(settings).toMatchObject({ name: 'from-flag', 'log-level': 'debug', network: 'env-net', mtu: 1300, registry: 'https://file:7443' });
+    expect(sources).toMatchObject({ name: 'flag', 'log-level': 'env', network: 'env', mtu: 'flag', registry: 'file' });
+  });
+
+  it('an empty yargs array is no flag (the file\'s caps stay); a false boolean flag is one', () => {
+    const { settings } = loadUpSettings({ cap: [], dns: false }, {}, path);
+    expect(settings.cap).toEqual(['a']);
+    expect(settings.dns).toBe(false);
+  });
+
+  it('relative paths in the file are relative to its directory', () => {
+    const p = file({ config: 'wg0.conf', policy: '/abs/policy.json' });
+    expect(readConfigFile(p)).toEqual({ config: join(dir, 'wg0.conf'), policy: '/abs/policy.json' });
+  });
+
+  it('defaults are copies: changing one run\'s caps leaves the next run\'s alone', () => {
+    const a = resolveSettings({ flags: {}, env: {}, file: {} }).settings;
+    a.cap.push('x');
+    expect(resolveSettings({ flags: {}, env: {}, file: {} }).settings.cap).toEqual([]);
+  });
+});
+
+describe('config file: refusals name the key and say what to do', () => {
+  it('an unknown key, with the closest known one', () => {
+    const e = refusal(() => readConfigFile(file({ registy: 'https://x' })));
+    expect(e.code).toBe('CONFIG_UNKNOWN_KEY');
+    expect(e.message).toContain('"registy"');
+    expect(e.hint).toContain('did you mean "registry"');
+  });
+
+  it('a wrong type, an out-of-range number, a value not among the choices', () => {
+    for (const [content, key, hint] of [
+      [{ mtu: '1400' }, '"mtu"', '"mtu": 1380'],
+      [{ mtu: 100 }, '"mtu"', '"mtu": 1380'],
+      [{ 'listen-port': 70000 }, '"listen-port"', '51820'],
+      [{ dns: 'yes' }, '"dns"', 'true'],
+      [{ cap: 'llm.plan' }, '"cap"', '["llm.plan"'],
+      [{ 'log-level': 'verbose' }, '"log-level"', '"info"'],
+      [{ trust: 'always' }, '"trust"', '"tofu"'],
+    ] as const) {
+      const e = refusal(() => readConfigFile(file(content)));
+      expect(e.code).toBe('CONFIG_INVALID');
+      expect(e.message).toContain(key);
+      expect(e.hint).toContain(hint);
+    }
+  });
+
+  it('not JSON, not an object, unreadable', () => {
+    expect(refusal(() => readConfigFile(file('{"name": '))).code).toBe('CONFIG_INVALID');
+    expect(refusal(() => readConfigFile(file('["name"]'))).message).toContain('one JSON object');
+    expect(refusal(() => readConfigFile(join(dir, 'missing.json'))).code).toBe('CONFIG_UNREADABLE');
+  });
+
+  it('a bad environment variable or flag is named as such', () => {
+    expect(refusal(() => settingsFromEnv({ AGENTVPN_LOG_LEVEL: 'loud' })).message).toContain('AGENTVPN_LOG_LEVEL');
+    expect(refusal(() => loadUpSettings({ mtu: Number.NaN }, {}, undefined)).message).toContain('--mtu');
+  });
+
+  it('a file other users may write is refused: it steers a root daemon', () => {
+    const e = refusal(() => readConfigFile(file({ name: 'x' }, 0o666)));
+    expect(e.code).toBe('CONFIG_INSECURE');
+    expect(e.hint).toContain('chmod 600');
+    expect(readConfigFile(file({ name: 'x' }, 0o644))).toEqual({ name: 'x' });
+  });
+
+  it('a token in a file other users may read is refused', () => {
+    expect(refusal(() => readConfigFile(file({ token: 't' }, 0o644))).code).toBe('CONFIG_INSECURE');
+    expect(readConfigFile(file({ token: 't' }, 0o600))).toEqual({ token: 't' });
+  });
+});
