@@ -6,6 +6,7 @@ import { formatAddress, formatPrefix, type Prefix } from '../ip/prefix.js';
 import { parseKeyStatement, type KeyStatement } from '../identity/rotation.js';
 import type { RelayInfo } from '../relay/protocol.js';
 import { adminRoute, type AdminContext } from './admin-routes.js';
+import { createConsole } from './console/routes.js';
 import { capabilityMatches, parseCapability, type Capability } from '../net/capabilities.js';
 import type { EventHub } from './events.js';
 import { Entry, type Fleet } from './fleet-state.js';
@@ -67,6 +68,7 @@ function newRotation(id: string, chain: readonly unknown[] | undefined, fresh: n
 /** The registry's HTTP API (protocol.ts has the table); returns the request handler. Refusals are thrown. */
 export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   const { store, fleet, hub, log, signatures } = ctx;
+  const webConsole = createConsole(ctx);
   /** Refuses unless the agent signed `message`; failures are budgeted per address (signature-budget.ts). */
   const verifySigned = (req: IncomingMessage, id: string, message: Buffer, signature: unknown, what: string) => {
     signatures.check(req);
@@ -264,6 +266,11 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
       const network = networkParam(url);
       await authorizeRead(req, network, now, ctx);
       return sendText(res, 200, `{"ok":true,"policy":${fleet.net(network).policyJson}}`);
+    }
+    if (parts[0] === 'console') return webConsole.route(req, res, parts.slice(1), url, now);
+    if (parts.length === 4 && parts[0] === 'v1' && parts[1] === 'agents' && parts[3] === 'paths') {
+      allow('PUT');
+      return webConsole.reportPaths(req, res, url, parts[2], now);
     }
     if (parts[0] === 'v1' && parts[1] === 'admin') return adminRoute(ctx.admin, req, res, parts.slice(2), networkParam(url));
     if (parts.length === 3 && parts[0] === 'v1' && parts[1] === 'audit') return ctx.audit.route(req, res, parts[2], url, now);

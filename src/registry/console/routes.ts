@@ -1,0 +1,133 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+import { NETWORK_PATTERN } from '../../net/names.js';
+import type { EventHub } from '../events.js';
+import { sendText } from '../http-body.js';
+import { refuse } from '../refusals.js';
+import { CONSOLE_CSP, CONSOLE_HTML } from './page.js';
+import { PathReports, type PathReportContext } from './path-reports.js';
+import { ConsoleSessions, SESSION_LIFETIME_MS, sessionCookie, type Session } from './sessions.js';
+import { ConsoleState, type ConsoleStateContext } from './state.js';
+
+/**
+ * The web console on the registry (docs/console.md):
+ *
+ * | request                         | needs                                   | answer                               |
+ * | ------------------------------- | --------------------------------------- | ------------------------------------ |
+ * | GET /console                    | nothing                                 | the page (static, CSP by hash)       |
+ * | POST /console/api/login         | same-site header; Bearer <admin token>  | {ok, expiresAt} + session cookie     |
+ * | POST /console/api/logout        | same-site header                        | {ok} + the cookie cleared            |
+ * | GET /console/api/session        | session                                 | {ok, expiresAt}                      |
+ * | GET /console/api/state?network= | session                                 | {ok, ...state.ts's fields}           |
+ * | GET /console/api/events?network=| session                                 | the registry's event stream (events.ts) |
+ *
+ * "Same-site header": X-AgentVPN-Console: 1, which a cross-site page cannot send without a CORS
+ * preflight that the registry never grants, and no Sec-Fetch-Site or Origin naming another site.
+ * Login goes through the admin API's check (admin-auth.ts): wrong tokens are budgeted per
+ * address and in total before anything is hashed, and recorded in the registry's audit log.
+ * Every answer carries the CSP, X-Frame-Options DENY, nosniff, no-referrer and no-store.
+ */
+
+export interface ConsoleContext extends PathReportContext, ConsoleStateContext {
+  hub: EventHub;
+  admin: { authorize(req: IncomingMessage): Promise<void> };
+}
+
+export const CONSOLE_HEADER = 'x-agentvpn-console';
+
+const SECURITY_HEADERS: Record<string, string> = {
+  'content-security-policy': CONSOLE_CSP,
+  'x-frame-options': 'DENY',
+  'x-content-type-options': 'nosniff',
+  'referrer-policy': 'no-referrer',
+  'cross-origin-opener-policy': 'same-origin',
+  'cross-origin-resource-policy': 'same-origin',
+  'cache-control': 'no-store',
+};
+
+/** JSON with "<" escaped: even a response read as HTML by mistake holds no tag. */
+function sendConsoleJson(res: ServerResponse, body: unknown): void {
+  sendText(res, 200, JSON.stringify(body).replace(/</g, '\\u003c'));
+}
+
+/** Refuses a state-changing request that a page of another site could have made. */
+function checkSameSite(req: IncomingMessage): void {
+  if (req.headers[CONSOLE_HEADER] !== '1') refuse('CROSS_SITE', `the console needs the ${CONSOLE_HEADER} header on this request`);
+  const site = req.headers['sec-fetch-site'];
+  if (site !== undefined && site !== 'same-origin') refuse('CROSS_SITE', `a ${String(site).slice(0, 20)} request was refused`);
+  const origin = req.headers.origin;
+  if (origin !== undefined && origin.replace(/^https?:\/\//, '') !== req.headers.host) refuse('CROSS_SITE', 'the request comes from another origin');
+}
+
+export function createConsole(ctx: ConsoleContext) {
+  const sessions = new ConsoleSessions();
+  const paths = new PathReports(ctx);
+  const state = new ConsoleState(ctx, paths);
+
+  const sessionOf = (req: IncomingMessage, now: number): Session => {
+    const s = sessions.of(req, now);
+    if (!s) refuse('CONSOLE_LOGIN', 'log in to the console first (no session, or it ended)');
+    return s;
+  };
+
+  const networkOf = (url: URL): string => {
+    const network = url.searchParams.get('network') || ctx.defaultNetwork;
+    if (!NETWORK_PATTERN.test(network)) refuse('BAD_REQUEST', 'invalid network name');
+    if (network !== ctx.defaultNetwork && !ctx.fleet.networks.has(network)) refuse('NOT_FOUND', `the registry knows no network ${network}`);
+    return network;
+  };
+
+  const secure = (req: IncomingMessage) => (req.socket as TLSSocket).encrypted === true;
+
+  /** Handles /console/...: `parts` is the path after "console". */
+  const route = async (req: IncomingMessage, res: ServerResponse, parts: string[], url: URL, now: number): Promise<void> => {
+    for (const [k, v] of Object.entries(SECURITY_HEADERS)) res.setHeader(k, v);
+    const method = req.method ?? '';
+    const allow = (m: string) => {
+      if (method !== m) refuse('METHOD_NOT_ALLOWED', `${method} is not allowed on ${url.pathname.slice(0, 100)}`);
+    };
+    const what = parts.join('/');
+    if (what === '' ) {
+      allow('GET');
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': Buffer.byteLength(CONSOLE_HTML) });
+      return void res.end(CONSOLE_HTML);
+    }
+    if (what === 'api/login') {
+      allow('POST');
+      checkSameSite(req);
+      await ctx.admin.authorize(req);
+      const { id, session } = sessions.create(now);
+      res.setHeader('set-cookie', sessionCookie(id, SESSION_LIFETIME_MS / 1000, secure(req)));
+      return sendConsoleJson(res, { ok: true, expiresAt: session.expiresAt });
+    }
+    if (what === 'api/logout') {
+      allow('POST');
+      checkSameSite(req);
+      const s = sessions.end(req, now);
+      if (s) ctx.hub.closeCredential(`console:${s.key}`);
+      res.setHeader('set-cookie', sessionCookie('', 0, secure(req)));
+      return sendConsoleJson(res, { ok: true });
+    }
+    if (what === 'api/session') {
+      allow('GET');
+      return sendConsoleJson(res, { ok: true, expiresAt: sessionOf(req, now).expiresAt });
+    }
+    if (what === 'api/state') {
+      allow('GET');
+      sessionOf(req, now);
+      return sendConsoleJson(res, { ok: true, ...(await state.build(networkOf(url), now)) });
+    }
+    if (what === 'api/events') {
+      allow('GET');
+      const session = sessionOf(req, now);
+      const network = networkOf(url);
+      const net = ctx.fleet.net(network);
+      const result = ctx.hub.subscribe(network, `console:${session.key}`, res, net.agents.values(), () => net.policyJson, session.expiresAt);
+      if (!result.ok) refuse(result.code, result.message);
+      return;
+    }
+    refuse('NOT_FOUND', `no such console endpoint: ${url.pathname.slice(0, 100)}`);
+  };
+
+  return { route, reportPaths: (req: IncomingMessage, res: ServerResponse, url: URL, id: string, now: number) => paths.route(req, res, url, id, now) };
+}
