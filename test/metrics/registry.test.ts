@@ -72,6 +72,8 @@ describe('registry metrics', () => {
     expect(routeTemplate('/v1/agents?network=lab&cap=x')).toBe('/v1/agents');
     expect(routeTemplate('/v1/%61gents/abc')).toBe('/v1/agents/:id'); // decoded, as routes.ts decodes it
     expect(routeTemplate('/v1/agents/abc/heartbeat')).toBe('/v1/agents/:id/heartbeat');
+    expect(routeTemplate('/v1/agents/abc/paths')).toBe('/v1/agents/:id/paths');
+    expect(routeTemplate('/console/api/agents')).toBe('/console');
     expect(routeTemplate('/v1/agents/')).toBe('other');
     expect(routeTemplate('/v1/admin/agents/abc')).toBe('/v1/admin/agents/:id');
     expect(routeTemplate('/v1/admin/agents/abc/block')).toBe('/v1/admin/agents/:id/block');
