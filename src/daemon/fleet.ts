@@ -17,6 +17,7 @@ import { FleetPolicy, factsOf } from './fleet-policy.js';
 import { Daemon } from './daemon.js';
 import { FleetPaths, localEndpoints } from './fleet-paths.js';
 import { Membership, type CheckedJoin, type FleetEvents } from './membership.js';
+import { reportedPaths } from './path-report-source.js';
 
 export type { PeerInfo, WhoisInfo } from './admission.js';
 
@@ -113,6 +114,7 @@ export class FleetAgent {
       client, identity: this.identity, name: opts.name, token: opts.token, network: opts.network,
       capabilities: opts.capabilities, stateDir: opts.stateDir, log: opts.log,
       endpoints: () => this.publishedEndpoints(), audit: this.audit,
+      paths: () => (this.running ? reportedPaths(this.running.daemon, this.running.admission) : []),
     });
   }
 

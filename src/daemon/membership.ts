@@ -9,6 +9,7 @@ import type { Identity } from '../identity/identity.js';
 import { formatAddress, parseAddress, parsePrefix, type Prefix } from '../ip/prefix.js';
 import { formatCapability, parseCapability } from '../net/capabilities.js';
 import type { AgentView, JoinResult, PolicyView, RegistryClient } from '../registry/client.js';
+import type { ReportedPath } from '../registry/path-report.js';
 import { RECORD_LIFETIME_MS, signRecord, type AgentRecord } from '../registry/record.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import { inPrefix } from './prefixes.js';
@@ -19,6 +20,8 @@ const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 30_000;
 /** Before re-joining a registry that no longer knows us, wait this long for a 'removed' event saying why. */
 const REJOIN_DELAY_MS = 3_000;
+/** Our paths go to the registry's console when they change, and this often for their RTTs. */
+const PATHS_REFRESH_MS = 60_000;
 
 export interface MembershipOptions {
   client: RegistryClient;
@@ -33,6 +36,8 @@ export interface MembershipOptions {
   endpoints: () => string[];
   /** Joins, leaves, removal and registry outages go into the audit log. */
   audit: AuditSink;
+  /** Our paths to our peers now, reported with the heartbeats for the registry's console. */
+  paths?: () => ReportedPath[];
 }
 
 /** What the fleet does with the registry's view of the other agents. */
@@ -69,6 +74,9 @@ export class Membership {
   /** An operator removed us from the network: we stop re-joining until someone runs `up` again. */
   removedByOperator = false;
   private stopped = false;
+  /** The last path report the registry kept (peers, kinds, endpoints) and when we last sent one. */
+  private pathsShape = '';
+  private pathsSentAt = 0;
 
   constructor(private readonly opts: MembershipOptions) {
     for (const c of opts.capabilities) parseCapability(c); // fail early on a bad --cap
@@ -191,6 +199,7 @@ export class Membership {
     try {
       if (Date.now() - this.publishedAt > RECORD_LIFETIME_MS - REPUBLISH_MARGIN_MS) await this.publish();
       else await this.opts.client.heartbeat();
+      void this.reportPaths();
       // The registry answers again but the event stream is still in its backoff: reconnect now.
       if (!this.registryUp) this.watch(events);
     } catch (e) {
@@ -203,6 +212,24 @@ export class Membership {
         await this.opts.client.join(this.opts.name, this.opts.token).catch(() => {});
         await this.publish();
       }
+    }
+  }
+
+  /** Sends our paths when they changed (peer, kind, endpoint), else every PATHS_REFRESH_MS for the RTTs. */
+  private async reportPaths(): Promise<void> {
+    const paths = this.opts.paths?.();
+    if (!paths) return;
+    const shape = JSON.stringify(paths.map((p) => [p.peer, p.kind, p.endpoint]));
+    const now = Date.now();
+    if (shape === this.pathsShape && now - this.pathsSentAt < PATHS_REFRESH_MS) return;
+    this.pathsSentAt = now;
+    try {
+      // Not kept (too soon after the last one): sent again with the next heartbeat.
+      if (await this.opts.client.reportPaths(paths)) this.pathsShape = shape;
+    } catch (e) {
+      // An older registry without the route, or one that is down: try again in PATHS_REFRESH_MS.
+      this.pathsShape = shape;
+      this.opts.log.debug({ err: (e as Error).message }, 'reporting our paths to the registry failed');
     }
   }
 

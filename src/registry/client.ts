@@ -9,6 +9,7 @@ import {
   type AgentChangeKind, type AgentView, type AuditHeadView, type AuditShip, type AuditWitnessView, type JoinResult, type PolicyView,
 } from './protocol.js';
 import type { SignedRecord } from './record.js';
+import { signPathReport, type ReportedPath } from './path-report.js';
 
 export type { AgentView, AuditHeadView, AuditShip, AuditWitnessView, JoinResult, PolicyView } from './protocol.js';
 
@@ -131,6 +132,12 @@ export class RegistryClient {
 
   async heartbeat(): Promise<void> {
     await this.request('POST', this.agentPath('/heartbeat'), { body: signTimestamp(this.opts.identity, HEARTBEAT_LABEL, this.opts.network, nextTimestamp(this.id)) });
+  }
+
+  /** Our paths to our peers, for the registry's console (path-report.ts); resolves whether the registry kept the report. */
+  async reportPaths(paths: ReportedPath[]): Promise<boolean> {
+    const a = await this.request('PUT', this.agentPath('/paths'), { body: signPathReport(this.opts.identity, this.opts.network, nextTimestamp(this.id), paths) });
+    return a.kept === true;
   }
 
   async leave(): Promise<void> {
