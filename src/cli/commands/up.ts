@@ -6,6 +6,7 @@ import type { CommandModule } from 'yargs';
 import type { Logger as PinoLogger } from 'pino';
 import { loadUpSettings, UP_DEFAULTS, type UpSettings } from '../../config/config-file.js';
 import { loadConfig } from '../../config/wgquick.js';
+import { startDaemonMetrics } from '../../metrics/daemon.js';
 import { Daemon } from '../../daemon/daemon.js';
 import { FleetAgent } from '../../daemon/fleet.js';
 import { DEFAULT_STATE_DIR, stateDir } from '../../identity/identity.js';
@@ -35,6 +36,7 @@ const NOTIFY_STATUS_EVERY_MS = 5_000;
 interface UpArgs extends GlobalArgs, Partial<UpSettings> {
   'config-file'?: string;
   foreground: boolean;
+  metrics?: string;
 }
 
 /** The daemon's two modes: a static wg-quick config, or a fleet found through a registry. */
@@ -60,6 +62,8 @@ interface Running {
   status(): DeviceStatus;
   /** One line for systemd's STATUS=. */
   summary(): string;
+  /** Fleet mode: the agent name of a peer's WireGuard key (base64), for the metrics' peer label. */
+  peerName?(wgKey: string): string | undefined;
   /** What `reload` may change in place. */
   reloadTarget: ReloadTarget;
 }
@@ -82,7 +86,7 @@ async function startDaemon(args: UpSettings, iface: string, log: PinoLogger, han
     });
     const daemon = await fleet.start();
     return {
-      stop: () => fleet.stop(), status: () => daemon.status(), summary: () => fleet.summary(),
+      stop: () => fleet.stop(), status: () => daemon.status(), summary: () => fleet.summary(), peerName: (wgKey) => fleet.peerNameOf(wgKey),
       reloadTarget: {
         live: ['cap', 'log-level'],
         apply: async (next, changed) => {
@@ -163,6 +167,13 @@ async function runForeground(args: UpArgs): Promise<void> {
   let daemon: Running;
   try {
     daemon = await startDaemon(settings, iface, log, { reload: () => reload() });
+    if (args.metrics) {
+      const running = daemon;
+      await startDaemonMetrics(running, args.metrics, log).catch(async (e) => {
+        await running.stop(); // not up without the metrics that were asked for
+        throw e;
+      });
+    }
   } catch (e) {
     report({ type: 'error', error: toAgentVpnError(e).toJSON() });
     printError(e, args.json);
@@ -259,6 +270,7 @@ export const upCommand: CommandModule<GlobalArgs, UpArgs> = {
       .option('policy', { type: 'string', describe: 'static mode: policy file (grants, and "agents" naming the config\'s keys); watched, applied live' })
       .option('interface', { ...interfaceOption, default: undefined, describe: `interface name (default ${UP_DEFAULTS.interface})` })
       .option('foreground', { alias: 'f', type: 'boolean', default: false, describe: 'Stay in the foreground (systemd, containers, tests)' })
+      .option('metrics', { type: 'string', describe: 'serve Prometheus metrics at http://HOST:PORT/metrics (a PORT alone: 127.0.0.1; default off; they show peers, paths and traffic)' })
       .option('listen-port', { type: 'number', describe: 'UDP port to listen on (overrides ListenPort)' })
       .option('log-level', { type: 'string', choices: LOG_LEVELS, describe: `(or AGENTVPN_LOG_LEVEL; default ${UP_DEFAULTS['log-level']}) applied live by \`agentvpn reload\`` }),
   handler: runCommand<UpArgs>((args) => (args.foreground ? runForeground(args) : runBackground(args))),
