@@ -4,7 +4,10 @@ import type { PeerInfo, WhoisInfo } from './daemon/fleet.js';
 
 export type { PeerInfo, WhoisInfo } from './daemon/fleet.js';
 export type { DeviceStatus, PeerStatus } from './daemon/status-types.js';
+/** The SDK (src/sdk/): connect() once, then status, peers, discover, resolve, ping, whois, events. */
+export { AgentVpn, connect, EventStream } from './sdk/index.js';
 
+/** Options of the one-shot calls below (connect() is the SDK's way: one client, every call). */
 export interface QueryOptions {
   /** Which daemon to ask (default agentvpn0). */
   interface?: string;

@@ -1,4 +1,6 @@
-// The library face of agentvpn: `import { discover } from 'agentvpn'`.
-export { discover, resolve } from './api.js';
-export type { PeerInfo, QueryOptions, DeviceStatus, PeerStatus } from './api.js';
+// The library face of agentvpn: `import { connect } from 'agentvpn'` (src/sdk/, docs/sdk.md).
+export { AgentVpn, connect, EventStream, discover, resolve, whois } from './api.js';
+export type { QueryOptions } from './api.js';
+export type * from './sdk/types.js';
+export type { EventsOptions } from './sdk/events.js';
 export { AgentVpnError } from './errors.js';

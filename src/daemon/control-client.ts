@@ -1,6 +1,6 @@
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { AgentVpnError } from '../errors.js';
-import type { ControlResponse } from './control-protocol.js';
+import type { ControlResponse, DaemonEvent, StreamLine } from './control-protocol.js';
 import { controlSocketPath, logFilePath } from './paths.js';
 
 // Status of a big device can be large; this only guards against a runaway peer on the socket.
@@ -8,13 +8,18 @@ const MAX_RESPONSE_CHARS = 16 * 1024 * 1024;
 
 export interface CallOptions {
   timeoutMs?: number;
+  /** Another socket than the interface's (a container's mounted run dir, say). */
+  socketPath?: string;
 }
+
+/** A client holds at most this many unread stream events, then stops reading: the daemon's bounded queue takes over. */
+const MAX_UNREAD_EVENTS = 1024;
 
 let nextId = 1;
 
 /** Call one method of the daemon for `iface`; returns its result or throws the daemon's AgentVpnError. */
-export function callDaemon(iface: string, method: string, params?: unknown, { timeoutMs = 5000 }: CallOptions = {}): Promise<unknown> {
-  const path = controlSocketPath(iface);
+export function callDaemon(iface: string, method: string, params?: unknown, { timeoutMs = 5000, socketPath }: CallOptions = {}): Promise<unknown> {
+  const path = socketPath ?? controlSocketPath(iface);
   const id = nextId++;
   return new Promise((resolve, reject) => {
     const sock = connect(path);
@@ -53,6 +58,137 @@ export function callDaemon(iface: string, method: string, params?: unknown, { ti
       `the agentvpn daemon for interface ${iface} closed the connection without answering "${method}"`,
       `it may have exited: check its log at ${logFilePath(iface)}`,
     )));
+  });
+}
+
+/**
+ * One open stream of the daemon (control-protocol.ts): events are read on demand with next(),
+ * at most MAX_UNREAD_EVENTS buffered here; close() ends it.
+ */
+export class ControlStreamConnection {
+  private readonly unread: DaemonEvent[] = [];
+  private waiter: { resolve(e: DaemonEvent | null): void; reject(e: Error): void } | null = null;
+  private failure: AgentVpnError | null = null;
+  private done = false;
+  private buf = '';
+
+  constructor(private readonly sock: Socket, private readonly id: number, private readonly iface: string) {
+    sock.on('data', (chunk: string) => this.onData(chunk));
+    sock.on('error', (e: NodeJS.ErrnoException) => this.fail(connectError(iface, e)));
+    sock.on('close', () => this.fail(new AgentVpnError('DAEMON_CLOSED', `the agentvpn daemon for interface ${iface} closed the event stream`,
+      'it may have exited or restarted: check `agentvpn status`, then subscribe again')));
+  }
+
+  /** The next event, or null once close() was called; throws when the daemon ended the stream. */
+  next(): Promise<DaemonEvent | null> {
+    const ev = this.unread.shift();
+    if (ev) {
+      if (this.unread.length < MAX_UNREAD_EVENTS / 2) this.sock.resume();
+      return Promise.resolve(ev);
+    }
+    if (this.done) return Promise.resolve(null);
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => (this.waiter = { resolve, reject }));
+  }
+
+  close(): void {
+    if (this.done) return;
+    this.done = true;
+    this.unread.length = 0;
+    this.sock.destroy();
+    this.settle(null);
+  }
+
+  /** Events only; the stream's first line (its ok) was read before this object existed. */
+  private onData(chunk: string): void {
+    this.buf += chunk;
+    for (let nl = this.buf.indexOf('\n'); nl >= 0; nl = this.buf.indexOf('\n')) {
+      const line = this.buf.slice(0, nl);
+      this.buf = this.buf.slice(nl + 1);
+      this.onLine(line);
+    }
+    if (this.buf.length > MAX_RESPONSE_CHARS) this.fail(protocolError(this.iface, 'stream line too long'));
+  }
+
+  private onLine(text: string): void {
+    let line: StreamLine;
+    try {
+      line = JSON.parse(text) as StreamLine;
+    } catch {
+      return this.fail(protocolError(this.iface, 'stream line is not JSON'));
+    }
+    if (line?.id !== this.id) return; // not ours (a refusal of a stray request): nothing to deliver
+    if ('end' in line && line.end) {
+      return this.fail(new AgentVpnError(String(line.end.code), String(line.end.message), String(line.end.hint ?? '')));
+    }
+    if (!('event' in line) || typeof line.event?.type !== 'string') return;
+    if (this.waiter) return this.settle(line.event);
+    this.unread.push(line.event);
+    if (this.unread.length >= MAX_UNREAD_EVENTS) this.sock.pause();
+  }
+
+  private fail(err: AgentVpnError): void {
+    if (this.done || this.failure) return;
+    this.failure = err;
+    this.sock.destroy();
+    if (this.waiter && this.unread.length === 0) {
+      const w = this.waiter;
+      this.waiter = null;
+      w.reject(err);
+    }
+  }
+
+  private settle(ev: DaemonEvent | null): void {
+    const w = this.waiter;
+    this.waiter = null;
+    w?.resolve(ev);
+  }
+}
+
+/**
+ * Opens a streaming method ("events"): resolves once the daemon accepted the subscription (its
+ * refusal throws as usual), then the connection carries the stream.
+ */
+export function openDaemonStream(iface: string, method: string, params?: unknown, { timeoutMs = 5000, socketPath }: CallOptions = {}): Promise<{ accepted: unknown; stream: ControlStreamConnection }> {
+  const path = socketPath ?? controlSocketPath(iface);
+  const id = nextId++;
+  return new Promise((resolve, reject) => {
+    const sock = connect(path);
+    let buf = '';
+    let settled = false;
+    const fail = (err: AgentVpnError): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      sock.destroy();
+      reject(err);
+    };
+    const timer = setTimeout(() => fail(new AgentVpnError('DAEMON_TIMEOUT',
+      `the agentvpn daemon for interface ${iface} did not accept "${method}" within ${timeoutMs} ms`, `it may be hung: check its log at ${logFilePath(iface)}`)), timeoutMs);
+    const onData = (chunk: string): void => {
+      buf += chunk;
+      const nl = buf.indexOf('\n');
+      if (nl < 0) {
+        if (buf.length > MAX_RESPONSE_CHARS) fail(protocolError(iface, 'response too long'));
+        return;
+      }
+      const res = parseResponse(buf.slice(0, nl), id, iface);
+      if (res instanceof AgentVpnError) return fail(res);
+      settled = true;
+      clearTimeout(timer);
+      sock.off('data', onData);
+      sock.removeAllListeners('error').removeAllListeners('close');
+      const stream = new ControlStreamConnection(sock, id, iface);
+      const rest = buf.slice(nl + 1);
+      if (rest) sock.emit('data', rest); // events that came in the same chunk as the answer
+      resolve({ accepted: res.result, stream });
+    };
+    sock.setEncoding('utf8');
+    sock.on('connect', () => sock.write(JSON.stringify({ id, method, params: params ?? {} }) + '\n'));
+    sock.on('data', onData);
+    sock.on('error', (e) => fail(connectError(iface, e as NodeJS.ErrnoException)));
+    sock.on('close', () => fail(new AgentVpnError('DAEMON_CLOSED', `the agentvpn daemon for interface ${iface} closed the connection without answering "${method}"`,
+      `it may have exited: check its log at ${logFilePath(iface)}`)));
   });
 }
 

@@ -3,6 +3,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { AgentVpnError } from '../errors.js';
 import { isDaemonAnswering } from './control-client.js';
 import type { ControlRequest, ControlResponse } from './control-protocol.js';
+import { isControlStream, StreamWriter, type ControlStream, type StreamStats } from './control-stream.js';
 import { controlSocketPath, runDir } from './paths.js';
 
 export type ControlHandler = (params: unknown) => unknown | Promise<unknown>;
@@ -15,12 +16,18 @@ export interface ControlServerOptions {
 /** A request line may not exceed this; a client cannot make the daemon buffer without bound. */
 export const MAX_REQUEST_BYTES = 64 * 1024;
 
-/** The daemon's local API: newline-delimited JSON over a root-only unix socket. */
+/**
+ * The daemon's local API: newline-delimited JSON over a root-only unix socket (control-protocol.ts).
+ * A handler may return a ControlStream: the connection then carries that stream until either side closes it.
+ */
 export class ControlServer {
   readonly stats = { requests: 0, badRequests: 0 };
+  readonly streamStats: StreamStats = { eventsSent: 0, eventsDropped: 0, laggedMarkers: 0, slowClosed: 0 };
   readonly path: string;
   private server: Server | null = null;
   private readonly sockets = new Set<Socket>();
+  /** The connections that carry a stream, with its writer. */
+  private readonly streams = new Map<Socket, { stream: ControlStream; writer: StreamWriter }>();
 
   constructor(
     readonly iface: string,
@@ -58,10 +65,20 @@ export class ControlServer {
     this.server = null;
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     // end() lets a reply already written (e.g. to "shutdown") reach the client; destroy stragglers later.
+    for (const { writer } of this.streams.values()) {
+      writer.end('DAEMON_STOPPING', 'the agentvpn daemon is shutting down', 'subscribe again once it is back up (`sudo agentvpn up`)');
+    }
     for (const s of this.sockets) s.end();
     const timer = setTimeout(() => this.sockets.forEach((s) => s.destroy()), 1000);
     await closed; // Node unlinks the socket file on close; removing it again could hit a successor's socket
     clearTimeout(timer);
+  }
+
+  /** Open streams, and the bytes their subscribers have not read yet (bounded per stream by MAX_STREAM_QUEUE_BYTES). */
+  streamsStatus(): { open: number; queuedBytes: number } & StreamStats {
+    let queuedBytes = 0;
+    for (const s of this.streams.keys()) queuedBytes += s.writableLength;
+    return { open: this.streams.size, queuedBytes, ...this.streamStats };
   }
 
   /** A socket file left by a crashed daemon is removed; one a live daemon answers on is not. */
@@ -86,7 +103,11 @@ export class ControlServer {
 
   private accept(socket: Socket): void {
     this.sockets.add(socket);
-    socket.on('close', () => this.sockets.delete(socket));
+    socket.on('close', () => {
+      this.sockets.delete(socket);
+      this.streams.get(socket)?.stream.close();
+      this.streams.delete(socket);
+    });
     socket.on('error', () => {}); // a client vanishing mid-reply must not take the daemon down
     let pending: Buffer[] = [];
     let pendingBytes = 0;
@@ -132,6 +153,7 @@ export class ControlServer {
       return this.badRequest(socket, id, 'request must look like {"id":1,"method":"status","params":{}}');
     }
     const method = r.method;
+    if (this.streams.has(socket)) return this.badRequest(socket, id, 'this connection carries an event stream; send requests on another connection');
     if (!Object.hasOwn(this.handlers, method)) {
       this.stats.badRequests++;
       return this.reply(socket, {
@@ -142,10 +164,24 @@ export class ControlServer {
     this.stats.requests++;
     try {
       const result = await this.handlers[method](r.params ?? {});
+      if (isControlStream(result)) return this.openStream(socket, id, result);
       this.reply(socket, { id, ok: true, result: result ?? null });
     } catch (e) {
       this.reply(socket, this.errorResponse(id, method, e));
     }
+  }
+
+  /** Answers ok, then hands the stream a bounded writer on this connection (one stream per connection). */
+  private openStream(socket: Socket, id: number | string, stream: ControlStream): void {
+    if (!socket.writable || this.streams.has(socket)) {
+      stream.close();
+      if (socket.writable) this.badRequest(socket, id, 'this connection already carries an event stream');
+      return;
+    }
+    const writer = new StreamWriter(socket, id, this.streamStats);
+    this.streams.set(socket, { stream, writer });
+    this.reply(socket, { id, ok: true, result: stream.accepted ?? null });
+    stream.attach(writer);
   }
 
   private errorResponse(id: number | string | null, method: string, e: unknown): ControlResponse {
