@@ -56,6 +56,7 @@ export function describeReload(r: Omit<ReloadReport, 'message'>): string {
 /** Holds the settings in force and re-reads them on demand; one reload at a time. */
 export class Reloader {
   private running: Promise<ReloadReport> | null = null;
+  private queued: Promise<ReloadReport> | null = null;
 
   constructor(
     /** The settings in force (after a reload: the old values of settings that need a restart stay). */
@@ -67,17 +68,21 @@ export class Reloader {
 
   /**
    * Reads the settings again and applies the changes. A file that no longer parses changes
-   * nothing (the error says why). Asked while a reload runs, it waits for that one and runs again,
-   * so a burst of SIGHUPs costs two reads, not one per signal.
+   * nothing (the error says why). Asked while a reload runs, it queues one more that every
+   * later caller shares, so a burst of SIGHUPs costs two reads, not one per signal.
    */
-  async reload(): Promise<ReloadReport> {
-    while (this.running) await this.running.catch(() => {});
-    this.running = this.reloadOnce();
-    try {
-      return await this.running;
-    } finally {
-      this.running = null;
-    }
+  reload(): Promise<ReloadReport> {
+    if (!this.running) return this.start();
+    this.queued ??= this.running.catch(() => {}).then(() => {
+      this.queued = null;
+      return this.start();
+    });
+    return this.queued;
+  }
+
+  private start(): Promise<ReloadReport> {
+    this.running = this.reloadOnce().finally(() => (this.running = null));
+    return this.running;
   }
 
   private async reloadOnce(): Promise<ReloadReport> {
