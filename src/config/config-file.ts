@@ -52,6 +52,7 @@ export const UP_SETTINGS = {
   policy: { kind: 'path', example: '"/etc/agentvpn/policy.json"' },
   trust: { kind: 'string', choices: TRUST_MODES, example: '"tofu"' },
   'rotate-every': { kind: 'string', example: '"7d"' },
+  metrics: { kind: 'string', example: '"127.0.0.1:9580"' },
 } as const satisfies Record<string, SettingSpec>;
 
 export type SettingKey = keyof typeof UP_SETTINGS;
@@ -76,6 +77,7 @@ export interface UpSettings {
   policy?: string;
   trust: TrustMode;
   'rotate-every'?: string;
+  metrics?: string;
 }
 
 /** Where each setting's value came from (what `reload` and the docs call the precedence). */

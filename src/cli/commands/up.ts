@@ -36,7 +36,6 @@ const NOTIFY_STATUS_EVERY_MS = 5_000;
 interface UpArgs extends GlobalArgs, Partial<UpSettings> {
   'config-file'?: string;
   foreground: boolean;
-  metrics?: string;
 }
 
 /** The daemon's two modes: a static wg-quick config, or a fleet found through a registry. */
@@ -167,9 +166,9 @@ async function runForeground(args: UpArgs): Promise<void> {
   let daemon: Running;
   try {
     daemon = await startDaemon(settings, iface, log, { reload: () => reload() });
-    if (args.metrics) {
+    if (settings.metrics) {
       const running = daemon;
-      await startDaemonMetrics(running, args.metrics, log).catch(async (e) => {
+      await startDaemonMetrics(running, settings.metrics, log).catch(async (e) => {
         await running.stop(); // not up without the metrics that were asked for
         throw e;
       });
