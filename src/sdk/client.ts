@@ -25,7 +25,7 @@ export class AgentVpn {
   }
 
   /** Who we are in the network: ID, name, overlay addresses, capabilities, tags. */
-  self(): Promise<SelfInfo> {
+  whoami(): Promise<SelfInfo> {
     return this.call('id');
   }
 
