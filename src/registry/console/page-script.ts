@@ -42,7 +42,7 @@ function ago(ms) {
   return Math.floor(s / 86400) + ' d ago';
 }
 const time = (ms) => ms === null || ms === undefined ? 'never' : new Date(ms).toISOString().replace('T', ' ').replace(/\.\d+Z$/, ' UTC');
-const chips = (list) => (list || []).length ? list.map((t) => el('span', { class: 'chip mono', text: t })) : el('span', { class: 'muted', text: '-' });
+const chips = (list, kind) => (list || []).length ? list.map((t) => el('span', { class: 'chip mono ' + (kind || ''), text: t })) : kind === 'tag' ? null : el('span', { class: 'muted', text: '-' });
 const shortId = (id) => el('span', { class: 'mono id', title: id, text: id });
 function nameOf(id) {
   const v = S.views.get(id);
@@ -67,12 +67,12 @@ const post = (path, headers) => api(path, { method: 'POST', headers: Object.assi
 function showLogin(message) {
   stopLive();
   $('app').classList.add('hidden');
-  $('login').classList.remove('hidden');
+  $('login-form').classList.remove('hidden');
   $('login-error').textContent = message || '';
   $('token').focus();
 }
 function showApp() {
-  $('login').classList.add('hidden');
+  $('login-form').classList.add('hidden');
   $('app').classList.remove('hidden');
 }
 function stopLive() {
@@ -196,9 +196,9 @@ function pathCell(id) {
   const r = S.paths[id];
   if (!r || r.paths.length === 0) return el('span', { class: 'muted', text: r ? 'no peers' : 'not reported' });
   return el('div', null, r.paths.map((p) => el('div', { class: 'path', 'data-peer': p.peer, 'data-kind': p.kind },
-    el('span', { class: 'kind-' + p.kind, text: p.kind }), ' to ', el('b', { text: nameOf(p.peer) }), ' ',
-    el('span', { class: 'mono', text: p.endpoint }), p.rttMs === null ? '' : ' ' + p.rttMs.toFixed(2) + ' ms')),
-  el('div', { class: 'muted', text: 'reported ' + ago(r.at) }));
+    el('b', { text: nameOf(p.peer) }), ' ', el('span', { class: 'kind-' + p.kind, text: p.kind }),
+    p.rttMs === null ? '' : ' ' + p.rttMs.toFixed(2) + ' ms', ' ', el('span', { class: 'mono muted', text: p.endpoint }))),
+  el('div', { class: 'muted small', text: 'reported ' + ago(r.at) }));
 }
 
 function renderAgents() {
@@ -210,14 +210,11 @@ function renderAgents() {
     const name = rec ? rec.name : m.name;
     const state = v ? (v.online ? 'online' : 'offline') : 'unpublished';
     const tr = el('tr', { 'data-agent-id': id, 'data-agent-name': name, 'data-state': state, class: S.changed.has(id) ? 'changed' : null },
-      el('td', null, el('b', { class: 'name', text: name })),
-      el('td', null, el('span', { class: 'badge state ' + state, text: state })),
-      el('td', { class: 'last-seen', text: v ? ago(v.lastSeen) : '-' }),
-      el('td', null, shortId(id)),
+      el('td', null, el('div', null, el('b', { class: 'name', text: name })), shortId(id)),
+      el('td', null, el('div', null, el('span', { class: 'badge state ' + state, text: state })), el('div', { class: 'muted small last-seen', text: v ? ago(v.lastSeen) : '' })),
       el('td', { class: 'mono' }, el('div', { text: rec ? rec.ipv4 : m.ipv4 }), rec ? el('div', { text: rec.ipv6 }) : null),
       el('td', { class: 'mono endpoints' }, rec && rec.endpoints.length ? rec.endpoints.map((e) => el('div', { text: e })) : el('span', { class: 'muted', text: '-' })),
-      el('td', { class: 'tags' }, chips(v ? v.tags : m.tags)),
-      el('td', { class: 'caps' }, chips(rec ? rec.capabilities : [])),
+      el('td', null, el('div', { class: 'tags' }, chips(v ? v.tags : m.tags, 'tag')), el('div', { class: 'caps' }, chips(rec ? rec.capabilities : []))),
       el('td', { class: 'paths' }, pathCell(id)));
     return { name, state, tr };
   });
@@ -225,7 +222,7 @@ function renderAgents() {
   rows.sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
   const online = rows.filter((r) => r.state === 'online').length;
   fill('agents-count', online + ' online of ' + rows.length);
-  fill('agents', rows.length ? rows.map((r) => r.tr) : el('tr', null, el('td', { colspan: 9, class: 'empty', text: 'no agents have joined this network' })));
+  fill('agents', rows.length ? rows.map((r) => r.tr) : el('tr', null, el('td', { colspan: 6, class: 'empty', text: 'no agents have joined this network' })));
 }
 
 function renderAlerts(s) {

@@ -19,15 +19,18 @@ table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 5px 8px; border-top: 1px solid var(--line); vertical-align: top; }
 th { border-top: 0; color: var(--muted); font-weight: 500; font-size: 12px; white-space: nowrap; }
 td.mono, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; font-size: 12px; }
-.id { max-width: 12em; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; display: inline-block; vertical-align: bottom; }
+.id { max-width: 10em; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; display: inline-block; vertical-align: bottom; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 500; white-space: nowrap; }
 .badge.online { color: var(--ok); background: var(--ok-bg); }
 .badge.offline, .badge.unpublished { color: var(--off); background: var(--off-bg); }
 .badge.bad { color: var(--bad); background: var(--bad-bg); }
 .chip { display: inline-block; padding: 0 6px; margin: 1px 4px 1px 0; border: 1px solid var(--line); border-radius: 4px; font-size: 12px; }
+.chip.tag { color: var(--accent); border-color: var(--accent); }
 .muted { color: var(--muted); }
+.small { font-size: 12px; }
+.tags:empty { display: none; }
 .empty { color: var(--muted); font-style: italic; }
-.path { white-space: nowrap; }
+.path { white-space: normal; }
 .path .kind-direct { color: var(--ok); }
 .path .kind-relay { color: var(--accent); }
 .live { font-size: 12px; }

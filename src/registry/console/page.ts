@@ -56,7 +56,7 @@ export const CONSOLE_HTML = `<!doctype html>
 <section>
   <h2>Agents <span id="agents-count" class="count"></span></h2>
   <table>
-    <thead><tr><th>Name</th><th>State</th><th>Last seen</th><th>ID</th><th>Addresses</th><th>Endpoints</th><th>Tags</th><th>Capabilities</th><th>Paths (as reported)</th></tr></thead>
+    <thead><tr><th>Name and ID</th><th>State, last seen</th><th>Overlay addresses</th><th>Endpoints</th><th>Tags and capabilities</th><th>Paths (as reported)</th></tr></thead>
     <tbody id="agents"></tbody>
   </table>
 </section>
