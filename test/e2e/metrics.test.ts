@@ -1,8 +1,8 @@
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  AGENTVPN_BIN, Lab, REPO_ROOT, startLabAgent, waitFor, waitForFleet, type LabAgent, type LabProcess, type LabRegistry,
+  AGENTVPN_BIN, Lab, REPO_ROOT, renderWgQuickConfig, startAgentVpn, startLabAgent, waitFor, waitForFleet, wgKeyPair, type LabAgent, type LabProcess, type LabRegistry,
 } from '../../src/lab/index.js';
 import { fetchAndHash, labReady, makeRandomFile, startHttpServer } from './checks.js';
 
@@ -134,5 +134,39 @@ describe.runIf(labReady(['ip', 'curl', 'python3', 'prometheus']))('metrics: a re
     expect(await scalar('count(agentvpn_relay_drops_total{job="registry"})')).toBeGreaterThan(10);
     expect(await scalar('agentvpn_relay_forwarded_packets_total{job="relay"}')).toBe(0);
     expect(await scalar('sum(agentvpn_relay_sessions{job="relay"})')).toBe(0);
+  });
+
+  it('a static daemon: metrics on loopback for a port alone, peers by key; a metrics port that is taken stops the daemon', async () => {
+    const ns = agents[1].agent.ns;
+    const [self, peer] = await Promise.all([wgKeyPair(), wgKeyPair()]);
+    const cfg = { privateKey: self.privateKey, listenPort: 51830, addresses: ['100.99.0.1/24'], peers: [{ publicKey: peer.publicKey, allowedIps: ['100.99.0.2/32'] }] };
+    const daemon = await startAgentVpn(lab, ns, cfg, 'agentvpn1', { extraArgs: ['--metrics', '9200'] });
+    try {
+      const local = await lab.exec(ns, ['curl', '-sS', '--max-time', '5', 'http://127.0.0.1:9200/metrics']);
+      expect(local.code).toBe(0);
+      expect(local.stdout).toContain(`agentvpn_peer_rx_bytes_total{peer="${peer.publicKey}"} 0`);
+      // Nothing listens on the namespace's own address: the registry's namespace cannot reach it.
+      const remote = await lab.exec(regNs, ['curl', '-sS', '--max-time', '5', `http://${agents[1].underlay}:9200/metrics`]);
+      expect(remote.code).not.toBe(0);
+
+      // A second daemon asking for the same metrics port fails, and takes down what it had set up
+      // (exiting alone would drop the interface and the firewall table, but leave its control socket behind).
+      const file = join(lab.dir, 'second.conf');
+      writeFileSync(file, renderWgQuickConfig({ ...cfg, listenPort: 51831, addresses: ['100.98.0.1/24'] }), { mode: 0o600 });
+      const runDir = join(lab.dir, 'run-second');
+      mkdirSync(runDir, { recursive: true });
+      const second = await lab.exec(ns, [process.execPath, AGENTVPN_BIN, 'up', '--foreground', '--config', file, '--interface', 'agentvpn2', '--metrics', '9200', '--json'],
+        { env: { ...process.env, AGENTVPN_RUN_DIR: runDir }, timeoutMs: 30_000 });
+      console.log(`second daemon on a taken metrics port: exit ${second.code}, ${second.stdout.trim()}`);
+      expect(second.code).not.toBe(0);
+      expect(second.stdout).toContain('METRICS_LISTEN_FAILED');
+      expect((await lab.exec(ns, ['ip', 'link', 'show', 'agentvpn2'])).code).not.toBe(0);
+      const tables = (await lab.run(ns, ['nft', 'list', 'tables'])).stdout;
+      expect(tables).toContain('agentvpn_agentvpn1');
+      expect(tables).not.toContain('agentvpn_agentvpn2');
+      expect(readdirSync(runDir)).toEqual([]);
+    } finally {
+      await daemon.stop();
+    }
   });
 });
