@@ -99,25 +99,41 @@ export const UP_DEFAULTS = {
 /** Some settings, validated, from one source. */
 type SettingValues = Partial<Record<SettingKey, unknown>>;
 
-/** Checks one value against its spec; `where` names it in errors (`file: "mtu"`, `AGENTVPN_NAME`, `--mtu`). */
-function checkValue(key: SettingKey, value: unknown, where: string): unknown {
+/** A value as the user wrote it, for messages (NaN, which JSON would call null, stays NaN). */
+function shown(value: unknown): string {
+  return typeof value === 'number' ? String(value) : JSON.stringify(value);
+}
+
+/** Where a value came from, and how an example of it is written there. */
+type Origin = { file: string } | { env: string } | 'flag';
+
+function exampleFor(key: SettingKey, origin: Origin): string {
+  const example = UP_SETTINGS[key].example;
+  if (origin === 'flag') return `e.g. --${key} ${example.replace(/^\["?|"?\]$|^"|"$/g, '').split('", "')[0]}`;
+  if ('env' in origin) return `e.g. ${origin.env}=${example.replace(/^"|"$/g, '')}`;
+  return `e.g. "${key}": ${example}`;
+}
+
+/** Checks one value against its spec; errors name it as its origin does (`FILE: "mtu"`, `environment variable AGENTVPN_NAME`, `--mtu`). */
+function checkValue(key: SettingKey, value: unknown, origin: Origin): unknown {
   const spec: SettingSpec = UP_SETTINGS[key];
-  const bad = (what: string) => new AgentVpnError('CONFIG_INVALID', `${where} ${what}`, `e.g. "${key}": ${spec.example}`);
+  const where = origin === 'flag' ? `--${key}` : 'env' in origin ? `environment variable ${origin.env}` : `${origin.file}: "${key}"`;
+  const bad = (what: string) => new AgentVpnError('CONFIG_INVALID', `${where} ${what}`, exampleFor(key, origin));
   switch (spec.kind) {
     case 'string':
     case 'path':
-      if (typeof value !== 'string' || value === '') throw bad(`must be a non-empty string, not ${JSON.stringify(value)}`);
+      if (typeof value !== 'string' || value === '') throw bad(`must be a non-empty string, not ${shown(value)}`);
       if (spec.choices && !spec.choices.includes(value)) throw bad(`must be one of ${spec.choices.join(', ')}, not "${value}"`);
       return value;
     case 'strings':
       if (!Array.isArray(value) || !value.every((v) => typeof v === 'string' && v !== '')) throw bad('must be an array of non-empty strings');
       return value;
     case 'boolean':
-      if (typeof value !== 'boolean') throw bad(`must be true or false, not ${JSON.stringify(value)}`);
+      if (typeof value !== 'boolean') throw bad(`must be true or false, not ${shown(value)}`);
       return value;
     case 'integer':
       if (typeof value !== 'number' || !Number.isInteger(value) || value < spec.min! || value > spec.max!) {
-        throw bad(`must be an integer from ${spec.min} to ${spec.max}, not ${JSON.stringify(value)}`);
+        throw bad(`must be an integer from ${spec.min} to ${spec.max}, not ${shown(value)}`);
       }
       return value;
   }
@@ -174,7 +190,7 @@ export function readConfigFile(file: string): SettingValues {
   for (const [key, value] of Object.entries(parsed)) {
     if (!Object.hasOwn(UP_SETTINGS, key)) throw new AgentVpnError('CONFIG_UNKNOWN_KEY', `${file}: unknown key "${key}"`, unknownKeyHint(key));
     const k = key as SettingKey;
-    const checked = checkValue(k, value, `${file}: "${key}"`);
+    const checked = checkValue(k, value, { file });
     out[k] = UP_SETTINGS[k].kind === 'path' && !isAbsolute(checked as string) ? resolve(dirname(file), checked as string) : checked;
   }
   checkFileMode(file, out.token !== undefined);
@@ -187,7 +203,7 @@ export function settingsFromEnv(env: NodeJS.ProcessEnv): SettingValues {
   for (const key of SETTING_KEYS) {
     const name = (UP_SETTINGS[key] as SettingSpec).env;
     const value = name ? env[name] : undefined;
-    if (value) out[key] = checkValue(key, value, `environment variable ${name}`);
+    if (value) out[key] = checkValue(key, value, { env: name! });
   }
   return out;
 }
@@ -199,7 +215,7 @@ export function settingsFromFlags(args: Record<string, unknown>): SettingValues 
     if (args[key] === undefined) continue;
     const value = args[key];
     if (Array.isArray(value) && value.length === 0) continue; // yargs' empty array: not given
-    out[key] = checkValue(key, value, `--${key}`);
+    out[key] = checkValue(key, value, 'flag');
   }
   return out;
 }
