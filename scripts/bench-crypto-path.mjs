@@ -24,7 +24,7 @@ const BATCH = Number(args.batch);
 const SIZE = Number(args.size);
 const dist = pathToFileURL(resolve(args.dist)).href;
 const { Device } = await import(`${dist}/wireguard/device.js`);
-const { makeEndpoint } = await import(`${dist}/wireguard/endpoint.js`);
+const { makeEndpoint } = await import(`${dist}/net/endpoint.js`);
 const { parsePrefix } = await import(`${dist}/ip/prefix.js`);
 const { generatePrivateKey, publicKeyOf } = await import(`${dist}/crypto/x25519.js`);
 

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { Device } from '../dist/wireguard/device.js';
-import { makeEndpoint, ENDPOINT_SIZE } from '../dist/wireguard/endpoint.js';
+import { makeEndpoint, ENDPOINT_SIZE } from '../dist/net/endpoint.js';
 import { publicKeyOf } from '../dist/crypto/x25519.js';
 import { parsePrefix } from '../dist/ip/prefix.js';
 import { compilePolicy } from '../dist/policy/compile.js';

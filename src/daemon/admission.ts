@@ -151,7 +151,6 @@ export class Admission {
       publicKey: wgKey,
       allowedIps: [parsePrefix(r.ipv4)!, parsePrefix(r.ipv6)!],
       endpoint,
-      roaming: false,
     }).catch((e) => log.error({ err: e, id: r.id }, 'configuring peer failed'));
   }
 

@@ -10,7 +10,8 @@ import { native, type OffloadStatus, type ReaderHandle } from '../tun/native.js'
 import { addRoutes, configureInterface, deleteInterface } from '../tun/interface.js';
 import { Device } from '../wireguard/device.js';
 import type { PacketFilter } from '../wireguard/packet-filter.js';
-import { formatEndpoint, makeEndpoint } from '../wireguard/endpoint.js';
+import { makeEndpoint } from '../net/endpoint.js';
+import { UdpEndpoint, type Endpoint } from '../wireguard/endpoint.js';
 import { ControlServer, type ControlHandler } from './control-server.js';
 import { Firewall } from './firewall.js';
 import { MagicSock } from '../paths/magicsock.js';
@@ -45,10 +46,9 @@ export interface DaemonOptions {
 export interface DynamicPeer {
   publicKey: Uint8Array;
   allowedIps: Prefix[];
-  endpoint: Buffer | null;
+  /** A fleet peer's path (the path layer chooses where it goes), or a plain address. */
+  endpoint: Endpoint | null;
   persistentKeepalive?: number;
-  /** False when the path layer chooses the endpoint (fleet peers). */
-  roaming?: boolean;
 }
 
 /** Resolves an endpoint (IP literal or host name) to the native 20-byte form. */
@@ -121,19 +121,16 @@ export class Daemon {
         batchSize: BATCH,
         log,
         alwaysUnderLoad: process.env.AGENTVPN_TEST_UNDER_LOAD === '1',
-        io: {
-          sendUdp: (slab, offsets, lens, addrs, count) => sock.sendUdp(slab, offsets, lens, addrs, count),
-          writeTun: (slab, offsets, lens, count) => native.tunWrite(tunFd, slab, offsets, lens, count),
-        },
-        control: (buf, off, len, addrs, aOff) => sock.handleControl(buf, off, len, addrs, aOff),
+        bind: sock,
+        tun: { write: (slab, offsets, lens, count) => native.tunWrite(tunFd, slab, offsets, lens, count) },
         filter: this.opts.filter,
         onFirstHandshake: (peer, initiator) => this.audit('peer.handshake', this.subjectOf(peer.publicKey), {
-          initiator, endpoint: peer.endpoint ? formatEndpoint(peer.endpoint) : null,
+          initiator, endpoint: peer.endpoint ? String(peer.endpoint) : null,
         }),
       });
       sock.attach(device);
       this.device = device;
-      config.peers.forEach((p, i) => device.addPeer({ ...p, endpoint: endpoints[i] }));
+      config.peers.forEach((p, i) => device.addPeer({ ...p, endpoint: endpoints[i] && new UdpEndpoint(endpoints[i]!) }));
 
       // The rules go in before the addresses, so the addresses are never reachable from the LAN.
       this.firewall = new Firewall({ iface, addresses: config.addresses, enabled: this.opts.firewall ?? true, log });
@@ -144,7 +141,7 @@ export class Daemon {
         log.warn({}, 'AllowedIPs 0.0.0.0/0 or ::/0 accepted for routing inside the tunnel, but no default route was installed');
       }
 
-      this.startReaders(device);
+      this.startReaders(device, sock);
       device.start();
       const offloads = this.offloads();
       log.info({ iface, listenPort: this.listenPort, peers: config.peers.length, tunTso: offloads.tun.tunTso, udpGso: offloads.udp.udpGso, udpGro: offloads.udp.udpGro }, 'agentvpn is up');
@@ -179,11 +176,11 @@ export class Daemon {
     if (!device) return;
     const existing = device.getPeer(p.publicKey);
     if (existing) {
-      if (p.endpoint) device.setEndpoint(existing, p.endpoint, 0);
+      if (p.endpoint) device.setEndpoint(existing, p.endpoint);
       device.allowedIps.removeValue(existing);
       for (const prefix of p.allowedIps) device.allowedIps.insert(prefix, existing);
     } else {
-      device.addPeer({ publicKey: p.publicKey, allowedIps: p.allowedIps, endpoint: p.endpoint, persistentKeepalive: p.persistentKeepalive, roaming: p.roaming });
+      device.addPeer({ publicKey: p.publicKey, allowedIps: p.allowedIps, endpoint: p.endpoint, persistentKeepalive: p.persistentKeepalive });
     }
     await this.routeTo(p.allowedIps);
   }
@@ -209,7 +206,7 @@ export class Daemon {
     this.magicsock?.removePeer(Buffer.from(publicKey));
   }
 
-  private startReaders(device: Device): void {
+  private startReaders(device: Device, sock: MagicSock): void {
     const tunSlot = device.tunSlotSize;
     const tunSlab = Buffer.alloc(tunSlot * BATCH);
     const tunLens = new Int32Array(BATCH);
@@ -229,7 +226,7 @@ export class Daemon {
     };
     this.readers.push(
       native.startReader(this.tunFd, 'tun', tunSlab, tunSlot, BATCH, tunLens, null, (n) => device.handleTunBatch(tunSlab, tunSlot, tunLens, n), onError),
-      native.startReader(this.udpFd, 'udp', udpSlab, udpSlot, BATCH, udpLens, udpAddrs, (n) => device.handleUdpBatch(udpSlab, udpSlot, udpLens, udpAddrs, n), onError),
+      native.startReader(this.udpFd, 'udp', udpSlab, udpSlot, BATCH, udpLens, udpAddrs, (n) => sock.receive(udpSlab, udpSlot, udpLens, udpAddrs, n), onError),
     );
   }
 
@@ -277,7 +274,7 @@ export class Daemon {
       offloads: this.tunFd >= 0 && this.udpFd >= 0 ? this.offloads() : undefined,
       peers: peers.map((p) => ({
         publicKey: encodeKey(p.publicKey),
-        endpoint: p.endpoint ? formatEndpoint(p.endpoint) : null,
+        endpoint: p.endpoint ? String(p.endpoint) : null,
         allowedIps: device!.allowedIps.prefixesOf(p).map(formatPrefix),
         latestHandshake: p.latestHandshakeAt,
         handshakes: p.handshakes,

@@ -4,12 +4,12 @@ import { AgentVpnError } from '../errors.js';
 import type { Identity } from '../identity/identity.js';
 import { parseAddress } from '../ip/prefix.js';
 import type { JoinResult } from '../registry/client.js';
-import { makeEndpoint } from '../wireguard/endpoint.js';
+import { makeEndpoint } from '../net/endpoint.js';
 import { DiscoCodec } from '../paths/disco.js';
 import { defaultGateway } from '../paths/gateway.js';
 import { Netcheck, parseHostPort, type NetcheckReport } from '../paths/netcheck.js';
 import { releaseUdpMapping } from '../paths/natpmp.js';
-import { RelayClient } from '../paths/relay-client.js';
+import { RelayClient } from '../relay/client.js';
 import { resolveEndpoint, type Daemon } from './daemon.js';
 
 /** Candidate endpoints we publish, at most (the record's cap). */

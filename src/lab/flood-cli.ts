@@ -15,7 +15,7 @@ import { parseAddress } from '../ip/prefix.js';
 import { Identity } from '../identity/identity.js';
 import { encodeHello, parseHelloAck, parseHostPort } from '../relay/protocol.js';
 import { ADDR_SIZE, native } from '../tun/native.js';
-import { makeEndpoint } from '../wireguard/endpoint.js';
+import { makeEndpoint } from '../net/endpoint.js';
 import { FLOOD_KINDS, floodDatagrams, type FloodKind, type FloodReport, type FloodSpec } from './flood.js';
 
 /** Datagrams per native call: the reader's own batch limit, and ~16 sendmmsg calls of 64. */

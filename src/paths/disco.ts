@@ -1,7 +1,7 @@
 import { hash } from '../crypto/blake2s.js';
 import { randomFill, xopen, xseal } from '../crypto/aead.js';
 import { dh } from '../crypto/x25519.js';
-import { ENDPOINT_SIZE } from '../wireguard/endpoint.js';
+import { ENDPOINT_SIZE } from '../net/endpoint.js';
 
 /**
  * Disco: the path-discovery messages agents exchange beside WireGuard on the same UDP socket

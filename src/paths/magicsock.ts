@@ -1,9 +1,11 @@
 import type { Device, Logger } from '../wireguard/device.js';
-import { ENDPOINT_SIZE, formatEndpoint, sameEndpoint } from '../wireguard/endpoint.js';
-import type { PacketIO } from '../wireguard/io.js';
+import type { Bind } from '../wireguard/bind.js';
+import type { Endpoint } from '../wireguard/endpoint.js';
+import { ENDPOINT_SIZE, formatEndpoint, sameEndpoint } from '../net/endpoint.js';
 import { TokenBucket } from '../util/token-bucket.js';
 import { DiscoCodec, isDisco, isFreshCounter, newTxid, type DiscoMessage } from './disco.js';
-import { PeerPath, isRelayEndpoint, relayEndpointFor, relaySlotOf } from './peer-path.js';
+import { PeerPath } from './peer-path.js';
+import { InboundRelayed, OutboundMixed, RELAY_SLOT } from './relayed-batch.js';
 import { discoBudget, paths as T } from './constants.js';
 import { MAX_PACKET_SIZE, PACKET_HEADER_SIZE, encodeSend } from '../relay/protocol.js';
 
@@ -12,7 +14,7 @@ export interface UdpPort {
   send(slab: Buffer, offsets: Int32Array, lens: Int32Array, addrs: Buffer, count: number): number;
 }
 
-/** The relay client as the socket layer uses it (src/paths/relay-client.ts). */
+/** The relay client as the socket layer uses it (src/relay/client.ts). */
 export interface RelayLink {
   readonly endpoint: Buffer;
   readonly name: string;
@@ -20,27 +22,6 @@ export interface RelayLink {
   handleDatagram(buf: Buffer, off: number, len: number): boolean;
   send(dstWgKey: Uint8Array, packet: Uint8Array): boolean;
 }
-
-/** A mixed outbound batch: each packet is in the caller's slab (from 0) or is a relay frame in `frames` (from 1). */
-interface OutBatch {
-  offsets: Int32Array;
-  lens: Int32Array;
-  addrs: Buffer;
-  from: Uint8Array;
-  frames: Buffer;
-}
-
-interface InBatch {
-  slot: number;
-  slab: Buffer;
-  lens: Int32Array;
-  addrs: Buffer;
-}
-
-/** A relay SEND frame slot: the frame header and the largest packet a frame carries. */
-const RELAY_SLOT = PACKET_HEADER_SIZE + MAX_PACKET_SIZE;
-/** Relayed packets handed to the device per call, as the UDP reader's batch. */
-const RELAYED_BATCH = 64;
 
 export type StunHandler = (buf: Buffer, off: number, len: number, src: Buffer, srcOff: number) => boolean;
 
@@ -59,28 +40,46 @@ interface PendingPing {
   resolve?: (reply: { endpoint: Buffer | null; rttMs: number }) => void;
 }
 
+/** Whether a datagram is WireGuard's: a message type 1..4 as a little-endian u32 (the device checks sizes). */
+function isWireGuard(buf: Buffer, off: number, len: number): boolean {
+  const type = buf[off];
+  return len >= 4 && type >= 1 && type <= 4 && buf[off + 1] === 0 && buf[off + 2] === 0 && buf[off + 3] === 0;
+}
+
+function endpointKey(ep: Buffer, off: number): string {
+  return ep.toString('latin1', off, off + 18);
+}
+
 /**
- * The agent's UDP socket as WireGuard sees it (like Tailscale's magicsock): one socket carries
- * WireGuard, disco, relay frames and STUN. For fleet peers it owns the choice of path: the
- * first packets go through the relay at once, disco pings probe every candidate endpoint from
- * both sides (which also punches holes in NATs), and the peer moves to the best direct path
- * when one answers, back to the relay when it stops answering.
+ * The agent's UDP socket, and WireGuard's Bind (like Tailscale's magicsock): it owns the socket's
+ * batches, keeps disco, relay frames and STUN for itself and hands the device WireGuard only. A
+ * fleet peer's endpoint is its PeerPath, resolved at each send: its direct path when disco found
+ * one, else the relay. The first packets go through the relay at once, disco pings probe every
+ * candidate from both sides (which also punches holes in NATs), and the peer moves to the best
+ * direct path when one answers, back to the relay when it stops answering.
  */
-export class MagicSock implements PacketIO {
+export class MagicSock implements Bind {
   private device: Device | null = null;
   private relay: RelayLink | null = null;
   private codec: DiscoCodec | null = null;
   private readonly byKey = new Map<string, PeerPath>();
-  private readonly bySlot = new Map<number, PeerPath>();
+  /** Paths by their direct address (18 bytes as latin1): who a handshake from there is. */
+  private readonly byDirect = new Map<string, PeerPath>();
   private readonly pending = new Map<string, PendingPing>();
-  private relayedInbound: { path: PeerPath; packet: Buffer }[] = [];
-  private out: OutBatch = { offsets: new Int32Array(0), lens: new Int32Array(0), addrs: Buffer.alloc(0), from: new Uint8Array(0), frames: Buffer.alloc(0) };
-  private in: InBatch | null = null;
-  private nextSlot = 1;
+  private readonly out = new OutboundMixed();
+  private sendAddrs = Buffer.alloc(0);
+  private relayed: InboundRelayed | null = null;
+  private relayedFlushQueued = false;
+  /** The last path a relayed packet came from: most come in runs from one peer. */
+  private lastRelayedFrom: PeerPath | null = null;
   private timer: NodeJS.Timeout | null = null;
   private localCandidates: Buffer[] = [];
   stunHandler: StunHandler | null = null;
-  readonly stats = { discoIn: 0, discoOut: 0, discoRejected: 0, discoShed: 0, discoReplayed: 0, relayedIn: 0, relayedOut: 0, relayDropped: 0 };
+  readonly stats = {
+    discoIn: 0, discoOut: 0, discoRejected: 0, discoShed: 0, discoReplayed: 0, relayedIn: 0, relayedOut: 0, relayDropped: 0,
+    /** Datagrams on our port that are neither WireGuard, disco, relay frames nor STUN answers. */
+    malformed: 0,
+  };
   private readonly discoTotal = new TokenBucket(discoBudget.total.rate, discoBudget.total.burst);
   private readonly oneOffsets = Int32Array.of(0);
   private readonly oneLens = new Int32Array(1);
@@ -110,42 +109,50 @@ export class MagicSock implements PacketIO {
     this.localCandidates = list;
   }
 
-  // ---- PacketIO -----------------------------------------------------------------------------
+  // ---- Bind: sending --------------------------------------------------------------------------
 
-  sendUdp(slab: Buffer, offsets: Int32Array, lens: Int32Array, addrs: Buffer, count: number): number {
-    for (let i = 0; i < count; i++) if (isRelayEndpoint(addrs, i * ENDPOINT_SIZE)) return this.sendMixed(slab, offsets, lens, addrs, count);
+  send(slab: Buffer, offsets: Int32Array, lens: Int32Array, endpoints: readonly Endpoint[], count: number): number {
+    if (this.sendAddrs.length < count * ENDPOINT_SIZE) this.sendAddrs = Buffer.alloc(count * ENDPOINT_SIZE);
+    const addrs = this.sendAddrs;
+    for (let i = 0; i < count; i++) {
+      const direct = endpoints[i].direct;
+      if (direct === null) return this.sendMixed(slab, offsets, lens, endpoints, count);
+      direct.copy(addrs, i * ENDPOINT_SIZE);
+    }
     return this.udp.send(slab, offsets, lens, addrs, count);
   }
 
-  writeTun(): number {
-    throw new Error('MagicSock carries UDP only');
+  endpointAt(addrs: Buffer, aOff: number): Endpoint | null {
+    return this.byDirect.size === 0 ? null : this.byDirect.get(endpointKey(addrs, aOff)) ?? null;
   }
 
   /**
-   * A batch with relayed packets in it. Over the relay's UDP link each becomes a SEND frame in a
-   * slab we keep, and goes out in the same sendmmsg as the direct ones; over TCP (or with the relay
-   * down) frames go one by one. Nothing is allocated per packet or per batch once the slabs fit.
+   * A batch with packets for peers without a direct path. Over the relay's UDP link each becomes a
+   * SEND frame in a slab we keep, and goes out in the same sendmmsg as the direct ones; over TCP (or
+   * with the relay down) frames go one by one. Nothing is allocated per packet or per batch.
    */
-  private sendMixed(slab: Buffer, offsets: Int32Array, lens: Int32Array, addrs: Buffer, count: number): number {
+  private sendMixed(slab: Buffer, offsets: Int32Array, lens: Int32Array, endpoints: readonly Endpoint[], count: number): number {
     const now = Date.now();
-    const out = this.outBatch(count);
+    const out = this.out.reserve(count);
     const relay = this.relay;
     const viaUdp = relay?.state === 'udp';
     let n = 0;
     let sentAlone = 0;
     for (let i = 0; i < count; i++) {
-      const a = i * ENDPOINT_SIZE;
-      if (!isRelayEndpoint(addrs, a)) {
+      const ep = endpoints[i];
+      // Only a path has no direct address; without a relay its first candidate is the best guess.
+      const direct = ep.direct ?? (relay ? null : (ep as PeerPath).candidates[0] ?? null);
+      if (direct !== null) {
         out.offsets[n] = offsets[i];
         out.lens[n] = lens[i];
-        addrs.copy(out.addrs, n * ENDPOINT_SIZE, a, a + ENDPOINT_SIZE);
+        direct.copy(out.addrs, n * ENDPOINT_SIZE);
         out.from[n++] = 0;
         continue;
       }
-      const path = this.bySlot.get(relaySlotOf(addrs, a));
+      const path = ep as PeerPath;
       const packet = slab.subarray(offsets[i], offsets[i] + lens[i]);
       let ok = false;
-      if (path && relay && viaUdp && packet.length <= MAX_PACKET_SIZE) {
+      if (relay && viaUdp && packet.length <= MAX_PACKET_SIZE) {
         const at = i * RELAY_SLOT;
         encodeSend(path.wgKey, packet, out.frames, at);
         out.offsets[n] = at;
@@ -153,25 +160,24 @@ export class MagicSock implements PacketIO {
         relay.endpoint.copy(out.addrs, n * ENDPOINT_SIZE);
         out.from[n++] = 1;
         ok = true;
-      } else if (path && relay?.send(path.wgKey, packet)) {
+      } else if (relay?.send(path.wgKey, packet)) {
         sentAlone++;
         ok = true;
       }
       if (ok) {
         this.stats.relayedOut++;
-        path!.lastRelayedSendAt = now;
-        // Traffic on the relay is the cue to look for a direct path (rate-limited).
-        this.probeSoon(path!, now);
+        path.lastRelayedSendAt = now;
       } else {
         this.stats.relayDropped++;
-        if (path) this.probeSoon(path, now);
       }
+      // Traffic on the relay is the cue to look for a direct path (rate-limited).
+      this.probeSoon(path, now);
     }
     return sentAlone + (n > 0 ? this.sendTwoSlabs(slab, out, n) : 0);
   }
 
   /** Sends a batch whose packets live in the caller's slab (from 0) or in our frame slab (from 1): one sendmmsg per run. */
-  private sendTwoSlabs(slab: Buffer, out: OutBatch, n: number): number {
+  private sendTwoSlabs(slab: Buffer, out: OutboundMixed, n: number): number {
     let sent = 0;
     for (let start = 0; start < n; ) {
       let end = start + 1;
@@ -183,17 +189,6 @@ export class MagicSock implements PacketIO {
     return sent;
   }
 
-  /** The arrays of an outbound mixed batch, grown to `count` once and kept. */
-  private outBatch(count: number): OutBatch {
-    if (this.out.offsets.length < count) {
-      this.out = {
-        offsets: new Int32Array(count), lens: new Int32Array(count), addrs: Buffer.alloc(count * ENDPOINT_SIZE),
-        from: new Uint8Array(count), frames: Buffer.alloc(count * RELAY_SLOT),
-      };
-    }
-    return this.out;
-  }
-
   /** Traffic that is not direct is the cue to look for a direct path (at most once a second). */
   private probeSoon(path: PeerPath, now: number): void {
     if (now - path.lastProbeAt < T.probeOnTrafficMs) return;
@@ -201,9 +196,29 @@ export class MagicSock implements PacketIO {
     process.nextTick(() => this.probe(path, Date.now()));
   }
 
-  // ---- inbound control messages (called by the device for anything that is not WireGuard) ----
+  // ---- Bind: receiving ------------------------------------------------------------------------
 
-  handleControl(buf: Buffer, off: number, len: number, addrs: Buffer, aOff: number): boolean {
+  /**
+   * A batch from the UDP reader: slot i at i * slot, source at addrs[i * 20]. Disco, relay frames
+   * and STUN are handled here and their slots emptied; the device gets the WireGuard datagrams, and
+   * then what the relay frames in the batch carried.
+   */
+  receive(slab: Buffer, slot: number, lens: Int32Array, addrs: Buffer, count: number): void {
+    let wireguard = 0;
+    for (let i = 0; i < count; i++) {
+      const off = i * slot;
+      if (isWireGuard(slab, off, lens[i])) {
+        wireguard++;
+        continue;
+      }
+      if (!this.handleControl(slab, off, lens[i], addrs, i * ENDPOINT_SIZE)) this.stats.malformed++;
+      lens[i] = 0;
+    }
+    if (wireguard > 0) this.device?.handleUdpBatch(slab, slot, lens, addrs, count);
+    this.flushRelayed();
+  }
+
+  private handleControl(buf: Buffer, off: number, len: number, addrs: Buffer, aOff: number): boolean {
     if (isDisco(buf, off, len)) {
       this.receiveDisco(buf.subarray(off, off + len), addrs.subarray(aOff, aOff + ENDPOINT_SIZE), null);
       return true;
@@ -213,79 +228,73 @@ export class MagicSock implements PacketIO {
     return this.stunHandler?.(buf, off, len, addrs, aOff) ?? false;
   }
 
-  /** A packet another agent sent us through the relay. Queued: we may be inside a UDP batch. */
+  /** A packet another agent sent us through the relay (both buffers valid for this call only). */
   onRelayedPacket(srcWgKey: Buffer, packet: Buffer): void {
     if (isDisco(packet, 0, packet.length)) {
       this.receiveDisco(packet, null, srcWgKey);
       return;
     }
-    const path = this.byKey.get(srcWgKey.toString('latin1'));
-    if (!path) {
+    const path = this.relayedSender(srcWgKey);
+    const device = this.device;
+    if (!path || !device) {
+      this.stats.relayDropped++;
+      return;
+    }
+    if (this.relayed?.slot !== device.tunSlotSize) this.relayed = new InboundRelayed(device.tunSlotSize);
+    if (!this.relayed.add(packet, path)) {
       this.stats.relayDropped++;
       return;
     }
     this.stats.relayedIn++;
-    if (this.relayedInbound.push({ path, packet }) === 1) process.nextTick(() => this.drainRelayed());
+    if (this.relayed.full) this.flushRelayed();
+    else if (!this.relayedFlushQueued) {
+      // Frames from the relay's TCP link arrive outside a UDP batch: hand them over once this turn's are in.
+      this.relayedFlushQueued = true;
+      queueMicrotask(() => this.flushRelayed());
+    }
   }
 
-  /** Hands the queued relayed packets to the device in batches, as the UDP reader does with direct ones. */
-  private drainRelayed(): void {
-    const queue = this.relayedInbound;
-    this.relayedInbound = [];
-    const device = this.device;
-    if (!device) return;
-    const slot = device.tunSlotSize;
-    const inb = this.inBatch(slot);
-    let n = 0;
-    const flush = () => {
-      if (n > 0) device.handleUdpBatch(inb.slab, slot, inb.lens, inb.addrs, n);
-      n = 0;
-    };
-    for (const { path, packet } of queue) {
-      if (packet.length > slot) {
-        this.stats.relayDropped++;
-        continue;
-      }
-      packet.copy(inb.slab, n * slot);
-      inb.lens[n] = packet.length;
-      path.relayEndpoint.copy(inb.addrs, n * ENDPOINT_SIZE);
-      if (++n === RELAYED_BATCH) flush();
-    }
-    flush();
+  private relayedSender(wgKey: Buffer): PeerPath | undefined {
+    const last = this.lastRelayedFrom;
+    if (last !== null && last.wgKey.equals(wgKey)) return last;
+    const path = this.byKey.get(wgKey.toString('latin1'));
+    if (path) this.lastRelayedFrom = path;
+    return path;
   }
 
-  /** The slab relayed packets are batched in, sized once for the device's slots. */
-  private inBatch(slot: number): InBatch {
-    if (this.in?.slot !== slot) {
-      this.in = { slot, slab: Buffer.alloc(slot * RELAYED_BATCH), lens: new Int32Array(RELAYED_BATCH), addrs: Buffer.alloc(RELAYED_BATCH * ENDPOINT_SIZE) };
-    }
-    return this.in;
+  /** Hands the gathered relayed packets to the device as one batch. */
+  private flushRelayed(): void {
+    this.relayedFlushQueued = false;
+    const batch = this.relayed;
+    if (!batch || batch.count === 0) return;
+    const n = batch.count;
+    batch.count = 0;
+    this.device?.handleUdpBatch(batch.slab, batch.slot, batch.lens, batch.addrs, n, batch.via);
   }
 
   // ---- fleet peers ----------------------------------------------------------------------------
 
-  /** Registers or updates a peer's candidates; returns the endpoint WireGuard should use now. */
-  upsertPeer(wgKey: Buffer, candidates: Buffer[]): Buffer {
+  /** Registers or updates a peer's candidates; returns its endpoint for WireGuard (the same object for the peer's life). */
+  upsertPeer(wgKey: Buffer, candidates: Buffer[]): PeerPath {
     const id = wgKey.toString('latin1');
     let path = this.byKey.get(id);
     if (!path) {
-      const slot = this.nextSlot++;
-      path = new PeerPath(Buffer.from(wgKey), slot, relayEndpointFor(slot));
+      path = new PeerPath(Buffer.from(wgKey));
       this.byKey.set(id, path);
-      this.bySlot.set(slot, path);
     }
     if (path.setCandidates(candidates) || path.lastProbeAt === -Infinity) {
       const p = path;
       process.nextTick(() => this.probe(p, Date.now()));
     }
-    return path.current(this.relay !== null);
+    return path;
   }
 
   removePeer(wgKey: Buffer): void {
     const path = this.byKey.get(wgKey.toString('latin1'));
     if (!path) return;
     this.byKey.delete(wgKey.toString('latin1'));
-    this.bySlot.delete(path.slot);
+    this.setDirect(path, null);
+    if (this.lastRelayedFrom === path) this.lastRelayedFrom = null;
     this.codec?.forget(wgKey);
   }
 
@@ -414,20 +423,22 @@ export class MagicSock implements PacketIO {
     const better = !path.direct || sameEndpoint(path.direct, 0, from, 0) || rtt < path.directRttMs * T.betterRttFactor;
     if (!better) return;
     const upgraded = !path.direct || !sameEndpoint(path.direct, 0, from, 0);
-    path.direct = Buffer.from(from);
+    if (upgraded) this.setDirect(path, Buffer.from(from));
     path.directRttMs = rtt;
     path.lastDirectPongAt = now;
     path.directUnansweredSince = null;
     if (upgraded) {
-      this.applyEndpoint(path);
       this.log.info({ peer: path.wgKey.toString('base64'), endpoint: formatEndpoint(from), rttMs: Math.round(rtt * 100) / 100 }, 'direct path');
       this.onPathChange?.(path.wgKey, { kind: 'direct', endpoint: formatEndpoint(from), rttUs: Math.round(rtt * 1000) });
     }
   }
 
-  private applyEndpoint(path: PeerPath): void {
-    const peer = this.device?.getPeer(path.wgKey);
-    if (peer) this.device!.setEndpoint(peer, path.current(this.relay !== null), 0);
+  /** Moves a path to a direct address, or (null) back to the relay; the next send goes there. */
+  private setDirect(path: PeerPath, direct: Buffer | null): void {
+    if (path.direct && this.byDirect.get(endpointKey(path.direct, 0)) === path) this.byDirect.delete(endpointKey(path.direct, 0));
+    path.direct = direct;
+    if (direct) this.byDirect.set(endpointKey(direct, 0), path);
+    else path.directRttMs = Infinity;
   }
 
   // ---- timers -----------------------------------------------------------------------------------
@@ -442,19 +453,15 @@ export class MagicSock implements PacketIO {
       if (path.direct && path.directUnansweredSince !== null && now - path.directUnansweredSince > T.directDeadAfterMs) {
         this.log.warn({ peer: path.wgKey.toString('base64'), endpoint: formatEndpoint(path.direct) }, 'direct path stopped answering; using the relay');
         this.onPathChange?.(path.wgKey, { kind: 'relay', endpoint: formatEndpoint(path.direct), reason: 'the direct path stopped answering' });
-        path.direct = null;
-        path.directRttMs = Infinity;
+        this.setDirect(path, null);
         path.directUnansweredSince = null;
-        this.applyEndpoint(path);
         if (active) this.probe(path, now);
         continue;
       }
       if (!active) {
         if (path.direct && now - path.lastDirectPongAt > T.idleTrustMs) {
           this.log.debug({ peer: path.wgKey.toString('base64') }, 'idle direct path no longer trusted; relay until traffic confirms it');
-          path.direct = null;
-          path.directRttMs = Infinity;
-          this.applyEndpoint(path);
+          this.setDirect(path, null);
         }
         continue;
       }

@@ -15,7 +15,7 @@ import { isIP, isIPv4 } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { AgentVpnError } from '../errors.js';
 import { formatAddress, parseAddress } from '../ip/prefix.js';
-import { endpointAddress, endpointPort, formatEndpoint, makeEndpoint } from '../wireguard/endpoint.js';
+import { endpointAddress, endpointPort, formatEndpoint, makeEndpoint } from '../net/endpoint.js';
 import { defaultGatewayV4 } from './gateway.js';
 import { DEFAULT_PORTMAP_TIMEOUT_MS, formatMappingEndpoint, releaseUdpMapping, requestUdpMapping, type PortMapping } from './natpmp.js';
 import { buildBindingRequest, newTransactionId, parseBindingResponse, STUN_DEFAULT_PORT } from '../net/stun.js';

@@ -1,15 +1,16 @@
 import { TokenBucket } from '../util/token-bucket.js';
-import { ENDPOINT_SIZE, formatEndpoint, sameEndpoint } from '../wireguard/endpoint.js';
+import { ENDPOINT_SIZE, formatEndpoint, sameEndpoint } from '../net/endpoint.js';
+import type { Endpoint } from '../wireguard/endpoint.js';
 import { ReplayWindow } from '../wireguard/replay.js';
 import { discoBudget } from './constants.js';
 import { MAX_CANDIDATES } from './disco.js';
 
 /**
  * How one fleet peer is reached: its candidate endpoints, the best direct path found by disco
- * pings (with its RTT and when it last answered), and its relay fallback. The socket layer
- * keeps the WireGuard peer's endpoint on `current()`.
+ * pings (with its RTT and when it last answered), and its relay fallback. It is the WireGuard
+ * peer's endpoint: the socket sends to `direct` when there is one, else through the relay.
  */
-export class PeerPath {
+export class PeerPath implements Endpoint {
   candidates: Buffer[] = [];
   direct: Buffer | null = null;
   directRttMs = Infinity;
@@ -30,7 +31,20 @@ export class PeerPath {
   /** Pings we sent and not yet heard back on: each lets one reply past the disco budgets. */
   private awaitedReplies = 0;
 
-  constructor(readonly wgKey: Buffer, readonly slot: number, readonly relayEndpoint: Buffer) {}
+  readonly rateKey: string;
+
+  constructor(readonly wgKey: Buffer) {
+    this.rateKey = `peer:${wgKey.toString('base64')}`;
+  }
+
+  /** WireGuard packets do not move a path: disco pings choose it. */
+  roamed(): Endpoint {
+    return this;
+  }
+
+  toString(): string {
+    return this.direct ? formatEndpoint(this.direct) : 'relay';
+  }
 
   setCandidates(all: Buffer[]): boolean {
     const list = all.filter((c) => isUsableCandidate(c, 0));
@@ -63,11 +77,6 @@ export class PeerPath {
     return this.candidates.some((c) => sameEndpoint(c, 0, from, 0));
   }
 
-  /** The endpoint WireGuard should use now; without a relay, the first candidate is the best guess. */
-  current(hasRelay: boolean): Buffer {
-    return this.direct ?? (hasRelay || this.candidates.length === 0 ? this.relayEndpoint : this.candidates[0]);
-  }
-
   describe(relayName: string | null): { kind: 'direct' | 'relay'; endpoint: string; rttMs: number | null } {
     if (this.direct) return { kind: 'direct', endpoint: formatEndpoint(this.direct), rttMs: round(this.directRttMs) };
     return { kind: 'relay', endpoint: relayName ?? '(no relay)', rttMs: this.relayRttMs === null ? null : round(this.relayRttMs) };
@@ -78,18 +87,9 @@ function round(ms: number): number {
   return Math.round(ms * 100) / 100;
 }
 
-/** Relay "endpoints" are virtual: ff52::<slot>, port 0, never a real unicast address. */
-export function relayEndpointFor(slot: number): Buffer {
-  const ep = Buffer.alloc(ENDPOINT_SIZE);
-  ep[0] = 0xff;
-  ep[1] = 0x52;
-  ep.writeUInt32BE(slot, 12);
-  return ep;
-}
-
 /**
  * Whether an endpoint may be probed: a unicast address with a port. Loopback, unspecified,
- * multicast (which includes our virtual relay endpoints), link-local and the IPv4 overlay pool
+ * multicast, link-local and the IPv4 overlay pool
  * (100.64.0.0/10) are refused, so a peer cannot point our probes at ourselves or into the tunnel.
  */
 export function isUsableCandidate(ep: Uint8Array, off: number): boolean {
@@ -105,12 +105,4 @@ export function isUsableCandidate(ep: Uint8Array, off: number): boolean {
   for (let i = 0; i < 15; i++) if (ep[off + i] === 0) zeroes++;
   if (zeroes === 15) return false; // :: and ::1
   return first !== 0xff && !(first === 0xfe && (ep[off + 1] & 0xc0) === 0x80); // not multicast, not link-local
-}
-
-export function isRelayEndpoint(addrs: Uint8Array, off: number): boolean {
-  return addrs[off] === 0xff && addrs[off + 1] === 0x52;
-}
-
-export function relaySlotOf(addrs: Buffer, off: number): number {
-  return addrs.readUInt32BE(off + 12);
 }

@@ -13,11 +13,11 @@ import {
   KEEPALIVE_ACK_TIMEOUT_MS, KEEPALIVE_FRAME, KEEPALIVE_INTERVAL_MS, KEY_SIZE, MAX_PACKET_SIZE, NOTICE_BAD_SIGNATURE, NOTICE_NOT_ALLOWED, NOTICE_NOT_REGISTERED,
   NOTICE_PEER_NOT_HERE, NOTICE_SIZE, NOTICE_STALE_TIMESTAMP, PACKET_HEADER_SIZE, SILENT_LOG, TCP_HELLO_TIMEOUT_MS, UDP_RETRY_MS, encodeHello, encodeSend, isRelayFrame, parseHelloAck,
   parseHostPort, type RelayInfo, type RelayLog,
-} from '../relay/protocol.js';
-import { FrameReader, LENGTH_SIZE, MAX_TCP_BACKLOG_BYTES, UPGRADE_PROTOCOL, encodeTcpFrame } from '../relay/tcp.js';
-import { ENDPOINT_SIZE, makeEndpoint } from '../wireguard/endpoint.js';
+} from './protocol.js';
+import { FrameReader, LENGTH_SIZE, MAX_TCP_BACKLOG_BYTES, UPGRADE_PROTOCOL, encodeTcpFrame } from './tcp.js';
+import { ENDPOINT_SIZE, makeEndpoint } from '../net/endpoint.js';
 
-export type { RelayInfo } from '../relay/protocol.js';
+export type { RelayInfo } from './protocol.js';
 
 export type RelayState = 'connecting' | 'udp' | 'tcp' | 'down';
 
@@ -26,7 +26,7 @@ export interface RelayClientOptions {
   identity: Identity;
   /** Send a datagram on the agent's shared UDP socket. */
   sendUdp(buf: Buffer, endpoint20: Buffer): void;
-  /** A packet another agent sent us through the relay (both buffers are the callee's to keep). */
+  /** A packet another agent sent us through the relay (both buffers valid for this call only: copy what you keep). */
   onPacket(srcWgKey: Buffer, packet: Buffer): void;
   /** The relay says no agent with this key is connected to it (rate-limited by the relay). */
   onPeerNotHere?(dstWgKey: Buffer): void;
@@ -143,11 +143,10 @@ export class RelayClient {
     this.setState('down');
   }
 
-  /** Feed a datagram that came from `endpoint`; returns true if it was a relay frame. */
+  /** Feed a datagram that came from the relay's endpoint; returns true if it was a relay frame. Handled at once: no copy. */
   handleDatagram(buf: Buffer, off: number, len: number): boolean {
     if (!isRelayFrame(buf, off, len)) return false;
-    // A copy: the caller's buffer is reused after this call, and packets may be queued.
-    this.onFrame(Buffer.from(buf.subarray(off, off + len)), 'udp');
+    this.onFrame(buf.subarray(off, off + len), 'udp');
     return true;
   }
 

@@ -6,7 +6,7 @@ import { AgentVpnError } from '../errors.js';
 import { parseAddress } from '../ip/prefix.js';
 import { answerBindingRequest } from '../net/stun.js';
 import { ADDR_SIZE } from '../tun/native.js';
-import { formatEndpoint, makeEndpoint, sameEndpoint, sourceKey } from '../wireguard/endpoint.js';
+import { formatEndpoint, makeEndpoint, sameEndpoint, sourceKey } from '../net/endpoint.js';
 import { RoundShares } from './fair-share.js';
 import { HelloGate, type AllowHook, type Networks, type SessionOfKey } from './hello-gate.js';
 import {

@@ -1,9 +1,10 @@
 import { AllowedIps } from './allowedips.js';
 import { CookieChecker } from './cookie.js';
 import { DEVICE_DROP_REASONS, zeroCounters, type DeviceDropReason } from './counters.js';
-import { ENDPOINT_SIZE, formatEndpoint, sameEndpoint, sourceKey } from './endpoint.js';
+import { ENDPOINT_SIZE, sourceKey } from '../net/endpoint.js';
+import type { Bind, TunDevice } from './bind.js';
+import { UdpEndpoint, type Endpoint } from './endpoint.js';
 import { HandshakeQueue } from './handshake-queue.js';
-import type { PacketIO } from './io.js';
 import type { PacketFilter } from './packet-filter.js';
 import { Keypair } from './keypair.js';
 import { HandshakeLoad } from './load.js';
@@ -32,14 +33,14 @@ const silent: Logger = { info() {}, warn() {}, debug() {} };
 export interface DeviceOptions {
   privateKey: Uint8Array;
   mtu: number;
-  io: PacketIO;
+  /** Where WireGuard datagrams go and come from (the path layer). */
+  bind: Bind;
+  tun: TunDevice;
   /** Most packets handled per batch in either direction. */
   batchSize: number;
   log?: Logger;
   /** Test-only: demand cookies on every handshake, to exercise the under-load path. */
   alwaysUnderLoad?: boolean;
-  /** Datagrams that are not WireGuard (disco, relay, STUN) go here; false means not understood. */
-  control?: (buf: Buffer, off: number, len: number, addrs: Buffer, aOff: number) => boolean;
   /** The policy in the data path (src/policy/filter.ts); without one, every packet passes. */
   filter?: PacketFilter;
   /** A peer's first session since it was added (the audit log records it; called once per peer, off the packet path). */
@@ -70,7 +71,7 @@ function keyHex(key: Uint8Array): string {
 
 /**
  * The WireGuard device: cryptokey routing between a TUN batch and UDP batches, the handshake
- * state machine and timers. It owns no sockets; all I/O goes through `PacketIO` in batches.
+ * state machine and timers. It owns no sockets; all I/O goes through the Bind and the TunDevice in batches.
  */
 export class Device {
   local: LocalIdentity;
@@ -78,14 +79,15 @@ export class Device {
   readonly dropped: Record<DeviceDropReason, number> = zeroCounters(DEVICE_DROP_REASONS);
   private readonly peers = new Map<string, Peer>();
   private readonly indices = new Map<number, IndexEntry>();
-  /** Peers by endpoint (18 address+port bytes as latin1), to recognise a restarted peer. */
-  private readonly byEndpoint = new Map<string, Peer>();
+  /** Peers by their endpoint: plain addresses by their 18 address+port bytes (latin1), path-chosen ones by identity. */
+  private readonly byAddress = new Map<string, Peer>();
+  private readonly byEndpoint = new Map<Endpoint, Peer>();
   private checker: CookieChecker;
   private readonly load: HandshakeLoad;
   private readonly handshakeQueue = new HandshakeQueue(HANDSHAKE_QUEUE_KNOWN, HANDSHAKE_QUEUE_OTHERS);
   private handshakeTurn: NodeJS.Immediate | null = null;
-  private readonly io: PacketIO;
-  private readonly control: DeviceOptions['control'];
+  private readonly bind: Bind;
+  private readonly tun: TunDevice;
   private readonly filter: PacketFilter | null;
   private readonly log: Logger;
   private readonly onFirstHandshake: DeviceOptions['onFirstHandshake'];
@@ -96,7 +98,7 @@ export class Device {
   private readonly sealSlab: Buffer;
   private readonly sealOffsets: Int32Array;
   private readonly sealLens: Int32Array;
-  private readonly sealAddrs: Buffer;
+  private readonly sealEndpoints: Endpoint[];
   private readonly sealBatch: SealBatch;
   // Inbound batch (UDP -> TUN): transport messages opened in place with one call, then checked
   // in arrival order; the TUN write takes the plaintexts where they lie (offset + 16).
@@ -104,6 +106,7 @@ export class Device {
   private readonly openEntries: (IndexEntry | null)[];
   private readonly openCounters: Float64Array;
   private readonly openAddrOffsets: Int32Array;
+  private readonly openVia: (Endpoint | null)[];
   private readonly tunOffsets: Int32Array;
   private readonly tunLens: Int32Array;
   // Keepalives and staged packets, sealed one at a time off the batch path.
@@ -111,6 +114,7 @@ export class Device {
   // Single sends (handshakes, keepalives, flushed queues).
   private readonly oneOffsets = Int32Array.of(0);
   private readonly oneLens = new Int32Array(1);
+  private readonly oneEndpoint: Endpoint[] = [];
 
   private readonly pendingFlush = new Map<Peer, boolean>();
   private tickTimer: NodeJS.Timeout | null = null;
@@ -119,8 +123,8 @@ export class Device {
     this.local = new LocalIdentity(opts.privateKey);
     this.checker = new CookieChecker(this.local.publicKey);
     this.load = new HandshakeLoad(opts.alwaysUnderLoad);
-    this.io = opts.io;
-    this.control = opts.control;
+    this.bind = opts.bind;
+    this.tun = opts.tun;
     this.filter = opts.filter ?? null;
     this.log = opts.log ?? silent;
     this.onFirstHandshake = opts.onFirstHandshake;
@@ -130,13 +134,14 @@ export class Device {
     this.sealSlab = Buffer.alloc(n * this.sealSlot);
     this.sealOffsets = new Int32Array(n);
     this.sealLens = new Int32Array(n);
-    this.sealAddrs = Buffer.alloc(n * ENDPOINT_SIZE);
+    this.sealEndpoints = [];
     this.sealBatch = new SealBatch(n);
     for (let i = 0; i < n; i++) this.sealOffsets[i] = i * this.sealSlot;
     this.openBatch = new OpenBatch(n);
     this.openEntries = new Array<IndexEntry | null>(n).fill(null);
     this.openCounters = new Float64Array(n);
     this.openAddrOffsets = new Int32Array(n);
+    this.openVia = new Array<Endpoint | null>(n).fill(null);
     this.tunOffsets = new Int32Array(n);
     this.tunLens = new Int32Array(n);
   }
@@ -167,7 +172,7 @@ export class Device {
     if (this.peers.has(id)) throw new Error(`peer ${Buffer.from(opts.publicKey).toString('base64')} already exists`);
     const peer = new Peer(this.local, { ...opts, endpoint: null });
     this.peers.set(id, peer);
-    if (opts.endpoint) this.setEndpoint(peer, opts.endpoint, 0);
+    if (opts.endpoint) this.setEndpoint(peer, opts.endpoint);
     for (const p of opts.allowedIps) this.allowedIps.insert(p, peer);
     return peer;
   }
@@ -177,18 +182,32 @@ export class Device {
     if (!peer) return;
     this.expireSessions(peer);
     this.allowedIps.removeValue(peer);
-    if (peer.endpoint) this.byEndpoint.delete(endpointKey(peer.endpoint, 0));
+    if (peer.endpoint) this.forgetEndpoint(peer);
     this.peers.delete(keyHex(publicKey));
   }
 
-  /** Points the peer at a new endpoint (from config, the registry, or roaming). */
-  setEndpoint(peer: Peer, endpoint: Buffer, off: number): void {
-    if (peer.endpoint) {
-      if (sameEndpoint(peer.endpoint, 0, endpoint, off)) return;
-      if (this.byEndpoint.get(endpointKey(peer.endpoint, 0)) === peer) this.byEndpoint.delete(endpointKey(peer.endpoint, 0));
-    }
-    peer.updateEndpoint(endpoint, off);
-    this.byEndpoint.set(endpointKey(endpoint, off), peer);
+  /** Points the peer at a new endpoint (from config, the registry, the path layer, or roaming). */
+  setEndpoint(peer: Peer, endpoint: Endpoint): void {
+    if (peer.endpoint === endpoint) return;
+    if (peer.endpoint) this.forgetEndpoint(peer);
+    peer.endpoint = endpoint;
+    this.byEndpoint.set(endpoint, peer);
+    if (endpoint instanceof UdpEndpoint) this.byAddress.set(endpointKey(endpoint.direct, 0), peer);
+  }
+
+  private forgetEndpoint(peer: Peer): void {
+    const ep = peer.endpoint!;
+    if (this.byEndpoint.get(ep) === peer) this.byEndpoint.delete(ep);
+    if (ep instanceof UdpEndpoint && this.byAddress.get(endpointKey(ep.direct, 0)) === peer) this.byAddress.delete(endpointKey(ep.direct, 0));
+  }
+
+  /** The peer a datagram came from, by its endpoint: relayed (`via`) or at its direct address. */
+  private senderOf(addrs: Buffer, aOff: number, via: Endpoint | null): Peer | undefined {
+    if (via) return this.byEndpoint.get(via);
+    const known = this.byAddress.get(endpointKey(addrs, aOff));
+    if (known) return known;
+    const path = this.bind.endpointAt(addrs, aOff);
+    return path ? this.byEndpoint.get(path) : undefined;
   }
 
   /**
@@ -244,7 +263,7 @@ export class Device {
       const n = this.sealBatch.count;
       const size = this.queueSeal(this.sealBatch, kp, slab, off, len, this.sealOffsets[n]);
       this.sealLens[n] = size;
-      peer.endpoint.copy(this.sealAddrs, n * ENDPOINT_SIZE);
+      this.sealEndpoints[n] = peer.endpoint;
       peer.txBytes += size;
       peer.lastSentAt = now;
       if (peer.unansweredSince === null) peer.unansweredSince = now;
@@ -261,7 +280,7 @@ export class Device {
     const n = this.sealBatch.count;
     if (n === 0) return;
     this.sealBatch.seal(src, this.sealSlab);
-    const sent = this.io.sendUdp(this.sealSlab, this.sealOffsets, this.sealLens, this.sealAddrs, n);
+    const sent = this.bind.send(this.sealSlab, this.sealOffsets, this.sealLens, this.sealEndpoints, n);
     if (sent < n) this.dropped.sendFailed += n - sent;
   }
 
@@ -270,7 +289,7 @@ export class Device {
     const n = filter.rejection(slab, off, len);
     if (n === 0) return;
     this.oneLens[0] = n;
-    if (this.io.writeTun(filter.rejectBuffer, this.oneOffsets, this.oneLens, 1) < 1) this.dropped.tunWriteFailed++;
+    if (this.tun.write(filter.rejectBuffer, this.oneOffsets, this.oneLens, 1) < 1) this.dropped.tunWriteFailed++;
   }
 
   /** The peer whose allowed IPs hold the packet's destination, or null (counted). */
@@ -311,32 +330,36 @@ export class Device {
 
   // ---- inbound: UDP -> TUN -------------------------------------------------------------------
 
-  /** Datagrams from the UDP socket: slot i at i * slotSize, source endpoint at addrs[i * 20]. */
-  handleUdpBatch(slab: Buffer, slotSize: number, lens: Int32Array, addrs: Buffer, count: number): void {
+  /**
+   * WireGuard datagrams from the Bind: slot i at i * slotSize, `lens[i]` bytes (0: a slot the Bind
+   * took for itself), sent from the direct address at addrs[i * 20] or, when `via` is given, by
+   * the peer whose endpoint is via[i] along the Bind's other way (the relay).
+   */
+  handleUdpBatch(slab: Buffer, slotSize: number, lens: Int32Array, addrs: Buffer, count: number, via: readonly Endpoint[] | null = null): void {
     const now = Date.now();
     this.openBatch.clear(); // as for the seal batch: nothing from a batch that threw
     for (let i = 0; i < count; i++) {
       const off = i * slotSize;
       const len = lens[i];
+      if (len === 0) continue;
       const aOff = i * ENDPOINT_SIZE;
+      const from = via === null ? null : via[i];
       // The type is a little-endian u32 whose upper three bytes (reserved) must be zero.
       const type = len >= 4 ? slab.readUInt32LE(off) : 0;
       if (type === MESSAGE_TRANSPORT && len >= TRANSPORT_MIN_SIZE) {
-        this.queueTransport(slab, off, len, addrs, aOff, now);
+        this.queueTransport(slab, off, len, addrs, aOff, from, now);
         if (this.openBatch.count === this.openBatch.capacity) this.openQueued(slab, addrs, now);
       } else if (type === MESSAGE_INITIATION && len === INITIATION_SIZE) {
-        this.queueHandshake(this.byEndpoint.has(endpointKey(addrs, aOff)), slab, off, len, addrs, aOff, now);
+        this.queueHandshake(this.senderOf(addrs, aOff, from) !== undefined, slab, off, len, addrs, aOff, from, now);
       } else if (type === MESSAGE_RESPONSE && len === RESPONSE_SIZE) {
         // A response must answer an initiation of ours: one map lookup before it costs anything more.
         const entry = this.indices.get(slab.readUInt32LE(off + 8));
         if (!entry || entry.keypair) this.dropped.unknownIndex++;
-        else this.queueHandshake(true, slab, off, len, addrs, aOff, now);
+        else this.queueHandshake(true, slab, off, len, addrs, aOff, from, now);
       } else if (type === MESSAGE_COOKIE_REPLY && len === COOKIE_REPLY_SIZE) {
         this.receiveCookieReply(slab.subarray(off, off + len));
       } else {
-        // What the control callback does may depend on, or re-enter, the packets before it.
-        this.openQueued(slab, addrs, now);
-        if (!this.control?.(slab, off, len, addrs, aOff)) this.dropped.malformed++;
+        this.dropped.malformed++;
       }
     }
     this.openQueued(slab, addrs, now);
@@ -347,14 +370,14 @@ export class Device {
    * The checks a transport message passes before it may cost a decryption (a known session, not
    * expired, a counter the replay window could still accept); then it joins the open batch.
    */
-  private queueTransport(slab: Buffer, off: number, len: number, addrs: Buffer, aOff: number, now: number): void {
+  private queueTransport(slab: Buffer, off: number, len: number, addrs: Buffer, aOff: number, from: Endpoint | null, now: number): void {
     const entry = this.indices.get(slab.readUInt32LE(off + 4));
     if (!entry || !entry.keypair) {
       this.dropped.unknownIndex++;
       // A peer that restarted keeps sending under a session we no longer have; rather than wait
       // for its 15 s timeout, offer a fresh handshake if we have no session at all (so a spoofed
       // packet cannot force rekeys), rate-limited like any initiation.
-      const sender = this.byEndpoint.get(endpointKey(addrs, aOff));
+      const sender = this.senderOf(addrs, aOff, from);
       if (sender && !sender.keypairs.current) this.initiateHandshake(sender, now, false);
       return;
     }
@@ -372,6 +395,7 @@ export class Device {
     this.openEntries[i] = entry;
     this.openCounters[i] = counter;
     this.openAddrOffsets[i] = aOff;
+    this.openVia[i] = from;
   }
 
   /** Opens the queued transport messages with one call, checks each in arrival order and writes the IP packets to the TUN. */
@@ -383,14 +407,16 @@ export class Device {
     let n = 0;
     for (let i = 0; i < count; i++) {
       const entry = this.openEntries[i]!;
+      const from = this.openVia[i];
       this.openEntries[i] = null;
+      this.openVia[i] = null;
       const off = batch.offsets[i] + TRANSPORT_HEADER_SIZE;
       const plainLen = batch.lens[i] - TRANSPORT_MIN_SIZE;
       if (batch.ok[i] === 0) {
         entry.peer.dropped.decryptFailed++;
         continue;
       }
-      const ipLen = this.acceptTransport(entry.peer, entry.keypair!, this.openCounters[i], slab, off, plainLen, batch.lens[i], addrs, this.openAddrOffsets[i], now);
+      const ipLen = this.acceptTransport(entry.peer, entry.keypair!, this.openCounters[i], slab, off, plainLen, batch.lens[i], addrs, this.openAddrOffsets[i], from, now);
       if (ipLen > 0) {
         this.tunOffsets[n] = off;
         this.tunLens[n] = ipLen;
@@ -399,7 +425,7 @@ export class Device {
     }
     batch.clear();
     if (n > 0) {
-      const written = this.io.writeTun(slab, this.tunOffsets, this.tunLens, n);
+      const written = this.tun.write(slab, this.tunOffsets, this.tunLens, n);
       if (written < n) this.dropped.tunWriteFailed += n - written;
     }
   }
@@ -409,7 +435,8 @@ export class Device {
    * inner packet's checks. Returns the IP packet's length, or 0 when nothing goes to the TUN.
    */
   private acceptTransport(
-    peer: Peer, kp: Keypair, counter: number, slab: Buffer, off: number, plainLen: number, len: number, addrs: Buffer, aOff: number, now: number,
+    peer: Peer, kp: Keypair, counter: number, slab: Buffer, off: number, plainLen: number, len: number, addrs: Buffer, aOff: number,
+    from: Endpoint | null, now: number,
   ): number {
     if (!kp.replay.accept(counter)) {
       peer.dropped.replay++;
@@ -419,7 +446,7 @@ export class Device {
     peer.rxBytes += len;
     peer.lastReceivedAt = now;
     peer.unansweredSince = null;
-    this.maybeRoam(peer, addrs, aOff);
+    this.maybeRoam(peer, addrs, aOff, from);
     if (kp === peer.keypairs.next) {
       this.retire(peer.keypairs.confirmNext());
       peer.handshakeAttemptStartedAt = null;
@@ -466,15 +493,18 @@ export class Device {
     return total;
   }
 
-  /** WireGuard roaming: the endpoint follows the last authenticated packet (unless the path layer owns it). */
-  private maybeRoam(peer: Peer, addrs: Buffer, aOff: number): void {
-    if (!peer.endpoint || (peer.roaming && !sameEndpoint(peer.endpoint, 0, addrs, aOff))) this.roam(peer, addrs, aOff);
-  }
-
-  private roam(peer: Peer, addrs: Buffer, aOff: number): void {
-    const from = peer.endpoint ? formatEndpoint(peer.endpoint) : null;
-    this.setEndpoint(peer, addrs, aOff);
-    this.log.info({ peer: this.peerName(peer), from, to: formatEndpoint(addrs, aOff) }, 'peer endpoint changed');
+  /**
+   * WireGuard roaming: the endpoint follows the last authenticated direct packet, as the endpoint
+   * decides (a path the path layer chooses does not move). Relayed packets never move it: the
+   * relay is not trusted to say who sent what.
+   */
+  private maybeRoam(peer: Peer, addrs: Buffer, aOff: number, from: Endpoint | null): void {
+    if (from) return;
+    const next = peer.endpoint ? peer.endpoint.roamed(addrs, aOff) : new UdpEndpoint(addrs, aOff);
+    if (next === peer.endpoint) return;
+    const was = peer.endpoint ? String(peer.endpoint) : null;
+    this.setEndpoint(peer, next);
+    this.log.info({ peer: this.peerName(peer), from: was, to: String(next) }, 'peer endpoint changed');
   }
 
   // ---- handshakes ----------------------------------------------------------------------------
@@ -486,7 +516,7 @@ export class Device {
    * known peers' endpoints) the source's door budget, then mac1 (BLAKE2s in C, under a microsecond:
    * a flood that does not know our public key cannot take room at all), then one copy.
    */
-  private queueHandshake(known: boolean, slab: Buffer, off: number, len: number, addrs: Buffer, aOff: number, now: number): void {
+  private queueHandshake(known: boolean, slab: Buffer, off: number, len: number, addrs: Buffer, aOff: number, from: Endpoint | null, now: number): void {
     this.load.arrived(now);
     if (!this.handshakeQueue.hasRoom(known)) {
       this.dropped.handshakeShed++;
@@ -500,7 +530,7 @@ export class Device {
       this.dropped.badMac1++;
       return;
     }
-    this.handshakeQueue.push(known, slab, off, len, addrs, aOff);
+    this.handshakeQueue.push(known, slab, off, len, addrs, aOff, from);
     this.scheduleHandshakeTurn();
   }
 
@@ -516,9 +546,9 @@ export class Device {
     const start = performance.now();
     const now = Date.now();
     while (this.handshakeQueue.length > 0 && performance.now() - start < budgetMs) {
-      this.handshakeQueue.drain(8, (msg, source) => {
-        if (msg.length === INITIATION_SIZE) this.receiveInitiation(msg, source, 0, now);
-        else this.receiveResponse(msg, source, 0, now);
+      this.handshakeQueue.drain(8, (msg, source, from) => {
+        if (msg.length === INITIATION_SIZE) this.receiveInitiation(msg, source, 0, from, now);
+        else this.receiveResponse(msg, source, 0, from, now);
       });
     }
     this.flushPending(now);
@@ -528,14 +558,20 @@ export class Device {
   /**
    * Common gate for handshake messages (mac1 was checked before they were queued): under load,
    * mac2 must carry a cookie for the sender's address (else we answer with a cookie) and
-   * per-source rates apply.
+   * per-source rates apply. A relayed message needs no cookie: a cookie proves that the sender
+   * owns its address, and the relay authenticated the sender's key instead.
    */
-  private admitHandshake(msg: Buffer, addrs: Buffer, aOff: number, now: number): boolean {
+  private admitHandshake(msg: Buffer, addrs: Buffer, aOff: number, from: Endpoint | null, now: number): boolean {
     if (!this.load.underLoad(now, this.handshakeQueue.pressure)) return true;
+    if (from) {
+      if (this.load.allow(from.rateKey)) return true;
+      this.dropped.rateLimited++;
+      return false;
+    }
     const source = addrs.subarray(aOff, aOff + 18);
     if (!this.checker.checkMac2(msg, source, now)) {
       if (this.load.mayReplyCookie(sourceKey(addrs, aOff))) {
-        this.sendOne(this.checker.createReply(msg, source, now), addrs.subarray(aOff, aOff + ENDPOINT_SIZE));
+        this.sendOne(this.checker.createReply(msg, source, now), new UdpEndpoint(addrs, aOff));
         this.dropped.cookieSent++;
       } else {
         this.dropped.cookieShed++;
@@ -549,8 +585,8 @@ export class Device {
     return true;
   }
 
-  private receiveInitiation(msg: Buffer, addrs: Buffer, aOff: number, now: number): void {
-    if (!this.admitHandshake(msg, addrs, aOff, now)) return;
+  private receiveInitiation(msg: Buffer, addrs: Buffer, aOff: number, from: Endpoint | null, now: number): void {
+    if (!this.admitHandshake(msg, addrs, aOff, from, now)) return;
     const consumed = consumeInitiation(this.local, msg, now);
     if (!consumed) {
       this.dropped.handshakeInvalid++;
@@ -566,7 +602,7 @@ export class Device {
       return;
     }
     peer.lastReceivedAt = now;
-    this.maybeRoam(peer, addrs, aOff);
+    this.maybeRoam(peer, addrs, aOff, from);
     const response = createResponse(peer.handshake, this.newHandshakeIndex(peer))!;
     peer.cookies.addMacs(response, now);
     this.installSession(peer, deriveSessionKeys(peer.handshake)!, now);
@@ -575,8 +611,8 @@ export class Device {
     peer.lastInitiationSentAt = now; // a response counts as a handshake sent: no redundant initiation right after
   }
 
-  private receiveResponse(msg: Buffer, addrs: Buffer, aOff: number, now: number): void {
-    if (!this.admitHandshake(msg, addrs, aOff, now)) return;
+  private receiveResponse(msg: Buffer, addrs: Buffer, aOff: number, from: Endpoint | null, now: number): void {
+    if (!this.admitHandshake(msg, addrs, aOff, from, now)) return;
     const entry = this.indices.get(msg.readUInt32LE(8));
     if (!entry || entry.keypair) {
       this.dropped.unknownIndex++;
@@ -588,7 +624,7 @@ export class Device {
       return;
     }
     peer.lastReceivedAt = now;
-    this.maybeRoam(peer, addrs, aOff);
+    this.maybeRoam(peer, addrs, aOff, from);
     this.installSession(peer, deriveSessionKeys(peer.handshake)!, now);
     // The initiator confirms the session to the responder with data, or a keepalive if it has none.
     this.pendingFlush.set(peer, true);
@@ -658,9 +694,10 @@ export class Device {
 
   // ---- sending outside the batch path ---------------------------------------------------------
 
-  private sendOne(msg: Buffer, endpoint: Buffer): void {
+  private sendOne(msg: Buffer, endpoint: Endpoint): void {
     this.oneLens[0] = msg.length;
-    if (this.io.sendUdp(msg, this.oneOffsets, this.oneLens, endpoint, 1) < 1) this.dropped.sendFailed++;
+    this.oneEndpoint[0] = endpoint;
+    if (this.bind.send(msg, this.oneOffsets, this.oneLens, this.oneEndpoint, 1) < 1) this.dropped.sendFailed++;
   }
 
   /** After a session is confirmed: send what waited for it (or a keepalive when asked to). */

@@ -3,15 +3,14 @@ import { CookieGenerator } from './cookie.js';
 import { KeypairSlots } from './keypair.js';
 import { PEER_DROP_REASONS, zeroCounters, type PeerDropReason } from './counters.js';
 import { MAX_STAGED_PACKETS } from './constants.js';
+import type { Endpoint } from './endpoint.js';
 
 export interface PeerOptions {
   publicKey: Uint8Array;
   presharedKey?: Uint8Array;
-  endpoint?: Buffer | null;
+  endpoint?: Endpoint | null;
   /** Seconds; 0 = off. */
   persistentKeepalive?: number;
-  /** Follow the source of authenticated packets (WireGuard roaming); off when the path layer chooses. */
-  roaming?: boolean;
 }
 
 /** Everything the device knows about one peer: keys, sessions, endpoint, timer marks, counters. */
@@ -21,9 +20,8 @@ export class Peer {
   handshake: Handshake;
   readonly cookies: CookieGenerator;
   readonly keypairs = new KeypairSlots();
-  endpoint: Buffer | null;
+  endpoint: Endpoint | null;
   persistentKeepalive: number;
-  readonly roaming: boolean;
 
   /** Packets waiting for a session, oldest first; each has 16 spare bytes for padding. */
   staged: { buf: Buffer; len: number }[] = [];
@@ -51,7 +49,6 @@ export class Peer {
     this.cookies = new CookieGenerator(opts.publicKey);
     this.endpoint = opts.endpoint ?? null;
     this.persistentKeepalive = opts.persistentKeepalive ?? 0;
-    this.roaming = opts.roaming ?? true;
   }
 
   /** Queues a copy of a packet until a session exists; the oldest is dropped when full. */
@@ -63,11 +60,5 @@ export class Peer {
     const buf = Buffer.allocUnsafe(len + 16);
     src.copy(buf, 0, off, off + len);
     this.staged.push({ buf, len });
-  }
-
-  /** Adopts the source of an authenticated packet as the endpoint (roaming). */
-  updateEndpoint(addrs: Buffer, off: number): void {
-    if (!this.endpoint) this.endpoint = Buffer.alloc(20);
-    addrs.copy(this.endpoint, 0, off, off + 20);
   }
 }

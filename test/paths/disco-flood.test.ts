@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { generatePrivateKey, publicKeyOf } from '../../src/crypto/x25519.js';
 import { DiscoCodec, newTxid } from '../../src/paths/disco.js';
-import { makeEndpoint } from '../../src/wireguard/endpoint.js';
+import { makeEndpoint } from '../../src/net/endpoint.js';
 import { world } from './world.js';
 
 const settle = () => new Promise((r) => setTimeout(r, 50));
@@ -15,10 +15,10 @@ describe('disco under attack (issue 7 classes 3 and 9)', () => {
       const ping = new DiscoCodec(w.keys[1], publicKeyOf(w.keys[1])).seal(publicKeyOf(w.keys[0]), { type: 'ping', txid: newTxid() })!;
       const stats = w.socks[0].stats;
       const out0 = stats.discoOut;
-      w.socks[0].handleControl(ping, 0, ping.length, w.eps[1], 0);
+      w.socks[0].receive(ping, ping.length, Int32Array.of(ping.length), w.eps[1], 1);
       const answered = stats.discoOut - out0;
       expect(answered).toBeGreaterThanOrEqual(1); // the original gets its pong
-      for (let i = 0; i < 1000; i++) w.socks[0].handleControl(ping, 0, ping.length, i % 2 ? attacker : w.eps[1], 0);
+      for (let i = 0; i < 1000; i++) w.socks[0].receive(ping, ping.length, Int32Array.of(ping.length), i % 2 ? attacker : w.eps[1], 1);
       const replayPongs = stats.discoOut - out0 - answered;
       console.log(`1000 replays: ${replayPongs} pongs, ${stats.discoReplayed} refused as replays, ${stats.discoShed} shed by budget`);
       expect(replayPongs).toBe(0);
@@ -34,7 +34,7 @@ describe('disco under attack (issue 7 classes 3 and 9)', () => {
       const tenMinutesAgo = (Date.now() - 10 * 60_000) * 16;
       const old = new DiscoCodec(w.keys[1], publicKeyOf(w.keys[1])).seal(publicKeyOf(w.keys[0]), { type: 'ping', txid: newTxid() }, tenMinutesAgo)!;
       const before = w.socks[0].stats.discoReplayed;
-      w.socks[0].handleControl(old, 0, old.length, w.eps[1], 0);
+      w.socks[0].receive(old, old.length, Int32Array.of(old.length), w.eps[1], 1);
       expect(w.socks[0].stats.discoReplayed).toBe(before + 1);
     } finally {
       w.stop();
@@ -53,7 +53,7 @@ describe('disco under attack (issue 7 classes 3 and 9)', () => {
       const start = performance.now();
       for (let i = 0; i < 100_000; i++) {
         forged.writeUInt32BE(i, 40); // a fresh "nonce" each time
-        w.socks[0].handleControl(forged, 0, forged.length, attacker, 0);
+        w.socks[0].receive(forged, forged.length, Int32Array.of(forged.length), attacker, 1);
       }
       const ms = performance.now() - start;
       console.log(`100k forged disco: ${stats.discoShed} shed before any AEAD, ${stats.discoRejected} failed authentication, ${ms.toFixed(0)} ms`);
@@ -78,7 +78,7 @@ describe('disco under attack (issue 7 classes 3 and 9)', () => {
       // Forged disco from where the peer is expected spends its lane (and with it its share of the total).
       for (let i = 0; i < 5_000; i++) {
         forged.writeUInt32BE(i, 40);
-        w.socks[0].handleControl(forged, 0, forged.length, w.eps[1], 0);
+        w.socks[0].receive(forged, forged.length, Int32Array.of(forged.length), w.eps[1], 1);
       }
       expect(stats.discoShed).toBeGreaterThan(4_000);
       const replies = await w.socks[0].ping(peer.publicKey, 3);

@@ -9,7 +9,7 @@ import { defaultGatewayV4, parseDefaultRoutes } from '../../src/paths/gateway.js
 import { formatMappingEndpoint, releaseUdpMapping, requestUdpMapping, type PortMapping } from '../../src/paths/natpmp.js';
 import { Netcheck } from '../../src/paths/netcheck.js';
 import { answerBindingRequest } from '../../src/net/stun.js';
-import { makeEndpoint } from '../../src/wireguard/endpoint.js';
+import { makeEndpoint } from '../../src/net/endpoint.js';
 
 const ip4 = (s: string): Uint8Array => Uint8Array.from(s.split('.').map(Number));
 

@@ -9,7 +9,7 @@ import { ControlServer } from '../../src/daemon/control-server.js';
 import { Lab, labUnavailableReasons } from '../../src/lab/index.js';
 import { Netcheck, netcheckStandalone, parseHostPort, type NetcheckReport } from '../../src/paths/netcheck.js';
 import { answerBindingRequest, buildBindingRequest, newTransactionId } from '../../src/net/stun.js';
-import { makeEndpoint } from '../../src/wireguard/endpoint.js';
+import { makeEndpoint } from '../../src/net/endpoint.js';
 
 const ip4 = (s: string): Uint8Array => Uint8Array.from(s.split('.').map(Number));
 const ep = (addr: string, port: number): Buffer => makeEndpoint(ip4(addr), port);

@@ -11,7 +11,7 @@ import {
   parseBindingResponse,
   STUN_MAGIC_COOKIE,
 } from '../../src/net/stun.js';
-import { makeEndpoint } from '../../src/wireguard/endpoint.js';
+import { makeEndpoint } from '../../src/net/endpoint.js';
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 const ascii = (s: string): Buffer => Buffer.from(s, 'latin1');

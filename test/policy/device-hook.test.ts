@@ -7,8 +7,8 @@ import { compilePolicy, type AgentFacts } from '../../src/policy/compile.js';
 import { PolicyFilter } from '../../src/policy/filter.js';
 import { parsePolicy } from '../../src/policy/parse.js';
 import { Device } from '../../src/wireguard/device.js';
-import { makeEndpoint } from '../../src/wireguard/endpoint.js';
-import { deliver, sendFromTun, type Side } from '../wireguard/memory-link.js';
+import { makeEndpoint } from '../../src/net/endpoint.js';
+import { deliver, memoryBind, memoryTun, sendFromTun, udpEndpoint, type Side } from '../wireguard/memory-link.js';
 import { packet, SYN } from './packets.js';
 
 function facts(name: string, n: number, key: Uint8Array): AgentFacts {
@@ -20,16 +20,8 @@ function sideWithFilter(key: Uint8Array, n: number, filter: PolicyFilter, other:
   const side: Side = { endpoint: makeEndpoint(Uint8Array.from([192, 0, 2, n]), 51820), inbox: [], tunOut: [], device: null as unknown as Device };
   side.device = new Device({
     privateKey: key, mtu: 1420, batchSize: 64, filter,
-    io: {
-      sendUdp(slab, offsets, lens, _addrs, count) {
-        for (let i = 0; i < count; i++) other().inbox.push(Buffer.from(slab.subarray(offsets[i], offsets[i] + lens[i])));
-        return count;
-      },
-      writeTun(slab, offsets, lens, count) {
-        for (let i = 0; i < count; i++) side.tunOut.push(Buffer.from(slab.subarray(offsets[i], offsets[i] + lens[i])));
-        return count;
-      },
-    },
+    bind: memoryBind(() => other().inbox),
+    tun: memoryTun(() => side.tunOut),
   });
   return side;
 }
@@ -44,8 +36,8 @@ describe('Device with a PolicyFilter', () => {
     filters.b.setPolicy(compilePolicy(policy, facts('beta', 2, kB), [facts('alpha', 1, kA)]));
     const a = sideWithFilter(kA, 1, filters.a, () => b);
     const b = sideWithFilter(kB, 2, filters.b, () => a);
-    a.device.addPeer({ publicKey: publicKeyOf(kB), allowedIps: [parsePrefix('100.64.0.2/32')!], endpoint: b.endpoint });
-    b.device.addPeer({ publicKey: publicKeyOf(kA), allowedIps: [parsePrefix('100.64.0.1/32')!], endpoint: a.endpoint });
+    a.device.addPeer({ publicKey: publicKeyOf(kB), allowedIps: [parsePrefix('100.64.0.2/32')!], endpoint: udpEndpoint(b) });
+    b.device.addPeer({ publicKey: publicKeyOf(kA), allowedIps: [parsePrefix('100.64.0.1/32')!], endpoint: udpEndpoint(a) });
     const pump = () => {
       for (let i = 0; i < 10; i++) {
         deliver(b, a);

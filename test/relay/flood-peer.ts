@@ -13,7 +13,7 @@ import { Identity } from '../../src/identity/identity.js';
 import { parseAddress } from '../../src/ip/prefix.js';
 import { FRAME_HELLO, FRAME_HELLO_ACK, HELLO_SIZE, RELAY_VERSION, encodeHello, encodeSend, parseHostPort } from '../../src/relay/protocol.js';
 import { ADDR_SIZE, native } from '../../src/tun/native.js';
-import { makeEndpoint } from '../../src/wireguard/endpoint.js';
+import { makeEndpoint } from '../../src/net/endpoint.js';
 
 const env = (k: string): string => process.env[k] ?? '';
 const { host, port } = parseHostPort(env('AVF_RELAY'));

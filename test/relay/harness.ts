@@ -4,8 +4,8 @@ import dgram, { type Socket } from 'node:dgram';
 import { Identity } from '../../src/identity/identity.js';
 import { formatAddress, parseAddress } from '../../src/ip/prefix.js';
 import { waitFor } from '../../src/lab/index.js';
-import { RelayClient, type RelayInfo, type RelayState } from '../../src/paths/relay-client.js';
-import { endpointAddress, endpointPort, makeEndpoint, sameEndpoint } from '../../src/wireguard/endpoint.js';
+import { RelayClient, type RelayInfo, type RelayState } from '../../src/relay/client.js';
+import { endpointAddress, endpointPort, makeEndpoint, sameEndpoint } from '../../src/net/endpoint.js';
 
 export interface Received {
   from: Buffer;
@@ -38,7 +38,7 @@ export async function startAgent(relay: RelayInfo, opts: { udpTimeoutMs?: number
   const client = new RelayClient({
     relay, identity, udpTimeoutMs: opts.udpTimeoutMs, udpRetryMs: opts.udpRetryMs,
     sendUdp: (buf, ep) => agent.blockUdp || sendFromSocket(socket, buf, ep),
-    onPacket: (from, packet) => received.push({ from, packet }),
+    onPacket: (from, packet) => received.push({ from: Buffer.from(from), packet: Buffer.from(packet) }),
     onPeerNotHere: (key) => notHere.push(key),
   });
   socket.on('message', (msg, rinfo) => {

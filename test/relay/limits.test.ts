@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseAddress } from '../../src/ip/prefix.js';
 import { SourceBuckets } from '../../src/util/token-bucket.js';
-import { makeEndpoint, sourceKey } from '../../src/wireguard/endpoint.js';
+import { makeEndpoint, sourceKey } from '../../src/net/endpoint.js';
 
 const key = (addr: string, port = 1) => sourceKey(makeEndpoint(parseAddress(addr)!, port));
 

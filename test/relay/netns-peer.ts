@@ -10,8 +10,8 @@
 import dgram from 'node:dgram';
 import { Identity } from '../../src/identity/identity.js';
 import { formatAddress, parseAddress } from '../../src/ip/prefix.js';
-import { RelayClient } from '../../src/paths/relay-client.js';
-import { endpointAddress, endpointPort, makeEndpoint, sameEndpoint } from '../../src/wireguard/endpoint.js';
+import { RelayClient } from '../../src/relay/client.js';
+import { endpointAddress, endpointPort, makeEndpoint, sameEndpoint } from '../../src/net/endpoint.js';
 
 const env = (k: string): string => process.env[k] ?? '';
 const identity = new Identity(Buffer.from(env('AVR_SEED'), 'hex'));

@@ -2,8 +2,10 @@ import { describe, expect, it } from 'vitest';
 import { generatePrivateKey, publicKeyOf } from '../../src/crypto/x25519.js';
 import { parsePrefix } from '../../src/ip/prefix.js';
 import { Device } from '../../src/wireguard/device.js';
-import { ENDPOINT_SIZE, makeEndpoint } from '../../src/wireguard/endpoint.js';
-import type { PacketIO } from '../../src/wireguard/io.js';
+import { ENDPOINT_SIZE, makeEndpoint } from '../../src/net/endpoint.js';
+import type { Bind } from '../../src/wireguard/bind.js';
+import { UdpEndpoint } from '../../src/wireguard/endpoint.js';
+import { memoryTun } from './memory-link.js';
 import { ipv4Packet } from './memory-link.js';
 
 // Batched seal and open seen from the Device: one batch of datagrams from several peers, with
@@ -20,7 +22,6 @@ interface Node {
   overlay: number[];
   inbox: Datagram[];
   tunOut: Buffer[];
-  controlSeen: number;
 }
 
 /** Nodes on a memory "network" that routes each datagram by its destination endpoint. */
@@ -29,31 +30,25 @@ function network(count: number, batchSize: number): Node[] {
   const byEndpoint = new Map<string, Node>();
   for (let i = 0; i < count; i++) {
     const endpoint = makeEndpoint(Uint8Array.from([192, 0, 2, i + 1]), 51820);
-    const node = { endpoint, overlay: [100, 64, 0, i + 1], inbox: [], tunOut: [], controlSeen: 0 } as unknown as Node;
-    const io: PacketIO = {
-      sendUdp(slab, offsets, lens, addrs, n) {
+    const node = { endpoint, overlay: [100, 64, 0, i + 1], inbox: [], tunOut: [] } as unknown as Node;
+    const bind: Bind = {
+      send(slab, offsets, lens, endpoints, n) {
         for (let k = 0; k < n; k++) {
-          const to = byEndpoint.get(addrs.toString('latin1', k * ENDPOINT_SIZE, k * ENDPOINT_SIZE + 18));
+          const to = byEndpoint.get(endpoints[k].direct!.toString('latin1', 0, 18));
           to?.inbox.push({ msg: Buffer.from(slab.subarray(offsets[k], offsets[k] + lens[k])), from: endpoint });
         }
         return n;
       },
-      writeTun(slab, offsets, lens, n) {
-        for (let k = 0; k < n; k++) node.tunOut.push(Buffer.from(slab.subarray(offsets[k], offsets[k] + lens[k])));
-        return n;
-      },
+      endpointAt: () => null,
     };
-    node.device = new Device({
-      privateKey: generatePrivateKey(), mtu: 1420, io, batchSize,
-      control: (buf, off) => buf[off] === 0xfe && ++node.controlSeen > 0,
-    });
+    node.device = new Device({ privateKey: generatePrivateKey(), mtu: 1420, bind, tun: memoryTun(() => node.tunOut), batchSize });
     byEndpoint.set(endpoint.toString('latin1', 0, 18), node);
     nodes.push(node);
   }
   for (const x of nodes) {
     for (const y of nodes) {
       if (x === y) continue;
-      x.device.addPeer({ publicKey: y.device.local.publicKey, endpoint: y.endpoint, allowedIps: [parsePrefix(`${y.overlay.join('.')}/32`)!] });
+      x.device.addPeer({ publicKey: y.device.local.publicKey, endpoint: new UdpEndpoint(y.endpoint), allowedIps: [parsePrefix(`${y.overlay.join('.')}/32`)!] });
     }
   }
   return nodes;
@@ -99,7 +94,7 @@ const texts = (node: Node) => node.tunOut.map((p) => p.subarray(28).toString());
 const peerOf = (node: Node, other: Node) => node.device.getPeer(other.device.local.publicKey)!;
 
 describe('Device with batched crypto', () => {
-  it('one UDP batch from two peers, interleaved, with forged, replayed and control datagrams: each bad one fails alone', () => {
+  it('one UDP batch from two peers, interleaved, with forged, replayed and non-WireGuard datagrams: each bad one fails alone', () => {
     const [hub, a, c] = network(3, 64);
     fromTun(a, hub, ['hello a']);
     fromTun(c, hub, ['hello c']);
@@ -114,14 +109,14 @@ describe('Device with batched crypto', () => {
     const forged = { msg: Buffer.from(fromC[1].msg), from: c.endpoint };
     forged.msg[forged.msg.length - 1] ^= 1; // its tag
     const replayed = { msg: Buffer.from(fromA[0].msg), from: a.endpoint };
-    const control = { msg: Buffer.from([0xfe, 1, 2, 3]), from: a.endpoint };
-    hub.inbox = [fromA[0], fromC[0], replayed, fromA[1], control, forged, fromC[2], fromA[2]];
+    const garbage = { msg: Buffer.from([0xfe, 1, 2, 3]), from: a.endpoint };
+    hub.inbox = [fromA[0], fromC[0], replayed, fromA[1], garbage, forged, fromC[2], fromA[2]];
     deliver(hub);
 
     const got = texts(hub);
     console.log(`delivered ${got.length} genuine packets of 8 datagrams; replays ${peerOf(hub, a).dropped.replay}, forged ${peerOf(hub, c).dropped.decryptFailed}`);
     expect(got).toEqual(['a1', 'c1', 'a2', 'c3', 'a3']); // c2 is the forged one: its genuine copy never arrived
-    expect(hub.controlSeen).toBe(1);
+    expect(hub.device.dropped.malformed).toBe(1);
     expect(peerOf(hub, a).dropped.replay).toBe(1);
     expect(peerOf(hub, a).dropped.decryptFailed).toBe(0);
     expect(peerOf(hub, c).dropped.decryptFailed).toBe(1);

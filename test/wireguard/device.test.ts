@@ -1,7 +1,7 @@
 import { describe, it, expect, beforeEach, vi } from 'vitest';
 import { generatePrivateKey, publicKeyOf } from '../../src/crypto/x25519.js';
 import { parsePrefix } from '../../src/ip/prefix.js';
-import { makeSide, deliver, sendFromTun, ipv4Packet, type Side } from './memory-link.js';
+import { makeSide, deliver, sendFromTun, ipv4Packet, memoryBind, memoryTun, udpEndpoint, type Side } from './memory-link.js';
 
 function pump(a: Side, b: Side): void {
   for (let i = 0; i < 20 && deliver(a, b) + deliver(b, a) > 0; i++);
@@ -19,7 +19,7 @@ describe('Device over an in-memory link', () => {
     a = makeSide(aKey, [192, 0, 2, 1], 51820, () => [sides[1].inbox]);
     b = makeSide(bKey, [192, 0, 2, 2], 51821, () => [sides[0].inbox]);
     sides.push(a, b);
-    a.device.addPeer({ publicKey: publicKeyOf(bKey), presharedKey: psk, endpoint: b.endpoint, allowedIps: [parsePrefix('100.64.0.2/32')!] });
+    a.device.addPeer({ publicKey: publicKeyOf(bKey), presharedKey: psk, endpoint: udpEndpoint(b), allowedIps: [parsePrefix('100.64.0.2/32')!] });
     b.device.addPeer({ publicKey: publicKeyOf(aKey), presharedKey: psk, allowedIps: [parsePrefix('100.64.0.1/32')!] });
   });
 
@@ -65,11 +65,10 @@ describe('Device over an in-memory link', () => {
     // Rebuild d's device so that it always demands cookies.
     (d as { device: InstanceType<typeof Device> }).device = new Device({
       privateKey: bKey, mtu: 1420, batchSize: 64, alwaysUnderLoad: true,
-      io: { sendUdp: (s, o, l, _a, n) => { for (let i = 0; i < n; i++) c.inbox.push(Buffer.from(s.subarray(o[i], o[i] + l[i]))); return n; },
-            writeTun: (s, o, l, n) => { for (let i = 0; i < n; i++) d.tunOut.push(Buffer.from(s.subarray(o[i], o[i] + l[i]))); return n; } },
+      bind: memoryBind(() => c.inbox), tun: memoryTun(() => d.tunOut),
     });
     sides.push(c, d);
-    const peerOnC = c.device.addPeer({ publicKey: publicKeyOf(bKey), endpoint: d.endpoint, allowedIps: [parsePrefix('100.64.0.2/32')!] });
+    const peerOnC = c.device.addPeer({ publicKey: publicKeyOf(bKey), endpoint: udpEndpoint(d), allowedIps: [parsePrefix('100.64.0.2/32')!] });
     d.device.addPeer({ publicKey: publicKeyOf(aKey), allowedIps: [parsePrefix('100.64.0.1/32')!] });
     sendFromTun(c, [ipv4Packet([100, 64, 0, 1], [100, 64, 0, 2], Buffer.from('x'))]);
     pump(c, d);
@@ -83,7 +82,7 @@ describe('Device over an in-memory link', () => {
 
   it('recovers when both sides initiate at once and the crossing initiations overwrite each other', () => {
     // Both know each other's endpoint and both have a packet to send.
-    b.device.getPeer(publicKeyOf(aKey))!.endpoint = a.endpoint;
+    b.device.getPeer(publicKeyOf(aKey))!.endpoint = udpEndpoint(a);
     sendFromTun(a, [ipv4Packet([100, 64, 0, 1], [100, 64, 0, 2], Buffer.from('from-a'))]);
     sendFromTun(b, [ipv4Packet([100, 64, 0, 2], [100, 64, 0, 1], Buffer.from('from-b'))]);
     pump(a, b);

@@ -2,7 +2,8 @@ import { describe, expect, it, vi } from 'vitest';
 import { generatePrivateKey, publicKeyOf } from '../../src/crypto/x25519.js';
 import { parsePrefix } from '../../src/ip/prefix.js';
 import { CookieGenerator } from '../../src/wireguard/cookie.js';
-import { ENDPOINT_SIZE, makeEndpoint } from '../../src/wireguard/endpoint.js';
+import { ENDPOINT_SIZE, makeEndpoint } from '../../src/net/endpoint.js';
+import { UdpEndpoint } from '../../src/wireguard/endpoint.js';
 import { Handshake, LocalIdentity, createInitiation } from '../../src/wireguard/noise.js';
 import { deliver, ipv4Packet, makeSide, sendFromTun, type Side } from './memory-link.js';
 
@@ -44,7 +45,7 @@ describe('handshake flood (issue 7 class 3)', () => {
     const a = makeSide(aKey, [192, 0, 2, 1], 51820, () => [sides[1].inbox]);
     const b = makeSide(bKey, [192, 0, 2, 2], 51821, () => [sides[0].inbox]);
     sides.push(a, b);
-    a.device.addPeer({ publicKey: publicKeyOf(bKey), endpoint: b.endpoint, allowedIps: [parsePrefix('100.64.0.2/32')!] });
+    a.device.addPeer({ publicKey: publicKeyOf(bKey), endpoint: new UdpEndpoint(b.endpoint), allowedIps: [parsePrefix('100.64.0.2/32')!] });
     const aOnB = b.device.addPeer({ publicKey: publicKeyOf(aKey), allowedIps: [parsePrefix('100.64.0.1/32')!] });
     const data = (i: number) => ipv4Packet([100, 64, 0, 1], [100, 64, 0, 2], Buffer.from(`data ${i}`));
     sendFromTun(a, [data(0)]);

@@ -1,6 +1,7 @@
 import { Device } from '../../src/wireguard/device.js';
-import { makeEndpoint, ENDPOINT_SIZE } from '../../src/wireguard/endpoint.js';
-import type { PacketIO } from '../../src/wireguard/io.js';
+import { makeEndpoint, ENDPOINT_SIZE } from '../../src/net/endpoint.js';
+import type { Bind, TunDevice } from '../../src/wireguard/bind.js';
+import { UdpEndpoint } from '../../src/wireguard/endpoint.js';
 
 /** Two devices joined by an in-memory "network": each side's UDP sends are queued for the other. */
 export interface Side {
@@ -17,18 +18,34 @@ export function makeSide(privateKey: Uint8Array, addr: number[], port: number, p
   side.endpoint = makeEndpoint(Uint8Array.from(addr), port);
   side.inbox = [];
   side.tunOut = [];
-  const io: PacketIO = {
-    sendUdp(slab, offsets, lens, _addrs, count) {
-      for (let i = 0; i < count; i++) peerInbox()[0].push(Buffer.from(slab.subarray(offsets[i], offsets[i] + lens[i])));
+  side.device = new Device({ privateKey, mtu: 1420, batchSize: 64, bind: memoryBind(() => peerInbox()[0]), tun: memoryTun(() => side.tunOut) });
+  return side;
+}
+
+/** A Bind whose sends all land in one inbox, whatever their endpoint. */
+export function memoryBind(inbox: () => Buffer[]): Bind {
+  return {
+    send(slab, offsets, lens, _endpoints, count) {
+      for (let i = 0; i < count; i++) inbox().push(Buffer.from(slab.subarray(offsets[i], offsets[i] + lens[i])));
       return count;
     },
-    writeTun(slab, offsets, lens, count) {
-      for (let i = 0; i < count; i++) side.tunOut.push(Buffer.from(slab.subarray(offsets[i], offsets[i] + lens[i])));
+    endpointAt: () => null,
+  };
+}
+
+/** A TUN that keeps what is written to it. */
+export function memoryTun(out: () => Buffer[]): TunDevice {
+  return {
+    write(slab, offsets, lens, count) {
+      for (let i = 0; i < count; i++) out().push(Buffer.from(slab.subarray(offsets[i], offsets[i] + lens[i])));
       return count;
     },
   };
-  side.device = new Device({ privateKey, mtu: 1420, io, batchSize: 64 });
-  return side;
+}
+
+/** A plain-address endpoint for a side (what a static peer's Endpoint line gives). */
+export function udpEndpoint(side: { endpoint: Buffer }): UdpEndpoint {
+  return new UdpEndpoint(side.endpoint);
 }
 
 /** Delivers queued datagrams to `to`, as if from `from`'s endpoint, until none are left. */
