@@ -45,7 +45,8 @@ export class FleetEventSource {
 
   /** An audit event: the ones that matter to agents become stream events. */
   audited(type: string, subject: string, details: { [key: string]: JsonValue } = {}): void {
-    if (type === 'path.changed') this.pathChanged(subject, details);
+    // The path layer reports a change just before it makes it: read its new state once it has.
+    if (type === 'path.changed') queueMicrotask(() => this.pathChanged(subject, details));
     else if (type === 'trust.refused') this.trustAlert(subject, details);
     else if (type === 'peer.removed') this.removed(subject);
   }

@@ -77,12 +77,13 @@ describe('fleet event source', () => {
     expect(sub.events[0]).toMatchObject({ name: 'a', ipv4: '100.64.0.7', ipv6: 'fd00::7' });
   });
 
-  it('path changes and trust alerts come from the audit sink; a removed online agent goes offline', () => {
+  it('path changes and trust alerts come from the audit sink; a removed online agent goes offline', async () => {
     const { sub, source } = setup(new Set(['a']));
     source.observe(view('a', true));
     source.audited('path.changed', 'a', { kind: 'direct', endpoint: '192.0.2.18:51820', rttUs: 612 });
     source.audited('path.changed', 'a', { kind: 'relay', endpoint: '192.0.2.18:51820', reason: 'the direct path stopped answering' });
     source.audited('path.changed', 'base64key=', { kind: 'relay', endpoint: 'x' }); // not an admitted agent
+    await Promise.resolve(); // path changes are read once the path layer made them
     source.audited('trust.refused', 'b', { name: 'b', state: 'changed', alert: 'b offers another key' });
     source.audited('peer.removed', 'a', { name: 'a' });
     expect(sub.events.map((e) => e.type)).toEqual(['peer.online', 'path.changed', 'path.changed', 'trust.alert', 'peer.offline']);
