@@ -9,7 +9,7 @@ import type { PacketFilter } from './packet-filter.js';
 import { Keypair } from './keypair.js';
 import { HandshakeLoad } from './load.js';
 import {
-  LocalIdentity, consumeInitiation, consumeResponse, createInitiation, createResponse, deriveSessionKeys, type SessionKeys,
+  Handshake, LocalIdentity, consumeInitiation, consumeResponse, createInitiation, createResponse, deriveSessionKeys, type SessionKeys,
 } from './noise.js';
 import { Peer, type PeerOptions } from './peer.js';
 import { runPeerTimers, type TimerActions } from './timers.js';
@@ -224,6 +224,22 @@ export class Device {
       peer.handshakeAttemptStartedAt = null;
       peer.nextRetransmitAt = Infinity;
     }
+  }
+
+  /**
+   * A new preshared key for the peer (wg set): the next handshake uses it, sessions in flight go
+   * on (as in wireguard-go); a handshake half-way is abandoned, its retries continue with the new key.
+   */
+  setPresharedKey(peer: Peer, presharedKey: Uint8Array): void {
+    if (Buffer.from(peer.handshake.presharedKey).equals(Buffer.from(presharedKey))) return;
+    const pending = this.indices.get(peer.handshake.localIndex);
+    if (pending && pending.peer === peer && pending.keypair === null) this.indices.delete(peer.handshake.localIndex);
+    peer.handshake = new Handshake(this.local, peer.publicKey, presharedKey);
+  }
+
+  /** A keepalive now: persistent keepalive was just turned on, so the NAT mapping opens at once. */
+  keepaliveNow(peer: Peer): void {
+    this.sendKeepalive(peer, Date.now());
   }
 
   getPeer(publicKey: Uint8Array): Peer | undefined {
