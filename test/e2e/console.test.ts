@@ -25,6 +25,7 @@ describe.runIf(labReady(['ip', 'curl']) && existsSync(CHROMIUM))('console: the r
   let lab: Lab;
   let registry: LabRegistry;
   let browser: Browser | undefined;
+  let web: string;
   const agents: Record<string, LabAgent> = {};
   const names = ['planner', 'worker', 'worker2'];
 
@@ -45,7 +46,7 @@ describe.runIf(labReady(['ip', 'curl']) && existsSync(CHROMIUM))('console: the r
     await waitForFleet(Object.values(agents));
 
     // The browser's namespace: a route to the registry's network only.
-    const web = await lab.addNamespace('web');
+    web = await lab.addNamespace('web');
     await lab.connect(hub, web, { a: '198.51.100.1/24', b: '198.51.100.2/24', ifB: 'eth0' });
     await lab.ip(web, ['route', 'add', '203.0.113.0/24', 'via', '198.51.100.1']);
     const wrapper = join(lab.dir, 'chromium-in-netns');
@@ -102,6 +103,14 @@ describe.runIf(labReady(['ip', 'curl']) && existsSync(CHROMIUM))('console: the r
 
     await page.screenshot({ path: SCREENSHOT });
     await page.evaluate(() => ((window as unknown as { notReloaded: boolean }).notReloaded = true));
+
+    // A dropped stream (its connections reset, as a proxy or NAT might): the page says so and reconnects by itself.
+    const reset = await lab.exec(web, ['ss', '-K', 'dst', REGISTRY_IP, 'dport', '=', '7443']);
+    expect(reset.code, reset.stderr).toBe(0);
+    await page.locator('#live[data-live="false"]').waitFor({ timeout: 5_000 });
+    const dropped = await page.locator('#live').textContent();
+    await page.locator('#live[data-live="true"]').waitFor({ timeout: 15_000 });
+    console.log(`stream reset: the page showed "${dropped}", then live again`);
 
     // Stopped: the agent leaves, the registry pushes 'offline' at once.
     let t0 = Date.now();

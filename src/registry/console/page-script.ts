@@ -3,7 +3,7 @@
  * shows is built with createElement and textContent: agent names, tags, capabilities, policy
  * text and audit details are attacker- or operator-chosen strings and never become markup.
  * Agents come from the registry's event stream (a snapshot, then changes); the rest (members,
- * reported paths, tokens, policy, audit) is polled. A dropped stream is reopened with backoff.
+ * reported paths, tokens, policy, audit) is polled. A dropped or silent stream is reopened with backoff.
  * Written without template literals or backticks, as it lives inside one.
  */
 export const CONSOLE_JS = String.raw`
@@ -11,7 +11,9 @@ export const CONSOLE_JS = String.raw`
 const POLL_MS = 5000;
 const BACKOFF_MIN_MS = 1000;
 const BACKOFF_MAX_MS = 30000;
-const S = { network: '', views: new Map(), members: new Map(), paths: {}, skew: 0, es: null, backoff: BACKOFF_MIN_MS, retry: null, poll: null, live: false, changed: new Set() };
+/** The registry sends a keep-alive every 15 s: three missed ones mean the connection is dead. */
+const STREAM_IDLE_MS = 45000;
+const S = { network: '', views: new Map(), members: new Map(), paths: {}, skew: 0, stream: null, backoff: BACKOFF_MIN_MS, retry: null, poll: null, live: false, changed: new Set() };
 const ATTRS = new Set(['class', 'title', 'type', 'id', 'for', 'autocomplete', 'placeholder', 'name', 'colspan', 'value', 'aria-live']);
 
 function el(tag, props) {
@@ -76,8 +78,9 @@ function showApp() {
   $('app').classList.remove('hidden');
 }
 function stopLive() {
-  if (S.es) S.es.close();
-  S.es = null;
+  const stream = S.stream;
+  S.stream = null;
+  if (stream) stream.abort();
   clearTimeout(S.retry);
   clearInterval(S.poll);
   S.poll = null;
@@ -126,43 +129,85 @@ async function refresh() {
 async function start() {
   if (!(await refresh())) return;
   showApp();
-  connect();
+  void connect();
   clearInterval(S.poll);
   S.poll = setInterval(() => { void refresh(); renderAgents(); }, POLL_MS);
 }
 
-function connect() {
-  if (S.es) S.es.close();
-  const es = new EventSource('/console/api/events?network=' + encodeURIComponent(S.network));
-  S.es = es;
-  es.addEventListener('snapshot', (ev) => {
-    const d = JSON.parse(ev.data);
+/** Applies one event of the registry's stream (events.ts has the table). */
+function onEvent(kind, data) {
+  const d = JSON.parse(data);
+  if (kind === 'snapshot') {
     S.views = new Map(d.agents.map((v) => [v.record.id, v]));
     S.backoff = BACKOFF_MIN_MS;
     setLive(true, 'live');
-    renderAgents();
-  });
-  for (const kind of ['upsert', 'online', 'offline']) {
-    es.addEventListener(kind, (ev) => {
-      const v = JSON.parse(ev.data).agent;
-      S.views.set(v.record.id, v);
-      S.changed.add(v.record.id);
-      renderAgents();
-    });
+  } else if (kind === 'upsert' || kind === 'online' || kind === 'offline') {
+    S.views.set(d.agent.record.id, d.agent);
+    S.changed.add(d.agent.record.id);
+  } else if (kind === 'removed') {
+    S.views.delete(d.id);
+    S.members.delete(d.id);
+  } else if (kind === 'policy') {
+    void refresh();
+    return;
+  } else {
+    return;
   }
-  es.addEventListener('removed', (ev) => {
-    const id = JSON.parse(ev.data).id;
-    S.views.delete(id);
-    S.members.delete(id);
-    renderAgents();
-  });
-  es.addEventListener('policy', () => void refresh());
-  es.onerror = () => {
-    if (S.es !== es) return;
-    es.close();
-    S.es = null;
+  renderAgents();
+}
+
+/**
+ * Reads the event stream with fetch rather than EventSource: it sees the registry's keep-alive
+ * comments, so a stream silent for STREAM_IDLE_MS (a half-open connection) is dropped and
+ * reopened, and a 401 (the session ended) is told from a network error.
+ */
+async function connect() {
+  if (S.stream) S.stream.abort();
+  const ctl = new AbortController();
+  S.stream = ctl;
+  let idle = null;
+  const alive = () => { clearTimeout(idle); idle = setTimeout(() => ctl.abort(), STREAM_IDLE_MS); };
+  try {
+    const r = await fetch('/console/api/events?network=' + encodeURIComponent(S.network), { credentials: 'same-origin', cache: 'no-store', signal: ctl.signal, headers: { Accept: 'text/event-stream' } });
+    if (r.status === 401) {
+      if (S.stream === ctl) showLogin('your session ended: log in again');
+      return;
+    }
+    if (!r.ok || !r.body) throw new Error('HTTP ' + r.status);
+    alive();
+    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = '';
+    let scanned = 0;
+    let kind = '';
+    let data = [];
+    for (;;) {
+      const chunk = await reader.read();
+      if (chunk.done) break;
+      alive();
+      buf += chunk.value;
+      let start = 0;
+      for (let nl = buf.indexOf('\n', scanned); nl >= 0; nl = buf.indexOf('\n', start)) {
+        const line = buf.slice(start, nl).replace(/\r$/, '');
+        start = nl + 1;
+        if (line === '') {
+          if (data.length) onEvent(kind || 'message', data.join('\n'));
+          kind = '';
+          data = [];
+        } else if (line.startsWith('event:')) kind = line.slice(6).trim();
+        else if (line.startsWith('data:')) data.push(line.slice(5).replace(/^ /, ''));
+      }
+      buf = buf.slice(start);
+      scanned = buf.length;
+    }
+  } catch (e) {
+    // Dropped, aborted (idle, or replaced by a newer stream) or unreachable: reconnect below.
+  } finally {
+    clearTimeout(idle);
+  }
+  if (S.stream === ctl) {
+    S.stream = null;
     reconnectLater();
-  };
+  }
 }
 
 /** After a dropped stream: wait (doubling up to BACKOFF_MAX_MS), check the session and state, then reopen it. */
@@ -172,7 +217,7 @@ function reconnectLater() {
   setLive(false, 'reconnecting in ' + Math.round(wait / 1000) + ' s');
   clearTimeout(S.retry);
   S.retry = setTimeout(async () => {
-    if (await refresh()) connect();
+    if (await refresh()) void connect();
     else if (!$('app').classList.contains('hidden')) reconnectLater();
   }, wait);
 }
