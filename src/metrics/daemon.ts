@@ -17,18 +17,40 @@ interface LabelledPeer {
 }
 
 /**
- * The `peer` label: the agent's name, else its key. Names are unique in a network; should two
- * peers still show one (a rename seen half-way), the second is labelled by its key, so no two
- * peers ever share a series.
+ * The `peer` label of each peer: the agent's name, else its key. A label is pinned to the peer's
+ * key for as long as the peer exists: names are chosen by the members themselves, and one that
+ * renamed itself on every scrape would otherwise mint a new set of series in Prometheus each
+ * time. A renamed agent keeps its old label until its key changes (a rotation: at most 64) or the
+ * daemon restarts. Names are unique in a network; should two peers still show one (a rename seen
+ * half-way), the second is labelled by its key, so no two peers ever share a series.
  */
-function labelPeers(status: DeviceStatus, nameOf: DaemonMetricsSource['peerName']): LabelledPeer[] {
-  const used = new Set<string>();
-  return status.peers.map((p) => {
-    const name = nameOf?.(p.publicKey);
-    const peer = name !== undefined && !used.has(name) ? name : p.publicKey;
-    used.add(peer);
-    return { peer, status: p };
-  });
+export class PeerLabels {
+  private byKey = new Map<string, string>();
+
+  constructor(private readonly nameOf: DaemonMetricsSource['peerName']) {}
+
+  label(status: DeviceStatus): LabelledPeer[] {
+    // Pinned labels first, so a newcomer showing a name already in use never takes it from its holder.
+    const used = new Set<string>();
+    for (const p of status.peers) {
+      const pinned = this.byKey.get(p.publicKey);
+      if (pinned !== undefined) used.add(pinned);
+    }
+    const next = new Map<string, string>();
+    const labelled = status.peers.map((p) => {
+      let peer = this.byKey.get(p.publicKey);
+      if (peer === undefined) {
+        const name = this.nameOf?.(p.publicKey);
+        peer = name !== undefined && !used.has(name) ? name : p.publicKey;
+        used.add(peer);
+      }
+      // Only a name is pinned: a key stands in until the name is known (admission may lag a scrape).
+      if (peer !== p.publicKey) next.set(p.publicKey, peer);
+      return { peer, status: p };
+    });
+    this.byKey = next; // peers that went away are forgotten
+    return labelled;
+  }
 }
 
 /**
@@ -37,9 +59,10 @@ function labelPeers(status: DeviceStatus, nameOf: DaemonMetricsSource['peerName'
  * Every value is read from the daemon's status when Prometheus scrapes; the packet path is untouched.
  */
 export function registerDaemonMetrics(registry: Registry, source: DaemonMetricsSource): void {
+  const labels = new PeerLabels(source.peerName?.bind(source));
   const read = sharedReading(() => {
     const status = source.status();
-    return { status, peers: labelPeers(status, source.peerName?.bind(source)) };
+    return { status, peers: labels.label(status) };
   });
   const perPeer = (name: string, help: string, value: (p: PeerStatus) => number | undefined) => scrapedCounter(registry, {
     name, help, labelNames: ['peer'],

@@ -4,7 +4,7 @@ import { encodeKey } from '../../src/crypto/keys.js';
 import { generatePrivateKey, publicKeyOf } from '../../src/crypto/x25519.js';
 import type { DeviceStatus } from '../../src/daemon/status-types.js';
 import { parsePrefix } from '../../src/ip/prefix.js';
-import { registerDaemonMetrics, type DaemonMetricsSource } from '../../src/metrics/daemon.js';
+import { PeerLabels, registerDaemonMetrics, type DaemonMetricsSource } from '../../src/metrics/daemon.js';
 import type { Device } from '../../src/wireguard/device.js';
 import { deliver, ipv4Packet, makeSide, sendFromTun, udpEndpoint, type Side } from '../wireguard/memory-link.js';
 import { samples, valueOf } from './exposition.js';
@@ -98,5 +98,39 @@ describe('daemon metrics over real Devices', () => {
     });
     const peers = samples(await twice.metrics(), 'agentvpn_peer_rx_bytes_total').map((s) => s.labels.peer);
     expect(peers.sort()).toEqual(['other-key', 'same']);
+  });
+});
+
+describe('peer labels', () => {
+  const status = (peers: string[]): DeviceStatus => ({
+    interface: 'test0', publicKey: 'self', listenPort: 0, addresses: [], mtu: 1420, pid: 1, startedAt: 0, dropped: {},
+    peers: peers.map((publicKey) => ({ publicKey, endpoint: null, allowedIps: [], latestHandshake: null, handshakes: 0, rxBytes: 0, txBytes: 0, persistentKeepalive: 0, dropped: {} })),
+  });
+
+  it('a member renaming itself on every scrape cannot mint series: its label stays until its key changes', async () => {
+    let n = 0;
+    const registry = new Registry();
+    let keys = ['k1'];
+    registerDaemonMetrics(registry, { status: () => status(keys), peerName: (k) => `${k}-name-${n++}` });
+    const seen = new Set<string>();
+    const scrapes = 30;
+    for (let i = 0; i < scrapes; i++) {
+      for (const s of samples(await registry.metrics(), 'agentvpn_peer_rx_bytes_total')) seen.add(s.labels.peer);
+      await new Promise((r) => setTimeout(r, 105)); // past the shared reading: every scrape reads the source again
+      if (i === 14) keys = ['k2']; // a key rotation: a new peer for the device, a fresh label
+    }
+    console.log(`${scrapes} scrapes of a peer renaming itself each time (one key rotation): ${seen.size} peer label values, asked ${n} times`);
+    expect(n).toBeGreaterThanOrEqual(2);
+    expect([...seen].sort()).toEqual(['k1-name-0', 'k2-name-1']);
+  }, 20_000);
+
+  it('a name arriving late replaces the key; a newcomer with a name in use is labelled by its key', () => {
+    const names = new Map<string, string>();
+    const labels = new PeerLabels((k) => names.get(k));
+    expect(labels.label(status(['a'])).map((p) => p.peer)).toEqual(['a']);
+    names.set('a', 'alpha');
+    expect(labels.label(status(['a'])).map((p) => p.peer)).toEqual(['alpha']);
+    names.set('b', 'alpha');
+    expect(labels.label(status(['b', 'a'])).map((p) => p.peer)).toEqual(['b', 'alpha']);
   });
 });
