@@ -104,6 +104,7 @@ exec "$NODE" "$BIN" up --foreground --registry "$REGISTRY_URL" --token "$TOKEN" 
     // docker run --network host --cap-drop ALL -v run:/run/agentvpn app
     const app = `set -e
 ${RUN_VOLUME}
+mount -t tmpfs tmpfs /tmp
 exec setpriv --inh-caps=-all --ambient-caps=-all --bounding-set=-all --no-new-privs -- sh -c '
   echo "who=$(curl -sS --max-time 10 http://$PEER_IP:8080/who)"
   if ip link add avtest0 type dummy 2>/tmp/iplink.err; then echo "iplink=0"; else echo "iplink=$? $(cat /tmp/iplink.err)"; fi
