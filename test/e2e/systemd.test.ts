@@ -62,6 +62,9 @@ describe.runIf(labReady(['ip', 'python3']))('systemd notify: the unit\'s ExecSta
   let ns: string;
   const iface = 'avn0';
   let daemon: LabProcess;
+  let runDir: string;
+  let policyFile: string;
+  let writePolicy: (grants: unknown) => void;
   const messages: { t: number; msg: string; link?: { flags: string[]; addr_info: { local: string }[] }[] | null }[] = [];
 
   const waitForMessage = (pred: (m: string) => boolean, what: string, from = 0) =>
@@ -79,8 +82,13 @@ describe.runIf(labReady(['ip', 'python3']))('systemd notify: the unit\'s ExecSta
       privateKey: me.privateKey, addresses: ['100.64.7.1/24'], listenPort: 51899,
       peers: [{ publicKey: peer.publicKey, allowedIps: ['100.64.7.2/32'], endpoint: '192.0.2.99:51820' }],
     }), { mode: 0o600 });
-    // The config file names the wg-quick file relative to itself, as /etc/agentvpn/avn0.json would.
-    writeFileSync(join(configDir, `${iface}.json`), JSON.stringify({ config: `${iface}.conf`, 'log-level': 'info' }), { mode: 0o600 });
+    policyFile = join(configDir, 'policy.json');
+    writePolicy = (grants) => writeFileSync(policyFile, JSON.stringify({
+      agents: { me: { wgPublicKey: me.publicKey }, peer: { wgPublicKey: peer.publicKey } }, grants,
+    }), { mode: 0o600 });
+    writePolicy([]);
+    // The config file names the wg-quick and policy files relative to itself, as /etc/agentvpn/avn0.json would.
+    writeFileSync(join(configDir, `${iface}.json`), JSON.stringify({ config: `${iface}.conf`, policy: 'policy.json', 'log-level': 'info' }), { mode: 0o600 });
 
     const socket = join(lab.dir, 'notify.sock');
     const listener = lab.spawn(ns, ['python3', LISTENER, socket, '--link', ns, iface], { name: 'notify-listener', stdio: 'pipe' });
@@ -95,7 +103,7 @@ describe.runIf(labReady(['ip', 'python3']))('systemd notify: the unit\'s ExecSta
     const unit = readFileSync(join(UNIT_DIR, 'agentvpn@.service'), 'utf8');
     const argv = execStartArgv(unit, iface, configDir);
     expect(argv.slice(2)).toEqual(['up', '--foreground', '--interface', iface, '--config-file', join(configDir, `${iface}.json`)]);
-    const runDir = join(lab.dir, 'run');
+    runDir = join(lab.dir, 'run');
     mkdirSync(runDir, { recursive: true });
     daemon = lab.spawn(ns, argv, {
       name: 'agentvpn-unit', cwd: '/',
@@ -140,14 +148,31 @@ describe.runIf(labReady(['ip', 'python3']))('systemd notify: the unit\'s ExecSta
     expect(await lab.interfaceUp(ns, iface)).toBe(true);
   });
 
+  it('`agentvpn reload` re-reads the static policy and says so; a policy that does not parse keeps the one in force', async () => {
+    const reload = async () => {
+      const r = await lab.exec(ns, [process.execPath, AGENTVPN_BIN, 'reload', '--interface', iface, '--json'], { env: { ...process.env, AGENTVPN_RUN_DIR: runDir } });
+      expect(r.code, r.stdout + r.stderr).toBe(0);
+      return JSON.parse(r.stdout) as { applied: string[]; refreshed: string[] };
+    };
+    writePolicy([{ src: ['name:peer'], dst: ['name:me'], ip: ['tcp:22'] }]);
+    const ok = await reload();
+    expect(ok.applied).toEqual([]);
+    expect(ok.refreshed, JSON.stringify(ok)).toEqual([`policy ${policyFile} re-read and applied`]);
+    writeFileSync(policyFile, '{"agents": ');
+    const bad = await reload();
+    expect(bad.refreshed[0], JSON.stringify(bad)).toContain('does not parse');
+    expect(bad.refreshed[0]).toContain('the policy in force stays');
+    expect(daemon.exitCode).toBeNull();
+  });
+
   it('STOPPING=1 on SIGTERM, then the daemon exits cleanly and the interface is gone', async () => {
     const start = messages.length;
     daemon.kill('SIGTERM');
-    await waitForMessage((m) => m.startsWith('STOPPING=1'), 'STOPPING=1', start);
+    const stopping = await waitForMessage((m) => m.startsWith('STOPPING=1'), 'STOPPING=1', start);
     const exit = await daemon.exited;
     expect(exit.code).toBe(0);
     expect(await lab.interfaceUp(ns, iface)).toBe(false);
-    const after = messages.slice(start).map((m) => m.msg);
-    expect(after.filter((m) => m.includes('READY=1'))).toEqual([]);
+    const after = messages.slice(messages.indexOf(stopping) + 1).map((m) => m.msg);
+    expect(after.filter((m) => m.includes('READY=1') || m === 'WATCHDOG=1')).toEqual([]); // nothing after STOPPING
   });
 });
