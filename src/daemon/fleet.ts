@@ -15,11 +15,8 @@ import { auditHandlers } from './audit-control.js';
 import { AuditTrail } from './audit-trail.js';
 import { FleetPolicy, factsOf } from './fleet-policy.js';
 import { Daemon } from './daemon.js';
-import { EventHub } from './event-hub.js';
-import { FleetEventSource } from './fleet-events.js';
 import { FleetPaths, localEndpoints } from './fleet-paths.js';
 import { Membership, type CheckedJoin, type FleetEvents } from './membership.js';
-import { reportedPaths } from './path-report-source.js';
 
 export type { PeerInfo, WhoisInfo } from './admission.js';
 
@@ -91,14 +88,8 @@ export class FleetAgent {
   private dns: DnsServer | null = null;
   private timers: NodeJS.Timeout[] = [];
   private readonly events: FleetEvents = {
-    snapshot: (views) => {
-      this.running?.admission.sync(views);
-      if (this.running) for (const v of views) this.eventSource.observe(v);
-    },
-    agent: (view) => {
-      this.running?.admission.applySafely(view);
-      if (this.running) this.eventSource.observe(view);
-    },
+    snapshot: (views) => this.running?.admission.sync(views),
+    agent: (view) => this.running?.admission.applySafely(view),
     removed: (id) => (id === this.identity.id ? this.membership.markRemoved() : this.running?.admission.remove(id)),
     policy: (view) => this.policy?.set(view),
   };
@@ -106,18 +97,8 @@ export class FleetAgent {
   private trail: AuditTrail | null = null;
   private shipper: AuditShipper | null = null;
   private readonly client: RegistryClient;
-  /** The SDK's event stream (`events` on the control socket): presence, paths, trust alerts. */
-  private readonly eventHub = new EventHub();
-  private readonly eventSource = new FleetEventSource({
-    hub: this.eventHub,
-    isAdmitted: (id) => this.running?.admission.nameOf(id) !== undefined,
-    pathOf: (wgKey) => this.daemon?.sock?.pathOf(wgKey) ?? null,
-  });
-  /** Every part reports here; the trail exists from the first step of start(). Path changes and trust alerts also feed the event stream. */
-  private readonly audit: AuditSink = (type, subject, details) => {
-    this.eventSource.audited(type, subject, details);
-    return this.trail?.record(type, subject, details) ?? Promise.resolve();
-  };
+  /** Every part reports here; the trail exists from the first step of start(). */
+  private readonly audit: AuditSink = (type, subject, details) => this.trail?.record(type, subject, details) ?? Promise.resolve();
 
   constructor(private readonly opts: FleetOptions) {
     if (opts.rotateEveryMs !== undefined && opts.rotateEveryMs < MIN_ROTATE_EVERY_MS) {
@@ -132,7 +113,6 @@ export class FleetAgent {
       client, identity: this.identity, name: opts.name, token: opts.token, network: opts.network,
       capabilities: opts.capabilities, stateDir: opts.stateDir, log: opts.log,
       endpoints: () => this.publishedEndpoints(), audit: this.audit,
-      paths: () => (this.running ? reportedPaths(this.running.daemon, this.running.admission) : []),
     });
   }
 
@@ -187,7 +167,6 @@ export class FleetAgent {
         trustBlock: (params) => this.trustAction(() => this.trust.block(stringParam(params, 'target'))),
         trustForget: (params) => this.trustAction(() => this.trust.forget(stringParam(params, 'name'))),
         policyGet: () => ({ text: policy.text() }),
-        events: (params) => this.eventHub.subscribe(params),
         whois: (params) => this.admission().whois(String((params as { address?: unknown } | undefined)?.address ?? '')),
       },
     });
@@ -253,12 +232,6 @@ export class FleetAgent {
     await this.audit('capabilities.changed', this.identity.id, { from: before, to: capabilities });
     this.opts.log.info({ event: 'capabilities-changed', capabilities }, 'capabilities changed; publishing the new record');
     void this.membership.publish();
-  }
-
-  /** The name of the admitted agent with this WireGuard key (base64): the metrics' peer label. */
-  peerNameOf(wgKey: string): string | undefined {
-    const id = this.running?.admission.idOfWgKey(wgKey);
-    return id === undefined ? undefined : this.running?.admission.nameOf(id);
   }
 
   /** One line for systemd's STATUS=: "up, 3 peers, registry connected". */
