@@ -22,6 +22,7 @@ import { policyCommand } from './commands/policy.js';
 import { trustCommand } from './commands/trust.js';
 import { keyCommand } from './commands/key.js';
 import { auditCommand } from './commands/audit.js';
+import { wgUserspaceCommand } from './commands/wg-userspace.js';
 
 // package.json sits two levels up from both src/cli/ and dist/cli/.
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -50,6 +51,7 @@ await yargs(args)
   .command(trustCommand)
   .command(keyCommand)
   .command(auditCommand)
+  .command(wgUserspaceCommand)
   .command(genkeyCommand)
   .command(pubkeyCommand)
   .demandCommand(1, 'no command given')

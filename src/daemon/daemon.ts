@@ -16,6 +16,8 @@ import { ControlServer, type ControlHandler } from './control-server.js';
 import { Firewall } from './firewall.js';
 import { MagicSock } from '../paths/magicsock.js';
 import type { DeviceStatus } from './status-types.js';
+import { serveUapi, type UapiMode } from '../uapi/serve.js';
+import type { UapiServer } from '../uapi/server.js';
 
 /** Packets per batch in each direction: enough to amortize a syscall, small enough for latency. */
 const BATCH = 64;
@@ -40,6 +42,10 @@ export interface DaemonOptions {
   auditSubjectOf?: (wgKey: Uint8Array) => string;
   /** TUN offloads (TSO/GRO) and UDP offloads (GSO/GRO); default on unless AGENTVPN_NO_TUN_OFFLOAD=1 / AGENTVPN_NO_UDP_OFFLOAD=1. */
   offload?: { tun?: boolean; udp?: boolean };
+  /** wg(8)'s socket (src/uapi/): read-write (default), read-only (fleet: peers come from the registry), or off. */
+  uapi?: UapiMode;
+  /** `wg-userspace`: the interface as wireguard-go leaves it (no address, route, link up or firewall) and the UAPI socket required. */
+  bare?: boolean;
 }
 
 /** A peer as the daemon manages it at run time (registry mode adds and updates these). */
@@ -79,6 +85,8 @@ export class Daemon {
   private udpFd = -1;
   private listenPort = 0;
   private readers: ReaderHandle[] = [];
+  private udpReader: ReaderHandle | null = null;
+  private uapi: UapiServer | null = null;
   private control: ControlServer | null = null;
   private firewall: Firewall | null = null;
   private interfaceCreated = false;
@@ -111,8 +119,8 @@ export class Daemon {
       this.listenPort = udp.port;
 
       const tunFd = this.tunFd;
-      const udpFd = this.udpFd;
-      const sock = new MagicSock({ send: (slab, offsets, lens, addrs, count) => native.udpSend(udpFd, slab, offsets, lens, addrs, count) }, log);
+      // this.udpFd, not a copy: a listen-port change (rebind) replaces the socket.
+      const sock = new MagicSock({ send: (slab, offsets, lens, addrs, count) => native.udpSend(this.udpFd, slab, offsets, lens, addrs, count) }, log);
       sock.onPathChange = (wgKey, change) => this.audit('path.changed', this.subjectOf(wgKey), { ...change });
       this.magicsock = sock;
       const device = new Device({
@@ -131,14 +139,20 @@ export class Daemon {
       sock.attach(device);
       this.device = device;
       config.peers.forEach((p, i) => device.addPeer({ ...p, endpoint: endpoints[i] && new UdpEndpoint(endpoints[i]!) }));
+      this.uapi = await serveUapi({
+        iface, log, mode: this.opts.uapi ?? 'read-write', keySet: !this.opts.bare, required: this.opts.bare ?? false,
+        host: { device, listenPort: () => this.listenPort, rebind: (port) => this.rebind(port, sock), removePeer: (key) => this.removePeer(key) },
+      });
 
-      // The rules go in before the addresses, so the addresses are never reachable from the LAN.
-      this.firewall = new Firewall({ iface, addresses: config.addresses, enabled: this.opts.firewall ?? true, log });
-      await this.firewall.start();
-      await configureInterface(iface, { addresses: config.addresses, mtu: config.mtu });
-      await this.routeTo(config.peers.flatMap((p) => p.allowedIps));
-      if (config.peers.some((p) => p.allowedIps.some(isDefaultRoute))) {
-        log.warn({}, 'AllowedIPs 0.0.0.0/0 or ::/0 accepted for routing inside the tunnel, but no default route was installed');
+      if (!this.opts.bare) {
+        // The rules go in before the addresses, so the addresses are never reachable from the LAN.
+        this.firewall = new Firewall({ iface, addresses: config.addresses, enabled: this.opts.firewall ?? true, log });
+        await this.firewall.start();
+        await configureInterface(iface, { addresses: config.addresses, mtu: config.mtu });
+        await this.routeTo(config.peers.flatMap((p) => p.allowedIps));
+        if (config.peers.some((p) => p.allowedIps.some(isDefaultRoute))) {
+          log.warn({}, 'AllowedIPs 0.0.0.0/0 or ::/0 accepted for routing inside the tunnel, but no default route was installed');
+        }
       }
 
       this.startReaders(device, sock);
@@ -206,34 +220,51 @@ export class Daemon {
     this.magicsock?.removePeer(Buffer.from(publicKey));
   }
 
+  /** A new listen port (wg set): the new socket is bound before the old one closes, so a taken port changes nothing. */
+  private async rebind(port: number, sock: MagicSock): Promise<void> {
+    const udp = native.udpOpen(port, SOCKET_BUFFER_BYTES, undefined, { offload: this.opts.offload?.udp });
+    native.closeFd(this.udpFd); // stops its reader too
+    this.readers = this.readers.filter((r) => r !== this.udpReader);
+    this.udpFd = udp.fd;
+    this.listenPort = udp.port;
+    this.startUdpReader(sock);
+    this.opts.log.info({ listenPort: this.listenPort }, 'listen port changed');
+  }
+
   private startReaders(device: Device, sock: MagicSock): void {
     const tunSlot = device.tunSlotSize;
     const tunSlab = Buffer.alloc(tunSlot * BATCH);
     const tunLens = new Int32Array(BATCH);
-    const udpSlot = tunSlot;
-    const udpSlab = Buffer.alloc(udpSlot * BATCH);
-    const udpLens = new Int32Array(BATCH);
-    const udpAddrs = Buffer.alloc(20 * BATCH);
-    const onError = (err: Error) => {
-      // A failed syscall means the reader stopped (the TUN was deleted under us, say): the data
-      // plane is gone, so shut down rather than pretend to be up. Handler bugs are only logged.
-      if ((err as NodeJS.ErrnoException).syscall) {
-        this.opts.log.fatal({ err }, 'packet I/O failed; shutting down');
-        process.kill(process.pid, 'SIGTERM');
-      } else {
-        this.opts.log.error({ err }, 'packet handler failed');
-      }
-    };
-    this.readers.push(
-      native.startReader(this.tunFd, 'tun', tunSlab, tunSlot, BATCH, tunLens, null, (n) => device.handleTunBatch(tunSlab, tunSlot, tunLens, n), onError),
-      native.startReader(this.udpFd, 'udp', udpSlab, udpSlot, BATCH, udpLens, udpAddrs, (n) => sock.receive(udpSlab, udpSlot, udpLens, udpAddrs, n), onError),
-    );
+    this.readers.push(native.startReader(this.tunFd, 'tun', tunSlab, tunSlot, BATCH, tunLens, null, (n) => device.handleTunBatch(tunSlab, tunSlot, tunLens, n), this.onReaderError));
+    this.startUdpReader(sock);
   }
+
+  /** The reader of the current UDP socket (a rebind starts another). */
+  private startUdpReader(sock: MagicSock): void {
+    const slot = this.device!.tunSlotSize;
+    const slab = Buffer.alloc(slot * BATCH);
+    const lens = new Int32Array(BATCH);
+    const addrs = Buffer.alloc(20 * BATCH);
+    this.udpReader = native.startReader(this.udpFd, 'udp', slab, slot, BATCH, lens, addrs, (n) => sock.receive(slab, slot, lens, addrs, n), this.onReaderError);
+    this.readers.push(this.udpReader);
+  }
+
+  private readonly onReaderError = (err: Error): void => {
+    // A failed syscall means the reader stopped (the TUN was deleted under us, say): the data
+    // plane is gone, so shut down rather than pretend to be up. Handler bugs are only logged.
+    if ((err as NodeJS.ErrnoException).syscall) {
+      this.opts.log.fatal({ err }, 'packet I/O failed; shutting down');
+      process.kill(process.pid, 'SIGTERM');
+    } else {
+      this.opts.log.error({ err }, 'packet handler failed');
+    }
+  };
 
   /** Idempotent: closes everything that start() opened, also after a partial start. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       if (this.device) this.audit('daemon.down', this.opts.iface, { pid: process.pid, upForS: Math.round((Date.now() - this.startedAt) / 1000) });
+      await this.uapi?.stop();
       for (const r of this.readers) native.stopReader(r);
       this.readers = [];
       this.magicsock?.stop();
@@ -242,8 +273,9 @@ export class Daemon {
       if (this.tunFd >= 0) native.closeFd(this.tunFd);
       this.udpFd = this.tunFd = -1;
       // Closing the last fd of a non-persistent TUN removes it with its addresses and routes;
-      // deleting it explicitly covers a device left behind by a crash under the same name.
-      if (this.interfaceCreated) await deleteInterface(this.opts.iface).catch(() => {});
+      // deleting it explicitly covers a device left behind by a crash under the same name. Not for
+      // wg-userspace: its interface may have moved to another namespace, and one of the same name here is not ours.
+      if (this.interfaceCreated && !this.opts.bare) await deleteInterface(this.opts.iface).catch(() => {});
       // Only once the addresses are gone: until then they stay guarded.
       await this.firewall?.stop().catch((err) => this.opts.log.error({ err }, 'cannot remove the firewall table'));
       await this.control?.stop();

@@ -11,7 +11,7 @@ import type { UapiTarget } from './target.js';
 /** What the UAPI needs from the daemon around its Device (src/daemon/daemon.ts). */
 export interface UapiHost {
   readonly device: Device;
-  readonly listenPort: number;
+  listenPort(): number;
   /** Opens the new UDP socket before closing the old one; throws AgentVpnError UDP_PORT_IN_USE. */
   rebind(port: number): Promise<void>;
   /** Removes the peer with its path-layer state. */
@@ -38,7 +38,7 @@ export class DeviceUapiTarget implements UapiTarget {
     const device = this.device;
     return {
       privateKey: this.keySet ? device.local.privateKey : null,
-      listenPort: this.host.listenPort,
+      listenPort: this.host.listenPort(),
       fwmark: 0,
       peers: device.allPeers().map((p) => this.peerState(p)),
     };
@@ -71,7 +71,7 @@ export class DeviceUapiTarget implements UapiTarget {
   }
 
   async setListenPort(port: number): Promise<void> {
-    if (port !== 0 && port === this.host.listenPort) return;
+    if (port !== 0 && port === this.host.listenPort()) return;
     try {
       await this.host.rebind(port);
     } catch (e) {

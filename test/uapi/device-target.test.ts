@@ -25,7 +25,7 @@ function setup(opts: { keySet?: boolean } = {}) {
   const rebinds: number[] = [];
   const host: UapiHost = {
     device: a.device,
-    get listenPort() { return rebinds.at(-1) ?? 51820; },
+    listenPort: () => rebinds.at(-1) ?? 51820,
     rebind: async (port) => { rebinds.push(port); },
     removePeer: (k) => a.device.removePeer(k),
   };
