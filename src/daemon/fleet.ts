@@ -148,6 +148,7 @@ export class FleetAgent {
       log: opts.log,
       firewall: opts.firewall,
       filter: policy.filter,
+      uapi: 'read-only', // wg show works; peers, keys and allowed IPs stay the registry's and the trust store's
       config: { privateKey: this.identity.wgPrivateKey, addresses, listenPort: opts.listenPort, mtu: opts.mtu, peers: [] },
       alerts: () => this.alerts(),
       audit: this.audit,
