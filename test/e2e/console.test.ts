@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AGENTVPN_BIN, Lab, REPO_ROOT, startLabAgent, startLabRegistry, waitFor, waitForFleet, type LabAgent, type LabRegistry } from '../../src/lab/index.js';
+import { Identity } from '../../src/identity/identity.js';
 import { labReady } from './checks.js';
 
 /**
@@ -26,6 +27,7 @@ describe.runIf(labReady(['ip', 'curl']) && existsSync(CHROMIUM))('console: the r
   let registry: LabRegistry;
   let browser: Browser | undefined;
   let web: string;
+  let admin: string;
   const agents: Record<string, LabAgent> = {};
   const names = ['planner', 'worker', 'worker2'];
 
@@ -64,7 +66,7 @@ describe.runIf(labReady(['ip', 'curl']) && existsSync(CHROMIUM))('console: the r
 
   it('logs in, shows the agents online with their paths, and sees them go offline without a reload', async () => {
     const created = await lab.run(registry.ns, [process.execPath, AGENTVPN_BIN, 'registry', 'admin-token', 'create', '--db', registry.db, '--json'], { cwd: REPO_ROOT });
-    const admin = JSON.parse(created.stdout).token as string;
+    admin = JSON.parse(created.stdout).token as string;
     const context = await browser!.newContext({ viewport: { width: 1200, height: 700 } });
     const page = await context.newPage();
     const pageErrors: string[] = [];
@@ -129,4 +131,81 @@ describe.runIf(labReady(['ip', 'curl']) && existsSync(CHROMIUM))('console: the r
     expect(pageErrors).toEqual([]);
     await context.close();
   }, 120_000);
+
+  it('renders attacker-chosen strings as text: an agent named <img src=x onerror=...> and markup in every field', async () => {
+    const evil = (n: number) => `<img src=x onerror="window.pwned=${n}">`;
+    const id = Identity.generate().id;
+    const peer = Identity.generate().id;
+    // A real capability with markup (as much as the registry's grammar allows), through the registry.
+    agents.evil = await startLabAgent(lab, agents.worker2.ns, 'evil', registry, { caps: ['demo;html=<script>alert(1)</script>'], port: 51821 });
+    // The registry admits no such agent name; the page must still never parse what it gets as markup
+    // (a registry bug, or a malicious registry): the stream and the state are rewritten on their way in.
+    const fakeView = {
+      record: {
+        v: 1, network: registry.network, id, name: evil(1), wgPublicKey: 'x', ipv4: evil(2), ipv6: evil(3), endpoints: [evil(4)], capabilities: [evil(5)],
+        seq: 1, issuedAt: 0, expiresAt: 0,
+      },
+      signature: 'x', online: true, lastSeen: Date.now(), tags: [evil(6)],
+    };
+    const context = await browser!.newContext({ viewport: { width: 1200, height: 700 } });
+    const page = await context.newPage();
+    const dialogs: string[] = [];
+    page.on('dialog', (d) => {
+      dialogs.push(d.message());
+      void d.dismiss();
+    });
+    const extra = {
+      members: [{ id: peer, name: evil(7), ipv4: evil(8), tags: [evil(9)], joinedAt: 0 }],
+      paths: { [id]: { at: Date.now(), paths: [{ peer, kind: 'direct', endpoint: evil(10), rttMs: 1 }] } },
+      policy: { version: 1, text: `{"grants": []} // ${evil(11)}`, setAt: 0 },
+      blocked: [{ id: peer, name: evil(12), blockedAt: 0 }],
+      refusals: [{ id: 1, agent: peer, at: 0, reason: evil(13), held: 0, size: 0 }],
+      tokens: [{ id: evil(14), createdAt: 0, expiresAt: null, usesLeft: null, tags: [evil(15)], usable: true }],
+    };
+    // Rewritten inside the page (its fetch wrapped before its script runs), so every request still
+    // goes from the browser's namespace to the registry and nowhere else.
+    await page.addInitScript(({ view, add }) => {
+      const real = window.fetch.bind(window);
+      window.fetch = async (input: RequestInfo | URL, init?: RequestInit) => {
+        const url = String(input instanceof Request ? input.url : input);
+        if (url.includes('/console/api/events')) {
+          const body = `event: snapshot\ndata: ${JSON.stringify({ agents: [view], policy: null })}\n\n`;
+          return new Response(body, { status: 200, headers: { 'content-type': 'text/event-stream' } });
+        }
+        const answer = await real(input, init);
+        if (!url.includes('/console/api/state') || !answer.ok) return answer;
+        const state = await answer.json() as Record<string, unknown>;
+        Object.assign(state, add, { members: [...(state.members as object[]), ...add.members] });
+        return new Response(JSON.stringify(state), { status: 200, headers: { 'content-type': 'application/json' } });
+      };
+    }, { view: fakeView, add: extra });
+    await page.goto(`${URL_BASE}/console`);
+    await page.fill('#token', admin);
+    await page.click('button[type=submit]');
+    const fake = page.locator(`tr[data-agent-id="${id}"]`);
+    await fake.waitFor({ timeout: 15_000 });
+    await page.locator(`tr[data-agent-id="${peer}"]`).waitFor({ timeout: 15_000 });
+    expect(await fake.locator('.name').textContent()).toBe(evil(1));
+    expect(await fake.locator('.endpoints').textContent()).toBe(evil(4));
+    expect(await fake.locator('.caps').textContent()).toBe(evil(5));
+    expect(await page.locator(`tr[data-agent-id="${peer}"] .name`).textContent()).toBe(evil(7));
+    expect(await page.locator('#policy').textContent()).toContain(evil(11));
+    const injected = await page.evaluate(() => document.querySelectorAll('#app img, #app script, #app iframe, #app svg').length);
+    const pwned = await page.evaluate(() => (window as unknown as { pwned?: number }).pwned);
+    console.log(`markup in 15 fields: ${injected} elements made from it, window.pwned=${String(pwned)}, ${dialogs.length} dialogs`);
+    expect({ injected, pwned, dialogs }).toEqual({ injected: 0, pwned: undefined, dialogs: [] });
+
+    // And the real agent's capability, as the registry serves it, is text too (a fresh page, nothing rewritten).
+    const plain = await context.newPage();
+    plain.on('dialog', (d) => {
+      dialogs.push(d.message());
+      void d.dismiss();
+    });
+    await plain.goto(`${URL_BASE}/console`);
+    await row(plain, 'evil', 'online').waitFor({ timeout: 15_000 });
+    expect(await row(plain, 'evil').locator('.caps').textContent()).toBe('demo;html=<script>alert(1)</script>');
+    expect(await plain.evaluate(() => document.querySelectorAll('#app script').length)).toBe(0);
+    expect(dialogs).toEqual([]);
+    await context.close();
+  }, 90_000);
 });
