@@ -8,8 +8,9 @@ import { labReady, startHttpServer } from './checks.js';
 /**
  * agentvpn the way containers run it. A lab namespace stands in for the host's network
  * namespace (docker --network host). "Container" 1 runs the daemon in mount and PID namespaces
- * of its own (unshare), with /dev/net/tun, its run dir and state dir on volumes (bind mounts of
- * test dirs; the host's /run and /var/lib stay untouched). "Container" 2, in the same network
+ * of its own (unshare) with two capabilities, NET_ADMIN and NET_BIND_SERVICE, /dev/net/tun, and
+ * its run dir and state dir on volumes (bind mounts of test dirs; the host's /run and /var/lib
+ * stay untouched). "Container" 2, in the same network
  * namespace, has no capabilities at all (setpriv: empty bounding set): it reaches a peer over
  * the overlay, talks to the daemon through the run dir volume, and cannot change interfaces.
  */
@@ -26,7 +27,7 @@ function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   return env;
 }
 
-describe.runIf(labReady(['ip', 'unshare', 'setpriv', 'curl', 'python3']))('containers: a daemon container sharing the host netns, an unprivileged app container', () => {
+describe.runIf(labReady(['ip', 'unshare', 'setpriv', 'curl', 'python3']))('containers: a daemon container sharing the host netns, an app container with no capabilities', () => {
   let lab: Lab;
   let registry: LabRegistry;
   let hostNs: string;
@@ -64,11 +65,12 @@ describe.runIf(labReady(['ip', 'unshare', 'setpriv', 'curl', 'python3']))('conta
     stateVol = join(lab.dir, 'vol-state');
     mkdirSync(runVol, { mode: 0o755 });
     mkdirSync(stateVol, { mode: 0o700 });
-    // docker run --network host --cap-add NET_ADMIN --device /dev/net/tun -v run:/run/agentvpn -v state:/var/lib/agentvpn
+    // docker run --network host --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_BIND_SERVICE --device /dev/net/tun
+    //   -v run:/run/agentvpn -v state:/var/lib/agentvpn  (NET_BIND_SERVICE: the DNS responder on port 53)
     const script = `set -e
 ${RUN_VOLUME}
 mount -t tmpfs -o mode=0755 tmpfs /var/lib && mkdir /var/lib/agentvpn && mount --bind "$STATE_VOL" /var/lib/agentvpn
-exec "$NODE" "$BIN" up --foreground --registry "$REGISTRY_URL" --token "$TOKEN" --name boxed --network "$NETWORK" --listen-port 51820`;
+exec setpriv --bounding-set=-all,+net_admin,+net_bind_service --inh-caps=-all -- "$NODE" "$BIN" up --foreground --registry "$REGISTRY_URL" --token "$TOKEN" --name boxed --network "$NETWORK" --listen-port 51820`;
     daemonBox = lab.spawn(hostNs, ['unshare', '--mount', '--pid', '--fork', '--mount-proc', '--kill-child=SIGTERM', 'sh', '-c', script], {
       name: 'daemon-container',
       env: cleanEnv({ RUN_VOL: runVol, STATE_VOL: stateVol, NODE: process.execPath, BIN: AGENTVPN_BIN, REGISTRY_URL: registry.url, TOKEN: registry.token, NETWORK: registry.network }),
@@ -90,6 +92,8 @@ exec "$NODE" "$BIN" up --foreground --registry "$REGISTRY_URL" --token "$TOKEN" 
     const pid = daemonPid();
     const nsPids = /^NSpid:\s+(.*)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1].split(/\s+/);
     expect(nsPids.at(-1), 'PID 1 of its PID namespace').toBe('1');
+    // cap_net_admin (12) and cap_net_bind_service (10) only, as with --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_BIND_SERVICE.
+    expect(/^CapEff:\s+(\w+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]).toBe('0000000000001400');
     expect(readlinkSync(`/proc/${pid}/ns/mnt`)).not.toBe(readlinkSync('/proc/self/ns/mnt'));
     expect(readlinkSync(`/proc/${pid}/ns/net`)).toBe(`net:[${statSync(`/run/netns/${hostNs}`).ino}]`);
     expect(lstatSync(join(runVol, 'agentvpn0.sock')).isSocket()).toBe(true);
