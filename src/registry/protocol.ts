@@ -20,6 +20,7 @@ import type { AgentRecord } from './record.js';
  * | PUT /v1/agents/ID                    | the record's own signature      | SignedRecord (record + signature [+ chain])    |
  * | POST /v1/agents/ID/heartbeat         | body signature (heartbeat msg)  | SignedTimestamp                                |
  * | DELETE /v1/agents/ID                 | body signature (leave message)  | SignedTimestamp                                |
+ * | PUT /v1/agents/ID/paths              | body signature (path-report.ts) | PathReportBody → {ok, kept}                    |
  * | GET /v1/agents[?cap=&name=&online=]  | Authorization header            | {ok, agents: AgentView[]}                      |
  * | GET /v1/agents/ID-or-NAME            | Authorization header            | {ok, agent: AgentView}                         |
  * | GET /v1/events                       | Authorization header            | text/event-stream (events.ts)                  |
@@ -31,6 +32,7 @@ import type { AgentRecord } from './record.js';
  * | GET /v1/audit/head?agent=ID          | the agent itself, or admin      | {ok, size, cosigned | null}                    |
  * | GET /v1/audit/entries?agent=ID&from= | the agent itself, or admin      | {ok, entries: string[]} (&limit=, ≤ 512)       |
  * | GET /healthz                         | none                            | {ok: true}                                     |
+ * | /console, /console/api/...           | admin token, then a session     | the web console (console/routes.ts)            |
  *
  * Audit (audit-routes.ts): an agent ships its log's new entries with its signed checkpoint of the
  * new size and a consistency proof from the size the registry holds; the registry checks them and
