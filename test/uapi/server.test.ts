@@ -49,6 +49,14 @@ function exchange(path: string, data: string | Buffer, until?: RegExp, timeoutMs
 
 const ANSWER_END = /errno=-?\d+\n\n$/;
 
+async function waitUntil(cond: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 describe('UAPI socket server', () => {
   it('is root-only: socket 0600 in a 0700 directory', async () => {
     const { server } = await serve();
@@ -112,6 +120,19 @@ describe('UAPI socket server', () => {
     }
     expect(await exchange(server.path, 'get=1\n\n', ANSWER_END)).toBe('errno=0\n\n');
     console.log(`fuzz: 100 connections of junk; stats ${JSON.stringify(server.stats)}`);
+  });
+
+  it('holds at most 32 connections; idle ones cost no more than that', async () => {
+    const { server } = await serve('uapiconn0');
+    const held = await Promise.all(Array.from({ length: 40 }, () => new Promise<import('node:net').Socket>((resolve) => {
+      const s = connect(server.path, () => resolve(s));
+      s.on('error', () => {});
+    })));
+    await waitUntil(() => server.stats.connectionsShed >= 8);
+    console.log(`40 idle connections: ${40 - server.stats.connectionsShed} held, ${server.stats.connectionsShed} shed`);
+    expect(server.stats.connectionsShed).toBe(8);
+    for (const s of held) s.destroy();
+    await waitUntil(async () => (await exchange(server.path, 'get=1\n\n', ANSWER_END, 500)) === 'errno=0\n\n');
   });
 
   it('refuses to start over a live socket, replaces a stale one', async () => {
