@@ -65,6 +65,13 @@ function endpointKey(ep: Buffer, off: number): string {
   return ep.toString('latin1', off, off + 18);
 }
 
+/** No timer of the peer can come due until something happens to it. */
+function isAtRest(peer: Peer): boolean {
+  const kp = peer.keypairs;
+  return peer.handshakeAttemptStartedAt === null && peer.unansweredSince === null && peer.persistentKeepalive === 0 &&
+    kp.current === null && kp.next === null && kp.previous === null;
+}
+
 function keyHex(key: Uint8Array): string {
   return Buffer.from(key).toString('hex');
 }
@@ -117,6 +124,12 @@ export class Device {
   private readonly oneEndpoint: Endpoint[] = [];
 
   private readonly pendingFlush = new Map<Peer, boolean>();
+  /**
+   * Peers whose timers can come due. A peer at rest (no session, no handshake under way, nothing
+   * unanswered, no persistent keepalive) leaves it until a packet or a handshake brings it back,
+   * so the tick costs nothing for idle peers.
+   */
+  private readonly timed = new Set<Peer>();
   private tickTimer: NodeJS.Timeout | null = null;
 
   constructor(opts: DeviceOptions) {
@@ -174,6 +187,7 @@ export class Device {
     this.peers.set(id, peer);
     if (opts.endpoint) this.setEndpoint(peer, opts.endpoint);
     for (const p of opts.allowedIps) this.allowedIps.insert(p, peer);
+    this.timed.add(peer);
     return peer;
   }
 
@@ -182,6 +196,7 @@ export class Device {
     if (!peer) return;
     this.expireSessions(peer);
     this.allowedIps.removeValue(peer);
+    this.timed.delete(peer);
     if (peer.endpoint) this.forgetEndpoint(peer);
     this.peers.delete(keyHex(publicKey));
   }
@@ -239,6 +254,7 @@ export class Device {
 
   /** A keepalive now: persistent keepalive was just turned on, so the NAT mapping opens at once. */
   keepaliveNow(peer: Peer): void {
+    this.timed.add(peer);
     this.sendKeepalive(peer, Date.now());
   }
 
@@ -282,7 +298,10 @@ export class Device {
       this.sealEndpoints[n] = peer.endpoint;
       peer.txBytes += size;
       peer.lastSentAt = now;
-      if (peer.unansweredSince === null) peer.unansweredSince = now;
+      if (peer.unansweredSince === null) {
+        peer.unansweredSince = now;
+        this.timed.add(peer);
+      }
       if (kp.isInitiator && (now - kp.createdAt >= timers.rekeyAfterTime || kp.sendCounter >= REKEY_AFTER_MESSAGES)) {
         this.initiateHandshake(peer, now, false);
       }
@@ -671,6 +690,7 @@ export class Device {
     peer.lastSentAt = now;
     peer.lastInitiationSentAt = now;
     peer.nextRetransmitAt = now + timers.rekeyTimeout + Math.random() * timers.rekeyTimeoutJitterMax;
+    this.timed.add(peer);
     this.log.debug({ peer: this.peerName(peer), retry }, 'handshake initiation sent');
   }
 
@@ -689,6 +709,7 @@ export class Device {
     const kp = new Keypair(keys, now);
     this.indices.set(kp.localIndex, { peer, keypair: kp });
     this.retire(peer.keypairs.install(kp));
+    this.timed.add(peer);
     peer.latestHandshakeAt = now;
     peer.handshakes++;
     // Only a session we can send on ends our own attempt; a responder's `next` waits for
@@ -764,7 +785,15 @@ export class Device {
   };
 
   tick(now: number): void {
-    for (const peer of this.peers.values()) runPeerTimers(peer, now, this.timerActions);
+    for (const peer of this.timed) {
+      runPeerTimers(peer, now, this.timerActions);
+      if (isAtRest(peer)) this.timed.delete(peer);
+    }
+  }
+
+  /** How many peers the tick looks at (the rest are at rest). */
+  get timedPeers(): number {
+    return this.timed.size;
   }
 
   private expireSessions(peer: Peer): void {

@@ -103,4 +103,29 @@ describe('Device over an in-memory link', () => {
     expect(b.tunOut.map((p) => p.subarray(28).toString())).toContain('from-a');
     expect(a.tunOut.map((p) => p.subarray(28).toString())).toContain('from-b');
   });
+
+  it('ticks only peers whose timers can come due: idle peers rest, traffic and keepalives wake them', () => {
+    // 1,000 configured peers that never send: after one tick none is looked at again.
+    for (let i = 0; i < 1000; i++) a.device.addPeer({ publicKey: publicKeyOf(generatePrivateKey()), allowedIps: [] });
+    const now = Date.now();
+    a.device.tick(now);
+    expect(a.device.timedPeers).toBe(0);
+    // Traffic wakes the peer it goes to; its session keeps it ticking until the keys are erased.
+    sendFromTun(a, [ipv4Packet([100, 64, 0, 1], [100, 64, 0, 2], Buffer.from('wake'))]);
+    pump(a, b);
+    expect(b.tunOut).toHaveLength(1);
+    a.device.tick(Date.now());
+    expect(a.device.timedPeers).toBe(1);
+    a.device.tick(Date.now() + 10 * 60_000); // past 3 x reject-after-time: sessions erased
+    a.device.tick(Date.now() + 10 * 60_000 + 100);
+    expect(a.device.timedPeers).toBe(0);
+    // A persistent keepalive never rests, and still fires.
+    const kept = a.device.addPeer({ publicKey: publicKeyOf(generatePrivateKey()), endpoint: udpEndpoint(b), persistentKeepalive: 25, allowedIps: [] });
+    a.device.tick(Date.now());
+    expect(a.device.timedPeers).toBe(1);
+    const before = b.inbox.length;
+    a.device.tick(Date.now() + 26_000);
+    expect(b.inbox.length).toBeGreaterThan(before); // its keepalive (an initiation first: no session yet)
+    expect(kept.lastInitiationSentAt).toBeGreaterThan(0);
+  });
 });
