@@ -9,7 +9,7 @@ import { Daemon } from '../../daemon/daemon.js';
 import { logFilePath, runDir, validateInterfaceName } from '../../daemon/paths.js';
 import { AgentVpnError } from '../../errors.js';
 import { uapiSocketPath } from '../../uapi/server.js';
-import { printError, runCommand, toAgentVpnError, type GlobalArgs } from '../output.js';
+import { printError, printResult, runCommand, toAgentVpnError, type GlobalArgs } from '../output.js';
 
 /** How long the launcher waits for the background process to report its UAPI socket ready. */
 const START_TIMEOUT_MS = 20_000;
@@ -86,6 +86,8 @@ async function runBackground(args: WgUserspaceArgs): Promise<void> {
   if (child.connected) child.disconnect();
   child.unref();
   if (report.type === 'error') throw new AgentVpnError(report.error.code, report.error.message, report.error.hint);
+  const uapi = uapiSocketPath(iface);
+  printResult(args.json, { interface: iface, pid: child.pid, uapi, log: logFilePath(iface) }, () => `${iface}: running (pid ${child.pid}), UAPI ${uapi}, log ${logFilePath(iface)}`);
 }
 
 export const wgUserspaceCommand: CommandModule<GlobalArgs, WgUserspaceArgs> = {
