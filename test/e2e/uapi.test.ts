@@ -2,8 +2,8 @@ import { chmodSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  AGENTVPN_BIN, isPidAlive, renderWgQuickConfig, runCommand, sleep, startAgentVpn, startWireguardGo, waitFor, wgKeyPair,
-  type WireguardGo,
+  AGENTVPN_BIN, Lab, isPidAlive, renderWgQuickConfig, runCommand, sleep, startAgentVpn, startHubFleet, startWireguardGo, waitFor, wgKeyPair,
+  type HubFleet, type WireguardGo,
 } from '../../src/lab/index.js';
 import { startWgUserspace, wgAt, withUapiDir, type WgUserspace } from '../../src/lab/wg-userspace.js';
 import type { DeviceStatus } from '../../src/daemon/status-types.js';
@@ -257,5 +257,34 @@ describe.runIf(labReady(['ip', 'ping', 'wireguard-go', 'wg', 'wg-quick']))('wg(8
     expectDumpMatchesStatus(dump, await statusOf((args) => ours.cli(args)));
     expect((await wgAt(pair.endpoints.nsA, uapiDir, ['show', 'interfaces'])).stdout.trim()).toBe(IFACE);
     await ours.stop();
+  });
+});
+
+describe.runIf(labReady(['ip', 'curl', 'wg']))('fleet daemons answer wg show, read-only', () => {
+  let lab: Lab;
+  let fleet: HubFleet;
+
+  beforeAll(async () => {
+    lab = new Lab();
+    fleet = await startHubFleet(lab, ['alpha', 'beta']);
+  });
+
+  afterAll(async () => {
+    await lab?.cleanup();
+  });
+
+  it('wg show lists the fleet peers as status does; wg set is refused with EPERM', async () => {
+    const alpha = fleet.agents.alpha;
+    const uapiDir = join(alpha.runDir, 'wireguard');
+    const status = await alpha.json<DeviceStatus>(['status']);
+    const dump = parseDump((await wgAt(alpha.ns, uapiDir, ['show', IFACE, 'dump'])).stdout);
+    expect(dump.publicKey).toBe(status.publicKey);
+    expect(dump.listenPort).toBe(status.listenPort);
+    expect(dump.peers.map((p) => [p.publicKey, p.allowedIps.split(',').sort()])).toEqual(status.peers.map((p) => [p.publicKey, [...p.allowedIps].sort()]));
+    const refused = await wgAt(alpha.ns, uapiDir, ['set', IFACE, 'listen-port', '5555'], { check: false });
+    console.log(`fleet daemon, wg set: ${refused.stderr.trim()}`);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(/Operation not permitted/);
+    expect((await alpha.json<DeviceStatus>(['status'])).listenPort).toBe(status.listenPort);
   });
 });
