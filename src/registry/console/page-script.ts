@@ -13,7 +13,9 @@ const BACKOFF_MIN_MS = 1000;
 const BACKOFF_MAX_MS = 30000;
 /** The registry sends a keep-alive every 15 s: three missed ones mean the connection is dead. */
 const STREAM_IDLE_MS = 45000;
-const S = { network: '', views: new Map(), members: new Map(), paths: {}, skew: 0, stream: null, backoff: BACKOFF_MIN_MS, retry: null, poll: null, live: false, changed: new Set() };
+/** Changes arriving within this window are drawn together (a fleet restarting sends thousands). */
+const RENDER_COALESCE_MS = 50;
+const S = { network: '', views: new Map(), members: new Map(), paths: {}, skew: 0, stream: null, backoff: BACKOFF_MIN_MS, retry: null, poll: null, live: false, changed: new Set(), renderQueued: false };
 const ATTRS = new Set(['class', 'title', 'type', 'id', 'for', 'autocomplete', 'placeholder', 'name', 'colspan', 'value', 'aria-live']);
 
 function el(tag, props) {
@@ -104,7 +106,8 @@ async function login(ev) {
     await post('/console/api/login', { Authorization: 'Bearer ' + token });
     await start();
   } catch (e) {
-    $('login-error').textContent = e.message;
+    $('login-error').textContent = e.status === 401 ? 'that is not a valid admin token'
+      : e.status === 429 ? 'too many wrong tokens from this address: wait a second and try again' : e.message;
   }
 }
 async function logout() {
@@ -131,7 +134,7 @@ async function start() {
   showApp();
   void connect();
   clearInterval(S.poll);
-  S.poll = setInterval(() => { void refresh(); renderAgents(); }, POLL_MS);
+  S.poll = setInterval(() => void refresh(), POLL_MS);
 }
 
 /** Applies one event of the registry's stream (events.ts has the table). */
@@ -153,7 +156,16 @@ function onEvent(kind, data) {
   } else {
     return;
   }
-  renderAgents();
+  scheduleRender();
+}
+
+function scheduleRender() {
+  if (S.renderQueued) return;
+  S.renderQueued = true;
+  setTimeout(() => {
+    S.renderQueued = false;
+    renderAgents();
+  }, RENDER_COALESCE_MS);
 }
 
 /**
