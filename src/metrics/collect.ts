@@ -37,6 +37,9 @@ export function scrapedGauge<L extends string>(registry: Registry, spec: Spec<L>
   });
 }
 
+/** Longer than one scrape's collection, far shorter than any scrape interval. */
+export const SNAPSHOT_TTL_MS = 100;
+
 /**
  * One reading of a source shared by every metric of a scrape (each metric's collect runs on its
  * own, one after another, within a few milliseconds): `read` runs at most once per `ttlMs`.
@@ -53,6 +56,3 @@ export function sharedReading<T>(read: () => T, ttlMs = SNAPSHOT_TTL_MS): () => 
     return value;
   };
 }
-
-/** Longer than one scrape's collection, far shorter than any scrape interval. */
-export const SNAPSHOT_TTL_MS = 100;

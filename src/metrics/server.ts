@@ -36,8 +36,6 @@ export class MetricsServer {
   private server: Server | null = null;
   private last: { at: number; text: string } | null = null;
   private rendering: Promise<string> | null = null;
-  /** Collections actually run (a test counts them against requests). */
-  renders = 0;
   private readonly refused: Counter<'reason'>;
 
   constructor(
@@ -47,7 +45,7 @@ export class MetricsServer {
     private readonly reuseMs = RENDER_REUSE_MS,
   ) {
     this.refused = new Counter({
-      name: 'agentvpn_metrics_requests_refused_total', help: 'Requests to the metrics endpoint that were not a GET /metrics', labelNames: ['reason'], registers: [registry],
+      name: 'agentvpn_metrics_requests_refused_total', help: 'Requests to the metrics endpoint not answered with metrics, by reason', labelNames: ['reason'], registers: [registry],
     });
   }
 
@@ -114,7 +112,6 @@ export class MetricsServer {
     if (this.last && performance.now() - this.last.at < this.reuseMs) return Promise.resolve(this.last.text);
     this.rendering ??= (async () => {
       try {
-        this.renders++;
         const text = await this.registry.metrics();
         this.last = { at: performance.now(), text };
         return text;
