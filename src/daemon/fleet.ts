@@ -235,6 +235,12 @@ export class FleetAgent {
     void this.membership.publish();
   }
 
+  /** The name of the admitted agent with this WireGuard key (base64): the metrics' peer label. */
+  peerNameOf(wgKey: string): string | undefined {
+    const id = this.running?.admission.idOfWgKey(wgKey);
+    return id === undefined ? undefined : this.running?.admission.nameOf(id);
+  }
+
   /** One line for systemd's STATUS=: "up, 3 peers, registry connected". */
   summary(): string {
     const peers = this.daemon?.status().peers.length ?? 0;
