@@ -85,18 +85,20 @@ export class UapiServer {
     const server = createServer((s) => this.accept(s));
     server.maxConnections = MAX_CONNECTIONS;
     server.on('drop', () => this.stats.connectionsShed++);
-    const umask = process.umask(0o077); // the socket is born 0600: no window before the chmod
-    try {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
+    const listening = new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      // The socket is born 0600 (no window before the chmod); listen() binds synchronously, so
+      // the process-wide umask is restored before anything else can create a file.
+      const umask = process.umask(0o077);
+      try {
         server.listen(this.path, () => { server.off('error', reject); resolve(); });
-      });
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'EADDRINUSE') throw this.inUse();
-      throw e;
-    } finally {
-      process.umask(umask);
-    }
+      } finally {
+        process.umask(umask);
+      }
+    });
+    await listening.catch((e: NodeJS.ErrnoException) => {
+      throw e.code === 'EADDRINUSE' ? this.inUse() : e;
+    });
     await chmod(this.path, 0o600);
     this.server = server;
   }
