@@ -96,7 +96,9 @@ exec setpriv --bounding-set=-all,+net_admin,+net_bind_service --inh-caps=-all --
     expect(/^CapEff:\s+(\w+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]).toBe('0000000000001400');
     expect(readlinkSync(`/proc/${pid}/ns/mnt`)).not.toBe(readlinkSync('/proc/self/ns/mnt'));
     expect(readlinkSync(`/proc/${pid}/ns/net`)).toBe(`net:[${statSync(`/run/netns/${hostNs}`).ino}]`);
-    expect(lstatSync(join(runVol, 'agentvpn0.sock')).isSocket()).toBe(true);
+    const sock = lstatSync(join(runVol, 'agentvpn0.sock'));
+    expect(sock.isSocket()).toBe(true);
+    expect(sock.mode & 0o777, 'the control socket is root-only').toBe(0o600);
     expect(existsSync('/run/agentvpn/agentvpn0.sock'), "the host's /run is not the container's").toBe(false);
     const state = readdirSync(stateVol);
     console.log(`daemon container: host PID ${pid}, NSpid ${nsPids.join(' ')}; state volume holds ${state.join(', ')}`);

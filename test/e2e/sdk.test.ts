@@ -74,6 +74,19 @@ describe.runIf(labReady(['ip', 'iptables', 'python3']))('SDK against a real daem
     expect(JSON.parse(r.stdout.slice(r.stdout.indexOf('{')))).toEqual({ model: 'echo', servedBy: 'worker', caller: 'planner', completion: 'echo: hi from python' });
   });
 
+  it('names, ping and whoami answer in both languages', async () => {
+    const planner = await connect({ socketPath: join(agents.planner.runDir, 'agentvpn0.sock') });
+    expect((await planner.resolve('worker')).ipv4).toBe(workerIp);
+    expect((await planner.whoami()).name).toBe('planner');
+    const pong = await planner.ping('worker', { count: 2 });
+    expect(pong.replies).toHaveLength(2);
+    expect(pong.replies.every((r) => 'rttMs' in r)).toBe(true);
+    const py = await lab.run(agents.planner.ns, ['python3', '-c',
+      'import agentvpn, json; vpn = agentvpn.connect(); print(json.dumps([vpn.resolve("worker")["ipv4"], len(vpn.ping("worker", 2)["replies"]), vpn.whoami()["name"]]))'],
+    { env: env(agents.planner) });
+    expect(JSON.parse(py.stdout)).toEqual([workerIp, 2, 'planner']);
+  });
+
   it('the event iterators report a path falling back to the relay and back to direct, and a peer going offline', async () => {
     vpn = await connect({ socketPath: join(agents.planner.runDir, 'agentvpn0.sock') });
     const stream = vpn.events();
