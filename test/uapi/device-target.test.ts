@@ -105,3 +105,22 @@ describe('DeviceUapiTarget on a real Device', () => {
     await expect(set(['fwmark=51820'])).rejects.toMatchObject({ errno: 95 });
   });
 });
+
+describe('a large set request', () => {
+  it('yields to the event loop between batches of peers instead of holding the packet path', async () => {
+    const { target, a } = setup({ keySet: true });
+    const lines: string[] = [];
+    for (let i = 0; i < 2048; i++) lines.push(`public_key=${hex(publicKeyOf(generatePrivateKey()))}`, `allowed_ip=10.${i >> 8}.${i & 255}.0/24`);
+    const req = parseSetRequest(lines);
+    let turns = 0;
+    let running = true;
+    const spin = () => { turns++; if (running) setImmediate(spin); };
+    setImmediate(spin);
+    const t0 = performance.now();
+    await applySet(target, req);
+    running = false;
+    console.log(`2048 new peers applied in ${(performance.now() - t0).toFixed(0)} ms; the event loop ran ${turns} times meanwhile`);
+    expect(a.device.allPeers()).toHaveLength(2048);
+    expect(turns).toBeGreaterThanOrEqual(2048 / 128 - 1);
+  });
+});
