@@ -14,8 +14,8 @@
  * | ← client  | {"id":1,"event":{"type":"lagged","at":…,"dropped":N}}       | N events left out: the client read slowly |
  * | ← client  | {"id":1,"end":{"code":"…","message":"…","hint":"…"}}        | the daemon ends the stream, then closes   |
  *
- * The client ends a stream by closing the connection. Further request lines on a stream's
- * connection are refused (BAD_REQUEST): one connection, one stream.
+ * The client ends a stream by closing the connection. What it sends on a stream's connection
+ * after the ok is discarded: one connection, one stream.
  */
 export interface ControlRequest {
   id: number | string;

@@ -115,6 +115,9 @@ export class ControlServer {
     const tooLong = (): void => this.badRequest(socket, null, `request line longer than ${MAX_REQUEST_BYTES} bytes`);
 
     socket.on('data', (chunk: Buffer) => {
+      // A stream's connection is one-way from its ok on: what the client sends is discarded, so
+      // it cannot queue replies behind the stream's bounded writer.
+      if (this.streams.has(socket)) return;
       let start = 0;
       for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, start)) {
         const part = chunk.subarray(start, nl);
@@ -153,7 +156,6 @@ export class ControlServer {
       return this.badRequest(socket, id, 'request must look like {"id":1,"method":"status","params":{}}');
     }
     const method = r.method;
-    if (this.streams.has(socket)) return this.badRequest(socket, id, 'this connection carries an event stream; send requests on another connection');
     if (!Object.hasOwn(this.handlers, method)) {
       this.stats.badRequests++;
       return this.reply(socket, {

@@ -127,12 +127,18 @@ describe('control socket streams', () => {
     expect(streams[0].closed).toBe(true);
   });
 
-  it('a stream connection takes no further requests; closing it closes the stream', async () => {
+  it('a stream connection takes no further requests (they queue no replies); closing it closes the stream', async () => {
     const { server, streams } = await serve('one0');
     const { sock, lines } = await subscribe('one0');
-    sock.write('{"id":2,"method":"echo","params":{"a":1}}\n');
+    sock.pause();
+    for (let i = 0; i < 2000; i++) sock.write(`{"id":${i + 2},"method":"echo","params":{"pad":"${'p'.repeat(500)}"}}\n`);
+    await new Promise((r) => setTimeout(r, 300));
+    console.log(`2000 requests sent on a stream's connection: ${server.streamsStatus().queuedBytes} bytes of replies queued`);
+    expect(server.streamsStatus().queuedBytes).toBe(0);
+    sock.resume();
+    streams[0].sink!.send('{"type":"x"}');
     await vi.waitFor(() => expect(lines.length).toBe(1));
-    expect(JSON.parse(lines[0])).toMatchObject({ id: 2, ok: false, code: 'BAD_REQUEST' });
+    expect(JSON.parse(lines[0])).toEqual({ id: 1, event: { type: 'x' } });
     expect(server.streamsStatus().open).toBe(1);
     sock.destroy();
     await vi.waitFor(() => expect(streams[0].closed).toBe(true));
