@@ -216,6 +216,21 @@ describe('registry console routes', () => {
     expect(Object.keys(after.body.paths as object)).toEqual([a.id]);
   });
 
+  it('malformed path reports spend the failed-signature budget before their body is read', async () => {
+    const a = Identity.generate();
+    await joinAndPublish(a, 'alpha');
+    // A stranger who knows a member's ID: 257 paths (over the limit) make the registry read and check ~28 KiB each.
+    const junk = JSON.stringify({ timestamp: Date.now(), signature: 'x', paths: Array.from({ length: MAX_REPORTED_PATHS + 1 }, () => ({ peer: a.id, kind: 'direct', endpoint: '192.0.2.1:1', rttMs: 1 })) });
+    const codes = await Promise.all(Array.from({ length: 60 }, () =>
+      call(reg, 'PUT', `/v1/agents/${a.id}/paths?network=${NET}`, { 'content-type': 'application/json' }, junk).then((r) => r.body.code as string)));
+    const parsed = codes.filter((c) => c === 'BAD_REQUEST').length;
+    const limited = codes.filter((c) => c === 'RATE_LIMITED').length;
+    console.log(`60 malformed path reports at once: ${parsed} read and checked, ${limited} refused before reading`);
+    // 20 failures per address per second (signature-budget.ts); the burst may span a window or two.
+    expect(parsed).toBeLessThanOrEqual(40);
+    expect(limited).toBeGreaterThanOrEqual(20);
+  });
+
   it('the event stream starts with a snapshot of the agents and ends at logout', async () => {
     const cookie = await login();
     await joinAndPublish(Identity.generate(), 'alpha');

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { NETWORK_PATTERN } from '../../net/names.js';
 import type { Fleet } from '../fleet-state.js';
-import { readJson, sendJson } from '../http-body.js';
+import { readJson, sendJson, type Body } from '../http-body.js';
 import { MAX_REPORT_BYTES, parseReportedPaths, pathReportMessage, type ReportedPath } from '../path-report.js';
 import { verifyAgentSignature } from '../protocol.js';
 import { refuse } from '../refusals.js';
@@ -14,8 +14,8 @@ import type { RegistryStore } from '../store.js';
  * memory only for the console. Checks, cheapest first: the ID is a member of the network; it
  * had no report accepted in the last MIN_INTERVAL_MS (a member cannot make us verify and write
  * more than that, and a stranger's made-up reports never count against the member: a report
- * too soon is answered {kept: false} unread); the body's
- * size and shape; the failed-signature budget, then the signature; the timestamp, taken once.
+ * too soon is answered {kept: false} unread); the failed-signature budget (a malformed body spends
+ * it too); the body's size and shape; the signature; the timestamp, taken once.
  * Memory: at most MAX_REPORTED_PATHS per agent and MAX_KEPT_PATHS in all; reports of agents
  * that are no longer members are forgotten.
  */
@@ -97,13 +97,24 @@ export class PathReports {
       this.counts.tooSoon++;
       return false;
     }
-    const body = await readJson(req, MAX_REPORT_BYTES);
-    const timestamp = body.timestamp;
-    if (!Number.isSafeInteger(timestamp) || (timestamp as number) < 0) refuse('BAD_REQUEST', 'missing or invalid timestamp');
-    checkClock(timestamp as number, now);
-    const parsed = parseReportedPaths(body.paths);
-    if (!parsed.ok) refuse('BAD_REQUEST', `invalid path report: ${parsed.reason}`);
+    // Reading and checking up to 64 KiB and 256 IDs costs about a signature check: a body that
+    // turns out malformed spends the same budget as a bad signature, checked before it is read.
     signatures.check(req);
+    let body: Body;
+    let parsed: { ok: true; paths: ReportedPath[] } | { ok: false; reason: string };
+    try {
+      body = await readJson(req, MAX_REPORT_BYTES);
+      parsed = parseReportedPaths(body.paths);
+    } catch (e) {
+      signatures.failed(req);
+      throw e;
+    }
+    const timestamp = body.timestamp;
+    if (!parsed.ok || !Number.isSafeInteger(timestamp) || (timestamp as number) < 0) {
+      signatures.failed(req);
+      refuse('BAD_REQUEST', `invalid path report: ${parsed.ok ? 'missing or invalid timestamp' : parsed.reason}`);
+    }
+    checkClock(timestamp as number, now);
     if (!verifyAgentSignature(id, pathReportMessage(network, id, timestamp as number, parsed.paths), body.signature, fleet.currentKey(id))) {
       signatures.failed(req);
       refuse('BAD_SIGNATURE', "the path report does not verify with the agent's current key");
