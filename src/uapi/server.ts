@@ -13,6 +13,8 @@ export const WG_SOCKET_DIR = '/var/run/wireguard';
 const MAX_CONNECTIONS = 32;
 /** A connection that sends no complete request for this long is closed (wg sends its whole request at once). */
 const IDLE_TIMEOUT_MS = 10_000;
+/** Request bytes held for all connections together: four requests of the largest size at once. */
+const MAX_BUFFERED_BYTES = 4 * LIMITS.requestBytes;
 
 /**
  * The UAPI socket's directory: AGENTVPN_WG_RUN_DIR, else beside a relocated AGENTVPN_RUN_DIR
@@ -73,6 +75,8 @@ export class UapiServer {
   private server: Server | null = null;
   private readonly conns = new Set<Conn>();
   private queue: Promise<void> = Promise.resolve();
+  /** Bytes of unfinished and queued requests, all connections together. */
+  private buffered = 0;
 
   constructor(private readonly opts: UapiServerOptions) {
     this.path = uapiSocketPath(opts.iface, opts.dir);
@@ -136,7 +140,10 @@ export class UapiServer {
     this.conns.add(conn);
     socket.setEncoding('latin1'); // bytes stay bytes: a non-ASCII line is just an unknown key
     socket.setTimeout(IDLE_TIMEOUT_MS, () => socket.destroy());
-    socket.on('close', () => this.conns.delete(conn));
+    socket.on('close', () => {
+      this.conns.delete(conn);
+      if (!conn.busy) this.release(conn); // a request in the queue stays counted until it is done
+    });
     socket.on('error', () => {}); // a client gone mid-answer must not take the daemon down
     socket.on('data', (chunk: string) => {
       conn.buf += chunk;
@@ -154,10 +161,13 @@ export class UapiServer {
     while (!conn.busy && !conn.socket.destroyed) {
       const nl = buf.indexOf('\n', pos);
       const pending = (nl < 0 ? buf.length : nl) - pos;
-      if (pending > LIMITS.lineBytes || conn.bytes + pending > LIMITS.requestBytes) return this.oversize(conn);
+      if (pending > LIMITS.lineBytes || conn.bytes + pending > LIMITS.requestBytes || this.buffered + pending > MAX_BUFFERED_BYTES) {
+        return this.oversize(conn);
+      }
       if (nl < 0) break;
       const line = buf.slice(pos, nl);
       conn.bytes += nl + 1 - pos;
+      this.buffered += nl + 1 - pos;
       pos = nl + 1;
       if (conn.op === null) {
         if (line === 'get=1') conn.op = 'get';
@@ -185,6 +195,8 @@ export class UapiServer {
     this.stats.oversize++;
     conn.busy = true;
     conn.buf = '';
+    conn.lines = [];
+    this.release(conn);
     conn.socket.pause();
     this.answer(conn, `errno=-${ERRNO.EMSGSIZE}\n\n`);
     conn.socket.end();
@@ -201,24 +213,42 @@ export class UapiServer {
     conn.busy = true;
     conn.socket.pause();
     void result.then((r) => {
+      let flushed: boolean;
       if (r instanceof UapiError) {
         this.stats.refused++;
         this.opts.log.warn({ iface: this.opts.iface, errno: r.errno, reason: r.message }, 'UAPI request refused');
-        this.answer(conn, `errno=-${r.errno}\n\n`);
+        flushed = this.answer(conn, `errno=-${r.errno}\n\n`);
       } else {
-        this.answer(conn, `${r}errno=0\n\n`);
+        flushed = this.answer(conn, `${r}errno=0\n\n`);
       }
       conn.op = null;
       conn.lines = [];
-      conn.bytes = 0;
-      conn.busy = false;
-      conn.socket.resume();
-      this.drain(conn);
+      this.release(conn);
+      // The next request is read once the answer is out: a client that never reads its answers
+      // cannot make us queue them.
+      const next = () => {
+        conn.busy = false;
+        conn.socket.resume();
+        this.drain(conn);
+      };
+      if (flushed) next();
+      else conn.socket.once('drain', next);
     });
   }
 
-  private answer(conn: Conn, text: string): void {
-    if (conn.socket.writable) conn.socket.write(text, 'latin1');
+  private release(conn: Conn): void {
+    this.buffered -= conn.bytes;
+    conn.bytes = 0;
+  }
+
+  /** Bytes of requests held in memory now (all connections). */
+  get bufferedBytes(): number {
+    return this.buffered;
+  }
+
+  /** False when the answer waits in our memory for the client to read it. */
+  private answer(conn: Conn, text: string): boolean {
+    return conn.socket.writable ? conn.socket.write(text, 'latin1') : true;
   }
 
   private async get(): Promise<string | UapiError> {

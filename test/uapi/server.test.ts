@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { generatePrivateKey, publicKeyOf } from '../../src/crypto/x25519.js';
 import { encodeKey } from '../../src/crypto/keys.js';
-import { LIMITS } from '../../src/uapi/protocol.js';
+import { LIMITS, serializeGet } from '../../src/uapi/protocol.js';
 import { UapiServer } from '../../src/uapi/server.js';
 import { MemoryTarget } from './memory-target.js';
 
@@ -48,6 +48,7 @@ function exchange(path: string, data: string | Buffer, until?: RegExp, timeoutMs
 }
 
 const ANSWER_END = /errno=-?\d+\n\n$/;
+const serializeGetSize = (t: MemoryTarget) => serializeGet(t.state()).length;
 
 async function waitUntil(cond: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
   const end = Date.now() + timeoutMs;
@@ -133,6 +134,40 @@ describe('UAPI socket server', () => {
     expect(server.stats.connectionsShed).toBe(8);
     for (const s of held) s.destroy();
     await waitUntil(async () => (await exchange(server.path, 'get=1\n\n', ANSWER_END, 500)) === 'errno=0\n\n');
+  });
+
+  it('bounds what all connections hold together: four full-size requests at once, the fifth is refused', async () => {
+    const { server } = await serve('uapitotal0');
+    const line = 'allowed_ip=10.0.0.0/8\n';
+    const nearlyFull = `set=1\npublic_key=${'22'.repeat(32)}\n${line.repeat(Math.floor((LIMITS.requestBytes - 200) / line.length))}`;
+    const open: import('node:net').Socket[] = [];
+    for (let i = 0; i < 4; i++) {
+      const s = connect(server.path);
+      s.on('error', () => {});
+      open.push(s);
+      await new Promise<void>((resolve) => s.write(nearlyFull, () => resolve()));
+    }
+    await waitUntil(() => server.bufferedBytes > 3.9 * LIMITS.requestBytes);
+    const fifth = await exchange(server.path, nearlyFull, ANSWER_END, 5000);
+    console.log(`4 unfinished requests of ${(nearlyFull.length / 1e6).toFixed(1)} MB held (${(server.bufferedBytes / 1e6).toFixed(1)} MB); a fifth: "${fifth.trim()}"`);
+    expect(fifth).toBe('errno=-90\n\n');
+    for (const s of open) s.destroy();
+    await waitUntil(() => server.bufferedBytes === 0);
+  });
+
+  it('a client that never reads its answers gets no more answered', async () => {
+    const target = new MemoryTarget();
+    const { server } = await serve('uapiread0', target);
+    for (let i = 0; i < 2000; i++) target.upsertPeer({ publicKey: Buffer.alloc(32, 0).fill(i & 255, 0, 1).fill(i >> 8, 1, 2), remove: false, updateOnly: false, allowedIps: [] });
+    const s = connect(server.path);
+    s.on('error', () => {});
+    s.pause(); // reads nothing
+    s.write('get=1\n\n'.repeat(200));
+    await new Promise((r) => setTimeout(r, 1500));
+    const answered = server.stats.gets;
+    console.log(`200 gets pipelined by a client that does not read: ${answered} answered (${(serializeGetSize(target) / 1e3).toFixed(0)} kB each)`);
+    expect(answered).toBeLessThan(20);
+    s.destroy();
   });
 
   it('refuses to start over a live socket, replaces a stale one', async () => {
