@@ -11,7 +11,7 @@ import type { UapiTarget } from './target.js';
 export const WG_SOCKET_DIR = '/var/run/wireguard';
 /** Connections at once: wg(8) opens one per command; more than this is a runaway script. */
 const MAX_CONNECTIONS = 32;
-/** A connection that sends no complete request for this long is closed (wg sends its whole request at once). */
+/** A connection idle this long (nothing read or written) is closed: wg sends its whole request at once. */
 const IDLE_TIMEOUT_MS = 10_000;
 /** Request bytes held for all connections together: four requests of the largest size at once. */
 const MAX_BUFFERED_BYTES = 4 * LIMITS.requestBytes;
