@@ -72,11 +72,18 @@ export class ControlStreamConnection {
   private done = false;
   private buf = '';
 
-  constructor(private readonly sock: Socket, private readonly id: number, private readonly iface: string) {
+  /** `early`: what came after the ok answer in the same read (the first events, say). */
+  constructor(private readonly sock: Socket, private readonly id: number, private readonly iface: string, early = '') {
     sock.on('data', (chunk: string) => this.onData(chunk));
     sock.on('error', (e: NodeJS.ErrnoException) => this.fail(connectError(iface, e)));
     sock.on('close', () => this.fail(new AgentVpnError('DAEMON_CLOSED', `the agentvpn daemon for interface ${iface} closed the event stream`,
       'it may have exited or restarted: check `agentvpn status`, then subscribe again')));
+    if (early) this.onData(early);
+  }
+
+  /** Events read from the socket and not yet taken by next(). */
+  get unreadCount(): number {
+    return this.unread.length;
   }
 
   /** The next event, or null once close() was called; throws when the daemon ended the stream. */
@@ -178,10 +185,7 @@ export function openDaemonStream(iface: string, method: string, params?: unknown
       clearTimeout(timer);
       sock.off('data', onData);
       sock.removeAllListeners('error').removeAllListeners('close');
-      const stream = new ControlStreamConnection(sock, id, iface);
-      const rest = buf.slice(nl + 1);
-      if (rest) sock.emit('data', rest); // events that came in the same chunk as the answer
-      resolve({ accepted: res.result, stream });
+      resolve({ accepted: res.result, stream: new ControlStreamConnection(sock, id, iface, buf.slice(nl + 1)) });
     };
     sock.setEncoding('utf8');
     sock.on('connect', () => sock.write(JSON.stringify({ id, method, params: params ?? {} }) + '\n'));

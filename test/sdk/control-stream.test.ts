@@ -6,6 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { ControlServer } from '../../src/daemon/control-server.js';
 import { CONTROL_STREAM, MAX_STREAM_QUEUE_BYTES, MAX_STREAM_STALL_MS, type ControlStream, type StreamSink } from '../../src/daemon/control-stream.js';
 import { controlSocketPath } from '../../src/daemon/paths.js';
+import { openDaemonStream } from '../../src/daemon/control-client.js';
 
 /** A stream the test drives by hand: the server's side of streaming, without the event hub's budget. */
 class HandStream implements ControlStream {
@@ -107,6 +108,32 @@ describe('control socket streams', () => {
     console.log(`slow subscriber: ${delivered} delivered + lagged marker dropped=${lagged.event.dropped}`);
     expect(lagged).toMatchObject({ id: 1, event: { type: 'lagged', dropped: eventsDropped } });
     expect(delivered + lagged.event.dropped).toBe(EVENTS);
+  });
+
+  it("the TS client that is not read stops reading the socket (at 1,024 unread): the daemon's bound takes over, then lagged", async () => {
+    const { server, streams } = await serve('client0');
+    const { stream } = await openDaemonStream('client0', 'events');
+    const EVENTS = 40_000;
+    const event = JSON.stringify({ type: 'peer.online', at: 0, id: 'x'.repeat(60), name: 'n', ipv4: '', ipv6: '', pad: 'p'.repeat(100) });
+    for (let i = 0; i < EVENTS; i++) {
+      streams[0].sink!.send(event);
+      if (i % 500 === 0) await tick();
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    const { eventsDropped, queuedBytes } = server.streamsStatus();
+    console.log(`unread TS client: ${stream.unreadCount} events held by the client, ${eventsDropped} of ${EVENTS} dropped by the daemon, ${(queuedBytes / 1024).toFixed(0)} KB queued there`);
+    expect(stream.unreadCount).toBeLessThanOrEqual(2048); // 1,024 and what the last read carried
+    expect(eventsDropped).toBeGreaterThan(0);
+    let delivered = 0;
+    let lagged = 0;
+    while (delivered + lagged < EVENTS) {
+      const ev = (await stream.next())!;
+      if (ev.type === 'lagged') lagged += ev.dropped;
+      else delivered++;
+    }
+    expect(lagged).toBe(eventsDropped);
+    stream.close();
+    expect(await stream.next()).toBeNull();
   });
 
   it('a subscriber stalled past MAX_STREAM_STALL_MS is ended and frees its connection', async () => {
