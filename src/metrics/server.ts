@@ -11,6 +11,18 @@ import type { MetricsListen } from './listen.js';
  * every few seconds or more, so no real scraper sees the reuse.
  */
 export const RENDER_REUSE_MS = 500;
+/**
+ * A render is reused for at least this many times as long as it took: a big fleet (1,000 peers
+ * take ~160 ms here) stretches the window, so a flood of scrapes costs at most about a tenth of
+ * a core whatever the fleet's size.
+ */
+export const RENDER_COST_FACTOR = 10;
+
+/** How long renders are reused (tests turn the reuse off to compare). */
+export interface RenderReuse {
+  minMs: number;
+  costFactor: number;
+}
 /** Open connections at most: a scraper keeps one alive; a few more for curl and a second Prometheus. */
 const MAX_CONNECTIONS = 16;
 /** A scrape request is one small GET: whoever is slower than this holds a connection for nothing. */
@@ -34,7 +46,8 @@ type Refusal = 'not-found' | 'method' | 'render-failed';
  */
 export class MetricsServer {
   private server: Server | null = null;
-  private last: { at: number; text: string } | null = null;
+  /** The last render: when it finished, how long it took, its text. */
+  private last: { at: number; tookMs: number; text: string } | null = null;
   private rendering: Promise<string> | null = null;
   private readonly refused: Counter<'reason'>;
 
@@ -42,7 +55,7 @@ export class MetricsServer {
     private readonly registry: Registry,
     private readonly listen: MetricsListen,
     private readonly log: MetricsLog,
-    private readonly reuseMs = RENDER_REUSE_MS,
+    private readonly reuse: RenderReuse = { minMs: RENDER_REUSE_MS, costFactor: RENDER_COST_FACTOR },
   ) {
     this.refused = new Counter({
       name: 'agentvpn_metrics_requests_refused_total', help: 'Requests to the metrics endpoint not answered with metrics, by reason', labelNames: ['reason'], registers: [registry],
@@ -107,13 +120,16 @@ export class MetricsServer {
     res.end();
   }
 
-  /** The registry's text: one collection in flight at a time, reused for `reuseMs`. */
+  /** The registry's text: one collection in flight at a time, then reused (checked before any collecting). */
   private render(): Promise<string> {
-    if (this.last && performance.now() - this.last.at < this.reuseMs) return Promise.resolve(this.last.text);
+    const last = this.last;
+    if (last && performance.now() - last.at < Math.max(this.reuse.minMs, this.reuse.costFactor * last.tookMs)) return Promise.resolve(last.text);
     this.rendering ??= (async () => {
       try {
+        const start = performance.now();
         const text = await this.registry.metrics();
-        this.last = { at: performance.now(), text };
+        const at = performance.now();
+        this.last = { at, tookMs: at - start, text };
         return text;
       } finally {
         this.rendering = null;

@@ -2,7 +2,7 @@ import { request } from 'node:http';
 import { connect } from 'node:net';
 import { Gauge, Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
-import { RENDER_REUSE_MS, MetricsServer } from '../../src/metrics/server.js';
+import { RENDER_REUSE_MS, MetricsServer, type RenderReuse } from '../../src/metrics/server.js';
 
 const silent = { info() {}, warn() {} };
 
@@ -32,9 +32,9 @@ afterEach(async () => {
   for (const s of servers.splice(0)) await s.stop();
 });
 
-async function start(registry: Registry, reuseMs?: number): Promise<MetricsServer> {
+async function start(registry: Registry, reuse?: RenderReuse): Promise<MetricsServer> {
   // Port 0 (any free one) is no valid --metrics value, but the server takes it.
-  const s = new MetricsServer(registry, { host: '127.0.0.1', port: 0, loopback: true }, silent, reuseMs);
+  const s = new MetricsServer(registry, { host: '127.0.0.1', port: 0, loopback: true }, silent, reuse);
   await s.start();
   servers.push(s);
   return s;
@@ -76,13 +76,39 @@ describe('metrics server', () => {
     const seconds = (performance.now() - t0) / 1000;
     // Without the reuse (what a plain prom-client endpoint does): one collection per request.
     const without = countedRegistry();
-    const b = await start(without.registry, 0);
+    const b = await start(without.registry, { minMs: 0, costFactor: 0 });
     expect(await flood(b.port, requests)).toBe(requests);
     console.log(`${requests} scrapes in ${seconds.toFixed(2)} s: ${withReuse.collections()} collections with reuse, ${without.collections()} without`);
     expect(without.collections()).toBe(requests);
     // One per 500 ms window at most (plus one at each window's edge).
     expect(withReuse.collections()).toBeLessThanOrEqual(Math.ceil(seconds / 0.5) + 2);
     expect(withReuse.collections()).toBeLessThan(requests / 10);
+  });
+
+  it('a slow collection (a big fleet) stretches the window: a flood keeps collecting to about a tenth of the time', async () => {
+    /** A registry whose collection takes ~150 ms of CPU, and the share of wall time spent in it under a flood. */
+    const busyShare = async (reuse?: RenderReuse) => {
+      const registry = new Registry();
+      let busy = 0;
+      new Gauge({
+        name: 'test_slow', help: 'a slow collection', registers: [registry],
+        collect() {
+          const t = performance.now();
+          while (performance.now() - t < 150);
+          busy += performance.now() - t;
+          this.set(1);
+        },
+      });
+      const s = await start(registry, reuse);
+      const t0 = performance.now();
+      while (performance.now() - t0 < 3_000) await Promise.all(Array.from({ length: 20 }, () => get(s.port, '/metrics')));
+      return busy / (performance.now() - t0);
+    };
+    const stretched = await busyShare();
+    const fixed = await busyShare({ minMs: RENDER_REUSE_MS, costFactor: 0 });
+    console.log(`a 150 ms collection under a 3 s flood: ${(stretched * 100).toFixed(0)} % of the time collecting with the window stretched, ${(fixed * 100).toFixed(0)} % with a fixed 500 ms window`);
+    expect(stretched).toBeLessThan(0.15);
+    expect(fixed).toBeGreaterThan(0.2);
   });
 
   it('holds at most 16 connections; idle ones past that are closed at once', async () => {
