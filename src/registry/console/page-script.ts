@@ -15,7 +15,7 @@ const BACKOFF_MAX_MS = 30000;
 const STREAM_IDLE_MS = 45000;
 /** Changes arriving within this window are drawn together (a fleet restarting sends thousands). */
 const RENDER_COALESCE_MS = 50;
-const S = { network: '', views: new Map(), members: new Map(), paths: {}, skew: 0, stream: null, backoff: BACKOFF_MIN_MS, retry: null, poll: null, live: false, changed: new Set(), renderQueued: false };
+const S = { network: '', views: new Map(), members: new Map(), paths: {}, skew: 0, stream: null, backoff: BACKOFF_MIN_MS, retry: null, poll: null, changed: new Set(), renderQueued: false };
 const ATTRS = new Set(['class', 'title', 'type', 'id', 'for', 'autocomplete', 'placeholder', 'name', 'colspan', 'value', 'aria-live']);
 
 function el(tag, props) {
@@ -89,7 +89,6 @@ function stopLive() {
   setLive(false, 'not connected');
 }
 function setLive(on, text) {
-  S.live = on;
   const e = $('live');
   e.className = 'live ' + (on ? 'on' : 'off');
   e.textContent = text;
