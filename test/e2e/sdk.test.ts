@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Lab, runCommand, startLabAgent, startLabRegistry, waitFor, waitForFleet, type LabAgent, type LabProcess, type LabRegistry } from '../../src/lab/index.js';
+import { AGENTVPN_BIN, Lab, LabAgent, runCommand, startLabAgent, startLabRegistry, waitFor, waitForFleet, type LabProcess, type LabRegistry } from '../../src/lab/index.js';
 import { connect, type AgentVpn, type DaemonEvent, type DeviceStatus } from '../../src/index.js';
 import { labReady } from './checks.js';
 
@@ -9,8 +9,8 @@ import { labReady } from './checks.js';
  * The SDKs against real daemons: a registry and three agents behind one router. The examples
  * (TS and Python) find the `llm.inference` worker and call it over the overlay; the event
  * iterators (TS in this process, Python in the planner's namespace) see the direct path fall
- * back to the relay when the router drops the agents' UDP, come back when it heals, and a peer
- * go offline when its daemon stops.
+ * back to the relay when the router drops the agents' UDP, come back when it heals, a peer go
+ * offline when its daemon stops, and a trust alert when a new machine takes its name.
  */
 const REPO = new URL('../../', import.meta.url).pathname;
 const REGISTRY = '203.0.113.10';
@@ -87,14 +87,14 @@ describe.runIf(labReady(['ip', 'iptables', 'python3']))('SDK against a real daem
     expect(JSON.parse(py.stdout)).toEqual([workerIp, 2, 'planner']);
   });
 
-  it('the event iterators report a path falling back to the relay and back to direct, and a peer going offline', async () => {
+  it('the event iterators report a path falling back to the relay and back to direct, a peer going offline, a trust alert', async () => {
     vpn = await connect({ socketPath: join(agents.planner.runDir, 'agentvpn0.sock') });
     const stream = vpn.events();
     await stream.opened;
     tsLoop = (async () => {
       for await (const ev of stream) {
         tsEvents.push(ev);
-        if (ev.type === 'peer.offline' && ev.name === 'spare') break; // leaving the loop closes the stream
+        if (ev.type === 'trust.alert' && ev.name === 'spare') break; // leaving the loop closes the stream
       }
       return 'left the loop';
     })().catch((e: unknown) => e); // a failed test stops the daemons under the loop: no unhandled rejection
@@ -123,6 +123,14 @@ describe.runIf(labReady(['ip', 'iptables', 'python3']))('SDK against a real daem
     await lab.kill(agents.spare.proc!);
     const spareOffline = (e: DaemonEvent) => e.type === 'peer.offline' && e.name === 'spare';
     await seenBoth('spare offline', spareOffline, 20_000);
+
+    // A new machine takes the freed name spare with another key: the planner's trust store (TOFU) refuses it.
+    await lab.run(registry.ns, [process.execPath, AGENTVPN_BIN, 'registry', 'agent', 'remove', 'spare', '--db', registry.db, '--network', registry.network]);
+    const old = agents.spare;
+    await startLabAgent(lab, old.ns, 'spare', registry, { agent: new LabAgent(lab, 'spare', old.ns, join(lab.dir, 'state-spare-new'), join(lab.dir, 'run-spare-new')) });
+    const alert = (e: DaemonEvent) => e.type === 'trust.alert' && e.name === 'spare';
+    await seenBoth('trust alert for spare', alert, 20_000);
+    expect(tsEvents.find(alert)).toMatchObject({ state: 'changed', alert: expect.stringContaining('spare') });
     expect(await tsLoop).toBe('left the loop');
     console.log(`events seen: TS ${tsEvents.map((e) => e.type).join(', ')}; Python ${pyLines().map((e) => e.type).join(', ')}`);
     await lab.kill(pyEvents);
