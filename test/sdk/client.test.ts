@@ -128,6 +128,11 @@ for ev in events:
     seen.append(ev)
     break
 out["events"] = seen
+with vpn.events(types=["trust.alert"]) as quiet:
+    try:
+        quiet.next(timeout=0.2)
+    except TimeoutError:
+        out["timeout"] = True
 print(json.dumps(out), flush=True)
 `;
     const run = python(script);
@@ -140,6 +145,7 @@ print(json.dumps(out), flush=True)
       error: ['NAME_NOT_FOUND', expect.stringContaining('agentvpn peers')],
       absent: ['DAEMON_NOT_RUNNING', expect.stringContaining('sudo agentvpn up')],
       events: [{ type: 'peer.offline', name: 'worker' }],
+      timeout: true,
     });
     await vi.waitFor(() => expect(hub.subscriberCount).toBe(0));
   });

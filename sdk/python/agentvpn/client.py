@@ -87,6 +87,8 @@ class EventStream:
                 raise StopIteration
             try:
                 line = self._lines.read()
+            except socket.timeout:
+                raise  # next(timeout=...) turns it into TimeoutError; the stream stays usable
             except OSError as e:
                 self.close()
                 raise AgentVpnError("DAEMON_CLOSED", f"the event stream of interface {self._iface} broke: {e}",
