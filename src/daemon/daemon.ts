@@ -101,7 +101,7 @@ export class Daemon {
       // The control socket first: it refuses to start when a daemon already owns this interface.
       this.control = new ControlServer(iface, {
         ...this.opts.handlers,
-        status: async () => ({ ...this.status(), firewall: await this.firewall?.status(), alerts: this.opts.alerts?.() }),
+        status: async () => ({ ...this.status(), firewall: await this.firewall?.status(), alerts: this.opts.alerts?.(), eventStreams: this.control?.streamsStatus() }),
         // The same path as SIGTERM, so whoever owns the process (up, fleet mode) cleans up everything.
         shutdown: () => {
           setImmediate(() => process.kill(process.pid, 'SIGTERM'));
