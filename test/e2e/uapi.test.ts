@@ -50,8 +50,19 @@ function expectDumpMatchesStatus(dumpText: string, status: DeviceStatus): void {
   }
 }
 
-async function statusOf(cli: (args: string[]) => Promise<{ stdout: string }>, iface = IFACE): Promise<DeviceStatus> {
-  return JSON.parse((await cli(['status', '--json', '--interface', iface])).stdout) as DeviceStatus;
+/** `agentvpn status --json`; one retry covers a dist/ being rebuilt under us by a parallel build. */
+async function statusOf(cli: (args: string[]) => Promise<{ stdout: string; stderr: string }>, iface = IFACE): Promise<DeviceStatus> {
+  let last = '';
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const r = await cli(['status', '--json', '--interface', iface]);
+    try {
+      return JSON.parse(r.stdout) as DeviceStatus;
+    } catch {
+      last = `${r.stdout}${r.stderr}`.slice(0, 2000);
+      await sleep(500);
+    }
+  }
+  throw new Error(`agentvpn status --json gave no JSON: ${last}`);
 }
 
 /** B's rx bytes from A, as wireguard-go counts them. */
