@@ -113,6 +113,9 @@ describe.runIf(labReady(['ip', 'iptables', 'python3']))('SDK against a real daem
     console.log(`path event after ${((Date.now() - cut) / 1000).toFixed(1)} s: ${JSON.stringify(relayed)}`);
     expect(relayed).toMatchObject({ ipv4: workerIp, endpoint: expect.stringContaining(REGISTRY) });
     expect(await pathToWorker()).toBe('relay');
+    const { eventStreams } = await vpn.status() as DeviceStatus & { eventStreams: { open: number; eventsSent: number; eventsDropped: number } };
+    console.log(`planner's event streams: ${JSON.stringify(eventStreams)}`);
+    expect(eventStreams).toMatchObject({ open: 2, eventsDropped: 0 });
 
     for (const r of rules) await lab.iptables(hub, ['-D', ...r]);
     const toDirect = (e: DaemonEvent) => e.type === 'path.changed' && e.name === 'worker' && e.kind === 'direct' && e.at > relayed.at;
