@@ -312,6 +312,8 @@ export class Daemon {
         handshakes: p.handshakes,
         rxBytes: p.rxBytes,
         txBytes: p.txBytes,
+        rxPackets: p.rxPackets,
+        txPackets: p.txPackets,
         persistentKeepalive: p.persistentKeepalive,
         path: this.magicsock?.pathOf(p.publicKey) ?? undefined,
         dropped: { ...p.dropped },

@@ -297,6 +297,7 @@ export class Device {
       this.sealLens[n] = size;
       this.sealEndpoints[n] = peer.endpoint;
       peer.txBytes += size;
+      peer.txPackets++;
       peer.lastSentAt = now;
       if (peer.unansweredSince === null) {
         peer.unansweredSince = now;
@@ -479,6 +480,7 @@ export class Device {
     }
 
     peer.rxBytes += len;
+    peer.rxPackets++;
     peer.lastReceivedAt = now;
     peer.unansweredSince = null;
     this.maybeRoam(peer, addrs, aOff, from);
@@ -750,6 +752,7 @@ export class Device {
         const size = this.sealPacket(kp, buf, 0, len, out);
         this.sendOne(out.subarray(0, size), peer.endpoint);
         peer.txBytes += size;
+        peer.txPackets++;
         peer.lastSentAt = now;
       }
     }
@@ -766,6 +769,7 @@ export class Device {
     this.sealPacket(kp, EMPTY, 0, 0, out);
     this.sendOne(out, peer.endpoint);
     peer.txBytes += out.length;
+    peer.txPackets++;
     peer.lastSentAt = now;
   }
 

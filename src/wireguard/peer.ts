@@ -41,6 +41,9 @@ export class Peer {
 
   rxBytes = 0;
   txBytes = 0;
+  /** Transport messages (keepalives included) authenticated from / sent to the peer. */
+  rxPackets = 0;
+  txPackets = 0;
   readonly dropped: Record<PeerDropReason, number> = zeroCounters(PEER_DROP_REASONS);
 
   constructor(local: LocalIdentity, opts: PeerOptions) {

@@ -32,6 +32,11 @@ describe('Device over an in-memory link', () => {
     sendFromTun(b, [ipv4Packet([100, 64, 0, 2], [100, 64, 0, 1], Buffer.from('world'))]);
     pump(a, b);
     expect(a.tunOut.map((p) => p.subarray(28).toString())).toEqual(['world']);
+    // One data packet each way, and B's keepalive-free answer: packet counts beside the bytes.
+    const bOnA = a.device.allPeers()[0];
+    expect(bOnA.rxPackets).toBe(1);
+    expect(bOnA.txPackets).toBeGreaterThanOrEqual(1);
+    expect(b.device.allPeers()[0].rxPackets).toBe(bOnA.txPackets);
   });
 
   it('drops replayed, garbage and spoofed-source packets and counts them', () => {
