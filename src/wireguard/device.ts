@@ -1,13 +1,11 @@
 import { AllowedIps } from './allowedips.js';
-import { CookieChecker } from './cookie.js';
 import { DEVICE_DROP_REASONS, zeroCounters, type DeviceDropReason } from './counters.js';
-import { ENDPOINT_SIZE, sourceKey } from '../net/endpoint.js';
+import { ENDPOINT_SIZE } from '../net/endpoint.js';
 import type { Bind, TunDevice } from './bind.js';
 import { UdpEndpoint, type Endpoint } from './endpoint.js';
-import { HandshakeQueue } from './handshake-queue.js';
+import { HandshakeGate } from './handshake-gate.js';
 import type { PacketFilter } from './packet-filter.js';
 import { Keypair } from './keypair.js';
-import { HandshakeLoad } from './load.js';
 import {
   Handshake, LocalIdentity, consumeInitiation, consumeResponse, createInitiation, createResponse, deriveSessionKeys, type SessionKeys,
 } from './noise.js';
@@ -15,7 +13,7 @@ import { Peer, type PeerOptions } from './peer.js';
 import { runPeerTimers, type TimerActions } from './timers.js';
 import {
   COOKIE_REPLY_SIZE, INITIATION_SIZE, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE, MESSAGE_TRANSPORT,
-  HANDSHAKE_QUEUE_KNOWN, HANDSHAKE_QUEUE_OTHERS, HANDSHAKE_TURN_BUDGET_MS, REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES, RESPONSE_SIZE,
+  REJECT_AFTER_MESSAGES, REKEY_AFTER_MESSAGES, RESPONSE_SIZE,
   TRANSPORT_HEADER_SIZE, TRANSPORT_MIN_SIZE, timers,
 } from './constants.js';
 import { randomFill } from '../crypto/aead.js';
@@ -89,10 +87,7 @@ export class Device {
   /** Peers by their endpoint: plain addresses by their 18 address+port bytes (latin1), path-chosen ones by identity. */
   private readonly byAddress = new Map<string, Peer>();
   private readonly byEndpoint = new Map<Endpoint, Peer>();
-  private checker: CookieChecker;
-  private readonly load: HandshakeLoad;
-  private readonly handshakeQueue = new HandshakeQueue(HANDSHAKE_QUEUE_KNOWN, HANDSHAKE_QUEUE_OTHERS);
-  private handshakeTurn: NodeJS.Immediate | null = null;
+  private readonly gate: HandshakeGate;
   private readonly bind: Bind;
   private readonly tun: TunDevice;
   private readonly filter: PacketFilter | null;
@@ -134,8 +129,8 @@ export class Device {
 
   constructor(opts: DeviceOptions) {
     this.local = new LocalIdentity(opts.privateKey);
-    this.checker = new CookieChecker(this.local.publicKey);
-    this.load = new HandshakeLoad(opts.alwaysUnderLoad);
+    this.gate = new HandshakeGate(this.local.publicKey, opts.alwaysUnderLoad, this.dropped, (budgetMs) => this.processHandshakes(budgetMs),
+      (reply, to) => this.sendOne(reply, to));
     this.bind = opts.bind;
     this.tun = opts.tun;
     this.filter = opts.filter ?? null;
@@ -172,9 +167,7 @@ export class Device {
   stop(): void {
     if (this.tickTimer) clearInterval(this.tickTimer);
     this.tickTimer = null;
-    if (this.handshakeTurn) clearImmediate(this.handshakeTurn);
-    this.handshakeTurn = null;
-    this.handshakeQueue.clear();
+    this.gate.clear();
     for (const peer of this.peers.values()) this.expireSessions(peer);
   }
 
@@ -231,7 +224,7 @@ export class Device {
    */
   setPrivateKey(privateKey: Uint8Array): void {
     this.local = new LocalIdentity(privateKey);
-    this.checker = new CookieChecker(this.local.publicKey);
+    this.gate.setPublicKey(this.local.publicKey);
     for (const peer of this.peers.values()) {
       const pending = this.indices.get(peer.handshake.localIndex);
       if (pending && pending.peer === peer && pending.keypair === null) this.indices.delete(peer.handshake.localIndex);
@@ -386,12 +379,12 @@ export class Device {
         this.queueTransport(slab, off, len, addrs, aOff, from, now);
         if (this.openBatch.count === this.openBatch.capacity) this.openQueued(slab, addrs, now);
       } else if (type === MESSAGE_INITIATION && len === INITIATION_SIZE) {
-        this.queueHandshake(this.senderOf(addrs, aOff, from) !== undefined, slab, off, len, addrs, aOff, from, now);
+        this.gate.offer(this.senderOf(addrs, aOff, from) !== undefined, slab, off, len, addrs, aOff, from, now);
       } else if (type === MESSAGE_RESPONSE && len === RESPONSE_SIZE) {
         // A response must answer an initiation of ours: one map lookup before it costs anything more.
         const entry = this.indices.get(slab.readUInt32LE(off + 8));
         if (!entry || entry.keypair) this.dropped.unknownIndex++;
-        else this.queueHandshake(true, slab, off, len, addrs, aOff, from, now);
+        else this.gate.offer(true, slab, off, len, addrs, aOff, from, now);
       } else if (type === MESSAGE_COOKIE_REPLY && len === COOKIE_REPLY_SIZE) {
         this.receiveCookieReply(slab.subarray(off, off + len));
       } else {
@@ -546,84 +539,18 @@ export class Device {
 
   // ---- handshakes ----------------------------------------------------------------------------
 
-  /**
-   * Handshake messages wait in a bounded queue and are worked off in turns of the event loop of at
-   * most HANDSHAKE_TURN_BUDGET_MS, so the data path never waits longer than one turn. Getting in
-   * costs the packet loop the cheapest checks first: room in the lane, then (outside the lane of
-   * known peers' endpoints) the source's door budget, then mac1 (BLAKE2s in C, under a microsecond:
-   * a flood that does not know our public key cannot take room at all), then one copy.
-   */
-  private queueHandshake(known: boolean, slab: Buffer, off: number, len: number, addrs: Buffer, aOff: number, from: Endpoint | null, now: number): void {
-    this.load.arrived(now);
-    if (!this.handshakeQueue.hasRoom(known)) {
-      this.dropped.handshakeShed++;
-      return;
-    }
-    if (!known && !this.load.admitAtDoor(sourceKey(addrs, aOff))) {
-      this.dropped.rateLimited++;
-      return;
-    }
-    if (!this.checker.checkMac1(slab.subarray(off, off + len))) {
-      this.dropped.badMac1++;
-      return;
-    }
-    this.handshakeQueue.push(known, slab, off, len, addrs, aOff, from);
-    this.scheduleHandshakeTurn();
-  }
-
-  private scheduleHandshakeTurn(): void {
-    this.handshakeTurn ??= setImmediate(() => {
-      this.handshakeTurn = null;
-      this.processHandshakes(HANDSHAKE_TURN_BUDGET_MS);
-    });
-  }
-
   /** Works off queued handshake messages for up to `budgetMs` (Infinity: all of them; tests use that). */
   processHandshakes(budgetMs = Infinity): void {
-    const start = performance.now();
     const now = Date.now();
-    while (this.handshakeQueue.length > 0 && performance.now() - start < budgetMs) {
-      this.handshakeQueue.drain(8, (msg, source, from) => {
-        if (msg.length === INITIATION_SIZE) this.receiveInitiation(msg, source, 0, from, now);
-        else this.receiveResponse(msg, source, 0, from, now);
-      });
-    }
+    this.gate.drain(budgetMs, (msg, source, from) => {
+      if (msg.length === INITIATION_SIZE) this.receiveInitiation(msg, source, 0, from, now);
+      else this.receiveResponse(msg, source, 0, from, now);
+    });
     this.flushPending(now);
-    if (this.handshakeQueue.length > 0) this.scheduleHandshakeTurn();
-  }
-
-  /**
-   * Common gate for handshake messages (mac1 was checked before they were queued): under load,
-   * mac2 must carry a cookie for the sender's address (else we answer with a cookie) and
-   * per-source rates apply. A relayed message needs no cookie: a cookie proves that the sender
-   * owns its address, and the relay authenticated the sender's key instead.
-   */
-  private admitHandshake(msg: Buffer, addrs: Buffer, aOff: number, from: Endpoint | null, now: number): boolean {
-    if (!this.load.underLoad(now, this.handshakeQueue.pressure)) return true;
-    if (from) {
-      if (this.load.allow(from.rateKey)) return true;
-      this.dropped.rateLimited++;
-      return false;
-    }
-    const source = addrs.subarray(aOff, aOff + 18);
-    if (!this.checker.checkMac2(msg, source, now)) {
-      if (this.load.mayReplyCookie(sourceKey(addrs, aOff))) {
-        this.sendOne(this.checker.createReply(msg, source, now), new UdpEndpoint(addrs, aOff));
-        this.dropped.cookieSent++;
-      } else {
-        this.dropped.cookieShed++;
-      }
-      return false;
-    }
-    if (!this.load.allow(sourceKey(addrs, aOff))) {
-      this.dropped.rateLimited++;
-      return false;
-    }
-    return true;
   }
 
   private receiveInitiation(msg: Buffer, addrs: Buffer, aOff: number, from: Endpoint | null, now: number): void {
-    if (!this.admitHandshake(msg, addrs, aOff, from, now)) return;
+    if (!this.gate.admit(msg, addrs, aOff, from, now)) return;
     const consumed = consumeInitiation(this.local, msg, now);
     if (!consumed) {
       this.dropped.handshakeInvalid++;
@@ -649,7 +576,7 @@ export class Device {
   }
 
   private receiveResponse(msg: Buffer, addrs: Buffer, aOff: number, from: Endpoint | null, now: number): void {
-    if (!this.admitHandshake(msg, addrs, aOff, from, now)) return;
+    if (!this.gate.admit(msg, addrs, aOff, from, now)) return;
     const entry = this.indices.get(msg.readUInt32LE(8));
     if (!entry || entry.keypair) {
       this.dropped.unknownIndex++;
