@@ -51,3 +51,32 @@ export const discoBudget = {
   /** Replay window per peer in counter units (1/16 ms): 256 ms of reordering between the direct and relayed paths. */
   replayWindowBits: 4096,
 };
+
+/**
+ * Home relay choice (relay-choice.ts, relay-probe.ts, relay-links.ts). A relay that stops
+ * answering must be left within 10 s (the issue): it is probed every second, declared dead after
+ * 4 s of silence, and the move (new session, new record, peers told by the registry's event
+ * stream) takes well under a second more.
+ */
+export const relayChoice = {
+  /** STUN probes to our home relay: its liveness. One ~48-byte datagram a second. */
+  homeProbeMs: 1_000,
+  /** STUN probes to the other relays: their RTT is fresh when we must pick the next home. */
+  otherProbeMs: 5_000,
+  /** The home relay is dead after this long without an answer (four probes lost in a row). */
+  deadAfterMs: 4_000,
+  /** Unanswered probes are forgotten after this (a later answer is not a round trip we measured). */
+  probeTimeoutMs: 3_000,
+  /** Weight of a new RTT sample in the smoothed RTT: one slow answer does not move us. */
+  rttSampleWeight: 0.3,
+  /** Hysteresis: another relay becomes home only when both this much faster (ratio) ... */
+  switchFactor: 0.67,
+  /** ... and at least this many ms faster: sub-millisecond differences never move us. */
+  switchMarginMs: 10,
+  /** Relays advertised by the registry that we use, at most (the rest are ignored). */
+  maxAdvertised: 16,
+  /** Links open at once (home and peers' home relays), at most: past that, peers are sent through our home relay. */
+  maxLinks: 8,
+  /** A peer's relay link unused this long is closed (each costs keepalives and a session on that relay). */
+  linkIdleMs: 60_000,
+};

@@ -8,6 +8,7 @@ import { PeerPath } from './peer-path.js';
 import { InboundRelayed, OutboundMixed, RELAY_SLOT } from './relayed-batch.js';
 import { discoBudget, paths as T } from './constants.js';
 import { MAX_PACKET_SIZE, PACKET_HEADER_SIZE, encodeSend } from '../relay/protocol.js';
+import { singleRelay, type RelayRouter } from './relay-links.js';
 
 /** The native calls the socket layer needs (src/tun/native.ts in the daemon, fakes in tests). */
 export interface UdpPort {
@@ -60,7 +61,8 @@ function endpointKey(ep: Buffer, off: number): string {
  */
 export class MagicSock implements Bind {
   private device: Device | null = null;
-  private relay: RelayLink | null = null;
+  /** The relay links: each relayed peer's packets go through its home relay's. */
+  private relays: RelayRouter | null = null;
   private codec: DiscoCodec | null = null;
   private readonly byKey = new Map<string, PeerPath>();
   /** Paths by their direct address (18 bytes as latin1): who a handshake from there is. */
@@ -93,10 +95,10 @@ export class MagicSock implements Bind {
     this.device = device;
   }
 
-  /** Fleet mode: disco sealed with our WireGuard key, and a relay to fall back on. */
-  enablePaths(codec: DiscoCodec, relay: RelayLink | null): void {
+  /** Fleet mode: disco sealed with our WireGuard key, and the relays to fall back on (or one relay for all). */
+  enablePaths(codec: DiscoCodec, relays: RelayRouter | RelayLink | null): void {
     this.codec = codec;
-    this.relay = relay;
+    this.relays = relays === null || 'linkFor' in relays ? relays : singleRelay(relays);
     this.timer ??= setInterval(() => this.tick(Date.now()), T.tickMs);
   }
 
@@ -134,13 +136,13 @@ export class MagicSock implements Bind {
   private sendMixed(slab: Buffer, offsets: Int32Array, lens: Int32Array, endpoints: readonly Endpoint[], count: number): number {
     const now = Date.now();
     const out = this.out.reserve(count);
-    const relay = this.relay;
-    const viaUdp = relay?.state === 'udp';
+    const relays = this.relays;
     let n = 0;
     let sentAlone = 0;
     for (let i = 0; i < count; i++) {
       const ep = endpoints[i];
-      // Only a path has no direct address; without a relay its first candidate is the best guess.
+      // Only a path has no direct address: it goes through its home relay's link; without a relay its first candidate is the best guess.
+      const relay = ep.direct === null && relays ? relays.linkFor(ep as PeerPath, now) : null;
       const direct = ep.direct ?? (relay ? null : (ep as PeerPath).candidates[0] ?? null);
       if (direct !== null) {
         out.offsets[n] = offsets[i];
@@ -152,7 +154,7 @@ export class MagicSock implements Bind {
       const path = ep as PeerPath;
       const packet = slab.subarray(offsets[i], offsets[i] + lens[i]);
       let ok = false;
-      if (relay && viaUdp && packet.length <= MAX_PACKET_SIZE) {
+      if (relay && relay.state === 'udp' && packet.length <= MAX_PACKET_SIZE) {
         const at = i * RELAY_SLOT;
         encodeSend(path.wgKey, packet, out.frames, at);
         out.offsets[n] = at;
@@ -223,8 +225,8 @@ export class MagicSock implements Bind {
       this.receiveDisco(buf.subarray(off, off + len), addrs.subarray(aOff, aOff + ENDPOINT_SIZE), null);
       return true;
     }
-    const relay = this.relay;
-    if (relay && sameEndpoint(relay.endpoint, 0, addrs, aOff) && relay.handleDatagram(buf, off, len)) return true;
+    const relay = this.relays?.linkAt(addrs, aOff);
+    if (relay && relay.handleDatagram(buf, off, len)) return true;
     return this.stunHandler?.(buf, off, len, addrs, aOff) ?? false;
   }
 
@@ -274,14 +276,15 @@ export class MagicSock implements Bind {
 
   // ---- fleet peers ----------------------------------------------------------------------------
 
-  /** Registers or updates a peer's candidates; returns its endpoint for WireGuard (the same object for the peer's life). */
-  upsertPeer(wgKey: Buffer, candidates: Buffer[]): PeerPath {
+  /** Registers or updates a peer's candidates and home relay; returns its endpoint for WireGuard (the same object for the peer's life). */
+  upsertPeer(wgKey: Buffer, candidates: Buffer[], homeRelay: string | null = null): PeerPath {
     const id = wgKey.toString('latin1');
     let path = this.byKey.get(id);
     if (!path) {
       path = new PeerPath(Buffer.from(wgKey));
       this.byKey.set(id, path);
     }
+    path.homeRelay = homeRelay;
     if (path.setCandidates(candidates) || path.lastProbeAt === -Infinity) {
       const p = path;
       process.nextTick(() => this.probe(p, Date.now()));
@@ -299,7 +302,8 @@ export class MagicSock implements Bind {
   }
 
   pathOf(wgKey: Uint8Array): ReturnType<PeerPath['describe']> | null {
-    return this.byKey.get(Buffer.from(wgKey).toString('latin1'))?.describe(this.relay?.name ?? null) ?? null;
+    const path = this.byKey.get(Buffer.from(wgKey).toString('latin1'));
+    return path?.describe(this.relays?.nameFor(path) ?? null) ?? null;
   }
 
   /** Disco pings over the peer's current path, like `tailscale ping`. */
@@ -317,7 +321,7 @@ export class MagicSock implements Bind {
         });
       });
       out.push(reply
-        ? { seq, path: reply.endpoint ? 'direct' : 'relay', endpoint: reply.endpoint ? formatEndpoint(reply.endpoint) : this.relay?.name ?? 'relay', rttMs: Math.round(reply.rttMs * 100) / 100 }
+        ? { seq, path: reply.endpoint ? 'direct' : 'relay', endpoint: reply.endpoint ? formatEndpoint(reply.endpoint) : this.relays?.nameFor(path) ?? 'relay', rttMs: Math.round(reply.rttMs * 100) / 100 }
         : { seq, timeout: true });
       if (seq < count) await new Promise((r) => setTimeout(r, T.pingCommandIntervalMs));
     }
@@ -331,7 +335,7 @@ export class MagicSock implements Bind {
     if (!msg) return;
     this.stats.discoOut++;
     if (to === null) {
-      this.relay?.send(path.wgKey, msg);
+      this.relays?.linkFor(path, Date.now())?.send(path.wgKey, msg);
       return;
     }
     this.oneLens[0] = msg.length;
@@ -354,7 +358,7 @@ export class MagicSock implements Bind {
     if (!this.codec || !this.byKey.has(path.wgKey.toString('latin1'))) return;
     path.lastProbeAt = now;
     for (const c of path.candidates) this.sendPing(path, c, now);
-    if (this.relay) {
+    if (this.relays) {
       this.sendDisco(path, null, { type: 'call-me-maybe', candidates: this.localCandidates });
       this.sendPing(path, null, now);
     }

@@ -21,6 +21,8 @@ export class PeerPath implements Endpoint {
   /** First liveness ping on the direct path still without an answer; null when all were answered. */
   directUnansweredSince: number | null = null;
   lastCallMeMaybeAt = -Infinity;
+  /** The relay the peer's record names as its home (where it is reached when relayed); null: ours. */
+  homeRelay: string | null = null;
   /** Last time the device sent this peer anything through the relay (a reason to probe). */
   lastRelayedSendAt = 0;
   /** Disco counters seen from this peer: each message is accepted once. */

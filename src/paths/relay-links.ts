@@ -1,0 +1,121 @@
+import { sameEndpoint } from '../net/endpoint.js';
+import { relayChoice as C } from './constants.js';
+import type { RelayLink } from './magicsock.js';
+import type { PeerPath } from './peer-path.js';
+
+/** How the Bind finds the relay link for a relayed peer, and the link a relay frame came in on. */
+export interface RelayRouter {
+  /** The link a peer's relayed packets go through now (its home relay's, opened on demand), or null: no relay. */
+  linkFor(path: PeerPath, now: number): RelayLink | null;
+  /** The name of the relay linkFor would use, without opening anything (for status). */
+  nameFor(path: PeerPath): string | null;
+  /** The link whose relay sent the datagram from addrs[off], if any. */
+  linkAt(addrs: Buffer, off: number): RelayLink | null;
+}
+
+/** A relay link with a lifecycle (src/relay/client.ts's RelayClient). */
+export interface ManagedLink extends RelayLink {
+  start(): void;
+  stop(): void;
+}
+
+/** One relay, the network's only one: every peer goes through it (also the fakes in tests). */
+export function singleRelay(link: RelayLink): RelayRouter {
+  return {
+    linkFor: () => link,
+    nameFor: () => link.name,
+    linkAt: (addrs, off) => (sameEndpoint(link.endpoint, 0, addrs, off) ? link : null),
+  };
+}
+
+interface Entry<L> {
+  link: L;
+  lastUsedAt: number;
+}
+
+function isUp(link: RelayLink): boolean {
+  return link.state === 'udp' || link.state === 'tcp';
+}
+
+/**
+ * The relay links an agent holds, as Tailscale holds DERP connections: one to its home relay
+ * (where its peers reach it), and one to the home relay of each peer it sends to (opened on
+ * demand, at most `maxLinks` in all, closed when unused for `linkIdleMs`). A peer whose record
+ * names no relay, or one not advertised to us, is sent through our home relay (one-relay
+ * networks, older agents). While a peer's relay does not answer (it died, the peer is moving),
+ * its packets go through our home relay, where the peer has a session as long as it talks to us.
+ */
+export class RelayLinks<L extends ManagedLink> implements RelayRouter {
+  private readonly entries = new Map<string, Entry<L>>();
+  private home: Entry<L> | null = null;
+  private homeName: string | null = null;
+
+  /** `advertised`: relay names we may open; `open` makes a (not yet started) link to one. */
+  constructor(private readonly advertised: ReadonlySet<string>, private readonly open: (name: string) => L) {}
+
+  get homeRelay(): string | null {
+    return this.homeName;
+  }
+
+  /** Makes `name` our home relay (opening its link if needed); the previous home's link stays until idle. */
+  setHome(name: string, now: number): void {
+    if (name === this.homeName || !this.advertised.has(name)) return;
+    this.homeName = name;
+    this.home = this.entries.get(name) ?? this.add(name, now);
+    this.home.lastUsedAt = now;
+  }
+
+  linkFor(path: PeerPath, now: number): RelayLink | null {
+    const home = this.home;
+    const name = path.homeRelay;
+    let e = name === null || name === this.homeName ? home : this.entries.get(name) ?? this.openOnDemand(name, now);
+    if (e !== home && home && (!e || !isUp(e.link)) && isUp(home.link)) e = home;
+    if (!e) return home?.link ?? null;
+    e.lastUsedAt = now;
+    return e.link;
+  }
+
+  nameFor(path: PeerPath): string | null {
+    const name = path.homeRelay;
+    const e = name === null ? undefined : this.entries.get(name);
+    return e && isUp(e.link) ? name : this.homeName;
+  }
+
+  linkAt(addrs: Buffer, off: number): RelayLink | null {
+    for (const e of this.entries.values()) if (sameEndpoint(e.link.endpoint, 0, addrs, off)) return e.link;
+    return null;
+  }
+
+  /** Every open link (to re-key them after a rotation, for status). */
+  links(): [string, L][] {
+    return [...this.entries].map(([name, e]) => [name, e.link]);
+  }
+
+  /** Closes peers' relay links unused for linkIdleMs (never the home link). */
+  closeIdle(now: number): void {
+    for (const [name, e] of this.entries) {
+      if (e === this.home || now - e.lastUsedAt < C.linkIdleMs) continue;
+      e.link.stop();
+      this.entries.delete(name);
+    }
+  }
+
+  stop(): void {
+    for (const e of this.entries.values()) e.link.stop();
+    this.entries.clear();
+    this.home = null;
+    this.homeName = null;
+  }
+
+  private openOnDemand(name: string, now: number): Entry<L> | null {
+    if (!this.advertised.has(name) || this.entries.size >= C.maxLinks) return null;
+    return this.add(name, now);
+  }
+
+  private add(name: string, now: number): Entry<L> {
+    const e = { link: this.open(name), lastUsedAt: now };
+    this.entries.set(name, e);
+    e.link.start();
+    return e;
+  }
+}
