@@ -107,7 +107,9 @@ export class RegistryClient {
     const stun = Array.isArray(r.stun) ? r.stun.filter((x) => typeof x === 'string') : [];
     return {
       network: r.network, ipv4: r.ipv4, ipv6: r.ipv6, ulaPrefix: r.ulaPrefix, pool: r.pool, heartbeatIntervalMs: r.heartbeatIntervalMs, offlineAfterMs: r.offlineAfterMs,
-      relays: relays.map((x) => ({ udp: x.udp, ...(x.tcp ? { tcp: x.tcp } : {}) })), stun,
+      relays: relays.map((x) => ({
+        udp: x.udp, ...(x.tcp ? { tcp: x.tcp } : {}), ...(typeof x.name === 'string' ? { name: x.name } : {}), ...(typeof x.region === 'string' ? { region: x.region } : {}),
+      })), stun,
     };
   }
 

@@ -8,6 +8,7 @@ import { AgentVpnError } from '../errors.js';
 import type { KeyStatement } from '../identity/rotation.js';
 import { formatPrefix, parsePrefix, type Prefix } from '../ip/prefix.js';
 import { formatHostPort, type RelayInfo } from '../relay/protocol.js';
+import { BUILTIN_RELAY_NAME, DEFAULT_RELAY_REGION, advertisedRelays } from './relay-list.js';
 import { startRelay, type RelayLimits, type RunningRelay } from '../relay/server.js';
 import { UPGRADE_PATH } from '../relay/tcp.js';
 import { ConnectionGuard } from './connection-guard.js';
@@ -53,6 +54,11 @@ export interface RegistryOptions {
    */
   relay?: boolean;
   relayLimits?: RelayLimits;
+  /** The built-in relay's name and region in the advertised list (default "registry", "default"). */
+  relayName?: string;
+  relayRegion?: string;
+  /** Standalone relays advertised to agents beside the built-in one (relay-list.ts). */
+  relayPeers?: RelayInfo[];
   /** The witness key file (created on first start); default: beside `db`. A registry with neither keeps one in memory. */
   witnessKey?: string;
   /** The host part of the witness's key name (default "registry"). */
@@ -139,6 +145,9 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
   const { host, port } = parseListen(opts.listen ?? '127.0.0.1:0');
   if (!opts.store && !opts.db) throw new AgentVpnError('USAGE', 'the registry needs a database', 'pass --db FILE');
   const tls = opts.tlsCert || opts.tlsKey ? loadTls(opts.tlsCert, opts.tlsKey) : null;
+  // The advertised relays are checked (unique names, at most 16) before anything is opened.
+  const builtinName = { name: opts.relayName ?? BUILTIN_RELAY_NAME, region: opts.relayRegion ?? DEFAULT_RELAY_REGION };
+  const relayPeers = advertisedRelays(opts.relay ?? true ? { ...builtinName, udp: '' } : null, opts.relayPeers ?? []).filter((r) => r.udp !== '');
   const witness = opts.witnessKey || opts.db ? loadWitnessKey(opts.witnessKey ?? witnessKeyFileOf(opts.db!), opts.witnessHost) : ephemeralWitnessKey(opts.witnessHost);
   log.info({ event: 'witness-key', name: witness.name, publicKey: witness.publicKey.toString('base64'), file: witness.file || null, created: witness.created },
     witness.file ? `witness key ${witness.name} (${witness.created ? 'created' : 'loaded'}: ${witness.file})` : `witness key ${witness.name} (in memory only)`);
@@ -212,11 +221,11 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
 
   /** The relay and STUN servers a joining agent is told about, at the host it reached us at. */
   const relayInfo = (req: IncomingMessage): { relays: RelayInfo[]; stun: string[] } => {
-    if (!relayRef) return { relays: [], stun: [] };
+    if (!relayRef) return { relays: relayPeers, stun: [] };
     const h = advertisedHost(req, host);
     const tcp = `${tls ? 'https' : 'http'}://${formatHostPort(h, (server.address() as AddressInfo).port)}${UPGRADE_PATH}`;
     return {
-      relays: [{ udp: formatHostPort(h, relayRef.udpPort), tcp }],
+      relays: [{ udp: formatHostPort(h, relayRef.udpPort), tcp, ...builtinName }, ...relayPeers],
       stun: [formatHostPort(h, relayRef.udpPort), formatHostPort(h, relayRef.stunSecondPort)],
     };
   };

@@ -87,7 +87,7 @@ export class RelayClient {
   private reconnectTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly opts: RelayClientOptions) {
-    this.name = opts.relay.udp;
+    this.name = opts.relay.name ?? opts.relay.udp;
     ({ host: this.udpHost, port: this.udpPort } = parseHostPort(opts.relay.udp, 'relay address'));
     const literal = parseAddress(this.udpHost);
     if (literal) this.ep = makeEndpoint(literal, this.udpPort);

@@ -100,6 +100,10 @@ export interface RelayInfo {
   udp: string;
   /** "http(s)://host:port/v1/relay": the TCP fallback. */
   tcp?: string;
+  /** Its name in the network (agents' records name their home relay by it); absent from older registries: `udp` names it. */
+  name?: string;
+  /** A label for where it is ("eu-west"), shown in status; agents choose by measured RTT, not by label. */
+  region?: string;
 }
 
 export function isRelayFrame(buf: Uint8Array, off: number, len: number): boolean {

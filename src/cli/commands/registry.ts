@@ -4,6 +4,7 @@ import { createLogger, type LogLevel } from '../../util/logger.js';
 import { AgentVpnError } from '../../errors.js';
 import { DEFAULT_NETWORK, DEFAULT_OFFLINE_AFTER_MS, DEFAULT_POOL } from '../../registry/protocol.js';
 import { createJoinToken, startRegistry } from '../../registry/server.js';
+import { parseRelayPeer } from '../../registry/relay-list.js';
 import { createAdminToken } from '../../registry/admin-auth.js';
 import { AdminClient } from '../../registry/admin-client.js';
 import { getPolicy, listAgents, removeAgent, setPolicy, type AgentListing } from '../../registry/operator.js';
@@ -24,6 +25,9 @@ interface ServeArgs extends GlobalArgs {
   'tls-key'?: string;
   'offline-after': number;
   relay: boolean;
+  'relay-peer'?: string[];
+  'relay-name'?: string;
+  'relay-region'?: string;
   'log-level': string;
   'witness-key'?: string;
   'witness-host'?: string;
@@ -70,7 +74,8 @@ async function serve(args: ServeArgs): Promise<void> {
   const metrics = args.metrics ? new RegistryMetrics() : null;
   const registry = await startRegistry({
     listen: args.listen, db: args.db, network: args.network, pool: args.pool, tlsCert: args['tls-cert'], tlsKey: args['tls-key'],
-    offlineAfterMs: Math.round(args['offline-after'] * 1000), relay: args.relay, log, witnessKey: args['witness-key'], witnessHost: args['witness-host'],
+    offlineAfterMs: Math.round(args['offline-after'] * 1000), relay: args.relay, log,
+    relayPeers: (args['relay-peer'] ?? []).map(parseRelayPeer), relayName: args['relay-name'], relayRegion: args['relay-region'], witnessKey: args['witness-key'], witnessHost: args['witness-host'],
     auditDir: args['audit-dir'], requestObserver: metrics?.observe,
   });
   metrics?.watch(registry);
@@ -79,10 +84,12 @@ async function serve(args: ServeArgs): Promise<void> {
     throw e;
   }) : null;
   const relay = registry.relay && { udpPort: registry.relay.udpPort, stunPorts: [registry.relay.udpPort, registry.relay.stunSecondPort] };
-  printResult(args.json, { url: registry.url, port: registry.port, network: args.network, db: args.db, relay, witness: registry.witness, metrics: metricsServer?.url ?? null },
+  const relayPeers = (args['relay-peer'] ?? []).map((t) => parseRelayPeer(t).name);
+  printResult(args.json, { url: registry.url, port: registry.port, network: args.network, db: args.db, relay, relayPeers, witness: registry.witness, metrics: metricsServer?.url ?? null },
     () => `registry listening on ${registry.url} (network ${args.network}, database ${args.db})\n` +
       `audit witness ${registry.witness.name} ${registry.witness.publicKey}\n` +
-      (relay ? `relay and STUN on UDP ${relay.udpPort} (STUN also on ${relay.stunPorts[1]}), relay over TCP at ${registry.url}/v1/relay` : 'relay and STUN off (--no-relay)'));
+      (relay ? `relay and STUN on UDP ${relay.udpPort} (STUN also on ${relay.stunPorts[1]}), relay over TCP at ${registry.url}/v1/relay` : 'relay and STUN off (--no-relay)') +
+      (relayPeers.length ? `\nalso advertising relay(s) ${relayPeers.join(', ')}` : ''));
   const signal = await new Promise<string>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'));
     process.once('SIGINT', () => resolve('SIGINT'));
@@ -291,6 +298,9 @@ export const registryCommand: CommandModule<GlobalArgs, ServeArgs> = {
       .option('tls-key', { type: 'string', describe: 'TLS private key (PEM)' })
       .option('offline-after', { type: 'number', default: DEFAULT_OFFLINE_AFTER_MS / 1000, describe: 'seconds without heartbeat before an agent is offline' })
       .option('relay', { type: 'boolean', default: true, describe: 'run the built-in relay and STUN (UDP on the same port number, STUN also on the next; --no-relay turns them off)' })
+      .option('relay-peer', { type: 'string', array: true, describe: 'also advertise a standalone relay, as NAME=udp://HOST:PORT[,tcp=URL][,region=REGION] (repeat the option); agents choose the nearest' })
+      .option('relay-name', { type: 'string', describe: 'the built-in relay\'s name in the advertised list (default: registry)' })
+      .option('relay-region', { type: 'string', describe: 'the built-in relay\'s region label (default: default)' })
       .option('witness-key', { type: 'string', describe: 'the witness key file that cosigns agents\' audit checkpoints (created with mode 0600 on first start; default: DB.witness-key)' })
       .option('witness-host', { type: 'string', describe: 'the host part of the witness key name (default: registry)' })
       .option('audit-dir', { type: 'string', describe: "the registry's own audit log directory (default: DB.audit)" })
