@@ -1,0 +1,158 @@
+import type { PoolClient } from 'pg';
+import { AgentVpnError } from '../errors.js';
+import { LOGGED_ACTIONS_KEY } from './store.js';
+
+/**
+ * The PostgreSQL registry schema, as numbered migrations. The database records which ran in
+ * `schema_version` (one row per migration); each runs in its own transaction under an advisory
+ * lock, so instances starting together migrate once. An instance refuses a database whose
+ * schema is newer than it knows: it would miss tables and rules the newer one relies on
+ * (replay windows, blocks, the audit queue).
+ *
+ * The tables are SQLite's (sqlite-store.ts) with BIGINT for INTEGER, BOOLEAN for online and
+ * BIGSERIAL for the sequences. On top of them:
+ * - triggers refuse UPDATE, DELETE and TRUNCATE on the append-only audit tables;
+ * - triggers NOTIFY channel `agentvpn_changes` on each change other instances must follow
+ *   (pg-change-feed.ts has the payload table); a NOTIFY is delivered at COMMIT, never for a
+ *   rolled-back transaction.
+ */
+
+/** The channel every instance LISTENs on (pg-change-feed.ts). */
+export const CHANGE_CHANNEL = 'agentvpn_changes';
+
+/** Advisory lock classes (the first key of pg_advisory_xact_lock(int, int)); the second key is hashtext() of the subject. */
+export const LOCK = {
+  /** Per agent ID: its replay window, membership, record and key chain change one transaction at a time. */
+  agent: 1,
+  /** Per agent ID: one audit append at a time. */
+  audit: 2,
+  /** Per network: policy versions. */
+  policy: 3,
+  /** Global: operator_actions rows commit in seq order, so a reader's cursor (seq > N) never skips a late commit. */
+  actions: 4,
+  /** Global: the same for audit_refusals ids (the console reads them by cursor). */
+  refusals: 5,
+  /** Global: migrations. */
+  migrate: 6,
+} as const;
+
+interface Migration {
+  version: number;
+  sql: string;
+}
+
+const APPEND_ONLY = ['audit_entries', 'audit_checkpoints', 'audit_refusals'];
+
+const V1 = `
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE tokens (
+  hash TEXT PRIMARY KEY, network TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT, uses_left BIGINT,
+  tags TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX tokens_by_network ON tokens (network, created_at DESC);
+CREATE TABLE members (
+  id TEXT NOT NULL, network TEXT NOT NULL, name TEXT NOT NULL, ipv4 TEXT NOT NULL, joined_at BIGINT NOT NULL,
+  tags TEXT NOT NULL DEFAULT '[]',
+  PRIMARY KEY (network, id),
+  CONSTRAINT members_name_unique UNIQUE (network, name),
+  CONSTRAINT members_ipv4_unique UNIQUE (network, ipv4)
+);
+CREATE TABLE pools (network TEXT NOT NULL, pool TEXT NOT NULL, next_index BIGINT NOT NULL, PRIMARY KEY (network, pool));
+CREATE TABLE records (
+  id TEXT NOT NULL, network TEXT NOT NULL, json TEXT NOT NULL, signature TEXT NOT NULL, seq BIGINT NOT NULL,
+  last_seen BIGINT NOT NULL, online BOOLEAN NOT NULL DEFAULT true,
+  PRIMARY KEY (network, id),
+  FOREIGN KEY (network, id) REFERENCES members (network, id)
+);
+CREATE TABLE replay_windows (id TEXT PRIMARY KEY, floor BIGINT NOT NULL, used TEXT NOT NULL);
+CREATE TABLE blocked (network TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, blocked_at BIGINT NOT NULL, PRIMARY KEY (network, id));
+CREATE TABLE policies (network TEXT PRIMARY KEY, version BIGINT NOT NULL, text TEXT NOT NULL, set_at BIGINT NOT NULL);
+CREATE TABLE operator_actions (seq BIGSERIAL PRIMARY KEY, network TEXT NOT NULL, action TEXT NOT NULL, id TEXT, at BIGINT NOT NULL, detail TEXT);
+CREATE TABLE admin_tokens (hash TEXT PRIMARY KEY, created_at BIGINT NOT NULL);
+CREATE TABLE key_chains (id TEXT PRIMARY KEY, chain TEXT NOT NULL, key TEXT NOT NULL);
+CREATE TABLE audit_logs (agent TEXT PRIMARY KEY, size BIGINT NOT NULL, frontier TEXT NOT NULL, cosigned TEXT, updated_at BIGINT NOT NULL);
+CREATE TABLE audit_entries (agent TEXT NOT NULL, seq BIGINT NOT NULL, line TEXT NOT NULL, leaf_hash TEXT NOT NULL, PRIMARY KEY (agent, seq));
+CREATE TABLE audit_checkpoints (agent TEXT NOT NULL, size BIGINT NOT NULL, note TEXT NOT NULL, stored_at BIGINT NOT NULL, PRIMARY KEY (agent, size));
+CREATE TABLE audit_refusals (
+  id BIGSERIAL PRIMARY KEY, agent TEXT NOT NULL, network TEXT NOT NULL, at BIGINT NOT NULL, code TEXT NOT NULL, reason TEXT NOT NULL,
+  held BIGINT NOT NULL, size BIGINT, checkpoint TEXT
+);
+
+CREATE FUNCTION agentvpn_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$;
+${APPEND_ONLY.map((t) => `
+CREATE TRIGGER ${t}_append_only BEFORE UPDATE OR DELETE ON ${t} FOR EACH ROW EXECUTE FUNCTION agentvpn_append_only();
+CREATE TRIGGER ${t}_append_only_truncate BEFORE TRUNCATE ON ${t} FOR EACH STATEMENT EXECUTE FUNCTION agentvpn_append_only();`).join('')}
+
+CREATE FUNCTION agentvpn_notify_member() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('${CHANGE_CHANNEL}', json_build_object('t', 'member', 'n', NEW.network, 'i', NEW.id)::text);
+  RETURN NULL;
+END $$;
+CREATE TRIGGER members_notify AFTER INSERT OR UPDATE ON members FOR EACH ROW EXECUTE FUNCTION agentvpn_notify_member();
+
+CREATE FUNCTION agentvpn_notify_record() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'INSERT' OR NEW.seq <> OLD.seq THEN
+    PERFORM pg_notify('${CHANGE_CHANNEL}', json_build_object('t', 'record', 'n', NEW.network, 'i', NEW.id)::text);
+  ELSIF NEW.online <> OLD.online OR NEW.last_seen <> OLD.last_seen THEN
+    PERFORM pg_notify('${CHANGE_CHANNEL}', json_build_object('t', 'live', 'n', NEW.network, 'i', NEW.id, 'o', NEW.online, 's', NEW.last_seen)::text);
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER records_notify AFTER INSERT OR UPDATE ON records FOR EACH ROW EXECUTE FUNCTION agentvpn_notify_record();
+
+CREATE FUNCTION agentvpn_notify_action() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('${CHANGE_CHANNEL}', json_build_object('t', 'action', 'q', NEW.seq)::text);
+  RETURN NULL;
+END $$;
+CREATE TRIGGER operator_actions_notify AFTER INSERT ON operator_actions FOR EACH ROW EXECUTE FUNCTION agentvpn_notify_action();
+
+-- The registry's own audit log starts with this schema: actions taken before it are not logged afterwards.
+INSERT INTO meta (key, value) VALUES ('${LOGGED_ACTIONS_KEY}', '0');
+`;
+
+/** Every migration, oldest first; append only (a released migration never changes). */
+export const MIGRATIONS: readonly Migration[] = [{ version: 1, sql: V1 }];
+
+export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;
+
+/** The version the database is at (0: empty), inside the caller's transaction. */
+async function currentVersion(c: PoolClient): Promise<number> {
+  await c.query('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)');
+  const row = (await c.query<{ v: number | null }>('SELECT MAX(version) AS v FROM schema_version')).rows[0];
+  return row.v ?? 0;
+}
+
+/** Brings the database to SCHEMA_VERSION, one transaction per migration; refuses a newer database. */
+export async function migrate(connect: () => Promise<PoolClient>, migrations: readonly Migration[] = MIGRATIONS): Promise<{ from: number; to: number }> {
+  const latest = migrations[migrations.length - 1].version;
+  let from: number | null = null;
+  for (;;) {
+    const c = await connect();
+    try {
+      await c.query('BEGIN');
+      await c.query('SELECT pg_advisory_xact_lock($1, 0)', [LOCK.migrate]);
+      const version = await currentVersion(c);
+      from ??= version;
+      if (version > latest) {
+        throw new AgentVpnError('REGISTRY_DB_TOO_NEW', `the registry database has schema version ${version}, newer than this agentvpn understands (${latest})`,
+          'run the newer agentvpn version that migrated it (every registry instance on one database must run it), or restore a backup');
+      }
+      const next = migrations.find((m) => m.version > version);
+      if (!next) {
+        await c.query('COMMIT');
+        return { from, to: version };
+      }
+      await c.query(next.sql);
+      await c.query('INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)', [next.version, Date.now()]);
+      await c.query('COMMIT');
+    } catch (e) {
+      await c.query('ROLLBACK').catch(() => undefined);
+      throw e;
+    } finally {
+      c.release();
+    }
+  }
+}
