@@ -32,7 +32,9 @@ import { REFUSALS } from './refusals.js';
 import { LogBudget } from './log-budget.js';
 import { createRoutes } from './routes.js';
 import { SignatureBudget } from './signature-budget.js';
-import { SqliteStore } from './sqlite-store.js';
+import { openStore, sqliteFileOf } from './open-store.js';
+import { PgChangeFeed } from './pg-change-feed.js';
+import { PgStore } from './pg-store.js';
 import { DEFAULT_WITNESS_HOST, ephemeralWitnessKey, loadWitnessKey, witnessKeyFileOf } from './witness-key.js';
 import { WITNESS_HOST_KEY, type RegistryStore } from './store.js';
 
@@ -148,10 +150,12 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
   // The advertised relays are checked (unique names, at most 16) before anything is opened.
   const builtinName = { name: opts.relayName ?? BUILTIN_RELAY_NAME, region: opts.relayRegion ?? DEFAULT_RELAY_REGION };
   const relayPeers = advertisedRelays(opts.relay ?? true ? { ...builtinName, udp: '' } : null, opts.relayPeers ?? []).filter((r) => r.udp !== '');
-  const witness = opts.witnessKey || opts.db ? loadWitnessKey(opts.witnessKey ?? witnessKeyFileOf(opts.db!), opts.witnessHost) : ephemeralWitnessKey(opts.witnessHost);
+  // A database URL has no directory to keep the witness key and the registry's log beside: give --witness-key and --audit-dir.
+  const dbFile = sqliteFileOf(opts.db);
+  const witness = opts.witnessKey || dbFile ? loadWitnessKey(opts.witnessKey ?? witnessKeyFileOf(dbFile!), opts.witnessHost) : ephemeralWitnessKey(opts.witnessHost);
   log.info({ event: 'witness-key', name: witness.name, publicKey: witness.publicKey.toString('base64'), file: witness.file || null, created: witness.created },
     witness.file ? `witness key ${witness.name} (${witness.created ? 'created' : 'loaded'}: ${witness.file})` : `witness key ${witness.name} (in memory only)`);
-  const store = opts.store ?? new SqliteStore(opts.db!);
+  const store = opts.store ?? await openStore(opts.db!);
   await store.setMeta(WITNESS_HOST_KEY, opts.witnessHost ?? DEFAULT_WITNESS_HOST);
 
   const limits = { ...defaultLimits(), ...opts.limits };
@@ -172,7 +176,7 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
 
   const hub = new EventHub(limits);
   const admins = new AdminTokens(store);
-  const auditDir = opts.auditDir ?? (opts.db ? registryLogDirOf(opts.db) : null);
+  const auditDir = opts.auditDir ?? (dbFile ? registryLogDirOf(dbFile) : null);
   if (!auditDir) log.warn({ event: 'no-registry-log' }, 'the registry keeps no audit log of its own (no --db or --audit-dir)');
   let registryLog: RegistryEvents;
   try {
@@ -354,6 +358,15 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
       throw e;
     }
   }
+  // Several instances on one PostgreSQL database: follow the others' changes (pg-change-feed.ts).
+  const feed = store instanceof PgStore ? new PgChangeFeed({ store, fleet, sync, log, emit }) : null;
+  await feed?.start().catch(async (e: unknown) => {
+    await relay?.stop();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await registryLog.close();
+    if (!opts.store) await store.close();
+    throw e;
+  });
   hub.start();
   const sweeper = setInterval(sweep, SWEEP_INTERVAL_MS);
   const url = `${tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${bound}`;
@@ -378,6 +391,7 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     witness: { name: witness.name, publicKey: witness.publicKey.toString('base64') },
     stop: () => (stopping ??= (async () => {
       clearInterval(sweeper);
+      await feed?.stop();
       await sync.poll();
       hub.stop();
       await relay?.stop();
