@@ -15,6 +15,7 @@ import { UdpEndpoint, type Endpoint } from '../wireguard/endpoint.js';
 import { ControlServer, type ControlHandler } from './control-server.js';
 import { Firewall } from './firewall.js';
 import { MagicSock } from '../paths/magicsock.js';
+import type { ProbeReceive, ProbeSocket } from '../paths/birthday.js';
 import type { DeviceStatus } from './status-types.js';
 import { serveUapi, type UapiMode } from '../uapi/serve.js';
 import type { UapiServer } from '../uapi/server.js';
@@ -23,6 +24,13 @@ import type { UapiServer } from '../uapi/server.js';
 const BATCH = 64;
 /** UDP socket buffers: large, so bursts between batches are not dropped by the kernel. */
 const SOCKET_BUFFER_BYTES = 8 * 1024 * 1024;
+/**
+ * A birthday probe socket's reader: up to 16 datagrams a round in slots a WireGuard packet of the
+ * MTU fits in (disco is ~100 bytes; the one socket kept carries the peer's traffic). 256 of them
+ * hold ~6 MB, not 256 x the main reader's slab; kernel-default buffers.
+ */
+const PROBE_BATCH = 16;
+const PROBE_SLOT_OVERHEAD = 64;
 
 export interface DaemonOptions {
   iface: string;
@@ -137,6 +145,7 @@ export class Daemon {
         }),
       });
       sock.attach(device);
+      sock.setProbeSockets({ open: (receive) => this.openProbeSocket(receive) });
       this.device = device;
       config.peers.forEach((p, i) => device.addPeer({ ...p, endpoint: endpoints[i] && new UdpEndpoint(endpoints[i]!) }));
       this.uapi = await serveUapi({
@@ -249,6 +258,35 @@ export class Daemon {
     this.readers.push(this.udpReader);
   }
 
+  /** One more UDP socket on a random port for birthday probing, with its reader; null when the kernel refuses (fd limit). */
+  private openProbeSocket(receive: ProbeReceive): ProbeSocket | null {
+    let fd: number;
+    try {
+      fd = native.udpOpen(0, 0, undefined, { offload: false }).fd;
+    } catch (err) {
+      this.opts.log.warn({ err: (err as Error).message }, 'cannot open a birthday probe socket');
+      return null;
+    }
+    const slot = Math.max(2048, this.opts.config.mtu + PROBE_SLOT_OVERHEAD);
+    const slab = Buffer.alloc(slot * PROBE_BATCH);
+    const lens = new Int32Array(PROBE_BATCH);
+    const addrs = Buffer.alloc(20 * PROBE_BATCH);
+    let open = true;
+    const probe: ProbeSocket = {
+      send: (buf, offsets, lensOut, to, count) => (open ? native.udpSend(fd, buf, offsets, lensOut, to, count) : 0),
+      close: () => {
+        if (!open) return;
+        open = false;
+        native.stopReader(reader);
+        native.closeFd(fd);
+      },
+    };
+    // A failed read on a probe socket ends that socket only, not the data plane.
+    const reader = native.startReader(fd, 'udp', slab, slot, PROBE_BATCH, lens, addrs, (n) => receive(probe, slab, slot, lens, addrs, n),
+      (err) => this.opts.log.warn({ err: err.message }, 'birthday probe socket failed'));
+    return probe;
+  }
+
   private readonly onReaderError = (err: Error): void => {
     // A failed syscall means the reader stopped (the TUN was deleted under us, say): the data
     // plane is gone, so shut down rather than pretend to be up. Handler bugs are only logged.
@@ -302,7 +340,7 @@ export class Daemon {
       startedAt: this.startedAt,
       dropped: { ...(device?.dropped ?? {}) },
       policy: this.opts.filter?.report(),
-      pathStats: this.magicsock ? { ...this.magicsock.stats } : undefined,
+      pathStats: this.magicsock ? { ...this.magicsock.stats, ...this.magicsock.birthdayStats() } : undefined,
       offloads: this.tunFd >= 0 && this.udpFd >= 0 ? this.offloads() : undefined,
       peers: peers.map((p) => ({
         publicKey: encodeKey(p.publicKey),

@@ -80,3 +80,41 @@ export const relayChoice = {
   /** A peer's relay link unused this long is closed (each costs keepalives and a session on that relay). */
   linkIdleMs: 60_000,
 };
+
+/**
+ * Birthday probing (birthday.ts): bounds of each attempt and of all of them together. A symmetric
+ * NAT here picks ports from 1024-65535 (Linux --random-fully; most CPE NATs likewise), ~64,500.
+ */
+export const birthday = {
+  /** Extra sockets of a hard-side attempt: with 1,024 probes, P(hit) = 1 - (1 - 256/64,512)^1024 ≈ 98 %. */
+  sockets: 256,
+  /** Fewer sockets than this (the fd limit) make an attempt not worth its probes. */
+  minSockets: 64,
+  /** All extra sockets open at once, at most (one hard attempt; far below the usual 1,024-fd limit). */
+  maxOpenSockets: 256,
+  maxHardAttempts: 1,
+  /** Easy-side attempts at once: each costs up to 1,024 probes of the shared budget. */
+  maxEasyAttempts: 4,
+  /** Probes per attempt, at most, whichever the role. */
+  maxProbesPerAttempt: 1_024,
+  /** An attempt ends after this whatever happened (1,024 probes at 100/s take ~10 s; answers trail by an RTT). */
+  attemptMs: 15_000,
+  /** Every probe we send, all peers and roles together: a peer cannot make us a packet cannon. */
+  probesPerSecond: 100,
+  /** One hard round (a ping from each socket) may go at once: the mappings should exist before the easy side's probes arrive. */
+  probeBurst: 256,
+  /** The hard side pings from each socket twice, so one lost ping does not waste its port. */
+  hardRounds: 2,
+  hardRoundIntervalMs: 5_000,
+  /** The easy side waits this long after answering: the hard side opens its ports one relay round trip later. */
+  easyDelayMs: 300,
+  /** Random ports the easy side probes: the unprivileged range NATs allocate from. */
+  minPort: 1_024,
+  /** Relayed, active and still without a direct path this long after disco began: try birthday probing. */
+  startAfterMs: 3_000,
+  /** The peer's answer to our request must come within this. */
+  answerWithinMs: 5_000,
+  /** After an attempt with a peer that found nothing: wait this long, doubling with each failure, up to the max. */
+  backoffFirstMs: 30_000,
+  backoffMaxMs: 10 * 60_000,
+};

@@ -15,6 +15,8 @@ import { ENDPOINT_SIZE } from '../net/endpoint.js';
  *   ping:          txid (12)
  *   pong:          txid (12) | the ping's source as we saw it (20-byte endpoint)
  *   call-me-maybe: the sender's candidate endpoints (n x 20)
+ *   birthday:      the sender's public endpoint as its STUN saw it (20): "my NAT is symmetric and I
+ *                  am probing you from many ports; probe random ports of this address" (birthday.ts)
  *
  * The counter makes every message usable once: the receiver keeps a replay window per peer, so a
  * captured ping replayed a thousand times earns no pong. It is the sender's clock in 1/16 ms,
@@ -34,9 +36,10 @@ export const MAX_CANDIDATES = 16;
 export type DiscoMessage =
   | { type: 'ping'; txid: Buffer }
   | { type: 'pong'; txid: Buffer; observed: Buffer }
-  | { type: 'call-me-maybe'; candidates: Buffer[] };
+  | { type: 'call-me-maybe'; candidates: Buffer[] }
+  | { type: 'birthday'; publicEndpoint: Buffer };
 
-const TYPE_CODES = { ping: 1, pong: 2, 'call-me-maybe': 3 } as const;
+const TYPE_CODES = { ping: 1, pong: 2, 'call-me-maybe': 3, birthday: 4 } as const;
 
 export function isDisco(buf: Uint8Array, off: number, len: number): boolean {
   return len >= HEADER + TAG + 1 + COUNTER && buf[off] === DISCO_MAGIC;
@@ -63,6 +66,8 @@ function encodeBody(m: DiscoMessage): Buffer[] {
       return [m.txid, m.observed.subarray(0, ENDPOINT_SIZE)];
     case 'call-me-maybe':
       return m.candidates.slice(0, MAX_CANDIDATES).map((c) => c.subarray(0, ENDPOINT_SIZE));
+    case 'birthday':
+      return [m.publicEndpoint.subarray(0, ENDPOINT_SIZE)];
   }
 }
 
@@ -84,6 +89,7 @@ function decodePayload(p: Buffer): DiscoMessage | null {
     for (let i = 0; i < body.length; i += ENDPOINT_SIZE) candidates.push(Buffer.from(body.subarray(i, i + ENDPOINT_SIZE)));
     return { type: 'call-me-maybe', candidates };
   }
+  if (p[0] === TYPE_CODES.birthday && body.length === ENDPOINT_SIZE) return { type: 'birthday', publicEndpoint: Buffer.from(body) };
   return null;
 }
 

@@ -9,6 +9,8 @@ import { InboundRelayed, OutboundMixed, RELAY_SLOT } from './relayed-batch.js';
 import { discoBudget, paths as T } from './constants.js';
 import { MAX_PACKET_SIZE, PACKET_HEADER_SIZE, encodeSend } from '../relay/protocol.js';
 import { singleRelay, type RelayRouter } from './relay-links.js';
+import { BirthdayProber, type ProbeSocket, type ProbeSocketFactory } from './birthday.js';
+import { birthday as BT } from './constants.js';
 
 /** The native calls the socket layer needs (src/tun/native.ts in the daemon, fakes in tests). */
 export interface UdpPort {
@@ -39,6 +41,8 @@ interface PendingPing {
   endpoint: Buffer | null;
   sentAt: number;
   resolve?: (reply: { endpoint: Buffer | null; rttMs: number }) => void;
+  /** The extra (birthday) socket it went out of; null: the main socket. Its pong must come back there. */
+  via: ProbeSocket | null;
 }
 
 /** Whether a datagram is WireGuard's: a message type 1..4 as a little-endian u32 (the device checks sizes). */
@@ -85,6 +89,17 @@ export class MagicSock implements Bind {
   private readonly discoTotal = new TokenBucket(discoBudget.total.rate, discoBudget.total.burst);
   private readonly oneOffsets = Int32Array.of(0);
   private readonly oneLens = new Int32Array(1);
+  /** One packet sent through an extra socket (oneOffsets stays 0 for disco). */
+  private readonly viaOffsets = new Int32Array(1);
+  private readonly viaLens = new Int32Array(1);
+  /** Hard-NAT probing (birthday.ts): its pings go out through sendPing, its sockets' datagrams come in through receiveVia. */
+  readonly birthday = new BirthdayProber<PeerPath>({
+    ping: (path, to, via) => this.sendPing(path, to, Date.now(), undefined, via),
+    receive: (sock, slab, slot, lens, addrs, count) => this.receiveVia(sock, slab, slot, lens, addrs, count),
+  });
+  /** Whether our NAT's mapping varies by destination (netcheck; null: not known), and our public endpoint as STUN saw it. */
+  private natHard: boolean | null = null;
+  private publicEndpoint: Buffer | null = null;
 
   /** Told when a peer's path moves to direct or back to the relay (the audit log records it). */
   onPathChange: ((wgKey: Buffer, change: { kind: 'direct' | 'relay'; endpoint: string; rttUs?: number; reason?: string }) => void) | null = null;
@@ -105,6 +120,24 @@ export class MagicSock implements Bind {
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    this.birthday.stop();
+  }
+
+  /** What netcheck found: birthday probing is for a symmetric NAT (hard role) and an endpoint-independent one (easy role). */
+  setNat(hard: boolean | null, publicEndpoint: Buffer | null): void {
+    this.natHard = hard;
+    this.publicEndpoint = publicEndpoint && Buffer.from(publicEndpoint);
+  }
+
+  /** Where the hard role's extra sockets come from (the daemon's native sockets); none: we never take that role. */
+  setProbeSockets(factory: ProbeSocketFactory | null): void {
+    this.birthday.setSocketFactory(factory);
+  }
+
+  /** The birthday prober's counters, for status. */
+  birthdayStats(): Record<string, number> {
+    const b = this.birthday.stats;
+    return { birthdayAttempts: b.attempts, birthdaySuccesses: b.successes, birthdayGivenUp: b.givenUp, birthdayProbes: b.probesSent, birthdayDeferred: b.probesDeferred, birthdayRefused: b.refused, birthdaySockets: b.socketsOpen };
   }
 
   setLocalCandidates(list: Buffer[]): void {
@@ -118,7 +151,8 @@ export class MagicSock implements Bind {
     const addrs = this.sendAddrs;
     for (let i = 0; i < count; i++) {
       const direct = endpoints[i].direct;
-      if (direct === null) return this.sendMixed(slab, offsets, lens, endpoints, count);
+      // A path through an extra (birthday) socket is not the main socket's either.
+      if (direct === null || (endpoints[i] as PeerPath).socket) return this.sendMixed(slab, offsets, lens, endpoints, count);
       direct.copy(addrs, i * ENDPOINT_SIZE);
     }
     return this.udp.send(slab, offsets, lens, addrs, count);
@@ -141,6 +175,13 @@ export class MagicSock implements Bind {
     let sentAlone = 0;
     for (let i = 0; i < count; i++) {
       const ep = endpoints[i];
+      const via = (ep as PeerPath).socket;
+      if (via && ep.direct) {
+        this.viaOffsets[0] = offsets[i];
+        this.viaLens[0] = lens[i];
+        sentAlone += via.send(slab, this.viaOffsets, this.viaLens, ep.direct, 1);
+        continue;
+      }
       // Only a path has no direct address: it goes through its home relay's link; without a relay its first candidate is the best guess.
       const relay = ep.direct === null && relays ? relays.linkFor(ep as PeerPath, now) : null;
       const direct = ep.direct ?? (relay ? null : (ep as PeerPath).candidates[0] ?? null);
@@ -220,6 +261,26 @@ export class MagicSock implements Bind {
     this.flushRelayed();
   }
 
+  /**
+   * A batch from one of the birthday prober's extra sockets: disco goes through the same budgets
+   * as on the main socket (and must be from the peer the socket probes for), WireGuard to the
+   * device (which authenticates it); nothing else is accepted there (no STUN, no relay frames).
+   */
+  private receiveVia(sock: ProbeSocket, slab: Buffer, slot: number, lens: Int32Array, addrs: Buffer, count: number): void {
+    let wireguard = 0;
+    for (let i = 0; i < count; i++) {
+      const off = i * slot;
+      if (isWireGuard(slab, off, lens[i])) {
+        wireguard++;
+        continue;
+      }
+      if (isDisco(slab, off, lens[i])) this.receiveDisco(slab.subarray(off, off + lens[i]), addrs.subarray(i * ENDPOINT_SIZE, (i + 1) * ENDPOINT_SIZE), null, sock);
+      else this.stats.malformed++;
+      lens[i] = 0;
+    }
+    if (wireguard > 0) this.device?.handleUdpBatch(slab, slot, lens, addrs, count);
+  }
+
   private handleControl(buf: Buffer, off: number, len: number, addrs: Buffer, aOff: number): boolean {
     if (isDisco(buf, off, len)) {
       this.receiveDisco(buf.subarray(off, off + len), addrs.subarray(aOff, aOff + ENDPOINT_SIZE), null);
@@ -297,6 +358,7 @@ export class MagicSock implements Bind {
     if (!path) return;
     this.byKey.delete(wgKey.toString('latin1'));
     this.setDirect(path, null);
+    this.birthday.forget(path);
     if (this.lastRelayedFrom === path) this.lastRelayedFrom = null;
     this.codec?.forget(wgKey);
   }
@@ -330,7 +392,7 @@ export class MagicSock implements Bind {
 
   // ---- disco ------------------------------------------------------------------------------------
 
-  private sendDisco(path: PeerPath, to: Buffer | null, m: DiscoMessage): void {
+  private sendDisco(path: PeerPath, to: Buffer | null, m: DiscoMessage, via: ProbeSocket | null = null): void {
     const msg = this.codec?.seal(path.wgKey, m);
     if (!msg) return;
     this.stats.discoOut++;
@@ -339,18 +401,20 @@ export class MagicSock implements Bind {
       return;
     }
     this.oneLens[0] = msg.length;
-    this.udp.send(msg, this.oneOffsets, this.oneLens, to, 1);
+    (via ?? this.udp).send(msg, this.oneOffsets, this.oneLens, to, 1);
   }
 
-  private sendPing(path: PeerPath, to: Buffer | null, now: number, resolve?: PendingPing['resolve']): void {
+  private sendPing(path: PeerPath, to: Buffer | null, now: number, resolve?: PendingPing['resolve'], via: ProbeSocket | null = null): void {
     const txid = newTxid();
     path.awaitReply();
-    this.pending.set(txid.toString('hex'), { path, endpoint: to && Buffer.from(to), sentAt: performance.now(), resolve });
+    // A ping of the direct path goes the way the path's packets go.
+    if (!via && to && path.socket && path.direct && sameEndpoint(to, 0, path.direct, 0)) via = path.socket;
+    this.pending.set(txid.toString('hex'), { path, endpoint: to && Buffer.from(to), sentAt: performance.now(), resolve, via });
     if (to) {
       path.lastDirectPingAt = now;
       if (path.direct && sameEndpoint(to, 0, path.direct, 0)) path.directUnansweredSince ??= now;
     }
-    this.sendDisco(path, to, { type: 'ping', txid });
+    this.sendDisco(path, to, { type: 'ping', txid }, via);
   }
 
   /** Pings every candidate directly and asks the peer (through the relay) to ping ours. */
@@ -364,12 +428,13 @@ export class MagicSock implements Bind {
     }
   }
 
-  private receiveDisco(msg: Buffer, from: Buffer | null, relayedFrom: Buffer | null): void {
+  private receiveDisco(msg: Buffer, from: Buffer | null, relayedFrom: Buffer | null, via: ProbeSocket | null = null): void {
     // Only peers we know get a Diffie-Hellman: a stranger's key costs nothing and is not cached.
-    // Through the relay, the sender the relay authenticated must be the key that sealed it.
+    // Through the relay, the sender the relay authenticated must be the key that sealed it; on an
+    // extra socket, the peer it probes for.
     const fromKey = msg.subarray(1, 33);
     const path = this.byKey.get(fromKey.toString('latin1'));
-    if (!path || (relayedFrom && !relayedFrom.equals(fromKey))) {
+    if (!path || (relayedFrom && !relayedFrom.equals(fromKey)) || (via && !this.birthday.owns(path, via))) {
       this.stats.discoRejected++;
       return;
     }
@@ -396,14 +461,16 @@ export class MagicSock implements Bind {
     this.stats.discoIn++;
     const m = opened.message;
     if (m.type === 'ping') {
-      this.sendDisco(path, from, { type: 'pong', txid: m.txid, observed: from ?? Buffer.alloc(ENDPOINT_SIZE) });
+      this.sendDisco(path, from, { type: 'pong', txid: m.txid, observed: from ?? Buffer.alloc(ENDPOINT_SIZE) }, via);
       if (from) {
         path.addCandidate(from);
         // They reached us directly: ping back along the same way to confirm the path for us.
-        if (!path.direct) this.sendPing(path, from, now);
+        if (!path.direct) this.sendPing(path, from, now, undefined, via);
       }
     } else if (m.type === 'pong') {
-      this.receivePong(path, m.txid, from, now);
+      this.receivePong(path, m.txid, from, now, via);
+    } else if (m.type === 'birthday') {
+      this.receiveBirthday(path, m.publicEndpoint, now);
     } else if (now - path.lastCallMeMaybeAt >= T.probeOnTrafficMs) {
       // At most once a second per peer: a replayed call-me-maybe cannot make us a ping cannon.
       path.lastCallMeMaybeAt = now;
@@ -412,7 +479,7 @@ export class MagicSock implements Bind {
     }
   }
 
-  private receivePong(path: PeerPath, txid: Buffer, from: Buffer | null, now: number): void {
+  private receivePong(path: PeerPath, txid: Buffer, from: Buffer | null, now: number, via: ProbeSocket | null): void {
     const key = txid.toString('hex');
     const ping = this.pending.get(key);
     if (!ping || ping.path !== path) return;
@@ -424,10 +491,11 @@ export class MagicSock implements Bind {
       return;
     }
     if (!from || !sameEndpoint(from, 0, ping.endpoint, 0)) return; // answered from elsewhere: not this path
+    if (ping.via !== via) return; // a pong must come back to the socket its ping left
     const better = !path.direct || sameEndpoint(path.direct, 0, from, 0) || rtt < path.directRttMs * T.betterRttFactor;
     if (!better) return;
     const upgraded = !path.direct || !sameEndpoint(path.direct, 0, from, 0);
-    if (upgraded) this.setDirect(path, Buffer.from(from));
+    if (upgraded || path.socket !== via) this.setDirect(path, Buffer.from(from), via);
     path.directRttMs = rtt;
     path.lastDirectPongAt = now;
     path.directUnansweredSince = null;
@@ -437,12 +505,67 @@ export class MagicSock implements Bind {
     }
   }
 
-  /** Moves a path to a direct address, or (null) back to the relay; the next send goes there. */
-  private setDirect(path: PeerPath, direct: Buffer | null): void {
+  /** Moves a path to a direct address (through `via`, an extra socket, or the main one), or (null) back to the relay; the next send goes there. */
+  private setDirect(path: PeerPath, direct: Buffer | null, via: ProbeSocket | null = null): void {
     if (path.direct && this.byDirect.get(endpointKey(path.direct, 0)) === path) this.byDirect.delete(endpointKey(path.direct, 0));
+    // A direct path ends a birthday attempt (keeping the socket it uses); back on the relay, an extra socket is closed.
+    if (direct) this.birthday.succeeded(path, via);
+    else this.birthday.release(path);
+    path.socket = direct ? via : null;
+    path.noDirectSince = null;
     path.direct = direct;
     if (direct) this.byDirect.set(endpointKey(direct, 0), path);
     else path.directRttMs = Infinity;
+  }
+
+  // ---- birthday probing (hard NATs) ---------------------------------------------------------------
+
+  /**
+   * Hard role: our NAT is symmetric and disco found no direct path in BT.startAfterMs of traffic;
+   * ask the peer (through the relay) to take the easy role. Its answer starts our probing.
+   */
+  private maybeAskBirthday(path: PeerPath, now: number): void {
+    path.noDirectSince ??= now;
+    if (this.natHard !== true || !this.publicEndpoint || !this.relays || now - path.noDirectSince < BT.startAfterMs) return;
+    if (!this.birthday.canStart(path, 'hard')) return;
+    this.birthday.noteAsked(path);
+    this.sendDisco(path, null, { type: 'birthday', publicEndpoint: this.publicEndpoint });
+  }
+
+  /**
+   * A peer's birthday message: a request (we are the easy side) or the answer to ours (we are the
+   * hard side). Either way we probe only the address the peer is known at (one of its published or
+   * observed candidates), only while we want a path to it, and within the prober's budgets.
+   */
+  private receiveBirthday(path: PeerPath, theirs: Buffer, now: number): void {
+    if (path.direct || !this.isActive(path, now)) {
+      this.birthday.stats.refused++;
+      return;
+    }
+    if (this.natHard === true) {
+      // Their answer: their exact public endpoint must be one they published or we saw.
+      if (!this.birthday.askedRecently(path) || !path.candidates.some((c) => sameEndpoint(c, 0, theirs, 0))) {
+        this.birthday.stats.refused++;
+        return;
+      }
+      if (this.birthday.startHard(path, theirs)) this.log.info({ peer: path.wgKey.toString('base64'), target: formatEndpoint(theirs) }, 'birthday probing (hard side)');
+      return;
+    }
+    // Their request: useful only when our mapping is endpoint-independent, and only to their address.
+    const known = path.candidates.some((c) => c.subarray(0, 16).equals(theirs.subarray(0, 16)));
+    if (this.natHard !== false || !this.publicEndpoint || !known) {
+      this.birthday.stats.refused++;
+      return;
+    }
+    if (!this.birthday.startEasy(path, theirs)) return; // back-off or too many attempts (counted there)
+    this.log.info({ peer: path.wgKey.toString('base64'), target: formatEndpoint(theirs) }, 'birthday probing (easy side)');
+    this.sendDisco(path, null, { type: 'birthday', publicEndpoint: this.publicEndpoint });
+  }
+
+  /** Whether the device exchanged packets with the peer recently (we want a path to it). */
+  private isActive(path: PeerPath, now: number): boolean {
+    const peer = this.device?.getPeer(path.wgKey);
+    return !!peer && now - Math.max(peer.lastSentAt, peer.lastReceivedAt, path.lastRelayedSendAt) < T.activeWindowMs;
   }
 
   // ---- timers -----------------------------------------------------------------------------------
@@ -450,6 +573,7 @@ export class MagicSock implements Bind {
   private tick(now: number): void {
     const t = performance.now();
     for (const [k, p] of this.pending) if (t - p.sentAt > T.pingTimeoutMs) this.pending.delete(k);
+    this.birthday.tick();
     for (const path of this.byKey.values()) {
       const peer = this.device?.getPeer(path.wgKey);
       const active = !!peer && now - Math.max(peer.lastSentAt, peer.lastReceivedAt, path.lastRelayedSendAt) < T.activeWindowMs;
@@ -463,6 +587,7 @@ export class MagicSock implements Bind {
         continue;
       }
       if (!active) {
+        path.noDirectSince = null;
         if (path.direct && now - path.lastDirectPongAt > T.idleTrustMs) {
           this.log.debug({ peer: path.wgKey.toString('base64') }, 'idle direct path no longer trusted; relay until traffic confirms it');
           this.setDirect(path, null);
@@ -470,6 +595,7 @@ export class MagicSock implements Bind {
         continue;
       }
       if (path.direct && now - path.lastDirectPingAt >= T.directPingIntervalMs) this.sendPing(path, path.direct, now);
+      if (!path.direct) this.maybeAskBirthday(path, now);
       const interval = path.direct ? T.reprobeWhenDirectMs : T.reprobeWhenRelayedMs;
       if (now - path.lastProbeAt >= interval) this.probe(path, now);
     }

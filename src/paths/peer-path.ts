@@ -4,6 +4,7 @@ import type { Endpoint } from '../wireguard/endpoint.js';
 import { ReplayWindow } from '../wireguard/replay.js';
 import { discoBudget } from './constants.js';
 import { MAX_CANDIDATES } from './disco.js';
+import type { ProbeSocket } from './birthday.js';
 
 /**
  * How one fleet peer is reached: its candidate endpoints, the best direct path found by disco
@@ -13,6 +14,10 @@ import { MAX_CANDIDATES } from './disco.js';
 export class PeerPath implements Endpoint {
   candidates: Buffer[] = [];
   direct: Buffer | null = null;
+  /** The extra (birthday) socket the direct path goes through; null: the main socket. */
+  socket: ProbeSocket | null = null;
+  /** Active and without a direct path since (birthday probing starts after a while); null: direct or idle. */
+  noDirectSince: number | null = null;
   directRttMs = Infinity;
   lastDirectPongAt = 0;
   relayRttMs: number | null = null;
