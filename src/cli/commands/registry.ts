@@ -8,7 +8,8 @@ import { parseRelayPeer } from '../../registry/relay-list.js';
 import { createAdminToken } from '../../registry/admin-auth.js';
 import { AdminClient } from '../../registry/admin-client.js';
 import { getPolicy, listAgents, removeAgent, setPolicy, type AgentListing } from '../../registry/operator.js';
-import { SqliteStore } from '../../registry/sqlite-store.js';
+import { REGISTRY_DB_ENV, openStore } from '../../registry/open-store.js';
+import { redactDbUrl } from '../../registry/pg-store.js';
 import { RegistryMetrics } from '../../metrics/registry.js';
 import { parseMetricsListen } from '../../metrics/listen.js';
 import type { RegistryStore } from '../../registry/store.js';
@@ -66,7 +67,7 @@ export function parseExpiry(text: string): number | null {
 
 async function serve(args: ServeArgs): Promise<void> {
   if (!args.listen || !args.db) {
-    throw new AgentVpnError('USAGE', 'the registry needs --listen HOST:PORT and --db FILE', 'e.g. agentvpn registry --listen 0.0.0.0:7443 --db /var/lib/agentvpn/registry.db');
+    throw new AgentVpnError('USAGE', 'the registry needs --listen HOST:PORT and --db FILE (or a postgres:// URL, also from AGENTVPN_REGISTRY_DB)', 'e.g. agentvpn registry --listen 0.0.0.0:7443 --db /var/lib/agentvpn/registry.db');
   }
   if (!(args['offline-after'] > 0)) throw new AgentVpnError('USAGE', '--offline-after must be a positive number of seconds', 'e.g. --offline-after 30');
   if (args.metrics) parseMetricsListen(args.metrics); // a bad address is refused before anything starts
@@ -85,8 +86,8 @@ async function serve(args: ServeArgs): Promise<void> {
   }) : null;
   const relay = registry.relay && { udpPort: registry.relay.udpPort, stunPorts: [registry.relay.udpPort, registry.relay.stunSecondPort] };
   const relayPeers = (args['relay-peer'] ?? []).map((t) => parseRelayPeer(t).name);
-  printResult(args.json, { url: registry.url, port: registry.port, network: args.network, db: args.db, relay, relayPeers, witness: registry.witness, metrics: metricsServer?.url ?? null },
-    () => `registry listening on ${registry.url} (network ${args.network}, database ${args.db})\n` +
+  printResult(args.json, { url: registry.url, port: registry.port, network: args.network, db: redactDbUrl(args.db!), relay, relayPeers, witness: registry.witness, metrics: metricsServer?.url ?? null },
+    () => `registry listening on ${registry.url} (network ${args.network}, database ${redactDbUrl(args.db!)})\n` +
       `audit witness ${registry.witness.name} ${registry.witness.publicKey}\n` +
       (relay ? `relay and STUN on UDP ${relay.udpPort} (STUN also on ${relay.stunPorts[1]}), relay over TCP at ${registry.url}/v1/relay` : 'relay and STUN off (--no-relay)') +
       (relayPeers.length ? `\nalso advertising relay(s) ${relayPeers.join(', ')}` : ''));
@@ -101,7 +102,7 @@ async function serve(args: ServeArgs): Promise<void> {
 
 /** Runs `work` on the registry database (a running registry on it picks changes up within a second). */
 async function withStore<T>(db: string, work: (store: RegistryStore) => Promise<T>): Promise<T> {
-  const store = new SqliteStore(db);
+  const store = await openStore(db);
   try {
     return await work(store);
   } finally {
@@ -203,7 +204,11 @@ async function policyGet(args: DbArgs): Promise<void> {
     () => (p ? `// version ${p.version}, set ${new Date(p.setAt).toISOString()}\n${p.policy.replace(/\n$/, '')}` : `no policy in network ${args.network} (everything is allowed)`));
 }
 
-const dbOption = { type: 'string', describe: 'registry SQLite database file (created with mode 0600)' } as const;
+/** A database URL may hold a password: it can come from the environment (not shown by ps), and is never printed. */
+const dbOption = {
+  type: 'string', default: process.env[REGISTRY_DB_ENV], defaultDescription: `$${REGISTRY_DB_ENV}`,
+  describe: 'registry database: a SQLite file (created with mode 0600), or postgres://USER@HOST/DB for several instances on one PostgreSQL database',
+} as const;
 const networkOption = { type: 'string', default: DEFAULT_NETWORK, describe: 'network name' } as const;
 
 const tokenCreateCommand: CommandModule<GlobalArgs, TokenArgs> = {
