@@ -21,6 +21,8 @@ export interface PeerInfo {
   /** Given by the registry from the agent's join token (not signed by the agent). */
   tags: string[];
   endpoints: string[];
+  /** The relay its record names as its home (null: none named). */
+  homeRelay: string | null;
 }
 
 /** What `agentvpn whois` answers: who holds an overlay address, for servers that authorize by sender. */
@@ -146,7 +148,7 @@ export class Admission {
     await logged;
     const wgKey = Buffer.from(r.wgPublicKey, 'base64');
     const candidates = r.endpoints.map(endpointBuffer).filter((e): e is Buffer => e !== null);
-    const endpoint = daemon.sock?.upsertPeer(wgKey, candidates) ?? null;
+    const endpoint = daemon.sock?.upsertPeer(wgKey, candidates, r.homeRelay ?? null) ?? null;
     await daemon.upsertPeer({
       publicKey: wgKey,
       allowedIps: [parsePrefix(r.ipv4)!, parsePrefix(r.ipv6)!],
@@ -226,7 +228,7 @@ export class Admission {
       .filter((a) => !query || anyCapabilityMatches(query, a.record.capabilities))
       .map((a) => ({
         id: a.record.id, name: a.record.name, ipv4: a.record.ipv4, ipv6: a.record.ipv6, online: a.online,
-        lastSeen: a.lastSeen, capabilities: a.record.capabilities, tags: tagsOf(a), endpoints: a.record.endpoints,
+        lastSeen: a.lastSeen, capabilities: a.record.capabilities, tags: tagsOf(a), endpoints: a.record.endpoints, homeRelay: a.record.homeRelay ?? null,
       }))
       .sort((x, y) => x.name.localeCompare(y.name));
   }

@@ -9,11 +9,19 @@ import { DiscoCodec } from '../paths/disco.js';
 import { defaultGateway } from '../paths/gateway.js';
 import { Netcheck, parseHostPort, type NetcheckReport } from '../paths/netcheck.js';
 import { releaseUdpMapping } from '../paths/natpmp.js';
-import { RelayClient } from '../relay/client.js';
+import { relayChoice, paths as pathTiming } from '../paths/constants.js';
+import { chooseHome, isAlive, type RelayMeasure } from '../paths/relay-choice.js';
+import { RelayLinks } from '../paths/relay-links.js';
+import { RelayProber, type ProbedRelay } from '../paths/relay-probe.js';
+import { NAME_PATTERN } from '../net/names.js';
+import { RelayClient, type RelayInfo } from '../relay/client.js';
+import { parseHostPort as parseRelayHostPort } from '../relay/protocol.js';
 import { resolveEndpoint, type Daemon } from './daemon.js';
 
 /** Candidate endpoints we publish, at most (the record's cap). */
 const MAX_CANDIDATES = 16;
+/** At start, wait this long at most for the relays' first answers before choosing a home (they come in one RTT). */
+const FIRST_CHOICE_WAIT_MS = 1_000;
 
 /** Underlay addresses worth publishing: not loopback, not link-local, not our own overlay. */
 export function localEndpoints(port: number, exclude: string): string[] {
@@ -42,14 +50,27 @@ export interface FleetPathsOptions {
   iface: string;
   caFile?: string;
   log: PinoLogger;
+  /** Our home relay changed (publish a record naming it). */
+  onHomeRelayChange?: () => void;
+}
+
+/** A relay the registry advertises, as we use it. */
+interface Advertised {
+  info: RelayInfo;
+  name: string;
+  region: string | null;
 }
 
 /**
- * How the agent is reached: disco sealed with our key, the relay the registry offers, STUN and
- * port mapping on the WireGuard socket, and the candidate endpoints they yield.
+ * How the agent is reached: disco sealed with our key, the relays the registry offers (a home
+ * relay chosen by RTT, and links to peers' home relays), STUN and port mapping on the WireGuard
+ * socket, and the candidate endpoints they yield.
  */
 export class FleetPaths {
-  private relay: RelayClient | null = null;
+  private advertised: Advertised[] = [];
+  private links: RelayLinks<RelayClient> | null = null;
+  private prober: RelayProber | null = null;
+  private relayTimer: NodeJS.Timeout | null = null;
   private netcheck: Netcheck | null = null;
   private adhocNetcheck: Netcheck | null = null;
   private lastReport: NetcheckReport | null = null;
@@ -61,35 +82,112 @@ export class FleetPaths {
   async start(): Promise<void> {
     const { daemon, identity, join, log } = this.opts;
     const sock = daemon.sock!;
-    const relayInfo = join.relays?.[0];
-    if (relayInfo) {
-      this.relay = new RelayClient({
-        relay: relayInfo, identity, caFile: this.opts.caFile, log,
+    this.advertised = this.advertisedRelays(join.relays ?? []);
+    const byName = new Map(this.advertised.map((a) => [a.name, a.info]));
+    if (this.advertised.length) {
+      this.links = new RelayLinks(new Set(byName.keys()), (name) => new RelayClient({
+        relay: byName.get(name)!, identity: this.opts.identity, caFile: this.opts.caFile, log,
         sendUdp: (buf, endpoint) => daemon.sendRaw(buf, endpoint),
         onPacket: (src, packet) => sock.onRelayedPacket(src, packet),
-      });
+      }));
     }
-    sock.enablePaths(new DiscoCodec(identity.wgPrivateKey, identity.wgPublicKey), this.relay);
-    this.relay?.start();
-    // STUN answers go to whichever netcheck asked: the periodic one, or a one-off with other servers.
-    sock.stunHandler = (buf, off, len, src, srcOff) =>
+    sock.enablePaths(new DiscoCodec(identity.wgPrivateKey, identity.wgPublicKey), this.links);
+    // STUN answers go to whichever asked: the relay prober, the periodic netcheck, or a one-off with other servers.
+    sock.stunHandler = (buf, off, len, src, srcOff) => (this.prober?.onResponse(buf, off, len, src, srcOff) ?? false) ||
       (this.netcheck?.onResponse(buf, off, len, src, srcOff) ?? false) || (this.adhocNetcheck?.onResponse(buf, off, len, src, srcOff) ?? false);
+    if (this.links) await this.startRelayChoice();
     const servers = await this.resolveStunServers(join.stun ?? []);
     if (servers.length) this.netcheck = this.makeNetcheck(servers);
   }
 
-  /** After a key rotation: disco sealed with the new key, and a relay session under it. */
+  /** After a key rotation: disco sealed with the new key, and relay sessions under it. */
   setIdentity(identity: Identity): void {
     this.opts.identity = identity;
-    this.opts.daemon.sock!.enablePaths(new DiscoCodec(identity.wgPrivateKey, identity.wgPublicKey), this.relay);
-    this.relay?.setIdentity(identity);
+    this.opts.daemon.sock!.enablePaths(new DiscoCodec(identity.wgPrivateKey, identity.wgPublicKey), this.links);
+    for (const [, link] of this.links?.links() ?? []) link.setIdentity(identity);
+  }
+
+  /** Our home relay's name as the record names it (null: none, or an older registry's unnamed relay). */
+  get homeRelay(): string | null {
+    const home = this.links?.homeRelay ?? null;
+    return home !== null && NAME_PATTERN.test(home) ? home : null;
+  }
+
+  /** Each advertised relay: its region, smoothed RTT, whether it answers, whether it is home, our link's state. */
+  relays(): { name: string; region: string | null; rttMs: number | null; alive: boolean; home: boolean; link: string | null }[] {
+    const now = Date.now();
+    const measures = this.prober?.all ?? [];
+    return this.advertised.map((a, i) => ({
+      name: a.name, region: a.region, rttMs: measures[i]?.rttMs == null ? null : Math.round(measures[i].rttMs! * 100) / 100,
+      alive: measures[i] ? isAlive(measures[i], now) : false, home: a.name === this.links?.homeRelay, link: this.links?.linkOf(a.name)?.state ?? null,
+    }));
   }
 
   async stop(): Promise<void> {
-    this.relay?.stop();
+    if (this.relayTimer) clearInterval(this.relayTimer);
+    this.relayTimer = null;
+    this.links?.stop();
     // Give the port mapping back to the router rather than leave it open until it expires.
     const mapping = this.netcheck?.portMapping;
     if (mapping) await releaseUdpMapping(mapping, this.opts.daemon.status().listenPort).catch(() => {});
+  }
+
+  /** The join's relays we use: named (older registries: by address), the first of a name, at most maxAdvertised. */
+  private advertisedRelays(list: RelayInfo[]): Advertised[] {
+    const out: Advertised[] = [];
+    for (const info of list) {
+      const name = info.name ?? info.udp;
+      if (out.length >= relayChoice.maxAdvertised || out.some((a) => a.name === name)) continue;
+      out.push({ info, name, region: info.region ?? null });
+    }
+    return out;
+  }
+
+  /**
+   * Probes every relay, takes the nearest that answers within FIRST_CHOICE_WAIT_MS as home (the
+   * first listed when none does), then keeps choosing on a timer: a dead home is left within
+   * deadAfterMs, a clearly nearer relay is moved to (hysteresis), idle peers' links are closed.
+   */
+  private async startRelayChoice(): Promise<void> {
+    const probed: ProbedRelay[] = [];
+    for (const a of this.advertised) {
+      try {
+        const { host, port } = parseRelayHostPort(a.info.udp, 'relay address');
+        probed.push({ name: a.name, endpoint: await resolveEndpoint(host, port) });
+      } catch (e) {
+        this.opts.log.warn({ relay: a.name, err: (e as Error).message }, 'cannot resolve relay; not measured');
+      }
+    }
+    const prober = new RelayProber(probed, (buf, endpoint) => this.opts.daemon.sendRaw(buf, endpoint));
+    this.prober = prober;
+    prober.tick(Date.now(), null);
+    const deadline = Date.now() + FIRST_CHOICE_WAIT_MS;
+    while (Date.now() < deadline && !prober.all.every((m) => m.rttMs !== null)) await new Promise((r) => setTimeout(r, 20));
+    this.chooseHome(Date.now(), 'start');
+    this.relayTimer = setInterval(() => {
+      const now = Date.now();
+      prober.tick(now, this.links?.homeRelay ?? null);
+      this.chooseHome(now, 'tick');
+      this.links?.closeIdle(now);
+    }, pathTiming.tickMs);
+    this.relayTimer.unref();
+  }
+
+  /** Runs the choice; a relay whose link the relay itself closed on us (refused, down) counts as not answering. */
+  private chooseHome(now: number, when: 'start' | 'tick'): void {
+    const links = this.links!;
+    const measures: RelayMeasure[] = this.advertised.map((a) => {
+      const m = this.prober?.all.find((p) => p.name === a.name);
+      const down = links.linkOf(a.name)?.state === 'down';
+      return { name: a.name, rttMs: m?.rttMs ?? null, lastAnswerAt: down || !m ? -Infinity : m.lastAnswerAt };
+    });
+    const before = links.homeRelay;
+    const next = chooseHome(measures, before, now);
+    if (next === null || next === before || !links.setHome(next, now)) return;
+    const from = measures.find((m) => m.name === before);
+    const reason = when === 'start' ? 'nearest at start' : from && !isAlive(from, now) ? 'home relay stopped answering' : 'another relay is clearly nearer';
+    this.opts.log.info({ event: 'home-relay', from: before, to: next, reason, rttMs: measures.find((m) => m.name === next)?.rttMs ?? null }, `home relay ${next} (${reason})`);
+    if (when === 'tick') this.opts.onHomeRelayChange?.();
   }
 
   /** `mapPorts`: also ask the gateway for a port mapping (only the periodic check owns one). */
@@ -147,6 +245,7 @@ export class FleetPaths {
       ...localEndpoints(daemon.status().listenPort, this.opts.iface),
     ])].slice(0, MAX_CANDIDATES);
     daemon.sock!.setLocalCandidates(list.map(endpointBuffer).filter((e): e is Buffer => e !== null));
+    daemon.sock!.setNat(r?.mappingVariesByDestination ?? null, r?.reflexive ? endpointBuffer(r.reflexive) : null); // birthday probing's roles
     const changed = list.join(' ') !== this.candidates.join(' ');
     this.candidates = list;
     return changed;

@@ -34,6 +34,8 @@ export interface MembershipOptions {
   log: PinoLogger;
   /** The candidate endpoints to publish now. */
   endpoints: () => string[];
+  /** Our home relay's name, for the record (null: none, or not one the record can name). */
+  homeRelay?: () => string | null;
   /** Joins, leaves, removal and registry outages go into the audit log. */
   audit: AuditSink;
   /** Our paths to our peers now, reported with the heartbeats for the registry's console. */
@@ -122,6 +124,7 @@ export class Membership {
   private buildRecord(join: JoinResult): AgentRecord {
     const now = Date.now();
     this.seq = Math.max(now, this.seq + 1); // grows across restarts too
+    const homeRelay = this.opts.homeRelay?.() ?? null;
     return {
       v: 1, network: join.network, id: this.opts.identity.id, name: this.opts.name,
       wgPublicKey: Buffer.from(this.opts.identity.wgPublicKey).toString('base64'),
@@ -129,6 +132,7 @@ export class Membership {
       endpoints: this.opts.endpoints(),
       capabilities: this.opts.capabilities.map((c) => formatCapability(parseCapability(c))),
       seq: this.seq, issuedAt: now, expiresAt: now + RECORD_LIFETIME_MS,
+      ...(homeRelay ? { homeRelay } : {}),
     };
   }
 

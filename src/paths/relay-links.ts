@@ -51,18 +51,26 @@ export class RelayLinks<L extends ManagedLink> implements RelayRouter {
   private homeName: string | null = null;
 
   /** `advertised`: relay names we may open; `open` makes a (not yet started) link to one. */
-  constructor(private readonly advertised: ReadonlySet<string>, private readonly open: (name: string) => L) {}
+  constructor(private readonly advertised: Set<string>, private readonly open: (name: string) => L) {}
 
   get homeRelay(): string | null {
     return this.homeName;
   }
 
-  /** Makes `name` our home relay (opening its link if needed); the previous home's link stays until idle. */
-  setHome(name: string, now: number): void {
-    if (name === this.homeName || !this.advertised.has(name)) return;
+  /** Makes `name` our home relay (opening its link if needed); the previous home's link stays until idle. False: no such usable relay. */
+  setHome(name: string, now: number): boolean {
+    if (name === this.homeName) return true;
+    const e = this.advertised.has(name) ? this.entries.get(name) ?? this.add(name, now) : null;
+    if (!e) return false;
     this.homeName = name;
-    this.home = this.entries.get(name) ?? this.add(name, now);
-    this.home.lastUsedAt = now;
+    this.home = e;
+    e.lastUsedAt = now;
+    return true;
+  }
+
+  /** The link of relay `name`, if open. */
+  linkOf(name: string): L | null {
+    return this.entries.get(name)?.link ?? null;
   }
 
   linkFor(path: PeerPath, now: number): RelayLink | null {
@@ -112,10 +120,18 @@ export class RelayLinks<L extends ManagedLink> implements RelayRouter {
     return this.add(name, now);
   }
 
-  private add(name: string, now: number): Entry<L> {
-    const e = { link: this.open(name), lastUsedAt: now };
+  /** Opens and starts a link; null when the relay's advertisement is unusable (a bad URL): it is not tried again. */
+  private add(name: string, now: number): Entry<L> | null {
+    let link: L;
+    try {
+      link = this.open(name);
+    } catch {
+      this.advertised.delete(name);
+      return null;
+    }
+    const e = { link, lastUsedAt: now };
     this.entries.set(name, e);
-    e.link.start();
+    link.start();
     return e;
   }
 }

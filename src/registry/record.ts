@@ -30,6 +30,8 @@ export interface AgentRecord {
   expiresAt: number;
   /** base64 current Ed25519 key after a rotation; absent (never the ID's key itself) until the first one. */
   key?: string;
+  /** The relay (by its advertised name) this agent is reached through when relayed; absent: one-relay networks, older agents. */
+  homeRelay?: string;
 }
 
 export interface SignedRecord {
@@ -63,14 +65,19 @@ const ENDPOINT = /^(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:.]+\]):(\d{1,5})$/;
 const FIELDS: (keyof AgentRecord)[] = ['v', 'network', 'id', 'name', 'wgPublicKey', 'ipv4', 'ipv6', 'endpoints', 'capabilities', 'seq', 'issuedAt', 'expiresAt'];
 const FIELD_SET = new Set<string>(FIELDS);
 
-/** A record's optional field: the current key, signed after the others (records without it keep their bytes). */
-const OPTIONAL_FIELD = 'key';
-FIELD_SET.add(OPTIONAL_FIELD);
+/** A record's optional fields: the current key, the home relay, signed after the others (records without them keep their bytes). */
+const OPTIONAL_FIELDS = ['key', 'homeRelay'];
+for (const f of OPTIONAL_FIELDS) FIELD_SET.add(f);
 
-/** The exact bytes that are signed: a domain label, then the fields in a fixed order as JSON (`key` last, when present). */
+/**
+ * The exact bytes that are signed: a domain label, then the fields in a fixed order as JSON;
+ * `key` follows when present, then `homeRelay` when present as {"homeRelay": name} (an object, so
+ * it can never be read as a `key` string: a signature covers one meaning only).
+ */
 export function canonicalRecordBytes(r: AgentRecord): Buffer {
   const values: unknown[] = FIELDS.map((f) => r[f]);
   if (r.key !== undefined) values.push(r.key);
+  if (r.homeRelay !== undefined) values.push({ homeRelay: r.homeRelay });
   return Buffer.from('agentvpn record v1\n' + JSON.stringify(values));
 }
 
@@ -90,6 +97,7 @@ export function canonicalRecord(r: AgentRecord): AgentRecord {
     v: r.v, network: r.network, id: r.id, name: r.name, wgPublicKey: r.wgPublicKey, ipv4: r.ipv4, ipv6: r.ipv6,
     endpoints: [...r.endpoints], capabilities: [...r.capabilities], seq: r.seq, issuedAt: r.issuedAt, expiresAt: r.expiresAt,
     ...(r.key !== undefined ? { key: r.key } : {}),
+    ...(r.homeRelay !== undefined ? { homeRelay: r.homeRelay } : {}),
   };
 }
 
@@ -145,6 +153,7 @@ function shapeProblem(r: AgentRecord): string | null {
   }
   for (const n of [r.seq, r.issuedAt, r.expiresAt]) if (!Number.isSafeInteger(n) || n < 0) return 'bad seq or times';
   if (r.key !== undefined && (typeof r.key !== 'string' || !KEY_BASE64.test(r.key))) return 'bad key';
+  if (r.homeRelay !== undefined && (typeof r.homeRelay !== 'string' || !NAME_PATTERN.test(r.homeRelay))) return 'bad homeRelay (a relay name: lowercase letters, digits and -)';
   return null;
 }
 
