@@ -113,6 +113,7 @@ export class FleetAgent {
       client, identity: this.identity, name: opts.name, token: opts.token, network: opts.network,
       capabilities: opts.capabilities, stateDir: opts.stateDir, log: opts.log,
       endpoints: () => this.publishedEndpoints(), audit: this.audit,
+      homeRelay: () => this.paths?.homeRelay ?? null,
     });
   }
 
@@ -173,7 +174,11 @@ export class FleetAgent {
     });
     this.daemon = daemon;
     await daemon.start();
-    const paths = new FleetPaths({ daemon, identity: this.identity, join, iface: opts.iface, caFile: opts.caFile, log: opts.log });
+    const paths = new FleetPaths({
+      daemon, identity: this.identity, join, iface: opts.iface, caFile: opts.caFile, log: opts.log,
+      // A new home relay goes out in a new record: peers send through it once they see it.
+      onHomeRelayChange: () => void (this.membership.hasPublished && this.membership.publish()),
+    });
     this.paths = paths;
     await paths.start();
     await this.refreshEndpoints();
