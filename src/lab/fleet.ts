@@ -19,13 +19,13 @@ export interface LabRegistry {
 }
 
 /** Runs `agentvpn registry` (with its built-in relay and STUN) in ns and creates a join token. */
-export async function startLabRegistry(lab: Lab, ns: string, ip: string, opts: { port?: number; network?: string; offlineAfterSec?: number } = {}): Promise<LabRegistry> {
+export async function startLabRegistry(lab: Lab, ns: string, ip: string, opts: { port?: number; network?: string; offlineAfterSec?: number; extraArgs?: string[] } = {}): Promise<LabRegistry> {
   const port = opts.port ?? 7443;
   const network = opts.network ?? 'lab';
   const db = join(lab.dir, `registry-${network}.db`);
   const url = `http://${ip}:${port}`;
   const proc = lab.spawn(ns, [process.execPath, AGENTVPN_BIN, 'registry', '--listen', `${ip}:${port}`, '--db', db, '--network', network,
-    '--offline-after', String(opts.offlineAfterSec ?? 15)], { name: 'registry', cwd: REPO_ROOT });
+    '--offline-after', String(opts.offlineAfterSec ?? 15), ...(opts.extraArgs ?? [])], { name: 'registry', cwd: REPO_ROOT });
   await waitFor(async () => (await lab.exec(ns, ['curl', '-sf', `${url}/healthz`])).code === 0, { timeoutMs: 20_000, what: `registry at ${url}` });
   const t = await lab.run(ns, [process.execPath, AGENTVPN_BIN, 'registry', 'token', 'create', '--db', db, '--network', network, '--json']);
   return { ns, url, db, network, token: JSON.parse(t.stdout).token as string, proc };
