@@ -96,7 +96,8 @@ export class FleetPaths {
     sock.stunHandler = (buf, off, len, src, srcOff) => (this.prober?.onResponse(buf, off, len, src, srcOff) ?? false) ||
       (this.netcheck?.onResponse(buf, off, len, src, srcOff) ?? false) || (this.adhocNetcheck?.onResponse(buf, off, len, src, srcOff) ?? false);
     if (this.links) await this.startRelayChoice();
-    const servers = await this.resolveStunServers(join.stun ?? []);
+    // Without the registry's own STUN (--no-relay), the advertised relays answer STUN on their ports too.
+    const servers = await this.resolveStunServers(join.stun?.length ? join.stun : this.advertised.map((a) => a.info.udp));
     if (servers.length) this.netcheck = this.makeNetcheck(servers);
   }
 
@@ -213,7 +214,7 @@ export class FleetPaths {
   }
 
   /** The periodic netcheck, or with `servers` a one-off check against those STUN servers from the same socket. */
-  async runNetcheck(params?: { servers?: unknown }): Promise<NetcheckReport> {
+  async runNetcheck(params?: { servers?: unknown }): Promise<NetcheckReport & { relays?: ReturnType<FleetPaths['relays']> }> {
     if (Array.isArray(params?.servers) && params.servers.length) {
       const servers = await this.resolveStunServers(params.servers.map(String));
       if (!servers.length) throw new AgentVpnError('BAD_STUN_SERVER', `cannot use STUN servers ${params.servers.join(', ')}`, 'give HOST:PORT entries that resolve, e.g. --stun 203.0.113.2:3478');
@@ -228,7 +229,7 @@ export class FleetPaths {
       throw new AgentVpnError('NO_STUN', 'the registry offers no STUN server', 'use a registry that runs its built-in relay and STUN (the default), or `agentvpn netcheck --stun HOST:PORT`');
     }
     this.lastReport = await this.netcheck.run();
-    return this.lastReport;
+    return { ...this.lastReport, relays: this.relays() };
   }
 
   /**

@@ -57,7 +57,8 @@ export class RelayProber {
 
   /** A STUN datagram from src[srcOff]: true when it answers one of our probes (then it is used up); others are left to netcheck. */
   onResponse(buf: Buffer, off: number, len: number, src: Buffer, srcOff: number): boolean {
-    if (this.pending.size === 0) return false;
+    // Cheap checks first: only a relay's own address is parsed at all (a flood from elsewhere costs a compare).
+    if (this.pending.size === 0 || !this.relays.some((r) => sameEndpoint(r.endpoint, 0, src, srcOff))) return false;
     const answer = parseBindingResponse(buf, off, len);
     const key = answer?.txid.toString('latin1');
     const probe = key === undefined ? undefined : this.pending.get(key);

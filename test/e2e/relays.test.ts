@@ -74,6 +74,11 @@ describe.runIf(labReady(['ip', 'iptables', 'curl', 'python3', 'ping']))('several
     const path = (await alice.json<DeviceStatus>(['status'])).peers[0]?.path;
     console.log(`homes: alice ${(await peer(bob, 'alice'))?.homeRelay}, bob ${(await peer(alice, 'bob'))?.homeRelay}; alice's path to bob: ${path?.kind} via ${path?.endpoint}`);
     expect(path?.kind).toBe('relay');
+    // netcheck shows every advertised relay, its region and RTT, and which one is home.
+    const { relays: seen } = await alice.json<{ relays: { name: string; region: string; rttMs: number | null; alive: boolean; home: boolean }[] }>(['netcheck']);
+    console.log(`alice's relays: ${seen.map((r) => `${r.name} ${r.region} ${r.rttMs} ms${r.home ? ' (home)' : ''}`).join(', ')}`);
+    expect(seen.map((r) => [r.name, r.region, r.alive])).toEqual(RELAYS.map((r) => [r.name, r.region, true]));
+    expect(seen.filter((r) => r.home).map((r) => r.name)).toEqual([(await peer(bob, 'alice'))?.homeRelay]);
   }, 60_000);
 
   it('a relay killed under traffic: the pair moves to the other relay within 10 s and 20 MB arrive intact', async () => {

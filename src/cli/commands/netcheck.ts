@@ -71,6 +71,10 @@ export function formatNetcheck(r: NetcheckReport, via?: NetcheckResult['via'], i
     rows.push([i === 0 ? 'latency:' : '', `${server.padEnd(width)}  ${ms === undefined ? 'no answer' : `${ms.toFixed(2)} ms`}`]);
   });
   if (r.stunServers.length === 0) rows.push(['latency:', '-']);
+  // The daemon's view of the relays the registry advertises: which is home, and how near each is.
+  const relays = (r as { relays?: { name: string; region: string | null; rttMs: number | null; alive: boolean; home: boolean }[] }).relays ?? [];
+  relays.forEach((x, i) => rows.push([i === 0 ? 'relays:' : '',
+    `${x.name} (${x.region ?? 'no region'})  ${x.alive && x.rttMs !== null ? `${x.rttMs.toFixed(2)} ms` : 'no answer'}${x.home ? '  home' : ''}`]));
   if (via) rows.push(['checked by:', via === 'daemon' ? `the daemon of ${iface ?? 'the interface'}` : 'this command (no daemon running)']);
   return columns(rows);
 }
