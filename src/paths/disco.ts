@@ -15,8 +15,10 @@ import { ENDPOINT_SIZE } from '../net/endpoint.js';
  *   ping:          txid (12)
  *   pong:          txid (12) | the ping's source as we saw it (20-byte endpoint)
  *   call-me-maybe: the sender's candidate endpoints (n x 20)
- *   birthday:      the sender's public endpoint as its STUN saw it (20): "my NAT is symmetric and I
- *                  am probing you from many ports; probe random ports of this address" (birthday.ts)
+ *   birthday:      role (1: 0 = request, 1 = answer) | the sender's public endpoint as STUN saw it (20).
+ *                  The request, from a symmetric NAT: "I will probe you from many ports; probe random
+ *                  ports of this address"; the answer, from an endpoint-independent NAT: "agreed, I
+ *                  am probing; probe this endpoint" (birthday.ts)
  *
  * The counter makes every message usable once: the receiver keeps a replay window per peer, so a
  * captured ping replayed a thousand times earns no pong. It is the sender's clock in 1/16 ms,
@@ -37,7 +39,7 @@ export type DiscoMessage =
   | { type: 'ping'; txid: Buffer }
   | { type: 'pong'; txid: Buffer; observed: Buffer }
   | { type: 'call-me-maybe'; candidates: Buffer[] }
-  | { type: 'birthday'; publicEndpoint: Buffer };
+  | { type: 'birthday'; answer: boolean; publicEndpoint: Buffer };
 
 const TYPE_CODES = { ping: 1, pong: 2, 'call-me-maybe': 3, birthday: 4 } as const;
 
@@ -67,7 +69,7 @@ function encodeBody(m: DiscoMessage): Buffer[] {
     case 'call-me-maybe':
       return m.candidates.slice(0, MAX_CANDIDATES).map((c) => c.subarray(0, ENDPOINT_SIZE));
     case 'birthday':
-      return [m.publicEndpoint.subarray(0, ENDPOINT_SIZE)];
+      return [Buffer.of(m.answer ? 1 : 0), m.publicEndpoint.subarray(0, ENDPOINT_SIZE)];
   }
 }
 
@@ -89,7 +91,9 @@ function decodePayload(p: Buffer): DiscoMessage | null {
     for (let i = 0; i < body.length; i += ENDPOINT_SIZE) candidates.push(Buffer.from(body.subarray(i, i + ENDPOINT_SIZE)));
     return { type: 'call-me-maybe', candidates };
   }
-  if (p[0] === TYPE_CODES.birthday && body.length === ENDPOINT_SIZE) return { type: 'birthday', publicEndpoint: Buffer.from(body) };
+  if (p[0] === TYPE_CODES.birthday && body.length === 1 + ENDPOINT_SIZE && body[0] <= 1) {
+    return { type: 'birthday', answer: body[0] === 1, publicEndpoint: Buffer.from(body.subarray(1)) };
+  }
   return null;
 }
 

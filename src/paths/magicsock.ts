@@ -43,6 +43,8 @@ interface PendingPing {
   resolve?: (reply: { endpoint: Buffer | null; rttMs: number }) => void;
   /** The extra (birthday) socket it went out of; null: the main socket. Its pong must come back there. */
   via: ProbeSocket | null;
+  /** A birthday probe: its pong makes a path only when there is none (other hits must not move it off the one socket). */
+  spray: boolean;
 }
 
 /** Whether a datagram is WireGuard's: a message type 1..4 as a little-endian u32 (the device checks sizes). */
@@ -94,7 +96,7 @@ export class MagicSock implements Bind {
   private readonly viaLens = new Int32Array(1);
   /** Hard-NAT probing (birthday.ts): its pings go out through sendPing, its sockets' datagrams come in through receiveVia. */
   readonly birthday = new BirthdayProber<PeerPath>({
-    ping: (path, to, via) => this.sendPing(path, to, Date.now(), undefined, via),
+    ping: (path, to, via) => this.sendPing(path, to, Date.now(), undefined, via, true),
     receive: (sock, slab, slot, lens, addrs, count) => this.receiveVia(sock, slab, slot, lens, addrs, count),
   });
   /** Whether our NAT's mapping varies by destination (netcheck; null: not known), and our public endpoint as STUN saw it. */
@@ -404,12 +406,12 @@ export class MagicSock implements Bind {
     (via ?? this.udp).send(msg, this.oneOffsets, this.oneLens, to, 1);
   }
 
-  private sendPing(path: PeerPath, to: Buffer | null, now: number, resolve?: PendingPing['resolve'], via: ProbeSocket | null = null): void {
+  private sendPing(path: PeerPath, to: Buffer | null, now: number, resolve?: PendingPing['resolve'], via: ProbeSocket | null = null, spray = false): void {
     const txid = newTxid();
     path.awaitReply();
     // A ping of the direct path goes the way the path's packets go.
     if (!via && to && path.socket && path.direct && sameEndpoint(to, 0, path.direct, 0)) via = path.socket;
-    this.pending.set(txid.toString('hex'), { path, endpoint: to && Buffer.from(to), sentAt: performance.now(), resolve, via });
+    this.pending.set(txid.toString('hex'), { path, endpoint: to && Buffer.from(to), sentAt: performance.now(), resolve, via, spray });
     if (to) {
       path.lastDirectPingAt = now;
       if (path.direct && sameEndpoint(to, 0, path.direct, 0)) path.directUnansweredSince ??= now;
@@ -470,7 +472,7 @@ export class MagicSock implements Bind {
     } else if (m.type === 'pong') {
       this.receivePong(path, m.txid, from, now, via);
     } else if (m.type === 'birthday') {
-      this.receiveBirthday(path, m.publicEndpoint, now);
+      this.receiveBirthday(path, m.answer, m.publicEndpoint, now);
     } else if (now - path.lastCallMeMaybeAt >= T.probeOnTrafficMs) {
       // At most once a second per peer: a replayed call-me-maybe cannot make us a ping cannon.
       path.lastCallMeMaybeAt = now;
@@ -491,7 +493,7 @@ export class MagicSock implements Bind {
       return;
     }
     if (!from || !sameEndpoint(from, 0, ping.endpoint, 0)) return; // answered from elsewhere: not this path
-    if (ping.via !== via) return; // a pong must come back to the socket its ping left
+    if (ping.via !== via || (ping.spray && path.direct)) return; // a pong must come back to the socket its ping left
     const better = !path.direct || sameEndpoint(path.direct, 0, from, 0) || rtt < path.directRttMs * T.betterRttFactor;
     if (!better) return;
     const upgraded = !path.direct || !sameEndpoint(path.direct, 0, from, 0);
@@ -529,7 +531,7 @@ export class MagicSock implements Bind {
     if (this.natHard !== true || !this.publicEndpoint || !this.relays || now - path.noDirectSince < BT.startAfterMs) return;
     if (!this.birthday.canStart(path, 'hard')) return;
     this.birthday.noteAsked(path);
-    this.sendDisco(path, null, { type: 'birthday', publicEndpoint: this.publicEndpoint });
+    this.sendDisco(path, null, { type: 'birthday', answer: false, publicEndpoint: this.publicEndpoint });
   }
 
   /**
@@ -537,14 +539,14 @@ export class MagicSock implements Bind {
    * hard side). Either way we probe only the address the peer is known at (one of its published or
    * observed candidates), only while we want a path to it, and within the prober's budgets.
    */
-  private receiveBirthday(path: PeerPath, theirs: Buffer, now: number): void {
+  private receiveBirthday(path: PeerPath, answer: boolean, theirs: Buffer, now: number): void {
     if (path.direct || !this.isActive(path, now)) {
       this.birthday.stats.refused++;
       return;
     }
-    if (this.natHard === true) {
-      // Their answer: their exact public endpoint must be one they published or we saw.
-      if (!this.birthday.askedRecently(path) || !path.candidates.some((c) => sameEndpoint(c, 0, theirs, 0))) {
+    if (answer) {
+      // Their answer to our request: their exact public endpoint must be one they published or we saw.
+      if (this.natHard !== true || !this.birthday.askedRecently(path) || !path.candidates.some((c) => sameEndpoint(c, 0, theirs, 0))) {
         this.birthday.stats.refused++;
         return;
       }
@@ -559,7 +561,7 @@ export class MagicSock implements Bind {
     }
     if (!this.birthday.startEasy(path, theirs)) return; // back-off or too many attempts (counted there)
     this.log.info({ peer: path.wgKey.toString('base64'), target: formatEndpoint(theirs) }, 'birthday probing (easy side)');
-    this.sendDisco(path, null, { type: 'birthday', publicEndpoint: this.publicEndpoint });
+    this.sendDisco(path, null, { type: 'birthday', answer: true, publicEndpoint: this.publicEndpoint });
   }
 
   /** Whether the device exchanged packets with the peer recently (we want a path to it). */
