@@ -1,0 +1,127 @@
+// Two registry instances (in this process) on one real PostgreSQL: the change feed keeps each
+// one's memory and event stream in step with the other. Measured: how long after a publish on
+// instance 1 returns its upsert shows on instance 2's stream; that heartbeats sent to instance 1
+// keep the agent online on instance 2 (its sweep would mark it offline otherwise); and that
+// changes made while instance 2's LISTEN connection is down show once it reconnects.
+import { request, type IncomingMessage } from 'node:http';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { postgresUnavailableReason, startPostgres, type LabPostgres } from '../../src/lab/postgres.js';
+import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
+import { makeAgent } from './hostile-helpers.js';
+
+const canRun = process.getuid?.() === 0 && postgresUnavailableReason() === null;
+if (process.env.CI && !canRun) throw new Error(`pg-feed tests need root and PostgreSQL: ${postgresUnavailableReason() ?? 'not root'}`);
+
+const NET = 'feed';
+const OFFLINE_AFTER_MS = 3_000;
+
+interface StreamEvent { t: number; event: string; name: string; online: boolean }
+
+/** An event stream of `reg`, collecting (time, event, agent name). */
+function watch(reg: RunningRegistry, token: string): Promise<{ events: StreamEvent[]; close(): void }> {
+  return new Promise((resolve, reject) => {
+    const events: StreamEvent[] = [];
+    const req = request(`${reg.url}/v1/events?network=${NET}`, { headers: { authorization: `Bearer ${token}` } }, (res: IncomingMessage) => {
+      if (res.statusCode !== 200) return reject(new Error(`events: HTTP ${res.statusCode}`));
+      let buf = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => {
+        buf += c;
+        for (let i; (i = buf.indexOf('\n\n')) >= 0; buf = buf.slice(i + 2)) {
+          const frame = buf.slice(0, i);
+          const event = /^event: (.*)$/m.exec(frame)?.[1];
+          const data = /^data: (.*)$/m.exec(frame)?.[1];
+          if (!event || !data) continue;
+          const d = JSON.parse(data) as { agents?: Array<{ record: { name: string }; online: boolean }>; agent?: { record: { name: string }; online: boolean } };
+          for (const a of d.agents ?? (d.agent ? [d.agent] : [])) events.push({ t: Date.now(), event, name: a.record.name, online: a.online });
+        }
+      });
+      resolve({ events, close: () => req.destroy() });
+    });
+    req.on('error', () => undefined);
+    req.end();
+  });
+}
+
+async function until<T>(what: string, fn: () => T | undefined, timeoutMs: number): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = fn();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+const quantile = (xs: number[], q: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))];
+
+describe.runIf(canRun)('registry instances on one PostgreSQL follow each other', () => {
+  let pg: LabPostgres;
+  let one: RunningRegistry;
+  let two: RunningRegistry;
+  let token: string;
+
+  beforeAll(async () => {
+    pg = await startPostgres();
+    const opts = { listen: '127.0.0.1:0', db: pg.url, network: NET, relay: false, offlineAfterMs: OFFLINE_AFTER_MS };
+    one = await startRegistry(opts);
+    two = await startRegistry(opts);
+    token = await one.createToken({ network: NET });
+  }, 60_000);
+
+  afterAll(async () => {
+    await one?.stop();
+    await two?.stop();
+    await pg?.stop();
+  });
+
+  it("a publish on instance 1 shows on instance 2's stream within 1 s (20 agents: p50 and max)", async () => {
+    const stream = await watch(two, token);
+    try {
+      const lags: number[] = [];
+      for (let i = 0; i < 20; i++) {
+        const name = `lat-${i}`;
+        await makeAgent(one.url, NET, name, token);
+        const published = Date.now();
+        const seen = await until(`${name} on instance 2`, () => stream.events.find((e) => e.name === name && e.event === 'upsert'), 5_000);
+        lags.push(Math.max(0, seen.t - published));
+      }
+      console.log(`propagation instance 1 -> instance 2's stream, 20 publishes: p50 ${quantile(lags, 0.5)} ms, max ${Math.max(...lags)} ms`);
+      expect(Math.max(...lags)).toBeLessThan(1_000);
+    } finally {
+      stream.close();
+    }
+  });
+
+  it('heartbeats sent to instance 1 keep the agent online on instance 2', async () => {
+    const a = await makeAgent(one.url, NET, 'beating', token);
+    const stream = await watch(two, token);
+    try {
+      // Two offline periods of heartbeats to instance 1 only.
+      for (let t = 0; t < (2 * OFFLINE_AFTER_MS) / 500; t++) {
+        await a.client.heartbeat();
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      const offline = stream.events.filter((e) => e.name === 'beating' && e.event === 'offline').length;
+      console.log(`'offline' events for an agent heartbeating to the other instance, over ${2 * OFFLINE_AFTER_MS} ms: ${offline}`);
+      expect(offline).toBe(0);
+      await a.client.leave();
+      await until('the leave on instance 2', () => stream.events.find((e) => e.name === 'beating' && e.event === 'offline'), 2_000);
+    } finally {
+      stream.close();
+    }
+  });
+
+  it("changes made while instance 2's LISTEN connection is down show once it reconnects", async () => {
+    const stream = await watch(two, token);
+    try {
+      const killed = await pg.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'agentvpn-registry-feed'");
+      const lostAt = Date.now();
+      for (let i = 0; i < 3; i++) await makeAgent(one.url, NET, `missed-${i}`, token);
+      for (let i = 0; i < 3; i++) await until(`missed-${i} on instance 2`, () => stream.events.find((e) => e.name === `missed-${i}`), 10_000);
+      console.log(`feed connections terminated: ${killed.trim()}; 3 agents published meanwhile were on instance 2's stream ${Date.now() - lostAt} ms after`);
+    } finally {
+      stream.close();
+    }
+  });
+});
