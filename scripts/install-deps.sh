@@ -27,6 +27,7 @@ wanted=(
   chromium:chromium
   systemd:systemd-analyze
   ncat:ncat
+  postgresql:pg_ctlcluster   # the registry's PostgreSQL store tests (initdb in /usr/lib/postgresql/*/bin)
 )
 
 have_cmd() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
