@@ -7,6 +7,10 @@ import type { Argv, CommandModule } from 'yargs';
 import { AgentVpnError } from '../../errors.js';
 import { DEFAULT_LIMITS } from '../../relay/limits.js';
 import { parseAllowKeys } from '../../relay/allow-list.js';
+import { MemberFeed } from '../../relay/member-feed.js';
+import { AdminClient } from '../../registry/admin-client.js';
+import { publicKeyOfAgentId } from '../../identity/agent-id.js';
+import { NETWORK_PATTERN } from '../../net/names.js';
 import { formatHostPort, parseHostPort } from '../../relay/protocol.js';
 import { startRelay, type RunningRelay } from '../../relay/server.js';
 import { UPGRADE_PATH } from '../../relay/tcp.js';
@@ -17,6 +21,10 @@ import { printResult, runCommand, type GlobalArgs } from '../output.js';
 interface RelayArgs extends GlobalArgs {
   listen?: string;
   'allow-key'?: string[];
+  registry?: string;
+  'admin-token-file'?: string;
+  'registry-ca'?: string;
+  network?: string[];
   'tls-cert'?: string;
   'tls-key'?: string;
   'stun-second-port': boolean;
@@ -43,6 +51,35 @@ function tlsOptions(cert?: string, key?: string): { cert: Buffer; key: Buffer } 
   }
 }
 
+/**
+ * With --registry: the members of the given networks, read from the registry's admin API (the
+ * command composes registry and relay; the relay only sees a list function per network).
+ */
+function memberFeed(args: RelayArgs, log: ReturnType<typeof createLogger>, onChange: () => void): MemberFeed | null {
+  if (!args.registry) return null;
+  if (args['allow-key']?.length) throw new AgentVpnError('USAGE', '--allow-key and --registry both name who may use the relay', 'give one: --registry URL follows its members, --allow-key pins keys');
+  const file = args['admin-token-file'];
+  let token = process.env.AGENTVPN_ADMIN_TOKEN;
+  if (file) {
+    try {
+      token = readFileSync(file, 'utf8').trim();
+    } catch (e) {
+      throw new AgentVpnError('ADMIN_TOKEN_FILE', `cannot read admin token file ${file}: ${(e as Error).message}`, 'check the path and its permissions');
+    }
+  }
+  if (!token) throw new AgentVpnError('USAGE', '--registry needs an admin token', 'set AGENTVPN_ADMIN_TOKEN or pass --admin-token-file FILE (agentvpn registry admin-token create makes one)');
+  const networks = args.network?.length ? args.network : ['default'];
+  for (const n of networks) if (!NETWORK_PATTERN.test(n)) throw new AgentVpnError('BAD_NETWORK', `invalid network "${n.slice(0, 80)}"`, 'network names are lowercase letters, digits and -, up to 63');
+  const sources = networks.map((network) => {
+    const admin = new AdminClient(args.registry!, token!, network, args['registry-ca']);
+    return {
+      network,
+      list: async () => (await admin.list()).agents.map((a) => (a.key ? Buffer.from(a.key, 'base64') : publicKeyOfAgentId(a.id))).filter((k): k is Uint8Array => !!k && k.length === 32),
+    };
+  });
+  return new MemberFeed(sources, log, onChange);
+}
+
 async function serve(args: RelayArgs): Promise<void> {
   if (!args.listen) throw new AgentVpnError('USAGE', 'the relay needs --listen HOST:PORT', 'e.g. agentvpn relay --listen 0.0.0.0:7443');
   const { host, port } = parseHostPort(args.listen, '--listen address');
@@ -51,6 +88,11 @@ async function serve(args: RelayArgs): Promise<void> {
   const tls = tlsOptions(args['tls-cert'], args['tls-key']);
   if (args.metrics) parseMetricsListen(args.metrics); // a bad address is refused before anything starts
   const log = createLogger(args['log-level'] as LogLevel, { component: 'relay' });
+  let relayRef: RunningRelay | null = null;
+  const members = memberFeed(args, log, () => relayRef?.recheck());
+  // The first lists before the first hello (a registry not up yet: nobody until it answers).
+  await members?.refresh();
+  members?.start();
 
   const server: Server = tls ? createHttpsServer(tls, answerPlainRequest) : createHttpServer(answerPlainRequest);
   await new Promise<void>((resolve, reject) => {
@@ -63,15 +105,17 @@ async function serve(args: RelayArgs): Promise<void> {
   const relayOpts = {
     stunSecondPort: args['stun-second-port'], tcpServer: server, log,
     limits: { packetsPerSecond: args.pps, bytesPerSecond: args.bps, burst: { packets: Math.ceil(args.pps / 2), bytes: Math.ceil(args.bps / 2) } },
-    allow: allowed?.hook,
+    allow: allowed?.hook ?? members?.hook,
   };
   try {
     // UDP on the TCP port number; with port 0, any free one when that number is taken for UDP.
     relay = await startRelay({ ...relayOpts, udp: { host, port: tcpPort } }).catch((e) => (port === 0 ? startRelay({ ...relayOpts, udp: { host, port: 0 } }) : Promise.reject(e)));
   } catch (e) {
+    members?.stop();
     server.close();
     throw e;
   }
+  relayRef = relay;
   const metrics = args.metrics ? await startRelayMetrics(relay, args.metrics, log).catch(async (e) => {
     await relay.stop();
     server.close();
@@ -80,15 +124,18 @@ async function serve(args: RelayArgs): Promise<void> {
   const udp = formatHostPort(host, relay.udpPort);
   const tcp = `${tls ? 'https' : 'http'}://${formatHostPort(host, tcpPort)}${UPGRADE_PATH}`;
   const stun = relay.stunSecondPort ? [udp, formatHostPort(host, relay.stunSecondPort)] : [udp];
-  printResult(args.json, { udp, tcp, stun, allowKeys: allowed ? allowed.keys : null, networks: allowed ? allowed.networks : null, metrics: metrics?.url ?? null },
+  const networks = allowed ? allowed.networks : members ? (args.network?.length ? args.network : ['default']) : null;
+  printResult(args.json, { udp, tcp, stun, allowKeys: allowed ? allowed.keys : members ? members.size : null, networks, registry: args.registry ?? null, metrics: metrics?.url ?? null },
     () => `relay listening: UDP ${udp}, TCP ${tcp}; STUN on ${stun.join(' and ')}; ` +
-      (allowed ? `${allowed.keys} allowed key(s) in network(s) ${allowed.networks.join(', ')}` : 'open to any agent key (one network: any agent can reach any other)'));
+      (allowed ? `${allowed.keys} allowed key(s) in network(s) ${allowed.networks.join(', ')}`
+        : members ? `members of ${networks!.join(', ')} at ${args.registry} (${members.size} key(s) now, re-read every 10 s)` : 'open to any agent key (one network: any agent can reach any other)'));
 
   const signal = await new Promise<string>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'));
     process.once('SIGINT', () => resolve('SIGINT'));
   });
   log.info({ signal, event: 'stopping', ...relay.stats() }, 'stopping');
+  members?.stop();
   await metrics?.stop();
   await relay.stop();
   server.closeAllConnections();
@@ -102,6 +149,10 @@ export const relayCommand: CommandModule<GlobalArgs, RelayArgs> = {
     y
       .option('listen', { type: 'string', describe: 'HOST:PORT for UDP and TCP, e.g. 0.0.0.0:7443' })
       .option('allow-key', { type: 'string', array: true, describe: 'only these agents may use the relay, as [NETWORK:]KEY (agent ID or base64 public key; repeat the option); frames pass only within a network (default "default")' })
+      .option('registry', { type: 'string', describe: "follow this registry's members instead of --allow-key: only agents of --network may use the relay (admin token from AGENTVPN_ADMIN_TOKEN or --admin-token-file)" })
+      .option('admin-token-file', { type: 'string', describe: 'file holding an admin token of the registry (with --registry)' })
+      .option('registry-ca', { type: 'string', describe: "the registry's CA certificate (PEM), for https with --registry" })
+      .option('network', { type: 'string', array: true, describe: 'with --registry: the networks whose members may use the relay (repeat; default "default"); frames pass only within a network' })
       .option('tls-cert', { type: 'string', describe: 'TLS certificate (PEM): serve the TCP fallback over HTTPS' })
       .option('tls-key', { type: 'string', describe: 'TLS private key (PEM)' })
       .option('stun-second-port', { type: 'boolean', default: true, describe: 'also answer STUN on the next UDP port (lets agents spot NATs whose mapping varies by destination)' })
