@@ -53,6 +53,7 @@ export interface WatchHandlers {
 }
 
 export interface RegistryClientOptions {
+  /** One registry URL, or several (comma-separated) instances of one registry on a shared database. */
   url: string;
   identity: Identity;
   network: string;
@@ -60,26 +61,50 @@ export interface RegistryClientOptions {
   timeoutMs?: number;
 }
 
-/** Talks to a registry on behalf of one agent identity in one network. */
+/** One registry instance the client may talk to. */
+interface Instance {
+  url: string;
+  base: URL;
+  basePath: string;
+  transport: typeof http | typeof https;
+  agent: http.Agent;
+}
+
+/** Registry instances one client may be given (`--registry URL1,URL2,...`). */
+const MAX_INSTANCES = 16;
+
+function parseInstanceUrl(url: string): URL {
+  let base: URL;
+  try {
+    base = new URL(url);
+  } catch {
+    throw new AgentVpnError('BAD_REGISTRY_URL', `invalid registry URL "${url}"`, 'give the registry as http(s)://HOST:PORT (several instances: comma-separated)');
+  }
+  if (base.protocol !== 'http:' && base.protocol !== 'https:') {
+    throw new AgentVpnError('BAD_REGISTRY_URL', `registry URL "${url}" is not http or https`, 'give the registry as http(s)://HOST:PORT');
+  }
+  return base;
+}
+
+/**
+ * Talks to a registry on behalf of one agent identity in one network. Given several instances
+ * of one registry (one database behind them), it starts at one chosen by the agent's ID (so a
+ * fleet spreads over them), stays with the one that answers, and moves to the next when a
+ * request cannot reach it or its event stream fails: a dead instance costs one failed attempt.
+ */
 export class RegistryClient {
-  private readonly base: URL;
-  private readonly basePath: string;
-  private readonly transport: typeof http | typeof https;
+  private readonly instances: Instance[];
+  /** Index of the instance requests go to first. */
+  private active: number;
   private readonly ca: Buffer | undefined;
-  private readonly agent: http.Agent;
   private readonly timeoutMs: number;
 
   constructor(private readonly opts: RegistryClientOptions) {
-    try {
-      this.base = new URL(opts.url);
-    } catch {
-      throw new AgentVpnError('BAD_REGISTRY_URL', `invalid registry URL "${opts.url}"`, 'give the registry as http(s)://HOST:PORT');
+    const urls = opts.url.split(',').map((u) => u.trim()).filter((u) => u !== '');
+    if (urls.length === 0 || urls.length > MAX_INSTANCES) {
+      throw new AgentVpnError('BAD_REGISTRY_URL', `give 1 to ${MAX_INSTANCES} registry URLs (got ${urls.length})`, 'e.g. --registry https://reg1.example:7443,https://reg2.example:7443');
     }
-    if (this.base.protocol !== 'http:' && this.base.protocol !== 'https:') {
-      throw new AgentVpnError('BAD_REGISTRY_URL', `registry URL "${opts.url}" is not http or https`, 'give the registry as http(s)://HOST:PORT');
-    }
-    this.basePath = this.base.pathname.replace(/\/+$/, '');
-    this.transport = this.base.protocol === 'https:' ? https : http;
+    const bases = urls.map(parseInstanceUrl);
     if (opts.caFile) {
       try {
         this.ca = readFileSync(opts.caFile);
@@ -87,8 +112,23 @@ export class RegistryClient {
         throw new AgentVpnError('REGISTRY_CA', `cannot read the registry CA certificate ${opts.caFile}: ${(e as Error).message}`, 'check the CA file path and its permissions', { cause: e });
       }
     }
-    this.agent = this.base.protocol === 'https:' ? new https.Agent({ keepAlive: true, ca: this.ca }) : new http.Agent({ keepAlive: true });
+    this.instances = bases.map((base, i) => ({
+      url: urls[i], base, basePath: base.pathname.replace(/\/+$/, ''), transport: base.protocol === 'https:' ? https : http,
+      agent: base.protocol === 'https:' ? new https.Agent({ keepAlive: true, ca: this.ca }) : new http.Agent({ keepAlive: true }),
+    }));
+    // Spread agents over the instances: the same agent starts at the same one each time.
+    this.active = [...opts.identity.id].reduce((h, c) => (h * 31 + c.charCodeAt(0)) >>> 0, 7) % this.instances.length;
     this.timeoutMs = opts.timeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+  }
+
+  /** The URL of the instance in use. */
+  get url(): string {
+    return this.instances[this.active].url;
+  }
+
+  /** After instance `i` failed: the next one is tried first (unless another failure moved on already). */
+  private failedOver(i: number): void {
+    if (this.active === i && this.instances.length > 1) this.active = (i + 1) % this.instances.length;
   }
 
   private get id(): string {
@@ -196,28 +236,47 @@ export class RegistryClient {
 
   /** Closes idle keep-alive connections (a client that is done need not wait for them to time out). */
   close(): void {
-    this.agent.destroy();
+    for (const i of this.instances) i.agent.destroy();
   }
 
-  private unreachable(e: Error & { code?: string }): AgentVpnError {
+  private unreachable(e: Error & { code?: string }, at: Instance = this.instances[this.active]): AgentVpnError {
     if (e instanceof AgentVpnError) return e;
     if (TLS_ERRORS.test(e.code ?? '')) {
-      return new AgentVpnError('REGISTRY_TLS', `the registry at ${this.opts.url} failed TLS verification: ${e.message}`,
+      return new AgentVpnError('REGISTRY_TLS', `the registry at ${at.url} failed TLS verification: ${e.message}`,
         "pass the registry's CA certificate (--registry-ca) or use a certificate valid for this host name", { cause: e });
     }
-    return new AgentVpnError('REGISTRY_UNREACHABLE', `cannot reach the registry at ${this.opts.url}: ${e.message}`, UNREACHABLE_HINT, { cause: e });
+    return new AgentVpnError('REGISTRY_UNREACHABLE', `cannot reach the registry at ${at.url}: ${e.message}`, UNREACHABLE_HINT, { cause: e });
   }
 
-  private requestOptions(method: string, path: string, headers: Record<string, string>): https.RequestOptions {
+  private requestOptions(at: Instance, method: string, path: string, headers: Record<string, string>): https.RequestOptions {
     return {
-      protocol: this.base.protocol, hostname: this.base.hostname.replace(/^\[|\]$/g, ''), port: this.base.port || undefined,
+      protocol: at.base.protocol, hostname: at.base.hostname.replace(/^\[|\]$/g, ''), port: at.base.port || undefined,
       method, path, headers, ca: this.ca,
     };
   }
 
-  /** One JSON request; resolves with the `{ok:true,...}` body, rejects with the registry's error or REGISTRY_UNREACHABLE. */
-  private request(method: string, path: string, o: { body?: unknown; signed?: boolean }): Promise<Record<string, unknown>> {
-    const fullPath = this.basePath + path;
+  /**
+   * One JSON request; resolves with the `{ok:true,...}` body, rejects with the registry's error or
+   * REGISTRY_UNREACHABLE. An instance that cannot be reached is skipped for the next (each attempt
+   * signs afresh: the instances share one replay window, so no timestamp is used twice).
+   */
+  private async request(method: string, path: string, o: { body?: unknown; signed?: boolean }): Promise<Record<string, unknown>> {
+    let last: unknown;
+    for (let tried = 0; tried < this.instances.length; tried++) {
+      const i = this.active;
+      try {
+        return await this.requestAt(this.instances[i], method, path, o);
+      } catch (e) {
+        if ((e as AgentVpnError).code !== 'REGISTRY_UNREACHABLE') throw e;
+        last = e;
+        this.failedOver(i);
+      }
+    }
+    throw last;
+  }
+
+  private requestAt(at: Instance, method: string, path: string, o: { body?: unknown; signed?: boolean }): Promise<Record<string, unknown>> {
+    const fullPath = at.basePath + path;
     const headers: Record<string, string> = { accept: 'application/json' };
     const payload = o.body === undefined ? undefined : Buffer.from(JSON.stringify(o.body));
     if (payload) {
@@ -226,22 +285,25 @@ export class RegistryClient {
     }
     if (o.signed) headers.authorization = agentAuthorization(this.opts.identity, method, fullPath, nextTimestamp(this.id));
     return new Promise((resolve, reject) => {
-      const req = this.transport.request({ ...this.requestOptions(method, fullPath, headers), agent: this.agent, timeout: this.timeoutMs }, (res) => {
+      const req = at.transport.request({ ...this.requestOptions(at, method, fullPath, headers), agent: at.agent, timeout: this.timeoutMs }, (res) => {
         readAll(res).then((text) => {
           try {
             resolve(parseAnswer(res, text));
           } catch (e) {
             reject(e);
           }
-        }, (e: Error) => reject(this.unreachable(e)));
+        }, (e: Error) => reject(this.unreachable(e, at)));
       });
       req.on('timeout', () => req.destroy(new Error(`no answer within ${this.timeoutMs / 1000} s`)));
-      req.on('error', (e) => reject(this.unreachable(e)));
+      req.on('error', (e) => reject(this.unreachable(e, at)));
       req.end(payload);
     });
   }
 
-  /** Server-Sent Events with automatic reconnect (exponential backoff 0.5 s → 30 s, jitter); a snapshot starts every connection. */
+  /**
+   * Server-Sent Events with automatic reconnect (exponential backoff 0.5 s → 30 s, jitter); a
+   * snapshot starts every connection. A failed stream reconnects to the next instance.
+   */
   watch(handlers: WatchHandlers): { close(): void } {
     let closed = false;
     let attempt = 0;
@@ -259,7 +321,9 @@ export class RegistryClient {
 
     const connect = () => {
       if (closed) return;
-      const path = `${this.basePath}/v1/events?network=${encodeURIComponent(this.opts.network)}`;
+      const index = this.active;
+      const at = this.instances[index];
+      const path = `${at.basePath}/v1/events?network=${encodeURIComponent(this.opts.network)}`;
       const headers = { accept: 'text/event-stream', authorization: agentAuthorization(this.opts.identity, 'GET', path, nextTimestamp(this.id)) };
       let failed = false;
       const fail = (err: Error) => {
@@ -267,21 +331,22 @@ export class RegistryClient {
         failed = true;
         clearTimeout(idle);
         current.destroy();
+        this.failedOver(index);
         call(() => handlers.disconnected?.(err));
         const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt++);
         retry = setTimeout(connect, delay * (0.5 + Math.random() * 0.5));
       };
       const resetIdle = () => {
         clearTimeout(idle);
-        idle = setTimeout(() => fail(this.unreachable(new Error(`event stream silent for ${STREAM_IDLE_MS / 1000} s`))), STREAM_IDLE_MS);
+        idle = setTimeout(() => fail(this.unreachable(new Error(`event stream silent for ${STREAM_IDLE_MS / 1000} s`), at)), STREAM_IDLE_MS);
       };
-      const current = this.transport.request({ ...this.requestOptions('GET', path, headers), agent: false, timeout: this.timeoutMs });
+      const current = at.transport.request({ ...this.requestOptions(at, 'GET', path, headers), agent: false, timeout: this.timeoutMs });
       req = current;
-      current.on('error', (e) => fail(this.unreachable(e)));
-      current.on('timeout', () => fail(this.unreachable(new Error(`no answer within ${this.timeoutMs / 1000} s`))));
+      current.on('error', (e) => fail(this.unreachable(e, at)));
+      current.on('timeout', () => fail(this.unreachable(new Error(`no answer within ${this.timeoutMs / 1000} s`), at)));
       current.on('response', (res) => {
         if (res.statusCode !== 200) {
-          readAll(res).then((text) => fail(answerError(res, text)), (e: Error) => fail(this.unreachable(e)));
+          readAll(res).then((text) => fail(answerError(res, text)), (e: Error) => fail(this.unreachable(e, at)));
           return;
         }
         current.setTimeout(0);
@@ -315,8 +380,8 @@ export class RegistryClient {
           resetIdle();
           parser.push(chunk);
         });
-        res.on('end', () => fail(this.unreachable(new Error('the registry closed the event stream'))));
-        res.on('error', (e) => fail(this.unreachable(e)));
+        res.on('end', () => fail(this.unreachable(new Error('the registry closed the event stream'), at)));
+        res.on('error', (e) => fail(this.unreachable(e, at)));
       });
       current.end();
     };

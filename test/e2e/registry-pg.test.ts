@@ -1,8 +1,10 @@
 // Two registry instances (`agentvpn registry --db postgres://...`) on one real PostgreSQL, each
-// in its own namespace; one agent joins each. They see each other, reach each other by name,
-// and each instance's event stream shows the other instance's agent (measured: how long after
-// the instance it joined). Then instance 1 is killed (SIGKILL): the tunnel keeps carrying pings
-// and instance 2 still lists both agents.
+// in its own namespace; agent "one" is given instance 1, "two" instance 2, "three" both
+// (`--registry URL1,URL2`). They see each other, reach each other by name, and each instance's
+// event stream shows the other instance's agents (measured: how long after the instance they
+// joined). Then the instance "three" uses is killed (SIGKILL): its tunnels keep carrying pings,
+// it fails over to the other instance (measured: kill to its record on the survivor's stream)
+// and stays online there, and the survivor still lists every agent.
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,6 +14,8 @@ import { labReady } from './checks.js';
 
 const NETWORK = 'lab';
 const PASSWORD = 'pw-never-logged';
+/** Heartbeats every 2 s: an agent that does not fail over within ~4 s goes offline. */
+const OFFLINE_AFTER_S = 6;
 
 /** Prints one JSON line per event of a registry's stream, stamped with the time it arrived. */
 const SSE_WATCHER = `
@@ -66,7 +70,7 @@ describe.runIf(labReady(['ip', 'ping', 'curl']) && postgresUnavailableReason() =
       const dbArgs = i === 0 ? [] : ['--db', pg.url];
       const env = i === 0 ? { ...process.env, AGENTVPN_REGISTRY_DB: withPassword } : process.env;
       const proc = lab.spawn(ns, [process.execPath, AGENTVPN_BIN, 'registry', '--listen', `${ip}:7443`, ...dbArgs, '--network', NETWORK,
-        '--witness-key', witnessKey, '--offline-after', '30', '--log-level', 'debug'], { name: 'registry', cwd: REPO_ROOT, env });
+        '--witness-key', witnessKey, '--offline-after', String(OFFLINE_AFTER_S), '--log-level', 'debug'], { name: 'registry', cwd: REPO_ROOT, env });
       const url = `http://${ip}:7443`;
       await waitFor(async () => (await lab.exec(ns, ['curl', '-sf', `${url}/healthz`])).code === 0, { timeoutMs: 20_000, what: `registry ${i + 1}` });
       regs.push({ ns, url, db: pg.url, token, network: NETWORK, proc });
@@ -77,11 +81,12 @@ describe.runIf(labReady(['ip', 'ping', 'curl']) && postgresUnavailableReason() =
       watchers.push(lab.spawn(r.ns, [process.execPath, script], { name: 'sse', env: { ...process.env, URL: `${r.url}/v1/events?network=${NETWORK}`, TOKEN: token } }));
     }
     await waitFor(() => watchers.every((w) => readEvents(w).some((e) => e.event === 'open')), { timeoutMs: 10_000, what: 'both event streams open' });
-    for (const [i, name] of ['one', 'two'].entries()) {
+    const both = { ...regs[0], url: regs.map((r) => r.url).join(',') };
+    for (const [i, name] of ['one', 'two', 'three'].entries()) {
       const ns = await lab.addNamespace(name);
       await lab.connect(hub, ns, { a: `192.0.2.${16 * i + 1}/28`, b: `192.0.2.${16 * i + 2}/28`, ifB: 'eth0' });
       await lab.ip(ns, ['route', 'add', 'default', 'via', `192.0.2.${16 * i + 1}`]);
-      agents.push(await startLabAgent(lab, ns, name, regs[i]));
+      agents.push(await startLabAgent(lab, ns, name, i < 2 ? regs[i] : both));
     }
     for (const a of agents) {
       const { ipv4 } = await a.json<{ ipv4: string }>(['id']);
@@ -99,8 +104,8 @@ describe.runIf(labReady(['ip', 'ping', 'curl']) && postgresUnavailableReason() =
 
   it('agents on different instances see each other, with distinct addresses, and reach each other by name', async () => {
     const ids = await Promise.all(agents.map((a) => a.json<{ ipv4: string }>(['id'])));
-    expect(new Set(ids.map((x) => x.ipv4)).size).toBe(2);
-    for (const [i, a] of agents.entries()) {
+    expect(new Set(ids.map((x) => x.ipv4)).size).toBe(3);
+    for (const [i, a] of agents.slice(0, 2).entries()) {
       const other = agents[1 - i];
       const r = await lab.exec(a.ns, ['ping', '-c', '3', '-i', '0.3', '-W', '2', `${other.name}.${NETWORK}`]);
       expect(r.code, `${a.name} pings ${other.name}.${NETWORK}:\n${r.stdout}${r.stderr}`).toBe(0);
@@ -133,22 +138,37 @@ describe.runIf(labReady(['ip', 'ping', 'curl']) && postgresUnavailableReason() =
     for (const r of regs) expect(readFileSync(r.proc.logFile, 'utf8')).not.toContain(PASSWORD);
   });
 
-  it('killing one instance loses no agent and no tunnel', async () => {
-    const [one, two] = agents;
-    const { ipv4 } = await two.json<{ ipv4: string }>(['id']);
-    const ping = lab.exec(one.ns, ['ping', '-c', '30', '-i', '0.1', '-W', '1', ipv4], { timeoutMs: 20_000 });
+  it('killing the instance an agent uses loses no agent and no tunnel; the agent fails over to the other one', async () => {
+    const three = agents[2];
+    // Which instance "three" joined (given both, it picks one by its ID).
+    const used = regs.findIndex((r) => readFileSync(r.proc.logFile, 'utf8').split('\n').some((l) => l.includes('"event":"join"') && l.includes('"name":"three"')));
+    expect(used).toBeGreaterThanOrEqual(0);
+    const survivor = 1 - used;
+    const peer = agents[survivor]; // the agent given only the surviving instance
+    const { ipv4 } = await peer.json<{ ipv4: string }>(['id']);
+    const ping = lab.exec(three.ns, ['ping', '-c', '40', '-i', '0.1', '-W', '1', ipv4], { timeoutMs: 20_000 });
     await new Promise((r) => setTimeout(r, 800));
-    regs[0].proc.kill('SIGKILL');
+    const killedAt = Date.now();
+    regs[used].proc.kill('SIGKILL');
     const r = await ping;
     const received = Number(/(\d+) received/.exec(r.stdout)?.[1] ?? 0);
-    console.log(`ping one -> two across the kill of instance 1: ${received}/30 replies (${((1 - received / 30) * 100).toFixed(0)} % loss)`);
-    expect(received).toBeGreaterThanOrEqual(27);
-    const listed = await lab.exec(regs[1].ns, ['curl', '-sf', '-H', `authorization: Bearer ${regs[1].token}`, `${regs[1].url}/v1/agents?network=${NETWORK}`]);
-    const names = (JSON.parse(listed.stdout) as { agents: Array<{ record: { name: string } }> }).agents.map((a) => a.record.name).sort();
-    console.log(`instance 2 lists after instance 1 died: ${names.join(', ')}`);
-    expect(names).toEqual(['one', 'two']);
+    console.log(`ping three -> ${peer.name} across the kill of instance ${used + 1} (the one three used): ${received}/40 replies (${((1 - received / 40) * 100).toFixed(0)} % loss)`);
+    expect(received).toBeGreaterThanOrEqual(36);
+    // On reconnecting, the agent publishes its record again: that upsert on the survivor's stream is the failover.
+    const before = readEvents(watchers[survivor]).filter((e) => e.name === 'three' && e.t < killedAt).length;
+    const moved = await waitFor(() => readEvents(watchers[survivor]).slice(before).find((e) => e.name === 'three' && e.event === 'upsert' && e.t >= killedAt),
+      { timeoutMs: 15_000, what: 'three fails over to the surviving instance' });
+    console.log(`three failed over: its record on instance ${survivor + 1}'s stream ${moved.t - killedAt} ms after the kill`);
+    expect(moved.t - killedAt).toBeLessThan(10_000);
+    // Past one offline period, three (heartbeating to the survivor now) is still online there.
+    await new Promise((res) => setTimeout(res, OFFLINE_AFTER_S * 1000 + 1_500 - (Date.now() - killedAt)));
+    const listed = await lab.exec(regs[survivor].ns, ['curl', '-sf', '-H', `authorization: Bearer ${regs[survivor].token}`, `${regs[survivor].url}/v1/agents?network=${NETWORK}`]);
+    const views = (JSON.parse(listed.stdout) as { agents: Array<{ record: { name: string }; online: boolean }> }).agents;
+    console.log(`instance ${survivor + 1} lists ${OFFLINE_AFTER_S + 1.5} s after instance ${used + 1} died: ${views.map((v) => `${v.record.name} (${v.online ? 'online' : 'offline'})`).sort().join(', ')}`);
+    expect(views.map((v) => v.record.name).sort()).toEqual(['one', 'three', 'two']);
+    expect(views.find((v) => v.record.name === 'three')!.online).toBe(true);
     // Still reachable by name after the instance is gone (the agents keep their peers).
-    const again = await lab.exec(two.ns, ['ping', '-c', '3', '-i', '0.3', '-W', '2', `${one.name}.${NETWORK}`]);
+    const again = await lab.exec(peer.ns, ['ping', '-c', '3', '-i', '0.3', '-W', '2', `${three.name}.${NETWORK}`]);
     expect(again.code, again.stdout + again.stderr).toBe(0);
   });
 });
