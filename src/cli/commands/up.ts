@@ -247,7 +247,7 @@ export const upCommand: CommandModule<GlobalArgs, UpArgs> = {
     y
       .option('config-file', { type: 'string', describe: 'JSON file of these options (keys = long option names, e.g. /etc/agentvpn/agentvpn0.json); precedence: options > AGENTVPN_* environment > file; re-read by `agentvpn reload` and SIGHUP' })
       .option('config', { alias: 'c', type: 'string', describe: 'wg-quick style config file ([Interface] and [Peer] sections)' })
-      .option('registry', { type: 'string', describe: 'registry URL (fleet mode), e.g. https://reg.example:7443 (or AGENTVPN_REGISTRY)' })
+      .option('registry', { type: 'string', describe: 'registry URL (fleet mode), e.g. https://reg.example:7443 (or AGENTVPN_REGISTRY); instances of one registry on a shared database: comma-separated, the agent fails over between them' })
       .option('token', { type: 'string', describe: 'network join token (first join only; or AGENTVPN_TOKEN)' })
       .option('name', { type: 'string', describe: 'this agent\'s name in the network (fleet mode; or AGENTVPN_NAME)' })
       .option('cap', { type: 'string', array: true, describe: 'capability, repeatable: name[@version][;key=value]' })
