@@ -6,8 +6,11 @@
 import { request, type IncomingMessage } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { postgresUnavailableReason, startPostgres, type LabPostgres } from '../../src/lab/postgres.js';
+import { Identity } from '../../src/identity/identity.js';
+import { RegistryClient } from '../../src/registry/client.js';
+import { signRecord } from '../../src/registry/record.js';
 import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
-import { makeAgent } from './hostile-helpers.js';
+import { makeAgent, recordFor } from './hostile-helpers.js';
 
 const canRun = process.getuid?.() === 0 && postgresUnavailableReason() === null;
 if (process.env.CI && !canRun) throw new Error(`pg-feed tests need root and PostgreSQL: ${postgresUnavailableReason() ?? 'not root'}`);
@@ -60,12 +63,12 @@ describe.runIf(canRun)('registry instances on one PostgreSQL follow each other',
   let one: RunningRegistry;
   let two: RunningRegistry;
   let token: string;
+  const opts = () => ({ listen: '127.0.0.1:0', db: pg.url, network: NET, relay: false, offlineAfterMs: OFFLINE_AFTER_MS });
 
   beforeAll(async () => {
     pg = await startPostgres();
-    const opts = { listen: '127.0.0.1:0', db: pg.url, network: NET, relay: false, offlineAfterMs: OFFLINE_AFTER_MS };
-    one = await startRegistry(opts);
-    two = await startRegistry(opts);
+    one = await startRegistry(opts());
+    two = await startRegistry(opts());
     token = await one.createToken({ network: NET });
   }, 60_000);
 
@@ -122,6 +125,33 @@ describe.runIf(canRun)('registry instances on one PostgreSQL follow each other',
       console.log(`feed connections terminated: ${killed.trim()}; 3 agents published meanwhile were on instance 2's stream ${Date.now() - lostAt} ms after`);
     } finally {
       stream.close();
+    }
+  });
+
+  it('a client given two instances carries on when the one it uses stops: no request fails, its stream moves', async () => {
+    const pair = [await startRegistry(opts()), await startRegistry(opts())];
+    const identity = Identity.generate();
+    const client = new RegistryClient({ url: pair.map((r) => r.url).join(','), identity, network: NET, timeoutMs: 5_000 });
+    let connects = 0;
+    let watcher: { close(): void } | undefined;
+    try {
+      const join = await client.join('mover', token);
+      await client.publish(signRecord(identity, recordFor(identity, join, 'mover')));
+      watcher = client.watch({ snapshot: () => undefined, change: () => undefined, connected: () => void connects++ });
+      await until('the stream', () => (connects === 1 ? true : undefined), 5_000);
+      const used = pair.findIndex((r) => r.url === client.url);
+      const stoppedAt = Date.now();
+      await pair[used].stop();
+      let failed = 0;
+      for (let i = 0; i < 10; i++) await client.heartbeat().catch(() => void failed++);
+      const reconnected = await until('the stream on the other instance', () => (connects === 2 ? Date.now() : undefined), 10_000);
+      console.log(`client with 2 instances after the one it used stopped: ${failed}/10 heartbeats failed, now at the other: ${client.url === pair[1 - used].url}, stream back after ${reconnected - stoppedAt} ms`);
+      expect(failed).toBe(0);
+      expect(client.url).toBe(pair[1 - used].url);
+    } finally {
+      watcher?.close();
+      client.close();
+      for (const r of pair) await r.stop();
     }
   });
 });
