@@ -14,6 +14,7 @@
 import { randomBytes } from 'node:crypto';
 import { createSocket, type Socket } from 'node:dgram';
 import { isIPv4 } from 'node:net';
+import { releaseUpnpMapping, type UpnpService } from './upnp.js';
 
 /** NAT-PMP and PCP servers listen here (RFC 6886 §3, RFC 6887 §19.1). */
 export const PORTMAP_SERVER_PORT = 5351;
@@ -42,7 +43,8 @@ const IPPROTO_UDP = 17;
 const RESULT_UNSUPPORTED_VERSION = 1;
 
 export interface PortMapping {
-  protocol: 'nat-pmp' | 'pcp';
+  /** 'upnp': UPnP-IGD (upnp.ts), asked when neither PCP nor NAT-PMP answers. */
+  protocol: 'nat-pmp' | 'pcp' | 'upnp';
   /** External IPv4 address of the NAT (4 bytes). */
   externalAddress: Uint8Array;
   externalPort: number;
@@ -54,6 +56,8 @@ export interface PortMapping {
   nonce?: Uint8Array;
   /** Server epoch (seconds since its mappings were last lost); a jump backwards means re-map. */
   epochSec?: number;
+  /** UPnP only: the control URL that holds it, and the LAN address it forwards to. */
+  upnp?: UpnpService & { internalClient: string };
 }
 
 export interface PortMappingOptions {
@@ -341,6 +345,7 @@ export async function requestUdpMapping(opts: PortMappingOptions): Promise<PortM
  */
 export async function releaseUdpMapping(m: PortMapping, internalPort: number, opts: ReleaseOptions = {}): Promise<void> {
   checkPort(internalPort, 'internalPort');
+  if (m.protocol === 'upnp') return releaseUpnpMapping(m, opts.timeoutMs);
   if (!isIPv4(m.gateway)) return;
   const deadline = Date.now() + (opts.timeoutMs ?? DEFAULT_PORTMAP_TIMEOUT_MS);
   const sock = await openGatewaySocket(m.gateway, opts.openSocket);

@@ -2,7 +2,7 @@
  * What `agentvpn netcheck` reports about the network an agent sits in: can it send UDP, which
  * address and port the outside world sees (STUN-reflexive), whether that mapping changes with
  * the destination (a "hard", symmetric NAT, where a peer cannot use the address STUN saw), and
- * whether the gateway offers port mapping (PCP / NAT-PMP).
+ * whether the gateway offers port mapping (PCP / NAT-PMP, else UPnP-IGD).
  *
  * The daemon runs it over its shared WireGuard socket (so the reflexive port is the one peers
  * must use): Netcheck sends through a callback and the socket layer hands STUN responses to
@@ -18,6 +18,7 @@ import { formatAddress, parseAddress } from '../ip/prefix.js';
 import { endpointAddress, endpointPort, formatEndpoint, makeEndpoint } from '../net/endpoint.js';
 import { defaultGatewayV4 } from './gateway.js';
 import { DEFAULT_PORTMAP_TIMEOUT_MS, formatMappingEndpoint, releaseUdpMapping, requestUdpMapping, type PortMapping } from './natpmp.js';
+import { DEFAULT_UPNP_TIMEOUT_MS, requestUpnpMapping } from './upnp.js';
 import { buildBindingRequest, newTransactionId, parseBindingResponse, STUN_DEFAULT_PORT } from '../net/stun.js';
 
 /** Whole-run budget: STUN servers are one RTT away (tens of ms across the internet); 3 s leaves room for loss and retries. */
@@ -139,7 +140,7 @@ export class Netcheck {
     const gateway = this.opts.gateway;
     // Renewing our own PCP mapping must carry its nonce, or the server refuses it.
     const held = this.mapping?.gateway === gateway ? this.mapping : null;
-    const mapPort = this.opts.mapPort ?? ((gw, port, ms, prev) => requestUdpMapping({ gateway: gw, internalPort: port, timeoutMs: ms, nonce: prev?.nonce }));
+    const mapPort = this.opts.mapPort ?? mapUdpPort;
     const mappingDone = gateway
       ? mapPort(gateway, this.opts.localPort, Math.min(timeoutMs, DEFAULT_PORTMAP_TIMEOUT_MS), held).catch(() => null)
       : Promise.resolve(null);
@@ -194,6 +195,18 @@ export class Netcheck {
       latencyMs,
     };
   }
+}
+
+/**
+ * The default port mapping: PCP / NAT-PMP first (RFC 6887 §9), UPnP-IGD when neither answers. A
+ * mapping held over UPnP is renewed there directly (a UPnP-only gateway would only make PCP wait).
+ */
+async function mapUdpPort(gateway: string, internalPort: number, timeoutMs: number, held: PortMapping | null): Promise<PortMapping | null> {
+  if (held?.protocol !== 'upnp') {
+    const m = await requestUdpMapping({ gateway, internalPort, timeoutMs, nonce: held?.nonce });
+    if (m) return m;
+  }
+  return requestUpnpMapping({ gateway, internalPort, timeoutMs: DEFAULT_UPNP_TIMEOUT_MS, held });
 }
 
 /** "host:port", "[v6]:port" or a bare host (port 3478) → host and port; null when malformed. */
