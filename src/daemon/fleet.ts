@@ -15,8 +15,11 @@ import { auditHandlers } from './audit-control.js';
 import { AuditTrail } from './audit-trail.js';
 import { FleetPolicy, factsOf } from './fleet-policy.js';
 import { Daemon } from './daemon.js';
+import { EventHub } from './event-hub.js';
+import { FleetEventSource } from './fleet-events.js';
 import { FleetPaths, localEndpoints } from './fleet-paths.js';
 import { Membership, type CheckedJoin, type FleetEvents } from './membership.js';
+import { reportedPaths } from './path-report-source.js';
 
 export type { PeerInfo, WhoisInfo } from './admission.js';
 
@@ -88,8 +91,14 @@ export class FleetAgent {
   private dns: DnsServer | null = null;
   private timers: NodeJS.Timeout[] = [];
   private readonly events: FleetEvents = {
-    snapshot: (views) => this.running?.admission.sync(views),
-    agent: (view) => this.running?.admission.applySafely(view),
+    snapshot: (views) => {
+      this.running?.admission.sync(views);
+      if (this.running) for (const v of views) this.eventSource.observe(v);
+    },
+    agent: (view) => {
+      this.running?.admission.applySafely(view);
+      if (this.running) this.eventSource.observe(view);
+    },
     removed: (id) => (id === this.identity.id ? this.membership.markRemoved() : this.running?.admission.remove(id)),
     policy: (view) => this.policy?.set(view),
   };
@@ -97,8 +106,18 @@ export class FleetAgent {
   private trail: AuditTrail | null = null;
   private shipper: AuditShipper | null = null;
   private readonly client: RegistryClient;
-  /** Every part reports here; the trail exists from the first step of start(). */
-  private readonly audit: AuditSink = (type, subject, details) => this.trail?.record(type, subject, details) ?? Promise.resolve();
+  /** The SDK's event stream (`events` on the control socket): presence, paths, trust alerts. */
+  private readonly eventHub = new EventHub();
+  private readonly eventSource = new FleetEventSource({
+    hub: this.eventHub,
+    isAdmitted: (id) => this.running?.admission.nameOf(id) !== undefined,
+    pathOf: (wgKey) => this.daemon?.sock?.pathOf(wgKey) ?? null,
+  });
+  /** Every part reports here; the trail exists from the first step of start(). Path changes and trust alerts also feed the event stream. */
+  private readonly audit: AuditSink = (type, subject, details) => {
+    this.eventSource.audited(type, subject, details);
+    return this.trail?.record(type, subject, details) ?? Promise.resolve();
+  };
 
   constructor(private readonly opts: FleetOptions) {
     if (opts.rotateEveryMs !== undefined && opts.rotateEveryMs < MIN_ROTATE_EVERY_MS) {
@@ -114,6 +133,7 @@ export class FleetAgent {
       capabilities: opts.capabilities, stateDir: opts.stateDir, log: opts.log,
       endpoints: () => this.publishedEndpoints(), audit: this.audit,
       homeRelay: () => this.paths?.homeRelay ?? null,
+      paths: () => (this.running ? reportedPaths(this.running.daemon, this.running.admission) : []),
     });
   }
 
@@ -169,6 +189,7 @@ export class FleetAgent {
         trustBlock: (params) => this.trustAction(() => this.trust.block(stringParam(params, 'target'))),
         trustForget: (params) => this.trustAction(() => this.trust.forget(stringParam(params, 'name'))),
         policyGet: () => ({ text: policy.text() }),
+        events: (params) => this.eventHub.subscribe(params),
         whois: (params) => this.admission().whois(String((params as { address?: unknown } | undefined)?.address ?? '')),
       },
     });
@@ -249,7 +270,9 @@ export class FleetAgent {
   /** One line for systemd's STATUS=: "up, 3 peers, registry connected". */
   summary(): string {
     const peers = this.daemon?.status().peers.length ?? 0;
-    return `up, ${peers} peer${peers === 1 ? '' : 's'}, registry ${this.membership.registryUp ? 'connected' : 'unreachable'}`;
+    // Before the event stream's first connect (just after the join) the registry is not "unreachable" yet.
+    const registry = this.membership.registryUp ? 'connected' : this.membership.hasPublished ? 'unreachable, retrying' : 'connecting';
+    return `up, ${peers} peer${peers === 1 ? '' : 's'}, registry ${registry}`;
   }
 
   /**
