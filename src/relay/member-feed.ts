@@ -14,6 +14,11 @@ import type { RelayLog } from './protocol.js';
 
 /** How often the member lists are re-read: a removed agent keeps its session at most this long (plus the relay's 5 s sweep). */
 export const MEMBER_REFRESH_MS = 10_000;
+/**
+ * A hello from a key we do not know may be a member that just joined: it makes the lists be
+ * re-read early, at most this often (a flood of strangers' hellos costs the registry one read per 2 s).
+ */
+export const EARLY_REFRESH_MS = 2_000;
 
 export interface MemberSource {
   network: string;
@@ -26,13 +31,19 @@ export class MemberFeed {
   private byEdKey = new Map<string, Networks>();
   private timer: NodeJS.Timeout | null = null;
   private refreshing: Promise<void> | null = null;
+  private lastReadAt = -Infinity;
   /** Whether every network's list was read at least once. */
   loaded = false;
 
   /** `onChange`: the allowed keys changed (the relay's recheck, so removed keys lose their sessions now). */
   constructor(private readonly sources: readonly MemberSource[], private readonly log: RelayLog, private readonly onChange: () => void = () => {}) {}
 
-  readonly hook: AllowHook = (edPub) => this.byEdKey.get(Buffer.from(edPub.buffer, edPub.byteOffset, edPub.length).toString('latin1')) ?? null;
+  readonly hook: AllowHook = (edPub) => {
+    const networks = this.byEdKey.get(Buffer.from(edPub.buffer, edPub.byteOffset, edPub.length).toString('latin1'));
+    if (networks) return networks;
+    if (this.timer && Date.now() - this.lastReadAt >= EARLY_REFRESH_MS) void this.refresh(); // its retry finds it
+    return null;
+  };
 
   /** Keys allowed now, over all networks. */
   get size(): number {
@@ -46,6 +57,7 @@ export class MemberFeed {
   }
 
   private async readAll(): Promise<void> {
+    this.lastReadAt = Date.now();
     let changed = false;
     for (const s of this.sources) {
       let keys: Uint8Array[];

@@ -9,7 +9,7 @@ import { waitFor } from '../../src/lab/index.js';
 import { AdminClient } from '../../src/registry/admin-client.js';
 import { RegistryClient } from '../../src/registry/client.js';
 import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
-import { MEMBER_REFRESH_MS, MemberFeed } from '../../src/relay/member-feed.js';
+import { EARLY_REFRESH_MS, MEMBER_REFRESH_MS, MemberFeed } from '../../src/relay/member-feed.js';
 import { SILENT_LOG } from '../../src/relay/protocol.js';
 import { sleep, startAgent, waitState, type TestAgent } from './harness.js';
 
@@ -41,6 +41,24 @@ describe('member feed', () => {
     await feed.refresh();
     expect(feed.hook(a.publicKey)).toBeNull();
     expect(changes).toBe(2);
+  });
+
+  it("a stranger's hello re-reads the lists early (a member that just joined), at most once per EARLY_REFRESH_MS", async () => {
+    const a = Identity.generate();
+    let reads = 0;
+    let members: Uint8Array[] = [];
+    const feed = new MemberFeed([{ network: 'red', list: async () => (reads++, members) }], SILENT_LOG);
+    await feed.refresh();
+    feed.start();
+    try {
+      members = [a.publicKey]; // a joins after the last read
+      for (let i = 0; i < 1000; i++) feed.hook(Identity.generate().publicKey);
+      await waitFor(() => feed.hook(a.publicKey) !== null, { timeoutMs: 2_000, intervalMs: 10, what: 'the new member' });
+      console.log(`1,000 strangers' hellos: ${reads - 1} early read(s) of the member list`);
+      expect(reads).toBe(2);
+    } finally {
+      feed.stop();
+    }
   });
 });
 
@@ -89,6 +107,15 @@ describe('agentvpn relay --registry', () => {
     expect(s.client.state).not.toBe('tcp');
     a.client.send(b.wgKey, Buffer.from('hi bob'));
     await waitFor(() => b.received.length === 1, { timeoutMs: 5_000, intervalMs: 20, what: 'bob gets alice\'s packet' });
+
+    // A member that joins now gets a session at its first retry, not at the next full refresh.
+    const carol = Identity.generate();
+    await new RegistryClient({ url: reg.url, identity: carol, network: 'lab', timeoutMs: 5000 }).join('carol', await reg.createToken());
+    const joinedAt = Date.now();
+    const c = await startAgent({ udp: started.udp }, { identity: carol });
+    agents.push(c);
+    await waitState(c, 'udp', EARLY_REFRESH_MS + 5_000);
+    console.log(`carol joined after the relay read its list: session after ${Date.now() - joinedAt} ms (full refresh every ${MEMBER_REFRESH_MS} ms)`);
 
     await new AdminClient(reg.url, adminToken, 'lab').remove('bob', false);
     const removedAt = Date.now();
