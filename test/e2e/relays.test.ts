@@ -1,14 +1,14 @@
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AGENTVPN_BIN, Lab, REPO_ROOT, sleep, startLabAgent, startLabRegistry, waitFor, waitForFleet, type LabAgent, type LabProcess } from '../../src/lab/index.js';
+import { AGENTVPN_BIN, Lab, REPO_ROOT, sleep, startLabAgent, startLabRegistry, waitFor, waitForFleet, type LabAgent, type LabProcess, type LabRegistry } from '../../src/lab/index.js';
 import type { PeerInfo } from '../../src/daemon/fleet.js';
 import type { DeviceStatus } from '../../src/daemon/status-types.js';
 import { waitForPing } from '../../src/lab/measure.js';
 import { fetchAndHash, labReady, makeRandomFile, startHttpServer } from './checks.js';
 
 /**
- * Two standalone relays, a registry that advertises both (its own relay off), and two agents
+ * Two standalone relays that follow the registry's members, a registry that advertises both (its own relay off), and two agents
  * whose direct UDP to each other the router drops, so every packet between them is relayed. The
  * relay that is alice's home is killed in the middle of a 20 MB transfer from bob to alice: alice
  * must move to the other relay, bob must learn it from her record and send there, within 10 s.
@@ -26,6 +26,7 @@ const FILE_MB = 20;
 describe.runIf(labReady(['ip', 'iptables', 'curl', 'python3', 'ping']))('several relays: nearest home relay, failover within 10 s', () => {
   let lab: Lab;
   const relays = new Map<string, LabProcess>();
+  let registry: LabRegistry;
   let alice: LabAgent;
   let bob: LabAgent;
 
@@ -38,17 +39,23 @@ describe.runIf(labReady(['ip', 'iptables', 'curl', 'python3', 'ping']))('several
     const regNs = await lab.addNamespace('reg');
     await lab.connect(hub, regNs, { a: '203.0.113.1/28', b: `${REGISTRY}/28`, ifB: 'eth0' });
     await lab.ip(regNs, ['route', 'add', 'default', 'via', '203.0.113.1']);
+    // An admin token for the relays, made before the registry starts: they follow its members.
+    const db = join(lab.dir, `registry-${NETWORK}.db`);
+    const tokenFile = join(lab.dir, 'relay-admin-token');
+    const made = await lab.run(regNs, [process.execPath, AGENTVPN_BIN, 'registry', 'admin-token', 'create', '--db', db, '--json']);
+    writeFileSync(tokenFile, (JSON.parse(made.stdout) as { token: string }).token, { mode: 0o600 });
+    await startLabRegistry(lab, regNs, REGISTRY, {
+      network: NETWORK,
+      extraArgs: ['--no-relay', ...RELAYS.flatMap((r) => ['--relay-peer', `${r.name}=udp://${r.ip}:7443,tcp=http://${r.ip}:7443/v1/relay,region=${r.region}`])],
+    }).then((r) => (registry = r));
     for (const r of RELAYS) {
       const ns = await lab.addNamespace(r.name);
       await lab.connect(hub, ns, { a: `${r.hub}/28`, b: `${r.ip}/28`, ifB: 'eth0' });
       await lab.ip(ns, ['route', 'add', 'default', 'via', r.hub]);
-      relays.set(r.name, lab.spawn(ns, [process.execPath, AGENTVPN_BIN, 'relay', '--listen', `${r.ip}:7443`], { name: `relay-${r.name}`, cwd: REPO_ROOT }));
+      relays.set(r.name, lab.spawn(ns, [process.execPath, AGENTVPN_BIN, 'relay', '--listen', `${r.ip}:7443`,
+        '--registry', `http://${REGISTRY}:7443`, '--admin-token-file', tokenFile, '--network', NETWORK], { name: `relay-${r.name}`, cwd: REPO_ROOT }));
       await waitFor(async () => (await lab.exec(ns, ['curl', '-sf', `http://${r.ip}:7443/healthz`])).code === 0, { timeoutMs: 20_000, what: `relay ${r.name}` });
     }
-    const registry = await startLabRegistry(lab, regNs, REGISTRY, {
-      network: NETWORK,
-      extraArgs: ['--no-relay', ...RELAYS.flatMap((r) => ['--relay-peer', `${r.name}=udp://${r.ip}:7443,tcp=http://${r.ip}:7443/v1/relay,region=${r.region}`])],
-    });
     const agents: LabAgent[] = [];
     for (const [i, name] of ['alice', 'bob'].entries()) {
       const ns = await lab.addNamespace(name);
