@@ -3,8 +3,9 @@ import type { Argv, CommandModule } from 'yargs';
 import { AgentVpnError } from '../../errors.js';
 import { verifyRegistryAudit, type RegistryAuditReport } from '../../registry/audit-verify.js';
 import { registryLogDirOf } from '../../registry/registry-log.js';
-import { SqliteStore } from '../../registry/sqlite-store.js';
-import { WITNESS_HOST_KEY, type AuditRefusal } from '../../registry/store.js';
+import { openStore, sqliteFileOf } from '../../registry/open-store.js';
+import { isPostgresUrl } from '../../registry/pg-store.js';
+import { WITNESS_HOST_KEY, type AuditRefusal, type RegistryStore } from '../../registry/store.js';
 import { DEFAULT_WITNESS_HOST, readWitnessPublic, witnessKeyFileOf } from '../../registry/witness-key.js';
 import { columns, printError, printResult, runCommand, type GlobalArgs } from '../output.js';
 
@@ -23,10 +24,10 @@ interface AuditArgs extends GlobalArgs {
 /** Refusals listed at most: the newest ones past it are for --json and a query of the table. */
 const MAX_LISTED = 10_000;
 
-async function openDb<T>(db: string, work: (store: SqliteStore) => Promise<T>): Promise<T> {
+async function openDb<T>(db: string, work: (store: RegistryStore) => Promise<T>): Promise<T> {
   // Verifying must not create an empty database where the operator mistyped the path.
-  if (!existsSync(db)) throw new AgentVpnError('REGISTRY_DB', `no registry database at ${db}`, 'give --db the registry\'s database file');
-  const store = new SqliteStore(db);
+  if (!isPostgresUrl(db) && !existsSync(db)) throw new AgentVpnError('REGISTRY_DB', `no registry database at ${db}`, 'give --db the registry\'s database file');
+  const store = await openStore(db);
   try {
     return await work(store);
   } finally {
@@ -55,14 +56,16 @@ function human(r: RegistryAuditReport): string {
 }
 
 /** The witness's public key: from --witness-key (default DB.witness-key), named for the host the registry last ran with. */
-async function witnessOf(args: AuditArgs, store: SqliteStore) {
+async function witnessOf(args: AuditArgs, store: RegistryStore) {
   const host = args['witness-host'] ?? (await store.getMeta(WITNESS_HOST_KEY)) ?? DEFAULT_WITNESS_HOST;
-  return readWitnessPublic(args['witness-key'] ?? witnessKeyFileOf(args.db), host);
+  const file = sqliteFileOf(args.db);
+  if (!args['witness-key'] && !file) throw new AgentVpnError('USAGE', 'a PostgreSQL registry keeps no witness key beside its database', 'pass --witness-key FILE (the one the registry instances run with)');
+  return readWitnessPublic(args['witness-key'] ?? witnessKeyFileOf(file!), host);
 }
 
 async function verify(args: AuditArgs): Promise<void> {
   const report = await openDb(args.db, async (store) =>
-    verifyRegistryAudit(store, { witness: await witnessOf(args, store), auditDir: args['audit-dir'] ?? registryLogDirOf(args.db) }));
+    verifyRegistryAudit(store, { witness: await witnessOf(args, store), auditDir: args['audit-dir'] ?? (sqliteFileOf(args.db) ? registryLogDirOf(args.db) : '(no --audit-dir given)') }));
   const problem = firstProblem(report);
   if (!problem) return printResult(args.json, { ...report }, () => human(report));
   const err = new AgentVpnError('AUDIT_VERIFY_FAILED', problem, 'the database or the log directory was edited: keep a copy as evidence; each agent\'s own log (agentvpn audit verify) holds its entries');
@@ -94,7 +97,10 @@ async function refusals(args: AuditArgs): Promise<void> {
 
 const options = (y: Argv<GlobalArgs>) =>
   y
-    .option('db', { type: 'string', demandOption: true, describe: 'registry SQLite database file' })
+    .option('db', {
+      type: 'string', demandOption: true, default: process.env.AGENTVPN_REGISTRY_DB, defaultDescription: '$AGENTVPN_REGISTRY_DB',
+      describe: 'registry database: SQLite file or postgres:// URL (then give --witness-key and --audit-dir)',
+    })
     .option('witness-key', { type: 'string', describe: 'the witness key file (default: DB.witness-key); only its public key is used' })
     .option('witness-host', { type: 'string', describe: 'the host part of the witness key name (default: the one the registry last ran with)' })
     .option('audit-dir', { type: 'string', describe: "the registry's own audit log directory (default: DB.audit)" }) as unknown as Argv<AuditArgs>;
