@@ -41,17 +41,23 @@ function isUp(link: RelayLink): boolean {
  * The relay links an agent holds, as Tailscale holds DERP connections: one to its home relay
  * (where its peers reach it), and one to the home relay of each peer it sends to (opened on
  * demand, at most `maxLinks` in all, closed when unused for `linkIdleMs`). A peer whose record
- * names no relay, or one not advertised to us, is sent through our home relay (one-relay
- * networks, older agents). While a peer's relay does not answer (it died, the peer is moving),
- * its packets go through our home relay, where the peer has a session as long as it talks to us.
+ * names no relay (an older agent) is sent through the first advertised relay, the one older
+ * agents use; one that names a relay not advertised to us, through our home relay. While a
+ * peer's relay does not answer (it died, the peer is moving), its packets go through our home
+ * relay, where the peer has a session as long as it talks to us.
  */
 export class RelayLinks<L extends ManagedLink> implements RelayRouter {
   private readonly entries = new Map<string, Entry<L>>();
   private home: Entry<L> | null = null;
   private homeName: string | null = null;
 
-  /** `advertised`: relay names we may open; `open` makes a (not yet started) link to one. */
-  constructor(private readonly advertised: Set<string>, private readonly open: (name: string) => L) {}
+  /** `advertised`: relay names we may open, in the registry's order; `open` makes a (not yet started) link to one. */
+  constructor(private readonly advertised: Set<string>, private readonly open: (name: string) => L) {
+    this.firstListed = advertised.values().next().value ?? null;
+  }
+
+  /** Where older agents (records without a home relay) are: the first relay the registry lists. */
+  private readonly firstListed: string | null;
 
   get homeRelay(): string | null {
     return this.homeName;
@@ -75,7 +81,7 @@ export class RelayLinks<L extends ManagedLink> implements RelayRouter {
 
   linkFor(path: PeerPath, now: number): RelayLink | null {
     const home = this.home;
-    const name = path.homeRelay;
+    const name = path.homeRelay ?? this.firstListed;
     let e = name === null || name === this.homeName ? home : this.entries.get(name) ?? this.openOnDemand(name, now);
     if (e !== home && home && (!e || !isUp(e.link)) && isUp(home.link)) e = home;
     if (!e) return home?.link ?? null;
@@ -84,7 +90,7 @@ export class RelayLinks<L extends ManagedLink> implements RelayRouter {
   }
 
   nameFor(path: PeerPath): string | null {
-    const name = path.homeRelay;
+    const name = path.homeRelay ?? this.firstListed;
     const e = name === null ? undefined : this.entries.get(name);
     return e && isUp(e.link) ? name : this.homeName;
   }

@@ -120,13 +120,22 @@ describe('relay links', () => {
   it("sends a relayed peer through its home relay's link, opened on demand", () => {
     const { links, opened } = setup();
     const peer = new PeerPath(Buffer.alloc(32, 1));
-    expect(links.linkFor(peer, NOW)?.name).toBe('r1'); // no home relay named: ours
+    expect(links.linkFor(peer, NOW)?.name).toBe('r1'); // no home relay named: the first listed (here ours too)
     peer.homeRelay = 'r2';
     expect(links.linkFor(peer, NOW)?.name).toBe('r2');
     expect(opened.map((l) => [l.name, l.started])).toEqual([['r1', true], ['r2', true]]);
     peer.homeRelay = 'nowhere'; // not advertised to us: ours
     expect(links.linkFor(peer, NOW)?.name).toBe('r1');
     expect(opened.length).toBe(2);
+  });
+
+  it('sends a peer whose record names no relay (an older agent) through the first listed relay, where older agents are', () => {
+    const { links } = setup();
+    links.setHome('r3', NOW);
+    const old = new PeerPath(Buffer.alloc(32, 2));
+    expect(links.linkFor(old, NOW)?.name).toBe('r1');
+    old.homeRelay = 'nowhere';
+    expect(links.linkFor(old, NOW)?.name).toBe('r3');
   });
 
   it("falls back to our home relay while the peer's relay does not answer", () => {
