@@ -117,12 +117,6 @@ export class PgChangeFeed {
     return { connected: this.client !== null, ...this.counts };
   }
 
-  /** Test hook and operator aid: drops the LISTEN connection as a network fault would. */
-  dropConnection(): void {
-    const c = this.client;
-    if (c) this.lost(c, new Error('connection dropped'));
-  }
-
   private async connect(): Promise<void> {
     const c = new pg.Client({ connectionString: this.ctx.store.url, keepAlive: true, application_name: 'agentvpn-registry-feed' });
     c.on('notification', (m) => {
@@ -155,7 +149,7 @@ export class PgChangeFeed {
       this.connect().then(() => {
         this.counts.reconnects++;
         this.backoff = RECONNECT_MIN_MS;
-        this.ctx.log.info({ event: 'change-feed-reconnected' }, 'database change feed back; re-reading the fleet');
+        this.ctx.log.info({ event: 'change-feed-reconnected', ...this.stats() }, 'database change feed back; re-reading the fleet');
         // What changed while we were away: read it all again.
         this.resyncNeeded = true;
         this.pending.clear();

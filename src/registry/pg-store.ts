@@ -96,6 +96,9 @@ function dbError(e: unknown, what: string): AgentVpnError {
 }
 
 export class PgStore implements RegistryStore {
+  private closed = false;
+
+  /** `url` may hold a password: never log it (redactDbUrl). */
   private constructor(private readonly pool: pg.Pool, readonly url: string) {}
 
   /** Connects and migrates; the error names the database by its redacted URL. */
@@ -478,8 +481,6 @@ export class PgStore implements RegistryStore {
   async setMeta(key: string, value: string): Promise<void> {
     await this.pool.query('INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value', [key, value]);
   }
-
-  private closed = false;
 
   async close(): Promise<void> {
     if (this.closed) return;
