@@ -17,6 +17,7 @@ import {
   TRANSPORT_HEADER_SIZE, TRANSPORT_MIN_SIZE, timers,
 } from './constants.js';
 import { randomFill } from '../crypto/aead.js';
+import { EventLimit } from '../util/event-limit.js';
 import { OpenBatch, SealBatch } from '../crypto/aead-batch.js';
 import type { Prefix } from '../ip/prefix.js';
 
@@ -62,6 +63,9 @@ function paddedLength(len: number, mtu: number): number {
 function endpointKey(ep: Buffer, off: number): string {
   return ep.toString('latin1', off, off + 18);
 }
+
+/** At most 5 roaming lines per peer and 50 in all per minute: enough to follow a real move. */
+const ROAM_LOG_LIMITS = { perKey: 5, total: 50, windowMs: 60_000, maxKeys: 1024 };
 
 /** No timer of the peer can come due until something happens to it. */
 function isAtRest(peer: Peer): boolean {
@@ -125,6 +129,8 @@ export class Device {
    * so the tick costs nothing for idle peers.
    */
   private readonly timed = new Set<Peer>();
+  /** Roaming lines written per peer and in total (ROAM_LOG_LIMITS). */
+  private readonly roamLog = new EventLimit(ROAM_LOG_LIMITS);
   private tickTimer: NodeJS.Timeout | null = null;
 
   constructor(opts: DeviceOptions) {
@@ -534,7 +540,10 @@ export class Device {
     if (next === peer.endpoint) return;
     const was = peer.endpoint ? String(peer.endpoint) : null;
     this.setEndpoint(peer, next);
-    this.log.info({ peer: this.peerName(peer), from: was, to: String(next) }, 'peer endpoint changed');
+    // A peer may change its source on every packet: the log gets a few lines per peer, with a count.
+    const name = this.peerName(peer);
+    const logged = this.roamLog.take(name);
+    if (logged) this.log.info({ peer: name, from: was, to: String(next), unloggedChanges: logged.skipped }, 'peer endpoint changed');
   }
 
   // ---- handshakes ----------------------------------------------------------------------------

@@ -133,4 +133,27 @@ describe('Device over an in-memory link', () => {
     expect(b.inbox.length).toBeGreaterThan(before); // its keepalive (an initiation first: no session yet)
     expect(kept.lastInitiationSentAt).toBeGreaterThan(0);
   });
+
+  it('follows a peer that changes its source on every packet, logging only a few of the moves', () => {
+    const lines: { to: string; unloggedChanges: number }[] = [];
+    const log = { info: (o: object, msg: string) => { if (msg === 'peer endpoint changed') lines.push(o as never); }, warn() {}, debug() {} };
+    const sides: Side[] = [];
+    const x = makeSide(aKey, [192, 0, 2, 1], 51820, () => [sides[1].inbox]);
+    const y = makeSide(bKey, [192, 0, 2, 2], 51821, () => [sides[0].inbox], log);
+    sides.push(x, y);
+    x.device.addPeer({ publicKey: publicKeyOf(bKey), endpoint: udpEndpoint(y), allowedIps: [parsePrefix('100.64.0.2/32')!] });
+    y.device.addPeer({ publicKey: publicKeyOf(aKey), allowedIps: [parsePrefix('100.64.0.1/32')!] });
+    sendFromTun(x, [ipv4Packet([100, 64, 0, 1], [100, 64, 0, 2], Buffer.from('hello'))]);
+    pump(x, y);
+    for (let i = 0; i < 200; i++) {
+      sendFromTun(x, [ipv4Packet([100, 64, 0, 1], [100, 64, 0, 2], Buffer.from(`m${i}`))]);
+      x.endpoint = Buffer.from(x.endpoint);
+      x.endpoint.writeUInt16BE(20000 + i, 16); // a new source port for each packet
+      deliver(y, x);
+    }
+    console.log(`200 source changes: ${lines.length} log lines, endpoint now ${String(y.device.allPeers()[0].endpoint)}`);
+    expect(y.tunOut).toHaveLength(201);
+    expect(String(y.device.allPeers()[0].endpoint)).toBe('192.0.2.1:20199');
+    expect(lines.length).toBeLessThanOrEqual(5);
+  });
 });

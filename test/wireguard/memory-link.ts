@@ -1,4 +1,4 @@
-import { Device } from '../../src/wireguard/device.js';
+import { Device, type Logger } from '../../src/wireguard/device.js';
 import { makeEndpoint, ENDPOINT_SIZE } from '../../src/net/endpoint.js';
 import type { Bind, TunDevice } from '../../src/wireguard/bind.js';
 import { UdpEndpoint } from '../../src/wireguard/endpoint.js';
@@ -13,12 +13,12 @@ export interface Side {
   tunOut: Buffer[];
 }
 
-export function makeSide(privateKey: Uint8Array, addr: number[], port: number, peerInbox: () => Buffer[][]): Side {
+export function makeSide(privateKey: Uint8Array, addr: number[], port: number, peerInbox: () => Buffer[][], log?: Logger): Side {
   const side = {} as Side;
   side.endpoint = makeEndpoint(Uint8Array.from(addr), port);
   side.inbox = [];
   side.tunOut = [];
-  side.device = new Device({ privateKey, mtu: 1420, batchSize: 64, bind: memoryBind(() => peerInbox()[0]), tun: memoryTun(() => side.tunOut) });
+  side.device = new Device({ privateKey, mtu: 1420, batchSize: 64, log, bind: memoryBind(() => peerInbox()[0]), tun: memoryTun(() => side.tunOut) });
   return side;
 }
 
