@@ -1,6 +1,6 @@
 /**
  * A real miniupnpd (Debian package `miniupnpd-nftables`, the nftables build) on a NAT lab router,
- * offering NAT-PMP and PCP (UDP 5351) and UPnP IGD on the site's LAN.
+ * offering NAT-PMP and PCP (UDP 5351) and UPnP IGD on the site's LAN (either may be off).
  *
  *   const world = await buildNatWorld(lab, { sites: [{ name: 'cafe', kind: 'symmetric', agents: ['carol'] }] });
  *   const upnp = await startMiniupnpd(lab, world.sites.cafe!, { stunServer: world.stun! });
@@ -54,6 +54,11 @@ export interface MiniupnpdOptions {
   stunServer: { ip: string; port: number };
   /** Offer UPnP IGD (SSDP + HTTP on `upnpHttpPort`). Default true. */
   upnp?: boolean;
+  /**
+   * Offer NAT-PMP and PCP (UDP 5351). Default true. This build (2.3.1) has one switch for both,
+   * `enable_natpmp`; with it off and `upnp` on, the router speaks UPnP-IGD only.
+   */
+  natpmp?: boolean;
   /** TCP port of the UPnP HTTP server. Default 5000. */
   upnpHttpPort?: number;
   /** miniupnpd permission rules ("allow|deny ext-ports ip/mask int-ports"). Default: the LAN, ports 1024-65535. */
@@ -70,7 +75,8 @@ export interface MiniupnpdHandle {
   ns: string;
   /** Where NAT-PMP/PCP (UDP 5351) and UPnP listen: the router's LAN address. */
   lanIp: string;
-  natpmpPort: number;
+  /** null when NAT-PMP/PCP are off. */
+  natpmpPort: number | null;
   upnpHttpPort: number | null;
   /** The external address miniupnpd reports, null when it decided port forwarding is impossible. */
   externalIp: string | null;
@@ -119,6 +125,8 @@ export async function startMiniupnpd(lab: Lab, site: NatSite, opts: MiniupnpdOpt
   const tag = `${site.name}-miniupnpd`;
   const confPath = join(lab.dir, `${tag}.conf`);
   const upnp = opts.upnp ?? true;
+  const natpmp = opts.natpmp ?? true;
+  if (!upnp && !natpmp) throw new Error('miniupnpd with neither UPnP nor NAT-PMP/PCP would offer nothing');
   const httpPort = opts.upnpHttpPort ?? 5000;
   const permissions = opts.permissions ?? [`allow 1024-65535 ${router.lanCidr} 1024-65535`, 'deny 0-65535 0.0.0.0/0 0-65535'];
   const conf = [
@@ -126,7 +134,7 @@ export async function startMiniupnpd(lab: Lab, site: NatSite, opts: MiniupnpdOpt
     `listening_ip=${router.lanIf}`,
     'ipv6_disable=yes',
     `port=${httpPort}`,
-    'enable_natpmp=yes',
+    `enable_natpmp=${natpmp ? 'yes' : 'no'}`,
     `enable_upnp=${upnp ? 'yes' : 'no'}`,
     'secure_mode=yes',
     'system_uptime=no',
@@ -166,7 +174,8 @@ export async function startMiniupnpd(lab: Lab, site: NatSite, opts: MiniupnpdOpt
     await waitFor(
       () => {
         if (exited) throw new WaitAborted(`miniupnpd exited:\n${lab.logTail(proc)}`);
-        return readLog().includes('Listening for NAT-PMP/PCP traffic');
+        // Both lines come after its STUN check, so port forwarding is decided by then.
+        return readLog().includes(natpmp ? 'Listening for NAT-PMP/PCP traffic' : 'HTTP listening on port');
       },
       { timeoutMs: opts.startTimeoutMs ?? 20_000, intervalMs: 50, what: `miniupnpd in ${ns}` },
     );
@@ -184,7 +193,7 @@ export async function startMiniupnpd(lab: Lab, site: NatSite, opts: MiniupnpdOpt
     proc,
     ns,
     lanIp: router.lanIp,
-    natpmpPort: NATPMP_PORT,
+    natpmpPort: natpmp ? NATPMP_PORT : null,
     upnpHttpPort: upnp ? httpPort : null,
     externalIp: portForwarding ? (ext?.[1] ?? null) : null,
     portForwarding,

@@ -64,8 +64,10 @@ export interface UpnpOptions {
   timeoutMs?: number;
   /** The mapping held from an earlier call: renewed at its control URL without a new discovery. */
   held?: PortMapping | null;
-  /** Where to send M-SEARCH (tests: a fake on loopback). Default the SSDP group and gateway:1900. */
-  ssdpTargets?: { address: string; port: number }[];
+  /** The SSDP group searched besides the gateway; null: none (tests). Default 239.255.255.250:1900. */
+  ssdpGroup?: { address: string; port: number } | null;
+  /** The gateway's SSDP port searched by unicast (tests: a fake's). Default 1900. */
+  ssdpPort?: number;
 }
 
 function closeQuietly(sock: Socket): void {
@@ -100,22 +102,32 @@ function urlOnHost(text: string, base: string, host: string): URL | null {
   return url.protocol === 'http:' && url.hostname === host ? url : null;
 }
 
-/** Sends M-SEARCH and returns the description URLs the gateway gave, within the deadline. */
+/**
+ * Sends M-SEARCH and returns the description URLs the gateway gave, within the deadline. The
+ * unicast search goes from a socket connected to the gateway: when nothing listens there (ICMP
+ * port unreachable) the gateway runs no SSDP, and since only its answers count we stop at once
+ * (most gateways: a netcheck must not wait the whole budget for nothing).
+ */
 function discover(opts: UpnpOptions, deadline: number): Promise<URL[]> {
-  const targets = opts.ssdpTargets ?? [{ address: SSDP_ADDRESS, port: SSDP_PORT }, { address: opts.gateway, port: SSDP_PORT }];
+  const group = opts.ssdpGroup === undefined ? { address: SSDP_ADDRESS, port: SSDP_PORT } : opts.ssdpGroup;
+  const port = opts.ssdpPort ?? SSDP_PORT;
   return new Promise((resolve) => {
     const found = new Map<string, URL>();
-    const sock = createSocket('udp4');
+    const multi = createSocket('udp4');
+    const uni = createSocket('udp4');
     let timer: NodeJS.Timeout | undefined;
     let resend: NodeJS.Timeout | undefined;
+    let done = false;
     const finish = (): void => {
+      if (done) return;
+      done = true;
       clearTimeout(timer);
       clearTimeout(resend);
-      closeQuietly(sock);
+      closeQuietly(multi);
+      closeQuietly(uni);
       resolve([...found.values()]);
     };
-    sock.on('error', () => {}); // an unroutable target is one that does not answer
-    sock.on('message', (msg, rinfo) => {
+    const onMessage = (msg: Buffer, rinfo: { address: string }): void => {
       if (rinfo.address !== opts.gateway) return; // only the gateway maps ports for us
       const location = parseSsdpAnswer(msg);
       const url = location ? urlOnHost(location, location, rinfo.address) : null;
@@ -125,25 +137,37 @@ function discover(opts: UpnpOptions, deadline: number): Promise<URL[]> {
         clearTimeout(timer);
         timer = setTimeout(finish, 50);
       }
+    };
+    multi.on('message', onMessage);
+    uni.on('message', onMessage);
+    multi.on('error', () => {}); // an unroutable group is one that does not answer
+    uni.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'ECONNREFUSED' && found.size === 0) finish();
     });
     const send = (): void => {
-      for (const t of targets) for (const st of SEARCH_TARGETS) {
+      for (const st of SEARCH_TARGETS) {
         try {
-          sock.send(mSearch(`${t.address}:${t.port}`, st), t.port, t.address);
+          uni.send(mSearch(`${opts.gateway}:${port}`, st), (err) => {
+            if ((err as NodeJS.ErrnoException | null)?.code === 'ECONNREFUSED' && found.size === 0) finish();
+          });
+          if (group) multi.send(mSearch(`${group.address}:${group.port}`, st), group.port, group.address);
         } catch {
-          // socket closed
+          // closed by finish()
         }
       }
     };
-    sock.bind(0, () => {
-      try {
-        sock.setMulticastTTL(2); // the gateway is on our link (UDA 1.1: TTL default 2)
-      } catch {
-        // not fatal: the unicast search still goes
-      }
-      send();
-      resend = setTimeout(send, SSDP_RESEND_MS);
-      timer = setTimeout(finish, Math.max(0, deadline - Date.now()));
+    timer = setTimeout(finish, Math.max(0, deadline - Date.now()));
+    uni.connect(port, opts.gateway, () => {
+      multi.bind(0, () => {
+        try {
+          multi.setMulticastTTL(2); // the gateway is on our link (UDA 1.1: TTL default 2)
+        } catch {
+          // not fatal: the unicast search still goes
+        }
+        if (done) return;
+        send();
+        resend = setTimeout(send, SSDP_RESEND_MS);
+      });
     });
   });
 }

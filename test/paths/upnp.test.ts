@@ -83,7 +83,7 @@ afterEach(async () => {
 });
 
 const ask = (i: FakeIgd, extra: Partial<Parameters<typeof requestUpnpMapping>[0]> = {}) =>
-  requestUpnpMapping({ gateway: '127.0.0.1', internalPort: 51820, timeoutMs: 1500, ssdpTargets: [{ address: '127.0.0.1', port: i.ssdpPort }], ...extra });
+  requestUpnpMapping({ gateway: '127.0.0.1', internalPort: 51820, timeoutMs: 1500, ssdpGroup: null, ssdpPort: i.ssdpPort, ...extra });
 
 describe('UPnP-IGD client against a fake IGD on loopback', () => {
   it('discovers, maps our port to our LAN address with a lease, renews at the same control URL, deletes on release', async () => {
@@ -94,7 +94,7 @@ describe('UPnP-IGD client against a fake IGD on loopback', () => {
     expect(Array.from(m!.externalAddress).join('.')).toBe('203.0.113.77');
     expect(igd.mappings.get(51820)).toEqual({ client: '127.0.0.1', port: 51820, lease: 7200 });
     // Renewal: no SSDP needed, the same external port.
-    const renewed = await requestUpnpMapping({ gateway: '127.0.0.1', internalPort: 51820, timeoutMs: 1500, held: m, ssdpTargets: [] });
+    const renewed = await requestUpnpMapping({ gateway: '127.0.0.1', internalPort: 51820, timeoutMs: 1500, held: m, ssdpGroup: null, ssdpPort: 1 });
     expect(renewed?.externalPort).toBe(51820);
     await releaseUdpMapping(m!, 51820);
     expect(igd.mappings.size).toBe(0);
@@ -107,6 +107,17 @@ describe('UPnP-IGD client against a fake IGD on loopback', () => {
     expect(m?.externalPort).not.toBe(51820);
     expect(igd.mappings.get(m!.externalPort)?.port).toBe(51820);
     await releaseUpnpMapping(m!);
+  });
+
+  it('nothing on the SSDP port of the gateway (ICMP port unreachable): gives up at once, not at the end of the budget', async () => {
+    const closed = createSocket('udp4');
+    await new Promise<void>((r) => closed.bind(0, '127.0.0.1', r));
+    const port = closed.address().port;
+    closed.close();
+    const t = Date.now();
+    expect(await requestUpnpMapping({ gateway: '127.0.0.1', internalPort: 51820, timeoutMs: 2000, ssdpGroup: null, ssdpPort: port })).toBeNull();
+    console.log(`no SSDP on the gateway: null after ${Date.now() - t} ms (budget 2000)`);
+    expect(Date.now() - t).toBeLessThan(1000);
   });
 
   it('no answer: null within the time budget', async () => {
