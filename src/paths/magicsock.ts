@@ -91,9 +91,6 @@ export class MagicSock implements Bind {
   private readonly discoTotal = new TokenBucket(discoBudget.total.rate, discoBudget.total.burst);
   private readonly oneOffsets = Int32Array.of(0);
   private readonly oneLens = new Int32Array(1);
-  /** One packet sent through an extra socket (oneOffsets stays 0 for disco). */
-  private readonly viaOffsets = new Int32Array(1);
-  private readonly viaLens = new Int32Array(1);
   /** Hard-NAT probing (birthday.ts): its pings go out through sendPing, its sockets' datagrams come in through receiveVia. */
   readonly birthday = new BirthdayProber<PeerPath>({
     ping: (path, to, via) => this.sendPing(path, to, Date.now(), undefined, via, true),
@@ -179,9 +176,12 @@ export class MagicSock implements Bind {
       const ep = endpoints[i];
       const via = (ep as PeerPath).socket;
       if (via && ep.direct) {
-        this.viaOffsets[0] = offsets[i];
-        this.viaLens[0] = lens[i];
-        sentAlone += via.send(slab, this.viaOffsets, this.viaLens, ep.direct, 1);
+        // A path through an extra (birthday) socket: the run of packets to it goes in one sendmmsg there.
+        let end = i + 1;
+        while (end < count && endpoints[end] === ep) end++;
+        for (let k = 0; k < end - i; k++) ep.direct.copy(this.sendAddrs, k * ENDPOINT_SIZE);
+        sentAlone += via.send(slab, offsets.subarray(i, end), lens.subarray(i, end), this.sendAddrs, end - i);
+        i = end - 1;
         continue;
       }
       // Only a path has no direct address: it goes through its home relay's link; without a relay its first candidate is the best guess.
