@@ -1,7 +1,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import {
   Lab, buildNatWorld, findAgent, sleep, startLabAgent, startLabRegistry, startMiniupnpd, waitFor, waitForFleet,
-  type LabAgent, type LabRegistry, type NatWorld,
+  type LabAgent, type LabRegistry, type NatKind, type NatWorld,
 } from '../../src/lab/index.js';
 import type { DeviceStatus } from '../../src/daemon/status-types.js';
 import { labReady } from './checks.js';
@@ -11,6 +11,8 @@ const TRIAL_MS = 20_000;
 /** 20 by the issue; fewer (HARD_NAT_TRIALS) for a quick look, the bar scaled alike (18 of 20). */
 const TRIALS = Number(process.env.HARD_NAT_TRIALS ?? 20);
 const NEEDED = Math.ceil(TRIALS * 0.9);
+/** The easy side's NAT: port-restricted by the issue; HARD_NAT_EASY_KIND=double checks a carrier NAT behind a home one. */
+const EASY_KIND = (process.env.HARD_NAT_EASY_KIND ?? 'port-restricted') as NatKind;
 
 async function pathTo(agent: LabAgent, peerIp: string): Promise<{ kind: string; endpoint: string } | undefined> {
   const s = await agent.json<DeviceStatus>(['status']);
@@ -33,13 +35,13 @@ describe.runIf(labReady(['ip', 'iptables', 'ping']))('hard NAT: birthday probing
     await lab?.cleanup();
   });
 
-  it(`port-restricted <-> symmetric becomes direct in at least ${NEEDED} of ${TRIALS} trials`, async () => {
+  it(`${EASY_KIND} <-> symmetric becomes direct in at least ${NEEDED} of ${TRIALS} trials`, async () => {
     const results: { direct: boolean; ms: number; probes: number; sockets: number }[] = [];
     for (let trial = 0; trial < TRIALS; trial++) {
       // A new world each time: the NATs' conntrack tables of an earlier trial (alice's filter holes
       // towards the ports she probed) would make the next one easier than a first meeting is.
       lab = new Lab();
-      world = await buildNatWorld(lab, { sites: [{ name: 'home', kind: 'port-restricted', agents: ['alice'] }, { name: 'cafe', kind: 'symmetric', agents: ['carol'] }] });
+      world = await buildNatWorld(lab, { sites: [{ name: 'home', kind: EASY_KIND, agents: ['alice'] }, { name: 'cafe', kind: 'symmetric', agents: ['carol'] }] });
       registry = await startLabRegistry(lab, world.registryNs, world.registryIp);
       const alice = await startLabAgent(lab, findAgent(world, 'alice').ns, 'alice', registry);
       const carol = await startLabAgent(lab, findAgent(world, 'carol').ns, 'carol', registry);

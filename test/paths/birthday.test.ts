@@ -351,6 +351,23 @@ describe('birthday probing: what a member can make us do', () => {
     }
   });
 
+  it('disco on an extra socket that does not probe for its sender is refused before it is opened', async () => {
+    const w = natWorld();
+    try {
+      const stranger: ProbeSocket = { send: () => 1, close: () => {} };
+      const asE = new DiscoCodec(w.keys[0], publicKeyOf(w.keys[0]));
+      const ping = asE.seal(publicKeyOf(w.keys[1]), { type: 'ping', txid: Buffer.alloc(12, 7) })!;
+      const h = w.socks[1] as unknown as { receiveVia: (s: ProbeSocket, slab: Buffer, slot: number, lens: Int32Array, addrs: Buffer, n: number) => void };
+      const before = { ...w.socks[1].stats };
+      h.receiveVia(stranger, ping, ping.length, Int32Array.of(ping.length), makeEndpoint(ip(203, 0, 113, 20), 51820), 1);
+      console.log(`ping from E on a socket that is not E's: rejected ${w.socks[1].stats.discoRejected - before.discoRejected}, opened ${w.socks[1].stats.discoIn - before.discoIn}`);
+      expect(w.socks[1].stats.discoRejected - before.discoRejected).toBe(1);
+      expect(w.socks[1].stats.discoIn).toBe(before.discoIn);
+    } finally {
+      w.stop();
+    }
+  });
+
   it('an answer we did not ask for opens no sockets', async () => {
     const w = natWorld();
     try {
