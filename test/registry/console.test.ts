@@ -215,6 +215,8 @@ describe('registry console routes', () => {
     const after = await call(reg, 'GET', '/console/api/state', { cookie });
     expect((after.body.paths as Record<string, { paths: ReportedPath[] }>)[a.id].paths).toEqual([]);
     expect(Object.keys(after.body.paths as object)).toEqual([a.id]);
+    expect(after.body.pathReports).toMatchObject({ accepted: 2, tooSoon: 3 });
+    console.log('path report counters:', JSON.stringify(after.body.pathReports));
   });
 
   it('malformed path reports spend the failed-signature budget before their body is read', async () => {

@@ -245,7 +245,8 @@ function render(s) {
   renderPolicy(s.policy);
   renderTokens(s.tokens);
   renderAudit(s.audit);
-  fill('stats', 'requests ' + s.stats.requests + ' \u00b7 event streams ' + s.stats.streams.open + ' \u00b7 connections ' + s.stats.connections.open);
+  fill('stats', 'requests ' + s.stats.requests + ' \u00b7 event streams ' + s.stats.streams.open + ' \u00b7 connections ' + s.stats.connections.open
+    + ' \u00b7 path reports ' + s.pathReports.accepted + ' kept, ' + s.pathReports.refused + ' refused');
 }
 
 function pathCell(id) {

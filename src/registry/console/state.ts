@@ -23,6 +23,7 @@ import type { PathReports } from './path-reports.js';
  * | audit        | {size, damage, entries: newest first} or null (a registry without a log)      |
  * | refusals     | {id, agent, at, reason, held, size}: newest first                             |
  * | stats        | RegistryStats                                                                 |
+ * | pathReports  | {accepted, refused, tooSoon, full}: path reports since the registry started   |
  */
 
 /** Entries of the registry's log shown: the newest hundred (the CLI has the rest). */
@@ -75,6 +76,7 @@ export class ConsoleState {
       audit: this.auditTail(),
       refusals: refusals.filter((r) => r.network === network).map((r) => ({ id: r.id, agent: r.agent, at: r.at, reason: r.reason, held: r.held, size: r.size })),
       stats: this.ctx.stats(),
+      pathReports: { ...this.paths.counts },
     };
   }
 
