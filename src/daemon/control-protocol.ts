@@ -48,7 +48,7 @@ export interface EventAgent {
 export type DaemonEvent =
   /** The registry reports an admitted agent online (heartbeats arrive) or offline (it left, or went quiet). */
   | (EventAgent & { type: 'peer.online' | 'peer.offline'; at: number; reason?: 'removed'; suppressed?: number })
-  /** Our path to a peer changed: `endpoint` is its address (direct) or the relay's. */
+  /** Our path to a peer changed: `endpoint` is its address (direct) or the relay's name, as `status` shows it. */
   | (EventAgent & { type: 'path.changed'; at: number; kind: PathKind; endpoint: string; rttMs: number | null; reason?: string; suppressed?: number })
   /** The trust store refused an agent's record (a changed key, an unapproved or blocked agent). */
   | { type: 'trust.alert'; at: number; id: string; name: string; state: string; alert: string; suppressed?: number }
