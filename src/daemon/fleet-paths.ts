@@ -71,6 +71,9 @@ export class FleetPaths {
   private links: RelayLinks<RelayClient> | null = null;
   private prober: RelayProber | null = null;
   private relayTimer: NodeJS.Timeout | null = null;
+  /** Since when each relay's link is down, and until when a relay whose link stayed down is avoided as home. */
+  private readonly downSince = new Map<string, number>();
+  private readonly avoidUntil = new Map<string, number>();
   private netcheck: Netcheck | null = null;
   private adhocNetcheck: Netcheck | null = null;
   private lastReport: NetcheckReport | null = null;
@@ -120,7 +123,7 @@ export class FleetPaths {
     const measures = this.prober?.all ?? [];
     return this.advertised.map((a, i) => ({
       name: a.name, region: a.region, rttMs: measures[i]?.rttMs == null ? null : Math.round(measures[i].rttMs! * 100) / 100,
-      alive: measures[i] ? isAlive(measures[i], now) : false, home: a.name === this.links?.homeRelay, link: this.links?.linkOf(a.name)?.state ?? null,
+      alive: measures[i] ? isAlive(measures[i], now, a.name === this.links?.homeRelay) : false, home: a.name === this.links?.homeRelay, link: this.links?.linkOf(a.name)?.state ?? null,
     }));
   }
 
@@ -174,19 +177,32 @@ export class FleetPaths {
     this.relayTimer.unref();
   }
 
-  /** Runs the choice; a relay whose link the relay itself closed on us (refused, down) counts as not answering. */
+  /**
+   * Runs the choice. A relay whose link stayed down for downGraceMs (it refuses us, or we cannot
+   * reach it though it answers STUN) counts as not answering, and for avoidAfterDownMs after that
+   * it is chosen only when no other relay answers.
+   */
   private chooseHome(now: number, when: 'start' | 'tick'): void {
     const links = this.links!;
-    const measures: RelayMeasure[] = this.advertised.map((a) => {
+    const avoided = new Set<string>();
+    for (const a of this.advertised) {
+      if (links.linkOf(a.name)?.state !== 'down') this.downSince.delete(a.name);
+      else if (!this.downSince.has(a.name)) this.downSince.set(a.name, now);
+      if (now - (this.downSince.get(a.name) ?? now) >= relayChoice.downGraceMs) this.avoidUntil.set(a.name, now + relayChoice.avoidAfterDownMs);
+      if ((this.avoidUntil.get(a.name) ?? 0) > now) avoided.add(a.name);
+    }
+    const measuresWithout = (skip: Set<string>): RelayMeasure[] => this.advertised.map((a) => {
       const m = this.prober?.all.find((p) => p.name === a.name);
-      const down = links.linkOf(a.name)?.state === 'down';
-      return { name: a.name, rttMs: m?.rttMs ?? null, lastAnswerAt: down || !m ? -Infinity : m.lastAnswerAt };
+      const down = now - (this.downSince.get(a.name) ?? now) >= relayChoice.downGraceMs;
+      return { name: a.name, rttMs: m?.rttMs ?? null, lastAnswerAt: !m || down || skip.has(a.name) ? -Infinity : m.lastAnswerAt };
     });
     const before = links.homeRelay;
+    let measures = measuresWithout(avoided);
+    if (!measures.some((m) => isAlive(m, now, m.name === before))) measures = measuresWithout(new Set()); // the last resort
     const next = chooseHome(measures, before, now);
     if (next === null || next === before || !links.setHome(next, now)) return;
     const from = measures.find((m) => m.name === before);
-    const reason = when === 'start' ? 'nearest at start' : from && !isAlive(from, now) ? 'home relay stopped answering' : 'another relay is clearly nearer';
+    const reason = when === 'start' ? 'nearest at start' : from && !isAlive(from, now, true) ? 'home relay stopped answering' : 'another relay is clearly nearer';
     this.opts.log.info({ event: 'home-relay', from: before, to: next, reason, rttMs: measures.find((m) => m.name === next)?.rttMs ?? null }, `home relay ${next} (${reason})`);
     if (when === 'tick') this.opts.onHomeRelayChange?.();
   }

@@ -165,8 +165,11 @@ export class Membership {
     for (let delay = RETRY_MIN_MS; !this.stopped; delay = Math.min(delay * 2, RETRY_MAX_MS)) {
       try {
         // Always with our key chain: peers and the registry pin the inception statement too.
-        await this.opts.client.publish(signRecord(this.opts.identity, this.buildRecord(join)), this.opts.identity.chain);
+        const record = this.buildRecord(join);
+        await this.opts.client.publish(signRecord(this.opts.identity, record), this.opts.identity.chain);
         this.publishedAt = Date.now();
+        // Our home relay moved while this record was on its way (before the first publish, nobody is told): send the newer one.
+        if ((this.opts.homeRelay?.() ?? null) !== (record.homeRelay ?? null)) this.publishAgain = true;
         return;
       } catch (e) {
         this.opts.log.warn({ err: (e as Error).message, retryInMs: delay }, 'publishing our record failed; will retry');

@@ -65,6 +65,18 @@ export const relayChoice = {
   otherProbeMs: 5_000,
   /** The home relay is dead after this long without an answer (four probes lost in a row). */
   deadAfterMs: 4_000,
+  /**
+   * A relay whose link stayed down this long (it refused our hellos, or neither UDP nor TCP
+   * reached it, though it answers STUN) is not used as home. Longer than the client's first
+   * retry (1 s): a relay that follows the registry's members refuses an agent that just joined
+   * once, then takes it.
+   */
+  downGraceMs: 3_000,
+  /**
+   * ... and is not chosen again for this long unless no other relay answers: a relay that refuses
+   * us would otherwise win on RTT, refuse, and make us publish a new record at every retry.
+   */
+  avoidAfterDownMs: 5 * 60_000,
   /** Unanswered probes are forgotten after this (a later answer is not a round trip we measured). */
   probeTimeoutMs: 3_000,
   /** Weight of a new RTT sample in the smoothed RTT: one slow answer does not move us. */

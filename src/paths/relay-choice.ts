@@ -9,9 +9,14 @@ export interface RelayMeasure {
   lastAnswerAt: number;
 }
 
-/** Whether a relay answered recently enough to be used as a home. */
-export function isAlive(m: RelayMeasure, now: number): boolean {
-  return m.rttMs !== null && now - m.lastAnswerAt <= C.deadAfterMs;
+/**
+ * Whether a relay answered recently enough to be used as a home: our home (probed every
+ * homeProbeMs) within deadAfterMs, another (probed every otherProbeMs) within as many lost
+ * probes' worth of time after its last one.
+ */
+export function isAlive(m: RelayMeasure, now: number, isHome: boolean): boolean {
+  const window = C.deadAfterMs + (isHome ? 0 : C.otherProbeMs - C.homeProbeMs);
+  return m.rttMs !== null && now - m.lastAnswerAt <= window;
 }
 
 /** Folds a new RTT sample into the smoothed one (an exponentially weighted moving average). */
@@ -28,9 +33,9 @@ export function smoothRtt(previous: number | null, sampleMs: number): number {
  */
 export function chooseHome(relays: readonly RelayMeasure[], current: string | null, now: number): string | null {
   let best: RelayMeasure | null = null;
-  for (const r of relays) if (isAlive(r, now) && (best === null || r.rttMs! < best.rttMs!)) best = r;
+  for (const r of relays) if (isAlive(r, now, r.name === current) && (best === null || r.rttMs! < best.rttMs!)) best = r;
   const home = relays.find((r) => r.name === current);
-  if (home && isAlive(home, now)) {
+  if (home && isAlive(home, now, true)) {
     if (!best || best === home) return home.name;
     const clearlyNearer = best.rttMs! < home.rttMs! * C.switchFactor && home.rttMs! - best.rttMs! >= C.switchMarginMs;
     return clearlyNearer ? best.name : home.name;

@@ -47,10 +47,12 @@ describe('home relay choice', () => {
   it('leaves a home that stopped answering for the nearest live one', () => {
     const dead = C.deadAfterMs + 1;
     expect(chooseHome([m('eu', 5, dead), m('us', 80), m('ap', 60)], 'eu', NOW)).toBe('ap');
+    // Another relay is probed less often: last heard between two of its probes, it is live.
+    expect(chooseHome([m('eu', 5, dead), m('us', 80, C.otherProbeMs + 500)], 'eu', NOW)).toBe('us');
     // Silent for less than deadAfterMs: still home.
     expect(chooseHome([m('eu', 5, C.deadAfterMs - 500), m('us', 80)], 'eu', NOW)).toBe('eu');
     // Nobody answers: keep what we have (or take the first listed), so there is always a guess.
-    expect(chooseHome([m('eu', 5, dead), m('us', 9, dead)], 'eu', NOW)).toBe('eu');
+    expect(chooseHome([m('eu', 5, dead), m('us', 9, dead + C.otherProbeMs)], 'eu', NOW)).toBe('eu');
     expect(chooseHome([m('eu', null), m('us', null)], null, NOW)).toBe('eu');
     expect(chooseHome([], null, NOW)).toBe(null);
   });
