@@ -41,6 +41,13 @@ function nextTimestamp(id: string): number {
   return t;
 }
 
+/** What GET /v1/agents filters on: a capability query, a name (its current holder), liveness. */
+export interface ListFilter {
+  cap?: string;
+  name?: string;
+  online?: boolean;
+}
+
 export interface WatchHandlers {
   snapshot(agents: AgentView[]): void;
   change(kind: AgentChangeKind, agent: AgentView): void;
@@ -186,12 +193,31 @@ export class RegistryClient {
     await this.request('DELETE', this.agentPath(), { body: signTimestamp(this.opts.identity, LEAVE_LABEL, this.opts.network, nextTimestamp(this.id)) });
   }
 
-  async list(filter: { cap?: string; name?: string; online?: boolean } = {}): Promise<AgentView[]> {
+  /** Every agent matching `filter`, page after page (the registry bounds a page: list-page.ts). */
+  async list(filter: ListFilter = {}): Promise<AgentView[]> {
+    const out: AgentView[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.listPage(filter, { cursor });
+      out.push(...page.agents);
+      cursor = page.next ?? undefined;
+    } while (cursor !== undefined);
+    return out;
+  }
+
+  /** One page of agents in ID order; pass its `next` as `cursor` for the page after (null: the last page). */
+  async listPage(filter: ListFilter = {}, page: { limit?: number; cursor?: string } = {}): Promise<{ agents: AgentView[]; next: string | null }> {
     const q = new URLSearchParams({ network: this.opts.network });
     if (filter.cap !== undefined) q.set('cap', filter.cap);
     if (filter.name !== undefined) q.set('name', filter.name);
     if (filter.online !== undefined) q.set('online', filter.online ? '1' : '0');
-    return ((await this.request('GET', `/v1/agents?${q}`, { signed: true })) as { agents: AgentView[] }).agents;
+    if (page.limit !== undefined) q.set('limit', String(page.limit));
+    if (page.cursor !== undefined) q.set('cursor', page.cursor);
+    const a = await this.request('GET', `/v1/agents?${q}`, { signed: true });
+    if (!Array.isArray(a.agents) || !(a.next === undefined || typeof a.next === 'string')) throw badAnswer('a malformed list of agents');
+    // A cursor that does not move forward would loop forever.
+    if (typeof a.next === 'string' && page.cursor !== undefined && a.next <= page.cursor) throw badAnswer('a list page whose cursor does not advance');
+    return { agents: a.agents as AgentView[], next: (a.next as string | undefined) ?? null };
   }
 
   async get(idOrName: string): Promise<AgentView> {

@@ -4,6 +4,7 @@ import type { KeyStatement } from '../identity/rotation.js';
 import type { AgentView } from './protocol.js';
 import type { HeldChain } from './key-chain.js';
 import { canonicalRecord } from './record.js';
+import { CapabilityIndex, IdSet } from './capability-index.js';
 import type { Member, StoredPolicy } from './store.js';
 
 /**
@@ -55,32 +56,31 @@ export class NetworkState {
   readonly blocked = new Set<string>();
   private currentPolicy: StoredPolicy | null = null;
   private policyText = 'null';
-  /** Capability name → IDs of the agents that have it, so a filtered list does not scan every agent. */
-  private readonly byCap = new Map<string, Set<string>>();
+  /** Capability parts → IDs of the agents that have them, so a filtered list does not scan every agent. */
+  private readonly byCap = new CapabilityIndex();
+  /** Every agent with a record, for unfiltered lists in ID order. */
+  private readonly all = new IdSet();
 
   setAgent(id: string, entry: Entry): void {
-    for (const c of this.agents.get(id)?.caps ?? []) this.byCap.get(c.name)?.delete(id);
+    this.byCap.replace(id, this.agents.get(id)?.caps ?? [], entry.caps);
     this.agents.set(id, entry);
-    for (const c of entry.caps) {
-      let ids = this.byCap.get(c.name);
-      if (!ids) this.byCap.set(c.name, (ids = new Set()));
-      ids.add(id);
-    }
+    this.all.add(id);
   }
 
-  /** The agents a capability query can match (all of them without a query). */
-  *candidates(cap: Capability | null): Iterable<Entry> {
-    if (!cap) {
-      yield* this.agents.values();
-      return;
-    }
-    for (const id of this.byCap.get(cap.name) ?? []) yield this.agents.get(id)!;
+  /**
+   * The IDs a capability query can match (every agent's without a query), in ascending order:
+   * what a page of a list walks from its cursor. The caller checks each against the query.
+   */
+  candidateIds(cap: Capability | null): readonly string[] {
+    if (!cap) return this.all.sorted();
+    return this.byCap.candidates(cap)?.sorted() ?? [];
   }
 
   /** Forgets a member and its record (an operator removed it); returns whether it was here. */
   removeMember(id: string): boolean {
     const m = this.members.get(id);
-    for (const c of this.agents.get(id)?.caps ?? []) this.byCap.get(c.name)?.delete(id);
+    this.byCap.replace(id, this.agents.get(id)?.caps ?? [], []);
+    this.all.delete(id);
     const had = this.agents.delete(id) || m !== undefined;
     this.members.delete(id);
     if (m && this.byName.get(m.name) === id) this.byName.delete(m.name);

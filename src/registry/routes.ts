@@ -7,11 +7,12 @@ import { parseKeyStatement, type KeyStatement } from '../identity/rotation.js';
 import type { RelayInfo } from '../relay/protocol.js';
 import { adminRoute, type AdminContext } from './admin-routes.js';
 import { createConsole } from './console/routes.js';
-import { capabilityMatches, parseCapability, type Capability } from '../net/capabilities.js';
+import { parseCapability, type Capability } from '../net/capabilities.js';
 import type { EventHub } from './events.js';
 import { Entry, type Fleet } from './fleet-state.js';
 import { screenChain } from './key-chain.js';
 import { readJson, sendJson, sendText, type Body } from './http-body.js';
+import { listPage, parsePageRequest } from './list-page.js';
 import {
   HEARTBEAT_LABEL, LEAVE_LABEL, hashToken, joinMessage, timestampMessage, verifyAgentSignature, type AgentChangeKind, type JoinResult, type RegistryStats,
 } from './protocol.js';
@@ -180,7 +181,8 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
     sendJson(res, 200, { ok: true });
   };
 
-  const listAgents = (url: URL, network: string): Entry[] => {
+  /** One page of the agents matching the query (list-page.ts has the parameters). */
+  const listAgents = (url: URL, network: string): { agents: Entry[]; next: string | null } => {
     const capText = url.searchParams.get('cap');
     let cap: Capability | null = null;
     if (capText !== null) {
@@ -194,16 +196,7 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
     const onlineText = url.searchParams.get('online');
     if (onlineText !== null && !['1', '0', 'true', 'false'].includes(onlineText)) refuse('BAD_REQUEST', 'online must be 1 or 0');
     const online = onlineText === null ? null : onlineText === '1' || onlineText === 'true';
-    const state = fleet.networks.get(network);
-    const out: Entry[] = [];
-    for (const e of state?.candidates(cap) ?? []) {
-      if (online !== null && e.view.online !== online) continue;
-      // The name's current holder: a record signed before its agent renamed still carries the old name.
-      if (name !== null && state!.byName.get(name) !== e.view.record.id) continue;
-      if (cap && !e.caps.some((c) => capabilityMatches(cap, c))) continue;
-      out.push(e);
-    }
-    return out;
+    return listPage(fleet.networks.get(network), { cap, name, online }, parsePageRequest(url));
   };
 
   const getAgent = (network: string, idOrName: string): Entry => {
@@ -255,7 +248,9 @@ export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: Ser
       allow('GET');
       const network = networkParam(url);
       await authorizeRead(req, network, now, ctx);
-      return sendText(res, 200, `{"ok":true,"agents":[${listAgents(url, network).map((e) => e.json).join(',')}]}`);
+      const page = listAgents(url, network);
+      const next = page.next === null ? '' : `,"next":${JSON.stringify(page.next)}`;
+      return sendText(res, 200, `{"ok":true,"agents":[${page.agents.map((e) => e.json).join(',')}]${next}}`);
     }
     if (path === 'v1/events') {
       allow('GET');
