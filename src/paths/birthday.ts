@@ -132,7 +132,6 @@ export class BirthdayProber<P extends object> {
     s.askedAt = this.clock();
     s.notBefore = s.askedAt + this.backoff(s.failures);
     s.failures++; // until an attempt finds a path
-
   }
 
   /** Whether we asked this peer recently: only then is its answer a reason to open sockets. */

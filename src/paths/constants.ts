@@ -102,8 +102,8 @@ export const birthday = {
   sockets: 256,
   /** Fewer sockets than this (the fd limit) make an attempt not worth its probes. */
   minSockets: 64,
-  /** All extra sockets open at once, at most (one hard attempt; far below the usual 1,024-fd limit). */
-  maxOpenSockets: 256,
+  /** All extra sockets open at once, at most: one attempt's 256 and those kept by birthday paths (within the usual 1,024-fd limit). */
+  maxOpenSockets: 512,
   maxHardAttempts: 1,
   /** Easy-side attempts at once: each costs up to 1,024 probes of the shared budget. */
   maxEasyAttempts: 4,

@@ -116,10 +116,14 @@ describe('birthday prober: budgets and bounds', () => {
     expect(p.stats.socketsOpen).toBe(0);
   });
 
-  it('one hard attempt at a time, and none without sockets', () => {
-    const { p } = prober();
-    expect(p.startHard({}, makeEndpoint(ip(203, 0, 113, 20), 1))).toBe(true);
+  it('one hard attempt at a time, another once it found its path (a kept socket does not block the next), and none without sockets', () => {
+    const { p, factory } = prober();
+    const first = {};
+    expect(p.startHard(first, makeEndpoint(ip(203, 0, 113, 20), 1))).toBe(true);
     expect(p.startHard({}, makeEndpoint(ip(203, 0, 113, 21), 1))).toBe(false);
+    p.succeeded(first, factory.opened[3].sock);
+    expect(p.startHard({}, makeEndpoint(ip(203, 0, 113, 21), 1))).toBe(true);
+    expect(p.stats.socketsOpen).toBe(1 + B.sockets);
     const q = new BirthdayProber<object>({ ping: () => {}, receive: () => {} });
     q.setSocketFactory(fakeFactory(10)); // the fd limit leaves too few
     expect(q.startHard({}, makeEndpoint(ip(203, 0, 113, 20), 1))).toBe(false);
