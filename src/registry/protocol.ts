@@ -21,7 +21,8 @@ import type { AgentRecord } from './record.js';
  * | POST /v1/agents/ID/heartbeat         | body signature (heartbeat msg)  | SignedTimestamp                                |
  * | DELETE /v1/agents/ID                 | body signature (leave message)  | SignedTimestamp                                |
  * | PUT /v1/agents/ID/paths              | body signature (path-report.ts) | PathReportBody → {ok, kept}                    |
- * | GET /v1/agents[?cap=&name=&online=]  | Authorization header            | {ok, agents: AgentView[]}                      |
+ * | GET /v1/agents[?cap=&name=&online=]  | Authorization header            | {ok, agents: AgentView[], next?}: a page       |
+ * |   [&limit=&cursor=] (list-page.ts)   |                                 | (ID order, ≤ 1,000; next: the following's cursor) |
  * | GET /v1/agents/ID-or-NAME            | Authorization header            | {ok, agent: AgentView}                         |
  * | GET /v1/events                       | Authorization header            | text/event-stream (events.ts)                  |
  * | GET /v1/stats                        | Authorization header            | {ok, ...RegistryStats}                         |
