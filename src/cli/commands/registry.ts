@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import type { Argv, CommandModule } from 'yargs';
 import { createLogger, type LogLevel } from '../../util/logger.js';
 import { AgentVpnError } from '../../errors.js';
+import { readAdminToken } from '../admin-token.js';
 import { DEFAULT_NETWORK, DEFAULT_OFFLINE_AFTER_MS, DEFAULT_POOL } from '../../registry/protocol.js';
 import { createJoinToken, startRegistry } from '../../registry/server.js';
 import { parseRelayPeer } from '../../registry/relay-list.js';
@@ -132,19 +133,7 @@ interface Operator {
 
 /** The admin token: never on the command line (other users see it in ps). */
 function adminToken(args: DbArgs): string {
-  const file = args['admin-token-file'];
-  let token = process.env.AGENTVPN_ADMIN_TOKEN;
-  if (file) {
-    try {
-      token = readFileSync(file, 'utf8').trim();
-    } catch (e) {
-      throw new AgentVpnError('ADMIN_TOKEN_FILE', `cannot read admin token file ${file}: ${(e as Error).message}`, 'check the path and its permissions');
-    }
-  }
-  if (!token) {
-    throw new AgentVpnError('USAGE', '--registry needs an admin token', 'set AGENTVPN_ADMIN_TOKEN or pass --admin-token-file FILE (agentvpn registry admin-token create makes one)');
-  }
-  return token;
+  return readAdminToken(args['admin-token-file']);
 }
 
 async function withOperator<T>(args: DbArgs, work: (op: Operator) => Promise<T>): Promise<T> {

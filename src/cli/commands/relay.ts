@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { createLogger, type LogLevel } from '../../util/logger.js';
 import type { Argv, CommandModule } from 'yargs';
 import { AgentVpnError } from '../../errors.js';
+import { readAdminToken } from '../admin-token.js';
 import { DEFAULT_LIMITS } from '../../relay/limits.js';
 import { parseAllowKeys } from '../../relay/allow-list.js';
 import { MemberFeed } from '../../relay/member-feed.js';
@@ -58,20 +59,11 @@ function tlsOptions(cert?: string, key?: string): { cert: Buffer; key: Buffer } 
 function memberFeed(args: RelayArgs, log: ReturnType<typeof createLogger>, onChange: () => void): MemberFeed | null {
   if (!args.registry) return null;
   if (args['allow-key']?.length) throw new AgentVpnError('USAGE', '--allow-key and --registry both name who may use the relay', 'give one: --registry URL follows its members, --allow-key pins keys');
-  const file = args['admin-token-file'];
-  let token = process.env.AGENTVPN_ADMIN_TOKEN;
-  if (file) {
-    try {
-      token = readFileSync(file, 'utf8').trim();
-    } catch (e) {
-      throw new AgentVpnError('ADMIN_TOKEN_FILE', `cannot read admin token file ${file}: ${(e as Error).message}`, 'check the path and its permissions');
-    }
-  }
-  if (!token) throw new AgentVpnError('USAGE', '--registry needs an admin token', 'set AGENTVPN_ADMIN_TOKEN or pass --admin-token-file FILE (agentvpn registry admin-token create makes one)');
+  const token = readAdminToken(args['admin-token-file']);
   const networks = args.network?.length ? args.network : ['default'];
   for (const n of networks) if (!NETWORK_PATTERN.test(n)) throw new AgentVpnError('BAD_NETWORK', `invalid network "${n.slice(0, 80)}"`, 'network names are lowercase letters, digits and -, up to 63');
   const sources = networks.map((network) => {
-    const admin = new AdminClient(args.registry!, token!, network, args['registry-ca']);
+    const admin = new AdminClient(args.registry!, token, network, args['registry-ca']);
     return {
       network,
       list: async () => (await admin.list()).agents.map((a) => (a.key ? Buffer.from(a.key, 'base64') : publicKeyOfAgentId(a.id))).filter((k): k is Uint8Array => !!k && k.length === 32),
