@@ -1,11 +1,19 @@
 #!/usr/bin/env node
-// Registry load benchmark: starts `agentvpn registry` in a child process on 127.0.0.1 with a
-// temporary database, registers AGENTS agents (join + publish) from CONCURRENCY workers, then
-// measures lookups (GET by name, list with a capability filter), one heartbeat per agent (each
-// takes its signed timestamp in the database with the liveness it sets), and the registry's memory.
-// Run after `npm run build`:  node scripts/bench-registry.mjs   (AGENTS=1000 for a quick run)
+// Registry load benchmark, on each store in one run: one `agentvpn registry` on SQLite, and two
+// instances on one PostgreSQL (src/lab/postgres.ts: a throwaway server on a unix socket). For
+// each it registers AGENTS agents (join + publish) from CONCURRENCY workers spread over the
+// instances, then measures lookups (GET by name, capability lists of ~100 and ~1,000 agents in
+// pages), one heartbeat per agent, event fan-out (a publish on the first instance seen on an event
+// stream of the last one), and event-stream snapshots (time, registry CPU and memory for
+// SNAPSHOT_STREAMS streams at once). Registry CPU comes from /proc (user + system), per phase.
+// Everything is on loopback or a unix socket.
+//
+// Run after `npm run build`, under the bench lock:
+//   flock /tmp/agentvpn-bench.lock node scripts/bench-registry.mjs
+// Env: AGENTS (10000), CONCURRENCY (8), GETS (2000), LISTS (500), FANOUT (300), SNAPSHOT_STREAMS (16),
+//   STORES (sqlite,postgres), REGISTRY_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,30 +26,67 @@ if (!existsSync(join(root, 'dist/registry/client.js'))) {
 const { Identity } = await import('../dist/identity/identity.js');
 const { RegistryClient } = await import('../dist/registry/client.js');
 const { signRecord, RECORD_LIFETIME_MS } = await import('../dist/registry/record.js');
+const { startPostgres, postgresUnavailableReason } = await import('../dist/lab/postgres.js');
 
 const AGENTS = Number(process.env.AGENTS ?? 10_000);
 const CONCURRENCY = Number(process.env.CONCURRENCY ?? 8);
 const GETS = Number(process.env.GETS ?? 2_000);
 const LISTS = Number(process.env.LISTS ?? 500);
+const FANOUT = Number(process.env.FANOUT ?? 300);
+const SNAPSHOT_STREAMS = Number(process.env.SNAPSHOT_STREAMS ?? 16);
+const STORES = (process.env.STORES ?? 'sqlite,postgres').split(',');
 const NETWORK = 'bench';
 const bin = join(root, 'bin/agentvpn.js');
-const dir = mkdtempSync(join(tmpdir(), 'agentvpn-bench-registry-'));
-const db = join(dir, 'registry.db');
+/** Clock ticks per second of /proc/PID/stat's utime and stime (USER_HZ: 100 on Linux). */
+const CLOCK_TICKS = 100;
 
-function percentile(sorted, p) {
-  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] : NaN;
-}
-
-function summary(label, samples) {
+const percentile = (sorted, p) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] : NaN);
+const stats = (samples) => {
   const s = [...samples].sort((a, b) => a - b);
-  const f = (x) => x.toFixed(2).padStart(8);
-  return `${label.padEnd(34)} n=${String(s.length).padStart(6)}  p50 ${f(percentile(s, 0.5))} ms  p99 ${f(percentile(s, 0.99))} ms  max ${f(s.at(-1))} ms`;
-}
+  return { n: s.length, p50: percentile(s, 0.5), p99: percentile(s, 0.99), max: s.at(-1) ?? NaN };
+};
 
 function memoryOf(pid) {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const kb = (key) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
   return { rssMiB: kb('VmRSS') / 1024, peakMiB: kb('VmHWM') / 1024 };
+}
+
+/** Resets a process's peak RSS (VmHWM) to its current RSS, so a phase's own peak can be read. */
+function resetPeak(pid) {
+  try {
+    execFileSync('sh', ['-c', `echo 5 > /proc/${pid}/clear_refs`]);
+  } catch {
+    // not permitted: the peak then covers the whole run
+  }
+}
+
+/** CPU seconds (user + system) used so far by `pids`. */
+function cpuOf(pids) {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+      ticks += Number(f[11]) + Number(f[12]); // utime, stime (fields 14 and 15)
+    } catch {
+      // gone
+    }
+  }
+  return ticks / CLOCK_TICKS;
+}
+
+/** `pid` and its children (PostgreSQL's backends). */
+function treeOf(pid) {
+  const kids = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      if (readFileSync(`/proc/${d}/stat`, 'utf8').split(') ')[1].split(' ')[1] === String(pid)) kids.push(Number(d));
+    } catch {
+      // gone
+    }
+  }
+  return [pid, ...kids];
 }
 
 async function timed(fn) {
@@ -58,73 +103,98 @@ async function pool(n, workers, task) {
   }));
 }
 
-function startRegistry() {
-  const child = spawn(process.execPath, [bin, 'registry', '--listen', '127.0.0.1:0', '--db', db, '--network', NETWORK, '--log-level', 'warn', '--json'],
-    { stdio: ['ignore', 'pipe', 'inherit'] });
+function startRegistry(args, env = process.env) {
+  const child = spawn(process.execPath, [...(process.env.REGISTRY_NODE_ARGS ?? '').split(' ').filter(Boolean), bin, 'registry', '--listen', '127.0.0.1:0',
+    '--network', NETWORK, '--log-level', 'warn', '--json', ...args], { stdio: ['ignore', 'pipe', 'inherit'], env });
   return new Promise((resolve, reject) => {
     let out = '';
     child.stdout.on('data', (d) => {
       out += d;
-      const line = out.split('\n')[0];
-      if (out.includes('\n')) {
-        const answer = JSON.parse(line);
-        if (!answer.ok) reject(new Error(`registry failed to start: ${answer.message}`));
-        else resolve({ child, url: answer.url });
-      }
+      if (!out.includes('\n')) return;
+      const answer = JSON.parse(out.split('\n')[0]);
+      if (!answer.ok) reject(new Error(`registry failed to start: ${answer.message}`));
+      else resolve({ child, url: answer.url });
     });
     child.once('exit', (code) => reject(new Error(`registry exited during start (code ${code})`)));
   });
 }
 
-const token = JSON.parse(execFileSync(process.execPath, [bin, 'registry', 'token', 'create', '--db', db, '--network', NETWORK,
-  '--uses', String(AGENTS), '--json'], { encoding: 'utf8' })).token;
-const { child, url } = await startRegistry();
-const stopRegistry = () => new Promise((resolve) => {
+const stopChild = (child) => new Promise((resolve) => {
   if (child.exitCode !== null) return resolve();
   child.once('exit', resolve);
   child.kill('SIGTERM');
 });
-process.on('exit', () => child.exitCode === null && child.kill('SIGKILL'));
 
-try {
-  console.log(`registry pid ${child.pid} at ${url}; ${AGENTS} agents, ${CONCURRENCY} workers; RSS at start ${memoryOf(child.pid).rssMiB.toFixed(1)} MiB`);
-  process.stdout.write('generating identities… ');
+const recordOf = (identity, joined, name, i, seq) => {
+  const now = Date.now();
+  return signRecord(identity, {
+    v: 1, network: NETWORK, id: identity.id, name, wgPublicKey: Buffer.from(identity.wgPublicKey).toString('base64'),
+    ipv4: joined.ipv4, ipv6: joined.ipv6, endpoints: [`192.0.2.${1 + (i % 250)}:51820`],
+    capabilities: [`svc.s${i % 100}`, `llm.inference@1;model=m${i % 10}`], seq, issuedAt: now, expiresAt: now + RECORD_LIFETIME_MS,
+  });
+};
+
+/** Opens an event stream on `url` as `identity`; resolves when its snapshot arrived, with the stream. */
+function openStream(url, identity, onChange = () => {}) {
+  const client = new RegistryClient({ url, identity, network: NETWORK });
+  return new Promise((resolve, reject) => {
+    let size = -1;
+    const w = client.watch({
+      snapshot: (agents) => {
+        size = agents.length;
+        resolve({ size, close: () => { w.close(); client.close(); } });
+      },
+      change: onChange,
+      disconnected: (e) => { if (size < 0) { w.close(); client.close(); reject(e); } },
+    });
+  });
+}
+
+/** The whole benchmark against registry instances at `urls` (pids: theirs; dbPids: the database's, if a server). */
+async function measure({ label, urls, pids, dbPids, token, dbSize }) {
+  const registries = () => pids;
+  const cpu = () => cpuOf(registries());
+  const dbCpu = () => (dbPids ? cpuOf(dbPids()) : 0);
+  const rss = () => pids.reduce((a, p) => a + memoryOf(p).rssMiB, 0);
+  const r = { label, instances: urls.length, rssStartMiB: rss() };
   const identities = Array.from({ length: AGENTS }, () => Identity.generate());
-  console.log('done');
+  const joined = new Array(AGENTS);
 
   const joinMs = [];
   const publishMs = [];
   const registerMs = [];
-  const t0 = performance.now();
+  let c0 = cpu();
+  let d0 = dbCpu();
+  let t0 = performance.now();
   await pool(AGENTS, CONCURRENCY, async (i) => {
     const identity = identities[i];
-    const client = new RegistryClient({ url, identity, network: NETWORK });
+    const client = new RegistryClient({ url: urls[i % urls.length], identity, network: NETWORK });
     const name = `agent-${i}`;
     const start = performance.now();
-    const joined = await client.join(name, token);
+    joined[i] = await client.join(name, token);
     const mid = performance.now();
-    const now = Date.now();
-    await client.publish(signRecord(identity, {
-      v: 1, network: NETWORK, id: identity.id, name, wgPublicKey: Buffer.from(identity.wgPublicKey).toString('base64'),
-      ipv4: joined.ipv4, ipv6: joined.ipv6, endpoints: [`192.0.2.${1 + (i % 250)}:51820`],
-      capabilities: [`svc.s${i % 100}`, `llm.inference@1;model=m${i % 10}`], seq: 1, issuedAt: now, expiresAt: now + RECORD_LIFETIME_MS,
-    }));
+    await client.publish(recordOf(identity, joined[i], name, i, 1));
     const end = performance.now();
     joinMs.push(mid - start);
     publishMs.push(end - mid);
     registerMs.push(end - start);
     client.close();
-    if ((i + 1) % 1000 === 0) process.stdout.write(`\rregistered ${i + 1}/${AGENTS}`);
+    if ((i + 1) % 1000 === 0) process.stderr.write(`\r${label}: registered ${i + 1}/${AGENTS}`);
   });
-  const registrationTotal = performance.now() - t0;
-  console.log('');
-  const afterRegistration = memoryOf(child.pid);
+  process.stderr.write('\n');
+  let seconds = (performance.now() - t0) / 1000;
+  r.join = stats(joinMs);
+  r.publish = stats(publishMs);
+  r.register = stats(registerMs);
+  r.registerPerS = AGENTS / seconds;
+  r.registerCpuMsPerAgent = ((cpu() - c0) * 1000) / AGENTS;
+  r.registerDbCpuMsPerAgent = ((dbCpu() - d0) * 1000) / AGENTS;
+  r.rssAfterRegisterMiB = rss();
 
-  const readers = identities.slice(0, CONCURRENCY).map((identity) => new RegistryClient({ url, identity, network: NETWORK }));
+  const readers = identities.slice(0, CONCURRENCY).map((identity, k) => new RegistryClient({ url: urls[k % urls.length], identity, network: NETWORK }));
   const getMs = [];
-  const listSmallMs = [];
-  const listLargeMs = [];
-  const t1 = performance.now();
+  c0 = cpu();
+  t0 = performance.now();
   await pool(GETS, CONCURRENCY, async (i) => {
     const name = `agent-${(i * 7919) % AGENTS}`;
     getMs.push(await timed(async () => {
@@ -132,53 +202,164 @@ try {
       if (view.record.name !== name) throw new Error(`lookup of ${name} returned ${view.record.name}`);
     }));
   });
+  seconds = (performance.now() - t0) / 1000;
+  r.get = stats(getMs);
+  r.getPerS = GETS / seconds;
+  r.getCpuMs = ((cpu() - c0) * 1000) / GETS;
+
+  const listSmallMs = [];
+  const listLargeMs = [];
   await pool(LISTS, CONCURRENCY, async (i) => {
     listSmallMs.push(await timed(async () => {
       const agents = await readers[i % CONCURRENCY].list({ cap: `svc.s${i % 100}` });
       if (agents.length !== Math.ceil((AGENTS - (i % 100)) / 100)) throw new Error(`cap svc.s${i % 100}: ${agents.length} agents`);
     }));
   });
+  c0 = cpu();
   await pool(Math.ceil(LISTS / 5), CONCURRENCY, async (i) => {
-    listLargeMs.push(await timed(() => readers[i % CONCURRENCY].list({ cap: `llm.inference;model=m${i % 10}` })));
+    listLargeMs.push(await timed(async () => {
+      const agents = await readers[i % CONCURRENCY].list({ cap: `llm.inference;model=m${i % 10}` });
+      if (agents.length !== Math.ceil((AGENTS - (i % 10)) / 10)) throw new Error(`cap model=m${i % 10}: ${agents.length} agents`);
+    }));
   });
-  const lookupTotal = performance.now() - t1;
+  r.listSmall = stats(listSmallMs);
+  r.listLarge = stats(listLargeMs);
+  r.listLargeCpuMs = ((cpu() - c0) * 1000) / Math.ceil(LISTS / 5);
 
   const heartbeatMs = [];
-  const t2 = performance.now();
+  c0 = cpu();
+  d0 = dbCpu();
+  t0 = performance.now();
   await pool(AGENTS, CONCURRENCY, async (i) => {
-    const client = new RegistryClient({ url, identity: identities[i], network: NETWORK });
+    const client = new RegistryClient({ url: urls[i % urls.length], identity: identities[i], network: NETWORK });
     heartbeatMs.push(await timed(() => client.heartbeat()));
     client.close();
   });
-  const heartbeatTotal = performance.now() - t2;
+  seconds = (performance.now() - t0) / 1000;
+  r.heartbeat = stats(heartbeatMs);
+  r.heartbeatPerS = AGENTS / seconds;
+  r.heartbeatCpuMs = ((cpu() - c0) * 1000) / AGENTS;
+  r.heartbeatDbCpuMs = ((dbCpu() - d0) * 1000) / AGENTS;
 
-  let snapshotSize = 0;
-  const snapshotMs = await timed(() => new Promise((resolve, reject) => {
-    const w = readers[0].watch({
-      snapshot: (agents) => { snapshotSize = agents.length; w.close(); resolve(); },
-      change: () => {},
-      disconnected: (e) => { w.close(); reject(e); },
-    });
-  }));
-  const afterLookups = memoryOf(child.pid);
-  for (const r of readers) r.close();
+  // Fan-out: publish seq 2 on the first instance, time until the last instance's stream shows it.
+  const sentAt = new Map();
+  const fanoutMs = [];
+  const watcher = await openStream(urls.at(-1), identities[AGENTS - 1], (kind, agent) => {
+    const t = sentAt.get(agent.record.id);
+    if (kind === 'upsert' && t !== undefined && agent.record.seq === 2) {
+      fanoutMs.push(performance.now() - t);
+      sentAt.delete(agent.record.id);
+    }
+  });
+  await pool(Math.min(FANOUT, AGENTS), CONCURRENCY, async (i) => {
+    const client = new RegistryClient({ url: urls[0], identity: identities[i], network: NETWORK });
+    sentAt.set(identities[i].id, performance.now());
+    await client.publish(recordOf(identities[i], joined[i], `agent-${i}`, i, 2));
+    client.close();
+  });
+  const deadline = Date.now() + 10_000;
+  while (sentAt.size > 0 && Date.now() < deadline) await new Promise((res) => setTimeout(res, 20));
+  r.fanout = stats(fanoutMs);
+  r.fanoutMissing = sentAt.size;
+  watcher.close();
 
-  console.log('\nregistration (join + publish, signed, over HTTP)');
-  console.log(summary('  join', joinMs));
-  console.log(summary('  publish', publishMs));
-  console.log(summary('  join + publish', registerMs));
-  console.log(`  total ${(registrationTotal / 1000).toFixed(1)} s, ${(AGENTS / (registrationTotal / 1000)).toFixed(0)} agents/s`);
-  console.log('lookups (signed reads)');
-  console.log(summary('  GET /v1/agents/NAME', getMs));
-  console.log(summary(`  list cap=svc.sN (~${Math.ceil(AGENTS / 100)} agents)`, listSmallMs));
-  console.log(summary(`  list cap=…;model=mN (~${Math.ceil(AGENTS / 10)} agents)`, listLargeMs));
-  console.log(`  total ${(lookupTotal / 1000).toFixed(1)} s`);
-  console.log('heartbeats (signed, usable once)');
-  console.log(summary('  POST /v1/agents/ID/heartbeat', heartbeatMs));
-  console.log(`  total ${(heartbeatTotal / 1000).toFixed(1)} s, ${(AGENTS / (heartbeatTotal / 1000)).toFixed(0)} heartbeats/s`);
-  console.log(`event stream snapshot of ${snapshotSize} agents: ${snapshotMs.toFixed(0)} ms`);
-  console.log(`registry RSS after registration ${afterRegistration.rssMiB.toFixed(1)} MiB, after lookups ${afterLookups.rssMiB.toFixed(1)} MiB (peak ${afterLookups.peakMiB.toFixed(1)} MiB)`);
-} finally {
-  await stopRegistry();
-  rmSync(dir, { recursive: true, force: true });
+  // Snapshots: SNAPSHOT_STREAMS streams opened at once on the first instance (2 per reader: the per-credential cap is 4).
+  const first = pids[0];
+  const before = memoryOf(first).rssMiB;
+  resetPeak(first);
+  c0 = cpuOf([first]);
+  const snapStart = performance.now();
+  const streams = await Promise.all(Array.from({ length: SNAPSHOT_STREAMS }, (_, k) => openStream(urls[0], identities[k % Math.ceil(SNAPSHOT_STREAMS / 2)])));
+  r.snapshot = {
+    agents: streams[0].size, streams: SNAPSHOT_STREAMS, allMs: performance.now() - snapStart,
+    cpuMsPerStream: ((cpuOf([first]) - c0) * 1000) / SNAPSHOT_STREAMS, peakDeltaMiB: memoryOf(first).peakMiB - before,
+  };
+  for (const s of streams) s.close();
+  r.snapshot.oneMs = await timed(async () => (await openStream(urls[0], identities[0])).close());
+
+  for (const c of readers) c.close();
+  r.rssEndMiB = rss();
+  r.peakMiB = Math.max(...pids.map((p) => memoryOf(p).peakMiB));
+  r.dbMiB = await dbSize();
+  return r;
 }
+
+async function withSqlite() {
+  const dir = mkdtempSync(join(tmpdir(), 'agentvpn-bench-registry-'));
+  const db = join(dir, 'registry.db');
+  const token = JSON.parse(execFileSync(process.execPath, [bin, 'registry', 'token', 'create', '--db', db, '--network', NETWORK, '--uses', String(AGENTS), '--json'], { encoding: 'utf8' })).token;
+  const { child, url } = await startRegistry(['--db', db]);
+  process.on('exit', () => child.exitCode === null && child.kill('SIGKILL'));
+  try {
+    const size = () => ['', '-wal'].reduce((a, s) => a + (existsSync(db + s) ? statSync(db + s).size : 0), 0) / 2 ** 20;
+    return await measure({ label: 'SQLite, 1 instance', urls: [url], pids: [child.pid], token, dbSize: size });
+  } finally {
+    await stopChild(child);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function withPostgres() {
+  const pg = await startPostgres();
+  const dir = mkdtempSync(join(tmpdir(), 'agentvpn-bench-registry-pg-'));
+  const children = [];
+  try {
+    const token = JSON.parse(execFileSync(process.execPath, [bin, 'registry', 'token', 'create', '--db', pg.url, '--network', NETWORK, '--uses', String(AGENTS), '--json'], { encoding: 'utf8' })).token;
+    const urls = [];
+    for (const k of [1, 2]) {
+      const { child, url } = await startRegistry(['--db', pg.url, '--witness-key', join(dir, 'witness.key'), '--audit-dir', join(dir, `audit-${k}`)]);
+      process.on('exit', () => child.exitCode === null && child.kill('SIGKILL'));
+      children.push(child);
+      urls.push(url);
+    }
+    const size = async () => Number(await pg.sql("SELECT pg_database_size('registry')")) / 2 ** 20;
+    return await measure({ label: 'PostgreSQL, 2 instances', urls, pids: children.map((c) => c.pid), dbPids: () => treeOf(pg.pid), token, dbSize: size });
+  } finally {
+    for (const c of children) await stopChild(c);
+    await pg.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const results = [];
+console.log(`registry benchmark: ${AGENTS} agents, ${CONCURRENCY} concurrent clients; load average at start: ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`);
+for (const store of STORES) {
+  if (store === 'postgres' && postgresUnavailableReason()) {
+    console.log(`PostgreSQL skipped: ${postgresUnavailableReason()}`);
+    continue;
+  }
+  results.push(store === 'postgres' ? await withPostgres() : await withSqlite());
+}
+console.log(`load average at end: ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`);
+
+const f = (x, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '-');
+const pp = (s) => `${f(s.p50)} / ${f(s.p99)}`;
+const rows = [
+  ['join + publish p50 / p99 ms', (r) => pp(r.register)],
+  ['  join p50 / p99 ms', (r) => pp(r.join)],
+  ['  publish p50 / p99 ms', (r) => pp(r.publish)],
+  ['registrations/s', (r) => f(r.registerPerS, 0)],
+  ['registry CPU ms per registration', (r) => f(r.registerCpuMsPerAgent, 2)],
+  ['database CPU ms per registration', (r) => f(r.registerDbCpuMsPerAgent, 2)],
+  ['lookup by name p50 / p99 ms', (r) => pp(r.get)],
+  ['lookups/s', (r) => f(r.getPerS, 0)],
+  ['registry CPU ms per lookup', (r) => f(r.getCpuMs, 2)],
+  [`list ~${Math.ceil(AGENTS / 100)} agents p50 / p99 ms`, (r) => pp(r.listSmall)],
+  [`list ~${Math.ceil(AGENTS / 10)} agents p50 / p99 ms`, (r) => pp(r.listLarge)],
+  [`registry CPU ms per list of ~${Math.ceil(AGENTS / 10)}`, (r) => f(r.listLargeCpuMs, 2)],
+  ['heartbeat p50 / p99 ms', (r) => pp(r.heartbeat)],
+  ['heartbeats/s', (r) => f(r.heartbeatPerS, 0)],
+  ['registry CPU ms per heartbeat', (r) => f(r.heartbeatCpuMs, 2)],
+  ['database CPU ms per heartbeat', (r) => f(r.heartbeatDbCpuMs, 2)],
+  ['fan-out p50 / p99 ms (other instance)', (r) => `${pp(r.fanout)}${r.fanoutMissing ? ` (${r.fanoutMissing} not seen)` : ''}`],
+  ['snapshot of N agents: one stream ms', (r) => `${r.snapshot.agents}: ${f(r.snapshot.oneMs, 0)}`],
+  ['  S streams at once: all ms', (r) => `${r.snapshot.streams}: ${f(r.snapshot.allMs, 0)}`],
+  ['  registry CPU ms per stream', (r) => f(r.snapshot.cpuMsPerStream, 1)],
+  ['  registry peak RSS growth MiB', (r) => f(r.snapshot.peakDeltaMiB, 1)],
+  ['registry RSS start / registered / end MiB (all)', (r) => `${f(r.rssStartMiB, 0)} / ${f(r.rssAfterRegisterMiB, 0)} / ${f(r.rssEndMiB, 0)}`],
+  ['registry peak RSS MiB (largest instance)', (r) => f(r.peakMiB, 0)],
+  ['database size MiB', (r) => f(r.dbMiB, 1)],
+];
+console.log(`\n${'measure'.padEnd(44)}${results.map((r) => r.label.padStart(26)).join('')}`);
+for (const [name, get] of rows) console.log(`${name.padEnd(44)}${results.map((r) => get(r).padStart(26)).join('')}`);
+if (process.env.BENCH_JSON) console.log(JSON.stringify(results));
