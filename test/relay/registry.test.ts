@@ -39,7 +39,7 @@ describe('relay built into the registry', () => {
     expect(reg.relay?.udpPort).toBe(reg.port);
     const m1 = await member();
     const m2 = await member();
-    expect(m1.join.relays).toEqual([{ udp: `127.0.0.1:${reg.port}`, tcp: `http://127.0.0.1:${reg.port}/v1/relay` }]);
+    expect(m1.join.relays).toEqual([{ udp: `127.0.0.1:${reg.port}`, tcp: `http://127.0.0.1:${reg.port}/v1/relay`, name: 'registry', region: 'default' }]);
     expect(m1.join.stun).toEqual([`127.0.0.1:${reg.port}`, `127.0.0.1:${reg.port + 1}`]);
 
     const a = await startAgent(m1.join.relays[0], { identity: m1.identity });
