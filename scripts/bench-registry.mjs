@@ -12,21 +12,9 @@
 //   flock /tmp/agentvpn-bench.lock node scripts/bench-registry.mjs
 // Env: AGENTS (10000), CONCURRENCY (8), GETS (2000), LISTS (500), FANOUT (300), SNAPSHOT_STREAMS (16),
 //   STORES (sqlite,postgres), REGISTRY_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-const root = fileURLToPath(new URL('..', import.meta.url));
-if (!existsSync(join(root, 'dist/registry/client.js'))) {
-  console.error('error: dist/ is missing\nhint: run `npm run build` first');
-  process.exit(1);
-}
-const { Identity } = await import('../dist/identity/identity.js');
-const { RegistryClient } = await import('../dist/registry/client.js');
-const { signRecord, RECORD_LIFETIME_MS } = await import('../dist/registry/record.js');
-const { startPostgres, postgresUnavailableReason } = await import('../dist/lab/postgres.js');
+import {
+  Identity, NETWORK, RegistryClient, cpuOf, loadAverage, memoryOf, openStream, pool, postgresUnavailableReason, recordOf, resetPeak, startStore, stats, timed,
+} from './lib/registry-load.mjs';
 
 const AGENTS = Number(process.env.AGENTS ?? 10_000);
 const CONCURRENCY = Number(process.env.CONCURRENCY ?? 8);
@@ -35,126 +23,11 @@ const LISTS = Number(process.env.LISTS ?? 500);
 const FANOUT = Number(process.env.FANOUT ?? 300);
 const SNAPSHOT_STREAMS = Number(process.env.SNAPSHOT_STREAMS ?? 16);
 const STORES = (process.env.STORES ?? 'sqlite,postgres').split(',');
-const NETWORK = 'bench';
-const bin = join(root, 'bin/agentvpn.js');
-/** Clock ticks per second of /proc/PID/stat's utime and stime (USER_HZ: 100 on Linux). */
-const CLOCK_TICKS = 100;
-
-const percentile = (sorted, p) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] : NaN);
-const stats = (samples) => {
-  const s = [...samples].sort((a, b) => a - b);
-  return { n: s.length, p50: percentile(s, 0.5), p99: percentile(s, 0.99), max: s.at(-1) ?? NaN };
-};
-
-function memoryOf(pid) {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kb = (key) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
-  return { rssMiB: kb('VmRSS') / 1024, peakMiB: kb('VmHWM') / 1024 };
-}
-
-/** Resets a process's peak RSS (VmHWM) to its current RSS, so a phase's own peak can be read. */
-function resetPeak(pid) {
-  try {
-    execFileSync('sh', ['-c', `echo 5 > /proc/${pid}/clear_refs`]);
-  } catch {
-    // not permitted: the peak then covers the whole run
-  }
-}
-
-/** CPU seconds (user + system) used so far by `pids`. */
-function cpuOf(pids) {
-  let ticks = 0;
-  for (const pid of pids) {
-    try {
-      const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-      ticks += Number(f[11]) + Number(f[12]); // utime, stime (fields 14 and 15)
-    } catch {
-      // gone
-    }
-  }
-  return ticks / CLOCK_TICKS;
-}
-
-/** `pid` and its children (PostgreSQL's backends). */
-function treeOf(pid) {
-  const kids = [];
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      if (readFileSync(`/proc/${d}/stat`, 'utf8').split(') ')[1].split(' ')[1] === String(pid)) kids.push(Number(d));
-    } catch {
-      // gone
-    }
-  }
-  return [pid, ...kids];
-}
-
-async function timed(fn) {
-  const t0 = performance.now();
-  await fn();
-  return performance.now() - t0;
-}
-
-/** Runs `task(i)` for i in [0, n) on `workers` concurrent loops. */
-async function pool(n, workers, task) {
-  let next = 0;
-  await Promise.all(Array.from({ length: workers }, async () => {
-    while (next < n) await task(next++);
-  }));
-}
-
-function startRegistry(args, env = process.env) {
-  const child = spawn(process.execPath, [...(process.env.REGISTRY_NODE_ARGS ?? '').split(' ').filter(Boolean), bin, 'registry', '--listen', '127.0.0.1:0',
-    '--network', NETWORK, '--log-level', 'warn', '--json', ...args], { stdio: ['ignore', 'pipe', 'inherit'], env });
-  return new Promise((resolve, reject) => {
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-      if (!out.includes('\n')) return;
-      const answer = JSON.parse(out.split('\n')[0]);
-      if (!answer.ok) reject(new Error(`registry failed to start: ${answer.message}`));
-      else resolve({ child, url: answer.url });
-    });
-    child.once('exit', (code) => reject(new Error(`registry exited during start (code ${code})`)));
-  });
-}
-
-const stopChild = (child) => new Promise((resolve) => {
-  if (child.exitCode !== null) return resolve();
-  child.once('exit', resolve);
-  child.kill('SIGTERM');
-});
-
-const recordOf = (identity, joined, name, i, seq) => {
-  const now = Date.now();
-  return signRecord(identity, {
-    v: 1, network: NETWORK, id: identity.id, name, wgPublicKey: Buffer.from(identity.wgPublicKey).toString('base64'),
-    ipv4: joined.ipv4, ipv6: joined.ipv6, endpoints: [`192.0.2.${1 + (i % 250)}:51820`],
-    capabilities: [`svc.s${i % 100}`, `llm.inference@1;model=m${i % 10}`], seq, issuedAt: now, expiresAt: now + RECORD_LIFETIME_MS,
-  });
-};
-
-/** Opens an event stream on `url` as `identity`; resolves when its snapshot arrived, with the stream. */
-function openStream(url, identity, onChange = () => {}) {
-  const client = new RegistryClient({ url, identity, network: NETWORK });
-  return new Promise((resolve, reject) => {
-    let size = -1;
-    const w = client.watch({
-      snapshot: (agents) => {
-        size = agents.length;
-        resolve({ size, close: () => { w.close(); client.close(); } });
-      },
-      change: onChange,
-      disconnected: (e) => { if (size < 0) { w.close(); client.close(); reject(e); } },
-    });
-  });
-}
 
 /** The whole benchmark against registry instances at `urls` (pids: theirs; dbPids: the database's, if a server). */
 async function measure({ label, urls, pids, dbPids, token, dbSize }) {
-  const registries = () => pids;
-  const cpu = () => cpuOf(registries());
-  const dbCpu = () => (dbPids ? cpuOf(dbPids()) : 0);
+  const cpu = () => cpuOf(pids);
+  const dbCpu = () => cpuOf(dbPids());
   const rss = () => pids.reduce((a, p) => a + memoryOf(p).rssMiB, 0);
   const r = { label, instances: urls.length, rssStartMiB: rss() };
   const identities = Array.from({ length: AGENTS }, () => Identity.generate());
@@ -173,7 +46,7 @@ async function measure({ label, urls, pids, dbPids, token, dbSize }) {
     const start = performance.now();
     joined[i] = await client.join(name, token);
     const mid = performance.now();
-    await client.publish(recordOf(identity, joined[i], name, i, 1));
+    await client.publish(recordOf(identity, joined[i], i, 1));
     const end = performance.now();
     joinMs.push(mid - start);
     publishMs.push(end - mid);
@@ -222,6 +95,12 @@ async function measure({ label, urls, pids, dbPids, token, dbSize }) {
       if (agents.length !== Math.ceil((AGENTS - (i % 10)) / 10)) throw new Error(`cap model=m${i % 10}: ${agents.length} agents`);
     }));
   });
+  // The same list from one client at a time: its cost without queueing behind 7 others.
+  const listAloneMs = [];
+  await pool(20, 1, async (i) => {
+    listAloneMs.push(await timed(() => readers[0].list({ cap: `llm.inference;model=m${i % 10}` })));
+  });
+  r.listAlone = stats(listAloneMs);
   r.listSmall = stats(listSmallMs);
   r.listLarge = stats(listLargeMs);
   r.listLargeCpuMs = ((cpu() - c0) * 1000) / Math.ceil(LISTS / 5);
@@ -254,7 +133,7 @@ async function measure({ label, urls, pids, dbPids, token, dbSize }) {
   await pool(Math.min(FANOUT, AGENTS), CONCURRENCY, async (i) => {
     const client = new RegistryClient({ url: urls[0], identity: identities[i], network: NETWORK });
     sentAt.set(identities[i].id, performance.now());
-    await client.publish(recordOf(identities[i], joined[i], `agent-${i}`, i, 2));
+    await client.publish(recordOf(identities[i], joined[i], i, 2));
     client.close();
   });
   const deadline = Date.now() + 10_000;
@@ -284,53 +163,21 @@ async function measure({ label, urls, pids, dbPids, token, dbSize }) {
   return r;
 }
 
-async function withSqlite() {
-  const dir = mkdtempSync(join(tmpdir(), 'agentvpn-bench-registry-'));
-  const db = join(dir, 'registry.db');
-  const token = JSON.parse(execFileSync(process.execPath, [bin, 'registry', 'token', 'create', '--db', db, '--network', NETWORK, '--uses', String(AGENTS), '--json'], { encoding: 'utf8' })).token;
-  const { child, url } = await startRegistry(['--db', db]);
-  process.on('exit', () => child.exitCode === null && child.kill('SIGKILL'));
-  try {
-    const size = () => ['', '-wal'].reduce((a, s) => a + (existsSync(db + s) ? statSync(db + s).size : 0), 0) / 2 ** 20;
-    return await measure({ label: 'SQLite, 1 instance', urls: [url], pids: [child.pid], token, dbSize: size });
-  } finally {
-    await stopChild(child);
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-async function withPostgres() {
-  const pg = await startPostgres();
-  const dir = mkdtempSync(join(tmpdir(), 'agentvpn-bench-registry-pg-'));
-  const children = [];
-  try {
-    const token = JSON.parse(execFileSync(process.execPath, [bin, 'registry', 'token', 'create', '--db', pg.url, '--network', NETWORK, '--uses', String(AGENTS), '--json'], { encoding: 'utf8' })).token;
-    const urls = [];
-    for (const k of [1, 2]) {
-      const { child, url } = await startRegistry(['--db', pg.url, '--witness-key', join(dir, 'witness.key'), '--audit-dir', join(dir, `audit-${k}`)]);
-      process.on('exit', () => child.exitCode === null && child.kill('SIGKILL'));
-      children.push(child);
-      urls.push(url);
-    }
-    const size = async () => Number(await pg.sql("SELECT pg_database_size('registry')")) / 2 ** 20;
-    return await measure({ label: 'PostgreSQL, 2 instances', urls, pids: children.map((c) => c.pid), dbPids: () => treeOf(pg.pid), token, dbSize: size });
-  } finally {
-    for (const c of children) await stopChild(c);
-    await pg.stop();
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
 const results = [];
-console.log(`registry benchmark: ${AGENTS} agents, ${CONCURRENCY} concurrent clients; load average at start: ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`);
+console.log(`registry benchmark: ${AGENTS} agents, ${CONCURRENCY} concurrent clients, tree ${process.env.AGENTVPN_ROOT ?? '.'}; load average at start: ${loadAverage()}`);
 for (const store of STORES) {
   if (store === 'postgres' && postgresUnavailableReason()) {
     console.log(`PostgreSQL skipped: ${postgresUnavailableReason()}`);
     continue;
   }
-  results.push(store === 'postgres' ? await withPostgres() : await withSqlite());
+  const running = await startStore(store, AGENTS);
+  try {
+    results.push(await measure(running));
+  } finally {
+    await running.stop();
+  }
 }
-console.log(`load average at end: ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`);
+console.log(`load average at end: ${loadAverage()}`);
 
 const f = (x, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '-');
 const pp = (s) => `${f(s.p50)} / ${f(s.p99)}`;
@@ -346,6 +193,7 @@ const rows = [
   ['registry CPU ms per lookup', (r) => f(r.getCpuMs, 2)],
   [`list ~${Math.ceil(AGENTS / 100)} agents p50 / p99 ms`, (r) => pp(r.listSmall)],
   [`list ~${Math.ceil(AGENTS / 10)} agents p50 / p99 ms`, (r) => pp(r.listLarge)],
+  [`  the same, 1 client p50 / p99 ms`, (r) => pp(r.listAlone)],
   [`registry CPU ms per list of ~${Math.ceil(AGENTS / 10)}`, (r) => f(r.listLargeCpuMs, 2)],
   ['heartbeat p50 / p99 ms', (r) => pp(r.heartbeat)],
   ['heartbeats/s', (r) => f(r.heartbeatPerS, 0)],
