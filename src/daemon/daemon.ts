@@ -25,9 +25,9 @@ const BATCH = 64;
 /** UDP socket buffers: large, so bursts between batches are not dropped by the kernel. */
 const SOCKET_BUFFER_BYTES = 8 * 1024 * 1024;
 /**
- * A birthday probe socket's reader: up to 16 datagrams a round in slots a WireGuard packet of the
- * MTU fits in (disco is ~100 bytes; the one socket kept carries the peer's traffic). 256 of them
- * hold ~6 MB, not 256 x the main reader's slab; kernel-default buffers.
+ * A birthday probe socket's reader while it probes: up to 16 datagrams a round in slots a WireGuard
+ * packet of the MTU fits in (disco is ~100 bytes): 256 of them hold ~6 MB, not 256 x the main
+ * reader's slab. The one socket kept for a peer's traffic is read in batches as large as the main one's.
  */
 const PROBE_BATCH = 16;
 const PROBE_SLOT_OVERHEAD = 64;
@@ -262,16 +262,23 @@ export class Daemon {
   private openProbeSocket(receive: ProbeReceive): ProbeSocket | null {
     let fd: number;
     try {
+      // No UDP GRO: its reader would hold 1 MB of scratch (256 sockets: 256 MB); so no GSO either.
       fd = native.udpOpen(0, 0, undefined, { offload: false }).fd;
     } catch (err) {
       this.opts.log.warn({ err: (err as Error).message }, 'cannot open a birthday probe socket');
       return null;
     }
     const slot = Math.max(2048, this.opts.config.mtu + PROBE_SLOT_OVERHEAD);
-    const slab = Buffer.alloc(slot * PROBE_BATCH);
-    const lens = new Int32Array(PROBE_BATCH);
-    const addrs = Buffer.alloc(20 * PROBE_BATCH);
     let open = true;
+    let reader: ReaderHandle;
+    // A failed read on a probe socket ends that socket only, not the data plane.
+    const startReading = (slot: number, batch: number): ReaderHandle => {
+      const slab = Buffer.alloc(slot * batch);
+      const lens = new Int32Array(batch);
+      const addrs = Buffer.alloc(20 * batch);
+      return native.startReader(fd, 'udp', slab, slot, batch, lens, addrs, (n) => receive(probe, slab, slot, lens, addrs, n),
+        (err) => this.opts.log.warn({ err: err.message }, 'birthday probe socket failed'));
+    };
     const probe: ProbeSocket = {
       send: (buf, offsets, lensOut, to, count) => (open ? native.udpSend(fd, buf, offsets, lensOut, to, count) : 0),
       close: () => {
@@ -280,10 +287,13 @@ export class Daemon {
         native.stopReader(reader);
         native.closeFd(fd);
       },
+      keep: () => {
+        if (!open) return;
+        native.stopReader(reader);
+        reader = startReading(slot, BATCH);
+      },
     };
-    // A failed read on a probe socket ends that socket only, not the data plane.
-    const reader = native.startReader(fd, 'udp', slab, slot, PROBE_BATCH, lens, addrs, (n) => receive(probe, slab, slot, lens, addrs, n),
-      (err) => this.opts.log.warn({ err: err.message }, 'birthday probe socket failed'));
+    reader = startReading(slot, PROBE_BATCH);
     return probe;
   }
 

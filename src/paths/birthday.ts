@@ -28,6 +28,8 @@ import { birthday as B } from './constants.js';
 export interface ProbeSocket {
   send(slab: Buffer, offsets: Int32Array, lens: Int32Array, addrs: Buffer, count: number): number;
   close(): void;
+  /** It now carries a peer's traffic: read it as the main socket is read (full-size batches). */
+  keep?(): void;
 }
 
 /** What the socket's reader hands over: a batch, slot i at i * slot, its source at addrs[i * 20]. */
@@ -260,7 +262,10 @@ export class BirthdayProber<P extends object> {
       this.stats.successes++;
     }
     if (s.kept && s.kept !== via) this.closeAll([s.kept]);
-    if (s.kept !== via) s.kept = keep ? via : null;
+    if (s.kept !== via) {
+      s.kept = keep ? via : null;
+      s.kept?.keep?.();
+    }
     s.failures = 0;
     s.notBefore = this.clock() + B.backoffFirstMs;
   }
