@@ -6,11 +6,10 @@ import { TokenBucket } from '../util/token-bucket.js';
 import { DiscoCodec, isDisco, isFreshCounter, newTxid, type DiscoMessage } from './disco.js';
 import { PeerPath } from './peer-path.js';
 import { InboundRelayed, OutboundMixed, RELAY_SLOT } from './relayed-batch.js';
-import { discoBudget, paths as T } from './constants.js';
+import { birthday as BT, discoBudget, paths as T } from './constants.js';
 import { MAX_PACKET_SIZE, PACKET_HEADER_SIZE, encodeSend } from '../relay/protocol.js';
 import { singleRelay, type RelayRouter } from './relay-links.js';
 import { BirthdayProber, type ProbeSocket, type ProbeSocketFactory } from './birthday.js';
-import { birthday as BT } from './constants.js';
 
 /** The native calls the socket layer needs (src/tun/native.ts in the daemon, fakes in tests). */
 export interface UdpPort {
