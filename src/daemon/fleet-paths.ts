@@ -10,7 +10,7 @@ import { defaultGateway } from '../paths/gateway.js';
 import { Netcheck, parseHostPort, type NetcheckReport } from '../paths/netcheck.js';
 import { releaseUdpMapping } from '../paths/natpmp.js';
 import { relayChoice, paths as pathTiming } from '../paths/constants.js';
-import { chooseHome, isAlive, type RelayMeasure } from '../paths/relay-choice.js';
+import { RelayHealth, chooseHome, isAlive } from '../paths/relay-choice.js';
 import { RelayLinks } from '../paths/relay-links.js';
 import { RelayProber, type ProbedRelay } from '../paths/relay-probe.js';
 import { NAME_PATTERN } from '../net/names.js';
@@ -71,9 +71,8 @@ export class FleetPaths {
   private links: RelayLinks<RelayClient> | null = null;
   private prober: RelayProber | null = null;
   private relayTimer: NodeJS.Timeout | null = null;
-  /** Since when each relay's link is down, and until when a relay whose link stayed down is avoided as home. */
-  private readonly downSince = new Map<string, number>();
-  private readonly avoidUntil = new Map<string, number>();
+  /** Relays that refuse us though they answer STUN. */
+  private readonly health = new RelayHealth();
   private netcheck: Netcheck | null = null;
   private adhocNetcheck: Netcheck | null = null;
   private lastReport: NetcheckReport | null = null;
@@ -177,28 +176,12 @@ export class FleetPaths {
     this.relayTimer.unref();
   }
 
-  /**
-   * Runs the choice. A relay whose link stayed down for downGraceMs (it refuses us, or we cannot
-   * reach it though it answers STUN) counts as not answering, and for avoidAfterDownMs after that
-   * it is chosen only when no other relay answers.
-   */
+  /** Runs the choice over the probes' measures, with relays that refuse us set aside (RelayHealth). */
   private chooseHome(now: number, when: 'start' | 'tick'): void {
     const links = this.links!;
-    const avoided = new Set<string>();
-    for (const a of this.advertised) {
-      if (links.linkOf(a.name)?.state !== 'down') this.downSince.delete(a.name);
-      else if (!this.downSince.has(a.name)) this.downSince.set(a.name, now);
-      if (now - (this.downSince.get(a.name) ?? now) >= relayChoice.downGraceMs) this.avoidUntil.set(a.name, now + relayChoice.avoidAfterDownMs);
-      if ((this.avoidUntil.get(a.name) ?? 0) > now) avoided.add(a.name);
-    }
-    const measuresWithout = (skip: Set<string>): RelayMeasure[] => this.advertised.map((a) => {
-      const m = this.prober?.all.find((p) => p.name === a.name);
-      const down = now - (this.downSince.get(a.name) ?? now) >= relayChoice.downGraceMs;
-      return { name: a.name, rttMs: m?.rttMs ?? null, lastAnswerAt: !m || down || skip.has(a.name) ? -Infinity : m.lastAnswerAt };
-    });
     const before = links.homeRelay;
-    let measures = measuresWithout(avoided);
-    if (!measures.some((m) => isAlive(m, now, m.name === before))) measures = measuresWithout(new Set()); // the last resort
+    for (const a of this.advertised) this.health.observe(a.name, links.linkOf(a.name)?.state === 'down', now);
+    const measures = this.health.adjust(this.advertised.map((a) => this.prober?.all.find((p) => p.name === a.name) ?? { name: a.name, rttMs: null, lastAnswerAt: -Infinity }), before, now);
     const next = chooseHome(measures, before, now);
     if (next === null || next === before || !links.setHome(next, now)) return;
     const from = measures.find((m) => m.name === before);

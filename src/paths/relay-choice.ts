@@ -43,3 +43,34 @@ export function chooseHome(relays: readonly RelayMeasure[], current: string | nu
   if (best) return best.name;
   return home?.name ?? relays[0]?.name ?? null;
 }
+
+/**
+ * Which relays refuse us though they answer STUN: a relay whose link stayed down for
+ * downGraceMs is not used as home, and is avoided for avoidAfterDownMs after that unless no
+ * other relay answers (else a relay that refuses us would win on RTT again at every retry and
+ * make us publish a new record each time). Shorter outages (one refused hello: a relay that
+ * follows the registry's members has not seen a new member yet) cost nothing.
+ */
+export class RelayHealth {
+  private readonly downSince = new Map<string, number>();
+  private readonly avoidUntil = new Map<string, number>();
+
+  /** Records whether our link to `name` is down now (no link: not down). */
+  observe(name: string, linkDown: boolean, now: number): void {
+    if (!linkDown) this.downSince.delete(name);
+    else if (!this.downSince.has(name)) this.downSince.set(name, now);
+    if (now - (this.downSince.get(name) ?? now) >= C.downGraceMs) this.avoidUntil.set(name, now + C.avoidAfterDownMs);
+  }
+
+  /**
+   * The measures as the choice should see them: relays down past the grace count as silent, and
+   * avoided ones too unless that would leave no live relay.
+   */
+  adjust(measures: readonly RelayMeasure[], home: string | null, now: number): RelayMeasure[] {
+    const silent = (m: RelayMeasure): RelayMeasure => ({ ...m, lastAnswerAt: -Infinity });
+    const down = (name: string) => now - (this.downSince.get(name) ?? now) >= C.downGraceMs;
+    const reachable = measures.map((m) => (down(m.name) ? silent(m) : m));
+    const preferred = reachable.map((m) => ((this.avoidUntil.get(m.name) ?? 0) > now ? silent(m) : m));
+    return preferred.some((m) => isAlive(m, now, m.name === home)) ? preferred : reachable;
+  }
+}

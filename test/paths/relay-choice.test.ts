@@ -3,7 +3,7 @@ import { relayChoice as C } from '../../src/paths/constants.js';
 import { DiscoCodec } from '../../src/paths/disco.js';
 import { MagicSock, type UdpPort } from '../../src/paths/magicsock.js';
 import { PeerPath } from '../../src/paths/peer-path.js';
-import { chooseHome, smoothRtt, type RelayMeasure } from '../../src/paths/relay-choice.js';
+import { RelayHealth, chooseHome, smoothRtt, type RelayMeasure } from '../../src/paths/relay-choice.js';
 import { RelayLinks, type ManagedLink } from '../../src/paths/relay-links.js';
 import { RelayProber } from '../../src/paths/relay-probe.js';
 import { ENDPOINT_SIZE, formatEndpoint, makeEndpoint, sameEndpoint } from '../../src/net/endpoint.js';
@@ -55,6 +55,44 @@ describe('home relay choice', () => {
     expect(chooseHome([m('eu', 5, dead), m('us', 9, dead + C.otherProbeMs)], 'eu', NOW)).toBe('eu');
     expect(chooseHome([m('eu', null), m('us', null)], null, NOW)).toBe('eu');
     expect(chooseHome([], null, NOW)).toBe(null);
+  });
+});
+
+describe('relays that refuse us', () => {
+  it('a relay that refuses every hello is left and not chosen again at each retry; one refused hello costs nothing', () => {
+    // "near" answers STUN at 2 ms but refuses our hellos: its link is down between retries
+    // (backoff 1, 2, 4, ... s), connecting for a moment at each. "far" works, at 40 ms.
+    const health = new RelayHealth();
+    let home: string | null = 'near';
+    const homes: string[] = [];
+    for (let t = 0; t < 10 * 60_000; t += 250) {
+      const now = NOW + t;
+      const retryAt = [1, 3, 7, 15, 31, 61].map((s) => s * 1000).concat(Array.from({ length: 20 }, (_, i) => 91_000 + i * 30_000));
+      const connecting = retryAt.some((r) => t >= r && t < r + 250);
+      health.observe('near', !connecting, now);
+      health.observe('far', false, now);
+      const next = chooseHome(health.adjust([m('near', 2, 0), m('far', 40, 0)].map((x) => ({ ...x, lastAnswerAt: now })), home, now), home, now);
+      if (next !== home) homes.push(next!);
+      home = next;
+    }
+    console.log(`10 minutes beside a near relay that refuses us: home moves ${homes.join(' -> ') || 'none'}`);
+    expect(homes[0]).toBe('far');
+    expect(homes.length).toBeLessThanOrEqual(3); // at most one return per avoidance period (5 min)
+
+    // A relay that refuses one hello (it had not seen us join yet) and takes the next: never avoided.
+    const fresh = new RelayHealth();
+    fresh.observe('r', true, NOW);
+    fresh.observe('r', false, NOW + 1_000);
+    expect(fresh.adjust([m('r', 2), m('s', 40)], 'r', NOW + 1_000)[0].lastAnswerAt).toBe(NOW);
+  });
+
+  it('an avoided relay is still used when no other one answers', () => {
+    const health = new RelayHealth();
+    health.observe('a', true, NOW - C.downGraceMs);
+    health.observe('a', false, NOW);
+    const [a] = health.adjust([m('a', 5), m('b', 9, C.deadAfterMs + C.otherProbeMs + 1)], 'b', NOW);
+    expect(a.lastAnswerAt).toBe(NOW);
+    expect(chooseHome(health.adjust([m('a', 5), m('b', 9)], 'b', NOW), 'b', NOW)).toBe('b');
   });
 });
 
