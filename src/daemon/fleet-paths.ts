@@ -10,7 +10,7 @@ import { defaultGateway } from '../paths/gateway.js';
 import { Netcheck, parseHostPort, type NetcheckReport } from '../paths/netcheck.js';
 import { releaseUdpMapping } from '../paths/natpmp.js';
 import { relayChoice, paths as pathTiming } from '../paths/constants.js';
-import { RelayHealth, chooseHome, isAlive } from '../paths/relay-choice.js';
+import { HomeChoice, RelayHealth, isAlive } from '../paths/relay-choice.js';
 import { RelayLinks } from '../paths/relay-links.js';
 import { RelayProber, type ProbedRelay } from '../paths/relay-probe.js';
 import { NAME_PATTERN } from '../net/names.js';
@@ -73,6 +73,7 @@ export class FleetPaths {
   private relayTimer: NodeJS.Timeout | null = null;
   /** Relays that refuse us though they answer STUN. */
   private readonly health = new RelayHealth();
+  private readonly choice = new HomeChoice();
   private netcheck: Netcheck | null = null;
   private adhocNetcheck: Netcheck | null = null;
   private lastReport: NetcheckReport | null = null;
@@ -182,7 +183,7 @@ export class FleetPaths {
     const before = links.homeRelay;
     for (const a of this.advertised) this.health.observe(a.name, links.linkOf(a.name)?.state === 'down', now);
     const measures = this.health.adjust(this.advertised.map((a) => this.prober?.all.find((p) => p.name === a.name) ?? { name: a.name, rttMs: null, lastAnswerAt: -Infinity }), before, now);
-    const next = chooseHome(measures, before, now);
+    const next = this.choice.next(measures, before, now);
     if (next === null || next === before || !links.setHome(next, now)) return;
     const from = measures.find((m) => m.name === before);
     const reason = when === 'start' ? 'nearest at start' : from && !isAlive(from, now, true) ? 'home relay stopped answering' : 'another relay is clearly nearer';

@@ -85,6 +85,11 @@ export const relayChoice = {
   switchFactor: 0.67,
   /** ... and at least this many ms faster: sub-millisecond differences never move us. */
   switchMarginMs: 10,
+  /**
+   * ... for this long without a break: a relay process busy for a few seconds (a GC, a burst)
+   * does not move every agent that uses the other one (each move is a new record for peers).
+   */
+  switchAfterMs: 10_000,
   /** Relays advertised by the registry that we use, at most (the rest are ignored). */
   maxAdvertised: 16,
   /** Links open at once (home and peers' home relays), at most: past that, peers are sent through our home relay. */

@@ -45,6 +45,30 @@ export function chooseHome(relays: readonly RelayMeasure[], current: string | nu
 }
 
 /**
+ * chooseHome over time: a move to a clearly nearer relay happens only once that relay has been
+ * the choice for switchAfterMs without a break; a move away from a home that stopped answering
+ * (or the first choice) happens at once.
+ */
+export class HomeChoice {
+  private candidate: string | null = null;
+  private candidateSince = 0;
+
+  next(relays: readonly RelayMeasure[], current: string | null, now: number): string | null {
+    const choice = chooseHome(relays, current, now);
+    const home = relays.find((r) => r.name === current);
+    if (choice === current || !home || !isAlive(home, now, true)) {
+      this.candidate = null;
+      return choice;
+    }
+    if (choice !== this.candidate) {
+      this.candidate = choice;
+      this.candidateSince = now;
+    }
+    return now - this.candidateSince >= C.switchAfterMs ? choice : current;
+  }
+}
+
+/**
  * Which relays refuse us though they answer STUN: a relay whose link stayed down for
  * downGraceMs is not used as home, and is avoided for avoidAfterDownMs after that unless no
  * other relay answers (else a relay that refuses us would win on RTT again at every retry and

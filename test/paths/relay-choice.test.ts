@@ -3,7 +3,7 @@ import { relayChoice as C } from '../../src/paths/constants.js';
 import { DiscoCodec } from '../../src/paths/disco.js';
 import { MagicSock, type UdpPort } from '../../src/paths/magicsock.js';
 import { PeerPath } from '../../src/paths/peer-path.js';
-import { RelayHealth, chooseHome, smoothRtt, type RelayMeasure } from '../../src/paths/relay-choice.js';
+import { HomeChoice, RelayHealth, chooseHome, smoothRtt, type RelayMeasure } from '../../src/paths/relay-choice.js';
 import { RelayLinks, type ManagedLink } from '../../src/paths/relay-links.js';
 import { RelayProber } from '../../src/paths/relay-probe.js';
 import { ENDPOINT_SIZE, formatEndpoint, makeEndpoint, sameEndpoint } from '../../src/net/endpoint.js';
@@ -42,6 +42,28 @@ describe('home relay choice', () => {
     }
     console.log(`moves between two ~20 ms relays over 1000 noisy rounds: ${moves}`);
     expect(moves).toBe(0);
+  });
+
+  it('moves to a clearly nearer relay only once it has stayed so for switchAfterMs; leaves a dead home at once', () => {
+    const choice = new HomeChoice();
+    let home = choice.next([m('a', 5), m('b', 6)], null, NOW);
+    expect(home).toBe('a');
+    // a's process is busy for 5 s (60 ms), then fine again: no move.
+    for (let t = 0; t <= 5_000; t += 250) home = choice.next([m('a', 60, 0), m('b', 6)].map((x) => ({ ...x, lastAnswerAt: NOW + t })), home, NOW + t);
+    home = choice.next([m('a', 5), m('b', 6)].map((x) => ({ ...x, lastAnswerAt: NOW + 5_250 })), home, NOW + 5_250);
+    expect(home).toBe('a');
+    // Slow for good: the move comes after switchAfterMs.
+    let movedAt = -1;
+    for (let t = 6_000; t <= 30_000 && movedAt < 0; t += 250) {
+      home = choice.next([m('a', 60), m('b', 6)].map((x) => ({ ...x, lastAnswerAt: NOW + t })), home, NOW + t);
+      if (home === 'b') movedAt = t - 6_000;
+    }
+    console.log(`home moved to the clearly nearer relay after ${movedAt} ms of it being nearer`);
+    expect(movedAt).toBeGreaterThanOrEqual(C.switchAfterMs);
+    expect(movedAt).toBeLessThan(C.switchAfterMs + 1_000);
+    // b dies: away at once.
+    const now = NOW + 60_000;
+    expect(choice.next([m('a', 60, 0), m('b', 6, C.deadAfterMs + 1)].map((x) => ({ ...x, lastAnswerAt: now - (x.name === 'b' ? C.deadAfterMs + 1 : 0) })), 'b', now)).toBe('a');
   });
 
   it('leaves a home that stopped answering for the nearest live one', () => {
