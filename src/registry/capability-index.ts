@@ -70,14 +70,20 @@ export class CapabilityIndex {
     }
   }
 
-  /** The smallest set that holds every agent `query` can match (empty when a key it names is unknown). */
-  candidates(query: Capability): IdSet | null {
+  /**
+   * The smallest set that holds every agent `query` can match (null when a key it names is
+   * unknown). `exact`: every agent in it matches, so no candidate needs checking: a query that
+   * names at most one part beside the name is answered by that part's key alone.
+   */
+  candidates(query: Capability): { ids: IdSet; exact: boolean } | null {
+    const keys = indexKeys(query);
     let best: IdSet | null = null;
-    for (const key of indexKeys(query)) {
+    for (const key of keys) {
       const set = this.byKey.get(key);
       if (!set) return null;
       if (!best || set.size < best.size) best = set;
     }
-    return best;
+    const exact = keys.length === 1 || (keys.length === 2 && best === this.byKey.get(keys[1]));
+    return { ids: best!, exact };
   }
 }

@@ -69,11 +69,12 @@ export class NetworkState {
 
   /**
    * The IDs a capability query can match (every agent's without a query), in ascending order:
-   * what a page of a list walks from its cursor. The caller checks each against the query.
+   * what a page of a list walks from its cursor. Unless `exact`, the caller checks each against the query.
    */
-  candidateIds(cap: Capability | null): readonly string[] {
-    if (!cap) return this.all.sorted();
-    return this.byCap.candidates(cap)?.sorted() ?? [];
+  candidateIds(cap: Capability | null): { ids: readonly string[]; exact: boolean } {
+    if (!cap) return { ids: this.all.sorted(), exact: true };
+    const found = this.byCap.candidates(cap);
+    return found ? { ids: found.ids.sorted(), exact: found.exact } : { ids: [], exact: true };
   }
 
   /** Forgets a member and its record (an operator removed it); returns whether it was here. */

@@ -70,12 +70,15 @@ function firstAfter(sorted: readonly string[], after: string | null): number {
 export function listPage(state: NetworkState | undefined, filter: ListFilter, page: PageRequest): { agents: Entry[]; next: string | null } {
   if (!state) return { agents: [], next: null };
   let ids: readonly string[];
+  let check = filter.cap;
   if (filter.name !== null) {
     // The name's current holder only: a record signed before its agent renamed still carries the old name.
     const holder = state.byName.get(filter.name);
     ids = holder === undefined || !state.agents.has(holder) ? [] : [holder];
   } else {
-    ids = state.candidateIds(filter.cap);
+    const found = state.candidateIds(filter.cap);
+    ids = found.ids;
+    if (found.exact) check = null;
   }
   const agents: Entry[] = [];
   let i = firstAfter(ids, page.after);
@@ -83,7 +86,7 @@ export function listPage(state: NetworkState | undefined, filter: ListFilter, pa
     const e = state.agents.get(ids[i]);
     if (!e) continue;
     if (filter.online !== null && e.view.online !== filter.online) continue;
-    if (filter.cap && !e.caps.some((c) => capabilityMatches(filter.cap!, c))) continue;
+    if (check && !e.caps.some((c) => capabilityMatches(check, c))) continue;
     agents.push(e);
   }
   return { agents, next: i < ids.length ? ids[i - 1] : null };

@@ -51,17 +51,19 @@ describe('agent lists: capability index and pages', () => {
   it('a query naming an attribute walks only the agents filed under it (1,000 of 10,000, not every llm.inference agent)', () => {
     const { state } = fleetOf(AGENTS);
     const query = filter('llm.inference;model=m3');
-    const walked = state.candidateIds(query.cap).length;
+    const walked = state.candidateIds(query.cap).ids.length;
     const t0 = performance.now();
     const page = listPage(state, query, { limit: MAX_PAGE_SIZE, after: null });
     const ms = performance.now() - t0;
-    console.log(`capability list of ${page.agents.length} among ${AGENTS}: ${walked} candidates walked (an index by name alone walks ${state.candidateIds(filter('llm.inference').cap).length}), ${ms.toFixed(1)} ms`);
+    console.log(`capability list of ${page.agents.length} among ${AGENTS}: ${walked} candidates walked (an index by name alone walks ${state.candidateIds(filter('llm.inference').cap).ids.length}), ${ms.toFixed(1)} ms`);
     expect(walked).toBe(AGENTS / 10);
     expect(page.agents).toHaveLength(AGENTS / 10);
     expect(page.next).toBeNull();
-    expect(state.candidateIds(filter('llm.inference@1;model=m3').cap)).toHaveLength(AGENTS / 10);
-    expect(state.candidateIds(filter('llm.inference@2').cap)).toHaveLength(0);
-    expect(state.candidateIds(filter('llm.inference;model=nope').cap)).toHaveLength(0);
+    expect(state.candidateIds(filter('llm.inference@1;model=m3').cap)).toMatchObject({ exact: false });
+    expect(state.candidateIds(filter('llm.inference@1;model=m3').cap).ids).toHaveLength(AGENTS / 10);
+    expect(state.candidateIds(query.cap).exact).toBe(true);
+    expect(state.candidateIds(filter('llm.inference@2').cap).ids).toHaveLength(0);
+    expect(state.candidateIds(filter('llm.inference;model=nope').cap).ids).toHaveLength(0);
   });
 
   it('pages come in ID order, each agent once, also while agents join and leave mid-walk', () => {
@@ -92,12 +94,24 @@ describe('agent lists: capability index and pages', () => {
     const { state, ids } = fleetOf(100);
     expect(listPage(state, filter(null, { name: 'agent-5' }), { limit: 10, after: null }).agents.map((e) => e.view.record.id)).toEqual([ids[5]]);
     expect(listPage(state, filter('svc.s6', { name: 'agent-5' }), { limit: 10, after: null }).agents).toEqual([]);
-    const sorted = state.candidateIds(filter('svc.s5').cap);
+    const sorted = state.candidateIds(filter('svc.s5').cap).ids;
     state.setAgent(ids[5], new Entry(viewOf(ids[5], 5, capsOf(5))));
-    expect(state.candidateIds(filter('svc.s5').cap)).toBe(sorted);
+    expect(state.candidateIds(filter('svc.s5').cap).ids).toBe(sorted);
     state.setAgent(ids[5], new Entry(viewOf(ids[5], 5, ['svc.other'])));
-    expect(state.candidateIds(filter('svc.s5').cap)).toHaveLength(0); // its only member moved away: the key is gone
-    expect(state.candidateIds(filter('svc.other').cap)).toEqual([ids[5]]);
+    expect(state.candidateIds(filter('svc.s5').cap).ids).toHaveLength(0); // its only member moved away: the key is gone
+    expect(state.candidateIds(filter('svc.other').cap).ids).toEqual([ids[5]]);
+  });
+
+  it('a query naming two parts checks each candidate: parts held by two different capabilities do not match', () => {
+    const state = new NetworkState();
+    const mixed = agentIdOf(randomBytes(32));
+    const real = agentIdOf(randomBytes(32));
+    state.setAgent(mixed, new Entry(viewOf(mixed, 1, ['llm.inference@2;model=m3', 'llm.inference@1;model=m4'])));
+    state.setAgent(real, new Entry(viewOf(real, 2, ['llm.inference@1;model=m3'])));
+    const names = (cap: string) => listPage(state, filter(cap), { limit: 10, after: null }).agents.map((e) => e.view.record.id).sort();
+    expect(names('llm.inference@1;model=m3')).toEqual([real]);
+    expect(names('llm.inference;model=m3')).toEqual([mixed, real].sort());
+    expect(names('llm.inference@1')).toEqual([mixed, real].sort());
   });
 
   it('refuses a bad limit or cursor', () => {
