@@ -1,7 +1,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AGENTVPN_BIN, Lab, REPO_ROOT, sleep, startLabAgent, startLabRegistry, waitFor, waitForFleet, type LabAgent, type LabProcess, type LabRegistry } from '../../src/lab/index.js';
+import { AGENTVPN_BIN, Lab, REPO_ROOT, WaitAborted, sleep, startLabAgent, startLabRegistry, waitFor, waitForFleet, type LabAgent, type LabProcess, type LabRegistry } from '../../src/lab/index.js';
 import type { PeerInfo } from '../../src/daemon/fleet.js';
 import type { DeviceStatus } from '../../src/daemon/status-types.js';
 import { waitForPing } from '../../src/lab/measure.js';
@@ -54,7 +54,11 @@ describe.runIf(labReady(['ip', 'iptables', 'curl', 'python3', 'ping']))('several
       await lab.ip(ns, ['route', 'add', 'default', 'via', r.hub]);
       relays.set(r.name, lab.spawn(ns, [process.execPath, AGENTVPN_BIN, 'relay', '--listen', `${r.ip}:7443`,
         '--registry', `http://${REGISTRY}:7443`, '--admin-token-file', tokenFile, '--network', NETWORK], { name: `relay-${r.name}`, cwd: REPO_ROOT }));
-      await waitFor(async () => (await lab.exec(ns, ['curl', '-sf', `http://${r.ip}:7443/healthz`])).code === 0, { timeoutMs: 20_000, what: `relay ${r.name}` });
+      const proc = relays.get(r.name)!;
+      await waitFor(async () => {
+        if (proc.exitCode !== null) throw new WaitAborted(`relay ${r.name} exited:\n${lab.logTail(proc)}`);
+        return (await lab.exec(ns, ['curl', '-sf', `http://${r.ip}:7443/healthz`])).code === 0;
+      }, { timeoutMs: 30_000, what: `relay ${r.name}` });
     }
     const agents: LabAgent[] = [];
     for (const [i, name] of ['alice', 'bob'].entries()) {

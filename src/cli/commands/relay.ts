@@ -35,6 +35,9 @@ interface RelayArgs extends GlobalArgs {
   'log-level': string;
 }
 
+/** How long the relay waits for the registry's first member lists before it listens anyway. */
+const FIRST_MEMBERS_WAIT_MS = 3_000;
+
 function answerPlainRequest(req: IncomingMessage, res: ServerResponse): void {
   const ok = req.url === '/healthz';
   const body = JSON.stringify(ok ? { ok: true } : { ok: false, code: 'NOT_FOUND', message: 'this is an agentvpn relay', hint: `agents connect over UDP, or upgrade ${UPGRADE_PATH}` });
@@ -82,8 +85,9 @@ async function serve(args: RelayArgs): Promise<void> {
   const log = createLogger(args['log-level'] as LogLevel, { component: 'relay' });
   let relayRef: RunningRelay | null = null;
   const members = memberFeed(args, log, () => relayRef?.recheck());
-  // The first lists before the first hello (a registry not up yet: nobody until it answers).
-  await members?.refresh();
+  // The first lists before the first hello, waited for a little only: a registry that is down
+  // does not keep the relay from starting (nobody is allowed until it answers; it is re-read).
+  if (members) await Promise.race([members.refresh(), new Promise((r) => setTimeout(r, FIRST_MEMBERS_WAIT_MS).unref())]);
   members?.start();
 
   const server: Server = tls ? createHttpsServer(tls, answerPlainRequest) : createHttpServer(answerPlainRequest);
