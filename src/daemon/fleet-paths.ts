@@ -120,11 +120,14 @@ export class FleetPaths {
   /** Each advertised relay: its region, smoothed RTT, whether it answers, whether it is home, our link's state. */
   relays(): { name: string; region: string | null; rttMs: number | null; alive: boolean; home: boolean; link: string | null }[] {
     const now = Date.now();
-    const measures = this.prober?.all ?? [];
-    return this.advertised.map((a, i) => ({
-      name: a.name, region: a.region, rttMs: measures[i]?.rttMs == null ? null : Math.round(measures[i].rttMs! * 100) / 100,
-      alive: measures[i] ? isAlive(measures[i], now, a.name === this.links?.homeRelay) : false, home: a.name === this.links?.homeRelay, link: this.links?.linkOf(a.name)?.state ?? null,
-    }));
+    const home = this.links?.homeRelay ?? null;
+    return this.advertised.map((a) => {
+      const m = this.prober?.all.find((p) => p.name === a.name); // none: its address did not resolve
+      return {
+        name: a.name, region: a.region, rttMs: m?.rttMs == null ? null : Math.round(m.rttMs * 100) / 100,
+        alive: m ? isAlive(m, now, a.name === home) : false, home: a.name === home, link: this.links?.linkOf(a.name)?.state ?? null,
+      };
+    });
   }
 
   async stop(): Promise<void> {
