@@ -13,9 +13,10 @@ import { fetchAndHash, labReady, makeRandomFile, sshFixture, startHttpServer, ty
  * path it ends up on and for real traffic (HTTP, ssh, a 20 MB transfer).
  *
  * Expected path for a pair: relayed when either side cannot send UDP out (udp-blocked), or
- * when one side's mapping varies by destination (symmetric) and the other side filters by
- * address+port (port-restricted, double): neither can learn a port the other's NAT will let
- * in. Everything else ends up direct: two endpoint-independent mappings punch through each
+ * when both sides' mappings vary by destination (symmetric). When one side is symmetric and the
+ * other filters by address+port (port-restricted, double), disco alone cannot learn a port the
+ * other's NAT will let in; birthday probing usually finds one within seconds ('birthday': direct
+ * or relay is accepted here, its success rate is measured by hard-nat.test.ts). Everything else ends up direct: two endpoint-independent mappings punch through each
  * other's filters with simultaneous pings; a symmetric side reaches a full-cone (eim) side
  * because any public host may send to the cone's mapping, and the cone answers the port the
  * symmetric NAT opened towards it; agents behind the same NAT meet on their LAN addresses.
@@ -37,13 +38,13 @@ function siteOf(agent: string): string {
   return SITES.find((s) => s.agents.includes(agent))!.name;
 }
 
-export function expectedPath(a: string, b: string): 'direct' | 'relay' {
+export function expectedPath(a: string, b: string): 'direct' | 'relay' | 'birthday' {
   if (siteOf(a) === siteOf(b)) return 'direct';
   const [ka, kb] = [kindOf(a), kindOf(b)];
   if (ka === 'udp-blocked' || kb === 'udp-blocked') return 'relay';
-  const filtersStrictly = (k: NatKind) => k === 'port-restricted' || k === 'double' || k === 'symmetric';
-  if (ka === 'symmetric' && filtersStrictly(kb)) return 'relay';
-  if (kb === 'symmetric' && filtersStrictly(ka)) return 'relay';
+  if (ka === 'symmetric' && kb === 'symmetric') return 'relay';
+  const filtersStrictly = (k: NatKind) => k === 'port-restricted' || k === 'double';
+  if ((ka === 'symmetric' && filtersStrictly(kb)) || (kb === 'symmetric' && filtersStrictly(ka))) return 'birthday';
   return 'direct';
 }
 
@@ -99,13 +100,20 @@ describe.runIf(labReady(['ip', 'iptables', 'curl', 'python3', 'sshd', 'ssh']))('
         const id = peers.peers.find((p) => p.ipv4 === peerIp);
         return s.peers.find((p) => p.allowedIps.includes(`${peerIp}/32`))?.path?.kind ?? (id ? 'unknown' : 'missing');
       };
-      await waitFor(async () => (await pathOf(from, target)) === want && (await pathOf(to, overlay.get(a)!)) === want,
-        { timeoutMs: want === 'direct' ? 15_000 : 2_000, intervalMs: 300, what: `${a} <-> ${b} ${want}` }).catch(async (e) => {
-        if (want === 'relay') return; // relayed is the state it starts in; checked below
+      const settled = want === 'relay' ? 'relay' : 'direct';
+      await waitFor(async () => (await pathOf(from, target)) === settled && (await pathOf(to, overlay.get(a)!)) === settled,
+        { timeoutMs: want === 'direct' ? 15_000 : want === 'birthday' ? 20_000 : 2_000, intervalMs: 300, what: `${a} <-> ${b} ${want}` }).catch(async (e) => {
+        if (want !== 'direct') return; // relayed is the state it starts in (a birthday pair may stay there); checked below
         throw e;
       });
-      expect(await pathOf(from, target)).toBe(want);
-      expect(await pathOf(to, overlay.get(a)!)).toBe(want);
+      if (want === 'birthday') {
+        const got = [await pathOf(from, target), await pathOf(to, overlay.get(a)!)];
+        console.log(`${a} <-> ${b}: ${got.join(' / ')} after birthday probing`);
+        for (const g of got) expect(['direct', 'relay']).toContain(g);
+      } else {
+        expect(await pathOf(from, target)).toBe(want);
+        expect(await pathOf(to, overlay.get(a)!)).toBe(want);
+      }
       expect((await ssh.run(from.ns, target, 'echo ssh-ok')).trim()).toBe('ssh-ok');
       expect(await fetchAndHash(lab, from.ns, target, 'big.bin')).toBe(bigHash);
     });
