@@ -50,14 +50,13 @@ export class RelayLinks<L extends ManagedLink> implements RelayRouter {
   private readonly entries = new Map<string, Entry<L>>();
   private home: Entry<L> | null = null;
   private homeName: string | null = null;
+  /** Where older agents (records without a home relay) are: the first relay the registry lists. */
+  private readonly firstListed: string | null;
 
   /** `advertised`: relay names we may open, in the registry's order; `open` makes a (not yet started) link to one. */
   constructor(private readonly advertised: Set<string>, private readonly open: (name: string) => L) {
     this.firstListed = advertised.values().next().value ?? null;
   }
-
-  /** Where older agents (records without a home relay) are: the first relay the registry lists. */
-  private readonly firstListed: string | null;
 
   get homeRelay(): string | null {
     return this.homeName;
