@@ -40,6 +40,9 @@ async function simulate(store, identities) {
   const dbCpu = () => cpuOf(s.dbPids());
   const rssEach = () => pids.map((p) => memoryOf(p).rssMiB);
   const r = { label: s.label, agents: AGENTS, rssStartMiB: rssEach() };
+  /** Requests that failed (reset connections, refusals): counted and reported, a few do not end the run. */
+  const failures = [];
+  r.failures = failures;
   try {
     // 1. Everyone joins and publishes.
     const joined = new Array(AGENTS);
@@ -50,10 +53,19 @@ async function simulate(store, identities) {
     let heartbeatIntervalMs = 0;
     await pool(AGENTS, CONCURRENCY, async (i) => {
       const client = new RegistryClient({ url: urls[i % urls.length], identity: identities[i], network: NETWORK });
-      registerMs.push(await timed(async () => {
-        joined[i] = await client.join(`agent-${i}`, s.token);
-        await client.publish(recordOf(identities[i], joined[i], i, 1));
-      }));
+      // One retry: on this loaded machine a connection is now and then reset; counted, not fatal.
+      for (let attempt = 0; attempt < 2 && joined[i] === undefined; attempt++) {
+        try {
+          registerMs.push(await timed(async () => {
+            const j = await client.join(`agent-${i}`, s.token);
+            await client.publish(recordOf(identities[i], j, i, 1));
+            joined[i] = j;
+          }));
+        } catch (e) {
+          failures.push(`register: ${e.code ?? ''} ${e.message}`);
+        }
+      }
+      if (joined[i] === undefined) throw new Error(`agent-${i} could not register: ${failures.at(-1)}`);
       heartbeatIntervalMs = joined[i].heartbeatIntervalMs;
       client.close();
       if ((i + 1) % 5000 === 0) process.stderr.write(`\r${s.label}: registered ${i + 1}/${AGENTS}`);
@@ -75,8 +87,13 @@ async function simulate(store, identities) {
       while (performance.now() < until) {
         const i = sent++ % AGENTS;
         const client = new RegistryClient({ url: urls[i % urls.length], identity: identities[i], network: NETWORK });
-        heartbeatMs.push(await timed(() => client.heartbeat()));
-        client.close();
+        try {
+          heartbeatMs.push(await timed(() => client.heartbeat()));
+        } catch (e) {
+          failures.push(`heartbeat: ${e.code ?? ''} ${e.message}`);
+        } finally {
+          client.close();
+        }
       }
     }));
     seconds = (performance.now() - t0) / 1000;
@@ -185,6 +202,7 @@ const rows = [
   ['  fan-out µs per event per stream', (r) => f(r.fanout.perEventPerStreamUs, 1)],
   ['registry RSS registered / end MiB', (r) => `${r.rssRegisteredMiB.map((x) => f(x, 0)).join('+')} / ${r.rssEndMiB.map((x) => f(x, 0)).join('+')}`],
   ['database MiB (bytes per agent)', (r) => `${f(r.dbMiB, 1)} (${f(r.dbBytesPerAgent, 0)})`],
+  ['failed requests (first)', (r) => `${r.failures.length}${r.failures.length ? ` (${r.failures[0].slice(0, 40)})` : ''}`],
   ['rows: members / records / replay windows', (r) => (r.rows ? `${r.rows.members} / ${r.rows.records} / ${r.rows.replay_windows}` : '-')],
 ];
 console.log(`\n${'measure'.padEnd(46)}${results.map((r) => r.label.padStart(28)).join('')}`);

@@ -101,8 +101,11 @@ function startRegistry(args) {
       out += d;
       if (!out.includes('\n')) return;
       const answer = JSON.parse(out.split('\n')[0]);
-      if (!answer.ok) reject(new Error(`registry failed to start: ${answer.message}`));
-      else resolve({ child, url: answer.url });
+      if (!answer.ok) return reject(new Error(`registry failed to start: ${answer.message}`));
+      // Its later log lines (warnings) are echoed, not left to fill the pipe and stall the registry.
+      child.stdout.removeAllListeners('data');
+      child.stdout.on('data', (d) => process.stderr.write(`[registry ${child.pid}] ${d}`));
+      resolve({ child, url: answer.url });
     });
     child.once('exit', (code) => reject(new Error(`registry exited during start (code ${code})`)));
   });
