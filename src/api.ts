@@ -1,5 +1,5 @@
 import { callDaemon } from './daemon/control-client.js';
-import { DEFAULT_INTERFACE } from './daemon/paths.js';
+import { DEFAULT_INTERFACE } from './tun/interface-name.js';
 import type { PeerInfo, WhoisInfo } from './daemon/fleet.js';
 
 export type { PeerInfo, WhoisInfo } from './daemon/fleet.js';

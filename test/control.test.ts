@@ -7,7 +7,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { AgentVpnError } from '../src/errors.js';
 import { ControlServer, MAX_REQUEST_BYTES } from '../src/daemon/control-server.js';
 import { callDaemon, isDaemonAnswering } from '../src/daemon/control-client.js';
-import { controlSocketPath, logFilePath, pidFilePath, runDir, validateInterfaceName } from '../src/daemon/paths.js';
+import { controlSocketPath, logFilePath, pidFilePath, runDir } from '../src/daemon/paths.js';
+import { validateInterfaceName } from '../src/tun/interface-name.js';
 
 let base: string;
 const servers: ControlServer[] = [];

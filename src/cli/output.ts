@@ -1,5 +1,5 @@
 import { AgentVpnError } from '../errors.js';
-import { DEFAULT_INTERFACE } from '../daemon/paths.js';
+import { DEFAULT_INTERFACE } from '../tun/interface-name.js';
 
 /** Options every command gets from main.ts. */
 export interface GlobalArgs {

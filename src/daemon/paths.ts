@@ -1,23 +1,10 @@
-import { AgentVpnError } from '../errors.js';
-
-export const DEFAULT_INTERFACE = 'agentvpn0';
+import { validateInterfaceName } from '../tun/interface-name.js';
 
 /** Where a daemon keeps its socket, pid and log; overridable so tests and unprivileged runs need no /run. */
 export function runDir(): string {
   return process.env.AGENTVPN_RUN_DIR ?? '/run/agentvpn';
 }
 
-/** Linux limits interface names to 15 bytes (IFNAMSIZ - 1); the charset also keeps the name safe in paths. */
-export function validateInterfaceName(name: string): string {
-  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name) || name === '.' || name === '..') {
-    throw new AgentVpnError(
-      'BAD_INTERFACE_NAME',
-      `invalid interface name "${name}"`,
-      `use 1 to 15 characters from A-Z a-z 0-9 _ . - (default ${DEFAULT_INTERFACE})`,
-    );
-  }
-  return name;
-}
 
 export function controlSocketPath(iface: string): string {
   return `${runDir()}/${validateInterfaceName(iface)}.sock`;

@@ -8,21 +8,12 @@ import { PeerPath } from './peer-path.js';
 import { InboundRelayed, OutboundMixed, RELAY_SLOT } from './relayed-batch.js';
 import { birthday as BT, discoBudget, paths as T } from './constants.js';
 import { MAX_PACKET_SIZE, PACKET_HEADER_SIZE, encodeSend } from '../relay/protocol.js';
-import { singleRelay, type RelayRouter } from './relay-links.js';
+import { singleRelay, type RelayLink, type RelayRouter } from './relay-links.js';
 import { BirthdayProber, type ProbeSocket, type ProbeSocketFactory } from './birthday.js';
 
 /** The native calls the socket layer needs (src/tun/native.ts in the daemon, fakes in tests). */
 export interface UdpPort {
   send(slab: Buffer, offsets: Int32Array, lens: Int32Array, addrs: Buffer, count: number): number;
-}
-
-/** The relay client as the socket layer uses it (src/relay/client.ts). */
-export interface RelayLink {
-  readonly endpoint: Buffer;
-  readonly name: string;
-  readonly state: string;
-  handleDatagram(buf: Buffer, off: number, len: number): boolean;
-  send(dstWgKey: Uint8Array, packet: Uint8Array): boolean;
 }
 
 export type StunHandler = (buf: Buffer, off: number, len: number, src: Buffer, srcOff: number) => boolean;

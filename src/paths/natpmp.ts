@@ -14,7 +14,8 @@
 import { randomBytes } from 'node:crypto';
 import { createSocket, type Socket } from 'node:dgram';
 import { isIPv4 } from 'node:net';
-import { releaseUpnpMapping, type UpnpService } from './upnp.js';
+import type { PortMapping } from './port-mapping.js';
+import { releaseUpnpMapping } from './upnp.js';
 
 /** NAT-PMP and PCP servers listen here (RFC 6886 §3, RFC 6887 §19.1). */
 export const PORTMAP_SERVER_PORT = 5351;
@@ -41,24 +42,6 @@ const PCP_NONCE_SIZE = 12;
 const IPPROTO_UDP = 17;
 /** NAT-PMP result 1 and PCP result 1 both mean "unsupported version". */
 const RESULT_UNSUPPORTED_VERSION = 1;
-
-export interface PortMapping {
-  /** 'upnp': UPnP-IGD (upnp.ts), asked when neither PCP nor NAT-PMP answers. */
-  protocol: 'nat-pmp' | 'pcp' | 'upnp';
-  /** External IPv4 address of the NAT (4 bytes). */
-  externalAddress: Uint8Array;
-  externalPort: number;
-  /** Lifetime the server granted; renew before it runs out. */
-  lifetimeSec: number;
-  /** The gateway that holds the mapping. */
-  gateway: string;
-  /** PCP only: the mapping nonce, needed to renew or delete it (RFC 6887 §11.1). */
-  nonce?: Uint8Array;
-  /** Server epoch (seconds since its mappings were last lost); a jump backwards means re-map. */
-  epochSec?: number;
-  /** UPnP only: the control URL that holds it, and the LAN address it forwards to. */
-  upnp?: UpnpService & { internalClient: string };
-}
 
 export interface PortMappingOptions {
   /** IPv4 address of the gateway (see defaultGatewayV4()). */

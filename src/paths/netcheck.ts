@@ -17,7 +17,8 @@ import { AgentVpnError } from '../errors.js';
 import { formatAddress, parseAddress } from '../ip/prefix.js';
 import { endpointAddress, endpointPort, formatEndpoint, makeEndpoint } from '../net/endpoint.js';
 import { defaultGatewayV4 } from './gateway.js';
-import { DEFAULT_PORTMAP_TIMEOUT_MS, formatMappingEndpoint, releaseUdpMapping, requestUdpMapping, type PortMapping } from './natpmp.js';
+import { DEFAULT_PORTMAP_TIMEOUT_MS, formatMappingEndpoint, releaseUdpMapping, requestUdpMapping } from './natpmp.js';
+import type { PortMapping } from './port-mapping.js';
 import { DEFAULT_UPNP_TIMEOUT_MS, requestUpnpMapping } from './upnp.js';
 import { buildBindingRequest, newTransactionId, parseBindingResponse, STUN_DEFAULT_PORT } from '../net/stun.js';
 

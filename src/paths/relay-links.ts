@@ -1,7 +1,15 @@
 import { sameEndpoint } from '../net/endpoint.js';
 import { relayChoice as C } from './constants.js';
-import type { RelayLink } from './magicsock.js';
 import type { PeerPath } from './peer-path.js';
+
+/** The relay client as the socket layer uses it (src/relay/client.ts). */
+export interface RelayLink {
+  readonly endpoint: Buffer;
+  readonly name: string;
+  readonly state: string;
+  handleDatagram(buf: Buffer, off: number, len: number): boolean;
+  send(dstWgKey: Uint8Array, packet: Uint8Array): boolean;
+}
 
 /** How the Bind finds the relay link for a relayed peer, and the link a relay frame came in on. */
 export interface RelayRouter {

@@ -18,7 +18,7 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { request } from 'node:http';
 import { isIPv4 } from 'node:net';
-import type { PortMapping } from './natpmp.js';
+import type { PortMapping, UpnpService } from './port-mapping.js';
 
 export const SSDP_ADDRESS = '239.255.255.250';
 export const SSDP_PORT = 1900;
@@ -46,13 +46,6 @@ const SEARCH_TARGETS = [
 const WANIP = /^urn:schemas-upnp-org:service:WANIPConnection:[12]$/;
 const ERROR_CONFLICT = 718;
 const ERROR_ONLY_PERMANENT_LEASES = 725;
-
-export interface UpnpService {
-  /** The device that answered (its IPv4 address): every URL we fetch is on it. */
-  host: string;
-  controlUrl: string;
-  serviceType: string;
-}
 
 export interface UpnpOptions {
   /** IPv4 address of the gateway: only its SSDP answers count. */

@@ -1,5 +1,6 @@
 import { callDaemon } from '../daemon/control-client.js';
-import { controlSocketPath, DEFAULT_INTERFACE } from '../daemon/paths.js';
+import { controlSocketPath } from '../daemon/paths.js';
+import { DEFAULT_INTERFACE } from '../tun/interface-name.js';
 import { sdkError } from './errors.js';
 import { EventStream, type EventsOptions } from './events.js';
 import type { Addresses, ConnectOptions, DeviceStatus, PeerInfo, PingResult, SelfInfo, WhoisInfo } from './types.js';

@@ -2,7 +2,7 @@ import { chmod, lstat, mkdir, rm } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { AgentVpnError } from '../errors.js';
-import { validateInterfaceName } from '../daemon/paths.js';
+import { validateInterfaceName } from '../tun/interface-name.js';
 import { applySet } from './apply.js';
 import { ERRNO, LIMITS, UapiError, parseSetRequest, serializeGet } from './protocol.js';
 import type { UapiTarget } from './target.js';

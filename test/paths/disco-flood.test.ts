@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { generatePrivateKey, publicKeyOf } from '../../src/crypto/x25519.js';
 import { DiscoCodec, newTxid } from '../../src/paths/disco.js';
+import { discoBudget } from '../../src/paths/constants.js';
 import { makeEndpoint } from '../../src/net/endpoint.js';
 import { world } from './world.js';
 
@@ -57,7 +58,9 @@ describe('disco under attack (issue 7 classes 3 and 9)', () => {
       }
       const ms = performance.now() - start;
       console.log(`100k forged disco: ${stats.discoShed} shed before any AEAD, ${stats.discoRejected} failed authentication, ${ms.toFixed(0)} ms`);
-      expect(stats.discoRejected).toBeLessThanOrEqual(40 + 5); // the elsewhere lane's burst (plus refill while it ran)
+      // The elsewhere lane's burst, plus what it refilled while the loop ran (slow on a loaded machine).
+      const { burst, rate } = discoBudget.elsewhere;
+      expect(stats.discoRejected).toBeLessThanOrEqual(burst + Math.ceil((rate * ms) / 1000) + 1);
       expect(stats.discoShed).toBeGreaterThan(99_000);
       const replies = await w.socks[0].ping(w.devices[0].allPeers()[0].publicKey, 2);
       expect(replies.map((r) => ('path' in r ? r.path : 'timeout'))).toEqual(['direct', 'direct']);

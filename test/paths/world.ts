@@ -1,5 +1,6 @@
 import { DiscoCodec } from '../../src/paths/disco.js';
-import { MagicSock, type RelayLink, type UdpPort } from '../../src/paths/magicsock.js';
+import { MagicSock, type UdpPort } from '../../src/paths/magicsock.js';
+import type { RelayLink } from '../../src/paths/relay-links.js';
 import { Device } from '../../src/wireguard/device.js';
 import { ENDPOINT_SIZE, makeEndpoint, sameEndpoint } from '../../src/net/endpoint.js';
 import { generatePrivateKey, publicKeyOf } from '../../src/crypto/x25519.js';
