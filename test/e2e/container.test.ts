@@ -110,17 +110,16 @@ exec setpriv --bounding-set=-all,+net_admin,+net_bind_service --inh-caps=-all --
     // docker run --network host --cap-drop ALL -v run:/run/agentvpn app
     const app = `set -e
 ${RUN_VOLUME}
-mount -t tmpfs tmpfs /tmp
 exec setpriv --inh-caps=-all --ambient-caps=-all --bounding-set=-all --no-new-privs -- sh -c '
   echo "who=$(curl -sS --max-time 10 http://$PEER_IP:8080/who)"
-  if ip link add avtest0 type dummy 2>/tmp/iplink.err; then echo "iplink=0"; else echo "iplink=$? $(cat /tmp/iplink.err)"; fi
+  if err=$(ip link add avtest0 type dummy 2>&1); then echo "iplink=0"; else echo "iplink=$? $err"; fi
   grep CapEff /proc/self/status
   echo "peers=$(/usr/bin/python3 -c "import agentvpn, json; print(json.dumps([p[\\"name\\"] for p in agentvpn.connect().peers()]))")"
 '`;
     const r = await lab.run(hostNs, ['unshare', '--mount', '--pid', '--fork', '--mount-proc', 'sh', '-c', app], {
       env: cleanEnv({ RUN_VOL: runVol, PEER_IP: peerIp, PYTHONPATH: join(REPO, 'sdk/python') }), timeoutMs: 30_000,
     });
-    console.log(`app container:\n${r.stdout.trim()}`);
+    console.log(`app container:\n${r.stdout.trim()}\n${r.stderr.trim()}`);
     expect(r.stdout).toMatch(/^who=peer$/m);
     expect(r.stdout).toMatch(/^CapEff:\s+0+$/m);
     expect(r.stdout).toMatch(/^iplink=[1-9]\d* .*Operation not permitted/m);

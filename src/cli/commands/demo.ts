@@ -13,7 +13,8 @@ import { columns, printResult, runCommand, type GlobalArgs } from '../output.js'
 const SITES = [
   { name: 'home', kind: 'port-restricted', agents: ['planner'], caps: ['llm.plan'] },
   { name: 'cloud', kind: 'double', agents: ['worker'], caps: ['llm.inference@1;model=llama3'] },
-  { name: 'cafe', kind: 'symmetric', agents: ['gpu'], caps: ['gpu;model=h100'] },
+  // A network that blocks UDP: the one pair the demo shows relayed (symmetric NATs now go direct by birthday probing).
+  { name: 'hotel', kind: 'udp-blocked', agents: ['gpu'], caps: ['gpu;model=h100'] },
 ] as const;
 const NETWORK = 'demo';
 
