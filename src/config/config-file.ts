@@ -1,4 +1,4 @@
-import { readFileSync, statSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, type Stats } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { AgentVpnError } from '../errors.js';
 import { TRUST_MODES, type TrustMode } from '../trust/store.js';
@@ -156,8 +156,7 @@ function unknownKeyHint(key: string): string {
 }
 
 /** Refuses a file others may rewrite (it steers a root daemon), or a token others may read. */
-function checkFileMode(file: string, holdsToken: boolean): void {
-  const st = statSync(file);
+function checkFileMode(file: string, st: Stats, holdsToken: boolean): void {
   const uid = process.geteuid?.() ?? 0;
   if ((st.uid !== 0 && st.uid !== uid) || (st.mode & 0o022) !== 0) {
     throw new AgentVpnError('CONFIG_INSECURE', `${file} may be changed by other users (owner uid ${st.uid}, mode ${(st.mode & 0o777).toString(8)})`,
@@ -171,9 +170,17 @@ function checkFileMode(file: string, holdsToken: boolean): void {
 
 /** Reads and validates a config file; relative paths in it become relative to its directory. */
 export function readConfigFile(file: string): SettingValues {
+  // One open file: its mode is checked on what was read, not on whatever the path names later.
   let text: string;
+  let st: Stats;
   try {
-    text = readFileSync(file, 'utf8');
+    const fd = openSync(file, 'r');
+    try {
+      st = fstatSync(fd);
+      text = readFileSync(fd, 'utf8');
+    } finally {
+      closeSync(fd);
+    }
   } catch (e) {
     throw new AgentVpnError('CONFIG_UNREADABLE', `cannot read config file ${file}: ${(e as Error).message}`, 'give --config-file a readable JSON file, e.g. /etc/agentvpn/agentvpn0.json', { cause: e });
   }
@@ -193,7 +200,7 @@ export function readConfigFile(file: string): SettingValues {
     const checked = checkValue(k, value, { file });
     out[k] = UP_SETTINGS[k].kind === 'path' && !isAbsolute(checked as string) ? resolve(dirname(file), checked as string) : checked;
   }
-  checkFileMode(file, out.token !== undefined);
+  checkFileMode(file, st, out.token !== undefined);
   return out;
 }
 

@@ -2,6 +2,7 @@ import { connect, type Socket } from 'node:net';
 import { AgentVpnError } from '../errors.js';
 import type { ControlResponse, DaemonEvent, StreamLine } from './control-protocol.js';
 import { controlSocketPath, logFilePath } from './paths.js';
+import { socketAnswers } from '../util/unix-socket.js';
 
 // Status of a big device can be large; this only guards against a runaway peer on the socket.
 const MAX_RESPONSE_CHARS = 16 * 1024 * 1024;
@@ -198,20 +199,8 @@ export function openDaemonStream(iface: string, method: string, params?: unknown
 
 /** True when something accepts connections on iface's control socket; false when nothing listens there. */
 export function isDaemonAnswering(iface: string, timeoutMs = 1000): Promise<boolean> {
-  const path = controlSocketPath(iface);
-  return new Promise((resolve, reject) => {
-    const sock = connect(path);
-    const done = (answer: boolean | Error): void => {
-      clearTimeout(timer);
-      sock.destroy();
-      if (answer instanceof Error) reject(answer);
-      else resolve(answer);
-    };
-    // A listener too busy to accept is still alive: err on the side of "answering".
-    const timer = setTimeout(() => done(true), timeoutMs);
-    sock.on('connect', () => done(true));
-    sock.on('error', (e: NodeJS.ErrnoException) =>
-      done(e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? false : connectError(iface, e)));
+  return socketAnswers(controlSocketPath(iface), timeoutMs).catch((e: NodeJS.ErrnoException) => {
+    throw connectError(iface, e);
   });
 }
 

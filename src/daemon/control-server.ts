@@ -1,10 +1,11 @@
-import { chmod, lstat, mkdir, rm } from 'node:fs/promises';
+import { chmod, mkdir } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { AgentVpnError } from '../errors.js';
 import { isDaemonAnswering } from './control-client.js';
 import type { ControlRequest, ControlResponse } from './control-protocol.js';
 import { isControlStream, StreamWriter, type ControlStream, type StreamStats } from './control-stream.js';
 import { controlSocketPath, runDir } from './paths.js';
+import { removeStaleSocket } from '../util/unix-socket.js';
 
 export type ControlHandler = (params: unknown) => unknown | Promise<unknown>;
 
@@ -82,18 +83,12 @@ export class ControlServer {
   }
 
   /** A socket file left by a crashed daemon is removed; one a live daemon answers on is not. */
-  private async removeStaleSocket(): Promise<void> {
-    const st = await lstat(this.path).catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return null;
-      throw e;
-    });
-    if (!st) return;
-    if (!st.isSocket()) {
-      throw new AgentVpnError('CONTROL_SOCKET_BLOCKED', `${this.path} exists and is not a socket`,
-        'remove that file, or set AGENTVPN_RUN_DIR to another directory');
-    }
-    if (await isDaemonAnswering(this.iface)) throw this.alreadyRunning();
-    await rm(this.path, { force: true });
+  private removeStaleSocket(): Promise<void> {
+    return removeStaleSocket(this.path, {
+      inUse: () => this.alreadyRunning(),
+      notSocket: () => new AgentVpnError('CONTROL_SOCKET_BLOCKED', `${this.path} exists and is not a socket`,
+        'remove that file, or set AGENTVPN_RUN_DIR to another directory'),
+    }, () => isDaemonAnswering(this.iface));
   }
 
   private alreadyRunning(): AgentVpnError {

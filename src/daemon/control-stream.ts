@@ -53,7 +53,7 @@ export class StreamWriter implements StreamSink {
 
   constructor(private readonly socket: Socket, private readonly id: number | string, private readonly stats: StreamStats, private readonly now = () => Date.now()) {
     this.prefix = `{"id":${JSON.stringify(id)},"event":`;
-    socket.on('drain', () => this.onDrain());
+    socket.on('drain', () => this.caughtUp());
   }
 
   send(eventJson: string): void {
@@ -65,6 +65,8 @@ export class StreamWriter implements StreamSink {
       if (this.now() - this.stalledSince > MAX_STREAM_STALL_MS) this.endSlow();
       return;
     }
+    // Back under the bound: the client read something, so it is slow at worst, not stalled.
+    this.caughtUp();
     this.stats.eventsSent++;
     this.socket.write(`${this.prefix}${eventJson}}\n`);
   }
@@ -77,7 +79,8 @@ export class StreamWriter implements StreamSink {
     if (this.socket.writable) this.socket.end(`${JSON.stringify(line)}\n`);
   }
 
-  private onDrain(): void {
+  /** The queue went back under its bound: the stall clock stops, and what was dropped is told (`lagged`). */
+  private caughtUp(): void {
     this.stalledSince = 0;
     if (this.dropped === 0 || this.ended) return;
     this.stats.laggedMarkers++;

@@ -30,8 +30,9 @@ export function signWith(key: KeyObject, message: Uint8Array): Uint8Array {
  * Public keys whose signatures verified lately, as node:crypto key objects: building one costs
  * about as much as the verification itself (measured: 162 µs with the build, 86 µs without), and
  * a registry checks the same members' keys on every heartbeat and read. ~1.2 KB each, so at most
- * ~20 MB; least recently used goes first. Only keys that verified a signature get in, so forged
- * requests under made-up keys cannot push real ones out.
+ * ~20 MB; least recently used goes first. Only keys that verified a signature get in, but anyone can
+ * make key pairs and sign (a join request, before membership): a stranger can churn the cache and
+ * so cancel the speed-up, never grow it past its size.
  */
 const KEY_CACHE_SIZE = 16_384;
 const verifiedKeys = new Map<string, KeyObject>();

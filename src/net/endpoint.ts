@@ -53,3 +53,8 @@ export function sameEndpoint(a: Uint8Array, aOff: number, b: Uint8Array, bOff: n
 export function sourceKey(ep: Buffer, off = 0): string {
   return ep.toString('latin1', off, off + (isV4Mapped(ep, off) ? 16 : 8));
 }
+
+/** An endpoint's 18 address and port bytes as a map key. */
+export function endpointKey(ep: Buffer, off = 0): string {
+  return ep.toString('latin1', off, off + 18);
+}

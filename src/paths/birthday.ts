@@ -184,11 +184,6 @@ export class BirthdayProber<P extends object> {
     this.stats.attempts++;
   }
 
-  /** Whether an attempt with this peer runs now. */
-  active(peer: P): boolean {
-    return !!this.peers.get(peer)?.attempt;
-  }
-
   /** Sends what the budgets allow; ends attempts past their time (answers to the last probes may still come until then). Call every tick. */
   tick(): void {
     const now = this.clock();

@@ -1,7 +1,7 @@
 import type { Device, Logger } from '../wireguard/device.js';
 import type { Bind } from '../wireguard/bind.js';
 import type { Endpoint } from '../wireguard/endpoint.js';
-import { ENDPOINT_SIZE, formatEndpoint, sameEndpoint } from '../net/endpoint.js';
+import { ENDPOINT_SIZE, endpointKey, formatEndpoint, sameEndpoint } from '../net/endpoint.js';
 import { TokenBucket } from '../util/token-bucket.js';
 import { DiscoCodec, isDisco, isFreshCounter, newTxid, type DiscoMessage } from './disco.js';
 import { PeerPath } from './peer-path.js';
@@ -41,10 +41,6 @@ interface PendingPing {
 function isWireGuard(buf: Buffer, off: number, len: number): boolean {
   const type = buf[off];
   return len >= 4 && type >= 1 && type <= 4 && buf[off + 1] === 0 && buf[off + 2] === 0 && buf[off + 3] === 0;
-}
-
-function endpointKey(ep: Buffer, off: number): string {
-  return ep.toString('latin1', off, off + 18);
 }
 
 /**

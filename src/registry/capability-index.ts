@@ -25,16 +25,32 @@ export class IdSet {
   add(id: string): void {
     if (this.ids.has(id)) return;
     this.ids.add(id);
-    this.sortedIds = null;
+    this.sortedIds?.splice(this.position(id), 0, id);
   }
 
   delete(id: string): void {
-    if (this.ids.delete(id)) this.sortedIds = null;
+    if (this.ids.delete(id)) this.sortedIds?.splice(this.position(id), 1);
   }
 
-  /** The IDs in ascending order; sorted once per change of the set, not per request. */
+  /**
+   * The IDs in ascending order, sorted once and then kept in order by each change (a move of
+   * memory, no sort): a member that churns its capabilities cannot make every list re-sort.
+   */
   sorted(): readonly string[] {
     return (this.sortedIds ??= [...this.ids].sort());
+  }
+
+  /** Where `id` is, or would go, in the sorted array (binary search). */
+  private position(id: string): number {
+    const a = this.sortedIds!;
+    let lo = 0;
+    let hi = a.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (a[mid] < id) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
   }
 }
 

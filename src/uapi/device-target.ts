@@ -1,6 +1,5 @@
 import { isAgentVpnError } from '../errors.js';
 import { generatePrivateKey, publicKeyOf } from '../crypto/x25519.js';
-import { formatPrefix, networkOf, type Prefix } from '../ip/prefix.js';
 import { endpointAddress, endpointPort, makeEndpoint } from '../net/endpoint.js';
 import type { Device } from '../wireguard/device.js';
 import { UdpEndpoint } from '../wireguard/endpoint.js';
@@ -114,19 +113,10 @@ export class DeviceUapiTarget implements UapiTarget {
     for (const op of c.allowedIps) {
       if (op.kind === 'replace') device.allowedIps.removeValue(peer);
       else if (op.kind === 'add') device.allowedIps.insert(op.prefix, peer);
-      else this.removeAllowedIp(peer, op.prefix);
+      else device.allowedIps.remove(op.prefix, peer); // only the peer's own: another's equal prefix stays
     }
     // Turning keepalives on sends one at once (wireguard-go): a NAT mapping opens without waiting.
     if (keepaliveWasOff && peer.persistentKeepalive > 0) device.keepaliveNow(peer);
   }
 
-  /** Only the peer's own prefix goes; another peer's equal prefix stays (wireguard-go's Remove). */
-  private removeAllowedIp(peer: Peer, prefix: Prefix): void {
-    const table = this.device.allowedIps;
-    const gone = formatPrefix(networkOf(prefix));
-    const own = table.prefixesOf(peer);
-    if (!own.some((p) => formatPrefix(p) === gone)) return;
-    table.removeValue(peer);
-    for (const p of own) if (formatPrefix(p) !== gone) table.insert(p, peer);
-  }
 }

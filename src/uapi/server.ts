@@ -1,8 +1,9 @@
-import { chmod, lstat, mkdir, rm } from 'node:fs/promises';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { chmod, mkdir } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { AgentVpnError } from '../errors.js';
 import { validateInterfaceName } from '../tun/interface-name.js';
+import { removeStaleSocket } from '../util/unix-socket.js';
 import { applySet } from './apply.js';
 import { ERRNO, LIMITS, UapiError, parseSetRequest, serializeGet } from './protocol.js';
 import type { UapiTarget } from './target.js';
@@ -44,14 +45,6 @@ export interface UapiServerOptions {
   dir?: string;
   /** set=1 is refused with EPERM (fleet daemons: their peers come from the registry). */
   readOnly?: boolean;
-}
-
-function isAnswering(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    s.once('connect', () => { s.destroy(); resolve(true); });
-    s.once('error', () => resolve(false));
-  });
 }
 
 /** Per connection: the request being read. */
@@ -122,17 +115,11 @@ export class UapiServer {
   }
 
   /** A socket left by a crashed process is removed (as wireguard-go and wg do); a live one is not. */
-  private async removeStaleSocket(): Promise<void> {
-    const st = await lstat(this.path).catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return null;
-      throw e;
+  private removeStaleSocket(): Promise<void> {
+    return removeStaleSocket(this.path, {
+      inUse: () => this.inUse(),
+      notSocket: () => new AgentVpnError('UAPI_SOCKET_BLOCKED', `${this.path} exists and is not a socket`, 'remove that file'),
     });
-    if (!st) return;
-    if (!st.isSocket()) {
-      throw new AgentVpnError('UAPI_SOCKET_BLOCKED', `${this.path} exists and is not a socket`, 'remove that file');
-    }
-    if (await isAnswering(this.path)) throw this.inUse();
-    await rm(this.path, { force: true });
   }
 
   private accept(socket: Socket): void {

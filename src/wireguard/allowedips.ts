@@ -35,11 +35,16 @@ function prefixKey(p: Prefix): number | string {
   return v6Key(p.addr, 0, p.bits);
 }
 
+/** A prefix's identity within its family's tables: its length and masked address. */
+function ownedKey(p: Prefix): string {
+  return `${p.family}/${p.bits}/${prefixKey(p)}`;
+}
+
 export class AllowedIps<T> {
   private readonly v4: Family<T> = { byLength: new Map(), lengths: [] };
   private readonly v6: Family<T> = { byLength: new Map(), lengths: [] };
-  /** Each value's prefixes, so removing or listing a peer's costs its own size, not the table's. */
-  private readonly owned = new Map<T, Prefix[]>();
+  /** Each value's prefixes (by ownedKey), so adding, removing or listing one costs its own size at most, not the table's. */
+  private readonly owned = new Map<T, Map<string, Prefix>>();
 
   /** Maps the prefix to `value`, taking it from any other value that had it (as `wg set` does). */
   insert(prefix: Prefix, value: T): void {
@@ -55,31 +60,47 @@ export class AllowedIps<T> {
     const previous = table.get(key);
     if (previous) this.disown(previous.value, previous.prefix);
     table.set(key, { prefix: network, value });
-    this.owned.set(value, [...(this.owned.get(value) ?? []), network]);
+    let mine = this.owned.get(value);
+    if (!mine) this.owned.set(value, (mine = new Map()));
+    mine.set(ownedKey(network), network);
+  }
+
+  /** Unmaps the prefix if `value` holds it (another value's equal prefix stays, as wireguard-go's remove). */
+  remove(prefix: Prefix, value: T): void {
+    const fam = prefix.family === 4 ? this.v4 : this.v6;
+    const table = fam.byLength.get(prefix.bits);
+    const key = prefixKey(prefix);
+    if (table?.get(key)?.value !== value) return;
+    table.delete(key);
+    if (table.size === 0) this.dropLength(fam, prefix.bits);
+    this.disown(value, prefix);
   }
 
   private disown(value: T, prefix: Prefix): void {
-    const list = (this.owned.get(value) ?? []).filter((p) => p.bits !== prefix.bits || prefixKey(p) !== prefixKey(prefix));
-    if (list.length) this.owned.set(value, list);
-    else this.owned.delete(value);
+    const mine = this.owned.get(value);
+    mine?.delete(ownedKey(prefix));
+    if (mine?.size === 0) this.owned.delete(value);
+  }
+
+  private dropLength(fam: Family<T>, bits: number): void {
+    fam.byLength.delete(bits);
+    fam.lengths = [...fam.byLength.keys()].sort((a, b) => b - a);
   }
 
   removeValue(value: T): void {
-    for (const prefix of this.owned.get(value) ?? []) {
+    for (const prefix of this.owned.get(value)?.values() ?? []) {
       const fam = prefix.family === 4 ? this.v4 : this.v6;
       const table = fam.byLength.get(prefix.bits)!;
       table.delete(prefixKey(prefix));
-      if (table.size === 0) {
-        fam.byLength.delete(prefix.bits);
-        fam.lengths = [...fam.byLength.keys()].sort((a, b) => b - a);
-      }
+      if (table.size === 0) this.dropLength(fam, prefix.bits);
     }
     this.owned.delete(value);
   }
 
   /** The prefixes currently owned by `value`. */
   prefixesOf(value: T): Prefix[] {
-    return [...(this.owned.get(value) ?? [])].sort((a, b) => formatPrefix(a).localeCompare(formatPrefix(b)));
+    return [...(this.owned.get(value)?.values() ?? [])].map((p) => ({ p, text: formatPrefix(p) }))
+      .sort((a, b) => a.text.localeCompare(b.text)).map(({ p }) => p);
   }
 
   /** Longest match for the IPv4 address stored big-endian at `bytes[offset..offset+4]`. */

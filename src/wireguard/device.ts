@@ -1,6 +1,6 @@
 import { AllowedIps } from './allowedips.js';
 import { DEVICE_DROP_REASONS, zeroCounters, type DeviceDropReason } from './counters.js';
-import { ENDPOINT_SIZE } from '../net/endpoint.js';
+import { ENDPOINT_SIZE, endpointKey } from '../net/endpoint.js';
 import type { Bind, TunDevice } from './bind.js';
 import { UdpEndpoint, type Endpoint } from './endpoint.js';
 import { HandshakeGate } from './handshake-gate.js';
@@ -58,10 +58,6 @@ const EMPTY = Buffer.alloc(0);
 function paddedLength(len: number, mtu: number): number {
   const rounded = (len + 15) & ~15;
   return Math.min(rounded, Math.max(mtu, len));
-}
-
-function endpointKey(ep: Buffer, off: number): string {
-  return ep.toString('latin1', off, off + 18);
 }
 
 /** At most 5 roaming lines per peer and 50 in all per minute: enough to follow a real move. */
