@@ -68,6 +68,9 @@ const SOA_REFRESH = 3600;
 const SOA_RETRY = 600;
 const SOA_EXPIRE = 86400;
 
+/** Tries to find one free port number for both UDP and TCP when asked for port 0. */
+const PORT_0_ATTEMPTS = 5;
+
 /**
  * An authoritative DNS responder for one zone of agent names: `<name>.<zone>` A and AAAA,
  * answered from the daemon's view of the fleet, over UDP and TCP on the given addresses.
@@ -135,15 +138,21 @@ export class DnsServer {
 
   async start(): Promise<void> {
     if (this.running) return;
-    this.running = true;
-    try {
-      for (const address of this.opts.bind) {
-        this.udp.push(await this.bindUdp(address));
-        this.tcp.push(await this.listenTcp(address));
+    // With port 0, UDP picks a free port and TCP must take the same number, which another socket
+    // may hold: then both start over on a fresh port (a few times).
+    for (let attempt = 1; ; attempt++) {
+      this.running = true;
+      try {
+        for (const address of this.opts.bind) {
+          this.udp.push(await this.bindUdp(address));
+          this.tcp.push(await this.listenTcp(address));
+        }
+        return;
+      } catch (e) {
+        await this.stop();
+        const taken = ((e as Error).cause as NodeJS.ErrnoException | undefined)?.code === 'EADDRINUSE';
+        if (!(this.opts.port === 0 && taken && attempt < PORT_0_ATTEMPTS)) throw e;
       }
-    } catch (e) {
-      await this.stop();
-      throw e;
     }
   }
 
