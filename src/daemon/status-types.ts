@@ -14,8 +14,8 @@ export interface PeerStatus {
   rxPackets?: number;
   txPackets?: number;
   persistentKeepalive: number;
-  /** Fleet peers: the path in use (a direct endpoint or the relay) and its last measured RTT. */
-  path?: { kind: 'direct' | 'relay'; endpoint: string; rttMs: number | null };
+  /** Fleet peers: the path in use (a direct endpoint or the relay) and its last measured RTT; birthdaySocket when it goes through an extra socket birthday probing opened. */
+  path?: { kind: 'direct' | 'relay'; endpoint: string; rttMs: number | null; birthdaySocket?: true };
   /** Packets dropped for this peer, by reason. */
   dropped: Record<string, number>;
   /** With a policy filter: the peer's packets it denied both ways (policyDenied + policyRejected), by reason (src/policy/filter.ts DENY_REASONS). */

@@ -84,8 +84,11 @@ export class PeerPath implements Endpoint {
     return this.candidates.some((c) => sameEndpoint(c, 0, from, 0));
   }
 
-  describe(relayName: string | null): { kind: 'direct' | 'relay'; endpoint: string; rttMs: number | null } {
-    if (this.direct) return { kind: 'direct', endpoint: formatEndpoint(this.direct), rttMs: round(this.directRttMs) };
+  describe(relayName: string | null): { kind: 'direct' | 'relay'; endpoint: string; rttMs: number | null; birthdaySocket?: true } {
+    if (this.direct) {
+      const described = { kind: 'direct' as const, endpoint: formatEndpoint(this.direct), rttMs: round(this.directRttMs) };
+      return this.socket ? { ...described, birthdaySocket: true } : described;
+    }
     return { kind: 'relay', endpoint: relayName ?? '(no relay)', rttMs: this.relayRttMs === null ? null : round(this.relayRttMs) };
   }
 }

@@ -36,7 +36,7 @@ describe.runIf(labReady(['ip', 'iptables', 'ping']))('hard NAT: birthday probing
   });
 
   it(`${EASY_KIND} <-> symmetric becomes direct in at least ${NEEDED} of ${TRIALS} trials`, async () => {
-    const results: { direct: boolean; ms: number; probes: number; sockets: number }[] = [];
+    const results: { direct: boolean; ms: number; probes: number; onMain: boolean }[] = [];
     for (let trial = 0; trial < TRIALS; trial++) {
       // A new world each time: the NATs' conntrack tables of an earlier trial (alice's filter holes
       // towards the ports she probed) would make the next one easier than a first meeting is.
@@ -61,13 +61,18 @@ describe.runIf(labReady(['ip', 'iptables', 'ping']))('hard NAT: birthday probing
         direct = (await pathTo(alice, carolIp))?.kind === 'direct' && (await pathTo(carol, aliceIp))?.kind === 'direct';
       }
       const ms = Date.now() - started;
-      const stats = (await carol.json<DeviceStatus>(['status'])).pathStats ?? {};
+      const carolStatus = await carol.json<DeviceStatus>(['status']);
+      const stats = carolStatus.pathStats ?? {};
+      const carolPath = carolStatus.peers.find((p) => p.allowedIps.includes(`${aliceIp}/32`))?.path;
       const aliceStats = (await alice.json<DeviceStatus>(['status'])).pathStats ?? {};
-      results.push({ direct, ms, probes: (stats.birthdayProbes ?? 0) + (aliceStats.birthdayProbes ?? 0), sockets: stats.birthdaySockets ?? -1 });
-      console.log(`trial ${trial + 1}: ${direct ? `direct after ${ms} ms` : 'still relayed'}; carol ${JSON.stringify(pickBirthday(stats))}; alice ${JSON.stringify(pickBirthday(aliceStats))}`);
+      const onMain = direct && carolPath?.kind === 'direct' && !carolPath.birthdaySocket;
+      results.push({ direct, ms, probes: (stats.birthdayProbes ?? 0) + (aliceStats.birthdayProbes ?? 0), onMain });
+      console.log(`trial ${trial + 1}: ${direct ? `direct after ${ms} ms${onMain ? ' (on the main socket)' : ''}` : 'still relayed'}; carol ${JSON.stringify(pickBirthday(stats))}; alice ${JSON.stringify(pickBirthday(aliceStats))}`);
       if (direct) {
-        // The path is the one extra socket: carol's other 255 closed, and traffic flows on it.
-        expect(stats.birthdaySockets).toBe(1);
+        // The path is one extra socket and carol's other 255 closed; or, when carol's main socket's
+        // own mapping was among the ports alice probed (~1.6 % of trials), the main socket, and all
+        // 256 closed.
+        expect(stats.birthdaySockets).toBe(onMain ? 0 : 1);
         const r = await lab.exec(alice.ns, ['ping', '-c', '3', '-i', '0.2', '-W', '2', carolIp]);
         expect(r.code, r.stdout).toBe(0);
       }
@@ -76,7 +81,7 @@ describe.runIf(labReady(['ip', 'iptables', 'ping']))('hard NAT: birthday probing
     }
     const ok = results.filter((r) => r.direct);
     const times = ok.map((r) => r.ms).sort((a, b) => a - b);
-    console.log(`birthday probing: direct in ${ok.length}/${TRIALS} trials; time to direct (from the first ping) median ${times[Math.floor(times.length / 2)]} ms, max ${times[times.length - 1]} ms; probes per trial (both sides) median ${ok.map((r) => r.probes).sort((a, b) => a - b)[Math.floor(ok.length / 2)]}`);
+    console.log(`birthday probing: direct in ${ok.length}/${TRIALS} trials (${ok.filter((r) => r.onMain).length} on the main socket); time to direct (from the first ping) median ${times[Math.floor(times.length / 2)]} ms, max ${times[times.length - 1]} ms; probes per trial (both sides) median ${ok.map((r) => r.probes).sort((a, b) => a - b)[Math.floor(ok.length / 2)]}`);
     expect(ok.length).toBeGreaterThanOrEqual(NEEDED);
   }, TRIALS * (TRIAL_MS + 20_000) + 60_000);
 });
