@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { RegistryStats } from '../registry/protocol.js';
-import type { RunningRegistry } from '../registry/server.js';
+import type { RelayStats } from '../relay/server.js';
 import { scrapedCounter, scrapedGauge, sharedReading } from './collect.js';
 import { parseMetricsListen } from './listen.js';
 import { registerRelayMetrics } from './relay.js';
@@ -15,6 +15,10 @@ const STREAM_ROUTE = '/v1/events';
 
 type RequestLabel = 'route' | 'method' | 'status';
 
+/** The stats of a running registry, with the built-in relay beside it or alone (cli/registry-with-relay.ts). */
+type Stats = RegistryStats<RelayStats>;
+type StatsSource = { stats(): Stats };
+
 /**
  * The registry's metrics: requests by route template, method and status with a latency histogram
  * (counted when each response closes), and at scrape time its agents, online agents, event-stream
@@ -25,7 +29,7 @@ export class RegistryMetrics {
   readonly registry = new Registry();
   private readonly requests: Counter<RequestLabel>;
   private readonly duration: Histogram<'route' | 'method'>;
-  private running: RunningRegistry | null = null;
+  private running: StatsSource | null = null;
 
   constructor() {
     const registers = [this.registry];
@@ -34,14 +38,14 @@ export class RegistryMetrics {
       name: 'agentvpn_registry_http_request_duration_seconds', help: 'Time from a request\'s arrival until its answer was sent (event streams excluded)',
       labelNames: ['route', 'method'], buckets: DURATION_BUCKETS, registers,
     });
-    const read = sharedReading((): RegistryStats | null => this.running?.stats() ?? null);
-    const gauge = (name: string, help: string, value: (s: RegistryStats) => number) => scrapedGauge(this.registry, {
+    const read = sharedReading((): Stats | null => this.running?.stats() ?? null);
+    const gauge = (name: string, help: string, value: (s: Stats) => number) => scrapedGauge(this.registry, {
       name, help, fill: (emit) => {
         const s = read();
         if (s) emit({}, value(s));
       },
     });
-    const counter = (name: string, help: string, value: (s: RegistryStats) => number) => scrapedCounter(this.registry, {
+    const counter = (name: string, help: string, value: (s: Stats) => number) => scrapedCounter(this.registry, {
       name, help, fill: (emit) => {
         const s = read();
         if (s) emit({}, value(s));
@@ -85,7 +89,7 @@ export class RegistryMetrics {
   };
 
   /** The running registry whose stats the scrape-time metrics read. */
-  watch(running: RunningRegistry): void {
+  watch(running: StatsSource): void {
     this.running = running;
   }
 

@@ -4,7 +4,6 @@ import { verifySignature } from '../identity/identity.js';
 import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import type { KeyStatement } from '../identity/rotation.js';
 import type { RelayInfo } from '../relay/protocol.js';
-import type { RelayStats } from '../relay/server.js';
 import type { AgentRecord } from './record.js';
 
 /**
@@ -151,7 +150,8 @@ export interface SignedTimestamp {
   signature: string;
 }
 
-export interface RegistryStats {
+/** Relay: the counters of the relay run beside the registry (RelayStats, cli/registry-with-relay.ts). */
+export interface RegistryStats<Relay = unknown> {
   agents: number;
   online: number;
   refused: Record<string, number>;
@@ -161,7 +161,7 @@ export interface RegistryStats {
   /** Event streams: open now; refused past a cap; dropped for not taking what they were sent. */
   streams: { open: number; refused: number; dropped: number };
   /** The built-in relay's counters (sessions, forwarded, hello verifications, drops by reason); null without it. */
-  relay: RelayStats | null;
+  relay: Relay | null;
   /** The witness of agents' audit logs. */
   audit: AuditStats;
 }

@@ -7,10 +7,8 @@ import pino, { type Logger } from 'pino';
 import { AgentVpnError } from '../errors.js';
 import type { KeyStatement } from '../identity/rotation.js';
 import { formatPrefix, parsePrefix, type Prefix } from '../ip/prefix.js';
-import { formatHostPort, type RelayInfo } from '../relay/protocol.js';
-import { BUILTIN_RELAY_NAME, DEFAULT_RELAY_REGION, advertisedRelays } from './relay-list.js';
-import { startRelay, type RelayLimits, type RunningRelay } from '../relay/server.js';
-import { UPGRADE_PATH } from '../relay/tcp.js';
+import type { RelayInfo } from '../relay/protocol.js';
+import { advertisedRelays } from './relay-list.js';
 import { ConnectionGuard } from './connection-guard.js';
 import { EventHub } from './events.js';
 import { Entry, Fleet } from './fleet-state.js';
@@ -38,7 +36,26 @@ import { PgStore } from './pg-store.js';
 import { DEFAULT_WITNESS_HOST, ephemeralWitnessKey, loadWitnessKey, witnessKeyFileOf } from './witness-key.js';
 import { WITNESS_HOST_KEY, type RegistryStore } from './store.js';
 
-export interface RegistryOptions {
+/**
+ * What a relay run beside the registry gives it. The command composes the two
+ * (cli/registry-with-relay.ts); the registry knows the relay only by this. S: the relay's counters.
+ */
+export interface BuiltInRelay<S = unknown> {
+  /**
+   * Its entry (first in the advertised list) and its STUN servers, at `host`: the host the joining
+   * agent reached the registry at. Null while it is not running.
+   */
+  advertised(host: string): { relay: RelayInfo; stun: string[] } | null;
+  /** Members were removed or blocked: the relay checks its sessions again now, not at its next sweep. */
+  membershipChanged(): void;
+  /** Its counters, shown as `relay` in /v1/stats, the console and the metrics; null while it is not running. */
+  stats(): S | null;
+}
+
+/** Where the registry listens unless told: loopback, a free port. */
+export const DEFAULT_LISTEN = '127.0.0.1:0';
+
+export interface RegistryOptions<S = unknown> {
   /** "HOST:PORT" ("[::1]:PORT" for IPv6); port 0 picks a free one. Default 127.0.0.1:0. */
   listen?: string;
   /** SQLite database file; or give `store`. */
@@ -50,15 +67,8 @@ export interface RegistryOptions {
   tlsCert?: string;
   tlsKey?: string;
   offlineAfterMs?: number;
-  /**
-   * Run the built-in relay and STUN (default true): UDP on the HTTP port number (STUN also on
-   * the next port), the relay's TCP fallback on the HTTP server. Only members may use the relay.
-   */
-  relay?: boolean;
-  relayLimits?: RelayLimits;
-  /** The built-in relay's name and region in the advertised list (default "registry", "default"). */
-  relayName?: string;
-  relayRegion?: string;
+  /** The relay run beside it (none by default: the registry alone advertises no relay of its own, and no STUN). */
+  builtInRelay?: BuiltInRelay<S>;
   /** Standalone relays advertised to agents beside the built-in one (relay-list.ts). */
   relayPeers?: RelayInfo[];
   /** The witness key file (created on first start); default: beside `db`. A registry with neither keeps one in memory. */
@@ -74,15 +84,20 @@ export interface RegistryOptions {
   requestObserver?: (req: IncomingMessage, res: ServerResponse) => void;
 }
 
-export interface RunningRegistry {
+export interface RunningRegistry<S = unknown> {
   url: string;
   port: number;
-  /** The built-in relay, or null with `relay: false`. */
-  relay: RunningRelay | null;
+  /** The HTTP(S) server: a relay beside the registry takes its TCP fallback (an HTTP upgrade) from it. */
+  httpServer: Server;
+  /**
+   * The networks an agent key joined; null for a stranger, or a key its agent rotated away from.
+   * In memory: a relay's allow hook, asked before it checks a hello's signature.
+   */
+  networksOf(edPub: Uint8Array): string[] | null;
   /** The key that cosigns agents' audit checkpoints: what agents pin. */
   witness: { name: string; publicKey: string };
   stop(): Promise<void>;
-  stats(): RegistryStats;
+  stats(): RegistryStats<S>;
   createToken(opts?: { network?: string; expiresInMs?: number | null; uses?: number | null; tags?: string[] }): Promise<string>;
   /** Creates an admin token (for /v1/admin/*). */
   createAdminToken(): Promise<string>;
@@ -106,7 +121,7 @@ export async function createJoinToken(store: RegistryStore, opts: { network: str
   return token;
 }
 
-function parseListen(listen: string): { host: string; port: number } {
+export function parseListen(listen: string): { host: string; port: number } {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(listen);
   const port = m ? Number(m[3]) : NaN;
   if (!m || port > 65535) {
@@ -137,19 +152,18 @@ function parsePool(pool: string): Prefix {
 }
 
 /** Starts the registry server; resolves once it is listening. */
-export async function startRegistry(opts: RegistryOptions): Promise<RunningRegistry> {
+export async function startRegistry<S = never>(opts: RegistryOptions<S>): Promise<RunningRegistry<S>> {
   const log = opts.log ?? pino({ level: 'silent' });
   const defaultNetwork = opts.network ?? DEFAULT_NETWORK;
   if (!NETWORK_PATTERN.test(defaultNetwork)) throw new AgentVpnError('BAD_NETWORK', `invalid network name "${defaultNetwork}"`, 'network names are lowercase letters, digits and -, up to 63');
   const pool = parsePool(opts.pool ?? DEFAULT_POOL);
   const offlineAfterMs = opts.offlineAfterMs ?? DEFAULT_OFFLINE_AFTER_MS;
   const heartbeatIntervalMs = Math.max(1, Math.floor(offlineAfterMs / HEARTBEATS_PER_OFFLINE_PERIOD));
-  const { host, port } = parseListen(opts.listen ?? '127.0.0.1:0');
+  const { host, port } = parseListen(opts.listen ?? DEFAULT_LISTEN);
   if (!opts.store && !opts.db) throw new AgentVpnError('USAGE', 'the registry needs a database', 'pass --db FILE');
   const tls = opts.tlsCert || opts.tlsKey ? loadTls(opts.tlsCert, opts.tlsKey) : null;
   // The advertised relays are checked (unique names, at most 16) before anything is opened.
-  const builtinName = { name: opts.relayName ?? BUILTIN_RELAY_NAME, region: opts.relayRegion ?? DEFAULT_RELAY_REGION };
-  const relayPeers = advertisedRelays(opts.relay ?? true ? { ...builtinName, udp: '' } : null, opts.relayPeers ?? []).filter((r) => r.udp !== '');
+  const relayPeers = advertisedRelays(null, opts.relayPeers ?? []);
   // A database URL has no directory to keep the witness key and the registry's log beside: give --witness-key and --audit-dir.
   const dbFile = sqliteFileOf(opts.db);
   const witness = opts.witnessKey || dbFile ? loadWitnessKey(opts.witnessKey ?? witnessKeyFileOf(dbFile!), opts.witnessHost) : ephemeralWitnessKey(opts.witnessHost);
@@ -185,8 +199,7 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     if (!opts.store) await store.close();
     throw e;
   }
-  let relayRef: RunningRelay | null = null;
-  const sync = new OperatorSync(store, fleet, hub, admins, log, () => relayRef?.recheck(), registryLog);
+  const sync = new OperatorSync(store, fleet, hub, admins, log, () => opts.builtInRelay?.membershipChanged(), registryLog);
   await sync.start();
   /** Admin requests: the token checked, its first use and failures written to the registry's log. */
   const authorizeAdmin = async (req: IncomingMessage): Promise<void> => {
@@ -208,7 +221,7 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     hub.publish(network, kind, entry.json);
   };
 
-  const stats = (): RegistryStats => {
+  const stats = (): RegistryStats<S> => {
     let agents = 0;
     let online = 0;
     for (const s of networks.values()) {
@@ -218,20 +231,15 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
       }
     }
     return {
-      agents, online, refused: { ...counters.refused }, requests: counters.requests, connections: guard.stats(), streams: hub.stats(), relay: relayRef?.stats() ?? null,
+      agents, online, refused: { ...counters.refused }, requests: counters.requests, connections: guard.stats(), streams: hub.stats(), relay: opts.builtInRelay?.stats() ?? null,
       audit: audit.stats(),
     };
   };
 
   /** The relay and STUN servers a joining agent is told about, at the host it reached us at. */
   const relayInfo = (req: IncomingMessage): { relays: RelayInfo[]; stun: string[] } => {
-    if (!relayRef) return { relays: relayPeers, stun: [] };
-    const h = advertisedHost(req, host);
-    const tcp = `${tls ? 'https' : 'http'}://${formatHostPort(h, (server.address() as AddressInfo).port)}${UPGRADE_PATH}`;
-    return {
-      relays: [{ udp: formatHostPort(h, relayRef.udpPort), tcp, ...builtinName }, ...relayPeers],
-      stun: [formatHostPort(h, relayRef.udpPort), formatHostPort(h, relayRef.stunSecondPort)],
-    };
+    const builtIn = opts.builtInRelay?.advertised(advertisedHost(req, host));
+    return builtIn ? { relays: [builtIn.relay, ...relayPeers], stun: builtIn.stun } : { relays: relayPeers, stun: [] };
   };
 
   const signatures = new SignatureBudget();
@@ -278,27 +286,13 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
   const server: Server = tls ? createHttpsServer({ ...tls, ...httpOptions, handshakeTimeout: HEADERS_TIMEOUT_MS }, onRequest) : createHttpServer(httpOptions, onRequest);
   guard.attach(server);
 
-  /**
-   * Only members may use the built-in relay, and it forwards only within a network: the networks
-   * an agent key joined (null: a stranger, or a key its agent rotated away from). In memory, as the relay asks before checking a hello's signature.
-   */
-  const relayNetworksOf = (edPub: Uint8Array): string[] | null => {
+  /** The networks an agent key joined (RunningRegistry.networksOf). */
+  const networksOf = (edPub: Uint8Array): string[] | null => {
     const id = fleet.agentOfKey(edPub);
     if (id === null) return null;
     const joined: string[] = [];
     for (const [name, s] of networks) if (s.members.has(id)) joined.push(name);
     return joined.length > 0 ? joined : null;
-  };
-
-  /** UDP on the HTTP port number (any free port when that one is taken and the port was not chosen). */
-  const startBuiltInRelay = async (httpPort: number): Promise<RunningRelay> => {
-    const relayOpts = { stunSecondPort: true, tcpServer: server, allow: relayNetworksOf, limits: opts.relayLimits, log: log.child({ component: 'relay' }) };
-    try {
-      return await startRelay({ ...relayOpts, udp: { host, port: httpPort } });
-    } catch (e) {
-      if (port !== 0) throw e;
-      return startRelay({ ...relayOpts, udp: { host, port: 0 } });
-    }
   };
 
   // Requests that never became one: too slow (headersTimeout, requestTimeout), headers too large, not HTTP.
@@ -347,21 +341,9 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
     throw e;
   });
   const bound = (server.address() as AddressInfo).port;
-  let relay: RunningRelay | null = null;
-  if (opts.relay ?? true) {
-    try {
-      relay = relayRef = await startBuiltInRelay(bound);
-    } catch (e) {
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-      await registryLog.close();
-      if (!opts.store) await store.close();
-      throw e;
-    }
-  }
   // Several instances on one PostgreSQL database: follow the others' changes (pg-change-feed.ts).
   const feed = store instanceof PgStore ? new PgChangeFeed({ store, fleet, sync, log, emit }) : null;
   await feed?.start().catch(async (e: unknown) => {
-    await relay?.stop();
     await new Promise<void>((resolve) => server.close(() => resolve()));
     await registryLog.close();
     if (!opts.store) await store.close();
@@ -387,14 +369,14 @@ export async function startRegistry(opts: RegistryOptions): Promise<RunningRegis
       await sync.poll();
       return token;
     },
-    relay,
+    httpServer: server,
+    networksOf,
     witness: { name: witness.name, publicKey: witness.publicKey.toString('base64') },
     stop: () => (stopping ??= (async () => {
       clearInterval(sweeper);
       await feed?.stop();
       await sync.poll();
       hub.stop();
-      await relay?.stop();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
       // Every connection was just closed; never let a stuck one hold the shutdown.

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RegistryMetrics } from '../../src/metrics/registry.js';
 import { ROUTES, routeTemplate } from '../../src/metrics/registry-routes.js';
-import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
+import { startRegistryWithRelay, type RunningRegistryWithRelay } from '../../src/cli/registry-with-relay.js';
 import { httpGet, makeAgent } from '../registry/hostile-helpers.js';
 import { samples, valueOf } from './exposition.js';
 
@@ -12,12 +12,12 @@ const NET = 'lab';
 
 describe('registry metrics', () => {
   let dir: string;
-  let reg: RunningRegistry;
+  let reg: RunningRegistryWithRelay;
   const metrics = new RegistryMetrics();
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'avpn-metrics-'));
-    reg = await startRegistry({ db: join(dir, 'registry.db'), network: NET, requestObserver: metrics.observe });
+    reg = await startRegistryWithRelay({ db: join(dir, 'registry.db'), network: NET, requestObserver: metrics.observe });
     metrics.watch(reg);
   });
   afterAll(async () => {

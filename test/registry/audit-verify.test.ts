@@ -39,7 +39,7 @@ describe('registry audit verify', () => {
   beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), 'agentvpn-audit-verify-'));
     db = join(dir, 'registry.db');
-    reg = await startRegistry({ db, relay: false });
+    reg = await startRegistry({ db });
   });
 
   afterEach(async () => {
@@ -134,7 +134,7 @@ describe('registry audit verify', () => {
     // Taken on the database while no registry runs: logged at the next start.
     const offline = registryCli(['token', 'create', '--db', db, '--uses', '1']);
     expect(offline.code).toBe(0);
-    reg = await startRegistry({ db, relay: false });
+    reg = await startRegistry({ db });
     await reg.stop();
     reg = null;
 

@@ -36,7 +36,7 @@ describe('audit witness', () => {
   beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), 'agentvpn-audit-witness-'));
     db = join(dir, 'registry.db');
-    reg = await startRegistry({ db, relay: false });
+    reg = await startRegistry({ db });
   });
 
   afterEach(async () => {

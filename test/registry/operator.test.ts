@@ -9,7 +9,7 @@ import { Identity } from '../../src/identity/identity.js';
 import { waitFor } from '../../src/lab/index.js';
 import { RegistryClient, type AgentView, type JoinResult, type PolicyView } from '../../src/registry/client.js';
 import { RECORD_LIFETIME_MS, signRecord, type AgentRecord } from '../../src/registry/record.js';
-import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
+import { startRegistryWithRelay, type RunningRegistryWithRelay } from '../../src/cli/registry-with-relay.js';
 import { startAgent, waitState, type TestAgent } from '../relay/harness.js';
 import { createTokenCli, registryCli, registryCliAsync } from './registry-process.js';
 
@@ -42,14 +42,14 @@ interface Watched {
 describe('registry operator actions', () => {
   let dir: string;
   let db: string;
-  let reg: RunningRegistry;
+  let reg: RunningRegistryWithRelay;
   const clients: RegistryClient[] = [];
   const closers: Array<() => void> = [];
 
   beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), 'agentvpn-operator-'));
     db = join(dir, 'registry.db');
-    reg = await startRegistry({ db, listen: '127.0.0.1:0' });
+    reg = await startRegistryWithRelay({ db, listen: '127.0.0.1:0' });
   });
 
   afterEach(async () => {
@@ -157,7 +157,7 @@ describe('registry operator actions', () => {
     expect(listed.blocked).toMatchObject([{ id: beta.identity.id, name: 'beta' }]);
     // A registry started later on the database still refuses it.
     await reg.stop();
-    reg = await startRegistry({ db, listen: '127.0.0.1:0' });
+    reg = await startRegistryWithRelay({ db, listen: '127.0.0.1:0' });
     const later = new RegistryClient({ url: reg.url, identity: beta.identity, network: NET, timeoutMs: 5000 });
     clients.push(later);
     await expect(later.join('beta', fresh)).rejects.toMatchObject({ code: 'BLOCKED' });

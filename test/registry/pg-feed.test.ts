@@ -63,7 +63,7 @@ describe.runIf(canRun)('registry instances on one PostgreSQL follow each other',
   let one: RunningRegistry;
   let two: RunningRegistry;
   let token: string;
-  const opts = () => ({ listen: '127.0.0.1:0', db: pg.url, network: NET, relay: false, offlineAfterMs: OFFLINE_AFTER_MS });
+  const opts = () => ({ listen: '127.0.0.1:0', db: pg.url, network: NET, offlineAfterMs: OFFLINE_AFTER_MS });
 
   beforeAll(async () => {
     pg = await startPostgres();

@@ -8,7 +8,7 @@ import { formatAddress } from '../../src/ip/prefix.js';
 import { RegistryClient } from '../../src/registry/client.js';
 import { canonicalRecordBytes, signRecord, verifyRecord, type AgentRecord } from '../../src/registry/record.js';
 import { advertisedRelays, parseRelayPeer } from '../../src/registry/relay-list.js';
-import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
+import { startRegistryWithRelay, type RunningRegistryWithRelay } from '../../src/cli/registry-with-relay.js';
 
 function recordFor(id: Identity, over: Partial<AgentRecord> = {}): AgentRecord {
   const now = Date.now();
@@ -71,7 +71,7 @@ describe('--relay-peer', () => {
 
 describe('the join answer', () => {
   let dir = '';
-  let reg: RunningRegistry | null = null;
+  let reg: RunningRegistryWithRelay | null = null;
   afterEach(async () => {
     await reg?.stop();
     reg = null;
@@ -80,7 +80,7 @@ describe('the join answer', () => {
 
   it('lists the built-in relay and the standalone ones, named, with their regions', async () => {
     dir = mkdtempSync(join(tmpdir(), 'avpn-relays-'));
-    reg = await startRegistry({
+    reg = await startRegistryWithRelay({
       db: join(dir, 'r.db'), network: 'lab', relayName: 'home', relayRegion: 'lab-a',
       relayPeers: [parseRelayPeer('r1=udp://198.51.100.7:7443,region=lab-b'), parseRelayPeer('r2=udp://198.51.100.8:7443,tcp=http://198.51.100.8:7443/v1/relay')],
     });

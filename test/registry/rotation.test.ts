@@ -14,7 +14,7 @@ import { makeInception, makeRotation, type KeyStatement } from '../../src/identi
 import { waitFor } from '../../src/lab/index.js';
 import { RegistryClient, type AgentView, type JoinResult } from '../../src/registry/client.js';
 import { RECORD_LIFETIME_MS, signRecord, type AgentRecord } from '../../src/registry/record.js';
-import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
+import { startRegistryWithRelay, type RunningRegistryWithRelay } from '../../src/cli/registry-with-relay.js';
 import { startAgent, waitState } from '../relay/harness.js';
 
 const NET = 'default';
@@ -44,14 +44,14 @@ function craftedIdentity() {
 
 describe('key rotation at the registry', () => {
   let dir: string;
-  let reg: RunningRegistry;
+  let reg: RunningRegistryWithRelay;
   let token: string;
   const clients: RegistryClient[] = [];
   const closers: Array<() => void> = [];
 
   beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), 'agentvpn-rotation-'));
-    reg = await startRegistry({ db: join(dir, 'registry.db'), listen: '127.0.0.1:0' });
+    reg = await startRegistryWithRelay({ db: join(dir, 'registry.db'), listen: '127.0.0.1:0' });
     token = await reg.createToken();
   });
 
@@ -111,7 +111,7 @@ describe('key rotation at the registry', () => {
 
     // A registry started later on the same database still holds the chain.
     await reg.stop();
-    reg = await startRegistry({ db: join(dir, 'registry.db'), listen: '127.0.0.1:0' });
+    reg = await startRegistryWithRelay({ db: join(dir, 'registry.db'), listen: '127.0.0.1:0' });
     const later = new RegistryClient({ url: reg.url, identity: rotated, network: NET, timeoutMs: 5000 });
     const laterOld = new RegistryClient({ url: reg.url, identity: beta, network: NET, timeoutMs: 5000 });
     clients.push(later, laterOld);

@@ -18,11 +18,11 @@ describe('witness key', () => {
 
   it('is created beside the database with mode 0600 on first start and is the same key after a restart', async () => {
     const db = join(dir, 'registry.db');
-    const first = await startRegistry({ db, relay: false });
+    const first = await startRegistry({ db });
     await first.stop();
     const file = witnessKeyFileOf(db);
     expect(statSync(file).mode & 0o777).toBe(0o600);
-    const second = await startRegistry({ db, relay: false });
+    const second = await startRegistry({ db });
     await second.stop();
     expect(second.witness).toEqual(first.witness);
     expect(first.witness.name).toMatch(/^agentvpn\.witness\/registry\/[0-9a-f]{8}$/);

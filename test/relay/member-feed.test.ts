@@ -79,7 +79,7 @@ describe('agentvpn relay --registry', () => {
 
   it('only members of its networks may use it, and a removed member loses its session', async () => {
     dir = mkdtempSync(join(tmpdir(), 'avpn-relay-members-'));
-    reg = await startRegistry({ db: join(dir, 'r.db'), network: 'lab', relay: false });
+    reg = await startRegistry({ db: join(dir, 'r.db'), network: 'lab' });
     const [alice, bob, stranger] = [Identity.generate(), Identity.generate(), Identity.generate()];
     for (const [id, name] of [[alice, 'alice'], [bob, 'bob']] as const) {
       await new RegistryClient({ url: reg.url, identity: id, network: 'lab', timeoutMs: 5000 }).join(name, await reg.createToken());

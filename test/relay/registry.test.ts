@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { Identity } from '../../src/identity/identity.js';
 import { waitFor } from '../../src/lab/index.js';
 import { RegistryClient } from '../../src/registry/client.js';
+import { startRegistryWithRelay, type RunningRegistryWithRelay } from '../../src/cli/registry-with-relay.js';
 import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
 import { buildBindingRequest, newTransactionId, parseBindingResponse } from '../../src/net/stun.js';
 import { encodeHello } from '../../src/relay/protocol.js';
@@ -13,13 +14,13 @@ import { rawSocket, sleep, startAgent, waitState, type TestAgent } from './harne
 
 describe('relay built into the registry', () => {
   let dir: string;
-  let reg: RunningRegistry;
+  let reg: RunningRegistryWithRelay | RunningRegistry;
   const agents: TestAgent[] = [];
   const clients: RegistryClient[] = [];
 
   beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), 'agentvpn-registry-relay-'));
-    reg = await startRegistry({ db: join(dir, 'registry.db'), listen: '127.0.0.1:0' });
+    reg = await startRegistryWithRelay({ db: join(dir, 'registry.db'), listen: '127.0.0.1:0' });
   });
 
   afterEach(async () => {
@@ -29,6 +30,9 @@ describe('relay built into the registry', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
+  /** The relay beside the registry (all tests but the last). */
+  const relay = () => (reg as RunningRegistryWithRelay).relay;
+
   async function member(network = 'default', identity = Identity.generate()): Promise<{ identity: Identity; join: Awaited<ReturnType<RegistryClient['join']>> }> {
     const client = new RegistryClient({ url: reg.url, identity, network, timeoutMs: 5000 });
     clients.push(client);
@@ -36,7 +40,7 @@ describe('relay built into the registry', () => {
   }
 
   it('runs on the HTTP port number, tells joining agents where it is, and serves members over UDP and TCP', async () => {
-    expect(reg.relay?.udpPort).toBe(reg.port);
+    expect(relay().udpPort).toBe(reg.port);
     const m1 = await member();
     const m2 = await member();
     expect(m1.join.relays).toEqual([{ udp: `127.0.0.1:${reg.port}`, tcp: `http://127.0.0.1:${reg.port}/v1/relay`, name: 'registry', region: 'default' }]);
@@ -52,7 +56,7 @@ describe('relay built into the registry', () => {
     await waitFor(() => b.received.length === 1, { intervalMs: 10 });
     b.client.send(a.wgKey, Buffer.from('and back'));
     await waitFor(() => a.received.length === 1, { intervalMs: 10 });
-    expect(reg.relay!.stats()).toMatchObject({ clients: 2, forwardedPackets: 2 });
+    expect(relay().stats()).toMatchObject({ clients: 2, forwardedPackets: 2 });
 
     // STUN on both ports, answered with our loopback address.
     const raw = await rawSocket();
@@ -74,10 +78,10 @@ describe('relay built into the registry', () => {
     const stranger = await startAgent(info);
     const strangerTcp = await startAgent({ udp: '127.0.0.1:9', tcp: info.tcp }, { udpTimeoutMs: 200 });
     agents.push(stranger, strangerTcp);
-    await waitFor(() => (reg.relay!.stats().dropped['not-allowed'] ?? 0) >= 2, { intervalMs: 20, what: 'refused hellos' });
+    await waitFor(() => (relay().stats().dropped['not-allowed'] ?? 0) >= 2, { intervalMs: 20, what: 'refused hellos' });
     expect(stranger.client.state).not.toBe('udp');
     expect(strangerTcp.client.state).not.toBe('tcp');
-    expect(reg.relay!.stats().clients).toBe(0);
+    expect(relay().stats().clients).toBe(0);
     const ok = await startAgent(info, { identity: m.identity });
     agents.push(ok);
     await waitState(ok, 'udp');
@@ -101,10 +105,10 @@ describe('relay built into the registry', () => {
       { intervalMs: 10, what: 'the frames handled' });
     await sleep(100);
     const crossed = z.received.length + x.received.length;
-    console.log(`network separation: ${crossed} of 21 cross-network frames delivered, ${reg.relay!.stats().dropped['other-network'] ?? 0} dropped as other-network`);
+    console.log(`network separation: ${crossed} of 21 cross-network frames delivered, ${relay().stats().dropped['other-network'] ?? 0} dropped as other-network`);
     expect(crossed).toBe(0);
     expect(x.notHere[0].equals(z.wgKey)).toBe(true);
-    expect(reg.relay!.stats()).toMatchObject({ forwardedPackets: 1, dropped: { 'other-network': 21 } });
+    expect(relay().stats()).toMatchObject({ forwardedPackets: 1, dropped: { 'other-network': 21 } });
 
     // An agent that joined both networks reaches members of each.
     const both = await member('default');
@@ -123,23 +127,23 @@ describe('relay built into the registry', () => {
     try {
       const hello = encodeHello(Identity.generate(), Date.now(), 0);
       for (let i = 0; i < 2000; i++) raw.send(Buffer.concat([hello.subarray(0, 3), randomBytes(32), hello.subarray(35)]), reg.port);
-      const handled = () => Object.values(reg.relay!.stats().dropped).reduce((a, b) => a + (b ?? 0), 0);
+      const handled = () => Object.values(relay().stats().dropped).reduce((a, b) => a + (b ?? 0), 0);
       await waitFor(() => handled() >= 1900, { intervalMs: 20, what: `refused hellos (${handled()})` });
-      console.log(`hellos with 2000 random keys: ${reg.relay!.stats().helloVerifications} signatures checked`);
-      expect(reg.relay!.stats().helloVerifications).toBe(0);
+      console.log(`hellos with 2000 random keys: ${relay().stats().helloVerifications} signatures checked`);
+      expect(relay().stats().helloVerifications).toBe(0);
       const ok = await startAgent(m.join.relays[0], { identity: m.identity });
       agents.push(ok);
       await waitState(ok, 'udp');
-      expect(reg.relay!.stats().helloVerifications).toBe(1);
+      expect(relay().stats().helloVerifications).toBe(1);
     } finally {
       raw.close();
     }
   });
 
-  it('can be turned off', async () => {
+  it('is not there when the registry runs alone', async () => {
     await reg.stop();
-    reg = await startRegistry({ db: join(dir, 'registry.db'), listen: '127.0.0.1:0', relay: false });
-    expect(reg.relay).toBeNull();
+    reg = await startRegistry({ db: join(dir, 'registry.db'), listen: '127.0.0.1:0' });
+    expect(reg.stats().relay).toBeNull();
     const m = await member();
     expect(m.join).toMatchObject({ relays: [], stun: [] });
   });

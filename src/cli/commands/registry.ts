@@ -5,6 +5,7 @@ import { AgentVpnError } from '../../errors.js';
 import { readAdminToken } from '../admin-token.js';
 import { DEFAULT_NETWORK, DEFAULT_OFFLINE_AFTER_MS, DEFAULT_POOL } from '../../registry/protocol.js';
 import { createJoinToken, startRegistry } from '../../registry/server.js';
+import { startRegistryWithRelay } from '../registry-with-relay.js';
 import { parseRelayPeer } from '../../registry/relay-list.js';
 import { createAdminToken } from '../../registry/admin-auth.js';
 import { AdminClient } from '../../registry/admin-client.js';
@@ -74,12 +75,15 @@ async function serve(args: ServeArgs): Promise<void> {
   if (args.metrics) parseMetricsListen(args.metrics); // a bad address is refused before anything starts
   const log = createLogger(args['log-level'] as LogLevel, { component: 'registry' });
   const metrics = args.metrics ? new RegistryMetrics() : null;
-  const registry = await startRegistry({
+  const registryOpts = {
     listen: args.listen, db: args.db, network: args.network, pool: args.pool, tlsCert: args['tls-cert'], tlsKey: args['tls-key'],
-    offlineAfterMs: Math.round(args['offline-after'] * 1000), relay: args.relay, log,
-    relayPeers: (args['relay-peer'] ?? []).map(parseRelayPeer), relayName: args['relay-name'], relayRegion: args['relay-region'], witnessKey: args['witness-key'], witnessHost: args['witness-host'],
-    auditDir: args['audit-dir'], requestObserver: metrics?.observe,
-  });
+    offlineAfterMs: Math.round(args['offline-after'] * 1000), log, relayPeers: (args['relay-peer'] ?? []).map(parseRelayPeer),
+    witnessKey: args['witness-key'], witnessHost: args['witness-host'], auditDir: args['audit-dir'], requestObserver: metrics?.observe,
+  };
+  // The built-in relay runs beside the registry, composed here (registry-with-relay.ts); --no-relay: the registry alone.
+  const registry = args.relay
+    ? await startRegistryWithRelay({ ...registryOpts, relayName: args['relay-name'], relayRegion: args['relay-region'] })
+    : { ...await startRegistry(registryOpts), relay: null };
   metrics?.watch(registry);
   const metricsServer = metrics && args.metrics ? await metrics.serve(args.metrics, log).catch(async (e) => {
     await registry.stop();
