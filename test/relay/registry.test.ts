@@ -140,6 +140,20 @@ describe('relay built into the registry', () => {
     }
   });
 
+  it('refuses a chosen port whose UDP number another process holds, and leaves the registry stopped', async () => {
+    const squatter = await rawSocket();
+    try {
+      const taken = squatter.port;
+      await expect(startRegistryWithRelay({ db: join(dir, 'other.db'), listen: `127.0.0.1:${taken}` })).rejects.toMatchObject({ code: 'LISTEN_FAILED' });
+      // The registry it had started was stopped: its HTTP port is free for the next one.
+      const again = await startRegistry({ db: join(dir, 'other.db'), listen: `127.0.0.1:${taken}` });
+      expect(again.port).toBe(taken);
+      await again.stop();
+    } finally {
+      squatter.close();
+    }
+  });
+
   it('is not there when the registry runs alone', async () => {
     await reg.stop();
     reg = await startRegistry({ db: join(dir, 'registry.db'), listen: '127.0.0.1:0' });
