@@ -32,50 +32,49 @@ export async function startRegistryWithRelay(opts: RegistryWithRelayOptions): Pr
   // Its name beside the standalone relays' (unique, at most 16 in all), checked before anything is opened.
   advertisedRelays({ ...entry, udp: '' }, opts.relayPeers ?? []);
 
-  // Set once both run; until then the registry advertises no relay of its own, as it would alone.
-  let relay: RunningRelay | null = null;
-  let registry: RunningRegistry<RelayStats> | null = null;
+  // Set once both run: until then the registry advertises no relay of its own, as it would alone.
+  let running: { relay: RunningRelay; scheme: string; httpPort: number } | null = null;
   const beside: BuiltInRelay<RelayStats> = {
     advertised: (agentHost) => {
-      if (!relay || !registry) return null;
-      const tcp = `${new URL(registry.url).protocol}//${formatHostPort(agentHost, registry.port)}${UPGRADE_PATH}`;
+      if (!running) return null;
+      const udp = formatHostPort(agentHost, running.relay.udpPort);
       return {
-        relay: { udp: formatHostPort(agentHost, relay.udpPort), tcp, ...entry },
-        stun: [formatHostPort(agentHost, relay.udpPort), formatHostPort(agentHost, relay.stunSecondPort)],
+        relay: { udp, tcp: `${running.scheme}//${formatHostPort(agentHost, running.httpPort)}${UPGRADE_PATH}`, ...entry },
+        stun: [udp, formatHostPort(agentHost, running.relay.stunSecondPort)],
       };
     },
-    membershipChanged: () => relay?.recheck(),
-    stats: () => relay?.stats() ?? null,
+    membershipChanged: () => running?.relay.recheck(),
+    stats: () => running?.relay.stats() ?? null,
   };
 
-  const started = await startRegistry({ ...registryOpts, builtInRelay: beside });
+  const registry = await startRegistry({ ...registryOpts, builtInRelay: beside });
   const relayOpts = {
-    stunSecondPort: true, tcpServer: started.httpServer, allow: started.networksOf, limits: relayLimits, log: opts.log?.child({ component: 'relay' }),
+    stunSecondPort: true, tcpServer: registry.httpServer, allow: registry.networksOf, limits: relayLimits, log: opts.log?.child({ component: 'relay' }),
   };
-  let running: RunningRelay;
+  let relay: RunningRelay;
   try {
-    running = await startRelay({ ...relayOpts, udp: { host, port: started.port } }).catch((e: unknown) => {
+    relay = await startRelay({ ...relayOpts, udp: { host, port: registry.port } }).catch((e: unknown) => {
       // A port the operator chose is kept or refused; a free one picked for HTTP may be taken for UDP: any free one then.
       if (port !== 0) throw e;
       return startRelay({ ...relayOpts, udp: { host, port: 0 } });
     });
   } catch (e) {
-    await started.stop();
+    await registry.stop();
     throw e;
   }
-  relay = running;
-  registry = started;
+  // The TCP fallback is on the registry's own port, by its scheme (http, or https with TLS).
+  running = { relay, scheme: new URL(registry.url).protocol, httpPort: registry.port };
 
   let stopping: Promise<void> | undefined;
   return {
-    ...started,
-    relay: running,
+    ...registry,
+    relay,
     // The relay first: its sessions ride on the registry's HTTP server and ask the registry who is a member.
     stop: () => (stopping ??= (async () => {
       try {
-        await running.stop();
+        await relay.stop();
       } finally {
-        await started.stop();
+        await registry.stop();
       }
     })()),
   };
