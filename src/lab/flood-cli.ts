@@ -5,15 +5,16 @@
  *
  * It sends with the native batched sender (sendmmsg, up to 1024 datagrams per call), paced by a
  * token bucket on a 1 ms timer, so one process reaches several 100k datagrams/s. The datagrams
- * themselves are built by flood.ts. For `relay-send` it first says a real HELLO with the member's
- * identity from the same socket and waits for the ack, so the relay takes the SENDs as that member's.
+ * themselves are built by flood.ts. For `relay-send` it first asks the relay for a challenge and says
+ * a real HELLO over it with the member's identity from the same socket, and waits for the ack, so the
+ * relay takes the SENDs as that member's.
  */
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseAddress } from '../ip/prefix.js';
 import { Identity } from '../identity/identity.js';
-import { encodeHello, parseHelloAck, parseHostPort } from '../relay/protocol.js';
+import { encodeChallengeRequest, encodeHello, parseChallenge, parseHelloAck, parseHostPort } from '../relay/protocol.js';
 import { ADDR_SIZE, native } from '../tun/native.js';
 import { makeEndpoint } from '../net/endpoint.js';
 import { FLOOD_KINDS, floodDatagrams, type FloodKind, type FloodReport, type FloodSpec } from './flood.js';
@@ -62,24 +63,29 @@ function targetEndpoint(target: string): Buffer {
   return makeEndpoint(addr, port);
 }
 
-/** Sends a real HELLO from fd until the relay acknowledges it (the relay then knows this socket as the member). */
+/** Sends a real HELLO (over the relay's challenge) from fd until the relay acknowledges it (the relay then knows this socket as the member). */
 async function helloRelay(fd: number, to: Buffer, member: Identity): Promise<void> {
   const slot = 2048;
   const slab = Buffer.alloc(slot * 64);
   const lens = new Int32Array(64);
   let acked = false;
+  let challenge: Buffer | null = null;
   const reader = native.startReader(fd, 'udp', slab, slot, 64, lens, Buffer.alloc(ADDR_SIZE * 64), (n) => {
     for (let i = 0; i < n; i++) {
-      const ack = parseHelloAck(slab.subarray(i * slot, i * slot + lens[i]!));
+      const frame = slab.subarray(i * slot, i * slot + lens[i]!);
+      const ack = parseHelloAck(frame);
       if (ack && Buffer.compare(ack.wgKey, member.wgPublicKey) === 0) acked = true;
+      const c = parseChallenge(frame);
+      if (c) challenge = Buffer.from(c);
     }
   });
   try {
     const deadline = Date.now() + HELLO_TIMEOUT_MS;
     while (!acked && Date.now() < deadline) {
-      const hello = encodeHello(member, Date.now(), 0);
+      const hello = challenge ? encodeHello(member, Date.now(), 0, challenge) : encodeChallengeRequest();
       native.udpSend(fd, hello, Int32Array.of(0), Int32Array.of(hello.length), to, 1);
-      for (let t = 0; t < HELLO_RETRY_MS && !acked; t += 10) await sleep(10);
+      const had: Buffer | null = challenge;
+      for (let t = 0; t < HELLO_RETRY_MS && !acked && challenge === had; t += 10) await sleep(10);
     }
   } finally {
     native.stopReader(reader);

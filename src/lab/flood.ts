@@ -17,8 +17,9 @@
  * | `disco`       | a0, a KNOWN peer's WireGuard key (32), random nonce (24), random bytes the     | 94       | anyone who knows a member's key |
  * |               | size of a sealed ping (21 + 16-byte tag): looks like disco from that member,   |          |                                 |
  * |               | fails authentication (paths/disco.ts has the real format).                     |          |                                 |
- * | `relay-hello` | b0, version 1, flags 0, random Ed25519 key (32), the current time in ms (8,    | 108      | anyone                          |
- * |               | BE), random signature (64) (relay/protocol.ts): fresh, never verifies.         |          |                                 |
+ * | `relay-hello` | b0, version 2, flags 0, random Ed25519 key (32), the current time in ms (8,    | 127      | anyone                          |
+ * |               | BE), random challenge (20), random signature (64) (relay/protocol.ts): fresh,  |          |                                 |
+ * |               | fails the relay's challenge (one MAC), is answered by a challenge at a budget. |          |                                 |
  * | `relay-send`  | b4, destination WireGuard key (32), random payload (`size`, default 128),      | 33+size  | a member: the sender first says |
  * |               | sent from the socket that a real HELLO of a member identity registered.        |          | a valid hello with its identity |
  * | `garbage`     | ee (no protocol's first byte: not WireGuard 1–4, disco a0, relay b0–bf, STUN), | `size`,  | anyone: the baseline that costs |

@@ -8,7 +8,8 @@ import { MetricsServer, type MetricsLog } from './server.js';
 const DROP_REASONS: Record<DropReason, true> = {
   garbage: true, oversized: true, 'bad-signature': true, 'stale-timestamp': true, 'not-allowed': true, 'hello-rate': true, 'hello-source-rate': true,
   'not-registered': true, 'relay-full': true, 'fair-share': true, 'peer-not-here': true, 'other-network': true, 'rate-limit': true, 'byte-limit': true,
-  'destination-busy': true, 'tcp-backlog': true, 'tcp-connections': true, 'send-error': true,
+  'destination-busy': true, 'tcp-backlog': true, 'tcp-connections': true, 'send-error': true, 'bad-challenge': true, 'challenge-rate': true,
+  'challenge-source-rate': true, 'bad-version': true,
 };
 
 /**
@@ -37,6 +38,7 @@ export function registerRelayMetrics(registry: Registry, stats: () => RelayStats
   counter('agentvpn_relay_forwarded_packets_total', 'Packets forwarded from one agent to another', (s) => s.forwardedPackets);
   counter('agentvpn_relay_forwarded_bytes_total', 'Payload bytes forwarded from one agent to another', (s) => s.forwardedBytes);
   counter('agentvpn_relay_stun_answered_total', 'STUN binding requests answered', (s) => s.stunAnswered);
+  counter('agentvpn_relay_challenges_answered_total', 'Hello challenges sent (to requests, and to hellos whose challenge was not for their source)', (s) => s.challengesAnswered);
   counter('agentvpn_relay_hello_verifications_total', 'Hello signatures checked (the costly step the hello budgets bound)', (s) => s.helloVerifications);
   scrapedCounter(registry, {
     name: 'agentvpn_relay_drops_total', help: 'Frames and datagrams the relay dropped, by reason (src/relay/server.ts DropReason)', labelNames: ['reason'],

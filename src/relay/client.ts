@@ -8,11 +8,12 @@ import { AgentVpnError } from '../errors.js';
 import type { Identity } from '../identity/identity.js';
 import { parseAddress } from '../ip/prefix.js';
 import { monotonicMs } from '../util/token-bucket.js';
+import { CHALLENGE_REUSE_MS } from './challenge.js';
 import {
-  BACKOFF_MAX_MS, BACKOFF_MIN_MS, DEFAULT_UDP_TIMEOUT_MS, FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_RECV, HELLO_FLAG_PROBE, HELLO_RETRY_MS,
-  KEEPALIVE_ACK_TIMEOUT_MS, KEEPALIVE_FRAME, KEEPALIVE_INTERVAL_MS, KEY_SIZE, MAX_PACKET_SIZE, NOTICE_BAD_SIGNATURE, NOTICE_NOT_ALLOWED, NOTICE_NOT_REGISTERED,
-  NOTICE_PEER_NOT_HERE, NOTICE_SIZE, NOTICE_STALE_TIMESTAMP, PACKET_HEADER_SIZE, SILENT_LOG, TCP_HELLO_TIMEOUT_MS, UDP_RETRY_MS, encodeHello, encodeSend, isRelayFrame, parseHelloAck,
-  parseHostPort, type RelayInfo, type RelayLog,
+  BACKOFF_MAX_MS, BACKOFF_MIN_MS, DEFAULT_UDP_TIMEOUT_MS, FRAME_CHALLENGE, FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_RECV, HELLO_RETRY_MS,
+  KEEPALIVE_ACK_TIMEOUT_MS, KEEPALIVE_FRAME, KEEPALIVE_INTERVAL_MS, KEY_SIZE, MAX_PACKET_SIZE, NOTICE_BAD_SIGNATURE, NOTICE_BAD_VERSION, NOTICE_NOT_ALLOWED,
+  NOTICE_NOT_REGISTERED, NOTICE_PEER_NOT_HERE, NOTICE_SIZE, NOTICE_STALE_TIMESTAMP, PACKET_HEADER_SIZE, RELAY_VERSION, SILENT_LOG, TCP_HELLO_TIMEOUT_MS, UDP_RETRY_MS,
+  encodeChallengeRequest, encodeHello, encodeSend, isRelayFrame, parseChallenge, parseHelloAck, parseHostPort, type RelayInfo, type RelayLog,
 } from './protocol.js';
 import { FrameReader, LENGTH_SIZE, MAX_TCP_BACKLOG_BYTES, UPGRADE_PROTOCOL, encodeTcpFrame } from './tcp.js';
 import { ENDPOINT_SIZE, makeEndpoint } from '../net/endpoint.js';
@@ -45,6 +46,14 @@ interface UdpAttempt {
   since: number;
   deadline: number;
   timer: NodeJS.Timeout | null;
+  /** Hellos sent at once on a challenge's arrival (the rest wait for the retransmission timer). */
+  prompt: number;
+}
+
+/** A challenge the relay sent us over one transport, and when (monotonic ms). */
+interface HeldChallenge {
+  bytes: Buffer;
+  at: number;
 }
 
 interface TcpLink {
@@ -54,14 +63,30 @@ interface TcpLink {
   helloSince: number;
   acked: boolean;
   timer: NodeJS.Timeout | null;
+  /** The relay's challenge for this connection (bound to its address and port). */
+  challenge: HeldChallenge | null;
 }
 
 const timer = (ms: number, fn: () => void): NodeJS.Timeout => setTimeout(fn, ms).unref();
 
 /**
- * An agent's connection to one relay. UDP first, over the agent's own socket (hello → ack, then
- * keepalives); when UDP gets no ack it falls back to TCP (HTTP upgrade), probes UDP again every
- * 30 s while on TCP, and reconnects with backoff when both fail.
+ * Challenges answered with a hello at once, per UDP attempt: the honest exchange needs one or two
+ * (request, or a refused challenge), and someone spoofing the relay's address cannot make us sign
+ * a hello per datagram they send; past it, the once-a-second retransmission uses the latest one.
+ */
+const PROMPT_HELLOS_PER_ATTEMPT = 3;
+
+function fresh(c: HeldChallenge | null): c is HeldChallenge {
+  return c !== null && monotonicMs() - c.at < CHALLENGE_REUSE_MS;
+}
+
+/**
+ * An agent's connection to one relay. UDP first, over the agent's own socket (challenge request →
+ * challenge, hello signed over it → ack, then keepalives); when UDP gets no ack it falls back to
+ * TCP (HTTP upgrade, the same exchange on the stream), probes UDP again every 30 s while on TCP
+ * (a challenge request: its answer proves UDP works, and the hello that follows reuses it), and
+ * reconnects with backoff when both fail. A challenge is reused for retransmissions and re-hellos
+ * on the same path for CHALLENGE_REUSE_MS, and asked again whenever our address may have changed.
  */
 export class RelayClient {
   readonly name: string;
@@ -80,7 +105,10 @@ export class RelayClient {
   private backoff = BACKOFF_MIN_MS;
   private attempt: UdpAttempt | null = null;
   private tcp: TcpLink | null = null;
-  private probeSince = Infinity;
+  /** The relay's challenge for our UDP address (as the relay sees it): cleared when that address may have changed. */
+  private udpChallenge: HeldChallenge | null = null;
+  /** While on TCP: a challenge request went out over UDP; its answer shows UDP works again. */
+  private probing = false;
   private keepaliveTimer: NodeJS.Timeout | null = null;
   private ackTimer: NodeJS.Timeout | null = null;
   private udpRetryTimer: NodeJS.Timeout | null = null;
@@ -203,23 +231,29 @@ export class RelayClient {
   private tryUdp(): void {
     if (this.attempt || this.stopped) return;
     if (this.ep.every((b) => b === 0)) return this.udpFailed();
-    const attempt: UdpAttempt = { since: this.nextTimestamp(), deadline: monotonicMs() + this.udpTimeoutMs, timer: null };
+    const attempt: UdpAttempt = { since: this.nextTimestamp(), deadline: monotonicMs() + this.udpTimeoutMs, timer: null, prompt: 0 };
     this.attempt = attempt;
     const send = (ts?: number) => {
       if (this.attempt !== attempt) return;
       const left = attempt.deadline - monotonicMs();
       if (left <= 0) return this.udpFailed();
-      this.sendUdpHello(0, ts);
+      this.sendUdpHello(ts);
       attempt.timer = timer(Math.min(HELLO_RETRY_MS, left), () => send());
     };
     send(attempt.since);
   }
 
-  private sendUdpHello(flags: number, ts = this.nextTimestamp()): void {
+  /** A hello over the challenge we hold for UDP, or, without a fresh one, a challenge request. */
+  private sendUdpHello(ts = this.nextTimestamp()): void {
+    const c = this.udpChallenge;
+    this.sendUdp(fresh(c) ? encodeHello(this.opts.identity, ts, 0, c.bytes) : encodeChallengeRequest(), 'relay hello not sent');
+  }
+
+  private sendUdp(frame: Buffer, what: string): void {
     try {
-      this.opts.sendUdp(encodeHello(this.opts.identity, ts, flags), this.ep);
+      this.opts.sendUdp(frame, this.ep);
     } catch (err) {
-      this.log.debug({ err, relay: this.name }, 'relay hello not sent');
+      this.log.debug({ err, relay: this.name }, what);
     }
   }
 
@@ -255,7 +289,7 @@ export class RelayClient {
       timeout: TCP_HELLO_TIMEOUT_MS,
     });
     const link: TcpLink = {
-      req, socket: null, helloSince: 0, acked: false, timer: null,
+      req, socket: null, helloSince: 0, acked: false, timer: null, challenge: null,
       reader: new FrameReader((frame) => this.onFrame(frame, 'tcp'), () => this.tcpFailed(link, 'bad framing from the relay')),
     };
     this.tcp = link;
@@ -280,10 +314,14 @@ export class RelayClient {
     req.end();
   }
 
+  /** A hello over the connection's challenge, or, without a fresh one, a challenge request (its answer brings the hello). */
   private sendTcpHello(link: TcpLink): void {
+    if (!link.socket) return;
+    const c = link.challenge;
+    if (!fresh(c)) return void link.socket.write(encodeTcpFrame(encodeChallengeRequest()));
     const ts = this.nextTimestamp();
     if (!link.acked) link.helloSince = ts;
-    link.socket?.write(encodeTcpFrame(encodeHello(this.opts.identity, ts, 0)));
+    link.socket.write(encodeTcpFrame(encodeHello(this.opts.identity, ts, 0, c.bytes)));
   }
 
   private tcpFailed(link: TcpLink, why: string): void {
@@ -311,7 +349,8 @@ export class RelayClient {
     this.setState('down');
     const delay = this.backoff;
     this.backoff = Math.min(this.backoff * 2, BACKOFF_MAX_MS);
-    this.log.info({ relay: this.name, event: 'relay-retry', inMs: delay }, `relay ${this.name}: unreachable, retrying in ${delay} ms`);
+    this.log.info({ relay: this.name, event: 'relay-retry', inMs: delay },
+      `relay ${this.name}: unreachable (down, blocked, or a relay older than relay protocol ${RELAY_VERSION}: those answer nothing), retrying in ${delay} ms`);
     this.reconnectTimer = timer(delay, () => void this.connect());
   }
 
@@ -325,7 +364,8 @@ export class RelayClient {
     this.closeTcp();
     for (const t of [this.keepaliveTimer, this.ackTimer, this.udpRetryTimer, this.reconnectTimer]) if (t) clearTimeout(t);
     this.keepaliveTimer = this.ackTimer = this.udpRetryTimer = this.reconnectTimer = null;
-    this.probeSince = Infinity;
+    this.probing = false;
+    this.udpChallenge = null;
   }
 
   private established(via: 'udp' | 'tcp'): void {
@@ -341,12 +381,11 @@ export class RelayClient {
     if (!this.keepaliveTimer) this.keepaliveTimer = setInterval(() => this.keepalive(), KEEPALIVE_INTERVAL_MS).unref();
   }
 
-  /** While on TCP: a probe hello over UDP; its ack starts a real UDP hello exchange. */
+  /** While on TCP: a challenge request over UDP; its answer (one round trip) starts a UDP hello exchange that uses it. */
   private probeUdp(): void {
     if (this.currentState !== 'tcp' || this.attempt || this.ep.every((b) => b === 0)) return;
-    const ts = this.nextTimestamp();
-    if (this.probeSince === Infinity) this.probeSince = ts;
-    this.sendUdpHello(HELLO_FLAG_PROBE, ts);
+    this.probing = true;
+    this.sendUdp(encodeChallengeRequest(), 'relay UDP probe not sent');
   }
 
   private keepalive(): void {
@@ -364,7 +403,10 @@ export class RelayClient {
       this.ackTimer = null;
       if (this.lastHeard >= sentAt || this.currentState !== via) return;
       this.log.info({ relay: this.name, event: 'relay-silent', via }, `relay ${this.name}: keepalive unanswered over ${via}`);
-      if (via === 'udp') this.tryUdp();
+      if (via === 'udp') {
+        this.udpChallenge = null; // our NAT mapping may have changed: the challenge is for the old one
+        this.tryUdp();
+      }
       else void this.connect();
     });
   }
@@ -381,6 +423,11 @@ export class RelayClient {
           return;
         case FRAME_HELLO_ACK:
           return this.onAck(frame, via);
+        case FRAME_CHALLENGE: {
+          const c = parseChallenge(frame);
+          if (c) this.onChallenge(c, via);
+          return;
+        }
         case FRAME_NOTICE:
           if (frame.length === NOTICE_SIZE) this.onNotice(frame[1], frame.subarray(2), via);
           return;
@@ -392,17 +439,30 @@ export class RelayClient {
     }
   }
 
+  /**
+   * A challenge, to our request or to a hello whose challenge the relay did not take (expired, or
+   * made for an address we no longer have): say hello with it.
+   */
+  private onChallenge(challenge: Buffer, via: 'udp' | 'tcp'): void {
+    const held = { bytes: Buffer.from(challenge), at: monotonicMs() };
+    if (via === 'tcp') {
+      if (!this.tcp?.socket) return;
+      this.tcp.challenge = held;
+      return this.sendTcpHello(this.tcp);
+    }
+    this.udpChallenge = held;
+    if (this.attempt) {
+      if (this.attempt.prompt++ < PROMPT_HELLOS_PER_ATTEMPT) this.sendUdpHello();
+    } else if (this.probing && this.currentState === 'tcp') {
+      this.probing = false;
+      this.log.info({ relay: this.name, event: 'relay-udp-back' }, `relay ${this.name}: UDP answers again, moving off TCP`);
+      this.tryUdp();
+    }
+  }
+
   private onAck(frame: Buffer, via: 'udp' | 'tcp'): void {
     const ack = parseHelloAck(frame);
     if (!ack || !ack.wgKey.equals(this.opts.identity.wgPublicKey)) return;
-    if (ack.flags & HELLO_FLAG_PROBE) {
-      if (via === 'udp' && ack.timestamp >= this.probeSince) {
-        this.probeSince = Infinity;
-        this.log.info({ relay: this.name, event: 'relay-udp-back' }, `relay ${this.name}: UDP answers again, moving off TCP`);
-        this.tryUdp();
-      }
-      return;
-    }
     if (via === 'udp') {
       if (!this.attempt || ack.timestamp < this.attempt.since) return;
       this.clearAttempt();
@@ -417,14 +477,20 @@ export class RelayClient {
     if (code === NOTICE_PEER_NOT_HERE) {
       this.opts.onPeerNotHere?.(Buffer.from(key));
     } else if (code === NOTICE_NOT_REGISTERED) {
-      // The relay forgot us (restart, long silence) or our NAT mapping changed: hello again.
-      if (via === 'udp' && this.currentState === 'udp') this.tryUdp();
+      // The relay forgot us (restart, long silence) or our NAT mapping changed: hello again, with a new challenge.
+      if (via === 'udp' && this.currentState === 'udp') {
+        this.udpChallenge = null;
+        this.tryUdp();
+      }
       else if (via === 'tcp' && this.tcp?.acked) this.sendTcpHello(this.tcp);
     } else if (code === NOTICE_STALE_TIMESTAMP) {
       // Also the answer to a retransmitted hello overtaken by a newer one: the attempt's timeout decides.
       this.log.debug({ relay: this.name, event: 'relay-stale-hello', via }, `relay ${this.name}: hello timestamp refused (host clock off, or an old hello)`);
     } else {
-      const why = code === NOTICE_NOT_ALLOWED ? 'this agent is not allowed on it' : code === NOTICE_BAD_SIGNATURE ? 'bad signature' : `code ${code}`;
+      const why = code === NOTICE_NOT_ALLOWED ? 'this agent is not allowed on it'
+        : code === NOTICE_BAD_SIGNATURE ? 'bad signature'
+          : code === NOTICE_BAD_VERSION ? `it speaks relay protocol version ${key[0]}, this agent ${RELAY_VERSION}: upgrade the older one`
+            : `code ${code}`;
       this.log.warn({ relay: this.name, event: 'relay-refused', code, via }, `relay ${this.name} refused our hello: ${why}`);
       if (this.currentState === 'connecting') this.reconnectLater();
     }

@@ -2,11 +2,14 @@ import {
   HELLO_VERIFY_BURST, HELLO_VERIFY_BURST_PER_SOURCE, HELLO_VERIFY_RATE, HELLO_VERIFY_RATE_PER_SOURCE, MAX_TRACKED_SOURCES,
 } from './limits.js';
 import { SourceBuckets, TokenBucket } from '../util/token-bucket.js';
+import type { ChallengeMinter, ChallengeTransport } from './challenge.js';
 import { MAX_CLOCK_SKEW_MS, NOTICE_BAD_SIGNATURE, NOTICE_NOT_ALLOWED, NOTICE_STALE_TIMESTAMP, type Hello, type RelayLog } from './protocol.js';
 
 /**
  * Admission of relay hellos, cheapest check first, so a flood of forged hellos costs little:
  *
+ *   0. the challenge: ours, this epoch or the last, made for the  (one MAC; a failure is answered
+ *      address and port the hello comes from                     with a fresh challenge)
  *   1. timestamp within MAX_CLOCK_SKEW_MS of our clock          (arithmetic)
  *   2. timestamp newer than the key's last verified one          (one map lookup; stops replays)
  *   3. the key is allowed: the allow hook gives its networks     (an in-memory lookup; strangers
@@ -17,7 +20,8 @@ import { MAX_CLOCK_SKEW_MS, NOTICE_BAD_SIGNATURE, NOTICE_NOT_ALLOWED, NOTICE_STA
  *   7. the Ed25519 signature                                     (~70 µs)
  *
  * Size and version were checked by parseHello before. A hello shed by a budget gets no notice:
- * the client's retransmission (every second) tries again.
+ * the client's retransmission (every second) tries again. Past step 0 the source has shown it
+ * receives at its address, so the notices of later steps go only where the challenge went.
  */
 
 /** The networks an agent belongs to; the relay forwards only between sessions sharing one. */
@@ -40,7 +44,17 @@ export interface SessionOfKey {
   onThisTransport: boolean;
 }
 
+/** Where a hello came from, as its challenge must name it: 18 address and port bytes at addr[off], and the transport. */
+export interface HelloSource {
+  addr: Uint8Array;
+  off: number;
+  transport: ChallengeTransport;
+  /** The budgets' key (IPv4 address, IPv6 /64). */
+  key: string;
+}
+
 export type HelloVerdict =
+  | { kind: 'bad-challenge' }
   | { kind: 'refused'; reason: 'stale-timestamp' | 'not-allowed' | 'bad-signature'; notice: number }
   | { kind: 'shed'; reason: 'hello-source-rate' | 'hello-rate' }
   | { kind: 're-hello' }
@@ -56,16 +70,17 @@ export class HelloGate {
   private readonly remembered = new Map<string, { ts: number; at: number }>();
   verified = 0;
 
-  constructor(private readonly allow: AllowHook | undefined, private readonly log: RelayLog) {}
+  constructor(private readonly allow: AllowHook | undefined, private readonly challenges: ChallengeMinter, private readonly log: RelayLog) {}
 
-  check(hello: Hello, edId: string, source: string, session: SessionOfKey | undefined, now = Date.now()): HelloVerdict {
+  check(hello: Hello, edId: string, source: HelloSource, session: SessionOfKey | undefined, now = Date.now()): HelloVerdict {
+    if (!this.challenges.check(hello.challenge, source.addr, source.off, source.transport)) return { kind: 'bad-challenge' };
     if (Math.abs(now - hello.timestamp) > MAX_CLOCK_SKEW_MS) return { kind: 'refused', reason: 'stale-timestamp', notice: NOTICE_STALE_TIMESTAMP };
     const last = session?.lastHelloTs ?? this.remembered.get(edId)?.ts;
     if (last !== undefined && hello.timestamp <= last) return { kind: 'refused', reason: 'stale-timestamp', notice: NOTICE_STALE_TIMESTAMP };
     const networks = this.networksOf(hello.edPub);
     if (!networks) return { kind: 'refused', reason: 'not-allowed', notice: NOTICE_NOT_ALLOWED };
     if (session?.onThisTransport) return { kind: 're-hello' };
-    if (!this.perSource.take(source)) return { kind: 'shed', reason: 'hello-source-rate' };
+    if (!this.perSource.take(source.key)) return { kind: 'shed', reason: 'hello-source-rate' };
     if (!this.total.take()) return { kind: 'shed', reason: 'hello-rate' };
     this.verified++;
     if (!hello.verify()) return { kind: 'refused', reason: 'bad-signature', notice: NOTICE_BAD_SIGNATURE };

@@ -39,6 +39,16 @@ export const HELLO_VERIFY_BURST = 10_000;
  */
 export const HELLO_VERIFY_RATE_PER_SOURCE = 100;
 export const HELLO_VERIFY_BURST_PER_SOURCE = 500;
+/**
+ * Challenges answered per second for one source, and over all: a hello needs one (a reconnecting
+ * agent asks once, its retransmissions reuse it), so these match the hello budgets above. An
+ * answer costs one MAC and a 22-byte datagram to a request of 34 bytes: a flood of requests costs
+ * less than a flood of hellos did, and a spoofed source gets no more than this towards its victim.
+ */
+export const CHALLENGE_RATE_PER_SOURCE = HELLO_VERIFY_RATE_PER_SOURCE;
+export const CHALLENGE_BURST_PER_SOURCE = HELLO_VERIFY_BURST_PER_SOURCE;
+export const CHALLENGE_RATE = HELLO_VERIFY_RATE * 5;
+export const CHALLENGE_BURST = HELLO_VERIFY_BURST;
 /** Notices per second to one agent: enough to learn "peer not here" at once, too few to echo floods. */
 export const NOTICE_RATE_PER_CLIENT = 10;
 /** Notices per second to one source the relay has no session for (not registered, refused hellos). */

@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import { AgentVpnError } from '../errors.js';
 import { Identity, verifySignature } from '../identity/identity.js';
+import { CHALLENGE_SIZE } from './challenge.js';
 
 /**
  * The relay's wire format and timings, shared by the relay server and the agents' relay client.
@@ -10,20 +11,35 @@ import { Identity, verifySignature } from '../identity/identity.js';
  * UDP one datagram is one frame; over the TCP fallback each frame is preceded by its length
  * (tcp.ts). Integers are big-endian.
  *
- *   HELLO      c→s  b0 | version(1) | flags(1) | ed25519 public key(32) | timestamp ms(8) | signature(64)
- *   HELLO_ACK  s→c  b1 | version(1) | flags(1) | WireGuard key(32) | timestamp echoed(8)
- *   KEEPALIVE  c→s  b2
- *   KEEPALIVE_ACK s→c b3
- *   SEND       c→s  b4 | destination WireGuard key(32) | opaque packet
- *   RECV       s→c  b5 | source WireGuard key(32) | opaque packet
- *   NOTICE     s→c  b6 | code(1) | WireGuard key(32) (the absent peer for PEER_NOT_HERE, else zeros)
+ *   | frame             | dir | layout (after the type byte)                                                   | size |
+ *   | ----------------- | --- | ------------------------------------------------------------------------------ | ---- |
+ *   | HELLO b0          | c→s | version(1) flags(1) ed25519 public key(32) timestamp ms(8) challenge(20) signature(64) | 127 |
+ *   | HELLO_ACK b1      | s→c | version(1) flags(1) WireGuard key(32) timestamp echoed(8)                      | 43   |
+ *   | KEEPALIVE b2      | c→s | -                                                                              | 1    |
+ *   | KEEPALIVE_ACK b3  | s→c | -                                                                              | 1    |
+ *   | SEND b4           | c→s | destination WireGuard key(32) opaque packet                                    | 33+  |
+ *   | RECV b5           | s→c | source WireGuard key(32) opaque packet                                         | 33+  |
+ *   | NOTICE b6         | s→c | code(1) WireGuard key(32) (the absent peer for PEER_NOT_HERE; for BAD_VERSION   | 34   |
+ *   |                   |     | its first byte is the relay's version; else zeros)                             |      |
+ *   | CHALLENGE_REQ b7  | c→s | version(1) zeros(32): padded so no answer to it is larger                      | 34   |
+ *   | CHALLENGE b8      | s→c | version(1) challenge(20) (challenge.ts)                                        | 22   |
  *
- * The hello signature covers HELLO_LABEL followed by bytes 1..43 of the frame (version, flags,
- * key, timestamp). The relay derives the client's WireGuard key from the signing key, so no one
- * can register under another agent's key; the relay never reads the packets it forwards.
- * PEER_NOT_HERE also answers a SEND to an agent of another network (the relay forwards only
- * within a network), so a sender learns nothing about other networks. A hello the relay sheds
- * (its budgets, hello-gate.ts) gets no answer at all: the client's retransmission tries again.
+ * A hello needs a challenge: the client asks for one (CHALLENGE_REQ), the relay answers with a
+ * MAC bound to the address and port the request came from (a UDP source, or the TCP connection's
+ * remote end) under a secret of its own that it replaces every 2 minutes, keeping nothing. The
+ * hello signature covers HELLO_LABEL followed by bytes 1..63 of the frame (version, flags, key,
+ * timestamp, challenge). The relay checks the challenge first (one MAC): a hello whose challenge
+ * this relay did not make for the hello's own source is answered with a fresh CHALLENGE for that
+ * source, so a captured hello cannot be replayed to another relay, nor to this one from another
+ * address, nor after ~4 minutes; and since everything after that check is sent only to sources
+ * that received the challenge, the notices cannot be reflected to a spoofed address.
+ *
+ * The relay derives the client's WireGuard key from the signing key, so no one can register
+ * under another agent's key; the relay never reads the packets it forwards. PEER_NOT_HERE also
+ * answers a SEND to an agent of another network (the relay forwards only within a network), so a
+ * sender learns nothing about other networks. A hello or challenge request the relay sheds (its
+ * budgets, hello-gate.ts, limits.ts) gets no answer at all: the client's retransmission tries
+ * again. A hello or challenge request of another protocol version gets NOTICE BAD_VERSION.
  */
 
 export const FRAME_HELLO = 0xb0;
@@ -33,16 +49,23 @@ export const FRAME_KEEPALIVE_ACK = 0xb3;
 export const FRAME_SEND = 0xb4;
 export const FRAME_RECV = 0xb5;
 export const FRAME_NOTICE = 0xb6;
+export const FRAME_CHALLENGE_REQUEST = 0xb7;
+export const FRAME_CHALLENGE = 0xb8;
 
-export const RELAY_VERSION = 1;
-const HELLO_LABEL = Buffer.from('agentvpn relay hello v1\n');
-/** Hello flag: only prove the path works (ack it), do not move the session to it. */
-export const HELLO_FLAG_PROBE = 0x01;
+/** 2: hellos carry the relay's challenge (version 1 hellos did not, and could be replayed to any relay). */
+export const RELAY_VERSION = 2;
+const HELLO_LABEL = Buffer.from('agentvpn relay hello v2\n');
 
 export const KEY_SIZE = 32;
-export const HELLO_SIZE = 1 + 1 + 1 + 32 + 8 + 64;
+/** Where the challenge and the signature sit in a hello; the signature covers bytes 1..HELLO_SIGNED_END. */
+export const HELLO_CHALLENGE_AT = 43;
+const HELLO_SIGNED_END = HELLO_CHALLENGE_AT + CHALLENGE_SIZE;
+export const HELLO_SIZE = HELLO_SIGNED_END + 64;
 export const HELLO_ACK_SIZE = 1 + 1 + 1 + 32 + 8;
 export const NOTICE_SIZE = 1 + 1 + 32;
+/** A challenge request is as large as the largest answer to it (a BAD_VERSION notice), so it amplifies nothing. */
+export const CHALLENGE_REQUEST_SIZE = NOTICE_SIZE;
+export const CHALLENGE_FRAME_SIZE = 1 + 1 + CHALLENGE_SIZE;
 /** SEND and RECV: type byte and a WireGuard key before the packet. */
 export const PACKET_HEADER_SIZE = 1 + KEY_SIZE;
 /**
@@ -59,6 +82,8 @@ export const NOTICE_BAD_SIGNATURE = 3;
 /** The hello's timestamp is too far from the relay's clock, or not newer than the last one. */
 export const NOTICE_STALE_TIMESTAMP = 4;
 export const NOTICE_NOT_ALLOWED = 5;
+/** The relay speaks another protocol version (its own in the key field's first byte): one side needs an upgrade. */
+export const NOTICE_BAD_VERSION = 6;
 
 // --- Timings (why each value) ---
 
@@ -111,17 +136,20 @@ export function isRelayFrame(buf: Uint8Array, off: number, len: number): boolean
 }
 
 function helloMessage(frame: Uint8Array): Buffer {
-  return Buffer.concat([HELLO_LABEL, frame.subarray(1, 43)]);
+  return Buffer.concat([HELLO_LABEL, frame.subarray(1, HELLO_SIGNED_END)]);
 }
 
-export function encodeHello(identity: Identity, timestamp: number, flags: number): Buffer {
+/** A hello signed over the relay's challenge (CHALLENGE_SIZE bytes, as the relay sent it). */
+export function encodeHello(identity: Identity, timestamp: number, flags: number, challenge: Uint8Array): Buffer {
+  if (challenge.length !== CHALLENGE_SIZE) throw new AgentVpnError('BAD_CHALLENGE', `a relay challenge is ${CHALLENGE_SIZE} bytes, got ${challenge.length}`, 'take the challenge from a CHALLENGE frame');
   const f = Buffer.alloc(HELLO_SIZE);
   f[0] = FRAME_HELLO;
   f[1] = RELAY_VERSION;
   f[2] = flags;
   f.set(identity.publicKey, 3);
   f.writeBigUInt64BE(BigInt(timestamp), 35);
-  f.set(identity.sign(helloMessage(f)), 43);
+  f.set(challenge, HELLO_CHALLENGE_AT);
+  f.set(identity.sign(helloMessage(f)), HELLO_SIGNED_END);
   return f;
 }
 
@@ -129,6 +157,8 @@ export interface Hello {
   flags: number;
   edPub: Buffer;
   timestamp: number;
+  /** The relay's challenge the hello was signed over (a view of the frame). */
+  challenge: Buffer;
   /** Verifies the signature (the costly step: do it after the cheap checks). */
   verify(): boolean;
 }
@@ -141,8 +171,33 @@ export function parseHello(frame: Buffer): Hello | null {
     flags: frame[2],
     edPub,
     timestamp: Number(frame.readBigUInt64BE(35)),
-    verify: () => verifySignature(edPub, helloMessage(frame), frame.subarray(43, HELLO_SIZE)),
+    challenge: frame.subarray(HELLO_CHALLENGE_AT, HELLO_SIGNED_END),
+    verify: () => verifySignature(edPub, helloMessage(frame), frame.subarray(HELLO_SIGNED_END, HELLO_SIZE)),
   };
+}
+
+/** The version a HELLO or CHALLENGE_REQ frame says it speaks (any length), or null when it has none. */
+export function versionOf(frame: Uint8Array): number | null {
+  return frame.length >= 2 ? frame[1] : null;
+}
+
+/** A challenge request: our version, padded with zeros to CHALLENGE_REQUEST_SIZE. */
+export function encodeChallengeRequest(): Buffer {
+  const f = Buffer.alloc(CHALLENGE_REQUEST_SIZE);
+  f[0] = FRAME_CHALLENGE_REQUEST;
+  f[1] = RELAY_VERSION;
+  return f;
+}
+
+/** Whether a frame is a well-formed challenge request of our version (full size: no amplification). */
+export function isChallengeRequest(frame: Uint8Array): boolean {
+  return frame.length === CHALLENGE_REQUEST_SIZE && frame[0] === FRAME_CHALLENGE_REQUEST && frame[1] === RELAY_VERSION;
+}
+
+/** The challenge in a CHALLENGE frame (a view), or null when malformed. */
+export function parseChallenge(frame: Buffer): Buffer | null {
+  if (frame.length !== CHALLENGE_FRAME_SIZE || frame[0] !== FRAME_CHALLENGE || frame[1] !== RELAY_VERSION) return null;
+  return frame.subarray(2);
 }
 
 export function encodeHelloAck(flags: number, wgKey: Uint8Array, timestamp: number): Buffer {
@@ -158,6 +213,11 @@ export function encodeHelloAck(flags: number, wgKey: Uint8Array, timestamp: numb
 export function parseHelloAck(frame: Buffer): { flags: number; wgKey: Buffer; timestamp: number } | null {
   if (frame.length !== HELLO_ACK_SIZE || frame[0] !== FRAME_HELLO_ACK || frame[1] !== RELAY_VERSION) return null;
   return { flags: frame[2], wgKey: frame.subarray(3, 35), timestamp: Number(frame.readBigUInt64BE(35)) };
+}
+
+/** NOTICE BAD_VERSION: the relay's version in the key field's first byte. */
+export function encodeVersionNotice(): Buffer {
+  return encodeNotice(NOTICE_BAD_VERSION, Uint8Array.of(RELAY_VERSION));
 }
 
 export function encodeNotice(code: number, key?: Uint8Array): Buffer {

@@ -8,15 +8,17 @@ import { answerBindingRequest } from '../net/stun.js';
 import { ADDR_SIZE } from '../tun/native.js';
 import { formatEndpoint, makeEndpoint, sameEndpoint, sourceKey } from '../net/endpoint.js';
 import { RoundShares } from './fair-share.js';
-import { HelloGate, type AllowHook, type Networks, type SessionOfKey } from './hello-gate.js';
+import { ChallengeMinter } from './challenge.js';
+import { HelloGate, type AllowHook, type HelloSource, type Networks, type SessionOfKey } from './hello-gate.js';
 import {
-  DEFAULT_LIMITS, MAX_SESSIONS, MAX_TRACKED_SOURCES, MAX_TCP_CONNECTIONS_PER_SOURCE, NOTICE_RATE_PER_CLIENT, NOTICE_RATE_PER_SOURCE, NOTICE_RATE_UNKNOWN, STUN_BURST_PER_SOURCE, STUN_RATE_PER_SOURCE,
+  CHALLENGE_BURST, CHALLENGE_BURST_PER_SOURCE, CHALLENGE_RATE, CHALLENGE_RATE_PER_SOURCE, DEFAULT_LIMITS, MAX_SESSIONS, MAX_TRACKED_SOURCES, MAX_TCP_CONNECTIONS_PER_SOURCE, NOTICE_RATE_PER_CLIENT, NOTICE_RATE_PER_SOURCE, NOTICE_RATE_UNKNOWN, STUN_BURST_PER_SOURCE, STUN_RATE_PER_SOURCE,
   validateLimits, type RelayLimits,
 } from './limits.js';
 import {
-  CLIENT_IDLE_TIMEOUT_MS, FRAME_HELLO, FRAME_KEEPALIVE, FRAME_RECV, FRAME_SEND, HELLO_FLAG_PROBE, KEEPALIVE_ACK_FRAME, KEY_SIZE,
-  MAX_FRAME_SIZE, NOTICE_NOT_REGISTERED, NOTICE_PEER_NOT_HERE, PACKET_HEADER_SIZE, SILENT_LOG, SWEEP_INTERVAL_MS, TCP_HELLO_TIMEOUT_MS,
-  encodeHelloAck, encodeNotice, parseHello, wgKeyOf, type RelayLog,
+  CHALLENGE_FRAME_SIZE, CLIENT_IDLE_TIMEOUT_MS, FRAME_CHALLENGE, FRAME_CHALLENGE_REQUEST, FRAME_HELLO, FRAME_KEEPALIVE, FRAME_RECV, FRAME_SEND,
+  KEEPALIVE_ACK_FRAME, KEY_SIZE, MAX_FRAME_SIZE, NOTICE_NOT_REGISTERED, NOTICE_PEER_NOT_HERE, NOTICE_SIZE, PACKET_HEADER_SIZE, RELAY_VERSION,
+  SILENT_LOG, SWEEP_INTERVAL_MS, TCP_HELLO_TIMEOUT_MS, encodeHelloAck, encodeNotice, encodeVersionNotice, isChallengeRequest, parseHello,
+  versionOf, wgKeyOf, type RelayLog,
 } from './protocol.js';
 import { FrameReader, MAX_TCP_BACKLOG_BYTES, UPGRADE_PATH, UPGRADE_PROTOCOL, UPGRADE_RESPONSE, encodeTcpFrame } from './tcp.js';
 import { READ_BATCH, RelayUdpSocket } from './udp.js';
@@ -46,7 +48,7 @@ export interface RelayOptions {
 export type DropReason =
   | 'garbage' | 'oversized' | 'bad-signature' | 'stale-timestamp' | 'not-allowed' | 'hello-rate' | 'hello-source-rate' | 'not-registered'
   | 'relay-full' | 'fair-share' | 'peer-not-here' | 'other-network' | 'rate-limit' | 'byte-limit' | 'destination-busy' | 'tcp-backlog'
-  | 'tcp-connections' | 'send-error';
+  | 'tcp-connections' | 'send-error' | 'bad-challenge' | 'challenge-rate' | 'challenge-source-rate' | 'bad-version';
 
 export interface RelayStats {
   clients: number;
@@ -57,6 +59,8 @@ export interface RelayStats {
   forwardedPackets: number;
   forwardedBytes: number;
   stunAnswered: number;
+  /** Challenges sent (to requests, and to hellos whose challenge was not ours for their source). */
+  challengesAnswered: number;
   /** Hello signatures checked (the costly step the budgets bound). */
   helloVerifications: number;
   dropped: Partial<Record<DropReason, number>>;
@@ -83,9 +87,13 @@ const DESTINATION_FRAMES_PER_ROUND = 256;
 
 /**
  * Where a client is: a UDP endpoint (20 bytes, the native layer's form), or its upgraded TCP
- * connection. `source` keys the per-source budgets (IPv4 address, IPv6 /64).
+ * connection (`remote`: its far end in the same form, what its challenges are bound to).
+ * `source` keys the per-source budgets (IPv4 address, IPv6 /64).
  */
-type Transport = { kind: 'udp'; ep: Buffer; id: string; source: string } | { kind: 'tcp'; socket: Duplex; source: string };
+type Transport = { kind: 'udp'; ep: Buffer; id: string; source: string } | { kind: 'tcp'; socket: Duplex; remote: Buffer; source: string };
+
+/** A clear log line for hellos of another protocol version at most this often (a flood of them logs once a minute). */
+const VERSION_LOG_INTERVAL_MS = 60_000;
 
 class Client {
   lastHeard = monotonicMs();
@@ -168,10 +176,10 @@ async function bindSockets(host: string, port: number, second: boolean, onUnsent
   }
 }
 
-/** The source key of a textual address (TCP peers, dgram senders). */
-function sourceKeyOfText(address: string | undefined): string {
+/** A TCP peer's address and port in the 20-byte endpoint form (all zeros when unparseable). */
+function endpointOfText(address: string | undefined, port: number | undefined): Buffer {
   const ip = parseAddress((address ?? '').replace(/%.*$/, ''));
-  return ip ? sourceKey(makeEndpoint(ip, 0)) : '';
+  return ip ? makeEndpoint(ip, port ?? 0) : Buffer.alloc(ADDR_SIZE);
 }
 
 /**
@@ -186,12 +194,20 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   const udpClients = new Map<string, Client>(); // by endpoint address and port (latin1 of 18 bytes)
   const tcpConns = new Set<TcpConn>();
   const tcpPerSource = new Map<string, number>(); // open TCP fallback connections by source key
-  const gate = new HelloGate(opts.allow, log);
+  const challenges = new ChallengeMinter();
+  const gate = new HelloGate(opts.allow, challenges, log);
+  const challengesPerSource = new SourceBuckets(CHALLENGE_RATE_PER_SOURCE, CHALLENGE_BURST_PER_SOURCE, MAX_TRACKED_SOURCES);
+  const challengesTotal = new TokenBucket(CHALLENGE_RATE, CHALLENGE_BURST);
+  /** Every challenge is minted into this one frame (sending copies it). */
+  const challengeFrame = Buffer.alloc(CHALLENGE_FRAME_SIZE);
+  challengeFrame[0] = FRAME_CHALLENGE;
+  challengeFrame[1] = RELAY_VERSION;
+  const versionRefusals = { loggedAt: -Infinity, since: 0 };
   const shares = new RoundShares();
   const sourceNotices = new SourceBuckets(NOTICE_RATE_PER_SOURCE, NOTICE_RATE_PER_SOURCE, MAX_TRACKED_SOURCES);
   const unknownNotices = new TokenBucket(NOTICE_RATE_UNKNOWN, NOTICE_RATE_UNKNOWN);
   const stunAnswers = new SourceBuckets(STUN_RATE_PER_SOURCE, STUN_BURST_PER_SOURCE, MAX_TRACKED_SOURCES);
-  const counters = { sessionsOpened: 0, forwardedPackets: 0, forwardedBytes: 0, stunAnswered: 0, dropped: {} as Partial<Record<DropReason, number>> };
+  const counters = { challengesAnswered: 0, sessionsOpened: 0, forwardedPackets: 0, forwardedBytes: 0, stunAnswered: 0, dropped: {} as Partial<Record<DropReason, number>> };
   const drop = (reason: DropReason, n = 1) => void (counters.dropped[reason] = (counters.dropped[reason] ?? 0) + n);
 
   let udp: RelayUdpSocket | null = null;
@@ -218,8 +234,35 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   };
 
   /** A notice to a source without a session: budgeted per source and in total (floods get few answers). */
-  const noticeStranger = (t: Transport, code: number) => {
-    if (sourceNotices.take(t.source) && unknownNotices.take()) sendTo(t, encodeNotice(code));
+  const noticeStranger = (t: Transport, notice: number | Buffer) => {
+    if (sourceNotices.take(t.source) && unknownNotices.take()) sendTo(t, typeof notice === 'number' ? encodeNotice(notice) : notice);
+  };
+
+  /** A fresh challenge for the transport's address: budgeted per source and in total, one MAC, nothing kept. */
+  const sendChallenge = (t: Transport) => {
+    if (!challengesPerSource.take(t.source)) return drop('challenge-source-rate');
+    if (!challengesTotal.take()) return drop('challenge-rate');
+    challenges.mint(challengeFrame, 2, t.kind === 'udp' ? t.ep : t.remote, 0, t.kind);
+    counters.challengesAnswered++;
+    sendTo(t, challengeFrame);
+  };
+
+  /**
+   * A hello or challenge request of another protocol version: NOTICE BAD_VERSION (no larger than
+   * what it answers, so shorter frames get none), and a log line saying who must upgrade.
+   */
+  const refuseVersion = (frame: Buffer, t: Transport) => {
+    drop('bad-version');
+    versionRefusals.since++;
+    const now = monotonicMs();
+    if (now - versionRefusals.loggedAt >= VERSION_LOG_INTERVAL_MS) {
+      const remote = formatEndpoint(t.kind === 'udp' ? t.ep : t.remote);
+      log.warn({ event: 'relay-bad-version', version: frame[1], speaks: RELAY_VERSION, remote, refused: versionRefusals.since },
+        `relay: refused a hello of relay protocol version ${frame[1]} from ${remote} (${versionRefusals.since} in the last minute); this relay speaks version ${RELAY_VERSION}: upgrade that agent`);
+      versionRefusals.loggedAt = now;
+      versionRefusals.since = 0;
+    }
+    if (frame.length >= NOTICE_SIZE) noticeStranger(t, encodeVersionNotice());
   };
 
   const forget = (c: Client) => {
@@ -270,15 +313,20 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   };
 
   const onHello = (frame: Buffer, t: Transport, conn: TcpConn | null) => {
+    if (versionOf(frame) !== RELAY_VERSION && frame.length >= 2) return refuseVersion(frame, t);
     const hello = parseHello(frame);
     if (!hello) return drop('garbage');
     const edId = hello.edPub.toString('latin1');
     const existing = byEdKey.get(edId);
     const session: SessionOfKey | undefined = existing && { lastHelloTs: existing.lastHelloTs, onThisTransport: sameTransport(existing.transport, t) };
-    const probe = hello.flags & HELLO_FLAG_PROBE;
-    if (!existing && !probe && clients.size >= MAX_SESSIONS) return drop('relay-full');
-    const verdict = gate.check(hello, edId, t.source, session);
+    if (!existing && clients.size >= MAX_SESSIONS) return drop('relay-full');
+    const source: HelloSource = { addr: t.kind === 'udp' ? t.ep : t.remote, off: 0, transport: t.kind, key: t.source };
+    const verdict = gate.check(hello, edId, source, session);
     switch (verdict.kind) {
+      case 'bad-challenge':
+        // Not made by us for this source (another relay's, another address's, expired, none): a fresh one.
+        drop('bad-challenge');
+        return sendChallenge(t);
       case 'refused':
         drop(verdict.reason);
         return noticeStranger(t, verdict.notice);
@@ -286,21 +334,16 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
         return drop(verdict.reason);
       case 're-hello':
         existing!.lastHeard = monotonicMs();
-        return sendTo(t, encodeHelloAck(probe, existing!.wgKey, hello.timestamp));
-      case 'verified': {
-        let wgKey: Buffer;
-        if (!probe) {
-          wgKey = register(hello.edPub, edId, verdict.networks, hello.timestamp, t, conn).wgKey;
-        } else if (existing) {
-          existing.lastHelloTs = hello.timestamp;
-          wgKey = existing.wgKey;
-        } else {
-          gate.remember(edId, hello.timestamp);
-          wgKey = wgKeyOf(hello.edPub);
-        }
-        return sendTo(t, encodeHelloAck(probe, wgKey, hello.timestamp));
-      }
+        return sendTo(t, encodeHelloAck(0, existing!.wgKey, hello.timestamp));
+      case 'verified':
+        return sendTo(t, encodeHelloAck(0, register(hello.edPub, edId, verdict.networks, hello.timestamp, t, conn).wgKey, hello.timestamp));
     }
+  };
+
+  const onChallengeRequest = (frame: Buffer, t: Transport) => {
+    if (versionOf(frame) !== RELAY_VERSION && frame.length >= 2) return refuseVersion(frame, t);
+    if (!isChallengeRequest(frame)) return drop('garbage');
+    sendChallenge(t);
   };
 
   /** SEND from a registered client: limits first (before any lookup or copy), then pass it on. */
@@ -333,6 +376,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     if (frame.length > MAX_FRAME_SIZE) return drop('oversized');
     const type = frame[0];
     if (type === FRAME_HELLO) return onHello(frame, t, conn);
+    if (type === FRAME_CHALLENGE_REQUEST) return onChallengeRequest(frame, t);
     if (type !== FRAME_SEND && type !== FRAME_KEEPALIVE) return drop('garbage');
     if (!from) {
       drop('not-registered');
@@ -448,7 +492,8 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
       if (opts.tcpServer!.listenerCount('upgrade') === 1) socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
       return;
     }
-    const source = sourceKeyOfText((socket as Socket).remoteAddress);
+    const remote = endpointOfText((socket as Socket).remoteAddress, (socket as Socket).remotePort);
+    const source = sourceKey(remote);
     const fromSource = tcpPerSource.get(source) ?? 0;
     if (fromSource >= MAX_TCP_CONNECTIONS_PER_SOURCE) {
       drop('tcp-connections');
@@ -457,7 +502,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     tcpPerSource.set(source, fromSource + 1);
     const conn: TcpConn = { socket, client: null };
     tcpConns.add(conn);
-    const t: Transport = { kind: 'tcp', socket, source };
+    const t: Transport = { kind: 'tcp', socket, remote, source };
     const reader = new FrameReader((frame: Buffer) => {
       try {
         onFrame(frame, t, conn.client, conn);
@@ -516,7 +561,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
       let tcp = 0;
       for (const c of clients.values()) if (c.transport.kind === 'tcp') tcp++;
       return { clients: clients.size, udpClients: clients.size - tcp, tcpClients: tcp, sessionsOpened: counters.sessionsOpened, forwardedPackets: counters.forwardedPackets,
-        forwardedBytes: counters.forwardedBytes, stunAnswered: counters.stunAnswered, helloVerifications: gate.verified, dropped: { ...counters.dropped } };
+        forwardedBytes: counters.forwardedBytes, stunAnswered: counters.stunAnswered, challengesAnswered: counters.challengesAnswered, helloVerifications: gate.verified, dropped: { ...counters.dropped } };
     },
     recheck: () => sweep(),
     stop: () => (stopped ??= (async () => {

@@ -2,8 +2,11 @@
 // vite-node this-file). It sends with the native batch sender (sendmmsg), so one process reaches
 // a few 100k datagrams/s. Configured by environment:
 //   AVF_RELAY   the relay's UDP "host:port" (IPv4)
-//   AVF_KIND    "hello": HELLO frames with random Ed25519 keys and random signatures and a current
-//               timestamp (never verify); "member": say a real hello with the identity of AVF_SEED
+//   AVF_KIND    "hello": HELLO frames with random Ed25519 keys and random signatures, a current
+//               timestamp and a real challenge the relay made for this socket (so each passes the
+//               challenge and costs the relay its signature budget; they never verify);
+//               "challenge": challenge requests (each costs the relay one MAC and an answer, at a
+//               budget); "member": say a real hello with the identity of AVF_SEED
 //               (hex), then blast SEND frames of AVF_SIZE payload bytes to the WireGuard key
 //               AVF_DST (base64), which is a member the test keeps registered.
 //   AVF_SECONDS how long to flood; AVF_RATE datagrams/s (0: as fast as the socket takes them)
@@ -11,7 +14,10 @@
 import { randomBytes } from 'node:crypto';
 import { Identity } from '../../src/identity/identity.js';
 import { parseAddress } from '../../src/ip/prefix.js';
-import { FRAME_HELLO, FRAME_HELLO_ACK, HELLO_SIZE, RELAY_VERSION, encodeHello, encodeSend, parseHostPort } from '../../src/relay/protocol.js';
+import { CHALLENGE_SIZE } from '../../src/relay/challenge.js';
+import {
+  CHALLENGE_REQUEST_SIZE, FRAME_HELLO, FRAME_HELLO_ACK, HELLO_CHALLENGE_AT, HELLO_SIZE, RELAY_VERSION, encodeChallengeRequest, encodeHello, encodeSend, parseChallenge, parseHostPort,
+} from '../../src/relay/protocol.js';
 import { ADDR_SIZE, native } from '../../src/tun/native.js';
 import { makeEndpoint } from '../../src/net/endpoint.js';
 
@@ -35,21 +41,27 @@ function makeBatch(slot: number) {
   return { slab, offsets, lens, addrs };
 }
 
-async function memberHello(identity: Identity): Promise<void> {
+/** Asks the relay for a challenge for this socket, then (with an identity) says hello over it until acked. */
+async function challengeAndHello(identity: Identity | null): Promise<Buffer> {
   const slab = Buffer.alloc(2048);
   const lens = new Int32Array(1);
   const addrs = Buffer.alloc(ADDR_SIZE);
   let acked = false;
+  let challenge: Buffer | null = null;
   const reader = native.startReader(fd, 'udp', slab, 2048, 1, lens, addrs, (n) => {
     if (n > 0 && slab[0] === FRAME_HELLO_ACK) acked = true;
+    const c = n > 0 ? parseChallenge(slab.subarray(0, lens[0])) : null;
+    if (c) challenge = Buffer.from(c);
   });
-  for (let i = 0; i < 50 && !acked; i++) {
-    const hello = encodeHello(identity, Date.now(), 0);
-    native.udpSend(fd, hello, Int32Array.of(0), Int32Array.of(hello.length), relayEp, 1);
+  for (let i = 0; i < 50 && !acked && !(challenge && !identity); i++) {
+    const frame = challenge && identity ? encodeHello(identity, Date.now(), 0, challenge) : encodeChallengeRequest();
+    native.udpSend(fd, frame, Int32Array.of(0), Int32Array.of(frame.length), relayEp, 1);
     await new Promise((r) => setTimeout(r, 200));
   }
   native.stopReader(reader);
-  if (!acked) throw new Error('the relay never acked the member hello');
+  if (!challenge) throw new Error('the relay never answered a challenge request');
+  if (identity && !acked) throw new Error('the relay never acked the member hello');
+  return challenge;
 }
 
 const kind = env('AVF_KIND');
@@ -57,12 +69,14 @@ let batch: ReturnType<typeof makeBatch>;
 /** Freshens what must stay fresh (hello timestamps) before each batch. */
 let refresh = () => {};
 if (kind === 'hello') {
+  const challenge = await challengeAndHello(null);
   batch = makeBatch(HELLO_SIZE);
   randomBytes(batch.slab.length).copy(batch.slab);
   for (let i = 0; i < BATCH; i++) {
     batch.slab[i * HELLO_SIZE] = FRAME_HELLO;
     batch.slab[i * HELLO_SIZE + 1] = RELAY_VERSION;
     batch.slab[i * HELLO_SIZE + 2] = 0;
+    challenge.copy(batch.slab, i * HELLO_SIZE + HELLO_CHALLENGE_AT, 0, CHALLENGE_SIZE);
   }
   let keyRound = 0;
   refresh = () => {
@@ -74,14 +88,17 @@ if (kind === 'hello') {
       batch.slab.writeBigUInt64BE(now, f + 35);
     }
   };
+} else if (kind === 'challenge') {
+  batch = makeBatch(CHALLENGE_REQUEST_SIZE);
+  for (let i = 0; i < BATCH; i++) encodeChallengeRequest().copy(batch.slab, i * CHALLENGE_REQUEST_SIZE);
 } else if (kind === 'member') {
-  await memberHello(new Identity(Buffer.from(env('AVF_SEED'), 'hex')));
+  await challengeAndHello(new Identity(Buffer.from(env('AVF_SEED'), 'hex')));
   const size = Number(env('AVF_SIZE') || 128);
   const dst = Buffer.from(env('AVF_DST'), 'base64');
   batch = makeBatch(33 + size);
   for (let i = 0; i < BATCH; i++) encodeSend(dst, randomBytes(size), batch.slab, i * (33 + size));
 } else {
-  throw new Error(`AVF_KIND must be hello or member, not "${kind}"`);
+  throw new Error(`AVF_KIND must be hello, challenge or member, not "${kind}"`);
 }
 
 console.log(JSON.stringify({ flooding: kind }));

@@ -5,6 +5,7 @@ import { Identity } from '../../src/identity/identity.js';
 import { formatAddress, parseAddress } from '../../src/ip/prefix.js';
 import { waitFor } from '../../src/lab/index.js';
 import { RelayClient, type RelayInfo, type RelayState } from '../../src/relay/client.js';
+import { FRAME_CHALLENGE, encodeChallengeRequest, parseChallenge } from '../../src/relay/protocol.js';
 import { endpointAddress, endpointPort, makeEndpoint, sameEndpoint } from '../../src/net/endpoint.js';
 
 export interface Received {
@@ -29,7 +30,13 @@ function sendFromSocket(socket: Socket, buf: Buffer, ep: Uint8Array): void {
 }
 
 /** An agent on 127.0.0.1 (or `host`) with a relay client; datagrams from the relay's endpoint go to the client. */
-export async function startAgent(relay: RelayInfo, opts: { udpTimeoutMs?: number; udpRetryMs?: number; identity?: Identity; blockUdp?: boolean; host?: string } = {}): Promise<TestAgent> {
+/**
+ * `tap` sees every datagram the agent sends to a relay (an on-path observer); returning false drops it
+ * (an on-path attacker that holds a frame back to replay it itself).
+ */
+export async function startAgent(relay: RelayInfo, opts: {
+  udpTimeoutMs?: number; udpRetryMs?: number; identity?: Identity; blockUdp?: boolean; host?: string; tap?: (buf: Buffer) => boolean;
+} = {}): Promise<TestAgent> {
   const identity = opts.identity ?? Identity.generate();
   const socket = dgram.createSocket('udp4');
   await new Promise<void>((resolve) => socket.bind(0, opts.host ?? '127.0.0.1', () => resolve()));
@@ -37,7 +44,7 @@ export async function startAgent(relay: RelayInfo, opts: { udpTimeoutMs?: number
   const notHere: Buffer[] = [];
   const client = new RelayClient({
     relay, identity, udpTimeoutMs: opts.udpTimeoutMs, udpRetryMs: opts.udpRetryMs,
-    sendUdp: (buf, ep) => agent.blockUdp || sendFromSocket(socket, buf, ep),
+    sendUdp: (buf, ep) => agent.blockUdp || (opts.tap?.(Buffer.from(buf)) ?? true) === false || sendFromSocket(socket, buf, ep),
     onPacket: (from, packet) => received.push({ from: Buffer.from(from), packet: Buffer.from(packet) }),
     onPeerNotHere: (key) => notHere.push(key),
   });
@@ -60,15 +67,31 @@ export async function waitState(agent: TestAgent, state: RelayState, timeoutMs =
   await waitFor(() => agent.client.state === state, { timeoutMs, intervalMs: 20, what: `relay client state ${state} (is ${agent.client.state})` });
 }
 
+export interface RawSocket {
+  socket: Socket;
+  port: number;
+  inbox: Buffer[];
+  send(buf: Buffer, port: number): void;
+  /** Asks the relay on `port` for a challenge for this socket; it is taken out of the inbox. */
+  challenge(port: number): Promise<Buffer>;
+  close(): void;
+}
+
 /** A raw UDP socket on loopback (127.0.0.1, or another 127/8 `host`: another source) that keeps every datagram it gets. */
-export async function rawSocket(host = '127.0.0.1'): Promise<{ socket: Socket; port: number; inbox: Buffer[]; send(buf: Buffer, port: number): void; close(): void }> {
+export async function rawSocket(host = '127.0.0.1'): Promise<RawSocket> {
   const socket = dgram.createSocket('udp4');
   await new Promise<void>((resolve) => socket.bind(0, host, () => resolve()));
   const inbox: Buffer[] = [];
   socket.on('message', (m) => inbox.push(m));
+  const send = (buf: Buffer, port: number) => socket.send(buf, port, '127.0.0.1');
   return {
-    socket, port: socket.address().port, inbox,
-    send: (buf, port) => socket.send(buf, port, '127.0.0.1'),
+    socket, port: socket.address().port, inbox, send,
+    challenge: async (port) => {
+      send(encodeChallengeRequest(), port);
+      await waitFor(() => inbox.some((f) => f[0] === FRAME_CHALLENGE), { timeoutMs: 3000, intervalMs: 5, what: 'a challenge from the relay' });
+      const i = inbox.findIndex((f) => f[0] === FRAME_CHALLENGE);
+      return Buffer.from(parseChallenge(inbox.splice(i, 1)[0])!);
+    },
     close: () => socket.close(),
   };
 }

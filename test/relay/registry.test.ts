@@ -125,7 +125,7 @@ describe('relay built into the registry', () => {
     const m = await member();
     const raw = await rawSocket();
     try {
-      const hello = encodeHello(Identity.generate(), Date.now(), 0);
+      const hello = encodeHello(Identity.generate(), Date.now(), 0, await raw.challenge(reg.port));
       for (let i = 0; i < 2000; i++) raw.send(Buffer.concat([hello.subarray(0, 3), randomBytes(32), hello.subarray(35)]), reg.port);
       const handled = () => Object.values(relay().stats().dropped).reduce((a, b) => a + (b ?? 0), 0);
       await waitFor(() => handled() >= 1900, { intervalMs: 20, what: `refused hellos (${handled()})` });

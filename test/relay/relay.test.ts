@@ -7,7 +7,7 @@ import { Identity } from '../../src/identity/identity.js';
 import { waitFor } from '../../src/lab/index.js';
 import { buildBindingRequest, newTransactionId, parseBindingResponse } from '../../src/net/stun.js';
 import {
-  FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_RECV, FRAME_SEND, HELLO_SIZE, MAX_FRAME_SIZE, NOTICE_BAD_SIGNATURE, NOTICE_NOT_REGISTERED,
+  FRAME_CHALLENGE, FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_RECV, FRAME_SEND, HELLO_SIZE, MAX_FRAME_SIZE, NOTICE_BAD_SIGNATURE, NOTICE_NOT_REGISTERED,
   NOTICE_STALE_TIMESTAMP, SWEEP_INTERVAL_MS, encodeHello, encodeSend,
 } from '../../src/relay/protocol.js';
 import { HELLO_VERIFY_BURST_PER_SOURCE, STUN_BURST_PER_SOURCE } from '../../src/relay/limits.js';
@@ -153,19 +153,20 @@ describe('relay', () => {
     const port = relay!.udpPort;
     const me = Identity.generate();
     const victim = Identity.generate();
+    const ch = await raw.challenge(port);
 
     // Signed by me, claiming the victim's key.
-    const forged = encodeHello(me, Date.now(), 0);
+    const forged = encodeHello(me, Date.now(), 0, ch);
     forged.set(victim.publicKey, 3);
     raw.send(forged, port);
     await waitFor(() => raw.inbox.length === 1, { intervalMs: 10 });
     expect([raw.inbox[0][0], raw.inbox[0][1]]).toEqual([FRAME_NOTICE, NOTICE_BAD_SIGNATURE]);
 
-    raw.send(encodeHello(me, Date.now() - 10 * 60_000, 0), port);
+    raw.send(encodeHello(me, Date.now() - 10 * 60_000, 0, ch), port);
     await waitFor(() => raw.inbox.length === 2, { intervalMs: 10 });
     expect([raw.inbox[1][0], raw.inbox[1][1]]).toEqual([FRAME_NOTICE, NOTICE_STALE_TIMESTAMP]);
 
-    const good = encodeHello(me, Date.now(), 0);
+    const good = encodeHello(me, Date.now(), 0, ch);
     raw.send(good, port);
     await waitFor(() => raw.inbox.length === 3, { intervalMs: 10 });
     expect(raw.inbox[2][0]).toBe(FRAME_HELLO_ACK);
@@ -193,10 +194,11 @@ describe('relay', () => {
     const eve = await rawSocket();
     closers.push(eve.close);
     const eveId = Identity.generate();
-    eve.send(encodeHello(eveId, Date.now(), 0), relay!.udpPort);
+    const eveCh = await eve.challenge(relay!.udpPort);
+    eve.send(encodeHello(eveId, Date.now(), 0, eveCh), relay!.udpPort);
     await waitFor(() => eve.inbox.length === 1, { intervalMs: 10 });
     // Eve tries to take b's key with her own signature: refused.
-    const grab = encodeHello(eveId, Date.now() + 1, 0);
+    const grab = encodeHello(eveId, Date.now() + 1, 0, eveCh);
     grab.set(b.identity.publicKey, 3);
     eve.send(grab, relay!.udpPort);
     await waitFor(() => eve.inbox.length === 2, { intervalMs: 10 });
@@ -288,7 +290,7 @@ describe('relay', () => {
       expect(r!.port).toBe(raw.port);
     }
     // The second port answers STUN only.
-    raw.send(encodeHello(Identity.generate(), Date.now(), 0), relay!.stunSecondPort);
+    raw.send(encodeHello(Identity.generate(), Date.now(), 0, randomBytes(20)), relay!.stunSecondPort);
     await sleep(50);
     expect(raw.inbox).toEqual([]);
     expect(relay!.stats().stunAnswered).toBe(2);
@@ -314,21 +316,31 @@ describe('relay', () => {
     const other = await rawSocket();
     closers.push(raw.close, other.close);
     const me = Identity.generate();
-    raw.send(encodeHello(me, Date.now(), 0), port);
+    const ch = await raw.challenge(port);
+    raw.send(encodeHello(me, Date.now(), 0, ch), port);
     await waitFor(() => raw.inbox.length === 1, { intervalMs: 10 });
     expect(raw.inbox[0][0]).toBe(FRAME_HELLO_ACK);
     expect(relay!.stats().helloVerifications).toBe(1);
 
     // Same key, same address, a garbage signature: acked as is (it changes nothing), not verified.
-    const again = encodeHello(me, Date.now() + 1, 0);
-    again.fill(7, 43);
+    const again = encodeHello(me, Date.now() + 1, 0, ch);
+    again.fill(7, HELLO_SIZE - 64);
     raw.send(again, port);
     await waitFor(() => raw.inbox.length === 2, { intervalMs: 10 });
     expect(raw.inbox[1][0]).toBe(FRAME_HELLO_ACK);
     expect(relay!.stats().helloVerifications).toBe(1);
 
-    // The same forged hello from another address would move the session: it is checked and refused.
+    // The same hello from another address would move the session: its challenge is not for that address,
+    // so it is refused before its signature is looked at, and answered with that address's own challenge.
     other.send(again, port);
+    await waitFor(() => other.inbox.length === 1, { intervalMs: 10 });
+    expect(other.inbox[0][0]).toBe(FRAME_CHALLENGE);
+    expect(relay!.stats()).toMatchObject({ clients: 1, helloVerifications: 1, dropped: { 'bad-challenge': 1 } });
+    // Forged over the other address's own challenge: checked and refused.
+    other.inbox.length = 0;
+    const forged = encodeHello(me, Date.now() + 2, 0, await other.challenge(port));
+    forged.fill(7, HELLO_SIZE - 64);
+    other.send(forged, port);
     await waitFor(() => other.inbox.length === 1, { intervalMs: 10 });
     expect([other.inbox[0][0], other.inbox[0][1]]).toEqual([FRAME_NOTICE, NOTICE_BAD_SIGNATURE]);
     expect(relay!.stats()).toMatchObject({ clients: 1, helloVerifications: 2 });
@@ -339,7 +351,7 @@ describe('relay', () => {
     const port = relay!.udpPort;
     const flooder = await rawSocket('127.0.0.1');
     closers.push(flooder.close);
-    const template = encodeHello(Identity.generate(), Date.now(), 0);
+    const template = encodeHello(Identity.generate(), Date.now(), 0, await flooder.challenge(port));
     const FLOOD = 3000;
     for (let i = 0; i < FLOOD; i++) {
       const f = Buffer.concat([template.subarray(0, 3), randomBytes(32), template.subarray(35)]);
