@@ -6,6 +6,11 @@
 const ALPHABET = 'abcdefghijklmnopqrstuvwxyz234567';
 const PREFIX = 'av';
 const ID_LENGTH = PREFIX.length + 52;
+/**
+ * The same test as publicKeyOfAgentId, as a pattern (for request schemas): 52 characters carry
+ * 260 bits, the last one 1 bit of the key and 4 zero bits, so it is "a" or "q".
+ */
+export const AGENT_ID_PATTERN = /^av[a-z2-7]{51}[aq]$/;
 
 export function agentIdOf(publicKey: Uint8Array): string {
   let bits = 0;

@@ -1,13 +1,14 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import { readBody, sendJson } from './http-body.js';
 import { getPolicy, listAgents, removeAgent, setPolicy } from './operator.js';
 import type { OperatorSync } from './operator-sync.js';
-import { refuse } from './refusals.js';
+import { NAME_OR_ID_PARAMS, NETWORK_QUERY } from './request-schemas.js';
+import type { Route, RouteCall } from './route-table.js';
 import type { RegistryStore } from './store.js';
 
 /**
  * The admin API (every request: `Authorization: Bearer <admin token>`, checked before anything
- * else is read; `?network=NAME`, the registry's default without it):
+ * but the path and query's schemas; `?network=NAME`, the registry's default without it):
  *
  * | request                               | body / answer                                           |
  * | ------------------------------------- | ------------------------------------------------------- |
@@ -28,34 +29,45 @@ export interface AdminContext {
   sync: OperatorSync;
 }
 
-/** Handles /v1/admin/...: `parts` is the path after "v1/admin". */
-export async function adminRoute(ctx: AdminContext, req: IncomingMessage, res: ServerResponse, parts: string[], network: string): Promise<void> {
-  await ctx.authorize(req);
-  const method = req.method ?? '';
-  const allow = (m: string) => {
-    if (method !== m) refuse('METHOD_NOT_ALLOWED', `${method} is not allowed here`);
+/** The admin routes: each checks the admin token before it reads anything else. */
+export function adminRoutes(ctx: AdminContext, defaultNetwork: string): Route[] {
+  const networkOf = (c: RouteCall) => c.query.network ?? defaultNetwork;
+
+  const list = async (c: RouteCall) => {
+    await ctx.authorize(c.req);
+    sendJson(c.res, 200, { ok: true, ...(await listAgents(ctx.store, networkOf(c))) });
   };
-  if (parts.length === 1 && parts[0] === 'agents') {
-    allow('GET');
-    return sendJson(res, 200, { ok: true, ...(await listAgents(ctx.store, network)) });
-  }
-  if (parts[0] === 'agents' && parts[1] && (parts.length === 2 || (parts.length === 3 && parts[2] === 'block'))) {
-    const block = parts.length === 3;
-    allow(block ? 'POST' : 'DELETE');
-    const r = await removeAgent(ctx.store, network, parts[1], block);
+
+  const remove = (block: boolean) => async (c: RouteCall) => {
+    await ctx.authorize(c.req);
+    const network = networkOf(c);
+    const r = await removeAgent(ctx.store, network, c.params.id, block);
     await ctx.sync.poll();
-    return sendJson(res, 200, { ok: true, network, id: r.id, name: r.name, blocked: block });
-  }
-  if (parts.length === 1 && parts[0] === 'policy') {
-    if (method === 'GET') {
-      const p = await getPolicy(ctx.store, network);
-      return sendJson(res, 200, { ok: true, policy: p && { version: p.version, policy: p.text, setAt: p.setAt } });
-    }
-    allow('PUT');
-    const text = (await readBody(req)).toString('utf8');
+    sendJson(c.res, 200, { ok: true, network, id: r.id, name: r.name, blocked: block });
+  };
+
+  const readPolicy = async (c: RouteCall) => {
+    await ctx.authorize(c.req);
+    const p = await getPolicy(ctx.store, networkOf(c));
+    sendJson(c.res, 200, { ok: true, policy: p && { version: p.version, policy: p.text, setAt: p.setAt } });
+  };
+
+  /** The body is policy text (JSON with comments), parsed by operator.ts, not a JSON body. */
+  const writePolicy = async (c: RouteCall) => {
+    await ctx.authorize(c.req);
+    const network = networkOf(c);
+    const text = (await readBody(c.req)).toString('utf8');
     const p = await setPolicy(ctx.store, network, text);
     await ctx.sync.poll();
-    return sendJson(res, 200, { ok: true, network, version: p.version });
-  }
-  refuse('NOT_FOUND', 'no such admin endpoint');
+    sendJson(c.res, 200, { ok: true, network, version: p.version });
+  };
+
+  const admin = { query: NETWORK_QUERY };
+  return [
+    { method: 'GET', path: '/v1/admin/agents', ...admin, handle: list },
+    { method: 'DELETE', path: '/v1/admin/agents/:id', ...admin, params: NAME_OR_ID_PARAMS, handle: remove(false) },
+    { method: 'POST', path: '/v1/admin/agents/:id/block', ...admin, params: NAME_OR_ID_PARAMS, handle: remove(true) },
+    { method: 'GET', path: '/v1/admin/policy', ...admin, handle: readPolicy },
+    { method: 'PUT', path: '/v1/admin/policy', ...admin, handle: writePolicy },
+  ];
 }

@@ -1,15 +1,16 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import type { Logger } from 'pino';
 import { cosign } from '../audit/cosignature.js';
-import { NETWORK_PATTERN } from '../net/names.js';
 import { AuditShipBudget } from './audit-budget.js';
 import { agentLogVerifiers, checkShip, openShipCheckpoint, parseShipBody } from './audit-ship.js';
 import { EventLimit } from '../util/event-limit.js';
 import type { Fleet } from './fleet-state.js';
-import { readJson, sendJson } from './http-body.js';
+import { sendJson } from './http-body.js';
 import { MAX_READ_ENTRIES, MAX_SHIP_BYTES, parseAuthorization, type AuditHeadView, type AuditStats } from './protocol.js';
 import { Refusal, refuse } from './refusals.js';
-import { authorizeRead, isAgentId } from './request-auth.js';
+import { authorizeRead } from './request-auth.js';
+import { AUDIT_READ_QUERY, AUDIT_SHIP_BODY, AUDIT_SHIP_QUERY } from './request-schemas.js';
+import type { Route, RouteCall } from './route-table.js';
 import { SignatureBudget } from './signature-budget.js';
 import type { AuditRefusal, RegistryStore } from './store.js';
 import type { WitnessKey } from './witness-key.js';
@@ -65,17 +66,7 @@ export function createAuditRoutes(ctx: AuditContext) {
   const keptRefusals = new EventLimit({ perKey: REFUSALS_KEPT_PER_AGENT, total: REFUSALS_KEPT_TOTAL, windowMs: HOUR_MS, maxKeys: REFUSAL_KEYS });
   const counters = { ships: 0, entries: 0, gaps: 0, refusals: 0 };
 
-  const networkOf = (url: URL): string => {
-    const network = url.searchParams.get('network') ?? ctx.defaultNetwork;
-    if (!NETWORK_PATTERN.test(network)) refuse('BAD_REQUEST', 'invalid network name');
-    return network;
-  };
-
-  const agentOf = (url: URL): string => {
-    const agent = url.searchParams.get('agent');
-    if (!isAgentId(agent)) refuse('BAD_REQUEST', 'agent is not an agent ID');
-    return agent;
-  };
+  const networkOf = (c: RouteCall) => c.query.network ?? ctx.defaultNetwork;
 
   const gap = (held: AuditHeadView, from: number): never => {
     counters.gaps++;
@@ -94,17 +85,17 @@ export function createAuditRoutes(ctx: AuditContext) {
     refuse('AUDIT_INCONSISTENT', r.reason);
   };
 
-  const ship = async (req: IncomingMessage, res: ServerResponse, url: URL, now: number) => {
-    const network = networkOf(url);
-    const agent = agentOf(url);
+  const ship = async (c: RouteCall) => {
+    const { req, res, now } = c;
+    const network = networkOf(c);
+    const agent = c.query.agent!;
     if (!fleet.isMember(network, agent)) refuse('NOT_JOINED', `agent ${agent} has not joined network ${network}`);
     failures.check(req, now);
     budget.check(agent, now);
     let body;
     let opened;
     try {
-      const raw = await readJson(req, MAX_SHIP_BYTES);
-      body = parseShipBody(raw, agent);
+      body = parseShipBody(await c.body(), agent);
       opened = openShipCheckpoint(body.checkpoint, agent, agentLogVerifiers(agent, fleet.rotated.get(agent)?.chain));
     } catch (e) {
       failures.failed(req, now);
@@ -128,51 +119,47 @@ export function createAuditRoutes(ctx: AuditContext) {
   };
 
   /** Reads of an agent's log: an admin, or the agent itself by a signed read. */
-  const authorizeAuditRead = async (req: IncomingMessage, url: URL, agent: string, now: number) => {
-    const auth = parseAuthorization(req.headers.authorization);
-    if (auth?.kind === 'bearer') return ctx.authorizeAdmin(req);
+  const authorizeAuditRead = async (c: RouteCall, agent: string) => {
+    const auth = parseAuthorization(c.req.headers.authorization);
+    if (auth?.kind === 'bearer') return ctx.authorizeAdmin(c.req);
     if (auth?.kind === 'agent' && auth.id !== agent) refuse('UNAUTHORIZED', 'an agent may read only its own audit log (an operator: use an admin token)');
-    await authorizeRead(req, networkOf(url), now, ctx);
+    await authorizeRead(c.req, networkOf(c), c.now, ctx);
   };
 
-  const intParam = (url: URL, name: string, fallback: number, max: number): number => {
-    const text = url.searchParams.get(name);
-    if (text === null) return fallback;
-    const n = /^\d{1,16}$/.test(text) ? Number(text) : NaN;
+  /** A query integer the schema let through as up to 16 digits. */
+  const intParam = (c: RouteCall, name: string, fallback: number, max: number): number => {
+    const text = c.query[name];
+    if (text === undefined) return fallback;
+    const n = Number(text);
     if (!Number.isSafeInteger(n) || n > max) refuse('BAD_REQUEST', `${name} is not a whole number up to ${max}`);
     return n;
   };
 
-  const route = async (req: IncomingMessage, res: ServerResponse, what: string, url: URL, now: number): Promise<void> => {
-    const method = req.method ?? '';
-    const allow = (m: string) => {
-      if (method !== m) refuse('METHOD_NOT_ALLOWED', `${method} is not allowed on ${url.pathname}`);
-    };
-    if (what === 'witness') {
-      allow('GET');
-      return sendJson(res, 200, { ok: true, name: witness.name, publicKey: witness.publicKey.toString('base64') });
-    }
-    if (what === 'ship') {
-      allow('POST');
-      return ship(req, res, url, now);
-    }
-    if (what === 'head' || what === 'entries') {
-      allow('GET');
-      const agent = agentOf(url);
-      await authorizeAuditRead(req, url, agent, now);
-      if (what === 'head') {
-        const head = await store.auditHead(agent);
-        return sendJson(res, 200, { ok: true, size: head.size, cosigned: head.cosigned });
-      }
-      const from = intParam(url, 'from', 0, Number.MAX_SAFE_INTEGER);
-      const limit = intParam(url, 'limit', MAX_READ_ENTRIES, MAX_READ_ENTRIES);
-      return sendJson(res, 200, { ok: true, entries: (await store.auditEntries(agent, from, limit)).map((e) => e.line) });
-    }
-    refuse('NOT_FOUND', `no such audit endpoint: ${url.pathname.slice(0, 100)}`);
+  const head = async (c: RouteCall) => {
+    const agent = c.query.agent!;
+    await authorizeAuditRead(c, agent);
+    const held = await store.auditHead(agent);
+    sendJson(c.res, 200, { ok: true, size: held.size, cosigned: held.cosigned });
   };
+
+  const entries = async (c: RouteCall) => {
+    const agent = c.query.agent!;
+    await authorizeAuditRead(c, agent);
+    const from = intParam(c, 'from', 0, Number.MAX_SAFE_INTEGER);
+    const limit = intParam(c, 'limit', MAX_READ_ENTRIES, MAX_READ_ENTRIES);
+    sendJson(c.res, 200, { ok: true, entries: (await store.auditEntries(agent, from, limit)).map((e) => e.line) });
+  };
+
+  const routes: Route[] = [
+    { method: 'GET', path: '/v1/audit/witness', handle: ({ res }) => sendJson(res, 200, { ok: true, name: witness.name, publicKey: witness.publicKey.toString('base64') }) },
+    // A malformed ship keeps its own code (AUDIT_MALFORMED) and spends the failure budget (ship's catch).
+    { method: 'POST', path: '/v1/audit/ship', query: AUDIT_SHIP_QUERY, body: AUDIT_SHIP_BODY, maxBodyBytes: MAX_SHIP_BYTES, invalidBody: 'AUDIT_MALFORMED', handle: ship },
+    { method: 'GET', path: '/v1/audit/head', query: AUDIT_READ_QUERY, handle: head },
+    { method: 'GET', path: '/v1/audit/entries', query: AUDIT_READ_QUERY, handle: entries },
+  ];
 
   const stats = (): AuditStats => ({
     ...counters, refusalsNotKept: keptRefusals.skippedTotal, rateLimited: budget.refused,
   });
-  return { route, stats };
+  return { routes, stats };
 }

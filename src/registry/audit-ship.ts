@@ -19,7 +19,7 @@ import type { AuditEntryRow, AuditHead } from './store.js';
  */
 
 /** A proof from size m to n holds at most ~2 log2(n) hashes; 64 is what merkle.ts verifies at most. */
-const MAX_PROOF_HASHES = 64;
+export const MAX_PROOF_HASHES = 64;
 const HASH_BASE64 = /^[A-Za-z0-9+/]{43}=$/;
 const FIELDS = ['agent', 'checkpoint', 'entries', 'from', 'proof'];
 

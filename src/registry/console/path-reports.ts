@@ -1,11 +1,10 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import { NETWORK_PATTERN } from '../../net/names.js';
 import type { Fleet } from '../fleet-state.js';
-import { readJson, sendJson, type Body } from '../http-body.js';
-import { MAX_REPORT_BYTES, parseReportedPaths, pathReportMessage, type ReportedPath } from '../path-report.js';
+import { sendJson } from '../http-body.js';
+import { parseReportedPaths, pathReportMessage, type PathReportBody, type ReportedPath } from '../path-report.js';
 import { verifyAgentSignature } from '../protocol.js';
 import { refuse } from '../refusals.js';
-import { checkClock, isAgentId } from '../request-auth.js';
+import { checkClock } from '../request-auth.js';
+import type { RouteCall } from '../route-table.js';
 import type { SignatureBudget } from '../signature-budget.js';
 import type { RegistryStore } from '../store.js';
 
@@ -72,10 +71,11 @@ export class PathReports {
   }
 
   /** Answers {ok, kept}: not kept (too soon after the last one, or memory full) is no error, the agent sends again later. */
-  async route(req: IncomingMessage, res: ServerResponse, url: URL, id: string, now: number): Promise<void> {
+  async route(c: RouteCall, network: string): Promise<void> {
+    const { req, res } = c;
     let kept: boolean;
     try {
-      kept = await this.accept(req, url, id, now);
+      kept = await this.accept(c, network);
     } catch (e) {
       this.counts.refused++;
       throw e;
@@ -86,11 +86,11 @@ export class PathReports {
     sendJson(res, 200, { ok: true, kept });
   }
 
-  private async accept(req: IncomingMessage, url: URL, id: string, now: number): Promise<boolean> {
+  /** `c` passed its route's schemas (console/routes.ts): the ID, the network and the body's shape are valid. */
+  private async accept(c: RouteCall, network: string): Promise<boolean> {
     const { fleet, signatures } = this.ctx;
-    const network = url.searchParams.get('network') ?? this.ctx.defaultNetwork;
-    if (!NETWORK_PATTERN.test(network)) refuse('BAD_REQUEST', 'invalid network name');
-    if (!isAgentId(id)) refuse('BAD_REQUEST', 'invalid agent ID in the path');
+    const { req, now } = c;
+    const id = c.params.id;
     if (!fleet.isMember(network, id)) refuse('NOT_JOINED', `agent ${id} has not joined network ${network}`);
     const last = this.byNetwork.get(network)?.get(id);
     if (last && now - last.at < MIN_INTERVAL_MS && now >= last.at) {
@@ -100,26 +100,26 @@ export class PathReports {
     // Reading and checking up to 64 KiB and 256 IDs costs about a signature check: a body that
     // turns out malformed spends the same budget as a bad signature, checked before it is read.
     signatures.check(req);
-    let body: Body;
+    let body: PathReportBody;
     let parsed: { ok: true; paths: ReportedPath[] } | { ok: false; reason: string };
     try {
-      body = await readJson(req, MAX_REPORT_BYTES);
+      body = await c.body<PathReportBody>();
       parsed = parseReportedPaths(body.paths);
     } catch (e) {
       signatures.failed(req);
       throw e;
     }
-    const timestamp = body.timestamp;
-    if (!parsed.ok || !Number.isSafeInteger(timestamp) || (timestamp as number) < 0) {
+    const { timestamp } = body;
+    if (!parsed.ok) {
       signatures.failed(req);
-      refuse('BAD_REQUEST', `invalid path report: ${parsed.ok ? 'missing or invalid timestamp' : parsed.reason}`);
+      refuse('BAD_REQUEST', `invalid path report: ${parsed.reason}`);
     }
-    checkClock(timestamp as number, now);
-    if (!verifyAgentSignature(id, pathReportMessage(network, id, timestamp as number, parsed.paths), body.signature, fleet.currentKey(id))) {
+    checkClock(timestamp, now);
+    if (!verifyAgentSignature(id, pathReportMessage(network, id, timestamp, parsed.paths), body.signature, fleet.currentKey(id))) {
       signatures.failed(req);
       refuse('BAD_SIGNATURE', "the path report does not verify with the agent's current key");
     }
-    const used = await this.ctx.store.useTimestamp(id, timestamp as number, now);
+    const used = await this.ctx.store.useTimestamp(id, timestamp, now);
     if (!used.ok) refuse(used.code, used.message);
     // Removed while its timestamp was being taken: nothing of it is kept.
     if (!fleet.isMember(network, id)) refuse('NOT_JOINED', `agent ${id} was removed from network ${network}`);

@@ -1,9 +1,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
-import { NETWORK_PATTERN } from '../../net/names.js';
 import type { EventHub } from '../events.js';
 import { sendText } from '../http-body.js';
+import { MAX_REPORT_BYTES } from '../path-report.js';
 import { refuse } from '../refusals.js';
+import { AGENT_ID_PARAMS, CONSOLE_QUERY, NETWORK_QUERY, PATH_REPORT_BODY } from '../request-schemas.js';
+import type { Route, RouteCall, RouteSection } from '../route-table.js';
 import { CONSOLE_CSP, CONSOLE_HTML } from './page.js';
 import { PathReports, type PathReportContext } from './path-reports.js';
 import { ConsoleSessions, SESSION_LIFETIME_MS, sessionCookie, type Session } from './sessions.js';
@@ -59,7 +61,8 @@ function checkSameSite(req: IncomingMessage): void {
   if (origin !== undefined && origin.replace(/^https?:\/\//, '') !== req.headers.host) refuse('CROSS_SITE', 'the request comes from another origin');
 }
 
-export function createConsole(ctx: ConsoleContext) {
+/** The console's routes, and PUT /v1/agents/:id/paths (the reports it shows). */
+export function consoleRoutes(ctx: ConsoleContext): { routes: Route[]; section: RouteSection } {
   const sessions = new ConsoleSessions();
   const paths = new PathReports(ctx);
   const state = new ConsoleState(ctx, paths);
@@ -70,64 +73,63 @@ export function createConsole(ctx: ConsoleContext) {
     return s;
   };
 
-  const networkOf = (url: URL): string => {
-    const network = url.searchParams.get('network') || ctx.defaultNetwork;
-    if (!NETWORK_PATTERN.test(network)) refuse('BAD_REQUEST', 'invalid network name');
+  /** The schema let through a network name or nothing (the default). */
+  const networkOf = (c: RouteCall): string => {
+    const network = c.query.network || ctx.defaultNetwork;
     if (network !== ctx.defaultNetwork && !ctx.fleet.networks.has(network)) refuse('NOT_FOUND', `the registry knows no network ${network}`);
     return network;
   };
 
   const secure = (req: IncomingMessage) => (req.socket as TLSSocket).encrypted === true;
 
-  /** Handles /console/...: `parts` is the path after "console". */
-  const route = async (req: IncomingMessage, res: ServerResponse, parts: string[], url: URL, now: number): Promise<void> => {
-    for (const [k, v] of Object.entries(SECURITY_HEADERS)) res.setHeader(k, v);
-    const method = req.method ?? '';
-    const allow = (m: string) => {
-      if (method !== m) refuse('METHOD_NOT_ALLOWED', `${method} is not allowed on ${url.pathname.slice(0, 100)}`);
-    };
-    const what = parts.join('/');
-    if (what === '' ) {
-      allow('GET');
-      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': Buffer.byteLength(CONSOLE_HTML) });
-      return void res.end(CONSOLE_HTML);
-    }
-    if (what === 'api/login') {
-      allow('POST');
-      checkSameSite(req);
-      await ctx.admin.authorize(req);
-      const { id, session } = sessions.create(now);
-      res.setHeader('set-cookie', sessionCookie(id, SESSION_LIFETIME_MS / 1000, secure(req)));
-      return sendConsoleJson(res, { ok: true, expiresAt: session.expiresAt });
-    }
-    if (what === 'api/logout') {
-      allow('POST');
-      checkSameSite(req);
-      const s = sessions.end(req, now);
-      if (s) ctx.hub.closeCredential(`console:${s.key}`);
-      res.setHeader('set-cookie', sessionCookie('', 0, secure(req)));
-      return sendConsoleJson(res, { ok: true });
-    }
-    if (what === 'api/session') {
-      allow('GET');
-      return sendConsoleJson(res, { ok: true, expiresAt: sessionOf(req, now).expiresAt });
-    }
-    if (what === 'api/state') {
-      allow('GET');
-      sessionOf(req, now);
-      return sendConsoleJson(res, { ok: true, ...(await state.build(networkOf(url), now)) });
-    }
-    if (what === 'api/events') {
-      allow('GET');
-      const session = sessionOf(req, now);
-      const network = networkOf(url);
-      const net = ctx.fleet.net(network);
-      const result = ctx.hub.subscribe(network, `console:${session.key}`, res, net.agents.values(), () => net.policyJson, session.expiresAt);
-      if (!result.ok) refuse(result.code, result.message);
-      return;
-    }
-    refuse('NOT_FOUND', `no such console endpoint: ${url.pathname.slice(0, 100)}`);
+  const page = ({ res }: RouteCall) => {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': Buffer.byteLength(CONSOLE_HTML) });
+    res.end(CONSOLE_HTML);
   };
 
-  return { route, reportPaths: (req: IncomingMessage, res: ServerResponse, url: URL, id: string, now: number) => paths.route(req, res, url, id, now) };
+  const login = async ({ req, res, now }: RouteCall) => {
+    checkSameSite(req);
+    await ctx.admin.authorize(req);
+    const { id, session } = sessions.create(now);
+    res.setHeader('set-cookie', sessionCookie(id, SESSION_LIFETIME_MS / 1000, secure(req)));
+    sendConsoleJson(res, { ok: true, expiresAt: session.expiresAt });
+  };
+
+  const logout = ({ req, res, now }: RouteCall) => {
+    checkSameSite(req);
+    const s = sessions.end(req, now);
+    if (s) ctx.hub.closeCredential(`console:${s.key}`);
+    res.setHeader('set-cookie', sessionCookie('', 0, secure(req)));
+    sendConsoleJson(res, { ok: true });
+  };
+
+  const session = ({ req, res, now }: RouteCall) => sendConsoleJson(res, { ok: true, expiresAt: sessionOf(req, now).expiresAt });
+
+  const fleetState = async (c: RouteCall) => {
+    sessionOf(c.req, c.now);
+    sendConsoleJson(c.res, { ok: true, ...(await state.build(networkOf(c), c.now)) });
+  };
+
+  const events = (c: RouteCall) => {
+    const s = sessionOf(c.req, c.now);
+    const network = networkOf(c);
+    const net = ctx.fleet.net(network);
+    const result = ctx.hub.subscribe(network, `console:${s.key}`, c.res, net.agents.values(), () => net.policyJson, s.expiresAt);
+    if (!result.ok) refuse(result.code, result.message);
+  };
+
+  const reportPaths = (c: RouteCall) => paths.route(c, c.query.network ?? ctx.defaultNetwork);
+
+  const headers = SECURITY_HEADERS;
+  const routes: Route[] = [
+    { method: 'GET', path: '/console', headers, handle: page },
+    { method: 'GET', path: '/console/', headers, handle: page },
+    { method: 'POST', path: '/console/api/login', headers, handle: login },
+    { method: 'POST', path: '/console/api/logout', headers, handle: logout },
+    { method: 'GET', path: '/console/api/session', headers, handle: session },
+    { method: 'GET', path: '/console/api/state', headers, query: CONSOLE_QUERY, handle: fleetState },
+    { method: 'GET', path: '/console/api/events', headers, query: CONSOLE_QUERY, handle: events },
+    { method: 'PUT', path: '/v1/agents/:id/paths', params: AGENT_ID_PARAMS, query: NETWORK_QUERY, body: PATH_REPORT_BODY, maxBodyBytes: MAX_REPORT_BYTES, handle: reportPaths },
+  ];
+  return { routes, section: { prefix: '/console', headers } };
 }

@@ -1,0 +1,79 @@
+import { parseCapability, type Capability } from '../net/capabilities.js';
+import type { Entry } from './fleet-state.js';
+import { sendJson, sendText } from './http-body.js';
+import { listPage, parsePageRequest } from './list-page.js';
+import { refuse } from './refusals.js';
+import { authorizeRead } from './request-auth.js';
+import { LIST_QUERY, NAME_OR_ID_PARAMS, NETWORK_QUERY } from './request-schemas.js';
+import type { Route, RouteCall } from './route-table.js';
+import type { RouteContext } from './routes.js';
+
+/** What members (and holders of a join token) read: agents, events, the policy, stats; and /healthz. */
+
+export function readRoutes(ctx: RouteContext): Route[] {
+  const { fleet, hub } = ctx;
+  const networkOf = (c: RouteCall) => c.query.network ?? ctx.defaultNetwork;
+  /** The network, once the reader is authorized for it. */
+  const authorized = async (c: RouteCall) => {
+    const network = networkOf(c);
+    await authorizeRead(c.req, network, c.now, ctx);
+    return network;
+  };
+
+  /** One page of the agents matching the query (list-page.ts has the parameters). */
+  const listAgents = async (c: RouteCall) => {
+    const network = await authorized(c);
+    const { cap: capText, name, online } = c.query;
+    let cap: Capability | null = null;
+    if (capText !== undefined) {
+      try {
+        cap = parseCapability(capText);
+      } catch (e) {
+        refuse('BAD_REQUEST', (e as Error).message);
+      }
+    }
+    const filter = { cap, name: name ?? null, online: online === undefined ? null : online === '1' || online === 'true' };
+    const page = listPage(fleet.networks.get(network), filter, parsePageRequest(c.url));
+    const next = page.next === null ? '' : `,"next":${JSON.stringify(page.next)}`;
+    sendText(c.res, 200, `{"ok":true,"agents":[${page.agents.map((e) => e.json).join(',')}]${next}}`);
+  };
+
+  const getAgent = async (c: RouteCall) => {
+    const network = await authorized(c);
+    const idOrName = c.params.id;
+    const state = fleet.networks.get(network);
+    const id = state?.agents.has(idOrName) ? idOrName : state?.byName.get(idOrName);
+    const entry: Entry | undefined = id === undefined ? undefined : state?.agents.get(id);
+    if (!entry) refuse('NOT_FOUND', `no agent "${idOrName}" in network ${network}`);
+    sendText(c.res, 200, `{"ok":true,"agent":${entry.json}}`);
+  };
+
+  const events = async (c: RouteCall) => {
+    const network = networkOf(c);
+    const room = hub.roomFor(null);
+    if (!room.ok) refuse(room.code, room.message);
+    const credential = await authorizeRead(c.req, network, c.now, ctx);
+    const state = fleet.net(network);
+    const result = hub.subscribe(network, credential.key, c.res, state.agents.values(), () => state.policyJson, credential.expiresAt);
+    if (!result.ok) refuse(result.code, result.message);
+  };
+
+  const policy = async (c: RouteCall) => {
+    const network = await authorized(c);
+    sendText(c.res, 200, `{"ok":true,"policy":${fleet.net(network).policyJson}}`);
+  };
+
+  const stats = async (c: RouteCall) => {
+    await authorized(c);
+    sendJson(c.res, 200, { ok: true, ...ctx.stats() });
+  };
+
+  return [
+    { method: 'GET', path: '/healthz', handle: ({ res }) => sendJson(res, 200, { ok: true }) },
+    { method: 'GET', path: '/v1/agents', query: LIST_QUERY, handle: listAgents },
+    { method: 'GET', path: '/v1/agents/:id', params: NAME_OR_ID_PARAMS, query: NETWORK_QUERY, handle: getAgent },
+    { method: 'GET', path: '/v1/events', query: NETWORK_QUERY, handle: events },
+    { method: 'GET', path: '/v1/policy', query: NETWORK_QUERY, handle: policy },
+    { method: 'GET', path: '/v1/stats', query: NETWORK_QUERY, handle: stats },
+  ];
+}
