@@ -5,7 +5,7 @@ import { Identity } from '../../src/identity/identity.js';
 import { formatAddress, parseAddress } from '../../src/ip/prefix.js';
 import { waitFor } from '../../src/lab/index.js';
 import { RelayClient, type RelayInfo, type RelayState } from '../../src/relay/client.js';
-import { FRAME_CHALLENGE, encodeChallengeRequest, parseChallenge } from '../../src/relay/protocol.js';
+import { FRAME_CHALLENGE, encodeChallengeRequest, parseChallenge, type RelayLog } from '../../src/relay/protocol.js';
 import { endpointAddress, endpointPort, makeEndpoint, sameEndpoint } from '../../src/net/endpoint.js';
 
 export interface Received {
@@ -35,7 +35,7 @@ function sendFromSocket(socket: Socket, buf: Buffer, ep: Uint8Array): void {
  * (an on-path attacker that holds a frame back to replay it itself).
  */
 export async function startAgent(relay: RelayInfo, opts: {
-  udpTimeoutMs?: number; udpRetryMs?: number; identity?: Identity; blockUdp?: boolean; host?: string; tap?: (buf: Buffer) => boolean;
+  udpTimeoutMs?: number; udpRetryMs?: number; identity?: Identity; blockUdp?: boolean; host?: string; tap?: (buf: Buffer) => boolean; log?: RelayLog;
 } = {}): Promise<TestAgent> {
   const identity = opts.identity ?? Identity.generate();
   const socket = dgram.createSocket('udp4');
@@ -43,7 +43,7 @@ export async function startAgent(relay: RelayInfo, opts: {
   const received: Received[] = [];
   const notHere: Buffer[] = [];
   const client = new RelayClient({
-    relay, identity, udpTimeoutMs: opts.udpTimeoutMs, udpRetryMs: opts.udpRetryMs,
+    relay, identity, udpTimeoutMs: opts.udpTimeoutMs, udpRetryMs: opts.udpRetryMs, log: opts.log,
     sendUdp: (buf, ep) => agent.blockUdp || (opts.tap?.(Buffer.from(buf)) ?? true) === false || sendFromSocket(socket, buf, ep),
     onPacket: (from, packet) => received.push({ from: Buffer.from(from), packet: Buffer.from(packet) }),
     onPeerNotHere: (key) => notHere.push(key),
@@ -97,3 +97,10 @@ export async function rawSocket(host = '127.0.0.1'): Promise<RawSocket> {
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A RelayLog that keeps every line (level, fields, message). */
+export function capturingLog(): RelayLog & { lines: { level: string; obj: object; msg?: string }[] } {
+  const lines: { level: string; obj: object; msg?: string }[] = [];
+  const at = (level: string) => (obj: object, msg?: string) => void lines.push({ level, obj, msg });
+  return { lines, debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') };
+}

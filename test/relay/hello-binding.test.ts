@@ -3,10 +3,19 @@
 // another address, it moves no session. Loopback: the member on 127.0.0.1, the attacker on
 // 127.0.0.2, both relays in this process. Each test prints what the replayer got.
 import { afterEach, describe, expect, it } from 'vitest';
+import { createServer, type Server } from 'node:http';
+import { connect, type AddressInfo, type Socket } from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { Identity } from '../../src/identity/identity.js';
 import { waitFor } from '../../src/lab/index.js';
-import { FRAME_HELLO, FRAME_HELLO_ACK, FRAME_RECV } from '../../src/relay/protocol.js';
-import { startRelay, type RunningRelay } from '../../src/relay/server.js';
-import { rawSocket, sleep, startAgent, waitState, type TestAgent } from './harness.js';
+import { CHALLENGE_BURST_PER_SOURCE, CHALLENGE_RATE_PER_SOURCE } from '../../src/relay/limits.js';
+import {
+  CHALLENGE_REQUEST_SIZE, FRAME_CHALLENGE, FRAME_HELLO, FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_RECV, NOTICE_BAD_VERSION, RELAY_VERSION, encodeChallengeRequest,
+  encodeHello, encodeNotice, parseChallenge,
+} from '../../src/relay/protocol.js';
+import { startRelay, type RelayOptions, type RunningRelay } from '../../src/relay/server.js';
+import { FrameReader, UPGRADE_PROTOCOL, encodeTcpFrame } from '../../src/relay/tcp.js';
+import { capturingLog, rawSocket, sleep, startAgent, waitState, type TestAgent } from './harness.js';
 
 /** Packets the honest peer sends to the member after the replay. */
 const PACKETS = 10;
@@ -16,10 +25,46 @@ describe('relay hello bound to its relay and its source', () => {
   const agents: TestAgent[] = [];
   const closers: Array<() => void> = [];
 
-  async function relay(): Promise<{ relay: RunningRelay; udp: string }> {
-    const r = await startRelay({ udp: { host: '127.0.0.1', port: 0 } });
+  const servers: Server[] = [];
+
+  async function relay(over: Partial<RelayOptions> = {}): Promise<{ relay: RunningRelay; udp: string }> {
+    const r = await startRelay({ udp: { host: '127.0.0.1', port: 0 }, ...over });
     relays.push(r);
     return { relay: r, udp: `127.0.0.1:${r.udpPort}` };
+  }
+
+  /** A relay on UDP and on TCP (an HTTP server's upgrade); `tcpPort` is the HTTP port. */
+  async function relayWithTcp(): Promise<{ relay: RunningRelay; tcpPort: number }> {
+    const http = createServer((_req, res) => res.writeHead(404).end());
+    servers.push(http);
+    await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', () => resolve()));
+    const { relay: r } = await relay({ tcpServer: http });
+    return { relay: r, tcpPort: (http.address() as AddressInfo).port };
+  }
+
+  /** A raw TCP fallback connection: frames in, frames out. */
+  async function rawTcp(port: number): Promise<{ socket: Socket; inbox: Buffer[]; send(frame: Buffer): void }> {
+    const inbox: Buffer[] = [];
+    const reader = new FrameReader((f) => inbox.push(Buffer.from(f)), () => {});
+    let upgraded = false;
+    const socket = await new Promise<Socket>((resolve) => {
+      const s = connect(port, '127.0.0.1', () => {
+        s.write(`GET /v1/relay HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: ${UPGRADE_PROTOCOL}\r\n\r\n`);
+        resolve(s);
+      });
+    });
+    let head = Buffer.alloc(0);
+    socket.on('data', (chunk: Buffer) => {
+      if (upgraded) return reader.push(chunk);
+      head = Buffer.concat([head, chunk]);
+      const end = head.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      upgraded = true;
+      if (head.length > end + 4) reader.push(head.subarray(end + 4));
+    });
+    socket.on('error', () => {});
+    closers.push(() => socket.destroy());
+    return { socket, inbox, send: (frame) => socket.write(encodeTcpFrame(frame)) };
   }
 
   async function agent(...args: Parameters<typeof startAgent>): Promise<TestAgent> {
@@ -32,6 +77,7 @@ describe('relay hello bound to its relay and its source', () => {
     for (const a of agents.splice(0)) a.close();
     for (const c of closers.splice(0)) c();
     for (const r of relays.splice(0)) await r.stop();
+    for (const h of servers.splice(0)) await new Promise<void>((resolve) => h.close(() => resolve()));
   });
 
   it('a hello captured on the way to one relay, replayed to a second relay from another address, is refused and the session there stays', async () => {
@@ -58,6 +104,8 @@ describe('relay hello bound to its relay and its source', () => {
     expect(acks).toBe(0);
     expect(stolen).toBe(0);
     expect(m2.received.length).toBe(PACKETS);
+    expect(r2.relay.stats().dropped['bad-challenge']).toBe(1);
+    expect(r2.relay.stats().helloVerifications).toBe(2); // the member's and its peer's own hellos: the replay cost none
   });
 
   it('a hello held back on the path and replayed to the same relay from another address is refused', async () => {
@@ -81,11 +129,121 @@ describe('relay hello bound to its relay and its source', () => {
     console.log(`hello replayed to the same relay from another address: ${acks} acks to the replayer, ${stolen}/${PACKETS} of the member's packets went to it`);
     expect(acks).toBe(0);
     expect(stolen).toBe(0);
+    expect(r1.relay.stats().dropped['bad-challenge']).toBe(1);
 
     // Let the member's own hellos through: it connects from its own address.
     holding = false;
     await waitState(m, 'udp');
     peer.client.send(m.wgKey, Buffer.from('now'));
     await waitFor(() => m.received.length === 1, { intervalMs: 10 });
+  });
+
+  it('a hello on a TCP connection, replayed on another connection, is refused; the first connection keeps the session', async () => {
+    const { relay: r, tcpPort } = await relayWithTcp();
+    const me = Identity.generate();
+    const first = await rawTcp(tcpPort);
+    first.send(encodeChallengeRequest());
+    await waitFor(() => first.inbox.length === 1, { intervalMs: 10, what: 'a challenge over TCP' });
+    const hello = encodeHello(me, Date.now(), 0, parseChallenge(first.inbox[0])!);
+    // The hello is captured (and held back); the attacker's own connection says it first.
+    const second = await rawTcp(tcpPort);
+    second.send(hello);
+    await waitFor(() => second.inbox.length === 1, { intervalMs: 10 });
+    const answer = second.inbox[0][0];
+    first.send(hello);
+    await waitFor(() => first.inbox.length === 2, { intervalMs: 10 });
+    console.log(`hello replayed on another TCP connection: answered with ${answer === FRAME_HELLO_ACK ? 'an ack' : answer === FRAME_CHALLENGE ? 'a challenge' : answer}; the member's own connection: ${first.inbox[1][0] === FRAME_HELLO_ACK ? 'acked' : 'refused'}`);
+    expect(answer).toBe(FRAME_CHALLENGE);
+    expect(first.inbox[1][0]).toBe(FRAME_HELLO_ACK);
+    expect(r.stats()).toMatchObject({ clients: 1, tcpClients: 1, helloVerifications: 1, dropped: { 'bad-challenge': 1 } });
+  });
+
+  it('refuses a hello of protocol version 1 with NOTICE BAD_VERSION and a log line, and the agent says who must upgrade', async () => {
+    const relayLog = capturingLog();
+    const r = await relay({ log: relayLog });
+    const raw = await rawSocket();
+    closers.push(raw.close);
+    // A version 1 hello (108 bytes: b0 01 flags key(32) timestamp(8) signature(64)), as the agents before this one sent.
+    const v1 = Buffer.concat([Buffer.from([FRAME_HELLO, 1, 0]), Buffer.from(Identity.generate().publicKey), Buffer.alloc(8), randomBytes(64)]);
+    v1.writeBigUInt64BE(BigInt(Date.now()), 35);
+    raw.send(v1, r.relay.udpPort);
+    raw.send(Buffer.from([FRAME_HELLO, 3]), r.relay.udpPort); // too short to be answered: a notice would be larger
+    await waitFor(() => (r.relay.stats().dropped['bad-version'] ?? 0) === 2, { intervalMs: 10 });
+    await sleep(50);
+    expect(raw.inbox.length).toBe(1);
+    expect([raw.inbox[0][0], raw.inbox[0][1], raw.inbox[0][2]]).toEqual([FRAME_NOTICE, NOTICE_BAD_VERSION, RELAY_VERSION]);
+    const line = relayLog.lines.find((l) => (l.obj as { event?: string }).event === 'relay-bad-version');
+    console.log(`relay log: ${line?.msg}`);
+    expect(line?.msg).toMatch(/version 1 .*speaks version 2: upgrade that agent/);
+
+    // The agent's side: a relay of a later version answers our challenge request with BAD_VERSION.
+    const newer = await rawSocket();
+    closers.push(newer.close);
+    const agentLog = capturingLog();
+    const a = await agent({ udp: `127.0.0.1:${newer.port}` }, { log: agentLog });
+    await waitFor(() => newer.inbox.length > 0, { intervalMs: 10 });
+    expect(newer.inbox[0].length).toBe(CHALLENGE_REQUEST_SIZE);
+    newer.socket.send(encodeNotice(NOTICE_BAD_VERSION, Uint8Array.of(3)), a.socket.address().port, '127.0.0.1');
+    await waitFor(() => agentLog.lines.some((l) => (l.obj as { event?: string }).event === 'relay-refused'), { intervalMs: 10 });
+    const refused = agentLog.lines.find((l) => (l.obj as { event?: string }).event === 'relay-refused')!;
+    console.log(`agent log: ${refused.msg}`);
+    expect(refused.msg).toMatch(/speaks relay protocol version 3, this agent 2: upgrade the older one/);
+  });
+
+  it('answers a flood of 10,000 challenge requests from one source within its budget, no answer larger than its request; another source still connects', async () => {
+    const r = await relay();
+    const flooder = await rawSocket('127.0.0.1');
+    closers.push(flooder.close);
+    const FLOOD = 10_000;
+    const request = encodeChallengeRequest();
+    const rss0 = process.memoryUsage().rss;
+    const cpu0 = process.cpuUsage();
+    const t0 = performance.now();
+    for (let i = 0; i < FLOOD; i++) {
+      flooder.send(request, r.relay.udpPort);
+      if (i % 500 === 499) await sleep(5); // stay within the socket buffers: every request reaches the relay
+    }
+    const handled = () => r.relay.stats().challengesAnswered + (r.relay.stats().dropped['challenge-source-rate'] ?? 0);
+    await waitFor(() => handled() >= FLOOD * 0.95, { intervalMs: 20, what: `requests handled (${handled()})` });
+    const seconds = (performance.now() - t0) / 1000;
+    const cpu = process.cpuUsage(cpu0);
+    const rssMb = (process.memoryUsage().rss - rss0) / 2 ** 20;
+    await sleep(100);
+    const answers = flooder.inbox.filter((f) => f[0] === FRAME_CHALLENGE);
+    const answeredBytes = flooder.inbox.reduce((n, f) => n + f.length, 0);
+    const stats = r.relay.stats();
+    console.log(`challenge flood from one source: ${FLOOD} requests (${FLOOD * request.length} bytes) in ${seconds.toFixed(2)} s, ${stats.challengesAnswered} answered ` +
+      `(${answers.length} received, ${answeredBytes} bytes), ${stats.dropped['challenge-source-rate'] ?? 0} shed by the source budget; process (relay and sender) CPU ` +
+      `${((cpu.user + cpu.system) / 1000).toFixed(0)} ms = ${((cpu.user + cpu.system) / FLOOD).toFixed(1)} µs a request, RSS ${rssMb >= 0 ? '+' : ''}${rssMb.toFixed(1)} MB; ` +
+      `signatures checked: ${stats.helloVerifications}`);
+    // The relay's count: the flooder's socket buffer may lose some of what was sent.
+    expect(answers.length).toBeLessThanOrEqual(stats.challengesAnswered);
+    expect(answers.length).toBeGreaterThan(0);
+    expect(stats.challengesAnswered).toBeLessThanOrEqual(CHALLENGE_BURST_PER_SOURCE + CHALLENGE_RATE_PER_SOURCE * seconds + 50);
+    expect(flooder.inbox.every((f) => f.length <= request.length)).toBe(true);
+    expect(stats.helloVerifications).toBe(0);
+    const other = await agent({ udp: `127.0.0.1:${r.relay.udpPort}` }, { host: '127.0.0.2' });
+    await waitState(other, 'udp', 5000);
+
+    // The same flood of hellos (random keys and signatures over a real challenge: each passes the
+    // challenge and meets the signature budget), from a third source, for the ratio in this run.
+    const hellos = await rawSocket('127.0.0.3');
+    closers.push(hellos.close);
+    const template = encodeHello(Identity.generate(), Date.now(), 0, await hellos.challenge(r.relay.udpPort));
+    const frames = Array.from({ length: 64 }, () => Buffer.concat([template.subarray(0, 3), randomBytes(32), template.subarray(35)]));
+    const before = r.relay.stats();
+    const shedBefore = before.dropped['hello-source-rate'] ?? 0;
+    const hcpu0 = process.cpuUsage();
+    for (let i = 0; i < FLOOD; i++) {
+      hellos.send(frames[i % frames.length], r.relay.udpPort);
+      if (i % 500 === 499) await sleep(5);
+    }
+    const helloHandled = () => r.relay.stats().helloVerifications - before.helloVerifications + (r.relay.stats().dropped['hello-source-rate'] ?? 0) - shedBefore;
+    await waitFor(() => helloHandled() >= FLOOD * 0.95, { intervalMs: 20, what: `hellos handled (${helloHandled()})` });
+    const hcpu = process.cpuUsage(hcpu0);
+    const perChallenge = (cpu.user + cpu.system) / FLOOD;
+    const perHello = (hcpu.user + hcpu.system) / FLOOD;
+    console.log(`hello flood from one source, same run: ${FLOOD} hellos, ${r.relay.stats().helloVerifications - before.helloVerifications} signatures checked, ` +
+      `CPU ${perHello.toFixed(1)} µs a hello; challenge request / hello: ${(perChallenge / perHello).toFixed(2)}`);
   });
 });
