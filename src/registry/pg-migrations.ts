@@ -113,8 +113,60 @@ CREATE TRIGGER operator_actions_notify AFTER INSERT ON operator_actions FOR EACH
 INSERT INTO meta (key, value) VALUES ('${LOGGED_ACTIONS_KEY}', '0');
 `;
 
+/**
+ * Version 2: the per-request steps as functions, so a signed read or a heartbeat is one round trip
+ * (it was five and seven: BEGIN, lock, reads, writes, COMMIT, each waiting for the last). Called
+ * alone, a function runs as its own transaction and holds the agent's advisory lock to its end.
+ *
+ * agentvpn_take is replay-window.ts's takeTimestamp over the stored window (floor, used as a JSON
+ * array), with the same constants passed in; test/registry/pg-store.test.ts checks the two agree.
+ * agentvpn_heartbeat writes the row only when the agent's online state changes: the registry
+ * writes last_seen of agents that stay online with its once-a-second liveness flush.
+ */
+const V2 = `
+CREATE FUNCTION agentvpn_take(p_id TEXT, p_ts BIGINT, p_now BIGINT, p_skew BIGINT, p_slots INT) RETURNS BOOLEAN LANGUAGE plpgsql AS $$
+DECLARE
+  w_floor BIGINT := -1;
+  w_used BIGINT[] := '{}';
+  w_text TEXT;
+BEGIN
+  PERFORM pg_advisory_xact_lock(${LOCK.agent}, hashtext(p_id));
+  SELECT floor, used INTO w_floor, w_text FROM replay_windows WHERE id = p_id;
+  IF FOUND THEN
+    SELECT coalesce(array_agg(v::bigint ORDER BY v::bigint), '{}') INTO w_used FROM json_array_elements_text(w_text::json) AS v;
+  ELSE
+    w_floor := -1;
+  END IF;
+  IF p_ts <= w_floor OR p_ts = ANY(w_used) THEN RETURN FALSE; END IF;
+  w_used := ARRAY(SELECT u FROM unnest(w_used || p_ts) AS u ORDER BY u);
+  WHILE cardinality(w_used) > p_slots OR (cardinality(w_used) > 0 AND w_used[1] < p_now - p_skew) LOOP
+    w_floor := GREATEST(w_floor, w_used[1]);
+    w_used := w_used[2:];
+  END LOOP;
+  INSERT INTO replay_windows (id, floor, used) VALUES (p_id, w_floor, to_json(w_used)::text)
+    ON CONFLICT (id) DO UPDATE SET floor = excluded.floor, used = excluded.used;
+  RETURN TRUE;
+END $$;
+
+CREATE FUNCTION agentvpn_heartbeat(p_network TEXT, p_id TEXT, p_online BOOLEAN, p_last_seen BIGINT, p_ts BIGINT, p_now BIGINT, p_skew BIGINT, p_slots INT)
+RETURNS TEXT LANGUAGE plpgsql AS $$
+DECLARE
+  was BOOLEAN;
+BEGIN
+  PERFORM pg_advisory_xact_lock(${LOCK.agent}, hashtext(p_id));
+  SELECT online INTO was FROM records WHERE network = p_network AND id = p_id;
+  IF NOT FOUND THEN RETURN 'not-found'; END IF;
+  IF NOT agentvpn_take(p_id, p_ts, p_now, p_skew, p_slots) THEN RETURN 'replayed'; END IF;
+  IF was IS DISTINCT FROM p_online THEN
+    UPDATE records SET last_seen = GREATEST(last_seen, p_last_seen), online = p_online WHERE network = p_network AND id = p_id;
+    RETURN 'saved';
+  END IF;
+  RETURN 'taken';
+END $$;
+`;
+
 /** Every migration, oldest first; append only (a released migration never changes). */
-export const MIGRATIONS: readonly Migration[] = [{ version: 1, sql: V1 }];
+export const MIGRATIONS: readonly Migration[] = [{ version: 1, sql: V1 }, { version: 2, sql: V2 }];
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;
 

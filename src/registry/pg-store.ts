@@ -6,7 +6,9 @@ import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import { extendsChain } from './key-chain.js';
 import { LOCK, migrate } from './pg-migrations.js';
 import type { SignedRecord } from './record.js';
-import { EMPTY_WINDOW, isReplayed, takeTimestamp, type ReplayWindow } from './replay-window.js';
+import { WINDOW_SLOTS } from './replay-window.js';
+import { MAX_CLOCK_SKEW_MS } from './protocol.js';
+import { LivenessBehind, type LastSeenUpdate } from './liveness-behind.js';
 import {
   allocateFromPool, type AdmitRequest, type AdmitResult, type AuditAppend, type AuditAppendResult, type AuditEntryRow, type AuditHead, type AuditRefusal,
   type BlockedAgent, type LivenessRequest, type LivenessResult, type Member, type OperatorAction, type PutRecordResult, type RegistryStore,
@@ -97,6 +99,8 @@ function dbError(e: unknown, what: string): AgentVpnError {
 
 export class PgStore implements RegistryStore {
   private closed = false;
+  /** Heartbeats that only moved last_seen, written once a second (liveness-behind.ts). */
+  private readonly behind = new LivenessBehind((updates) => this.writeLastSeen(updates));
 
   /** `url` may hold a password: never log it (redactDbUrl). */
   private constructor(private readonly pool: pg.Pool, readonly url: string) {}
@@ -171,35 +175,28 @@ export class PgStore implements RegistryStore {
     return row ? { ok: true, expiresAt: row.expires_at } : { ok: false };
   }
 
-  /** Takes a signed timestamp of agent `id` (the caller holds the agent's lock); false when it was taken before. */
+  /** Takes a signed timestamp of agent `id` in the caller's transaction (agentvpn_take locks the agent); false when it was taken before. */
   private static async take(c: Client, id: string, timestamp: number, now: number): Promise<boolean> {
-    const [row] = (await c.query<{ floor: number; used: string }>('SELECT floor, used FROM replay_windows WHERE id = $1', [id])).rows;
-    const window: ReplayWindow = row ? { floor: row.floor, used: JSON.parse(row.used) as number[] } : EMPTY_WINDOW;
-    if (isReplayed(window, timestamp)) return false;
-    const next = takeTimestamp(window, timestamp, now);
-    await c.query(`INSERT INTO replay_windows (id, floor, used) VALUES ($1, $2, $3)
-      ON CONFLICT (id) DO UPDATE SET floor = excluded.floor, used = excluded.used`, [id, next.floor, JSON.stringify(next.used)]);
-    return true;
+    return (await c.query<{ ok: boolean }>('SELECT agentvpn_take($1, $2, $3, $4, $5) AS ok', [id, timestamp, now, MAX_CLOCK_SKEW_MS, WINDOW_SLOTS])).rows[0].ok;
   }
 
+  /** One statement, its own transaction: a signed read costs one round trip. */
   async useTimestamp(id: string, timestamp: number, now: number): Promise<TimestampResult> {
-    const taken = await this.tx(async (c) => {
-      await PgStore.lock(c, LOCK.agent, id);
-      return PgStore.take(c, id, timestamp, now);
-    });
-    return taken ? { ok: true } : replayed(id, timestamp);
+    const [row] = await this.rows<{ ok: boolean }>('SELECT agentvpn_take($1, $2, $3, $4, $5) AS ok', [id, timestamp, now, MAX_CLOCK_SKEW_MS, WINDOW_SLOTS]);
+    return row.ok ? { ok: true } : replayed(id, timestamp);
   }
 
+  /**
+   * One statement. A change of online state is written at once (it is an event every instance
+   * shows); the last_seen of an agent that stays online waits for the next flush (liveness-behind.ts).
+   */
   async setOnline(req: LivenessRequest): Promise<LivenessResult> {
-    return this.tx(async (c): Promise<LivenessResult> => {
-      await PgStore.lock(c, LOCK.agent, req.id);
-      if ((await c.query('SELECT 1 FROM records WHERE network = $1 AND id = $2', [req.network, req.id])).rowCount === 0) {
-        return { ok: false, code: 'NOT_FOUND', message: `agent ${req.id} has not published a record in network ${req.network}` };
-      }
-      if (!(await PgStore.take(c, req.id, req.timestamp, req.now))) return replayed(req.id, req.timestamp);
-      await c.query('UPDATE records SET last_seen = $1, online = $2 WHERE network = $3 AND id = $4', [req.lastSeen, req.online, req.network, req.id]);
-      return { ok: true };
-    });
+    const [row] = await this.rows<{ r: string }>('SELECT agentvpn_heartbeat($1, $2, $3, $4, $5, $6, $7, $8) AS r',
+      [req.network, req.id, req.online, req.lastSeen, req.timestamp, req.now, MAX_CLOCK_SKEW_MS, WINDOW_SLOTS]);
+    if (row.r === 'not-found') return { ok: false, code: 'NOT_FOUND', message: `agent ${req.id} has not published a record in network ${req.network}` };
+    if (row.r === 'replayed') return replayed(req.id, req.timestamp);
+    if (row.r === 'taken') this.behind.note(req.network, req.id, req.lastSeen);
+    return { ok: true };
   }
 
   private static async memberOf(c: Client, network: string, id: string): Promise<Member | undefined> {
@@ -325,6 +322,14 @@ export class PgStore implements RegistryStore {
       FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[]) AS u(network, id, last_seen, online)
       WHERE r.network = u.network AND r.id = u.id AND r.last_seen <= u.last_seen`,
     [updates.map((u) => u.network), updates.map((u) => u.id), updates.map((u) => u.lastSeen), updates.map((u) => u.online)]);
+  }
+
+  /** The write-behind's batch: only ever moves last_seen forward, and leaves online alone. */
+  private async writeLastSeen(updates: LastSeenUpdate[]): Promise<void> {
+    await this.pool.query(`UPDATE records r SET last_seen = u.last_seen
+      FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(network, id, last_seen)
+      WHERE r.network = u.network AND r.id = u.id AND r.last_seen < u.last_seen`,
+    [updates.map((u) => u.network), updates.map((u) => u.id), updates.map((u) => u.lastSeen)]);
   }
 
   async keyChains(): Promise<StoredKeyChain[]> {
@@ -485,6 +490,7 @@ export class PgStore implements RegistryStore {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.behind.close();
     await this.pool.end();
   }
 }

@@ -270,7 +270,7 @@ export class SqliteStore implements RegistryStore {
         return { ok: false, code: 'NOT_FOUND', message: `agent ${req.id} has not published a record in network ${req.network}` };
       }
       if (!this.take(req.id, req.timestamp, req.now)) return replayed(req.id, req.timestamp);
-      this.sql('UPDATE records SET last_seen = ?, online = ? WHERE network = ? AND id = ?').run(req.lastSeen, req.online ? 1 : 0, req.network, req.id);
+      this.sql('UPDATE records SET last_seen = MAX(last_seen, ?), online = ? WHERE network = ? AND id = ?').run(req.lastSeen, req.online ? 1 : 0, req.network, req.id);
       return { ok: true };
     }).immediate();
   }

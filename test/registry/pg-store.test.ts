@@ -7,16 +7,21 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { extendRange } from '../../src/audit/compact-range.js';
 import { leafHash } from '../../src/audit/merkle.js';
 import { agentIdOf } from '../../src/identity/agent-id.js';
 import { parsePrefix, type Prefix } from '../../src/ip/prefix.js';
 import { postgresUnavailableReason, startPostgres, type LabPostgres } from '../../src/lab/postgres.js';
+import pgLib from 'pg';
+import { MIGRATIONS, migrate } from '../../src/registry/pg-migrations.js';
 import { PgStore, redactDbUrl } from '../../src/registry/pg-store.js';
 import type { AgentRecord, SignedRecord } from '../../src/registry/record.js';
 import { SqliteStore } from '../../src/registry/sqlite-store.js';
 import type { AdmitRequest, AuditAppend, RegistryStore } from '../../src/registry/store.js';
+import { MAX_CLOCK_SKEW_MS } from '../../src/registry/protocol.js';
+import { EMPTY_WINDOW, WINDOW_SLOTS, isReplayed, takeTimestamp, type ReplayWindow } from '../../src/registry/replay-window.js';
 
 const canRun = process.getuid?.() === 0 && postgresUnavailableReason() === null;
 if (process.env.CI && !canRun) throw new Error(`pg-store tests need root and PostgreSQL: ${postgresUnavailableReason() ?? 'not root'}`);
@@ -160,6 +165,57 @@ describe.runIf(canRun)('registry stores', () => {
       expect((await store.records())[0]).toMatchObject({ online: true, lastSeen: 20 });
     });
 
+    it('liveness: a heartbeat that keeps an agent online is stored within a second (one statement on PostgreSQL, its last_seen written behind)', async () => {
+      await store.addToken(tokenOf('t', null));
+      const a = newId();
+      await store.admit(admitReq(a, 'a', 't', 1));
+      await store.putRecord(NET, record(a, 'a', '100.64.0.1', 1), 5);
+      expect(await store.setOnline({ network: NET, id: a, online: true, lastSeen: 30, timestamp: 3, now: 30 })).toEqual({ ok: true });
+      const started = Date.now();
+      while ((await store.records())[0].lastSeen !== 30 && Date.now() - started < 5_000) await new Promise((r) => setTimeout(r, 50));
+      console.log(`a heartbeat's last_seen stored after ${Date.now() - started} ms`);
+      expect((await store.records())[0]).toMatchObject({ online: true, lastSeen: 30 });
+      // An older heartbeat (requests overtake each other) never moves it back.
+      expect(await store.setOnline({ network: NET, id: a, online: true, lastSeen: 25, timestamp: 4, now: 30 })).toEqual({ ok: true });
+      await new Promise((r) => setTimeout(r, 1_200));
+      expect((await store.records())[0]).toMatchObject({ online: true, lastSeen: 30 });
+    });
+
+    it('replay windows: the store takes and refuses exactly what replay-window.ts does, for any order of timestamps', async () => {
+      // Where the two could differ most: more distinct timestamps than the window's slots (the
+      // smallest fall out and raise the floor), then every value around the floor.
+      const check = async (id: string, timestamps: number[], start: ReplayWindow, now: number) => {
+        let model = start;
+        for (const timestamp of timestamps) {
+          const expected = !isReplayed(model, timestamp);
+          if (expected) model = takeTimestamp(model, timestamp, now);
+          expect((await store.useTimestamp(id, timestamp, now)).ok, `timestamp ${timestamp}`).toBe(expected);
+        }
+        return model;
+      };
+      const evens = Array.from({ length: WINDOW_SLOTS + 6 }, (_, i) => 1_000_000 + 2 * (i + 1));
+      const after = await check(newId(), [...evens, ...Array.from({ length: 2 * WINDOW_SLOTS + 14 }, (_, i) => 1_000_000 + i)], EMPTY_WINDOW, 1_000_100);
+      expect(after.floor).toBeGreaterThan(1_000_000);
+      let runs = 0;
+      await fc.assert(fc.asyncProperty(
+        fc.array(fc.record({ ts: fc.integer({ min: 0, max: 400 }), advance: fc.oneof({ arbitrary: fc.constant(0), weight: 19 }, { arbitrary: fc.integer({ min: 1, max: MAX_CLOCK_SKEW_MS / 4 }), weight: 1 }) }),
+          { minLength: 100, maxLength: 200 }),
+        async (steps) => {
+          const id = newId();
+          let model: ReplayWindow = EMPTY_WINDOW;
+          let now = 1_000_000;
+          for (const { ts, advance } of steps) {
+            now += advance;
+            const timestamp = now - MAX_CLOCK_SKEW_MS / 2 + ts; // near the clock, often repeated, sometimes too old for the window
+            const expected = !isReplayed(model, timestamp);
+            if (expected) model = takeTimestamp(model, timestamp, now);
+            expect((await store.useTimestamp(id, timestamp, now)).ok).toBe(expected);
+          }
+          runs++;
+        }), { numRuns: 25 });
+      console.log(`${runs} random sequences: the store agreed with the model on every timestamp`);
+    }, 60_000);
+
     it('removeMember by name, with an operator action; NOT_FOUND for a stranger; policies versioned; admin tokens; meta', async () => {
       await store.addToken(tokenOf('t', null));
       const a = newId();
@@ -267,9 +323,31 @@ describe.runIf(canRun)('registry stores', () => {
       const url = await freshPgUrl();
       const name = url.slice(url.lastIndexOf('/') + 1, url.indexOf('?'));
       await Promise.all([PgStore.open(url), PgStore.open(url)]).then((s) => Promise.all(s.map((x) => x.close())));
-      expect((await pg!.sql('SELECT version FROM schema_version ORDER BY version', name)).trim()).toBe('1');
+      expect((await pg!.sql('SELECT version FROM schema_version ORDER BY version', name)).trim()).toBe('1\n2');
       await pg!.sql(`INSERT INTO schema_version (version, applied_at) VALUES (99, 0)`, name);
       await expect(PgStore.open(url)).rejects.toMatchObject({ code: 'REGISTRY_DB_TOO_NEW', hint: expect.stringMatching(/newer agentvpn/) });
+    });
+
+    it('migration 2 on a database at version 1: the replay windows held before still refuse what they took', async () => {
+      const url = await freshPgUrl();
+      const pool = new pgLib.Pool({ connectionString: url, max: 1 });
+      try {
+        await migrate(() => pool.connect(), MIGRATIONS.slice(0, 1));
+        const id = newId();
+        // A window as version 1 wrote it (JSON text): 40 and 50 taken, the floor at 10.
+        await pool.query('INSERT INTO replay_windows (id, floor, used) VALUES ($1, 10, $2)', [id, '[40,50]']);
+        const store = await PgStore.open(url);
+        try {
+          expect((await store.useTimestamp(id, 50, 60)).ok).toBe(false);
+          expect((await store.useTimestamp(id, 10, 60)).ok).toBe(false);
+          expect((await store.useTimestamp(id, 45, 60)).ok).toBe(true);
+          expect((await pool.query('SELECT floor, used FROM replay_windows WHERE id = $1', [id])).rows[0]).toEqual({ floor: '10', used: '[40,45,50]' });
+        } finally {
+          await store.close();
+        }
+      } finally {
+        await pool.end();
+      }
     });
 
     it('audit tables refuse UPDATE, DELETE and TRUNCATE, whoever connects', async () => {
