@@ -71,9 +71,9 @@ function compile(schema: SchemaObject | undefined): ValidateFunction | null {
 
 function describe(where: string, e: ErrorObject): string {
   const at = e.instancePath;
-  const text = e.keyword === 'additionalProperties' ? `${at} has an unknown field "${String(e.params.additionalProperty)}"`
+  const text = e.keyword === 'additionalProperties' ? `${at ? `${at} has an` : 'an'} unknown field "${String(e.params.additionalProperty)}"`
     : e.keyword === 'required' ? `${at}/${String(e.params.missingProperty)} is missing`
-      : `${at || 'it'} ${e.message ?? 'is invalid'}`;
+      : `${at || `the ${where}`} ${e.message ?? 'is invalid'}`;
   return `invalid ${where}: ${text}`.slice(0, MAX_MESSAGE_CHARS);
 }
 
@@ -112,9 +112,12 @@ export function routeTable(routes: readonly Route[], sections: readonly RouteSec
 
   return async (req, res) => {
     const now = Date.now();
+    const target = req.url ?? '';
+    // A path, as clients send it: "//host/x" is not read as another host's "/x", and absolute forms are for proxies.
+    if (!target.startsWith('/')) refuse('BAD_REQUEST', 'the request target must be a path');
     let url: URL;
     try {
-      url = new URL(req.url ?? '', 'http://registry');
+      url = new URL(`http://registry${target}`);
     } catch {
       refuse('BAD_REQUEST', 'invalid request URL');
     }

@@ -10,7 +10,7 @@ import type { Entry, Fleet } from './fleet-state.js';
 import type { AgentChangeKind, RegistryStats } from './protocol.js';
 import { readRoutes } from './read-routes.js';
 import type { RegistryEvents } from './registry-log.js';
-import { routeTable, type Route } from './route-table.js';
+import { routeTable, type Route, type RouteSection } from './route-table.js';
 import type { SignatureBudget } from './signature-budget.js';
 import type { RegistryStore } from './store.js';
 
@@ -37,18 +37,15 @@ export interface RouteContext {
   stats(): RegistryStats;
 }
 
-/**
- * The registry's HTTP API (protocol.ts has the table) as one route table (route-table.ts): every
- * endpoint with its method, path pattern and request schemas (request-schemas.ts). Returns the
- * request handler; refusals are thrown (server.ts answers and counts them).
- */
-export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
+/** Every endpoint of the registry (protocol.ts has the table), with its method, path pattern and request schemas (request-schemas.ts). */
+export function registryRoutes(ctx: RouteContext): { routes: Route[]; sections: RouteSection[] } {
   const webConsole = consoleRoutes(ctx);
-  return routeTable([
-    ...readRoutes(ctx),
-    ...agentRoutes(ctx),
-    ...adminRoutes(ctx.admin, ctx.defaultNetwork),
-    ...ctx.audit.routes,
-    ...webConsole.routes,
-  ], [webConsole.section]);
+  const routes = [...readRoutes(ctx), ...agentRoutes(ctx), ...adminRoutes(ctx.admin, ctx.defaultNetwork), ...ctx.audit.routes, ...webConsole.routes];
+  return { routes, sections: [webConsole.section] };
+}
+
+/** The registry's request handler: its routes as one table (route-table.ts). Refusals are thrown (server.ts answers and counts them). */
+export function createRoutes(ctx: RouteContext): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
+  const { routes, sections } = registryRoutes(ctx);
+  return routeTable(routes, sections);
 }

@@ -7,7 +7,9 @@ import { formatAddress, parsePrefix } from '../../src/ip/prefix.js';
 import { EventHub } from '../../src/registry/events.js';
 import { Entry, Fleet } from '../../src/registry/fleet-state.js';
 import { signRecord } from '../../src/registry/record.js';
-import { createRoutes, type RouteContext } from '../../src/registry/routes.js';
+import { createAuditRoutes } from '../../src/registry/audit-routes.js';
+import { ephemeralWitnessKey } from '../../src/registry/witness-key.js';
+import { createRoutes, registryRoutes, type RouteContext } from '../../src/registry/routes.js';
 import { SignatureBudget } from '../../src/registry/signature-budget.js';
 import type { RegistryStore } from '../../src/registry/store.js';
 
@@ -56,6 +58,8 @@ export interface Bench {
   /** Answers one request: its status and refusal code (or 'ok'). */
   request(method: string, url: string, o?: { headers?: Record<string, string>; body?: unknown }): Promise<{ status: number; code: string; headers: Record<string, string> }>;
   member: Identity;
+  /** "METHOD /path" of every route in the table. */
+  routes: string[];
 }
 
 export function routeBench(): Bench {
@@ -75,11 +79,13 @@ export function routeBench(): Bench {
     store, fleet, hub: new EventHub({ streams: 100, streamsPerCredential: 4 }), signatures: new SignatureBudget(), log: pino({ level: 'silent' }), defaultNetwork: NET,
     pool: parsePrefix('100.64.0.0/10'), heartbeatIntervalMs: 10_000, offlineAfterMs: 30_000, relayInfo: () => ({ relays: [], stun: [] }), emit: noop,
     admin: { store, authorize: async () => {}, sync: { poll: async () => {} } }, events: {}, stats: () => ({}),
-    audit: { route: async () => {}, routes: [] },
   } as unknown as RouteContext;
+  // The audit routes as server.ts makes them (its `route` for the dispatch this replaced).
+  ctx.audit = createAuditRoutes({ store, fleet, witness: ephemeralWitnessKey(), signatures: ctx.signatures, authorizeAdmin: async () => {}, refusalKept: async () => {}, defaultNetwork: NET, log: ctx.log });
   const handle = createRoutes(ctx);
   return {
     member,
+    routes: registryRoutes(ctx).routes.map((r) => `${r.method} ${r.path}`),
     async request(method, url, o = {}) {
       const body = o.body === undefined ? undefined : Buffer.from(typeof o.body === 'string' ? o.body : JSON.stringify(o.body));
       const req = fakeRequest(method, url, o.headers ?? {}, body);
