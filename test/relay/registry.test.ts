@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Identity } from '../../src/identity/identity.js';
@@ -11,6 +12,21 @@ import { startRegistry, type RunningRegistry } from '../../src/registry/server.j
 import { buildBindingRequest, newTransactionId, parseBindingResponse } from '../../src/net/stun.js';
 import { encodeHello } from '../../src/relay/protocol.js';
 import { rawSocket, sleep, startAgent, waitState, type TestAgent } from './harness.js';
+
+/** A UDP socket on a port whose TCP number is free (other tests on this machine hold ports too): tried a few times. */
+async function udpTakenTcpFree(): Promise<{ squatter: Awaited<ReturnType<typeof rawSocket>>; taken: number }> {
+  for (let i = 0; i < 20; i++) {
+    const squatter = await rawSocket();
+    const tcp = createServer();
+    const free = await new Promise<boolean>((resolve) => tcp.once('error', () => resolve(false)).listen(squatter.port, '127.0.0.1', () => resolve(true)));
+    if (free) {
+      await new Promise<void>((resolve) => tcp.close(() => resolve()));
+      return { squatter, taken: squatter.port };
+    }
+    squatter.close();
+  }
+  throw new Error('no UDP port with a free TCP number in 20 tries');
+}
 
 describe('relay built into the registry', () => {
   let dir: string;
@@ -141,10 +157,10 @@ describe('relay built into the registry', () => {
   });
 
   it('refuses a chosen port whose UDP number another process holds, and leaves the registry stopped', async () => {
-    const squatter = await rawSocket();
+    const { squatter, taken } = await udpTakenTcpFree();
     try {
-      const taken = squatter.port;
-      await expect(startRegistryWithRelay({ db: join(dir, 'other.db'), listen: `127.0.0.1:${taken}` })).rejects.toMatchObject({ code: 'LISTEN_FAILED' });
+      await expect(startRegistryWithRelay({ db: join(dir, 'other.db'), listen: `127.0.0.1:${taken}` }))
+        .rejects.toMatchObject({ code: 'LISTEN_FAILED', message: expect.stringContaining('relay cannot bind UDP') });
       // The registry it had started was stopped: its HTTP port is free for the next one.
       const again = await startRegistry({ db: join(dir, 'other.db'), listen: `127.0.0.1:${taken}` });
       expect(again.port).toBe(taken);
