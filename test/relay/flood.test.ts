@@ -28,6 +28,7 @@ const FLOOD_SECONDS = 10;
 
 interface RelayStats {
   helloVerifications: number;
+  challengesAnswered: number;
   forwardedPackets: number;
   dropped: Record<string, number | undefined>;
 }
@@ -51,13 +52,14 @@ describe.runIf(labReady(['ip', 'ss']))('relay under floods, in network namespace
   const ownMachine = (argv: string[]) => ['nice', '-n', '-10', ...argv];
   let relay: LabProcess;
   let relayOut = '';
-  /** The relay's counters now (it prints them on SIGUSR2). */
-  async function relayStats(): Promise<RelayStats> {
+  /** The relay's counters now, with its RSS (MB) and CPU time (ms) so far (it prints them on SIGUSR2). */
+  async function relayReport(): Promise<{ stats: RelayStats; rssMb: number; cpuMs: number }> {
     const before = relayOut.length;
     relay.kill('SIGUSR2');
     await waitFor(() => relayOut.slice(before).includes('"stats"'), { timeoutMs: 5000, what: 'relay stats' });
-    return (JSON.parse(relayOut.slice(before).split('\n').find((l) => l.includes('"stats"'))!) as { stats: RelayStats }).stats;
+    return JSON.parse(relayOut.slice(before).split('\n').find((l) => l.includes('"stats"'))!) as { stats: RelayStats; rssMb: number; cpuMs: number };
   }
+  const relayStats = async (): Promise<RelayStats> => (await relayReport()).stats;
   const relayEnv = (at: string) => ({ AVR_UDP: `${at}:${PORT}`, AVR_TCP: `http://${at}:${PORT}/v1/relay` });
 
   /** An agent that answers pings, connected to the relay; resolves with its process once it is on UDP. */
@@ -93,18 +95,21 @@ describe.runIf(labReady(['ip', 'ss']))('relay under floods, in network namespace
   }, 60_000);
 
   it('a new agent gets its hello acked while one source floods hellos with random keys and signatures (time to ack, flood rate)', async () => {
-    const before = await relayStats();
+    const beforeReport = await relayReport();
+    const before = beforeReport.stats;
     const flood = startFlood({ AVF_KIND: 'hello' });
     await flood.started;
     const agent = await startEcho(aNs, relayAt.a, randomBytes(32));
     const acked = await waitFor(() => /"state":"udp","ms":(\d+)/.exec(agent.out())?.[1], { timeoutMs: 20_000, intervalMs: 50 }).then(Number, () => null);
     const result = await flood.done;
     await lab.kill(agent.proc);
-    const after = await relayStats();
+    const afterReport = await relayReport();
+    const after = afterReport.stats;
     const verified = after.helloVerifications - before.helloVerifications;
     console.log(`hello flood: ${result.pps} hellos/s from one source for ${result.seconds} s; new agent acked over UDP after ${acked ?? 'never (>20 s)'} ms; ` +
       `signatures checked: ${verified}; shed: ${(after.dropped['hello-source-rate'] ?? 0) - (before.dropped['hello-source-rate'] ?? 0)} by the source budget, ` +
-      `${(after.dropped['fair-share'] ?? 0) - (before.dropped['fair-share'] ?? 0)} by fair shares`);
+      `${(after.dropped['fair-share'] ?? 0) - (before.dropped['fair-share'] ?? 0)} by fair shares; relay CPU ${afterReport.cpuMs - beforeReport.cpuMs} ms, ` +
+      `RSS ${beforeReport.rssMb} -> ${afterReport.rssMb} MB`);
     expect(result.pps).toBeGreaterThan(MIN_FLOOD_PPS);
     // Acked while the flood still ran (it runs FLOOD_SECONDS from before the agent started).
     expect(acked).not.toBeNull();
@@ -138,5 +143,30 @@ describe.runIf(labReady(['ip', 'ss']))('relay under floods, in network namespace
     // Measured: 0-3 % on a quiet machine, up to ~10 % while other tests' floods share its two
     // cores; the relay on node:dgram lost 60-89 % to the same flood (and the pair fell back to TCP).
     expect(pair.lossPct).toBeLessThan(15);
+  }, 90_000);
+
+  it('a new agent gets its hello acked while one source floods challenge requests; answers stay within the source budget (answers, relay CPU and RSS)', async () => {
+    const before = await relayReport();
+    const flood = startFlood({ AVF_KIND: 'challenge' });
+    await flood.started;
+    const agent = await startEcho(aNs, relayAt.a, randomBytes(32));
+    const acked = await waitFor(() => /"state":"udp","ms":(\d+)/.exec(agent.out())?.[1], { timeoutMs: 20_000, intervalMs: 50 }).then(Number, () => null);
+    const result = await flood.done;
+    await lab.kill(agent.proc);
+    const after = await relayReport();
+    const answered = after.stats.challengesAnswered - before.stats.challengesAnswered;
+    const shed = (after.stats.dropped['challenge-source-rate'] ?? 0) - (before.stats.dropped['challenge-source-rate'] ?? 0);
+    const requests = result.sent;
+    console.log(`challenge flood: ${result.pps} requests/s from one source for ${result.seconds} s; new agent acked over UDP after ${acked ?? 'never (>20 s)'} ms; ` +
+      `answered ${answered} (${((answered / Math.max(1, requests)) * 100).toFixed(3)} % of ${requests}), ${shed} shed by the source budget, ` +
+      `${(after.stats.dropped['fair-share'] ?? 0) - (before.stats.dropped['fair-share'] ?? 0)} by fair shares; relay CPU ${after.cpuMs - before.cpuMs} ms ` +
+      `(${(((after.cpuMs - before.cpuMs) / 1000 / result.seconds) * 100).toFixed(0)} % of a core), RSS ${before.rssMb} -> ${after.rssMb} MB`);
+    expect(result.pps).toBeGreaterThan(MIN_FLOOD_PPS);
+    expect(acked).not.toBeNull();
+    expect(acked!).toBeLessThan(5_000);
+    // One source gets its own budget (burst 500 + 100/s), plus the new agent's one or two.
+    expect(answered).toBeLessThan(500 + 100 * (FLOOD_SECONDS + 2) + 10);
+    // Nothing kept per request: a flood of millions leaves the relay's memory where it was, give or take.
+    expect(after.rssMb - before.rssMb).toBeLessThan(100);
   }, 90_000);
 });
