@@ -120,7 +120,7 @@ INSERT INTO meta (key, value) VALUES ('${LOGGED_ACTIONS_KEY}', '0');
  *
  * agentvpn_take is replay-window.ts's takeTimestamp over the stored window (floor, used as a JSON
  * array), with the same constants passed in; test/registry/pg-store.test.ts checks the two agree.
- * agentvpn_heartbeat writes the row only when the agent's online state changes: the registry
+ * agentvpn_admit is a whole join. agentvpn_heartbeat writes the row only when the agent's online state changes: the registry
  * writes last_seen of agents that stay online with its once-a-second liveness flush.
  */
 const V2 = `
@@ -162,6 +162,59 @@ BEGIN
     RETURN 'saved';
   END IF;
   RETURN 'taken';
+END $$;
+
+-- A join, as PgStore.admitIn did it in a dozen round trips: one. The IPv4 rule is store.ts
+-- allocateFromPool's (p_base, p_size from poolRange): from .1, skipping the pool's first and last
+-- address and every x.x.x.0 and x.x.x.255. Nothing is written for a refusal, except a token use
+-- given back and a known member's timestamp (taken first, as every store does).
+CREATE FUNCTION agentvpn_admit(p_network TEXT, p_id TEXT, p_name TEXT, p_token TEXT, p_ts BIGINT, p_now BIGINT,
+  p_pool TEXT, p_base BIGINT, p_size BIGINT, p_skew BIGINT, p_slots INT) RETURNS JSON LANGUAGE plpgsql AS $$
+DECLARE
+  known members%ROWTYPE;
+  holder TEXT;
+  left_uses BIGINT;
+  token_tags TEXT;
+  idx BIGINT;
+  n BIGINT;
+  addr TEXT;
+BEGIN
+  PERFORM pg_advisory_xact_lock(${LOCK.agent}, hashtext(p_id));
+  IF EXISTS (SELECT 1 FROM blocked WHERE network = p_network AND id = p_id) THEN RETURN json_build_object('code', 'BLOCKED'); END IF;
+  SELECT * INTO known FROM members WHERE network = p_network AND id = p_id;
+  IF FOUND THEN
+    IF NOT agentvpn_take(p_id, p_ts, p_now, p_skew, p_slots) THEN RETURN json_build_object('code', 'REPLAYED'); END IF;
+  END IF;
+  SELECT id INTO holder FROM members WHERE network = p_network AND name = p_name;
+  IF holder IS NOT NULL AND holder <> p_id THEN RETURN json_build_object('code', 'NAME_TAKEN'); END IF;
+  IF known.id IS NOT NULL THEN
+    IF known.name <> p_name THEN UPDATE members SET name = p_name WHERE network = p_network AND id = p_id; END IF;
+    RETURN json_build_object('code', 'ok', 'created', false, 'ipv4', known.ipv4, 'joined_at', known.joined_at, 'tags', known.tags);
+  END IF;
+  IF p_token IS NULL THEN RETURN json_build_object('code', 'BAD_TOKEN'); END IF;
+  UPDATE tokens SET uses_left = uses_left - 1
+    WHERE hash = p_token AND network = p_network AND (expires_at IS NULL OR expires_at > p_now) AND (uses_left IS NULL OR uses_left > 0)
+    RETURNING uses_left, tags INTO left_uses, token_tags;
+  IF NOT FOUND THEN RETURN json_build_object('code', 'BAD_TOKEN'); END IF;
+  INSERT INTO pools (network, pool, next_index) VALUES (p_network, p_pool, 1) ON CONFLICT DO NOTHING;
+  SELECT next_index INTO idx FROM pools WHERE network = p_network AND pool = p_pool FOR UPDATE;
+  idx := GREATEST(idx, 1);
+  LOOP
+    IF idx >= p_size - 1 THEN addr := NULL; EXIT; END IF;
+    n := p_base + idx;
+    idx := idx + 1;
+    CONTINUE WHEN n % 256 = 0 OR n % 256 = 255;
+    addr := format('%s.%s.%s.%s', n >> 24, (n >> 16) & 255, (n >> 8) & 255, n & 255);
+    -- An address taken under another pool string of this network (the pool was changed) is skipped.
+    EXIT WHEN NOT EXISTS (SELECT 1 FROM members WHERE network = p_network AND ipv4 = addr);
+  END LOOP;
+  IF addr IS NULL OR NOT agentvpn_take(p_id, p_ts, p_now, p_skew, p_slots) THEN
+    UPDATE tokens SET uses_left = uses_left + 1 WHERE hash = p_token AND uses_left IS NOT NULL;
+    RETURN json_build_object('code', CASE WHEN addr IS NULL THEN 'POOL_EXHAUSTED' ELSE 'REPLAYED' END);
+  END IF;
+  UPDATE pools SET next_index = idx WHERE network = p_network AND pool = p_pool;
+  INSERT INTO members (id, network, name, ipv4, joined_at, tags) VALUES (p_id, p_network, p_name, addr, p_now, token_tags);
+  RETURN json_build_object('code', 'ok', 'created', true, 'ipv4', addr, 'joined_at', p_now, 'tags', token_tags, 'used_up', left_uses = 0);
 END $$;
 `;
 

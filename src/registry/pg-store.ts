@@ -10,7 +10,7 @@ import { WINDOW_SLOTS } from './replay-window.js';
 import { MAX_CLOCK_SKEW_MS } from './protocol.js';
 import { LivenessBehind, type LastSeenUpdate } from './liveness-behind.js';
 import {
-  allocateFromPool, type AdmitRequest, type AdmitResult, type AuditAppend, type AuditAppendResult, type AuditEntryRow, type AuditHead, type AuditRefusal,
+  poolRange, type AdmitRequest, type AdmitResult, type AuditAppend, type AuditAppendResult, type AuditEntryRow, type AuditHead, type AuditRefusal,
   type BlockedAgent, type LivenessRequest, type LivenessResult, type Member, type OperatorAction, type PutRecordResult, type RegistryStore,
   type RemoveResult, type StoredCheckpoint, type StoredKeyChain, type StoredPolicy, type StoredRecord, type StoredToken, type TimestampResult, type TokenCheck,
 } from './store.js';
@@ -72,10 +72,25 @@ const toAuditHead = (agent: string, r: AuditLogRow): AuditHead => ({
 
 type Client = pg.PoolClient;
 
-/** Thrown inside a transaction so that it rolls back (the token's use is given back). */
-class Rollback extends Error {
-  constructor(readonly result: AdmitResult) {
-    super(result.ok ? 'rollback' : result.code);
+/** What agentvpn_admit answers. */
+interface AdmitRow {
+  code: 'ok' | 'BAD_TOKEN' | 'NAME_TAKEN' | 'POOL_EXHAUSTED' | 'REPLAYED' | 'BLOCKED';
+  created?: boolean;
+  ipv4?: string;
+  joined_at?: number;
+  tags?: string;
+  used_up?: boolean;
+}
+
+function admitRefusal(code: Exclude<AdmitRow['code'], 'ok'>, req: AdmitRequest): string {
+  switch (code) {
+    case 'BLOCKED': return `agent ${req.id} is blocked in network ${req.network}`;
+    case 'REPLAYED': return replayed(req.id, req.timestamp).message;
+    case 'NAME_TAKEN': return nameTaken(req.name, req.network).message;
+    case 'POOL_EXHAUSTED': return `the address pool ${formatPrefix(req.pool)} of network ${req.network} has no free IPv4 address left`;
+    case 'BAD_TOKEN': return req.tokenHash === null
+      ? `a join token is needed to join network ${req.network}`
+      : `the join token is not valid for network ${req.network} (unknown, expired or used up)`;
   }
 }
 
@@ -175,11 +190,6 @@ export class PgStore implements RegistryStore {
     return row ? { ok: true, expiresAt: row.expires_at } : { ok: false };
   }
 
-  /** Takes a signed timestamp of agent `id` in the caller's transaction (agentvpn_take locks the agent); false when it was taken before. */
-  private static async take(c: Client, id: string, timestamp: number, now: number): Promise<boolean> {
-    return (await c.query<{ ok: boolean }>('SELECT agentvpn_take($1, $2, $3, $4, $5) AS ok', [id, timestamp, now, MAX_CLOCK_SKEW_MS, WINDOW_SLOTS])).rows[0].ok;
-  }
-
   /** One statement, its own transaction: a signed read costs one round trip. */
   async useTimestamp(id: string, timestamp: number, now: number): Promise<TimestampResult> {
     const [row] = await this.rows<{ ok: boolean }>('SELECT agentvpn_take($1, $2, $3, $4, $5) AS ok', [id, timestamp, now, MAX_CLOCK_SKEW_MS, WINDOW_SLOTS]);
@@ -208,71 +218,22 @@ export class PgStore implements RegistryStore {
     return (await c.query<{ id: string }>('SELECT id FROM members WHERE network = $1 AND name = $2', [network, name])).rows[0]?.id;
   }
 
-  /** Takes one use of a token, atomically: null when it is unknown, for another network, expired or used up. */
-  private static async useToken(c: Client, network: string, hash: string, now: number): Promise<{ usedUp: boolean; tags: string } | null> {
-    const [row] = (await c.query<{ uses_left: number | null; tags: string }>(`UPDATE tokens SET uses_left = uses_left - 1
-      WHERE hash = $1 AND network = $2 AND (expires_at IS NULL OR expires_at > $3) AND (uses_left IS NULL OR uses_left > 0)
-      RETURNING uses_left, tags`, [hash, network, now])).rows;
-    return row ? { usedUp: row.uses_left === 0, tags: row.tags } : null;
-  }
-
-  /** The next free IPv4 of the pool, with the network's pool row locked until commit (instances allocate one at a time). */
-  private static async allocate(c: Client, req: AdmitRequest): Promise<string | null> {
-    const pool = formatPrefix(req.pool);
-    await c.query('INSERT INTO pools (network, pool, next_index) VALUES ($1, $2, 1) ON CONFLICT DO NOTHING', [req.network, pool]);
-    const [row] = (await c.query<{ next_index: number }>('SELECT next_index FROM pools WHERE network = $1 AND pool = $2 FOR UPDATE', [req.network, pool])).rows;
-    let index = row.next_index;
-    for (;;) {
-      const got = allocateFromPool(req.pool, index);
-      if (!got) return null;
-      index = got.next;
-      // An address taken under another pool string of this network (the pool was changed) is skipped, not handed out twice.
-      if ((await c.query('SELECT 1 FROM members WHERE network = $1 AND ipv4 = $2', [req.network, got.ipv4])).rowCount !== 0) continue;
-      await c.query('UPDATE pools SET next_index = $1 WHERE network = $2 AND pool = $3', [index, req.network, pool]);
-      return got.ipv4;
-    }
-  }
-
+  /** One statement (agentvpn_admit, migration 2); a name another instance took meanwhile is NAME_TAKEN. */
   async admit(req: AdmitRequest): Promise<AdmitResult> {
+    const { base, size } = poolRange(req.pool);
+    let r: AdmitRow;
     try {
-      return await this.tx((c) => this.admitIn(c, req));
+      [{ r }] = await this.rows<{ r: AdmitRow }>('SELECT agentvpn_admit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) AS r',
+        [req.network, req.id, req.name, req.tokenHash, req.timestamp, req.now, formatPrefix(req.pool), base, size, MAX_CLOCK_SKEW_MS, WINDOW_SLOTS]);
     } catch (e) {
-      if (e instanceof Rollback) return e.result;
-      // Another instance gave the name to another agent between our check and our write.
       if (isNameConflict(e)) return nameTaken(req.name, req.network);
       throw e;
     }
-  }
-
-  private async admitIn(c: Client, req: AdmitRequest): Promise<AdmitResult> {
-    await PgStore.lock(c, LOCK.agent, req.id);
-    if ((await c.query('SELECT 1 FROM blocked WHERE network = $1 AND id = $2', [req.network, req.id])).rowCount !== 0) {
-      return { ok: false, code: 'BLOCKED', message: `agent ${req.id} is blocked in network ${req.network}` };
+    if (r.code === 'ok') {
+      const member: Member = { id: req.id, network: req.network, name: req.name, ipv4: r.ipv4!, joinedAt: r.joined_at!, tags: parseStoredTags(r.tags!) };
+      return { ok: true, member, created: r.created!, usedUpToken: r.used_up ? req.tokenHash : null };
     }
-    const known = await PgStore.memberOf(c, req.network, req.id);
-    if (known && !(await PgStore.take(c, req.id, req.timestamp, req.now))) return replayed(req.id, req.timestamp);
-    const holder = await PgStore.nameHolder(c, req.network, req.name);
-    if (holder !== undefined && holder !== req.id) return nameTaken(req.name, req.network);
-    if (known) {
-      if (known.name !== req.name) await c.query('UPDATE members SET name = $1 WHERE network = $2 AND id = $3', [req.name, req.network, req.id]);
-      return { ok: true, member: { ...known, name: req.name }, created: false, usedUpToken: null };
-    }
-    const use = req.tokenHash === null ? null : await PgStore.useToken(c, req.network, req.tokenHash, req.now);
-    if (use === null) {
-      return { ok: false, code: 'BAD_TOKEN', message: req.tokenHash === null
-        ? `a join token is needed to join network ${req.network}`
-        : `the join token is not valid for network ${req.network} (unknown, expired or used up)` };
-    }
-    const ipv4 = await PgStore.allocate(c, req);
-    if (ipv4 === null) {
-      throw new Rollback({ ok: false, code: 'POOL_EXHAUSTED', message: `the address pool ${formatPrefix(req.pool)} of network ${req.network} has no free IPv4 address left` });
-    }
-    const member: Member = { id: req.id, network: req.network, name: req.name, ipv4, joinedAt: req.now, tags: parseStoredTags(use.tags) };
-    await c.query('INSERT INTO members (id, network, name, ipv4, joined_at, tags) VALUES ($1, $2, $3, $4, $5, $6)',
-      [member.id, member.network, member.name, member.ipv4, member.joinedAt, JSON.stringify(member.tags)]);
-    // An agent that is already a member elsewhere has a window; taking is then a replay check too.
-    if (!(await PgStore.take(c, req.id, req.timestamp, req.now))) throw new Rollback(replayed(req.id, req.timestamp));
-    return { ok: true, member, created: true, usedUpToken: use.usedUp ? req.tokenHash : null };
+    return { ok: false, code: r.code, message: admitRefusal(r.code, req) };
   }
 
   async putRecord(network: string, signed: SignedRecord, now: number, chain?: StoredKeyChain): Promise<PutRecordResult> {

@@ -308,11 +308,17 @@ export class SqliteStore implements RegistryStore {
   private allocate(req: AdmitRequest): string | null {
     const pool = formatPrefix(req.pool);
     const row = this.sql('SELECT next_index FROM pools WHERE network = ? AND pool = ?').get(req.network, pool) as { next_index: number } | undefined;
-    const got = allocateFromPool(req.pool, row?.next_index ?? 1);
-    if (!got) return null;
-    this.sql(`INSERT INTO pools (network, pool, next_index) VALUES (?, ?, ?)
-      ON CONFLICT (network, pool) DO UPDATE SET next_index = excluded.next_index`).run(req.network, pool, got.next);
-    return got.ipv4;
+    let index = row?.next_index ?? 1;
+    for (;;) {
+      const got = allocateFromPool(req.pool, index);
+      if (!got) return null;
+      index = got.next;
+      // An address taken under another pool string of this network (the pool was changed) is skipped, not handed out twice.
+      if (this.sql('SELECT 1 FROM members WHERE network = ? AND ipv4 = ?').get(req.network, got.ipv4) !== undefined) continue;
+      this.sql(`INSERT INTO pools (network, pool, next_index) VALUES (?, ?, ?)
+        ON CONFLICT (network, pool) DO UPDATE SET next_index = excluded.next_index`).run(req.network, pool, index);
+      return got.ipv4;
+    }
   }
 
   async admit(req: AdmitRequest): Promise<AdmitResult> {

@@ -263,8 +263,8 @@ export interface RegistryStore {
   close(): Promise<void>;
 }
 
-/** The pool's base address as a 32-bit number, and how many addresses it holds. */
-function poolRange(pool: Prefix): { base: number; size: number } {
+/** The pool's base address as a 32-bit number, and how many addresses it holds (pg-migrations.ts agentvpn_admit takes them too). */
+export function poolRange(pool: Prefix): { base: number; size: number } {
   const a = pool.addr;
   const base = ((a[0] << 24) | (a[1] << 16) | (a[2] << 8) | a[3]) >>> 0;
   const size = 2 ** (32 - pool.bits);

@@ -132,6 +132,25 @@ describe.runIf(canRun)('registry stores', () => {
       expect((await store.blocked()).map((b) => b.id)).toEqual([x]);
     });
 
+    it('admit: addresses in order from .1, never an x.x.x.255 or x.x.x.0; a changed pool skips what the old one gave; tags and used-up tokens', async () => {
+      const wide = parsePrefix('100.64.0.0/23') as Prefix;
+      await store.addToken(tokenOf('t', 258, ['team-a']));
+      const got: string[] = [];
+      for (let i = 0; i < 256; i++) {
+        const r = await store.admit(admitReq(newId(), `n${i}`, 't', 1, wide));
+        if (!r.ok) throw new Error(r.message);
+        got.push(r.member.ipv4);
+        if (i === 0) expect(r.member.tags).toEqual(['team-a']);
+      }
+      expect(got.slice(252, 256)).toEqual(['100.64.0.253', '100.64.0.254', '100.64.1.1', '100.64.1.2']);
+      // The same network with another pool string that covers the given addresses: they are skipped.
+      const other = parsePrefix('100.64.0.0/22') as Prefix;
+      const next = await store.admit(admitReq(newId(), 'o1', 't', 1, other));
+      expect(next).toMatchObject({ ok: true, member: { ipv4: '100.64.1.3' }, usedUpToken: null });
+      const last = await store.admit(admitReq(newId(), 'o2', 't', 1, other));
+      expect(last).toMatchObject({ ok: true, usedUpToken: 't' });
+    });
+
     it('putRecord: joined members only, the allocated IPv4, a free name, newer seqs, chains that extend', async () => {
       await store.addToken(tokenOf('t', null));
       const a = newId();
