@@ -65,6 +65,8 @@ interface TcpLink {
   timer: NodeJS.Timeout | null;
   /** The relay's challenge for this connection (bound to its address and port). */
   challenge: HeldChallenge | null;
+  /** A challenge request is out: its answer is said hello with (others are ignored, so a relay cannot make us sign in a loop). */
+  wantsHello: boolean;
 }
 
 const timer = (ms: number, fn: () => void): NodeJS.Timeout => setTimeout(fn, ms).unref();
@@ -289,7 +291,7 @@ export class RelayClient {
       timeout: TCP_HELLO_TIMEOUT_MS,
     });
     const link: TcpLink = {
-      req, socket: null, helloSince: 0, acked: false, timer: null, challenge: null,
+      req, socket: null, helloSince: 0, acked: false, timer: null, challenge: null, wantsHello: false,
       reader: new FrameReader((frame) => this.onFrame(frame, 'tcp'), () => this.tcpFailed(link, 'bad framing from the relay')),
     };
     this.tcp = link;
@@ -318,6 +320,7 @@ export class RelayClient {
   private sendTcpHello(link: TcpLink): void {
     if (!link.socket) return;
     const c = link.challenge;
+    link.wantsHello = !fresh(c);
     if (!fresh(c)) return void link.socket.write(encodeTcpFrame(encodeChallengeRequest()));
     const ts = this.nextTimestamp();
     if (!link.acked) link.helloSince = ts;
@@ -406,8 +409,9 @@ export class RelayClient {
       if (via === 'udp') {
         this.udpChallenge = null; // our NAT mapping may have changed: the challenge is for the old one
         this.tryUdp();
+      } else {
+        void this.connect();
       }
-      else void this.connect();
     });
   }
 
@@ -446,7 +450,8 @@ export class RelayClient {
   private onChallenge(challenge: Buffer, via: 'udp' | 'tcp'): void {
     const held = { bytes: Buffer.from(challenge), at: monotonicMs() };
     if (via === 'tcp') {
-      if (!this.tcp?.socket) return;
+      // On one connection our address cannot change, so only the answer to our request is needed.
+      if (!this.tcp?.socket || !this.tcp.wantsHello) return;
       this.tcp.challenge = held;
       return this.sendTcpHello(this.tcp);
     }
@@ -481,8 +486,9 @@ export class RelayClient {
       if (via === 'udp' && this.currentState === 'udp') {
         this.udpChallenge = null;
         this.tryUdp();
+      } else if (via === 'tcp' && this.tcp?.acked) {
+        this.sendTcpHello(this.tcp);
       }
-      else if (via === 'tcp' && this.tcp?.acked) this.sendTcpHello(this.tcp);
     } else if (code === NOTICE_STALE_TIMESTAMP) {
       // Also the answer to a retransmitted hello overtaken by a newer one: the attempt's timeout decides.
       this.log.debug({ relay: this.name, event: 'relay-stale-hello', via }, `relay ${this.name}: hello timestamp refused (host clock off, or an old hello)`);
