@@ -66,7 +66,7 @@ const MAX_REMEMBERED_TIMESTAMPS = 100_000;
 export class HelloGate {
   private readonly perSource = new SourceBuckets(HELLO_VERIFY_RATE_PER_SOURCE, HELLO_VERIFY_BURST_PER_SOURCE, MAX_TRACKED_SOURCES);
   private readonly total = new TokenBucket(HELLO_VERIFY_RATE, HELLO_VERIFY_BURST);
-  /** By Ed25519 key (latin1): for keys whose session is gone or that only probed. Sessions keep their own. */
+  /** By Ed25519 key (latin1): for keys whose session is gone. Sessions keep their own. */
   private readonly remembered = new Map<string, { ts: number; at: number }>();
   verified = 0;
 
@@ -99,7 +99,7 @@ export class HelloGate {
     }
   }
 
-  /** Keeps a verified timestamp of a key that has no session (a probe, or a session being forgotten). */
+  /** Keeps a verified timestamp of a key whose session is being forgotten (a replay of its last hello stays refused). */
   remember(edId: string, ts: number, now = Date.now()): void {
     this.remembered.delete(edId);
     if (this.remembered.size >= MAX_REMEMBERED_TIMESTAMPS) this.remembered.delete(this.remembered.keys().next().value!);

@@ -13,7 +13,8 @@ import { CHALLENGE_SIZE } from './challenge.js';
  *
  *   | frame             | dir | layout (after the type byte)                                                   | size |
  *   | ----------------- | --- | ------------------------------------------------------------------------------ | ---- |
- *   | HELLO b0          | c→s | version(1) flags(1) ed25519 public key(32) timestamp ms(8) challenge(20) signature(64) | 127 |
+ *   | HELLO b0          | c→s | version(1) flags(1, zero) ed25519 public key(32) timestamp ms(8)               | 127  |
+ *   |                   |     | challenge(20) signature(64)                                                    |      |
  *   | HELLO_ACK b1      | s→c | version(1) flags(1) WireGuard key(32) timestamp echoed(8)                      | 43   |
  *   | KEEPALIVE b2      | c→s | -                                                                              | 1    |
  *   | KEEPALIVE_ACK b3  | s→c | -                                                                              | 1    |
@@ -31,8 +32,8 @@ import { CHALLENGE_SIZE } from './challenge.js';
  * timestamp, challenge). The relay checks the challenge first (one MAC): a hello whose challenge
  * this relay did not make for the hello's own source is answered with a fresh CHALLENGE for that
  * source, so a captured hello cannot be replayed to another relay, nor to this one from another
- * address, nor after ~4 minutes; and since everything after that check is sent only to sources
- * that received the challenge, the notices cannot be reflected to a spoofed address.
+ * address, nor after ~4 minutes; and since every later check of a hello runs only for a source
+ * that received the challenge, the notices refusing a hello cannot be sent to a spoofed address.
  *
  * The relay derives the client's WireGuard key from the signing key, so no one can register
  * under another agent's key; the relay never reads the packets it forwards. PEER_NOT_HERE also
