@@ -13,6 +13,12 @@ import type { AgentRecord } from './record.js';
  * HTTP/1.1, JSON bodies of at most MAX_BODY_BYTES (an audit ship: MAX_SHIP_BYTES), nested at most MAX_JSON_DEPTH deep;
  * `?network=NAME` names the network (the registry's default without it).
  *
+ * Every request is validated against JSON schemas before its handler works on it: the path's
+ * parameters, the query and the body (request-schemas.ts has them; route-table.ts is the table of
+ * routes that names each one's). A request that fails is refused 400 with a message naming the
+ * field (`invalid body: /timestamp must be integer`): BAD_REQUEST, MALFORMED_RECORD for a publish,
+ * AUDIT_MALFORMED for a ship. A known path with another method is 405 with an `allow` header.
+ *
  * | request                              | authorization                   | body / answer                                  |
  * | ------------------------------------ | ------------------------------- | ---------------------------------------------- |
  * | POST /v1/join                        | body signature (join message)   | JoinRequest → JoinResult                       |
