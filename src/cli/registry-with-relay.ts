@@ -1,7 +1,7 @@
 import { BUILTIN_RELAY_NAME, DEFAULT_RELAY_REGION, advertisedRelays } from '../registry/relay-list.js';
 import { DEFAULT_LISTEN, parseListen, startRegistry, type BuiltInRelay, type RegistryOptions, type RunningRegistry } from '../registry/server.js';
 import { formatHostPort } from '../relay/protocol.js';
-import { startRelay, type RelayLimits, type RelayStats, type RunningRelay } from '../relay/server.js';
+import { startRelay, type RelayStats, type RunningRelay } from '../relay/server.js';
 import { UPGRADE_PATH } from '../relay/tcp.js';
 
 /**
@@ -14,7 +14,6 @@ import { UPGRADE_PATH } from '../relay/tcp.js';
  */
 
 export interface RegistryWithRelayOptions extends Omit<RegistryOptions, 'builtInRelay'> {
-  relayLimits?: RelayLimits;
   /** The built-in relay's name and region in the advertised list (default "registry", "default"). */
   relayName?: string;
   relayRegion?: string;
@@ -26,7 +25,7 @@ export interface RunningRegistryWithRelay extends RunningRegistry<RelayStats> {
 
 /** Starts the registry, then the relay on its port number; resolves once both are listening. */
 export async function startRegistryWithRelay(opts: RegistryWithRelayOptions): Promise<RunningRegistryWithRelay> {
-  const { relayLimits, relayName, relayRegion, ...registryOpts } = opts;
+  const { relayName, relayRegion, ...registryOpts } = opts;
   const { host, port } = parseListen(opts.listen ?? DEFAULT_LISTEN);
   const entry = { name: relayName ?? BUILTIN_RELAY_NAME, region: relayRegion ?? DEFAULT_RELAY_REGION };
   // Its name beside the standalone relays' (unique, at most 16 in all), checked before anything is opened.
@@ -49,7 +48,7 @@ export async function startRegistryWithRelay(opts: RegistryWithRelayOptions): Pr
 
   const registry = await startRegistry({ ...registryOpts, builtInRelay: beside });
   const relayOpts = {
-    stunSecondPort: true, tcpServer: registry.httpServer, allow: registry.networksOf, limits: relayLimits, log: opts.log?.child({ component: 'relay' }),
+    stunSecondPort: true, tcpServer: registry.httpServer, allow: registry.networksOf, log: opts.log?.child({ component: 'relay' }),
   };
   let relay: RunningRelay;
   try {
