@@ -10,6 +10,7 @@ import {
 } from './protocol.js';
 import type { SignedRecord } from './record.js';
 import { signPathReport, type ReportedPath } from './path-report.js';
+import { sessionAuthorization } from './read-sessions.js';
 
 export type { AgentView, AuditHeadView, AuditShip, AuditWitnessView, JoinResult, PolicyView } from './protocol.js';
 
@@ -75,7 +76,26 @@ interface Instance {
   basePath: string;
   transport: typeof http | typeof https;
   agent: http.Agent;
+  /** The read session with this instance, or its opening under way. */
+  session?: ReadSession | Promise<ReadSession | null>;
+  /** The instance answered that it has no read sessions (an older registry). */
+  noSessions?: boolean;
 }
+
+interface ReadSession {
+  id: string;
+  secret: Buffer;
+  expiresAt: number;
+}
+
+/** How a request authenticates: `signed` (Ed25519), or 'session' for a read under the instance's read session. */
+interface RequestAuth {
+  body?: unknown;
+  signed?: boolean | 'session';
+}
+
+/** A session this close to its end is replaced before the next read, so reads do not meet its expiry. */
+const SESSION_RENEW_BEFORE_MS = 60_000;
 
 /** Registry instances one client may be given (`--registry URL1,URL2,...`). */
 const MAX_INSTANCES = 16;
@@ -172,7 +192,7 @@ export class RegistryClient {
 
   /** The network's policy (null: none), by a signed read. */
   async getPolicy(): Promise<PolicyView | null> {
-    const answer = await this.request('GET', `/v1/policy?network=${encodeURIComponent(this.opts.network)}`, { signed: true });
+    const answer = await this.request('GET', `/v1/policy?network=${encodeURIComponent(this.opts.network)}`, { signed: 'session' });
     if (answer.policy === null || answer.policy === undefined) return null;
     const policy = parsePolicyView(answer.policy);
     if (policy === undefined) throw new AgentVpnError('REGISTRY_BAD_ANSWER', 'the registry answered with a malformed policy', 'check the registry version');
@@ -213,7 +233,7 @@ export class RegistryClient {
     if (filter.online !== undefined) q.set('online', filter.online ? '1' : '0');
     if (page.limit !== undefined) q.set('limit', String(page.limit));
     if (page.cursor !== undefined) q.set('cursor', page.cursor);
-    const a = await this.request('GET', `/v1/agents?${q}`, { signed: true });
+    const a = await this.request('GET', `/v1/agents?${q}`, { signed: 'session' });
     if (!Array.isArray(a.agents) || !(a.next === undefined || typeof a.next === 'string')) throw badAnswer('a malformed list of agents');
     // A cursor that does not move forward would loop forever.
     if (typeof a.next === 'string' && page.cursor !== undefined && a.next <= page.cursor) throw badAnswer('a list page whose cursor does not advance');
@@ -222,7 +242,7 @@ export class RegistryClient {
 
   async get(idOrName: string): Promise<AgentView> {
     const path = `/v1/agents/${encodeURIComponent(idOrName)}?network=${encodeURIComponent(this.opts.network)}`;
-    return ((await this.request('GET', path, { signed: true })) as { agent: AgentView }).agent;
+    return ((await this.request('GET', path, { signed: 'session' })) as { agent: AgentView }).agent;
   }
 
   /** The registry's witness key (unauthenticated: pin it at first contact). */
@@ -286,12 +306,13 @@ export class RegistryClient {
    * REGISTRY_UNREACHABLE. An instance that cannot be reached is skipped for the next (each attempt
    * signs afresh: the instances share one replay window, so no timestamp is used twice).
    */
-  private async request(method: string, path: string, o: { body?: unknown; signed?: boolean }): Promise<Record<string, unknown>> {
+  private async request(method: string, path: string, o: RequestAuth): Promise<Record<string, unknown>> {
     let last: unknown;
     for (let tried = 0; tried < this.instances.length; tried++) {
       const i = this.active;
       try {
-        return await this.requestAt(this.instances[i], method, path, o);
+        const signed = o.signed;
+        return await (signed === 'session' ? this.readAt(this.instances[i], method, path) : this.requestAt(this.instances[i], method, path, { body: o.body, signed }));
       } catch (e) {
         if ((e as AgentVpnError).code !== 'REGISTRY_UNREACHABLE') throw e;
         last = e;
@@ -301,7 +322,48 @@ export class RegistryClient {
     throw last;
   }
 
-  private requestAt(at: Instance, method: string, path: string, o: { body?: unknown; signed?: boolean }): Promise<Record<string, unknown>> {
+  /**
+   * A read under the instance's read session (read-sessions.ts): an HMAC instead of a signature.
+   * The session is opened with one signed request when there is none or it nears its end, and
+   * again when the instance no longer knows it (restarted, or another instance behind one URL).
+   * A registry without sessions gets signed reads.
+   */
+  private async readAt(at: Instance, method: string, path: string): Promise<Record<string, unknown>> {
+    for (let attempt = 0; ; attempt++) {
+      const session = at.noSessions ? null : await this.sessionFor(at);
+      if (!session) return this.requestAt(at, method, path, { signed: true });
+      try {
+        return await this.requestAt(at, method, path, { session });
+      } catch (e) {
+        if ((e as AgentVpnError).code !== 'SESSION_UNKNOWN' || attempt > 0) throw e;
+        if (at.session === session) at.session = undefined;
+      }
+    }
+  }
+
+  /** The instance's session, opened once however many reads wait for it; null when the registry has none. */
+  private sessionFor(at: Instance): Promise<ReadSession | null> | ReadSession {
+    const s = at.session;
+    if (s && !(s instanceof Promise) && s.expiresAt - Date.now() > SESSION_RENEW_BEFORE_MS) return s;
+    if (s instanceof Promise) return s;
+    const opening = this.requestAt(at, 'POST', `/v1/sessions?network=${encodeURIComponent(this.opts.network)}`, { signed: true }).then((a) => {
+      const secret = typeof a.secret === 'string' ? Buffer.from(a.secret, 'base64') : null;
+      if (typeof a.session !== 'string' || !secret || secret.length !== 32 || typeof a.expiresAt !== 'number') throw badAnswer('a malformed read session');
+      return (at.session = { id: a.session, secret, expiresAt: a.expiresAt });
+    }, (e: unknown) => {
+      at.session = undefined;
+      // An older registry: signed reads, as before.
+      if ((e as AgentVpnError).code === 'NOT_FOUND' || (e as AgentVpnError).code === 'METHOD_NOT_ALLOWED') {
+        at.noSessions = true;
+        return null;
+      }
+      throw e;
+    });
+    at.session = opening;
+    return opening;
+  }
+
+  private requestAt(at: Instance, method: string, path: string, o: { body?: unknown; signed?: boolean; session?: ReadSession }): Promise<Record<string, unknown>> {
     const fullPath = at.basePath + path;
     const headers: Record<string, string> = { accept: 'application/json' };
     const payload = o.body === undefined ? undefined : Buffer.from(JSON.stringify(o.body));
@@ -309,7 +371,8 @@ export class RegistryClient {
       headers['content-type'] = 'application/json';
       headers['content-length'] = String(payload.length);
     }
-    if (o.signed) headers.authorization = agentAuthorization(this.opts.identity, method, fullPath, nextTimestamp(this.id));
+    if (o.session) headers.authorization = sessionAuthorization(o.session, method, fullPath, nextTimestamp(this.id));
+    else if (o.signed) headers.authorization = agentAuthorization(this.opts.identity, method, fullPath, nextTimestamp(this.id));
     return new Promise((resolve, reject) => {
       const req = at.transport.request({ ...this.requestOptions(at, method, fullPath, headers), agent: at.agent, timeout: this.timeoutMs }, (res) => {
         readAll(res).then((text) => {

@@ -49,7 +49,9 @@ import type { AgentRecord } from './record.js';
  *
  * Authorization header: `AgentVPN <agent ID> <timestamp ms> <base64 signature>` by a member
  * of the network, or `Bearer <join token>` (an operator: valid only while the token could
- * still admit an agent, i.e. neither expired nor used up).
+ * still admit an agent, i.e. neither expired nor used up), or, for reads, `AgentVPN-Session
+ * <session ID> <timestamp ms> <base64url HMAC>` under a read session's secret (read-sessions.ts:
+ * POST /v1/sessions, signed, answers {session, secret, expiresAt}).
  *
  * | signed message   | bytes (UTF-8, fields separated by "\n")                               |
  * | ---------------- | --------------------------------------------------------------------- |
@@ -266,7 +268,8 @@ export function verifyAgentSignature(id: string, message: Uint8Array, signature:
 
 export type ParsedAuthorization =
   | { kind: 'agent'; id: string; timestamp: number; signature: string }
-  | { kind: 'bearer'; token: string };
+  | { kind: 'bearer'; token: string }
+  | { kind: 'session'; id: string; timestamp: number; mac: Buffer };
 
 export function parseAuthorization(header: string | undefined): ParsedAuthorization | null {
   if (!header || header.length > 512) return null;
@@ -274,6 +277,9 @@ export function parseAuthorization(header: string | undefined): ParsedAuthorizat
   if (parts[0] === 'Bearer' && parts.length === 2) return { kind: 'bearer', token: parts[1] };
   if (parts[0] === 'AgentVPN' && parts.length === 4 && /^\d{1,16}$/.test(parts[2])) {
     return { kind: 'agent', id: parts[1], timestamp: Number(parts[2]), signature: parts[3] };
+  }
+  if (parts[0] === 'AgentVPN-Session' && parts.length === 4 && /^[A-Za-z0-9_-]{22}$/.test(parts[1]) && /^\d{1,16}$/.test(parts[2]) && /^[A-Za-z0-9_-]{43}$/.test(parts[3])) {
+    return { kind: 'session', id: parts[1], timestamp: Number(parts[2]), mac: Buffer.from(parts[3], 'base64url') };
   }
   return null;
 }

@@ -3,6 +3,8 @@ import type { Entry } from './fleet-state.js';
 import { sendJson, sendText } from './http-body.js';
 import { listPage, parsePageRequest } from './list-page.js';
 import { refuse } from './refusals.js';
+import { parseAuthorization } from './protocol.js';
+import { ReadSessions } from './read-sessions.js';
 import { authorizeRead } from './request-auth.js';
 import { LIST_QUERY, NAME_OR_ID_PARAMS, NETWORK_QUERY } from './request-schemas.js';
 import type { Route, RouteCall } from './route-table.js';
@@ -12,12 +14,23 @@ import type { RouteContext } from './routes.js';
 
 export function readRoutes(ctx: RouteContext): Route[] {
   const { fleet, hub } = ctx;
+  const sessions = new ReadSessions();
+  const authority = { store: ctx.store, fleet, signatures: ctx.signatures, sessions };
   const networkOf = (c: RouteCall) => c.query.network ?? ctx.defaultNetwork;
   /** The network, once the reader is authorized for it. */
   const authorized = async (c: RouteCall) => {
     const network = networkOf(c);
-    await authorizeRead(c.req, network, c.now, ctx);
+    await authorizeRead(c.req, network, c.now, authority);
     return network;
+  };
+
+  /** A read session (read-sessions.ts), for a member's signed request only: a session cannot extend itself. */
+  const openSession = async (c: RouteCall) => {
+    if (parseAuthorization(c.req.headers.authorization)?.kind !== 'agent') refuse('UNAUTHORIZED', 'a read session is opened with a signed request (Authorization: AgentVPN ...)');
+    const network = networkOf(c);
+    const credential = await authorizeRead(c.req, network, c.now, authority);
+    const session = sessions.open(credential.key.slice('agent:'.length), network, c.now);
+    sendJson(c.res, 200, { ok: true, session: session.id, secret: session.secret.toString('base64'), expiresAt: session.expiresAt });
   };
 
   /** One page of the agents matching the query (list-page.ts has the parameters). */
@@ -52,7 +65,7 @@ export function readRoutes(ctx: RouteContext): Route[] {
     const network = networkOf(c);
     const room = hub.roomFor(null);
     if (!room.ok) refuse(room.code, room.message);
-    const credential = await authorizeRead(c.req, network, c.now, ctx);
+    const credential = await authorizeRead(c.req, network, c.now, authority);
     const state = fleet.net(network);
     const result = hub.subscribe(network, credential.key, c.res, state.agents.values(), () => state.policyJson, credential.expiresAt);
     if (!result.ok) refuse(result.code, result.message);
@@ -70,6 +83,7 @@ export function readRoutes(ctx: RouteContext): Route[] {
 
   return [
     { method: 'GET', path: '/healthz', handle: ({ res }) => sendJson(res, 200, { ok: true }) },
+    { method: 'POST', path: '/v1/sessions', query: NETWORK_QUERY, handle: openSession },
     { method: 'GET', path: '/v1/agents', query: LIST_QUERY, handle: listAgents },
     { method: 'GET', path: '/v1/agents/:id', params: NAME_OR_ID_PARAMS, query: NETWORK_QUERY, handle: getAgent },
     { method: 'GET', path: '/v1/events', query: NETWORK_QUERY, handle: events },

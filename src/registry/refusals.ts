@@ -6,6 +6,7 @@ export const REFUSALS: Record<string, { status: number; hint: string }> = {
   BAD_REQUEST: { status: 400, hint: 'send a JSON body with the fields the registry API documents' },
   PAYLOAD_TOO_LARGE: { status: 413, hint: `request bodies are limited to ${MAX_BODY_BYTES / 1024} KiB` },
   UNAUTHORIZED: { status: 401, hint: 'sign the request as a joined agent (Authorization: AgentVPN ...) or send a join token of the network that is neither expired nor used up (Authorization: Bearer ...)' },
+  SESSION_UNKNOWN: { status: 401, hint: 'open a new read session (POST /v1/sessions, signed); RegistryClient does this by itself' },
   REPLAYED: { status: 401, hint: 'every signed request is usable once: sign a fresh one (the agentvpn client does); if this agent runs twice with one identity, stop one' },
   BAD_TOKEN: { status: 403, hint: 'a new agent needs a valid join token: create one with `agentvpn registry token create` and pass it with --token' },
   BAD_SIGNATURE: { status: 403, hint: "the request must be signed by the key encoded in the agent ID; check the agent's identity key" },

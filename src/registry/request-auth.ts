@@ -4,6 +4,7 @@ import type { Fleet } from './fleet-state.js';
 import { MAX_CLOCK_SKEW_MS, hashToken, parseAuthorization, requestMessage, verifyAgentSignature } from './protocol.js';
 import { refuse } from './refusals.js';
 import type { SignatureBudget } from './signature-budget.js';
+import type { ReadSessions } from './read-sessions.js';
 import type { RegistryStore } from './store.js';
 
 /**
@@ -28,16 +29,26 @@ export function checkClock(timestamp: number, now: number): void {
   if (Math.abs(now - timestamp) > MAX_CLOCK_SKEW_MS) refuse('CLOCK_SKEW', `timestamp is ${Math.round((timestamp - now) / 1000)} s from the registry's clock`);
 }
 
-/** What authorizing a read needs. */
+/** What authorizing a read needs; without `sessions`, session reads are refused (SESSION_UNKNOWN). */
 export interface ReadAuthority {
   store: RegistryStore;
   fleet: Fleet;
   signatures: SignatureBudget;
+  sessions?: ReadSessions;
 }
 
-export async function authorizeRead(req: IncomingMessage, network: string, now: number, { store, fleet, signatures }: ReadAuthority): Promise<Credential> {
+export async function authorizeRead(req: IncomingMessage, network: string, now: number, { store, fleet, signatures, sessions }: ReadAuthority): Promise<Credential> {
   const auth = parseAuthorization(req.headers.authorization);
   if (!auth) refuse('UNAUTHORIZED', 'missing or malformed Authorization header');
+  if (auth.kind === 'session') {
+    // No signature and no database write: a MAC and the session's window in memory (read-sessions.ts).
+    checkClock(auth.timestamp, now);
+    const checked = sessions?.check(auth.id, network, req.method ?? '', req.url ?? '', auth.timestamp, auth.mac, now)
+      ?? { ok: false as const, code: 'SESSION_UNKNOWN' as const, message: 'this registry does not keep read sessions here' };
+    if (!checked.ok) refuse(checked.code, checked.message);
+    if (!fleet.isMember(network, checked.agent)) refuse('NOT_JOINED', `agent ${checked.agent} is no longer a member of network ${network}`);
+    return { key: `agent:${checked.agent}`, expiresAt: null };
+  }
   if (auth.kind === 'bearer') {
     const hash = hashToken(auth.token);
     const token = await store.checkToken(network, hash, now);

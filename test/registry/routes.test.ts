@@ -97,6 +97,7 @@ describe('registry route table', () => {
       ['GET /v1/agents/:id', () => call(reg, 'GET', '/v1/agents/Not_A_Name', { headers: bearer }), 'BAD_REQUEST', 'invalid path: /id must match pattern'],
       ['GET /v1/events', () => call(reg, 'GET', '/v1/events?network=-bad'), 'BAD_REQUEST', 'invalid query: /network'],
       ['GET /v1/policy', () => call(reg, 'GET', '/v1/policy?network=BAD'), 'BAD_REQUEST', 'invalid query: /network'],
+      ['POST /v1/sessions', () => call(reg, 'POST', '/v1/sessions?network=BAD'), 'BAD_REQUEST', 'invalid query: /network'],
       ['GET /v1/stats', () => call(reg, 'GET', '/v1/stats?network=a..b'), 'BAD_REQUEST', 'invalid query: /network'],
       ['POST /v1/join', () => call(reg, 'POST', '/v1/join', { body: { network: NET, id, name: 'member', timestamp: String(stamp), signature: sig } }), 'BAD_REQUEST', 'invalid body: /timestamp must be integer'],
       ['PUT /v1/agents/:id', () => call(reg, 'PUT', `/v1/agents/${id}`, { body: { record: {}, signature: sig, junk: 1 } }), 'MALFORMED_RECORD', 'invalid body: an unknown field "junk"'],
