@@ -238,10 +238,19 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     if (sourceNotices.take(t.source) && unknownNotices.take()) sendTo(t, typeof notice === 'number' ? encodeNotice(notice) : notice);
   };
 
-  /** A fresh challenge for the transport's address: budgeted per source and in total, one MAC, nothing kept. */
-  const sendChallenge = (t: Transport) => {
-    if (!challengesPerSource.take(t.source)) return drop('challenge-source-rate');
-    if (!challengesTotal.take()) return drop('challenge-rate');
+  /**
+   * A fresh challenge for the transport's address: one MAC, nothing kept. Budgeted per source and
+   * in total; but a transport that holds a session (`holder`) is answered on that client's own
+   * budget, so someone spoofing its address (its NAT's, shared with others) cannot keep it from
+   * saying hello again.
+   */
+  const sendChallenge = (t: Transport, holder: Client | null) => {
+    if (holder) {
+      if (!holder.notices.take()) return drop('challenge-source-rate');
+    } else {
+      if (!challengesPerSource.take(t.source)) return drop('challenge-source-rate');
+      if (!challengesTotal.take()) return drop('challenge-rate');
+    }
     challenges.mint(challengeFrame, 2, t.kind === 'udp' ? t.ep : t.remote, 0, t.kind);
     counters.challengesAnswered++;
     sendTo(t, challengeFrame);
@@ -326,7 +335,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
       case 'bad-challenge':
         // Not made by us for this source (another relay's, another address's, expired, none): a fresh one.
         drop('bad-challenge');
-        return sendChallenge(t);
+        return sendChallenge(t, session?.onThisTransport ? existing! : null);
       case 'refused':
         drop(verdict.reason);
         return noticeStranger(t, verdict.notice);
@@ -340,10 +349,10 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     }
   };
 
-  const onChallengeRequest = (frame: Buffer, t: Transport) => {
+  const onChallengeRequest = (frame: Buffer, t: Transport, from: Client | null) => {
     if (versionOf(frame) !== RELAY_VERSION && frame.length >= 2) return refuseVersion(frame, t);
     if (!isChallengeRequest(frame)) return drop('garbage');
-    sendChallenge(t);
+    sendChallenge(t, from);
   };
 
   /** SEND from a registered client: limits first (before any lookup or copy), then pass it on. */
@@ -376,7 +385,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     if (frame.length > MAX_FRAME_SIZE) return drop('oversized');
     const type = frame[0];
     if (type === FRAME_HELLO) return onHello(frame, t, conn);
-    if (type === FRAME_CHALLENGE_REQUEST) return onChallengeRequest(frame, t);
+    if (type === FRAME_CHALLENGE_REQUEST) return onChallengeRequest(frame, t, from);
     if (type !== FRAME_SEND && type !== FRAME_KEEPALIVE) return drop('garbage');
     if (!from) {
       drop('not-registered');

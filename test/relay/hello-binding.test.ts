@@ -246,4 +246,39 @@ describe('relay hello bound to its relay and its source', () => {
     console.log(`hello flood from one source, same run: ${FLOOD} hellos, ${r.relay.stats().helloVerifications - before.helloVerifications} signatures checked, ` +
       `CPU ${perHello.toFixed(1)} µs a hello; challenge request / hello: ${(perChallenge / perHello).toFixed(2)}`);
   });
+
+  it('a challenge flood from a member\'s IP address (its NAT\'s, or spoofed) does not keep the member from getting a challenge on its own session', async () => {
+    const r = await relay();
+    const port = r.relay.udpPort;
+    const member = await rawSocket('127.0.0.1');
+    const flooder = await rawSocket('127.0.0.1'); // the same source for the budgets (the IPv4 address)
+    closers.push(member.close, flooder.close);
+    const me = Identity.generate();
+    member.send(encodeHello(me, Date.now(), 0, await member.challenge(port)), port);
+    await waitFor(() => member.inbox.some((f) => f[0] === FRAME_HELLO_ACK), { intervalMs: 10 });
+    member.inbox.length = 0;
+
+    let flooding = true;
+    let sent = 0;
+    const flood = (async () => {
+      const request = encodeChallengeRequest();
+      while (flooding) {
+        for (let i = 0; i < 200; i++) flooder.send(request, port);
+        sent += 200;
+        await sleep(5);
+      }
+    })();
+    await sleep(300); // the source's burst is spent
+    const ASKS = 5;
+    for (let i = 0; i < ASKS; i++) {
+      member.send(encodeChallengeRequest(), port);
+      await sleep(100);
+    }
+    flooding = false;
+    await flood;
+    await sleep(100);
+    const got = member.inbox.filter((f) => f[0] === FRAME_CHALLENGE).length;
+    console.log(`challenge flood from the member's address: ${sent} requests, ${r.relay.stats().dropped['challenge-source-rate'] ?? 0} shed; the member got ${got} of ${ASKS} challenges it asked for`);
+    expect(got).toBe(ASKS);
+  });
 });
