@@ -14,7 +14,7 @@ import { refuse } from './refusals.js';
 import { checkClock } from './request-auth.js';
 import { AGENT_ID_PARAMS, JOIN_BODY, NETWORK_QUERY, PUBLISH_BODY, SIGNED_TIMESTAMP_BODY } from './request-schemas.js';
 import type { Route, RouteCall } from './route-table.js';
-import type { RouteContext } from './routes.js';
+import type { RouteContext } from './route-context.js';
 import type { StoredKeyChain } from './store.js';
 
 /** What an agent writes, each signed by the agent: join, publish, heartbeat, leave. */

@@ -8,7 +8,7 @@ import { ReadSessions } from './read-sessions.js';
 import { authorizeRead } from './request-auth.js';
 import { LIST_QUERY, NAME_OR_ID_PARAMS, NETWORK_QUERY } from './request-schemas.js';
 import type { Route, RouteCall } from './route-table.js';
-import type { RouteContext } from './routes.js';
+import type { RouteContext } from './route-context.js';
 
 /** What members (and holders of a join token) read: agents, events, the policy, stats; and /healthz. */
 

@@ -1,41 +1,12 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Logger } from 'pino';
-import type { Prefix } from '../ip/prefix.js';
-import type { RelayInfo } from '../relay/protocol.js';
-import { adminRoutes, type AdminContext } from './admin-routes.js';
+import { adminRoutes } from './admin-routes.js';
 import { agentRoutes } from './agent-routes.js';
 import { consoleRoutes } from './console/routes.js';
-import type { EventHub } from './events.js';
-import type { Entry, Fleet } from './fleet-state.js';
-import type { AgentChangeKind, RegistryStats } from './protocol.js';
 import { readRoutes } from './read-routes.js';
-import type { RegistryEvents } from './registry-log.js';
+import type { RouteContext } from './route-context.js';
 import { routeTable, type Route, type RouteSection } from './route-table.js';
-import type { SignatureBudget } from './signature-budget.js';
-import type { RegistryStore } from './store.js';
 
-/** What the routes work on; server.ts builds it. */
-export interface RouteContext {
-  store: RegistryStore;
-  fleet: Fleet;
-  hub: EventHub;
-  signatures: SignatureBudget;
-  log: Logger;
-  defaultNetwork: string;
-  pool: Prefix;
-  heartbeatIntervalMs: number;
-  offlineAfterMs: number;
-  /** The relay and STUN servers a joining agent is told about. */
-  relayInfo(req: IncomingMessage): { relays: RelayInfo[]; stun: string[] };
-  /** Logs a change and pushes it to the network's event streams. */
-  emit(network: string, kind: AgentChangeKind, entry: Entry, id: string): void;
-  admin: AdminContext;
-  /** The registry's own audit log: joins and leaves are on disk before they are answered. */
-  events: RegistryEvents;
-  /** /v1/audit/* (audit-routes.ts). */
-  audit: { routes: readonly Route[] };
-  stats(): RegistryStats;
-}
+export type { RouteContext } from './route-context.js';
 
 /** Every endpoint of the registry (protocol.ts has the table), with its method, path pattern and request schemas (request-schemas.ts). */
 export function registryRoutes(ctx: RouteContext): { routes: Route[]; sections: RouteSection[] } {
