@@ -38,6 +38,7 @@ async function measure({ label, urls, pids, dbPids, token, dbSize }) {
   const registerMs = [];
   let c0 = cpu();
   let d0 = dbCpu();
+  let g0 = cpuOf([process.pid]);
   let t0 = performance.now();
   await pool(AGENTS, CONCURRENCY, async (i) => {
     const identity = identities[i];
@@ -62,11 +63,13 @@ async function measure({ label, urls, pids, dbPids, token, dbSize }) {
   r.registerPerS = AGENTS / seconds;
   r.registerCpuMsPerAgent = ((cpu() - c0) * 1000) / AGENTS;
   r.registerDbCpuMsPerAgent = ((dbCpu() - d0) * 1000) / AGENTS;
+  r.registerClientCpuMsPerAgent = ((cpuOf([process.pid]) - g0) * 1000) / AGENTS;
   r.rssAfterRegisterMiB = rss();
 
   const readers = identities.slice(0, CONCURRENCY).map((identity, k) => new RegistryClient({ url: urls[k % urls.length], identity, network: NETWORK }));
   const getMs = [];
   c0 = cpu();
+  g0 = cpuOf([process.pid]);
   t0 = performance.now();
   await pool(GETS, CONCURRENCY, async (i) => {
     const name = `agent-${(i * 7919) % AGENTS}`;
@@ -79,6 +82,7 @@ async function measure({ label, urls, pids, dbPids, token, dbSize }) {
   r.get = stats(getMs);
   r.getPerS = GETS / seconds;
   r.getCpuMs = ((cpu() - c0) * 1000) / GETS;
+  r.getClientCpuMs = ((cpuOf([process.pid]) - g0) * 1000) / GETS;
 
   const listSmallMs = [];
   const listLargeMs = [];
@@ -188,9 +192,11 @@ const rows = [
   ['registrations/s', (r) => f(r.registerPerS, 0)],
   ['registry CPU ms per registration', (r) => f(r.registerCpuMsPerAgent, 2)],
   ['database CPU ms per registration', (r) => f(r.registerDbCpuMsPerAgent, 2)],
+  ['load generator CPU ms per registration', (r) => f(r.registerClientCpuMsPerAgent, 2)],
   ['lookup by name p50 / p99 ms', (r) => pp(r.get)],
   ['lookups/s', (r) => f(r.getPerS, 0)],
   ['registry CPU ms per lookup', (r) => f(r.getCpuMs, 2)],
+  ['load generator CPU ms per lookup', (r) => f(r.getClientCpuMs, 2)],
   [`list ~${Math.ceil(AGENTS / 100)} agents p50 / p99 ms`, (r) => pp(r.listSmall)],
   [`list ~${Math.ceil(AGENTS / 10)} agents p50 / p99 ms`, (r) => pp(r.listLarge)],
   [`  the same, 1 client p50 / p99 ms`, (r) => pp(r.listAlone)],
