@@ -120,7 +120,7 @@ INSERT INTO meta (key, value) VALUES ('${LOGGED_ACTIONS_KEY}', '0');
  *
  * agentvpn_take is replay-window.ts's takeTimestamp over the stored window (floor, used as a JSON
  * array), with the same constants passed in; test/registry/pg-store.test.ts checks the two agree.
- * agentvpn_admit is a whole join. agentvpn_heartbeat writes the row only when the agent's online state changes: the registry
+ * agentvpn_admit is a whole join, agentvpn_put_record a publish. agentvpn_heartbeat writes the row only when the agent's online state changes: the registry
  * writes last_seen of agents that stay online with its once-a-second liveness flush.
  */
 const V2 = `
@@ -146,6 +146,28 @@ BEGIN
   INSERT INTO replay_windows (id, floor, used) VALUES (p_id, w_floor, to_json(w_used)::text)
     ON CONFLICT (id) DO UPDATE SET floor = excluded.floor, used = excluded.used;
   RETURN TRUE;
+END $$;
+
+-- A publish without a new key chain (PgStore.putRecord keeps chains in a transaction of its own).
+CREATE FUNCTION agentvpn_put_record(p_network TEXT, p_id TEXT, p_name TEXT, p_ipv4 TEXT, p_seq BIGINT, p_json TEXT, p_signature TEXT, p_now BIGINT)
+RETURNS JSON LANGUAGE plpgsql AS $$
+DECLARE
+  m members%ROWTYPE;
+  stored BIGINT;
+BEGIN
+  PERFORM pg_advisory_xact_lock(${LOCK.agent}, hashtext(p_id));
+  SELECT * INTO m FROM members WHERE network = p_network AND id = p_id;
+  IF NOT FOUND THEN RETURN json_build_object('code', 'NOT_JOINED'); END IF;
+  IF m.ipv4 <> p_ipv4 THEN RETURN json_build_object('code', 'ADDRESS_MISMATCH', 'ipv4', m.ipv4); END IF;
+  IF m.name <> p_name THEN
+    IF EXISTS (SELECT 1 FROM members WHERE network = p_network AND name = p_name) THEN RETURN json_build_object('code', 'NAME_TAKEN'); END IF;
+    UPDATE members SET name = p_name WHERE network = p_network AND id = p_id;
+  END IF;
+  SELECT seq INTO stored FROM records WHERE network = p_network AND id = p_id;
+  IF stored IS NOT NULL AND p_seq <= stored THEN RETURN json_build_object('code', 'STALE_RECORD', 'seq', stored); END IF;
+  INSERT INTO records (id, network, json, signature, seq, last_seen, online) VALUES (p_id, p_network, p_json, p_signature, p_seq, p_now, true)
+    ON CONFLICT (network, id) DO UPDATE SET json = excluded.json, signature = excluded.signature, seq = excluded.seq, last_seen = excluded.last_seen, online = true;
+  RETURN json_build_object('code', 'ok', 'ipv4', m.ipv4, 'joined_at', m.joined_at, 'tags', m.tags);
 END $$;
 
 CREATE FUNCTION agentvpn_heartbeat(p_network TEXT, p_id TEXT, p_online BOOLEAN, p_last_seen BIGINT, p_ts BIGINT, p_now BIGINT, p_skew BIGINT, p_slots INT)

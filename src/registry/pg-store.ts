@@ -238,6 +238,7 @@ export class PgStore implements RegistryStore {
 
   async putRecord(network: string, signed: SignedRecord, now: number, chain?: StoredKeyChain): Promise<PutRecordResult> {
     const r = signed.record;
+    if (!chain) return this.putRecordAlone(network, signed, now);
     try {
       return await this.tx(async (c): Promise<PutRecordResult> => {
         await PgStore.lock(c, LOCK.agent, r.id);
@@ -270,6 +271,26 @@ export class PgStore implements RegistryStore {
     } catch (e) {
       if (isNameConflict(e)) return nameTaken(r.name, network);
       throw e;
+    }
+  }
+
+  /** A publish that brings no new key chain: one statement (agentvpn_put_record, migration 2). */
+  private async putRecordAlone(network: string, signed: SignedRecord, now: number): Promise<PutRecordResult> {
+    const r = signed.record;
+    let row: { code: string; ipv4?: string; joined_at?: number; tags?: string; seq?: number };
+    try {
+      [{ row }] = await this.rows<{ row: typeof row }>('SELECT agentvpn_put_record($1, $2, $3, $4, $5, $6, $7, $8) AS row',
+        [network, r.id, r.name, r.ipv4, r.seq, JSON.stringify(r), signed.signature, now]);
+    } catch (e) {
+      if (isNameConflict(e)) return nameTaken(r.name, network);
+      throw e;
+    }
+    switch (row.code) {
+      case 'ok': return { ok: true, member: { id: r.id, network, name: r.name, ipv4: row.ipv4!, joinedAt: row.joined_at!, tags: parseStoredTags(row.tags!) } };
+      case 'NOT_JOINED': return { ok: false, code: 'NOT_JOINED', message: `agent ${r.id} has not joined network ${network}` };
+      case 'ADDRESS_MISMATCH': return { ok: false, code: 'ADDRESS_MISMATCH', message: `record ipv4 ${r.ipv4} is not the address allocated to this agent (${row.ipv4})` };
+      case 'NAME_TAKEN': return nameTaken(r.name, network);
+      default: return { ok: false, code: 'STALE_RECORD', message: `record seq ${r.seq} is not newer than the stored seq ${row.seq}` };
     }
   }
 
