@@ -111,10 +111,19 @@ export class BirthdayProber<P extends object> {
     return s;
   }
 
+  /** Attempts under way, by role (kept as counts: a fleet's every peer may have a state here). */
+  private readonly runningCount: Record<Role, number> = { hard: 0, easy: 0 };
+
   private running(role: Role): number {
-    let n = 0;
-    for (const s of this.peers.values()) if (s.attempt?.role === role) n++;
-    return n;
+    return this.runningCount[role];
+  }
+
+  /** Ends the peer's attempt, if any, and returns it. */
+  private end(s: PeerState<P>): Attempt | null {
+    const a = s.attempt;
+    if (a) this.runningCount[a.role]--;
+    s.attempt = null;
+    return a;
   }
 
   /** Whether an attempt with this peer could start now in this role (back-off, concurrency, sockets). */
@@ -180,6 +189,7 @@ export class BirthdayProber<P extends object> {
 
   private begin(s: PeerState<P>, attempt: Attempt): void {
     s.attempt = attempt;
+    this.runningCount[attempt.role]++;
     s.notBefore = Infinity; // until it ends
     this.stats.attempts++;
   }
@@ -230,11 +240,11 @@ export class BirthdayProber<P extends object> {
   }
 
   private giveUp(s: PeerState<P>, now: number): void {
-    this.closeAll(s.attempt!.sockets);
+    const a = this.end(s)!;
+    this.closeAll(a.sockets);
     // The hard side counted this attempt when it asked (noteAsked).
     s.notBefore = now + this.backoff(s.failures);
-    if (s.attempt!.role === 'easy') s.failures++;
-    s.attempt = null;
+    if (a.role === 'easy') s.failures++;
     this.stats.givenUp++;
   }
 
@@ -253,7 +263,7 @@ export class BirthdayProber<P extends object> {
     const keep = a !== null && via !== null && a.sockets.includes(via);
     if (a) {
       this.closeAll(a.sockets.filter((x) => x !== via));
-      s.attempt = null;
+      this.end(s);
       this.stats.successes++;
     }
     if (s.kept && s.kept !== via) this.closeAll([s.kept]);
@@ -284,7 +294,8 @@ export class BirthdayProber<P extends object> {
   forget(peer: P): void {
     const s = this.peers.get(peer);
     if (!s) return;
-    if (s.attempt) this.closeAll(s.attempt.sockets);
+    const a = this.end(s);
+    if (a) this.closeAll(a.sockets);
     if (s.kept) this.closeAll([s.kept]);
     this.peers.delete(peer);
   }
