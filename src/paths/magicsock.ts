@@ -480,10 +480,14 @@ export class MagicSock implements Bind {
     }
     if (!from || !sameEndpoint(from, 0, ping.endpoint, 0)) return; // answered from elsewhere: not this path
     if (ping.via !== via || (ping.spray && path.direct)) return; // a pong must come back to the socket its ping left
+    // The same address through another of our sockets is not a better path: behind a symmetric NAT
+    // each socket has its own public port, and the peer sends to the one it knows (moving would
+    // close that socket under its traffic). A dead path is given up first, then probed afresh.
+    if (path.direct && sameEndpoint(path.direct, 0, from, 0) && path.socket !== via) return;
     const better = !path.direct || sameEndpoint(path.direct, 0, from, 0) || rtt < path.directRttMs * T.betterRttFactor;
     if (!better) return;
     const upgraded = !path.direct || !sameEndpoint(path.direct, 0, from, 0);
-    if (upgraded || path.socket !== via) this.setDirect(path, Buffer.from(from), via);
+    if (upgraded) this.setDirect(path, Buffer.from(from), via);
     path.directRttMs = rtt;
     path.lastDirectPongAt = now;
     path.directUnansweredSince = null;
