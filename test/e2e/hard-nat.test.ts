@@ -70,8 +70,8 @@ describe.runIf(labReady(['ip', 'iptables', 'ping']))('hard NAT: birthday probing
       console.log(`trial ${trial + 1}: ${direct ? `direct after ${ms} ms${onMain ? ' (on the main socket)' : ''}` : 'still relayed'}; carol ${JSON.stringify(pickBirthday(stats))}; alice ${JSON.stringify(pickBirthday(aliceStats))}`);
       if (direct) {
         // The path is one extra socket and carol's other 255 closed; or, when carol's main socket's
-        // own mapping was among the ports alice probed (~1.6 % of trials), the main socket, and all
-        // 256 closed.
+        // own mapping was among the ports alice probed (~1.6 % of trials) and answered first, the
+        // main socket, and all 256 closed.
         expect(stats.birthdaySockets).toBe(onMain ? 0 : 1);
         const r = await lab.exec(alice.ns, ['ping', '-c', '3', '-i', '0.2', '-W', '2', carolIp]);
         expect(r.code, r.stdout).toBe(0);

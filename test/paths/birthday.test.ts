@@ -115,8 +115,8 @@ describe('birthday prober: budgets and bounds', () => {
     p.release(a);
     expect(factory.opened[17].closed).toBe(true);
     expect(p.stats.socketsOpen).toBe(0);
-    // The main socket's own mapping can turn out to be among the ports the easy side probed: a
-    // pong through it moves the path there (it has GSO/GRO), and the kept socket closes.
+    // A path that moves on to the main socket (another address of the peer, found through it)
+    // closes the kept socket.
     const b = {};
     const again = fakeFactory();
     p.setSocketFactory(again);
@@ -190,8 +190,8 @@ function natWorld(opts: { easyIsHard?: boolean } = {}) {
     let pub = hMap.get(key);
     if (pub === undefined) {
       // The main socket's mappings fall below the probed range, so the path found is always an
-      // extra socket's (a real NAT can put it among the probed ports: the prober test covers the
-      // move to the main socket then).
+      // extra socket's (a real NAT can put it among the probed ports: then the main socket may
+      // win, hard-nat.test.ts allows for it).
       const [lo, hi] = localPort === 51820 && B.minPort > 1024 ? [1024, B.minPort] : [B.minPort, 65536];
       do pub = lo + Math.floor(Math.random() * (hi - lo)); while (hInbound.has(pub));
       hMap.set(key, pub);
