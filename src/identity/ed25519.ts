@@ -37,21 +37,55 @@ export function signWith(key: KeyObject, message: Uint8Array): Uint8Array {
 const KEY_CACHE_SIZE = 16_384;
 const verifiedKeys = new Map<string, KeyObject>();
 
+/** The key object of a public key: cached, or built (null for a malformed key). */
+function keyObjectOf(publicKey: Uint8Array, cacheKey: string): KeyObject | null {
+  try {
+    return verifiedKeys.get(cacheKey) ?? createPublicKey({ key: Buffer.concat([SPKI_PREFIX, publicKey]), format: 'der', type: 'spki' });
+  } catch {
+    return null;
+  }
+}
+
+function remember(cacheKey: string, key: KeyObject): void {
+  verifiedKeys.delete(cacheKey); // re-inserted last: Map order is the recency order
+  verifiedKeys.set(cacheKey, key);
+  if (verifiedKeys.size > KEY_CACHE_SIZE) verifiedKeys.delete(verifiedKeys.keys().next().value!);
+}
+
+const cacheKeyOf = (publicKey: Uint8Array) => Buffer.from(publicKey.buffer, publicKey.byteOffset, 32).toString('latin1');
+
 /** Checks an Ed25519 signature; false (never throws) on malformed keys or signatures. */
 export function verifySignature(publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): boolean {
   if (publicKey.length !== 32 || signature.length !== 64) return false;
-  const cacheKey = Buffer.from(publicKey.buffer, publicKey.byteOffset, 32).toString('latin1');
+  const cacheKey = cacheKeyOf(publicKey);
+  const key = keyObjectOf(publicKey, cacheKey);
+  if (!key) return false;
   try {
-    const cached = verifiedKeys.get(cacheKey);
-    const key = cached ?? createPublicKey({ key: Buffer.concat([SPKI_PREFIX, publicKey]), format: 'der', type: 'spki' });
     const ok = verify(null, message, key, signature);
-    if (ok) {
-      verifiedKeys.delete(cacheKey); // re-inserted last: Map order is the recency order
-      verifiedKeys.set(cacheKey, key);
-      if (verifiedKeys.size > KEY_CACHE_SIZE) verifiedKeys.delete(verifiedKeys.keys().next().value!);
-    }
+    if (ok) remember(cacheKey, key);
     return ok;
   } catch {
     return false;
   }
+}
+
+/**
+ * verifySignature on libuv's thread pool: the check (~90 µs) leaves the event loop free, which is
+ * what a busy registry is short of (its requests queue behind one thread; the pool has four).
+ */
+export function verifySignatureAsync(publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): Promise<boolean> {
+  if (publicKey.length !== 32 || signature.length !== 64) return Promise.resolve(false);
+  const cacheKey = cacheKeyOf(publicKey);
+  const key = keyObjectOf(publicKey, cacheKey);
+  if (!key) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    try {
+      verify(null, message, key, signature, (err, ok) => {
+        if (!err && ok) remember(cacheKey, key);
+        resolve(!err && ok);
+      });
+    } catch {
+      resolve(false);
+    }
+  });
 }

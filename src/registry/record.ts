@@ -1,4 +1,5 @@
 import { Identity, verifySignature } from '../identity/identity.js';
+import { verifySignatureAsync } from '../identity/ed25519.js';
 import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import { overlayIPv6 } from '../identity/addresses.js';
 import { verifyKeyChain } from '../identity/rotation.js';
@@ -169,6 +170,16 @@ export type RecordWithChain = SignedRecord & { chain?: readonly unknown[] };
  * of the record itself, after every cheap one that can refuse it.
  */
 export function verifyRecord(signed: RecordWithChain, opts: { network?: string; now?: number } = {}): RecordCheck {
+  return checkRecord(signed, opts, verifySignature) as RecordCheck; // a synchronous check answers synchronously
+}
+
+/** verifyRecord with the record's signature checked on the thread pool (the registry's publishes: ed25519.ts verifySignatureAsync). */
+export function verifyRecordAsync(signed: RecordWithChain, opts: { network?: string; now?: number } = {}): Promise<RecordCheck> {
+  return Promise.resolve(checkRecord(signed, opts, verifySignatureAsync));
+}
+
+function checkRecord(signed: RecordWithChain, opts: { network?: string; now?: number },
+  verify: (key: Uint8Array, message: Uint8Array, signature: Uint8Array) => boolean | Promise<boolean>): RecordCheck | Promise<RecordCheck> {
   if (!signed || typeof signed !== 'object' || typeof signed.signature !== 'string') return fail('MALFORMED_RECORD', 'missing record or signature');
   if (!SIGNATURE_BASE64.test(signed.signature)) return fail('MALFORMED_RECORD', 'signature is not a base64 Ed25519 signature');
   const r = signed.record;
@@ -195,7 +206,13 @@ export function verifyRecord(signed: RecordWithChain, opts: { network?: string; 
       return fail('STALE_KEY', 'the record is not signed by the current key of its key chain');
     }
   }
-  if (!verifySignature(key, canonicalRecordBytes(r), Buffer.from(signed.signature, 'base64'))) {
+  const verified = verify(key, canonicalRecordBytes(r), Buffer.from(signed.signature, 'base64'));
+  return typeof verified === 'boolean' ? afterSignature(r, verified, opts) : verified.then((ok) => afterSignature(r, ok, opts));
+}
+
+/** The checks after the signature's: the signature itself, then expiry and lifetime. */
+function afterSignature(r: AgentRecord, verified: boolean, opts: { now?: number }): RecordCheck {
+  if (!verified) {
     return fail('BAD_SIGNATURE', r.key === undefined ? 'signature does not verify with the key in the agent ID' : 'signature does not verify with the record key');
   }
   const now = opts.now ?? Date.now();

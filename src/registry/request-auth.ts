@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import type { Fleet } from './fleet-state.js';
-import { MAX_CLOCK_SKEW_MS, hashToken, parseAuthorization, requestMessage, verifyAgentSignature } from './protocol.js';
+import { MAX_CLOCK_SKEW_MS, hashToken, parseAuthorization, requestMessage, verifyAgentSignatureAsync } from './protocol.js';
 import { refuse } from './refusals.js';
 import type { SignatureBudget } from './signature-budget.js';
 import type { ReadSessions } from './read-sessions.js';
@@ -59,7 +59,7 @@ export async function authorizeRead(req: IncomingMessage, network: string, now: 
   checkClock(auth.timestamp, now);
   if (!fleet.isMember(network, auth.id)) refuse('NOT_JOINED', `agent ${auth.id} has not joined network ${network}`);
   signatures.check(req);
-  if (!verifyAgentSignature(auth.id, requestMessage(req.method ?? '', req.url ?? '', auth.timestamp), auth.signature, fleet.currentKey(auth.id))) {
+  if (!(await verifyAgentSignatureAsync(auth.id, requestMessage(req.method ?? '', req.url ?? '', auth.timestamp), auth.signature, fleet.currentKey(auth.id)))) {
     signatures.failed(req);
     refuse('UNAUTHORIZED', 'the request signature does not verify');
   }
