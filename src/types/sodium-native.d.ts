@@ -8,6 +8,8 @@ declare module 'sodium-native' {
     crypto_aead_xchacha20poly1305_ietf_decrypt(m: Bytes, nsec: null, c: Bytes, ad: Bytes | null, npub: Bytes, k: Bytes): number;
     crypto_scalarmult(q: Bytes, n: Bytes, p: Bytes): void;
     crypto_scalarmult_base(q: Bytes, n: Bytes): void;
+    /** Throws on a key that is not a point of the main subgroup. */
+    crypto_sign_ed25519_pk_to_curve25519(x25519Pk: Bytes, ed25519Pk: Bytes): void;
     randombytes_buf(buf: Bytes): void;
     sodium_memcmp(a: Bytes, b: Bytes): boolean;
   };

@@ -44,4 +44,19 @@ describe('key caches (verified Ed25519 key objects, X25519 conversions)', () => 
     second.fill(1);
     expect(Buffer.from(Identity.wgPublicKeyOf(pub))).toEqual(Buffer.from(expected));
   });
+
+  it('converts as noble does, and refuses (never caches) what is not a key: a non-point, a small-order point', () => {
+    for (let i = 0; i < 50; i++) {
+      const pub = publicKeyOfSeed(randomSeed());
+      expect(Buffer.from(Identity.wgPublicKeyOf(pub))).toEqual(Buffer.from(ed25519.utils.toMontgomery(pub)));
+    }
+    const notAPoint = Buffer.alloc(32, 0xff);
+    notAPoint[31] = 0x7f;
+    const identityPoint = Buffer.alloc(32);
+    identityPoint[0] = 1; // y = 1: the neutral element, of order 1
+    for (const bad of [notAPoint, identityPoint]) {
+      expect(() => Identity.wgPublicKeyOf(bad)).toThrow();
+      expect(() => Identity.wgPublicKeyOf(bad)).toThrow(); // not cached by the first attempt
+    }
+  });
 });
