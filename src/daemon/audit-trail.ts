@@ -10,7 +10,7 @@ import { EventLimit } from '../util/event-limit.js';
 
 /**
  * How long an action waits for its entry to reach the disk before it goes on anyway: normally an
- * fdatasync (milliseconds); a failing disk must not stop the VPN admitting peers.
+ * synchronous write (milliseconds); a failing disk must not stop the VPN admitting peers.
  */
 const DURABLE_WAIT_MS = 1_000;
 

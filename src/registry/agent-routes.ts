@@ -9,7 +9,7 @@ import { screenChain } from './key-chain.js';
 import {
   HEARTBEAT_LABEL, LEAVE_LABEL, hashToken, joinMessage, timestampMessage, verifyAgentSignatureAsync, type JoinRequest, type JoinResult, type SignedTimestamp,
 } from './protocol.js';
-import { canonicalRecord, verifyRecordAsync, type AgentRecord, type SignedRecord } from './record.js';
+import { canonicalRecord, verifyRecordAsync, type AgentRecord, type RecordCheck, type SignedRecord } from './record.js';
 import { refuse } from './refusals.js';
 import { checkClock } from './request-auth.js';
 import { AGENT_ID_PARAMS, JOIN_BODY, NETWORK_QUERY, PUBLISH_BODY, SIGNED_TIMESTAMP_BODY } from './request-schemas.js';
@@ -40,9 +40,10 @@ export function agentRoutes(ctx: RouteContext): Route[] {
 
   /** Refuses unless the agent signed `message`; failures are budgeted per address (signature-budget.ts). */
   const verifySigned = async (req: IncomingMessage, id: string, message: Buffer, signature: string, what: string) => {
-    signatures.check(req);
-    if (await verifyAgentSignatureAsync(id, message, signature, fleet.currentKey(id))) return;
-    signatures.failed(req);
+    const done = signatures.begin(req);
+    const verified = await verifyAgentSignatureAsync(id, message, signature, fleet.currentKey(id));
+    done(verified);
+    if (verified) return;
     refuse('BAD_SIGNATURE', `${what} does not verify with the agent's current key`);
   };
 
@@ -83,10 +84,16 @@ export function agentRoutes(ctx: RouteContext): Route[] {
     const recordKey = typeof r.key === 'string' ? r.key : undefined;
     const screen = screenChain(fleet.rotated.get(id), recordKey, signed.chain);
     if (!screen.ok) refuse(screen.code, screen.message);
-    signatures.check(req);
-    const check = await verifyRecordAsync({ ...signed, chain: screen.chain }, { network, now });
+    const done = signatures.begin(req);
+    let check: RecordCheck = { ok: false, problem: 'BAD_SIGNATURE' };
+    try {
+      check = await verifyRecordAsync({ ...signed, chain: screen.chain }, { network, now });
+    } finally {
+      done(check.problem !== 'BAD_SIGNATURE' && check.problem !== 'BAD_CHAIN');
+    }
+    const badSignature = check.problem === 'BAD_SIGNATURE' || check.problem === 'BAD_CHAIN';
     // A bad chain may have cost two signature checks per statement it added.
-    if (check.problem === 'BAD_SIGNATURE' || check.problem === 'BAD_CHAIN') for (let i = 0; i < Math.max(1, screen.fresh); i++) signatures.failed(req);
+    if (badSignature) for (let i = 1; i < screen.fresh; i++) signatures.failed(req);
     if (!check.ok) refuse(check.problem!, check.detail ?? check.problem!);
     const canonical: SignedRecord = { record: canonicalRecord(signed.record), signature: signed.signature };
     const rotation = newRotation(id, screen.chain, screen.fresh);

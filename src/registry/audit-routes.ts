@@ -122,7 +122,8 @@ export function createAuditRoutes(ctx: AuditContext) {
   const authorizeAuditRead = async (c: RouteCall, agent: string) => {
     const auth = parseAuthorization(c.req.headers.authorization);
     if (auth?.kind === 'bearer') return ctx.authorizeAdmin(c.req);
-    if (auth?.kind === 'agent' && auth.id !== agent) refuse('UNAUTHORIZED', 'an agent may read only its own audit log (an operator: use an admin token)');
+    // Only a signed request names the agent that reads: a read session does not, so it is not enough here.
+    if (auth?.kind !== 'agent' || auth.id !== agent) refuse('UNAUTHORIZED', 'an agent may read only its own audit log, with a signed request (an operator: use an admin token)');
     await authorizeRead(c.req, networkOf(c), c.now, ctx);
   };
 

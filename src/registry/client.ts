@@ -78,8 +78,8 @@ interface Instance {
   agent: http.Agent;
   /** The read session with this instance, or its opening under way. */
   session?: ReadSession | Promise<ReadSession | null>;
-  /** The instance answered that it has no read sessions (an older registry). */
-  noSessions?: boolean;
+  /** The instance answered that it has no read sessions (an older registry): signed reads until then. */
+  noSessionsUntil: number;
 }
 
 interface ReadSession {
@@ -94,6 +94,8 @@ interface RequestAuth {
   signed?: boolean | 'session';
 }
 
+/** An instance without read sessions is asked again after this long (it may have been upgraded meanwhile). */
+const NO_SESSIONS_RETRY_MS = 5 * 60_000;
 /** A session this close to its end is replaced before the next read, so reads do not meet its expiry. */
 const SESSION_RENEW_BEFORE_MS = 60_000;
 
@@ -141,7 +143,7 @@ export class RegistryClient {
     }
     this.instances = bases.map((base, i) => ({
       url: urls[i], base, basePath: base.pathname.replace(/\/+$/, ''), transport: base.protocol === 'https:' ? https : http,
-      agent: base.protocol === 'https:' ? new https.Agent({ keepAlive: true, ca: this.ca }) : new http.Agent({ keepAlive: true }),
+      agent: base.protocol === 'https:' ? new https.Agent({ keepAlive: true, ca: this.ca }) : new http.Agent({ keepAlive: true }), noSessionsUntil: 0,
     }));
     // Spread agents over the instances: the same agent starts at the same one each time.
     this.active = [...opts.identity.id].reduce((h, c) => (h * 31 + c.charCodeAt(0)) >>> 0, 7) % this.instances.length;
@@ -329,16 +331,18 @@ export class RegistryClient {
    * A registry without sessions gets signed reads.
    */
   private async readAt(at: Instance, method: string, path: string): Promise<Record<string, unknown>> {
-    for (let attempt = 0; ; attempt++) {
-      const session = at.noSessions ? null : await this.sessionFor(at);
-      if (!session) return this.requestAt(at, method, path, { signed: true });
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const session = Date.now() < at.noSessionsUntil ? null : await this.sessionFor(at);
+      if (!session) break;
       try {
         return await this.requestAt(at, method, path, { session });
       } catch (e) {
-        if ((e as AgentVpnError).code !== 'SESSION_UNKNOWN' || attempt > 0) throw e;
+        if ((e as AgentVpnError).code !== 'SESSION_UNKNOWN') throw e;
         if (at.session === session) at.session = undefined;
       }
     }
+    // Sessions do not hold here (several instances behind one URL answer in turn): a signed read.
+    return this.requestAt(at, method, path, { signed: true });
   }
 
   /** The instance's session, opened once however many reads wait for it; null when the registry has none. */
@@ -354,7 +358,7 @@ export class RegistryClient {
       at.session = undefined;
       // An older registry: signed reads, as before.
       if ((e as AgentVpnError).code === 'NOT_FOUND' || (e as AgentVpnError).code === 'METHOD_NOT_ALLOWED') {
-        at.noSessions = true;
+        at.noSessionsUntil = Date.now() + NO_SESSIONS_RETRY_MS;
         return null;
       }
       throw e;

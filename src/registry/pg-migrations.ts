@@ -186,7 +186,7 @@ BEGIN
   RETURN 'taken';
 END $$;
 
--- A join, as PgStore.admitIn did it in a dozen round trips: one. The IPv4 rule is store.ts
+-- A join in one round trip (it was a dozen in a transaction). The IPv4 rule is store.ts
 -- allocateFromPool's (p_base, p_size from poolRange): from .1, skipping the pool's first and last
 -- address and every x.x.x.0 and x.x.x.255. Nothing is written for a refusal, except a token use
 -- given back and a known member's timestamp (taken first, as every store does).

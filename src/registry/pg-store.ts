@@ -26,7 +26,9 @@ import { parseStoredTags } from './tags.js';
  * - UPDATE ... WHERE uses_left > 0 RETURNING for a token's uses,
  * - a global advisory lock around operator_actions and audit_refusals inserts, so their ids commit
  *   in order and a cursor (seq > N) never skips a row that committed late.
- * Deadlocks and serialization failures are retried; lock order is agent, then pool or actions.
+ * Deadlocks and serialization failures are retried (transactions and single statements alike);
+ * lock order is agent, then pool or actions; multi-row liveness updates send their rows sorted,
+ * which makes two of them meeting in opposite orders rare (and retried when they do).
  */
 
 /** Connections per instance: the registry's requests are short; a few in flight cover 8 concurrent clients. */
@@ -71,6 +73,9 @@ const toAuditHead = (agent: string, r: AuditLogRow): AuditHead => ({
 });
 
 type Client = pg.PoolClient;
+
+/** Rows in (network, id) order, for multi-row updates from several instances (see the class comment). */
+const byRow = (a: { network: string; id: string }, b: { network: string; id: string }) => (a.network < b.network ? -1 : a.network > b.network ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 
 /** What agentvpn_admit answers. */
 interface AdmitRow {
@@ -157,8 +162,16 @@ export class PgStore implements RegistryStore {
     }
   }
 
+  /** One statement, its own transaction, retried like tx() when PostgreSQL aborted it for a deadlock. */
   private async rows<T extends pg.QueryResultRow>(text: string, values: unknown[] = []): Promise<T[]> {
-    return (await this.pool.query<T>(text, values)).rows;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return (await this.pool.query<T>(text, values)).rows;
+      } catch (e) {
+        if (!RETRYABLE.has((e as { code?: string }).code ?? '') || attempt >= MAX_RETRIES) throw e;
+        await new Promise((r) => setTimeout(r, Math.random() * 10 * (attempt + 1)));
+      }
+    }
   }
 
   private static async lock(c: Client, cls: number, subject: string): Promise<void> {
@@ -205,7 +218,7 @@ export class PgStore implements RegistryStore {
       [req.network, req.id, req.online, req.lastSeen, req.timestamp, req.now, MAX_CLOCK_SKEW_MS, WINDOW_SLOTS]);
     if (row.r === 'not-found') return { ok: false, code: 'NOT_FOUND', message: `agent ${req.id} has not published a record in network ${req.network}` };
     if (row.r === 'replayed') return replayed(req.id, req.timestamp);
-    if (row.r === 'taken') this.behind.note(req.network, req.id, req.lastSeen);
+    if (row.r === 'taken' && req.online) this.behind.note(req.network, req.id, req.lastSeen);
     return { ok: true };
   }
 
@@ -255,14 +268,12 @@ export class PgStore implements RegistryStore {
         if (stored && r.seq <= stored.seq) {
           return { ok: false, code: 'STALE_RECORD', message: `record seq ${r.seq} is not newer than the stored seq ${stored.seq}` };
         }
-        if (chain) {
-          const [held] = (await c.query<{ chain: string }>('SELECT chain FROM key_chains WHERE id = $1', [r.id])).rows;
-          if (held && !extendsChain(JSON.parse(held.chain) as unknown[], chain.chain)) {
-            return { ok: false, code: 'CHAIN_FORK', message: `the key chain of agent ${r.id} does not extend the one the registry holds (it is shorter, forks or replaces it)` };
-          }
-          await c.query(`INSERT INTO key_chains (id, chain, key) VALUES ($1, $2, $3)
-            ON CONFLICT (id) DO UPDATE SET chain = excluded.chain, key = excluded.key`, [r.id, JSON.stringify(chain.chain), chain.key]);
+        const [held] = (await c.query<{ chain: string }>('SELECT chain FROM key_chains WHERE id = $1', [r.id])).rows;
+        if (held && !extendsChain(JSON.parse(held.chain) as unknown[], chain.chain)) {
+          return { ok: false, code: 'CHAIN_FORK', message: `the key chain of agent ${r.id} does not extend the one the registry holds (it is shorter, forks or replaces it)` };
         }
+        await c.query(`INSERT INTO key_chains (id, chain, key) VALUES ($1, $2, $3)
+          ON CONFLICT (id) DO UPDATE SET chain = excluded.chain, key = excluded.key`, [r.id, JSON.stringify(chain.chain), chain.key]);
         await c.query(`INSERT INTO records (id, network, json, signature, seq, last_seen, online) VALUES ($1, $2, $3, $4, $5, $6, true)
           ON CONFLICT (network, id) DO UPDATE SET json = excluded.json, signature = excluded.signature, seq = excluded.seq,
             last_seen = excluded.last_seen, online = true`, [r.id, network, JSON.stringify(r), signed.signature, r.seq, now]);
@@ -300,18 +311,23 @@ export class PgStore implements RegistryStore {
    */
   async setLiveness(updates: Array<{ network: string; id: string; lastSeen: number; online: boolean }>): Promise<void> {
     if (updates.length === 0) return;
-    await this.pool.query(`UPDATE records r SET last_seen = u.last_seen, online = u.online
+    const sorted = [...updates].sort(byRow);
+    await this.rows(`UPDATE records r SET last_seen = u.last_seen, online = u.online
       FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[]) AS u(network, id, last_seen, online)
       WHERE r.network = u.network AND r.id = u.id AND r.last_seen <= u.last_seen`,
-    [updates.map((u) => u.network), updates.map((u) => u.id), updates.map((u) => u.lastSeen), updates.map((u) => u.online)]);
+    [sorted.map((u) => u.network), sorted.map((u) => u.id), sorted.map((u) => u.lastSeen), sorted.map((u) => u.online)]);
   }
 
-  /** The write-behind's batch: only ever moves last_seen forward, and leaves online alone. */
+  /**
+   * The write-behind's batch: heartbeats newer than the row, so the agent is online (a sweep here
+   * or on another instance that marked it offline meanwhile saw an older last_seen).
+   */
   private async writeLastSeen(updates: LastSeenUpdate[]): Promise<void> {
-    await this.pool.query(`UPDATE records r SET last_seen = u.last_seen
+    const sorted = [...updates].sort(byRow);
+    await this.rows(`UPDATE records r SET last_seen = u.last_seen, online = true
       FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(network, id, last_seen)
       WHERE r.network = u.network AND r.id = u.id AND r.last_seen < u.last_seen`,
-    [updates.map((u) => u.network), updates.map((u) => u.id), updates.map((u) => u.lastSeen)]);
+    [sorted.map((u) => u.network), sorted.map((u) => u.id), sorted.map((u) => u.lastSeen)]);
   }
 
   async keyChains(): Promise<StoredKeyChain[]> {

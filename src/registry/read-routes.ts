@@ -5,7 +5,7 @@ import { listPage, parsePageRequest } from './list-page.js';
 import { refuse } from './refusals.js';
 import { parseAuthorization } from './protocol.js';
 import { ReadSessions } from './read-sessions.js';
-import { authorizeRead } from './request-auth.js';
+import { authorizeRead, currentKeyOf } from './request-auth.js';
 import { LIST_QUERY, NAME_OR_ID_PARAMS, NETWORK_QUERY } from './request-schemas.js';
 import type { Route, RouteCall } from './route-table.js';
 import type { RouteContext } from './route-context.js';
@@ -29,7 +29,8 @@ export function readRoutes(ctx: RouteContext): Route[] {
     if (parseAuthorization(c.req.headers.authorization)?.kind !== 'agent') refuse('UNAUTHORIZED', 'a read session is opened with a signed request (Authorization: AgentVPN ...)');
     const network = networkOf(c);
     const credential = await authorizeRead(c.req, network, c.now, authority);
-    const session = sessions.open(credential.key.slice('agent:'.length), network, c.now);
+    const agent = credential.key.slice('agent:'.length);
+    const session = sessions.open(agent, network, currentKeyOf(fleet, agent), c.now);
     sendJson(c.res, 200, { ok: true, session: session.id, secret: session.secret.toString('base64'), expiresAt: session.expiresAt });
   };
 

@@ -11,8 +11,8 @@ import { EMPTY_WINDOW, isReplayed, takeTimestamp, type ReplayWindow } from './re
  *   signed form (protocol.ts requestMessage); each timestamp is taken once per session.
  * - A session is this instance's alone (memory): another instance, or this one after a restart,
  *   answers SESSION_UNKNOWN and the client opens a new one with a signed request.
- * - Sessions last SESSION_LIFETIME_MS; membership is checked on every read, so removing or
- *   blocking a member ends its sessions at once.
+ * - Sessions last SESSION_LIFETIME_MS; membership and the agent's current key are checked on
+ *   every read, so removing or blocking a member, or its key rotation, ends its sessions at once.
  * - Bounded: a member holds at most SESSIONS_PER_AGENT (the oldest goes), and all of them at most
  *   MAX_SESSIONS (the soonest to expire goes); only members can open one.
  * - The secret travels in the answer: without TLS, whoever reads that answer can read as the
@@ -31,13 +31,15 @@ const MAC_LABEL = 'agentvpn session v1';
 interface Session {
   agent: string;
   network: string;
+  /** The agent's key that signed the opening request: a session ends when the agent rotates away from it. */
+  key: Buffer;
   secret: Buffer;
   expiresAt: number;
   window: ReplayWindow;
 }
 
 export type SessionCheck =
-  | { ok: true; agent: string }
+  | { ok: true; agent: string; key: Buffer }
   | { ok: false; code: 'SESSION_UNKNOWN' | 'UNAUTHORIZED' | 'REPLAYED'; message: string };
 
 /** The MAC of a read: what client and registry both compute. */
@@ -62,13 +64,13 @@ export class ReadSessions {
   }
 
   /** A new session for a member that just proved itself. */
-  open(agent: string, network: string, now: number): { id: string; secret: Buffer; expiresAt: number } {
+  open(agent: string, network: string, key: Uint8Array, now: number): { id: string; secret: Buffer; expiresAt: number } {
     this.expire(now);
     const held = this.byAgent.get(agent) ?? [];
     while (held.length >= this.limits.perAgent) this.byId.delete(held.shift()!);
     while (this.byId.size >= this.limits.total) this.drop(this.byId.keys().next().value!);
     const id = randomBytes(16).toString('base64url');
-    const session: Session = { agent, network, secret: randomBytes(32), expiresAt: now + this.limits.lifetimeMs, window: EMPTY_WINDOW };
+    const session: Session = { agent, network, key: Buffer.from(key), secret: randomBytes(32), expiresAt: now + this.limits.lifetimeMs, window: EMPTY_WINDOW };
     this.byId.set(id, session);
     held.push(id);
     this.byAgent.set(agent, held);
@@ -88,7 +90,7 @@ export class ReadSessions {
     }
     if (isReplayed(s.window, timestamp)) return { ok: false, code: 'REPLAYED', message: `session request timestamp ${timestamp} was already used (a replayed request?)` };
     s.window = takeTimestamp(s.window, timestamp, now);
-    return { ok: true, agent: s.agent };
+    return { ok: true, agent: s.agent, key: s.key };
   }
 
   private expire(now: number): void {

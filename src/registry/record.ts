@@ -195,9 +195,7 @@ function checkRecord(signed: RecordWithChain, opts: { network?: string; now?: nu
   if (opts.network !== undefined && r.network !== opts.network) return fail('WRONG_NETWORK', `record is for network ${r.network}`);
   const keyText = r.key ?? idKeyText;
   const key = Buffer.from(keyText, 'base64');
-  if (Buffer.from(Identity.wgPublicKeyOf(key)).toString('base64') !== r.wgPublicKey) {
-    return fail('KEY_MISMATCH', 'wgPublicKey is not derived from the key that signs the record');
-  }
+  if (wgKeyText(key) !== r.wgPublicKey) return fail('KEY_MISMATCH', 'wgPublicKey is not derived from the key that signs the record');
   if (signed.chain !== undefined || r.key !== undefined) {
     if (signed.chain === undefined) return fail('BAD_CHAIN', 'the record is signed by a rotated key but comes without a key chain');
     const chain = verifyKeyChain(r.id, signed.chain);
@@ -208,6 +206,15 @@ function checkRecord(signed: RecordWithChain, opts: { network?: string; now?: nu
   }
   const verified = verify(key, canonicalRecordBytes(r), Buffer.from(signed.signature, 'base64'));
   return typeof verified === 'boolean' ? afterSignature(r, verified, opts) : verified.then((ok) => afterSignature(r, ok, opts));
+}
+
+/** The record key's X25519 form in base64, or null for a key that is not a usable point (libsodium refuses it). */
+function wgKeyText(key: Uint8Array): string | null {
+  try {
+    return Buffer.from(Identity.wgPublicKeyOf(key)).toString('base64');
+  } catch {
+    return null;
+  }
 }
 
 /** The checks after the signature's: the signature itself, then expiry and lifetime. */

@@ -37,6 +37,11 @@ export interface ReadAuthority {
   sessions?: ReadSessions;
 }
 
+/** The key an agent signs with now: the one it rotated to, or the one its ID encodes. */
+export function currentKeyOf(fleet: Fleet, agent: string): Buffer {
+  return Buffer.from(fleet.currentKey(agent) ?? publicKeyOfAgentId(agent)!);
+}
+
 export async function authorizeRead(req: IncomingMessage, network: string, now: number, { store, fleet, signatures, sessions }: ReadAuthority): Promise<Credential> {
   const auth = parseAuthorization(req.headers.authorization);
   if (!auth) refuse('UNAUTHORIZED', 'missing or malformed Authorization header');
@@ -47,6 +52,7 @@ export async function authorizeRead(req: IncomingMessage, network: string, now: 
       ?? { ok: false as const, code: 'SESSION_UNKNOWN' as const, message: 'this registry does not keep read sessions here' };
     if (!checked.ok) refuse(checked.code, checked.message);
     if (!fleet.isMember(network, checked.agent)) refuse('NOT_JOINED', `agent ${checked.agent} is no longer a member of network ${network}`);
+    if (!checked.key.equals(currentKeyOf(fleet, checked.agent))) refuse('SESSION_UNKNOWN', 'the agent rotated its key since it opened this read session: open a new one');
     return { key: `agent:${checked.agent}`, expiresAt: null };
   }
   if (auth.kind === 'bearer') {
@@ -58,9 +64,10 @@ export async function authorizeRead(req: IncomingMessage, network: string, now: 
   if (!isAgentId(auth.id)) refuse('UNAUTHORIZED', 'Authorization names an invalid agent ID');
   checkClock(auth.timestamp, now);
   if (!fleet.isMember(network, auth.id)) refuse('NOT_JOINED', `agent ${auth.id} has not joined network ${network}`);
-  signatures.check(req);
-  if (!(await verifyAgentSignatureAsync(auth.id, requestMessage(req.method ?? '', req.url ?? '', auth.timestamp), auth.signature, fleet.currentKey(auth.id)))) {
-    signatures.failed(req);
+  const done = signatures.begin(req);
+  const verified = await verifyAgentSignatureAsync(auth.id, requestMessage(req.method ?? '', req.url ?? '', auth.timestamp), auth.signature, fleet.currentKey(auth.id));
+  done(verified);
+  if (!verified) {
     refuse('UNAUTHORIZED', 'the request signature does not verify');
   }
   const used = await store.useTimestamp(auth.id, auth.timestamp, now);

@@ -278,6 +278,28 @@ describe.runIf(canRun)('registry stores', () => {
   });
 
   describe('postgres only', () => {
+    it('a sweep that marks an agent offline while its heartbeat waits to be written behind does not leave it offline', async () => {
+      const url = await freshPgUrl();
+      const [s1, s2] = await Promise.all([PgStore.open(url), PgStore.open(url)]);
+      try {
+        await s1.addToken(tokenOf('t', null));
+        const a = newId();
+        await s1.admit(admitReq(a, 'a', 't', 1));
+        await s1.putRecord(NET, record(a, 'a', '100.64.0.1', 1), 5);
+        // Instance 1 hears a heartbeat (online already: written behind); instance 2, whose view of
+        // last_seen is older, marks the agent offline before the write-behind's flush.
+        expect(await s1.setOnline({ network: NET, id: a, online: true, lastSeen: 30, timestamp: 2, now: 30 })).toEqual({ ok: true });
+        await s2.setLiveness([{ network: NET, id: a, lastSeen: 5, online: false }]);
+        expect((await s2.records())[0]).toMatchObject({ online: false, lastSeen: 5 });
+        const started = Date.now();
+        while ((await s2.records())[0].lastSeen !== 30 && Date.now() - started < 5_000) await new Promise((r) => setTimeout(r, 50));
+        expect((await s2.records())[0]).toMatchObject({ online: true, lastSeen: 30 });
+      } finally {
+        await s1.close();
+        await s2.close();
+      }
+    });
+
     it('two instances racing 200 admissions on one network never hand out one IPv4 or one name twice', async () => {
       const url = await freshPgUrl();
       const [s1, s2] = await Promise.all([PgStore.open(url), PgStore.open(url)]);

@@ -16,6 +16,11 @@ import { signRecord } from '../../src/registry/record.js';
 import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
 import { CaptureProxy } from './capture-proxy.js';
 import { recordFor } from './hostile-helpers.js';
+import type { IncomingMessage } from 'node:http';
+import { Fleet } from '../../src/registry/fleet-state.js';
+import { authorizeRead } from '../../src/registry/request-auth.js';
+import { SignatureBudget } from '../../src/registry/signature-budget.js';
+import type { RegistryStore } from '../../src/registry/store.js';
 
 const NET = 'default';
 
@@ -23,17 +28,33 @@ describe('read sessions: bounds', () => {
   it('a member holds at most 4 (the oldest goes), all at most the cap (the soonest to expire goes), each lives its lifetime', () => {
     const s = new ReadSessions({ perAgent: 4, total: 10, lifetimeMs: 1_000 });
     const mac = (x: { secret: Buffer }, ts: number) => sessionMac(x.secret, 'GET', '/v1/agents', ts);
-    const first = s.open('a', NET, 0);
-    const more = [1, 2, 3, 4].map((t) => s.open('a', NET, t));
+    const key = Buffer.alloc(32, 7);
+    const first = s.open('a', NET, key, 0);
+    const more = [1, 2, 3, 4].map((t) => s.open('a', NET, key, t));
     expect(s.size).toBe(4);
     expect(s.check(first.id, NET, 'GET', '/v1/agents', 5, mac(first, 5), 5)).toMatchObject({ ok: false, code: 'SESSION_UNKNOWN' });
-    expect(s.check(more[3].id, NET, 'GET', '/v1/agents', 5, mac(more[3], 5), 5)).toEqual({ ok: true, agent: 'a' });
-    for (let i = 0; i < 20; i++) s.open(`b${i}`, NET, 10 + i);
+    expect(s.check(more[3].id, NET, 'GET', '/v1/agents', 5, mac(more[3], 5), 5)).toEqual({ ok: true, agent: 'a', key });
+    for (let i = 0; i < 20; i++) s.open(`b${i}`, NET, key, 10 + i);
     expect(s.size).toBe(10);
     expect(s.check(more[3].id, NET, 'GET', '/v1/agents', 6, mac(more[3], 6), 6)).toMatchObject({ ok: false, code: 'SESSION_UNKNOWN' });
-    const late = s.open('c', NET, 100);
+    const late = s.open('c', NET, key, 100);
     expect(s.check(late.id, NET, 'GET', '/v1/agents', 1_099, mac(late, 1_099), 1_099)).toMatchObject({ ok: true });
     expect(s.check(late.id, NET, 'GET', '/v1/agents', 1_100, mac(late, 1_100), 1_100)).toMatchObject({ ok: false, code: 'SESSION_UNKNOWN' });
+  });
+});
+
+describe('read sessions: the agent rotates its key', () => {
+  it('a session opened under the old key is refused once the agent rotated (a thief of the old key keeps no reads)', async () => {
+    const identity = Identity.generate();
+    const fleet = new Fleet();
+    fleet.net(NET).setMember({ id: identity.id, network: NET, name: 'a', ipv4: '100.64.0.1', joinedAt: 0, tags: [] });
+    const sessions = new ReadSessions();
+    const authority = { store: {} as RegistryStore, fleet, signatures: new SignatureBudget(), sessions };
+    const opened = sessions.open(identity.id, NET, identity.publicKey, Date.now());
+    const read = (ts: number) => authorizeRead({ method: 'GET', url: '/v1/agents', headers: { authorization: sessionAuthorization(opened, 'GET', '/v1/agents', ts) }, socket: { remoteAddress: '127.0.0.1' } } as unknown as IncomingMessage, NET, Date.now(), authority);
+    await expect(read(Date.now())).resolves.toMatchObject({ key: `agent:${identity.id}` });
+    fleet.setRotated(identity.id, Buffer.alloc(32, 9), []);
+    await expect(read(Date.now() + 1)).rejects.toMatchObject({ code: 'SESSION_UNKNOWN' });
   });
 });
 

@@ -8,6 +8,8 @@ import { join } from 'node:path';
 import { HEARTBEAT_LABEL, signTimestamp } from '../../src/registry/protocol.js';
 import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
 import { makeAgent, type TestAgent } from './hostile-helpers.js';
+import type { IncomingMessage } from 'node:http';
+import { SignatureBudget } from '../../src/registry/signature-budget.js';
 
 const NET = 'default';
 
@@ -62,5 +64,22 @@ describe('registry signature budget', () => {
     expect(checked + limited).toBe(answers.length);
     expect(checked).toBeLessThanOrEqual(25 * (seconds + 1));
     expect(honest.status).toBe(200);
+  });
+
+  it('checks under way are capped per address and in all, not only the failures already counted', () => {
+    // Signatures are checked on the thread pool, so a failure counts only when its check ends:
+    // requests that all arrive in one turn of the event loop would all pass check() first.
+    const budget = new SignatureBudget();
+    const from = (a: string) => ({ socket: { remoteAddress: a } }) as unknown as IncomingMessage;
+    const ends = Array.from({ length: 64 }, () => budget.begin(from('192.0.2.1')));
+    expect(() => budget.begin(from('192.0.2.1'))).toThrow(expect.objectContaining({ code: 'RATE_LIMITED' }));
+    const others = Array.from({ length: 448 }, (_, i) => budget.begin(from(`198.51.100.${i % 200}`)));
+    expect(() => budget.begin(from('203.0.113.1'))).toThrow(expect.objectContaining({ code: 'RATE_LIMITED' })); // 512 in all
+    ends[0](true);
+    others[0](true);
+    expect(() => budget.begin(from('192.0.2.1'))).not.toThrow();
+    // The 20 failures of this second refuse the address even with checks still free.
+    for (const end of ends.slice(1, 21)) end(false);
+    expect(() => budget.begin(from('192.0.2.1'))).toThrow(expect.objectContaining({ code: 'RATE_LIMITED' }));
   });
 });
