@@ -9,7 +9,7 @@ import { writeFileAtomic } from '../util/atomic-file.js';
 import { EventLimit } from '../util/event-limit.js';
 
 /**
- * How long an action waits for its entry to reach the disk before it goes on anyway: normally an
+ * How long an action waits for its entry to reach the disk before it goes on anyway: normally a
  * synchronous write (milliseconds); a failing disk must not stop the VPN admitting peers.
  */
 const DURABLE_WAIT_MS = 1_000;
