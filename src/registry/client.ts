@@ -354,8 +354,8 @@ export class RegistryClient {
       const secret = typeof a.secret === 'string' ? Buffer.from(a.secret, 'base64') : null;
       if (typeof a.session !== 'string' || !secret || secret.length !== 32 || typeof a.expiresAt !== 'number') throw badAnswer('a malformed read session');
       return (at.session = { id: a.session, secret, expiresAt: a.expiresAt });
-    }, (e: unknown) => {
-      at.session = undefined;
+    }).catch((e: unknown) => {
+      at.session = undefined; // a failed or malformed opening is not kept: the next read tries again
       // An older registry: signed reads, as before.
       if ((e as AgentVpnError).code === 'NOT_FOUND' || (e as AgentVpnError).code === 'METHOD_NOT_ALLOWED') {
         at.noSessionsUntil = Date.now() + NO_SESSIONS_RETRY_MS;
