@@ -27,6 +27,7 @@ import type { AgentRecord } from './record.js';
  * | POST /v1/agents/ID/heartbeat         | body signature (heartbeat msg)  | SignedTimestamp                                |
  * | DELETE /v1/agents/ID                 | body signature (leave message)  | SignedTimestamp                                |
  * | PUT /v1/agents/ID/paths              | body signature (path-report.ts) | PathReportBody → {ok, kept}                    |
+ * | POST /v1/sessions                    | Authorization: AgentVPN (signed) | {ok, session, secret, expiresAt}: a read session |
  * | GET /v1/agents[?cap=&name=&online=]  | Authorization header            | {ok, agents: AgentView[], next?}: a page       |
  * |   [&limit=&cursor=] (list-page.ts)   |                                 | (ID order, ≤ 1,000; next: the following's cursor) |
  * | GET /v1/agents/ID-or-NAME            | Authorization header            | {ok, agent: AgentView}                         |
