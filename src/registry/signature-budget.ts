@@ -19,11 +19,12 @@ const FAILURES_TOTAL = 1_000;
 /**
  * Checks on the thread pool at once (verifySignatureAsync), per address and in all: the failure
  * counts above see a check only when it ends, so without these a flood of concurrent bad
- * signatures would all be queued before the first failure counted. The pool has 4 threads, and
- * honest clients have a request or two in flight each.
+ * signatures would all be queued before the first failure counted. Per address, as many as it
+ * may have connections (limits.ts: each carries one request at a time), since a fleet behind one
+ * NAT may open that many event streams at once; in all, ~50 ms of the pool's 4 threads.
  */
-const IN_FLIGHT_PER_ADDRESS = 64;
-const IN_FLIGHT_TOTAL = 512;
+export const IN_FLIGHT_PER_ADDRESS = 256;
+export const IN_FLIGHT_TOTAL = 1_024;
 /** Addresses remembered within one second; past it, new ones count only toward the total. */
 const MAX_ADDRESSES = 10_000;
 const WINDOW_MS = 1_000;

@@ -9,7 +9,7 @@ import { HEARTBEAT_LABEL, signTimestamp } from '../../src/registry/protocol.js';
 import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
 import { makeAgent, type TestAgent } from './hostile-helpers.js';
 import type { IncomingMessage } from 'node:http';
-import { SignatureBudget } from '../../src/registry/signature-budget.js';
+import { IN_FLIGHT_PER_ADDRESS, IN_FLIGHT_TOTAL, SignatureBudget } from '../../src/registry/signature-budget.js';
 
 const NET = 'default';
 
@@ -71,10 +71,10 @@ describe('registry signature budget', () => {
     // requests that all arrive in one turn of the event loop would all pass check() first.
     const budget = new SignatureBudget();
     const from = (a: string) => ({ socket: { remoteAddress: a } }) as unknown as IncomingMessage;
-    const ends = Array.from({ length: 64 }, () => budget.begin(from('192.0.2.1')));
+    const ends = Array.from({ length: IN_FLIGHT_PER_ADDRESS }, () => budget.begin(from('192.0.2.1')));
     expect(() => budget.begin(from('192.0.2.1'))).toThrow(expect.objectContaining({ code: 'RATE_LIMITED' }));
-    const others = Array.from({ length: 448 }, (_, i) => budget.begin(from(`198.51.100.${i % 200}`)));
-    expect(() => budget.begin(from('203.0.113.1'))).toThrow(expect.objectContaining({ code: 'RATE_LIMITED' })); // 512 in all
+    const others = Array.from({ length: IN_FLIGHT_TOTAL - IN_FLIGHT_PER_ADDRESS }, (_, i) => budget.begin(from(`198.51.100.${i % 200}`)));
+    expect(() => budget.begin(from('203.0.113.1'))).toThrow(expect.objectContaining({ code: 'RATE_LIMITED' })); // the cap in all
     ends[0](true);
     others[0](true);
     expect(() => budget.begin(from('192.0.2.1'))).not.toThrow();
