@@ -21,7 +21,7 @@ export interface RegistryLimits {
  * keep-alive request connection and perhaps a relay TCP connection, so 256 fits ~80 agents,
  * and one address still cannot take more than a sliver of the total.
  */
-const CONNECTIONS_PER_ADDRESS = 256;
+export const CONNECTIONS_PER_ADDRESS = 256;
 /**
  * Descriptors kept free below the process limit: the database and its WAL (3), the relay and
  * STUN sockets, the log, Node's own (~20), and room for connections that are being accepted

@@ -1,5 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import { addressKey } from './connection-guard.js';
+import { CONNECTIONS_PER_ADDRESS } from './limits.js';
 import { refuse } from './refusals.js';
 
 /**
@@ -23,7 +24,7 @@ const FAILURES_TOTAL = 1_000;
  * may have connections (limits.ts: each carries one request at a time), since a fleet behind one
  * NAT may open that many event streams at once; in all, ~50 ms of the pool's 4 threads.
  */
-export const IN_FLIGHT_PER_ADDRESS = 256;
+export const IN_FLIGHT_PER_ADDRESS = CONNECTIONS_PER_ADDRESS;
 export const IN_FLIGHT_TOTAL = 1_024;
 /** Addresses remembered within one second; past it, new ones count only toward the total. */
 const MAX_ADDRESSES = 10_000;

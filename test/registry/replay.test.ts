@@ -1,89 +1,51 @@
 // Issue 7, class 9 (registry side): every signed request is usable once, also across a registry
 // restart, and a join token that is used up or expired authorizes nothing.
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
 import { request, type ClientRequest } from 'node:http';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Identity } from '../../src/identity/identity.js';
 import { RegistryClient, type AgentView } from '../../src/registry/client.js';
-import { signRecord } from '../../src/registry/record.js';
-import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
-import { CaptureProxy } from './capture-proxy.js';
-import { recordFor } from './hostile-helpers.js';
+import { proxiedRegistry } from './proxied-registry.js';
 
 const NET = 'default';
 
 describe('registry replays (issue 7, class 9)', () => {
-  let dir: string;
-  let reg: RunningRegistry;
-  let proxy: CaptureProxy;
-  let token: string;
-  const clients: RegistryClient[] = [];
-  const start = () => startRegistry({ db: join(dir, 'registry.db') });
-
-  beforeEach(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'agentvpn-registry-replay-'));
-    reg = await start();
-    token = await reg.createToken();
-    proxy = new CaptureProxy({ host: '127.0.0.1', port: reg.port });
-    await proxy.start();
-  });
-
-  afterEach(async () => {
-    for (const c of clients.splice(0)) c.close();
-    await proxy.stop();
-    await reg.stop();
-    rmSync(dir, { recursive: true, force: true });
-  });
-
-  /** An agent that talks to the registry through the capturing proxy. */
-  async function agent(name: string, url = proxy.url): Promise<{ identity: Identity; client: RegistryClient }> {
-    const identity = Identity.generate();
-    const client = new RegistryClient({ url, identity, network: NET, timeoutMs: 5000 });
-    clients.push(client);
-    const j = await client.join(name, token);
-    await client.publish(signRecord(identity, recordFor(identity, j, name)));
-    return { identity, client };
-  }
+  const f = proxiedRegistry('agentvpn-registry-replay-');
 
   const viewOf = async (name: string): Promise<AgentView> => {
-    const r = await fetch(`${reg.url}/v1/agents/${name}?network=${NET}`, { headers: { authorization: `Bearer ${token}` } });
+    const r = await fetch(`${f.reg.url}/v1/agents/${name}?network=${NET}`, { headers: { authorization: `Bearer ${f.token}` } });
     return ((await r.json()) as { agent: AgentView }).agent;
   };
 
   it('refuses a replayed signed GET and a replayed event-stream request', async () => {
-    const a = await agent('alpha');
+    const a = await f.agent('alpha');
     await a.client.list();
     await a.client.get('alpha');
     await new Promise<void>((resolve, reject) => {
       const w = a.client.watch({ snapshot: () => { w.close(); resolve(); }, change: () => {}, disconnected: (e) => { w.close(); reject(e); } });
     });
-    const reads = [...proxy.find('GET', '/v1/agents'), ...proxy.find('GET', '/v1/events')];
+    const reads = [...f.proxy.find('GET', '/v1/agents'), ...f.proxy.find('GET', '/v1/events')];
     expect(reads.length).toBe(3);
-    const answers = await Promise.all(reads.map((c) => proxy.replay(c)));
+    const answers = await Promise.all(reads.map((c) => f.proxy.replay(c)));
     console.log(`replayed signed reads: ${answers.filter((x) => x.status === 200).length} of ${answers.length} answered 200 (${answers.map((x) => x.status).join(', ')})`);
     for (const x of answers) expect(x.status).toBe(401);
     expect(answers.map((x) => x.body.code)).toEqual(['REPLAYED', 'REPLAYED', 'REPLAYED']);
   });
 
   it('refuses captured leave, heartbeat, join and GET replays after a restart on the same database', async () => {
-    const a = await agent('alpha');
+    const a = await f.agent('alpha');
     await a.client.leave();
     await a.client.heartbeat();
     await a.client.list();
     expect((await viewOf('alpha')).online).toBe(true);
 
-    await reg.stop();
-    reg = await start();
-    proxy.retarget(reg.port);
+    await f.restart();
     const replays: Record<string, number> = {};
     let onlineAfterLeave = false;
     for (const [what, method, path] of [['leave', 'DELETE', '/v1/agents/'], ['join', 'POST', '/v1/join'], ['heartbeat', 'POST', '/v1/agents/'], ['GET', 'GET', '/v1/agents']]) {
-      const captured = proxy.find(method, path).filter((c) => what !== 'heartbeat' || c.path.includes('/heartbeat'));
+      const captured = f.proxy.find(method, path).filter((c) => what !== 'heartbeat' || c.path.includes('/heartbeat'));
       expect(captured.length, what).toBeGreaterThan(0);
-      replays[what] = (await proxy.replay(captured.at(-1)!)).status;
+      replays[what] = (await f.proxy.replay(captured.at(-1)!)).status;
       if (what === 'leave') onlineAfterLeave = (await viewOf('alpha')).online;
     }
     console.log(`after a restart, replayed requests answered ${JSON.stringify(replays)}; agent online after the replayed leave: ${onlineAfterLeave}`);
@@ -95,11 +57,11 @@ describe('registry replays (issue 7, class 9)', () => {
   });
 
   it('a used-up or expired join token authorizes no read and no stream, and streams it opened are closed', async () => {
-    const once = await reg.createToken({ uses: 1 });
-    const brief = await reg.createToken({ expiresInMs: 2000 });
-    const read = async (tok: string) => (await fetch(`${reg.url}/v1/agents?network=${NET}`, { headers: { authorization: `Bearer ${tok}` } })).status;
+    const once = await f.reg.createToken({ uses: 1 });
+    const brief = await f.reg.createToken({ expiresInMs: 2000 });
+    const read = async (tok: string) => (await fetch(`${f.reg.url}/v1/agents?network=${NET}`, { headers: { authorization: `Bearer ${tok}` } })).status;
     const openStream = (tok: string) => new Promise<{ status: number; req: ClientRequest; closed: Promise<void> }>((resolve) => {
-      const req = request({ host: '127.0.0.1', port: reg.port, path: `/v1/events?network=${NET}`, headers: { authorization: `Bearer ${tok}` } }, (res) => {
+      const req = request({ host: '127.0.0.1', port: f.reg.port, path: `/v1/events?network=${NET}`, headers: { authorization: `Bearer ${tok}` } }, (res) => {
         res.resume();
         resolve({ status: res.statusCode ?? 0, req, closed: new Promise((done) => res.on('close', () => done())) });
       });
@@ -114,8 +76,8 @@ describe('registry replays (issue 7, class 9)', () => {
     expect([onceStream.status, briefStream.status]).toEqual([200, 200]);
 
     // The token's only use.
-    const newcomer = new RegistryClient({ url: reg.url, identity: Identity.generate(), network: NET, timeoutMs: 5000 });
-    clients.push(newcomer);
+    const newcomer = new RegistryClient({ url: f.reg.url, identity: Identity.generate(), network: NET, timeoutMs: 5000 });
+    f.clients.push(newcomer);
     await newcomer.join('newcomer', once);
     const usedUp = { read: await read(once), stream: (await openStream(once)).status, openStreamClosed: await bounded(onceStream.closed) };
     await sleep(2100);
@@ -128,7 +90,7 @@ describe('registry replays (issue 7, class 9)', () => {
   });
 
   it('does not refuse honest concurrent signed requests of one agent', async () => {
-    const a = await agent('alpha', reg.url);
+    const a = await f.agent('alpha', f.reg.url);
     let snapshots = 0;
     const w = a.client.watch({ snapshot: () => snapshots++, change: () => {} });
     try {
