@@ -77,8 +77,11 @@ describe('key rotation at the registry', () => {
     const watcher = clientOf(watcherId);
     await watcher.join('alpha', token);
     const upserts: AgentView[] = [];
-    const h = watcher.watch({ snapshot: () => {}, change: (kind, a) => kind === 'upsert' && upserts.push(a) });
+    let snapshots = 0;
+    const h = watcher.watch({ snapshot: () => snapshots++, change: (kind, a) => kind === 'upsert' && upserts.push(a) });
     closers.push(() => h.close());
+    // A publish before the stream is open would come in its snapshot, not as a change.
+    await waitFor(() => snapshots > 0, { what: 'the watcher\'s snapshot' });
 
     const rotated = beta.rotate();
     const after = clientOf(rotated);
