@@ -85,6 +85,8 @@ export class MagicSock implements Bind {
   /** Whether our NAT's mapping varies by destination (netcheck; null: not known), and our public endpoint as STUN saw it. */
   private natHard: boolean | null = null;
   private publicEndpoint: Buffer | null = null;
+  /** Peers whose birthday request waits for their relay's word on their address. */
+  private readonly askingRelay = new Set<PeerPath>();
 
   /** Told when a peer's path moves to direct or back to the relay (the audit log records it). */
   onPathChange: ((wgKey: Buffer, change: { kind: 'direct' | 'relay'; endpoint: string; rttUs?: number; reason?: string }) => void) | null = null;
@@ -526,8 +528,7 @@ export class MagicSock implements Bind {
 
   /**
    * A peer's birthday message: a request (we are the easy side) or the answer to ours (we are the
-   * hard side). Either way we probe only the address the peer is known at (one of its published or
-   * observed candidates), only while we want a path to it, and within the prober's budgets.
+   * hard side). Only while we want a path to the peer, and within the prober's budgets.
    */
   private receiveBirthday(path: PeerPath, answer: boolean, theirs: Buffer, now: number): void {
     if (path.direct || !this.isActive(path, now)) {
@@ -543,14 +544,40 @@ export class MagicSock implements Bind {
       if (this.birthday.startHard(path, theirs)) this.log.info({ peer: path.wgKey.toString('base64'), target: formatEndpoint(theirs) }, 'birthday probing (hard side)');
       return;
     }
-    // Their request: useful only when our mapping is endpoint-independent, and only to their address.
-    const known = path.candidates.some((c) => c.subarray(0, 16).equals(theirs.subarray(0, 16)));
-    if (this.natHard !== false || !this.publicEndpoint || !known) {
+    // Their request: useful only when our mapping is endpoint-independent.
+    if (this.natHard !== false || !this.publicEndpoint || !this.birthday.canStart(path, 'easy')) {
       this.birthday.stats.refused++;
       return;
     }
-    if (!this.birthday.startEasy(path, theirs)) return; // back-off or too many attempts (counted there)
-    this.log.info({ peer: path.wgKey.toString('base64'), target: formatEndpoint(theirs) }, 'birthday probing (easy side)');
+    if (this.askingRelay.has(path)) {
+      this.birthday.stats.refused++; // one question to the relay per peer at a time
+      return;
+    }
+    this.askingRelay.add(path);
+    void this.startEasyAtObserved(path, theirs).finally(() => this.askingRelay.delete(path));
+  }
+
+  /**
+   * The easy side sprays random ports of one IP, so that IP must be one the member cannot choose.
+   * What its request, record or call-me-maybe names is only a claim; the relay the peer is reached
+   * through tells where it sees the peer's session come from (proven by a round trip there:
+   * relay/protocol.ts, PEER_ADDR), and we probe only when the two agree. A relay that cannot tell
+   * (older, not connected, the peer not on it) means no probing: the relay carries the traffic.
+   */
+  private async startEasyAtObserved(path: PeerPath, claimed: Buffer): Promise<void> {
+    const observed = (await this.relays?.linkFor(path, Date.now())?.peerAddress?.(path.wgKey)) ?? null;
+    const peer = path.wgKey.toString('base64');
+    if (!observed || !observed.subarray(0, 16).equals(claimed.subarray(0, 16))) {
+      this.birthday.stats.refused++;
+      this.log.debug({ peer, claimed: formatEndpoint(claimed), observed: observed && formatEndpoint(observed) }, 'birthday request refused: its address is not where the relay sees the peer');
+      return;
+    }
+    if (!this.byKey.has(path.wgKey.toString('latin1')) || path.direct || !this.publicEndpoint) {
+      this.birthday.stats.refused++;
+      return;
+    }
+    if (!this.birthday.startEasy(path, claimed)) return; // back-off or too many attempts (counted there)
+    this.log.info({ peer, target: formatEndpoint(claimed) }, 'birthday probing (easy side)');
     this.sendDisco(path, null, { type: 'birthday', answer: true, publicEndpoint: this.publicEndpoint });
   }
 

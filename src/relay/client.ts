@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { lookup } from 'node:dns/promises';
 import { readFileSync } from 'node:fs';
 import { request as httpRequest, type ClientRequest } from 'node:http';
@@ -10,10 +11,12 @@ import { parseAddress } from '../ip/prefix.js';
 import { monotonicMs } from '../util/token-bucket.js';
 import { CHALLENGE_REUSE_MS } from './challenge.js';
 import {
-  BACKOFF_MAX_MS, BACKOFF_MIN_MS, DEFAULT_UDP_TIMEOUT_MS, FRAME_CHALLENGE, FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_RECV, HELLO_RETRY_MS,
+  ACK_PEER_ADDRESS, BACKOFF_MAX_MS, BACKOFF_MIN_MS, DEFAULT_UDP_TIMEOUT_MS, FRAME_CHALLENGE, FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_PEER_ADDRESS, FRAME_RECV, HELLO_RETRY_MS,
+  MAX_PEER_ADDRESS_QUERIES, PEER_ADDRESS_TIMEOUT_MS, QUERY_ID_SIZE,
   KEEPALIVE_ACK_TIMEOUT_MS, KEEPALIVE_FRAME, KEEPALIVE_INTERVAL_MS, KEY_SIZE, MAX_PACKET_SIZE, NOTICE_BAD_SIGNATURE, NOTICE_BAD_VERSION, NOTICE_NOT_ALLOWED,
   NOTICE_NOT_REGISTERED, NOTICE_PEER_NOT_HERE, NOTICE_SIZE, NOTICE_STALE_TIMESTAMP, PACKET_HEADER_SIZE, RELAY_VERSION, SILENT_LOG, TCP_HELLO_TIMEOUT_MS, UDP_RETRY_MS,
-  encodeChallengeRequest, encodeHello, encodeSend, isRelayFrame, parseChallenge, parseHelloAck, parseHostPort, type RelayInfo, type RelayLog,
+  encodeChallengeRequest, encodeHello, encodePeerAddressRequest, encodeSend, isRelayFrame, parseChallenge, parseHelloAck, parseHostPort, parsePeerAddress,
+  type RelayInfo, type RelayLog,
 } from './protocol.js';
 import { FrameReader, LENGTH_SIZE, MAX_TCP_BACKLOG_BYTES, UPGRADE_PROTOCOL, encodeTcpFrame } from './tcp.js';
 import { ENDPOINT_SIZE, makeEndpoint } from '../net/endpoint.js';
@@ -115,6 +118,10 @@ export class RelayClient {
   private ackTimer: NodeJS.Timeout | null = null;
   private udpRetryTimer: NodeJS.Timeout | null = null;
   private reconnectTimer: NodeJS.Timeout | null = null;
+  /** The flags of the relay's last HELLO_ACK: which features of our version it has. */
+  private ackFlags = 0;
+  /** Peer-address queries under way, by query id (hex). */
+  private readonly queries = new Map<string, { wgKey: Buffer; resolve: (address: Buffer | null) => void; timer: NodeJS.Timeout }>();
 
   constructor(private readonly opts: RelayClientOptions) {
     this.name = opts.relay.name ?? opts.relay.udp;
@@ -169,6 +176,7 @@ export class RelayClient {
 
   stop(): void {
     this.stopped = true;
+    for (const q of [...this.queries.values()]) q.resolve(null);
     this.resetLinks();
     this.setState('down');
   }
@@ -199,6 +207,39 @@ export class RelayClient {
       this.log.debug({ err, relay: this.name }, 'relay send failed');
     }
     return false;
+  }
+
+  /**
+   * Where the relay sees the session of the agent with this WireGuard key come from: a 20-byte
+   * endpoint with port 0, or null (not on this relay, not in our network, a relay without the
+   * feature, not connected, no answer in PEER_ADDRESS_TIMEOUT_MS, too many queries under way).
+   */
+  peerAddress(wgKey: Uint8Array): Promise<Buffer | null> {
+    const via = this.currentState;
+    if ((via !== 'udp' && via !== 'tcp') || !(this.ackFlags & ACK_PEER_ADDRESS) || wgKey.length !== KEY_SIZE || this.queries.size >= MAX_PEER_ADDRESS_QUERIES) return Promise.resolve(null);
+    const id = randomBytes(QUERY_ID_SIZE);
+    const frame = encodePeerAddressRequest(id, wgKey);
+    return new Promise((resolve) => {
+      const key = id.toString('hex');
+      const done = (address: Buffer | null) => {
+        const q = this.queries.get(key);
+        if (!q) return;
+        clearTimeout(q.timer);
+        this.queries.delete(key);
+        resolve(address);
+      };
+      this.queries.set(key, { wgKey: Buffer.from(wgKey), resolve: done, timer: timer(PEER_ADDRESS_TIMEOUT_MS, () => done(null)) });
+      if (via === 'udp') this.sendUdp(frame, 'relay peer-address query not sent');
+      else this.tcp?.socket?.write(encodeTcpFrame(frame));
+    });
+  }
+
+  /** An answer to one of our queries (unasked ones are ignored): its address, or null for zeros. */
+  private onPeerAddress(frame: Buffer): void {
+    const a = parsePeerAddress(frame);
+    const q = a && this.queries.get(a.queryId.toString('hex'));
+    if (!a || !q || !q.wgKey.equals(a.wgKey)) return;
+    q.resolve(a.endpoint.every((b) => b === 0) ? null : Buffer.from(a.endpoint));
   }
 
   // ---- connecting ------------------------------------------------------------------------------
@@ -435,6 +476,8 @@ export class RelayClient {
         case FRAME_NOTICE:
           if (frame.length === NOTICE_SIZE) this.onNotice(frame[1], frame.subarray(2), via);
           return;
+        case FRAME_PEER_ADDRESS:
+          return this.onPeerAddress(frame);
         default:
           return; // keepalive acks only refresh lastHeard; anything else is ignored
       }
@@ -468,6 +511,7 @@ export class RelayClient {
   private onAck(frame: Buffer, via: 'udp' | 'tcp'): void {
     const ack = parseHelloAck(frame);
     if (!ack || !ack.wgKey.equals(this.opts.identity.wgPublicKey)) return;
+    this.ackFlags = ack.flags;
     if (via === 'udp') {
       if (!this.attempt || ack.timestamp < this.attempt.since) return;
       this.clearAttempt();

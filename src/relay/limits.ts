@@ -51,6 +51,11 @@ export const CHALLENGE_RATE = HELLO_VERIFY_RATE * 5;
 export const CHALLENGE_BURST = HELLO_VERIFY_BURST;
 /** Notices per second to one agent: enough to learn "peer not here" at once, too few to echo floods. */
 export const NOTICE_RATE_PER_CLIENT = 10;
+/**
+ * Peer-address answers per second to one agent (burst alike): an easy-side agent asks once per
+ * birthday request it takes up, and those come at most 4 at a time and back off from 30 s.
+ */
+export const PEER_ADDRESS_RATE_PER_CLIENT = 4;
 /** Notices per second to one source the relay has no session for (not registered, refused hellos). */
 export const NOTICE_RATE_PER_SOURCE = 10;
 /** Notices per second to sources the relay has no session for, over all of them. */

@@ -24,6 +24,9 @@ import { CHALLENGE_SIZE } from './challenge.js';
  *   |                   |     | its first byte is the relay's version; else zeros)                             |      |
  *   | CHALLENGE_REQ b7  | c→s | version(1) zeros(32): padded so no answer to it is larger                      | 34   |
  *   | CHALLENGE b8      | s→c | version(1) challenge(20) (challenge.ts)                                        | 22   |
+ *   | PEER_ADDR_REQ b9  | c→s | query id(16) WireGuard key(32) zeros(20): padded so its answer is no larger    | 69   |
+ *   | PEER_ADDR ba      | s→c | query id echoed(16) WireGuard key(32) address the relay sees that key's        | 69   |
+ *   |                   |     | session come from (20-byte endpoint, port zeroed; all zeros: not here)         |      |
  *
  * A hello needs a challenge: the client asks for one (CHALLENGE_REQ), the relay answers with a
  * MAC bound to the address and port the request came from (a UDP source, or the TCP connection's
@@ -41,6 +44,16 @@ import { CHALLENGE_SIZE } from './challenge.js';
  * sender learns nothing about other networks. A hello or challenge request the relay sheds (its
  * budgets, hello-gate.ts, limits.ts) gets no answer at all: the client's retransmission tries
  * again. A hello or challenge request of another protocol version gets NOTICE BAD_VERSION.
+ *
+ * Features inside a version are announced in HELLO_ACK's flags, so older peers of the same version
+ * keep working: a relay that sets ACK_PEER_ADDRESS answers PEER_ADDR_REQ from a registered client
+ * (a relay without it drops the frame as garbage, and its clients never send one). The answer is
+ * the address the relay sees another client's session come from, a client of a network the asker
+ * shares, else all zeros (like PEER_NOT_HERE, nothing about other networks). That address was proven by a
+ * round trip (the challenge of the hello reached it, or the TCP handshake did), so a member cannot
+ * choose it: the easy side of birthday probing aims only at it (paths/magicsock.ts). The port is
+ * not told (no one needs it). The query id is random: an off-path sender spoofing the relay's UDP
+ * address cannot forge an answer to a query it did not see.
  */
 
 export const FRAME_HELLO = 0xb0;
@@ -52,6 +65,13 @@ export const FRAME_RECV = 0xb5;
 export const FRAME_NOTICE = 0xb6;
 export const FRAME_CHALLENGE_REQUEST = 0xb7;
 export const FRAME_CHALLENGE = 0xb8;
+export const FRAME_PEER_ADDRESS_REQUEST = 0xb9;
+export const FRAME_PEER_ADDRESS = 0xba;
+
+/** HELLO_ACK flag: this relay answers PEER_ADDR_REQ. */
+export const ACK_PEER_ADDRESS = 0x01;
+/** Flags this relay's HELLO_ACK carries. */
+export const RELAY_ACK_FLAGS = ACK_PEER_ADDRESS;
 
 /** 2: hellos carry the relay's challenge (version 1 hellos did not, and could be replayed to any relay). */
 export const RELAY_VERSION = 2;
@@ -67,6 +87,10 @@ export const NOTICE_SIZE = 1 + 1 + 32;
 /** A challenge request is as large as the largest answer to it (a BAD_VERSION notice), so it amplifies nothing. */
 export const CHALLENGE_REQUEST_SIZE = NOTICE_SIZE;
 export const CHALLENGE_FRAME_SIZE = 1 + 1 + CHALLENGE_SIZE;
+/** A peer-address query's id: random, so an answer cannot be forged by who did not see the query. */
+export const QUERY_ID_SIZE = 16;
+/** PEER_ADDR_REQ and PEER_ADDR: one size, so the relay's answer amplifies nothing. */
+export const PEER_ADDRESS_FRAME_SIZE = 1 + QUERY_ID_SIZE + 32 + 20;
 /** SEND and RECV: type byte and a WireGuard key before the packet. */
 export const PACKET_HEADER_SIZE = 1 + KEY_SIZE;
 /**
@@ -107,6 +131,10 @@ export const BACKOFF_MIN_MS = 1_000;
 export const BACKOFF_MAX_MS = 30_000;
 /** Hello timestamps may be this far from the relay's clock (the registry allows the same skew). */
 export const MAX_CLOCK_SKEW_MS = 5 * 60_000;
+/** A peer-address query unanswered this long has its answer taken as "not known" (the relay is a round trip away; birthday answers must follow within 5 s). */
+export const PEER_ADDRESS_TIMEOUT_MS = 2_000;
+/** Peer-address queries a client keeps open at once (birthday probing runs at most 4 easy attempts). */
+export const MAX_PEER_ADDRESS_QUERIES = 16;
 /** How often the relay sweeps silent clients (so one is forgotten at most 5 s late). */
 export const SWEEP_INTERVAL_MS = 5_000;
 
@@ -227,6 +255,33 @@ export function encodeNotice(code: number, key?: Uint8Array): Buffer {
   f[1] = code;
   if (key) f.set(key.subarray(0, KEY_SIZE), 2);
   return f;
+}
+
+/** PEER_ADDR_REQ: who the client asks about (a WireGuard key), under a query id of its choosing. */
+export function encodePeerAddressRequest(queryId: Uint8Array, wgKey: Uint8Array): Buffer {
+  const f = Buffer.alloc(PEER_ADDRESS_FRAME_SIZE);
+  f[0] = FRAME_PEER_ADDRESS_REQUEST;
+  f.set(queryId.subarray(0, QUERY_ID_SIZE), 1);
+  f.set(wgKey.subarray(0, KEY_SIZE), 1 + QUERY_ID_SIZE);
+  return f;
+}
+
+/**
+ * PEER_ADDR: the request turned into its answer in place (the id and key stay): the session's
+ * address with its port zeroed, or all zeros when no session of that key shares a network with the asker.
+ */
+export function answerPeerAddress(request: Buffer, address: Uint8Array | null): Buffer {
+  request[0] = FRAME_PEER_ADDRESS;
+  const at = 1 + QUERY_ID_SIZE + KEY_SIZE;
+  request.fill(0, at);
+  if (address) request.set(address.subarray(0, 16), at); // the 16 address bytes of the endpoint, not its port
+  return request;
+}
+
+/** A PEER_ADDR_REQ or PEER_ADDR frame's parts (views), or null when it is not exactly that size. */
+export function parsePeerAddress(frame: Buffer): { queryId: Buffer; wgKey: Buffer; endpoint: Buffer } | null {
+  if (frame.length !== PEER_ADDRESS_FRAME_SIZE || (frame[0] !== FRAME_PEER_ADDRESS && frame[0] !== FRAME_PEER_ADDRESS_REQUEST)) return null;
+  return { queryId: frame.subarray(1, 1 + QUERY_ID_SIZE), wgKey: frame.subarray(1 + QUERY_ID_SIZE, 1 + QUERY_ID_SIZE + KEY_SIZE), endpoint: frame.subarray(1 + QUERY_ID_SIZE + KEY_SIZE) };
 }
 
 export const KEEPALIVE_FRAME = Buffer.from([FRAME_KEEPALIVE]);

@@ -11,14 +11,15 @@ import { RoundShares } from './fair-share.js';
 import { ChallengeMinter } from './challenge.js';
 import { HelloGate, type AllowHook, type HelloSource, type Networks, type SessionOfKey } from './hello-gate.js';
 import {
-  CHALLENGE_BURST, CHALLENGE_BURST_PER_SOURCE, CHALLENGE_RATE, CHALLENGE_RATE_PER_SOURCE, DEFAULT_LIMITS, MAX_SESSIONS, MAX_TRACKED_SOURCES, MAX_TCP_CONNECTIONS_PER_SOURCE, NOTICE_RATE_PER_CLIENT, NOTICE_RATE_PER_SOURCE, NOTICE_RATE_UNKNOWN, STUN_BURST_PER_SOURCE, STUN_RATE_PER_SOURCE,
+  CHALLENGE_BURST, CHALLENGE_BURST_PER_SOURCE, CHALLENGE_RATE, CHALLENGE_RATE_PER_SOURCE, DEFAULT_LIMITS, MAX_SESSIONS, MAX_TRACKED_SOURCES, MAX_TCP_CONNECTIONS_PER_SOURCE, NOTICE_RATE_PER_CLIENT, NOTICE_RATE_PER_SOURCE, NOTICE_RATE_UNKNOWN,
+  PEER_ADDRESS_RATE_PER_CLIENT, STUN_BURST_PER_SOURCE, STUN_RATE_PER_SOURCE,
   validateLimits, type RelayLimits,
 } from './limits.js';
 import {
-  CHALLENGE_FRAME_SIZE, CLIENT_IDLE_TIMEOUT_MS, FRAME_CHALLENGE, FRAME_CHALLENGE_REQUEST, FRAME_HELLO, FRAME_KEEPALIVE, FRAME_RECV, FRAME_SEND,
-  KEEPALIVE_ACK_FRAME, KEY_SIZE, MAX_FRAME_SIZE, NOTICE_NOT_REGISTERED, NOTICE_PEER_NOT_HERE, NOTICE_SIZE, PACKET_HEADER_SIZE, RELAY_VERSION,
-  SILENT_LOG, SWEEP_INTERVAL_MS, TCP_HELLO_TIMEOUT_MS, encodeHelloAck, encodeNotice, encodeVersionNotice, isChallengeRequest, parseHello,
-  versionOf, wgKeyOf, type RelayLog,
+  CHALLENGE_FRAME_SIZE, CLIENT_IDLE_TIMEOUT_MS, FRAME_CHALLENGE, FRAME_CHALLENGE_REQUEST, FRAME_HELLO, FRAME_KEEPALIVE, FRAME_PEER_ADDRESS_REQUEST, FRAME_RECV, FRAME_SEND,
+  KEEPALIVE_ACK_FRAME, KEY_SIZE, MAX_FRAME_SIZE, NOTICE_NOT_REGISTERED, NOTICE_PEER_NOT_HERE, NOTICE_SIZE, PACKET_HEADER_SIZE, RELAY_ACK_FLAGS, RELAY_VERSION,
+  SILENT_LOG, SWEEP_INTERVAL_MS, TCP_HELLO_TIMEOUT_MS, answerPeerAddress, encodeHelloAck, encodeNotice, encodeVersionNotice, isChallengeRequest, parseHello,
+  parsePeerAddress, versionOf, wgKeyOf, type RelayLog,
 } from './protocol.js';
 import { FrameReader, MAX_TCP_BACKLOG_BYTES, UPGRADE_PATH, UPGRADE_PROTOCOL, UPGRADE_RESPONSE, encodeTcpFrame } from './tcp.js';
 import { READ_BATCH, RelayUdpSocket } from './udp.js';
@@ -48,7 +49,7 @@ export interface RelayOptions {
 export type DropReason =
   | 'garbage' | 'oversized' | 'bad-signature' | 'stale-timestamp' | 'not-allowed' | 'hello-rate' | 'hello-source-rate' | 'not-registered'
   | 'relay-full' | 'fair-share' | 'peer-not-here' | 'other-network' | 'rate-limit' | 'byte-limit' | 'destination-busy' | 'tcp-backlog'
-  | 'tcp-connections' | 'send-error' | 'bad-challenge' | 'challenge-rate' | 'challenge-source-rate' | 'bad-version';
+  | 'tcp-connections' | 'send-error' | 'bad-challenge' | 'challenge-rate' | 'challenge-source-rate' | 'bad-version' | 'peer-address-rate';
 
 export interface RelayStats {
   clients: number;
@@ -59,6 +60,8 @@ export interface RelayStats {
   forwardedPackets: number;
   forwardedBytes: number;
   stunAnswered: number;
+  /** Peer-address queries answered (with an address or with zeros). */
+  peerAddressAnswered: number;
   /** Challenges sent (to requests, and to hellos whose challenge was not ours for their source). */
   challengesAnswered: number;
   /** Hello signatures checked (the costly step the budgets bound). */
@@ -100,6 +103,7 @@ class Client {
   readonly packets: TokenBucket;
   readonly bytes: TokenBucket;
   readonly notices = new TokenBucket(NOTICE_RATE_PER_CLIENT, NOTICE_RATE_PER_CLIENT);
+  readonly peerAddressAnswers = new TokenBucket(PEER_ADDRESS_RATE_PER_CLIENT, PEER_ADDRESS_RATE_PER_CLIENT);
   /** The send round (sendmmsg) the last UDP frame to this client was queued in, and how many in it. */
   private sendRound = -1;
   private sendRoundFrames = 0;
@@ -207,7 +211,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   const sourceNotices = new SourceBuckets(NOTICE_RATE_PER_SOURCE, NOTICE_RATE_PER_SOURCE, MAX_TRACKED_SOURCES);
   const unknownNotices = new TokenBucket(NOTICE_RATE_UNKNOWN, NOTICE_RATE_UNKNOWN);
   const stunAnswers = new SourceBuckets(STUN_RATE_PER_SOURCE, STUN_BURST_PER_SOURCE, MAX_TRACKED_SOURCES);
-  const counters = { challengesAnswered: 0, sessionsOpened: 0, forwardedPackets: 0, forwardedBytes: 0, stunAnswered: 0, dropped: {} as Partial<Record<DropReason, number>> };
+  const counters = { challengesAnswered: 0, sessionsOpened: 0, forwardedPackets: 0, forwardedBytes: 0, stunAnswered: 0, peerAddressAnswered: 0, dropped: {} as Partial<Record<DropReason, number>> };
   const drop = (reason: DropReason, n = 1) => void (counters.dropped[reason] = (counters.dropped[reason] ?? 0) + n);
 
   let udp: RelayUdpSocket | null = null;
@@ -343,9 +347,9 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
         return drop(verdict.reason);
       case 're-hello':
         existing!.lastHeard = monotonicMs();
-        return sendTo(t, encodeHelloAck(0, existing!.wgKey, hello.timestamp));
+        return sendTo(t, encodeHelloAck(RELAY_ACK_FLAGS, existing!.wgKey, hello.timestamp));
       case 'verified':
-        return sendTo(t, encodeHelloAck(0, register(hello.edPub, edId, verdict.networks, hello.timestamp, t, conn).wgKey, hello.timestamp));
+        return sendTo(t, encodeHelloAck(RELAY_ACK_FLAGS, register(hello.edPub, edId, verdict.networks, hello.timestamp, t, conn).wgKey, hello.timestamp));
     }
   };
 
@@ -380,19 +384,35 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     sendTo(dst.transport, frame);
   };
 
+  /**
+   * PEER_ADDR_REQ from a registered client: where the asked-about session's frames come from (proven
+   * by its hello's challenge or its TCP handshake), port zeroed; zeros for a key not here or of
+   * another network. Budgeted per client before the lookup; the answer is the request's size.
+   */
+  const onPeerAddressRequest = (frame: Buffer, from: Client, now: number) => {
+    const q = parsePeerAddress(frame);
+    if (!q) return drop('garbage');
+    if (!from.peerAddressAnswers.take(1, now)) return drop('peer-address-rate');
+    const dst = clients.get(q.wgKey.toString('latin1'));
+    const seen = dst && shareNetwork(from.networks, dst.networks) ? (dst.transport.kind === 'udp' ? dst.transport.ep : dst.transport.remote) : null;
+    counters.peerAddressAnswered++;
+    sendTo(from.transport, answerPeerAddress(frame, seen));
+  };
+
   /** One frame from a UDP endpoint or a TCP connection; `from` is the client registered there, if any. */
   const onFrame = (frame: Buffer, t: Transport, from: Client | null, conn: TcpConn | null) => {
     if (frame.length > MAX_FRAME_SIZE) return drop('oversized');
     const type = frame[0];
     if (type === FRAME_HELLO) return onHello(frame, t, conn);
     if (type === FRAME_CHALLENGE_REQUEST) return onChallengeRequest(frame, t, from);
-    if (type !== FRAME_SEND && type !== FRAME_KEEPALIVE) return drop('garbage');
+    if (type !== FRAME_SEND && type !== FRAME_KEEPALIVE && type !== FRAME_PEER_ADDRESS_REQUEST) return drop('garbage');
     if (!from) {
       drop('not-registered');
       return noticeStranger(t, NOTICE_NOT_REGISTERED);
     }
     from.lastHeard = monotonicMs();
     if (type === FRAME_SEND) return onSend(frame, from, from.lastHeard);
+    if (type === FRAME_PEER_ADDRESS_REQUEST) return onPeerAddressRequest(frame, from, from.lastHeard);
     if (frame.length !== 1) return drop('garbage');
     sendTo(from.transport, KEEPALIVE_ACK_FRAME);
   };
@@ -570,7 +590,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
       let tcp = 0;
       for (const c of clients.values()) if (c.transport.kind === 'tcp') tcp++;
       return { clients: clients.size, udpClients: clients.size - tcp, tcpClients: tcp, sessionsOpened: counters.sessionsOpened, forwardedPackets: counters.forwardedPackets,
-        forwardedBytes: counters.forwardedBytes, stunAnswered: counters.stunAnswered, challengesAnswered: counters.challengesAnswered, helloVerifications: gate.verified, dropped: { ...counters.dropped } };
+        forwardedBytes: counters.forwardedBytes, stunAnswered: counters.stunAnswered, peerAddressAnswered: counters.peerAddressAnswered, challengesAnswered: counters.challengesAnswered, helloVerifications: gate.verified, dropped: { ...counters.dropped } };
     },
     recheck: () => sweep(),
     stop: () => (stopped ??= (async () => {

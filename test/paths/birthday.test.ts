@@ -154,7 +154,7 @@ function makeEndpointFrom(text: string): Buffer {
  * symmetric one (a random public port per source port and destination, filtering likewise). The
  * symmetric NAT picks the extra sockets' ports in [B.minPort, 65536), where the easy side probes.
  */
-function natWorld(opts: { easyIsHard?: boolean } = {}) {
+function natWorld(opts: { easyIsHard?: boolean; extraCandidates?: Buffer[] } = {}) {
   const keys = [generatePrivateKey(), generatePrivateKey()]; // 0 = E, 1 = H
   const ePub = makeEndpoint(ip(203, 0, 113, 20), 51820);
   const hPubIp = ip(203, 0, 113, 30);
@@ -163,7 +163,7 @@ function natWorld(opts: { easyIsHard?: boolean } = {}) {
   const hMap = new Map<string, number>(); // `${localPort}|${dst}` -> public port
   const hInbound = new Map<number, { localPort: number; remote: string }>();
   const hSockets = new Map<number, { sock: ProbeSocket; receive: ProbeReceive }>();
-  const stats = { hitsAtH: 0, droppedAtH: 0, droppedAtE: 0 };
+  const stats = { hitsAtH: 0, droppedAtH: 0, droppedAtE: 0, relayAsked: 0 };
   const socks: MagicSock[] = [];
   const devices: Device[] = [];
   const tunOut: Buffer[][] = [[], []];
@@ -215,8 +215,15 @@ function natWorld(opts: { easyIsHard?: boolean } = {}) {
         return count;
       },
     };
+    // The relay sees each agent's session come from its NAT's public address (port not told).
+    const seenAt = [makeEndpoint(ip(203, 0, 113, 20), 0), makeEndpoint(hPubIp, 0)];
     const relay: RelayLink = {
       endpoint: relayEp, name: 'relay', state: 'tcp', handleDatagram: () => false,
+      peerAddress: async (wgKey) => {
+        stats.relayAsked++;
+        await new Promise((r) => setTimeout(r, 2)); // a round trip to the relay
+        return seenAt[keys.findIndex((k) => Buffer.from(publicKeyOf(k)).equals(Buffer.from(wgKey)))] ?? null;
+      },
       send(_dst, packet) {
         const copy = Buffer.from(packet);
         later(() => socks[other].onRelayedPacket(Buffer.from(publicKeyOf(keys[i])), copy));
@@ -248,7 +255,7 @@ function natWorld(opts: { easyIsHard?: boolean } = {}) {
     },
   });
   const wg = keys.map((k) => Buffer.from(publicKeyOf(k)));
-  const eEndpoint = socks[0].upsertPeer(wg[1], [hPublished]);
+  const eEndpoint = socks[0].upsertPeer(wg[1], [hPublished, ...(opts.extraCandidates ?? [])]);
   devices[0].addPeer({ publicKey: wg[1], endpoint: eEndpoint, allowedIps: [parsePrefix('100.64.0.2/32')!] });
   const hEndpoint = socks[1].upsertPeer(wg[0], [ePub]);
   devices[1].addPeer({ publicKey: wg[0], endpoint: hEndpoint, allowedIps: [parsePrefix('100.64.0.1/32')!] });
@@ -402,6 +409,90 @@ describe('birthday probing: what a member can make us do', () => {
       expect(h.birthdaySockets).toBe(0);
       expect(w.hSockets.size).toBe(0);
       expect(h.birthdayRefused).toBe(1);
+    } finally {
+      w.stop();
+    }
+  });
+});
+
+describe('birthday probing: a victim address in the record or a call-me-maybe', () => {
+  const victim = makeEndpoint(ip(203, 0, 113, 99), 53);
+  const asH = (w: ReturnType<typeof natWorld>) => new DiscoCodec(w.keys[1], publicKeyOf(w.keys[1]));
+  const relayToE = (w: ReturnType<typeof natWorld>, msg: Buffer) => w.socks[0].onRelayedPacket(w.wg[1], msg);
+  /** Counts E's disco datagrams to the victim's IP on ports other than the one published (the birthday probes). */
+  const spyOnE = (w: ReturnType<typeof natWorld>) => {
+    const seen = { toVictimOtherPorts: 0, toVictimPublished: 0, toHOwn: 0 };
+    const spy = w.socks[0] as unknown as { udp: UdpPort };
+    const real = spy.udp.send.bind(spy.udp);
+    spy.udp.send = (slab, offsets, lens, addrs, count) => {
+      for (let k = 0; k < count; k++) {
+        if (slab[offsets[k]] !== DISCO_MAGIC) continue;
+        const to = formatEndpoint(addrs, k * ENDPOINT_SIZE);
+        if (to === '203.0.113.99:53') seen.toVictimPublished++;
+        else if (to.startsWith('203.0.113.99:')) seen.toVictimOtherPorts++;
+        else if (to.startsWith('203.0.113.30:')) seen.toHOwn++;
+      }
+      return real(slab, offsets, lens, addrs, count);
+    };
+    return seen;
+  };
+  const requests = async (w: ReturnType<typeof natWorld>, n: number) => {
+    w.traffic('t', false); // E has traffic for H: E wants a path
+    await new Promise((r) => setTimeout(r, 50));
+    for (let i = 0; i < n; i++) {
+      relayToE(w, asH(w).seal(publicKeyOf(w.keys[0]), { type: 'birthday', answer: false, publicEndpoint: victim })!);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await new Promise((r) => setTimeout(r, 1500));
+  };
+
+  it('a record naming a victim IP, and requests naming it: 0 probes to the victim (its relay sees the member elsewhere)', async () => {
+    const w = natWorld({ extraCandidates: [victim] });
+    try {
+      const seen = spyOnE(w);
+      await requests(w, 20);
+      const e = w.socks[0].birthdayStats();
+      console.log(`record names ${formatEndpoint(victim)}, 20 requests for it: ${seen.toVictimOtherPorts} probes to other ports of the victim (disco pings of the published candidate: ${seen.toVictimPublished}), birthday ${JSON.stringify(e)}, relay asked ${w.stats.relayAsked}`);
+      expect(seen.toVictimOtherPorts).toBe(0);
+      expect(e.birthdayProbes).toBe(0);
+      expect(e.birthdayAttempts).toBe(0);
+      expect(e.birthdayRefused).toBe(20);
+    } finally {
+      w.stop();
+    }
+  });
+
+  it('a call-me-maybe naming a victim IP, then requests naming it: 0 probes to the victim', async () => {
+    const w = natWorld();
+    try {
+      const seen = spyOnE(w);
+      w.traffic('t', false);
+      await new Promise((r) => setTimeout(r, 1100)); // H's own call-me-maybe (on that traffic) was taken; the next is heard a second later
+      relayToE(w, asH(w).seal(publicKeyOf(w.keys[0]), { type: 'call-me-maybe', candidates: [victim] })!);
+      await requests(w, 20);
+      const e = w.socks[0].birthdayStats();
+      console.log(`call-me-maybe names ${formatEndpoint(victim)}, 20 requests for it: ${seen.toVictimOtherPorts} probes to other ports of the victim (pings of the candidate: ${seen.toVictimPublished}), birthday ${JSON.stringify(e)}`);
+      expect(seen.toVictimOtherPorts).toBe(0);
+      expect(e.birthdayProbes).toBe(0);
+    } finally {
+      w.stop();
+    }
+  });
+
+  it('without the relay\'s word on the address (an older relay, or the peer not on it), no probing at all, even of the member\'s own address', async () => {
+    const w = natWorld();
+    try {
+      const link = (w.socks[0] as unknown as { relays: { linkFor(): RelayLink } }).relays.linkFor();
+      link.peerAddress = undefined;
+      const seen = spyOnE(w);
+      w.traffic('t', false);
+      await new Promise((r) => setTimeout(r, 50));
+      for (let i = 0; i < 5; i++) relayToE(w, asH(w).seal(publicKeyOf(w.keys[0]), { type: 'birthday', answer: false, publicEndpoint: makeEndpoint(ip(203, 0, 113, 30), 7000) })!);
+      await new Promise((r) => setTimeout(r, 500));
+      const e = w.socks[0].birthdayStats();
+      console.log(`no peer address from the relay: ${e.birthdayProbes} probes, ${seen.toHOwn} disco datagrams to the member's address, ${e.birthdayRefused} refused`);
+      expect(e.birthdayProbes).toBe(0);
+      expect(e.birthdayRefused).toBe(5);
     } finally {
       w.stop();
     }
