@@ -33,6 +33,11 @@ export class OperatorSync {
     await this.admins.load();
   }
 
+  /** The seq of the newest action applied in memory: a row the change feed carries that is older than it is re-read (pg-change-feed.ts). */
+  get appliedSeq(): number {
+    return this.seen;
+  }
+
   /** Applies the actions taken since the last poll; resolves once they are applied. */
   poll(): Promise<void> {
     this.running = this.running.then(() => this.pollOnce()).catch((err: unknown) => this.log.error({ err }, 'reading operator actions failed'));

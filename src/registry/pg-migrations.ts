@@ -13,7 +13,8 @@ import { LOGGED_ACTIONS_KEY } from './store.js';
  * BIGSERIAL for the sequences. On top of them:
  * - triggers refuse UPDATE, DELETE and TRUNCATE on the append-only audit tables;
  * - triggers NOTIFY channel `agentvpn_changes` on each change other instances must follow
- *   (pg-change-feed.ts has the payload table); a NOTIFY is delivered at COMMIT, never for a
+ *   (pg-change-feed.ts has the payload table; since version 3 they carry the row, name the
+ *   writing instance and are authenticated); a NOTIFY is delivered at COMMIT, never for a
  *   rolled-back transaction.
  */
 
@@ -240,8 +241,91 @@ BEGIN
 END $$;
 `;
 
+/** A change's JSON past this many bytes goes in its short form (pg_notify refuses 8,000; the instance ID and MAC take up to 130). */
+export const MAX_CHANGE_BODY_BYTES = 7_800;
+
+/**
+ * Version 3: notifications carry what a receiver needs (the member row; the record with its
+ * signature, liveness and key chain length), so no instance re-reads a change, and name the
+ * instance that wrote it (its pool's connections set agentvpn.instance), so it skips its own.
+ * They are authenticated with HMAC-SHA256 under a key only roles that may read feed_key hold:
+ * any role that may connect to the database may NOTIFY, and a carried row is applied as it is.
+ * pg-change-feed.ts has the payload table. feed_key keeps k for the instances and its RFC 2104
+ * inner and outer pads (64-byte block) for the triggers; the key comes from gen_random_uuid()
+ * (pg_strong_random, 2 x 122 random bits). A writer that may not read it sends no MAC.
+ * `q` in member and record changes: the newest operator action seq the writer's statement saw,
+ * so a receiver knows whether a removal it applied since is newer than the row (it re-reads then).
+ */
+const V3 = `
+CREATE TABLE feed_key (only_row BOOLEAN PRIMARY KEY DEFAULT true CHECK (only_row), k BYTEA NOT NULL, ki BYTEA NOT NULL, ko BYTEA NOT NULL);
+REVOKE ALL ON feed_key FROM PUBLIC;
+DO $$
+DECLARE
+  k BYTEA := sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text, 'UTF8'));
+  padded BYTEA := k || decode(repeat('00', 32), 'hex');
+  ki BYTEA := padded;
+  ko BYTEA := padded;
+BEGIN
+  FOR j IN 0..63 LOOP
+    ki := set_byte(ki, j, get_byte(padded, j) # 54);
+    ko := set_byte(ko, j, get_byte(padded, j) # 92);
+  END LOOP;
+  INSERT INTO feed_key (k, ki, ko) VALUES (k, ki, ko);
+END $$;
+
+-- instance '.' mac '.' body; the short form when the body is too long for a notification.
+CREATE FUNCTION agentvpn_change_payload(p_body TEXT, p_short TEXT) RETURNS TEXT LANGUAGE plpgsql AS $$
+DECLARE
+  body TEXT := CASE WHEN octet_length(p_body) > ${MAX_CHANGE_BODY_BYTES} THEN p_short ELSE p_body END;
+  key feed_key%ROWTYPE;
+  mac TEXT := '';
+BEGIN
+  IF has_table_privilege('feed_key', 'SELECT') THEN
+    SELECT * INTO key FROM feed_key;
+    mac := encode(sha256(key.ko || sha256(key.ki || convert_to(body, 'UTF8'))), 'hex');
+  END IF;
+  RETURN left(coalesce(current_setting('agentvpn.instance', true), ''), 64) || '.' || mac || '.' || body;
+END $$;
+
+CREATE FUNCTION agentvpn_last_action() RETURNS BIGINT LANGUAGE sql STABLE AS $$ SELECT coalesce(max(seq), 0) FROM operator_actions $$;
+
+CREATE OR REPLACE FUNCTION agentvpn_notify_member() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('${CHANGE_CHANNEL}', agentvpn_change_payload(
+    json_build_object('t', 'member', 'n', NEW.network, 'i', NEW.id, 'q', agentvpn_last_action(), 'name', NEW.name, 'ipv4', NEW.ipv4,
+      'joined', NEW.joined_at, 'tags', NEW.tags)::text,
+    json_build_object('t', 'member', 'n', NEW.network, 'i', NEW.id)::text));
+  RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION agentvpn_notify_record() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  body TEXT;
+BEGIN
+  IF TG_OP = 'INSERT' OR NEW.seq <> OLD.seq THEN
+    PERFORM pg_notify('${CHANGE_CHANNEL}', agentvpn_change_payload(
+      json_build_object('t', 'record', 'n', NEW.network, 'i', NEW.id, 'q', agentvpn_last_action(), 'seq', NEW.seq, 'rec', NEW.json::json,
+        'sig', NEW.signature, 'o', NEW.online, 's', NEW.last_seen,
+        'k', coalesce((SELECT json_array_length(chain::json) FROM key_chains WHERE id = NEW.id), 0))::text,
+      json_build_object('t', 'record', 'n', NEW.network, 'i', NEW.id)::text));
+  ELSIF NEW.online <> OLD.online OR NEW.last_seen <> OLD.last_seen THEN
+    body := json_build_object('t', 'live', 'n', NEW.network, 'i', NEW.id, 'o', NEW.online, 's', NEW.last_seen)::text;
+    PERFORM pg_notify('${CHANGE_CHANNEL}', agentvpn_change_payload(body, body));
+  END IF;
+  RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION agentvpn_notify_action() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  body TEXT := json_build_object('t', 'action', 'q', NEW.seq)::text;
+BEGIN
+  PERFORM pg_notify('${CHANGE_CHANNEL}', agentvpn_change_payload(body, body));
+  RETURN NULL;
+END $$;
+`;
+
 /** Every migration, oldest first; append only (a released migration never changes). */
-export const MIGRATIONS: readonly Migration[] = [{ version: 1, sql: V1 }, { version: 2, sql: V2 }];
+export const MIGRATIONS: readonly Migration[] = [{ version: 1, sql: V1 }, { version: 2, sql: V2 }, { version: 3, sql: V3 }];
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;
 

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { AgentVpnError } from '../errors.js';
 import { formatPrefix } from '../ip/prefix.js';
@@ -39,6 +39,9 @@ const MAX_RETRIES = 8;
 const STATEMENT_TIMEOUT_MS = 10_000;
 /** Connecting to the database gives up after this long. */
 const CONNECT_TIMEOUT_MS = 5_000;
+
+/** Random bytes of an instance ID: two instances never draw the same one (base64url: letters, digits, - and _). */
+const INSTANCE_ID_BYTES = 12;
 
 const RETRYABLE = new Set(['40001', '40P01']);
 const UNIQUE_VIOLATION = '23505';
@@ -122,14 +125,21 @@ export class PgStore implements RegistryStore {
   /** Heartbeats that only moved last_seen, written once a second (liveness-behind.ts). */
   private readonly behind = new LivenessBehind((updates) => this.writeLastSeen(updates));
 
-  /** `url` may hold a password: never log it (redactDbUrl). */
-  private constructor(private readonly pool: pg.Pool, readonly url: string) {}
+  /**
+   * `url` may hold a password: never log it (redactDbUrl). `instance`: this store's random ID, set
+   * as agentvpn.instance on each of its connections; the change triggers put it in their payloads,
+   * so this instance's change feed skips what it wrote itself (pg-change-feed.ts).
+   */
+  private constructor(private readonly pool: pg.Pool, readonly url: string, readonly instance: string) {}
 
   /** Connects and migrates; the error names the database by its redacted URL. */
   static async open(url: string): Promise<PgStore> {
+    const instance = randomBytes(INSTANCE_ID_BYTES).toString('base64url');
     const pool = new pg.Pool({
       connectionString: url, max: POOL_SIZE, types, connectionTimeoutMillis: CONNECT_TIMEOUT_MS, statement_timeout: STATEMENT_TIMEOUT_MS,
       application_name: 'agentvpn-registry',
+      // A startup parameter: set with the connection, no round trip of its own.
+      options: `-c agentvpn.instance=${instance}`,
     });
     // An idle connection that breaks (the server restarted) is dropped by the pool; without a listener it would crash the process.
     pool.on('error', () => undefined);
@@ -140,7 +150,7 @@ export class PgStore implements RegistryStore {
       if (e instanceof AgentVpnError) throw e;
       throw dbError(e, `cannot open registry database ${redactDbUrl(url)}`);
     }
-    return new PgStore(pool, url);
+    return new PgStore(pool, url, instance);
   }
 
   /** Runs `work` in a transaction, retried when PostgreSQL aborted it for a deadlock or serialization conflict. */
@@ -413,6 +423,12 @@ export class PgStore implements RegistryStore {
   async member(network: string, id: string): Promise<Member | undefined> {
     const [row] = await this.rows<MemberRow>('SELECT * FROM members WHERE network = $1 AND id = $2', [network, id]);
     return row && toMember(row);
+  }
+
+  /** The change feed's HMAC key (migration 3), or null when this role may not read it. */
+  async feedKey(): Promise<Buffer | null> {
+    const [row] = await this.rows<{ k: Buffer | null }>(`SELECT CASE WHEN has_table_privilege('feed_key', 'SELECT') THEN (SELECT k FROM feed_key) END AS k`);
+    return row?.k ?? null;
   }
 
   /** One agent's record with its member row and key chain, for the change feed; undefined when it is gone. */
