@@ -156,6 +156,22 @@ describe.runIf(canRun)('the change feed carries rows and skips its own (two stor
     expect(two.reads.n - readsBefore).toBe(1);
   });
 
+  it("a key rotation reaches the other feed: a chain longer than the one it holds is re-read, the next publish is carried again", async () => {
+    const target = agents[4];
+    const key = randomBytes(32).toString('base64');
+    const readsBefore = two.reads.n;
+    const rotated = await one.store.putRecord(NET, record(target.id, 'agent-4', target.ipv4, 2, { key }), Date.now(), { id: target.id, chain: [{ statement: 1 }], key });
+    expect(rotated.ok).toBe(true);
+    await until('the chain on the other feed', () => (two.fleet.rotated.get(target.id)?.chain.length === 1 ? true : undefined));
+    const readsForRotation = two.reads.n - readsBefore;
+    await one.store.putRecord(NET, record(target.id, 'agent-4', target.ipv4, 3, { key }), Date.now());
+    await until('seq 3 on the other feed', () => (two.fleet.net(NET).agents.get(target.id)?.view.record.seq === 3 ? true : undefined));
+    console.log(`rotation: other feed re-reads ${readsForRotation}, holds the key ${Buffer.from(two.fleet.currentKey(target.id) ?? []).toString('base64') === key}; next publish: ${two.reads.n - readsBefore - readsForRotation} re-reads`);
+    expect(readsForRotation).toBe(1);
+    expect(Buffer.from(two.fleet.currentKey(target.id)!).toString('base64')).toBe(key);
+    expect(two.reads.n - readsBefore - readsForRotation).toBe(0);
+  });
+
   it('a role that merely connects cannot mark an agent offline with a made-up liveness notification', async () => {
     const victim = agents[3];
     const forged = { t: 'live', n: NET, i: victim.id, o: false, s: Date.now() + 3_600_000 };
