@@ -228,6 +228,7 @@ export class PgChangeFeed {
     this.health = setInterval(() => void this.probe(), HEALTH_INTERVAL_MS);
     this.health.unref();
   }
+
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.health);
