@@ -1,6 +1,6 @@
-import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { AgentVpnError } from '../errors.js';
-import { signWith, verifySignature } from '../identity/ed25519.js';
+import { signWith, verifySignature, type SigningKey } from '../identity/ed25519.js';
 import { HASH_SIZE } from './merkle.js';
 
 /**
@@ -39,7 +39,6 @@ export const MAX_KEY_NAME_BYTES = 128;
 const ED25519_TYPE = 0x01;
 const KEY_ID_SIZE = 4;
 const ED25519_SIG_SIZE = 64;
-const ED25519_PUB_SIZE = 32;
 export const SIG_PREFIX = '\u2014 ';
 /** Tree sizes beyond 2^53 - 1 are not exact JS numbers: at most 16 digits. */
 const SIZE_LINE = /^(0|[1-9][0-9]{0,15})$/;
@@ -67,7 +66,7 @@ export interface Note {
 
 export interface NoteSigner {
   name: string;
-  key: KeyObject;
+  key: SigningKey;
 }
 
 export interface NoteVerifier {
@@ -100,12 +99,6 @@ function writing<T>(what: string, check: () => T): T {
 /** SHA-256(name || 0x0A || type || public key)[0:4]; type 0x01 for a note signature (0x04: a cosignature). */
 export function keyIdOf(name: string, publicKey: Uint8Array, type = ED25519_TYPE): Buffer {
   return createHash('sha256').update(name, 'utf8').update(Buffer.from([0x0a, type])).update(publicKey).digest().subarray(0, KEY_ID_SIZE);
-}
-
-/** The raw 32-byte public key of an Ed25519 KeyObject (private or public). */
-export function rawPublicKey(key: KeyObject): Buffer {
-  const spki = createPublicKey(key).export({ format: 'der', type: 'spki' });
-  return spki.subarray(spki.length - ED25519_PUB_SIZE);
 }
 
 function checkKeyName(name: string, what: string): void {
@@ -162,7 +155,7 @@ export function signNote(text: string, signers: readonly NoteSigner[]): string {
   const lines = signers.map(({ name, key }) => {
     writing('note', () => checkKeyName(name, 'note'));
     const sig = signWith(key, Buffer.from(text, 'utf8'));
-    return `${SIG_PREFIX}${name} ${Buffer.concat([keyIdOf(name, rawPublicKey(key)), sig]).toString('base64')}\n`;
+    return `${SIG_PREFIX}${name} ${Buffer.concat([keyIdOf(name, key.publicKey), sig]).toString('base64')}\n`;
   });
   const note = `${text}\n${lines.join('')}`;
   // Refuses a text we could not read back (no final newline, control characters, too large).

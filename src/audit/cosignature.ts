@@ -1,6 +1,6 @@
 import { AgentVpnError } from '../errors.js';
 import { signWith, verifySignature } from '../identity/ed25519.js';
-import { MAX_SIGNATURES, SIG_PREFIX, keyIdOf, parseCheckpoint, parseNote, rawPublicKey, type Checkpoint, type NoteSigner, type NoteVerifier } from './checkpoint.js';
+import { MAX_SIGNATURES, SIG_PREFIX, keyIdOf, parseCheckpoint, parseNote, type Checkpoint, type NoteSigner, type NoteVerifier } from './checkpoint.js';
 
 /**
  * Ed25519 cosignatures (c2sp.org/tlog-cosignature v1): a witness's statement that, at a time,
@@ -38,7 +38,7 @@ export function cosign(note: string, cosigner: NoteSigner, timeSeconds: number):
   const stamp = Buffer.alloc(TIMESTAMP_SIZE);
   stamp.writeBigUInt64BE(BigInt(timeSeconds));
   const sig = signWith(cosigner.key, signedMessage(parsed.text, timeSeconds));
-  const line = `${SIG_PREFIX}${cosigner.name} ${Buffer.concat([cosignerKeyIdOf(cosigner.name, rawPublicKey(cosigner.key)), stamp, sig]).toString('base64')}\n`;
+  const line = `${SIG_PREFIX}${cosigner.name} ${Buffer.concat([cosignerKeyIdOf(cosigner.name, cosigner.key.publicKey), stamp, sig]).toString('base64')}\n`;
   // What we write must read back (a cosigner name with a space or "+" would make the note unreadable).
   try {
     parseNote(note + line);

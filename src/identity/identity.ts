@@ -1,12 +1,10 @@
-import type { KeyObject } from 'node:crypto';
 import { existsSync, readFileSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { ed25519 } from '@noble/curves/ed25519.js';
 import sodium from 'sodium-native';
 import { AgentVpnError } from '../errors.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import { agentIdOf } from './agent-id.js';
-import { publicKeyOfSeed, randomSeed, signingKeyOf, signWith } from './ed25519.js';
+import { publicKeyOfSeed, randomSeed, signingKeyOf, signWith, type SigningKey } from './ed25519.js';
 import { keyCommitment, makeInception, makeRotation, MAX_CHAIN, statementHash, verifyKeyChain, type KeyStatement } from './rotation.js';
 
 export { verifySignature } from './ed25519.js';
@@ -117,17 +115,19 @@ export class Identity {
   readonly chain: readonly KeyStatement[];
   /** Rotations so far (the seq of the last statement). */
   readonly seq: number;
-  private readonly signingKey: KeyObject;
+  private readonly signingKey: SigningKey;
   /** The next key's seed when the identity lives in memory only; a stored one is read from disk to rotate. */
   private readonly nextSeed: Uint8Array | null;
   private readonly dir: string | null;
 
   /** `new Identity(seed)`: an unrotated identity in memory (a fresh next key); the rest is for loadOrCreate/rotate. */
   constructor(seed: Uint8Array, from?: { chain: KeyStatement[]; nextSeed: Uint8Array | null; dir: string | null }) {
-    this.publicKey = publicKeyOfSeed(seed);
     this.signingKey = signingKeyOf(seed);
-    this.wgPrivateKey = ed25519.utils.toMontgomerySecret(seed);
-    this.wgPublicKey = ed25519.utils.toMontgomery(this.publicKey);
+    this.publicKey = this.signingKey.publicKey;
+    const wgPrivateKey = Buffer.alloc(32);
+    sodium.crypto_sign_ed25519_sk_to_curve25519(wgPrivateKey, this.signingKey.secret);
+    this.wgPrivateKey = wgPrivateKey;
+    this.wgPublicKey = Identity.wgPublicKeyOf(this.publicKey);
     if (from) {
       this.chain = from.chain;
       this.nextSeed = from.nextSeed;
@@ -151,7 +151,7 @@ export class Identity {
   }
 
   /** The current key as a signed-note signer named `name` (audit checkpoints). */
-  noteSigner(name: string): { name: string; key: KeyObject } {
+  noteSigner(name: string): { name: string; key: SigningKey } {
     return { name, key: this.signingKey };
   }
 

@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
-import type { KeyObject } from 'node:crypto';
 import { publicKeyOfAgentId } from './agent-id.js';
-import { signWith, verifySignature } from './ed25519.js';
+import { signWith, verifySignature, type SigningKey } from './ed25519.js';
 
 /**
  * Key statements: how an agent's current Ed25519 key is proven from its agent ID (which is its
@@ -184,14 +183,14 @@ export function chainDescendsFrom(chain: readonly unknown[], key: Uint8Array): b
 }
 
 /** The first statement of an identity: its own key, committing to the next one. */
-export function makeInception(id: string, key: Uint8Array, signer: KeyObject, nextKey: Uint8Array): KeyStatement {
+export function makeInception(id: string, key: Uint8Array, signer: SigningKey, nextKey: Uint8Array): KeyStatement {
   const s: KeyStatement = { v: 1, kind: 'inception', id, seq: 0, key: b64(key), next: keyCommitment(nextKey), prev: null, sigs: { self: '' } };
   s.sigs.self = b64(signWith(signer, signedBytes(s)));
   return s;
 }
 
 /** The statement moving `prev`'s identity to `key` (which `prev` committed to), committing to `nextKey`. */
-export function makeRotation(prev: KeyStatement, priorSigner: KeyObject, key: Uint8Array, signer: KeyObject, nextKey: Uint8Array): KeyStatement {
+export function makeRotation(prev: KeyStatement, priorSigner: SigningKey, key: Uint8Array, signer: SigningKey, nextKey: Uint8Array): KeyStatement {
   const s: KeyStatement = {
     v: 1, kind: 'rotation', id: prev.id, seq: prev.seq + 1, key: b64(key), next: keyCommitment(nextKey), prev: statementHash(prev),
     sigs: { prior: '', self: '' },

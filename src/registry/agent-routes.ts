@@ -7,9 +7,9 @@ import { Entry } from './fleet-state.js';
 import { sendJson } from './http-body.js';
 import { screenChain } from './key-chain.js';
 import {
-  HEARTBEAT_LABEL, LEAVE_LABEL, hashToken, joinMessage, timestampMessage, verifyAgentSignatureAsync, type JoinRequest, type JoinResult, type SignedTimestamp,
+  HEARTBEAT_LABEL, LEAVE_LABEL, hashToken, joinMessage, timestampMessage, verifyAgentSignature, type JoinRequest, type JoinResult, type SignedTimestamp,
 } from './protocol.js';
-import { canonicalRecord, verifyRecordAsync, type AgentRecord, type RecordCheck, type SignedRecord } from './record.js';
+import { canonicalRecord, verifyRecord, type AgentRecord, type SignedRecord } from './record.js';
 import { refuse } from './refusals.js';
 import { checkClock } from './request-auth.js';
 import { AGENT_ID_PARAMS, JOIN_BODY, NETWORK_QUERY, PUBLISH_BODY, SIGNED_TIMESTAMP_BODY } from './request-schemas.js';
@@ -39,12 +39,10 @@ export function agentRoutes(ctx: RouteContext): Route[] {
   const networkOf = (c: RouteCall) => c.query.network ?? ctx.defaultNetwork;
 
   /** Refuses unless the agent signed `message`; failures are budgeted per address (signature-budget.ts). */
-  const verifySigned = async (req: IncomingMessage, id: string, message: Buffer, signature: string, what: string) => {
-    const done = signatures.begin(req);
-    const verified = await verifyAgentSignatureAsync(id, message, signature, fleet.currentKey(id));
-    done(verified);
-    if (verified) return;
-    refuse('BAD_SIGNATURE', `${what} does not verify with the agent's current key`);
+  const verifySigned = (req: IncomingMessage, id: string, message: Buffer, signature: string, what: string) => {
+    if (!signatures.verified(req, () => verifyAgentSignature(id, message, signature, fleet.currentKey(id)))) {
+      refuse('BAD_SIGNATURE', `${what} does not verify with the agent's current key`);
+    }
   };
 
   const join = async ({ req, res, now, body }: RouteCall) => {
@@ -56,7 +54,7 @@ export function agentRoutes(ctx: RouteContext): Route[] {
     if (!fleet.isMember(network, id) && (tokenHash === null || !(await store.checkToken(network, tokenHash, now)).ok)) {
       refuse('BAD_TOKEN', tokenHash === null ? `a join token is needed to join network ${network}` : `the join token is not valid for network ${network} (unknown, expired or used up)`);
     }
-    await verifySigned(req, id, joinMessage(network, id, name, timestamp), signature, 'join signature');
+    verifySigned(req, id, joinMessage(network, id, name, timestamp), signature, 'join signature');
     const result = await store.admit({ network, id, name, tokenHash, timestamp, pool: ctx.pool, now });
     if (!result.ok) refuse(result.code, result.message);
     if (result.usedUpToken) hub.closeCredential(`token:${result.usedUpToken}`);
@@ -84,16 +82,10 @@ export function agentRoutes(ctx: RouteContext): Route[] {
     const recordKey = typeof r.key === 'string' ? r.key : undefined;
     const screen = screenChain(fleet.rotated.get(id), recordKey, signed.chain);
     if (!screen.ok) refuse(screen.code, screen.message);
-    const done = signatures.begin(req);
-    let check: RecordCheck = { ok: false, problem: 'BAD_SIGNATURE' };
-    try {
-      check = await verifyRecordAsync({ ...signed, chain: screen.chain }, { network, now });
-    } finally {
-      done(check.problem !== 'BAD_SIGNATURE' && check.problem !== 'BAD_CHAIN');
-    }
-    const badSignature = check.problem === 'BAD_SIGNATURE' || check.problem === 'BAD_CHAIN';
+    signatures.check(req);
+    const check = verifyRecord({ ...signed, chain: screen.chain }, { network, now });
     // A bad chain may have cost two signature checks per statement it added.
-    if (badSignature) for (let i = 1; i < screen.fresh; i++) signatures.failed(req);
+    if (check.problem === 'BAD_SIGNATURE' || check.problem === 'BAD_CHAIN') for (let i = 0; i < Math.max(1, screen.fresh); i++) signatures.failed(req);
     if (!check.ok) refuse(check.problem!, check.detail ?? check.problem!);
     const canonical: SignedRecord = { record: canonicalRecord(signed.record), signature: signed.signature };
     const rotation = newRotation(id, screen.chain, screen.fresh);
@@ -132,7 +124,7 @@ export function agentRoutes(ctx: RouteContext): Route[] {
     const { timestamp, signature } = await c.body<SignedTimestamp>();
     checkClock(timestamp, now);
     if (online && known.view.record.expiresAt <= now) refuse('EXPIRED_RECORD', `the record of agent ${id} has expired: publish a fresh one`);
-    await verifySigned(req, id, timestampMessage(online ? HEARTBEAT_LABEL : LEAVE_LABEL, network, id, timestamp), signature, 'signature');
+    verifySigned(req, id, timestampMessage(online ? HEARTBEAT_LABEL : LEAVE_LABEL, network, id, timestamp), signature, 'signature');
     const lastSeen = online ? now : known.view.lastSeen;
     const result = await store.setOnline({ network, id, online, lastSeen, timestamp, now });
     if (!result.ok) refuse(result.code, result.message);

@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Identity } from '../identity/identity.js';
 import { verifySignature } from '../identity/identity.js';
-import { verifySignatureAsync } from '../identity/ed25519.js';
 import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import type { KeyStatement } from '../identity/rotation.js';
 import type { RelayInfo } from '../relay/protocol.js';
@@ -266,13 +265,6 @@ export function verifyAgentSignature(id: string, message: Uint8Array, signature:
   const key = currentKey ?? publicKeyOfAgentId(id);
   if (!key || typeof signature !== 'string' || signature.length > 200) return false;
   return verifySignature(key, message, Buffer.from(signature, 'base64'));
-}
-
-/** verifyAgentSignature on the thread pool (ed25519.ts verifySignatureAsync): for the registry's signed requests. */
-export function verifyAgentSignatureAsync(id: string, message: Uint8Array, signature: unknown, currentKey?: Uint8Array): Promise<boolean> {
-  const key = currentKey ?? publicKeyOfAgentId(id);
-  if (!key || typeof signature !== 'string' || signature.length > 200) return Promise.resolve(false);
-  return verifySignatureAsync(key, message, Buffer.from(signature, 'base64'));
 }
 
 export type ParsedAuthorization =

@@ -1,5 +1,4 @@
 import { Identity, verifySignature } from '../identity/identity.js';
-import { verifySignatureAsync } from '../identity/ed25519.js';
 import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import { overlayIPv6 } from '../identity/addresses.js';
 import { verifyKeyChain } from '../identity/rotation.js';
@@ -170,16 +169,6 @@ export type RecordWithChain = SignedRecord & { chain?: readonly unknown[] };
  * of the record itself, after every cheap one that can refuse it.
  */
 export function verifyRecord(signed: RecordWithChain, opts: { network?: string; now?: number } = {}): RecordCheck {
-  return checkRecord(signed, opts, verifySignature) as RecordCheck; // a synchronous check answers synchronously
-}
-
-/** verifyRecord with the record's signature checked on the thread pool (the registry's publishes: ed25519.ts verifySignatureAsync). */
-export function verifyRecordAsync(signed: RecordWithChain, opts: { network?: string; now?: number } = {}): Promise<RecordCheck> {
-  return Promise.resolve(checkRecord(signed, opts, verifySignatureAsync));
-}
-
-function checkRecord(signed: RecordWithChain, opts: { network?: string; now?: number },
-  verify: (key: Uint8Array, message: Uint8Array, signature: Uint8Array) => boolean | Promise<boolean>): RecordCheck | Promise<RecordCheck> {
   if (!signed || typeof signed !== 'object' || typeof signed.signature !== 'string') return fail('MALFORMED_RECORD', 'missing record or signature');
   if (!SIGNATURE_BASE64.test(signed.signature)) return fail('MALFORMED_RECORD', 'signature is not a base64 Ed25519 signature');
   const r = signed.record;
@@ -204,8 +193,8 @@ function checkRecord(signed: RecordWithChain, opts: { network?: string; now?: nu
       return fail('STALE_KEY', 'the record is not signed by the current key of its key chain');
     }
   }
-  const verified = verify(key, canonicalRecordBytes(r), Buffer.from(signed.signature, 'base64'));
-  return typeof verified === 'boolean' ? afterSignature(r, verified, opts) : verified.then((ok) => afterSignature(r, ok, opts));
+  const verified = verifySignature(key, canonicalRecordBytes(r), Buffer.from(signed.signature, 'base64'));
+  return afterSignature(r, verified, opts);
 }
 
 /** The record key's X25519 form in base64, or null for a key that is not a usable point (libsodium refuses it). */

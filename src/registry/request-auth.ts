@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import type { Fleet } from './fleet-state.js';
-import { MAX_CLOCK_SKEW_MS, hashToken, parseAuthorization, requestMessage, verifyAgentSignatureAsync } from './protocol.js';
+import { MAX_CLOCK_SKEW_MS, hashToken, parseAuthorization, requestMessage, verifyAgentSignature } from './protocol.js';
 import { refuse } from './refusals.js';
 import type { SignatureBudget } from './signature-budget.js';
 import type { ReadSessions } from './read-sessions.js';
@@ -64,10 +64,8 @@ export async function authorizeRead(req: IncomingMessage, network: string, now: 
   if (!isAgentId(auth.id)) refuse('UNAUTHORIZED', 'Authorization names an invalid agent ID');
   checkClock(auth.timestamp, now);
   if (!fleet.isMember(network, auth.id)) refuse('NOT_JOINED', `agent ${auth.id} has not joined network ${network}`);
-  const done = signatures.begin(req);
-  const verified = await verifyAgentSignatureAsync(auth.id, requestMessage(req.method ?? '', req.url ?? '', auth.timestamp), auth.signature, fleet.currentKey(auth.id));
-  done(verified);
-  if (!verified) {
+  const message = requestMessage(req.method ?? '', req.url ?? '', auth.timestamp);
+  if (!signatures.verified(req, () => verifyAgentSignature(auth.id, message, auth.signature, fleet.currentKey(auth.id)))) {
     refuse('UNAUTHORIZED', 'the request signature does not verify');
   }
   const used = await store.useTimestamp(auth.id, auth.timestamp, now);

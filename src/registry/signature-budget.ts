@@ -1,6 +1,5 @@
 import type { IncomingMessage } from 'node:http';
 import { addressKey } from './connection-guard.js';
-import { CONNECTIONS_PER_ADDRESS } from './limits.js';
 import { refuse } from './refusals.js';
 
 /**
@@ -17,15 +16,6 @@ import { refuse } from './refusals.js';
 const FAILURES_PER_ADDRESS = 20;
 /** Failed signatures per second from all addresses: ~0.1–0.4 s of CPU at most, so the rest keeps working. */
 const FAILURES_TOTAL = 1_000;
-/**
- * Checks on the thread pool at once (verifySignatureAsync), per address and in all: the failure
- * counts above see a check only when it ends, so without these a flood of concurrent bad
- * signatures would all be queued before the first failure counted. Per address, as many as it
- * may have connections (limits.ts: each carries one request at a time), since a fleet behind one
- * NAT may open that many event streams at once; in all, ~50 ms of the pool's 4 threads.
- */
-export const IN_FLIGHT_PER_ADDRESS = CONNECTIONS_PER_ADDRESS;
-export const IN_FLIGHT_TOTAL = 1_024;
 /** Addresses remembered within one second; past it, new ones count only toward the total. */
 const MAX_ADDRESSES = 10_000;
 const WINDOW_MS = 1_000;
@@ -44,32 +34,15 @@ export class SignatureBudget {
   private window = 0;
   private total = 0;
   private readonly byAddress = new Map<string, number>();
-  private inFlight = 0;
-  private readonly inFlightByAddress = new Map<string, number>();
 
   constructor(private readonly limits: FailureLimits = SIGNATURE_LIMITS) {}
 
-  /**
-   * An asynchronous check begins: refused like check(), and also when too many are under way
-   * (from this address or in all). Call the returned function once with the outcome.
-   */
-  begin(req: IncomingMessage): (verified: boolean) => void {
+  /** Runs a signature check (synchronous: ed25519.ts) within the budget: refused like check() first, a failure counted. */
+  verified(req: IncomingMessage, verify: () => boolean): boolean {
     this.check(req);
-    const address = addressKey(req.socket.remoteAddress) ?? '';
-    const mine = this.inFlightByAddress.get(address) ?? 0;
-    if (mine >= IN_FLIGHT_PER_ADDRESS || this.inFlight >= IN_FLIGHT_TOTAL) refuse('RATE_LIMITED', 'too many signatures are being checked at once: retry in a moment');
-    this.inFlight++;
-    this.inFlightByAddress.set(address, mine + 1);
-    let ended = false;
-    return (verified) => {
-      if (ended) return;
-      ended = true;
-      this.inFlight--;
-      const left = this.inFlightByAddress.get(address)! - 1;
-      if (left === 0) this.inFlightByAddress.delete(address);
-      else this.inFlightByAddress.set(address, left);
-      if (!verified) this.failed(req);
-    };
+    const ok = verify();
+    if (!ok) this.failed(req);
+    return ok;
   }
 
   /** Refuses (RATE_LIMITED) a signed request whose source, or everyone, spent this second's failures. */

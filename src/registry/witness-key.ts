@@ -1,8 +1,8 @@
-import { createHash, type KeyObject } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { closeSync, fsyncSync, linkSync, openSync, readFileSync, unlinkSync, writeSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { AgentVpnError } from '../errors.js';
-import { publicKeyOfSeed, randomSeed, signingKeyOf } from '../identity/ed25519.js';
+import { publicKeyOfSeed, randomSeed, signingKeyOf, type SigningKey } from '../identity/ed25519.js';
 
 /**
  * The registry's witness key: one Ed25519 key that cosigns agents' audit checkpoints
@@ -38,7 +38,7 @@ export interface WitnessKey {
   /** The registry's own log: its origin and signing key name. */
   registryLogName: string;
   publicKey: Buffer;
-  key: KeyObject;
+  key: SigningKey;
   file: string;
   /** Whether this start created the file. */
   created: boolean;

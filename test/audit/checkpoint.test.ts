@@ -8,7 +8,6 @@ import {
   openCheckpoint,
   parseCheckpoint,
   parseNote,
-  rawPublicKey,
   signCheckpoint,
   signNote,
   verifyNote,
@@ -62,7 +61,7 @@ describe('signed notes: known answers', () => {
     const bytes = Buffer.from(b64!, 'base64');
     expect(bytes.length).toBe(68);
     expect(bytes.subarray(0, 4)).toEqual(keyIdOf(agent.signer.name, agent.verifier.publicKey));
-    expect(rawPublicKey(agent.signer.key)).toEqual(Buffer.from(agent.verifier.publicKey));
+    expect(agent.signer.key.publicKey).toEqual(Buffer.from(agent.verifier.publicKey));
   });
 });
 

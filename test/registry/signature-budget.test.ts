@@ -9,7 +9,7 @@ import { HEARTBEAT_LABEL, signTimestamp } from '../../src/registry/protocol.js';
 import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
 import { makeAgent, type TestAgent } from './hostile-helpers.js';
 import type { IncomingMessage } from 'node:http';
-import { IN_FLIGHT_PER_ADDRESS, IN_FLIGHT_TOTAL, SignatureBudget } from '../../src/registry/signature-budget.js';
+import { SignatureBudget } from '../../src/registry/signature-budget.js';
 
 const NET = 'default';
 
@@ -66,20 +66,14 @@ describe('registry signature budget', () => {
     expect(honest.status).toBe(200);
   });
 
-  it('checks under way are capped per address and in all, not only the failures already counted', () => {
-    // Signatures are checked on the thread pool, so a failure counts only when its check ends:
-    // requests that all arrive in one turn of the event loop would all pass check() first.
+  it('verified() refuses before running a check once the address spent its failures, and counts each failure', () => {
     const budget = new SignatureBudget();
     const from = (a: string) => ({ socket: { remoteAddress: a } }) as unknown as IncomingMessage;
-    const ends = Array.from({ length: IN_FLIGHT_PER_ADDRESS }, () => budget.begin(from('192.0.2.1')));
-    expect(() => budget.begin(from('192.0.2.1'))).toThrow(expect.objectContaining({ code: 'RATE_LIMITED' }));
-    const others = Array.from({ length: IN_FLIGHT_TOTAL - IN_FLIGHT_PER_ADDRESS }, (_, i) => budget.begin(from(`198.51.100.${i % 200}`)));
-    expect(() => budget.begin(from('203.0.113.1'))).toThrow(expect.objectContaining({ code: 'RATE_LIMITED' })); // the cap in all
-    ends[0](true);
-    others[0](true);
-    expect(() => budget.begin(from('192.0.2.1'))).not.toThrow();
-    // The 20 failures of this second refuse the address even with checks still free.
-    for (const end of ends.slice(1, 21)) end(false);
-    expect(() => budget.begin(from('192.0.2.1'))).toThrow(expect.objectContaining({ code: 'RATE_LIMITED' }));
+    let checks = 0;
+    const forged = () => { checks++; return false; };
+    for (let i = 0; i < 20; i++) expect(budget.verified(from('192.0.2.1'), forged)).toBe(false);
+    expect(() => budget.verified(from('192.0.2.1'), forged)).toThrow(expect.objectContaining({ code: 'RATE_LIMITED' }));
+    expect(checks).toBe(20); // the 21st was refused before its check ran
+    expect(budget.verified(from('198.51.100.1'), () => true)).toBe(true); // another address is not affected
   });
 });

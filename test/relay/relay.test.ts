@@ -72,7 +72,11 @@ describe('relay', () => {
     await waitFor(() => a.received.length >= 190, { intervalMs: 10, what: `replies at a (${a.received.length})` });
     expect(a.received.every((r) => r.from.equals(b.wgKey))).toBe(true);
     expect(relay!.stats().forwardedPackets).toBeGreaterThanOrEqual(191);
-    expect(a.received.length + b.received.length).toBe(relay!.stats().forwardedPackets);
+    // Each packet received was forwarded once (none bypassed the relay or came twice); on a loaded
+    // machine the last few forwarded may still be in a socket buffer, or dropped from a full one.
+    const delivered = () => a.received.length + b.received.length;
+    await waitFor(() => delivered() === relay!.stats().forwardedPackets, { intervalMs: 10, timeoutMs: 1_000 }).catch(() => {});
+    expect(delivered()).toBeLessThanOrEqual(relay!.stats().forwardedPackets);
 
     const nobody = Identity.generate().wgPublicKey;
     a.client.send(nobody, Buffer.from('anyone?'));
