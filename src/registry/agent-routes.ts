@@ -10,6 +10,7 @@ import {
   HEARTBEAT_LABEL, LEAVE_LABEL, hashToken, joinMessage, timestampMessage, verifyAgentSignature, type JoinRequest, type JoinResult, type SignedTimestamp,
 } from './protocol.js';
 import { canonicalRecord, verifyRecord, type AgentRecord, type SignedRecord } from './record.js';
+import { RecentTokens } from './recent-tokens.js';
 import { refuse } from './refusals.js';
 import { checkClock } from './request-auth.js';
 import { AGENT_ID_PARAMS, JOIN_BODY, NETWORK_QUERY, PUBLISH_BODY, SIGNED_TIMESTAMP_BODY } from './request-schemas.js';
@@ -37,6 +38,12 @@ type PublishBody = SignedRecord & { chain?: unknown[] };
 export function agentRoutes(ctx: RouteContext): Route[] {
   const { store, fleet, hub, log, signatures } = ctx;
   const networkOf = (c: RouteCall) => c.query.network ?? ctx.defaultNetwork;
+  const recentTokens = new RecentTokens();
+  const checkToken = async (network: string, hash: string, now: number) => {
+    const valid = (await store.checkToken(network, hash, now)).ok;
+    if (valid) recentTokens.add(network, hash, now);
+    return valid;
+  };
 
   /** Refuses unless the agent signed `message`; failures are budgeted per address (signature-budget.ts). */
   const verifySigned = (req: IncomingMessage, id: string, message: Buffer, signature: string, what: string) => {
@@ -50,12 +57,13 @@ export function agentRoutes(ctx: RouteContext): Route[] {
     checkClock(timestamp, now);
     if (fleet.isBlocked(network, id)) refuse('BLOCKED', `agent ${id} is blocked in network ${network}`);
     const tokenHash = token === undefined ? null : hashToken(token);
-    // A stranger needs a valid token: looked up before its signature is checked.
-    if (!fleet.isMember(network, id) && (tokenHash === null || !(await store.checkToken(network, tokenHash, now)).ok)) {
+    // A stranger needs a valid token, looked up (or seen valid lately) before its signature is checked.
+    if (!fleet.isMember(network, id) && !(tokenHash !== null && (recentTokens.has(network, tokenHash, now) || await checkToken(network, tokenHash, now)))) {
       refuse('BAD_TOKEN', tokenHash === null ? `a join token is needed to join network ${network}` : `the join token is not valid for network ${network} (unknown, expired or used up)`);
     }
     verifySigned(req, id, joinMessage(network, id, name, timestamp), signature, 'join signature');
     const result = await store.admit({ network, id, name, tokenHash, timestamp, pool: ctx.pool, now });
+    if (tokenHash !== null && ((!result.ok && result.code === 'BAD_TOKEN') || (result.ok && result.usedUpToken))) recentTokens.forget(network, tokenHash);
     if (!result.ok) refuse(result.code, result.message);
     if (result.usedUpToken) hub.closeCredential(`token:${result.usedUpToken}`);
     const before = fleet.net(network).members.get(id);

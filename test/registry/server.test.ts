@@ -118,6 +118,27 @@ describe('registry server', () => {
     expect((await call(reg, 'GET', '/healthz')).body).toEqual({ ok: true });
   });
 
+  it('a token seen valid lately spares the store lookup before the signature check; one that ran out meanwhile is still refused', async () => {
+    await reg.stop();
+    const { SqliteStore } = await import('../../src/registry/sqlite-store.js');
+    const store = new SqliteStore(join(dir, 'counted.db'));
+    let lookups = 0;
+    const checkToken = store.checkToken.bind(store);
+    store.checkToken = (...a) => (lookups++, checkToken(...a));
+    await start({ store });
+    const brief = await reg.createToken({ expiresInMs: 400 });
+    expect((await joinAs(Identity.generate(), 'first', brief)).status).toBe(200);
+    expect((await joinAs(Identity.generate(), 'second', brief)).status).toBe(200);
+    console.log(`token lookups before the signature check for two joins: ${lookups}`);
+    expect(lookups).toBe(1);
+    await sleep(500);
+    // Still in the filter, but the store's admit refuses the expired token and the filter forgets it.
+    expect(await joinAs(Identity.generate(), 'late', brief)).toMatchObject({ status: 403, body: { code: 'BAD_TOKEN' } });
+    expect(lookups).toBe(1);
+    expect(await joinAs(Identity.generate(), 'later', brief)).toMatchObject({ status: 403, body: { code: 'BAD_TOKEN' } });
+    expect(lookups).toBe(2); // looked up again, and refused before any signature check
+  });
+
   it('allocates sticky IPv4 addresses: re-join keeps it, another agent gets another, a full pool refuses', async () => {
     await reg.stop();
     await start({ pool: '100.64.0.0/30' });
