@@ -10,7 +10,8 @@ import { UPGRADE_PATH } from '../relay/tcp.js';
  * (STUN also on the next port) and its TCP fallback on the registry's HTTP server; only the
  * registry's members may use it (its allow hook is the registry's networksOf), and a member removed
  * or blocked is dropped at once (membershipChanged). The registry advertises it first in every join
- * answer, at the host the agent reached the registry at.
+ * answer, at the host the agent reached the registry at, under its name (--relay-name), which is
+ * also the name the relay takes hellos for (relay/relay-name.ts).
  */
 
 export interface RegistryWithRelayOptions extends Omit<RegistryOptions, 'builtInRelay'> {
@@ -49,6 +50,7 @@ export async function startRegistryWithRelay(opts: RegistryWithRelayOptions): Pr
   const registry = await startRegistry({ ...registryOpts, builtInRelay: beside });
   const relayOpts = {
     stunSecondPort: true, tcpServer: registry.httpServer, allow: registry.networksOf, log: opts.log?.child({ component: 'relay' }),
+    names: [entry.name], // the name it is advertised under: agents' hellos are signed for it
   };
   let relay: RunningRelay;
   try {

@@ -1,6 +1,6 @@
 /**
  * The flood sender a lab namespace runs: `node dist/lab/flood-cli.js --kind K --target HOST:PORT
- * --rate PPS --duration-ms MS [--key B64] [--identity-dir DIR] [--size N] [--distinct N]`.
+ * --rate PPS --duration-ms MS [--key B64] [--identity-dir DIR] [--relay-name NAME] [--size N] [--distinct N]`.
  * Prints one JSON line (a FloodReport) on stdout; errors go to stderr as `error: ...`, exit 1.
  *
  * It sends with the native batched sender (sendmmsg, up to 1024 datagrams per call), paced by a
@@ -15,6 +15,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseAddress } from '../ip/prefix.js';
 import { Identity } from '../identity/identity.js';
 import { encodeChallengeRequest, encodeHello, parseChallenge, parseHelloAck, parseHostPort } from '../relay/protocol.js';
+import { relayNameHash } from '../relay/relay-name.js';
+import { BUILTIN_RELAY_NAME } from '../registry/relay-list.js';
 import { ADDR_SIZE, native } from '../tun/native.js';
 import { makeEndpoint } from '../net/endpoint.js';
 import { FLOOD_KINDS, floodDatagrams, type FloodKind, type FloodReport, type FloodSpec } from './flood.js';
@@ -39,6 +41,7 @@ function parseSpec(argv: string[]): FloodSpec {
       'duration-ms': { type: 'string', default: '5000' },
       key: { type: 'string' },
       'identity-dir': { type: 'string' },
+      'relay-name': { type: 'string' },
       size: { type: 'string' },
       distinct: { type: 'string' },
     },
@@ -50,7 +53,7 @@ function parseSpec(argv: string[]): FloodSpec {
   const durationMs = Number(values['duration-ms']);
   if (!(rate >= 0) || !(durationMs > 0)) throw new Error('--rate must be >= 0 and --duration-ms > 0');
   return {
-    kind, target: values.target, rate, durationMs, key: values.key, identityDir: values['identity-dir'],
+    kind, target: values.target, rate, durationMs, key: values.key, identityDir: values['identity-dir'], relayName: values['relay-name'],
     size: values.size === undefined ? undefined : Number(values.size),
     distinct: values.distinct === undefined ? undefined : Number(values.distinct),
   };
@@ -64,7 +67,8 @@ function targetEndpoint(target: string): Buffer {
 }
 
 /** Sends a real HELLO (over the relay's challenge) from fd until the relay acknowledges it (the relay then knows this socket as the member). */
-async function helloRelay(fd: number, to: Buffer, member: Identity): Promise<void> {
+async function helloRelay(fd: number, to: Buffer, member: Identity, relayName: string): Promise<void> {
+  const nameHash = relayNameHash(relayName);
   const slot = 2048;
   const slab = Buffer.alloc(slot * 64);
   const lens = new Int32Array(64);
@@ -82,7 +86,7 @@ async function helloRelay(fd: number, to: Buffer, member: Identity): Promise<voi
   try {
     const deadline = Date.now() + HELLO_TIMEOUT_MS;
     while (!acked && Date.now() < deadline) {
-      const hello = challenge ? encodeHello(member, Date.now(), 0, challenge) : encodeChallengeRequest();
+      const hello = challenge ? encodeHello(member, Date.now(), 0, nameHash, challenge) : encodeChallengeRequest();
       native.udpSend(fd, hello, Int32Array.of(0), Int32Array.of(hello.length), to, 1);
       const had: Buffer | null = challenge;
       for (let t = 0; t < HELLO_RETRY_MS && !acked && challenge === had; t += 10) await sleep(10);
@@ -107,7 +111,7 @@ async function flood(spec: FloodSpec): Promise<FloodReport> {
 
   const { fd } = native.udpOpen(0, SOCKET_BUFFER_BYTES);
   try {
-    if (member) await helloRelay(fd, to, member);
+    if (member) await helloRelay(fd, to, member, spec.relayName ?? BUILTIN_RELAY_NAME);
     let next = 0;
     let sent = 0;
     const start = performance.now();

@@ -17,8 +17,9 @@
  * | `disco`       | a0, a KNOWN peer's WireGuard key (32), random nonce (24), random bytes the     | 94       | anyone who knows a member's key |
  * |               | size of a sealed ping (21 + 16-byte tag): looks like disco from that member,   |          |                                 |
  * |               | fails authentication (paths/disco.ts has the real format).                     |          |                                 |
- * | `relay-hello` | b0, version 2, flags 0, random Ed25519 key (32), the current time in ms (8,    | 127      | anyone                          |
- * |               | BE), random challenge (20), random signature (64) (relay/protocol.ts): fresh,  |          |                                 |
+ * | `relay-hello` | b0, version 3, flags 0, random Ed25519 key (32), the current time in ms (8,    | 143      | anyone                          |
+ * |               | BE), the target relay's name hash (16: its name is public), random challenge   |          |                                 |
+ * |               | (20), random signature (64) (relay/protocol.ts): fresh, for the target's name, |          |                                 |
  * |               | fails the relay's challenge (one MAC), is answered by a challenge at a budget. |          |                                 |
  * | `relay-send`  | b4, destination WireGuard key (32), random payload (`size`, default 128),      | 33+size  | a member: the sender first says |
  * |               | sent from the socket that a real HELLO of a member identity registered.        |          | a valid hello with its identity |
@@ -30,7 +31,9 @@ import { randomBytes, randomInt } from 'node:crypto';
 import { decodeKey } from '../crypto/keys.js';
 import { generatePrivateKey } from '../crypto/x25519.js';
 import { Identity } from '../identity/identity.js';
-import { FRAME_HELLO, HELLO_SIZE, KEY_SIZE, RELAY_VERSION, encodeSend } from '../relay/protocol.js';
+import { FRAME_HELLO, HELLO_NAME_AT, HELLO_SIZE, KEY_SIZE, RELAY_VERSION, encodeSend } from '../relay/protocol.js';
+import { relayNameHash } from '../relay/relay-name.js';
+import { BUILTIN_RELAY_NAME } from '../registry/relay-list.js';
 import { CookieGenerator } from '../wireguard/cookie.js';
 import { Handshake, LocalIdentity, createInitiation } from '../wireguard/noise.js';
 import { DISCO_MAGIC } from '../paths/disco.js';
@@ -54,6 +57,8 @@ export interface FloodSpec {
    * member to impersonate; relay-send: the destination (default: the sender's own key).
    */
   key?: string;
+  /** relay-hello, relay-send: the target relay's name, which hellos are signed for (default: the registry's built-in relay's, what lab floods aim at). */
+  relayName?: string;
   /** relay-send: the state directory holding the member's identity.key. */
   identityDir?: string;
   /** garbage: datagram size; relay-send: payload size after the 33-byte header. */
@@ -116,13 +121,14 @@ function discoDatagrams(member: Uint8Array, n: number): Buffer[] {
   });
 }
 
-function relayHelloDatagrams(n: number, now: number): Buffer[] {
+function relayHelloDatagrams(n: number, now: number, relayName: Buffer): Buffer[] {
   return Array.from({ length: n }, () => {
     const f = randomBytes(HELLO_SIZE);
     f[0] = FRAME_HELLO;
     f[1] = RELAY_VERSION;
     f[2] = 0;
     f.writeBigUInt64BE(BigInt(now), 35);
+    relayName.copy(f, HELLO_NAME_AT);
     return f;
   });
 }
@@ -149,7 +155,7 @@ export function floodDatagrams(spec: FloodSpec, member?: Identity, now = Date.no
     case 'disco':
       return discoDatagrams(needKey(spec), n);
     case 'relay-hello':
-      return relayHelloDatagrams(n, now);
+      return relayHelloDatagrams(n, now, relayNameHash(spec.relayName ?? BUILTIN_RELAY_NAME));
     case 'relay-send': {
       if (!member) throw new Error('a relay-send flood needs the member identity (--identity-dir)');
       const dst = spec.key ? needKey(spec) : member.wgPublicKey;
@@ -165,6 +171,7 @@ export function floodArgs(spec: FloodSpec): string[] {
   const args = ['--kind', spec.kind, '--target', spec.target, '--rate', String(spec.rate), '--duration-ms', String(spec.durationMs)];
   if (spec.key) args.push('--key', spec.key);
   if (spec.identityDir) args.push('--identity-dir', spec.identityDir);
+  if (spec.relayName !== undefined) args.push('--relay-name', spec.relayName);
   if (spec.size !== undefined) args.push('--size', String(spec.size));
   if (spec.distinct !== undefined) args.push('--distinct', String(spec.distinct));
   return args;

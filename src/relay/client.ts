@@ -10,11 +10,12 @@ import type { Identity } from '../identity/identity.js';
 import { parseAddress } from '../ip/prefix.js';
 import { monotonicMs } from '../util/token-bucket.js';
 import { CHALLENGE_REUSE_MS } from './challenge.js';
+import { relayNameHash } from './relay-name.js';
 import {
   ACK_PEER_ADDRESS, BACKOFF_MAX_MS, BACKOFF_MIN_MS, DEFAULT_UDP_TIMEOUT_MS, FRAME_CHALLENGE, FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_PEER_ADDRESS, FRAME_RECV, HELLO_RETRY_MS,
   MAX_PEER_ADDRESS_QUERIES, PEER_ADDRESS_TIMEOUT_MS, QUERY_ID_SIZE,
   KEEPALIVE_ACK_TIMEOUT_MS, KEEPALIVE_FRAME, KEEPALIVE_INTERVAL_MS, KEY_SIZE, MAX_PACKET_SIZE, NOTICE_BAD_SIGNATURE, NOTICE_BAD_VERSION, NOTICE_NOT_ALLOWED,
-  NOTICE_NOT_REGISTERED, NOTICE_PEER_NOT_HERE, NOTICE_SIZE, NOTICE_STALE_TIMESTAMP, PACKET_HEADER_SIZE, RELAY_VERSION, SILENT_LOG, TCP_HELLO_TIMEOUT_MS, UDP_RETRY_MS,
+  NOTICE_NOT_REGISTERED, NOTICE_PEER_NOT_HERE, NOTICE_SIZE, NOTICE_STALE_TIMESTAMP, NOTICE_WRONG_RELAY, PACKET_HEADER_SIZE, RELAY_VERSION, SILENT_LOG, TCP_HELLO_TIMEOUT_MS, UDP_RETRY_MS,
   encodeChallengeRequest, encodeHello, encodePeerAddressRequest, encodeSend, isRelayFrame, parseChallenge, parseHelloAck, parseHostPort, parsePeerAddress,
   type RelayInfo, type RelayLog,
 } from './protocol.js';
@@ -26,6 +27,7 @@ export type { RelayInfo } from './protocol.js';
 export type RelayState = 'connecting' | 'udp' | 'tcp' | 'down';
 
 export interface RelayClientOptions {
+  /** The relay to dial; its `name` (none: the empty name) is what our hellos are bound to, so only a relay of that name takes them. */
   relay: RelayInfo;
   identity: Identity;
   /** Send a datagram on the agent's shared UDP socket. */
@@ -92,9 +94,12 @@ function fresh(c: HeldChallenge | null): c is HeldChallenge {
  * (a challenge request: its answer proves UDP works, and the hello that follows reuses it), and
  * reconnects with backoff when both fail. A challenge is reused for retransmissions and re-hellos
  * on the same path for CHALLENGE_REUSE_MS, and asked again whenever our address may have changed.
+ * Every hello is signed for the relay's advertised name (relay-name.ts): no other relay takes it.
  */
 export class RelayClient {
   readonly name: string;
+  /** The hash of the relay name our hellos are signed for (relay-name.ts): the advertised name, or "" for a relay advertised without one. */
+  private readonly relayName: Buffer;
   private currentState: RelayState = 'down';
   private ep: Buffer = Buffer.alloc(ENDPOINT_SIZE);
   private readonly udpHost: string;
@@ -125,6 +130,7 @@ export class RelayClient {
 
   constructor(private readonly opts: RelayClientOptions) {
     this.name = opts.relay.name ?? opts.relay.udp;
+    this.relayName = relayNameHash(opts.relay.name ?? '');
     ({ host: this.udpHost, port: this.udpPort } = parseHostPort(opts.relay.udp, 'relay address'));
     const literal = parseAddress(this.udpHost);
     if (literal) this.ep = makeEndpoint(literal, this.udpPort);
@@ -289,7 +295,7 @@ export class RelayClient {
   /** A hello over the challenge we hold for UDP, or, without a fresh one, a challenge request. */
   private sendUdpHello(ts = this.nextTimestamp()): void {
     const c = this.udpChallenge;
-    this.sendUdp(fresh(c) ? encodeHello(this.opts.identity, ts, 0, c.bytes) : encodeChallengeRequest(), 'relay hello not sent');
+    this.sendUdp(fresh(c) ? encodeHello(this.opts.identity, ts, 0, this.relayName, c.bytes) : encodeChallengeRequest(), 'relay hello not sent');
   }
 
   private sendUdp(frame: Buffer, what: string): void {
@@ -365,7 +371,7 @@ export class RelayClient {
     if (!fresh(c)) return void link.socket.write(encodeTcpFrame(encodeChallengeRequest()));
     const ts = this.nextTimestamp();
     if (!link.acked) link.helloSince = ts;
-    link.socket.write(encodeTcpFrame(encodeHello(this.opts.identity, ts, 0, c.bytes)));
+    link.socket.write(encodeTcpFrame(encodeHello(this.opts.identity, ts, 0, this.relayName, c.bytes)));
   }
 
   private tcpFailed(link: TcpLink, why: string): void {
@@ -522,6 +528,25 @@ export class RelayClient {
     }
   }
 
+  /** What a refusal notice means, said so the operator knows what to change (`first`: the key field's first byte). */
+  private refusalReason(code: number, first: number): string {
+    const named = this.opts.relay.name;
+    switch (code) {
+      case NOTICE_NOT_ALLOWED:
+        return 'this agent is not allowed on it';
+      case NOTICE_BAD_SIGNATURE:
+        return 'bad signature';
+      case NOTICE_BAD_VERSION:
+        return `it speaks relay protocol version ${first}, this agent ${RELAY_VERSION}: upgrade the older one` +
+          (first < RELAY_VERSION ? ` (a version ${RELAY_VERSION} relay takes hellos for its --name, the name the registry advertises it under)` : '');
+      case NOTICE_WRONG_RELAY:
+        return (named ? `it is not named "${named}" (it has another --name, or none)` : 'it has a --name, and the registry advertises it without one') +
+          ": a relay's --name must be the name the registry advertises it under";
+      default:
+        return `code ${code}`;
+    }
+  }
+
   private onNotice(code: number, key: Buffer, via: 'udp' | 'tcp'): void {
     if (code === NOTICE_PEER_NOT_HERE) {
       this.opts.onPeerNotHere?.(Buffer.from(key));
@@ -537,10 +562,7 @@ export class RelayClient {
       // Also the answer to a retransmitted hello overtaken by a newer one: the attempt's timeout decides.
       this.log.debug({ relay: this.name, event: 'relay-stale-hello', via }, `relay ${this.name}: hello timestamp refused (host clock off, or an old hello)`);
     } else {
-      const why = code === NOTICE_NOT_ALLOWED ? 'this agent is not allowed on it'
-        : code === NOTICE_BAD_SIGNATURE ? 'bad signature'
-          : code === NOTICE_BAD_VERSION ? `it speaks relay protocol version ${key[0]}, this agent ${RELAY_VERSION}: upgrade the older one`
-            : `code ${code}`;
+      const why = this.refusalReason(code, key[0]);
       this.log.warn({ relay: this.name, event: 'relay-refused', code, via }, `relay ${this.name} refused our hello: ${why}`);
       if (this.currentState === 'connecting') this.reconnectLater();
     }

@@ -8,6 +8,9 @@ import { MAX_CLOCK_SKEW_MS, NOTICE_BAD_SIGNATURE, NOTICE_NOT_ALLOWED, NOTICE_STA
 /**
  * Admission of relay hellos, cheapest check first, so a flood of forged hellos costs little:
  *
+ *  -1. the relay name the hello was signed for is one of ours   (a 16-byte compare per name; a
+ *      (relay-name.ts): a hello meant for another relay, passed  refusal is answered only where
+ *      on by it, is refused before anything else is looked at   the challenge proves the source)
  *   0. the challenge: ours, this epoch or the last, made for the  (one MAC; a failure is answered
  *      address and port the hello comes from                     with a fresh challenge)
  *   1. timestamp within MAX_CLOCK_SKEW_MS of our clock          (arithmetic)
@@ -54,6 +57,7 @@ export interface HelloSource {
 }
 
 export type HelloVerdict =
+  | { kind: 'wrong-relay'; sourceProven: boolean }
   | { kind: 'bad-challenge' }
   | { kind: 'refused'; reason: 'stale-timestamp' | 'not-allowed' | 'bad-signature'; notice: number }
   | { kind: 'shed'; reason: 'hello-source-rate' | 'hello-rate' }
@@ -70,9 +74,11 @@ export class HelloGate {
   private readonly remembered = new Map<string, { ts: number; at: number }>();
   verified = 0;
 
-  constructor(private readonly allow: AllowHook | undefined, private readonly challenges: ChallengeMinter, private readonly log: RelayLog) {}
+  /** `names`: the hashes of the relay names we answer to (relay-name.ts acceptedNameHashes). */
+  constructor(private readonly allow: AllowHook | undefined, private readonly challenges: ChallengeMinter, private readonly names: readonly Buffer[], private readonly log: RelayLog) {}
 
   check(hello: Hello, edId: string, source: HelloSource, session: SessionOfKey | undefined, now = Date.now()): HelloVerdict {
+    if (!this.isOurs(hello.relayName)) return { kind: 'wrong-relay', sourceProven: this.challenges.check(hello.challenge, source.addr, source.off, source.transport) };
     if (!this.challenges.check(hello.challenge, source.addr, source.off, source.transport)) return { kind: 'bad-challenge' };
     if (Math.abs(now - hello.timestamp) > MAX_CLOCK_SKEW_MS) return { kind: 'refused', reason: 'stale-timestamp', notice: NOTICE_STALE_TIMESTAMP };
     const last = session?.lastHelloTs ?? this.remembered.get(edId)?.ts;
@@ -85,6 +91,11 @@ export class HelloGate {
     this.verified++;
     if (!hello.verify()) return { kind: 'refused', reason: 'bad-signature', notice: NOTICE_BAD_SIGNATURE };
     return { kind: 'verified', networks };
+  }
+
+  private isOurs(nameHash: Buffer): boolean {
+    for (const n of this.names) if (n.equals(nameHash)) return true;
+    return false;
   }
 
   /** The key's networks now (null: refused); the sweep asks again, so membership changes take effect. */

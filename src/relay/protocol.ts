@@ -2,6 +2,7 @@ import { isIP } from 'node:net';
 import { AgentVpnError } from '../errors.js';
 import { Identity, verifySignature } from '../identity/identity.js';
 import { CHALLENGE_SIZE } from './challenge.js';
+import { RELAY_NAME_HASH_SIZE } from './relay-name.js';
 
 /**
  * The relay's wire format and timings, shared by the relay server and the agents' relay client.
@@ -13,8 +14,8 @@ import { CHALLENGE_SIZE } from './challenge.js';
  *
  *   | frame             | dir | layout (after the type byte)                                                   | size |
  *   | ----------------- | --- | ------------------------------------------------------------------------------ | ---- |
- *   | HELLO b0          | c→s | version(1) flags(1, zero) ed25519 public key(32) timestamp ms(8)               | 127  |
- *   |                   |     | challenge(20) signature(64)                                                    |      |
+ *   | HELLO b0          | c→s | version(1) flags(1, zero) ed25519 public key(32) timestamp ms(8)               | 143  |
+ *   |                   |     | relay name hash(16, relay-name.ts) challenge(20) signature(64)                 |      |
  *   | HELLO_ACK b1      | s→c | version(1) flags(1) WireGuard key(32) timestamp echoed(8)                      | 43   |
  *   | KEEPALIVE b2      | c→s | -                                                                              | 1    |
  *   | KEEPALIVE_ACK b3  | s→c | -                                                                              | 1    |
@@ -31,8 +32,13 @@ import { CHALLENGE_SIZE } from './challenge.js';
  * A hello needs a challenge: the client asks for one (CHALLENGE_REQ), the relay answers with a
  * MAC bound to the address and port the request came from (a UDP source, or the TCP connection's
  * remote end) under a secret of its own that it replaces every 2 minutes, keeping nothing. The
- * hello signature covers HELLO_LABEL followed by bytes 1..63 of the frame (version, flags, key,
- * timestamp, challenge). The relay checks the challenge first (one MAC): a hello whose challenge
+ * hello signature covers HELLO_LABEL followed by bytes 1..79 of the frame (version, flags, key,
+ * timestamp, relay name hash, challenge). The relay checks the name first (a 16-byte compare per
+ * name it has): a hello for a relay name that is not one of its own is refused, counted, and
+ * answered with NOTICE WRONG_RELAY only when its challenge is ours for its source; so a relay M
+ * that an agent dials cannot replay the agent's hello to another relay R, even over a challenge
+ * it fetched from R for its own address (the challenge alone did not stop that in version 2).
+ * Then the challenge (one MAC): a hello whose challenge
  * this relay did not make for the hello's own source is answered with a fresh CHALLENGE for that
  * source, so a captured hello cannot be replayed to another relay, nor to this one from another
  * address, nor after ~4 minutes; and since every later check of a hello runs only for a source
@@ -44,6 +50,11 @@ import { CHALLENGE_SIZE } from './challenge.js';
  * sender learns nothing about other networks. A hello or challenge request the relay sheds (its
  * budgets, hello-gate.ts, limits.ts) gets no answer at all: the client's retransmission tries
  * again. A hello or challenge request of another protocol version gets NOTICE BAD_VERSION.
+ *
+ * Versions: a relay speaks one version and refuses every other (NOTICE BAD_VERSION carrying its
+ * own, and a log line saying who must upgrade); there is no fallback, since taking version 2
+ * hellos, which name no relay, at a version 3 relay would reopen the replay above. Version 3
+ * agents need version 3 relays and the other way round: upgrade relays and agents together.
  *
  * Features inside a version are announced in HELLO_ACK's flags, so older peers of the same version
  * keep working: a relay that sets ACK_PEER_ADDRESS answers PEER_ADDR_REQ from a registered client
@@ -73,13 +84,18 @@ export const ACK_PEER_ADDRESS = 0x01;
 /** Flags this relay's HELLO_ACK carries. */
 export const RELAY_ACK_FLAGS = ACK_PEER_ADDRESS;
 
-/** 2: hellos carry the relay's challenge (version 1 hellos did not, and could be replayed to any relay). */
-export const RELAY_VERSION = 2;
-const HELLO_LABEL = Buffer.from('agentvpn relay hello v2\n');
+/**
+ * 3: hellos carry the hash of the relay name the agent dialled (version 2 hellos did not, and a
+ * relay could pass them on to another); 2: hellos carry the relay's challenge (version 1 hellos
+ * did not, and could be replayed to any relay).
+ */
+export const RELAY_VERSION = 3;
+const HELLO_LABEL = Buffer.from('agentvpn relay hello v3\n');
 
 export const KEY_SIZE = 32;
-/** Where the challenge and the signature sit in a hello; the signature covers bytes 1..HELLO_SIGNED_END. */
-export const HELLO_CHALLENGE_AT = 43;
+/** Where the relay name hash, the challenge and the signature sit in a hello; the signature covers bytes 1..HELLO_SIGNED_END. */
+export const HELLO_NAME_AT = 43;
+export const HELLO_CHALLENGE_AT = HELLO_NAME_AT + RELAY_NAME_HASH_SIZE;
 const HELLO_SIGNED_END = HELLO_CHALLENGE_AT + CHALLENGE_SIZE;
 export const HELLO_SIZE = HELLO_SIGNED_END + 64;
 export const HELLO_ACK_SIZE = 1 + 1 + 1 + 32 + 8;
@@ -109,6 +125,8 @@ export const NOTICE_STALE_TIMESTAMP = 4;
 export const NOTICE_NOT_ALLOWED = 5;
 /** The relay speaks another protocol version (its own in the key field's first byte): one side needs an upgrade. */
 export const NOTICE_BAD_VERSION = 6;
+/** The hello names another relay than this one: the relay's --name is not the name the agent dialled it by. */
+export const NOTICE_WRONG_RELAY = 7;
 
 // --- Timings (why each value) ---
 
@@ -168,8 +186,12 @@ function helloMessage(frame: Uint8Array): Buffer {
   return Buffer.concat([HELLO_LABEL, frame.subarray(1, HELLO_SIGNED_END)]);
 }
 
-/** A hello signed over the relay's challenge (CHALLENGE_SIZE bytes, as the relay sent it). */
-export function encodeHello(identity: Identity, timestamp: number, flags: number, challenge: Uint8Array): Buffer {
+/**
+ * A hello for the relay whose name hashes to `relayName` (relay-name.ts), signed over the relay's
+ * challenge (CHALLENGE_SIZE bytes, as the relay sent it).
+ */
+export function encodeHello(identity: Identity, timestamp: number, flags: number, relayName: Uint8Array, challenge: Uint8Array): Buffer {
+  if (relayName.length !== RELAY_NAME_HASH_SIZE) throw new AgentVpnError('BAD_RELAY_NAME', `a relay name hash is ${RELAY_NAME_HASH_SIZE} bytes, got ${relayName.length}`, 'hash the name with relayNameHash');
   if (challenge.length !== CHALLENGE_SIZE) throw new AgentVpnError('BAD_CHALLENGE', `a relay challenge is ${CHALLENGE_SIZE} bytes, got ${challenge.length}`, 'take the challenge from a CHALLENGE frame');
   const f = Buffer.alloc(HELLO_SIZE);
   f[0] = FRAME_HELLO;
@@ -177,6 +199,7 @@ export function encodeHello(identity: Identity, timestamp: number, flags: number
   f[2] = flags;
   f.set(identity.publicKey, 3);
   f.writeBigUInt64BE(BigInt(timestamp), 35);
+  f.set(relayName, HELLO_NAME_AT);
   f.set(challenge, HELLO_CHALLENGE_AT);
   f.set(identity.sign(helloMessage(f)), HELLO_SIGNED_END);
   return f;
@@ -186,6 +209,8 @@ export interface Hello {
   flags: number;
   edPub: Buffer;
   timestamp: number;
+  /** The hash of the relay name the agent dialled (a view of the frame). */
+  relayName: Buffer;
   /** The relay's challenge the hello was signed over (a view of the frame). */
   challenge: Buffer;
   /** Verifies the signature (the costly step: do it after the cheap checks). */
@@ -200,6 +225,7 @@ export function parseHello(frame: Buffer): Hello | null {
     flags: frame[2],
     edPub,
     timestamp: Number(frame.readBigUInt64BE(35)),
+    relayName: frame.subarray(HELLO_NAME_AT, HELLO_CHALLENGE_AT),
     challenge: frame.subarray(HELLO_CHALLENGE_AT, HELLO_SIGNED_END),
     verify: () => verifySignature(edPub, helloMessage(frame), frame.subarray(HELLO_SIGNED_END, HELLO_SIZE)),
   };

@@ -9,6 +9,7 @@ import { ADDR_SIZE } from '../tun/native.js';
 import { formatEndpoint, makeEndpoint, sameEndpoint, sourceKey } from '../net/endpoint.js';
 import { RoundShares } from './fair-share.js';
 import { ChallengeMinter } from './challenge.js';
+import { acceptedNameHashes } from './relay-name.js';
 import { HelloGate, type AllowHook, type HelloSource, type Networks, type SessionOfKey } from './hello-gate.js';
 import {
   CHALLENGE_BURST, CHALLENGE_BURST_PER_SOURCE, CHALLENGE_RATE, CHALLENGE_RATE_PER_SOURCE, DEFAULT_LIMITS, MAX_SESSIONS, MAX_TRACKED_SOURCES, MAX_TCP_CONNECTIONS_PER_SOURCE, NOTICE_RATE_PER_CLIENT, NOTICE_RATE_PER_SOURCE, NOTICE_RATE_UNKNOWN,
@@ -17,7 +18,7 @@ import {
 } from './limits.js';
 import {
   CHALLENGE_FRAME_SIZE, CLIENT_IDLE_TIMEOUT_MS, FRAME_CHALLENGE, FRAME_CHALLENGE_REQUEST, FRAME_HELLO, FRAME_KEEPALIVE, FRAME_PEER_ADDRESS_REQUEST, FRAME_RECV, FRAME_SEND,
-  KEEPALIVE_ACK_FRAME, KEY_SIZE, MAX_FRAME_SIZE, NOTICE_NOT_REGISTERED, NOTICE_PEER_NOT_HERE, NOTICE_SIZE, PACKET_HEADER_SIZE, RELAY_ACK_FLAGS, RELAY_VERSION,
+  KEEPALIVE_ACK_FRAME, KEY_SIZE, MAX_FRAME_SIZE, NOTICE_NOT_REGISTERED, NOTICE_PEER_NOT_HERE, NOTICE_SIZE, NOTICE_WRONG_RELAY, PACKET_HEADER_SIZE, RELAY_ACK_FLAGS, RELAY_VERSION,
   SILENT_LOG, SWEEP_INTERVAL_MS, TCP_HELLO_TIMEOUT_MS, answerPeerAddress, encodeHelloAck, encodeNotice, encodeVersionNotice, isChallengeRequest, parseHello,
   parsePeerAddress, versionOf, wgKeyOf, type RelayLog,
 } from './protocol.js';
@@ -41,6 +42,11 @@ export interface RelayOptions {
    * sessions that share a network. Default: anyone with a valid hello, all in one network.
    */
   allow?: AllowHook;
+  /**
+   * The names the registry advertises this relay under (relay-name.ts): it takes only hellos
+   * signed for one of them. None: it is unnamed and takes hellos for the empty name only.
+   */
+  names?: readonly string[];
   limits?: RelayLimits;
   log?: RelayLog;
 }
@@ -49,7 +55,8 @@ export interface RelayOptions {
 export type DropReason =
   | 'garbage' | 'oversized' | 'bad-signature' | 'stale-timestamp' | 'not-allowed' | 'hello-rate' | 'hello-source-rate' | 'not-registered'
   | 'relay-full' | 'fair-share' | 'peer-not-here' | 'other-network' | 'rate-limit' | 'byte-limit' | 'destination-busy' | 'tcp-backlog'
-  | 'tcp-connections' | 'send-error' | 'bad-challenge' | 'challenge-rate' | 'challenge-source-rate' | 'bad-version' | 'peer-address-rate';
+  | 'tcp-connections' | 'send-error' | 'bad-challenge' | 'challenge-rate' | 'challenge-source-rate' | 'bad-version' | 'peer-address-rate'
+  | 'wrong-relay';
 
 export interface RelayStats {
   clients: number;
@@ -95,8 +102,8 @@ const DESTINATION_FRAMES_PER_ROUND = 256;
  */
 type Transport = { kind: 'udp'; ep: Buffer; id: string; source: string } | { kind: 'tcp'; socket: Duplex; remote: Buffer; source: string };
 
-/** A clear log line for hellos of another protocol version at most this often (a flood of them logs once a minute). */
-const VERSION_LOG_INTERVAL_MS = 60_000;
+/** A clear log line for hellos of another protocol version, or for another relay name, at most this often (a flood of them logs once a minute). */
+const REFUSAL_LOG_INTERVAL_MS = 60_000;
 
 class Client {
   lastHeard = monotonicMs();
@@ -199,7 +206,8 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   const tcpConns = new Set<TcpConn>();
   const tcpPerSource = new Map<string, number>(); // open TCP fallback connections by source key
   const challenges = new ChallengeMinter();
-  const gate = new HelloGate(opts.allow, challenges, log);
+  const names = opts.names ?? [];
+  const gate = new HelloGate(opts.allow, challenges, acceptedNameHashes(names), log);
   const challengesPerSource = new SourceBuckets(CHALLENGE_RATE_PER_SOURCE, CHALLENGE_BURST_PER_SOURCE, MAX_TRACKED_SOURCES);
   const challengesTotal = new TokenBucket(CHALLENGE_RATE, CHALLENGE_BURST);
   /** Every challenge is minted into this one frame (sending copies it). */
@@ -207,6 +215,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   challengeFrame[0] = FRAME_CHALLENGE;
   challengeFrame[1] = RELAY_VERSION;
   const versionRefusals = { loggedAt: -Infinity, since: 0 };
+  const nameRefusals = { loggedAt: -Infinity, since: 0 };
   const shares = new RoundShares();
   const sourceNotices = new SourceBuckets(NOTICE_RATE_PER_SOURCE, NOTICE_RATE_PER_SOURCE, MAX_TRACKED_SOURCES);
   const unknownNotices = new TokenBucket(NOTICE_RATE_UNKNOWN, NOTICE_RATE_UNKNOWN);
@@ -268,14 +277,35 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     drop('bad-version');
     versionRefusals.since++;
     const now = monotonicMs();
-    if (now - versionRefusals.loggedAt >= VERSION_LOG_INTERVAL_MS) {
+    if (now - versionRefusals.loggedAt >= REFUSAL_LOG_INTERVAL_MS) {
       const remote = formatEndpoint(t.kind === 'udp' ? t.ep : t.remote);
       log.warn({ event: 'relay-bad-version', version: frame[1], speaks: RELAY_VERSION, remote, refused: versionRefusals.since },
-        `relay: refused a hello of relay protocol version ${frame[1]} from ${remote} (${versionRefusals.since} in the last minute); this relay speaks version ${RELAY_VERSION}: upgrade that agent`);
+        `relay: refused a hello of relay protocol version ${frame[1]} from ${remote} (${versionRefusals.since} in the last minute); this relay speaks version ${RELAY_VERSION}: upgrade that agent (version 3 hellos name the relay they are for; it takes no older ones)`);
       versionRefusals.loggedAt = now;
       versionRefusals.since = 0;
     }
     if (frame.length >= NOTICE_SIZE) noticeStranger(t, encodeVersionNotice());
+  };
+
+  /**
+   * A hello signed for another relay name: refused before any other check, counted, and logged at
+   * most once a minute (a relay whose --name differs from the registry's name for it refuses
+   * everyone). The notice goes only to a source its challenge proves (no reflection off spoofed hellos).
+   */
+  const refuseName = (t: Transport, sourceProven: boolean) => {
+    drop('wrong-relay');
+    nameRefusals.since++;
+    const now = monotonicMs();
+    if (now - nameRefusals.loggedAt >= REFUSAL_LOG_INTERVAL_MS) {
+      const remote = formatEndpoint(t.kind === 'udp' ? t.ep : t.remote);
+      const ours = names.length ? `named ${names.map((n) => `"${n}"`).join(', ')}` : 'unnamed (it takes hellos for the empty name only)';
+      log.warn({ event: 'relay-wrong-name', remote, names, refused: nameRefusals.since },
+        `relay: refused a hello for another relay's name from ${remote} (${nameRefusals.since} in the last minute); this relay is ${ours}: ` +
+        'if agents are meant to reach it, give `agentvpn relay --name` the name the registry advertises it under (--relay-peer NAME=…)');
+      nameRefusals.loggedAt = now;
+      nameRefusals.since = 0;
+    }
+    if (sourceProven) noticeStranger(t, NOTICE_WRONG_RELAY);
   };
 
   const forget = (c: Client) => {
@@ -336,6 +366,8 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     const source: HelloSource = { addr: t.kind === 'udp' ? t.ep : t.remote, off: 0, transport: t.kind, key: t.source };
     const verdict = gate.check(hello, edId, source, session);
     switch (verdict.kind) {
+      case 'wrong-relay':
+        return refuseName(t, verdict.sourceProven);
       case 'bad-challenge':
         // Not made by us for this source (another relay's, another address's, expired, none): a fresh one.
         drop('bad-challenge');
@@ -580,7 +612,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   sweeper.unref();
 
   const udpPort = udp?.port ?? 0;
-  log.info({ event: 'relay-listening', udpPort, stunSecondPort: stun2?.address().port, tcp: Boolean(opts.tcpServer) }, 'relay listening');
+  log.info({ event: 'relay-listening', udpPort, stunSecondPort: stun2?.address().port, tcp: Boolean(opts.tcpServer), names }, 'relay listening');
 
   let stopped: Promise<void> | undefined;
   return {

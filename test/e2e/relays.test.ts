@@ -52,7 +52,7 @@ describe.runIf(labReady(['ip', 'iptables', 'curl', 'python3', 'ping']))('several
       const ns = await lab.addNamespace(r.name);
       await lab.connect(hub, ns, { a: `${r.hub}/28`, b: `${r.ip}/28`, ifB: 'eth0' });
       await lab.ip(ns, ['route', 'add', 'default', 'via', r.hub]);
-      relays.set(r.name, lab.spawn(ns, [process.execPath, AGENTVPN_BIN, 'relay', '--listen', `${r.ip}:7443`,
+      relays.set(r.name, lab.spawn(ns, [process.execPath, AGENTVPN_BIN, 'relay', '--listen', `${r.ip}:7443`, '--name', r.name,
         '--registry', `http://${REGISTRY}:7443`, '--admin-token-file', tokenFile, '--network', NETWORK], { name: `relay-${r.name}`, cwd: REPO_ROOT }));
       const proc = relays.get(r.name)!;
       await waitFor(async () => {

@@ -30,6 +30,32 @@ describe('agentvpn relay', () => {
     expect(await r.exited).toBe(0);
   });
 
+  it('says the names it takes hellos for (--name, repeatable), and that it is unnamed without', async () => {
+    const named = relayCli(['--name', 'eu1', '--name', 'eu1-old']);
+    const unnamed = relayCli([]);
+    try {
+      for (const r of [named, unnamed]) await waitFor(() => r.out.stdout.includes('\n'), { timeoutMs: 15_000, what: `relay output (${r.out.stderr})` });
+      expect(JSON.parse(named.out.stdout)).toMatchObject({ names: ['eu1', 'eu1-old'] });
+      expect(JSON.parse(unnamed.out.stdout)).toMatchObject({ names: [] });
+    } finally {
+      named.child.kill('SIGTERM');
+      unnamed.child.kill('SIGTERM');
+    }
+    expect([await named.exited, await unnamed.exited]).toEqual([0, 0]);
+  });
+
+  it('refuses a --name that is no relay name (uppercase, dots, empty, over 63 characters, more than 8) with a hint, before it listens', async () => {
+    const bad = [['EU1'], ['eu1.example'], [''], ['a'.repeat(64)], Array.from({ length: 9 }, (_, i) => `r${i}`)];
+    const runs = bad.map((names) => relayCli(names.flatMap((n) => ['--name', n])));
+    for (const [i, r] of runs.entries()) {
+      expect(await r.exited).not.toBe(0);
+      const out = JSON.parse(r.out.stdout) as { code: string; message: string; hint: string };
+      console.log(`--name ${JSON.stringify(bad[i]).slice(0, 60)}: ${out.code}: ${out.message.slice(0, 80)}`);
+      expect(out).toMatchObject({ ok: false, code: 'BAD_RELAY_NAME' });
+      expect(out.hint).toMatch(/relay-peer|advertises/);
+    }
+  });
+
   it('refuses a malformed --allow-key with a hint', async () => {
     const r = relayCli(['--allow-key', 'Red:nope']);
     expect(await r.exited).not.toBe(0);

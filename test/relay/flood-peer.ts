@@ -16,10 +16,14 @@ import { Identity } from '../../src/identity/identity.js';
 import { parseAddress } from '../../src/ip/prefix.js';
 import { CHALLENGE_SIZE } from '../../src/relay/challenge.js';
 import {
-  CHALLENGE_REQUEST_SIZE, FRAME_HELLO, FRAME_HELLO_ACK, HELLO_CHALLENGE_AT, HELLO_SIZE, RELAY_VERSION, encodeChallengeRequest, encodeHello, encodeSend, parseChallenge, parseHostPort,
+  CHALLENGE_REQUEST_SIZE, FRAME_HELLO, FRAME_HELLO_ACK, HELLO_CHALLENGE_AT, HELLO_NAME_AT, HELLO_SIZE, RELAY_VERSION, encodeChallengeRequest, encodeHello, encodeSend, parseChallenge, parseHostPort,
 } from '../../src/relay/protocol.js';
 import { ADDR_SIZE, native } from '../../src/tun/native.js';
 import { makeEndpoint } from '../../src/net/endpoint.js';
+import { relayNameHash } from '../../src/relay/relay-name.js';
+
+/** The relay of these floods is unnamed: hellos for the empty name. */
+const UNNAMED = relayNameHash('');
 
 const env = (k: string): string => process.env[k] ?? '';
 const { host, port } = parseHostPort(env('AVF_RELAY'));
@@ -54,7 +58,7 @@ async function challengeAndHello(identity: Identity | null): Promise<Buffer> {
     if (c) challenge = Buffer.from(c);
   });
   for (let i = 0; i < 50 && !acked && !(challenge && !identity); i++) {
-    const frame = challenge && identity ? encodeHello(identity, Date.now(), 0, challenge) : encodeChallengeRequest();
+    const frame = challenge && identity ? encodeHello(identity, Date.now(), 0, UNNAMED, challenge) : encodeChallengeRequest();
     native.udpSend(fd, frame, Int32Array.of(0), Int32Array.of(frame.length), relayEp, 1);
     await new Promise((r) => setTimeout(r, 200));
   }
@@ -76,6 +80,7 @@ if (kind === 'hello') {
     batch.slab[i * HELLO_SIZE] = FRAME_HELLO;
     batch.slab[i * HELLO_SIZE + 1] = RELAY_VERSION;
     batch.slab[i * HELLO_SIZE + 2] = 0;
+    UNNAMED.copy(batch.slab, i * HELLO_SIZE + HELLO_NAME_AT); // the relay's own (empty) name: the flood meets the challenge check
     challenge.copy(batch.slab, i * HELLO_SIZE + HELLO_CHALLENGE_AT, 0, CHALLENGE_SIZE);
   }
   let keyRound = 0;

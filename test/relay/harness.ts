@@ -7,6 +7,10 @@ import { waitFor } from '../../src/lab/index.js';
 import { RelayClient, type RelayInfo, type RelayState } from '../../src/relay/client.js';
 import { FRAME_CHALLENGE, encodeChallengeRequest, parseChallenge, type RelayLog } from '../../src/relay/protocol.js';
 import { endpointAddress, endpointPort, makeEndpoint, sameEndpoint } from '../../src/net/endpoint.js';
+import { relayNameHash } from '../../src/relay/relay-name.js';
+
+/** The name hash hellos to an unnamed relay carry (relay-name.ts): the relays of these tests have no name unless a test gives one. */
+export const UNNAMED = relayNameHash('');
 
 export interface Received {
   from: Buffer;

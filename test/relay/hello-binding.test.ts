@@ -15,7 +15,7 @@ import {
 } from '../../src/relay/protocol.js';
 import { startRelay, type RelayOptions, type RunningRelay } from '../../src/relay/server.js';
 import { FrameReader, UPGRADE_PROTOCOL, encodeTcpFrame } from '../../src/relay/tcp.js';
-import { capturingLog, rawSocket, sleep, startAgent, waitState, type TestAgent } from './harness.js';
+import { capturingLog, rawSocket, sleep, startAgent, waitState, type TestAgent, UNNAMED } from './harness.js';
 
 /** Packets the honest peer sends to the member after the replay. */
 const PACKETS = 10;
@@ -144,7 +144,7 @@ describe('relay hello bound to its relay and its source', () => {
     const first = await rawTcp(tcpPort);
     first.send(encodeChallengeRequest());
     await waitFor(() => first.inbox.length === 1, { intervalMs: 10, what: 'a challenge over TCP' });
-    const hello = encodeHello(me, Date.now(), 0, parseChallenge(first.inbox[0])!);
+    const hello = encodeHello(me, Date.now(), 0, UNNAMED, parseChallenge(first.inbox[0])!);
     // The hello is captured (and held back); the attacker's own connection says it first.
     const second = await rawTcp(tcpPort);
     second.send(hello);
@@ -158,23 +158,23 @@ describe('relay hello bound to its relay and its source', () => {
     expect(r.stats()).toMatchObject({ clients: 1, tcpClients: 1, helloVerifications: 1, dropped: { 'bad-challenge': 1 } });
   });
 
-  it('refuses a hello of protocol version 1 with NOTICE BAD_VERSION and a log line, and the agent says who must upgrade', async () => {
+  it('refuses a hello of protocol version 2 (no relay name) with NOTICE BAD_VERSION and a log line, and the agent says who must upgrade', async () => {
     const relayLog = capturingLog();
     const r = await relay({ log: relayLog });
     const raw = await rawSocket();
     closers.push(raw.close);
-    // A version 1 hello (108 bytes: b0 01 flags key(32) timestamp(8) signature(64)), as the agents before this one sent.
-    const v1 = Buffer.concat([Buffer.from([FRAME_HELLO, 1, 0]), Buffer.from(Identity.generate().publicKey), Buffer.alloc(8), randomBytes(64)]);
-    v1.writeBigUInt64BE(BigInt(Date.now()), 35);
-    raw.send(v1, r.relay.udpPort);
-    raw.send(Buffer.from([FRAME_HELLO, 3]), r.relay.udpPort); // too short to be answered: a notice would be larger
+    // A version 2 hello (127 bytes: b0 02 flags key(32) timestamp(8) challenge(20) signature(64), no relay name), as the agents before this one sent.
+    const v2 = Buffer.concat([Buffer.from([FRAME_HELLO, 2, 0]), Buffer.from(Identity.generate().publicKey), Buffer.alloc(8), await raw.challenge(r.relay.udpPort), randomBytes(64)]);
+    v2.writeBigUInt64BE(BigInt(Date.now()), 35);
+    raw.send(v2, r.relay.udpPort);
+    raw.send(Buffer.from([FRAME_HELLO, 2]), r.relay.udpPort); // too short to be answered: a notice would be larger
     await waitFor(() => (r.relay.stats().dropped['bad-version'] ?? 0) === 2, { intervalMs: 10 });
     await sleep(50);
     expect(raw.inbox.length).toBe(1);
     expect([raw.inbox[0][0], raw.inbox[0][1], raw.inbox[0][2]]).toEqual([FRAME_NOTICE, NOTICE_BAD_VERSION, RELAY_VERSION]);
     const line = relayLog.lines.find((l) => (l.obj as { event?: string }).event === 'relay-bad-version');
     console.log(`relay log: ${line?.msg}`);
-    expect(line?.msg).toMatch(/version 1 .*speaks version 2: upgrade that agent/);
+    expect(line?.msg).toMatch(/version 2 .*speaks version 3: upgrade that agent/);
 
     // The agent's side: a relay of a later version answers our challenge request with BAD_VERSION.
     const newer = await rawSocket();
@@ -183,11 +183,11 @@ describe('relay hello bound to its relay and its source', () => {
     const a = await agent({ udp: `127.0.0.1:${newer.port}` }, { log: agentLog });
     await waitFor(() => newer.inbox.length > 0, { intervalMs: 10 });
     expect(newer.inbox[0].length).toBe(CHALLENGE_REQUEST_SIZE);
-    newer.socket.send(encodeNotice(NOTICE_BAD_VERSION, Uint8Array.of(3)), a.socket.address().port, '127.0.0.1');
+    newer.socket.send(encodeNotice(NOTICE_BAD_VERSION, Uint8Array.of(4)), a.socket.address().port, '127.0.0.1');
     await waitFor(() => agentLog.lines.some((l) => (l.obj as { event?: string }).event === 'relay-refused'), { intervalMs: 10 });
     const refused = agentLog.lines.find((l) => (l.obj as { event?: string }).event === 'relay-refused')!;
     console.log(`agent log: ${refused.msg}`);
-    expect(refused.msg).toMatch(/speaks relay protocol version 3, this agent 2: upgrade the older one/);
+    expect(refused.msg).toMatch(/speaks relay protocol version 4, this agent 3: upgrade the older one/);
   });
 
   it('answers a flood of 10,000 challenge requests from one source within its budget, no answer larger than its request; another source still connects', async () => {
@@ -229,7 +229,7 @@ describe('relay hello bound to its relay and its source', () => {
     // challenge and meets the signature budget), from a third source, for the ratio in this run.
     const hellos = await rawSocket('127.0.0.3');
     closers.push(hellos.close);
-    const template = encodeHello(Identity.generate(), Date.now(), 0, await hellos.challenge(r.relay.udpPort));
+    const template = encodeHello(Identity.generate(), Date.now(), 0, UNNAMED, await hellos.challenge(r.relay.udpPort));
     const frames = Array.from({ length: 64 }, () => Buffer.concat([template.subarray(0, 3), randomBytes(32), template.subarray(35)]));
     const before = r.relay.stats();
     const shedBefore = before.dropped['hello-source-rate'] ?? 0;
@@ -254,7 +254,7 @@ describe('relay hello bound to its relay and its source', () => {
     const flooder = await rawSocket('127.0.0.1'); // the same source for the budgets (the IPv4 address)
     closers.push(member.close, flooder.close);
     const me = Identity.generate();
-    member.send(encodeHello(me, Date.now(), 0, await member.challenge(port)), port);
+    member.send(encodeHello(me, Date.now(), 0, UNNAMED, await member.challenge(port)), port);
     await waitFor(() => member.inbox.some((f) => f[0] === FRAME_HELLO_ACK), { intervalMs: 10 });
     member.inbox.length = 0;
 

@@ -11,6 +11,7 @@ import { startRegistryWithRelay, type RunningRegistryWithRelay } from '../../src
 import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
 import { buildBindingRequest, newTransactionId, parseBindingResponse } from '../../src/net/stun.js';
 import { encodeHello } from '../../src/relay/protocol.js';
+import { relayNameHash } from '../../src/relay/relay-name.js';
 import { rawSocket, sleep, startAgent, waitState, type TestAgent } from './harness.js';
 
 /** A UDP socket on a port whose TCP number is free (other tests on this machine hold ports too): tried a few times. */
@@ -64,7 +65,7 @@ describe('relay built into the registry', () => {
 
     const a = await startAgent(m1.join.relays[0], { identity: m1.identity });
     // m2 cannot use UDP (wrong port): it must come in over the registry's HTTP port.
-    const b = await startAgent({ udp: '127.0.0.1:9', tcp: m1.join.relays[0].tcp }, { identity: m2.identity, udpTimeoutMs: 200 });
+    const b = await startAgent({ ...m1.join.relays[0], udp: '127.0.0.1:9' }, { identity: m2.identity, udpTimeoutMs: 200 });
     agents.push(a, b);
     await waitState(a, 'udp');
     await waitState(b, 'tcp');
@@ -92,7 +93,7 @@ describe('relay built into the registry', () => {
     const m = await member();
     const info = m.join.relays[0];
     const stranger = await startAgent(info);
-    const strangerTcp = await startAgent({ udp: '127.0.0.1:9', tcp: info.tcp }, { udpTimeoutMs: 200 });
+    const strangerTcp = await startAgent({ ...info, udp: '127.0.0.1:9' }, { udpTimeoutMs: 200 });
     agents.push(stranger, strangerTcp);
     await waitFor(() => (relay().stats().dropped['not-allowed'] ?? 0) >= 2, { intervalMs: 20, what: 'refused hellos' });
     expect(stranger.client.state).not.toBe('udp');
@@ -141,7 +142,7 @@ describe('relay built into the registry', () => {
     const m = await member();
     const raw = await rawSocket();
     try {
-      const hello = encodeHello(Identity.generate(), Date.now(), 0, await raw.challenge(reg.port));
+      const hello = encodeHello(Identity.generate(), Date.now(), 0, relayNameHash(m.join.relays[0].name ?? ''), await raw.challenge(reg.port));
       for (let i = 0; i < 2000; i++) raw.send(Buffer.concat([hello.subarray(0, 3), randomBytes(32), hello.subarray(35)]), reg.port);
       const handled = () => Object.values(relay().stats().dropped).reduce((a, b) => a + (b ?? 0), 0);
       await waitFor(() => handled() >= 1900, { intervalMs: 20, what: `refused hellos (${handled()})` });

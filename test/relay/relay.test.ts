@@ -13,7 +13,7 @@ import {
 import { HELLO_VERIFY_BURST_PER_SOURCE, STUN_BURST_PER_SOURCE } from '../../src/relay/limits.js';
 import { startRelay, type RelayOptions, type RunningRelay } from '../../src/relay/server.js';
 import { UPGRADE_PROTOCOL, encodeTcpFrame } from '../../src/relay/tcp.js';
-import { rawSocket, sleep, startAgent, waitState, type TestAgent } from './harness.js';
+import { rawSocket, sleep, startAgent, waitState, type TestAgent, UNNAMED } from './harness.js';
 
 describe('relay', () => {
   let relay: RunningRelay | null = null;
@@ -160,17 +160,17 @@ describe('relay', () => {
     const ch = await raw.challenge(port);
 
     // Signed by me, claiming the victim's key.
-    const forged = encodeHello(me, Date.now(), 0, ch);
+    const forged = encodeHello(me, Date.now(), 0, UNNAMED, ch);
     forged.set(victim.publicKey, 3);
     raw.send(forged, port);
     await waitFor(() => raw.inbox.length === 1, { intervalMs: 10 });
     expect([raw.inbox[0][0], raw.inbox[0][1]]).toEqual([FRAME_NOTICE, NOTICE_BAD_SIGNATURE]);
 
-    raw.send(encodeHello(me, Date.now() - 10 * 60_000, 0, ch), port);
+    raw.send(encodeHello(me, Date.now() - 10 * 60_000, 0, UNNAMED, ch), port);
     await waitFor(() => raw.inbox.length === 2, { intervalMs: 10 });
     expect([raw.inbox[1][0], raw.inbox[1][1]]).toEqual([FRAME_NOTICE, NOTICE_STALE_TIMESTAMP]);
 
-    const good = encodeHello(me, Date.now(), 0, ch);
+    const good = encodeHello(me, Date.now(), 0, UNNAMED, ch);
     raw.send(good, port);
     await waitFor(() => raw.inbox.length === 3, { intervalMs: 10 });
     expect(raw.inbox[2][0]).toBe(FRAME_HELLO_ACK);
@@ -199,10 +199,10 @@ describe('relay', () => {
     closers.push(eve.close);
     const eveId = Identity.generate();
     const eveCh = await eve.challenge(relay!.udpPort);
-    eve.send(encodeHello(eveId, Date.now(), 0, eveCh), relay!.udpPort);
+    eve.send(encodeHello(eveId, Date.now(), 0, UNNAMED, eveCh), relay!.udpPort);
     await waitFor(() => eve.inbox.length === 1, { intervalMs: 10 });
     // Eve tries to take b's key with her own signature: refused.
-    const grab = encodeHello(eveId, Date.now() + 1, 0, eveCh);
+    const grab = encodeHello(eveId, Date.now() + 1, 0, UNNAMED, eveCh);
     grab.set(b.identity.publicKey, 3);
     eve.send(grab, relay!.udpPort);
     await waitFor(() => eve.inbox.length === 2, { intervalMs: 10 });
@@ -294,7 +294,7 @@ describe('relay', () => {
       expect(r!.port).toBe(raw.port);
     }
     // The second port answers STUN only.
-    raw.send(encodeHello(Identity.generate(), Date.now(), 0, randomBytes(20)), relay!.stunSecondPort);
+    raw.send(encodeHello(Identity.generate(), Date.now(), 0, UNNAMED, randomBytes(20)), relay!.stunSecondPort);
     await sleep(50);
     expect(raw.inbox).toEqual([]);
     expect(relay!.stats().stunAnswered).toBe(2);
@@ -321,13 +321,13 @@ describe('relay', () => {
     closers.push(raw.close, other.close);
     const me = Identity.generate();
     const ch = await raw.challenge(port);
-    raw.send(encodeHello(me, Date.now(), 0, ch), port);
+    raw.send(encodeHello(me, Date.now(), 0, UNNAMED, ch), port);
     await waitFor(() => raw.inbox.length === 1, { intervalMs: 10 });
     expect(raw.inbox[0][0]).toBe(FRAME_HELLO_ACK);
     expect(relay!.stats().helloVerifications).toBe(1);
 
     // Same key, same address, a garbage signature: acked as is (it changes nothing), not verified.
-    const again = encodeHello(me, Date.now() + 1, 0, ch);
+    const again = encodeHello(me, Date.now() + 1, 0, UNNAMED, ch);
     again.fill(7, HELLO_SIZE - 64);
     raw.send(again, port);
     await waitFor(() => raw.inbox.length === 2, { intervalMs: 10 });
@@ -342,7 +342,7 @@ describe('relay', () => {
     expect(relay!.stats()).toMatchObject({ clients: 1, helloVerifications: 1, dropped: { 'bad-challenge': 1 } });
     // Forged over the other address's own challenge: checked and refused.
     other.inbox.length = 0;
-    const forged = encodeHello(me, Date.now() + 2, 0, await other.challenge(port));
+    const forged = encodeHello(me, Date.now() + 2, 0, UNNAMED, await other.challenge(port));
     forged.fill(7, HELLO_SIZE - 64);
     other.send(forged, port);
     await waitFor(() => other.inbox.length === 1, { intervalMs: 10 });
@@ -355,7 +355,7 @@ describe('relay', () => {
     const port = relay!.udpPort;
     const flooder = await rawSocket('127.0.0.1');
     closers.push(flooder.close);
-    const template = encodeHello(Identity.generate(), Date.now(), 0, await flooder.challenge(port));
+    const template = encodeHello(Identity.generate(), Date.now(), 0, UNNAMED, await flooder.challenge(port));
     const FLOOD = 3000;
     for (let i = 0; i < FLOOD; i++) {
       const f = Buffer.concat([template.subarray(0, 3), randomBytes(32), template.subarray(35)]);

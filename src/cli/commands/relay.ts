@@ -8,6 +8,7 @@ import { AgentVpnError } from '../../errors.js';
 import { readAdminToken } from '../admin-token.js';
 import { DEFAULT_LIMITS } from '../../relay/limits.js';
 import { parseAllowKeys } from '../../relay/allow-list.js';
+import { validateRelayNames } from '../../relay/relay-name.js';
 import { MemberFeed } from '../../relay/member-feed.js';
 import { AdminClient } from '../../registry/admin-client.js';
 import { publicKeyOfAgentId } from '../../identity/agent-id.js';
@@ -21,6 +22,7 @@ import { printResult, runCommand, type GlobalArgs } from '../output.js';
 
 interface RelayArgs extends GlobalArgs {
   listen?: string;
+  name?: string[];
   'allow-key'?: string[];
   registry?: string;
   'admin-token-file'?: string;
@@ -78,6 +80,7 @@ function memberFeed(args: RelayArgs, log: ReturnType<typeof createLogger>, onCha
 async function serve(args: RelayArgs): Promise<void> {
   if (!args.listen) throw new AgentVpnError('USAGE', 'the relay needs --listen HOST:PORT', 'e.g. agentvpn relay --listen 0.0.0.0:7443');
   const { host, port } = parseHostPort(args.listen, '--listen address');
+  const names = validateRelayNames(args.name ?? []);
   if (!(args.pps > 0 && args.bps > 0)) throw new AgentVpnError('USAGE', '--pps and --bps must be positive', 'e.g. --pps 20000 --bps 25000000');
   const allowed = args['allow-key']?.length ? parseAllowKeys(args['allow-key']) : null;
   const tls = tlsOptions(args['tls-cert'], args['tls-key']);
@@ -99,7 +102,7 @@ async function serve(args: RelayArgs): Promise<void> {
   const tcpPort = (server.address() as AddressInfo).port;
   let relay: RunningRelay;
   const relayOpts = {
-    stunSecondPort: args['stun-second-port'], tcpServer: server, log,
+    stunSecondPort: args['stun-second-port'], tcpServer: server, log, names,
     limits: { packetsPerSecond: args.pps, bytesPerSecond: args.bps, burst: { packets: Math.ceil(args.pps / 2), bytes: Math.ceil(args.bps / 2) } },
     allow: allowed?.hook ?? members?.hook,
   };
@@ -121,8 +124,8 @@ async function serve(args: RelayArgs): Promise<void> {
   const tcp = `${tls ? 'https' : 'http'}://${formatHostPort(host, tcpPort)}${UPGRADE_PATH}`;
   const stun = relay.stunSecondPort ? [udp, formatHostPort(host, relay.stunSecondPort)] : [udp];
   const networks = allowed ? allowed.networks : members ? (args.network?.length ? args.network : ['default']) : null;
-  printResult(args.json, { udp, tcp, stun, allowKeys: allowed ? allowed.keys : members ? members.size : null, networks, registry: args.registry ?? null, metrics: metrics?.url ?? null },
-    () => `relay listening: UDP ${udp}, TCP ${tcp}; STUN on ${stun.join(' and ')}; ` +
+  printResult(args.json, { udp, tcp, stun, names, allowKeys: allowed ? allowed.keys : members ? members.size : null, networks, registry: args.registry ?? null, metrics: metrics?.url ?? null },
+    () => `relay ${names.length ? names.map((n) => `"${n}"`).join(', ') : '(unnamed: takes hellos for the empty name only)'} listening: UDP ${udp}, TCP ${tcp}; STUN on ${stun.join(' and ')}; ` +
       (allowed ? `${allowed.keys} allowed key(s) in network(s) ${allowed.networks.join(', ')}`
         : members ? `members of ${networks!.join(', ')} at ${args.registry} (${members.size} key(s) now, re-read every 10 s)` : 'open to any agent key (one network: any agent can reach any other)'));
 
@@ -144,6 +147,7 @@ export const relayCommand: CommandModule<GlobalArgs, RelayArgs> = {
   builder: (y) =>
     y
       .option('listen', { type: 'string', describe: 'HOST:PORT for UDP and TCP, e.g. 0.0.0.0:7443' })
+      .option('name', { type: 'string', array: true, describe: "the name the registry advertises this relay under (its --relay-peer NAME=…; repeat for more): it takes only agents' hellos signed for that name. Without: unnamed, for one-relay networks whose registry advertises it without a name" })
       .option('allow-key', { type: 'string', array: true, describe: 'only these agents may use the relay, as [NETWORK:]KEY (agent ID or base64 public key; repeat the option); frames pass only within a network (default "default")' })
       .option('registry', { type: 'string', describe: "follow this registry's members instead of --allow-key: only agents of --network may use the relay (admin token from AGENTVPN_ADMIN_TOKEN or --admin-token-file)" })
       .option('admin-token-file', { type: 'string', describe: 'file holding an admin token of the registry (with --registry)' })
