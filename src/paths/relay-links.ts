@@ -54,7 +54,9 @@ function isUp(link: RelayLink): boolean {
  * names no relay (an older agent) is sent through the first advertised relay, the one older
  * agents use; one that names a relay not advertised to us, through our home relay. While a
  * peer's relay does not answer (it died, the peer is moving), its packets go through our home
- * relay, where the peer has a session as long as it talks to us.
+ * relay, where the peer has a session as long as it talks to us. A link dials its relay by the
+ * advertisement `open` is given for its name, and its hellos are signed for that advertised name
+ * (relay/relay-name.ts; "" when the registry gave none), so only the relay of that name takes them.
  */
 export class RelayLinks<L extends ManagedLink> implements RelayRouter {
   private readonly entries = new Map<string, Entry<L>>();

@@ -11,6 +11,9 @@ import { monotonicMs } from '../util/token-bucket.js';
  * hello comes from, so a hello captured on the way to one relay is worth nothing at another relay
  * (other secret), at this relay from another address (other MAC input), or once two rotations
  * have passed. Nothing is kept per request: minting and checking are one keyed BLAKE2s each.
+ * A challenge alone does not stop a relay M the agent dialled from fetching one from another
+ * relay for M's own address and replaying the agent's hello there: the relay name the hello is
+ * signed for does (relay-name.ts).
  *
  *   challenge (CHALLENGE_SIZE = 20 bytes)
  *   | epoch (4, BE: the relay's 2-minute epoch plus a random offset) | MAC(secret of that epoch, input)(16) |

@@ -8,22 +8,22 @@ import { MAX_CLOCK_SKEW_MS, NOTICE_BAD_SIGNATURE, NOTICE_NOT_ALLOWED, NOTICE_STA
 /**
  * Admission of relay hellos, cheapest check first, so a flood of forged hellos costs little:
  *
- *  -1. the relay name the hello was signed for is one of ours   (a 16-byte compare per name; a
+ *   0. the relay name the hello was signed for is one of ours   (a 16-byte compare per name; a
  *      (relay-name.ts): a hello meant for another relay, passed  refusal is answered only where
  *      on by it, is refused before anything else is looked at   the challenge proves the source)
- *   0. the challenge: ours, this epoch or the last, made for the  (one MAC; a failure is answered
+ *   1. the challenge: ours, this epoch or the last, made for the  (one MAC; a failure is answered
  *      address and port the hello comes from                     with a fresh challenge)
- *   1. timestamp within MAX_CLOCK_SKEW_MS of our clock          (arithmetic)
- *   2. timestamp newer than the key's last verified one          (one map lookup; stops replays)
- *   3. the key is allowed: the allow hook gives its networks     (an in-memory lookup; strangers
+ *   2. timestamp within MAX_CLOCK_SKEW_MS of our clock          (arithmetic)
+ *   3. timestamp newer than the key's last verified one          (one map lookup; stops replays)
+ *   4. the key is allowed: the allow hook gives its networks     (an in-memory lookup; strangers
  *                                                                 cost no signature check)
- *   4. re-hello: the key's session is already on this transport  (acked as is, changes nothing)
- *   5. the source's verify budget (IPv4 address, IPv6 /64)       (so no source spends the total)
- *   6. the global verify budget
- *   7. the Ed25519 signature                                     (~70 µs)
+ *   5. re-hello: the key's session is already on this transport  (acked as is, changes nothing)
+ *   6. the source's verify budget (IPv4 address, IPv6 /64)       (so no source spends the total)
+ *   7. the global verify budget
+ *   8. the Ed25519 signature                                     (~70 µs)
  *
  * Size and version were checked by parseHello before. A hello shed by a budget gets no notice:
- * the client's retransmission (every second) tries again. Past step 0 the source has shown it
+ * the client's retransmission (every second) tries again. Past step 1 the source has shown it
  * receives at its address, so the notices of later steps go only where the challenge went.
  */
 

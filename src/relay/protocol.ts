@@ -32,7 +32,7 @@ import { RELAY_NAME_HASH_SIZE } from './relay-name.js';
  * A hello needs a challenge: the client asks for one (CHALLENGE_REQ), the relay answers with a
  * MAC bound to the address and port the request came from (a UDP source, or the TCP connection's
  * remote end) under a secret of its own that it replaces every 2 minutes, keeping nothing. The
- * hello signature covers HELLO_LABEL followed by bytes 1..79 of the frame (version, flags, key,
+ * hello signature covers HELLO_LABEL followed by bytes 1..78 of the frame (version, flags, key,
  * timestamp, relay name hash, challenge). The relay checks the name first (a 16-byte compare per
  * name it has): a hello for a relay name that is not one of its own is refused, counted, and
  * answered with NOTICE WRONG_RELAY only when its challenge is ours for its source; so a relay M
