@@ -2,6 +2,7 @@ import { createHmac, timingSafeEqual } from 'node:crypto';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import type { KeyStatement } from '../identity/rotation.js';
+import { TokenBucket } from '../util/token-bucket.js';
 import { Entry, type Fleet, type NetworkState } from './fleet-state.js';
 import type { OperatorSync } from './operator-sync.js';
 import { CHANGE_CHANNEL } from './pg-migrations.js';
@@ -41,9 +42,10 @@ import { parseStoredTags } from './tags.js';
  * notification replaces a pending one and moves to the end, so rows apply in commit order.
  *
  * Who may send: any role that may connect to the database may NOTIFY. A payload whose MAC is
- * wrong is dropped (`forged`); one without a MAC is dropped too while we hold the key
- * (`unauthenticated`), except operator actions, which only make us poll. Without the key (this
- * role may not read feed_key) every change is re-read from the tables, as before version 3.
+ * wrong is dropped (`forged`). One without a MAC (`unauthenticated`: a writer whose role may not
+ * read feed_key, or anyone) is never believed: its subject is re-read from the tables, within
+ * UNAUTHENTICATED_READS_PER_S, and dropped past it; an operator action only makes us poll.
+ * Without the key (this role may not read feed_key) every change is re-read, as before version 3.
  *
  * Removals, blocks, policies and admin tokens travel as operator actions (operator-sync.ts
  * applies them; its poll each sweep is the fallback). A lost LISTEN connection is reconnected
@@ -55,6 +57,9 @@ import { parseStoredTags } from './tags.js';
 const MAX_PENDING = 10_000;
 /** Payload characters held by pending notifications: 10,000 records of ~1 KiB fit; 10,000 of 8 KB would not (80 MB), they cost a re-read instead. */
 const MAX_PENDING_CHARS = 16 * 1024 * 1024;
+/** Re-reads for notifications without a MAC: a writer without the key keeps working, a NOTIFY flood costs at most this many reads a second. */
+const UNAUTHENTICATED_READS_PER_S = 100;
+const UNAUTHENTICATED_READS_BURST = 200;
 /** PostgreSQL refuses a payload of 8,000 bytes or more (and a character is at least a byte): a longer one is not from a trigger. */
 const MAX_PAYLOAD_CHARS = 8_000;
 /** The LISTEN connection is probed this often: a silently dead one would lose changes without an error. */
@@ -188,7 +193,7 @@ export interface ChangeFeedStats {
   malformed: number;
   /** A MAC that does not match: dropped. */
   forged: number;
-  /** No MAC while we hold the key: dropped (actions excepted). */
+  /** No MAC while we hold the key: re-read within a budget, dropped past it (actions excepted). */
   unauthenticated: number;
   reconnects: number;
   resyncs: number;
@@ -211,6 +216,7 @@ export class PgChangeFeed {
   private health: NodeJS.Timeout | undefined;
   private key: Buffer | null = null;
   private readonly ownPrefix: string;
+  private readonly unauthenticatedReads = new TokenBucket(UNAUTHENTICATED_READS_PER_S, UNAUTHENTICATED_READS_BURST);
   private readonly counts = { received: 0, own: 0, applied: 0, carried: 0, reads: 0, malformed: 0, forged: 0, unauthenticated: 0, reconnects: 0, resyncs: 0 };
 
   constructor(private readonly ctx: FollowContext) {
@@ -316,7 +322,7 @@ export class PgChangeFeed {
     if (!parsed.authenticated) {
       if (this.key !== null && change.t !== 'action') {
         this.counts.unauthenticated++;
-        return;
+        if (!this.unauthenticatedReads.take()) return;
       }
       change = shortForm(change);
     }
@@ -328,6 +334,9 @@ export class PgChangeFeed {
   private enqueue(change: Change, chars: number): void {
     const key = change.t === 'action' ? 'action' : `${change.t}\u0000${change.n}\u0000${change.i}`;
     const prior = this.pending.get(key);
+    // An action waiting already keeps its place: the poll reads every action since the last it
+    // applied, and moving it after rows written since (a rejoin) would undo those rows.
+    if (prior && change.t === 'action') return;
     if (prior) {
       this.pending.delete(key);
       this.pendingChars -= prior.chars;
@@ -426,7 +435,9 @@ export class PgChangeFeed {
     const entry = state.agents.get(id);
     if (!entry) return;
     const v = entry.view;
-    if (lastSeen < v.lastSeen || (lastSeen === v.lastSeen && online === v.online)) return;
+    // At the same time only going offline counts (a leave or a sweep keeps last_seen): a genuine
+    // "online" always comes with a newer time, so a replayed one is refused.
+    if (lastSeen < v.lastSeen || (lastSeen === v.lastSeen && (online || !v.online))) return;
     const changed = v.online !== online;
     entry.setLiveness(online, lastSeen, true);
     if (changed) this.ctx.emit(network, online ? 'online' : 'offline', entry, id);

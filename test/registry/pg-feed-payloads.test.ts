@@ -247,4 +247,25 @@ describe.runIf(canRun)('the change feed carries rows and skips its own (two stor
     expect(back).toBe(false);
     expect(two.reads.n - readsBefore).toBe(1);
   });
+
+  it('a replayed "online" after a leave at the same time changes nothing (a leave keeps last_seen)', async () => {
+    const target = agents[3];
+    let ts = Date.now();
+    const live = (online: boolean, lastSeen: number) => one.store.setOnline({ network: NET, id: target.id, online, lastSeen, timestamp: ++ts, now: Date.now() });
+    const view = () => two.fleet.net(NET).agents.get(target.id)?.view;
+    const seen = Date.now() + 60_000; // newer than anything the other feed holds
+    expect((await live(false, view()!.lastSeen)).ok).toBe(true);
+    await until('offline on the other feed', () => (view()?.online === false ? true : undefined));
+    expect((await live(true, seen)).ok).toBe(true); // back online: a newer time
+    await until('online again on the other feed', () => (view()?.online === true ? true : undefined));
+    const online = await until('the "online" notification, as a listener hears it', () => heard.filter((p) => /"t"\s*:\s*"live"/.test(p) && p.includes(target.id) && /"o"\s*:\s*true/.test(p)).pop());
+    expect((await live(false, seen)).ok).toBe(true); // a leave: the same last_seen
+    await until('offline again on the other feed', () => (view()?.online === false ? true : undefined));
+    const eventsBefore = two.events.length;
+    await notify(online!);
+    await settle();
+    console.log(`replayed "online" after a leave: online ${view()?.online}, events ${two.events.length - eventsBefore}`);
+    expect(view()?.online).toBe(false);
+    expect(two.events.length - eventsBefore).toBe(0);
+  });
 });
