@@ -135,11 +135,12 @@ export class PgStore implements RegistryStore {
   /** Connects and migrates; the error names the database by its redacted URL. */
   static async open(url: string): Promise<PgStore> {
     const instance = randomBytes(INSTANCE_ID_BYTES).toString('base64url');
+    const { connectionString, options } = withStartupOption(url, `-c agentvpn.instance=${instance}`);
     const pool = new pg.Pool({
-      connectionString: url, max: POOL_SIZE, types, connectionTimeoutMillis: CONNECT_TIMEOUT_MS, statement_timeout: STATEMENT_TIMEOUT_MS,
+      connectionString, max: POOL_SIZE, types, connectionTimeoutMillis: CONNECT_TIMEOUT_MS, statement_timeout: STATEMENT_TIMEOUT_MS,
       application_name: 'agentvpn-registry',
       // A startup parameter: set with the connection, no round trip of its own.
-      options: `-c agentvpn.instance=${instance}`,
+      options,
     });
     // An idle connection that breaks (the server restarted) is dropped by the pool; without a listener it would crash the process.
     pool.on('error', () => undefined);
@@ -507,4 +508,20 @@ export class PgStore implements RegistryStore {
     await this.behind.close();
     await this.pool.end();
   }
+}
+
+/**
+ * The URL without its own `options` parameter, and those options followed by `option`: node-postgres
+ * lets a URL's parameters override the pool's, so a URL with `?options=-c search_path=…` would
+ * otherwise drop ours. (Not `new URL()`: a unix-socket URL, `postgres://user@/db?host=/run`, is not one.)
+ */
+export function withStartupOption(url: string, option: string): { connectionString: string; options: string } {
+  const q = url.indexOf('?');
+  if (q < 0) return { connectionString: url, options: option };
+  const params = new URLSearchParams(url.slice(q + 1));
+  const own = params.get('options');
+  if (own === null) return { connectionString: url, options: option };
+  params.delete('options');
+  const rest = params.toString();
+  return { connectionString: url.slice(0, q) + (rest ? `?${rest}` : ''), options: `${own} ${option}` };
 }

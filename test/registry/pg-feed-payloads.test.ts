@@ -268,4 +268,15 @@ describe.runIf(canRun)('the change feed carries rows and skips its own (two stor
     expect(view()?.online).toBe(false);
     expect(two.events.length - eventsBefore).toBe(0);
   });
+
+  it("a database URL with startup options of its own keeps them, and the instance's (node-postgres lets the URL's override the pool's)", async () => {
+    const store = await PgStore.open(`${url}${url.includes('?') ? '&' : '?'}options=${encodeURIComponent('-c search_path=public')}`);
+    try {
+      const pool = (store as unknown as { pool: pgLib.Pool }).pool;
+      const { rows } = await pool.query("SELECT current_setting('agentvpn.instance', true) AS instance, current_setting('search_path') AS path");
+      expect(rows[0]).toEqual({ instance: store.instance, path: 'public' });
+    } finally {
+      await store.close();
+    }
+  });
 });
