@@ -145,6 +145,17 @@ export class BirthdayProber<P extends object> {
     s.failures++; // until an attempt finds a path
   }
 
+  /**
+   * Easy side: we refused the peer's request (the relay did not confirm its address). It waits out
+   * a back-off, as after a failed attempt, before its next request costs us a relay query: the
+   * relay answers few a second for all our peers together.
+   */
+  noteRefused(peer: P): void {
+    const s = this.state(peer);
+    s.notBefore = this.clock() + this.backoff(s.failures);
+    s.failures++;
+  }
+
   /** Whether we asked this peer recently: only then is its answer a reason to open sockets. */
   askedRecently(peer: P): boolean {
     const s = this.peers.get(peer);

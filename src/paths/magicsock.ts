@@ -569,6 +569,7 @@ export class MagicSock implements Bind {
     const peer = path.wgKey.toString('base64');
     if (!observed || !observed.subarray(0, 16).equals(claimed.subarray(0, 16))) {
       this.birthday.stats.refused++;
+      this.birthday.noteRefused(path);
       this.log.debug({ peer, claimed: formatEndpoint(claimed), observed: observed && formatEndpoint(observed) }, 'birthday request refused: its address is not where the relay sees the peer');
       return;
     }

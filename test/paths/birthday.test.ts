@@ -349,6 +349,7 @@ describe('birthday probing: what a member can make us do', () => {
       expect(e.birthdayProbes).toBe(0);
       expect(e.birthdayAttempts).toBe(0);
       expect(e.birthdayRefused).toBe(20);
+      expect(w.stats.relayAsked).toBe(1); // a refused request backs the member off: one relay query, not 20
     } finally {
       w.stop();
     }
@@ -457,6 +458,7 @@ describe('birthday probing: a victim address in the record or a call-me-maybe', 
       expect(e.birthdayProbes).toBe(0);
       expect(e.birthdayAttempts).toBe(0);
       expect(e.birthdayRefused).toBe(20);
+      expect(w.stats.relayAsked).toBe(1); // a refused request backs the member off: one relay query, not 20
     } finally {
       w.stop();
     }
