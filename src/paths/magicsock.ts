@@ -565,12 +565,12 @@ export class MagicSock implements Bind {
    * (older, not connected, the peer not on it) means no probing: the relay carries the traffic.
    */
   private async startEasyAtObserved(path: PeerPath, claimed: Buffer): Promise<void> {
-    const observed = (await this.relays?.linkFor(path, Date.now())?.peerAddress?.(path.wgKey)) ?? null;
+    const confirmed = (await this.relays?.linkFor(path, Date.now())?.confirmsPeerAddress?.(path.wgKey, claimed)) ?? false;
     const peer = path.wgKey.toString('base64');
-    if (!observed || !observed.subarray(0, 16).equals(claimed.subarray(0, 16))) {
+    if (!confirmed) {
       this.birthday.stats.refused++;
       this.birthday.noteRefused(path);
-      this.log.debug({ peer, claimed: formatEndpoint(claimed), observed: observed && formatEndpoint(observed) }, 'birthday request refused: its address is not where the relay sees the peer');
+      this.log.debug({ peer, claimed: formatEndpoint(claimed) }, 'birthday request refused: the relay does not see the peer at its address');
       return;
     }
     if (!this.byKey.has(path.wgKey.toString('latin1')) || path.direct || !this.publicEndpoint) {

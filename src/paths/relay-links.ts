@@ -9,8 +9,8 @@ export interface RelayLink {
   readonly state: string;
   handleDatagram(buf: Buffer, off: number, len: number): boolean;
   send(dstWgKey: Uint8Array, packet: Uint8Array): boolean;
-  /** Where the relay sees that agent's session come from (port 0), or null: unknown (relay/protocol.ts, PEER_ADDR). */
-  peerAddress?(wgKey: Uint8Array): Promise<Buffer | null>;
+  /** Whether the relay sees that agent's session come from the IP of `claimed`; false also when unknown (relay/protocol.ts, PEER_ADDR). */
+  confirmsPeerAddress?(wgKey: Uint8Array, claimed: Uint8Array): Promise<boolean>;
 }
 
 /** How the Bind finds the relay link for a relayed peer, and the link a relay frame came in on. */

@@ -126,7 +126,7 @@ export class RelayClient {
   /** The flags of the relay's last HELLO_ACK: which features of our version it has. */
   private ackFlags = 0;
   /** Peer-address queries under way, by query id (hex). */
-  private readonly queries = new Map<string, { wgKey: Buffer; resolve: (address: Buffer | null) => void; timer: NodeJS.Timeout }>();
+  private readonly queries = new Map<string, { wgKey: Buffer; claimed: Buffer; resolve: (confirmed: boolean) => void; timer: NodeJS.Timeout }>();
 
   constructor(private readonly opts: RelayClientOptions) {
     this.name = opts.relay.name ?? opts.relay.udp;
@@ -182,7 +182,7 @@ export class RelayClient {
 
   stop(): void {
     this.stopped = true;
-    for (const q of [...this.queries.values()]) q.resolve(null);
+    for (const q of [...this.queries.values()]) q.resolve(false);
     this.resetLinks();
     this.setState('down');
   }
@@ -216,25 +216,26 @@ export class RelayClient {
   }
 
   /**
-   * Where the relay sees the session of the agent with this WireGuard key come from: a 20-byte
-   * endpoint with port 0, or null (not on this relay, not in our network, a relay without the
-   * feature, not connected, no answer in PEER_ADDRESS_TIMEOUT_MS, too many queries under way).
+   * Whether the relay sees the session of the agent with this WireGuard key come from the IP of
+   * `claimed` (a 20-byte endpoint; its port is not asked about). False also when unknown: not on
+   * this relay, not in our network, a relay without the feature, not connected, no answer in
+   * PEER_ADDRESS_TIMEOUT_MS, too many queries under way.
    */
-  peerAddress(wgKey: Uint8Array): Promise<Buffer | null> {
+  confirmsPeerAddress(wgKey: Uint8Array, claimed: Uint8Array): Promise<boolean> {
     const via = this.currentState;
-    if ((via !== 'udp' && via !== 'tcp') || !(this.ackFlags & ACK_PEER_ADDRESS) || wgKey.length !== KEY_SIZE || this.queries.size >= MAX_PEER_ADDRESS_QUERIES) return Promise.resolve(null);
+    if ((via !== 'udp' && via !== 'tcp') || !(this.ackFlags & ACK_PEER_ADDRESS) || wgKey.length !== KEY_SIZE || claimed.length < 16 || claimed.subarray(0, 16).every((b) => b === 0) || this.queries.size >= MAX_PEER_ADDRESS_QUERIES) return Promise.resolve(false);
     const id = randomBytes(QUERY_ID_SIZE);
-    const frame = encodePeerAddressRequest(id, wgKey);
+    const frame = encodePeerAddressRequest(id, wgKey, claimed);
     return new Promise((resolve) => {
       const key = id.toString('hex');
-      const done = (address: Buffer | null) => {
+      const done = (confirmed: boolean) => {
         const q = this.queries.get(key);
         if (!q) return;
         clearTimeout(q.timer);
         this.queries.delete(key);
-        resolve(address);
+        resolve(confirmed);
       };
-      this.queries.set(key, { wgKey: Buffer.from(wgKey), resolve: done, timer: timer(PEER_ADDRESS_TIMEOUT_MS, () => done(null)) });
+      this.queries.set(key, { wgKey: Buffer.from(wgKey), claimed: Buffer.from(claimed.subarray(0, 16)), resolve: done, timer: timer(PEER_ADDRESS_TIMEOUT_MS, () => done(false)) });
       if (via === 'udp') this.sendUdp(frame, 'relay peer-address query not sent');
       else this.tcp?.socket?.write(encodeTcpFrame(frame));
     });
@@ -245,7 +246,7 @@ export class RelayClient {
     const a = parsePeerAddress(frame);
     const q = a && this.queries.get(a.queryId.toString('hex'));
     if (!a || !q || !q.wgKey.equals(a.wgKey)) return;
-    q.resolve(a.endpoint.every((b) => b === 0) ? null : Buffer.from(a.endpoint));
+    q.resolve(a.endpoint.subarray(0, 16).equals(q.claimed));
   }
 
   // ---- connecting ------------------------------------------------------------------------------

@@ -25,9 +25,9 @@ import { RELAY_NAME_HASH_SIZE } from './relay-name.js';
  *   |                   |     | its first byte is the relay's version; else zeros)                             |      |
  *   | CHALLENGE_REQ b7  | c→s | version(1) zeros(32): padded so no answer to it is larger                      | 34   |
  *   | CHALLENGE b8      | s→c | version(1) challenge(20) (challenge.ts)                                        | 22   |
- *   | PEER_ADDR_REQ b9  | c→s | query id(16) WireGuard key(32) zeros(20): padded so its answer is no larger    | 69   |
- *   | PEER_ADDR ba      | s→c | query id echoed(16) WireGuard key(32) address the relay sees that key's        | 69   |
- *   |                   |     | session come from (20-byte endpoint, port zeroed; all zeros: not here)         |      |
+ *   | PEER_ADDR_REQ b9  | c→s | query id(16) WireGuard key(32) claimed address(20-byte endpoint, port ignored) | 69   |
+ *   | PEER_ADDR ba      | s→c | query id echoed(16) WireGuard key(32) the claimed address with port zeroed if  | 69   |
+ *   |                   |     | the relay sees that key's session come from it; all zeros otherwise           |      |
  *
  * A hello needs a challenge: the client asks for one (CHALLENGE_REQ), the relay answers with a
  * MAC bound to the address and port the request came from (a UDP source, or the TCP connection's
@@ -283,24 +283,28 @@ export function encodeNotice(code: number, key?: Uint8Array): Buffer {
   return f;
 }
 
-/** PEER_ADDR_REQ: who the client asks about (a WireGuard key), under a query id of its choosing. */
-export function encodePeerAddressRequest(queryId: Uint8Array, wgKey: Uint8Array): Buffer {
+/**
+ * PEER_ADDR_REQ: whether the session of a WireGuard key comes from the `claimed` address (a 20-byte
+ * endpoint; its port is not asked about), under a query id of the client's choosing. The relay
+ * only confirms or denies: it tells no one an address they did not already name.
+ */
+export function encodePeerAddressRequest(queryId: Uint8Array, wgKey: Uint8Array, claimed: Uint8Array): Buffer {
   const f = Buffer.alloc(PEER_ADDRESS_FRAME_SIZE);
   f[0] = FRAME_PEER_ADDRESS_REQUEST;
   f.set(queryId.subarray(0, QUERY_ID_SIZE), 1);
   f.set(wgKey.subarray(0, KEY_SIZE), 1 + QUERY_ID_SIZE);
+  f.set(claimed.subarray(0, 16), 1 + QUERY_ID_SIZE + KEY_SIZE); // the address, not the port
   return f;
 }
 
 /**
- * PEER_ADDR: the request turned into its answer in place (the id and key stay): the session's
- * address with its port zeroed, or all zeros when no session of that key shares a network with the asker.
+ * PEER_ADDR: the request turned into its answer in place (the id and key stay): the claimed
+ * address, port zeroed, when `confirmed`; all zeros otherwise (another address, a key not here or
+ * in no network the asker shares).
  */
-export function answerPeerAddress(request: Buffer, address: Uint8Array | null): Buffer {
+export function answerPeerAddress(request: Buffer, confirmed: boolean): Buffer {
   request[0] = FRAME_PEER_ADDRESS;
-  const at = 1 + QUERY_ID_SIZE + KEY_SIZE;
-  request.fill(0, at);
-  if (address) request.set(address.subarray(0, 16), at); // the 16 address bytes of the endpoint, not its port
+  request.fill(0, confirmed ? 1 + QUERY_ID_SIZE + KEY_SIZE + 16 : 1 + QUERY_ID_SIZE + KEY_SIZE);
   return request;
 }
 

@@ -417,9 +417,10 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   };
 
   /**
-   * PEER_ADDR_REQ from a registered client: where the asked-about session's frames come from (proven
-   * by its hello's challenge or its TCP handshake), port zeroed; zeros for a key not here or of
-   * another network. Budgeted per client before the lookup; the answer is the request's size.
+   * PEER_ADDR_REQ from a registered client: whether the asked-about session's frames come from the
+   * address it names (proven by the session's hello challenge or its TCP handshake); no for a key
+   * not here or of another network. Budgeted per client before the lookup; the answer is the
+   * request's size and names no address the asker did not.
    */
   const onPeerAddressRequest = (frame: Buffer, from: Client, now: number) => {
     const q = parsePeerAddress(frame);
@@ -428,7 +429,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     const dst = clients.get(q.wgKey.toString('latin1'));
     const seen = dst && shareNetwork(from.networks, dst.networks) ? (dst.transport.kind === 'udp' ? dst.transport.ep : dst.transport.remote) : null;
     counters.peerAddressAnswered++;
-    sendTo(from.transport, answerPeerAddress(frame, seen));
+    sendTo(from.transport, answerPeerAddress(frame, seen !== null && seen.subarray(0, 16).equals(q.endpoint.subarray(0, 16))));
   };
 
   /** One frame from a UDP endpoint or a TCP connection; `from` is the client registered there, if any. */

@@ -219,10 +219,11 @@ function natWorld(opts: { easyIsHard?: boolean; extraCandidates?: Buffer[] } = {
     const seenAt = [makeEndpoint(ip(203, 0, 113, 20), 0), makeEndpoint(hPubIp, 0)];
     const relay: RelayLink = {
       endpoint: relayEp, name: 'relay', state: 'tcp', handleDatagram: () => false,
-      peerAddress: async (wgKey) => {
+      confirmsPeerAddress: async (wgKey, claimed) => {
         stats.relayAsked++;
         await new Promise((r) => setTimeout(r, 2)); // a round trip to the relay
-        return seenAt[keys.findIndex((k) => Buffer.from(publicKeyOf(k)).equals(Buffer.from(wgKey)))] ?? null;
+        const seen = seenAt[keys.findIndex((k) => Buffer.from(publicKeyOf(k)).equals(Buffer.from(wgKey)))];
+        return seen !== undefined && seen.subarray(0, 16).equals(Buffer.from(claimed).subarray(0, 16));
       },
       send(_dst, packet) {
         const copy = Buffer.from(packet);
@@ -485,7 +486,7 @@ describe('birthday probing: a victim address in the record or a call-me-maybe', 
     const w = natWorld();
     try {
       const link = (w.socks[0] as unknown as { relays: { linkFor(): RelayLink } }).relays.linkFor();
-      link.peerAddress = undefined;
+      link.confirmsPeerAddress = undefined;
       const seen = spyOnE(w);
       w.traffic('t', false);
       await new Promise((r) => setTimeout(r, 50));

@@ -40,7 +40,7 @@ describe('relay: peer-address queries', () => {
     http = null;
   });
 
-  it("answers with the address the peer's session comes from (UDP or TCP), port not told; zeros for an unknown key", async () => {
+  it("confirms the address the peer's session comes from (UDP or TCP), whatever the port, and denies any other; no for an unknown key", async () => {
     const info = await start();
     const a = await agent(info);
     const b = await agent(info, { host: '127.0.0.2' });
@@ -48,16 +48,16 @@ describe('relay: peer-address queries', () => {
     await waitState(a, 'udp');
     await waitState(b, 'udp');
     await waitState(c, 'tcp');
-    const ofB = await a.client.peerAddress(b.wgKey);
-    const ofC = await a.client.peerAddress(c.wgKey);
-    const fromTcp = await c.client.peerAddress(b.wgKey);
-    const unknown = await a.client.peerAddress(randomBytes(32));
-    console.log(`peer addresses: b (UDP) ${ofB && formatEndpoint(ofB)}, c (TCP, from 127.0.0.3 but connected from 127.0.0.1) ${ofC && formatEndpoint(ofC)}, asked over TCP ${fromTcp && formatEndpoint(fromTcp)}, unknown key ${unknown}`);
-    expect(ofB && formatEndpoint(ofB)).toBe('127.0.0.2:0');
-    expect(ofC && formatEndpoint(ofC)).toBe('127.0.0.1:0'); // the TCP connection's far end (the harness connects from 127.0.0.1)
-    expect(fromTcp && formatEndpoint(fromTcp)).toBe('127.0.0.2:0');
-    expect(unknown).toBeNull();
-    expect(relay!.stats().peerAddressAnswered).toBe(4);
+    const at = (a4: number, port = 51820) => makeEndpoint(Uint8Array.of(127, 0, 0, a4), port);
+    const ofB = await a.client.confirmsPeerAddress(b.wgKey, at(2, 9999));
+    const notB = await c.client.confirmsPeerAddress(b.wgKey, at(9)); // asked by c: each client may ask 4 a second
+    const ofC = await a.client.confirmsPeerAddress(c.wgKey, at(1)); // the TCP connection's far end (the harness connects from 127.0.0.1)
+    const cClaimed = await a.client.confirmsPeerAddress(c.wgKey, at(3));
+    const fromTcp = await c.client.confirmsPeerAddress(b.wgKey, at(2));
+    const unknown = await c.client.confirmsPeerAddress(randomBytes(32), at(2));
+    console.log(`b (UDP) at 127.0.0.2: ${ofB}, at 127.0.0.9: ${notB}; c (TCP, connected from 127.0.0.1) there: ${ofC}, at its host 127.0.0.3: ${cClaimed}; asked over TCP: ${fromTcp}; unknown key: ${unknown}`);
+    expect([ofB, notB, ofC, cClaimed, fromTcp, unknown]).toEqual([true, false, true, false, true, false]);
+    expect(relay!.stats().peerAddressAnswered).toBe(6);
   });
 
   it('tells nothing about another network: a key there is answered with zeros, as one not here', async () => {
@@ -70,9 +70,9 @@ describe('relay: peer-address queries', () => {
     const b = await agent(info, { identity: y, host: '127.0.0.2' });
     await waitState(a, 'udp');
     await waitState(b, 'udp');
-    const answer = await a.client.peerAddress(b.wgKey);
-    console.log(`another network's member: ${answer}`);
-    expect(answer).toBeNull();
+    const answer = await a.client.confirmsPeerAddress(b.wgKey, makeEndpoint(Uint8Array.of(127, 0, 0, 2), 0));
+    console.log(`another network's member, at its true address: ${answer}`);
+    expect(answer).toBe(false);
   });
 
   it('one size both ways; a source without a session gets only a shorter notice; over the per-client budget nothing', async () => {
@@ -81,16 +81,16 @@ describe('relay: peer-address queries', () => {
     const b = await agent(info, { host: '127.0.0.2' });
     await waitState(a, 'udp');
     await waitState(b, 'udp');
-    const request = encodePeerAddressRequest(randomBytes(16), b.wgKey);
-    expect(answerPeerAddress(Buffer.from(request), makeEndpoint(Uint8Array.of(127, 0, 0, 2), 9)).length).toBe(request.length);
+    const request = encodePeerAddressRequest(randomBytes(16), b.wgKey, makeEndpoint(Uint8Array.of(127, 0, 0, 2), 9));
+    expect(answerPeerAddress(Buffer.from(request), true).length).toBe(request.length);
     const stranger = await rawSocket('127.0.0.4');
     stranger.send(request, relay!.udpPort);
     await waitFor(() => stranger.inbox.length > 0, { timeoutMs: 3000, intervalMs: 10, what: 'a notice to the stranger' });
     expect(stranger.inbox.every((f) => f[0] === FRAME_NOTICE && f.length < PEER_ADDRESS_FRAME_SIZE)).toBe(true);
     stranger.close();
     // A burst of queries from one member: the relay answers its budget's worth.
-    const answers = await Promise.all(Array.from({ length: 16 }, () => a.client.peerAddress(b.wgKey)));
-    const answered = answers.filter((x) => x !== null).length;
+    const answers = await Promise.all(Array.from({ length: 16 }, () => a.client.confirmsPeerAddress(b.wgKey, makeEndpoint(Uint8Array.of(127, 0, 0, 2), 0))));
+    const answered = answers.filter((x) => x).length;
     console.log(`16 queries at once: ${answered} answered (budget ${PEER_ADDRESS_RATE_PER_CLIENT}/s), dropped ${relay!.stats().dropped['peer-address-rate']}`);
     expect(answered).toBeLessThanOrEqual(PEER_ADDRESS_RATE_PER_CLIENT + 1);
     expect(answered).toBeGreaterThan(0);
@@ -103,13 +103,14 @@ describe('relay: peer-address queries', () => {
     const b = await agent(info, { host: '127.0.0.2' });
     await waitState(a, 'udp');
     await waitState(b, 'udp');
-    const asked = a.client.peerAddress(b.wgKey);
-    // A forged answer for b's key, naming a victim, under a guessed id, handed in as if it came from the relay's address.
-    const forged = answerPeerAddress(encodePeerAddressRequest(randomBytes(16), b.wgKey), makeEndpoint(Uint8Array.of(203, 0, 113, 99), 0));
+    const victim = makeEndpoint(Uint8Array.of(203, 0, 113, 99), 0);
+    const asked = a.client.confirmsPeerAddress(b.wgKey, victim);
+    // A forged "yes" for b's key at the victim's address, under a guessed id, handed in as if it came from the relay's address.
+    const forged = answerPeerAddress(encodePeerAddressRequest(randomBytes(16), b.wgKey, victim), true);
     expect(forged[0]).toBe(FRAME_PEER_ADDRESS);
     a.client.handleDatagram(forged, 0, forged.length);
     const got = await asked;
-    console.log(`with a forged answer in between: ${got && formatEndpoint(got)}`);
-    expect(got && formatEndpoint(got)).toBe('127.0.0.2:0');
+    console.log(`with a forged answer in between: ${got}`);
+    expect(got).toBe(false);
   });
 });
