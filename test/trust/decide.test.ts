@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Identity } from '../../src/identity/identity.js';
 import { makeInception, makeRotation, type KeyStatement } from '../../src/identity/rotation.js';
-import { publicKeyOfSeed, signingKeyOf } from '../../src/identity/ed25519.js';
+import { publicKeyOfSeed, signingKeyOf, type SigningKey } from '../../src/identity/ed25519.js';
 import { agentIdOf } from '../../src/identity/agent-id.js';
 import { decide, type TrustDecision, type TrustView } from '../../src/trust/decide.js';
 import { MAX_TRUST_ENTRIES, TrustStore, fingerprint, type TrustEntry, type TrustMode } from '../../src/trust/store.js';
@@ -245,6 +245,6 @@ describe('block, approve, open', () => {
 });
 
 /** An identity's current signing key, as a thief who copied it would hold it (tests only: via its seed-free sign()). */
-function signingKeyOfIdentity(identity: Identity): import('node:crypto').KeyObject {
-  return (identity as unknown as { signingKey: import('node:crypto').KeyObject }).signingKey;
+function signingKeyOfIdentity(identity: Identity): SigningKey {
+  return (identity as unknown as { signingKey: SigningKey }).signingKey;
 }
