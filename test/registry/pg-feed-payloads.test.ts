@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { agentIdOf } from '../../src/identity/agent-id.js';
 import { parsePrefix, type Prefix } from '../../src/ip/prefix.js';
 import { postgresUnavailableReason, startPostgres, type LabPostgres } from '../../src/lab/postgres.js';
+import { waitFor } from '../../src/lab/proc.js';
 import { Fleet } from '../../src/registry/fleet-state.js';
 import { PgChangeFeed } from '../../src/registry/pg-change-feed.js';
 import { CHANGE_CHANNEL } from '../../src/registry/pg-migrations.js';
@@ -74,16 +75,6 @@ async function register(store: PgStore, name: string): Promise<{ id: string; ipv
   return { id, ipv4: admitted.member.ipv4 };
 }
 
-async function until<T>(what: string, fn: () => T | undefined, timeoutMs = 5_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
 const settle = () => new Promise((r) => setTimeout(r, 300));
 
 describe.runIf(canRun)('the change feed carries rows and skips its own (two stores on one PostgreSQL)', () => {
@@ -109,9 +100,9 @@ describe.runIf(canRun)('the change feed carries rows and skips its own (two stor
     outsider.on('notification', (m) => void (m.payload && heard.push(m.payload)));
     await outsider.query(`LISTEN ${CHANGE_CHANNEL}`);
     await one.store.addToken({ hash: TOKEN, network: NET, createdAt: 1, expiresAt: null, usesLeft: null, tags: ['gpu'] });
-    await until('the start re-reads', () => (one.feed.stats().resyncs > 0 && two.feed.stats().resyncs > 0 ? true : undefined));
+    await waitFor(() => one.feed.stats().resyncs > 0 && two.feed.stats().resyncs > 0, { what: 'the start re-reads', intervalMs: 5 });
     for (let i = 0; i < AGENTS; i++) agents.push(await register(one.store, `agent-${i}`));
-    await until(`${AGENTS} upserts on the other feed`, () => (two.events.filter((e) => e.kind === 'upsert').length >= AGENTS ? true : undefined));
+    await waitFor(() => two.events.filter((e) => e.kind === 'upsert').length >= AGENTS, { what: `${AGENTS} upserts on the other feed`, intervalMs: 5 });
     await settle();
   }, 60_000);
 
@@ -149,7 +140,7 @@ describe.runIf(canRun)('the change feed carries rows and skips its own (two stor
     const big = record(target.id, 'agent-0', target.ipv4, 2, { padding: 'x'.repeat(9_000) });
     const readsBefore = two.reads.n;
     await outsider.query('UPDATE records SET json = $1, seq = 2 WHERE network = $2 AND id = $3', [JSON.stringify(big.record), NET, target.id]);
-    await until('the re-read record on the other feed', () => (two.fleet.net(NET).agents.get(target.id)?.view.record.seq === 2 ? true : undefined));
+    await waitFor(() => two.fleet.net(NET).agents.get(target.id)?.view.record.seq === 2, { what: 'the re-read record on the other feed', intervalMs: 5 });
     const lastHeard = heard.filter((p) => p.includes(target.id)).pop()!;
     console.log(`record row of ${JSON.stringify(big.record).length} chars: notification ${lastHeard.length} chars, other feed re-reads ${two.reads.n - readsBefore}`);
     expect(lastHeard.length).toBeLessThan(400);
@@ -162,10 +153,10 @@ describe.runIf(canRun)('the change feed carries rows and skips its own (two stor
     const readsBefore = two.reads.n;
     const rotated = await one.store.putRecord(NET, record(target.id, 'agent-4', target.ipv4, 2, { key }), Date.now(), { id: target.id, chain: [{ statement: 1 }], key });
     expect(rotated.ok).toBe(true);
-    await until('the chain on the other feed', () => (two.fleet.rotated.get(target.id)?.chain.length === 1 ? true : undefined));
+    await waitFor(() => two.fleet.rotated.get(target.id)?.chain.length === 1, { what: 'the chain on the other feed', intervalMs: 5 });
     const readsForRotation = two.reads.n - readsBefore;
     await one.store.putRecord(NET, record(target.id, 'agent-4', target.ipv4, 3, { key }), Date.now());
-    await until('seq 3 on the other feed', () => (two.fleet.net(NET).agents.get(target.id)?.view.record.seq === 3 ? true : undefined));
+    await waitFor(() => two.fleet.net(NET).agents.get(target.id)?.view.record.seq === 3, { what: 'seq 3 on the other feed', intervalMs: 5 });
     console.log(`rotation: other feed re-reads ${readsForRotation}, holds the key ${Buffer.from(two.fleet.currentKey(target.id) ?? []).toString('base64') === key}; next publish: ${two.reads.n - readsBefore - readsForRotation} re-reads`);
     expect(readsForRotation).toBe(1);
     expect(Buffer.from(two.fleet.currentKey(target.id)!).toString('base64')).toBe(key);
@@ -208,7 +199,7 @@ describe.runIf(canRun)('the change feed carries rows and skips its own (two stor
     for (const p of [...sent.forged, ...sent.unauthenticated, ...sent.malformed]) await notify(p);
     // A genuine change after them: the feed still follows.
     const late = await register(one.store, 'after-the-flood');
-    await until('the change after the bad ones', () => (two.fleet.net(NET).agents.has(late.id) ? true : undefined));
+    await waitFor(() => two.fleet.net(NET).agents.has(late.id), { what: 'the change after the bad ones', intervalMs: 5 });
     const s = two.feed.stats();
     const got = { forged: s.forged - before.forged, unauthenticated: s.unauthenticated - before.unauthenticated, malformed: s.malformed - before.malformed };
     const state = two.fleet.net(NET);
@@ -226,7 +217,7 @@ describe.runIf(canRun)('the change feed carries rows and skips its own (two stor
     const oldMember = heard.find((p) => p.includes('"member"') && p.includes(target.id));
     expect(oldRecord && oldMember).toBeTruthy();
     await one.store.putRecord(NET, record(target.id, 'agent-2', target.ipv4, 5), Date.now());
-    await until('seq 5 on the other feed', () => (two.fleet.net(NET).agents.get(target.id)?.view.record.seq === 5 ? true : undefined));
+    await waitFor(() => two.fleet.net(NET).agents.get(target.id)?.view.record.seq === 5, { what: 'seq 5 on the other feed', intervalMs: 5 });
     const eventsBefore = two.events.length;
     await notify(oldRecord!);
     await settle();
@@ -255,12 +246,12 @@ describe.runIf(canRun)('the change feed carries rows and skips its own (two stor
     const view = () => two.fleet.net(NET).agents.get(target.id)?.view;
     const seen = Date.now() + 60_000; // newer than anything the other feed holds
     expect((await live(false, view()!.lastSeen)).ok).toBe(true);
-    await until('offline on the other feed', () => (view()?.online === false ? true : undefined));
+    await waitFor(() => view()?.online === false, { what: 'offline on the other feed', intervalMs: 5 });
     expect((await live(true, seen)).ok).toBe(true); // back online: a newer time
-    await until('online again on the other feed', () => (view()?.online === true ? true : undefined));
-    const online = await until('the "online" notification, as a listener hears it', () => heard.filter((p) => /"t"\s*:\s*"live"/.test(p) && p.includes(target.id) && /"o"\s*:\s*true/.test(p)).pop());
+    await waitFor(() => view()?.online === true, { what: 'online again on the other feed', intervalMs: 5 });
+    const online = await waitFor(() => heard.filter((p) => /"t"\s*:\s*"live"/.test(p) && p.includes(target.id) && /"o"\s*:\s*true/.test(p)).pop(), { what: 'the "online" notification, as a listener hears it', intervalMs: 5 });
     expect((await live(false, seen)).ok).toBe(true); // a leave: the same last_seen
-    await until('offline again on the other feed', () => (view()?.online === false ? true : undefined));
+    await waitFor(() => view()?.online === false, { what: 'offline again on the other feed', intervalMs: 5 });
     const eventsBefore = two.events.length;
     await notify(online!);
     await settle();

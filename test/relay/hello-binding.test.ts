@@ -3,8 +3,6 @@
 // another address, it moves no session. Loopback: the member on 127.0.0.1, the attacker on
 // 127.0.0.2, both relays in this process. Each test prints what the replayer got.
 import { afterEach, describe, expect, it } from 'vitest';
-import { createServer, type Server } from 'node:http';
-import { connect, type AddressInfo, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { Identity } from '../../src/identity/identity.js';
 import { waitFor } from '../../src/lab/index.js';
@@ -13,87 +11,29 @@ import {
   CHALLENGE_REQUEST_SIZE, FRAME_CHALLENGE, FRAME_HELLO, FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_RECV, NOTICE_BAD_VERSION, RELAY_VERSION, encodeChallengeRequest,
   encodeHello, encodeNotice, parseChallenge,
 } from '../../src/relay/protocol.js';
-import { startRelay, type RelayOptions, type RunningRelay } from '../../src/relay/server.js';
-import { FrameReader, UPGRADE_PROTOCOL, encodeTcpFrame } from '../../src/relay/tcp.js';
-import { capturingLog, rawSocket, sleep, startAgent, waitState, type TestAgent, UNNAMED } from './harness.js';
+import { RelayRig, UNNAMED, capturingLog, rawSocket, sleep, waitState } from './harness.js';
 
 /** Packets the honest peer sends to the member after the replay. */
 const PACKETS = 10;
 
 describe('relay hello bound to its relay and its source', () => {
-  const relays: RunningRelay[] = [];
-  const agents: TestAgent[] = [];
-  const closers: Array<() => void> = [];
-
-  const servers: Server[] = [];
-
-  async function relay(over: Partial<RelayOptions> = {}): Promise<{ relay: RunningRelay; udp: string }> {
-    const r = await startRelay({ udp: { host: '127.0.0.1', port: 0 }, ...over });
-    relays.push(r);
-    return { relay: r, udp: `127.0.0.1:${r.udpPort}` };
-  }
-
-  /** A relay on UDP and on TCP (an HTTP server's upgrade); `tcpPort` is the HTTP port. */
-  async function relayWithTcp(): Promise<{ relay: RunningRelay; tcpPort: number }> {
-    const http = createServer((_req, res) => res.writeHead(404).end());
-    servers.push(http);
-    await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', () => resolve()));
-    const { relay: r } = await relay({ tcpServer: http });
-    return { relay: r, tcpPort: (http.address() as AddressInfo).port };
-  }
-
-  /** A raw TCP fallback connection: frames in, frames out. */
-  async function rawTcp(port: number): Promise<{ socket: Socket; inbox: Buffer[]; send(frame: Buffer): void }> {
-    const inbox: Buffer[] = [];
-    const reader = new FrameReader((f) => inbox.push(Buffer.from(f)), () => {});
-    let upgraded = false;
-    const socket = await new Promise<Socket>((resolve) => {
-      const s = connect(port, '127.0.0.1', () => {
-        s.write(`GET /v1/relay HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: ${UPGRADE_PROTOCOL}\r\n\r\n`);
-        resolve(s);
-      });
-    });
-    let head = Buffer.alloc(0);
-    socket.on('data', (chunk: Buffer) => {
-      if (upgraded) return reader.push(chunk);
-      head = Buffer.concat([head, chunk]);
-      const end = head.indexOf('\r\n\r\n');
-      if (end < 0) return;
-      upgraded = true;
-      if (head.length > end + 4) reader.push(head.subarray(end + 4));
-    });
-    socket.on('error', () => {});
-    closers.push(() => socket.destroy());
-    return { socket, inbox, send: (frame) => socket.write(encodeTcpFrame(frame)) };
-  }
-
-  async function agent(...args: Parameters<typeof startAgent>): Promise<TestAgent> {
-    const a = await startAgent(...args);
-    agents.push(a);
-    return a;
-  }
-
-  afterEach(async () => {
-    for (const a of agents.splice(0)) a.close();
-    for (const c of closers.splice(0)) c();
-    for (const r of relays.splice(0)) await r.stop();
-    for (const h of servers.splice(0)) await new Promise<void>((resolve) => h.close(() => resolve()));
-  });
+  const rig = new RelayRig();
+  afterEach(() => rig.stop());
 
   it('a hello captured on the way to one relay, replayed to a second relay from another address, is refused and the session there stays', async () => {
-    const r1 = await relay();
-    const r2 = await relay();
-    const m2 = await agent({ udp: r2.udp }); // the member's session at the second relay, opened first
-    const peer = await agent({ udp: r2.udp });
+    const r1 = await rig.relay();
+    const r2 = await rig.relay();
+    const m2 = await rig.agent({ udp: r2.udp }); // the member's session at the second relay, opened first
+    const peer = await rig.agent({ udp: r2.udp });
     for (const a of [m2, peer]) await waitState(a, 'udp');
     // Then the member says hello to the first relay: that hello is newer than its last one at the second.
     let captured: Buffer | null = null;
-    const m1 = await agent({ udp: r1.udp }, { identity: m2.identity, tap: (buf) => ((buf[0] === FRAME_HELLO && (captured = buf)), true) });
+    const m1 = await rig.agent({ udp: r1.udp }, { identity: m2.identity, tap: (buf) => ((buf[0] === FRAME_HELLO && (captured = buf)), true) });
     await waitState(m1, 'udp');
     expect(captured).not.toBeNull();
 
     const attacker = await rawSocket('127.0.0.2');
-    closers.push(attacker.close);
+    rig.closers.push(attacker.close);
     attacker.send(captured!, r2.relay.udpPort);
     await sleep(200);
     for (let i = 0; i < PACKETS; i++) peer.client.send(m1.wgKey, Buffer.from(`to member ${i}`));
@@ -109,17 +49,17 @@ describe('relay hello bound to its relay and its source', () => {
   });
 
   it('a hello held back on the path and replayed to the same relay from another address is refused', async () => {
-    const r1 = await relay();
+    const r1 = await rig.relay();
     let held: Buffer | null = null;
     let holding = true;
     // The on-path attacker keeps the member's hellos from the relay and sends the first one itself.
-    const m = await agent({ udp: r1.udp }, { tap: (buf) => !(buf[0] === FRAME_HELLO && holding && ((held ??= buf), true)) });
-    const peer = await agent({ udp: r1.udp });
+    const m = await rig.agent({ udp: r1.udp }, { tap: (buf) => !(buf[0] === FRAME_HELLO && holding && ((held ??= buf), true)) });
+    const peer = await rig.agent({ udp: r1.udp });
     await waitState(peer, 'udp');
     await waitFor(() => held !== null, { timeoutMs: 5000, intervalMs: 10, what: 'a hello of the member' });
 
     const attacker = await rawSocket('127.0.0.2');
-    closers.push(attacker.close);
+    rig.closers.push(attacker.close);
     attacker.send(held!, r1.relay.udpPort);
     await sleep(200);
     for (let i = 0; i < PACKETS; i++) peer.client.send(m.wgKey, Buffer.from(`to member ${i}`));
@@ -139,14 +79,14 @@ describe('relay hello bound to its relay and its source', () => {
   });
 
   it('a hello on a TCP connection, replayed on another connection, is refused; the first connection keeps the session', async () => {
-    const { relay: r, tcpPort } = await relayWithTcp();
+    const { relay: r, tcpPort } = await rig.relayWithTcp();
     const me = Identity.generate();
-    const first = await rawTcp(tcpPort);
+    const first = await rig.rawTcp(tcpPort);
     first.send(encodeChallengeRequest());
     await waitFor(() => first.inbox.length === 1, { intervalMs: 10, what: 'a challenge over TCP' });
     const hello = encodeHello(me, Date.now(), 0, UNNAMED, parseChallenge(first.inbox[0])!);
     // The hello is captured (and held back); the attacker's own connection says it first.
-    const second = await rawTcp(tcpPort);
+    const second = await rig.rawTcp(tcpPort);
     second.send(hello);
     await waitFor(() => second.inbox.length === 1, { intervalMs: 10 });
     const answer = second.inbox[0][0];
@@ -160,9 +100,9 @@ describe('relay hello bound to its relay and its source', () => {
 
   it('refuses a hello of protocol version 2 (no relay name) with NOTICE BAD_VERSION and a log line, and the agent says who must upgrade', async () => {
     const relayLog = capturingLog();
-    const r = await relay({ log: relayLog });
+    const r = await rig.relay({ log: relayLog });
     const raw = await rawSocket();
-    closers.push(raw.close);
+    rig.closers.push(raw.close);
     // A version 2 hello (127 bytes: b0 02 flags key(32) timestamp(8) challenge(20) signature(64), no relay name), as the agents before this one sent.
     const v2 = Buffer.concat([Buffer.from([FRAME_HELLO, 2, 0]), Buffer.from(Identity.generate().publicKey), Buffer.alloc(8), await raw.challenge(r.relay.udpPort), randomBytes(64)]);
     v2.writeBigUInt64BE(BigInt(Date.now()), 35);
@@ -178,9 +118,9 @@ describe('relay hello bound to its relay and its source', () => {
 
     // The agent's side: a relay of a later version answers our challenge request with BAD_VERSION.
     const newer = await rawSocket();
-    closers.push(newer.close);
+    rig.closers.push(newer.close);
     const agentLog = capturingLog();
-    const a = await agent({ udp: `127.0.0.1:${newer.port}` }, { log: agentLog });
+    const a = await rig.agent({ udp: `127.0.0.1:${newer.port}` }, { log: agentLog });
     await waitFor(() => newer.inbox.length > 0, { intervalMs: 10 });
     expect(newer.inbox[0].length).toBe(CHALLENGE_REQUEST_SIZE);
     newer.socket.send(encodeNotice(NOTICE_BAD_VERSION, Uint8Array.of(4)), a.socket.address().port, '127.0.0.1');
@@ -191,9 +131,9 @@ describe('relay hello bound to its relay and its source', () => {
   });
 
   it('answers a flood of 10,000 challenge requests from one source within its budget, no answer larger than its request; another source still connects', async () => {
-    const r = await relay();
+    const r = await rig.relay();
     const flooder = await rawSocket('127.0.0.1');
-    closers.push(flooder.close);
+    rig.closers.push(flooder.close);
     const FLOOD = 10_000;
     const request = encodeChallengeRequest();
     const rss0 = process.memoryUsage().rss;
@@ -222,13 +162,13 @@ describe('relay hello bound to its relay and its source', () => {
     expect(stats.challengesAnswered).toBeLessThanOrEqual(CHALLENGE_BURST_PER_SOURCE + CHALLENGE_RATE_PER_SOURCE * seconds + 50);
     expect(flooder.inbox.every((f) => f.length <= request.length)).toBe(true);
     expect(stats.helloVerifications).toBe(0);
-    const other = await agent({ udp: `127.0.0.1:${r.relay.udpPort}` }, { host: '127.0.0.2' });
+    const other = await rig.agent({ udp: `127.0.0.1:${r.relay.udpPort}` }, { host: '127.0.0.2' });
     await waitState(other, 'udp', 5000);
 
     // The same flood of hellos (random keys and signatures over a real challenge: each passes the
     // challenge and meets the signature budget), from a third source, for the ratio in this run.
     const hellos = await rawSocket('127.0.0.3');
-    closers.push(hellos.close);
+    rig.closers.push(hellos.close);
     const template = encodeHello(Identity.generate(), Date.now(), 0, UNNAMED, await hellos.challenge(r.relay.udpPort));
     const frames = Array.from({ length: 64 }, () => Buffer.concat([template.subarray(0, 3), randomBytes(32), template.subarray(35)]));
     const before = r.relay.stats();
@@ -248,11 +188,11 @@ describe('relay hello bound to its relay and its source', () => {
   });
 
   it('a challenge flood from a member\'s IP address (its NAT\'s, or spoofed) does not keep the member from getting a challenge on its own session', async () => {
-    const r = await relay();
+    const r = await rig.relay();
     const port = r.relay.udpPort;
     const member = await rawSocket('127.0.0.1');
     const flooder = await rawSocket('127.0.0.1'); // the same source for the budgets (the IPv4 address)
-    closers.push(member.close, flooder.close);
+    rig.closers.push(member.close, flooder.close);
     const me = Identity.generate();
     member.send(encodeHello(me, Date.now(), 0, UNNAMED, await member.challenge(port)), port);
     await waitFor(() => member.inbox.some((f) => f[0] === FRAME_HELLO_ACK), { intervalMs: 10 });

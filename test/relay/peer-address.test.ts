@@ -1,50 +1,38 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { Identity } from '../../src/identity/identity.js';
 import { waitFor } from '../../src/lab/index.js';
 import { formatEndpoint, makeEndpoint } from '../../src/net/endpoint.js';
 import { PEER_ADDRESS_RATE_PER_CLIENT } from '../../src/relay/limits.js';
 import { FRAME_NOTICE, FRAME_PEER_ADDRESS, PEER_ADDRESS_FRAME_SIZE, answerPeerAddress, encodePeerAddressRequest } from '../../src/relay/protocol.js';
-import { startRelay, type RelayOptions, type RunningRelay } from '../../src/relay/server.js';
-import { rawSocket, startAgent, waitState, type TestAgent } from './harness.js';
+import type { RelayOptions, RunningRelay } from '../../src/relay/server.js';
+import { RelayRig, rawSocket, waitState } from './harness.js';
 
 /**
  * PEER_ADDR (relay/protocol.ts): where the relay sees another member's session come from, the
  * address birthday probing's easy side is allowed to spray (paths/magicsock.ts).
  */
 describe('relay: peer-address queries', () => {
+  const rig = new RelayRig();
   let relay: RunningRelay | null = null;
-  let http: Server | null = null;
-  const agents: TestAgent[] = [];
 
+  /** The relay of this test, on UDP and TCP: its addresses as agents are given them. */
   async function start(over: Partial<RelayOptions> = {}): Promise<{ udp: string; tcp: string }> {
-    http = createServer((_req, res) => res.writeHead(404).end());
-    await new Promise<void>((resolve) => http!.listen(0, '127.0.0.1', () => resolve()));
-    relay = await startRelay({ udp: { host: '127.0.0.1', port: 0 }, tcpServer: http, ...over });
-    return { udp: `127.0.0.1:${relay.udpPort}`, tcp: `http://127.0.0.1:${(http.address() as AddressInfo).port}/v1/relay` };
-  }
-
-  async function agent(...args: Parameters<typeof startAgent>): Promise<TestAgent> {
-    const a = await startAgent(...args);
-    agents.push(a);
-    return a;
+    const r = await rig.relayWithTcp(over);
+    relay = r.relay;
+    return { udp: r.udp, tcp: r.tcp };
   }
 
   afterEach(async () => {
-    for (const a of agents.splice(0)) a.close();
-    await relay?.stop();
+    await rig.stop();
     relay = null;
-    await new Promise<void>((resolve) => (http ? http.close(() => resolve()) : resolve()));
-    http = null;
   });
 
   it("confirms the address the peer's session comes from (UDP or TCP), whatever the port, and denies any other; no for an unknown key", async () => {
     const info = await start();
-    const a = await agent(info);
-    const b = await agent(info, { host: '127.0.0.2' });
-    const c = await agent(info, { host: '127.0.0.3', blockUdp: true });
+    const a = await rig.agent(info);
+    const b = await rig.agent(info, { host: '127.0.0.2' });
+    const c = await rig.agent(info, { host: '127.0.0.3', blockUdp: true });
     await waitState(a, 'udp');
     await waitState(b, 'udp');
     await waitState(c, 'tcp');
@@ -66,8 +54,8 @@ describe('relay: peer-address queries', () => {
     const [x, y] = [Identity.generate(), Identity.generate()];
     networks.set(Buffer.from(x.publicKey).toString('hex'), ['red']);
     networks.set(Buffer.from(y.publicKey).toString('hex'), ['blue']);
-    const a = await agent(info, { identity: x });
-    const b = await agent(info, { identity: y, host: '127.0.0.2' });
+    const a = await rig.agent(info, { identity: x });
+    const b = await rig.agent(info, { identity: y, host: '127.0.0.2' });
     await waitState(a, 'udp');
     await waitState(b, 'udp');
     const answer = await a.client.confirmsPeerAddress(b.wgKey, makeEndpoint(Uint8Array.of(127, 0, 0, 2), 0));
@@ -77,8 +65,8 @@ describe('relay: peer-address queries', () => {
 
   it('one size both ways; a source without a session gets only a shorter notice; over the per-client budget nothing', async () => {
     const info = await start();
-    const a = await agent(info);
-    const b = await agent(info, { host: '127.0.0.2' });
+    const a = await rig.agent(info);
+    const b = await rig.agent(info, { host: '127.0.0.2' });
     await waitState(a, 'udp');
     await waitState(b, 'udp');
     const request = encodePeerAddressRequest(randomBytes(16), b.wgKey, makeEndpoint(Uint8Array.of(127, 0, 0, 2), 9));
@@ -99,8 +87,8 @@ describe('relay: peer-address queries', () => {
 
   it('an answer to a query id we did not send is ignored (someone spoofing the relay cannot name an address)', async () => {
     const info = await start();
-    const a = await agent(info);
-    const b = await agent(info, { host: '127.0.0.2' });
+    const a = await rig.agent(info);
+    const b = await rig.agent(info, { host: '127.0.0.2' });
     await waitState(a, 'udp');
     await waitState(b, 'udp');
     const victim = makeEndpoint(Uint8Array.of(203, 0, 113, 99), 0);

@@ -5,16 +5,11 @@
 // Loopback: agents on 127.0.0.1, M on 127.0.0.2, both relays' servers in this process.
 import { afterEach, describe, expect, it } from 'vitest';
 import dgram, { type RemoteInfo } from 'node:dgram';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { Identity } from '../../src/identity/identity.js';
 import { waitFor } from '../../src/lab/index.js';
 import { FRAME_CHALLENGE, FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_RECV, NOTICE_WRONG_RELAY, encodeChallengeRequest, encodeHello, parseChallenge } from '../../src/relay/protocol.js';
 import { relayNameHash } from '../../src/relay/relay-name.js';
-import { startRelay, type RelayOptions, type RunningRelay } from '../../src/relay/server.js';
-import { FrameReader, UPGRADE_PROTOCOL, encodeTcpFrame } from '../../src/relay/tcp.js';
-import { connect } from 'node:net';
-import { UNNAMED, capturingLog, rawSocket, sleep, startAgent, waitState, type TestAgent } from './harness.js';
+import { RelayRig, UNNAMED, capturingLog, rawSocket, sleep, waitState } from './harness.js';
 
 /** Packets an honest peer at R sends to the agent once M has replayed the agent's hello there. */
 const PACKETS = 10;
@@ -43,42 +38,21 @@ async function maliciousRelay(rPort: number): Promise<{ port: number; acksFromR:
 }
 
 describe('relay hello bound to the relay name the agent dialled', () => {
-  const relays: RunningRelay[] = [];
-  const agents: TestAgent[] = [];
-  const closers: Array<() => void> = [];
-  const servers: Server[] = [];
-
-  async function relay(over: Partial<RelayOptions> = {}): Promise<RunningRelay> {
-    const r = await startRelay({ udp: { host: '127.0.0.1', port: 0 }, ...over });
-    relays.push(r);
-    return r;
-  }
-
-  async function agent(...args: Parameters<typeof startAgent>): Promise<TestAgent> {
-    const a = await startAgent(...args);
-    agents.push(a);
-    return a;
-  }
-
-  afterEach(async () => {
-    for (const a of agents.splice(0)) a.close();
-    for (const c of closers.splice(0)) c();
-    for (const r of relays.splice(0)) await r.stop();
-    for (const h of servers.splice(0)) await new Promise<void>((resolve) => h.close(() => resolve()));
-  });
+  const rig = new RelayRig();
+  afterEach(() => rig.stop());
 
   it('a malicious relay that relays R\'s challenge to the agent and replays its hello to R does not take the agent\'s session at R', async () => {
-    const r = await relay({ names: ['r'] });
-    const rInfo = { udp: `127.0.0.1:${r.udpPort}`, name: 'r' };
+    const { relay: r, udp } = await rig.relay({ names: ['r'] });
+    const rInfo = { udp, name: 'r' };
     const member = Identity.generate();
-    const atR = await agent(rInfo, { identity: member }); // the member's own session at R (its home relay)
-    const peer = await agent(rInfo);
+    const atR = await rig.agent(rInfo, { identity: member }); // the member's own session at R (its home relay)
+    const peer = await rig.agent(rInfo);
     for (const a of [atR, peer]) await waitState(a, 'udp');
 
     // Then the member dials M (a relay the registry advertises as "m", the peer's home, say).
     const m = await maliciousRelay(r.udpPort);
-    closers.push(m.close);
-    const atM = await agent({ udp: `127.0.0.2:${m.port}`, name: 'm' }, { identity: member });
+    rig.closers.push(m.close);
+    const atM = await rig.agent({ udp: `127.0.0.2:${m.port}`, name: 'm' }, { identity: member });
     await waitFor(() => atM.client.state !== 'connecting' || m.acksFromR > 0, { timeoutMs: 4000, intervalMs: 20 }).catch(() => {});
     await sleep(200);
     for (let i = 0; i < PACKETS; i++) peer.client.send(atR.wgKey, Buffer.from(`to member ${i}`));
@@ -93,18 +67,10 @@ describe('relay hello bound to the relay name the agent dialled', () => {
     expect(stats.helloVerifications).toBe(2); // the member's and the peer's own hellos: the replays cost none
   });
 
-  async function relayWithTcp(names: string[]): Promise<{ relay: RunningRelay; udp: string; tcp: string }> {
-    const http = createServer((_req, res) => res.writeHead(404).end());
-    servers.push(http);
-    await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', () => resolve()));
-    const r = await relay({ names, tcpServer: http });
-    return { relay: r, udp: `127.0.0.1:${r.udpPort}`, tcp: `http://127.0.0.1:${(http.address() as AddressInfo).port}/v1/relay` };
-  }
-
   it('an honest agent reaches a named relay by its name over UDP, and over TCP when UDP is blocked; a relay with two names takes either', async () => {
-    const r = await relayWithTcp(['eu1', 'eu1-old']);
-    const overUdp = await agent({ udp: r.udp, tcp: r.tcp, name: 'eu1' });
-    const overTcp = await agent({ udp: r.udp, tcp: r.tcp, name: 'eu1-old' }, { blockUdp: true, udpTimeoutMs: 300 });
+    const r = await rig.relayWithTcp({ names: ['eu1', 'eu1-old'] });
+    const overUdp = await rig.agent({ udp: r.udp, tcp: r.tcp, name: 'eu1' });
+    const overTcp = await rig.agent({ udp: r.udp, tcp: r.tcp, name: 'eu1-old' }, { blockUdp: true, udpTimeoutMs: 300 });
     await waitState(overUdp, 'udp');
     await waitState(overTcp, 'tcp');
     overUdp.client.send(overTcp.wgKey, Buffer.from('udp to tcp'));
@@ -118,9 +84,9 @@ describe('relay hello bound to the relay name the agent dialled', () => {
 
   it('refuses hellos for another name, and a named relay the empty name, without a signature check; a refusal is answered only where the challenge went', async () => {
     const FLOOD = 1000;
-    const r = await relayWithTcp(['r']);
+    const r = await rig.relayWithTcp({ names: ['r'] });
     const raw = await rawSocket();
-    closers.push(raw.close);
+    rig.closers.push(raw.close);
     const challenge = await raw.challenge(r.relay.udpPort);
     // Real signatures over a real challenge for this source: only the name is wrong ("m", or none).
     const hellos = [relayNameHash('m'), UNNAMED].map((name) => encodeHello(Identity.generate(), Date.now(), 0, name, challenge));
@@ -130,30 +96,15 @@ describe('relay hello bound to the relay name the agent dialled', () => {
     }
     // The same from a source the challenge was not made for (another address's): refused, not answered.
     const other = await rawSocket('127.0.0.2');
-    closers.push(other.close);
+    rig.closers.push(other.close);
     for (let i = 0; i < 100; i++) other.send(hellos[0], r.relay.udpPort);
     await waitFor(() => (r.relay.stats().dropped['wrong-relay'] ?? 0) >= FLOOD + 95, { intervalMs: 20, what: `refused hellos (${r.relay.stats().dropped['wrong-relay'] ?? 0})` });
     // Over TCP: the same (a refusal there is answered: the connection proved the source).
-    const tcpInbox: Buffer[] = [];
-    const tcpPort = Number(new URL(r.tcp).port);
-    const socket = connect({ port: tcpPort, host: '127.0.0.1', localAddress: '127.0.0.3' }); // a source whose notice budget the flood did not spend
-    closers.push(() => socket.destroy());
-    const reader = new FrameReader((f) => tcpInbox.push(Buffer.from(f)), () => {});
-    let head = Buffer.alloc(0);
-    let upgraded = false;
-    socket.on('data', (chunk: Buffer) => {
-      if (upgraded) return reader.push(chunk);
-      head = Buffer.concat([head, chunk]);
-      const end = head.indexOf('\r\n\r\n');
-      if (end >= 0) {
-        upgraded = true;
-        if (head.length > end + 4) reader.push(head.subarray(end + 4));
-      }
-    });
-    socket.write(`GET /v1/relay HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: ${UPGRADE_PROTOCOL}\r\n\r\n`);
-    socket.write(encodeTcpFrame(encodeChallengeRequest()));
+    const tcp = await rig.rawTcp(r.tcpPort, '127.0.0.3'); // a source whose notice budget the flood did not spend
+    const tcpInbox = tcp.inbox;
+    tcp.send(encodeChallengeRequest());
     await waitFor(() => tcpInbox.some((f) => f[0] === FRAME_CHALLENGE), { intervalMs: 10, what: 'a challenge over TCP' });
-    socket.write(encodeTcpFrame(encodeHello(Identity.generate(), Date.now(), 0, relayNameHash('m'), parseChallenge(tcpInbox.find((f) => f[0] === FRAME_CHALLENGE)!)!)));
+    tcp.send(encodeHello(Identity.generate(), Date.now(), 0, relayNameHash('m'), parseChallenge(tcpInbox.find((f) => f[0] === FRAME_CHALLENGE)!)!));
     await waitFor(() => tcpInbox.some((f) => f[0] === FRAME_NOTICE && f[1] === NOTICE_WRONG_RELAY), { intervalMs: 10, what: 'a WRONG_RELAY notice over TCP' });
     await sleep(100);
 
@@ -172,11 +123,11 @@ describe('relay hello bound to the relay name the agent dialled', () => {
   });
 
   it('an unnamed relay takes the empty name only: an agent dialling it by a name is refused and says what to change, as one dialling a named relay by another name', async () => {
-    const unnamed = await relay();
-    const named = await relay({ names: ['r'] });
+    const { relay: unnamed } = await rig.relay();
+    const { relay: named } = await rig.relay({ names: ['r'] });
     const logs = [capturingLog(), capturingLog()];
-    const byName = await agent({ udp: `127.0.0.1:${unnamed.udpPort}`, name: 'eu1' }, { log: logs[0] });
-    const byOther = await agent({ udp: `127.0.0.1:${named.udpPort}`, name: 'eu2' }, { log: logs[1] });
+    const byName = await rig.agent({ udp: `127.0.0.1:${unnamed.udpPort}`, name: 'eu1' }, { log: logs[0] });
+    const byOther = await rig.agent({ udp: `127.0.0.1:${named.udpPort}`, name: 'eu2' }, { log: logs[1] });
     const refusal = (l: ReturnType<typeof capturingLog>) => l.lines.find((x) => (x.obj as { event?: string }).event === 'relay-refused');
     await waitFor(() => logs.every(refusal), { timeoutMs: 5000, intervalMs: 20, what: 'both agents refused' });
     for (const l of logs) console.log(`agent log: ${refusal(l)!.msg}`);
@@ -185,7 +136,7 @@ describe('relay hello bound to the relay name the agent dialled', () => {
     expect([byName.client.state, byOther.client.state]).not.toContain('udp');
     expect([unnamed.stats().helloVerifications, named.stats().helloVerifications]).toEqual([0, 0]);
     // Dialled without a name, the unnamed relay takes the agent.
-    const plain = await agent({ udp: `127.0.0.1:${unnamed.udpPort}` });
+    const plain = await rig.agent({ udp: `127.0.0.1:${unnamed.udpPort}` });
     await waitState(plain, 'udp');
   });
 });
