@@ -4,7 +4,7 @@ import { refuse } from './refusals.js';
 
 /**
  * A budget for signatures that fail to verify. Checking an Ed25519 signature is the registry's
- * most expensive step (~0.1–0.4 ms here), and anyone who knows a member's agent ID can send
+ * most expensive step (~40 µs, more on a loaded machine), and anyone who knows a member's agent ID can send
  * requests in that member's name with made-up signatures. Honest agents' signatures verify, so
  * only failures are budgeted: a client address (IPv4, IPv6 /64) whose signatures failed
  * FAILURES_PER_ADDRESS times within the current second, or all addresses together

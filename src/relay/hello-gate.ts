@@ -20,7 +20,7 @@ import { MAX_CLOCK_SKEW_MS, NOTICE_BAD_SIGNATURE, NOTICE_NOT_ALLOWED, NOTICE_STA
  *   5. re-hello: the key's session is already on this transport  (acked as is, changes nothing)
  *   6. the source's verify budget (IPv4 address, IPv6 /64)       (so no source spends the total)
  *   7. the global verify budget
- *   8. the Ed25519 signature                                     (~70 µs)
+ *   8. the Ed25519 signature                                     (~40 µs)
  *
  * Size and version were checked by parseHello before. A hello shed by a budget gets no notice:
  * the client's retransmission (every second) tries again. Past step 1 the source has shown it
