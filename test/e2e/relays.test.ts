@@ -124,6 +124,8 @@ describe.runIf(labReady(['ip', 'iptables', 'curl', 'python3', 'ping']))('several
       return newHome !== home;
     }, { timeoutMs: 30_000, intervalMs: 100, what: "alice's record naming another home relay" });
     const got = await transfer;
+    // The transfer may end before ping's first answer after the kill: ping on until the bound has passed.
+    await sleep(Math.max(0, killedAt + FAILOVER_BOUND_MS - Date.now()));
     pinger.kill('SIGINT'); // ping flushes its output on SIGINT
     await pinger.exited;
     const resumedAfterMs = resumedAfter(readFileSync(pinger.logFile, 'utf8'), killedAt);
