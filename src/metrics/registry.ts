@@ -55,7 +55,9 @@ export class RegistryMetrics {
     gauge('agentvpn_registry_agents_online', 'Agents heard from within the offline period', (s) => s.online);
     gauge('agentvpn_registry_event_subscribers', 'Event streams open now', (s) => s.streams.open);
     counter('agentvpn_registry_event_streams_refused_total', 'Event streams refused past a cap', (s) => s.streams.refused);
-    counter('agentvpn_registry_event_streams_dropped_total', 'Event streams dropped for not taking what they were sent', (s) => s.streams.dropped);
+    gauge('agentvpn_registry_event_subscribers_behind', 'Event streams whose changes wait for a catch-up pass (slow readers)', (s) => s.streams.behind);
+    counter('agentvpn_registry_event_streams_dropped_total', 'Event streams dropped: stalled, or too many removals waiting', (s) => s.streams.dropped);
+    counter('agentvpn_registry_event_catch_up_views_total', 'Agent views sent by catch-up passes instead of queued changes', (s) => s.streams.caughtUp);
     gauge('agentvpn_registry_connections', 'TCP connections open now', (s) => s.connections.open);
     scrapedCounter(this.registry, {
       name: 'agentvpn_registry_connections_refused_total', help: 'TCP connections closed at once past a cap, or evicted (idle) to make room', labelNames: ['why'],

@@ -8,41 +8,60 @@ import { SSE_KEEPALIVE_MS, type AgentChangeKind } from './protocol.js';
  * | ---------- | --------------------------------- | ----------------------------------------- |
  * | snapshot   | {"agents": [AgentView, ...],      | first, once: every agent of the network,  |
  * |            |  "policy": PolicyView | null}     | and the network's policy (null: none)     |
- * | upsert     | {"agent": AgentView}              | an agent published a new record           |
+ * | upsert     | {"agent": AgentView}              | an agent published a new record; or, after |
+ * |            |                                   | the snapshot, one that changed while it   |
+ * |            |                                   | was sent (its current view)               |
  * | online     | {"agent": AgentView}              | an agent was heard from again             |
  * | offline    | {"agent": AgentView}              | an agent left or went silent              |
  * | removed    | {"id": agent ID}                  | an operator removed or blocked an agent   |
  * | policy     | PolicyView {"version", "policy"}  | an operator set a new policy              |
  * | (comment)  | ": keep-alive"                    | every SSE_KEEPALIVE_MS                    |
  *
- * Memory per subscriber is bounded whatever it does. The snapshot is written a chunk at a time,
- * each when the one before has been taken by the network (never as one string per subscriber);
- * it walks the network's live agent map, so it costs no copy of the fleet. Changes wait behind
- * it, and later sit in the socket's queue, up to MAX_UNSENT_CHARS; past that, or when nothing
- * is taken for a whole keep-alive period while bytes wait, the subscriber is dropped: it
- * reconnects and starts again from a fresh snapshot. Streams are capped per credential (an
- * agent, a join token) and in total; a credential that stops being valid loses its streams.
+ * Memory per subscriber is bounded whatever it does, and a slow reader loses nothing. The snapshot
+ * is written a chunk at a time, each when the one before has been taken by the network; it walks
+ * the network's live agent map, so it costs no copy of the fleet. The hub stamps every agent
+ * change with a sequence number. Changes are written as they come while the socket takes them;
+ * while a snapshot is being written, or once MAX_UNSENT_CHARS wait unsent, the subscriber is
+ * "behind": its agent changes are not queued at all, and when the socket drains a catch-up pass
+ * over the same map sends, as `upsert`, the current view of each agent changed since. So a
+ * fleet-wide wave (every agent going offline at once) costs a subscriber no memory and ends in
+ * one view per agent, however big the fleet. Removals and policies made while it is behind wait
+ * in order (the agent is gone from the map), up to MAX_UNSENT_CHARS. A subscriber is dropped only
+ * when those pass the bound, or when nothing is taken for a whole keep-alive period while bytes
+ * wait: it reconnects and starts again from a fresh snapshot. Streams are capped per credential
+ * (an agent, a join token) and in total; a credential that stops being valid loses its streams.
  */
 
-/** A snapshot is written in pieces of about this many characters (Node's stream buffer is 16 KiB). */
+/** A snapshot or catch-up pass is written in pieces of about this many characters (Node's stream buffer is 16 KiB). */
 const SNAPSHOT_CHUNK_CHARS = 16 * 1024;
 /** How long a closed stream may take to flush its last events before it is destroyed. */
 const CLOSE_GRACE_MS = 1_000;
 /**
- * A subscriber may have this much not yet taken by the network (in our queue, beyond what the
- * kernel's socket buffers hold): a burst of ~1,000 record changes. Queued frames are strings
- * shared by every subscriber, so what this costs in memory is mostly references.
+ * A subscriber may have this much written but not yet taken by the network (beyond what the
+ * kernel's socket buffers hold) before it is behind: a burst of ~1,000 record changes. Also the
+ * bound on removals and policies waiting while it is behind.
  */
 const MAX_UNSENT_CHARS = 1024 * 1024;
 
 /** Something whose current view can be sent: a fleet-state Entry. */
 export interface Viewable {
   readonly json: string;
+  /** The hub's sequence number of its latest change (0: none since the registry started). */
+  eventSeq: number;
 }
 
 export type SubscribeResult =
   | { ok: true }
   | { ok: false; code: 'TOO_MANY_STREAMS' | 'STREAMS_FULL'; message: string };
+
+export interface StreamStats {
+  open: number;
+  behind: number;
+  unsentChars: number;
+  refused: number;
+  dropped: number;
+  caughtUp: number;
+}
 
 export interface StreamLimits {
   streams: number;
@@ -50,20 +69,28 @@ export interface StreamLimits {
 }
 
 class Subscriber {
-  /** The snapshot still to send (a live iterator over the network's agents), or null once sent. */
-  snapshot: Iterator<Viewable> | null;
+  /** The pass over the network's live agent map being written: the snapshot first, later catch-ups; null when none. */
+  pass: Iterator<Viewable> | null;
+  inSnapshot = true;
   sentAny = false;
-  /** Frames waiting behind the snapshot. */
-  pending: string[] = [];
-  pendingChars = 0;
+  /** Non-null while behind: agent changes after this sequence number were not written and wait for a catch-up. */
+  behindFrom: number | null;
+  /** The catch-up pass being written sends agents whose latest change is in (passFrom, passTo]. */
+  passFrom = 0;
+  passTo = 0;
+  /** Removals and policies while behind, as frames, in order. */
+  waiting: string[] = [];
+  waitingChars = 0;
   /** Writes the network has taken (their callbacks ran): how a stall is told from a slow reader. */
   progress = 0;
   progressAtLastTick = 0;
   expiry: NodeJS.Timeout | undefined;
 
-  /** `tail`: the snapshot's fields after the agents (read when the last agent has been written). */
-  constructor(readonly network: string, readonly credential: string, readonly res: ServerResponse, snapshot: Iterator<Viewable>, readonly tail: () => string) {
-    this.snapshot = snapshot;
+  /** `agents`: a fresh pass over the network's agents; `tail`: the snapshot's fields after them (read at its end). */
+  constructor(readonly network: string, readonly credential: string, readonly res: ServerResponse, readonly agents: () => Iterable<Viewable>,
+    readonly tail: () => string, seq: number) {
+    this.pass = agents()[Symbol.iterator]();
+    this.behindFrom = seq;
   }
 }
 
@@ -71,13 +98,16 @@ export class EventHub {
   private readonly byNetwork = new Map<string, Set<Subscriber>>();
   private readonly byCredential = new Map<string, Set<Subscriber>>();
   private count = 0;
-  private readonly counts = { refused: 0, dropped: 0 };
+  private readonly counts = { refused: 0, dropped: 0, caughtUp: 0 };
+  /** Sequence number of the latest change published (stamped on its Viewable). */
+  private seq = 0;
   private keepAlive: NodeJS.Timeout | undefined;
 
-  constructor(private readonly limits: StreamLimits) {}
+  /** `keepAliveMs`: also the stall period (shorter in tests). */
+  constructor(private readonly limits: StreamLimits, private readonly keepAliveMs = SSE_KEEPALIVE_MS) {}
 
   start(): void {
-    this.keepAlive = setInterval(() => this.tick(), SSE_KEEPALIVE_MS);
+    this.keepAlive = setInterval(() => this.tick(), this.keepAliveMs);
     this.keepAlive.unref();
   }
 
@@ -86,8 +116,20 @@ export class EventHub {
     for (const set of this.byNetwork.values()) for (const s of set) s.res.end();
   }
 
-  stats(): { open: number; refused: number; dropped: number } {
-    return { open: this.count, ...this.counts };
+  /**
+   * `behind`: subscribers whose changes wait for a catch-up now; `unsentChars`: what the streams
+   * hold written but not yet taken by the network; `caughtUp`: agent views catch-up passes sent.
+   */
+  stats(): StreamStats {
+    let behind = 0;
+    let unsentChars = 0;
+    for (const set of this.byNetwork.values()) {
+      for (const s of set) {
+        if (s.behindFrom !== null && !s.inSnapshot) behind++;
+        unsentChars += s.res.writableLength + s.waitingChars;
+      }
+    }
+    return { open: this.count, behind, unsentChars, ...this.counts };
   }
 
   /**
@@ -107,15 +149,16 @@ export class EventHub {
   }
 
   /**
-   * Turns `res` into an event stream for `network`, starting with a snapshot of `agents` and
-   * the network's policy (`policyJson`: a PolicyView as JSON, or "null"). `credential` names who
+   * Turns `res` into an event stream for `network`, starting with a snapshot of `agents` (called
+   * for each pass over the network's live agents: the snapshot, the catch-up) and the network's
+   * policy (`policyJson`: a PolicyView as JSON, or "null"). `credential` names who
    * authorized it ("agent:ID", "token:HASH"); the stream is closed at `expiresAt` (the
    * credential's end) when given.
    */
-  subscribe(network: string, credential: string, res: ServerResponse, agents: Iterable<Viewable>, policyJson: () => string, expiresAt: number | null): SubscribeResult {
+  subscribe(network: string, credential: string, res: ServerResponse, agents: () => Iterable<Viewable>, policyJson: () => string, expiresAt: number | null): SubscribeResult {
     const room = this.roomFor(credential);
     if (!room.ok) return room;
-    const s = new Subscriber(network, credential, res, agents[Symbol.iterator](), () => `],"policy":${policyJson()}}`);
+    const s = new Subscriber(network, credential, res, agents, () => `],"policy":${policyJson()}}`, this.seq);
     this.add(s);
     res.once('close', () => this.remove(s));
     if (expiresAt !== null) this.closeAt(s, expiresAt);
@@ -126,26 +169,45 @@ export class EventHub {
     return { ok: true };
   }
 
-  /** Sends a change to the network's subscribers; `agent` is the agent view as JSON text. */
-  publish(network: string, kind: AgentChangeKind, agent: string): void {
-    this.publishEvent(network, kind, `{"agent":${agent}}`);
+  /** Sends an agent's change to the network's subscribers; one that is behind gets it from its catch-up. */
+  publish(network: string, kind: AgentChangeKind, agent: Viewable): void {
+    agent.eventSeq = ++this.seq;
+    const set = this.byNetwork.get(network);
+    if (!set) return;
+    const text = frame(kind, `{"agent":${agent.json}}`);
+    for (const s of set) if (s.behindFrom === null && !gone(s) && !this.fallsBehind(s, text, this.seq - 1)) this.write(s, text);
   }
 
   /** An agent left the network for good: peers drop it. */
   publishRemoved(network: string, id: string): void {
-    this.publishEvent(network, 'removed', JSON.stringify({ id }));
+    this.publishInOrder(network, frame('removed', JSON.stringify({ id })), false);
   }
 
-  /** A new policy (`policyJson`: a PolicyView as JSON). */
+  /** A new policy (`policyJson`: a PolicyView as JSON); a snapshot still being written ends with it anyway. */
   publishPolicy(network: string, policyJson: string): void {
-    this.publishEvent(network, 'policy', policyJson);
+    this.publishInOrder(network, frame('policy', policyJson), true);
   }
 
-  private publishEvent(network: string, event: string, data: string): void {
-    const set = this.byNetwork.get(network);
-    if (!set) return;
-    const text = frame(event, data);
-    for (const s of set) this.send(s, text);
+  /** A frame that no pass over the agent map can stand for: written, or kept in order while behind. */
+  private publishInOrder(network: string, text: string, snapshotCovers: boolean): void {
+    for (const s of this.byNetwork.get(network) ?? []) {
+      if (gone(s) || (snapshotCovers && s.inSnapshot)) continue;
+      if (s.behindFrom === null && !this.fallsBehind(s, text, this.seq)) {
+        this.write(s, text);
+        continue;
+      }
+      s.waiting.push(text);
+      s.waitingChars += text.length;
+      if (s.waitingChars > MAX_UNSENT_CHARS) this.drop(s);
+    }
+  }
+
+  /** Whether `text` would pass a live subscriber's bound: if so it is behind from `seq` on, until the socket drains. */
+  private fallsBehind(s: Subscriber, text: string, seq: number): boolean {
+    if (s.res.writableLength + text.length <= MAX_UNSENT_CHARS) return false;
+    s.behindFrom = seq;
+    s.res.once('drain', () => this.pump(s));
+    return true;
   }
 
   /** Closes every stream a credential opened (a join token that was just used up, a removed agent). */
@@ -175,44 +237,68 @@ export class EventHub {
     }
   }
 
-  /** Writes the next snapshot pieces while the socket takes them; then what waited behind. */
+  /**
+   * Writes the pass under way a chunk at a time while the socket takes them; after it, what
+   * waited, then a catch-up pass for changes made meanwhile, until none is left and the
+   * subscriber is live again.
+   */
   private pump(s: Subscriber): void {
-    while (s.snapshot && !gone(s)) {
-      const parts: string[] = [];
-      let chars = 0;
-      let done = false;
-      while (chars < SNAPSHOT_CHUNK_CHARS) {
-        const next = s.snapshot.next();
-        if (next.done) {
-          done = true;
-          break;
+    while (!gone(s)) {
+      if (s.pass) {
+        const { text, done } = s.inSnapshot ? this.snapshotChunk(s, s.pass) : this.catchUpChunk(s, s.pass);
+        if (!done) {
+          if (!this.write(s, text)) return void s.res.once('drain', () => this.pump(s));
+          continue;
         }
-        parts.push(next.value.json);
-        chars += next.value.json.length;
+        this.write(s, s.inSnapshot ? `${text}${s.tail()}\n\n` : text);
+        s.inSnapshot = false;
+        s.pass = null;
       }
-      const text = (s.sentAny && parts.length ? ',' : '') + parts.join(',');
-      s.sentAny ||= parts.length > 0;
-      if (!done) {
-        if (!this.write(s, text)) return void s.res.once('drain', () => this.pump(s));
-        continue;
+      if (s.waiting.length > 0) {
+        this.write(s, s.waiting.join(''));
+        s.waiting = [];
+        s.waitingChars = 0;
       }
-      s.snapshot = null;
-      this.write(s, `${text}${s.tail()}\n\n${s.pending.join('')}`);
-      s.pending = [];
-      s.pendingChars = 0;
+      if (s.behindFrom === null) return;
+      if (s.behindFrom === this.seq) {
+        s.behindFrom = null; // caught up: live again
+        return;
+      }
+      [s.passFrom, s.passTo, s.behindFrom] = [s.behindFrom, this.seq, this.seq];
+      s.pass = s.agents()[Symbol.iterator]();
     }
   }
 
-  private send(s: Subscriber, text: string): void {
-    if (gone(s)) return;
-    if (s.snapshot) {
-      s.pending.push(text);
-      s.pendingChars += text.length;
-      if (s.pendingChars > MAX_UNSENT_CHARS) this.drop(s);
-    } else if (s.res.writableLength + text.length > MAX_UNSENT_CHARS) {
-      this.drop(s);
-    } else {
-      this.write(s, text);
+  /** The next piece of the snapshot's agent array. */
+  private snapshotChunk(s: Subscriber, pass: Iterator<Viewable>): { text: string; done: boolean } {
+    const parts: string[] = [];
+    let chars = 0;
+    let done = false;
+    while (chars < SNAPSHOT_CHUNK_CHARS) {
+      const next = pass.next();
+      if (next.done) {
+        done = true;
+        break;
+      }
+      parts.push(next.value.json);
+      chars += next.value.json.length;
+    }
+    const text = (s.sentAny && parts.length ? ',' : '') + parts.join(',');
+    s.sentAny ||= parts.length > 0;
+    return { text, done };
+  }
+
+  /** The next catch-up frames: agents whose latest change is in the pass's range (a later one waits for the next pass). */
+  private catchUpChunk(s: Subscriber, pass: Iterator<Viewable>): { text: string; done: boolean } {
+    let text = '';
+    for (;;) {
+      if (text.length >= SNAPSHOT_CHUNK_CHARS) return { text, done: false };
+      const next = pass.next();
+      if (next.done) return { text, done: true };
+      const seq = next.value.eventSeq;
+      if (seq <= s.passFrom || seq > s.passTo) continue;
+      text += frame('upsert', `{"agent":${next.value.json}}`);
+      this.counts.caughtUp++;
     }
   }
 
@@ -240,7 +326,7 @@ export class EventHub {
         const stalled = s.res.writableLength > 0 && s.progress === s.progressAtLastTick;
         s.progressAtLastTick = s.progress;
         if (stalled) this.drop(s);
-        else if (!s.snapshot) this.send(s, ': keep-alive\n\n');
+        else if (s.behindFrom === null && s.res.writableLength === 0) this.write(s, ': keep-alive\n\n');
       }
     }
   }

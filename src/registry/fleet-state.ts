@@ -15,6 +15,8 @@ export class Entry {
   readonly caps: Capability[];
   /** Liveness changed since it was last written to the store. */
   dirty = false;
+  /** Stamped by the event hub when it publishes a change of this entry (events.ts: the catch-up). */
+  eventSeq = 0;
   private current: AgentView;
   private encoded: string | undefined;
 

@@ -68,7 +68,7 @@ export function readRoutes(ctx: RouteContext): Route[] {
     if (!room.ok) refuse(room.code, room.message);
     const credential = await authorizeRead(c.req, network, c.now, authority);
     const state = fleet.net(network);
-    const result = hub.subscribe(network, credential.key, c.res, state.agents.values(), () => state.policyJson, credential.expiresAt);
+    const result = hub.subscribe(network, credential.key, c.res, () => state.agents.values(), () => state.policyJson, credential.expiresAt);
     if (!result.ok) refuse(result.code, result.message);
   };
 

@@ -218,7 +218,7 @@ export async function startRegistry<S = never>(opts: RegistryOptions<S>): Promis
 
   const emit = (network: string, kind: AgentChangeKind, entry: Entry, id: string) => {
     log.info({ network, id, name: entry.view.record.name, event: kind }, `agent ${kind}`);
-    hub.publish(network, kind, entry.json);
+    hub.publish(network, kind, entry);
   };
 
   const stats = (): RegistryStats<S> => {

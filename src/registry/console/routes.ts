@@ -114,7 +114,7 @@ export function consoleRoutes(ctx: ConsoleContext): { routes: Route[]; section: 
     const s = sessionOf(c.req, c.now);
     const network = networkOf(c);
     const net = ctx.fleet.net(network);
-    const result = ctx.hub.subscribe(network, `console:${s.key}`, c.res, net.agents.values(), () => net.policyJson, s.expiresAt);
+    const result = ctx.hub.subscribe(network, `console:${s.key}`, c.res, () => net.agents.values(), () => net.policyJson, s.expiresAt);
     if (!result.ok) refuse(result.code, result.message);
   };
 
