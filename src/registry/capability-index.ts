@@ -12,11 +12,16 @@ import type { Capability } from '../net/capabilities.js';
  *
  * A query's candidates are the smallest set among the keys it names (every match is in each of
  * them); the caller still checks each candidate with capabilityMatches. Each set keeps its IDs
- * sorted on demand (cached until the set changes), so pages come out in a stable order: by ID.
+ * sorted on demand (changes merged in when asked), so pages come out in a stable order: by ID.
  */
 export class IdSet {
   private readonly ids = new Set<string>();
-  private sortedIds: string[] | null = [];
+  /** The IDs in ascending order as of the last merge; some may have been deleted since. */
+  private sortedIds: string[] = [];
+  /** IDs added since the last merge, unsorted (an ID added, deleted and added again is here twice). */
+  private added: string[] = [];
+  /** Whether an ID was deleted since the last merge. */
+  private deleted = false;
 
   get size(): number {
     return this.ids.size;
@@ -25,34 +30,46 @@ export class IdSet {
   add(id: string): void {
     if (this.ids.has(id)) return;
     this.ids.add(id);
-    this.sortedIds?.splice(this.position(id), 0, id);
+    this.added.push(id);
+    // Bounded: a member that churns its capabilities cannot grow `added` past the set's size.
+    if (this.added.length > Math.max(MIN_UNMERGED, this.ids.size)) this.merge();
   }
 
   delete(id: string): void {
-    if (this.ids.delete(id)) this.sortedIds?.splice(this.position(id), 1);
+    if (this.ids.delete(id)) this.deleted = true;
   }
 
   /**
-   * The IDs in ascending order, sorted once and then kept in order by each change (a move of
-   * memory, no sort): a member that churns its capabilities cannot make every list re-sort.
+   * The IDs in ascending order. Changes are merged in on demand: the IDs added since are sorted
+   * among themselves and merged with the sorted array (O(n + k log k) for k changes, no re-sort of
+   * the whole set), so adding costs O(1) and a member that churns its capabilities cannot make
+   * every list re-sort. A returned array is never changed afterwards.
    */
   sorted(): readonly string[] {
-    return (this.sortedIds ??= [...this.ids].sort());
+    if (this.added.length > 0 || this.deleted) this.merge();
+    return this.sortedIds;
   }
 
-  /** Where `id` is, or would go, in the sorted array (binary search). */
-  private position(id: string): number {
-    const a = this.sortedIds!;
-    let lo = 0;
-    let hi = a.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (a[mid] < id) lo = mid + 1;
-      else hi = mid;
+  private merge(): void {
+    const ids = this.ids;
+    const old = this.deleted ? this.sortedIds.filter((id) => ids.has(id)) : this.sortedIds;
+    const fresh = this.added.filter((id) => ids.has(id)).sort();
+    const out: string[] = [];
+    let i = 0;
+    let j = 0;
+    // Both runs are sorted; an ID in both (deleted, then added again), or twice in `fresh`, is kept once.
+    while (i < old.length || j < fresh.length) {
+      const next = j >= fresh.length || (i < old.length && old[i] <= fresh[j]) ? old[i++] : fresh[j++];
+      if (out.length === 0 || out[out.length - 1] !== next) out.push(next);
     }
-    return lo;
+    this.sortedIds = out;
+    this.added = [];
+    this.deleted = false;
   }
 }
+
+/** Below this many unmerged additions a set does not merge before it is asked for its order. */
+const MIN_UNMERGED = 1024;
 
 /** The index keys an agent's capability is filed under (the table above). */
 export function indexKeys(c: Capability): string[] {
@@ -71,15 +88,19 @@ export class CapabilityIndex {
    * An emptied key is dropped: keys never outnumber what agents hold now.
    */
   replace(id: string, before: readonly Capability[], now: readonly Capability[]): void {
-    const kept = new Set(now.flatMap(indexKeys));
-    for (const key of before.flatMap(indexKeys)) {
-      if (kept.has(key)) continue;
-      const set = this.byKey.get(key);
-      if (!set) continue;
-      set.delete(id);
-      if (set.size === 0) this.byKey.delete(key);
+    const keys = now.flatMap(indexKeys);
+    if (before.length > 0) {
+      const kept = new Set(keys);
+      for (const key of before.flatMap(indexKeys)) {
+        if (kept.has(key)) continue;
+        const set = this.byKey.get(key);
+        if (!set) continue;
+        set.delete(id);
+        if (set.size === 0) this.byKey.delete(key);
+      }
     }
-    for (const key of kept) {
+    // A key named twice (two versions of one capability) is added once: IdSet.add ignores the second.
+    for (const key of keys) {
       let set = this.byKey.get(key);
       if (!set) this.byKey.set(key, (set = new IdSet()));
       set.add(id);
