@@ -2,7 +2,7 @@ import { Identity, verifySignature } from '../identity/identity.js';
 import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import { overlayIPv6 } from '../identity/addresses.js';
 import { verifyKeyChain } from '../identity/rotation.js';
-import { formatAddress, parseAddress } from '../ip/prefix.js';
+import { parseAddress } from '../ip/prefix.js';
 import { formatCapability, parseCapability, MAX_CAPABILITIES } from '../net/capabilities.js';
 import { NAME_PATTERN, NETWORK_PATTERN } from '../net/names.js';
 
@@ -178,7 +178,8 @@ export function verifyRecord(signed: RecordWithChain, opts: { network?: string; 
   if (!idKey) return fail('MALFORMED_RECORD', 'id is not a valid agent ID');
   const idKeyText = Buffer.from(idKey).toString('base64');
   if (r.key === idKeyText) return fail('MALFORMED_RECORD', 'key is the agent ID key: leave it out');
-  if (formatAddress(overlayIPv6(r.network, idKey)) !== formatAddress(parseAddress(r.ipv6)!)) {
+  // Bytes, not texts: the record's address may be written in any valid form (shapeProblem parsed it).
+  if (!Buffer.from(overlayIPv6(r.network, idKey)).equals(parseAddress(r.ipv6)!)) {
     return fail('KEY_MISMATCH', 'ipv6 is not the address derived from the agent ID key');
   }
   if (opts.network !== undefined && r.network !== opts.network) return fail('WRONG_NETWORK', `record is for network ${r.network}`);

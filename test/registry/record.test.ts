@@ -20,6 +20,20 @@ describe('signed agent records', () => {
     expect(verifyRecord(signRecord(id, recordFor(id)), { network: 'lab' })).toEqual({ ok: true });
   });
 
+  it('take the derived ipv6 in any valid spelling, and refuse one that differs in a single bit', () => {
+    const id = Identity.generate();
+    const addr = overlayIPv6('lab', id.publicKey);
+    const groups = Array.from({ length: 8 }, (_, i) => ((addr[2 * i] << 8) | addr[2 * i + 1]).toString(16).padStart(4, '0'));
+    for (const spelling of [groups.join(':'), groups.join(':').toUpperCase()]) {
+      expect(verifyRecord(signRecord(id, recordFor(id, { ipv6: spelling })))).toEqual({ ok: true });
+    }
+    for (const bit of [0, 47, 48, 127]) {
+      const wrong = Uint8Array.from(addr);
+      wrong[bit >> 3] ^= 0x80 >> (bit & 7);
+      expect(verifyRecord(signRecord(id, recordFor(id, { ipv6: formatAddress(wrong) }))).problem).toBe('KEY_MISMATCH');
+    }
+  });
+
   it('refuse tampering, foreign signatures, mismatched keys, expiry and bad shapes', () => {
     const id = Identity.generate();
     const other = Identity.generate();
