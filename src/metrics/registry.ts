@@ -73,6 +73,16 @@ export class RegistryMetrics {
       name: 'agentvpn_registry_refused_total', help: 'Requests refused, by error code (src/registry/refusals.ts)', labelNames: ['code'],
       fill: (emit) => Object.entries(read()?.refused ?? {}).forEach(([code, v]) => emit({ code }, v)),
     });
+    gauge('agentvpn_registry_change_feed_connected', 'On PostgreSQL: 1 while the change feed listens (0 while it reconnects)', (s) => (s.changeFeed?.connected ? 1 : 0));
+    scrapedCounter(this.registry, {
+      name: 'agentvpn_registry_change_feed_notifications_total', labelNames: ['result'],
+      help: 'On PostgreSQL: change notifications received, by result (own: skipped; applied; forged: bad MAC, dropped; unauthenticated: no MAC; malformed)',
+      fill: (emit) => {
+        const f = read()?.changeFeed;
+        if (!f) return;
+        for (const result of ['own', 'applied', 'forged', 'unauthenticated', 'malformed'] as const) emit({ result }, f[result]);
+      },
+    });
     gauge('agentvpn_registry_relay_sessions', 'Agents registered with the built-in relay now', (s) => s.relay?.clients ?? 0);
     registerRelayMetrics(this.registry, () => read()?.relay ?? null);
     collectDefaultMetrics({ register: this.registry });

@@ -7,7 +7,7 @@ import { Entry, type Fleet, type NetworkState } from './fleet-state.js';
 import type { OperatorSync } from './operator-sync.js';
 import { CHANGE_CHANNEL } from './pg-migrations.js';
 import type { PgStore } from './pg-store.js';
-import type { AgentChangeKind } from './protocol.js';
+import type { AgentChangeKind, ChangeFeedStats } from './protocol.js';
 import type { AgentRecord, SignedRecord } from './record.js';
 import type { Member, StoredKeyChain } from './store.js';
 import { parseStoredTags } from './tags.js';
@@ -180,24 +180,6 @@ export interface FollowContext {
   emit(network: string, kind: AgentChangeKind, entry: Entry, id: string): void;
 }
 
-export interface ChangeFeedStats {
-  connected: boolean;
-  received: number;
-  /** Written by this instance: skipped unparsed. */
-  own: number;
-  applied: number;
-  /** Applied from what the notification carried, reading nothing. */
-  carried: number;
-  /** Rows re-read for one change (short form, rename, missing member, longer key chain, older than an action, no key). */
-  reads: number;
-  malformed: number;
-  /** A MAC that does not match: dropped. */
-  forged: number;
-  /** No MAC while we hold the key: re-read within a budget, dropped past it (actions excepted). */
-  unauthenticated: number;
-  reconnects: number;
-  resyncs: number;
-}
 
 interface Pending {
   change: Change;

@@ -177,6 +177,28 @@ export interface RegistryStats<Relay = unknown> {
   relay: Relay | null;
   /** The witness of agents' audit logs. */
   audit: AuditStats;
+  /** On PostgreSQL: the change feed that follows the other instances (pg-change-feed.ts); null on SQLite. */
+  changeFeed: ChangeFeedStats | null;
+}
+
+/** The PostgreSQL change feed's counters: notifications received, by what became of them. */
+export interface ChangeFeedStats {
+  connected: boolean;
+  received: number;
+  /** Written by this instance: skipped unparsed. */
+  own: number;
+  applied: number;
+  /** Applied from what the notification carried, reading nothing. */
+  carried: number;
+  /** Rows re-read for one change (short form, rename, missing member, longer key chain, older than an action, no key). */
+  reads: number;
+  malformed: number;
+  /** A MAC that does not match: dropped. */
+  forged: number;
+  /** No MAC while we hold the key: re-read within a budget, dropped past it (actions excepted). */
+  unauthenticated: number;
+  reconnects: number;
+  resyncs: number;
 }
 
 export interface AuditStats {

@@ -232,7 +232,7 @@ export async function startRegistry<S = never>(opts: RegistryOptions<S>): Promis
     }
     return {
       agents, online, refused: { ...counters.refused }, requests: counters.requests, connections: guard.stats(), streams: hub.stats(), relay: opts.builtInRelay?.stats() ?? null,
-      audit: audit.stats(),
+      audit: audit.stats(), changeFeed: feed?.stats() ?? null,
     };
   };
 

@@ -91,6 +91,15 @@ describe.runIf(canRun)('registry instances on one PostgreSQL follow each other',
       }
       console.log(`propagation instance 1 -> instance 2's stream, 20 publishes: p50 ${quantile(lags, 0.5)} ms, max ${Math.max(...lags)} ms`);
       expect(Math.max(...lags)).toBeLessThan(1_000);
+      // Operators see the feed in /v1/stats: instance 2 applied instance 1's joins and publishes; 1 skipped its own.
+      const feedOf = async (r: RunningRegistry) => ((await (await fetch(`${r.url}/v1/stats?network=${NET}`, { headers: { authorization: `Bearer ${token}` } })).json()) as {
+        changeFeed: { connected: boolean; own: number; applied: number; forged: number };
+      }).changeFeed;
+      const [feedOne, feedTwo] = [await feedOf(one), await feedOf(two)];
+      console.log(`/v1/stats changeFeed: instance 1 ${JSON.stringify(feedOne)}; instance 2 ${JSON.stringify(feedTwo)}`);
+      expect(feedTwo).toMatchObject({ connected: true, forged: 0 });
+      expect(feedTwo.applied).toBeGreaterThanOrEqual(40);
+      expect(feedOne.own).toBeGreaterThanOrEqual(40);
     } finally {
       stream.close();
     }
