@@ -73,7 +73,14 @@ export class RegistryMetrics {
       name: 'agentvpn_registry_refused_total', help: 'Requests refused, by error code (src/registry/refusals.ts)', labelNames: ['code'],
       fill: (emit) => Object.entries(read()?.refused ?? {}).forEach(([code, v]) => emit({ code }, v)),
     });
-    gauge('agentvpn_registry_change_feed_connected', 'On PostgreSQL: 1 while the change feed listens (0 while it reconnects)', (s) => (s.changeFeed?.connected ? 1 : 0));
+    // The change feed exists on PostgreSQL only: no series at all on SQLite (a 0 would read as "down").
+    scrapedGauge(this.registry, {
+      name: 'agentvpn_registry_change_feed_connected', help: 'On PostgreSQL: 1 while the change feed listens, 0 while it reconnects',
+      fill: (emit) => {
+        const f = read()?.changeFeed;
+        if (f) emit({}, f.connected ? 1 : 0);
+      },
+    });
     scrapedCounter(this.registry, {
       name: 'agentvpn_registry_change_feed_notifications_total', labelNames: ['result'],
       help: 'On PostgreSQL: change notifications received, by result (own: skipped; applied; forged: bad MAC, dropped; unauthenticated: no MAC; malformed)',
@@ -81,6 +88,13 @@ export class RegistryMetrics {
         const f = read()?.changeFeed;
         if (!f) return;
         for (const result of ['own', 'applied', 'forged', 'unauthenticated', 'malformed'] as const) emit({ result }, f[result]);
+      },
+    });
+    scrapedCounter(this.registry, {
+      name: 'agentvpn_registry_change_feed_reconnects_total', help: 'On PostgreSQL: times the change feed lost its LISTEN connection and came back (each re-reads the fleet)',
+      fill: (emit) => {
+        const f = read()?.changeFeed;
+        if (f) emit({}, f.reconnects);
       },
     });
     gauge('agentvpn_registry_relay_sessions', 'Agents registered with the built-in relay now', (s) => s.relay?.clients ?? 0);

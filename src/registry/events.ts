@@ -15,21 +15,22 @@ import { SSE_KEEPALIVE_MS, type AgentChangeKind } from './protocol.js';
  * | offline    | {"agent": AgentView}              | an agent left or went silent              |
  * | removed    | {"id": agent ID}                  | an operator removed or blocked an agent   |
  * | policy     | PolicyView {"version", "policy"}  | an operator set a new policy              |
- * | (comment)  | ": keep-alive"                    | every SSE_KEEPALIVE_MS                    |
+ * | (comment)  | ": keep-alive"                    | every SSE_KEEPALIVE_MS, when nothing waits |
  *
  * Memory per subscriber is bounded whatever it does, and a slow reader loses nothing. The snapshot
  * is written a chunk at a time, each when the one before has been taken by the network; it walks
  * the network's live agent map, so it costs no copy of the fleet. The hub stamps every agent
- * change with a sequence number. Changes are written as they come while the socket takes them;
- * while a snapshot is being written, or once MAX_UNSENT_CHARS wait unsent, the subscriber is
- * "behind": its agent changes are not queued at all, and when the socket drains a catch-up pass
- * over the same map sends, as `upsert`, the current view of each agent changed since. So a
- * fleet-wide wave (every agent going offline at once) costs a subscriber no memory and ends in
- * one view per agent, however big the fleet. Removals and policies made while it is behind wait
- * in order (the agent is gone from the map), up to MAX_UNSENT_CHARS. A subscriber is dropped only
- * when those pass the bound, or when nothing is taken for a whole keep-alive period while bytes
- * wait: it reconnects and starts again from a fresh snapshot. Streams are capped per credential
- * (an agent, a join token) and in total; a credential that stops being valid loses its streams.
+ * change with a sequence number (per network). Changes are written as they come while the socket
+ * takes them; while a snapshot is being written, or once MAX_UNSENT_CHARS wait unsent, the
+ * subscriber is "behind": its agent changes are not queued at all, and when the socket drains a
+ * catch-up pass over the same map sends, as `upsert`, the current view of each agent changed
+ * since. So a fleet-wide wave (every agent going offline at once) ends in one view per agent,
+ * however big the fleet. Removals and policies made while it is behind wait in order (the agent
+ * is gone from the map), up to MAX_UNSENT_CHARS more: a stream holds at most ~2 MiB. A subscriber
+ * is dropped only when those pass the bound, or when nothing is taken for a whole keep-alive
+ * period while bytes wait: it reconnects and starts again from a fresh snapshot. Streams are
+ * capped per credential (an agent, a join token) and in total; a credential that stops being
+ * valid loses its streams.
  */
 
 /** A snapshot or catch-up pass is written in pieces of about this many characters (Node's stream buffer is 16 KiB). */
@@ -99,8 +100,8 @@ export class EventHub {
   private readonly byCredential = new Map<string, Set<Subscriber>>();
   private count = 0;
   private readonly counts = { refused: 0, dropped: 0, caughtUp: 0 };
-  /** Sequence number of the latest change published (stamped on its Viewable). */
-  private seq = 0;
+  /** Per network: the sequence number of its latest change (stamped on the Viewable changed). */
+  private readonly seqs = new Map<string, number>();
   private keepAlive: NodeJS.Timeout | undefined;
 
   /** `keepAliveMs`: also the stall period (shorter in tests). */
@@ -125,6 +126,7 @@ export class EventHub {
     let unsentChars = 0;
     for (const set of this.byNetwork.values()) {
       for (const s of set) {
+        if (gone(s)) continue; // closing: its 'close' event has not run yet
         if (s.behindFrom !== null && !s.inSnapshot) behind++;
         unsentChars += s.res.writableLength + s.waitingChars;
       }
@@ -158,7 +160,7 @@ export class EventHub {
   subscribe(network: string, credential: string, res: ServerResponse, agents: () => Iterable<Viewable>, policyJson: () => string, expiresAt: number | null): SubscribeResult {
     const room = this.roomFor(credential);
     if (!room.ok) return room;
-    const s = new Subscriber(network, credential, res, agents, () => `],"policy":${policyJson()}}`, this.seq);
+    const s = new Subscriber(network, credential, res, agents, () => `],"policy":${policyJson()}}`, this.seqOf(network));
     this.add(s);
     res.once('close', () => this.remove(s));
     if (expiresAt !== null) this.closeAt(s, expiresAt);
@@ -171,11 +173,17 @@ export class EventHub {
 
   /** Sends an agent's change to the network's subscribers; one that is behind gets it from its catch-up. */
   publish(network: string, kind: AgentChangeKind, agent: Viewable): void {
-    agent.eventSeq = ++this.seq;
+    const seq = this.seqOf(network) + 1;
+    this.seqs.set(network, seq);
+    agent.eventSeq = seq;
     const set = this.byNetwork.get(network);
     if (!set) return;
     const text = frame(kind, `{"agent":${agent.json}}`);
-    for (const s of set) if (s.behindFrom === null && !gone(s) && !this.fallsBehind(s, text, this.seq - 1)) this.write(s, text);
+    for (const s of set) if (s.behindFrom === null && !gone(s) && !this.fallsBehind(s, text, seq - 1)) this.write(s, text);
+  }
+
+  private seqOf(network: string): number {
+    return this.seqs.get(network) ?? 0;
   }
 
   /** An agent left the network for good: peers drop it. */
@@ -192,7 +200,7 @@ export class EventHub {
   private publishInOrder(network: string, text: string, snapshotCovers: boolean): void {
     for (const s of this.byNetwork.get(network) ?? []) {
       if (gone(s) || (snapshotCovers && s.inSnapshot)) continue;
-      if (s.behindFrom === null && !this.fallsBehind(s, text, this.seq)) {
+      if (s.behindFrom === null && !this.fallsBehind(s, text, this.seqOf(network))) {
         this.write(s, text);
         continue;
       }
@@ -206,7 +214,9 @@ export class EventHub {
   private fallsBehind(s: Subscriber, text: string, seq: number): boolean {
     if (s.res.writableLength + text.length <= MAX_UNSENT_CHARS) return false;
     s.behindFrom = seq;
-    s.res.once('drain', () => this.pump(s));
+    // 'drain' comes only after a write was refused; a frame alone past the bound (none is today) must not wait forever.
+    if (s.res.writableNeedDrain) s.res.once('drain', () => this.pump(s));
+    else setImmediate(() => this.pump(s));
     return true;
   }
 
@@ -215,6 +225,7 @@ export class EventHub {
     // Ended, not destroyed, so what was just sent (a removed agent learns of its own removal)
     // still goes out; a stream that does not take it is destroyed a moment later.
     for (const s of this.byCredential.get(credential) ?? []) {
+      if (!s.inSnapshot) this.flushWaiting(s); // a removed agent that was behind still learns of its removal
       s.res.end();
       setTimeout(() => s.res.destroy(), CLOSE_GRACE_MS).unref();
     }
@@ -254,19 +265,26 @@ export class EventHub {
         s.inSnapshot = false;
         s.pass = null;
       }
-      if (s.waiting.length > 0) {
-        this.write(s, s.waiting.join(''));
-        s.waiting = [];
-        s.waitingChars = 0;
-      }
+      this.flushWaiting(s);
       if (s.behindFrom === null) return;
-      if (s.behindFrom === this.seq) {
+      const seq = this.seqOf(s.network);
+      if (s.behindFrom === seq) {
         s.behindFrom = null; // caught up: live again
         return;
       }
-      [s.passFrom, s.passTo, s.behindFrom] = [s.behindFrom, this.seq, this.seq];
+      [s.passFrom, s.passTo, s.behindFrom] = [s.behindFrom, seq, seq];
       s.pass = s.agents()[Symbol.iterator]();
     }
+  }
+
+  /** Writes the removals and policies that waited, in order (each frame stays one string shared by every subscriber). */
+  private flushWaiting(s: Subscriber): void {
+    if (s.waiting.length === 0) return;
+    s.res.cork();
+    for (const text of s.waiting) this.write(s, text);
+    s.res.uncork();
+    s.waiting = [];
+    s.waitingChars = 0;
   }
 
   /** The next piece of the snapshot's agent array. */

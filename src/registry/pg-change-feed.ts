@@ -180,7 +180,6 @@ export interface FollowContext {
   emit(network: string, kind: AgentChangeKind, entry: Entry, id: string): void;
 }
 
-
 interface Pending {
   change: Change;
   chars: number;

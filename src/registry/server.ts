@@ -216,6 +216,9 @@ export async function startRegistry<S = never>(opts: RegistryOptions<S>): Promis
   const guard = new ConnectionGuard({ perAddress: limits.connectionsPerAddress, total: limits.connections });
   const counters = { requests: 0, refused: {} as Record<string, number> };
 
+  /** Several instances on one PostgreSQL database follow each other's changes (pg-change-feed.ts); set once listening. */
+  let feed: PgChangeFeed | null = null;
+
   const emit = (network: string, kind: AgentChangeKind, entry: Entry, id: string) => {
     log.info({ network, id, name: entry.view.record.name, event: kind }, `agent ${kind}`);
     hub.publish(network, kind, entry);
@@ -341,8 +344,7 @@ export async function startRegistry<S = never>(opts: RegistryOptions<S>): Promis
     throw e;
   });
   const bound = (server.address() as AddressInfo).port;
-  // Several instances on one PostgreSQL database: follow the others' changes (pg-change-feed.ts).
-  const feed = store instanceof PgStore ? new PgChangeFeed({ store, fleet, sync, log, emit }) : null;
+  feed = store instanceof PgStore ? new PgChangeFeed({ store, fleet, sync, log, emit }) : null;
   await feed?.start().catch(async (e: unknown) => {
     await new Promise<void>((resolve) => server.close(() => resolve()));
     await registryLog.close();
