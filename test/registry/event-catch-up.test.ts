@@ -84,9 +84,9 @@ describe('event streams: changes during a snapshot', () => {
     await new Promise((r) => server?.close(r));
   });
 
-  /** A hub serving `agents` (8,000 of ~1 KB each) on a real HTTP server; resolves with its port. */
-  const serve = async (agents: Map<string, FakeEntry>, policyJson: () => string, keepAliveMs?: number) => {
-    for (let i = 0; i < 8000; i++) agents.set(`a${i}`, new FakeEntry(`a${i}`, 0));
+  /** A hub serving `agents` (`count` of ~1 KB each) on a real HTTP server; resolves with its port. */
+  const serve = async (agents: Map<string, FakeEntry>, policyJson: () => string, keepAliveMs?: number, count = 8000) => {
+    for (let i = 0; i < count; i++) agents.set(`a${i}`, new FakeEntry(`a${i}`, 0));
     const h = (hub = new EventHub({ streams: 10, streamsPerCredential: 10 }, keepAliveMs));
     h.start();
     server = createServer((_req, res) => void h.subscribe(NET, 'token:t', res, () => agents.values(), policyJson, null));
@@ -178,5 +178,29 @@ describe('event streams: changes during a snapshot', () => {
     console.log(`30,000 removals while behind: before ${JSON.stringify(before)}; after ${JSON.stringify(stats)}`);
     expect(before).toMatchObject({ open: 1, dropped: 0 });
     expect(stats.dropped).toBe(1);
+  });
+
+  it('an agent removed while its stream is behind still gets its removal before the stream ends', async () => {
+    const agents = new Map<string, FakeEntry>();
+    const { h, port } = await serve(agents, () => 'null', undefined, 10);
+    const res = await open(port);
+    res.pause();
+    await sleep(100); // the small snapshot is out: live
+    for (let v = 1; h.stats().behind === 0 && v < 20_000; v++) {
+      const e = new FakeEntry('a1', v);
+      agents.set('a1', e);
+      h.publish(NET, 'upsert', e); // not read: ~1 KB each until past the bound
+    }
+    const behind = h.stats().behind;
+    agents.delete('a0');
+    h.publishRemoved(NET, 'a0');
+    h.closeCredential('token:t');
+    const stream = reader(res, () => {});
+    res.resume();
+    await new Promise((r) => res.once('end', r));
+    console.log(`behind ${behind}; read after the close: ${JSON.stringify(stream.kinds)}`);
+    expect(behind).toBe(1);
+    expect(stream.kinds.removed).toBe(1);
+    expect(stream.views.has('a0')).toBe(false);
   });
 });
