@@ -307,11 +307,11 @@ export class SqliteStore implements RegistryStore {
    * it is unknown, for another network, expired or used up.
    */
   private useToken(network: string, hash: string, now: number): { usedUp: boolean; tags: string } | null {
-    const r = this.sql(`UPDATE tokens SET uses_left = uses_left - 1
-      WHERE hash = ? AND network = ? AND (expires_at IS NULL OR expires_at > ?) AND (uses_left IS NULL OR uses_left > 0)`)
-      .run(hash, network, now);
-    if (r.changes !== 1) return null;
-    const left = this.sql('SELECT uses_left, tags FROM tokens WHERE hash = ?').get(hash) as { uses_left: number | null; tags: string };
+    // One statement: the hash is the key, so at most one row is taken and returned.
+    const left = this.sql(`UPDATE tokens SET uses_left = uses_left - 1
+      WHERE hash = ? AND network = ? AND (expires_at IS NULL OR expires_at > ?) AND (uses_left IS NULL OR uses_left > 0)
+      RETURNING uses_left, tags`).get(hash, network, now) as { uses_left: number | null; tags: string } | undefined;
+    if (!left) return null;
     return { usedUp: left.uses_left === 0, tags: left.tags };
   }
 
