@@ -9,7 +9,7 @@ export interface Prefix {
 
 /** Parse an IPv4 or IPv6 address into its bytes; null when it is not one. */
 export function parseAddress(text: string): Uint8Array | null {
-  if (isIPv4(text)) return new Uint8Array(text.split('.').map(Number));
+  if (isIPv4(text)) return ipv4Bytes(text);
   if (!isIPv6(text)) return null;
   let s = text;
   const out = new Uint8Array(16);
@@ -30,6 +30,24 @@ export function parseAddress(text: string): Uint8Array | null {
   });
   return out;
 }
+
+/**
+ * The bytes of a dotted quad that isIPv4 accepted (four decimal parts of 0-255, no leading zeros,
+ * nothing else), read digit by digit: it is parsed for every endpoint and address in a record.
+ */
+function ipv4Bytes(text: string): Uint8Array {
+  const out = new Uint8Array(4);
+  let part = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === DOT) part++;
+    else out[part] = out[part] * 10 + (c - ZERO);
+  }
+  return out;
+}
+
+const DOT = 0x2e;
+const ZERO = 0x30;
 
 export function formatAddress(addr: Uint8Array): string {
   if (addr.length === 4) return addr.join('.');
