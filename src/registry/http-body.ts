@@ -23,7 +23,8 @@ export function readBody(req: IncomingMessage, maxBytes = MAX_BODY_BYTES): Promi
       if (total > maxBytes) reject(new AgentVpnError('PAYLOAD_TOO_LARGE', `request body is over the ${maxBytes}-byte limit`, REFUSALS.PAYLOAD_TOO_LARGE.hint));
       else chunks.push(chunk);
     });
-    req.on('end', () => resolve(Buffer.concat(chunks)));
+    // A small body comes in one chunk: read as is, not copied.
+    req.on('end', () => resolve(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks)));
     const cutOff = () => reject(new AgentVpnError('BAD_REQUEST', 'the request body was cut off', REFUSALS.BAD_REQUEST.hint));
     req.on('error', cutOff);
     req.on('close', () => !req.complete && cutOff());
