@@ -57,6 +57,7 @@ export class RegistryMetrics {
     counter('agentvpn_registry_event_streams_refused_total', 'Event streams refused past a cap', (s) => s.streams.refused);
     gauge('agentvpn_registry_event_subscribers_behind', 'Event streams whose changes wait for a catch-up pass (slow readers)', (s) => s.streams.behind);
     counter('agentvpn_registry_event_streams_dropped_total', 'Event streams dropped: stalled, or too many removals waiting', (s) => s.streams.dropped);
+    counter('agentvpn_registry_event_streams_resumed_total', 'Event streams resumed from a reader\'s Last-Event-ID (no snapshot)', (s) => s.streams.resumed);
     counter('agentvpn_registry_event_catch_up_views_total', 'Agent views sent by catch-up passes instead of queued changes', (s) => s.streams.caughtUp);
     gauge('agentvpn_registry_connections', 'TCP connections open now', (s) => s.connections.open);
     scrapedCounter(this.registry, {

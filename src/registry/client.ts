@@ -26,6 +26,8 @@ export class RegistryRefusal extends AgentVpnError {
 
 /** Answers larger than this are not a registry's (10,000 agents list in a few MiB). */
 const MAX_RESPONSE_BYTES = 256 * 1024 * 1024;
+/** A resume point (the registry's `id:` lines are ~30 characters); a longer one is ignored. */
+const MAX_EVENT_ID_CHARS = 64;
 
 const UNREACHABLE_HINT = 'check the --registry URL and that the registry is running and reachable; established tunnels keep working meanwhile';
 const TLS_ERRORS = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS|ERR_SSL/;
@@ -58,6 +60,11 @@ export interface WatchHandlers {
   policy?(policy: PolicyView | null): void;
   connected?(): void;
   disconnected?(err: Error): void;
+  /**
+   * After a reconnect to the same instance: no snapshot comes, the state kept from before stays
+   * right, and what changed meanwhile follows as events (the registry's events.ts, "Resuming").
+   */
+  resumed?(): void;
 }
 
 export interface RegistryClientOptions {
@@ -403,6 +410,8 @@ export class RegistryClient {
     let req: ClientRequest | undefined;
     let retry: NodeJS.Timeout | undefined;
     let idle: NodeJS.Timeout | undefined;
+    /** The last resume point the stream gave, and the instance it came from (another instance's would not match). */
+    let resumeAt: { id: string; instance: number } | null = null;
 
     const call = (fn: () => void) => {
       try {
@@ -417,7 +426,8 @@ export class RegistryClient {
       const index = this.active;
       const at = this.instances[index];
       const path = `${at.basePath}/v1/events?network=${encodeURIComponent(this.opts.network)}`;
-      const headers = { accept: 'text/event-stream', authorization: agentAuthorization(this.opts.identity, 'GET', path, nextTimestamp(this.id)) };
+      const headers: Record<string, string> = { accept: 'text/event-stream', authorization: agentAuthorization(this.opts.identity, 'GET', path, nextTimestamp(this.id)) };
+      if (resumeAt?.instance === index) headers['last-event-id'] = resumeAt.id;
       let failed = false;
       const fail = (err: Error) => {
         if (failed || closed) return;
@@ -446,7 +456,7 @@ export class RegistryClient {
         call(() => handlers.connected?.());
         resetIdle();
         const parser = new SseParser(() => fail(new AgentVpnError('REGISTRY_BAD_RESPONSE', `the registry sent an event line over ${MAX_RESPONSE_BYTES} bytes`,
-          'check that the URL points at an agentvpn registry')), (event, data) => {
+          'check that the URL points at an agentvpn registry')), (id) => (resumeAt = { id, instance: index }), (event, data) => {
           let parsed: { agents?: AgentView[]; agent?: AgentView; policy?: unknown; id?: unknown };
           try {
             parsed = JSON.parse(data);
@@ -466,6 +476,9 @@ export class RegistryClient {
           } else if (event === 'policy') {
             const policy = parsePolicyView(parsed);
             if (policy !== undefined) call(() => handlers.policy?.(policy));
+          } else if (event === 'resumed') {
+            attempt = 0;
+            call(() => handlers.resumed?.());
           }
         });
         res.setEncoding('utf8');
@@ -550,8 +563,10 @@ class SseParser {
   private partialChars = 0;
   private event = '';
   private data: string[] = [];
+  private id: string | null = null;
 
-  constructor(private readonly onOverflow: () => void, private readonly onEvent: (event: string, data: string) => void) {}
+  /** `onId`: a block's `id:` field, once the block is complete (an id-only block too, as in EventSource). */
+  constructor(private readonly onOverflow: () => void, private readonly onId: (id: string) => void, private readonly onEvent: (event: string, data: string) => void) {}
 
   push(chunk: string): void {
     let start = 0;
@@ -579,8 +594,10 @@ class SseParser {
   private line(line: string): void {
     if (line === '') {
       if (this.data.length) this.onEvent(this.event || 'message', this.data.join('\n'));
+      if (this.id !== null) this.onId(this.id);
       this.event = '';
       this.data = [];
+      this.id = null;
       return;
     }
     if (line.startsWith(':')) return;
@@ -589,5 +606,6 @@ class SseParser {
     const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
     if (name === 'event') this.event = value;
     else if (name === 'data') this.data.push(value);
+    else if (name === 'id' && value.length <= MAX_EVENT_ID_CHARS) this.id = value;
   }
 }

@@ -1,5 +1,7 @@
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { SSE_KEEPALIVE_MS, type AgentChangeKind } from './protocol.js';
+import { StreamHistory } from './stream-history.js';
 
 /**
  * The registry's push stream (Server-Sent Events, text/event-stream), one per subscriber:
@@ -15,7 +17,9 @@ import { SSE_KEEPALIVE_MS, type AgentChangeKind } from './protocol.js';
  * | offline    | {"agent": AgentView}              | an agent left or went silent              |
  * | removed    | {"id": agent ID}                  | an operator removed or blocked an agent   |
  * | policy     | PolicyView {"version", "policy"}  | an operator set a new policy              |
- * | (comment)  | ": keep-alive"                    | every SSE_KEEPALIVE_MS, when nothing waits |
+ * | resumed    | {}                                | first, instead of the snapshot, when the  |
+ * |            |                                   | reader's Last-Event-ID is still good      |
+ * | (comment)  | ": keep-alive" (with an `id:`)    | every SSE_KEEPALIVE_MS, when nothing waits |
  *
  * Memory per subscriber is bounded whatever it does, and a slow reader loses nothing. The snapshot
  * is written a chunk at a time, each when the one before has been taken by the network; it walks
@@ -31,6 +35,15 @@ import { SSE_KEEPALIVE_MS, type AgentChangeKind } from './protocol.js';
  * period while bytes wait: it reconnects and starts again from a fresh snapshot. Streams are
  * capped per credential (an agent, a join token) and in total; a credential that stops being
  * valid loses its streams.
+ *
+ * Resuming: when a subscriber turns live, and with each keep-alive, it is sent an SSE `id:` (this
+ * hub's epoch, the network's sequence number, and a MAC binding both to its credential):
+ * everything up to that number has been sent. A reader that reconnects with that Last-Event-ID,
+ * to the same registry process and with the same credential, gets `resumed`, the removals and the
+ * policy it missed, and one catch-up pass of the agents changed since (at most a keep-alive
+ * period's worth more than it needed), instead of the whole fleet again. stream-history.ts keeps
+ * the last 4,096 removals; past that, from another process or instance, or with a point not
+ * given to this credential, it gets a snapshot.
  */
 
 /** A snapshot or catch-up pass is written in pieces of about this many characters (Node's stream buffer is 16 KiB). */
@@ -57,6 +70,8 @@ export type SubscribeResult =
 
 export interface StreamStats {
   open: number;
+  /** Streams that resumed from a reader's Last-Event-ID instead of starting from a snapshot. */
+  resumed: number;
   behind: number;
   unsentChars: number;
   refused: number;
@@ -87,10 +102,14 @@ class Subscriber {
   progressAtLastTick = 0;
   expiry: NodeJS.Timeout | undefined;
 
-  /** `agents`: a fresh pass over the network's agents; `tail`: the snapshot's fields after them (read at its end). */
+  /**
+   * `agents`: a fresh pass over the network's agents; `tail`: the snapshot's fields after them (read
+   * at its end). From `seq` on it is behind: after a snapshot, or (`resumed`) with no snapshot.
+   */
   constructor(readonly network: string, readonly credential: string, readonly res: ServerResponse, readonly agents: () => Iterable<Viewable>,
-    readonly tail: () => string, seq: number) {
-    this.pass = agents()[Symbol.iterator]();
+    readonly tail: () => string, seq: number, resumed: boolean) {
+    this.inSnapshot = !resumed;
+    this.pass = resumed ? null : agents()[Symbol.iterator]();
     this.behindFrom = seq;
   }
 }
@@ -99,9 +118,12 @@ export class EventHub {
   private readonly byNetwork = new Map<string, Set<Subscriber>>();
   private readonly byCredential = new Map<string, Set<Subscriber>>();
   private count = 0;
-  private readonly counts = { refused: 0, dropped: 0, caughtUp: 0 };
-  /** Per network: the sequence number of its latest change (stamped on the Viewable changed). */
-  private readonly seqs = new Map<string, number>();
+  private readonly counts = { refused: 0, dropped: 0, caughtUp: 0, resumed: 0 };
+  private readonly histories = new Map<string, StreamHistory>();
+  /** Names this hub's sequence numbers: a resume point from another process (or instance) is not ours. */
+  private readonly epoch = randomBytes(6).toString('hex');
+  /** Authenticates resume points: a reader may resume only from a point given to its own credential. */
+  private readonly resumeKey = randomBytes(32);
   private keepAlive: NodeJS.Timeout | undefined;
 
   /** `keepAliveMs`: also the stall period (shorter in tests). */
@@ -155,26 +177,68 @@ export class EventHub {
    * for each pass over the network's live agents: the snapshot, the catch-up) and the network's
    * policy (`policyJson`: a PolicyView as JSON, or "null"). `credential` names who
    * authorized it ("agent:ID", "token:HASH"); the stream is closed at `expiresAt` (the
-   * credential's end) when given.
+   * credential's end) when given. `lastEventId`: the reader's resume point, if it sent one.
    */
-  subscribe(network: string, credential: string, res: ServerResponse, agents: () => Iterable<Viewable>, policyJson: () => string, expiresAt: number | null): SubscribeResult {
+  subscribe(network: string, credential: string, res: ServerResponse, agents: () => Iterable<Viewable>, policyJson: () => string, expiresAt: number | null,
+    lastEventId?: string): SubscribeResult {
     const room = this.roomFor(credential);
     if (!room.ok) return room;
-    const s = new Subscriber(network, credential, res, agents, () => `],"policy":${policyJson()}}`, this.seqOf(network));
+    const history = this.historyOf(network);
+    const from = this.resumePoint(lastEventId, credential, network, history);
+    const missed = from === null ? null : history.since(from);
+    const s = new Subscriber(network, credential, res, agents, () => `],"policy":${policyJson()}}`, missed ? from! : history.seq, missed !== null);
     this.add(s);
     res.once('close', () => this.remove(s));
     if (expiresAt !== null) this.closeAt(s, expiresAt);
     res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', 'x-accel-buffering': 'no' });
     res.socket?.setNoDelay(true);
-    this.write(s, 'event: snapshot\ndata: {"agents":[');
+    if (missed) {
+      // What it missed: the removals and the policy (now), then a catch-up of the agents changed since.
+      this.counts.resumed++;
+      this.write(s, frame('resumed', '{}'));
+      s.waiting = [...missed.removals, ...(missed.policyChanged ? [frame('policy', policyJson())] : [])];
+      s.waitingChars = s.waiting.reduce((n, f) => n + f.length, 0);
+    } else {
+      this.write(s, 'event: snapshot\ndata: {"agents":[');
+    }
     this.pump(s);
     return { ok: true };
   }
 
+  /**
+   * The sequence number a reconnecting reader's Last-Event-ID names, if this hub gave it to the
+   * same credential on this network (so no one learns removals from before they subscribed).
+   */
+  private resumePoint(lastEventId: string | undefined, credential: string, network: string, history: StreamHistory): number | null {
+    const m = lastEventId === undefined ? null : /^([0-9a-f]{12})\.(\d{1,15})\.([0-9a-f]{32})$/.exec(lastEventId);
+    if (!m || m[1] !== this.epoch) return null;
+    const from = Number(m[2]);
+    if (from > history.seq || !timingSafeEqual(Buffer.from(m[3], 'hex'), this.resumeMac(credential, network, from))) return null;
+    return from;
+  }
+
+  private resumeMac(credential: string, network: string, seq: number): Buffer {
+    return createHmac('sha256', this.resumeKey).update(`${credential}\n${network}\n${seq}`).digest().subarray(0, 16);
+  }
+
+  private historyOf(network: string): StreamHistory {
+    let h = this.histories.get(network);
+    if (!h) this.histories.set(network, (h = new StreamHistory()));
+    return h;
+  }
+
+  /**
+   * Marks the live subscriber's current sequence number as a point it may resume from: every
+   * change up to it has been written. Sent when it turns live and with each keep-alive.
+   */
+  private writeResumePoint(s: Subscriber, comment = ''): void {
+    const seq = this.historyOf(s.network).seq;
+    this.write(s, `id: ${this.epoch}.${seq}.${this.resumeMac(s.credential, s.network, seq).toString('hex')}\n${comment}\n`);
+  }
+
   /** Sends an agent's change to the network's subscribers; one that is behind gets it from its catch-up. */
   publish(network: string, kind: AgentChangeKind, agent: Viewable): void {
-    const seq = this.seqOf(network) + 1;
-    this.seqs.set(network, seq);
+    const seq = this.historyOf(network).changed();
     agent.eventSeq = seq;
     const set = this.byNetwork.get(network);
     if (!set) return;
@@ -182,25 +246,22 @@ export class EventHub {
     for (const s of set) if (s.behindFrom === null && !gone(s) && !this.fallsBehind(s, text, seq - 1)) this.write(s, text);
   }
 
-  private seqOf(network: string): number {
-    return this.seqs.get(network) ?? 0;
-  }
-
   /** An agent left the network for good: peers drop it. */
   publishRemoved(network: string, id: string): void {
-    this.publishInOrder(network, frame('removed', JSON.stringify({ id })), false);
+    const text = frame('removed', JSON.stringify({ id }));
+    this.publishInOrder(network, this.historyOf(network).removed(text), text, false);
   }
 
   /** A new policy (`policyJson`: a PolicyView as JSON); a snapshot still being written ends with it anyway. */
   publishPolicy(network: string, policyJson: string): void {
-    this.publishInOrder(network, frame('policy', policyJson), true);
+    this.publishInOrder(network, this.historyOf(network).policyChanged(), frame('policy', policyJson), true);
   }
 
-  /** A frame that no pass over the agent map can stand for: written, or kept in order while behind. */
-  private publishInOrder(network: string, text: string, snapshotCovers: boolean): void {
+  /** A frame that no pass over the agent map can stand for (change `seq`): written, or kept in order while behind. */
+  private publishInOrder(network: string, seq: number, text: string, snapshotCovers: boolean): void {
     for (const s of this.byNetwork.get(network) ?? []) {
       if (gone(s) || (snapshotCovers && s.inSnapshot)) continue;
-      if (s.behindFrom === null && !this.fallsBehind(s, text, this.seqOf(network))) {
+      if (s.behindFrom === null && !this.fallsBehind(s, text, seq)) {
         this.write(s, text);
         continue;
       }
@@ -267,9 +328,10 @@ export class EventHub {
       }
       this.flushWaiting(s);
       if (s.behindFrom === null) return;
-      const seq = this.seqOf(s.network);
+      const seq = this.historyOf(s.network).seq;
       if (s.behindFrom === seq) {
-        s.behindFrom = null; // caught up: live again
+        s.behindFrom = null; // caught up: live again, and the reader may resume from here
+        this.writeResumePoint(s);
         return;
       }
       [s.passFrom, s.passTo, s.behindFrom] = [s.behindFrom, seq, seq];
@@ -344,7 +406,7 @@ export class EventHub {
         const stalled = s.res.writableLength > 0 && s.progress === s.progressAtLastTick;
         s.progressAtLastTick = s.progress;
         if (stalled) this.drop(s);
-        else if (s.behindFrom === null && s.res.writableLength === 0) this.write(s, ': keep-alive\n\n');
+        else if (s.behindFrom === null && s.res.writableLength === 0) this.writeResumePoint(s, ': keep-alive\n');
       }
     }
   }

@@ -168,11 +168,11 @@ export interface RegistryStats<Relay = unknown> {
   /** TCP connections: open now; closed at once past a cap (per address, in total); idle ones closed to make room. */
   connections: { open: number; refusedPerAddress: number; refusedTotal: number; evicted: number };
   /**
-   * Event streams: open now; behind now (changes wait for a catch-up pass); characters written
-   * but not yet taken by the network; refused past a cap; dropped (stalled, or too many removals
-   * waiting); agent views sent by catch-up passes.
+   * Event streams: open now; resumed (from a Last-Event-ID, no snapshot); behind now (changes
+   * wait for a catch-up pass); characters written but not yet taken by the network; refused past a
+   * cap; dropped (stalled, or too many removals waiting); agent views sent by catch-up passes.
    */
-  streams: { open: number; behind: number; unsentChars: number; refused: number; dropped: number; caughtUp: number };
+  streams: { open: number; resumed: number; behind: number; unsentChars: number; refused: number; dropped: number; caughtUp: number };
   /** The built-in relay's counters (sessions, forwarded, hello verifications, drops by reason); null without it. */
   relay: Relay | null;
   /** The witness of agents' audit logs. */

@@ -68,7 +68,9 @@ export function readRoutes(ctx: RouteContext): Route[] {
     if (!room.ok) refuse(room.code, room.message);
     const credential = await authorizeRead(c.req, network, c.now, authority);
     const state = fleet.net(network);
-    const result = hub.subscribe(network, credential.key, c.res, () => state.agents.values(), () => state.policyJson, credential.expiresAt);
+    const lastEventId = c.req.headers['last-event-id'];
+    const result = hub.subscribe(network, credential.key, c.res, () => state.agents.values(), () => state.policyJson, credential.expiresAt,
+      typeof lastEventId === 'string' ? lastEventId : undefined);
     if (!result.ok) refuse(result.code, result.message);
   };
 

@@ -1,0 +1,279 @@
+// Event streams resume: a reader that reconnects with its Last-Event-ID to the same registry gets
+// what it missed (removals, the policy, one view per agent changed) instead of the whole fleet;
+// a forged, foreign, another credential's or too-old resume point gets a snapshot. Real HTTP, and the real client
+// through a TCP proxy that cuts its connection.
+import { afterEach, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, get, type IncomingMessage, type Server } from 'node:http';
+import { connect, createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { signRecord } from '../../src/registry/record.js';
+import { RegistryClient, type AgentView } from '../../src/registry/client.js';
+import { EventHub, type Viewable } from '../../src/registry/events.js';
+import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
+import { makeAgent, recordFor, type TestAgent } from './hostile-helpers.js';
+
+const NET = 'n';
+
+class FakeEntry implements Viewable {
+  eventSeq = 0;
+  constructor(readonly id: string, readonly version: number) {}
+  get json(): string {
+    return JSON.stringify({ record: { id: this.id }, version: this.version });
+  }
+}
+
+/** An SSE reader that keeps views across connections, as the agent's client does; records ids and event kinds. */
+class Reader {
+  readonly views = new Map<string, number>();
+  kinds: Record<string, number> = {};
+  lastId: string | undefined;
+  policy: unknown;
+  private rest = '';
+
+  read(res: IncomingMessage): void {
+    this.kinds = {};
+    this.rest = '';
+    res.setEncoding('utf8');
+    res.on('data', (chunk: string) => {
+      const blocks = (this.rest + chunk).split('\n\n');
+      this.rest = blocks.pop()!;
+      for (const b of blocks) this.apply(b);
+    });
+  }
+
+  private apply(block: string): void {
+    const event = /^event: (.*)$/m.exec(block)?.[1];
+    const data = /^data: (.*)$/m.exec(block)?.[1];
+    if (event && data !== undefined) {
+      this.kinds[event] = (this.kinds[event] ?? 0) + 1;
+      const d = JSON.parse(data);
+      if (event === 'snapshot') {
+        this.views.clear();
+        for (const a of d.agents) this.views.set(a.record.id, a.version);
+        this.policy = d.policy;
+      } else if (event === 'removed') this.views.delete(d.id);
+      else if (event === 'policy') this.policy = d;
+      else if (event !== 'resumed') this.views.set(d.agent.record.id, d.agent.version);
+    }
+    const id = /^id: (.*)$/m.exec(block)?.[1];
+    if (id) this.lastId = id; // after the event is applied, as EventSource does
+  }
+}
+
+describe('event streams resume from Last-Event-ID', () => {
+  let server: Server | undefined;
+  let hub: EventHub | undefined;
+  const responses: IncomingMessage[] = [];
+
+  afterEach(async () => {
+    for (const r of responses.splice(0)) r.destroy();
+    hub?.stop();
+    server?.closeAllConnections();
+    await new Promise((r) => server?.close(r));
+  });
+
+  const serve = async (agents: Map<string, FakeEntry>, policyJson: () => string) => {
+    for (let i = 0; i < 2000; i++) agents.set(`a${i}`, new FakeEntry(`a${i}`, 0));
+    const h = (hub = new EventHub({ streams: 10, streamsPerCredential: 10 }));
+    h.start();
+    server = createServer((req, res) => {
+      const last = req.headers['last-event-id'];
+      const credential = `token:${req.headers['x-test-credential'] ?? 't'}`; // the registry's is the request's signer
+      void h.subscribe(NET, credential, res, () => agents.values(), policyJson, null, typeof last === 'string' ? last : undefined);
+    });
+    await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));
+    return { h, port: (server.address() as AddressInfo).port };
+  };
+  const open = (port: number, lastEventId?: string, credential = 't') => new Promise<IncomingMessage>((resolve) => {
+    const headers = { 'x-test-credential': credential, ...(lastEventId ? { 'last-event-id': lastEventId } : {}) };
+    get({ host: '127.0.0.1', port, path: '/', headers }, (r) => resolve(responses[responses.push(r) - 1]));
+  });
+  const settle = async (h: EventHub) => {
+    for (let i = 0; i < 200 && (h.stats().behind > 0 || h.stats().unsentChars > 0); i++) await sleep(10);
+    await sleep(100);
+  };
+
+  it('a reconnect with the last id gets only what changed: removals, the policy, one view per changed agent', async () => {
+    const agents = new Map<string, FakeEntry>();
+    let policyJson = '{"version":1}';
+    const { h, port } = await serve(agents, () => policyJson);
+    const reader = new Reader();
+    const first = await open(port);
+    reader.read(first);
+    const bump = (id: string) => {
+      const e = new FakeEntry(id, (agents.get(id)?.version ?? 0) + 1);
+      agents.set(id, e);
+      h.publish(NET, 'upsert', e);
+    };
+    await settle(h);
+    const resumeFrom = reader.lastId; // given when the stream turned live after its snapshot
+    bump('a1'); // live
+    first.destroy();
+    await sleep(50);
+    // While it is away: 100 changes to 40 agents, 2 removals, one agent removed and back, a new policy.
+    for (let i = 0; i < 100; i++) bump(`a${(i * 7) % 40}`);
+    for (const id of ['a500', 'a501', 'a502']) {
+      agents.delete(id);
+      h.publishRemoved(NET, id);
+    }
+    bump('a502');
+    h.publishPolicy(NET, (policyJson = '{"version":2}'));
+
+    reader.read(await open(port, resumeFrom));
+    await settle(h);
+    console.log(`resumed from ${resumeFrom}: read ${JSON.stringify(reader.kinds)}; hub ${JSON.stringify(h.stats())}`);
+    expect(resumeFrom).toMatch(/^[0-9a-f]{12}\.\d+\.[0-9a-f]{32}$/);
+    expect(reader.kinds.resumed).toBe(1);
+    expect(reader.kinds.snapshot).toBeUndefined();
+    expect(reader.kinds.upsert).toBeLessThanOrEqual(41); // one view each for the 40 agents and a502, not the fleet
+    expect(h.stats().resumed).toBe(1);
+    expect(reader.views.size).toBe(agents.size);
+    for (const [id, e] of agents) expect(reader.views.get(id), id).toBe(e.version);
+    expect(reader.policy).toEqual({ version: 2 });
+  });
+
+  it('a forged, foreign, another credential\'s or too-old resume point gets a snapshot', async () => {
+    const agents = new Map<string, FakeEntry>();
+    const { h, port } = await serve(agents, () => 'null');
+    const reader = new Reader();
+    const first = await open(port);
+    reader.read(first);
+    const e = new FakeEntry('a1', 1);
+    agents.set('a1', e);
+    h.publish(NET, 'upsert', e);
+    await settle(h);
+    const good = reader.lastId!;
+    first.destroy();
+    const [epoch, seq, mac] = good.split('.');
+    const answers: Record<string, string[]> = {};
+    const ok = new Reader();
+    ok.read(await open(port, good));
+    await settle(h);
+    answers['the point as given'] = Object.keys(ok.kinds);
+    expect(ok.kinds.resumed).toBe(1);
+    const tries: Array<[string, string, string?]> = [
+      ['another registry', `000000000000.${seq}.${mac}`], ['from the future', `${epoch}.${Number(seq) + 5}.${mac}`],
+      ['an earlier point, MAC made up (to read old removals)', `${epoch}.0.${'0'.repeat(32)}`], ['garbage', 'x'.repeat(50)],
+      ["another credential's point", good, 'other'],
+    ];
+    for (const [what, id, credential] of tries) {
+      const r = new Reader();
+      r.read(await open(port, id, credential));
+      await settle(h);
+      answers[what] = Object.keys(r.kinds);
+      expect(r.kinds.snapshot, what).toBe(1);
+    }
+    // More removals than the history keeps: the old point no longer reaches back.
+    for (let i = 0; i < 4200; i++) h.publishRemoved(NET, `gone-${i}`);
+    const late = new Reader();
+    late.read(await open(port, good));
+    await settle(h);
+    answers['past 4,096 removals'] = Object.keys(late.kinds);
+    console.log(`answers: ${JSON.stringify(answers)}; hub ${JSON.stringify(h.stats())}`);
+    expect(late.kinds.snapshot).toBe(1);
+    expect(h.stats().resumed).toBe(1); // the good point itself, tried first
+  });
+
+  it('the point given to a reader resumes for that reader only, and after a keep-alive a newer point is given', async () => {
+    const agents = new Map<string, FakeEntry>();
+    const h = (hub = new EventHub({ streams: 10, streamsPerCredential: 10 }, 150));
+    h.start();
+    for (let i = 0; i < 10; i++) agents.set(`a${i}`, new FakeEntry(`a${i}`, 0));
+    server = createServer((req, res) => {
+      const last = req.headers['last-event-id'];
+      void h.subscribe(NET, `token:${req.headers['x-test-credential'] ?? 't'}`, res, () => agents.values(), () => 'null', null, typeof last === 'string' ? last : undefined);
+    });
+    await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    const reader = new Reader();
+    const first = await open(port);
+    reader.read(first);
+    await settle(h);
+    const atLive = reader.lastId;
+    const e = new FakeEntry('a1', 1);
+    agents.set('a1', e);
+    h.publish(NET, 'upsert', e);
+    await sleep(400); // two keep-alives
+    const later = reader.lastId;
+    first.destroy();
+    const again = new Reader();
+    again.read(await open(port, later));
+    await settle(h);
+    console.log(`points: at live ${atLive}, after keep-alives ${later}; the resume read ${JSON.stringify(again.kinds)}`);
+    expect(later).not.toBe(atLive);
+    expect(Number(later!.split('.')[1])).toBeGreaterThan(Number(atLive!.split('.')[1]));
+    expect(again.kinds).toEqual({ resumed: 1 }); // nothing changed since the newer point: no view resent
+  });
+});
+
+describe('the agent\'s client resumes its stream after a cut connection', () => {
+  let dir: string;
+  let reg: RunningRegistry;
+  let proxy: ReturnType<typeof createTcpServer> | undefined;
+  const agents: TestAgent[] = [];
+
+  afterEach(async () => {
+    for (const a of agents.splice(0)) a.client.close();
+    proxy?.close();
+    await reg?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('no second snapshot: the watcher gets "resumed" and the changes it missed, and its view matches the registry', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'agentvpn-resume-'));
+    reg = await startRegistry({ db: join(dir, 'registry.db'), network: NET });
+    const token = await reg.createToken({ network: NET });
+    for (let i = 0; i < 5; i++) agents.push(await makeAgent(reg.url, NET, `peer-${i}`, token));
+    // A TCP proxy in front of the registry whose connections the test can cut.
+    const sockets = new Set<Socket>();
+    proxy = createTcpServer((inbound) => {
+      const outbound = connect(reg.port, '127.0.0.1');
+      for (const s of [inbound, outbound]) {
+        sockets.add(s);
+        s.on('close', () => sockets.delete(s));
+        s.on('error', () => {});
+      }
+      inbound.pipe(outbound).pipe(inbound);
+    });
+    await new Promise<void>((r) => proxy!.listen(0, '127.0.0.1', r));
+    const watcher = new RegistryClient({ url: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, identity: agents[0].identity, network: NET });
+    const seen = new Map<string, AgentView>();
+    const calls = { snapshot: 0, resumed: 0, disconnected: 0 };
+    const w = watcher.watch({
+      snapshot: (views) => {
+        calls.snapshot++;
+        seen.clear();
+        for (const v of views) seen.set(v.record.id, v);
+      },
+      change: (_k, v) => seen.set(v.record.id, v),
+      resumed: () => calls.resumed++,
+      disconnected: () => calls.disconnected++,
+    });
+    try {
+      const waitFor = async (what: string, check: () => boolean) => {
+        for (let i = 0; i < 500 && !check(); i++) await sleep(20);
+        expect(check(), what).toBe(true);
+      };
+      await waitFor('the snapshot', () => seen.size === 5);
+      const a = agents[1];
+      await a.client.publish(signRecord(a.identity, recordFor(a.identity, a.join, 'peer-1', { seq: 2, endpoints: ['192.0.2.9:51820'] })));
+      await waitFor('seq 2 live', () => seen.get(a.identity.id)?.record.seq === 2);
+      for (const s of sockets) s.destroy(); // cut
+      await waitFor('the disconnect', () => calls.disconnected === 1);
+      const b = agents[2];
+      await b.client.publish(signRecord(b.identity, recordFor(b.identity, b.join, 'peer-2', { seq: 2, endpoints: ['192.0.2.10:51820'] })));
+      await b.client.leave();
+      await waitFor('the resume and what it missed', () => calls.resumed === 1 && seen.get(b.identity.id)?.record.seq === 2 && seen.get(b.identity.id)?.online === false);
+      console.log(`watcher: ${JSON.stringify(calls)}; registry streams ${JSON.stringify(reg.stats().streams)}`);
+      expect(calls.snapshot).toBe(1);
+      expect(reg.stats().streams.resumed).toBe(1);
+      expect(seen.get(a.identity.id)?.record.seq).toBe(2);
+    } finally {
+      w.close();
+      watcher.close();
+    }
+  });
+});
