@@ -26,8 +26,8 @@ export class RegistryRefusal extends AgentVpnError {
 
 /** Answers larger than this are not a registry's (10,000 agents list in a few MiB). */
 const MAX_RESPONSE_BYTES = 256 * 1024 * 1024;
-/** A resume point (the registry's `id:` lines are ~30 characters); a longer one is ignored. */
-const MAX_EVENT_ID_CHARS = 64;
+/** A resume point as it may go back in a header: printable ASCII, at most 64 characters (the registry's are 59). */
+const EVENT_ID = /^[\x21-\x7e]{1,64}$/;
 
 const UNREACHABLE_HINT = 'check the --registry URL and that the registry is running and reachable; established tunnels keep working meanwhile';
 const TLS_ERRORS = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS|ERR_SSL/;
@@ -465,6 +465,7 @@ export class RegistryClient {
           }
           if (event === 'snapshot' && Array.isArray(parsed.agents)) {
             attempt = 0;
+            resumeAt = null; // a point from before this snapshot (from another instance, maybe) would not match it
             call(() => handlers.snapshot(parsed.agents!));
             // No policy (null) is news; a malformed one is not: it must never read as "allow all".
             const policy = parsed.policy === null || parsed.policy === undefined ? null : parsePolicyView(parsed.policy);
@@ -606,6 +607,6 @@ class SseParser {
     const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
     if (name === 'event') this.event = value;
     else if (name === 'data') this.data.push(value);
-    else if (name === 'id' && value.length <= MAX_EVENT_ID_CHARS) this.id = value;
+    else if (name === 'id' && EVENT_ID.test(value)) this.id = value;
   }
 }

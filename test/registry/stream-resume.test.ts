@@ -108,7 +108,7 @@ describe('event streams resume from Last-Event-ID', () => {
       agents.set(id, e);
       h.publish(NET, 'upsert', e);
     };
-    await settle(h);
+    for (let i = 0; i < 500 && reader.lastId === undefined; i++) await sleep(10);
     const resumeFrom = reader.lastId; // given when the stream turned live after its snapshot
     bump('a1'); // live
     first.destroy();
@@ -144,7 +144,7 @@ describe('event streams resume from Last-Event-ID', () => {
     const e = new FakeEntry('a1', 1);
     agents.set('a1', e);
     h.publish(NET, 'upsert', e);
-    await settle(h);
+    for (let i = 0; i < 500 && reader.lastId === undefined; i++) await sleep(10);
     const good = reader.lastId!;
     first.destroy();
     const [epoch, seq, mac] = good.split('.');
@@ -191,12 +191,12 @@ describe('event streams resume from Last-Event-ID', () => {
     const reader = new Reader();
     const first = await open(port);
     reader.read(first);
-    await settle(h);
+    for (let i = 0; i < 500 && reader.lastId === undefined; i++) await sleep(10);
     const atLive = reader.lastId;
     const e = new FakeEntry('a1', 1);
     agents.set('a1', e);
     h.publish(NET, 'upsert', e);
-    await sleep(400); // two keep-alives
+    for (let i = 0; i < 500 && reader.lastId === atLive; i++) await sleep(10); // the next keep-alive (150 ms) brings a newer point
     const later = reader.lastId;
     first.destroy();
     const again = new Reader();
@@ -274,6 +274,30 @@ describe('the agent\'s client resumes its stream after a cut connection', () => 
     } finally {
       w.close();
       watcher.close();
+    }
+  });
+
+  it('an id that could not go back in a header (a hostile registry or proxy) is ignored: the client reconnects without one', async () => {
+    const identity = (await import('../../src/identity/identity.js')).Identity.generate();
+    const seenHeaders: Array<string | undefined> = [];
+    const fake = createServer((req, res) => {
+      seenHeaders.push(req.headers['last-event-id'] as string | undefined);
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      // A control character, then a good-looking one: only a printable id is kept, and a snapshot clears it.
+      res.end(seenHeaders.length === 1 ? 'id: a\u0001b\n\n' : 'event: snapshot\ndata: {"agents":[],"policy":null}\n\nid: ok.1\n\n');
+    });
+    await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+    const client = new RegistryClient({ url: `http://127.0.0.1:${(fake.address() as AddressInfo).port}`, identity, network: NET });
+    const w = client.watch({ snapshot: () => {}, change: () => {} });
+    try {
+      for (let i = 0; i < 500 && seenHeaders.length < 3; i++) await sleep(20);
+      console.log(`last-event-id on each connect: ${JSON.stringify(seenHeaders)}`);
+      expect(seenHeaders.slice(0, 3)).toEqual([undefined, undefined, 'ok.1']);
+    } finally {
+      w.close();
+      client.close();
+      fake.closeAllConnections();
+      await new Promise((r) => fake.close(r));
     }
   });
 });
