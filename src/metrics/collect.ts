@@ -14,14 +14,13 @@ interface Spec<L extends string> {
 /**
  * A counter whose values are read at scrape time from counters the code already keeps: nothing is
  * incremented on the packet path. Every scrape starts from nothing, so the series of a peer that
- * went away disappear with it.
+ * went away disappear with it, and a metric whose fill emits nothing has no sample at all.
  */
 export function scrapedCounter<L extends string>(registry: Registry, spec: Spec<L>): Counter<L> {
   return new Counter<L>({
     name: spec.name, help: spec.help, labelNames: spec.labelNames ?? [], registers: [registry],
     collect() {
-      this.reset();
-      spec.fill((labels, value) => this.inc(labels, value));
+      fillFresh(this, spec, (labels, value) => this.inc(labels, value));
     },
   });
 }
@@ -31,10 +30,20 @@ export function scrapedGauge<L extends string>(registry: Registry, spec: Spec<L>
   return new Gauge<L>({
     name: spec.name, help: spec.help, labelNames: spec.labelNames ?? [], registers: [registry],
     collect() {
-      this.reset();
-      spec.fill((labels, value) => this.set(labels, value));
+      fillFresh(this, spec, (labels, value) => this.set(labels, value));
     },
   });
+}
+
+/** reset() leaves an unlabelled metric one 0 sample: it is removed unless the fill emitted one. */
+function fillFresh<L extends string>(metric: Counter<L> | Gauge<L>, spec: Spec<L>, add: Emit<L>): void {
+  metric.reset();
+  let emitted = false;
+  spec.fill((labels, value) => {
+    emitted = true;
+    add(labels, value);
+  });
+  if (!emitted && (spec.labelNames ?? []).length === 0) metric.remove();
 }
 
 /** Longer than one scrape's collection, far shorter than any scrape interval. */

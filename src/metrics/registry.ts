@@ -39,18 +39,14 @@ export class RegistryMetrics {
       labelNames: ['route', 'method'], buckets: DURATION_BUCKETS, registers,
     });
     const read = sharedReading((): Stats | null => this.running?.stats() ?? null);
-    const gauge = (name: string, help: string, value: (s: Stats) => number) => scrapedGauge(this.registry, {
-      name, help, fill: (emit) => {
-        const s = read();
-        if (s) emit({}, value(s));
-      },
-    });
-    const counter = (name: string, help: string, value: (s: Stats) => number) => scrapedCounter(this.registry, {
-      name, help, fill: (emit) => {
-        const s = read();
-        if (s) emit({}, value(s));
-      },
-    });
+    // `value` undefined: no series (a registry without that part, e.g. no change feed on SQLite).
+    const fillWith = (value: (s: Stats) => number | undefined) => (emit: (labels: Record<string, never>, v: number) => void) => {
+      const s = read();
+      const v = s ? value(s) : undefined;
+      if (v !== undefined) emit({}, v);
+    };
+    const gauge = (name: string, help: string, value: (s: Stats) => number | undefined) => scrapedGauge(this.registry, { name, help, fill: fillWith(value) });
+    const counter = (name: string, help: string, value: (s: Stats) => number | undefined) => scrapedCounter(this.registry, { name, help, fill: fillWith(value) });
     gauge('agentvpn_registry_agents', 'Agents with a published record, in all networks', (s) => s.agents);
     gauge('agentvpn_registry_agents_online', 'Agents heard from within the offline period', (s) => s.online);
     gauge('agentvpn_registry_event_subscribers', 'Event streams open now', (s) => s.streams.open);
@@ -75,13 +71,8 @@ export class RegistryMetrics {
       fill: (emit) => Object.entries(read()?.refused ?? {}).forEach(([code, v]) => emit({ code }, v)),
     });
     // The change feed exists on PostgreSQL only: no series at all on SQLite (a 0 would read as "down").
-    scrapedGauge(this.registry, {
-      name: 'agentvpn_registry_change_feed_connected', help: 'On PostgreSQL: 1 while the change feed listens, 0 while it reconnects',
-      fill: (emit) => {
-        const f = read()?.changeFeed;
-        if (f) emit({}, f.connected ? 1 : 0);
-      },
-    });
+    gauge('agentvpn_registry_change_feed_connected', 'On PostgreSQL: 1 while the change feed listens, 0 while it reconnects',
+      (s) => (s.changeFeed ? Number(s.changeFeed.connected) : undefined));
     scrapedCounter(this.registry, {
       name: 'agentvpn_registry_change_feed_notifications_total', labelNames: ['result'],
       help: 'On PostgreSQL: change notifications received, by result (own: skipped; applied; forged: bad MAC, dropped; unauthenticated: no MAC; malformed)',
@@ -91,13 +82,8 @@ export class RegistryMetrics {
         for (const result of ['own', 'applied', 'forged', 'unauthenticated', 'malformed'] as const) emit({ result }, f[result]);
       },
     });
-    scrapedCounter(this.registry, {
-      name: 'agentvpn_registry_change_feed_reconnects_total', help: 'On PostgreSQL: times the change feed lost its LISTEN connection and came back (each re-reads the fleet)',
-      fill: (emit) => {
-        const f = read()?.changeFeed;
-        if (f) emit({}, f.reconnects);
-      },
-    });
+    counter('agentvpn_registry_change_feed_reconnects_total', 'On PostgreSQL: times the change feed lost its LISTEN connection and came back (each re-reads the fleet)',
+      (s) => s.changeFeed?.reconnects);
     gauge('agentvpn_registry_relay_sessions', 'Agents registered with the built-in relay now', (s) => s.relay?.clients ?? 0);
     registerRelayMetrics(this.registry, () => read()?.relay ?? null);
     collectDefaultMetrics({ register: this.registry });

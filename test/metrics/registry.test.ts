@@ -43,6 +43,10 @@ describe('registry metrics', () => {
     // The built-in relay's counters are there too, every drop reason from the first scrape.
     expect(valueOf(text, 'agentvpn_relay_drops_total', { reason: 'bad-signature' })).toBe(0);
     expect(valueOf(text, 'process_resident_memory_bytes')).toBeGreaterThan(0);
+    // SQLite has no change feed: no series at all, so an alert on "connected == 0" means PostgreSQL trouble only.
+    for (const name of ['agentvpn_registry_change_feed_connected', 'agentvpn_registry_change_feed_reconnects_total', 'agentvpn_registry_change_feed_notifications_total']) {
+      expect(samples(text, name), name).toEqual([]);
+    }
   });
 
   it('an attacker cannot create label values: 1,500 requests to random paths, IDs and methods land on the fixed templates', async () => {
