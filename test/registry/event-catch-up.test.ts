@@ -2,103 +2,28 @@
 // are not queued (a fleet-wide wave used to pass the 1 MiB bound and drop the subscriber) but sent
 // by a catch-up pass; a reader that applies snapshot and events ends with the registry's state.
 import { afterEach, describe, expect, it } from 'vitest';
-import { createServer, get, type IncomingMessage, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { EventHub, type Viewable } from '../../src/registry/events.js';
+import { FakeEntry, HubRig, NET, SseReader } from './event-stream-rig.js';
 
-const NET = 'n';
 /** ~1 KB per view: 8,000 agents make an 8 MB snapshot, more than loopback's socket buffers hold. */
-const PAD = 'x'.repeat(1000);
-
-class FakeEntry implements Viewable {
-  eventSeq = 0;
-  constructor(readonly id: string, readonly version: number, readonly online = true) {}
-  get json(): string {
-    return JSON.stringify({ record: { id: this.id }, version: this.version, online: this.online, pad: PAD });
-  }
-}
-
-interface View {
-  version: number;
-  online: boolean;
-}
-
-/** Reads an SSE stream into a map of agent views, as a client does; `onData` runs for each chunk. */
-function reader(res: IncomingMessage, onData: () => void) {
-  const views = new Map<string, View>();
-  const kinds: Record<string, number> = {};
-  const got = { bytes: 0 };
-  let policy: unknown = undefined;
-  // Chunks of the frame under way: joined only when it ends (the 8 MB snapshot is one frame).
-  let parts: string[] = [];
-  const apply = (frame: string) => {
-    const event = /^event: (.*)$/m.exec(frame)?.[1];
-    const data = /^data: (.*)$/m.exec(frame)?.[1];
-    if (!event || data === undefined) return;
-    kinds[event] = (kinds[event] ?? 0) + 1;
-    const d = JSON.parse(data);
-    if (event === 'snapshot') {
-      for (const a of d.agents) views.set(a.record.id, { version: a.version, online: a.online });
-      policy = d.policy;
-    } else if (event === 'removed') {
-      views.delete(d.id);
-    } else if (event === 'policy') {
-      policy = d;
-    } else {
-      views.set(d.agent.record.id, { version: d.agent.version, online: d.agent.online });
-    }
-  };
-  res.setEncoding('utf8');
-  res.on('data', (chunk: string) => {
-    got.bytes += chunk.length;
-    // A frame ends in this chunk, or across its start ("\n" | "\n").
-    const ends = chunk.includes('\n\n') || (chunk.startsWith('\n') && parts.length > 0 && parts[parts.length - 1].endsWith('\n'));
-    if (!ends) {
-      parts.push(chunk);
-    } else {
-      let text = parts.join('') + chunk;
-      parts = [];
-      let end = text.indexOf('\n\n', Math.max(0, text.length - chunk.length - 1));
-      while (end >= 0) {
-        apply(text.slice(0, end));
-        text = text.slice(end + 2);
-        end = text.indexOf('\n\n');
-      }
-      if (text) parts.push(text);
-    }
-    onData();
-  });
-  return { views, kinds, got, policy: () => policy };
-}
+const PAD = 1000;
 
 describe('event streams: changes during a snapshot', () => {
-  let server: Server | undefined;
-  let hub: EventHub | undefined;
-  const responses: IncomingMessage[] = [];
+  let rig: HubRig;
 
   afterEach(async () => {
-    for (const r of responses.splice(0)) r.destroy(); // a failed test must not go on reading into the next
-    hub?.stop();
-    server?.closeAllConnections();
-    await new Promise((r) => server?.close(r));
+    await rig.close();
   });
 
-  /** A hub serving `agents` (`count` of ~1 KB each) on a real HTTP server; resolves with its port. */
   const serve = async (agents: Map<string, FakeEntry>, policyJson: () => string, keepAliveMs?: number, count = 8000) => {
-    for (let i = 0; i < count; i++) agents.set(`a${i}`, new FakeEntry(`a${i}`, 0));
-    const h = (hub = new EventHub({ streams: 10, streamsPerCredential: 10 }, keepAliveMs));
-    h.start();
-    server = createServer((_req, res) => void h.subscribe(NET, 'token:t', res, () => agents.values(), policyJson, null));
-    await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));
-    return { h, port: (server.address() as AddressInfo).port };
+    rig = new HubRig();
+    return { h: await rig.serve(agents, policyJson, { count, pad: PAD, keepAliveMs }) };
   };
-  const open = (port: number) => new Promise<IncomingMessage>((resolve) => get({ host: '127.0.0.1', port, path: '/' }, (r) => resolve(responses[responses.push(r) - 1])));
 
   it('keeps a subscriber through a fleet-wide wave during its snapshot, and its view ends equal to the registry\'s', async () => {
     const agents = new Map<string, FakeEntry>();
     let policyJson = '{"version":1}';
-    const { h, port } = await serve(agents, () => policyJson);
+    const { h } = await serve(agents, () => policyJson);
 
     let round = 0;
     /** One change each of every kind the registry makes: replaced records, liveness, a removal and a rejoin, a policy. */
@@ -108,26 +33,27 @@ describe('event streams: changes during a snapshot', () => {
         const id = `a${(round * 131 + k * 977) % 8000}`;
         const old = agents.get(id);
         if (!old) continue;
-        const next = k % 2 ? new FakeEntry(id, old.version + 1, old.online) : new FakeEntry(id, old.version, !old.online);
+        const next = k % 2 ? new FakeEntry(id, old.version + 1, old.online, PAD) : new FakeEntry(id, old.version, !old.online, PAD);
         agents.set(id, next);
         h.publish(NET, k % 2 ? 'upsert' : 'offline', next);
       }
       const gone = `a${(round * 7919) % 8000}`;
       if (agents.delete(gone)) h.publishRemoved(NET, gone);
       const back = `b${round}`;
-      const fresh = new FakeEntry(back, 0);
+      const fresh = new FakeEntry(back, 0, true, PAD);
       agents.set(back, fresh);
       h.publish(NET, 'upsert', fresh);
       if (round % 10 === 0) h.publishPolicy(NET, (policyJson = `{"version":${round}}`));
     };
 
-    const res = await open(port);
+    const res = await rig.open();
     res.pause();
     await sleep(200); // the socket buffers fill; the hub waits for 'drain' in the middle of the snapshot
     // The wave: 60 rounds of ~3,100 changed views (~53 KB each): ~3 MB of changes, past the old 1 MiB queue.
     for (let i = 0; i < 60; i++) change();
     let changing = true;
-    const stream = reader(res, () => {
+    const stream = new SseReader();
+    stream.read(res, () => {
       if (changing && Math.random() < 0.2) change(); // and more while the snapshot, the catch-up and live events are read
     });
     res.resume();
@@ -138,8 +64,8 @@ describe('event streams: changes during a snapshot', () => {
     for (let i = 0, quiet = 0, last = -1; i < 400 && quiet < 3; i++) {
       await sleep(50);
       const st = h.stats();
-      quiet = st.unsentChars === 0 && st.behind === 0 && stream.got.bytes === last ? quiet + 1 : 0;
-      last = stream.got.bytes;
+      quiet = st.unsentChars === 0 && st.behind === 0 && stream.chars === last ? quiet + 1 : 0;
+      last = stream.chars;
     }
     const stats = h.stats();
     console.log(`snapshot of 8,000 views (~8 MB), ${round} rounds of changes; events read ${JSON.stringify(stream.kinds)}; hub ${JSON.stringify(stats)}`);
@@ -148,14 +74,14 @@ describe('event streams: changes during a snapshot', () => {
     expect(stream.kinds.snapshot).toBe(1);
     expect(stream.views.size).toBe(agents.size);
     for (const [id, e] of agents) expect(stream.views.get(id), id).toEqual({ version: e.version, online: e.online });
-    expect(stream.policy()).toEqual(JSON.parse(policyJson));
+    expect(stream.policy).toEqual(JSON.parse(policyJson));
   });
 
   it('drops a subscriber that takes nothing for a whole keep-alive period while bytes wait; a reader stays', async () => {
-    const { h, port } = await serve(new Map(), () => 'null', 200);
-    const stalled = await open(port);
+    const { h } = await serve(new Map(), () => 'null', 200);
+    const stalled = await rig.open();
     stalled.pause(); // the 8 MB snapshot fills the socket buffers and stays there
-    const reading = await open(port);
+    const reading = await rig.open();
     let got = 0;
     reading.on('data', (d: Buffer) => (got += d.length));
     // The drop comes within two keep-alive periods; its 'close' a moment later; the reader goes on meanwhile.
@@ -168,8 +94,8 @@ describe('event streams: changes during a snapshot', () => {
   });
 
   it('drops a subscriber behind once over 1 MiB of removals waits for it (they cannot be coalesced)', async () => {
-    const { h, port } = await serve(new Map(), () => 'null');
-    const stalled = await open(port);
+    const { h } = await serve(new Map(), () => 'null');
+    const stalled = await rig.open();
     stalled.pause(); // behind: its 8 MB snapshot is not taken
     await sleep(200);
     const before = h.stats();
@@ -182,12 +108,12 @@ describe('event streams: changes during a snapshot', () => {
 
   it('an agent removed while its stream is behind still gets its removal before the stream ends', async () => {
     const agents = new Map<string, FakeEntry>();
-    const { h, port } = await serve(agents, () => 'null', undefined, 10);
-    const res = await open(port);
+    const { h } = await serve(agents, () => 'null', undefined, 10);
+    const res = await rig.open();
     res.pause();
     await sleep(100); // the small snapshot is out: live
     for (let v = 1; h.stats().behind === 0 && v < 20_000; v++) {
-      const e = new FakeEntry('a1', v);
+      const e = new FakeEntry('a1', v, true, PAD);
       agents.set('a1', e);
       h.publish(NET, 'upsert', e); // not read: ~1 KB each until past the bound
     }
@@ -195,7 +121,8 @@ describe('event streams: changes during a snapshot', () => {
     agents.delete('a0');
     h.publishRemoved(NET, 'a0');
     h.closeCredential('token:t');
-    const stream = reader(res, () => {});
+    const stream = new SseReader();
+    stream.read(res);
     res.resume();
     await new Promise((r) => res.once('end', r));
     console.log(`behind ${behind}; read after the close: ${JSON.stringify(stream.kinds)}`);

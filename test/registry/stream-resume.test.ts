@@ -1,96 +1,32 @@
 // Event streams resume: a reader that reconnects with its Last-Event-ID to the same registry gets
-// what it missed (removals, the policy, one view per agent changed) instead of the whole fleet;
-// a forged, foreign, another credential's or too-old resume point gets a snapshot. Real HTTP, and the real client
-// through a TCP proxy that cuts its connection.
+// what it missed (removals, the policy, one view per agent changed) instead of the whole fleet; a
+// forged, foreign, another credential's or too-old resume point gets a snapshot. Real HTTP, and
+// the real client through a TCP proxy that cuts its connection.
 import { afterEach, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer, get, type IncomingMessage, type Server } from 'node:http';
+import { createServer } from 'node:http';
 import { connect, createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { signRecord } from '../../src/registry/record.js';
 import { RegistryClient, type AgentView } from '../../src/registry/client.js';
-import { EventHub, type Viewable } from '../../src/registry/events.js';
+import type { EventHub } from '../../src/registry/events.js';
 import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
+import { FakeEntry, HubRig, NET, SseReader } from './event-stream-rig.js';
 import { makeAgent, recordFor, type TestAgent } from './hostile-helpers.js';
 
-const NET = 'n';
-
-class FakeEntry implements Viewable {
-  eventSeq = 0;
-  constructor(readonly id: string, readonly version: number) {}
-  get json(): string {
-    return JSON.stringify({ record: { id: this.id }, version: this.version });
-  }
-}
-
-/** An SSE reader that keeps views across connections, as the agent's client does; records ids and event kinds. */
-class Reader {
-  readonly views = new Map<string, number>();
-  kinds: Record<string, number> = {};
-  lastId: string | undefined;
-  policy: unknown;
-  private rest = '';
-
-  read(res: IncomingMessage): void {
-    this.kinds = {};
-    this.rest = '';
-    res.setEncoding('utf8');
-    res.on('data', (chunk: string) => {
-      const blocks = (this.rest + chunk).split('\n\n');
-      this.rest = blocks.pop()!;
-      for (const b of blocks) this.apply(b);
-    });
-  }
-
-  private apply(block: string): void {
-    const event = /^event: (.*)$/m.exec(block)?.[1];
-    const data = /^data: (.*)$/m.exec(block)?.[1];
-    if (event && data !== undefined) {
-      this.kinds[event] = (this.kinds[event] ?? 0) + 1;
-      const d = JSON.parse(data);
-      if (event === 'snapshot') {
-        this.views.clear();
-        for (const a of d.agents) this.views.set(a.record.id, a.version);
-        this.policy = d.policy;
-      } else if (event === 'removed') this.views.delete(d.id);
-      else if (event === 'policy') this.policy = d;
-      else if (event !== 'resumed') this.views.set(d.agent.record.id, d.agent.version);
-    }
-    const id = /^id: (.*)$/m.exec(block)?.[1];
-    if (id) this.lastId = id; // after the event is applied, as EventSource does
-  }
-}
-
 describe('event streams resume from Last-Event-ID', () => {
-  let server: Server | undefined;
-  let hub: EventHub | undefined;
-  const responses: IncomingMessage[] = [];
+  let rig: HubRig;
 
   afterEach(async () => {
-    for (const r of responses.splice(0)) r.destroy();
-    hub?.stop();
-    server?.closeAllConnections();
-    await new Promise((r) => server?.close(r));
+    await rig.close();
   });
 
-  const serve = async (agents: Map<string, FakeEntry>, policyJson: () => string) => {
-    for (let i = 0; i < 2000; i++) agents.set(`a${i}`, new FakeEntry(`a${i}`, 0));
-    const h = (hub = new EventHub({ streams: 10, streamsPerCredential: 10 }));
-    h.start();
-    server = createServer((req, res) => {
-      const last = req.headers['last-event-id'];
-      const credential = `token:${req.headers['x-test-credential'] ?? 't'}`; // the registry's is the request's signer
-      void h.subscribe(NET, credential, res, () => agents.values(), policyJson, null, typeof last === 'string' ? last : undefined);
-    });
-    await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));
-    return { h, port: (server.address() as AddressInfo).port };
+  const serve = async (agents: Map<string, FakeEntry>, policyJson: () => string, o = { count: 2000 } as { count: number; keepAliveMs?: number }) => {
+    rig = new HubRig();
+    return { h: await rig.serve(agents, policyJson, o) };
   };
-  const open = (port: number, lastEventId?: string, credential = 't') => new Promise<IncomingMessage>((resolve) => {
-    const headers = { 'x-test-credential': credential, ...(lastEventId ? { 'last-event-id': lastEventId } : {}) };
-    get({ host: '127.0.0.1', port, path: '/', headers }, (r) => resolve(responses[responses.push(r) - 1]));
-  });
   const settle = async (h: EventHub) => {
     for (let i = 0; i < 200 && (h.stats().behind > 0 || h.stats().unsentChars > 0); i++) await sleep(10);
     await sleep(100);
@@ -99,9 +35,9 @@ describe('event streams resume from Last-Event-ID', () => {
   it('a reconnect with the last id gets only what changed: removals, the policy, one view per changed agent', async () => {
     const agents = new Map<string, FakeEntry>();
     let policyJson = '{"version":1}';
-    const { h, port } = await serve(agents, () => policyJson);
-    const reader = new Reader();
-    const first = await open(port);
+    const { h } = await serve(agents, () => policyJson);
+    const reader = new SseReader();
+    const first = await rig.open();
     reader.read(first);
     const bump = (id: string) => {
       const e = new FakeEntry(id, (agents.get(id)?.version ?? 0) + 1);
@@ -122,7 +58,7 @@ describe('event streams resume from Last-Event-ID', () => {
     bump('a502');
     h.publishPolicy(NET, (policyJson = '{"version":2}'));
 
-    reader.read(await open(port, resumeFrom));
+    reader.read(await rig.open(resumeFrom));
     await settle(h);
     console.log(`resumed from ${resumeFrom}: read ${JSON.stringify(reader.kinds)}; hub ${JSON.stringify(h.stats())}`);
     expect(resumeFrom).toMatch(/^[0-9a-f]{12}\.\d+\.[0-9a-f]{32}$/);
@@ -131,15 +67,15 @@ describe('event streams resume from Last-Event-ID', () => {
     expect(reader.kinds.upsert).toBeLessThanOrEqual(41); // one view each for the 40 agents and a502, not the fleet
     expect(h.stats().resumed).toBe(1);
     expect(reader.views.size).toBe(agents.size);
-    for (const [id, e] of agents) expect(reader.views.get(id), id).toBe(e.version);
+    for (const [id, e] of agents) expect(reader.views.get(id)?.version, id).toBe(e.version);
     expect(reader.policy).toEqual({ version: 2 });
   });
 
   it('a forged, foreign, another credential\'s or too-old resume point gets a snapshot', async () => {
     const agents = new Map<string, FakeEntry>();
-    const { h, port } = await serve(agents, () => 'null');
-    const reader = new Reader();
-    const first = await open(port);
+    const { h } = await serve(agents, () => 'null');
+    const reader = new SseReader();
+    const first = await rig.open();
     reader.read(first);
     const e = new FakeEntry('a1', 1);
     agents.set('a1', e);
@@ -149,8 +85,8 @@ describe('event streams resume from Last-Event-ID', () => {
     first.destroy();
     const [epoch, seq, mac] = good.split('.');
     const answers: Record<string, string[]> = {};
-    const ok = new Reader();
-    ok.read(await open(port, good));
+    const ok = new SseReader();
+    ok.read(await rig.open(good));
     await settle(h);
     answers['the point as given'] = Object.keys(ok.kinds);
     expect(ok.kinds.resumed).toBe(1);
@@ -160,16 +96,16 @@ describe('event streams resume from Last-Event-ID', () => {
       ["another credential's point", good, 'other'],
     ];
     for (const [what, id, credential] of tries) {
-      const r = new Reader();
-      r.read(await open(port, id, credential));
+      const r = new SseReader();
+      r.read(await rig.open(id, credential));
       await settle(h);
       answers[what] = Object.keys(r.kinds);
       expect(r.kinds.snapshot, what).toBe(1);
     }
     // More removals than the history keeps: the old point no longer reaches back.
     for (let i = 0; i < 4200; i++) h.publishRemoved(NET, `gone-${i}`);
-    const late = new Reader();
-    late.read(await open(port, good));
+    const late = new SseReader();
+    late.read(await rig.open(good));
     await settle(h);
     answers['past 4,096 removals'] = Object.keys(late.kinds);
     console.log(`answers: ${JSON.stringify(answers)}; hub ${JSON.stringify(h.stats())}`);
@@ -179,17 +115,9 @@ describe('event streams resume from Last-Event-ID', () => {
 
   it('the point given to a reader resumes for that reader only, and after a keep-alive a newer point is given', async () => {
     const agents = new Map<string, FakeEntry>();
-    const h = (hub = new EventHub({ streams: 10, streamsPerCredential: 10 }, 150));
-    h.start();
-    for (let i = 0; i < 10; i++) agents.set(`a${i}`, new FakeEntry(`a${i}`, 0));
-    server = createServer((req, res) => {
-      const last = req.headers['last-event-id'];
-      void h.subscribe(NET, `token:${req.headers['x-test-credential'] ?? 't'}`, res, () => agents.values(), () => 'null', null, typeof last === 'string' ? last : undefined);
-    });
-    await new Promise<void>((r) => server!.listen(0, '127.0.0.1', r));
-    const port = (server.address() as AddressInfo).port;
-    const reader = new Reader();
-    const first = await open(port);
+    const { h } = await serve(agents, () => 'null', { count: 10, keepAliveMs: 150 });
+    const reader = new SseReader();
+    const first = await rig.open();
     reader.read(first);
     for (let i = 0; i < 500 && reader.lastId === undefined; i++) await sleep(10);
     const atLive = reader.lastId;
@@ -199,8 +127,8 @@ describe('event streams resume from Last-Event-ID', () => {
     for (let i = 0; i < 500 && reader.lastId === atLive; i++) await sleep(10); // the next keep-alive (150 ms) brings a newer point
     const later = reader.lastId;
     first.destroy();
-    const again = new Reader();
-    again.read(await open(port, later));
+    const again = new SseReader();
+    again.read(await rig.open(later));
     await settle(h);
     console.log(`points: at live ${atLive}, after keep-alives ${later}; the resume read ${JSON.stringify(again.kinds)}`);
     expect(later).not.toBe(atLive);
