@@ -8,7 +8,7 @@ import { overlayIPv6 } from '../identity/addresses.js';
 import type { Identity } from '../identity/identity.js';
 import { formatAddress, parseAddress, parsePrefix, type Prefix } from '../ip/prefix.js';
 import { formatCapability, parseCapability } from '../net/capabilities.js';
-import type { AgentView, JoinResult, PolicyView, RegistryClient } from '../registry/client.js';
+import type { AgentView, JoinResult, PolicyView, RegistryClient, Watcher } from '../registry/client.js';
 import type { ReportedPath } from '../registry/path-report.js';
 import { RECORD_LIFETIME_MS, signRecord, type AgentRecord } from '../registry/record.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
@@ -70,7 +70,7 @@ export class Membership {
   private publishedAt = 0;
   private publishing: Promise<void> | null = null;
   private publishAgain = false;
-  private watcher: { close(): void } | null = null;
+  private watcher: Watcher | null = null;
   private current: JoinResult | null = null;
   registryUp = false;
   /** An operator removed us from the network: we stop re-joining until someone runs `up` again. */
@@ -240,12 +240,23 @@ export class Membership {
     }
   }
 
-  /** Follows the fleet over the registry's event stream (the client reconnects with backoff). */
+  /**
+   * Follows the fleet over the registry's event stream (the client reconnects with backoff). A
+   * watcher started again (the registry answers while the stream waits in its backoff) resumes
+   * where the last one was, so a blip costs the registry the changes, not the whole fleet.
+   */
   watch(events: FleetEvents): void {
     const { log } = this.opts;
+    const from = this.watcher?.resumePoint() ?? null;
     this.watcher?.close();
     this.watcher = this.opts.client.watch({
-      snapshot: (agents) => events.snapshot(agents),
+      snapshot: (agents) => {
+        events.snapshot(agents);
+        // A snapshot may come from a registry that restarted: make sure it has our record. A
+        // resumed stream is the same registry process, which has it (a fleet-wide blip must not
+        // turn into a publish by every agent).
+        void this.publish();
+      },
       change: (_kind, agent) => events.agent(agent),
       removed: (id) => events.removed(id),
       policy: (view) => events.policy(view),
@@ -255,7 +266,6 @@ export class Membership {
           this.opts.audit('registry.connected', this.opts.network, {});
         }
         this.registryUp = true;
-        void this.publish(); // the registry may have restarted: make sure it has our record
       },
       disconnected: (err) => {
         if (this.registryUp) {
@@ -264,7 +274,7 @@ export class Membership {
         }
         this.registryUp = false;
       },
-    });
+    }, from);
   }
 
   async stop(): Promise<void> {

@@ -67,6 +67,18 @@ export interface WatchHandlers {
   resumed?(): void;
 }
 
+/** Where a watcher may resume: the last point an instance's stream gave (only that instance takes it). */
+export interface ResumePoint {
+  id: string;
+  instance: number;
+}
+
+/** A running watch: close() ends it; resumePoint() is what a later watch() of the same reader may start from. */
+export interface Watcher {
+  close(): void;
+  resumePoint(): ResumePoint | null;
+}
+
 export interface RegistryClientOptions {
   /** One registry URL, or several (comma-separated) instances of one registry on a shared database. */
   url: string;
@@ -402,16 +414,21 @@ export class RegistryClient {
 
   /**
    * Server-Sent Events with automatic reconnect (exponential backoff 0.5 s → 30 s, jitter); a
-   * snapshot starts every connection. A failed stream reconnects to the next instance.
+   * snapshot starts each connection unless it resumes. A stream that was cut (the connection
+   * reset or ended) is tried once more at the same instance, which can resume it; any other
+   * failure, or a second one, reconnects to the next instance. `from`: a point an earlier watcher
+   * of this same reader's state gave (Watcher.resumePoint()), to resume instead of a snapshot.
    */
-  watch(handlers: WatchHandlers): { close(): void } {
+  watch(handlers: WatchHandlers, from: ResumePoint | null = null): Watcher {
     let closed = false;
     let attempt = 0;
     let req: ClientRequest | undefined;
     let retry: NodeJS.Timeout | undefined;
     let idle: NodeJS.Timeout | undefined;
     /** The last resume point the stream gave, and the instance it came from (another instance's would not match). */
-    let resumeAt: { id: string; instance: number } | null = null;
+    let resumeAt = from;
+    /** A cut stream was retried at its instance already, since it last went live. */
+    let retriedSame = false;
 
     const call = (fn: () => void) => {
       try {
@@ -429,12 +446,14 @@ export class RegistryClient {
       const headers: Record<string, string> = { accept: 'text/event-stream', authorization: agentAuthorization(this.opts.identity, 'GET', path, nextTimestamp(this.id)) };
       if (resumeAt?.instance === index) headers['last-event-id'] = resumeAt.id;
       let failed = false;
-      const fail = (err: Error) => {
+      /** `cut`: the live stream's connection reset or ended (a proxy, a blip), not a dead or silent instance. */
+      const fail = (err: Error, cut = false) => {
         if (failed || closed) return;
         failed = true;
         clearTimeout(idle);
         current.destroy();
-        this.failedOver(index);
+        if (cut && !retriedSame && resumeAt?.instance === index) retriedSame = true;
+        else this.failedOver(index);
         call(() => handlers.disconnected?.(err));
         const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt++);
         retry = setTimeout(connect, delay * (0.5 + Math.random() * 0.5));
@@ -465,6 +484,7 @@ export class RegistryClient {
           }
           if (event === 'snapshot' && Array.isArray(parsed.agents)) {
             attempt = 0;
+            retriedSame = false;
             resumeAt = null; // a point from before this snapshot (from another instance, maybe) would not match it
             call(() => handlers.snapshot(parsed.agents!));
             // No policy (null) is news; a malformed one is not: it must never read as "allow all".
@@ -479,6 +499,7 @@ export class RegistryClient {
             if (policy !== undefined) call(() => handlers.policy?.(policy));
           } else if (event === 'resumed') {
             attempt = 0;
+            retriedSame = false;
             call(() => handlers.resumed?.());
           }
         });
@@ -487,8 +508,8 @@ export class RegistryClient {
           resetIdle();
           parser.push(chunk);
         });
-        res.on('end', () => fail(this.unreachable(new Error('the registry closed the event stream'), at)));
-        res.on('error', (e) => fail(this.unreachable(e, at)));
+        res.on('end', () => fail(this.unreachable(new Error('the registry closed the event stream'), at), true));
+        res.on('error', (e) => fail(this.unreachable(e, at), true));
       });
       current.end();
     };
@@ -501,6 +522,7 @@ export class RegistryClient {
         clearTimeout(idle);
         req?.destroy();
       },
+      resumePoint: () => resumeAt,
     };
   }
 }

@@ -37,9 +37,10 @@ import { StreamHistory } from './stream-history.js';
  * valid loses its streams.
  *
  * Resuming: when a subscriber turns live, and with each keep-alive, it is sent an SSE `id:` (this
- * hub's epoch, the network's sequence number, and a MAC binding both to its credential):
- * everything up to that number has been sent. A reader that reconnects with that Last-Event-ID,
- * to the same registry process and with the same credential, gets `resumed`, the removals and the
+ * hub's epoch, the network's sequence number, and a MAC binding both to its credential, and an
+ * agent's to its membership): everything up to that number has been sent. A reader that
+ * reconnects with that Last-Event-ID, to the same registry process and with the same credential
+ * (an agent not removed and admitted again meanwhile), gets `resumed`, the removals and the
  * policy it missed, and one catch-up pass of the agents changed since (at most a keep-alive
  * period's worth more than it needed), instead of the whole fleet again. stream-history.ts keeps
  * the last 4,096 removals; past that, from another process or instance, or with a point not
@@ -106,8 +107,8 @@ class Subscriber {
    * `agents`: a fresh pass over the network's agents; `tail`: the snapshot's fields after them (read
    * at its end). From `seq` on it is behind: after a snapshot, or (`resumed`) with no snapshot.
    */
-  constructor(readonly network: string, readonly credential: string, readonly res: ServerResponse, readonly agents: () => Iterable<Viewable>,
-    readonly tail: () => string, seq: number, resumed: boolean) {
+  constructor(readonly network: string, readonly credential: string, readonly resumeScope: string, readonly res: ServerResponse,
+    readonly agents: () => Iterable<Viewable>, readonly tail: () => string, seq: number, resumed: boolean) {
     this.inSnapshot = !resumed;
     this.pass = resumed ? null : agents()[Symbol.iterator]();
     this.behindFrom = seq;
@@ -177,16 +178,17 @@ export class EventHub {
    * for each pass over the network's live agents: the snapshot, the catch-up) and the network's
    * policy (`policyJson`: a PolicyView as JSON, or "null"). `credential` names who
    * authorized it ("agent:ID", "token:HASH"); the stream is closed at `expiresAt` (the
-   * credential's end) when given. `lastEventId`: the reader's resume point, if it sent one.
+   * credential's end) when given. `lastEventId`: the reader's resume point, if it sent one;
+   * `resumeScope`: what its points are bound to (the credential, and for an agent its membership).
    */
   subscribe(network: string, credential: string, res: ServerResponse, agents: () => Iterable<Viewable>, policyJson: () => string, expiresAt: number | null,
-    lastEventId?: string): SubscribeResult {
+    lastEventId?: string, resumeScope = credential): SubscribeResult {
     const room = this.roomFor(credential);
     if (!room.ok) return room;
     const history = this.historyOf(network);
-    const from = this.resumePoint(lastEventId, credential, network, history);
+    const from = this.resumePoint(lastEventId, resumeScope, network, history);
     const missed = from === null ? null : history.since(from);
-    const s = new Subscriber(network, credential, res, agents, () => `],"policy":${policyJson()}}`, missed ? from! : history.seq, missed !== null);
+    const s = new Subscriber(network, credential, resumeScope, res, agents, () => `],"policy":${policyJson()}}`, missed ? from! : history.seq, missed !== null);
     this.add(s);
     res.once('close', () => this.remove(s));
     if (expiresAt !== null) this.closeAt(s, expiresAt);
@@ -207,18 +209,18 @@ export class EventHub {
 
   /**
    * The sequence number a reconnecting reader's Last-Event-ID names, if this hub gave it to the
-   * same credential on this network (so no one learns removals from before they subscribed).
+   * same scope on this network (so no one learns removals from before they subscribed).
    */
-  private resumePoint(lastEventId: string | undefined, credential: string, network: string, history: StreamHistory): number | null {
+  private resumePoint(lastEventId: string | undefined, scope: string, network: string, history: StreamHistory): number | null {
     const m = lastEventId === undefined ? null : /^([0-9a-f]{12})\.(\d{1,15})\.([0-9a-f]{32})$/.exec(lastEventId);
     if (!m || m[1] !== this.epoch) return null;
     const from = Number(m[2]);
-    if (from > history.seq || !timingSafeEqual(Buffer.from(m[3], 'hex'), this.resumeMac(credential, network, from))) return null;
+    if (from > history.seq || !timingSafeEqual(Buffer.from(m[3], 'hex'), this.resumeMac(scope, network, from))) return null;
     return from;
   }
 
-  private resumeMac(credential: string, network: string, seq: number): Buffer {
-    return createHmac('sha256', this.resumeKey).update(`${credential}\n${network}\n${seq}`).digest().subarray(0, 16);
+  private resumeMac(scope: string, network: string, seq: number): Buffer {
+    return createHmac('sha256', this.resumeKey).update(`${scope}\n${network}\n${seq}`).digest().subarray(0, 16);
   }
 
   private historyOf(network: string): StreamHistory {
@@ -233,7 +235,7 @@ export class EventHub {
    */
   private writeResumePoint(s: Subscriber, comment = ''): void {
     const seq = this.historyOf(s.network).seq;
-    this.write(s, `id: ${this.epoch}.${seq}.${this.resumeMac(s.credential, s.network, seq).toString('hex')}\n${comment}\n`);
+    this.write(s, `id: ${this.epoch}.${seq}.${this.resumeMac(s.resumeScope, s.network, seq).toString('hex')}\n${comment}\n`);
   }
 
   /** Sends an agent's change to the network's subscribers; one that is behind gets it from its catch-up. */

@@ -69,8 +69,11 @@ export function readRoutes(ctx: RouteContext): Route[] {
     const credential = await authorizeRead(c.req, network, c.now, authority);
     const state = fleet.net(network);
     const lastEventId = c.req.headers['last-event-id'];
+    // An agent removed and admitted again must not resume from a point of its former membership.
+    const member = credential.key.startsWith('agent:') ? state.members.get(credential.key.slice('agent:'.length)) : undefined;
+    const scope = member ? `${credential.key}@${member.joinedAt}` : credential.key;
     const result = hub.subscribe(network, credential.key, c.res, () => state.agents.values(), () => state.policyJson, credential.expiresAt,
-      typeof lastEventId === 'string' ? lastEventId : undefined);
+      typeof lastEventId === 'string' ? lastEventId : undefined, scope);
     if (!result.ok) refuse(result.code, result.message);
   };
 

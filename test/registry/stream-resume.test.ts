@@ -5,14 +5,16 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
-import { connect, createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { signRecord } from '../../src/registry/record.js';
-import { RegistryClient, type AgentView } from '../../src/registry/client.js';
+import { AdminClient } from '../../src/registry/admin-client.js';
+import { RegistryClient, type AgentView, type WatchHandlers } from '../../src/registry/client.js';
 import type { EventHub } from '../../src/registry/events.js';
 import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
+import { cutProxy, type CutProxy } from './cut-proxy.js';
 import { FakeEntry, HubRig, NET, SseReader } from './event-stream-rig.js';
 import { makeAgent, recordFor, type TestAgent } from './hostile-helpers.js';
 
@@ -140,37 +142,33 @@ describe('event streams resume from Last-Event-ID', () => {
 describe('the agent\'s client resumes its stream after a cut connection', () => {
   let dir: string;
   let reg: RunningRegistry;
-  let proxy: ReturnType<typeof createTcpServer> | undefined;
+  let proxy: CutProxy | undefined;
   const agents: TestAgent[] = [];
+  const closers: Array<() => unknown> = [];
 
   afterEach(async () => {
+    for (const close of closers.splice(0).reverse()) await close();
     for (const a of agents.splice(0)) a.client.close();
     proxy?.close();
     await reg?.stop();
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('no second snapshot: the watcher gets "resumed" and the changes it missed, and its view matches the registry', async () => {
+  /** A registry with `n` agents ("peer-0"...), and a proxy in front of it that the test can cut. */
+  const fleetBehindProxy = async (n: number) => {
     dir = mkdtempSync(join(tmpdir(), 'agentvpn-resume-'));
     reg = await startRegistry({ db: join(dir, 'registry.db'), network: NET });
     const token = await reg.createToken({ network: NET });
-    for (let i = 0; i < 5; i++) agents.push(await makeAgent(reg.url, NET, `peer-${i}`, token));
-    // A TCP proxy in front of the registry whose connections the test can cut.
-    const sockets = new Set<Socket>();
-    proxy = createTcpServer((inbound) => {
-      const outbound = connect(reg.port, '127.0.0.1');
-      for (const s of [inbound, outbound]) {
-        sockets.add(s);
-        s.on('close', () => sockets.delete(s));
-        s.on('error', () => {});
-      }
-      inbound.pipe(outbound).pipe(inbound);
-    });
-    await new Promise<void>((r) => proxy!.listen(0, '127.0.0.1', r));
-    const watcher = new RegistryClient({ url: `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`, identity: agents[0].identity, network: NET });
+    for (let i = 0; i < n; i++) agents.push(await makeAgent(reg.url, NET, `peer-${i}`, token));
+    proxy = await cutProxy(reg.port);
+    return token;
+  };
+
+  /** A watch that counts what it was given; its view of the fleet in `seen`. */
+  const countingWatch = (client: RegistryClient, from: Parameters<RegistryClient['watch']>[1] = null) => {
     const seen = new Map<string, AgentView>();
     const calls = { snapshot: 0, resumed: 0, disconnected: 0 };
-    const w = watcher.watch({
+    const handlers: WatchHandlers = {
       snapshot: (views) => {
         calls.snapshot++;
         seen.clear();
@@ -179,30 +177,83 @@ describe('the agent\'s client resumes its stream after a cut connection', () => 
       change: (_k, v) => seen.set(v.record.id, v),
       resumed: () => calls.resumed++,
       disconnected: () => calls.disconnected++,
+    };
+    const w = client.watch(handlers, from);
+    closers.push(() => w.close());
+    return { w, seen, calls };
+  };
+
+  const waitFor = async (what: string, check: () => boolean) => {
+    for (let i = 0; i < 500 && !check(); i++) await sleep(20);
+    expect(check(), what).toBe(true);
+  };
+
+  it('no second snapshot: the watcher gets "resumed" and the changes it missed, and its view matches the registry', async () => {
+    await fleetBehindProxy(5);
+    const watcher = new RegistryClient({ url: proxy!.url, identity: agents[0].identity, network: NET });
+    closers.push(() => watcher.close());
+    const { seen, calls } = countingWatch(watcher);
+    await waitFor('the snapshot', () => seen.size === 5);
+    const a = agents[1];
+    await a.client.publish(signRecord(a.identity, recordFor(a.identity, a.join, 'peer-1', { seq: 2, endpoints: ['192.0.2.9:51820'] })));
+    await waitFor('seq 2 live', () => seen.get(a.identity.id)?.record.seq === 2);
+    proxy!.cut();
+    await waitFor('the disconnect', () => calls.disconnected === 1);
+    const b = agents[2];
+    await b.client.publish(signRecord(b.identity, recordFor(b.identity, b.join, 'peer-2', { seq: 2, endpoints: ['192.0.2.10:51820'] })));
+    await b.client.leave();
+    await waitFor('the resume and what it missed', () => calls.resumed === 1 && seen.get(b.identity.id)?.record.seq === 2 && seen.get(b.identity.id)?.online === false);
+    console.log(`watcher: ${JSON.stringify(calls)}; registry streams ${JSON.stringify(reg.stats().streams)}`);
+    expect(calls.snapshot).toBe(1);
+    expect(reg.stats().streams.resumed).toBe(1);
+    expect(seen.get(a.identity.id)?.record.seq).toBe(2);
+  });
+
+  it('a new watcher given the last one\'s point resumes; not once the agent was removed and admitted again', async () => {
+    const token = await fleetBehindProxy(3);
+    const me = agents[0];
+    const first = countingWatch(me.client);
+    await waitFor('the snapshot', () => first.seen.size === 3);
+    const point = first.w.resumePoint();
+    first.w.close();
+    expect(point?.id).toMatch(/^[0-9a-f]{12}\.\d+\.[0-9a-f]{32}$/);
+    const b = agents[1];
+    await b.client.publish(signRecord(b.identity, recordFor(b.identity, b.join, 'peer-1', { seq: 2 })));
+    const second = countingWatch(me.client, point);
+    await waitFor('the resume', () => second.calls.resumed === 1 && second.seen.get(b.identity.id)?.record.seq === 2);
+    expect(second.calls.snapshot).toBe(0);
+    second.w.close();
+    // Removed by an operator, then admitted again with a token: its old point names a former membership.
+    await new AdminClient(reg.url, await reg.createAdminToken(), NET).remove('peer-0', false);
+    await me.client.join('peer-0', token);
+    const third = countingWatch(me.client, point);
+    await waitFor('a snapshot instead', () => third.calls.snapshot === 1);
+    console.log(`resumed from the last watcher's point: ${JSON.stringify(second.calls)}; after removal and re-admission: ${JSON.stringify(third.calls)}`);
+    expect(third.calls.resumed).toBe(0);
+    expect(reg.stats().streams.resumed).toBe(1);
+  });
+
+  it('a cut stream is tried once more at its own instance (which resumes it) before the next one', async () => {
+    await fleetBehindProxy(3);
+    // The other "instance" answers 503 and counts the event streams it is asked for.
+    let otherAsked = 0;
+    const other = createServer((req, res) => {
+      if (req.url?.startsWith('/v1/events')) otherAsked++;
+      res.writeHead(503, { 'content-type': 'application/json' }).end('{"ok":false,"code":"UNAVAILABLE","message":"test"}');
     });
-    try {
-      const waitFor = async (what: string, check: () => boolean) => {
-        for (let i = 0; i < 500 && !check(); i++) await sleep(20);
-        expect(check(), what).toBe(true);
-      };
-      await waitFor('the snapshot', () => seen.size === 5);
-      const a = agents[1];
-      await a.client.publish(signRecord(a.identity, recordFor(a.identity, a.join, 'peer-1', { seq: 2, endpoints: ['192.0.2.9:51820'] })));
-      await waitFor('seq 2 live', () => seen.get(a.identity.id)?.record.seq === 2);
-      for (const s of sockets) s.destroy(); // cut
-      await waitFor('the disconnect', () => calls.disconnected === 1);
-      const b = agents[2];
-      await b.client.publish(signRecord(b.identity, recordFor(b.identity, b.join, 'peer-2', { seq: 2, endpoints: ['192.0.2.10:51820'] })));
-      await b.client.leave();
-      await waitFor('the resume and what it missed', () => calls.resumed === 1 && seen.get(b.identity.id)?.record.seq === 2 && seen.get(b.identity.id)?.online === false);
-      console.log(`watcher: ${JSON.stringify(calls)}; registry streams ${JSON.stringify(reg.stats().streams)}`);
-      expect(calls.snapshot).toBe(1);
-      expect(reg.stats().streams.resumed).toBe(1);
-      expect(seen.get(a.identity.id)?.record.seq).toBe(2);
-    } finally {
-      w.close();
-      watcher.close();
-    }
+    await new Promise<void>((r) => other.listen(0, '127.0.0.1', r));
+    closers.push(() => new Promise((r) => other.close(r)));
+    const otherUrl = `http://127.0.0.1:${(other.address() as AddressInfo).port}`;
+    const client = new RegistryClient({ url: `${proxy!.url},${otherUrl}`, identity: agents[0].identity, network: NET });
+    closers.push(() => client.close());
+    const { seen, calls } = countingWatch(client);
+    await waitFor('the snapshot', () => seen.size === 3);
+    const askedBefore = otherAsked;
+    proxy!.cut();
+    await waitFor('the resume', () => calls.resumed === 1);
+    console.log(`watcher ${JSON.stringify(calls)}; the other instance was asked ${otherAsked - askedBefore} times after the cut`);
+    expect(otherAsked - askedBefore).toBe(0);
+    expect(calls.snapshot).toBe(1);
   });
 
   it('an id that could not go back in a header (a hostile registry or proxy) is ignored: the client reconnects without one', async () => {

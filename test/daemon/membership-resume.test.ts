@@ -1,0 +1,76 @@
+// The daemon's membership after a blip: its event stream resumes (no snapshot, no re-publish of
+// our record), and a watcher it starts again while the old one waits in its backoff resumes too.
+// A real registry on loopback behind a TCP proxy the test cuts; the real client and Membership.
+import { afterEach, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import pino from 'pino';
+import { noAudit } from '../../src/audit/sink.js';
+import { Membership, type FleetEvents } from '../../src/daemon/membership.js';
+import { Identity } from '../../src/identity/identity.js';
+import { RegistryClient } from '../../src/registry/client.js';
+import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
+import { cutProxy, type CutProxy } from '../registry/cut-proxy.js';
+import { makeAgent, type TestAgent } from '../registry/hostile-helpers.js';
+
+const NET = 'resume-net';
+let dir: string;
+let reg: RunningRegistry | undefined;
+let proxy: CutProxy | undefined;
+const cleanups: Array<() => unknown> = [];
+
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+  proxy?.close();
+  await reg?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const waitFor = async (what: string, check: () => boolean) => {
+  for (let i = 0; i < 500 && !check(); i++) await sleep(20);
+  expect(check(), what).toBe(true);
+};
+
+it('a blip resumes the stream without a snapshot or a re-publish, and so does a watcher started again', async () => {
+  dir = mkdtempSync(join(tmpdir(), 'agentvpn-membership-'));
+  reg = await startRegistry({ db: join(dir, 'registry.db'), network: NET });
+  const token = await reg.createToken({ network: NET });
+  const peers: TestAgent[] = [];
+  for (let i = 0; i < 3; i++) peers.push(await makeAgent(reg.url, NET, `peer-${i}`, token));
+  cleanups.push(() => peers.forEach((p) => p.client.close()));
+  proxy = await cutProxy(reg.port);
+
+  const identity = Identity.generate();
+  const client = new RegistryClient({ url: proxy.url, identity, network: NET });
+  cleanups.push(() => client.close());
+  const membership = new Membership({
+    client, identity, name: 'me', token, network: NET, capabilities: [], stateDir: dir, log: pino({ level: 'silent' }),
+    endpoints: () => ['192.0.2.20:51820'], audit: noAudit,
+  });
+  cleanups.push(() => membership.stop());
+  await membership.join();
+  await membership.publish();
+  // Our record as the registry holds it.
+  const ourSeq = async () => (await peers[0].client.get('me')).record.seq;
+  const seqBefore = await ourSeq();
+  const counts = { snapshot: 0, agent: 0 };
+  const events: FleetEvents = { snapshot: () => counts.snapshot++, agent: () => counts.agent++, removed: () => {}, policy: () => {} };
+  membership.watch(events);
+  await waitFor('the snapshot', () => counts.snapshot === 1 && membership.registryUp);
+  // A snapshot is followed by a publish (the registry may have restarted without our record).
+  let seqAfterSnapshot = seqBefore;
+  for (let i = 0; i < 250 && seqAfterSnapshot === seqBefore; i++, await sleep(20)) seqAfterSnapshot = await ourSeq();
+  expect(seqAfterSnapshot).toBeGreaterThan(seqBefore);
+
+  proxy.cut();
+  await waitFor('the resume', () => reg!.stats().streams.resumed === 1 && membership.registryUp);
+  // The membership starts its watcher again (what a heartbeat does while the stream waits in its backoff).
+  membership.watch(events);
+  await waitFor('the second resume', () => reg!.stats().streams.resumed === 2);
+  await sleep(300);
+  console.log(`fleet events ${JSON.stringify(counts)}; our record seq ${seqAfterSnapshot} -> ${await ourSeq()}; registry streams ${JSON.stringify(reg.stats().streams)}`);
+  expect(counts.snapshot).toBe(1);
+  expect(await ourSeq()).toBe(seqAfterSnapshot);
+});
