@@ -12,8 +12,9 @@
 //   flock /tmp/agentvpn-bench.lock node scripts/bench-registry.mjs
 // Env: AGENTS (10000), CONCURRENCY (8), GETS (20000), LISTS (500), FANOUT (300), SNAPSHOT_STREAMS (16),
 //   STORES (sqlite,postgres), REGISTRY_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
+import { availableParallelism } from 'node:os';
 import {
-  Identity, NETWORK, RegistryClient, cpuOf, loadAverage, memoryOf, openStream, pool, postgresUnavailableReason, recordOf, resetPeak, startStore, stats, timed,
+  Identity, NETWORK, RegistryClient, cpuOf, loadAverage, machineTicks, memoryOf, openStream, pool, postgresUnavailableReason, recordOf, resetPeak, startStore, stats, timed,
 } from './lib/registry-load.mjs';
 
 const AGENTS = Number(process.env.AGENTS ?? 10_000);
@@ -40,6 +41,7 @@ async function measure({ label, urls, pids, dbPids, token, dbSize }) {
   let c0 = cpu();
   let d0 = dbCpu();
   let g0 = cpuOf([process.pid]);
+  const m0 = machineTicks();
   let t0 = performance.now();
   await pool(AGENTS, CONCURRENCY, async (i) => {
     const identity = identities[i];
@@ -65,6 +67,12 @@ async function measure({ label, urls, pids, dbPids, token, dbSize }) {
   r.registerCpuMsPerAgent = ((cpu() - c0) * 1000) / AGENTS;
   r.registerDbCpuMsPerAgent = ((dbCpu() - d0) * 1000) / AGENTS;
   r.registerClientCpuMsPerAgent = ((cpuOf([process.pid]) - g0) * 1000) / AGENTS;
+  const m1 = machineTicks();
+  r.registerMachineBusy = (m1.busy - m0.busy) / (m1.total - m0.total);
+  r.registerSteal = (m1.steal - m0.steal) / (m1.total - m0.total);
+  // Little's law in a closed loop: mean latency = clients / throughput, and throughput is at most
+  // cores / (CPU per registration of every process here), so no registry beats this floor on these cores.
+  r.registerFloorMs = (CONCURRENCY * (r.registerCpuMsPerAgent + r.registerDbCpuMsPerAgent + r.registerClientCpuMsPerAgent)) / availableParallelism();
   r.rssAfterRegisterMiB = rss();
 
   const readers = identities.slice(0, CONCURRENCY).map((identity, k) => new RegistryClient({ url: urls[k % urls.length], identity, network: NETWORK }));
@@ -188,6 +196,8 @@ const f = (x, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '-');
 const pp = (s) => `${f(s.p50)} / ${f(s.p99)}`;
 const rows = [
   ['join + publish p50 / p99 ms', (r) => pp(r.register)],
+  ['  mean / floor ms (clients x CPU / cores)', (r) => `${f(r.register.mean)} / ${f(r.registerFloorMs)}`],
+  ['  machine busy / steal % (both cores)', (r) => `${f(100 * r.registerMachineBusy, 0)} / ${f(100 * r.registerSteal, 0)}`],
   ['  join p50 / p99 ms', (r) => pp(r.join)],
   ['  publish p50 / p99 ms', (r) => pp(r.publish)],
   ['registrations/s', (r) => f(r.registerPerS, 0)],
