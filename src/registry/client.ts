@@ -113,6 +113,13 @@ interface RequestAuth {
   signed?: boolean | 'session';
 }
 
+/**
+ * A cut stream's one retry at its own instance gets this long to answer (with several instances):
+ * one that takes connections but never answers (a frozen loop, a balancer before a dead backend)
+ * must not hold failover back for a whole request timeout.
+ */
+const SAME_INSTANCE_RETRY_TIMEOUT_MS = 2_000;
+
 /** An instance without read sessions is asked again after this long (it may have been upgraded meanwhile). */
 const NO_SESSIONS_RETRY_MS = 5 * 60_000;
 /** A session this close to its end is replaced before the next read, so reads do not meet its expiry. */
@@ -446,6 +453,8 @@ export class RegistryClient {
       const headers: Record<string, string> = { accept: 'text/event-stream', authorization: agentAuthorization(this.opts.identity, 'GET', path, nextTimestamp(this.id)) };
       if (resumeAt?.instance === index) headers['last-event-id'] = resumeAt.id;
       let failed = false;
+      /** The instance answered 200: a failure from then on is the live stream's. */
+      let live = false;
       /** `cut`: the live stream's connection reset or ended (a proxy, a blip), not a dead or silent instance. */
       const fail = (err: Error, cut = false) => {
         if (failed || closed) return;
@@ -462,16 +471,20 @@ export class RegistryClient {
         clearTimeout(idle);
         idle = setTimeout(() => fail(this.unreachable(new Error(`event stream silent for ${STREAM_IDLE_MS / 1000} s`), at)), STREAM_IDLE_MS);
       };
-      const current = at.transport.request({ ...this.requestOptions(at, 'GET', path, headers), agent: false, timeout: this.timeoutMs });
+      const retryingSame = retriedSame && this.instances.length > 1;
+      const timeout = retryingSame ? Math.min(this.timeoutMs, SAME_INSTANCE_RETRY_TIMEOUT_MS) : this.timeoutMs;
+      const current = at.transport.request({ ...this.requestOptions(at, 'GET', path, headers), agent: false, timeout });
       req = current;
-      current.on('error', (e) => fail(this.unreachable(e, at)));
-      current.on('timeout', () => fail(this.unreachable(new Error(`no answer within ${this.timeoutMs / 1000} s`), at)));
+      // A reset of the live stream reaches the request first (ECONNRESET), before the response's 'aborted'.
+      current.on('error', (e) => fail(this.unreachable(e, at), live));
+      current.on('timeout', () => fail(this.unreachable(new Error(`no answer within ${timeout / 1000} s`), at)));
       current.on('response', (res) => {
         if (res.statusCode !== 200) {
           readAll(res).then((text) => fail(answerError(res, text)), (e: Error) => fail(this.unreachable(e, at)));
           return;
         }
         current.setTimeout(0);
+        live = true;
         call(() => handlers.connected?.());
         resetIdle();
         const parser = new SseParser(() => fail(new AgentVpnError('REGISTRY_BAD_RESPONSE', `the registry sent an event line over ${MAX_RESPONSE_BYTES} bytes`,

@@ -32,7 +32,7 @@ import { StreamHistory } from './stream-history.js';
  * however big the fleet. Removals and policies made while it is behind wait in order (the agent
  * is gone from the map), up to MAX_UNSENT_CHARS more: a stream holds at most ~2 MiB. A subscriber
  * is dropped only when those pass the bound, or when nothing is taken for a whole keep-alive
- * period while bytes wait: it reconnects and starts again from a fresh snapshot. Streams are
+ * period while bytes wait: it reconnects, and resumes where it can (below). Streams are
  * capped per credential (an agent, a join token) and in total; a credential that stops being
  * valid loses its streams.
  *

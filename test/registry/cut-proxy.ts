@@ -3,14 +3,23 @@ import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 
 export interface CutProxy {
   url: string;
-  /** Resets every connection through it now; new ones are let through. */
-  cut(): void;
+  /** Ends every connection through it now (`how`: a FIN, or a TCP reset); new ones are let through. */
+  cut(how?: 'end' | 'reset'): void;
+  /** From now on connections are taken but never answered (a frozen instance, a balancer before a dead one). */
+  freeze(): void;
   close(): void;
 }
 
 export async function cutProxy(port: number): Promise<CutProxy> {
   const sockets = new Set<Socket>();
+  let frozen = false;
   const server = createServer((inbound) => {
+    if (frozen) {
+      sockets.add(inbound);
+      inbound.on('close', () => sockets.delete(inbound));
+      inbound.on('error', () => {});
+      return;
+    }
     const outbound = connect(port, '127.0.0.1');
     for (const s of [inbound, outbound]) {
       sockets.add(s);
@@ -22,8 +31,14 @@ export async function cutProxy(port: number): Promise<CutProxy> {
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    cut: () => {
-      for (const s of sockets) s.destroy();
+    cut: (how = 'end') => {
+      for (const s of sockets) {
+        if (how === 'reset') s.resetAndDestroy();
+        else s.destroy();
+      }
+    },
+    freeze: () => {
+      frozen = true;
     },
     close: () => {
       for (const s of sockets) s.destroy();

@@ -233,7 +233,7 @@ describe('the agent\'s client resumes its stream after a cut connection', () => 
     expect(reg.stats().streams.resumed).toBe(1);
   });
 
-  it('a cut stream is tried once more at its own instance (which resumes it) before the next one', async () => {
+  it.each(['end', 'reset'] as const)('a stream cut (%s) is tried once more at its own instance (which resumes it) before the next one', async (how) => {
     await fleetBehindProxy(3);
     // The other "instance" answers 503 and counts the event streams it is asked for.
     let otherAsked = 0;
@@ -249,11 +249,34 @@ describe('the agent\'s client resumes its stream after a cut connection', () => 
     const { seen, calls } = countingWatch(client);
     await waitFor('the snapshot', () => seen.size === 3);
     const askedBefore = otherAsked;
-    proxy!.cut();
+    proxy!.cut(how);
     await waitFor('the resume', () => calls.resumed === 1);
     console.log(`watcher ${JSON.stringify(calls)}; the other instance was asked ${otherAsked - askedBefore} times after the cut`);
     expect(otherAsked - askedBefore).toBe(0);
     expect(calls.snapshot).toBe(1);
+  });
+
+  it('a cut stream whose instance then takes connections but never answers fails over within seconds', async () => {
+    await fleetBehindProxy(2);
+    let frozenAt = 0;
+    let otherAskedAt = 0;
+    const other = createServer((req, res) => {
+      if (req.url?.startsWith('/v1/events') && otherAskedAt === 0 && frozenAt > 0) otherAskedAt = Date.now();
+      res.writeHead(503, { 'content-type': 'application/json' }).end('{"ok":false,"code":"UNAVAILABLE","message":"test"}');
+    });
+    await new Promise<void>((r) => other.listen(0, '127.0.0.1', r));
+    closers.push(() => new Promise((r) => other.close(r)));
+    const client = new RegistryClient({ url: `${proxy!.url},http://127.0.0.1:${(other.address() as AddressInfo).port}`, identity: agents[0].identity, network: NET });
+    closers.push(() => client.close());
+    const { seen } = countingWatch(client);
+    await waitFor('the snapshot', () => seen.size === 2);
+    proxy!.freeze();
+    frozenAt = Date.now();
+    proxy!.cut();
+    await waitFor('the other instance asked', () => otherAskedAt > 0);
+    // Backoff (<= 0.5 s), the retry's 2 s, backoff (<= 1 s): well under the 10 s request timeout it would otherwise wait.
+    console.log(`failed over ${otherAskedAt - frozenAt} ms after the cut (the request timeout is 10 s)`);
+    expect(otherAskedAt - frozenAt).toBeLessThan(7_000);
   });
 
   it('an id that could not go back in a header (a hostile registry or proxy) is ignored: the client reconnects without one', async () => {
