@@ -64,6 +64,7 @@ export class RegistryMetrics {
         emit({ why: 'per-address' }, s.connections.refusedPerAddress);
         emit({ why: 'total' }, s.connections.refusedTotal);
         emit({ why: 'evicted' }, s.connections.evicted);
+        emit({ why: 'evicted-per-address' }, s.connections.evictedPerAddress);
       },
     });
     scrapedCounter(this.registry, {

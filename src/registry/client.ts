@@ -113,6 +113,9 @@ interface RequestAuth {
   signed?: boolean | 'session';
 }
 
+/** How a kept connection that the registry closed meanwhile fails a request written to it. */
+const STALE_SOCKET_ERRORS = new Set(['ECONNRESET', 'EPIPE']);
+
 /**
  * A cut stream's one retry at its own instance gets this long to answer (with several instances):
  * one that takes connections but never answers (a frozen loop, a balancer before a dead backend)
@@ -393,7 +396,12 @@ export class RegistryClient {
     return opening;
   }
 
-  private requestAt(at: Instance, method: string, path: string, o: { body?: unknown; signed?: boolean; session?: ReadSession }): Promise<Record<string, unknown>> {
+  /**
+   * One request to one instance. A kept connection the registry closed as the request went out
+   * (its keep-alive timeout) is not an outage: the request is sent once more, signed afresh, on a
+   * new connection.
+   */
+  private requestAt(at: Instance, method: string, path: string, o: { body?: unknown; signed?: boolean; session?: ReadSession }, resent = false): Promise<Record<string, unknown>> {
     const fullPath = at.basePath + path;
     const headers: Record<string, string> = { accept: 'application/json' };
     const payload = o.body === undefined ? undefined : Buffer.from(JSON.stringify(o.body));
@@ -414,7 +422,10 @@ export class RegistryClient {
         }, (e: Error) => reject(this.unreachable(e, at)));
       });
       req.on('timeout', () => req.destroy(new Error(`no answer within ${this.timeoutMs / 1000} s`)));
-      req.on('error', (e) => reject(this.unreachable(e, at)));
+      req.on('error', (e: Error & { code?: string }) => {
+        if (!resent && req.reusedSocket && STALE_SOCKET_ERRORS.has(e.code ?? '')) resolve(this.requestAt(at, method, path, o, true));
+        else reject(this.unreachable(e, at));
+      });
       req.end(payload);
     });
   }

@@ -166,7 +166,7 @@ export interface RegistryStats<Relay = unknown> {
   refused: Record<string, number>;
   requests: number;
   /** TCP connections: open now; closed at once past a cap (per address, in total); idle ones closed to make room. */
-  connections: { open: number; refusedPerAddress: number; refusedTotal: number; evicted: number };
+  connections: { open: number; refusedPerAddress: number; refusedTotal: number; evicted: number; evictedPerAddress: number };
   /**
    * Event streams: open now; resumed (from a Last-Event-ID, no snapshot); behind now (changes
    * wait for a catch-up pass); characters written but not yet taken by the network; refused past a

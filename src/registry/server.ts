@@ -14,7 +14,7 @@ import { EventHub } from './events.js';
 import { Entry, Fleet } from './fleet-state.js';
 import { sendJson } from './http-body.js';
 import {
-  CONNECTIONS_CHECK_INTERVAL_MS, HEADERS_TIMEOUT_MS, KEEP_ALIVE_TIMEOUT_MS, REQUEST_TIMEOUT_MS, STOP_GRACE_MS, defaultLimits, type RegistryLimits,
+  CONNECTIONS_CHECK_INTERVAL_MS, HEADERS_TIMEOUT_MS, REQUEST_TIMEOUT_MS, STOP_GRACE_MS, defaultLimits, keepAliveTimeoutMs, type RegistryLimits,
 } from './limits.js';
 import {
   DEFAULT_NETWORK, DEFAULT_OFFLINE_AFTER_MS, DEFAULT_POOL, HEARTBEATS_PER_OFFLINE_PERIOD, SWEEP_INTERVAL_MS, hashToken, type AgentChangeKind,
@@ -283,7 +283,7 @@ export async function startRegistry<S = never>(opts: RegistryOptions<S>): Promis
 
   // Timeouts that hold: Node checks them every connectionsCheckingInterval (30 s by default).
   const httpOptions = {
-    headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+    headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, keepAliveTimeout: keepAliveTimeoutMs(heartbeatIntervalMs),
     connectionsCheckingInterval: CONNECTIONS_CHECK_INTERVAL_MS,
   };
   const server: Server = tls ? createHttpsServer({ ...tls, ...httpOptions, handshakeTimeout: HEADERS_TIMEOUT_MS }, onRequest) : createHttpServer(httpOptions, onRequest);

@@ -35,6 +35,8 @@ describe('registry connections (issue 7, class 8)', () => {
     await sleep(1000);
     const singleFds = proc.fds();
     const healthSingle = await httpGet(proc.port, '/healthz', { localAddress: '127.0.0.2' }).catch((e: Error) => ({ status: 0, text: e.message }));
+    // Past its cap, the address's own longest-idle connection makes room: a request from it still gets in.
+    const healthSameAddress = await httpGet(proc.port, '/healthz', { localAddress: '127.0.0.1' }).catch((e: Error) => ({ status: 0, text: e.message }));
 
     // Then 40 more client addresses with 100 idle connections each: more than the total cap.
     const many = (await Promise.all(Array.from({ length: 40 }, (_, i) => idleConnections(proc!.port, 100, `127.0.1.${i + 1}`)))).flat();
@@ -42,18 +44,20 @@ describe('registry connections (issue 7, class 8)', () => {
     const manyFds = proc.fds();
     const healthMany = await httpGet(proc.port, '/healthz', { localAddress: '127.0.0.3' }).catch((e: Error) => ({ status: 0, text: e.message }));
     console.log(`registry fd limit ${MAX_FDS}, ${baseFds} fds at start; one client, ${single.length} connections: ` +
-      `registry fds ${singleFds} (${singleFds - baseFds} held), health ${healthSingle.status}; 40 more clients, ${many.length} connections: registry fds ${manyFds}, health ${healthMany.status}`);
+      `registry fds ${singleFds} (${singleFds - baseFds} held), health ${healthSingle.status} (from its address ${healthSameAddress.status}); 40 more clients, ${many.length} connections: registry fds ${manyFds}, health ${healthMany.status}`);
     for (const s of [...single, ...many]) s.destroy();
 
     // The registry's own count: the client also sees connections the kernel queued but the registry has not accepted yet.
     expect(singleFds - baseFds).toBeLessThanOrEqual(256 + 10);
     expect(healthSingle.status).toBe(200);
+    expect(healthSameAddress.status).toBe(200);
     expect(manyFds).toBeLessThan(MAX_FDS - 50);
     expect(healthMany.status).toBe(200);
   });
 
-  it('answers slow headers with 408 within ~11 s (headersTimeout holds) and closes idle keep-alive connections', async () => {
-    proc = await startRegistryProcess(join(dir, 'registry.db'));
+  it('answers slow headers with 408 within ~11 s (headersTimeout holds) and closes idle keep-alive connections after two heartbeat intervals and 5 s', async () => {
+    // Heartbeats every 1 s (offline after 3 s): a kept connection is closed after 2 x 1 + 5 = 7 s.
+    proc = await startRegistryProcess(join(dir, 'registry.db'), { args: ['--offline-after', '3'] });
     const t0 = Date.now();
     const slow = await new Promise<{ ms: number; answer: string }>((resolve) => {
       let answer = '';
@@ -75,6 +79,7 @@ describe('registry connections (issue 7, class 8)', () => {
     console.log(`slow headers: closed after ${(slow.ms / 1000).toFixed(1)} s with "${slow.answer.split('\r\n')[0]}"; idle keep-alive connection closed after ${(idle / 1000).toFixed(1)} s`);
     expect(slow.answer).toMatch(/^HTTP\/1\.1 408/);
     expect(slow.ms).toBeLessThan(14_000);
+    expect(idle).toBeGreaterThan(6_000);
     expect(idle).toBeLessThan(10_000);
   });
 });

@@ -3,6 +3,8 @@ import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 
 export interface CutProxy {
   url: string;
+  /** Connections taken so far. */
+  accepted(): number;
   /** Ends every connection through it now (`how`: a FIN, or a TCP reset); new ones are let through. */
   cut(how?: 'end' | 'reset'): void;
   /** From now on connections are taken but never answered (a frozen instance, a balancer before a dead one). */
@@ -13,7 +15,9 @@ export interface CutProxy {
 export async function cutProxy(port: number): Promise<CutProxy> {
   const sockets = new Set<Socket>();
   let frozen = false;
+  let accepted = 0;
   const server = createServer((inbound) => {
+    accepted++;
     if (frozen) {
       sockets.add(inbound);
       inbound.on('close', () => sockets.delete(inbound));
@@ -31,6 +35,7 @@ export async function cutProxy(port: number): Promise<CutProxy> {
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    accepted: () => accepted,
     cut: (how = 'end') => {
       for (const s of sockets) {
         if (how === 'reset') s.resetAndDestroy();

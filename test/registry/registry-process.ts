@@ -25,8 +25,8 @@ export interface RegistryProcess {
 }
 
 /** Starts the registry on 127.0.0.1 with `db`; `maxFds` runs it under that RLIMIT_NOFILE (prlimit). */
-export async function startRegistryProcess(db: string, opts: { maxFds?: number; network?: string } = {}): Promise<RegistryProcess> {
-  const args = [BIN, 'registry', '--listen', '127.0.0.1:0', '--db', db, '--network', opts.network ?? 'default', '--log-level', 'warn', '--json'];
+export async function startRegistryProcess(db: string, opts: { maxFds?: number; network?: string; args?: string[] } = {}): Promise<RegistryProcess> {
+  const args = [BIN, 'registry', '--listen', '127.0.0.1:0', '--db', db, '--network', opts.network ?? 'default', '--log-level', 'warn', '--json', ...(opts.args ?? [])];
   const argv = opts.maxFds ? ['prlimit', `--nofile=${opts.maxFds}:${opts.maxFds}`, process.execPath, ...args] : [process.execPath, ...args];
   const child: ChildProcess = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], cwd: ROOT });
   const log: string[] = [];
