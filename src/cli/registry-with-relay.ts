@@ -49,7 +49,7 @@ export async function startRegistryWithRelay(opts: RegistryWithRelayOptions): Pr
 
   const registry = await startRegistry({ ...registryOpts, builtInRelay: beside });
   const relayOpts = {
-    stunSecondPort: true, tcpServer: registry.httpServer, allow: registry.networksOf, log: opts.log?.child({ component: 'relay' }),
+    stunSecondPort: true, tcpServer: registry.httpServer, onTcpSession: registry.holdConnection, allow: registry.networksOf, log: opts.log?.child({ component: 'relay' }),
     names: [entry.name], // the name it is advertised under: agents' hellos are signed for it
   };
   let relay: RunningRelay;

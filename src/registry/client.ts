@@ -113,6 +113,12 @@ interface RequestAuth {
   signed?: boolean | 'session';
 }
 
+/**
+ * Connections are kept between requests. With a timeout of its own, Node's agent also follows the
+ * registry's `Keep-Alive: timeout=` hint, letting a spare connection go just before the registry would.
+ */
+const KEPT_CONNECTIONS = { keepAlive: true, timeout: 150_000 };
+
 /** How a kept connection that the registry closed meanwhile fails a request written to it. */
 const STALE_SOCKET_ERRORS = new Set(['ECONNRESET', 'EPIPE']);
 
@@ -172,7 +178,7 @@ export class RegistryClient {
     }
     this.instances = bases.map((base, i) => ({
       url: urls[i], base, basePath: base.pathname.replace(/\/+$/, ''), transport: base.protocol === 'https:' ? https : http,
-      agent: base.protocol === 'https:' ? new https.Agent({ keepAlive: true, ca: this.ca }) : new http.Agent({ keepAlive: true }), noSessionsUntil: 0,
+      agent: base.protocol === 'https:' ? new https.Agent({ ...KEPT_CONNECTIONS, ca: this.ca }) : new http.Agent(KEPT_CONNECTIONS), noSessionsUntil: 0,
     }));
     // Spread agents over the instances: the same agent starts at the same one each time.
     this.active = [...opts.identity.id].reduce((h, c) => (h * 31 + c.charCodeAt(0)) >>> 0, 7) % this.instances.length;
@@ -398,8 +404,10 @@ export class RegistryClient {
 
   /**
    * One request to one instance. A kept connection the registry closed as the request went out
-   * (its keep-alive timeout) is not an outage: the request is sent once more, signed afresh, on a
-   * new connection.
+   * (its keep-alive timeout) is not an outage: the request is sent once more on a new connection,
+   * its header signed afresh and its body as it was. A body that carries its own signed
+   * timestamp (join, publish, heartbeat, leave) is then never applied twice: had the registry
+   * taken the first, the second comes back REPLAYED.
    */
   private requestAt(at: Instance, method: string, path: string, o: { body?: unknown; signed?: boolean; session?: ReadSession }, resent = false): Promise<Record<string, unknown>> {
     const fullPath = at.basePath + path;

@@ -16,8 +16,9 @@ import { parseAddress } from '../ip/prefix.js';
  *     floods from many addresses cannot keep a health check or an agent out.
  *
  * Connections are counted as TCP connections (for HTTPS, before the TLS handshake).
- * A connection is busy while a request is in progress on it, and for good once upgraded
- * (the relay's TCP fallback).
+ * A connection is busy while a request is in progress on it, and for good once held: a relay
+ * took it over (its TCP fallback, hold()). An upgrade request alone holds nothing: it is
+ * answered like any request, or refused by the relay, so no stranger can pin a socket.
  */
 export class ConnectionGuard {
   private readonly byAddress = new Map<string, AddressState>();
@@ -37,10 +38,12 @@ export class ConnectionGuard {
       this.setBusy(t, +1);
       res.once('close', () => this.setBusy(t, -1));
     });
-    server.on('upgrade', (req: IncomingMessage, _socket: Duplex) => {
-      const t = this.connections.get(keyOf(req.socket));
-      if (t) this.setBusy(t, +1);
-    });
+  }
+
+  /** A relay took this connection over (an accepted upgrade): busy for good, never evicted; still counted. */
+  hold(socket: Duplex): void {
+    const t = this.connections.get(keyOf(socket as Socket));
+    if (t) this.setBusy(t, +1);
   }
 
   stats(): { open: number; refusedPerAddress: number; refusedTotal: number; evicted: number; evictedPerAddress: number } {

@@ -51,11 +51,14 @@ export const CONNECTIONS_CHECK_INTERVAL_MS = 1_000;
  * A keep-alive connection with no request for this long is closed: two heartbeat intervals and
  * 5 s, so an agent's heartbeats reuse one connection (a new one costs the registry ~0.1–0.3 ms of
  * CPU on TCP alone, and a TLS handshake under HTTPS) while a client that went away lets go of
- * it. An idle one is the first to go when a cap is reached (connection-guard.ts).
+ * it. An idle one is the first to go when a cap is reached (connection-guard.ts). At most 2
+ * minutes: heartbeats further apart gain little from a kept connection, and Node's timers take
+ * no more than 2^31 ms.
  */
 export function keepAliveTimeoutMs(heartbeatIntervalMs: number): number {
-  return 2 * heartbeatIntervalMs + 5_000;
+  return Math.min(2 * heartbeatIntervalMs + 5_000, MAX_KEEP_ALIVE_TIMEOUT_MS);
 }
+const MAX_KEEP_ALIVE_TIMEOUT_MS = 120_000;
 /** How long the registry's stop() waits for connections it has just closed (a stuck one never holds shutdown). */
 export const STOP_GRACE_MS = 2_000;
 

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import pino, { type Logger } from 'pino';
 import { AgentVpnError } from '../errors.js';
 import type { KeyStatement } from '../identity/rotation.js';
@@ -89,6 +90,8 @@ export interface RunningRegistry<S = unknown> {
   port: number;
   /** The HTTP(S) server: a relay beside the registry takes its TCP fallback (an HTTP upgrade) from it. */
   httpServer: Server;
+  /** The relay beside it took this connection over (RelayOptions.onTcpSession): the caps count it as busy for good. */
+  holdConnection(socket: Duplex): void;
   /**
    * The networks an agent key joined; null for a stranger, or a key its agent rotated away from.
    * In memory: a relay's allow hook, asked before it checks a hello's signature.
@@ -372,6 +375,7 @@ export async function startRegistry<S = never>(opts: RegistryOptions<S>): Promis
       return token;
     },
     httpServer: server,
+    holdConnection: (socket) => guard.hold(socket),
     networksOf,
     witness: { name: witness.name, publicKey: witness.publicKey.toString('base64') },
     stop: () => (stopping ??= (async () => {

@@ -37,6 +37,8 @@ export interface RelayOptions {
   stunSecondPort?: boolean;
   /** An HTTP(S) server to take the TCP fallback from (upgrade on /v1/relay). */
   tcpServer?: HttpServer;
+  /** Told of each connection the relay takes over from tcpServer (the registry's connection caps then count it as busy). */
+  onTcpSession?: (socket: Duplex) => void;
   /**
    * Who may use the relay and in which networks, by Ed25519 public key; frames pass only between
    * sessions that share a network. Default: anyone with a valid hello, all in one network.
@@ -562,6 +564,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
       return void socket.destroy();
     }
     tcpPerSource.set(source, fromSource + 1);
+    opts.onTcpSession?.(socket);
     const conn: TcpConn = { socket, client: null };
     tcpConns.add(conn);
     const t: Transport = { kind: 'tcp', socket, remote, source };

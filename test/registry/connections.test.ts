@@ -2,7 +2,7 @@
 // registry's descriptors (health checks keep answering), and header timeouts must hold.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -53,6 +53,31 @@ describe('registry connections (issue 7, class 8)', () => {
     expect(healthSameAddress.status).toBe(200);
     expect(manyFds).toBeLessThan(MAX_FDS - 50);
     expect(healthMany.status).toBe(200);
+  });
+
+  it.each([['with the built-in relay', []], ['without a relay', ['--no-relay']]])('an upgrade request that is not the relay\'s is answered, not held (%s): its address is not locked out', async (_label, args) => {
+    proc = await startRegistryProcess(join(dir, 'registry.db'), { args });
+    // 300 upgrade requests from one address, past its cap of 256: each used to hold its socket for good.
+    const from = '127.0.0.4';
+    const answers: string[] = [];
+    const sockets = await Promise.all(Array.from({ length: 300 }, () => new Promise<Socket>((resolve) => {
+      const s = connect({ host: '127.0.0.1', port: proc!.port, localAddress: from }, () => s.write('GET /x HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: foo\r\n\r\n'));
+      let text = '';
+      s.setEncoding('latin1').on('data', (d: string) => {
+        text += d;
+        if (text.includes('\r\n')) answers.push(text.split('\r\n')[0]);
+      });
+      s.on('error', () => {});
+      resolve(s);
+    })));
+    for (let i = 0; i < 100 && answers.length < 256; i++) await sleep(50);
+    const health = await httpGet(proc.port, '/healthz', { localAddress: from }).catch((e: Error) => ({ status: 0, text: e.message }));
+    for (const s of sockets) s.destroy();
+    const kinds = [...new Set(answers)];
+    console.log(`${answers.length} of 300 upgrade requests answered (${kinds.join(', ')}); a health check from the same address: ${health.status}`);
+    expect(answers.length).toBeGreaterThanOrEqual(256);
+    expect(kinds.every((k) => /^HTTP\/1\.1 404/.test(k))).toBe(true);
+    expect(health.status).toBe(200);
   });
 
   it('answers slow headers with 408 within ~11 s (headersTimeout holds) and closes idle keep-alive connections after two heartbeat intervals and 5 s', async () => {

@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Identity } from '../../src/identity/identity.js';
@@ -12,6 +12,8 @@ import { startRegistry, type RunningRegistry } from '../../src/registry/server.j
 import { buildBindingRequest, newTransactionId, parseBindingResponse } from '../../src/net/stun.js';
 import { encodeHello } from '../../src/relay/protocol.js';
 import { relayNameHash } from '../../src/relay/relay-name.js';
+import { UPGRADE_PATH, UPGRADE_PROTOCOL } from '../../src/relay/tcp.js';
+import { idleConnections } from '../registry/hostile-helpers.js';
 import { rawSocket, sleep, startAgent, waitState, type TestAgent } from './harness.js';
 
 /** A UDP socket on a port whose TCP number is free (other tests on this machine hold ports too): tried a few times. */
@@ -155,6 +157,27 @@ describe('relay built into the registry', () => {
     } finally {
       raw.close();
     }
+  });
+
+  it('counts a relay TCP session as held: an idle flood past its address\'s cap evicts the flood, not the session', async () => {
+    const { port } = reg;
+    const from = '127.0.0.5';
+    const session = connect({ host: '127.0.0.1', port, localAddress: from });
+    let answer = '';
+    session.setEncoding('latin1').on('data', (d: string) => (answer += d));
+    session.on('error', () => {});
+    await new Promise<void>((r) => session.once('connect', () => r()));
+    session.write(`GET ${UPGRADE_PATH} HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: ${UPGRADE_PROTOCOL}\r\n\r\n`);
+    await waitFor(() => answer.includes('\r\n\r\n'), { timeoutMs: 5_000, what: 'the upgrade answer' });
+    const flood = await idleConnections(port, 300, from);
+    await sleep(500);
+    const stats = reg.stats().connections;
+    console.log(`relay session: ${answer.split('\r\n')[0]}, after 300 idle connections from its address: ${session.destroyed ? 'closed' : 'open'}; guard ${JSON.stringify(stats)}`);
+    for (const s of flood) s.destroy();
+    expect(answer).toMatch(/^HTTP\/1\.1 101/);
+    expect(session.destroyed).toBe(false);
+    expect(stats.evictedPerAddress).toBeGreaterThan(0);
+    session.destroy();
   });
 
   it('refuses a chosen port whose UDP number another process holds, and leaves the registry stopped', async () => {
