@@ -2,7 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Logger } from 'pino';
 import { clip, type JsonValue } from '../audit/entry.js';
 import { AuditLog } from '../audit/log.js';
-import { addressKey } from './connection-guard.js';
+import { addressKey } from '../net/connection-guard.js';
 import { EventLimit } from '../util/event-limit.js';
 import { LOGGED_ACTIONS_KEY, type AuditRefusal, type Member, type OperatorAction, type RegistryStore } from './store.js';
 import type { WitnessKey } from './witness-key.js';

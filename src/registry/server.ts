@@ -10,7 +10,7 @@ import type { KeyStatement } from '../identity/rotation.js';
 import { formatPrefix, parsePrefix, type Prefix } from '../ip/prefix.js';
 import type { RelayInfo } from '../relay/protocol.js';
 import { advertisedRelays } from './relay-list.js';
-import { ConnectionGuard } from './connection-guard.js';
+import { ConnectionGuard } from '../net/connection-guard.js';
 import { EventHub } from './events.js';
 import { Entry, Fleet } from './fleet-state.js';
 import { sendJson } from './http-body.js';

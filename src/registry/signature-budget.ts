@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import { addressKey } from './connection-guard.js';
+import { addressKey } from '../net/connection-guard.js';
 import { refuse } from './refusals.js';
 
 /**

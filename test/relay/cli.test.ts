@@ -1,15 +1,20 @@
 // `agentvpn relay` (the built CLI, bin/agentvpn.js): the allow list with networks, and its errors.
 import { spawn } from 'node:child_process';
+import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { agentIdOf } from '../../src/identity/agent-id.js';
 import { Identity } from '../../src/identity/identity.js';
 import { waitFor } from '../../src/lab/index.js';
+import { UPGRADE_PATH, UPGRADE_PROTOCOL } from '../../src/relay/tcp.js';
+import { idleConnections } from '../registry/hostile-helpers.js';
 
 const BIN = join(import.meta.dirname, '..', '..', 'bin', 'agentvpn.js');
 
-function relayCli(args: string[]) {
-  const child = spawn(process.execPath, [BIN, 'relay', '--listen', '127.0.0.1:0', '--log-level', 'warn', '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+function relayCli(args: string[], opts: { maxFds?: number } = {}) {
+  const argv = [process.execPath, BIN, 'relay', '--listen', '127.0.0.1:0', '--log-level', 'warn', '--json', ...args];
+  const full = opts.maxFds ? ['prlimit', `--nofile=${opts.maxFds}:${opts.maxFds}`, ...argv] : argv;
+  const child = spawn(full[0], full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   const out = { stdout: '', stderr: '' };
   child.stdout.on('data', (d) => (out.stdout += d));
   child.stderr.on('data', (d) => (out.stderr += d));
@@ -54,6 +59,37 @@ describe('agentvpn relay', () => {
       expect(out).toMatchObject({ ok: false, code: 'BAD_RELAY_NAME' });
       expect(out.hint).toMatch(/relay-peer|advertises/);
     }
+  });
+
+  it('keeps its TCP fallback open under an idle-connection flood past its descriptors (caps and timeouts of its own)', async () => {
+    const r = relayCli([], { maxFds: 1024 });
+    const sockets: Socket[] = [];
+    try {
+      await waitFor(() => r.out.stdout.includes('\n'), { timeoutMs: 15_000, what: `relay output (${r.out.stderr})` });
+      const port = Number(new URL((JSON.parse(r.out.stdout) as { tcp: string }).tcp).port);
+      // 40 addresses with 100 idle connections each: more than the relay's 1,024 descriptors.
+      sockets.push(...(await Promise.all(Array.from({ length: 40 }, (_, i) => idleConnections(port, 100, `127.0.1.${i + 1}`)))).flat());
+      await new Promise((res) => setTimeout(res, 1_000));
+      const answer = await new Promise<string>((resolve) => {
+        let text = '';
+        const s = connect({ host: '127.0.0.1', port, localAddress: '127.0.0.9' }, () =>
+          s.write(`GET ${UPGRADE_PATH} HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: ${UPGRADE_PROTOCOL}\r\n\r\n`));
+        sockets.push(s);
+        s.setEncoding('latin1').on('data', (d: string) => {
+          text += d;
+          if (text.includes('\r\n')) resolve(text.split('\r\n')[0]);
+        });
+        s.on('error', (e) => resolve(`error ${e.message}`));
+        setTimeout(() => resolve(text || 'no answer within 5 s'), 5_000);
+      });
+      const open = sockets.filter((s) => !s.destroyed).length;
+      console.log(`relay under a flood of 4,000 idle connections (1,024 descriptors, ${open} of ours still open): a TCP fallback session got "${answer}"`);
+      expect(answer).toMatch(/^HTTP\/1\.1 101/);
+    } finally {
+      for (const s of sockets) s.destroy();
+      r.child.kill('SIGTERM');
+    }
+    expect(await r.exited).toBe(0);
   });
 
   it('refuses a malformed --allow-key with a hint', async () => {

@@ -2,11 +2,14 @@ import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { createLogger, type LogLevel } from '../../util/logger.js';
 import type { Argv, CommandModule } from 'yargs';
 import { AgentVpnError } from '../../errors.js';
 import { readAdminToken } from '../admin-token.js';
-import { DEFAULT_LIMITS } from '../../relay/limits.js';
+import { DEFAULT_LIMITS, MAX_TCP_CONNECTIONS_PER_SOURCE } from '../../relay/limits.js';
+import { ConnectionGuard } from '../../net/connection-guard.js';
+import { CONNECTIONS_CHECK_INTERVAL_MS, HEADERS_TIMEOUT_MS, REQUEST_TIMEOUT_MS, defaultLimits } from '../../registry/limits.js';
 import { parseAllowKeys } from '../../relay/allow-list.js';
 import { validateRelayNames } from '../../relay/relay-name.js';
 import { MemberFeed } from '../../relay/member-feed.js';
@@ -39,6 +42,9 @@ interface RelayArgs extends GlobalArgs {
 
 /** How long the relay waits for the registry's first member lists before it listens anyway. */
 const FIRST_MEMBERS_WAIT_MS = 3_000;
+
+/** The relay's HTTP answers are one-shot (a health check, an upgrade): a kept connection need not wait long. */
+const RELAY_KEEP_ALIVE_TIMEOUT_MS = 5_000;
 
 function answerPlainRequest(req: IncomingMessage, res: ServerResponse): void {
   const ok = req.url === '/healthz';
@@ -93,7 +99,17 @@ async function serve(args: RelayArgs): Promise<void> {
   if (members) await Promise.race([members.refresh(), new Promise((r) => setTimeout(r, FIRST_MEMBERS_WAIT_MS).unref())]);
   members?.start();
 
-  const server: Server = tls ? createHttpsServer(tls, answerPlainRequest) : createHttpServer(answerPlainRequest);
+  // The TCP fallback's server gets the registry's caps and timeouts: an idle flood must not take
+  // the descriptors relay sessions need (Node's defaults hold a silent connection for up to 90 s).
+  const guard = new ConnectionGuard({ perAddress: MAX_TCP_CONNECTIONS_PER_SOURCE, total: defaultLimits().connections });
+  const httpOptions = {
+    headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, keepAliveTimeout: RELAY_KEEP_ALIVE_TIMEOUT_MS,
+    connectionsCheckingInterval: CONNECTIONS_CHECK_INTERVAL_MS,
+  };
+  const server: Server = tls
+    ? createHttpsServer({ ...tls, ...httpOptions, handshakeTimeout: HEADERS_TIMEOUT_MS }, answerPlainRequest)
+    : createHttpServer(httpOptions, answerPlainRequest);
+  guard.attach(server);
   await new Promise<void>((resolve, reject) => {
     server.once('error', (e: NodeJS.ErrnoException) => reject(new AgentVpnError('LISTEN_FAILED', `cannot listen on TCP ${args.listen}: ${e.message}`,
       e.code === 'EADDRINUSE' ? 'another process uses that port: pick another --listen port' : 'check the --listen address')));
@@ -102,7 +118,7 @@ async function serve(args: RelayArgs): Promise<void> {
   const tcpPort = (server.address() as AddressInfo).port;
   let relay: RunningRelay;
   const relayOpts = {
-    stunSecondPort: args['stun-second-port'], tcpServer: server, log, names,
+    stunSecondPort: args['stun-second-port'], tcpServer: server, onTcpSession: (s: Duplex) => guard.hold(s), log, names,
     limits: { packetsPerSecond: args.pps, bytesPerSecond: args.bps, burst: { packets: Math.ceil(args.pps / 2), bytes: Math.ceil(args.bps / 2) } },
     allow: allowed?.hook ?? members?.hook,
   };

@@ -4,8 +4,9 @@ import type { Duplex } from 'node:stream';
 import { parseAddress } from '../ip/prefix.js';
 
 /**
- * Keeps the registry's TCP connections under its caps, so no client can take the descriptors
- * that other agents, the database, the relay and health checks need:
+ * Keeps an HTTP server's TCP connections under its caps (the registry's; a standalone relay's
+ * TCP fallback), so no client can take the descriptors that other agents, the database, the
+ * relay and health checks need:
  *
  *   - one client address (an IPv4 address, an IPv6 /64: whoever has one /64 has them all)
  *     holds at most `perAddress` connections: past that, that address's connection idle the
