@@ -18,8 +18,8 @@ import { parseAddress } from '../ip/prefix.js';
  *
  * Connections are counted as TCP connections (for HTTPS, before the TLS handshake).
  * A connection is busy while a request is in progress on it, and for good once held: a relay
- * took it over (its TCP fallback, hold()). An upgrade request alone holds nothing: it is
- * answered like any request, or refused by the relay, so no stranger can pin a socket.
+ * accepted a hello on it (its TCP fallback, hold()). An upgrade request alone holds nothing: it
+ * is answered like any request, or refused by the relay, so no stranger can pin a socket.
  */
 export class ConnectionGuard {
   private readonly byAddress = new Map<string, AddressState>();

@@ -90,7 +90,7 @@ export interface RunningRegistry<S = unknown> {
   port: number;
   /** The HTTP(S) server: a relay beside the registry takes its TCP fallback (an HTTP upgrade) from it. */
   httpServer: Server;
-  /** The relay beside it took this connection over (RelayOptions.onTcpSession): the caps count it as busy for good. */
+  /** The relay beside it accepted a hello on this connection (RelayOptions.onTcpSession): the caps count it as busy for good. */
   holdConnection(socket: Duplex): void;
   /**
    * The networks an agent key joined; null for a stranger, or a key its agent rotated away from.

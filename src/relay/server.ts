@@ -37,7 +37,7 @@ export interface RelayOptions {
   stunSecondPort?: boolean;
   /** An HTTP(S) server to take the TCP fallback from (upgrade on /v1/relay). */
   tcpServer?: HttpServer;
-  /** Told of each connection the relay takes over from tcpServer (the registry's connection caps then count it as busy). */
+  /** Told of each connection from tcpServer on which the relay accepted a hello (the connection caps then count it as busy). */
   onTcpSession?: (socket: Duplex) => void;
   /**
    * Who may use the relay and in which networks, by Ed25519 public key; frames pass only between
@@ -145,6 +145,8 @@ class Client {
 interface TcpConn {
   socket: Duplex;
   client: Client | null;
+  /** A hello was accepted on it: the owner of tcpServer was told (onTcpSession), once. */
+  held: boolean;
 }
 
 function sameTransport(a: Transport, b: Transport): boolean {
@@ -353,7 +355,12 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
       c.lastHeard = monotonicMs();
     }
     if (t.kind === 'udp') udpClients.set(t.id, c);
-    if (conn) conn.client = c;
+    if (conn) {
+      conn.client = c;
+      // Only now a session: a connection that never says hello stays evictable by tcpServer's caps.
+      if (!conn.held) opts.onTcpSession?.(conn.socket);
+      conn.held = true;
+    }
     return c;
   };
 
@@ -553,7 +560,8 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     const ours = (req.url ?? '').split('?')[0] === UPGRADE_PATH && String(req.headers.upgrade ?? '').toLowerCase() === UPGRADE_PROTOCOL;
     if (!ours) {
       // Leave other upgrades to other listeners; with none, refuse.
-      if (opts.tcpServer!.listenerCount('upgrade') === 1) socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+      // Destroyed once written: an upgraded socket has no HTTP timers, and a client need not close its half.
+      if (opts.tcpServer!.listenerCount('upgrade') === 1) socket.end('HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n', () => socket.destroy());
       return;
     }
     const remote = endpointOfText((socket as Socket).remoteAddress, (socket as Socket).remotePort);
@@ -564,8 +572,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
       return void socket.destroy();
     }
     tcpPerSource.set(source, fromSource + 1);
-    opts.onTcpSession?.(socket);
-    const conn: TcpConn = { socket, client: null };
+    const conn: TcpConn = { socket, client: null, held: false };
     tcpConns.add(conn);
     const t: Transport = { kind: 'tcp', socket, remote, source };
     const reader = new FrameReader((frame: Buffer) => {

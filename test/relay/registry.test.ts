@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Identity } from '../../src/identity/identity.js';
@@ -12,7 +12,6 @@ import { startRegistry, type RunningRegistry } from '../../src/registry/server.j
 import { buildBindingRequest, newTransactionId, parseBindingResponse } from '../../src/net/stun.js';
 import { encodeHello } from '../../src/relay/protocol.js';
 import { relayNameHash } from '../../src/relay/relay-name.js';
-import { UPGRADE_PATH, UPGRADE_PROTOCOL } from '../../src/relay/tcp.js';
 import { idleConnections } from '../registry/hostile-helpers.js';
 import { rawSocket, sleep, startAgent, waitState, type TestAgent } from './harness.js';
 
@@ -159,25 +158,23 @@ describe('relay built into the registry', () => {
     }
   });
 
-  it('counts a relay TCP session as held: an idle flood past its address\'s cap evicts the flood, not the session', async () => {
-    const { port } = reg;
-    const from = '127.0.0.5';
-    const session = connect({ host: '127.0.0.1', port, localAddress: from });
-    let answer = '';
-    session.setEncoding('latin1').on('data', (d: string) => (answer += d));
-    session.on('error', () => {});
-    await new Promise<void>((r) => session.once('connect', () => r()));
-    session.write(`GET ${UPGRADE_PATH} HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: ${UPGRADE_PROTOCOL}\r\n\r\n`);
-    await waitFor(() => answer.includes('\r\n\r\n'), { timeoutMs: 5_000, what: 'the upgrade answer' });
-    const flood = await idleConnections(port, 300, from);
+  it('counts a relay TCP session as held once it said hello: an idle flood past its address\'s cap evicts the flood, not the session', async () => {
+    const m1 = await member();
+    const m2 = await member();
+    const a = await startAgent(m1.join.relays[0], { identity: m1.identity });
+    // b over TCP only (its UDP goes nowhere): its session is a connection to the registry's HTTP port, from 127.0.0.1.
+    const b = await startAgent({ ...m1.join.relays[0], udp: '127.0.0.1:9' }, { identity: m2.identity, udpTimeoutMs: 200 });
+    agents.push(a, b);
+    await waitState(b, 'tcp');
+    const flood = await idleConnections(reg.port, 300, '127.0.0.1');
     await sleep(500);
     const stats = reg.stats().connections;
-    console.log(`relay session: ${answer.split('\r\n')[0]}, after 300 idle connections from its address: ${session.destroyed ? 'closed' : 'open'}; guard ${JSON.stringify(stats)}`);
+    a.client.send(b.wgKey, Buffer.from('after the flood'));
+    await waitFor(() => b.received.length === 1, { intervalMs: 10, timeoutMs: 5_000, what: 'a frame over the TCP session' });
+    console.log(`after 300 idle connections from the TCP session's address: guard ${JSON.stringify(stats)}; the session still carries frames`);
     for (const s of flood) s.destroy();
-    expect(answer).toMatch(/^HTTP\/1\.1 101/);
-    expect(session.destroyed).toBe(false);
     expect(stats.evictedPerAddress).toBeGreaterThan(0);
-    session.destroy();
+    expect(b.received[0].packet.toString()).toBe('after the flood');
   });
 
   it('refuses a chosen port whose UDP number another process holds, and leaves the registry stopped', async () => {
