@@ -65,8 +65,8 @@ async function startChild(limits?: object): Promise<ChildServer> {
   };
 }
 
-/** One UDP query from `from`; true when an answer arrives within `ms`. */
-function udpAnswered(port: number, from: string, ms = 1000): Promise<boolean> {
+/** One UDP query from `from`; true when an answer arrives within `ms` (2 s, as TCP: a stub resolver waits longer still before it retries). */
+function udpAnswered(port: number, from: string, ms = 2000): Promise<boolean> {
   const s = createSocket('udp4');
   return new Promise((resolve) => {
     const done = (ok: boolean) => { clearTimeout(timer); s.close(); resolve(ok); };
