@@ -41,7 +41,7 @@ export class ConnectionGuard {
     });
   }
 
-  /** A relay took this connection over (an accepted upgrade): busy for good, never evicted; still counted. */
+  /** A relay accepted a hello on this connection: busy for good, never evicted; still counted. */
   hold(socket: Duplex): void {
     const t = this.connections.get(keyOf(socket as Socket));
     if (t) this.setBusy(t, +1);

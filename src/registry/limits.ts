@@ -39,14 +39,6 @@ const STREAMS_PER_CREDENTIAL = 4;
 /** A fleet of 10,000 agents, each with its stream (the size the registry is benchmarked at). */
 const STREAMS = 10_000;
 
-/** Slow or silent clients may hold a socket this long for their headers (and a TLS handshake), and for their whole request. */
-export const HEADERS_TIMEOUT_MS = 10_000;
-export const REQUEST_TIMEOUT_MS = 30_000;
-/**
- * How often Node looks for connections past those timeouts. Its default (30 s) let a 10 s
- * header timeout fire after up to 30 s; checking every second keeps it within ~1 s.
- */
-export const CONNECTIONS_CHECK_INTERVAL_MS = 1_000;
 /**
  * A keep-alive connection with no request for this long is closed: two heartbeat intervals and
  * 5 s, so an agent's heartbeats reuse one connection (a new one costs the registry ~0.1–0.3 ms of

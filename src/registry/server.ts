@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import pino, { type Logger } from 'pino';
@@ -11,11 +10,12 @@ import { formatPrefix, parsePrefix, type Prefix } from '../ip/prefix.js';
 import type { RelayInfo } from '../relay/protocol.js';
 import { advertisedRelays } from './relay-list.js';
 import { ConnectionGuard } from '../net/connection-guard.js';
+import { guardedServer } from '../net/guarded-server.js';
 import { EventHub } from './events.js';
 import { Entry, Fleet } from './fleet-state.js';
 import { sendJson } from './http-body.js';
 import {
-  CONNECTIONS_CHECK_INTERVAL_MS, HEADERS_TIMEOUT_MS, REQUEST_TIMEOUT_MS, STOP_GRACE_MS, defaultLimits, keepAliveTimeoutMs, type RegistryLimits,
+  STOP_GRACE_MS, defaultLimits, keepAliveTimeoutMs, type RegistryLimits,
 } from './limits.js';
 import {
   DEFAULT_NETWORK, DEFAULT_OFFLINE_AFTER_MS, DEFAULT_POOL, HEARTBEATS_PER_OFFLINE_PERIOD, SWEEP_INTERVAL_MS, hashToken, type AgentChangeKind,
@@ -284,13 +284,7 @@ export async function startRegistry<S = never>(opts: RegistryOptions<S>): Promis
     }
   };
 
-  // Timeouts that hold: Node checks them every connectionsCheckingInterval (30 s by default).
-  const httpOptions = {
-    headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, keepAliveTimeout: keepAliveTimeoutMs(heartbeatIntervalMs),
-    connectionsCheckingInterval: CONNECTIONS_CHECK_INTERVAL_MS,
-  };
-  const server: Server = tls ? createHttpsServer({ ...tls, ...httpOptions, handshakeTimeout: HEADERS_TIMEOUT_MS }, onRequest) : createHttpServer(httpOptions, onRequest);
-  guard.attach(server);
+  const server = guardedServer(tls, keepAliveTimeoutMs(heartbeatIntervalMs), guard, onRequest);
 
   /** The networks an agent key joined (RunningRegistry.networksOf). */
   const networksOf = (edPub: Uint8Array): string[] | null => {

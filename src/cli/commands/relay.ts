@@ -1,6 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { createLogger, type LogLevel } from '../../util/logger.js';
@@ -9,7 +8,8 @@ import { AgentVpnError } from '../../errors.js';
 import { readAdminToken } from '../admin-token.js';
 import { DEFAULT_LIMITS, MAX_TCP_CONNECTIONS_PER_SOURCE } from '../../relay/limits.js';
 import { ConnectionGuard } from '../../net/connection-guard.js';
-import { CONNECTIONS_CHECK_INTERVAL_MS, HEADERS_TIMEOUT_MS, REQUEST_TIMEOUT_MS, defaultLimits } from '../../registry/limits.js';
+import { guardedServer } from '../../net/guarded-server.js';
+import { defaultLimits } from '../../registry/limits.js';
 import { parseAllowKeys } from '../../relay/allow-list.js';
 import { validateRelayNames } from '../../relay/relay-name.js';
 import { MemberFeed } from '../../relay/member-feed.js';
@@ -102,14 +102,7 @@ async function serve(args: RelayArgs): Promise<void> {
   // The TCP fallback's server gets the registry's caps and timeouts: an idle flood must not take
   // the descriptors relay sessions need (Node's defaults hold a silent connection for up to 90 s).
   const guard = new ConnectionGuard({ perAddress: MAX_TCP_CONNECTIONS_PER_SOURCE, total: defaultLimits().connections });
-  const httpOptions = {
-    headersTimeout: HEADERS_TIMEOUT_MS, requestTimeout: REQUEST_TIMEOUT_MS, keepAliveTimeout: RELAY_KEEP_ALIVE_TIMEOUT_MS,
-    connectionsCheckingInterval: CONNECTIONS_CHECK_INTERVAL_MS,
-  };
-  const server: Server = tls
-    ? createHttpsServer({ ...tls, ...httpOptions, handshakeTimeout: HEADERS_TIMEOUT_MS }, answerPlainRequest)
-    : createHttpServer(httpOptions, answerPlainRequest);
-  guard.attach(server);
+  const server = guardedServer(tls, RELAY_KEEP_ALIVE_TIMEOUT_MS, guard, answerPlainRequest);
   await new Promise<void>((resolve, reject) => {
     server.once('error', (e: NodeJS.ErrnoException) => reject(new AgentVpnError('LISTEN_FAILED', `cannot listen on TCP ${args.listen}: ${e.message}`,
       e.code === 'EADDRINUSE' ? 'another process uses that port: pick another --listen port' : 'check the --listen address')));
