@@ -4,6 +4,7 @@ import type { RegistryStats } from '../registry/protocol.js';
 import type { RelayStats } from '../relay/server.js';
 import { scrapedCounter, scrapedGauge, sharedReading } from './collect.js';
 import { parseMetricsListen } from './listen.js';
+import { registerConnectionMetrics } from './connections.js';
 import { registerRelayMetrics } from './relay.js';
 import { methodLabel, routeTemplate, statusLabel } from './registry-routes.js';
 import { MetricsServer, type MetricsLog } from './server.js';
@@ -55,18 +56,8 @@ export class RegistryMetrics {
     counter('agentvpn_registry_event_streams_dropped_total', 'Event streams dropped: stalled, or too many removals waiting', (s) => s.streams.dropped);
     counter('agentvpn_registry_event_streams_resumed_total', 'Event streams resumed from a reader\'s Last-Event-ID (no snapshot)', (s) => s.streams.resumed);
     counter('agentvpn_registry_event_catch_up_views_total', 'Agent views sent by catch-up passes instead of queued changes', (s) => s.streams.caughtUp);
-    gauge('agentvpn_registry_connections', 'TCP connections open now', (s) => s.connections.open);
-    scrapedCounter(this.registry, {
-      name: 'agentvpn_registry_connections_refused_total', help: 'TCP connections closed at once past a cap, or evicted (idle) to make room', labelNames: ['why'],
-      fill: (emit) => {
-        const s = read();
-        if (!s) return;
-        emit({ why: 'per-address' }, s.connections.refusedPerAddress);
-        emit({ why: 'total' }, s.connections.refusedTotal);
-        emit({ why: 'evicted' }, s.connections.evicted);
-        emit({ why: 'evicted-per-address' }, s.connections.evictedPerAddress);
-      },
-    });
+    registerConnectionMetrics(this.registry, { open: 'agentvpn_registry_connections', closed: 'agentvpn_registry_connections_refused_total', what: 'The registry' },
+      () => read()?.connections ?? null);
     scrapedCounter(this.registry, {
       name: 'agentvpn_registry_refused_total', help: 'Requests refused, by error code (src/registry/refusals.ts)', labelNames: ['code'],
       fill: (emit) => Object.entries(read()?.refused ?? {}).forEach(([code, v]) => emit({ code }, v)),

@@ -1,6 +1,8 @@
 import { Registry, collectDefaultMetrics } from 'prom-client';
 import type { DropReason, RelayStats, RunningRelay } from '../relay/server.js';
+import type { ConnectionGuard } from '../net/connection-guard.js';
 import { scrapedCounter, scrapedGauge, sharedReading } from './collect.js';
+import { registerConnectionMetrics } from './connections.js';
 import { parseMetricsListen } from './listen.js';
 import { MetricsServer, type MetricsLog } from './server.js';
 
@@ -50,10 +52,15 @@ export function registerRelayMetrics(registry: Registry, stats: () => RelayStats
   });
 }
 
-/** Serves a standalone relay's metrics (and process metrics) on `listen` (`--metrics [HOST:]PORT`). */
-export async function startRelayMetrics(relay: RunningRelay, listen: string, log: MetricsLog): Promise<MetricsServer> {
+/**
+ * Serves a standalone relay's metrics (and process metrics) on `listen` (`--metrics [HOST:]PORT`),
+ * with its TCP fallback's connection guard.
+ */
+export async function startRelayMetrics(relay: RunningRelay, guard: ConnectionGuard, listen: string, log: MetricsLog): Promise<MetricsServer> {
   const registry = new Registry();
   registerRelayMetrics(registry, () => relay.stats());
+  registerConnectionMetrics(registry, { open: 'agentvpn_relay_tcp_connections', closed: 'agentvpn_relay_tcp_connections_refused_total', what: 'The relay\'s TCP fallback' },
+    () => guard.stats());
   collectDefaultMetrics({ register: registry });
   const server = new MetricsServer(registry, parseMetricsListen(listen), log);
   await server.start();

@@ -21,6 +21,15 @@ import { parseAddress } from '../ip/prefix.js';
  * accepted a hello on it (its TCP fallback, hold()). An upgrade request alone holds nothing: it
  * is answered like any request, or refused by the relay, so no stranger can pin a socket.
  */
+/** Connections open now, and those the caps closed (at once, or evicted idle to make room). */
+export interface ConnectionStats {
+  open: number;
+  refusedPerAddress: number;
+  refusedTotal: number;
+  evicted: number;
+  evictedPerAddress: number;
+}
+
 export class ConnectionGuard {
   private readonly byAddress = new Map<string, AddressState>();
   /** Every connection by "address|port" (the same for a TLS socket and the TCP socket under it). */
@@ -47,7 +56,7 @@ export class ConnectionGuard {
     if (t) this.setBusy(t, +1);
   }
 
-  stats(): { open: number; refusedPerAddress: number; refusedTotal: number; evicted: number; evictedPerAddress: number } {
+  stats(): ConnectionStats {
     return { open: this.connections.size, ...this.counts };
   }
 

@@ -3,6 +3,7 @@ import type { Identity } from '../identity/identity.js';
 import { verifySignature } from '../identity/identity.js';
 import { publicKeyOfAgentId } from '../identity/agent-id.js';
 import type { KeyStatement } from '../identity/rotation.js';
+import type { ConnectionStats } from '../net/connection-guard.js';
 import type { RelayInfo } from '../relay/protocol.js';
 import type { AgentRecord } from './record.js';
 
@@ -166,7 +167,7 @@ export interface RegistryStats<Relay = unknown> {
   refused: Record<string, number>;
   requests: number;
   /** TCP connections: open now; closed at once past a cap (per address, in total); idle ones closed to make room. */
-  connections: { open: number; refusedPerAddress: number; refusedTotal: number; evicted: number; evictedPerAddress: number };
+  connections: ConnectionStats;
   /**
    * Event streams: open now; resumed (from a Last-Event-ID, no snapshot); behind now (changes
    * wait for a catch-up pass); characters written but not yet taken by the network; refused past a

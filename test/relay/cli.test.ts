@@ -1,12 +1,14 @@
 // `agentvpn relay` (the built CLI, bin/agentvpn.js): the allow list with networks, and its errors.
 import { spawn } from 'node:child_process';
-import { connect, type Socket } from 'node:net';
+import { once } from 'node:events';
+import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { agentIdOf } from '../../src/identity/agent-id.js';
 import { Identity } from '../../src/identity/identity.js';
 import { waitFor } from '../../src/lab/index.js';
 import { UPGRADE_PATH, UPGRADE_PROTOCOL } from '../../src/relay/tcp.js';
+import { valueOf } from '../metrics/exposition.js';
 import { idleConnections } from '../registry/hostile-helpers.js';
 
 const BIN = join(import.meta.dirname, '..', '..', 'bin', 'agentvpn.js');
@@ -20,6 +22,15 @@ function relayCli(args: string[], opts: { maxFds?: number } = {}) {
   child.stderr.on('data', (d) => (out.stderr += d));
   const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
   return { child, out, exited };
+}
+
+/** A TCP port free on loopback just now (--metrics takes no port 0). */
+async function freeTcpPort(): Promise<number> {
+  const server = createServer().listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  await new Promise((r) => server.close(r));
+  return port;
 }
 
 describe('agentvpn relay', () => {
@@ -61,12 +72,13 @@ describe('agentvpn relay', () => {
     }
   });
 
-  it('keeps its TCP fallback open under an idle-connection flood past its descriptors (caps and timeouts of its own)', async () => {
-    const r = relayCli([], { maxFds: 1024 });
+  it('keeps its TCP fallback open under an idle-connection flood past its descriptors (caps and timeouts of its own), and its metrics count the evictions', async () => {
+    const r = relayCli(['--metrics', `127.0.0.1:${await freeTcpPort()}`], { maxFds: 1024 });
     const sockets: Socket[] = [];
     try {
       await waitFor(() => r.out.stdout.includes('\n'), { timeoutMs: 15_000, what: `relay output (${r.out.stderr})` });
-      const port = Number(new URL((JSON.parse(r.out.stdout) as { tcp: string }).tcp).port);
+      const started = JSON.parse(r.out.stdout) as { tcp: string; metrics: string };
+      const port = Number(new URL(started.tcp).port);
       // 40 addresses with 100 idle connections each: more than the relay's 1,024 descriptors.
       sockets.push(...(await Promise.all(Array.from({ length: 40 }, (_, i) => idleConnections(port, 100, `127.0.1.${i + 1}`)))).flat());
       await new Promise((res) => setTimeout(res, 1_000));
@@ -85,6 +97,14 @@ describe('agentvpn relay', () => {
       const open = sockets.filter((s) => !s.destroyed).length;
       console.log(`relay under a flood of 4,000 idle connections (1,024 descriptors, ${open} of ours still open): a TCP fallback session got "${answer}"`);
       expect(answer).toMatch(/^HTTP\/1\.1 101/);
+      const text = await (await fetch(started.metrics)).text();
+      const held = valueOf(text, 'agentvpn_relay_tcp_connections');
+      const evicted = valueOf(text, 'agentvpn_relay_tcp_connections_refused_total', { why: 'evicted' });
+      console.log(`relay metrics after the flood: ${held} TCP connections open, ${evicted} evicted (idle, past the total cap)`);
+      expect(held).toBeGreaterThan(0);
+      expect(held).toBeLessThan(1024);
+      expect(evicted).toBeGreaterThan(4000 - 1024);
+      expect(valueOf(text, 'agentvpn_relay_tcp_connections_refused_total', { why: 'per-address' })).toBe(0);
     } finally {
       for (const s of sockets) s.destroy();
       r.child.kill('SIGTERM');

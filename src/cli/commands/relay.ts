@@ -124,7 +124,7 @@ async function serve(args: RelayArgs): Promise<void> {
     throw e;
   }
   relayRef = relay;
-  const metrics = args.metrics ? await startRelayMetrics(relay, args.metrics, log).catch(async (e) => {
+  const metrics = args.metrics ? await startRelayMetrics(relay, guard, args.metrics, log).catch(async (e) => {
     await relay.stop();
     server.close();
     throw e;
