@@ -100,6 +100,7 @@ export class FleetAgent {
       if (this.running) this.eventSource.observe(view);
     },
     removed: (id) => (id === this.identity.id ? this.membership.markRemoved() : this.running?.admission.remove(id)),
+    gone: (id) => this.running?.admission.remove(id),
     policy: (view) => this.policy?.set(view),
   };
   private policy: FleetPolicy | null = null;

@@ -49,6 +49,8 @@ export interface FleetEvents {
   agent(view: AgentView): void;
   /** An operator removed or blocked the agent. */
   removed(id: string): void;
+  /** The agent is no longer in the registry's view (found by a resume by digest): dropped, as a snapshot that no longer lists it would. */
+  gone(id: string): void;
   /** The network's policy (null: none). */
   policy(view: PolicyView | null): void;
 }
@@ -243,22 +245,27 @@ export class Membership {
   /**
    * Follows the fleet over the registry's event stream (the client reconnects with backoff). A
    * watcher started again (the registry answers while the stream waits in its backoff) resumes
-   * where the last one was, so a blip costs the registry the changes, not the whole fleet.
+   * where the last one was, so a blip costs the registry the changes, not the whole fleet; after
+   * a registry restart or a failover the stream resumes by digest (what differs, by bucket).
    */
   watch(events: FleetEvents): void {
     const { log } = this.opts;
     const from = this.watcher?.resumePoint() ?? null;
+    const held = this.watcher?.heldViews() ?? null;
     this.watcher?.close();
     this.watcher = this.opts.client.watch({
       snapshot: (agents) => {
         events.snapshot(agents);
         // A snapshot may come from a registry that restarted: make sure it has our record. A
-        // resumed stream is the same registry process, which has it (a fleet-wide blip must not
-        // turn into a publish by every agent).
+        // stream resumed from its point is the same registry process, which has it; one resumed
+        // by digest shows our record unless it is missing (gone). A fleet-wide blip or a registry
+        // restart must not turn into a publish by every agent.
         void this.publish();
       },
       change: (_kind, agent) => events.agent(agent),
       removed: (id) => events.removed(id),
+      // A registry that resumed us by digest without our record (restored from a backup, say) gets it again.
+      gone: (id) => (id === this.opts.identity.id ? void this.publish() : events.gone(id)),
       policy: (view) => events.policy(view),
       connected: () => {
         if (!this.registryUp) {
@@ -274,7 +281,7 @@ export class Membership {
         }
         this.registryUp = false;
       },
-    }, from);
+    }, from, held);
   }
 
   async stop(): Promise<void> {

@@ -11,6 +11,7 @@ import {
 import type { SignedRecord } from './record.js';
 import { signPathReport, type ReportedPath } from './path-report.js';
 import { sessionAuthorization } from './read-sessions.js';
+import { ReaderDigest, VIEW_DIGEST_HEADER } from './view-digest.js';
 
 export type { AgentView, AuditHeadView, AuditShip, AuditWitnessView, JoinResult, PolicyView } from './protocol.js';
 
@@ -61,10 +62,17 @@ export interface WatchHandlers {
   connected?(): void;
   disconnected?(err: Error): void;
   /**
-   * After a reconnect to the same instance: no snapshot comes, the state kept from before stays
-   * right, and what changed meanwhile follows as events (the registry's events.ts, "Resuming").
+   * After a reconnect to the same instance (or, with `gone`, one resumed by digest): no snapshot
+   * comes, the state kept from before stays right, and what changed meanwhile follows as events
+   * (the registry's events.ts, "Resuming").
    */
   resumed?(): void;
+  /**
+   * Agent `id` is no longer in the registry's view: a resume by digest found it missing (no
+   * operator's removal is implied). With this handler the watcher also resumes by digest, where
+   * its point is another process's (view-digest.ts).
+   */
+  gone?(id: string): void;
 }
 
 /** Where a watcher may resume: the last point an instance's stream gave (only that instance takes it). */
@@ -73,10 +81,12 @@ export interface ResumePoint {
   instance: number;
 }
 
-/** A running watch: close() ends it; resumePoint() is what a later watch() of the same reader may start from. */
+/** A running watch: close() ends it; resumePoint() and heldViews() are what a later watch() of the same reader may start from. */
 export interface Watcher {
   close(): void;
   resumePoint(): ResumePoint | null;
+  /** The digest of the views this watcher was given (with `gone` among its handlers). */
+  heldViews(): ReaderDigest | null;
 }
 
 export interface RegistryClientOptions {
@@ -444,8 +454,11 @@ export class RegistryClient {
    * reset or ended) is tried once more at the same instance, which can resume it; any other
    * failure, or a second one, reconnects to the next instance. `from`: a point an earlier watcher
    * of this same reader's state gave (Watcher.resumePoint()), to resume instead of a snapshot.
+   * With `handlers.gone`, each reconnect also sends the digest of the views this watcher (and
+   * the earlier one whose `held` it takes over) was given, so a restarted registry or another
+   * instance sends only the buckets that differ.
    */
-  watch(handlers: WatchHandlers, from: ResumePoint | null = null): Watcher {
+  watch(handlers: WatchHandlers, from: ResumePoint | null = null, held: ReaderDigest | null = null): Watcher {
     let closed = false;
     let attempt = 0;
     let req: ClientRequest | undefined;
@@ -455,6 +468,7 @@ export class RegistryClient {
     let resumeAt = from;
     /** A cut stream was retried at its instance already, since it last went live. */
     let retriedSame = false;
+    const views = handlers.gone ? (held ?? new ReaderDigest()) : null;
 
     const call = (fn: () => void) => {
       try {
@@ -471,6 +485,8 @@ export class RegistryClient {
       const path = `${at.basePath}/v1/events?network=${encodeURIComponent(this.opts.network)}`;
       const headers: Record<string, string> = { accept: 'text/event-stream', authorization: agentAuthorization(this.opts.identity, 'GET', path, nextTimestamp(this.id)) };
       if (resumeAt?.instance === index) headers['last-event-id'] = resumeAt.id;
+      const digest = views?.header();
+      if (digest) headers[VIEW_DIGEST_HEADER] = digest;
       let failed = false;
       /** The instance answered 200: a failure from then on is the live stream's. */
       let live = false;
@@ -508,7 +524,7 @@ export class RegistryClient {
         resetIdle();
         const parser = new SseParser(() => fail(new AgentVpnError('REGISTRY_BAD_RESPONSE', `the registry sent an event line over ${MAX_RESPONSE_BYTES} bytes`,
           'check that the URL points at an agentvpn registry')), (id) => (resumeAt = { id, instance: index }), (event, data) => {
-          let parsed: { agents?: AgentView[]; agent?: AgentView; policy?: unknown; id?: unknown };
+          let parsed: { agents?: AgentView[]; agent?: AgentView; policy?: unknown; id?: unknown; bucket?: unknown; ids?: unknown };
           try {
             parsed = JSON.parse(data);
           } catch {
@@ -518,14 +534,21 @@ export class RegistryClient {
             attempt = 0;
             retriedSame = false;
             resumeAt = null; // a point from before this snapshot (from another instance, maybe) would not match it
+            views?.snapshot(parsed.agents);
             call(() => handlers.snapshot(parsed.agents!));
             // No policy (null) is news; a malformed one is not: it must never read as "allow all".
             const policy = parsed.policy === null || parsed.policy === undefined ? null : parsePolicyView(parsed.policy);
             if (policy !== undefined) call(() => handlers.policy?.(policy));
           } else if ((event === 'upsert' || event === 'online' || event === 'offline') && parsed.agent) {
+            views?.change(parsed.agent);
             call(() => handlers.change(event, parsed.agent!));
           } else if (event === 'removed' && typeof parsed.id === 'string') {
+            views?.removed(parsed.id);
             call(() => handlers.removed?.(parsed.id as string));
+          } else if (event === 'bucket' && views) {
+            const gone = views.bucket(parsed);
+            if (!gone) return fail(new AgentVpnError('REGISTRY_BAD_RESPONSE', 'the registry sent a malformed bucket event', 'check that the URL points at an agentvpn registry'));
+            for (const id of gone) call(() => handlers.gone!(id));
           } else if (event === 'policy') {
             const policy = parsePolicyView(parsed);
             if (policy !== undefined) call(() => handlers.policy?.(policy));
@@ -555,6 +578,7 @@ export class RegistryClient {
         req?.destroy();
       },
       resumePoint: () => resumeAt,
+      heldViews: () => views,
     };
   }
 }

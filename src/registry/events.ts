@@ -1,7 +1,8 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
-import { SSE_KEEPALIVE_MS, type AgentChangeKind } from './protocol.js';
+import { SSE_KEEPALIVE_MS, type AgentChangeKind, type AgentView } from './protocol.js';
 import { StreamHistory } from './stream-history.js';
+import { DIGEST_BUCKETS, ViewDigest, decodeViewDigest } from './view-digest.js';
 
 /**
  * The registry's push stream (Server-Sent Events, text/event-stream), one per subscriber:
@@ -17,8 +18,12 @@ import { StreamHistory } from './stream-history.js';
  * | offline    | {"agent": AgentView}              | an agent left or went silent              |
  * | removed    | {"id": agent ID}                  | an operator removed or blocked an agent   |
  * | policy     | PolicyView {"version", "policy"}  | an operator set a new policy              |
- * | resumed    | {}                                | first, instead of the snapshot, when the  |
- * |            |                                   | reader's Last-Event-ID is still good      |
+ * | resumed    | {} (by digest: {"buckets": N})    | first, instead of the snapshot, when the  |
+ * |            |                                   | reader's Last-Event-ID is still good, or  |
+ * |            |                                   | its view digest differs in few buckets    |
+ * | bucket     | {"bucket": B, "ids": [ID, ...]}   | after a resume by digest, for each bucket |
+ * |            |                                   | that differs: the IDs it holds now (drop  |
+ * |            |                                   | the others); their views follow           |
  * | (comment)  | ": keep-alive" (with an `id:`)    | every SSE_KEEPALIVE_MS, when nothing waits |
  *
  * Memory per subscriber is bounded whatever it does, and a slow reader loses nothing. The snapshot
@@ -44,7 +49,14 @@ import { StreamHistory } from './stream-history.js';
  * policy it missed, and one catch-up pass of the agents changed since (at most a keep-alive
  * period's worth more than it needed), instead of the whole fleet again. stream-history.ts keeps
  * the last 4,096 removals; past that, from another process or instance, or with a point not
- * given to this credential, it gets a snapshot.
+ * given to this credential, it gets a snapshot, unless it resumes by digest.
+ *
+ * Resuming by digest (view-digest.ts): a reader may also send the digest of the views it holds,
+ * by bucket. When its point is not this hub's (the registry restarted, another instance), and
+ * at most half the buckets differ, it gets `resumed`, a `bucket` frame for each bucket that
+ * differs, the policy, and a pass of those buckets' agents (as upserts), instead of the whole
+ * fleet. What it holds is all it shows, so it learns no more than a snapshot would tell it. The
+ * hub builds a network's digest on the first such resume and keeps it with every change after.
  */
 
 /** A snapshot or catch-up pass is written in pieces of about this many characters (Node's stream buffer is 16 KiB). */
@@ -61,6 +73,7 @@ const MAX_UNSENT_CHARS = 1024 * 1024;
 /** Something whose current view can be sent: a fleet-state Entry. */
 export interface Viewable {
   readonly json: string;
+  readonly view: AgentView;
   /** The hub's sequence number of its latest change (0: none since the registry started). */
   eventSeq: number;
 }
@@ -73,6 +86,8 @@ export interface StreamStats {
   open: number;
   /** Streams that resumed from a reader's Last-Event-ID instead of starting from a snapshot. */
   resumed: number;
+  /** Streams that resumed from a reader's view digest (its point was another process's) instead of a snapshot. */
+  digestResumed: number;
   behind: number;
   unsentChars: number;
   refused: number;
@@ -119,8 +134,10 @@ export class EventHub {
   private readonly byNetwork = new Map<string, Set<Subscriber>>();
   private readonly byCredential = new Map<string, Set<Subscriber>>();
   private count = 0;
-  private readonly counts = { refused: 0, dropped: 0, caughtUp: 0, resumed: 0 };
+  private readonly counts = { refused: 0, dropped: 0, caughtUp: 0, resumed: 0, digestResumed: 0 };
   private readonly histories = new Map<string, StreamHistory>();
+  /** Per network, once a reader resumed by digest: the digest of the network's views, kept with each change. */
+  private readonly digests = new Map<string, ViewDigest>();
   /** Names this hub's sequence numbers: a resume point from another process (or instance) is not ours. */
   private readonly epoch = randomBytes(6).toString('hex');
   /** Authenticates resume points: a reader may resume only from a point given to its own credential. */
@@ -180,15 +197,17 @@ export class EventHub {
    * authorized it ("agent:ID", "token:HASH"); the stream is closed at `expiresAt` (the
    * credential's end) when given. `lastEventId`: the reader's resume point, if it sent one;
    * `resumeScope`: what its points are bound to (the credential, and for an agent its membership).
+   * `byDigest`: the reader's view digest (its header), and the network's agent by ID.
    */
   subscribe(network: string, credential: string, res: ServerResponse, agents: () => Iterable<Viewable>, policyJson: () => string, expiresAt: number | null,
-    lastEventId?: string, resumeScope = credential): SubscribeResult {
+    lastEventId?: string, resumeScope = credential, byDigest?: { digest: string | undefined; agent: (id: string) => Viewable | undefined }): SubscribeResult {
     const room = this.roomFor(credential);
     if (!room.ok) return room;
     const history = this.historyOf(network);
     const from = this.resumePoint(lastEventId, resumeScope, network, history);
     const missed = from === null ? null : history.since(from);
-    const s = new Subscriber(network, credential, resumeScope, res, agents, () => `],"policy":${policyJson()}}`, missed ? from! : history.seq, missed !== null);
+    const differing = missed || !byDigest ? null : this.differingBuckets(network, agents, byDigest.digest);
+    const s = new Subscriber(network, credential, resumeScope, res, agents, () => `],"policy":${policyJson()}}`, missed ? from! : history.seq, missed !== null || differing !== null);
     this.add(s);
     res.once('close', () => this.remove(s));
     if (expiresAt !== null) this.closeAt(s, expiresAt);
@@ -200,6 +219,16 @@ export class EventHub {
       this.write(s, frame('resumed', '{}'));
       s.waiting = [...missed.removals, ...(missed.policyChanged ? [frame('policy', policyJson())] : [])];
       s.waitingChars = s.waiting.reduce((n, f) => n + f.length, 0);
+    } else if (differing) {
+      // The differing buckets' IDs now, then (a pass) their agents as they are, then the policy.
+      this.counts.digestResumed++;
+      const digest = this.digests.get(network)!;
+      this.write(s, frame('resumed', JSON.stringify({ buckets: differing.length })));
+      for (const b of differing) this.write(s, frame('bucket', JSON.stringify({ bucket: b, ids: digest.idsIn(b) })));
+      s.waiting = [frame('policy', policyJson())];
+      s.waitingChars = s.waiting[0].length;
+      [s.passFrom, s.passTo] = [-1, history.seq];
+      s.pass = agentsIn(differing.flatMap((b) => digest.idsIn(b)), byDigest!.agent);
     } else {
       this.write(s, 'event: snapshot\ndata: {"agents":[');
     }
@@ -217,6 +246,20 @@ export class EventHub {
     const from = Number(m[2]);
     if (from > history.seq || !timingSafeEqual(Buffer.from(m[3], 'hex'), this.resumeMac(scope, network, from))) return null;
     return from;
+  }
+
+  /** The buckets where a reader's digest differs from the network's; null for none sent, a malformed one, or more than half. */
+  private differingBuckets(network: string, agents: () => Iterable<Viewable>, header: string | undefined): number[] | null {
+    const theirs = decodeViewDigest(header);
+    if (!theirs) return null;
+    let digest = this.digests.get(network);
+    if (!digest) {
+      digest = new ViewDigest();
+      for (const a of agents()) digest.set(a.view);
+      this.digests.set(network, digest);
+    }
+    const differing = digest.differing(theirs);
+    return differing.length <= DIGEST_BUCKETS / 2 ? differing : null;
   }
 
   private resumeMac(scope: string, network: string, seq: number): Buffer {
@@ -242,6 +285,7 @@ export class EventHub {
   publish(network: string, kind: AgentChangeKind, agent: Viewable): void {
     const seq = this.historyOf(network).changed();
     agent.eventSeq = seq;
+    this.digests.get(network)?.set(agent.view);
     const set = this.byNetwork.get(network);
     if (!set) return;
     const text = frame(kind, `{"agent":${agent.json}}`);
@@ -251,6 +295,7 @@ export class EventHub {
   /** An agent left the network for good: peers drop it. */
   publishRemoved(network: string, id: string): void {
     const text = frame('removed', JSON.stringify({ id }));
+    this.digests.get(network)?.delete(id);
     this.publishInOrder(network, this.historyOf(network).removed(text), text, false);
   }
 
@@ -423,6 +468,14 @@ function setOf(map: Map<string, Set<Subscriber>>, key: string): Set<Subscriber> 
   let set = map.get(key);
   if (!set) map.set(key, (set = new Set()));
   return set;
+}
+
+/** The agents with these IDs that are still there. */
+function* agentsIn(ids: string[], agent: (id: string) => Viewable | undefined): Iterator<Viewable> {
+  for (const id of ids) {
+    const a = agent(id);
+    if (a) yield a;
+  }
 }
 
 /** One SSE event; `json` has no newline (JSON.stringify never emits one), so it fits one data line. */

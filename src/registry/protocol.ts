@@ -173,7 +173,7 @@ export interface RegistryStats<Relay = unknown> {
    * wait for a catch-up pass); characters written but not yet taken by the network; refused past a
    * cap; dropped (stalled, or too many removals waiting); agent views sent by catch-up passes.
    */
-  streams: { open: number; resumed: number; behind: number; unsentChars: number; refused: number; dropped: number; caughtUp: number };
+  streams: { open: number; resumed: number; digestResumed: number; behind: number; unsentChars: number; refused: number; dropped: number; caughtUp: number };
   /** The built-in relay's counters (sessions, forwarded, hello verifications, drops by reason); null without it. */
   relay: Relay | null;
   /** The witness of agents' audit logs. */

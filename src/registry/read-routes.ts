@@ -9,6 +9,7 @@ import { authorizeRead, currentKeyOf } from './request-auth.js';
 import { LIST_QUERY, NAME_OR_ID_PARAMS, NETWORK_QUERY } from './request-schemas.js';
 import type { Route, RouteCall } from './route-table.js';
 import type { RouteContext } from './route-context.js';
+import { VIEW_DIGEST_HEADER } from './view-digest.js';
 
 /** What members (and holders of a join token) read: agents, events, the policy, stats; and /healthz. */
 
@@ -72,8 +73,9 @@ export function readRoutes(ctx: RouteContext): Route[] {
     // An agent removed and admitted again must not resume from a point of its former membership.
     const member = credential.key.startsWith('agent:') ? state.members.get(credential.key.slice('agent:'.length)) : undefined;
     const scope = member ? `${credential.key}@${member.joinedAt}` : credential.key;
+    const digest = c.req.headers[VIEW_DIGEST_HEADER];
     const result = hub.subscribe(network, credential.key, c.res, () => state.agents.values(), () => state.policyJson, credential.expiresAt,
-      typeof lastEventId === 'string' ? lastEventId : undefined, scope);
+      typeof lastEventId === 'string' ? lastEventId : undefined, scope, { digest: typeof digest === 'string' ? digest : undefined, agent: (id) => state.agents.get(id) });
     if (!result.ok) refuse(result.code, result.message);
   };
 

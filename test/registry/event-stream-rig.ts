@@ -6,6 +6,8 @@
 import { createServer, get, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { EventHub, type Viewable } from '../../src/registry/events.js';
+import type { AgentView } from '../../src/registry/protocol.js';
+import { VIEW_DIGEST_HEADER, bucketOf } from '../../src/registry/view-digest.js';
 
 export const NET = 'n';
 
@@ -15,6 +17,11 @@ export class FakeEntry implements Viewable {
   constructor(readonly id: string, readonly version: number, readonly online = true, readonly pad = 0) {}
   get json(): string {
     return JSON.stringify({ record: { id: this.id }, version: this.version, online: this.online, pad: 'x'.repeat(this.pad) });
+  }
+
+  /** What a view digest covers: the version stands for the record's seq. */
+  get view(): AgentView {
+    return { record: { id: this.id, seq: this.version } as AgentView['record'], signature: 'sig', online: this.online, lastSeen: 0 };
   }
 }
 
@@ -80,6 +87,9 @@ export class SseReader {
         this.views.delete(d.id);
       } else if (event === 'policy') {
         this.policy = d;
+      } else if (event === 'bucket') {
+        const kept = new Set(d.ids as string[]);
+        for (const id of [...this.views.keys()]) if (bucketOf(id) === d.bucket && !kept.has(id)) this.views.delete(id);
       } else if (event !== 'resumed') {
         this.views.set(d.agent.record.id, { version: d.agent.version, online: d.agent.online });
       }
@@ -103,16 +113,19 @@ export class HubRig {
     h.start();
     this.server = createServer((req, res) => {
       const last = req.headers['last-event-id'];
+      const digest = req.headers[VIEW_DIGEST_HEADER];
       const credential = `token:${req.headers['x-test-credential'] ?? 't'}`;
-      void h.subscribe(NET, credential, res, () => agents.values(), policyJson, null, typeof last === 'string' ? last : undefined);
+      void h.subscribe(NET, credential, res, () => agents.values(), policyJson, null, typeof last === 'string' ? last : undefined, credential,
+        { digest: typeof digest === 'string' ? digest : undefined, agent: (id) => agents.get(id) });
     });
     await new Promise<void>((r) => this.server!.listen(0, '127.0.0.1', r));
     this.port = (this.server.address() as AddressInfo).port;
     return h;
   }
 
-  open(lastEventId?: string, credential = 't'): Promise<IncomingMessage> {
-    const headers = { 'x-test-credential': credential, ...(lastEventId ? { 'last-event-id': lastEventId } : {}) };
+  /** `digest`: a view digest to send (VIEW_DIGEST_HEADER). */
+  open(lastEventId?: string, credential = 't', digest?: string): Promise<IncomingMessage> {
+    const headers = { 'x-test-credential': credential, ...(lastEventId ? { 'last-event-id': lastEventId } : {}), ...(digest ? { [VIEW_DIGEST_HEADER]: digest } : {}) };
     return new Promise((resolve) => get({ host: '127.0.0.1', port: this.port, path: '/', headers }, (r) => resolve(this.responses[this.responses.push(r) - 1])));
   }
 

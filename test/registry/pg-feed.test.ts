@@ -2,7 +2,8 @@
 // one's memory and event stream in step with the other. Measured: how long after a publish on
 // instance 1 returns its upsert shows on instance 2's stream; that heartbeats sent to instance 1
 // keep the agent online on instance 2 (its sweep would mark it offline otherwise); and that
-// changes made while instance 2's LISTEN connection is down show once it reconnects.
+// changes made while instance 2's LISTEN connection is down show once it reconnects; a client's
+// stream that moves to the other instance resumes there by its view digest.
 import { request, type IncomingMessage } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { postgresUnavailableReason, startPostgres, type LabPostgres } from '../../src/lab/postgres.js';
@@ -137,16 +138,19 @@ describe.runIf(canRun)('registry instances on one PostgreSQL follow each other',
     }
   });
 
-  it('a client given two instances carries on when the one it uses stops: no request fails, its stream moves', async () => {
+  it('a client given two instances carries on when the one it uses stops: no request fails, its stream moves and resumes by digest', async () => {
     const pair = [await startRegistry(opts()), await startRegistry(opts())];
     const identity = Identity.generate();
     const client = new RegistryClient({ url: pair.map((r) => r.url).join(','), identity, network: NET, timeoutMs: 5_000 });
     let connects = 0;
+    const got = { snapshot: 0, resumed: 0 };
     let watcher: { close(): void } | undefined;
     try {
       const join = await client.join('mover', token);
       await client.publish(signRecord(identity, recordFor(identity, join, 'mover')));
-      watcher = client.watch({ snapshot: () => undefined, change: () => undefined, connected: () => void connects++ });
+      watcher = client.watch({
+        snapshot: () => void got.snapshot++, change: () => undefined, gone: () => undefined, resumed: () => void got.resumed++, connected: () => void connects++,
+      });
       await until('the stream', () => (connects === 1 ? true : undefined), 5_000);
       const used = pair.findIndex((r) => r.url === client.url);
       const stoppedAt = Date.now();
@@ -154,9 +158,13 @@ describe.runIf(canRun)('registry instances on one PostgreSQL follow each other',
       let failed = 0;
       for (let i = 0; i < 10; i++) await client.heartbeat().catch(() => void failed++);
       const reconnected = await until('the stream on the other instance', () => (connects === 2 ? Date.now() : undefined), 10_000);
-      console.log(`client with 2 instances after the one it used stopped: ${failed}/10 heartbeats failed, now at the other: ${client.url === pair[1 - used].url}, stream back after ${reconnected - stoppedAt} ms`);
+      await until('the resume there', () => (got.resumed === 1 ? true : undefined), 5_000);
+      console.log(`client with 2 instances after the one it used stopped: ${failed}/10 heartbeats failed, now at the other: ${client.url === pair[1 - used].url}, stream back after ${reconnected - stoppedAt} ms; stream ${JSON.stringify(got)}, the other instance's streams ${JSON.stringify(pair[1 - used].stats().streams)}`);
       expect(failed).toBe(0);
       expect(client.url).toBe(pair[1 - used].url);
+      // The other instance took the stream's view digest: no second snapshot of the fleet.
+      expect(got.snapshot).toBe(1);
+      expect(pair[1 - used].stats().streams.digestResumed).toBe(1);
     } finally {
       watcher?.close();
       client.close();
