@@ -70,8 +70,21 @@ function sameFacts(a: AgentView, b: AgentView): boolean {
   return a.record.seq === b.record.seq && tagsOf(a).join(',') === tagsOf(b).join(',');
 }
 
+/** The registry's tags of an agent; none unless they are a list of strings (they are not signed, and a policy matches on them). */
 export function tagsOf(view: AgentView): string[] {
-  return (view as { tags?: string[] }).tags ?? [];
+  const tags = (view as { tags?: unknown }).tags;
+  return Array.isArray(tags) && tags.every((t) => typeof t === 'string') ? tags : [];
+}
+
+/** Whether two views carry the same signed record (field for field), tags and key chain: only online and lastSeen may differ. */
+function sameRecord(a: AgentView, b: AgentView): boolean {
+  return a.signature === b.signature && sameFacts(a, b) && JSON.stringify(a.record) === JSON.stringify(b.record)
+    && JSON.stringify(a.chain ?? null) === JSON.stringify(b.chain ?? null);
+}
+
+/** `checked` (a view whose record was verified) with the liveness of `latest`: nothing else of `latest` is taken. */
+function withLiveness(checked: AgentView, latest: AgentView): AgentView {
+  return { ...checked, online: latest.online === true, lastSeen: Number.isFinite(latest.lastSeen) ? latest.lastSeen : checked.lastSeen };
 }
 
 /** "100.64.0.7", "100.64.0.7:8080", "fd00::7", "[fd00::7]:8080" → the address bytes and port. */
@@ -93,6 +106,8 @@ export class Admission {
   private readonly held = new Map<string, AgentView>();
   /** WireGuard key (base64) → agent ID of the admitted agents. */
   private readonly idByWgKey = new Map<string, string>();
+  /** IPv4 → agent ID of the admitted agents: a record claiming another's address is refused without a scan of the fleet. */
+  private readonly idByIpv4 = new Map<string, string>();
   /** The registry's view of ourselves (our tags come from there). */
   selfView: AgentView | null = null;
 
@@ -113,6 +128,18 @@ export class Admission {
       if (changed) this.opts.onChange?.();
       return;
     }
+    const known = this.agents.get(r.id);
+    // An online or offline event repeats the record it was checked with: only its liveness moves.
+    // (Checking a record and its key chain again on every flip is what a flapping member would make every daemon pay.)
+    if (known && sameRecord(known, view)) {
+      this.agents.set(r.id, withLiveness(known, view));
+      return;
+    }
+    const held = this.held.get(r.id);
+    if (held && sameRecord(held, view)) {
+      this.held.set(r.id, withLiveness(held, view));
+      return;
+    }
     const check = verifyRecord(view, { network: self.network });
     if (!check.ok) {
       log.warn({ id: r.id, problem: check.problem, detail: check.detail }, 'ignoring agent record that does not verify');
@@ -120,12 +147,11 @@ export class Admission {
     }
     // The IPv4 is not bound to the key like the IPv6: make sure it is inside the overlay pool and
     // not another agent's, so a misbehaving registry cannot redirect traffic or add host routes.
-    const holder = [...this.agents.values()].find((a) => a.record.ipv4 === r.ipv4 && a.record.id !== r.id);
-    if (!inPrefix(r.ipv4, this.opts.pool) || r.ipv4 === self.ipv4 || holder) {
+    const holder = this.idByIpv4.get(r.ipv4);
+    if (!inPrefix(r.ipv4, this.opts.pool) || r.ipv4 === self.ipv4 || (holder !== undefined && holder !== r.id)) {
       log.warn({ id: r.id, ipv4: r.ipv4 }, 'ignoring agent record whose IPv4 is outside the pool or taken');
       return;
     }
-    const known = this.agents.get(r.id);
     if (known && known.record.seq > r.seq) return;
     if (this.opts.gate && !this.opts.gate.admit(view)) {
       if (known) this.remove(r.id);
@@ -141,11 +167,18 @@ export class Admission {
     const logged = !known ? this.opts.audit?.('peer.added', r.id, { name: r.name, ipv4: r.ipv4, ipv6: r.ipv6, wgPublicKey: r.wgPublicKey, tags: tagsOf(view) })
       : known.record.wgPublicKey !== r.wgPublicKey ? this.opts.audit?.('peer.rekeyed', r.id, { name: r.name, wgPublicKey: r.wgPublicKey }) : undefined;
     this.idByWgKey.set(r.wgPublicKey, r.id);
+    if (known && known.record.ipv4 !== r.ipv4) this.idByIpv4.delete(known.record.ipv4);
+    this.idByIpv4.set(r.ipv4, r.id);
     this.agents.set(r.id, view);
     // Online/offline events repeat the record: only a new record or new tags change what others derive from it.
     if (!known || !sameFacts(known, view)) this.opts.onChange?.();
     // Logged before it takes effect: no tunnel to an agent (or a key) that the audit trail does not show.
     await logged;
+    // Meanwhile it may have been removed (an operator's removal in the same stream chunk), refused
+    // by the gate, or replaced by a newer record (whose own apply configures the peer): a removed
+    // agent's peer, or a rotated-out key's, must not come back. A liveness event leaves the record.
+    const now = this.agents.get(r.id);
+    if (!now || !sameRecord(now, view)) return;
     const wgKey = Buffer.from(r.wgPublicKey, 'base64');
     const candidates = r.endpoints.map(endpointBuffer).filter((e): e is Buffer => e !== null);
     const endpoint = daemon.sock?.upsertPeer(wgKey, candidates, r.homeRelay ?? null) ?? null;
@@ -204,6 +237,7 @@ export class Admission {
     this.opts.onChange?.();
     this.opts.daemon.removePeer(Buffer.from(view.record.wgPublicKey, 'base64'));
     this.idByWgKey.delete(view.record.wgPublicKey);
+    if (this.idByIpv4.get(view.record.ipv4) === id) this.idByIpv4.delete(view.record.ipv4);
     this.opts.audit?.('peer.removed', id, { name: view.record.name });
     this.opts.log.info({ id, name: view.record.name }, 'agent removed from the fleet; peer dropped');
   }

@@ -9,12 +9,13 @@ import { compilePolicy, type AgentFacts, type CompiledPolicy } from '../policy/c
 import { PolicyFilter } from '../policy/filter.js';
 import { parsePolicy, type Policy } from '../policy/parse.js';
 import type { AgentView, PolicyView } from '../registry/client.js';
+import { tagsOf } from './admission.js';
 
 /** An admitted agent's record as the policy sees it (tags come from the registry, the rest is signed). */
 export function factsOf(view: AgentView): AgentFacts {
   const r = view.record;
   return {
-    id: r.id, name: r.name, tags: (view as { tags?: string[] }).tags ?? [], capabilities: r.capabilities,
+    id: r.id, name: r.name, tags: tagsOf(view), capabilities: r.capabilities,
     ipv4: r.ipv4, ipv6: r.ipv6, wgPublicKey: r.wgPublicKey,
   };
 }

@@ -4,9 +4,10 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join as joinPath } from 'node:path';
 import type { Logger as PinoLogger } from 'pino';
 import { AgentVpnError } from '../errors.js';
-import { overlayIPv6 } from '../identity/addresses.js';
+import { networkUlaPrefix, overlayIPv6 } from '../identity/addresses.js';
 import type { Identity } from '../identity/identity.js';
-import { formatAddress, parseAddress, parsePrefix, type Prefix } from '../ip/prefix.js';
+import { isOverlayPool } from '../ip/overlay-space.js';
+import { formatAddress, formatPrefix, parseAddress, parsePrefix, type Prefix } from '../ip/prefix.js';
 import { formatCapability, parseCapability } from '../net/capabilities.js';
 import type { AgentView, JoinResult, PolicyView, RegistryClient, Watcher } from '../registry/client.js';
 import type { ReportedPath } from '../registry/path-report.js';
@@ -110,15 +111,20 @@ export class Membership {
     return { join: result, ...this.check(result) };
   }
 
-  /** Refuses a join answer that would route more than the overlay into the tunnel. */
+  /**
+   * Refuses a join answer that would route more than the overlay into the tunnel: a pool of
+   * public addresses (a registry could then take traffic for 8.8.8.8), or a ULA /48 other than
+   * the one the network's name gives.
+   */
   private check(join: JoinResult): { pool: Prefix; ula: Prefix } {
     const pool = parsePrefix(join.pool);
     const ula = parsePrefix(join.ulaPrefix);
-    const ok = pool && pool.family === 4 && pool.bits >= 8 && pool.bits <= 30 && ula && ula.family === 6 && ula.bits === 48 && ula.addr[0] === 0xfd
-      && inPrefix(join.ipv4, pool) && formatAddress(parseAddress(join.ipv6) ?? new Uint8Array(16)) === formatAddress(overlayIPv6(join.network, this.opts.identity.idKey));
+    const ok = pool && pool.family === 4 && pool.bits >= 8 && pool.bits <= 30 && isOverlayPool(pool) && inPrefix(join.ipv4, pool)
+      && join.network === this.opts.network && ula && formatPrefix(ula) === formatPrefix(networkUlaPrefix(join.network))
+      && formatAddress(parseAddress(join.ipv6) ?? new Uint8Array(16)) === formatAddress(overlayIPv6(join.network, this.opts.identity.idKey));
     if (!ok) {
-      throw new AgentVpnError('BAD_JOIN', `the registry answered the join with unusable addresses (pool ${join.pool}, ipv4 ${join.ipv4}, ula ${join.ulaPrefix})`,
-        'the registry must use an IPv4 pool between /8 and /30 and a fd00::/8 /48; check its --pool');
+      throw new AgentVpnError('BAD_JOIN', `the registry answered the join with unusable addresses (network ${join.network}, pool ${join.pool}, ipv4 ${join.ipv4}, ula ${join.ulaPrefix})`,
+        'the registry must use an IPv4 pool of /8 to /30 inside 100.64.0.0/10 or private space (10/8, 172.16/12, 192.168/16), and the network\'s own ULA /48; check its --pool');
     }
     return { pool: pool!, ula: ula! };
   }

@@ -530,6 +530,12 @@ export class RegistryClient {
           } catch {
             return fail(new AgentVpnError('REGISTRY_BAD_RESPONSE', 'the registry sent an event that is not JSON', 'check that the URL points at an agentvpn registry'));
           }
+          // A policy event of null: the network has none (as in a snapshot; a resume by digest always says which).
+          if (parsed === null && event === 'policy') return call(() => handlers.policy?.(null));
+          // `null` or a bare value would throw below, outside any handler's guard, and end the daemon.
+          if (parsed === null || typeof parsed !== 'object') {
+            return fail(new AgentVpnError('REGISTRY_BAD_RESPONSE', 'the registry sent an event that is not a JSON object', 'check that the URL points at an agentvpn registry'));
+          }
           if (event === 'snapshot' && Array.isArray(parsed.agents)) {
             attempt = 0;
             retriedSame = false;

@@ -6,6 +6,7 @@ import type { Duplex } from 'node:stream';
 import pino, { type Logger } from 'pino';
 import { AgentVpnError } from '../errors.js';
 import type { KeyStatement } from '../identity/rotation.js';
+import { isOverlayPool } from '../ip/overlay-space.js';
 import { formatPrefix, parsePrefix, type Prefix } from '../ip/prefix.js';
 import type { RelayInfo } from '../relay/protocol.js';
 import { advertisedRelays } from './relay-list.js';
@@ -150,6 +151,11 @@ function parsePool(pool: string): Prefix {
   const p = parsePrefix(pool);
   if (!p || p.family !== 4 || p.bits > 30) {
     throw new AgentVpnError('BAD_POOL', `invalid IPv4 pool "${pool}"`, 'give an IPv4 prefix of /30 or larger, e.g. 100.64.0.0/10');
+  }
+  // Agents refuse a pool of public addresses (they would route it into the tunnel): say so here.
+  if (!isOverlayPool(p)) {
+    throw new AgentVpnError('BAD_POOL', `IPv4 pool "${pool}" is not inside shared or private address space`,
+      'give a pool inside 100.64.0.0/10, 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16 (default 100.64.0.0/10)');
   }
   return p;
 }

@@ -151,7 +151,7 @@ describe('the agent\'s client resumes its stream after a cut connection', () => 
     for (const a of agents.splice(0)) a.client.close();
     proxy?.close();
     await reg?.stop();
-    rmSync(dir, { recursive: true, force: true });
+    if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
   /** A registry with `n` agents ("peer-0"...), and a proxy in front of it that the test can cut. */
@@ -295,6 +295,30 @@ describe('the agent\'s client resumes its stream after a cut connection', () => 
       for (let i = 0; i < 500 && seenHeaders.length < 3; i++) await sleep(20);
       console.log(`last-event-id on each connect: ${JSON.stringify(seenHeaders)}`);
       expect(seenHeaders.slice(0, 3)).toEqual([undefined, undefined, 'ok.1']);
+    } finally {
+      w.close();
+      client.close();
+      fake.closeAllConnections();
+      await new Promise((r) => fake.close(r));
+    }
+  });
+
+  it('an event whose data is JSON null or a bare value (a hostile registry) ends the stream with REGISTRY_BAD_RESPONSE, not the process', async () => {
+    const identity = (await import('../../src/identity/identity.js')).Identity.generate();
+    const bodies = ['event: upsert\ndata: null\n\n', 'event: snapshot\ndata: 7\n\n', 'event: removed\ndata: "x"\n\n', 'event: bucket\ndata: {"bucket":999,"ids":[]}\n\n'];
+    let served = 0;
+    const fake = createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.end(`event: snapshot\ndata: {"agents":[],"policy":null}\n\n${bodies[served++ % bodies.length]}`);
+    });
+    await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+    const client = new RegistryClient({ url: `http://127.0.0.1:${(fake.address() as AddressInfo).port}`, identity, network: NET });
+    const errors: string[] = [];
+    const w = client.watch({ snapshot: () => {}, change: () => {}, gone: () => {}, disconnected: (e) => errors.push((e as { code?: string }).code ?? e.message) });
+    try {
+      for (let i = 0; i < 500 && errors.length < bodies.length; i++) await sleep(20);
+      console.log(`disconnects: ${JSON.stringify(errors)}`);
+      expect(errors.slice(0, bodies.length)).toEqual(bodies.map(() => 'REGISTRY_BAD_RESPONSE'));
     } finally {
       w.close();
       client.close();
