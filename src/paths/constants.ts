@@ -18,6 +18,10 @@ export const paths = {
   reprobeWhenDirectMs: 30_000,
   /** Relayed traffic to a peer triggers a probe at most this often. */
   probeOnTrafficMs: 1_000,
+  /** A ping from an address gets a ping back (to confirm the path for us) at most this often per address. */
+  pingBackEveryMs: 1_000,
+  /** A call-me-maybe gets each of the peer's candidates pinged at most this often per address. */
+  callMeMaybePingEveryMs: 5_000,
   /**
    * An idle peer is not pinged, so its direct path goes unverified; after this long without a
    * pong (NAT mappings may have expired) it is used only once confirmed again: the next traffic

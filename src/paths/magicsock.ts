@@ -448,24 +448,32 @@ export class MagicSock implements Bind {
       this.stats.discoReplayed++;
       return;
     }
-    this.stats.discoIn++;
     const m = opened.message;
+    // The allowance is for answers: anything else it let in pays the budgets now. (Each ping back
+    // grants one, so a member's stream of pings, its source forged, would else never be budgeted.)
+    if (awaited && m.type !== 'pong' && (!path.discoExpected.take() || !this.discoTotal.take())) {
+      this.stats.discoShed++;
+      return;
+    }
+    this.stats.discoIn++;
     if (m.type === 'ping') {
       this.sendDisco(path, from, { type: 'pong', txid: m.txid, observed: from ?? Buffer.alloc(ENDPOINT_SIZE) }, via);
       if (from) {
         path.addCandidate(from);
-        // They reached us directly: ping back along the same way to confirm the path for us.
-        if (!path.direct) this.sendPing(path, from, now, undefined, via);
+        // They reached us directly: ping back along the same way to confirm the path for us, at
+        // most once a second per address (a pong and a ping per ping would double what a forged source gets).
+        if (!path.direct && path.mayPingUnasked(from, now, T.pingBackEveryMs)) this.sendPing(path, from, now, undefined, via);
       }
     } else if (m.type === 'pong') {
       this.receivePong(path, m.txid, from, now, via);
     } else if (m.type === 'birthday') {
       this.receiveBirthday(path, m.answer, m.publicEndpoint, now);
     } else if (now - path.lastCallMeMaybeAt >= T.probeOnTrafficMs) {
-      // At most once a second per peer: a replayed call-me-maybe cannot make us a ping cannon.
+      // At most once a second per peer, and each address at most once per 5 s: a member's
+      // call-me-maybes naming others' addresses cannot make us a ping cannon.
       path.lastCallMeMaybeAt = now;
       for (const c of m.candidates) path.addCandidate(c);
-      for (const c of path.candidates) this.sendPing(path, c, now);
+      for (const c of path.candidates) if (path.mayPingUnasked(c, now, T.callMeMaybePingEveryMs)) this.sendPing(path, c, now);
     }
   }
 

@@ -6,6 +6,7 @@ import { discoBudget } from './constants.js';
 import { MAX_CANDIDATES } from './disco.js';
 import type { ProbeSocket } from './birthday.js';
 
+
 /**
  * How one fleet peer is reached: its candidate endpoints, the best direct path found by disco
  * pings (with its RTT and when it last answered), and its relay fallback. It is the WireGuard
@@ -37,6 +38,8 @@ export class PeerPath implements Endpoint {
   readonly discoElsewhere = new TokenBucket(discoBudget.elsewhere.rate, discoBudget.elsewhere.burst);
   /** Pings we sent and not yet heard back on: each lets one reply past the disco budgets. */
   private awaitedReplies = 0;
+  /** When we last sent each address a ping nobody on our side asked for (a ping back, a call-me-maybe's); at most MAX_CANDIDATES * 2 kept. */
+  private readonly unaskedPingAt = new Map<string, number>();
 
   readonly rateKey: string;
 
@@ -65,6 +68,18 @@ export class PeerPath implements Endpoint {
     if (!isUsableCandidate(ep, off) || this.candidates.some((c) => sameEndpoint(c, 0, ep, off))) return;
     this.candidates.push(Buffer.from(ep.subarray(off, off + ENDPOINT_SIZE)));
     if (this.candidates.length > MAX_CANDIDATES) this.candidates.shift();
+  }
+
+  /**
+   * Whether `to` may be sent a ping that the peer's messages asked for (not our own probe round)
+   * now: at most once per `everyMs` per address, so a member cannot turn us into a ping source.
+   */
+  mayPingUnasked(to: Buffer, now: number, everyMs: number): boolean {
+    const key = formatEndpoint(to);
+    if (now - (this.unaskedPingAt.get(key) ?? -Infinity) < everyMs) return false;
+    if (this.unaskedPingAt.size >= MAX_CANDIDATES * 2) this.unaskedPingAt.clear();
+    this.unaskedPingAt.set(key, now);
+    return true;
   }
 
   awaitReply(): void {

@@ -2,7 +2,9 @@ import { describe, expect, it } from 'vitest';
 import { generatePrivateKey, publicKeyOf } from '../../src/crypto/x25519.js';
 import { DiscoCodec, newTxid } from '../../src/paths/disco.js';
 import { discoBudget } from '../../src/paths/constants.js';
-import { makeEndpoint } from '../../src/net/endpoint.js';
+import { ENDPOINT_SIZE, makeEndpoint, sameEndpoint } from '../../src/net/endpoint.js';
+import { MagicSock, type UdpPort } from '../../src/paths/magicsock.js';
+import type { RelayLink } from '../../src/paths/relay-links.js';
 import { world } from './world.js';
 
 const settle = () => new Promise((r) => setTimeout(r, 50));
@@ -90,6 +92,84 @@ describe('disco under attack (issue 7 classes 3 and 9)', () => {
       expect(w.socks[0].pathOf(peer.publicKey)?.kind).toBe('direct');
     } finally {
       w.stop();
+    }
+  });
+
+  it('a member\'s own sealed pings with a forged source are budgeted, and get a pong each but at most one ping back a second', async () => {
+    // M (a member: its key seals valid pings) forges the victim's address as their source; the victim is one of M's candidates.
+    const [dKey, mKey] = [generatePrivateKey(), generatePrivateKey()];
+    const [dPub, mPub] = [Buffer.from(publicKeyOf(dKey)), Buffer.from(publicKeyOf(mKey))];
+    const victim = makeEndpoint(Uint8Array.of(192, 0, 2, 77), 443);
+    const toVictim = { datagrams: 0, bytes: 0 };
+    const udp: UdpPort = {
+      send(_slab, _offsets, lens, addrs, count) {
+        for (let k = 0; k < count; k++) {
+          if (!sameEndpoint(addrs, k * ENDPOINT_SIZE, victim, 0)) continue;
+          toVictim.datagrams++;
+          toVictim.bytes += lens[k];
+        }
+        return count;
+      },
+    };
+    const relay: RelayLink = { endpoint: makeEndpoint(Uint8Array.of(203, 0, 113, 10), 7443), name: 'r', state: 'udp', handleDatagram: () => false, send: () => true };
+    const d = new MagicSock(udp, { info() {}, warn() {}, debug() {} });
+    try {
+      d.enablePaths(new DiscoCodec(dKey, dPub), relay);
+      d.upsertPeer(mPub, [victim]);
+      await settle();
+      Object.assign(toVictim, { datagrams: 0, bytes: 0 });
+      const asM = new DiscoCodec(mKey, mPub);
+      let sent = 0;
+      let sentBytes = 0;
+      const start = performance.now();
+      for (let round = 0; round < 40; round++) {
+        for (let i = 0; i < 250; i++, sent++) {
+          const ping = asM.seal(dPub, { type: 'ping', txid: newTxid() })!;
+          d.receive(ping, ping.length, Int32Array.of(ping.length), victim, 1);
+          sentBytes += ping.length;
+        }
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      const seconds = (performance.now() - start) / 1000;
+      const { rate, burst } = discoBudget.expected;
+      console.log(`${sent} forged-source pings (${sentBytes} bytes) in ${seconds.toFixed(2)} s: ${d.stats.discoIn} let in, ${d.stats.discoShed} shed; to the victim ${toVictim.datagrams} datagrams, ${toVictim.bytes} bytes`);
+      const allowed = burst + Math.ceil(rate * seconds) + discoBudget.maxAwaitedReplies + 1;
+      expect(d.stats.discoIn).toBeLessThanOrEqual(allowed);
+      // A pong per ping let in, a ping back per second, and the probe rounds' own pings.
+      expect(toVictim.datagrams).toBeLessThanOrEqual(d.stats.discoIn + Math.ceil(seconds) + 4);
+      expect(toVictim.bytes).toBeLessThan(sentBytes / 10);
+    } finally {
+      d.stop();
+    }
+  });
+
+  it('call-me-maybes naming 16 other addresses get each pinged at most once per 5 s, not 16 pings per message', async () => {
+    const [dKey, mKey] = [generatePrivateKey(), generatePrivateKey()];
+    const [dPub, mPub] = [Buffer.from(publicKeyOf(dKey)), Buffer.from(publicKeyOf(mKey))];
+    const victims = Array.from({ length: 16 }, (_, i) => makeEndpoint(Uint8Array.of(192, 0, 2, 100 + i), 53));
+    let toVictims = 0;
+    const udp: UdpPort = {
+      send(_slab, _offsets, _lens, addrs, count) {
+        for (let k = 0; k < count; k++) if (victims.some((v) => sameEndpoint(addrs, k * ENDPOINT_SIZE, v, 0))) toVictims++;
+        return count;
+      },
+    };
+    const relay: RelayLink = { endpoint: makeEndpoint(Uint8Array.of(203, 0, 113, 10), 7443), name: 'r', state: 'udp', handleDatagram: () => false, send: () => true };
+    const d = new MagicSock(udp, { info() {}, warn() {}, debug() {} });
+    try {
+      d.enablePaths(new DiscoCodec(dKey, dPub), relay);
+      d.upsertPeer(mPub, [makeEndpoint(Uint8Array.of(198, 51, 100, 2), 51820)]); // an idle fleet peer
+      await settle();
+      const asM = new DiscoCodec(mKey, mPub);
+      for (let i = 0; i < 3; i++) {
+        if (i > 0) await new Promise((r) => setTimeout(r, 1_050)); // past the once-a-second-per-peer limit
+        d.onRelayedPacket(mPub, asM.seal(dPub, { type: 'call-me-maybe', candidates: victims })!);
+      }
+      await settle();
+      console.log(`3 call-me-maybes naming 16 addresses, 1 s apart: ${toVictims} pings to them (48 before)`);
+      expect(toVictims).toBeLessThanOrEqual(16);
+    } finally {
+      d.stop();
     }
   });
 });
