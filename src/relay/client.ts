@@ -53,6 +53,8 @@ interface UdpAttempt {
   timer: NodeJS.Timeout | null;
   /** Hellos sent at once on a challenge's arrival (the rest wait for the retransmission timer). */
   prompt: number;
+  /** A refusal came over UDP during it (logged once). */
+  refused?: boolean;
 }
 
 /** A challenge the relay sent us over one transport, and when (monotonic ms). */
@@ -562,10 +564,14 @@ export class RelayClient {
     } else if (code === NOTICE_STALE_TIMESTAMP) {
       // Also the answer to a retransmitted hello overtaken by a newer one: the attempt's timeout decides.
       this.log.debug({ relay: this.name, event: 'relay-stale-hello', via }, `relay ${this.name}: hello timestamp refused (host clock off, or an old hello)`);
-    } else {
-      const why = this.refusalReason(code, key[0]);
-      this.log.warn({ relay: this.name, event: 'relay-refused', code, via }, `relay ${this.name} refused our hello: ${why}`);
+    } else if (via === 'tcp') {
+      this.log.warn({ relay: this.name, event: 'relay-refused', code, via }, `relay ${this.name} refused our hello: ${this.refusalReason(code, key[0])}`);
       if (this.currentState === 'connecting') this.reconnectLater();
+    } else if (this.attempt && !this.attempt.refused) {
+      // Over UDP a notice proves nothing about its sender (anyone can forge the relay's address and
+      // keep us off it): it is logged, once per attempt, and the attempt's own timeout decides (then TCP).
+      this.attempt.refused = true;
+      this.log.warn({ relay: this.name, event: 'relay-refused', code, via }, `relay ${this.name} refused our hello: ${this.refusalReason(code, key[0])}`);
     }
   }
 }

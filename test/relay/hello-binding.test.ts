@@ -8,7 +8,8 @@ import { Identity } from '../../src/identity/identity.js';
 import { waitFor } from '../../src/lab/index.js';
 import { CHALLENGE_BURST_PER_SOURCE, CHALLENGE_RATE_PER_SOURCE } from '../../src/relay/limits.js';
 import {
-  CHALLENGE_REQUEST_SIZE, FRAME_CHALLENGE, FRAME_HELLO, FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_RECV, NOTICE_BAD_VERSION, RELAY_VERSION, encodeChallengeRequest,
+  CHALLENGE_REQUEST_SIZE, FRAME_CHALLENGE, FRAME_HELLO, FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_RECV, NOTICE_BAD_SIGNATURE, NOTICE_BAD_VERSION, NOTICE_NOT_ALLOWED,
+  NOTICE_WRONG_RELAY, RELAY_VERSION, encodeChallengeRequest,
   encodeHello, encodeNotice, parseChallenge,
 } from '../../src/relay/protocol.js';
 import { RelayRig, UNNAMED, capturingLog, rawSocket, sleep, waitState } from './harness.js';
@@ -220,5 +221,33 @@ describe('relay hello bound to its relay and its source', () => {
     const got = member.inbox.filter((f) => f[0] === FRAME_CHALLENGE).length;
     console.log(`challenge flood from the member's address: ${sent} requests, ${r.relay.stats().dropped['challenge-source-rate'] ?? 0} shed; the member got ${got} of ${ASKS} challenges it asked for`);
     expect(got).toBe(ASKS);
+  });
+
+  it('refusal notices forged from the relay\'s address over UDP (100/s) do not keep an agent off the relay', async () => {
+    const r = await rig.relay();
+    const agentLog = capturingLog();
+    const a = await rig.agent({ udp: r.udp }, { log: agentLog });
+    // What an off-path spoofer's datagrams look like once they pass the source check: from the relay's address.
+    const forged = [NOTICE_NOT_ALLOWED, NOTICE_BAD_SIGNATURE, NOTICE_WRONG_RELAY].map((code) => encodeNotice(code));
+    let sent = 0;
+    const forge = () => {
+      const n = forged[sent++ % forged.length];
+      a.client.handleDatagram(n, 0, n.length);
+    };
+    forge(); // while its first attempt waits for the relay's challenge
+    const flood = setInterval(forge, 10);
+    try {
+      await waitState(a, 'udp', 5_000);
+      await sleep(1_000);
+      const refusals = agentLog.lines.filter((l) => (l.obj as { event?: string }).event === 'relay-refused').length;
+      const retries = agentLog.lines.filter((l) => (l.obj as { event?: string }).event === 'relay-retry').length;
+      console.log(`${sent} forged refusals: the agent is ${a.client.state}, ${r.relay.stats().clients} session(s) at the relay, ${refusals} refusal log line(s), ${retries} back-off(s)`);
+      expect(a.client.state).toBe('udp');
+      expect(retries).toBe(0); // no attempt was given up for a notice
+      expect(r.relay.stats().clients).toBe(1);
+      expect(refusals).toBeLessThanOrEqual(2); // once per attempt, not once per notice
+    } finally {
+      clearInterval(flood);
+    }
   });
 });
