@@ -28,3 +28,12 @@ export class QueryBudget {
     return this.sources.take(source) && this.total.take();
   }
 }
+
+/**
+ * What a client's budget and connections are counted under: its address, except that every
+ * loopback address (127.0.0.0/8, ::1, ::ffff:127.x) is one source. Any local user may send from
+ * any of the 16 million 127/8 addresses, which would otherwise each be a budget of its own.
+ */
+export function sourceKey(address: string): string {
+  return address.startsWith('127.') || address === '::1' || address.startsWith('::ffff:127.') ? 'loopback' : address;
+}

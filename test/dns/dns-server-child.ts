@@ -12,6 +12,7 @@ const server = new DnsServer({
   zone: 'prod',
   lookup: (name) => (name === 'planner' ? { ipv4: '100.64.0.7', ipv6: 'fd12:3456:789a::7' } : null),
   limits,
+  loopbackSourcesApart: true, // the tests' 127/8 addresses stand in for members
 });
 await server.start();
 process.stdout.write(`${JSON.stringify({ port: server.port })}\n`);

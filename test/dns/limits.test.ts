@@ -199,7 +199,7 @@ describe('DNS responder budgets (adversarial)', () => {
     afterEach(async () => { await server?.stop(); server = null; });
 
     it('closes idle TCP connections and ends busy ones after their lifetime', async () => {
-      server = new DnsServer({ bind: ['127.0.0.1'], port: 0, zone: 'prod', lookup: () => ({ ipv4: '100.64.0.7' }), limits: { tcpIdleMs: 300, tcpLifetimeMs: 1500 } });
+      server = new DnsServer({ bind: ['127.0.0.1'], port: 0, zone: 'prod', lookup: () => ({ ipv4: '100.64.0.7' }), limits: { tcpIdleMs: 300, tcpLifetimeMs: 1500 }, loopbackSourcesApart: true });
       await server.start();
       const port = server.port;
       const closedAfter = (c: Socket) => { const t0 = Date.now(); return new Promise<number>((r) => c.on('close', () => r(Date.now() - t0))); };
@@ -223,7 +223,7 @@ describe('DNS responder budgets (adversarial)', () => {
     });
 
     it('answers one UDP source only within its budget, and other sources meanwhile', async () => {
-      server = new DnsServer({ bind: ['127.0.0.1'], port: 0, zone: 'prod', lookup: () => ({ ipv4: '100.64.0.7' }) });
+      server = new DnsServer({ bind: ['127.0.0.1'], port: 0, zone: 'prod', lookup: () => ({ ipv4: '100.64.0.7' }), loopbackSourcesApart: true });
       await server.start();
       const port = server.port;
       const attacker = createSocket('udp4');
@@ -248,6 +248,40 @@ describe('DNS responder budgets (adversarial)', () => {
       expect(answers).toBeGreaterThan(server.limits.queriesPerSecondPerSource);
       expect(server.shed.udpOverBudget).toBeGreaterThan(sent - budget * 1.5);
       expect(victimOk).toBe(10);
+    });
+
+    it('counts every loopback address as one source: a local user sending from 64 of them gets one source\'s budget, and one TCP source\'s slots', async () => {
+      server = new DnsServer({ bind: ['127.0.0.1'], port: 0, zone: 'prod', lookup: () => ({ ipv4: '100.64.0.7' }) });
+      await server.start();
+      const port = server.port;
+      const sockets = await Promise.all(Array.from({ length: 64 }, async (_, i) => {
+        const s = createSocket('udp4');
+        await new Promise<void>((r) => s.bind(0, `127.0.${2 + (i >> 6)}.${1 + (i & 63)}`, () => r()));
+        return s;
+      }));
+      let answers = 0;
+      for (const s of sockets) s.on('message', () => answers++);
+      const msg = query(5);
+      const t0 = Date.now();
+      let sent = 0;
+      for (let tick = 0; tick < 50; tick++) { // ~0.5 s
+        for (const s of sockets) for (let i = 0; i < 2; i++, sent++) s.send(msg, port, '127.0.0.1');
+        await sleep(10);
+      }
+      await sleep(300);
+      const seconds = (Date.now() - t0) / 1000;
+      for (const s of sockets) s.close();
+      const oneSource = server.limits.queryBurstPerSource + server.limits.queriesPerSecondPerSource * seconds;
+      // TCP: connections from 16 loopback addresses share one source's slots.
+      const conns = Array.from({ length: 16 }, (_, i) => connect({ host: '127.0.0.1', port, localAddress: `127.0.3.${i + 1}` }).on('error', () => {}));
+      await Promise.all(conns.map((c) => once(c, 'connect').catch(() => {})));
+      await sleep(300);
+      const kept = conns.filter((c) => !c.destroyed && !c.readableEnded).length;
+      for (const c of conns) c.destroy();
+      console.log(`UDP from 64 loopback addresses: ${sent} queries, ${answers} answered (one source's budget: ${oneSource.toFixed(0)}); TCP from 16: ${kept} kept`);
+      expect(answers).toBeLessThanOrEqual(oneSource * 1.1);
+      expect(answers).toBeGreaterThan(0);
+      expect(kept).toBeLessThanOrEqual(server.limits.tcpConnectionsPerSource);
     });
   });
 });
