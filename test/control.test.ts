@@ -138,6 +138,40 @@ describe('control server and client', () => {
     expect(await callDaemon('test0', 'status')).toBeTruthy();
   });
 
+  it('answers pipelined requests in order, one at a time; a client that pipelines without reading holds about a megabyte, not gigabytes', async () => {
+    const peers = Array.from({ length: 50 }, (_, i) => ({ publicKey: 'k'.repeat(44), endpoint: `192.0.2.${i}:51820`, allowedIps: [`100.64.0.${i}/32`], rxBytes: i }));
+    let running = 0;
+    let most = 0;
+    const s = server('test0', {
+      status: () => ({ interface: 'test0', peers }),
+      slow: async (p) => {
+        most = Math.max(most, ++running);
+        await new Promise((r) => setTimeout(r, 5));
+        running--;
+        return p;
+      },
+    });
+    await s.start();
+    const ordered = await raw('test0', Array.from({ length: 20 }, (_, i) => `{"id":${i},"method":"slow","params":${i}}\n`).join(''), 20);
+    expect(ordered.map((r) => r.result)).toEqual(Array.from({ length: 20 }, (_, i) => i));
+    expect(most).toBe(1);
+    // 200,000 pipelined status requests (5.4 MB), none of the answers (~3.5 KB each) read.
+    const sock = connect(controlSocketPath('test0'));
+    await new Promise((r) => sock.once('connect', r));
+    sock.pause();
+    const lines = '{"id":1,"method":"status"}\n'.repeat(1000);
+    for (let i = 0; i < 200; i++) {
+      sock.write(lines);
+      await new Promise((r) => setImmediate(r));
+    }
+    await new Promise((r) => setTimeout(r, 1_000));
+    const held = [...(s as unknown as { sockets: Set<{ writableLength: number }> }).sockets].reduce((n, c) => n + c.writableLength, 0);
+    console.log(`200,000 pipelined requests, none read: the daemon holds ${(held / 1e6).toFixed(2)} MB of answers; answered so far ${s.stats.requests}`);
+    sock.destroy();
+    expect(held).toBeLessThan(2 * 1024 * 1024);
+    expect(await callDaemon('test0', 'status')).toBeTruthy(); // others are still served
+  });
+
   it('not running: DAEMON_NOT_RUNNING with the documented message and hint', async () => {
     const e = await codeOf(callDaemon('absent0', 'status'));
     expect(e).toMatchObject({

@@ -14,8 +14,16 @@ export interface ControlServerOptions {
   onInternalError?: (method: string, err: unknown) => void;
 }
 
-/** A request line may not exceed this; a client cannot make the daemon buffer without bound. */
+/** A request line may not exceed this. */
 export const MAX_REQUEST_BYTES = 64 * 1024;
+/**
+ * A connection's requests are answered one at a time, in order. Past this many waiting, its
+ * socket is not read; past MAX_UNSENT_REPLY_BYTES of answers it has not read, nothing more is
+ * answered until they drain. So a client that pipelines without reading holds the daemon to
+ * about a megabyte (400,000 pipelined `status`es held 3.6 GB before).
+ */
+const MAX_WAITING_REQUESTS = 32;
+const MAX_UNSENT_REPLY_BYTES = 1024 * 1024;
 
 /**
  * The daemon's local API: newline-delimited JSON over a root-only unix socket (control-protocol.ts).
@@ -107,33 +115,58 @@ export class ControlServer {
     let pending: Buffer[] = [];
     let pendingBytes = 0;
     let discarding = false; // inside an oversize line: drop bytes until its newline
-    const tooLong = (): void => this.badRequest(socket, null, `request line longer than ${MAX_REQUEST_BYTES} bytes`);
+    const TOO_LONG = null;
+    /** Request lines waiting their turn (TOO_LONG: a line over the limit, answered in its place). */
+    const waiting: Array<string | null> = [];
+    let answering = false;
+
+    const answerWaiting = async (): Promise<void> => {
+      if (answering) return;
+      answering = true;
+      while (waiting.length > 0 && !socket.destroyed) {
+        // A stream's connection is one-way from its ok on: what the client sent after it is discarded.
+        if (this.streams.has(socket)) {
+          waiting.length = 0;
+          break;
+        }
+        if (socket.writableLength > MAX_UNSENT_REPLY_BYTES) {
+          await new Promise((r) => {
+            socket.once('drain', r);
+            socket.once('close', r);
+          });
+          continue;
+        }
+        const line = waiting.shift()!;
+        if (line === TOO_LONG) this.badRequest(socket, null, `request line longer than ${MAX_REQUEST_BYTES} bytes`);
+        else await this.handleLine(socket, line);
+      }
+      answering = false;
+      if (socket.isPaused() && !socket.destroyed) socket.resume();
+    };
 
     socket.on('data', (chunk: Buffer) => {
-      // A stream's connection is one-way from its ok on: what the client sends is discarded, so
-      // it cannot queue replies behind the stream's bounded writer.
       if (this.streams.has(socket)) return;
       let start = 0;
       for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, start)) {
         const part = chunk.subarray(start, nl);
-        if (!discarding) {
-          if (pendingBytes + part.length > MAX_REQUEST_BYTES) tooLong();
-          else void this.handleLine(socket, Buffer.concat([...pending, part]).toString('utf8'));
-        }
+        if (!discarding) waiting.push(pendingBytes + part.length > MAX_REQUEST_BYTES ? TOO_LONG : Buffer.concat([...pending, part]).toString('utf8'));
         pending = [];
         pendingBytes = 0;
         discarding = false;
         start = nl + 1;
       }
-      if (discarding || start === chunk.length) return;
-      pending.push(chunk.subarray(start));
-      pendingBytes += chunk.length - start;
-      if (pendingBytes > MAX_REQUEST_BYTES) {
-        tooLong();
-        pending = [];
-        pendingBytes = 0;
-        discarding = true;
+      if (!discarding && start < chunk.length) {
+        pending.push(chunk.subarray(start));
+        pendingBytes += chunk.length - start;
+        if (pendingBytes > MAX_REQUEST_BYTES) {
+          waiting.push(TOO_LONG);
+          pending = [];
+          pendingBytes = 0;
+          discarding = true;
+        }
       }
+      if (waiting.length >= MAX_WAITING_REQUESTS) socket.pause();
+      void answerWaiting();
     });
   }
 

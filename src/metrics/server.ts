@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { Counter, type Registry } from 'prom-client';
 import { AgentVpnError } from '../errors.js';
+import { ConnectionGuard } from '../net/connection-guard.js';
 import { formatHostPort } from '../relay/protocol.js';
 import type { MetricsListen } from './listen.js';
 
@@ -23,7 +24,11 @@ export interface RenderReuse {
   minMs: number;
   costFactor: number;
 }
-/** Open connections at most: a scraper keeps one alive; a few more for curl and a second Prometheus. */
+/**
+ * Open connections at most: a scraper keeps one alive; a few more for curl and a second Prometheus.
+ * At the cap the one idle the longest makes room (connection-guard.ts), so silent connections
+ * (any local user can open them) cannot keep a scrape out, as a plain cap let 16 of them do.
+ */
 const MAX_CONNECTIONS = 16;
 /** A scrape request is one small GET: whoever is slower than this holds a connection for nothing. */
 const REQUEST_TIMEOUT_MS = 5_000;
@@ -75,7 +80,7 @@ export class MetricsServer {
       requestTimeout: REQUEST_TIMEOUT_MS, headersTimeout: REQUEST_TIMEOUT_MS, keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
       connectionsCheckingInterval: CONNECTIONS_CHECK_INTERVAL_MS,
     }, (req, res) => this.answer(req, res));
-    server.maxConnections = MAX_CONNECTIONS;
+    new ConnectionGuard({ perAddress: MAX_CONNECTIONS, total: MAX_CONNECTIONS }).attach(server);
     await new Promise<void>((resolve, reject) => {
       server.once('error', (e: NodeJS.ErrnoException) => reject(new AgentVpnError('METRICS_LISTEN_FAILED',
         `cannot serve metrics on ${formatHostPort(this.listen.host, this.listen.port)}: ${e.message}`,

@@ -124,4 +124,20 @@ describe('metrics server', () => {
     expect(held).toBeLessThanOrEqual(16);
     for (const c of sockets) c.destroy();
   });
+
+  it('16 silent connections (any local user can open them) do not keep a scrape out: the idlest makes room', async () => {
+    const { registry } = countedRegistry();
+    const s = await start(registry);
+    const silentOnes = await Promise.all(Array.from({ length: 16 }, () => new Promise<ReturnType<typeof connect>>((resolve) => {
+      const c = connect(s.port, '127.0.0.1', () => resolve(c));
+      c.on('error', () => {});
+    })));
+    await new Promise((r) => setTimeout(r, 200));
+    const scrapes = [];
+    for (let i = 0; i < 4; i++) scrapes.push((await get(s.port, '/metrics').catch((e: Error) => ({ status: 0, body: e.message }))).status);
+    const closed = silentOnes.filter((c) => c.destroyed || c.readableEnded).length;
+    console.log(`16 silent connections held, then 4 scrapes: ${JSON.stringify(scrapes)}; ${closed} silent ones closed to make room`);
+    for (const c of silentOnes) c.destroy();
+    expect(scrapes).toEqual([200, 200, 200, 200]);
+  });
 });
