@@ -257,7 +257,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
 
   /**
    * A fresh challenge for the transport's address: one MAC, nothing kept. Budgeted per source and
-   * in total; but a transport that holds a session (`holder`) is answered on that client's own
+   * (over UDP) in total; but a transport that holds a session (`holder`) is answered on that client's own
    * budget, so someone spoofing its address (its NAT's, shared with others) cannot keep it from
    * saying hello again.
    */
@@ -266,7 +266,9 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
       if (!holder.notices.take()) return drop('challenge-source-rate');
     } else {
       if (!challengesPerSource.take(t.source)) return drop('challenge-source-rate');
-      if (!challengesTotal.take()) return drop('challenge-rate');
+      // The total bounds what forged UDP sources can make us send; a TCP source proved its address
+      // in the handshake, so a spoofed flood spending the total does not keep TCP agents out.
+      if (t.kind === 'udp' && !challengesTotal.take()) return drop('challenge-rate');
     }
     challenges.mint(challengeFrame, 2, t.kind === 'udp' ? t.ep : t.remote, 0, t.kind);
     counters.challengesAnswered++;
@@ -450,7 +452,10 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     if (type !== FRAME_SEND && type !== FRAME_KEEPALIVE && type !== FRAME_PEER_ADDRESS_REQUEST) return drop('garbage');
     if (!from) {
       drop('not-registered');
-      return noticeStranger(t, NOTICE_NOT_REGISTERED);
+      // Over UDP no answer is larger than its request (a forged source must not get more than it
+      // sent): a 1-byte keepalive gets none, and its client says hello again at its ack timeout.
+      if (t.kind === 'tcp' || frame.length >= NOTICE_SIZE) noticeStranger(t, NOTICE_NOT_REGISTERED);
+      return;
     }
     from.lastHeard = monotonicMs();
     if (type === FRAME_SEND) return onSend(frame, from, from.lastHeard);

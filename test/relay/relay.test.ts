@@ -7,7 +7,7 @@ import { Identity } from '../../src/identity/identity.js';
 import { waitFor } from '../../src/lab/index.js';
 import { buildBindingRequest, newTransactionId, parseBindingResponse } from '../../src/net/stun.js';
 import {
-  FRAME_CHALLENGE, FRAME_HELLO_ACK, FRAME_NOTICE, FRAME_RECV, FRAME_SEND, HELLO_SIZE, MAX_FRAME_SIZE, NOTICE_BAD_SIGNATURE, NOTICE_NOT_REGISTERED,
+  FRAME_CHALLENGE, FRAME_HELLO_ACK, FRAME_KEEPALIVE, FRAME_NOTICE, FRAME_RECV, FRAME_SEND, HELLO_SIZE, MAX_FRAME_SIZE, NOTICE_BAD_SIGNATURE, NOTICE_NOT_REGISTERED,
   NOTICE_STALE_TIMESTAMP, SWEEP_INTERVAL_MS, encodeHello, encodeSend,
 } from '../../src/relay/protocol.js';
 import { HELLO_VERIFY_BURST_PER_SOURCE, STUN_BURST_PER_SOURCE } from '../../src/relay/limits.js';
@@ -184,8 +184,13 @@ describe('relay', () => {
     stranger.send(encodeSend(me.wgPublicKey, Buffer.from('x')), port);
     await waitFor(() => stranger.inbox.length === 1, { intervalMs: 10 });
     expect([stranger.inbox[0][0], stranger.inbox[0][1]]).toEqual([FRAME_NOTICE, NOTICE_NOT_REGISTERED]);
+    // A 1-byte keepalive from a stranger gets no 34-byte notice (no answer larger than its request).
+    stranger.send(Buffer.from([FRAME_KEEPALIVE]), port);
+    await waitFor(() => relay!.stats().dropped['not-registered'] === 2, { intervalMs: 10 });
+    await sleep(50);
+    expect(stranger.inbox.length).toBe(1);
 
-    expect(relay!.stats().dropped).toMatchObject({ 'bad-signature': 1, 'stale-timestamp': 2, 'not-registered': 1 });
+    expect(relay!.stats().dropped).toMatchObject({ 'bad-signature': 1, 'stale-timestamp': 2, 'not-registered': 2 });
     expect(relay!.stats().clients).toBe(1);
   });
 
