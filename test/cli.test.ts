@@ -1,6 +1,8 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ControlServer } from '../src/daemon/control-server.js';
@@ -122,6 +124,24 @@ describe('agentvpn CLI', () => {
     const badTrust = await cli([...base, '--trust', 'maybe']);
     expect(badTrust.code).toBe(1);
     expect(JSON.parse(badTrust.stdout)).toMatchObject({ ok: false, code: 'USAGE' });
+  });
+
+  it('up warns that a --token on the command line is readable by local users, and refuses a --token-file others may read', async () => {
+    const base = ['up', '--registry', 'http://127.0.0.1:9', '--name', 'x', '--foreground', '--json', '--state-dir', join(ROOT, 'no-such-state-dir')];
+    const onLine = await cli([...base, '--token', 'avj_visible', '--rotate-every', '5s']); // stops at the bad --rotate-every, after the warning
+    expect(onLine.stderr).toMatch(/warning: --token on the command line can be read by every local user.*--token-file/);
+    const dir = mkdtempSync(join(tmpdir(), 'agentvpn-token-'));
+    try {
+      const file = join(dir, 'token');
+      writeFileSync(file, 'avj_secret\n', { mode: 0o644 });
+      chmodSync(file, 0o644);
+      const readable = await cli([...base, '--token-file', file]);
+      expect(readable.code).toBe(1);
+      expect(JSON.parse(readable.stdout)).toMatchObject({ ok: false, code: 'CONFIG_INSECURE', hint: expect.stringContaining('chmod 600') });
+      expect(readable.stderr).not.toMatch(/warning: --token/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('genkey prints a clamped base64 key', async () => {

@@ -2,7 +2,7 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { loadUpSettings, readConfigFile, resolveSettings, settingsFromEnv } from '../src/config/config-file.js';
+import { loadUpSettings, readConfigFile, readTokenFile, resolveSettings, settingsFromEnv } from '../src/config/config-file.js';
 import { AgentVpnError } from '../src/errors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'avpn-config-'));
@@ -101,6 +101,21 @@ describe('config file: refusals name the key and say what to do', () => {
     expect(e.code).toBe('CONFIG_INSECURE');
     expect(e.hint).toContain('chmod 600');
     expect(readConfigFile(file({ name: 'x' }, 0o644))).toEqual({ name: 'x' });
+  });
+
+  it('--token-file: the token on its first line; refused when other users may read it, or when it is empty', () => {
+    const write = (text: string, mode: number) => {
+      const f = join(dir, `token-${mode.toString(8)}-${text.length}`);
+      writeFileSync(f, text, { mode });
+      chmodSync(f, mode);
+      return f;
+    };
+    expect(readTokenFile(write('avj_secret\n', 0o600))).toBe('avj_secret');
+    const readable = refusal(() => readTokenFile(write('avj_secret\n', 0o644)));
+    expect(readable.code).toBe('CONFIG_INSECURE');
+    expect(readable.hint).toContain('chmod 600');
+    expect(refusal(() => readTokenFile(write('\n', 0o600))).code).toBe('CONFIG_INVALID');
+    expect(refusal(() => readTokenFile(join(dir, 'no-such-token'))).code).toBe('CONFIG_UNREADABLE');
   });
 
   it('a token in a file other users may read is refused', () => {

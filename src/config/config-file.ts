@@ -37,6 +37,8 @@ export const UP_SETTINGS = {
   config: { kind: 'path', example: '"/etc/agentvpn/wg0.conf"' },
   registry: { kind: 'string', env: 'AGENTVPN_REGISTRY', example: '"https://reg.example:7443"' },
   token: { kind: 'string', env: 'AGENTVPN_TOKEN', example: '"<join token>"' },
+  // A token on the command line is in /proc/PID/cmdline, readable by every local user: a file is not.
+  'token-file': { kind: 'path', env: 'AGENTVPN_TOKEN_FILE', example: '"/etc/agentvpn/join-token"' },
   name: { kind: 'string', env: 'AGENTVPN_NAME', example: '"planner"' },
   cap: { kind: 'strings', example: '["llm.plan", "llm.inference@1;model=llama3"]' },
   network: { kind: 'string', env: 'AGENTVPN_NETWORK', example: '"default"' },
@@ -63,6 +65,7 @@ export interface UpSettings {
   config?: string;
   registry?: string;
   token?: string;
+  'token-file'?: string;
   name?: string;
   cap: string[];
   network: string;
@@ -166,6 +169,27 @@ function checkFileMode(file: string, st: Stats, holdsToken: boolean): void {
     throw new AgentVpnError('CONFIG_INSECURE', `${file} holds a join token and other users may read it (mode ${(st.mode & 0o777).toString(8)})`,
       `\`chmod 600 ${file}\`, or pass the token in AGENTVPN_TOKEN (e.g. the unit's EnvironmentFile)`);
   }
+}
+
+/** The join token in `file` (its first line), refused when other users may read or change the file. */
+export function readTokenFile(file: string): string {
+  let text: string;
+  let st: Stats;
+  try {
+    const fd = openSync(file, 'r');
+    try {
+      st = fstatSync(fd);
+      text = readFileSync(fd, 'utf8');
+    } finally {
+      closeSync(fd);
+    }
+  } catch (e) {
+    throw new AgentVpnError('CONFIG_UNREADABLE', `cannot read token file ${file}: ${(e as Error).message}`, 'give --token-file a file holding the join token (mode 600)', { cause: e });
+  }
+  checkFileMode(file, st, true);
+  const token = text.split('\n')[0].trim();
+  if (!token) throw new AgentVpnError('CONFIG_INVALID', `token file ${file} is empty`, 'put the join token (from `agentvpn registry token create`) on its first line');
+  return token;
 }
 
 /** Reads and validates a config file; relative paths in it become relative to its directory. */

@@ -4,7 +4,7 @@ import { resolve as resolvePath } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { CommandModule } from 'yargs';
 import type { Logger as PinoLogger } from 'pino';
-import { loadUpSettings, UP_DEFAULTS, type UpSettings } from '../../config/config-file.js';
+import { loadUpSettings, readTokenFile, UP_DEFAULTS, type UpSettings } from '../../config/config-file.js';
 import { loadConfig } from '../../config/wgquick.js';
 import { startDaemonMetrics } from '../../metrics/daemon.js';
 import { Daemon } from '../../daemon/daemon.js';
@@ -136,6 +136,8 @@ function describeUp(s: DeviceStatus): string {
 function settingsOf(args: UpArgs): UpSettings {
   if (args['config-file']) args['config-file'] = resolvePath(args['config-file']); // reloads read the same file
   const { settings } = loadUpSettings(args as unknown as Record<string, unknown>, process.env, args['config-file']);
+  // Read at start only (the token serves the first join): a reload must not fail once the file is gone.
+  if (settings['token-file'] !== undefined && settings.token === undefined) settings.token = readTokenFile(settings['token-file']);
   checkMode(settings);
   return settings;
 }
@@ -208,6 +210,13 @@ async function runForeground(args: UpArgs): Promise<void> {
   }
 }
 
+/** A join token given as --token is in this process's command line, which every local user may read. */
+function warnTokenOnCommandLine(): void {
+  if (!process.argv.some((a) => a === '--token' || a.startsWith('--token='))) return;
+  process.stderr.write('warning: --token on the command line can be read by every local user (ps, /proc) while this command runs; ' +
+    'use --token-file FILE (mode 600) or AGENTVPN_TOKEN instead\n');
+}
+
 /** Starts the daemon as a detached child and returns once it reports the interface up (or fails). */
 async function runBackground(args: UpArgs): Promise<void> {
   const settings = settingsOf(args); // report config errors here, before anything starts
@@ -249,7 +258,8 @@ export const upCommand: CommandModule<GlobalArgs, UpArgs> = {
       .option('config-file', { type: 'string', describe: 'JSON file of these options (keys = long option names, e.g. /etc/agentvpn/agentvpn0.json); precedence: options > AGENTVPN_* environment > file; re-read by `agentvpn reload` and SIGHUP' })
       .option('config', { alias: 'c', type: 'string', describe: 'wg-quick style config file ([Interface] and [Peer] sections)' })
       .option('registry', { type: 'string', describe: 'registry URL (fleet mode), e.g. https://reg.example:7443 (or AGENTVPN_REGISTRY); instances of one registry on a shared database: comma-separated, the agent fails over between them' })
-      .option('token', { type: 'string', describe: 'network join token (first join only; or AGENTVPN_TOKEN)' })
+      .option('token', { type: 'string', describe: 'network join token (first join only); other local users can read it in `ps`: prefer --token-file or AGENTVPN_TOKEN' })
+      .option('token-file', { type: 'string', describe: 'file holding the join token, readable by its owner only (or AGENTVPN_TOKEN_FILE)' })
       .option('name', { type: 'string', describe: 'this agent\'s name in the network (fleet mode; or AGENTVPN_NAME)' })
       .option('cap', { type: 'string', array: true, describe: 'capability, repeatable: name[@version][;key=value]' })
       .option('network', { type: 'string', describe: `network to join (fleet mode; or AGENTVPN_NETWORK; default ${UP_DEFAULTS.network})` })
@@ -273,5 +283,8 @@ export const upCommand: CommandModule<GlobalArgs, UpArgs> = {
       .option('metrics', { type: 'string', describe: 'serve Prometheus metrics at http://HOST:PORT/metrics (a PORT alone: 127.0.0.1; default off; they show peers, paths and traffic)' })
       .option('listen-port', { type: 'number', describe: 'UDP port to listen on (overrides ListenPort)' })
       .option('log-level', { type: 'string', choices: LOG_LEVELS, describe: `(or AGENTVPN_LOG_LEVEL; default ${UP_DEFAULTS['log-level']}) applied live by \`agentvpn reload\`` }),
-  handler: runCommand<UpArgs>((args) => (args.foreground ? runForeground(args) : runBackground(args))),
+  handler: runCommand<UpArgs>((args) => {
+    warnTokenOnCommandLine();
+    return args.foreground ? runForeground(args) : runBackground(args);
+  }),
 };
