@@ -97,8 +97,9 @@ export async function pool(n, workers, task) {
 
 export const loadAverage = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 
-function startRegistry(args) {
-  const child = spawn(process.execPath, [...(process.env.REGISTRY_NODE_ARGS ?? '').split(' ').filter(Boolean), bin, 'registry', '--listen', '127.0.0.1:0',
+/** `agentvpn registry` with `args` in a child process, on `listen` (any free port by default): its child and URL. */
+export function startRegistry(args, listen = '127.0.0.1:0') {
+  const child = spawn(process.execPath, [...(process.env.REGISTRY_NODE_ARGS ?? '').split(' ').filter(Boolean), bin, 'registry', '--listen', listen,
     '--network', NETWORK, '--log-level', 'warn', '--json', ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
   process.on('exit', () => child.exitCode === null && child.kill('SIGKILL'));
   return new Promise((resolve, reject) => {
@@ -117,13 +118,13 @@ function startRegistry(args) {
   });
 }
 
-const stopChild = (child) => new Promise((resolve) => {
+export const stopChild = (child) => new Promise((resolve) => {
   if (child.exitCode !== null) return resolve();
   child.once('exit', resolve);
   child.kill('SIGTERM');
 });
 
-const tokenFor = (db, uses) => JSON.parse(execFileSync(process.execPath, [bin, 'registry', 'token', 'create', '--db', db, '--network', NETWORK,
+export const tokenFor = (db, uses) => JSON.parse(execFileSync(process.execPath, [bin, 'registry', 'token', 'create', '--db', db, '--network', NETWORK,
   '--uses', String(uses), '--json'], { encoding: 'utf8' })).token;
 
 /**
@@ -131,6 +132,13 @@ const tokenFor = (db, uses) => JSON.parse(execFileSync(process.execPath, [bin, '
  * token for `uses` agents. `dbPids()`: the database server's processes (none for SQLite);
  * `dbSize()`: MiB on disk; `rows()`: row counts of the main tables.
  */
+/** Bytes a process has written (all write calls, sockets included), from /proc/PID/io. */
+export function writtenBytes(pid) {
+  return Number(/^wchar: (\d+)/m.exec(readFileSync(`/proc/${pid}/io`, 'utf8'))?.[1] ?? NaN);
+}
+
+export { startPostgres };
+
 export async function startStore(store, uses) {
   const dir = mkdtempSync(join(tmpdir(), 'agentvpn-registry-load-'));
   const children = [];
