@@ -22,6 +22,9 @@ const STREAMS = Number(process.env.STREAMS ?? 32);
 const CHANGED = Number(process.env.CHANGED ?? 20);
 const STORES = (process.env.STORES ?? 'sqlite,postgres').split(',');
 
+/** The agents here send no heartbeats: an hour keeps them online, as heartbeating agents stay (else the streams' views churn as they go offline). */
+const OFFLINE_AFTER = ['--offline-after', '3600'];
+
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 async function until(what, check, timeoutMs = 120_000) {
   const end = Date.now() + timeoutMs;
@@ -90,7 +93,7 @@ async function sqlite() {
   const dir = mkdtempSync(join(tmpdir(), 'agentvpn-bench-resume-'));
   const db = join(dir, 'registry.db');
   const token = tokenFor(db, AGENTS + 10);
-  let { child, url } = await startRegistry(['--db', db]);
+  let { child, url } = await startRegistry(['--db', db, ...OFFLINE_AFTER]);
   const listen = new URL(url).host;
   try {
     const identities = Array.from({ length: AGENTS }, () => Identity.generate());
@@ -99,7 +102,7 @@ async function sqlite() {
     for (const [k, digest] of [['digest', true], ['snapshot', false], ['digest again', true]].entries()) {
       const watchers = await openWatchers(url, identities, digest[1]);
       await stopChild(child);
-      ({ child } = await startRegistry(['--db', db], listen));
+      ({ child } = await startRegistry(['--db', db, ...OFFLINE_AFTER], listen));
       const m = measure(child.pid);
       await change(url, identities, joined, 2 + k);
       out[digest[0]] = await m.back(watchers);
@@ -116,7 +119,7 @@ async function sqlite() {
 async function postgres() {
   const pg = await startPostgres();
   const dir = mkdtempSync(join(tmpdir(), 'agentvpn-bench-resume-'));
-  const regArgs = (k) => ['--db', pg.url, '--witness-key', join(dir, 'witness.key'), '--audit-dir', join(dir, `audit-${k}`)];
+  const regArgs = (k) => [...OFFLINE_AFTER, '--db', pg.url, '--witness-key', join(dir, 'witness.key'), '--audit-dir', join(dir, `audit-${k}`)];
   const children = [];
   try {
     const token = tokenFor(pg.url, AGENTS + 10);
