@@ -171,21 +171,26 @@ function checkFileMode(file: string, st: Stats, holdsToken: boolean): void {
   }
 }
 
-/** The join token in `file` (its first line), refused when other users may read or change the file. */
-export function readTokenFile(file: string): string {
-  let text: string;
-  let st: Stats;
+/**
+ * A file's text and the mode it had when read: one open file, so the mode checked is that of
+ * what was read, not of whatever the path names later. `what` and `hint` word a read error.
+ */
+function readWithStat(file: string, what: string, hint: string): { text: string; st: Stats } {
   try {
     const fd = openSync(file, 'r');
     try {
-      st = fstatSync(fd);
-      text = readFileSync(fd, 'utf8');
+      return { st: fstatSync(fd), text: readFileSync(fd, 'utf8') };
     } finally {
       closeSync(fd);
     }
   } catch (e) {
-    throw new AgentVpnError('CONFIG_UNREADABLE', `cannot read token file ${file}: ${(e as Error).message}`, 'give --token-file a file holding the join token (mode 600)', { cause: e });
+    throw new AgentVpnError('CONFIG_UNREADABLE', `cannot read ${what} ${file}: ${(e as Error).message}`, hint, { cause: e });
   }
+}
+
+/** The join token in `file` (its first line), refused when other users may read or change the file. */
+export function readTokenFile(file: string): string {
+  const { text, st } = readWithStat(file, 'token file', 'give --token-file a file holding the join token (mode 600)');
   checkFileMode(file, st, true);
   const token = text.split('\n')[0].trim();
   if (!token) throw new AgentVpnError('CONFIG_INVALID', `token file ${file} is empty`, 'put the join token (from `agentvpn registry token create`) on its first line');
@@ -194,20 +199,7 @@ export function readTokenFile(file: string): string {
 
 /** Reads and validates a config file; relative paths in it become relative to its directory. */
 export function readConfigFile(file: string): SettingValues {
-  // One open file: its mode is checked on what was read, not on whatever the path names later.
-  let text: string;
-  let st: Stats;
-  try {
-    const fd = openSync(file, 'r');
-    try {
-      st = fstatSync(fd);
-      text = readFileSync(fd, 'utf8');
-    } finally {
-      closeSync(fd);
-    }
-  } catch (e) {
-    throw new AgentVpnError('CONFIG_UNREADABLE', `cannot read config file ${file}: ${(e as Error).message}`, 'give --config-file a readable JSON file, e.g. /etc/agentvpn/agentvpn0.json', { cause: e });
-  }
+  const { text, st } = readWithStat(file, 'config file', 'give --config-file a readable JSON file, e.g. /etc/agentvpn/agentvpn0.json');
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
