@@ -224,6 +224,8 @@ export class Admission {
       this.remove(view.record.id);
       this.held.set(view.record.id, view);
     } else if (!admitted) {
+      // Offered to the gate again: not the liveness-only shortcut for a record it refused before.
+      this.held.delete(view.record.id);
       this.applySafely(view);
     }
   }

@@ -130,9 +130,14 @@ export class ControlServer {
           break;
         }
         if (socket.writableLength > MAX_UNSENT_REPLY_BYTES) {
-          await new Promise((r) => {
-            socket.once('drain', r);
-            socket.once('close', r);
+          await new Promise<void>((r) => {
+            const done = () => {
+              socket.off('drain', done);
+              socket.off('close', done);
+              r();
+            };
+            socket.once('drain', done);
+            socket.once('close', done);
           });
           continue;
         }

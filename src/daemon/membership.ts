@@ -268,7 +268,11 @@ export class Membership {
         // restart must not turn into a publish by every agent.
         void this.publish();
       },
-      change: (_kind, agent) => events.agent(agent),
+      change: (_kind, agent) => {
+        // A registry back from a backup may show an older record of ours: it gets the newest again.
+        if (agent?.record?.id === this.opts.identity.id && agent.record.seq < this.seq) void this.publish();
+        events.agent(agent);
+      },
       removed: (id) => events.removed(id),
       // A registry that resumed us by digest without our record (restored from a backup, say) gets it again.
       gone: (id) => (id === this.opts.identity.id ? void this.publish() : events.gone(id)),

@@ -222,13 +222,12 @@ export class EventHub {
     } else if (differing) {
       // The differing buckets' IDs now, then (a pass) their agents as they are, then the policy.
       this.counts.digestResumed++;
-      const digest = this.digests.get(network)!;
       this.write(s, frame('resumed', JSON.stringify({ buckets: differing.length })));
-      for (const b of differing) this.write(s, frame('bucket', JSON.stringify({ bucket: b, ids: digest.idsIn(b) })));
+      for (const [b, ids] of differing) this.write(s, frame('bucket', JSON.stringify({ bucket: b, ids })));
       s.waiting = [frame('policy', policyJson())];
       s.waitingChars = s.waiting[0].length;
       [s.passFrom, s.passTo] = [-1, history.seq];
-      s.pass = agentsIn(differing.flatMap((b) => digest.idsIn(b)), byDigest!.agent);
+      s.pass = agentsIn(differing.flatMap(([, ids]) => ids), byDigest!.agent);
     } else {
       this.write(s, 'event: snapshot\ndata: {"agents":[');
     }
@@ -248,8 +247,12 @@ export class EventHub {
     return from;
   }
 
-  /** The buckets where a reader's digest differs from the network's; null for none sent, a malformed one, or more than half. */
-  private differingBuckets(network: string, agents: () => Iterable<Viewable>, header: string | undefined): number[] | null {
+  /**
+   * The buckets where a reader's digest differs from the network's, with their IDs; null for none
+   * sent, a malformed one, more than half, or ID lists past MAX_UNSENT_CHARS (they are written at
+   * once, unpaced: a snapshot, paced by the reader, is then the cheaper answer).
+   */
+  private differingBuckets(network: string, agents: () => Iterable<Viewable>, header: string | undefined): Array<[number, string[]]> | null {
     const theirs = decodeViewDigest(header);
     if (!theirs) return null;
     let digest = this.digests.get(network);
@@ -259,7 +262,10 @@ export class EventHub {
       this.digests.set(network, digest);
     }
     const differing = digest.differing(theirs);
-    return differing.length <= DIGEST_BUCKETS / 2 ? differing : null;
+    if (differing.length > DIGEST_BUCKETS / 2) return null;
+    const lists = differing.map((b): [number, string[]] => [b, digest.idsIn(b)]);
+    const chars = lists.reduce((n, [, ids]) => n + ids.reduce((m, id) => m + id.length + 3, 0), 0);
+    return chars <= MAX_UNSENT_CHARS ? lists : null;
   }
 
   private resumeMac(scope: string, network: string, seq: number): Buffer {
