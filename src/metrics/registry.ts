@@ -56,6 +56,7 @@ export class RegistryMetrics {
     counter('agentvpn_registry_event_streams_dropped_total', 'Event streams dropped: stalled, or too many removals waiting', (s) => s.streams.dropped);
     counter('agentvpn_registry_event_streams_resumed_total', 'Event streams resumed from a reader\'s Last-Event-ID (no snapshot)', (s) => s.streams.resumed);
     counter('agentvpn_registry_event_catch_up_views_total', 'Agent views sent by catch-up passes instead of queued changes', (s) => s.streams.caughtUp);
+    counter('agentvpn_registry_event_changes_paced_total', 'Agent changes held back past the agent\'s change budget (its latest view goes out later)', (s) => s.streams.paced);
     registerConnectionMetrics(this.registry, { open: 'agentvpn_registry_connections', closed: 'agentvpn_registry_connections_refused_total', what: 'The registry' },
       () => read()?.connections ?? null);
     scrapedCounter(this.registry, {

@@ -171,9 +171,10 @@ export interface RegistryStats<Relay = unknown> {
   /**
    * Event streams: open now; resumed (from a Last-Event-ID, no snapshot); behind now (changes
    * wait for a catch-up pass); characters written but not yet taken by the network; refused past a
-   * cap; dropped (stalled, or too many removals waiting); agent views sent by catch-up passes.
+   * cap; dropped (stalled, or too many removals waiting); agent views sent by catch-up passes;
+   * agent changes held back past the agent's budget (change-pacer.ts), later ones replacing them.
    */
-  streams: { open: number; resumed: number; digestResumed: number; behind: number; unsentChars: number; refused: number; dropped: number; caughtUp: number };
+  streams: { open: number; resumed: number; digestResumed: number; behind: number; unsentChars: number; refused: number; dropped: number; caughtUp: number; paced: number };
   /** The built-in relay's counters (sessions, forwarded, hello verifications, drops by reason); null without it. */
   relay: Relay | null;
   /** The witness of agents' audit logs. */

@@ -13,6 +13,7 @@ import { advertisedRelays } from './relay-list.js';
 import { ConnectionGuard } from '../net/connection-guard.js';
 import { guardedServer } from '../net/guarded-server.js';
 import { EventHub } from './events.js';
+import { ChangePacer } from './change-pacer.js';
 import { Entry, Fleet } from './fleet-state.js';
 import { sendJson } from './http-body.js';
 import {
@@ -228,9 +229,14 @@ export async function startRegistry<S = never>(opts: RegistryOptions<S>): Promis
   /** Several instances on one PostgreSQL database follow each other's changes (pg-change-feed.ts); set once listening. */
   let feed: PgChangeFeed | null = null;
 
+  // A held change goes out as the agent's view at that time, unless it was removed meanwhile.
+  const pacer = new ChangePacer((network, id, kind) => {
+    const entry = networks.get(network)?.agents.get(id);
+    if (entry) hub.publish(network, kind, entry);
+  });
   const emit = (network: string, kind: AgentChangeKind, entry: Entry, id: string) => {
     log.info({ network, id, name: entry.view.record.name, event: kind }, `agent ${kind}`);
-    hub.publish(network, kind, entry);
+    pacer.offer(network, id, kind);
   };
 
   const stats = (): RegistryStats<S> => {
@@ -243,7 +249,7 @@ export async function startRegistry<S = never>(opts: RegistryOptions<S>): Promis
       }
     }
     return {
-      agents, online, refused: { ...counters.refused }, requests: counters.requests, connections: guard.stats(), streams: hub.stats(), relay: opts.builtInRelay?.stats() ?? null,
+      agents, online, refused: { ...counters.refused }, requests: counters.requests, connections: guard.stats(), streams: { ...hub.stats(), paced: pacer.paced }, relay: opts.builtInRelay?.stats() ?? null,
       audit: audit.stats(), changeFeed: feed?.stats() ?? null,
     };
   };
@@ -383,6 +389,7 @@ export async function startRegistry<S = never>(opts: RegistryOptions<S>): Promis
       await feed?.stop();
       await sync.poll();
       hub.stop();
+      pacer.stop();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
       // Every connection was just closed; never let a stuck one hold the shutdown.
