@@ -4,7 +4,7 @@ import { AgentVpnError } from '../errors.js';
 import { formatAddress, parseAddress, parsePrefix, type Prefix } from '../ip/prefix.js';
 import { anyCapabilityMatches, parseCapability } from '../net/capabilities.js';
 import type { AgentView } from '../registry/client.js';
-import { verifyRecord } from '../registry/record.js';
+import { verifyRecord, type AgentRecord } from '../registry/record.js';
 import type { Daemon } from './daemon.js';
 import { endpointBuffer } from './fleet-paths.js';
 import { inPrefix } from './prefixes.js';
@@ -65,6 +65,16 @@ export interface AdmissionOptions {
   audit?: AuditSink;
 }
 
+/** How long a snapshot's records are checked in one turn of the event loop before packets get theirs. */
+const SYNC_SLICE_MS = 5;
+
+/** A snapshot being applied: the views, the next to apply, and the agent IDs events named since (skipped). */
+interface SnapshotRun {
+  views: AgentView[];
+  next: number;
+  touched: Set<unknown>;
+}
+
 /** Whether two views of an agent carry the same record (a record changes only with its seq) and tags. */
 function sameFacts(a: AgentView, b: AgentView): boolean {
   return a.record.seq === b.record.seq && tagsOf(a).join(',') === tagsOf(b).join(',');
@@ -108,13 +118,23 @@ export class Admission {
   private readonly idByWgKey = new Map<string, string>();
   /** IPv4 → agent ID of the admitted agents: a record claiming another's address is refused without a scan of the fleet. */
   private readonly idByIpv4 = new Map<string, string>();
+  /** Lookups by name and IPv6 without a walk of the fleet (whois answers each new connection an app asks about). */
+  private readonly idsByName = new Map<string, Set<string>>();
+  private readonly idByIpv6 = new Map<string, string>();
   /** The registry's view of ourselves (our tags come from there). */
   selfView: AgentView | null = null;
+  /** The snapshot being applied, if any. */
+  private syncing: SnapshotRun | null = null;
 
   constructor(private readonly opts: AdmissionOptions) {}
 
-  /** Whatever the registry sends, a bad entry is logged and skipped, never fatal. */
+  /** An event from the registry: applied now (newer than any snapshot still being applied); a bad entry is logged and skipped, never fatal. */
   applySafely(view: AgentView): void {
+    this.syncing?.touched.add(view?.record?.id);
+    this.applyLogged(view);
+  }
+
+  private applyLogged(view: AgentView): void {
     this.apply(view).catch((e) => this.opts.log.error({ err: (e as Error).message }, 'ignoring agent entry that cannot be applied'));
   }
 
@@ -154,7 +174,7 @@ export class Admission {
     }
     if (known && known.record.seq > r.seq) return;
     if (this.opts.gate && !this.opts.gate.admit(view)) {
-      if (known) this.remove(r.id);
+      if (known) this.forget(r.id);
       this.held.set(r.id, view);
       return;
     }
@@ -167,8 +187,8 @@ export class Admission {
     const logged = !known ? this.opts.audit?.('peer.added', r.id, { name: r.name, ipv4: r.ipv4, ipv6: r.ipv6, wgPublicKey: r.wgPublicKey, tags: tagsOf(view) })
       : known.record.wgPublicKey !== r.wgPublicKey ? this.opts.audit?.('peer.rekeyed', r.id, { name: r.name, wgPublicKey: r.wgPublicKey }) : undefined;
     this.idByWgKey.set(r.wgPublicKey, r.id);
-    if (known && known.record.ipv4 !== r.ipv4) this.idByIpv4.delete(known.record.ipv4);
-    this.idByIpv4.set(r.ipv4, r.id);
+    if (known) this.unindex(known.record);
+    this.index(r);
     this.agents.set(r.id, view);
     // Online/offline events repeat the record: only a new record or new tags change what others derive from it.
     if (!known || !sameFacts(known, view)) this.opts.onChange?.();
@@ -189,14 +209,38 @@ export class Admission {
     }).catch((e) => log.error({ err: e, id: r.id }, 'configuring peer failed'));
   }
 
+  private index(r: AgentRecord): void {
+    this.idByIpv4.set(r.ipv4, r.id);
+    this.idByIpv6.set(formatAddress(parseAddress(r.ipv6)!), r.id);
+    let ids = this.idsByName.get(r.name);
+    if (!ids) this.idsByName.set(r.name, (ids = new Set()));
+    ids.add(r.id);
+  }
+
+  private unindex(r: AgentRecord): void {
+    if (this.idByIpv4.get(r.ipv4) === r.id) this.idByIpv4.delete(r.ipv4);
+    const v6 = formatAddress(parseAddress(r.ipv6)!);
+    if (this.idByIpv6.get(v6) === r.id) this.idByIpv6.delete(v6);
+    const ids = this.idsByName.get(r.name);
+    ids?.delete(r.id);
+    if (ids?.size === 0) this.idsByName.delete(r.name);
+  }
+
+  /** The first admitted agent with this name (a registry may send two; the one admitted first keeps it). */
+  private byName(name: string): AgentView | undefined {
+    const ids = this.idsByName.get(name);
+    return ids ? this.agents.get(ids.values().next().value!) : undefined;
+  }
+
   /** The agent a packet from `address` came from: only admitted agents are named. */
   whois(address: string): WhoisInfo {
     const parsed = parseAddressAndPort(address.trim());
     if (!parsed) throw new AgentVpnError('BAD_ADDRESS', `"${address}" is not an overlay address`, 'give an IPv4 or IPv6 address, optionally with :PORT (IPv6 as [ADDR]:PORT)');
     const text = formatAddress(parsed.addr);
-    for (const a of this.agents.values()) {
+    const id = parsed.addr.length === 4 ? this.idByIpv4.get(text) : this.idByIpv6.get(text);
+    const a = id === undefined ? undefined : this.agents.get(id);
+    if (a) {
       const r = a.record;
-      if (formatAddress(parseAddress(r.ipv4)!) !== text && formatAddress(parseAddress(r.ipv6)!) !== text) continue;
       return {
         address: text, port: parsed.port, id: r.id, name: r.name, tags: tagsOf(a),
         capabilities: r.capabilities, app: this.opts.appCapabilitiesOf?.(r.id) ?? {}, online: a.online,
@@ -206,11 +250,36 @@ export class Admission {
       'whois names agents this daemon has admitted as peers; check the address with `agentvpn peers`');
   }
 
-  /** The registry's whole view (a snapshot): applies each record, and drops agents it no longer lists. */
+  /**
+   * The registry's whole view (a snapshot): drops agents it no longer lists, then applies each
+   * record, SYNC_SLICE_MS at a time. Admitting a new agent costs ~0.2 ms (its signature, the
+   * gate, its audit entry) and the packet path shares this event loop: a snapshot of 10,000 new
+   * agents at once held every tunnel for ~2 s. An event for an agent that comes meanwhile is
+   * newer than the snapshot: that agent's snapshot view is skipped. A newer snapshot
+   * replaces one still being applied.
+   */
   sync(views: AgentView[]): void {
     const listed = new Set(views.map((v) => v?.record?.id));
-    for (const id of [...this.agents.keys(), ...this.held.keys()]) if (!listed.has(id)) this.remove(id);
-    for (const v of views) this.applySafely(v);
+    for (const id of [...this.agents.keys(), ...this.held.keys()]) if (!listed.has(id)) this.forget(id);
+    const run = { views, next: 0, touched: new Set<unknown>() };
+    this.syncing = run;
+    this.syncChunk(run);
+  }
+
+  private syncChunk(run: SnapshotRun): void {
+    if (this.syncing !== run) return;
+    const until = performance.now() + SYNC_SLICE_MS;
+    while (run.next < run.views.length && performance.now() < until) {
+      const view = run.views[run.next++];
+      if (!run.touched.has(view?.record?.id)) this.applyLogged(view);
+    }
+    if (run.next < run.views.length) setImmediate(() => this.syncChunk(run));
+    else this.syncing = null;
+  }
+
+  /** The daemon is stopping: what is left of a snapshot is not applied. */
+  stop(): void {
+    this.syncing = null;
   }
 
   /** Offers every record to the gate again (after `trust accept`, `approve`, `block`, `forget`). */
@@ -221,17 +290,22 @@ export class Admission {
   private recheckOne(view: AgentView): void {
     const admitted = this.agents.get(view.record.id) === view;
     if (admitted && this.opts.gate && !this.opts.gate.admit(view)) {
-      this.remove(view.record.id);
+      this.forget(view.record.id);
       this.held.set(view.record.id, view);
     } else if (!admitted) {
       // Offered to the gate again: not the liveness-only shortcut for a record it refused before.
       this.held.delete(view.record.id);
-      this.applySafely(view);
+      this.applyLogged(view);
     }
   }
 
-  /** Forgets an agent (removed or blocked on the registry): no peer, no route, no name from now on. */
+  /** The registry removed or blocked an agent: no peer, no route, no name from now on. */
   remove(id: string): void {
+    this.syncing?.touched.add(id);
+    this.forget(id);
+  }
+
+  private forget(id: string): void {
     this.held.delete(id);
     const view = this.agents.get(id);
     if (!view) return;
@@ -239,7 +313,7 @@ export class Admission {
     this.opts.onChange?.();
     this.opts.daemon.removePeer(Buffer.from(view.record.wgPublicKey, 'base64'));
     this.idByWgKey.delete(view.record.wgPublicKey);
-    if (this.idByIpv4.get(view.record.ipv4) === id) this.idByIpv4.delete(view.record.ipv4);
+    this.unindex(view.record);
     this.opts.audit?.('peer.removed', id, { name: view.record.name });
     this.opts.log.info({ id, name: view.record.name }, 'agent removed from the fleet; peer dropped');
   }
@@ -283,7 +357,9 @@ export class Admission {
   /** An admitted agent by name, IPv4 or ID. */
   findAgent(name: string): AgentView {
     const bare = this.bareName(name);
-    for (const a of this.agents.values()) if (a.record.name === bare || a.record.ipv4 === bare || a.record.id === bare) return a;
+    const byIpv4 = this.idByIpv4.get(bare);
+    const a = this.byName(bare) ?? (byIpv4 === undefined ? undefined : this.agents.get(byIpv4)) ?? this.agents.get(bare);
+    if (a) return a;
     throw this.notFound(name);
   }
 
@@ -292,8 +368,8 @@ export class Admission {
     const { self } = this.opts;
     const bare = this.bareName(name);
     if (bare === self.name) return { ipv4: self.ipv4, ipv6: self.ipv6 };
-    for (const a of this.agents.values()) if (a.record.name === bare) return { ipv4: a.record.ipv4, ipv6: a.record.ipv6 };
-    return null;
+    const a = this.byName(bare);
+    return a ? { ipv4: a.record.ipv4, ipv6: a.record.ipv6 } : null;
   }
 
   resolve(name: string): { name: string; ipv4: string; ipv6: string } {

@@ -332,6 +332,7 @@ export class FleetAgent {
 
   async stop(): Promise<void> {
     for (const t of this.timers) clearInterval(t);
+    this.running?.admission.stop();
     this.policy?.stop();
     await this.paths?.stop();
     await this.membership.stop();

@@ -14,7 +14,7 @@ import { AuditTrail } from '../../src/daemon/audit-trail.js';
 import type { Daemon } from '../../src/daemon/daemon.js';
 import { overlayIPv6 } from '../../src/identity/addresses.js';
 import { Identity } from '../../src/identity/identity.js';
-import { formatAddress, parsePrefix } from '../../src/ip/prefix.js';
+import { formatAddress, parseAddress, parsePrefix } from '../../src/ip/prefix.js';
 import type { AgentView } from '../../src/registry/client.js';
 import { signRecord } from '../../src/registry/record.js';
 import { TrustGate } from '../../src/trust/gate.js';
@@ -117,4 +117,98 @@ it('tags that are not a list of strings count as none', () => {
   const v = viewOf(x, 'x', '100.64.0.7', 1);
   for (const tags of [{}, 'ops', [1, 'ops'], null]) expect(tagsOf({ ...v, tags } as unknown as AgentView)).toEqual([]);
   expect(tagsOf({ ...v, tags: ['ops', 'gpu'] })).toEqual(['ops', 'gpu']);
+});
+
+/** `n` agents' views, 100.64.1.0 on. */
+function fleetOf(n: number): { ids: Identity[]; views: AgentView[] } {
+  const ids = Array.from({ length: n }, () => Identity.generate());
+  return { ids, views: ids.map((x, i) => viewOf(x, `a${i}`, `100.64.${1 + (i >> 8)}.${i & 255}`, 1)) };
+}
+
+async function until(check: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 500 && !check(); i++) await sleep(20);
+  if (!check()) throw new Error(`timed out waiting for ${what}`);
+}
+
+it('a snapshot is checked a chunk at a time: the event loop (the packet path) gets turns in between, and every agent is admitted', async () => {
+  const { admission, peers } = await setup();
+  const { views } = fleetOf(2000);
+  let turns = 0;
+  let longest = 0;
+  let last = performance.now();
+  const tick = setInterval(() => {
+    const now = performance.now();
+    longest = Math.max(longest, now - last);
+    last = now;
+    turns++;
+  }, 0);
+  const started = performance.now();
+  try {
+    admission.sync(views);
+    const afterCall = admission.admitted().length;
+    await until(() => admission.admitted().length === views.length, 'the whole snapshot');
+    const took = performance.now() - started;
+    console.log(`2,000 records: ${afterCall} checked in sync()'s own turn, all in ${took.toFixed(0)} ms; ${turns} timer turns between, the longest gap ${longest.toFixed(1)} ms`);
+    expect(afterCall).toBeLessThan(views.length);
+    expect(turns).toBeGreaterThan(3);
+  } finally {
+    clearInterval(tick);
+  }
+  await until(() => peers.size === views.length, 'every peer configured');
+});
+
+it('events during a snapshot win over it, and a newer snapshot replaces one still being applied', async () => {
+  const { admission } = await setup();
+  const { ids, views } = fleetOf(600);
+  admission.sync(views);
+  // Newer than the snapshot: agent 500 removed, agent 550 offline (same record).
+  admission.remove(ids[500].id);
+  admission.applySafely({ ...views[550], online: false });
+  await until(() => admission.admitted().length === 599, 'the snapshot');
+  const admitted = new Map(admission.admitted().map((v) => [v.record.id, v]));
+  expect(admitted.has(ids[500].id)).toBe(false);
+  expect(admitted.get(ids[550].id)?.online).toBe(false);
+  expect(admitted.get(ids[551].id)?.online).toBe(true);
+
+  // A second snapshot without agents 300 on, while the first is still under way: they never come.
+  const second = await setup();
+  const { views: all } = fleetOf(600);
+  second.admission.sync(all);
+  second.admission.sync(all.slice(0, 300));
+  await sleep(500);
+  const names = second.admission.admitted().map((v) => v.record.name);
+  console.log(`after the newer snapshot of 300 (the first had 600): ${names.length} admitted`);
+  expect(names.length).toBe(300);
+  expect(names).not.toContain('a300');
+});
+
+it('names, addresses and IDs are looked up in indexes that follow renames, new addresses and removals', async () => {
+  const { admission } = await setup();
+  const { ids, views } = fleetOf(300);
+  admission.sync(views);
+  await until(() => admission.admitted().length === 300, 'the snapshot');
+  const x = ids[42];
+  const v6 = views[42].record.ipv6;
+  expect(admission.whois('100.64.1.42:8080')).toMatchObject({ id: x.id, name: 'a42', port: 8080 });
+  // Any spelling of the IPv6 address: the index holds its canonical form.
+  const bytes = parseAddress(v6)!;
+  const full = Array.from({ length: 8 }, (_, i) => ((bytes[2 * i] << 8) | bytes[2 * i + 1]).toString(16).padStart(4, '0')).join(':').toUpperCase();
+  expect(full).not.toBe(v6);
+  expect(admission.whois(`[${full}]:22`)).toMatchObject({ id: x.id, port: 22 });
+  expect(admission.findAgent('a42').record.id).toBe(x.id);
+  expect(admission.findAgent('100.64.1.42').record.id).toBe(x.id);
+  expect(admission.findAgent(x.id).record.name).toBe('a42');
+  expect(admission.lookupName('a42.adm.')?.ipv4).toBe('100.64.1.42');
+
+  // A new record renames it and moves it to another address: the old name and address are free.
+  admission.applySafely(viewOf(x, 'renamed', '100.64.9.9', 2));
+  await sleep(100);
+  expect(admission.lookupName('a42')).toBeNull();
+  expect(admission.lookupName('renamed')?.ipv4).toBe('100.64.9.9');
+  expect(() => admission.whois('100.64.1.42')).toThrow(/no agent/);
+  expect(admission.whois('100.64.9.9').name).toBe('renamed');
+  admission.remove(x.id);
+  expect(admission.lookupName('renamed')).toBeNull();
+  expect(() => admission.whois(v6)).toThrow(/no agent/);
+  expect(() => admission.findAgent(x.id)).toThrow(/no agent named/);
 });
