@@ -11,7 +11,7 @@ const DROP_REASONS: Record<DropReason, true> = {
   garbage: true, oversized: true, 'bad-signature': true, 'stale-timestamp': true, 'not-allowed': true, 'hello-rate': true, 'hello-source-rate': true,
   'not-registered': true, 'relay-full': true, 'fair-share': true, 'peer-not-here': true, 'other-network': true, 'rate-limit': true, 'byte-limit': true,
   'destination-busy': true, 'tcp-backlog': true, 'tcp-connections': true, 'send-error': true, 'bad-challenge': true, 'challenge-rate': true,
-  'challenge-source-rate': true, 'bad-version': true, 'peer-address-rate': true, 'wrong-relay': true,
+  'challenge-source-rate': true, 'bad-version': true, 'peer-address-rate': true, 'wrong-relay': true, 'stun-rate': true, 'stun-source-rate': true,
 };
 
 /**

@@ -68,6 +68,14 @@ export const NOTICE_RATE_UNKNOWN = 200;
 export const STUN_RATE_PER_SOURCE = 50;
 export const STUN_BURST_PER_SOURCE = 100;
 /**
+ * STUN answers per second over all sources: spoofed sources are free to invent, so without a total
+ * a reflection through us was bounded only by our uplink. An answer is ~2x its request (32–44
+ * bytes to a 20-byte request): 5,000/s is ~200 KB/s at most. The burst lets a fleet of 10,000
+ * agents ask again at once after a restart; past it they retry within seconds (netcheck does).
+ */
+export const STUN_RATE = 5_000;
+export const STUN_BURST = 10_000;
+/**
  * Sessions at once (~1 KB each, so ~100 MB): a registry's relay has at most one per member key,
  * an open relay is bounded here. A new key's hello past it is shed; its client retries.
  */

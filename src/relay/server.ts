@@ -13,7 +13,7 @@ import { acceptedNameHashes } from './relay-name.js';
 import { HelloGate, type AllowHook, type HelloSource, type Networks, type SessionOfKey } from './hello-gate.js';
 import {
   CHALLENGE_BURST, CHALLENGE_BURST_PER_SOURCE, CHALLENGE_RATE, CHALLENGE_RATE_PER_SOURCE, DEFAULT_LIMITS, MAX_SESSIONS, MAX_TRACKED_SOURCES, MAX_TCP_CONNECTIONS_PER_SOURCE, NOTICE_RATE_PER_CLIENT, NOTICE_RATE_PER_SOURCE, NOTICE_RATE_UNKNOWN,
-  PEER_ADDRESS_RATE_PER_CLIENT, STUN_BURST_PER_SOURCE, STUN_RATE_PER_SOURCE,
+  PEER_ADDRESS_RATE_PER_CLIENT, STUN_BURST, STUN_BURST_PER_SOURCE, STUN_RATE, STUN_RATE_PER_SOURCE,
   validateLimits, type RelayLimits,
 } from './limits.js';
 import {
@@ -58,7 +58,7 @@ export type DropReason =
   | 'garbage' | 'oversized' | 'bad-signature' | 'stale-timestamp' | 'not-allowed' | 'hello-rate' | 'hello-source-rate' | 'not-registered'
   | 'relay-full' | 'fair-share' | 'peer-not-here' | 'other-network' | 'rate-limit' | 'byte-limit' | 'destination-busy' | 'tcp-backlog'
   | 'tcp-connections' | 'send-error' | 'bad-challenge' | 'challenge-rate' | 'challenge-source-rate' | 'bad-version' | 'peer-address-rate'
-  | 'wrong-relay';
+  | 'wrong-relay' | 'stun-rate' | 'stun-source-rate';
 
 export interface RelayStats {
   clients: number;
@@ -224,6 +224,13 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   const sourceNotices = new SourceBuckets(NOTICE_RATE_PER_SOURCE, NOTICE_RATE_PER_SOURCE, MAX_TRACKED_SOURCES);
   const unknownNotices = new TokenBucket(NOTICE_RATE_UNKNOWN, NOTICE_RATE_UNKNOWN);
   const stunAnswers = new SourceBuckets(STUN_RATE_PER_SOURCE, STUN_BURST_PER_SOURCE, MAX_TRACKED_SOURCES);
+  const stunTotal = new TokenBucket(STUN_RATE, STUN_BURST);
+  /** Whether a STUN answer to `source` is within its budget and everyone's; a refusal is counted. */
+  const stunAllowed = (source: string): boolean => {
+    const refused = !stunAnswers.take(source) ? 'stun-source-rate' : !stunTotal.take() ? 'stun-rate' : null;
+    if (refused) drop(refused);
+    return refused === null;
+  };
   const counters = { challengesAnswered: 0, sessionsOpened: 0, forwardedPackets: 0, forwardedBytes: 0, stunAnswered: 0, peerAddressAnswered: 0, dropped: {} as Partial<Record<DropReason, number>> };
   const drop = (reason: DropReason, n = 1) => void (counters.dropped[reason] = (counters.dropped[reason] ?? 0) + n);
 
@@ -531,11 +538,11 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     if (rateLimited) drop('rate-limit', rateLimited);
   };
 
-  /** STUN Binding requests (RFC 5389, and classic RFC 3489 ones) get the address they came from, at a budget per source. */
+  /** STUN Binding requests (RFC 5389, and classic RFC 3489 ones) get the address they came from, within a budget per source and in total. */
   const answerStunFromRound = (msg: Buffer, addrs: Buffer, epOff: number, source: string): boolean => {
     const answer = answerBindingRequest(msg, 0, msg.length, addrs.subarray(epOff, epOff + ADDR_SIZE), 0);
     if (!answer) return false;
-    if (!stunAnswers.take(source)) return true;
+    if (!stunAllowed(source)) return true;
     counters.stunAnswered++;
     udp!.send(answer, addrs, epOff);
     return true;
@@ -545,7 +552,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
     const ip = parseAddress(rinfo.address.replace(/%.*$/, ''));
     const answer = ip && answerBindingRequest(msg, 0, msg.length, makeEndpoint(ip, rinfo.port), 0);
     if (!answer) return drop('garbage');
-    if (!stunAnswers.take(sourceKey(makeEndpoint(ip, 0)))) return;
+    if (!stunAllowed(sourceKey(makeEndpoint(ip, 0)))) return;
     counters.stunAnswered++;
     stun2!.send(answer, rinfo.port, rinfo.address, (err) => err && drop('send-error'));
   };

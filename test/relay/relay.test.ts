@@ -10,7 +10,7 @@ import {
   FRAME_CHALLENGE, FRAME_HELLO_ACK, FRAME_KEEPALIVE, FRAME_NOTICE, FRAME_RECV, FRAME_SEND, HELLO_SIZE, MAX_FRAME_SIZE, NOTICE_BAD_SIGNATURE, NOTICE_NOT_REGISTERED,
   NOTICE_STALE_TIMESTAMP, SWEEP_INTERVAL_MS, encodeHello, encodeSend,
 } from '../../src/relay/protocol.js';
-import { HELLO_VERIFY_BURST_PER_SOURCE, STUN_BURST_PER_SOURCE } from '../../src/relay/limits.js';
+import { HELLO_VERIFY_BURST_PER_SOURCE, STUN_BURST, STUN_BURST_PER_SOURCE, STUN_RATE } from '../../src/relay/limits.js';
 import { startRelay, type RelayOptions, type RunningRelay } from '../../src/relay/server.js';
 import { UPGRADE_PROTOCOL, encodeTcpFrame } from '../../src/relay/tcp.js';
 import { rawSocket, sleep, startAgent, waitState, type TestAgent, UNNAMED } from './harness.js';
@@ -386,6 +386,26 @@ describe('relay', () => {
     console.log(`STUN flood from one source: 1000 requests, ${raw.inbox.length} answers`);
     expect(raw.inbox.length).toBeGreaterThan(0);
     expect(raw.inbox.length).toBeLessThanOrEqual(STUN_BURST_PER_SOURCE + 50);
+  });
+
+  it('answers STUN within a total budget: sources invented for a reflection do not add up past it', async () => {
+    await start();
+    // 130 loopback sources, each within its own burst (100), 13,000 requests in all: past the total burst.
+    const sources = await Promise.all(Array.from({ length: 130 }, (_, i) => rawSocket(`127.0.3.${i + 1}`)));
+    for (const s of sources) closers.push(s.close);
+    const started = performance.now();
+    for (let round = 0; round < 50; round++) {
+      for (const s of sources) for (let k = 0; k < 2; k++) s.send(buildBindingRequest(newTransactionId()), relay!.udpPort);
+      await sleep(2); // the kernel's receive buffer holds a few hundred datagrams: rounds, so they reach the relay
+    }
+    const stunHandled = () => relay!.stats().stunAnswered + (relay!.stats().dropped['stun-rate'] ?? 0) + (relay!.stats().dropped['stun-source-rate'] ?? 0);
+    await waitFor(() => stunHandled() >= 13_000 * 0.9, { intervalMs: 20, what: `STUN flood handled (${stunHandled()})` });
+    const seconds = (performance.now() - started) / 1000;
+    const { stunAnswered, dropped } = relay!.stats();
+    console.log(`STUN from 130 sources: 13,000 requests in ${seconds.toFixed(2)} s, ${stunAnswered} answered, ${dropped['stun-rate'] ?? 0} refused by the total budget`);
+    expect(stunAnswered).toBeLessThanOrEqual(STUN_BURST + STUN_RATE * seconds + 100);
+    expect(dropped['stun-rate']).toBeGreaterThan(0);
+    expect(dropped['stun-source-rate'] ?? 0).toBe(0);
   });
 
   it('asks the allow hook again at each sweep: a key moved to another network, or refused, is cut off', async () => {
