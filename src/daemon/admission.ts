@@ -123,6 +123,8 @@ export class Admission {
   private readonly idByIpv6 = new Map<string, string>();
   /** The registry's view of ourselves (our tags come from there). */
   selfView: AgentView | null = null;
+  /** Admitted agents whose WireGuard peer could not be configured: their next event configures it again. */
+  private readonly unconfigured = new Set<string>();
   /** The snapshot being applied, if any. */
   private syncing: SnapshotRun | null = null;
 
@@ -151,7 +153,7 @@ export class Admission {
     const known = this.agents.get(r.id);
     // An online or offline event repeats the record it was checked with: only its liveness moves.
     // (Checking a record and its key chain again on every flip is what a flapping member would make every daemon pay.)
-    if (known && sameRecord(known, view)) {
+    if (known && sameRecord(known, view) && !this.unconfigured.has(r.id)) {
       this.agents.set(r.id, withLiveness(known, view));
       return;
     }
@@ -202,11 +204,14 @@ export class Admission {
     const wgKey = Buffer.from(r.wgPublicKey, 'base64');
     const candidates = r.endpoints.map(endpointBuffer).filter((e): e is Buffer => e !== null);
     const endpoint = daemon.sock?.upsertPeer(wgKey, candidates, r.homeRelay ?? null) ?? null;
-    await daemon.upsertPeer({
-      publicKey: wgKey,
-      allowedIps: [parsePrefix(r.ipv4)!, parsePrefix(r.ipv6)!],
-      endpoint,
-    }).catch((e) => log.error({ err: e, id: r.id }, 'configuring peer failed'));
+    try {
+      await daemon.upsertPeer({ publicKey: wgKey, allowedIps: [parsePrefix(r.ipv4)!, parsePrefix(r.ipv6)!], endpoint });
+      this.unconfigured.delete(r.id);
+    } catch (e) {
+      // Tried again with the agent's next event (a heartbeat's online flip, say), not skipped as liveness-only.
+      this.unconfigured.add(r.id);
+      log.error({ err: e, id: r.id }, 'configuring peer failed');
+    }
   }
 
   private index(r: AgentRecord): void {
@@ -307,6 +312,7 @@ export class Admission {
 
   private forget(id: string): void {
     this.held.delete(id);
+    this.unconfigured.delete(id);
     const view = this.agents.get(id);
     if (!view) return;
     this.agents.delete(id);
