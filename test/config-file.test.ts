@@ -1,4 +1,4 @@
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -116,6 +116,24 @@ describe('config file: refusals name the key and say what to do', () => {
     expect(readable.hint).toContain('chmod 600');
     expect(refusal(() => readTokenFile(write('\n', 0o600))).code).toBe('CONFIG_INVALID');
     expect(refusal(() => readTokenFile(join(dir, 'no-such-token'))).code).toBe('CONFIG_UNREADABLE');
+  });
+
+  it('a symlink is followed only from a directory no other user may change', () => {
+    const secret = join(dir, 'root-only');
+    writeFileSync(secret, 'not-a-token-but-a-secret\n', { mode: 0o600 });
+    const open = join(dir, 'open');
+    mkdirSync(open, { mode: 0o777 });
+    chmodSync(open, 0o777);
+    symlinkSync(secret, join(open, 'token'));
+    const e = refusal(() => readTokenFile(join(open, 'token')));
+    expect(e.code).toBe('CONFIG_INSECURE');
+    expect(e.message).toContain('symlink');
+    // A link kept by its owner (config management, a secret volume) is followed.
+    const kept = join(dir, 'kept');
+    mkdirSync(kept, { mode: 0o755 });
+    chmodSync(kept, 0o755);
+    symlinkSync(secret, join(kept, 'token'));
+    expect(readTokenFile(join(kept, 'token'))).toBe('not-a-token-but-a-secret');
   });
 
   it('a token in a file other users may read is refused', () => {

@@ -1,4 +1,4 @@
-import { closeSync, fstatSync, openSync, readFileSync, type Stats } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readFileSync, statSync, type Stats } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { AgentVpnError } from '../errors.js';
 import { TRUST_MODES, type TrustMode } from '../trust/store.js';
@@ -172,18 +172,41 @@ function checkFileMode(file: string, st: Stats, holdsToken: boolean): void {
 }
 
 /**
+ * Opens `file`; through a symlink only when the link's directory is one no other user may change.
+ * Anyone who can write there could otherwise point a root daemon at a root-only file (its first
+ * line sent to the registry as the join token). Links kept by root (/etc managed by a config
+ * tool, a Kubernetes secret volume) still work. No race: a path that was no link when opened
+ * without following is read as that file.
+ */
+function openFollowingSafeLink(file: string): number {
+  try {
+    return openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ELOOP') throw e;
+  }
+  const dir = statSync(dirname(file));
+  const uid = process.geteuid?.() ?? 0;
+  if ((dir.uid !== 0 && dir.uid !== uid) || (dir.mode & 0o022) !== 0) {
+    throw new AgentVpnError('CONFIG_INSECURE', `${file} is a symlink in ${dirname(file)}, a directory other users may change (owner uid ${dir.uid}, mode ${(dir.mode & 0o777).toString(8)})`,
+      'give the file\'s own path, or keep the link in a directory only root can write');
+  }
+  return openSync(file, 'r');
+}
+
+/**
  * A file's text and the mode it had when read: one open file, so the mode checked is that of
  * what was read, not of whatever the path names later. `what` and `hint` word a read error.
  */
 function readWithStat(file: string, what: string, hint: string): { text: string; st: Stats } {
   try {
-    const fd = openSync(file, 'r');
+    const fd = openFollowingSafeLink(file);
     try {
       return { st: fstatSync(fd), text: readFileSync(fd, 'utf8') };
     } finally {
       closeSync(fd);
     }
   } catch (e) {
+    if (e instanceof AgentVpnError) throw e;
     throw new AgentVpnError('CONFIG_UNREADABLE', `cannot read ${what} ${file}: ${(e as Error).message}`, hint, { cause: e });
   }
 }
