@@ -19,6 +19,7 @@ import type { AgentView } from '../../src/registry/client.js';
 import { signRecord } from '../../src/registry/record.js';
 import { TrustGate } from '../../src/trust/gate.js';
 import { TrustStore } from '../../src/trust/store.js';
+import { waitFor } from '../../src/lab/proc.js';
 
 const NET = 'adm';
 const log = pino({ level: 'silent' });
@@ -60,11 +61,6 @@ function viewOf(identity: Identity, name: string, ipv4: string, seq: number, onl
   return { ...signed, ...(identity.chain.length > 1 ? { chain: identity.chain } : {}), online, lastSeen: now, tags: [] };
 }
 
-async function until(check: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500 && !check(); i++) await sleep(20);
-  if (!check()) throw new Error(`timed out waiting for ${what}`);
-}
-
 const keyOf = (identity: Identity) => Buffer.from(identity.wgPublicKey).toString('base64');
 
 it('an agent removed while its peer is being set up stays removed: a new peer (audited first) and a routine update', async () => {
@@ -76,7 +72,7 @@ it('an agent removed while its peer is being set up stays removed: a new peer (a
   // A known agent's new record (no audit entry) and its removal in the same chunk.
   const y = Identity.generate();
   admission.applySafely(viewOf(y, 'y', '100.64.0.8', 1));
-  await until(() => peers.has(keyOf(y)), 'y\'s peer');
+  await waitFor(() => peers.has(keyOf(y)), { what: 'y\'s peer', intervalMs: 20 });
   admission.applySafely(viewOf(y, 'y', '100.64.0.8', 2));
   admission.remove(y.id);
   await sleep(200);
@@ -99,7 +95,7 @@ it('two quick key rotations leave only the current key\'s peer', async () => {
   admission.applySafely(viewOf(k2, 'worker', '100.64.0.7', 2));
   admission.applySafely(viewOf(k3, 'worker', '100.64.0.7', 3));
   // Each audit entry is fsync'd: on a loaded machine that takes its time. Then a moment for a stale setup to land.
-  await until(() => peers.has(keyOf(k3)), 'the current key\'s peer');
+  await waitFor(() => peers.has(keyOf(k3)), { what: 'the current key\'s peer', intervalMs: 20 });
   await sleep(100);
   console.log(`peers: key 1 ${peers.has(keyOf(k1))}, key 2 (rotated out) ${peers.has(keyOf(k2))}, key 3 ${peers.has(keyOf(k3))}`);
   expect([...peers.keys()]).toEqual([keyOf(k3)]);
@@ -151,7 +147,7 @@ it('a snapshot is checked a chunk at a time: the event loop (the packet path) ge
   try {
     admission.sync(views);
     const afterCall = admission.admitted().length;
-    await until(() => admission.admitted().length === views.length, 'the whole snapshot');
+    await waitFor(() => admission.admitted().length === views.length, { what: 'the whole snapshot', intervalMs: 20 });
     const took = performance.now() - started;
     console.log(`2,000 records: ${afterCall} checked in sync()'s own turn, all in ${took.toFixed(0)} ms; ${turns} timer turns between, the longest gap ${longest.toFixed(1)} ms`);
     expect(afterCall).toBeLessThan(views.length);
@@ -159,7 +155,7 @@ it('a snapshot is checked a chunk at a time: the event loop (the packet path) ge
   } finally {
     clearInterval(tick);
   }
-  await until(() => peers.size === views.length, 'every peer configured');
+  await waitFor(() => peers.size === views.length, { what: 'every peer configured', intervalMs: 20 });
 });
 
 it('events during a snapshot win over it, and a newer snapshot replaces one still being applied', async () => {
@@ -169,7 +165,7 @@ it('events during a snapshot win over it, and a newer snapshot replaces one stil
   // Newer than the snapshot: agent 500 removed, agent 550 offline (same record).
   admission.remove(ids[500].id);
   admission.applySafely({ ...views[550], online: false });
-  await until(() => admission.admitted().length === 599, 'the snapshot');
+  await waitFor(() => admission.admitted().length === 599, { what: 'the snapshot', intervalMs: 20 });
   const admitted = new Map(admission.admitted().map((v) => [v.record.id, v]));
   expect(admitted.has(ids[500].id)).toBe(false);
   expect(admitted.get(ids[550].id)?.online).toBe(false);
@@ -191,7 +187,7 @@ it('names, addresses and IDs are looked up in indexes that follow renames, new a
   const { admission } = await setup();
   const { ids, views } = fleetOf(300);
   admission.sync(views);
-  await until(() => admission.admitted().length === 300, 'the snapshot');
+  await waitFor(() => admission.admitted().length === 300, { what: 'the snapshot', intervalMs: 20 });
   const x = ids[42];
   const v6 = views[42].record.ipv6;
   expect(admission.whois('100.64.1.42:8080')).toMatchObject({ id: x.id, name: 'a42', port: 8080 });
@@ -227,7 +223,7 @@ it('a peer whose setup failed is set up again at the agent\'s next event, not sk
   expect(admission.admitted()).toHaveLength(1);
   expect(peers.size).toBe(0);
   admission.applySafely({ ...first, online: false, lastSeen: first.lastSeen + 1 });
-  await until(() => peers.size > 0, 'the peer set up again');
+  await waitFor(() => peers.size > 0, { what: 'the peer set up again', intervalMs: 20 });
   expect([...peers.keys()]).toEqual([keyOf(x)]);
   expect(admission.admitted()[0].online).toBe(false);
 });

@@ -17,6 +17,7 @@ import { RegistryClient } from '../../src/registry/client.js';
 import { startRegistry, type RunningRegistry } from '../../src/registry/server.js';
 import { cutProxy, type CutProxy } from '../registry/cut-proxy.js';
 import { makeAgent, type TestAgent } from '../registry/hostile-helpers.js';
+import { waitFor } from '../../src/lab/proc.js';
 
 const NET = 'resume-net';
 let dir: string;
@@ -30,11 +31,6 @@ afterEach(async () => {
   await reg?.stop();
   rmSync(dir, { recursive: true, force: true });
 });
-
-const waitFor = async (what: string, check: () => boolean) => {
-  for (let i = 0; i < 500 && !check(); i++) await sleep(20);
-  expect(check(), what).toBe(true);
-};
 
 it('a blip resumes the stream without a snapshot or a re-publish, and so does a watcher started again', async () => {
   dir = mkdtempSync(join(tmpdir(), 'agentvpn-membership-'));
@@ -61,17 +57,17 @@ it('a blip resumes the stream without a snapshot or a re-publish, and so does a 
   const counts = { snapshot: 0, agent: 0 };
   const events: FleetEvents = { snapshot: () => counts.snapshot++, agent: () => counts.agent++, removed: () => {}, gone: () => {}, policy: () => {} };
   membership.watch(events);
-  await waitFor('the snapshot', () => counts.snapshot === 1 && membership.registryUp);
+  await waitFor(() => counts.snapshot === 1 && membership.registryUp, { what: 'the snapshot', intervalMs: 20 });
   // A snapshot is followed by a publish (the registry may have restarted without our record).
   let seqAfterSnapshot = seqBefore;
   for (let i = 0; i < 250 && seqAfterSnapshot === seqBefore; i++, await sleep(20)) seqAfterSnapshot = await ourSeq();
   expect(seqAfterSnapshot).toBeGreaterThan(seqBefore);
 
   proxy.cut();
-  await waitFor('the resume', () => reg!.stats().streams.resumed === 1 && membership.registryUp);
+  await waitFor(() => reg!.stats().streams.resumed === 1 && membership.registryUp, { what: 'the resume', intervalMs: 20 });
   // The membership starts its watcher again (what a heartbeat does while the stream waits in its backoff).
   membership.watch(events);
-  await waitFor('the second resume', () => reg!.stats().streams.resumed === 2);
+  await waitFor(() => reg!.stats().streams.resumed === 2, { what: 'the second resume', intervalMs: 20 });
   await sleep(300);
   console.log(`fleet events ${JSON.stringify(counts)}; our record seq ${seqAfterSnapshot} -> ${await ourSeq()}; registry streams ${JSON.stringify(reg.stats().streams)}`);
   expect(counts.snapshot).toBe(1);
@@ -102,7 +98,7 @@ it('after a registry restart the stream resumes by digest: no snapshot, no re-pu
   const ourSeq = async () => (await peers[0].client.get('me').catch(() => null))?.record.seq ?? 0;
   let seq = 0;
   for (let i = 0; i < 250 && seq === 0; i++, await sleep(20)) seq = await ourSeq(); // the publish after the snapshot
-  await waitFor('the snapshot', () => counts.snapshot === 1 && seq > 0);
+  await waitFor(() => counts.snapshot === 1 && seq > 0, { what: 'the snapshot', intervalMs: 20 });
 
   const restart = async (meanwhile: () => void) => {
     await reg!.stop();
@@ -110,7 +106,7 @@ it('after a registry restart the stream resumes by digest: no snapshot, no re-pu
     reg = await startRegistry({ db, network: NET, listen: `127.0.0.1:${port}` });
   };
   await restart(() => {});
-  await waitFor('the resume by digest', () => reg!.stats().streams.digestResumed === 1 && membership.registryUp);
+  await waitFor(() => reg!.stats().streams.digestResumed === 1 && membership.registryUp, { what: 'the resume by digest', intervalMs: 20 });
   await sleep(500);
   const seqAfterRestart = await ourSeq();
   // Restored from a backup taken before our record was stored: the registry no longer has it.
@@ -119,7 +115,7 @@ it('after a registry restart the stream resumes by digest: no snapshot, no re-pu
     raw.prepare('DELETE FROM records WHERE id = ?').run(identity.id);
     raw.close();
   });
-  await waitFor('the resume by digest', () => reg!.stats().streams.digestResumed === 1 && membership.registryUp);
+  await waitFor(() => reg!.stats().streams.digestResumed === 1 && membership.registryUp, { what: 'the resume by digest', intervalMs: 20 });
   let seqAfterLoss = 0;
   for (let i = 0; i < 250 && seqAfterLoss === 0; i++, await sleep(20)) seqAfterLoss = await ourSeq();
   console.log(`fleet events ${JSON.stringify(counts)}; our record seq ${seq} -> ${seqAfterRestart} (restart) -> ${seqAfterLoss} (restart without it); streams ${JSON.stringify(reg.stats().streams)}`);

@@ -17,6 +17,7 @@ import { SqliteStore } from '../../src/registry/sqlite-store.js';
 import { ViewDigest } from '../../src/registry/view-digest.js';
 import { FakeEntry, HubRig, NET, SseReader } from './event-stream-rig.js';
 import { makeAgent, recordFor, type TestAgent } from './hostile-helpers.js';
+import { waitFor } from '../../src/lab/proc.js';
 
 describe('the event hub resumes a reader by its view digest', () => {
   let rig: HubRig;
@@ -111,11 +112,6 @@ describe('the agent\'s client resumes by digest after the registry restarts', ()
     rmSync(dir, { recursive: true, force: true });
   });
 
-  const waitFor = async (what: string, check: () => boolean) => {
-    for (let i = 0; i < 500 && !check(); i++) await sleep(20);
-    expect(check(), what).toBe(true);
-  };
-
   it('no second snapshot: an operator\'s removal while it was down, and a publish since, arrive; the view equals a fresh snapshot', async () => {
     dir = mkdtempSync(join(tmpdir(), 'agentvpn-digest-'));
     const db = join(dir, 'registry.db');
@@ -143,7 +139,7 @@ describe('the agent\'s client resumes by digest after the registry restarts', ()
     closers.push(() => watcher.close());
     const w = watcher.watch(handlers);
     closers.push(() => w.close());
-    await waitFor('the snapshot', () => seen.size === 40);
+    await waitFor(() => seen.size === 40, { what: 'the snapshot', intervalMs: 20 });
 
     await reg.stop();
     // While it is down, an operator removes peer-5 on the database (what `agentvpn registry remove --db` does).
@@ -154,14 +150,14 @@ describe('the agent\'s client resumes by digest after the registry restarts', ()
     reg = await startRegistry({ db, network: NET, listen: `127.0.0.1:${port}` });
     const a = agents[7];
     await a.client.publish(signRecord(a.identity, recordFor(a.identity, a.join, 'peer-7', { seq: 2, endpoints: ['192.0.2.7:51820'] })));
-    await waitFor('the resume, the removal and the new record', () => calls.resumed === 1 && !seen.has(removed) && seen.get(a.identity.id)?.record.seq === 2);
+    await waitFor(() => calls.resumed === 1 && !seen.has(removed) && seen.get(a.identity.id)?.record.seq === 2, { what: 'the resume, the removal and the new record', intervalMs: 20 });
 
     const fresh = new Map<string, AgentView>();
     const check = new RegistryClient({ url: reg.url, identity: agents[1].identity, network: NET });
     closers.push(() => check.close());
     const cw = check.watch({ snapshot: (views) => views.forEach((v) => fresh.set(v.record.id, v)), change: () => {} });
     closers.push(() => cw.close());
-    await waitFor('a fresh snapshot', () => fresh.size === 39);
+    await waitFor(() => fresh.size === 39, { what: 'a fresh snapshot', intervalMs: 20 });
     console.log(`watcher: ${JSON.stringify({ ...calls, gone: calls.gone.length })}; restarted registry streams ${JSON.stringify(reg.stats().streams)}`);
     expect(calls.snapshot).toBe(1);
     expect(calls.gone).toEqual([removed]);

@@ -17,6 +17,7 @@ import { startRegistry, type RunningRegistry } from '../../src/registry/server.j
 import { cutProxy, type CutProxy } from './cut-proxy.js';
 import { FakeEntry, HubRig, NET, SseReader } from './event-stream-rig.js';
 import { makeAgent, recordFor, type TestAgent } from './hostile-helpers.js';
+import { waitFor } from '../../src/lab/proc.js';
 
 describe('event streams resume from Last-Event-ID', () => {
   let rig: HubRig;
@@ -183,26 +184,21 @@ describe('the agent\'s client resumes its stream after a cut connection', () => 
     return { w, seen, calls };
   };
 
-  const waitFor = async (what: string, check: () => boolean) => {
-    for (let i = 0; i < 500 && !check(); i++) await sleep(20);
-    expect(check(), what).toBe(true);
-  };
-
   it('no second snapshot: the watcher gets "resumed" and the changes it missed, and its view matches the registry', async () => {
     await fleetBehindProxy(5);
     const watcher = new RegistryClient({ url: proxy!.url, identity: agents[0].identity, network: NET });
     closers.push(() => watcher.close());
     const { seen, calls } = countingWatch(watcher);
-    await waitFor('the snapshot', () => seen.size === 5);
+    await waitFor(() => seen.size === 5, { what: 'the snapshot', intervalMs: 20 });
     const a = agents[1];
     await a.client.publish(signRecord(a.identity, recordFor(a.identity, a.join, 'peer-1', { seq: 2, endpoints: ['192.0.2.9:51820'] })));
-    await waitFor('seq 2 live', () => seen.get(a.identity.id)?.record.seq === 2);
+    await waitFor(() => seen.get(a.identity.id)?.record.seq === 2, { what: 'seq 2 live', intervalMs: 20 });
     proxy!.cut();
-    await waitFor('the disconnect', () => calls.disconnected === 1);
+    await waitFor(() => calls.disconnected === 1, { what: 'the disconnect', intervalMs: 20 });
     const b = agents[2];
     await b.client.publish(signRecord(b.identity, recordFor(b.identity, b.join, 'peer-2', { seq: 2, endpoints: ['192.0.2.10:51820'] })));
     await b.client.leave();
-    await waitFor('the resume and what it missed', () => calls.resumed === 1 && seen.get(b.identity.id)?.record.seq === 2 && seen.get(b.identity.id)?.online === false);
+    await waitFor(() => calls.resumed === 1 && seen.get(b.identity.id)?.record.seq === 2 && seen.get(b.identity.id)?.online === false, { what: 'the resume and what it missed', intervalMs: 20 });
     console.log(`watcher: ${JSON.stringify(calls)}; registry streams ${JSON.stringify(reg.stats().streams)}`);
     expect(calls.snapshot).toBe(1);
     expect(reg.stats().streams.resumed).toBe(1);
@@ -213,21 +209,21 @@ describe('the agent\'s client resumes its stream after a cut connection', () => 
     const token = await fleetBehindProxy(3);
     const me = agents[0];
     const first = countingWatch(me.client);
-    await waitFor('the snapshot', () => first.seen.size === 3);
+    await waitFor(() => first.seen.size === 3, { what: 'the snapshot', intervalMs: 20 });
     const point = first.w.resumePoint();
     first.w.close();
     expect(point?.id).toMatch(/^[0-9a-f]{12}\.\d+\.[0-9a-f]{32}$/);
     const b = agents[1];
     await b.client.publish(signRecord(b.identity, recordFor(b.identity, b.join, 'peer-1', { seq: 2 })));
     const second = countingWatch(me.client, point);
-    await waitFor('the resume', () => second.calls.resumed === 1 && second.seen.get(b.identity.id)?.record.seq === 2);
+    await waitFor(() => second.calls.resumed === 1 && second.seen.get(b.identity.id)?.record.seq === 2, { what: 'the resume', intervalMs: 20 });
     expect(second.calls.snapshot).toBe(0);
     second.w.close();
     // Removed by an operator, then admitted again with a token: its old point names a former membership.
     await new AdminClient(reg.url, await reg.createAdminToken(), NET).remove('peer-0', false);
     await me.client.join('peer-0', token);
     const third = countingWatch(me.client, point);
-    await waitFor('a snapshot instead', () => third.calls.snapshot === 1);
+    await waitFor(() => third.calls.snapshot === 1, { what: 'a snapshot instead', intervalMs: 20 });
     console.log(`resumed from the last watcher's point: ${JSON.stringify(second.calls)}; after removal and re-admission: ${JSON.stringify(third.calls)}`);
     expect(third.calls.resumed).toBe(0);
     expect(reg.stats().streams.resumed).toBe(1);
@@ -247,10 +243,10 @@ describe('the agent\'s client resumes its stream after a cut connection', () => 
     const client = new RegistryClient({ url: `${proxy!.url},${otherUrl}`, identity: agents[0].identity, network: NET });
     closers.push(() => client.close());
     const { seen, calls } = countingWatch(client);
-    await waitFor('the snapshot', () => seen.size === 3);
+    await waitFor(() => seen.size === 3, { what: 'the snapshot', intervalMs: 20 });
     const askedBefore = otherAsked;
     proxy!.cut(how);
-    await waitFor('the resume', () => calls.resumed === 1);
+    await waitFor(() => calls.resumed === 1, { what: 'the resume', intervalMs: 20 });
     console.log(`watcher ${JSON.stringify(calls)}; the other instance was asked ${otherAsked - askedBefore} times after the cut`);
     expect(otherAsked - askedBefore).toBe(0);
     expect(calls.snapshot).toBe(1);
@@ -269,11 +265,11 @@ describe('the agent\'s client resumes its stream after a cut connection', () => 
     const client = new RegistryClient({ url: `${proxy!.url},http://127.0.0.1:${(other.address() as AddressInfo).port}`, identity: agents[0].identity, network: NET });
     closers.push(() => client.close());
     const { seen } = countingWatch(client);
-    await waitFor('the snapshot', () => seen.size === 2);
+    await waitFor(() => seen.size === 2, { what: 'the snapshot', intervalMs: 20 });
     proxy!.freeze();
     frozenAt = Date.now();
     proxy!.cut();
-    await waitFor('the other instance asked', () => otherAskedAt > 0);
+    await waitFor(() => otherAskedAt > 0, { what: 'the other instance asked', intervalMs: 20 });
     // Backoff (<= 0.5 s), the retry's 2 s, backoff (<= 1 s): well under the 10 s request timeout it would otherwise wait.
     console.log(`failed over ${otherAskedAt - frozenAt} ms after the cut (the request timeout is 10 s)`);
     expect(otherAskedAt - frozenAt).toBeLessThan(7_000);
