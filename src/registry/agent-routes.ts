@@ -11,6 +11,7 @@ import {
 } from './protocol.js';
 import { canonicalRecord, verifyRecord, type AgentRecord, type SignedRecord } from './record.js';
 import { RecentTokens } from './recent-tokens.js';
+import { WriteBudget } from './write-budget.js';
 import { refuse } from './refusals.js';
 import { checkClock } from './request-auth.js';
 import { AGENT_ID_PARAMS, JOIN_BODY, NETWORK_QUERY, PUBLISH_BODY, SIGNED_TIMESTAMP_BODY } from './request-schemas.js';
@@ -39,17 +40,23 @@ export function agentRoutes(ctx: RouteContext): Route[] {
   const { store, fleet, hub, log, signatures } = ctx;
   const networkOf = (c: RouteCall) => c.query.network ?? ctx.defaultNetwork;
   const recentTokens = new RecentTokens();
+  const writes = new WriteBudget(ctx.heartbeatIntervalMs);
   const checkToken = async (network: string, hash: string, now: number) => {
     const valid = (await store.checkToken(network, hash, now)).ok;
     if (valid) recentTokens.add(network, hash, now);
     return valid;
   };
 
-  /** Refuses unless the agent signed `message`; failures are budgeted per address (signature-budget.ts). */
+  /**
+   * Refuses unless the agent signed `message` and has writes left (write-budget.ts); failures are
+   * budgeted per address (signature-budget.ts), a verified write spends the agent's budget.
+   */
   const verifySigned = (req: IncomingMessage, id: string, message: Buffer, signature: string, what: string) => {
+    writes.check(id);
     if (!signatures.verified(req, () => verifyAgentSignature(id, message, signature, fleet.currentKey(id)))) {
       refuse('BAD_SIGNATURE', `${what} does not verify with the agent's current key`);
     }
+    writes.spend(id);
   };
 
   const join = async ({ req, res, now, body }: RouteCall) => {
@@ -91,10 +98,12 @@ export function agentRoutes(ctx: RouteContext): Route[] {
     const screen = screenChain(fleet.rotated.get(id), recordKey, signed.chain);
     if (!screen.ok) refuse(screen.code, screen.message);
     signatures.check(req);
+    writes.check(id);
     const check = verifyRecord({ ...signed, chain: screen.chain }, { network, now });
     // A bad chain may have cost two signature checks per statement it added.
     if (check.problem === 'BAD_SIGNATURE' || check.problem === 'BAD_CHAIN') for (let i = 0; i < Math.max(1, screen.fresh); i++) signatures.failed(req);
     if (!check.ok) refuse(check.problem!, check.detail ?? check.problem!);
+    writes.spend(id);
     const canonical: SignedRecord = { record: canonicalRecord(signed.record), signature: signed.signature };
     const rotation = newRotation(id, screen.chain, screen.fresh);
     const result = await store.putRecord(network, canonical, now, rotation ?? undefined);

@@ -49,3 +49,48 @@ export class SourceBuckets {
     return this.buckets.size;
   }
 }
+
+/**
+ * Token buckets by key (an agent ID) that are checked and spent apart: checked before a request's
+ * signature, spent once it verified, so only the key's holder can spend its budget. A key not
+ * seen holds a full bucket. At most `maxKeys` are kept: past that, the full ones are forgotten
+ * (they equal a new one), and if none is full the oldest.
+ */
+export class KeyedBudget {
+  private readonly buckets = new Map<string, { tokens: number; at: number }>();
+
+  constructor(readonly rate: number, readonly capacity: number, private readonly maxKeys = 100_000) {}
+
+  /** The tokens `key` holds now. */
+  tokens(key: string, now = monotonicMs()): number {
+    return this.refill(key, now)?.tokens ?? this.capacity;
+  }
+
+  /** Milliseconds until `key` holds `n` tokens (0: it does). */
+  waitMs(key: string, n = 1, now = monotonicMs()): number {
+    return Math.max(0, ((n - this.tokens(key, now)) / this.rate) * 1000);
+  }
+
+  /** Takes `n` tokens; it may overdraw, and the key then waits for the refill. */
+  spend(key: string, n = 1, now = monotonicMs()): void {
+    let b = this.refill(key, now);
+    if (!b) {
+      if (this.buckets.size >= this.maxKeys) this.evict(now);
+      this.buckets.set(key, (b = { tokens: this.capacity, at: now }));
+    }
+    b.tokens -= n;
+  }
+
+  private refill(key: string, now: number): { tokens: number; at: number } | undefined {
+    const b = this.buckets.get(key);
+    if (!b) return undefined;
+    b.tokens = Math.min(this.capacity, b.tokens + (Math.max(0, now - b.at) / 1000) * this.rate);
+    b.at = now;
+    return b;
+  }
+
+  private evict(now: number): void {
+    for (const [key] of this.buckets) if (this.refill(key, now)!.tokens >= this.capacity) this.buckets.delete(key);
+    if (this.buckets.size >= this.maxKeys) this.buckets.delete(this.buckets.keys().next().value!);
+  }
+}

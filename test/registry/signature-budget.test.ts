@@ -66,6 +66,33 @@ describe('registry signature budget', () => {
     expect(honest.status).toBe(200);
   });
 
+  it('a member writing past its budget is refused before its signature is checked; forgeries in its name spend none of it', async () => {
+    const heartbeat = (a: TestAgent, i: number, from = '127.0.0.1') =>
+      post(reg.port, `/v1/agents/${a.identity.id}/heartbeat?network=${NET}`, signTimestamp(a.identity, HEARTBEAT_LABEL, NET, Date.now() + i), from);
+    const answers: Array<{ status: number; code?: string }> = [];
+    for (let i = 0; i < 60; i++) answers.push(await heartbeat(member, i));
+    const taken = answers.filter((a) => a.status === 200).length;
+    const limited = answers.filter((a) => a.code === 'AGENT_RATE_LIMITED');
+    console.log(`60 heartbeats of one member back to back: ${taken} taken, ${limited.length} refused (429 AGENT_RATE_LIMITED)`);
+    expect(taken + limited.length).toBe(60);
+    expect(limited.length).toBeGreaterThan(0);
+    expect(limited[0].status).toBe(429);
+    expect(reg.stats().refused.AGENT_RATE_LIMITED).toBe(limited.length);
+
+    // Another member: 100 forged heartbeats in its name (from five addresses, within their failure budgets), then its own 30.
+    const other = await makeAgent(reg.url, NET, 'other', await reg.createToken());
+    try {
+      const forged = await Promise.all(Array.from({ length: 100 }, (_, i) => post(reg.port, `/v1/agents/${other.identity.id}/heartbeat?network=${NET}`,
+        { timestamp: Date.now() + i, signature: Buffer.alloc(64, i + 1).toString('base64') }, `127.0.0.${3 + (i % 5)}`)));
+      expect(forged.every((a) => a.code === 'BAD_SIGNATURE' || a.code === 'RATE_LIMITED')).toBe(true);
+      const own: number[] = [];
+      for (let i = 0; i < 25; i++) own.push((await heartbeat(other, 1000 + i, '127.0.0.2')).status);
+      expect(own.every((st) => st === 200)).toBe(true);
+    } finally {
+      other.client.close();
+    }
+  });
+
   it('verified() refuses before running a check once the address spent its failures, and counts each failure', () => {
     const budget = new SignatureBudget();
     const from = (a: string) => ({ socket: { remoteAddress: a } }) as unknown as IncomingMessage;
