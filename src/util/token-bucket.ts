@@ -51,9 +51,9 @@ export class SourceBuckets {
 }
 
 /**
- * Token buckets by key (an agent ID) that are checked and spent apart: checked before a request's
- * signature, spent once it verified, so only the key's holder can spend its budget. A key not
- * seen holds a full bucket. At most `maxKeys` are kept: past that, the full ones are forgotten
+ * Token buckets by key (an agent ID) that are read and spent apart: a request's budget is checked
+ * before its signature and spent once it verified, so only the key's holder can spend it; a held
+ * change waits for the time its key's next token takes. A key not seen holds a full bucket. At most `maxKeys` are kept: past that, the full ones are forgotten
  * (they equal a new one), and if none is full the oldest.
  */
 export class KeyedBudget {
