@@ -91,7 +91,7 @@ export function createAuditRoutes(ctx: AuditContext) {
     const agent = c.query.agent!;
     if (!fleet.isMember(network, agent)) refuse('NOT_JOINED', `agent ${agent} has not joined network ${network}`);
     failures.check(req, now);
-    budget.check(agent, now);
+    budget.check(agent);
     let body;
     let opened;
     try {
@@ -101,7 +101,7 @@ export function createAuditRoutes(ctx: AuditContext) {
       failures.failed(req, now);
       throw e;
     }
-    budget.spend(agent, body.entries.reduce((n, line) => n + line.length, body.checkpoint.length), now);
+    budget.spend(agent, body.entries.reduce((n, line) => n + line.length, body.checkpoint.length));
     const held = await store.auditHead(agent);
     if (body.from !== held.size) gap(held, body.from);
     const check = checkShip(body, opened.checkpoint, held);
