@@ -24,6 +24,8 @@ const GETS = Number(process.env.GETS ?? 20_000);
 const LISTS = Number(process.env.LISTS ?? 500);
 const FANOUT = Number(process.env.FANOUT ?? 300);
 const SNAPSHOT_STREAMS = Number(process.env.SNAPSHOT_STREAMS ?? 16);
+/** Agents the lookups and lists are spread over: ~50 lookups each, well inside one agent's read budget. */
+const READERS = Math.min(AGENTS, Math.max(CONCURRENCY, Math.ceil(GETS / 50)));
 const STORES = (process.env.STORES ?? 'sqlite,postgres').split(',');
 
 /** The whole benchmark against registry instances at `urls` (pids: theirs; dbPids: the database's, if a server). */
@@ -75,7 +77,10 @@ async function measure({ label, urls, pids, dbPids, token, dbSize }) {
   r.registerFloorMs = (CONCURRENCY * (r.registerCpuMsPerAgent + r.registerDbCpuMsPerAgent + r.registerClientCpuMsPerAgent)) / availableParallelism();
   r.rssAfterRegisterMiB = rss();
 
-  const readers = identities.slice(0, CONCURRENCY).map((identity, k) => new RegistryClient({ url: urls[k % urls.length], identity, network: NETWORK }));
+  // Reads come from READERS agents (a fleet's reads are spread over its members; one agent's are
+  // budgeted, read-budget.ts), each with its read session opened before the clock starts.
+  const readers = identities.slice(0, READERS).map((identity, k) => new RegistryClient({ url: urls[k % urls.length], identity, network: NETWORK }));
+  await pool(READERS, CONCURRENCY, (k) => readers[k].get('agent-0'));
   const getMs = [];
   c0 = cpu();
   g0 = cpuOf([process.pid]);
@@ -83,7 +88,7 @@ async function measure({ label, urls, pids, dbPids, token, dbSize }) {
   await pool(GETS, CONCURRENCY, async (i) => {
     const name = `agent-${(i * 7919) % AGENTS}`;
     getMs.push(await timed(async () => {
-      const view = await readers[i % CONCURRENCY].get(name);
+      const view = await readers[i % READERS].get(name);
       if (view.record.name !== name) throw new Error(`lookup of ${name} returned ${view.record.name}`);
     }));
   });
@@ -97,14 +102,14 @@ async function measure({ label, urls, pids, dbPids, token, dbSize }) {
   const listLargeMs = [];
   await pool(LISTS, CONCURRENCY, async (i) => {
     listSmallMs.push(await timed(async () => {
-      const agents = await readers[i % CONCURRENCY].list({ cap: `svc.s${i % 100}` });
+      const agents = await readers[i % READERS].list({ cap: `svc.s${i % 100}` });
       if (agents.length !== Math.ceil((AGENTS - (i % 100)) / 100)) throw new Error(`cap svc.s${i % 100}: ${agents.length} agents`);
     }));
   });
   c0 = cpu();
   await pool(Math.ceil(LISTS / 5), CONCURRENCY, async (i) => {
     listLargeMs.push(await timed(async () => {
-      const agents = await readers[i % CONCURRENCY].list({ cap: `llm.inference;model=m${i % 10}` });
+      const agents = await readers[i % READERS].list({ cap: `llm.inference;model=m${i % 10}` });
       if (agents.length !== Math.ceil((AGENTS - (i % 10)) / 10)) throw new Error(`cap model=m${i % 10}: ${agents.length} agents`);
     }));
   });

@@ -78,9 +78,12 @@ export interface Viewable {
   eventSeq: number;
 }
 
+export type StreamRefusal = { ok: false; code: 'TOO_MANY_STREAMS' | 'STREAMS_FULL'; message: string };
+
 export type SubscribeResult =
-  | { ok: true }
-  | { ok: false; code: 'TOO_MANY_STREAMS' | 'STREAMS_FULL'; message: string };
+  /** How the stream starts: from the reader's point (what it missed), by the buckets that differ, or a snapshot. */
+  | { ok: true; from: 'point' | 'buckets' | 'snapshot' }
+  | StreamRefusal;
 
 export interface StreamStats {
   open: number;
@@ -178,7 +181,7 @@ export class EventHub {
    * Whether one more stream may be opened, by `credential` (or by anyone: null, checked before
    * the request's signature is); a refusal is counted.
    */
-  roomFor(credential: string | null): SubscribeResult {
+  roomFor(credential: string | null): { ok: true } | StreamRefusal {
     if (this.count >= this.limits.streams) {
       this.counts.refused++;
       return { ok: false, code: 'STREAMS_FULL', message: `the registry already serves its maximum of ${this.limits.streams} event streams` };
@@ -232,7 +235,7 @@ export class EventHub {
       this.write(s, 'event: snapshot\ndata: {"agents":[');
     }
     this.pump(s);
-    return { ok: true };
+    return { ok: true, from: missed ? 'point' : differing ? 'buckets' : 'snapshot' };
   }
 
   /**

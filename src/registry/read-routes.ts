@@ -3,9 +3,10 @@ import type { Entry } from './fleet-state.js';
 import { sendJson, sendText } from './http-body.js';
 import { listPage, parsePageRequest } from './list-page.js';
 import { refuse } from './refusals.js';
-import { parseAuthorization } from './protocol.js';
+import { hashToken, parseAuthorization } from './protocol.js';
+import { ReadBudget } from './read-budget.js';
 import { ReadSessions } from './read-sessions.js';
-import { authorizeRead, currentKeyOf } from './request-auth.js';
+import { authorizeRead, currentKeyOf, isAgentId, type Credential } from './request-auth.js';
 import { LIST_QUERY, NAME_OR_ID_PARAMS, NETWORK_QUERY } from './request-schemas.js';
 import type { Route, RouteCall } from './route-table.js';
 import type { RouteContext } from './route-context.js';
@@ -17,11 +18,26 @@ export function readRoutes(ctx: RouteContext): Route[] {
   const { fleet, hub } = ctx;
   const sessions = new ReadSessions();
   const authority = { store: ctx.store, fleet, signatures: ctx.signatures, sessions };
+  const reads = new ReadBudget();
   const networkOf = (c: RouteCall) => c.query.network ?? ctx.defaultNetwork;
-  /** The network, once the reader is authorized for it. */
+  /**
+   * The reader's credential, within its read budget (read-budget.ts): an agent or token is refused
+   * before its signature or token is checked; a session, whose agent only its MAC shows, after.
+   * The read is spent then; `sent` spends what its answer sends (a page's agents, a snapshot).
+   */
+  const budgeted = async (c: RouteCall, network: string, stream = false) => {
+    const auth = parseAuthorization(c.req.headers.authorization);
+    const claimed = auth?.kind === 'agent' && isAgentId(auth.id) ? `agent:${auth.id}` : auth?.kind === 'bearer' ? `token:${hashToken(auth.token)}` : null;
+    if (claimed !== null) reads.check(claimed, { stream });
+    const credential: Credential = await authorizeRead(c.req, network, c.now, authority);
+    if (claimed === null) reads.check(credential.key, { stream });
+    reads.spend(credential.key, { signed: auth?.kind === 'agent' });
+    return { credential, sent: (answer: { agents?: number; snapshot?: boolean }) => reads.sent(credential.key, answer) };
+  };
+  /** The network, once the reader is authorized for it (and its read spent). */
   const authorized = async (c: RouteCall) => {
     const network = networkOf(c);
-    await authorizeRead(c.req, network, c.now, authority);
+    await budgeted(c, network);
     return network;
   };
 
@@ -29,7 +45,7 @@ export function readRoutes(ctx: RouteContext): Route[] {
   const openSession = async (c: RouteCall) => {
     if (parseAuthorization(c.req.headers.authorization)?.kind !== 'agent') refuse('UNAUTHORIZED', 'a read session is opened with a signed request (Authorization: AgentVPN ...)');
     const network = networkOf(c);
-    const credential = await authorizeRead(c.req, network, c.now, authority);
+    const { credential } = await budgeted(c, network);
     const agent = credential.key.slice('agent:'.length);
     const session = sessions.open(agent, network, currentKeyOf(fleet, agent), c.now);
     sendJson(c.res, 200, { ok: true, session: session.id, secret: session.secret.toString('base64'), expiresAt: session.expiresAt });
@@ -37,7 +53,8 @@ export function readRoutes(ctx: RouteContext): Route[] {
 
   /** One page of the agents matching the query (list-page.ts has the parameters). */
   const listAgents = async (c: RouteCall) => {
-    const network = await authorized(c);
+    const network = networkOf(c);
+    const { sent } = await budgeted(c, network);
     const { cap: capText, name, online } = c.query;
     let cap: Capability | null = null;
     if (capText !== undefined) {
@@ -49,6 +66,7 @@ export function readRoutes(ctx: RouteContext): Route[] {
     }
     const filter = { cap, name: name ?? null, online: online === undefined ? null : online === '1' || online === 'true' };
     const page = listPage(fleet.networks.get(network), filter, parsePageRequest(c.url));
+    sent({ agents: page.agents.length });
     const next = page.next === null ? '' : `,"next":${JSON.stringify(page.next)}`;
     sendText(c.res, 200, `{"ok":true,"agents":[${page.agents.map((e) => e.json).join(',')}]${next}}`);
   };
@@ -67,7 +85,7 @@ export function readRoutes(ctx: RouteContext): Route[] {
     const network = networkOf(c);
     const room = hub.roomFor(null);
     if (!room.ok) refuse(room.code, room.message);
-    const credential = await authorizeRead(c.req, network, c.now, authority);
+    const { credential, sent } = await budgeted(c, network, true);
     const state = fleet.net(network);
     const lastEventId = c.req.headers['last-event-id'];
     // An agent removed and admitted again must not resume from a point of its former membership.
@@ -77,6 +95,7 @@ export function readRoutes(ctx: RouteContext): Route[] {
     const result = hub.subscribe(network, credential.key, c.res, () => state.agents.values(), () => state.policyJson, credential.expiresAt,
       typeof lastEventId === 'string' ? lastEventId : undefined, scope, { digest: typeof digest === 'string' ? digest : undefined, agent: (id) => state.agents.get(id) });
     if (!result.ok) refuse(result.code, result.message);
+    sent({ snapshot: result.from !== 'point' });
   };
 
   const policy = async (c: RouteCall) => {

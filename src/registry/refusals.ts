@@ -22,7 +22,7 @@ export const REFUSALS: Record<string, { status: number; hint: string }> = {
   NOT_FOUND: { status: 404, hint: 'check the path, the agent ID or name, and the network' },
   METHOD_NOT_ALLOWED: { status: 405, hint: 'check the HTTP method for this path' },
   RATE_LIMITED: { status: 429, hint: 'too many requests with signatures that do not verify: check the agent identity key and retry in a second' },
-  AGENT_RATE_LIMITED: { status: 429, hint: 'the registry takes each agent\'s joins, publishes and heartbeats at a bounded rate (30 at once, then 4 per heartbeat interval): the agentvpn client retries; if this agent runs twice with one identity, stop one' },
+  AGENT_RATE_LIMITED: { status: 429, hint: 'the registry answers each agent (and each join token) at a bounded rate: writes 30 at once, then 4 per heartbeat interval; reads ~100 a second, a list costing one more per 100 agents it sends (docs/registry.md): wait the time the message says, page lists with a filter, keep one event stream; if this agent runs twice with one identity, stop one' },
   TOO_MANY_STREAMS: { status: 429, hint: 'an agent needs one event stream: close the others (or wait until half-open ones time out)' },
   STREAMS_FULL: { status: 503, hint: 'the registry serves as many event streams as it may; retry later (the client backs off), or run it with a higher stream limit' },
   POOL_EXHAUSTED: { status: 503, hint: 'the network has used every address of its IPv4 pool; start the registry with a larger --pool' },
