@@ -1,8 +1,9 @@
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, lchownSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadUpSettings, readConfigFile, readTokenFile, resolveSettings, settingsFromEnv } from '../src/config/config-file.js';
+import { readRootFile } from '../src/config/root-file.js';
 import { AgentVpnError } from '../src/errors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'avpn-config-'));
@@ -127,13 +128,49 @@ describe('config file: refusals name the key and say what to do', () => {
     symlinkSync(secret, join(open, 'token'));
     const e = refusal(() => readTokenFile(join(open, 'token')));
     expect(e.code).toBe('CONFIG_INSECURE');
-    expect(e.message).toContain('symlink');
+    expect(e.message).toContain(`reached through ${open}, a directory other users may change`);
     // A link kept by its owner (config management, a secret volume) is followed.
     const kept = join(dir, 'kept');
     mkdirSync(kept, { mode: 0o755 });
     chmodSync(kept, 0o755);
     symlinkSync(secret, join(kept, 'token'));
     expect(readTokenFile(join(kept, 'token'))).toBe('not-a-token-but-a-secret');
+  });
+
+  it('a symlink anywhere on the path counts: one earlier than the file, or one another user owns', () => {
+    // Alice owns her home; the operator's path goes through it. She points "vpn" at a root-only
+    // directory that holds a file of the configured name.
+    const rootOnly = join(dir, 'root-only-dir');
+    mkdirSync(rootOnly, { mode: 0o700 });
+    writeFileSync(join(rootOnly, 'token'), 'SECRET-ADMIN-TOKEN\n', { mode: 0o600 });
+    const alice = join(dir, 'alice');
+    mkdirSync(alice, { mode: 0o755 });
+    chownSync(alice, 65534, 65534);
+    symlinkSync(rootOnly, join(alice, 'vpn'));
+    const e = refusal(() => readTokenFile(join(alice, 'vpn', 'token')));
+    expect(e.code).toBe('CONFIG_INSECURE');
+    expect(e.message).toContain(`reached through ${alice}`);
+    // In a sticky directory (like /tmp) others may add entries: a link one of them owns is not followed.
+    const sticky = join(dir, 'sticky');
+    mkdirSync(sticky);
+    chmodSync(sticky, 0o1777);
+    symlinkSync(join(rootOnly, 'token'), join(sticky, 'token'));
+    lchownSync(join(sticky, 'token'), 65534, 65534);
+    expect(refusal(() => readTokenFile(join(sticky, 'token'))).message).toContain('owned by another user');
+    // The same path through links root made is followed: to a directory, then relative, then to the file.
+    symlinkSync(rootOnly, join(dir, 'by-root'));
+    mkdirSync(join(dir, 'etc'), { mode: 0o755 });
+    symlinkSync('../by-root/token', join(dir, 'etc', 'rel-token'));
+    expect(readTokenFile(join(dir, 'etc', 'rel-token'))).toBe('SECRET-ADMIN-TOKEN');
+  });
+
+  it('a static policy other users may change is refused', () => {
+    const policy = join(dir, 'policy.json');
+    writeFileSync(policy, '{"grants": []}');
+    chmodSync(policy, 0o666);
+    expect(refusal(() => readRootFile(policy)).code).toBe('CONFIG_INSECURE');
+    chmodSync(policy, 0o644);
+    expect(readRootFile(policy).text).toBe('{"grants": []}');
   });
 
   it('a token in a file other users may read is refused', () => {

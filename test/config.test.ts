@@ -1,4 +1,4 @@
-import { mkdtemp, writeFile, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, writeFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -154,11 +154,24 @@ describe('loadConfig', () => {
     const dir = await mkdtemp(join(tmpdir(), 'agentvpn-config-'));
     dirs.push(dir);
     const file = join(dir, 'wg0.conf');
-    await writeFile(file, REAL);
+    await writeFile(file, REAL, { mode: 0o600 });
     const c = await loadConfig(file);
     expect(c.peers).toHaveLength(2);
     await writeFile(file, iface('MTU = 1'));
     await expect(loadConfig(file)).rejects.toMatchObject({ code: 'CONFIG_INVALID', message: `${file}:3: MTU: 1 is below 576, the minimum for IPv4` });
+  });
+
+  it('a config other users may read (it holds the private key) or change is refused', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'agentvpn-config-'));
+    dirs.push(dir);
+    const file = join(dir, 'wg0.conf');
+    await writeFile(file, REAL);
+    for (const mode of [0o644, 0o620]) {
+      await chmod(file, mode);
+      const err = await loadConfig(file).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'CONFIG_INSECURE' });
+      expect((err as AgentVpnError).hint).toContain('chmod 600');
+    }
   });
 
   it('a missing file is CONFIG_NOT_FOUND with a hint', async () => {

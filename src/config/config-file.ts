@@ -1,6 +1,7 @@
-import { closeSync, constants, fstatSync, openSync, readFileSync, statSync, type Stats } from 'node:fs';
+import type { Stats } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { AgentVpnError } from '../errors.js';
+import { checkRootFileMode, readRootFile } from './root-file.js';
 import { TRUST_MODES, type TrustMode } from '../trust/store.js';
 import { LOG_LEVELS, type LogLevel } from '../util/logger.js';
 
@@ -158,53 +159,10 @@ function unknownKeyHint(key: string): string {
   return near.length ? `did you mean "${near[0]}"? Keys are the long flag names of \`agentvpn up\`` : `known keys: ${SETTING_KEYS.join(', ')}`;
 }
 
-/** Refuses a file others may rewrite (it steers a root daemon), or a token others may read. */
-function checkFileMode(file: string, st: Stats, holdsToken: boolean): void {
-  const uid = process.geteuid?.() ?? 0;
-  if ((st.uid !== 0 && st.uid !== uid) || (st.mode & 0o022) !== 0) {
-    throw new AgentVpnError('CONFIG_INSECURE', `${file} may be changed by other users (owner uid ${st.uid}, mode ${(st.mode & 0o777).toString(8)})`,
-      `it decides what a root daemon does: \`chown root ${file} && chmod 600 ${file}\``);
-  }
-  if (holdsToken && (st.mode & 0o044) !== 0) {
-    throw new AgentVpnError('CONFIG_INSECURE', `${file} holds a join token and other users may read it (mode ${(st.mode & 0o777).toString(8)})`,
-      `\`chmod 600 ${file}\`, or pass the token in AGENTVPN_TOKEN (e.g. the unit's EnvironmentFile)`);
-  }
-}
-
-/**
- * Opens `file`; through a symlink only when the link's directory is one no other user may change.
- * Anyone who can write there could otherwise point a root daemon at a root-only file (its first
- * line sent to the registry as the join token). Links kept by root (/etc managed by a config
- * tool, a Kubernetes secret volume) still work. No race: a path that was no link when opened
- * without following is read as that file.
- */
-function openFollowingSafeLink(file: string): number {
+/** A root file's text and stat (root-file.ts); `what` and `hint` word a read error. */
+function readWithStat(file: string, what: string, hint: string, secret?: (text: string) => string | null): { text: string; st: Stats } {
   try {
-    return openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ELOOP') throw e;
-  }
-  const dir = statSync(dirname(file));
-  const uid = process.geteuid?.() ?? 0;
-  if ((dir.uid !== 0 && dir.uid !== uid) || (dir.mode & 0o022) !== 0) {
-    throw new AgentVpnError('CONFIG_INSECURE', `${file} is a symlink in ${dirname(file)}, a directory other users may change (owner uid ${dir.uid}, mode ${(dir.mode & 0o777).toString(8)})`,
-      'give the file\'s own path, or keep the link in a directory only root can write');
-  }
-  return openSync(file, 'r');
-}
-
-/**
- * A file's text and the mode it had when read: one open file, so the mode checked is that of
- * what was read, not of whatever the path names later. `what` and `hint` word a read error.
- */
-function readWithStat(file: string, what: string, hint: string): { text: string; st: Stats } {
-  try {
-    const fd = openFollowingSafeLink(file);
-    try {
-      return { st: fstatSync(fd), text: readFileSync(fd, 'utf8') };
-    } finally {
-      closeSync(fd);
-    }
+    return readRootFile(file, secret);
   } catch (e) {
     if (e instanceof AgentVpnError) throw e;
     throw new AgentVpnError('CONFIG_UNREADABLE', `cannot read ${what} ${file}: ${(e as Error).message}`, hint, { cause: e });
@@ -213,8 +171,7 @@ function readWithStat(file: string, what: string, hint: string): { text: string;
 
 /** The join token in `file` (its first line), refused when other users may read or change the file. */
 export function readTokenFile(file: string): string {
-  const { text, st } = readWithStat(file, 'token file', 'give --token-file a file holding the join token (mode 600)');
-  checkFileMode(file, st, true);
+  const { text } = readWithStat(file, 'token file', 'give --token-file a file holding the join token (mode 600)', () => 'a join token');
   const token = text.split('\n')[0].trim();
   if (!token) throw new AgentVpnError('CONFIG_INVALID', `token file ${file} is empty`, 'put the join token (from `agentvpn registry token create`) on its first line');
   return token;
@@ -239,7 +196,7 @@ export function readConfigFile(file: string): SettingValues {
     const checked = checkValue(k, value, { file });
     out[k] = UP_SETTINGS[k].kind === 'path' && !isAbsolute(checked as string) ? resolve(dirname(file), checked as string) : checked;
   }
-  checkFileMode(file, st, out.token !== undefined);
+  checkRootFileMode(file, st, out.token !== undefined ? 'a join token' : null);
   return out;
 }
 

@@ -1,6 +1,6 @@
-import { readFile } from 'node:fs/promises';
 import { isIPv4, isIPv6 } from 'node:net';
 import { AgentVpnError } from '../errors.js';
+import { readRootFile } from './root-file.js';
 import { decodeKey, encodeKey } from '../crypto/keys.js';
 import { publicKeyOf } from '../crypto/x25519.js';
 import { networkOf, parsePrefix, type Prefix } from '../ip/prefix.js';
@@ -188,8 +188,9 @@ function parseEndpoint(value: string): { host: string; port: number } | string {
 export async function loadConfig(file: string): Promise<DeviceConfig> {
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = readRootFile(file, (t) => (/^\s*PrivateKey\s*=/im.test(t) ? 'a private key' : null)).text;
   } catch (e) {
+    if (e instanceof AgentVpnError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
     const [why, hint] =
       code === 'ENOENT' ? ['no such file', 'check the path; wg-quick configs usually live in /etc/wireguard/NAME.conf']

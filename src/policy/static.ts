@@ -1,4 +1,5 @@
-import { readFileSync, unwatchFile, watchFile } from 'node:fs';
+import { unwatchFile, watchFile } from 'node:fs';
+import { readRootFile } from '../config/root-file.js';
 import type { DeviceConfig } from '../config/types.js';
 import { encodeKey } from '../crypto/keys.js';
 import { publicKeyOf } from '../crypto/x25519.js';
@@ -34,8 +35,9 @@ function factsOf(a: StaticAgent, config: DeviceConfig): AgentFacts {
 
 function readPolicyFile(file: string): string {
   try {
-    return readFileSync(file, 'utf8');
+    return readRootFile(file).text;
   } catch (e) {
+    if (e instanceof AgentVpnError) throw e;
     throw new AgentVpnError('POLICY_UNREADABLE', `cannot read policy file ${file}: ${(e as Error).message}`, 'give --policy a readable JSON policy file', { cause: e });
   }
 }
