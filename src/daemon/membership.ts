@@ -9,7 +9,7 @@ import type { Identity } from '../identity/identity.js';
 import { isOverlayPool } from '../ip/overlay-space.js';
 import { formatAddress, formatPrefix, parseAddress, parsePrefix, type Prefix } from '../ip/prefix.js';
 import { formatCapability, parseCapability } from '../net/capabilities.js';
-import type { AgentView, JoinResult, PolicyView, RegistryClient, Watcher } from '../registry/client.js';
+import { RegistryRefusal, type AgentView, type JoinResult, type PolicyView, type RegistryClient, type Watcher } from '../registry/client.js';
 import type { ReportedPath } from '../registry/path-report.js';
 import { RECORD_LIFETIME_MS, signRecord, type AgentRecord } from '../registry/record.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
@@ -19,6 +19,9 @@ import { inPrefix } from './prefixes.js';
 const REPUBLISH_MARGIN_MS = RECORD_LIFETIME_MS / 4;
 const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 30_000;
+/** Joins refused for the agent's write budget (a restart loop spends it) waited out before giving up, and the longest wait. */
+const JOIN_BUDGET_WAITS = 5;
+const JOIN_BUDGET_MAX_WAIT_MS = 10_000;
 /** Before re-joining a registry that no longer knows us, wait this long for a 'removed' event saying why. */
 const REJOIN_DELAY_MS = 3_000;
 /** Our paths go to the registry's console when they change, and this often for their RTTs. */
@@ -95,7 +98,7 @@ export class Membership {
   async join(): Promise<CheckedJoin> {
     let result: JoinResult;
     try {
-      result = await this.opts.client.join(this.opts.name, this.opts.token);
+      result = await this.joinWithinBudget();
       writeFileAtomic(this.cacheFile, JSON.stringify(result));
       this.opts.audit('registry.joined', result.network, { name: this.opts.name, ipv4: result.ipv4, ipv6: result.ipv6 });
     } catch (e) {
@@ -109,6 +112,20 @@ export class Membership {
     }
     this.current = result;
     return { join: result, ...this.check(result) };
+  }
+
+  /** The registry's join answer, waiting out a refusal for the agent's write budget a few times. */
+  private async joinWithinBudget(): Promise<JoinResult> {
+    for (let waits = 0; ; waits++) {
+      try {
+        return await this.opts.client.join(this.opts.name, this.opts.token);
+      } catch (e) {
+        if (!(e instanceof RegistryRefusal && e.code === 'AGENT_RATE_LIMITED') || waits >= JOIN_BUDGET_WAITS || this.stopped) throw e;
+        const waitMs = Math.min(JOIN_BUDGET_MAX_WAIT_MS, Math.max(100, Number(e.answer.retryAfterMs) || 1000));
+        this.opts.log.warn({ err: e.message, retryInMs: waitMs }, 'the registry refused our join for now (this agent wrote too often); waiting');
+        await new Promise((r) => setTimeout(r, waitMs));
+      }
+    }
   }
 
   /**

@@ -1,5 +1,5 @@
 import { KeyedBudget, monotonicMs } from '../util/token-bucket.js';
-import { refuse } from './refusals.js';
+import { Refusal } from './refusals.js';
 
 /**
  * What one reader (an agent, or the holder of a join token) may make the registry do for it.
@@ -35,14 +35,10 @@ export class ReadBudget {
   private readonly reads = new KeyedBudget(READ_RATE, READ_BURST);
   private readonly streams = new KeyedBudget(STREAM_RATE, STREAM_BURST);
 
-  /** Refuses (AGENT_RATE_LIMITED) a read, or an event stream, of a reader that spent its budget. */
+  /** Refuses (AGENT_RATE_LIMITED, with the wait in `retryAfterMs`) a read, or an event stream, of a reader that spent its budget. */
   check(reader: string, { stream = false }: { stream?: boolean } = {}, now = monotonicMs()): void {
-    if (this.reads.tokens(reader, now) < READ_COST) {
-      refuse('AGENT_RATE_LIMITED', `${describe(reader)} read more than the registry answers for one reader; retry in ${Math.ceil(this.reads.waitMs(reader, READ_COST, now))} ms`);
-    }
-    if (stream && this.streams.tokens(reader, now) < 1) {
-      refuse('AGENT_RATE_LIMITED', `${describe(reader)} opened more event streams from a snapshot than the registry serves one reader; retry in ${Math.ceil(this.streams.waitMs(reader, 1, now))} ms`);
-    }
+    if (this.reads.tokens(reader, now) < READ_COST) limited(`${describe(reader)} read more than the registry answers for one reader`, this.reads.waitMs(reader, READ_COST, now));
+    if (stream && this.streams.tokens(reader, now) < 1) limited(`${describe(reader)} opened more event streams from a snapshot than the registry serves one reader`, this.streams.waitMs(reader, 1, now));
   }
 
   /** Spends an authorized read. */
@@ -55,6 +51,11 @@ export class ReadBudget {
     if (agents > 0) this.reads.spend(reader, agents / AGENTS_PER_UNIT, now);
     if (snapshot) this.streams.spend(reader, 1, now);
   }
+}
+
+function limited(what: string, waitMs: number): never {
+  const retryAfterMs = Math.ceil(waitMs);
+  throw new Refusal('AGENT_RATE_LIMITED', `${what}; retry in ${retryAfterMs} ms`, { retryAfterMs });
 }
 
 /** "agent <id>" or "this join token", from a credential key (request-auth.ts). */

@@ -1,12 +1,13 @@
 import { KeyedBudget, monotonicMs } from '../util/token-bucket.js';
-import { refuse } from './refusals.js';
+import { Refusal } from './refusals.js';
 
 /**
  * What one agent may make the registry do for it: joins, publishes, heartbeats and leaves each
  * cost a signature check and a transaction (~1 ms of CPU here), so a malicious member writing as
  * fast as its connections allow could take the registry from the whole fleet. A token bucket per
- * agent ID, checked before the signature and spent only after it verified, so no one but the
- * agent can spend its budget. An honest agent heartbeats once per interval and publishes on a
+ * agent ID, checked before the signature and spent once the store took the write (a replay of a
+ * record or timestamp, which anyone who saw it can send, spends the sender's address's failure
+ * budget instead: agent-routes.ts), so no one but the agent can spend its budget. An honest agent heartbeats once per interval and publishes on a
  * change; its client retries a refused heartbeat at the next interval and a refused publish with
  * backoff.
  */
@@ -24,10 +25,11 @@ export class WriteBudget {
     this.budget = new KeyedBudget(Math.max(MIN_WRITES_PER_SECOND, (WRITES_PER_HEARTBEAT * 1000) / heartbeatIntervalMs), WRITE_BURST);
   }
 
-  /** Refuses (AGENT_RATE_LIMITED) a write of an agent that spent its budget; call before its signature is checked. */
+  /** Refuses (AGENT_RATE_LIMITED, with the wait in `retryAfterMs`) a write of an agent that spent its budget; call before its signature is checked. */
   check(id: string, now = monotonicMs()): void {
     if (this.budget.tokens(id, now) < 1) {
-      refuse('AGENT_RATE_LIMITED', `agent ${id} wrote more than the registry takes from one agent; retry in ${Math.ceil(this.budget.waitMs(id, 1, now))} ms`);
+      const retryAfterMs = Math.ceil(this.budget.waitMs(id, 1, now));
+      throw new Refusal('AGENT_RATE_LIMITED', `agent ${id} wrote more than the registry takes from one agent; retry in ${retryAfterMs} ms`, { retryAfterMs });
     }
   }
 

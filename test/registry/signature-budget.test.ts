@@ -93,6 +93,41 @@ describe('registry signature budget', () => {
     }
   });
 
+  it('replays of a member\'s record or heartbeat (any member sees its records) spend none of its write budget', async () => {
+    const victim = await makeAgent(reg.url, NET, 'victim', await reg.createToken());
+    try {
+      // Its record as every member sees it in a list, replayed 40 times from another address.
+      const seen = (await member.client.get('victim')) as unknown as { record: unknown; signature: string };
+      const put = (from: string) => new Promise<{ status: number; code?: string }>((resolve, reject) => {
+        const req = request({ host: '127.0.0.1', port: reg.port, path: `/v1/agents/${victim.identity.id}?network=${NET}`, method: 'PUT', localAddress: from,
+          headers: { 'content-type': 'application/json' } }, (res) => {
+          let text = '';
+          res.setEncoding('utf8').on('data', (d: string) => (text += d)).on('end', () => resolve({ status: res.statusCode ?? 0, code: (JSON.parse(text) as { code?: string }).code }));
+        });
+        req.on('error', reject);
+        req.end(JSON.stringify({ record: seen.record, signature: seen.signature }));
+      });
+      const replays: Array<{ status: number; code?: string }> = [];
+      for (let i = 0; i < 40; i++) replays.push(await put('127.0.0.9'));
+      // A heartbeat captured on the wire, sent again 10 times.
+      const captured = signTimestamp(victim.identity, HEARTBEAT_LABEL, NET, Date.now() + 5);
+      const first = await post(reg.port, `/v1/agents/${victim.identity.id}/heartbeat?network=${NET}`, captured, '127.0.0.2');
+      const again: Array<{ status: number; code?: string }> = [];
+      for (let i = 0; i < 10; i++) again.push(await post(reg.port, `/v1/agents/${victim.identity.id}/heartbeat?network=${NET}`, captured, '127.0.0.9'));
+      // The victim's own writes: the rest of its burst is still there.
+      const own: number[] = [];
+      for (let i = 0; i < 20; i++) own.push((await post(reg.port, `/v1/agents/${victim.identity.id}/heartbeat?network=${NET}`,
+        signTimestamp(victim.identity, HEARTBEAT_LABEL, NET, Date.now() + 100 + i), '127.0.0.2')).status);
+      console.log(`40 replayed records: ${replays.map((r) => r.code).filter((c, i, a) => a.indexOf(c) === i).join(', ')}; 10 replayed heartbeats: ${again.map((r) => r.code).filter((c, i, a) => a.indexOf(c) === i).join(', ')}; then ${own.filter((st) => st === 200).length} of the victim's 20 own heartbeats taken`);
+      expect(replays.every((r) => r.code === 'STALE_RECORD')).toBe(true);
+      expect(first.status).toBe(200);
+      expect(again.every((r) => r.code === 'REPLAYED' || r.code === 'RATE_LIMITED')).toBe(true);
+      expect(own.every((st) => st === 200)).toBe(true);
+    } finally {
+      victim.client.close();
+    }
+  });
+
   it('verified() refuses before running a check once the address spent its failures, and counts each failure', () => {
     const budget = new SignatureBudget();
     const from = (a: string) => ({ socket: { remoteAddress: a } }) as unknown as IncomingMessage;
