@@ -67,6 +67,9 @@ export interface AdmissionOptions {
 
 /** How long a snapshot's records are checked in one turn of the event loop before packets get theirs. */
 const SYNC_SLICE_MS = 5;
+/** A peer whose WireGuard setup failed is tried again after this, doubling up to the most. */
+const RETRY_MIN_MS = 1_000;
+const RETRY_MAX_MS = 60_000;
 
 /** A snapshot being applied: the views, the next to apply, and the agent IDs events named since (skipped). */
 interface SnapshotRun {
@@ -123,10 +126,19 @@ export class Admission {
   private readonly idByIpv6 = new Map<string, string>();
   /** The registry's view of ourselves (our tags come from there). */
   selfView: AgentView | null = null;
-  /** Admitted agents whose WireGuard peer could not be configured: their next event configures it again. */
+  /** Admitted agents whose WireGuard peer could not be configured: tried again by a timer, and at their next event. */
   private readonly unconfigured = new Set<string>();
+  private retryTimer: NodeJS.Timeout | null = null;
+  private retryDelayMs = RETRY_MIN_MS;
+  /**
+   * The latest record refused because its IPv4 was another admitted agent's, by that IPv4: offered
+   * again once the holder lets the address go (it moved, or was removed). Events and snapshot views
+   * come in any order, so an agent that took over a rejoined agent's old address may come first.
+   */
+  private readonly claimedIpv4 = new Map<string, AgentView>();
   /** The snapshot being applied, if any. */
   private syncing: SnapshotRun | null = null;
+  private stopped = false;
 
   constructor(private readonly opts: AdmissionOptions) {}
 
@@ -143,7 +155,7 @@ export class Admission {
   private async apply(view: AgentView): Promise<void> {
     const { self, log, daemon } = this.opts;
     const r = view?.record;
-    if (!r) return;
+    if (!r || this.stopped) return;
     if (r.id === self.id) {
       const changed = !this.selfView || !sameFacts(this.selfView, view);
       this.selfView = view;
@@ -172,6 +184,7 @@ export class Admission {
     const holder = this.idByIpv4.get(r.ipv4);
     if (!inPrefix(r.ipv4, this.opts.pool) || r.ipv4 === self.ipv4 || (holder !== undefined && holder !== r.id)) {
       log.warn({ id: r.id, ipv4: r.ipv4 }, 'ignoring agent record whose IPv4 is outside the pool or taken');
+      if (holder !== undefined && holder !== r.id) this.claimedIpv4.set(r.ipv4, view);
       return;
     }
     if (known && known.record.seq > r.seq) return;
@@ -189,7 +202,8 @@ export class Admission {
     const logged = !known ? this.opts.audit?.('peer.added', r.id, { name: r.name, ipv4: r.ipv4, ipv6: r.ipv6, wgPublicKey: r.wgPublicKey, tags: tagsOf(view) })
       : known.record.wgPublicKey !== r.wgPublicKey ? this.opts.audit?.('peer.rekeyed', r.id, { name: r.name, wgPublicKey: r.wgPublicKey }) : undefined;
     this.idByWgKey.set(r.wgPublicKey, r.id);
-    if (known) this.unindex(known.record);
+    // The name stays where it was in its index unless it changed: the agent admitted first with a name keeps it.
+    if (known) this.unindex(known.record, known.record.name === r.name);
     this.index(r);
     this.agents.set(r.id, view);
     // Online/offline events repeat the record: only a new record or new tags change what others derive from it.
@@ -207,11 +221,27 @@ export class Admission {
     try {
       await daemon.upsertPeer({ publicKey: wgKey, allowedIps: [parsePrefix(r.ipv4)!, parsePrefix(r.ipv6)!], endpoint });
       this.unconfigured.delete(r.id);
+      if (this.unconfigured.size === 0) this.retryDelayMs = RETRY_MIN_MS;
     } catch (e) {
-      // Tried again with the agent's next event (a heartbeat's online flip, say), not skipped as liveness-only.
+      // Tried again by the retry timer, and with the agent's next event (not skipped as liveness-only).
       this.unconfigured.add(r.id);
       log.error({ err: e, id: r.id }, 'configuring peer failed');
+      this.scheduleRetry();
     }
+  }
+
+  /** Applies the unconfigured agents' records again after a while, backing off while setups keep failing. */
+  private scheduleRetry(): void {
+    if (this.retryTimer || this.stopped) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.retryDelayMs = Math.min(RETRY_MAX_MS, this.retryDelayMs * 2);
+      for (const id of [...this.unconfigured]) {
+        const view = this.agents.get(id);
+        if (view) this.applyLogged(view);
+        else this.unconfigured.delete(id);
+      }
+    }, this.retryDelayMs).unref();
   }
 
   private index(r: AgentRecord): void {
@@ -222,10 +252,23 @@ export class Admission {
     ids.add(r.id);
   }
 
-  private unindex(r: AgentRecord): void {
-    if (this.idByIpv4.get(r.ipv4) === r.id) this.idByIpv4.delete(r.ipv4);
+  private unindex(r: AgentRecord, keepName = false): void {
+    if (this.idByIpv4.get(r.ipv4) === r.id) {
+      this.idByIpv4.delete(r.ipv4);
+      // Another agent's record claimed this address while it was taken: offered again once this
+      // apply is done, if the address is still free then (a republish unindexes and indexes it again).
+      const claim = this.claimedIpv4.get(r.ipv4);
+      if (claim && claim.record.id !== r.id) {
+        queueMicrotask(() => {
+          if (this.idByIpv4.has(claim.record.ipv4) || this.claimedIpv4.get(claim.record.ipv4) !== claim) return;
+          this.claimedIpv4.delete(claim.record.ipv4);
+          this.applyLogged(claim);
+        });
+      }
+    }
     const v6 = formatAddress(parseAddress(r.ipv6)!);
     if (this.idByIpv6.get(v6) === r.id) this.idByIpv6.delete(v6);
+    if (keepName) return;
     const ids = this.idsByName.get(r.name);
     ids?.delete(r.id);
     if (ids?.size === 0) this.idsByName.delete(r.name);
@@ -264,6 +307,7 @@ export class Admission {
    * replaces one still being applied.
    */
   sync(views: AgentView[]): void {
+    if (this.stopped) return;
     const listed = new Set(views.map((v) => v?.record?.id));
     for (const id of [...this.agents.keys(), ...this.held.keys()]) if (!listed.has(id)) this.forget(id);
     const run = { views, next: 0, touched: new Set<unknown>() };
@@ -282,9 +326,12 @@ export class Admission {
     else this.syncing = null;
   }
 
-  /** The daemon is stopping: what is left of a snapshot is not applied. */
+  /** The daemon is stopping: what is left of a snapshot, and any record that comes later, is not applied. */
   stop(): void {
+    this.stopped = true;
     this.syncing = null;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
   }
 
   /** Offers every record to the gate again (after `trust accept`, `approve`, `block`, `forget`). */
@@ -313,6 +360,7 @@ export class Admission {
   private forget(id: string): void {
     this.held.delete(id);
     this.unconfigured.delete(id);
+    for (const [ipv4, claim] of this.claimedIpv4) if (claim.record.id === id) this.claimedIpv4.delete(ipv4);
     const view = this.agents.get(id);
     if (!view) return;
     this.agents.delete(id);
@@ -364,7 +412,8 @@ export class Admission {
   findAgent(name: string): AgentView {
     const bare = this.bareName(name);
     const byIpv4 = this.idByIpv4.get(bare);
-    const a = this.byName(bare) ?? (byIpv4 === undefined ? undefined : this.agents.get(byIpv4)) ?? this.agents.get(bare);
+    // By ID first: a name is the agent's own word, so a member named like another's ID must not take its place.
+    const a = this.agents.get(bare) ?? (byIpv4 === undefined ? undefined : this.agents.get(byIpv4)) ?? this.byName(bare);
     if (a) return a;
     throw this.notFound(name);
   }

@@ -1,4 +1,4 @@
-import { KeyedBudget } from '../util/token-bucket.js';
+import { KeyedBudget, monotonicMs } from '../util/token-bucket.js';
 import type { AgentChangeKind } from './protocol.js';
 
 /**
@@ -33,7 +33,7 @@ export class ChangePacer {
     this.budget = new KeyedBudget(1000 / intervalMs, burst);
   }
 
-  offer(network: string, id: string, kind: AgentChangeKind, now = Date.now()): void {
+  offer(network: string, id: string, kind: AgentChangeKind, now = monotonicMs()): void {
     const key = `${network}\n${id}`;
     const held = this.waiting.get(key);
     if (held) {
@@ -62,7 +62,7 @@ export class ChangePacer {
     const held = this.waiting.get(key);
     if (!held) return;
     this.waiting.delete(key);
-    this.budget.spend(key, 1, Date.now());
+    this.budget.spend(key, 1, monotonicMs());
     this.send(network, id, held.kind);
   }
 }

@@ -29,7 +29,7 @@ afterEach(async () => {
 });
 
 /** An Admission as the fleet agent builds it, with a trail on disk; `peers`: the WireGuard peers (key → allowed IPs). */
-async function setup(opts: { upsertFailures?: number } = {}) {
+async function setup(opts: { upsertFailures?: number; gate?: boolean } = {}) {
   let failures = opts.upsertFailures ?? 0;
   const dir = mkdtempSync(join(tmpdir(), 'agentvpn-admission-'));
   const me = Identity.generate();
@@ -47,7 +47,7 @@ async function setup(opts: { upsertFailures?: number } = {}) {
   } as unknown as Daemon;
   const gate = new TrustGate(TrustStore.open(dir, NET), 'tofu', log, audit);
   const self = { id: me.id, name: 'me', network: NET, ipv4: '100.64.0.1', ipv6: formatAddress(overlayIPv6(NET, me.idKey)) };
-  const admission = new Admission({ daemon, self, pool: parsePrefix('100.64.0.0/10')!, log, gate, audit });
+  const admission = new Admission({ daemon, self, pool: parsePrefix('100.64.0.0/10')!, log, gate: opts.gate === false ? undefined : gate, audit });
   return { admission, peers };
 }
 
@@ -226,4 +226,79 @@ it('a peer whose setup failed is set up again at the agent\'s next event, not sk
   await waitFor(() => peers.size > 0, { what: 'the peer set up again', intervalMs: 20 });
   expect([...peers.keys()]).toEqual([keyOf(x)]);
   expect(admission.admitted()[0].online).toBe(false);
+});
+
+it('a peer whose setup keeps failing is tried again by a timer, backing off; stop() ends the retries', async () => {
+  const { admission, peers } = await setup({ upsertFailures: 2 });
+  const x = Identity.generate();
+  const t0 = performance.now();
+  admission.applySafely(viewOf(x, 'x', '100.64.0.7', 1));
+  // No event comes: the first retry (after 1 s) fails too, the second (2 s later) sets it up.
+  await waitFor(() => peers.size > 0, { what: 'the peer set up by the retry timer', intervalMs: 20, timeoutMs: 10_000 });
+  const tookMs = performance.now() - t0;
+  console.log(`peer set up by the retry timer after ${tookMs.toFixed(0)} ms (two failures)`);
+  expect(tookMs).toBeGreaterThan(2_900);
+
+  const other = await setup({ upsertFailures: 1 });
+  other.admission.applySafely(viewOf(Identity.generate(), 'y', '100.64.0.8', 1));
+  await sleep(100);
+  other.admission.stop();
+  await sleep(1_300);
+  expect(other.peers.size).toBe(0);
+  // Stopped, it takes nothing more: neither events nor snapshots.
+  other.admission.applySafely(viewOf(Identity.generate(), 'z', '100.64.0.9', 1));
+  other.admission.sync([viewOf(Identity.generate(), 'w', '100.64.0.10', 1)]);
+  await sleep(100);
+  expect(other.admission.admitted().map((a) => a.record.name)).toEqual(['y']);
+});
+
+it('an ID is looked up before names, and the first agent admitted with a name keeps it across republishes', async () => {
+  // Without a trust gate (which would hold a second agent with a pinned name): the registry's word alone.
+  const { admission } = await setup({ gate: false });
+  const victim = Identity.generate();
+  const impostor = Identity.generate();
+  admission.applySafely(viewOf(victim, 'victim', '100.64.0.20', 1));
+  // A member that names itself after the victim's ID.
+  admission.applySafely(viewOf(impostor, victim.id, '100.64.0.21', 1));
+  await waitFor(() => admission.admitted().length === 2, { what: 'both admitted', intervalMs: 20 });
+  expect(admission.findAgent(victim.id).record.id).toBe(victim.id);
+
+  // A registry that lists two agents with one name: the first admitted keeps it, whoever republishes.
+  const first = Identity.generate();
+  const second = Identity.generate();
+  admission.applySafely(viewOf(first, 'dup', '100.64.0.22', 1));
+  await waitFor(() => admission.admitted().length === 3, { what: 'the first dup', intervalMs: 20 });
+  admission.applySafely(viewOf(second, 'dup', '100.64.0.23', 1));
+  await waitFor(() => admission.admitted().length === 4, { what: 'the second dup', intervalMs: 20 });
+  admission.applySafely(viewOf(first, 'dup', '100.64.0.22', 2));
+  admission.applySafely(viewOf(second, 'dup', '100.64.0.23', 2));
+  await sleep(100);
+  expect(admission.findAgent('dup').record.id).toBe(first.id);
+  expect(admission.lookupName('dup')?.ipv4).toBe('100.64.0.22');
+});
+
+it('a record refused because its IPv4 was taken is admitted once the holder moves off it (events in any order)', async () => {
+  const { admission, peers } = await setup();
+  const holder = Identity.generate();
+  const taker = Identity.generate();
+  admission.applySafely(viewOf(holder, 'holder', '100.64.0.30', 1));
+  await waitFor(() => admission.admitted().length === 1, { what: 'the holder', intervalMs: 20 });
+  // The holder rejoined with a new address and the taker got its old one; the taker's event comes first.
+  admission.applySafely(viewOf(taker, 'taker', '100.64.0.30', 1));
+  await sleep(100);
+  expect(admission.admitted()).toHaveLength(1);
+  admission.applySafely(viewOf(holder, 'holder', '100.64.0.31', 2));
+  await waitFor(() => admission.admitted().length === 2, { what: 'the taker admitted', intervalMs: 20 });
+  expect(admission.whois('100.64.0.30').name).toBe('taker');
+  expect(admission.whois('100.64.0.31').name).toBe('holder');
+  await waitFor(() => peers.size === 2, { what: 'both peers', intervalMs: 20 });
+
+  // A claim by an agent the registry then removed does not come back when the address frees.
+  const removed = Identity.generate();
+  admission.applySafely(viewOf(removed, 'removed', '100.64.0.31', 1));
+  await sleep(50);
+  admission.remove(removed.id);
+  admission.applySafely(viewOf(holder, 'holder', '100.64.0.32', 3));
+  await sleep(100);
+  expect(admission.admitted().map((a) => a.record.name).sort()).toEqual(['holder', 'taker']);
 });
