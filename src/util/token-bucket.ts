@@ -1,7 +1,5 @@
-import { performance } from 'node:perf_hooks';
-
-/** Milliseconds on a monotonic clock: a wall-clock step must neither refill nor drain a budget. */
-export const monotonicMs = (): number => performance.now();
+/** Milliseconds on a monotonic clock: a wall-clock step must neither refill nor drain a budget. (The global, so fake timers can move it.) */
+export const monotonicMs = (): number => globalThis.performance.now();
 
 /** A token bucket: `rate` tokens per second, holding at most `capacity`; starts full. */
 export class TokenBucket {

@@ -20,7 +20,7 @@ describe('ChangePacer', () => {
   });
 
   it('sends a burst at once, then one merged change per interval, and an upsert stays an upsert', () => {
-    vi.useFakeTimers();
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date', 'performance'] });
     const sent: string[] = [];
     const pacer = new ChangePacer((_n, id, kind) => sent.push(`${id}:${kind}`), 3, 1000);
     for (let i = 0; i < 3; i++) pacer.offer('n', 'a', 'online');
@@ -43,7 +43,7 @@ describe('ChangePacer', () => {
   });
 
   it('drops what it holds when stopped', () => {
-    vi.useFakeTimers();
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date', 'performance'] });
     const sent: AgentChangeKind[] = [];
     const pacer = new ChangePacer((_n, _id, kind) => sent.push(kind), 1, 1000);
     pacer.offer('n', 'a', 'upsert');
