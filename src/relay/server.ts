@@ -225,9 +225,13 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   const unknownNotices = new TokenBucket(NOTICE_RATE_UNKNOWN, NOTICE_RATE_UNKNOWN);
   const stunAnswers = new SourceBuckets(STUN_RATE_PER_SOURCE, STUN_BURST_PER_SOURCE, MAX_TRACKED_SOURCES);
   const stunTotal = new TokenBucket(STUN_RATE, STUN_BURST);
-  /** Whether a STUN answer to `source` is within its budget and everyone's; a refusal is counted. */
-  const stunAllowed = (source: string): boolean => {
-    const refused = !stunAnswers.take(source) ? 'stun-source-rate' : !stunTotal.take() ? 'stun-rate' : null;
+  /**
+   * Whether a STUN answer to `source` is within its budget, and (unless it comes from the endpoint
+   * of an agent with a session here: `member`) within the strangers' total: spoofed sources may
+   * drain that total, never the budget of the agents this relay serves. A refusal is counted.
+   */
+  const stunAllowed = (source: string, member: boolean): boolean => {
+    const refused = !stunAnswers.take(source) ? 'stun-source-rate' : !member && !stunTotal.take() ? 'stun-rate' : null;
     if (refused) drop(refused);
     return refused === null;
   };
@@ -527,7 +531,7 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
           stranger ??= from ? null : { kind: 'udp', ep: addrs.subarray(epOff, epOff + ADDR_SIZE), id, source };
           onFrame(msg, from?.transport ?? stranger!, from, null);
           if (type === FRAME_HELLO) from = udpClients.get(id) ?? null; // a hello may have moved sessions
-        } else if (!answerStunFromRound(msg, addrs, epOff, source)) {
+        } else if (!answerStunFromRound(msg, addrs, epOff, source, from !== null)) {
           drop('garbage');
         }
       } catch (err) {
@@ -539,10 +543,10 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   };
 
   /** STUN Binding requests (RFC 5389, and classic RFC 3489 ones) get the address they came from, within a budget per source and in total. */
-  const answerStunFromRound = (msg: Buffer, addrs: Buffer, epOff: number, source: string): boolean => {
+  const answerStunFromRound = (msg: Buffer, addrs: Buffer, epOff: number, source: string, member: boolean): boolean => {
     const answer = answerBindingRequest(msg, 0, msg.length, addrs.subarray(epOff, epOff + ADDR_SIZE), 0);
     if (!answer) return false;
-    if (!stunAllowed(source)) return true;
+    if (!stunAllowed(source, member)) return true;
     counters.stunAnswered++;
     udp!.send(answer, addrs, epOff);
     return true;
@@ -550,9 +554,10 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
 
   const answerStunOnSecondPort = (msg: Buffer, rinfo: RemoteInfo) => {
     const ip = parseAddress(rinfo.address.replace(/%.*$/, ''));
-    const answer = ip && answerBindingRequest(msg, 0, msg.length, makeEndpoint(ip, rinfo.port), 0);
+    const endpoint = ip && makeEndpoint(ip, rinfo.port);
+    const answer = endpoint && answerBindingRequest(msg, 0, msg.length, endpoint, 0);
     if (!answer) return drop('garbage');
-    if (!stunAllowed(sourceKey(makeEndpoint(ip, 0)))) return;
+    if (!stunAllowed(sourceKey(makeEndpoint(ip, 0)), udpClients.has(endpoint.toString('latin1', 0, 18)))) return;
     counters.stunAnswered++;
     stun2!.send(answer, rinfo.port, rinfo.address, (err) => err && drop('send-error'));
   };

@@ -408,6 +408,32 @@ describe('relay', () => {
     expect(dropped['stun-source-rate'] ?? 0).toBe(0);
   });
 
+  it('an agent with a session here is answered STUN while strangers keep the total budget drained', async () => {
+    const info = await start();
+    const member = await agent(info);
+    await waitState(member, 'udp');
+    let memberAnswers = 0;
+    member.socket.on('message', (m) => void (parseBindingResponse(m, 0, m.length) && memberAnswers++));
+    // 250 sources within their own budgets (40/s each): 10,000/s in all, twice the total's refill.
+    const sources = await Promise.all(Array.from({ length: 250 }, (_, i) => rawSocket(`127.0.4.${i + 1}`)));
+    for (const s of sources) closers.push(s.close);
+    const rounds = 80;
+    for (let round = 0; round < rounds; round++) {
+      // The member's request after the strangers' first 300: past what the total refilled since the last round.
+      sources.forEach((s, i) => {
+        if (i === 150) member.socket.send(buildBindingRequest(newTransactionId()), round % 2 ? relay!.udpPort : relay!.stunSecondPort, '127.0.0.1');
+        for (let k = 0; k < 2; k++) s.send(buildBindingRequest(newTransactionId()), relay!.udpPort);
+      });
+      await sleep(50);
+    }
+    await sleep(200);
+    const { dropped, stunAnswered } = relay!.stats();
+    const handled = stunAnswered + (dropped['stun-rate'] ?? 0) + (dropped['stun-source-rate'] ?? 0);
+    console.log(`STUN while 250 strangers drain the total: the member got ${memberAnswers} of ${rounds} answers; of ${rounds * 501} requests ${handled} reached the relay, ${dropped['stun-rate'] ?? 0} refused by the total`);
+    expect(dropped['stun-rate']).toBeGreaterThan(0);
+    expect(memberAnswers).toBeGreaterThanOrEqual(rounds - 2);
+  });
+
   it('asks the allow hook again at each sweep: a key moved to another network, or refused, is cut off', async () => {
     const networks = new Map<string, string[]>();
     const info = await start({ allow: (k) => networks.get(Buffer.from(k).toString('hex')) ?? null });
