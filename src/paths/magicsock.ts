@@ -449,11 +449,17 @@ export class MagicSock implements Bind {
       return;
     }
     const m = opened.message;
-    // The allowance is for answers: anything else it let in pays the budgets now. (Each ping back
-    // grants one, so a member's stream of pings, its source forged, would else never be budgeted.)
-    if (awaited && m.type !== 'pong' && (!path.discoExpected.take() || !this.discoTotal.take())) {
-      this.stats.discoShed++;
-      return;
+    // The allowance is for answers: anything else it let in goes back to it (the peer's own ping may
+    // come just before the pong we wait for) and pays the budgets now. (Each ping back grants one,
+    // so a member's stream of pings, its source forged, would else never be budgeted.) What fails
+    // to open or is a replay keeps it spent: else a spoofer at the peer's address could have
+    // messages opened without end.
+    if (awaited && m.type !== 'pong') {
+      path.awaitReply();
+      if (!path.discoExpected.take() || !this.discoTotal.take()) {
+        this.stats.discoShed++;
+        return;
+      }
     }
     this.stats.discoIn++;
     if (m.type === 'ping') {

@@ -95,6 +95,34 @@ describe('disco under attack (issue 7 classes 3 and 9)', () => {
     }
   });
 
+  it('a ping from the peer that comes before its pong does not take the pong\'s place past the budgets', async () => {
+    const w = world();
+    try {
+      await settle();
+      const peer = w.devices[0].allPeers()[0];
+      const forged = Buffer.alloc(57 + 9 + 12 + 16);
+      forged[0] = 0xa0;
+      Buffer.from(publicKeyOf(w.keys[1])).copy(forged, 1);
+      for (let i = 0; i < 5_000; i++) {
+        forged.writeUInt32BE(i, 40);
+        w.socks[0].receive(forged, forged.length, Int32Array.of(forged.length), w.eps[1], 1);
+      }
+      // The peer's own ping (it probes us too) arrives between our ping and its pong, three times.
+      const peerCodec = new DiscoCodec(w.keys[1], publicKeyOf(w.keys[1]));
+      const paths: string[] = [];
+      for (let i = 0; i < 3; i++) {
+        const reply = w.socks[0].ping(peer.publicKey, 1);
+        const theirs = peerCodec.seal(publicKeyOf(w.keys[0]), { type: 'ping', txid: newTxid() })!;
+        w.socks[0].receive(theirs, theirs.length, Int32Array.of(theirs.length), w.eps[1], 1);
+        paths.push(...(await reply).map((r) => ('path' in r ? r.path : 'timeout')));
+      }
+      console.log(`expected lane spent, the peer's ping before each pong: replies ${paths.join(', ')}`);
+      expect(paths).toEqual(['direct', 'direct', 'direct']);
+    } finally {
+      w.stop();
+    }
+  });
+
   it('a member\'s own sealed pings with a forged source are budgeted, and get a pong each but at most one ping back a second', async () => {
     // M (a member: its key seals valid pings) forges the victim's address as their source; the victim is one of M's candidates.
     const [dKey, mKey] = [generatePrivateKey(), generatePrivateKey()];
