@@ -30,6 +30,11 @@ export interface RenderReuse {
  * (any local user can open them) cannot keep a scrape out, as a plain cap let 16 of them do.
  */
 const MAX_CONNECTIONS = 16;
+/**
+ * One address holds at most half of them, so it never reaches the total and evicts only its own:
+ * churn from one address cannot close a scraper elsewhere that has not sent its request yet.
+ */
+const MAX_CONNECTIONS_PER_ADDRESS = MAX_CONNECTIONS / 2;
 /** A scrape request is one small GET: whoever is slower than this holds a connection for nothing. */
 const REQUEST_TIMEOUT_MS = 5_000;
 /** How often Node checks the timeouts above (its default, 30 s, would let them hold much longer). */
@@ -80,7 +85,7 @@ export class MetricsServer {
       requestTimeout: REQUEST_TIMEOUT_MS, headersTimeout: REQUEST_TIMEOUT_MS, keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
       connectionsCheckingInterval: CONNECTIONS_CHECK_INTERVAL_MS,
     }, (req, res) => this.answer(req, res));
-    new ConnectionGuard({ perAddress: MAX_CONNECTIONS, total: MAX_CONNECTIONS }).attach(server);
+    new ConnectionGuard({ perAddress: MAX_CONNECTIONS_PER_ADDRESS, total: MAX_CONNECTIONS }).attach(server);
     await new Promise<void>((resolve, reject) => {
       server.once('error', (e: NodeJS.ErrnoException) => reject(new AgentVpnError('METRICS_LISTEN_FAILED',
         `cannot serve metrics on ${formatHostPort(this.listen.host, this.listen.port)}: ${e.message}`,

@@ -140,4 +140,39 @@ describe('metrics server', () => {
     for (const c of silentOnes) c.destroy();
     expect(scrapes).toEqual([200, 200, 200, 200]);
   });
+
+  it('connections churned from another address as fast as they open never evict a scraper waiting to send its request', async () => {
+    const { registry } = countedRegistry();
+    const s = await start(registry);
+    let churning = true;
+    let opened = 0;
+    const churn = async () => {
+      while (churning) {
+        await new Promise<void>((resolve) => {
+          const c = connect({ port: s.port, host: '127.0.0.1', localAddress: '127.0.0.2' }, () => resolve());
+          c.on('error', () => resolve());
+          c.on('close', () => resolve());
+          setTimeout(() => c.destroy(), 2_000).unref();
+        });
+        opened++;
+      }
+    };
+    const churners = Array.from({ length: 8 }, churn);
+    await new Promise((r) => setTimeout(r, 100));
+    // A scraper across a network: its request comes a round trip (here 50 ms) after its connection.
+    const slowScrape = () => new Promise<number>((resolve) => {
+      const c = connect(s.port, '127.0.0.1', () => setTimeout(() => c.write('GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n'), 50));
+      let head = '';
+      c.setEncoding('latin1').on('data', (d: string) => (head += d));
+      c.on('error', () => {});
+      c.on('close', () => resolve(Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1] ?? 0)));
+    });
+    const scrapes: number[] = [];
+    for (let i = 0; i < 20; i++) scrapes.push(await slowScrape());
+    churning = false;
+    await Promise.all(churners);
+    console.log(`${opened} connections churned from 127.0.0.2 meanwhile; 20 scrapes from 127.0.0.1: ${scrapes.filter((st) => st === 200).length} answered`);
+    expect(opened).toBeGreaterThan(100);
+    expect(scrapes.every((st) => st === 200)).toBe(true);
+  });
 });
