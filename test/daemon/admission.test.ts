@@ -35,7 +35,7 @@ async function setup(opts: { upsertFailures?: number; gate?: boolean } = {}) {
   const me = Identity.generate();
   const trail = await AuditTrail.open(dir, me, log);
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }), () => trail.close());
-  const audit = (type: string, subject: string, details: Record<string, unknown>) => trail.record(type, subject, details as never);
+  const audit = (type: string, subject: string, details?: Record<string, unknown>) => trail.record(type, subject, details as never);
   const peers = new Map<string, string[]>();
   const daemon = {
     sock: null,
@@ -58,7 +58,7 @@ function viewOf(identity: Identity, name: string, ipv4: string, seq: number, onl
     ipv4, ipv6: formatAddress(overlayIPv6(NET, identity.idKey)), endpoints: ['192.0.2.9:51820'], capabilities: [],
     seq, issuedAt: now, expiresAt: now + 3_600_000,
   });
-  return { ...signed, ...(identity.chain.length > 1 ? { chain: identity.chain } : {}), online, lastSeen: now, tags: [] };
+  return { ...signed, ...(identity.chain.length > 1 ? { chain: [...identity.chain] } : {}), online, lastSeen: now, tags: [] };
 }
 
 const keyOf = (identity: Identity) => Buffer.from(identity.wgPublicKey).toString('base64');
