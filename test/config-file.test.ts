@@ -1,4 +1,5 @@
-import { chmodSync, chownSync, lchownSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, chownSync, lchownSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -162,6 +163,21 @@ describe('config file: refusals name the key and say what to do', () => {
     mkdirSync(join(dir, 'etc'), { mode: 0o755 });
     symlinkSync('../by-root/token', join(dir, 'etc', 'rel-token'));
     expect(readTokenFile(join(dir, 'etc', 'rel-token'))).toBe('SECRET-ADMIN-TOKEN');
+  });
+
+  it('a FIFO or a huge file in its place is refused before it is opened or read', () => {
+    const sticky = join(dir, 'sticky-2');
+    mkdirSync(sticky);
+    chmodSync(sticky, 0o1777);
+    // Another user's FIFO where the token file should be: opening it would block the daemon.
+    execFileSync('mkfifo', [join(sticky, 'token')]);
+    lchownSync(join(sticky, 'token'), 65534, 65534);
+    expect(refusal(() => readTokenFile(join(sticky, 'token'))).message).toContain('not a regular file');
+    const big = join(dir, 'big-token');
+    writeFileSync(big, '');
+    chmodSync(big, 0o600);
+    truncateSync(big, 64 * 1024 * 1024);
+    expect(refusal(() => readTokenFile(big)).message).toContain('larger than');
   });
 
   it('a static policy other users may change is refused', () => {

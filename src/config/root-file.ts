@@ -1,4 +1,4 @@
-import { closeSync, constants, fstatSync, lstatSync, openSync, readFileSync, readlinkSync, type Stats } from 'node:fs';
+import { closeSync, constants, fstatSync, lstatSync, openSync, readSync, readlinkSync, type Stats } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { AgentVpnError } from '../errors.js';
 
@@ -17,6 +17,8 @@ import { AgentVpnError } from '../errors.js';
 
 /** Symlinks followed on one path at most, as the kernel's limit. */
 const MAX_LINKS = 40;
+/** The largest such file read: a policy for a big fleet fits many times over. */
+const MAX_BYTES = 4 * 1024 * 1024;
 
 const euid = () => process.geteuid?.() ?? 0;
 const ownedByUs = (st: Stats) => st.uid === 0 || st.uid === euid();
@@ -50,21 +52,43 @@ export function openRootFile(file: string): number {
         throw new AgentVpnError('CONFIG_INSECURE', `${file} is reached through the symlink ${next}, owned by another user (uid ${st.uid})`,
           'give the file\'s own path, or a link that root made');
       }
-      if (++links > MAX_LINKS) throw Object.assign(new Error(`too many symlinks on the path ${file}`), { code: 'ELOOP' });
+      if (++links > MAX_LINKS) throw fsError(`too many symlinks on the path ${file}`, 'ELOOP');
       const target = readlinkSync(next);
       if (target.startsWith('/')) at = '/';
       parts.unshift(...target.split('/').filter(Boolean));
     } else if (parts.length === 0) {
-      return openSync(next, constants.O_RDONLY | constants.O_NOFOLLOW);
+      return openChecked(file, next, st);
     } else {
-      if (!st.isDirectory()) throw Object.assign(new Error(`${next} is not a directory`), { code: 'ENOTDIR' });
+      if (!st.isDirectory()) throw fsError(`${next} is not a directory`, 'ENOTDIR');
       checkDirectory(file, next, st);
       at = next;
     }
   }
-  // The path named a directory (e.g. "/" or "dir/.."): opening it fails with EISDIR on read.
-  return openSync(at, constants.O_RDONLY | constants.O_NOFOLLOW);
+  // The path named a directory (e.g. "/" or "dir/..").
+  throw fsError(`${at} is a directory`, 'EISDIR');
 }
+
+/**
+ * Opens the path's last component, a regular file that is root's or ours and that others may not
+ * change, checked before it is opened: a FIFO or device another user left in a sticky directory
+ * would else block the open, and a huge file exhaust memory, before the owner was looked at. The
+ * open does not block or follow a link, and must find the file that was checked.
+ */
+function openChecked(file: string, path: string, st: Stats): number {
+  if (st.isDirectory()) throw fsError(`${path} is a directory`, 'EISDIR');
+  if (!st.isFile()) throw fsError(`${path} is not a regular file`, 'EINVAL');
+  checkRootFileMode(file, st, null);
+  if (st.size > MAX_BYTES) throw fsError(`${path} is larger than ${MAX_BYTES / 1024} KiB`, 'EFBIG');
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  const opened = fstatSync(fd);
+  if (opened.ino !== st.ino || opened.dev !== st.dev) {
+    closeSync(fd);
+    throw fsError(`${path} changed while it was checked`, 'EAGAIN');
+  }
+  return fd;
+}
+
+const fsError = (message: string, code: string) => Object.assign(new Error(message), { code });
 
 /**
  * Refuses (CONFIG_INSECURE) a file other users may change, and, when it holds `secret` (a join
@@ -90,7 +114,11 @@ export function readRootFile(file: string, secret: (text: string) => string | nu
   const fd = openRootFile(file);
   try {
     const st = fstatSync(fd);
-    const text = readFileSync(fd, 'utf8');
+    // Read to the size checked, no further: the file may grow, never past what was checked.
+    const buf = Buffer.alloc(st.size);
+    let got = 0;
+    for (let n = 1; got < buf.length && n > 0; got += n) n = readSync(fd, buf, got, buf.length - got, got);
+    const text = buf.subarray(0, got).toString('utf8');
     checkRootFileMode(file, st, secret(text));
     return { text, st };
   } finally {

@@ -262,7 +262,9 @@ export class Admission {
         queueMicrotask(() => {
           if (this.idByIpv4.has(claim.record.ipv4) || this.claimedIpv4.get(claim.record.ipv4) !== claim) return;
           this.claimedIpv4.delete(claim.record.ipv4);
-          this.applyLogged(claim);
+          // Not over a newer record of the same agent, admitted or held by the gate.
+          const newer = this.agents.get(claim.record.id) ?? this.held.get(claim.record.id);
+          if (!newer || newer.record.seq < claim.record.seq) this.applyLogged(claim);
         });
       }
     }
@@ -310,6 +312,8 @@ export class Admission {
     if (this.stopped) return;
     const listed = new Set(views.map((v) => v?.record?.id));
     for (const id of [...this.agents.keys(), ...this.held.keys()]) if (!listed.has(id)) this.forget(id);
+    // A claim of an agent the registry no longer lists (its removal missed) must not come back.
+    for (const [ipv4, claim] of this.claimedIpv4) if (!listed.has(claim.record.id)) this.claimedIpv4.delete(ipv4);
     const run = { views, next: 0, touched: new Set<unknown>() };
     this.syncing = run;
     this.syncChunk(run);

@@ -123,7 +123,7 @@ export class Membership {
         if (!(e instanceof RegistryRefusal && e.code === 'AGENT_RATE_LIMITED') || waits >= JOIN_BUDGET_WAITS || this.stopped) throw e;
         const waitMs = Math.min(JOIN_BUDGET_MAX_WAIT_MS, Math.max(100, Number(e.answer.retryAfterMs) || 1000));
         this.opts.log.warn({ err: e.message, retryInMs: waitMs }, 'the registry refused our join for now (this agent wrote too often); waiting');
-        await new Promise((r) => setTimeout(r, waitMs));
+        await new Promise((r) => setTimeout(r, waitMs).unref());
       }
     }
   }

@@ -49,23 +49,24 @@ export function agentRoutes(ctx: RouteContext): Route[] {
 
   /**
    * Refuses unless the agent signed `message` and has writes left (write-budget.ts); failures are
-   * budgeted per address (signature-budget.ts). The write is spent once the store took it.
+   * budgeted per address (signature-budget.ts). A verified write is spent at once.
    */
   const verifySigned = (req: IncomingMessage, id: string, message: Buffer, signature: string, what: string) => {
     writes.check(id);
     if (!signatures.verified(req, () => verifyAgentSignature(id, message, signature, fleet.currentKey(id)))) {
       refuse('BAD_SIGNATURE', `${what} does not verify with the agent's current key`);
     }
+    writes.spend(id);
   };
   /**
-   * Spends a verified write by what the store made of it. A replay (a timestamp used, a record
-   * no newer than the one held) is anyone's to send: every member sees the others' records. It
-   * spends the sender's address's failure budget, never the agent's, so no one can replay an
-   * agent out of its budget. Anything else only the agent could have signed: its budget pays.
+   * A replay (a timestamp used, a record no newer than the one held) is anyone's to send: every
+   * member sees the others' records. Its write is given back to the agent and charged to the
+   * sender's address instead, so no one can replay an agent out of its budget.
    */
-  const spendWrite = (req: IncomingMessage, id: string, result: { ok: boolean; code?: string }) => {
-    if (!result.ok && (result.code === 'REPLAYED' || result.code === 'STALE_RECORD')) signatures.failed(req);
-    else writes.spend(id);
+  const refundReplay = (req: IncomingMessage, id: string, result: { ok: boolean; code?: string }) => {
+    if (result.ok || (result.code !== 'REPLAYED' && result.code !== 'STALE_RECORD')) return;
+    writes.refund(id);
+    signatures.failed(req);
   };
 
   const join = async ({ req, res, now, body }: RouteCall) => {
@@ -79,7 +80,7 @@ export function agentRoutes(ctx: RouteContext): Route[] {
     }
     verifySigned(req, id, joinMessage(network, id, name, timestamp), signature, 'join signature');
     const result = await store.admit({ network, id, name, tokenHash, timestamp, pool: ctx.pool, now });
-    spendWrite(req, id, result);
+    refundReplay(req, id, result);
     if (tokenHash !== null && ((!result.ok && result.code === 'BAD_TOKEN') || (result.ok && result.usedUpToken))) recentTokens.forget(network, tokenHash);
     if (!result.ok) refuse(result.code, result.message);
     if (result.usedUpToken) hub.closeCredential(`token:${result.usedUpToken}`);
@@ -117,10 +118,11 @@ export function agentRoutes(ctx: RouteContext): Route[] {
     // A bad chain may have cost two signature checks per statement it added.
     if (check.problem === 'BAD_SIGNATURE' || check.problem === 'BAD_CHAIN') for (let i = 0; i < Math.max(1, screen.fresh); i++) signatures.failed(req);
     if (!check.ok) refuse(check.problem!, check.detail ?? check.problem!);
+    writes.spend(id);
     const canonical: SignedRecord = { record: canonicalRecord(signed.record), signature: signed.signature };
     const rotation = newRotation(id, screen.chain, screen.fresh);
     const result = await store.putRecord(network, canonical, now, rotation ?? undefined);
-    spendWrite(req, id, result);
+    refundReplay(req, id, result);
     if (!result.ok) refuse(result.code, result.message);
     // Concurrent publishes may finish out of order: keep the longest chain (the store did too).
     if (rotation && rotation.chain.length > (fleet.rotated.get(id)?.chain.length ?? 0)) {
@@ -158,7 +160,7 @@ export function agentRoutes(ctx: RouteContext): Route[] {
     verifySigned(req, id, timestampMessage(online ? HEARTBEAT_LABEL : LEAVE_LABEL, network, id, timestamp), signature, 'signature');
     const lastSeen = online ? now : known.view.lastSeen;
     const result = await store.setOnline({ network, id, online, lastSeen, timestamp, now });
-    spendWrite(req, id, result);
+    refundReplay(req, id, result);
     if (!result.ok) refuse(result.code, result.message);
     const entry = state.agents.get(id)!; // a publish may have replaced it meanwhile
     const changed = entry.view.online !== online;

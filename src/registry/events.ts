@@ -81,8 +81,11 @@ export interface Viewable {
 export type StreamRefusal = { ok: false; code: 'TOO_MANY_STREAMS' | 'STREAMS_FULL'; message: string };
 
 export type SubscribeResult =
-  /** How the stream starts: from the reader's point (what it missed), by the buckets that differ, or a snapshot. */
-  | { ok: true; from: 'point' | 'buckets' | 'snapshot' }
+  /**
+   * How the stream starts: from the reader's point (what it missed: `changes` since, at most one
+   * view each), by the buckets that differ, or a snapshot.
+   */
+  | { ok: true; from: 'point' | 'buckets' | 'snapshot'; changes: number }
   | StreamRefusal;
 
 export interface StreamStats {
@@ -235,7 +238,7 @@ export class EventHub {
       this.write(s, 'event: snapshot\ndata: {"agents":[');
     }
     this.pump(s);
-    return { ok: true, from: missed ? 'point' : differing ? 'buckets' : 'snapshot' };
+    return { ok: true, from: missed ? 'point' : differing ? 'buckets' : 'snapshot', changes: missed ? history.seq - from! : 0 };
   }
 
   /**

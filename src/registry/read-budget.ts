@@ -9,7 +9,8 @@ import { Refusal } from './refusals.js';
  *
  * - reads, in units of work: every read costs READ_COST, a signed one (not under a read
  *   session: a signature check and a database write of its timestamp) SIGNED_READ_COST more,
- *   and each agent a list page sends 1 / AGENTS_PER_UNIT more;
+ *   and each agent a list page sends (or a stream resumed from an old point catches up on)
+ *   1 / AGENTS_PER_UNIT more;
  * - event streams whose first answer is a snapshot or a resume by buckets: STREAM_BURST, then
  *   one per 1 / STREAM_RATE s. Their cost grows with the fleet, so they are counted apart
  *   from reads: a daemon's first snapshot of a 50,000-agent fleet must not cost its lookups.

@@ -95,7 +95,8 @@ export function readRoutes(ctx: RouteContext): Route[] {
     const result = hub.subscribe(network, credential.key, c.res, () => state.agents.values(), () => state.policyJson, credential.expiresAt,
       typeof lastEventId === 'string' ? lastEventId : undefined, scope, { digest: typeof digest === 'string' ? digest : undefined, agent: (id) => state.agents.get(id) });
     if (!result.ok) refuse(result.code, result.message);
-    sent({ snapshot: result.from !== 'point' });
+    // A resume from an old point catches up on every agent changed since: paid for like a page.
+    sent(result.from === 'point' ? { agents: Math.min(result.changes, state.agents.size) } : { snapshot: true });
   };
 
   const policy = async (c: RouteCall) => {

@@ -5,9 +5,10 @@ import { Refusal } from './refusals.js';
  * What one agent may make the registry do for it: joins, publishes, heartbeats and leaves each
  * cost a signature check and a transaction (~1 ms of CPU here), so a malicious member writing as
  * fast as its connections allow could take the registry from the whole fleet. A token bucket per
- * agent ID, checked before the signature and spent once the store took the write (a replay of a
- * record or timestamp, which anyone who saw it can send, spends the sender's address's failure
- * budget instead: agent-routes.ts), so no one but the agent can spend its budget. An honest agent heartbeats once per interval and publishes on a
+ * agent ID, checked before the signature and spent once it verified; a replay of a record or
+ * timestamp, which anyone who saw it can send, is refunded when the store finds it out and
+ * spends the sender's address's failure budget instead (agent-routes.ts), so no one but the
+ * agent can spend its budget. An honest agent heartbeats once per interval and publishes on a
  * change; its client retries a refused heartbeat at the next interval and a refused publish with
  * backoff.
  */
@@ -33,8 +34,13 @@ export class WriteBudget {
     }
   }
 
-  /** Takes one write of an agent whose signature verified. */
+  /** Takes one write of an agent whose signature verified (at once, so concurrent writes cannot all pass check()). */
   spend(id: string, now = monotonicMs()): void {
     this.budget.spend(id, 1, now);
+  }
+
+  /** Gives back a write that the store found to be a replay: anyone who saw it could have sent it. */
+  refund(id: string, now = monotonicMs()): void {
+    this.budget.refund(id, 1, now);
   }
 }

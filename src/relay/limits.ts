@@ -76,6 +76,13 @@ export const STUN_BURST_PER_SOURCE = 100;
 export const STUN_RATE = 5_000;
 export const STUN_BURST = 10_000;
 /**
+ * STUN answers per second to the endpoints of agents with a session here, apart from strangers'
+ * (so spoofed strangers cannot starve the fleet): larger, but bounded too, since a member who
+ * knows the others' endpoints (from their records) can spoof those as well.
+ */
+export const STUN_RATE_MEMBERS = 20_000;
+export const STUN_BURST_MEMBERS = 20_000;
+/**
  * Sessions at once (~1 KB each, so ~100 MB): a registry's relay has at most one per member key,
  * an open relay is bounded here. A new key's hello past it is shed; its client retries.
  */

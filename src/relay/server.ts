@@ -13,7 +13,7 @@ import { acceptedNameHashes } from './relay-name.js';
 import { HelloGate, type AllowHook, type HelloSource, type Networks, type SessionOfKey } from './hello-gate.js';
 import {
   CHALLENGE_BURST, CHALLENGE_BURST_PER_SOURCE, CHALLENGE_RATE, CHALLENGE_RATE_PER_SOURCE, DEFAULT_LIMITS, MAX_SESSIONS, MAX_TRACKED_SOURCES, MAX_TCP_CONNECTIONS_PER_SOURCE, NOTICE_RATE_PER_CLIENT, NOTICE_RATE_PER_SOURCE, NOTICE_RATE_UNKNOWN,
-  PEER_ADDRESS_RATE_PER_CLIENT, STUN_BURST, STUN_BURST_PER_SOURCE, STUN_RATE, STUN_RATE_PER_SOURCE,
+  PEER_ADDRESS_RATE_PER_CLIENT, STUN_BURST, STUN_BURST_MEMBERS, STUN_BURST_PER_SOURCE, STUN_RATE, STUN_RATE_MEMBERS, STUN_RATE_PER_SOURCE,
   validateLimits, type RelayLimits,
 } from './limits.js';
 import {
@@ -225,13 +225,14 @@ export async function startRelay(opts: RelayOptions): Promise<RunningRelay> {
   const unknownNotices = new TokenBucket(NOTICE_RATE_UNKNOWN, NOTICE_RATE_UNKNOWN);
   const stunAnswers = new SourceBuckets(STUN_RATE_PER_SOURCE, STUN_BURST_PER_SOURCE, MAX_TRACKED_SOURCES);
   const stunTotal = new TokenBucket(STUN_RATE, STUN_BURST);
+  const stunMembersTotal = new TokenBucket(STUN_RATE_MEMBERS, STUN_BURST_MEMBERS);
   /**
-   * Whether a STUN answer to `source` is within its budget, and (unless it comes from the endpoint
-   * of an agent with a session here: `member`) within the strangers' total: spoofed sources may
-   * drain that total, never the budget of the agents this relay serves. A refusal is counted.
+   * Whether a STUN answer to `source` is within its budget, and within the total of strangers or
+   * (from the endpoint of an agent with a session here: `member`) that of members: spoofed
+   * strangers may drain theirs, never the one of the agents this relay serves. A refusal is counted.
    */
   const stunAllowed = (source: string, member: boolean): boolean => {
-    const refused = !stunAnswers.take(source) ? 'stun-source-rate' : !member && !stunTotal.take() ? 'stun-rate' : null;
+    const refused = !stunAnswers.take(source) ? 'stun-source-rate' : !(member ? stunMembersTotal : stunTotal).take() ? 'stun-rate' : null;
     if (refused) drop(refused);
     return refused === null;
   };

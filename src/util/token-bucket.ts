@@ -79,6 +79,12 @@ export class KeyedBudget {
     b.tokens -= n;
   }
 
+  /** Gives back `n` tokens taken for a request that turned out not to be the key holder's (at most to a full bucket). */
+  refund(key: string, n = 1, now = monotonicMs()): void {
+    const b = this.refill(key, now);
+    if (b) b.tokens = Math.min(this.capacity, b.tokens + n);
+  }
+
   private refill(key: string, now: number): { tokens: number; at: number } | undefined {
     const b = this.buckets.get(key);
     if (!b) return undefined;

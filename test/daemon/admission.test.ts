@@ -301,4 +301,14 @@ it('a record refused because its IPv4 was taken is admitted once the holder move
   admission.applySafely(viewOf(holder, 'holder', '100.64.0.32', 3));
   await sleep(100);
   expect(admission.admitted().map((a) => a.record.name).sort()).toEqual(['holder', 'taker']);
+
+  // Nor does one whose removal was missed: the next snapshot does not list it.
+  const missed = Identity.generate();
+  admission.applySafely(viewOf(missed, 'missed', '100.64.0.32', 1));
+  await sleep(50);
+  admission.sync([viewOf(holder, 'holder', '100.64.0.32', 3), viewOf(taker, 'taker', '100.64.0.30', 1)]);
+  await sleep(100);
+  admission.applySafely(viewOf(holder, 'holder', '100.64.0.33', 4));
+  await sleep(100);
+  expect(admission.admitted().map((a) => a.record.name).sort()).toEqual(['holder', 'taker']);
 });

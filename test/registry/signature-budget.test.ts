@@ -93,6 +93,19 @@ describe('registry signature budget', () => {
     }
   });
 
+  it('concurrent writes of one member cannot all pass the budget before any is spent', async () => {
+    const agent = await makeAgent(reg.url, NET, 'concurrent', await reg.createToken());
+    try {
+      const answers = await Promise.all(Array.from({ length: 60 }, (_, i) => post(reg.port, `/v1/agents/${agent.identity.id}/heartbeat?network=${NET}`,
+        signTimestamp(agent.identity, HEARTBEAT_LABEL, NET, Date.now() + i), '127.0.0.2')));
+      const taken = answers.filter((a) => a.status === 200).length;
+      console.log(`60 concurrent heartbeats of one member: ${taken} taken`);
+      expect(taken).toBeLessThanOrEqual(30);
+    } finally {
+      agent.client.close();
+    }
+  });
+
   it('replays of a member\'s record or heartbeat (any member sees its records) spend none of its write budget', async () => {
     const victim = await makeAgent(reg.url, NET, 'victim', await reg.createToken());
     try {
