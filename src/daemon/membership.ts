@@ -241,7 +241,7 @@ export class Membership {
       if (code === 'NOT_FOUND' || code === 'NOT_JOINED') {
         await new Promise((r) => setTimeout(r, REJOIN_DELAY_MS).unref());
         if (this.removedByOperator || this.stopped) return;
-        await this.opts.client.join(this.opts.name, this.opts.token).catch(() => {});
+        await this.joinWithinBudget().catch(() => {});
         await this.publish();
       }
     }

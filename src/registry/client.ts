@@ -496,11 +496,13 @@ export class RegistryClient {
         failed = true;
         clearTimeout(idle);
         current.destroy();
+        // Refused for this reader's budget: the instance is fine; wait as long as it says (within the backoff's most), there.
+        const waitMs = err instanceof RegistryRefusal && err.code === 'AGENT_RATE_LIMITED' ? Math.min(BACKOFF_MAX_MS, Number(err.answer.retryAfterMs) || 0) : 0;
         if (cut && !retriedSame && resumeAt?.instance === index) retriedSame = true;
-        else this.failedOver(index);
+        else if (waitMs === 0) this.failedOver(index);
         call(() => handlers.disconnected?.(err));
         const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempt++);
-        retry = setTimeout(connect, delay * (0.5 + Math.random() * 0.5));
+        retry = setTimeout(connect, Math.max(waitMs, delay * (0.5 + Math.random() * 0.5)));
       };
       const resetIdle = () => {
         clearTimeout(idle);
