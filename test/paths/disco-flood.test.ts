@@ -10,6 +10,17 @@ import { world } from './world.js';
 const settle = () => new Promise((r) => setTimeout(r, 50));
 const attacker = makeEndpoint(Uint8Array.of(203, 0, 113, 66), 4444);
 
+/** 5,000 forged disco messages from where the peer is expected: they spend its lane (and with it its share of the total). */
+function spendExpectedLane(w: ReturnType<typeof world>): void {
+  const forged = Buffer.alloc(57 + 9 + 12 + 16);
+  forged[0] = 0xa0;
+  Buffer.from(publicKeyOf(w.keys[1])).copy(forged, 1);
+  for (let i = 0; i < 5_000; i++) {
+    forged.writeUInt32BE(i, 40);
+    w.socks[0].receive(forged, forged.length, Int32Array.of(forged.length), w.eps[1], 1);
+  }
+}
+
 describe('disco under attack (issue 7 classes 3 and 9)', () => {
   it('a captured ping replayed 1,000 times (from the attacker and from the peer\'s own address) earns no pong', async () => {
     const w = world();
@@ -76,15 +87,8 @@ describe('disco under attack (issue 7 classes 3 and 9)', () => {
     try {
       await settle();
       const peer = w.devices[0].allPeers()[0];
-      const forged = Buffer.alloc(57 + 9 + 12 + 16);
-      forged[0] = 0xa0;
-      Buffer.from(publicKeyOf(w.keys[1])).copy(forged, 1);
       const stats = w.socks[0].stats;
-      // Forged disco from where the peer is expected spends its lane (and with it its share of the total).
-      for (let i = 0; i < 5_000; i++) {
-        forged.writeUInt32BE(i, 40);
-        w.socks[0].receive(forged, forged.length, Int32Array.of(forged.length), w.eps[1], 1);
-      }
+      spendExpectedLane(w);
       expect(stats.discoShed).toBeGreaterThan(4_000);
       const replies = await w.socks[0].ping(peer.publicKey, 3);
       console.log(`expected lane spent (${stats.discoShed} shed): ping replies ${replies.map((r) => ('path' in r ? r.path : 'timeout')).join(', ')}`);
@@ -100,13 +104,7 @@ describe('disco under attack (issue 7 classes 3 and 9)', () => {
     try {
       await settle();
       const peer = w.devices[0].allPeers()[0];
-      const forged = Buffer.alloc(57 + 9 + 12 + 16);
-      forged[0] = 0xa0;
-      Buffer.from(publicKeyOf(w.keys[1])).copy(forged, 1);
-      for (let i = 0; i < 5_000; i++) {
-        forged.writeUInt32BE(i, 40);
-        w.socks[0].receive(forged, forged.length, Int32Array.of(forged.length), w.eps[1], 1);
-      }
+      spendExpectedLane(w);
       // The peer's own ping (it probes us too) arrives between our ping and its pong, three times.
       const peerCodec = new DiscoCodec(w.keys[1], publicKeyOf(w.keys[1]));
       const paths: string[] = [];
